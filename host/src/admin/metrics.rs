@@ -1,0 +1,135 @@
+//! Counters and gauges, rendered in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($( $field:ident, $inc:ident, $metric:literal, $help:literal; )*) => {
+        /// Server-wide counters.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( $field: AtomicU64, )*
+            flows_open: AtomicI64,
+            /// (plugin, what) -> count; `what` is `calls`, `instantiations` or a failure cause.
+            plugins: Mutex<BTreeMap<(String, &'static str), u64>>,
+        }
+
+        impl Metrics {
+            $(
+                #[doc = $help]
+                pub fn $inc(&self) {
+                    self.$field.fetch_add(1, Relaxed);
+                }
+            )*
+
+            fn render_counters(&self, out: &mut String) {
+                $(
+                    let _ = writeln!(out, "# HELP {} {}", $metric, $help);
+                    let _ = writeln!(out, "# TYPE {} counter", $metric);
+                    let _ = writeln!(out, "{} {}", $metric, self.$field.load(Relaxed));
+                )*
+            }
+        }
+    };
+}
+
+counters! {
+    http_requests, http_request, "sipwasm_http_requests_total", "HTTP requests read.";
+    http_rejected, http_rejected, "sipwasm_http_rejected_total", "HTTP requests refused by the host before any plugin (malformed, too large).";
+    handshakes_rejected, handshake_rejected, "sipwasm_ws_handshakes_rejected_total", "Upgrade decisions refused because the handshake was invalid.";
+    ws_upgrades, ws_upgrade, "sipwasm_ws_upgrades_total", "WebSocket connections upgraded to SIP flows.";
+    ws_close_errors, ws_close_error, "sipwasm_ws_closed_on_error_total", "WebSocket flows closed with 1002, 1007 or 1009.";
+    ping_timeouts, ping_timeout, "sipwasm_ws_ping_timeouts_total", "WebSocket flows closed because a ping went unanswered.";
+    keepalives, keepalive, "sipwasm_sip_keepalives_total", "CRLFCRLF keepalives answered.";
+    sip_in, sip_in, "sipwasm_sip_messages_in_total", "SIP messages received and parsed.";
+    sip_out, sip_out, "sipwasm_sip_messages_out_total", "SIP messages sent.";
+    sip_parse_errors, sip_parse_error, "sipwasm_sip_parse_errors_total", "Unparsable SIP messages dropped.";
+    flows_closed, flows_closed_inc, "sipwasm_flows_closed_total", "Flows closed.";
+}
+
+impl Metrics {
+    /// A flow opened.
+    pub fn flow_opened(&self) {
+        self.flows_open.fetch_add(1, Relaxed);
+    }
+
+    /// A flow closed.
+    pub fn flow_closed(&self) {
+        self.flows_open.fetch_sub(1, Relaxed);
+        self.flows_closed_inc();
+    }
+
+    /// Flows open now.
+    pub fn flows_open(&self) -> i64 {
+        self.flows_open.load(Relaxed)
+    }
+
+    fn plugin_count(&self, plugin: &str, what: &'static str) {
+        let mut m = self.plugins.lock().expect("metrics lock");
+        match m.get_mut(&(plugin.to_string(), what)) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert((plugin.to_string(), what), 1);
+            }
+        }
+    }
+
+    /// A plugin was called.
+    pub fn plugin_call(&self, plugin: &str) {
+        self.plugin_count(plugin, "calls");
+    }
+
+    /// A plugin instance was created.
+    pub fn plugin_instantiation(&self, plugin: &str) {
+        self.plugin_count(plugin, "instantiations");
+    }
+
+    /// A plugin call failed with `cause`.
+    pub fn plugin_failure(&self, plugin: &str, cause: &'static str) {
+        self.plugin_count(plugin, cause);
+    }
+
+    /// How many failures with `cause` a plugin had.
+    pub fn plugin_failures(&self, plugin: &str, cause: &'static str) -> u64 {
+        let m = self.plugins.lock().expect("metrics lock");
+        m.get(&(plugin.to_string(), cause)).copied().unwrap_or(0)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        self.render_counters(&mut out);
+        let _ = writeln!(out, "# HELP sipwasm_flows_open SIP flows open now.");
+        let _ = writeln!(out, "# TYPE sipwasm_flows_open gauge");
+        let _ = writeln!(out, "sipwasm_flows_open {}", self.flows_open());
+        let m = self.plugins.lock().expect("metrics lock");
+        let _ = writeln!(out, "# HELP sipwasm_plugin_calls_total Plugin calls.");
+        let _ = writeln!(out, "# TYPE sipwasm_plugin_calls_total counter");
+        for ((p, what), n) in m.iter().filter(|((_, w), _)| *w == "calls") {
+            let _ = writeln!(out, "sipwasm_plugin_calls_total{{plugin=\"{p}\"}} {n}");
+            let _ = what;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_plugin_instantiations_total Plugin instances created."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_plugin_instantiations_total counter");
+        for ((p, _), n) in m.iter().filter(|((_, w), _)| *w == "instantiations") {
+            let _ = writeln!(out, "sipwasm_plugin_instantiations_total{{plugin=\"{p}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_plugin_failures_total Plugin calls that failed, by cause."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_plugin_failures_total counter");
+        for ((p, cause), n) in m.iter().filter(|((_, w), _)| *w != "calls" && *w != "instantiations") {
+            let _ = writeln!(
+                out,
+                "sipwasm_plugin_failures_total{{plugin=\"{p}\",cause=\"{cause}\"}} {n}"
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,677 @@
+//! Configuration: TOML text to a typed, validated [`Config`].
+//!
+//! Every error names the file, the key and what is wrong with it, e.g.
+//! `sipwasm.toml: listen[1].address: invalid socket address syntax (line 9)`.
+//! Durations are strings such as `"50ms"`, `"10s"`, `"2m"`; sizes are byte counts or
+//! strings such as `"64KiB"`, `"32MiB"`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configuration the server runs with when started without `--config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A configuration that could not be loaded: the file, the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub file: String,
+    /// The dotted key path, e.g. `plugins.seed-policy.deadline`; `(file)` for whole-file errors.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// General settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The sockets to listen on.
+    #[serde(default)]
+    pub listen: Vec<ListenConfig>,
+    /// HTTP limits before the WebSocket upgrade.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// WebSocket settings after the upgrade.
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
+    /// Plugins by name; listeners refer to them.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// The Wasm engine shared by all plugins.
+    #[serde(default)]
+    pub plugin_runtime: PluginRuntimeConfig,
+    /// The admin listener (metrics); off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerConfig {
+    /// Where the server keeps state (generated certificate, secrets). Default:
+    /// `$XDG_DATA_HOME/sipwasm` or `~/.local/share/sipwasm`.
+    pub data_dir: Option<PathBuf>,
+    /// SIP domains this server is responsible for (also used by `is-myself`).
+    #[serde(default = "default_domains")]
+    pub domains: Vec<String>,
+    /// Value of the `Server` header on HTTP and SIP responses.
+    #[serde(default = "default_server_header")]
+    pub server_header: String,
+    /// How long shutdown waits for WebSocket close handshakes.
+    #[serde(default = "default_shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            domains: default_domains(),
+            server_header: default_server_header(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_domains() -> Vec<String> {
+    vec!["localhost".into()]
+}
+fn default_server_header() -> String {
+    concat!("sipwasm/", env!("CARGO_PKG_VERSION")).into()
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// The transport a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenTransport {
+    /// HTTP and SIP over WebSocket on plain TCP.
+    Ws,
+    /// HTTPS and SIP over WebSocket on TLS.
+    Wss,
+}
+
+impl fmt::Display for ListenTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+        })
+    }
+}
+
+/// `[[listen]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenConfig {
+    /// `ws` or `wss`.
+    pub transport: ListenTransport,
+    /// Address and port, e.g. `127.0.0.1:8080` or `[::1]:8443`.
+    pub address: SocketAddr,
+    /// Name of the plugin (a key of `[plugins]`) deciding HTTP requests here.
+    pub plugin: String,
+    /// PEM certificate chain (wss only). When both are absent a self-signed certificate
+    /// for localhost is generated in the data directory.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (wss only).
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpConfig {
+    /// Largest request head (request line + headers) in bytes; more gets 431.
+    #[serde(default = "default_max_head", with = "size")]
+    pub max_head_bytes: usize,
+    /// Most header fields in a request; more gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Largest request body (Content-Length) in bytes; more gets 413.
+    #[serde(default = "default_max_body", with = "size")]
+    pub max_body_bytes: usize,
+    /// The whole head must arrive within this time of the connection (or of the
+    /// previous response); otherwise the connection is closed.
+    #[serde(default = "default_head_timeout", with = "duration")]
+    pub head_timeout: Duration,
+    /// A keep-alive connection with no new request for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: default_max_head(),
+            max_headers: default_max_headers(),
+            max_body_bytes: default_max_body(),
+            head_timeout: default_head_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_max_head() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_head_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[websocket]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WebSocketConfig {
+    /// Largest message (and frame) accepted; a bigger one closes the connection with 1009.
+    #[serde(default = "default_max_message", with = "size")]
+    pub max_message_bytes: usize,
+    /// Send a Ping after this long without traffic from the client.
+    #[serde(default = "default_ping_interval", with = "duration")]
+    pub ping_interval: Duration,
+    /// Close the connection when nothing (Pong or other) arrives this long after a Ping.
+    #[serde(default = "default_pong_timeout", with = "duration")]
+    pub pong_timeout: Duration,
+    /// Read buffer per connection (small keeps idle connections cheap).
+    #[serde(default = "default_read_buffer", with = "size")]
+    pub read_buffer_bytes: usize,
+    /// Messages queued for sending on one connection before senders see it as full.
+    #[serde(default = "default_send_queue")]
+    pub send_queue: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: default_max_message(),
+            ping_interval: default_ping_interval(),
+            pong_timeout: default_pong_timeout(),
+            read_buffer_bytes: default_read_buffer(),
+            send_queue: default_send_queue(),
+        }
+    }
+}
+
+fn default_max_message() -> usize {
+    64 * 1024
+}
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pong_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_read_buffer() -> usize {
+    4 * 1024
+}
+fn default_send_queue() -> usize {
+    64
+}
+
+/// What happens to a request when its plugin traps, times out, runs out of memory or
+/// returns an invalid decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Answer 500 (the default).
+    Closed,
+    /// Decide with the built-in policy: upgrade valid SIP WebSocket handshakes, 404 otherwise.
+    Open,
+}
+
+/// How plugin instances are used across requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceMode {
+    /// Keep instances after a successful call and reuse them (fastest). An instance is
+    /// dropped after any failure and after `max-reuse` calls.
+    Reuse,
+    /// A fresh instance for every request (no state survives between requests).
+    Fresh,
+}
+
+/// `[plugins.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginConfig {
+    /// Path of the component (`.wasm`), relative to the config file.
+    pub path: Option<PathBuf>,
+    /// Name of a plugin compiled into the server (`seed-policy`, `welcome`).
+    pub builtin: Option<String>,
+    /// Failure policy.
+    #[serde(default = "default_failure")]
+    pub failure: FailurePolicy,
+    /// CPU time one call may take.
+    #[serde(default = "default_deadline", with = "duration")]
+    pub deadline: Duration,
+    /// Linear memory one instance may use.
+    #[serde(default = "default_memory_limit", with = "size")]
+    pub memory_limit: usize,
+    /// `reuse` or `fresh`.
+    #[serde(default = "default_instances")]
+    pub instances: InstanceMode,
+    /// With `instances = "reuse"`: calls after which an instance is replaced.
+    #[serde(default = "default_max_reuse")]
+    pub max_reuse: u64,
+    /// Handed to the plugin as JSON by `plugin-config()`.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_failure() -> FailurePolicy {
+    FailurePolicy::Closed
+}
+fn default_deadline() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_memory_limit() -> usize {
+    32 << 20
+}
+fn default_instances() -> InstanceMode {
+    InstanceMode::Reuse
+}
+fn default_max_reuse() -> u64 {
+    10_000
+}
+
+/// `[plugin-runtime]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginRuntimeConfig {
+    /// Plugin instances alive at once across all plugins (slots of the pooling allocator).
+    #[serde(default = "default_pool_instances")]
+    pub pool_instances: u32,
+    /// Epoch tick: the granularity of plugin deadlines.
+    #[serde(default = "default_epoch_tick", with = "duration")]
+    pub epoch_tick: Duration,
+}
+
+impl Default for PluginRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            pool_instances: default_pool_instances(),
+            epoch_tick: default_epoch_tick(),
+        }
+    }
+}
+
+fn default_pool_instances() -> u32 {
+    256
+}
+fn default_epoch_tick() -> Duration {
+    Duration::from_millis(5)
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminConfig {
+    /// Where to serve `GET /metrics` (Prometheus text format). Keep it on loopback.
+    pub listen: SocketAddr,
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative plugin paths are resolved against
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &file, base)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Self {
+        Self::parse(DEFAULT_CONFIG, "<embedded default>", Path::new("."))
+            .expect("the embedded default configuration is valid")
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors; relative plugin paths
+    /// are resolved against `base`.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, ConfigError> {
+        let err = |key: String, message: String| ConfigError {
+            file: file.to_string(),
+            key,
+            message,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| err("(file)".into(), toml_message(&e, text)))?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(file)".into() } else { key };
+            err(key, toml_message(e.inner(), text))
+        })?;
+        config.validate().map_err(|(key, message)| err(key, message))?;
+        for plugin in config.plugins.values_mut() {
+            if let Some(p) = &plugin.path
+                && p.is_relative()
+            {
+                plugin.path = Some(base.join(p));
+            }
+        }
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.listen.is_empty() {
+            return Err(("listen".into(), "at least one [[listen]] is needed".into()));
+        }
+        if self.server.domains.is_empty() {
+            return Err(("server.domains".into(), "must name at least one domain".into()));
+        }
+        for (i, d) in self.server.domains.iter().enumerate() {
+            if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+                return Err((format!("server.domains[{i}]"), format!("{d:?} is not a host name")));
+            }
+        }
+        if self.server.server_header.contains(['\r', '\n', '\0']) {
+            return Err(("server.server-header".into(), "must not contain CR, LF or NUL".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in self.listen.iter().enumerate() {
+            let key = |k: &str| format!("listen[{i}].{k}");
+            if !self.plugins.contains_key(&l.plugin) {
+                return Err((key("plugin"), format!("no plugin named {:?} in [plugins]", l.plugin)));
+            }
+            if !seen.insert(l.address) {
+                return Err((key("address"), format!("{} is used by two listeners", l.address)));
+            }
+            match (l.transport, &l.tls_cert, &l.tls_key) {
+                (ListenTransport::Ws, None, None) => {}
+                (ListenTransport::Ws, _, _) => {
+                    return Err((key("tls-cert"), "only wss listeners take a certificate".into()));
+                }
+                (ListenTransport::Wss, Some(_), None) => {
+                    return Err((key("tls-key"), "tls-cert is set, so tls-key is needed too".into()));
+                }
+                (ListenTransport::Wss, None, Some(_)) => {
+                    return Err((key("tls-cert"), "tls-key is set, so tls-cert is needed too".into()));
+                }
+                (ListenTransport::Wss, _, _) => {}
+            }
+        }
+        for (name, p) in &self.plugins {
+            let key = |k: &str| format!("plugins.{name}.{k}");
+            match (&p.path, &p.builtin) {
+                (Some(_), Some(_)) => {
+                    return Err((key("builtin"), "set either path or builtin, not both".into()));
+                }
+                (None, None) => return Err((key("path"), "set path (a .wasm file) or builtin".into())),
+                (None, Some(b)) if !crate::plugin::BUILTIN_NAMES.contains(&b.as_str()) => {
+                    return Err((
+                        key("builtin"),
+                        format!(
+                            "unknown builtin {b:?}; builtins: {}",
+                            crate::plugin::BUILTIN_NAMES.join(", ")
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            if p.deadline < Duration::from_millis(1) || p.deadline > Duration::from_secs(10) {
+                return Err((key("deadline"), "must be between 1ms and 10s".into()));
+            }
+            if p.memory_limit < (1 << 20) || p.memory_limit > (4 << 30) - 1 {
+                return Err((key("memory-limit"), "must be between 1MiB and 4GiB".into()));
+            }
+            if p.max_reuse == 0 {
+                return Err((key("max-reuse"), "must be at least 1".into()));
+            }
+        }
+        let h = &self.http;
+        if h.max_head_bytes < 256 {
+            return Err(("http.max-head-bytes".into(), "must be at least 256".into()));
+        }
+        if h.max_headers == 0 {
+            return Err(("http.max-headers".into(), "must be at least 1".into()));
+        }
+        if h.head_timeout.is_zero() {
+            return Err(("http.head-timeout".into(), "must be more than 0".into()));
+        }
+        if h.idle_timeout.is_zero() {
+            return Err(("http.idle-timeout".into(), "must be more than 0".into()));
+        }
+        let w = &self.websocket;
+        if w.max_message_bytes < 1024 {
+            return Err(("websocket.max-message-bytes".into(), "must be at least 1KiB".into()));
+        }
+        if w.read_buffer_bytes < 256 {
+            return Err(("websocket.read-buffer-bytes".into(), "must be at least 256".into()));
+        }
+        if w.ping_interval < Duration::from_millis(100) {
+            return Err(("websocket.ping-interval".into(), "must be at least 100ms".into()));
+        }
+        if w.pong_timeout < Duration::from_millis(100) {
+            return Err(("websocket.pong-timeout".into(), "must be at least 100ms".into()));
+        }
+        if w.send_queue == 0 {
+            return Err(("websocket.send-queue".into(), "must be at least 1".into()));
+        }
+        let r = &self.plugin_runtime;
+        if r.pool_instances == 0 {
+            return Err(("plugin-runtime.pool-instances".into(), "must be at least 1".into()));
+        }
+        if r.epoch_tick < Duration::from_millis(1) || r.epoch_tick > Duration::from_secs(1) {
+            return Err(("plugin-runtime.epoch-tick".into(), "must be between 1ms and 1s".into()));
+        }
+        Ok(())
+    }
+
+    /// The data directory: configured, or the XDG default.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.server.data_dir {
+            return d.clone();
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("sipwasm");
+        }
+        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".local/share/sipwasm"),
+            None => PathBuf::from("sipwasm-data"),
+        }
+    }
+}
+
+/// A toml error message with its line number, without toml's multi-line snippet.
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim_end().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("{msg} (line {line})")
+        }
+        None => msg,
+    }
+}
+
+/// Parses `"50ms"`, `"10s"`, `"2m"`, `"1h"` (also `"1.5s"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{s:?} has no unit; write e.g. \"50ms\", \"10s\", \"2m\""))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"50ms\" or \"10s\""))?;
+    let secs = match unit.trim() {
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?}; use us, ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs > 86_400.0 * 365.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a byte size: `65536`, `"64KiB"`, `"32MiB"`, `"1GiB"`, `"500kB"`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 65536 or \"64KiB\""))?;
+    let mul: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => return Err(format!("unknown unit {u:?} in {s:?}; use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mul)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)
+            .map_err(|_| D::Error::custom("expected a duration string like \"50ms\" or \"10s\""))?;
+        super::parse_duration(&s).map_err(D::Error::custom)
+    }
+}
+
+mod size {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        match Raw::deserialize(d)
+            .map_err(|_| D::Error::custom("expected a size: a byte count or a string like \"64KiB\""))?
+        {
+            Raw::N(n) => usize::try_from(n).map_err(|_| D::Error::custom("size is too large")),
+            Raw::S(s) => super::parse_size(&s).map_err(D::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", Path::new("/etc/sipwasm"))
+    }
+
+    const MINIMAL: &str = r#"
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:8080"
+plugin = "p"
+
+[plugins.p]
+path = "p.wasm"
+"#;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.listen.len(), 2);
+        assert!(c.plugins.contains_key("seed-policy"));
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_paths() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.http.max_head_bytes, 16 * 1024);
+        assert_eq!(c.http.max_headers, 100);
+        assert_eq!(c.http.max_body_bytes, 64 * 1024);
+        assert_eq!(c.websocket.max_message_bytes, 64 * 1024);
+        let p = &c.plugins["p"];
+        assert_eq!(p.deadline, Duration::from_millis(50));
+        assert_eq!(p.memory_limit, 32 << 20);
+        assert_eq!(p.failure, FailurePolicy::Closed);
+        assert_eq!(p.path.as_deref(), Some(Path::new("/etc/sipwasm/p.wasm")));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = parse(&MINIMAL.replace("127.0.0.1:8080", "127.0.0.1")).unwrap_err();
+        assert_eq!(e.file, "test.toml");
+        assert_eq!(e.key, "listen[0].address");
+
+        let e = parse(&format!("{MINIMAL}deadline = \"50\"\n")).unwrap_err();
+        assert_eq!(e.key, "plugins.p.deadline");
+        assert!(e.message.contains("no unit"), "{e}");
+
+        let e = parse(&format!("{MINIMAL}colour = 1\n")).unwrap_err();
+        assert_eq!(e.key, "plugins.p.colour");
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+
+        let e = parse(&MINIMAL.replace("plugin = \"p\"", "plugin = \"q\"")).unwrap_err();
+        assert_eq!(e.key, "listen[0].plugin");
+
+        let e = parse("[[listen]\n").unwrap_err();
+        assert_eq!(e.key, "(file)");
+        assert!(e.message.contains("line 1"), "{e}");
+
+        let e = parse(&format!("{MINIMAL}memory-limit = \"1TiB\"\n")).unwrap_err();
+        assert_eq!(e.key, "plugins.p.memory-limit");
+        let text = e.to_string();
+        assert!(text.starts_with("test.toml: plugins.p.memory-limit: "), "{text}");
+    }
+
+    #[test]
+    fn wss_needs_both_cert_and_key() {
+        let text = MINIMAL.replace("\"ws\"", "\"wss\"") + "";
+        assert!(parse(&text).is_ok());
+        let with_cert = text.replace("plugin = \"p\"", "plugin = \"p\"\ntls-cert = \"c.pem\"");
+        assert_eq!(parse(&with_cert).unwrap_err().key, "listen[0].tls-key");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("50ms").unwrap(), Duration::from_millis(50));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("32MiB").unwrap(), 32 << 20);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("12 bananas").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+}

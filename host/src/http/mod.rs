@@ -1,0 +1,13 @@
+//! HTTP/1.1 before the WebSocket upgrade.
+//!
+//! `head`, `handshake` and `response` are sans-IO (bytes and time in, values out);
+//! `reader` is the async part that pulls a request off a socket under limits.
+
+pub mod handshake;
+pub mod head;
+pub mod reader;
+pub mod response;
+
+pub use handshake::{HandshakeCheck, HandshakeError, UpgradeOffer};
+pub use head::{HeadError, HeadLimits, RequestHead, Version};
+pub use response::{HeaderList, Response};

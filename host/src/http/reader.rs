@@ -1,0 +1,107 @@
+//! Async reading of one HTTP request (head + body) from a stream under size and time
+//! limits. The only part of `http/` that does I/O.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout_at};
+
+use super::head::{self, HeadError, HeadLimits, RequestHead};
+
+/// Why no request could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The client closed the connection cleanly between requests.
+    #[error("connection closed")]
+    Closed,
+    /// No (complete) request within the time limit.
+    #[error("timed out waiting for the request")]
+    Timeout,
+    /// The client closed the connection in the middle of a request.
+    #[error("connection closed in the middle of a request")]
+    Truncated,
+    /// The head breaks a rule; answer `e.status()` and close.
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    /// Socket error.
+    #[error("read error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A complete request.
+#[derive(Debug)]
+pub struct Request {
+    /// The head.
+    pub head: RequestHead,
+    /// The body (`Content-Length` bytes).
+    pub body: Vec<u8>,
+}
+
+/// Reads one request from `stream`.
+///
+/// `buf` holds bytes already received (a pipelined request); on success it holds the
+/// bytes after the request (the next request, or WebSocket frames after a handshake).
+/// Nothing must be pending for longer than `idle_until` before the first byte arrives,
+/// and the whole request must be in by `complete_within` after its first byte (or by
+/// `first_deadline` when given, e.g. counted from the TCP accept).
+pub async fn read_request<S>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    limits: &HeadLimits,
+    idle_until: Instant,
+    complete_within: std::time::Duration,
+    first_deadline: Option<Instant>,
+) -> Result<Request, ReadError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Wait for the first byte (unless one is buffered already).
+    if buf.is_empty() {
+        let wait_until = first_deadline.map_or(idle_until, |d| d.min(idle_until));
+        match timeout_at(wait_until, read_some(stream, buf, limits.max_head_bytes)).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(Ok(0)) => return Err(ReadError::Closed),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    let deadline = first_deadline.unwrap_or_else(|| Instant::now() + complete_within);
+    let (head, head_len) = loop {
+        if let Some(done) = head::parse(buf, limits)? {
+            break done;
+        }
+        match timeout_at(deadline, read_some(stream, buf, limits.max_head_bytes)).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(Ok(0)) => return Err(ReadError::Truncated),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    };
+    buf.drain(..head_len);
+    let need = head.content_length;
+    if head.expect_continue && need > buf.len() {
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    while buf.len() < need {
+        match timeout_at(deadline, read_some(stream, buf, need - buf.len())).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(Ok(0)) => return Err(ReadError::Truncated),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    let rest = buf.split_off(need);
+    let body = std::mem::replace(buf, rest);
+    Ok(Request { head, body })
+}
+
+/// Reads what is available, at most about `want` more bytes (at least 1 KiB at a time).
+async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    let chunk = want.clamp(1024, 8 * 1024);
+    buf.reserve(chunk);
+    let start = buf.len();
+    buf.resize(start + chunk, 0);
+    let n = stream.read(&mut buf[start..]).await;
+    buf.truncate(start + *n.as_ref().unwrap_or(&0));
+    n
+}

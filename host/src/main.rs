@@ -1,0 +1,103 @@
+//! `sipwasm`: run the server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sipwasm::config::{Config, DEFAULT_CONFIG};
+use sipwasm::server::Server;
+use tracing_subscriber::EnvFilter;
+
+/// SIP server for browsers and phones whose policy runs in sandboxed WebAssembly plugins.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML). Without it the embedded default runs: ws on
+    /// 127.0.0.1:8080, wss on 127.0.0.1:8443, the seed-policy plugin.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Overrides `server.data-dir`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Prints the embedded default configuration and exits.
+    #[arg(long)]
+    print_default_config: bool,
+    /// Checks the configuration and loads every plugin, then exits.
+    #[arg(long)]
+    check: bool,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    // A bare level applies to sipwasm; wasmtime's compiler stays at warn unless the
+    // filter names it (`--log debug,cranelift_codegen=debug`).
+    let directives = if args.log.contains('=') {
+        args.log.clone()
+    } else {
+        format!(
+            "{0},cranelift_codegen=warn,wasmtime=warn,wasmtime_internal_cranelift=warn",
+            args.log
+        )
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&directives))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("sipwasm: configuration error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::embedded_default(),
+    };
+    if let Some(d) = args.data_dir {
+        config.server.data_dir = Some(d);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sipwasm: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let server = Server::bind(config).await?;
+        if args.check {
+            tracing::info!("configuration and plugins are valid");
+            return Ok(());
+        }
+        server.run(stop_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sipwasm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,24 @@
+//! The one `bindgen!` of the host, over `wit/`. Everything else imports the curated
+//! names re-exported here.
+
+mod generated {
+    #![allow(missing_docs, reason = "bindgen-generated code")]
+    #![allow(unsafe_code, reason = "bindgen-generated typed function handles")]
+    #![allow(unreachable_pub, reason = "bindgen-generated code")]
+
+    wasmtime::component::bindgen!({
+        world: "http-handler",
+        path: "../wit",
+        // Plugin calls run on a fiber so that a runaway plugin yields to other
+        // connections at every epoch tick; host functions are quick and synchronous.
+        exports: { default: async },
+    });
+}
+
+pub use generated::HttpHandler;
+pub use generated::HttpHandlerPre;
+pub use generated::sipwasm::plugin::host::{Host as HostImports, Level};
+pub use generated::sipwasm::plugin::types::{
+    Challenge as GuestChallenge, Decision as GuestDecision, Host as TypesImports, HttpRequest, Peer,
+    Response as GuestResponse, Transport as PeerTransport, Upgrade as GuestUpgrade, Websocket,
+};

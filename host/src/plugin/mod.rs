@@ -1,0 +1,268 @@
+//! The wasmtime host for policy plugins.
+//!
+//! One [`wasmtime::Engine`] (pooling allocator, epoch interruption) serves every
+//! plugin. Each plugin is compiled once into an `InstancePre`; a call runs in a store
+//! with a memory cap and a deadline. A trap, a timeout, running out of memory or an
+//! invalid decision never escapes: [`Plugin::decide`] turns it into the plugin's
+//! failure policy (500, or the built-in policy), a log line and a counter.
+
+#![warn(missing_docs)]
+
+pub mod bindings;
+pub mod decision;
+pub mod engine;
+mod host_impl;
+mod limits;
+mod registry;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime::component::Linker;
+
+pub use self::bindings::{HttpRequest, Peer, PeerTransport, Websocket};
+pub use self::decision::{Decision, Upgrade};
+use self::host_impl::{HostState, PluginShared};
+pub use self::registry::{BUILTIN_NAMES, Plugins, builtin_bytes};
+use crate::admin::metrics::Metrics;
+use crate::config::{FailurePolicy, InstanceMode, PluginConfig};
+use crate::http::handshake::HandshakeCheck;
+use crate::http::response::Response;
+
+/// Why a plugin call produced no usable decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginFailure {
+    /// The plugin trapped (panic, unreachable, bad memory access...).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The call ran past its deadline.
+    #[error("deadline of {0:?} exceeded")]
+    Timeout(Duration),
+    /// The plugin tried to grow its memory past its cap.
+    #[error("memory limit exceeded: {0}")]
+    OutOfMemory(String),
+    /// The decision broke a host rule.
+    #[error("invalid decision: {0}")]
+    InvalidDecision(String),
+    /// No instance could be made (pool exhausted, start function failed).
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+}
+
+impl PluginFailure {
+    /// A short label for metrics: `trap`, `timeout`, `memory`, `invalid`, `instantiate`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::Trap(_) => "trap",
+            Self::Timeout(_) => "timeout",
+            Self::OutOfMemory(_) => "memory",
+            Self::InvalidDecision(_) => "invalid",
+            Self::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// A live instance kept for reuse.
+struct Instance {
+    store: Store<HostState>,
+    bindings: bindings::HttpHandler,
+    calls: u64,
+}
+
+/// Idle instances kept per plugin at most (each holds a pool slot).
+const MAX_IDLE: usize = 16;
+
+/// One loaded plugin.
+pub struct Plugin {
+    shared: Arc<PluginShared>,
+    pre: bindings::HttpHandlerPre<HostState>,
+    failure: FailurePolicy,
+    deadline: Duration,
+    memory_limit: usize,
+    mode: InstanceMode,
+    max_reuse: u64,
+    /// Extra time past the deadline before the outer timeout drops the call (the
+    /// epoch trap normally fires within one tick).
+    grace: Duration,
+    idle: Mutex<Vec<Instance>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    fn new(
+        name: &str,
+        cfg: &PluginConfig,
+        pre: bindings::HttpHandlerPre<HostState>,
+        myself: Arc<crate::core::Myself>,
+        epoch_tick: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let config_json = serde_json::to_string(&cfg.config).expect("a TOML table is valid JSON");
+        Self {
+            shared: Arc::new(PluginShared {
+                name: name.to_string(),
+                config_json,
+                myself,
+            }),
+            pre,
+            failure: cfg.failure,
+            deadline: cfg.deadline,
+            memory_limit: cfg.memory_limit,
+            mode: cfg.instances,
+            max_reuse: cfg.max_reuse,
+            grace: epoch_tick * 3 + Duration::from_millis(20),
+            idle: Mutex::new(Vec::new()),
+            metrics,
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Asks the plugin about a request and applies the failure policy: always returns
+    /// a decision the host can act on.
+    pub async fn decide(&self, request: HttpRequest, check: &HandshakeCheck) -> Decision {
+        match self.call(&request).await {
+            Ok(d) => d,
+            Err(failure) => {
+                self.metrics.plugin_failure(self.name(), failure.cause());
+                tracing::warn!(
+                    plugin = self.name(),
+                    cause = failure.cause(),
+                    connection = request.connection_id,
+                    "plugin failed: {failure}; policy {:?}",
+                    self.failure
+                );
+                match self.failure {
+                    FailurePolicy::Closed => Decision::Reply(Response::error(500, "")),
+                    FailurePolicy::Open => builtin_policy(check),
+                }
+            }
+        }
+    }
+
+    /// One call: an instance (reused or fresh), the deadline, the decision checked.
+    pub async fn call(&self, request: &HttpRequest) -> Result<Decision, PluginFailure> {
+        self.metrics.plugin_call(self.name());
+        let deadline_at = Instant::now() + self.deadline;
+        let reused = match self.mode {
+            InstanceMode::Reuse => self.idle.lock().expect("idle list lock").pop(),
+            InstanceMode::Fresh => None,
+        };
+        let mut instance = match reused {
+            Some(i) => i,
+            None => self.instantiate(deadline_at).await?,
+        };
+        instance.store.data_mut().begin_call(deadline_at);
+        instance.store.set_epoch_deadline(1);
+        let outer = self.deadline + self.grace;
+        let result = tokio::time::timeout(
+            outer,
+            instance.bindings.call_on_http_request(&mut instance.store, request),
+        )
+        .await;
+        let guest = match result {
+            Err(_) => return Err(PluginFailure::Timeout(self.deadline)),
+            Ok(Err(e)) => return Err(classify(&e, instance.store.data(), self.deadline)),
+            Ok(Ok(d)) => d,
+        };
+        instance.calls += 1;
+        if self.mode == InstanceMode::Reuse && instance.calls < self.max_reuse {
+            let mut idle = self.idle.lock().expect("idle list lock");
+            if idle.len() < MAX_IDLE {
+                idle.push(instance);
+            }
+        }
+        decision::validate(guest).map_err(PluginFailure::InvalidDecision)
+    }
+
+    async fn instantiate(&self, deadline_at: Instant) -> Result<Instance, PluginFailure> {
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(self.shared.clone(), self.memory_limit),
+        );
+        store.limiter(|s| &mut s.memory);
+        // At every epoch tick: past the deadline, trap; otherwise yield to the async
+        // runtime so that a busy plugin does not starve other connections.
+        store.epoch_deadline_callback(|mut ctx| {
+            let d = &mut ctx.data_mut().deadline;
+            match d.at {
+                Some(at) if Instant::now() >= at => {
+                    d.expired = true;
+                    Err(wasmtime::format_err!("plugin deadline exceeded"))
+                }
+                _ => Ok(wasmtime::UpdateDeadline::Yield(1)),
+            }
+        });
+        // Start functions run under the same deadline as the call.
+        store.data_mut().begin_call(deadline_at);
+        store.set_epoch_deadline(1);
+        match self.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => {
+                self.metrics.plugin_instantiation(self.name());
+                Ok(Instance {
+                    store,
+                    bindings,
+                    calls: 0,
+                })
+            }
+            Err(e) => Err(match classify(&e, store.data(), self.deadline) {
+                PluginFailure::Trap(msg) => PluginFailure::Instantiate(msg),
+                other => other,
+            }),
+        }
+    }
+
+    /// Drops idle instances (e.g. before the plugin is replaced).
+    pub fn clear_idle(&self) {
+        self.idle.lock().expect("idle list lock").clear();
+    }
+}
+
+fn classify(e: &wasmtime::Error, state: &HostState, deadline: Duration) -> PluginFailure {
+    if state.deadline.expired {
+        PluginFailure::Timeout(deadline)
+    } else if state.memory.hit {
+        PluginFailure::OutOfMemory(format!("{e:#}").lines().next().unwrap_or("").to_string())
+    } else {
+        let text = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(t) => t.to_string(),
+            None => format!("{e:#}"),
+        };
+        PluginFailure::Trap(text.lines().next().unwrap_or("").chars().take(300).collect())
+    }
+}
+
+/// The decision used when a plugin configured `failure = "open"` fails: upgrade
+/// WebSocket handshakes (the host still checks them), 404 for anything else.
+pub fn builtin_policy(check: &HandshakeCheck) -> Decision {
+    match check {
+        HandshakeCheck::NotWebSocket => Decision::Reply(Response::error(404, "")),
+        _ => Decision::Upgrade(Upgrade {
+            subprotocol: crate::http::handshake::SIP_SUBPROTOCOL.into(),
+            headers: Vec::new(),
+            identity: Vec::new(),
+        }),
+    }
+}
+
+/// A linker with WASI p2 (empty context) and the `host` interface.
+fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    bindings::HttpHandler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    Ok(linker)
+}

@@ -1,0 +1,352 @@
+//! Wiring: state on disk, listeners, plugins, the core driver, shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::metrics::Metrics;
+use crate::config::{Config, ListenTransport};
+use crate::core::auth::NonceKey;
+use crate::core::{Core, CoreConfig, FlowId, Input, Myself, Target};
+use crate::plugin::{Plugin, Plugins};
+use crate::transport::ws::{self, Connection};
+use crate::transport::{FlowTable, Shared, tls};
+
+/// Messages waiting for the core before connection tasks feel backpressure.
+const CORE_INBOX: usize = 4096;
+
+struct BoundListener {
+    listener: TcpListener,
+    local: SocketAddr,
+    transport: ListenTransport,
+    plugin: Arc<Plugin>,
+    tls: Option<TlsAcceptor>,
+}
+
+/// A server with its sockets bound and plugins compiled, ready to run.
+pub struct Server {
+    listeners: Vec<BoundListener>,
+    admin: Option<TcpListener>,
+    shared: Arc<Shared>,
+    core: Core,
+    core_rx: mpsc::Receiver<Input>,
+    closed_rx: mpsc::UnboundedReceiver<FlowId>,
+    shutdown_tx: watch::Sender<bool>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Prepares the data directory, binds every listener and loads every plugin.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let data_dir = config.data_dir();
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let secret = load_or_create_secret(&data_dir)?;
+
+        let mut sockets = Vec::new();
+        for (i, l) in config.listen.iter().enumerate() {
+            let listener = TcpListener::bind(l.address)
+                .await
+                .with_context(|| format!("listen[{i}] ({} {}): cannot bind", l.transport, l.address))?;
+            let local = listener.local_addr()?;
+            sockets.push((listener, local));
+        }
+        let admin = match &config.admin {
+            Some(a) => Some(
+                TcpListener::bind(a.listen)
+                    .await
+                    .with_context(|| format!("admin.listen ({}): cannot bind", a.listen))?,
+            ),
+            None => None,
+        };
+        let addrs: Vec<SocketAddr> = sockets.iter().map(|(_, a)| *a).collect();
+        let myself = Arc::new(Myself::new(&config.server.domains, &addrs));
+        let metrics = Arc::new(Metrics::default());
+
+        let plugins = {
+            let (config, myself, metrics) = (config.clone(), myself.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || Plugins::load(&config, myself, metrics)).await??
+        };
+
+        let mut listeners = Vec::new();
+        for ((listener, local), l) in sockets.into_iter().zip(&config.listen) {
+            let tls = match l.transport {
+                ListenTransport::Ws => None,
+                ListenTransport::Wss => Some(TlsAcceptor::from(
+                    tls::server_config(l.tls_cert.as_deref(), l.tls_key.as_deref(), &data_dir)
+                        .with_context(|| format!("wss listener {local}"))?,
+                )),
+            };
+            let plugin = plugins.get(&l.plugin).expect("validated: listener plugins exist");
+            listeners.push(BoundListener {
+                listener,
+                local,
+                transport: l.transport,
+                plugin,
+                tls,
+            });
+        }
+
+        let (core_tx, core_rx) = mpsc::channel(CORE_INBOX);
+        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let flows = Arc::new(FlowTable::new(closed_tx, metrics.clone()));
+        let shared = Arc::new(Shared {
+            http: config.http.clone(),
+            websocket: config.websocket.clone(),
+            server_header: config.server.server_header.clone(),
+            flows,
+            core_tx,
+            nonce: NonceKey::new(secret),
+            metrics,
+            shutdown: shutdown_rx,
+            grace: config.server.shutdown_grace,
+        });
+        let core = Core::new(CoreConfig {
+            myself,
+            server_header: config.server.server_header.clone(),
+            secret,
+        });
+        Ok(Self {
+            listeners,
+            admin,
+            shared,
+            core,
+            core_rx,
+            closed_rx,
+            shutdown_tx,
+            grace: config.server.shutdown_grace,
+        })
+    }
+
+    /// The bound addresses of the listeners, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.local).collect()
+    }
+
+    /// Runs until `stop` completes, then closes every WebSocket with 1001 and returns
+    /// once connections are gone (or the grace period is over).
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            listeners,
+            admin,
+            shared,
+            core,
+            core_rx,
+            closed_rx,
+            shutdown_tx,
+            grace,
+        } = self;
+        let live = Arc::new(AtomicUsize::new(0));
+        let driver = tokio::spawn(drive_core(core, core_rx, closed_rx, shared.clone()));
+        if let Some(admin) = admin {
+            let addr = admin.local_addr()?;
+            tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows)");
+            tokio::spawn(crate::admin::api::serve(
+                admin,
+                shared.metrics.clone(),
+                shared.flows.clone(),
+                shared.server_header.clone(),
+                shared.shutdown.clone(),
+            ));
+        }
+        for l in listeners {
+            tracing::info!(transport = %l.transport, address = %l.local, plugin = l.plugin.name(), "listening");
+            tokio::spawn(accept_loop(l, shared.clone(), live.clone()));
+        }
+        stop.await;
+        tracing::info!(connections = live.load(Ordering::Relaxed), "shutting down");
+        let _ = shutdown_tx.send(true);
+        let deadline = Instant::now() + grace + Duration::from_millis(500);
+        while live.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        driver.abort();
+        tracing::info!(remaining = live.load(Ordering::Relaxed), "stopped");
+        Ok(())
+    }
+}
+
+/// Decrements the live-connection count when a connection task ends.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop(l: BoundListener, shared: Arc<Shared>, live: Arc<AtomicUsize>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = l.listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!(address = %l.local, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        live.fetch_add(1, Ordering::Relaxed);
+        let guard = LiveGuard(live.clone());
+        let (shared, plugin, tls, local) = (shared.clone(), l.plugin.clone(), l.tls.clone(), l.local);
+        tokio::spawn(async move {
+            let _guard = guard;
+            serve_accepted(stream, remote, local, tls, plugin, shared).await;
+        });
+    }
+}
+
+async fn serve_accepted(
+    stream: TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    plugin: Arc<Plugin>,
+    shared: Arc<Shared>,
+) {
+    let first_deadline = Instant::now() + shared.http.head_timeout;
+    let id = shared.flows.next_id();
+    match tls {
+        None => {
+            let conn = Connection {
+                stream,
+                id,
+                remote,
+                local,
+                tls: false,
+                first_deadline,
+            };
+            ws::serve(conn, plugin, shared).await;
+        }
+        Some(acceptor) => {
+            // The TLS handshake counts against the time allowed for the first request.
+            let stream = match tokio::time::timeout_at(first_deadline, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(connection = id, peer = %remote, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(connection = id, peer = %remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = Connection {
+                stream,
+                id,
+                remote,
+                local,
+                tls: true,
+                first_deadline,
+            };
+            ws::serve(conn, plugin, shared).await;
+        }
+    }
+}
+
+/// The one task that owns the core: feed it inputs, send what it produces, run its
+/// timers. No protocol decisions here.
+async fn drive_core(
+    mut core: Core,
+    mut inbox: mpsc::Receiver<Input>,
+    mut closed: mpsc::UnboundedReceiver<FlowId>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let timeout = core.poll_timeout();
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            input = inbox.recv() => match input {
+                Some(input) => {
+                    core.handle(std::time::Instant::now(), input);
+                    // Take what else is queued before sending, up to a bound.
+                    for _ in 0..64 {
+                        match inbox.try_recv() {
+                            Ok(input) => core.handle(std::time::Instant::now(), input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => return,
+            },
+            id = closed.recv() => match id {
+                Some(id) => core.handle(std::time::Instant::now(), Input::FlowClosed(id)),
+                None => return,
+            },
+            _ = sleep => core.handle_timeout(std::time::Instant::now()),
+        }
+        while let Some(t) = core.poll_transmit() {
+            match t.target {
+                Target::Flow(id) => {
+                    if let Err(e) = shared.flows.send(id, Bytes::from(t.payload)) {
+                        tracing::debug!(flow = id, "message not sent: {e}");
+                    }
+                }
+                Target::Addr(addr) => {
+                    tracing::debug!(%addr, "no transport for address targets yet; message dropped");
+                }
+            }
+        }
+    }
+}
+
+/// The 32-byte server secret (nonces, tags, later flow tokens), created on first run.
+fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = data_dir.join("secret.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let raw = decode_hex(text.trim()).with_context(|| format!("{} is not 64 hex digits", path.display()))?;
+            Ok(raw)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the secret: {e}"))?;
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            f.write_all(hex.as_bytes())?;
+            Ok(secret)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn decode_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let hex = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(hex, 16).ok()?;
+    }
+    Some(out)
+}

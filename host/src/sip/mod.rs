@@ -1,0 +1,16 @@
+//! The SIP message layer, sans-IO: bytes in, typed messages out, and back.
+//!
+//! No sockets, no tasks, no clock here (CI checks that `tokio` never appears).
+
+pub mod headers;
+pub mod message;
+pub mod parse;
+pub mod serialize;
+pub mod typed;
+pub mod uri;
+
+pub use headers::{HeaderName, Headers};
+pub use message::{Essentials, Message, Method, Request, Response};
+pub use parse::{ParseError, parse};
+pub use typed::{CSeq, NameAddr, Via};
+pub use uri::{Host, SipUri, Uri};

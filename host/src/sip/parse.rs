@@ -1,0 +1,316 @@
+//! Bytes to [`Message`] for whole-message transports (a datagram, a WebSocket message).
+//! Never panics; work is linear in the input; limits bound everything.
+
+use bytes::Bytes;
+
+use super::headers::{HeaderName, Headers, is_token_char};
+use super::message::{Essentials, Message, Method, Request, Response};
+use super::uri::Uri;
+
+/// Most header field lines in one message.
+pub const MAX_HEADERS: usize = 256;
+
+/// Why a message could not be parsed. `header` names the field at fault, when one is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}{}", header.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+pub struct ParseError {
+    /// What is wrong.
+    pub reason: &'static str,
+    /// The header at fault.
+    pub header: Option<HeaderName>,
+}
+
+impl ParseError {
+    fn new(reason: &'static str) -> Self {
+        Self { reason, header: None }
+    }
+
+    fn at(header: HeaderName, reason: &'static str) -> Self {
+        Self {
+            reason,
+            header: Some(header),
+        }
+    }
+
+    /// A reason phrase for a 400 answering this error, e.g. `Bad Header: CSeq`.
+    pub fn reason_phrase(&self) -> String {
+        match &self.header {
+            Some(h) => format!("Bad Header: {h}"),
+            None => format!("Bad Request: {}", self.reason),
+        }
+    }
+}
+
+/// Parses one complete message (everything in `buf` belongs to it).
+///
+/// Leading CRLFs are skipped. With a `Content-Length`, bytes beyond it are ignored and
+/// fewer bytes are an error; without one, the rest of `buf` is the body.
+pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .ok_or(ParseError::new("empty message"))?;
+    let buf = &buf[start..];
+    let (head_end, body_start) = find_head_end(buf).ok_or(ParseError::new("no blank line after the headers"))?;
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| ParseError::new("headers are not UTF-8"))?;
+    let body = &buf[body_start..];
+
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let start_line = lines.next().unwrap_or("");
+    let headers = parse_headers(lines)?;
+    let body = frame_body(&headers, body)?;
+
+    if let Some(rest) = start_line.strip_prefix("SIP/") {
+        let (status, reason) = parse_status_line(rest)?;
+        let resp = Response {
+            status,
+            reason,
+            headers,
+            body,
+        };
+        check_essentials(&resp)?;
+        Ok(Message::Response(resp))
+    } else {
+        let (method, uri) = parse_request_line(start_line)?;
+        let req = Request {
+            method,
+            uri,
+            headers,
+            body,
+        };
+        check_essentials(&req)?;
+        let cseq = req.cseq().map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
+        if cseq.method != req.method {
+            return Err(ParseError::at(
+                HeaderName::CSeq,
+                "CSeq method does not match the request",
+            ));
+        }
+        Ok(Message::Request(req))
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some((i, i + 2));
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, i + 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn parse_request_line(line: &str) -> Result<(Method, Uri), ParseError> {
+    // Request-Line = Method SP Request-URI SP SIP-Version CRLF (single spaces).
+    let mut parts = line.split(' ');
+    let (Some(m), Some(u), Some(v), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(ParseError::new("malformed request line"));
+    };
+    if v != "SIP/2.0" {
+        return Err(ParseError::new(if v.starts_with("SIP/") {
+            "unsupported SIP version"
+        } else {
+            "malformed request line"
+        }));
+    }
+    let method = Method::parse(m).map_err(ParseError::new)?;
+    let uri = Uri::parse(u).map_err(|_| ParseError::new("invalid Request-URI"))?;
+    Ok((method, uri))
+}
+
+fn parse_status_line(rest: &str) -> Result<(u16, String), ParseError> {
+    let rest = rest
+        .strip_prefix("2.0 ")
+        .ok_or(ParseError::new("unsupported SIP version"))?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::new("invalid status code"));
+    }
+    let status: u16 = code.parse().map_err(|_| ParseError::new("invalid status code"))?;
+    if !(100..=699).contains(&status) {
+        return Err(ParseError::new("status code out of range"));
+    }
+    if reason.bytes().any(|b| b < 0x20 && b != b'\t') {
+        return Err(ParseError::new("control character in reason phrase"));
+    }
+    Ok((status, reason.to_string()))
+}
+
+fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, ParseError> {
+    let mut headers = Headers::new();
+    let mut current: Option<(HeaderName, String)> = None;
+    for line in lines {
+        if line.starts_with([' ', '\t']) {
+            // Folded continuation (RFC 3261 section 7.3.1): one space replaces the fold.
+            let (_, value) = current
+                .as_mut()
+                .ok_or(ParseError::new("continuation line before any header"))?;
+            value.push(' ');
+            value.push_str(line.trim());
+            continue;
+        }
+        if let Some((name, value)) = current.take() {
+            headers.push(name, value);
+        }
+        if headers.len() >= MAX_HEADERS {
+            return Err(ParseError::new("too many header fields"));
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(ParseError::new("header line without colon"))?;
+        let name = name.trim_end_matches([' ', '\t']);
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            return Err(ParseError::new("invalid header name"));
+        }
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(ParseError::at(
+                HeaderName::parse(name),
+                "control character in header value",
+            ));
+        }
+        current = Some((HeaderName::parse(name), value.trim().to_string()));
+    }
+    if let Some((name, value)) = current {
+        headers.push(name, value);
+    }
+    Ok(headers)
+}
+
+fn frame_body(headers: &Headers, body: &[u8]) -> Result<Bytes, ParseError> {
+    let mut length: Option<usize> = None;
+    for v in headers.get_all(&HeaderName::ContentLength) {
+        if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::at(HeaderName::ContentLength, "invalid Content-Length"));
+        }
+        let n: usize = v
+            .parse()
+            .map_err(|_| ParseError::at(HeaderName::ContentLength, "invalid Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(ParseError::at(HeaderName::ContentLength, "conflicting Content-Length"));
+        }
+        length = Some(n);
+    }
+    match length {
+        Some(n) if n > body.len() => Err(ParseError::at(
+            HeaderName::ContentLength,
+            "body shorter than Content-Length",
+        )),
+        Some(n) => Ok(Bytes::copy_from_slice(&body[..n])),
+        None => Ok(Bytes::copy_from_slice(body)),
+    }
+}
+
+fn check_essentials(m: &impl Essentials) -> Result<(), ParseError> {
+    let h = m.hdrs();
+    for (name, what) in [
+        (HeaderName::CallId, "missing Call-ID"),
+        (HeaderName::From, "missing From"),
+        (HeaderName::To, "missing To"),
+        (HeaderName::CSeq, "missing CSeq"),
+        (HeaderName::Via, "missing Via"),
+    ] {
+        match h.count(&name) {
+            0 => return Err(ParseError::at(name, what)),
+            1 => {}
+            _ if name == HeaderName::Via => {}
+            _ => return Err(ParseError::at(name, "header must appear once")),
+        }
+    }
+    if m.call_id()
+        .is_none_or(|c| c.is_empty() || c.contains(char::is_whitespace))
+    {
+        return Err(ParseError::at(HeaderName::CallId, "invalid Call-ID"));
+    }
+    m.from_addr().map_err(|r| ParseError::at(HeaderName::From, r))?;
+    m.to_addr().map_err(|r| ParseError::at(HeaderName::To, r))?;
+    m.cseq().map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
+    let vias = m.vias().map_err(|r| ParseError::at(HeaderName::Via, r))?;
+    if vias.is_empty() {
+        return Err(ParseError::at(HeaderName::Via, "missing Via"));
+    }
+    if let Some(mf) = h.get(&HeaderName::MaxForwards)
+        && (mf.is_empty()
+            || mf.len() > 3
+            || !mf.bytes().all(|b| b.is_ascii_digit())
+            || mf.parse::<u16>().is_ok_and(|n| n > 255))
+    {
+        return Err(ParseError::at(HeaderName::MaxForwards, "invalid Max-Forwards"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: &str = "OPTIONS sip:localhost SIP/2.0\r\n\
+        Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bKhjhs8ass877\r\n\
+        Max-Forwards: 70\r\n\
+        To: <sip:localhost>\r\n\
+        From: Alice <sip:alice@localhost>;tag=1928301774\r\n\
+        Call-ID: a84b4c76e66710\r\n\
+        CSeq: 63104 OPTIONS\r\n\
+        Contact: <sip:alice@df7jal23ls0d.invalid;transport=ws>\r\n\
+        Accept: application/sdp\r\n\
+        Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn options_request() {
+        let Message::Request(r) = parse(OPTIONS.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.method, Method::Options);
+        assert_eq!(r.uri.to_string(), "sip:localhost");
+        assert_eq!(r.vias().unwrap()[0].transport, "WS");
+        assert_eq!(r.cseq().unwrap().seq, 63104);
+        assert_eq!(r.from_addr().unwrap().tag(), Some("1928301774"));
+        assert!(r.body.is_empty());
+    }
+
+    #[test]
+    fn compact_folded_and_body() {
+        let msg = "\r\n\r\nMESSAGE sip:bob@localhost SIP/2.0\r\n\
+            v: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1,\r\n SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK2\r\n\
+            t: <sip:bob@localhost>\r\nf: <sip:a@localhost>;tag=x\r\ni: c1\r\n\
+            CSeq: 1\r\n  MESSAGE\r\nc: text/plain\r\nl: 5\r\n\r\nhello-extra";
+        let Message::Request(r) = parse(msg.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.vias().unwrap().len(), 2);
+        assert_eq!(r.cseq().unwrap().method, Method::Message);
+        assert_eq!(&r.body[..], b"hello");
+    }
+
+    #[test]
+    fn response() {
+        let msg = "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/WS x.invalid;branch=z9hG4bK1\r\n\
+            To: <sip:b@l>;tag=2\r\nFrom: <sip:a@l>;tag=1\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+        let Message::Response(r) = parse(msg.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.status, r.reason.as_str()), (180, "Ringing"));
+    }
+
+    #[test]
+    fn errors_name_the_header() {
+        let e = parse(OPTIONS.replace("63104 OPTIONS", "63104 INVITE").as_bytes()).unwrap_err();
+        assert_eq!(e.header, Some(HeaderName::CSeq));
+        let e = parse(OPTIONS.replace("Call-ID: a84b4c76e66710\r\n", "").as_bytes()).unwrap_err();
+        assert_eq!(e.reason_phrase(), "Bad Header: Call-ID");
+        let e = parse(OPTIONS.replace("Content-Length: 0", "Content-Length: 10").as_bytes()).unwrap_err();
+        assert_eq!(e.header, Some(HeaderName::ContentLength));
+        let e = parse(OPTIONS.replace("SIP/2.0/WS", "SIP/2.0").as_bytes()).unwrap_err();
+        assert_eq!(e.header, Some(HeaderName::Via));
+        assert!(parse(OPTIONS.replace("OPTIONS sip", "OPTIONS  sip").as_bytes()).is_err());
+        assert!(parse(OPTIONS.replace("SIP/2.0\r\n", "SIP/7.0\r\n").as_bytes()).is_err());
+        assert!(parse(b"garbage").is_err());
+        assert!(parse(b"\r\n\r\n").is_err());
+        assert!(parse(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n']).is_err());
+    }
+}

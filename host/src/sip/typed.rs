@@ -1,0 +1,265 @@
+//! Typed views of header values, parsed only when asked for: Via, CSeq, name-addr.
+
+use std::fmt;
+
+use super::headers::{Params, param, parse_params, write_params};
+use super::message::Method;
+use super::uri::{Host, Uri, split_host_port};
+
+/// One Via value: `SIP/2.0/WS abc.invalid;branch=z9hG4bK...;rport`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// Transport token, upper-cased (`UDP`, `TCP`, `TLS`, `WS`, `WSS`, ...).
+    pub transport: String,
+    /// Sent-by host.
+    pub host: Host,
+    /// Sent-by port.
+    pub port: Option<u16>,
+    /// Parameters in order.
+    pub params: Params,
+}
+
+impl Via {
+    /// Parses one Via value.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let s = s.trim();
+        let (proto, rest) = split_ws(s).ok_or("Via without sent-by")?;
+        let mut parts = proto.split('/').map(str::trim);
+        let (name, version, transport) = (parts.next(), parts.next(), parts.next());
+        if parts.next().is_some() {
+            return Err("invalid Via protocol");
+        }
+        match (name, version, transport) {
+            (Some(n), Some(v), Some(t)) if n.eq_ignore_ascii_case("SIP") && v == "2.0" && !t.is_empty() => {
+                if !t.bytes().all(super::headers::is_token_char) {
+                    return Err("invalid Via transport");
+                }
+                let (sent_by, params) = match rest.find(';') {
+                    Some(i) => (rest[..i].trim(), &rest[i..]),
+                    None => (rest.trim(), ""),
+                };
+                let (host, port) = split_host_port(sent_by).map_err(|_| "invalid Via sent-by")?;
+                let params = parse_params(params).map_err(|_| "invalid Via parameter")?;
+                Ok(Self {
+                    transport: t.to_ascii_uppercase(),
+                    host,
+                    port,
+                    params,
+                })
+            }
+            _ => Err("invalid Via protocol"),
+        }
+    }
+
+    /// The `branch` parameter.
+    pub fn branch(&self) -> Option<&str> {
+        param(&self.params, "branch").flatten()
+    }
+
+    /// Whether `rport` is present (with or without value).
+    pub fn has_rport(&self) -> bool {
+        param(&self.params, "rport").is_some()
+    }
+
+    /// Sets a parameter, replacing any existing value (names compared case-insensitively).
+    pub fn set_param(&mut self, name: &str, value: Option<String>) {
+        match self.params.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some(p) => p.1 = value,
+            None => self.params.push((name.to_string(), value)),
+        }
+    }
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIP/2.0/{} {}", self.transport, self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        write_params(f, &self.params)
+    }
+}
+
+/// Splits at the first run of whitespace. Via allows LWS around the slashes of the
+/// protocol (`SIP / 2.0 / UDP`), so whitespace adjacent to a slash does not count.
+fn split_ws(s: &str) -> Option<(&str, &str)> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_whitespace() {
+            let mut j = i;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            let prev_slash = i > 0 && b[i - 1] == b'/';
+            let next_slash = j < b.len() && b[j] == b'/';
+            if !prev_slash && !next_slash {
+                return Some((&s[..i], &s[j..]));
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// `CSeq: 4711 INVITE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    /// Sequence number (at most 2^31 - 1 per RFC 3261 section 8.1.1.5).
+    pub seq: u32,
+    /// Method.
+    pub method: Method,
+}
+
+impl CSeq {
+    /// Parses a CSeq value.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let mut it = s.split_ascii_whitespace();
+        let (Some(n), Some(m), None) = (it.next(), it.next(), it.next()) else {
+            return Err("invalid CSeq");
+        };
+        if n.len() > 10 || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("invalid CSeq number");
+        }
+        let seq: u64 = n.parse().map_err(|_| "invalid CSeq number")?;
+        if seq > u64::from(u32::MAX >> 1) {
+            return Err("CSeq number too large");
+        }
+        Ok(Self {
+            seq: seq as u32,
+            method: Method::parse(m).map_err(|_| "invalid CSeq method")?,
+        })
+    }
+}
+
+impl fmt::Display for CSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.seq, self.method)
+    }
+}
+
+/// `"Alice" <sip:alice@example.org>;tag=1928301774` or `sip:alice@example.org;tag=1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr {
+    /// Display name, as written (quotes kept).
+    pub display: Option<String>,
+    /// The URI.
+    pub uri: Uri,
+    /// Header parameters (after the URI).
+    pub params: Params,
+}
+
+impl NameAddr {
+    /// Parses a From / To / Contact / Route value.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let s = s.trim();
+        if let Some(lt) = find_unquoted(s, b'<') {
+            let display = s[..lt].trim();
+            if display.starts_with('"') && !(display.len() >= 2 && display.ends_with('"')) {
+                return Err("unterminated display name");
+            }
+            let gt = s[lt..].find('>').ok_or("missing '>'")? + lt;
+            let uri = Uri::parse(s[lt + 1..gt].trim())?;
+            let params = parse_params(&s[gt + 1..]).map_err(|_| "invalid header parameter")?;
+            Ok(Self {
+                display: (!display.is_empty()).then(|| display.to_string()),
+                uri,
+                params,
+            })
+        } else {
+            // addr-spec: parameters after the URI belong to the header, not to the URI.
+            let (uri, params) = match s.find(';') {
+                Some(i) => (&s[..i], &s[i..]),
+                None => (s, ""),
+            };
+            if uri.contains(['?', ',']) {
+                return Err("URI with headers or commas must be in angle brackets");
+            }
+            Ok(Self {
+                display: None,
+                uri: Uri::parse(uri.trim())?,
+                params: parse_params(params).map_err(|_| "invalid header parameter")?,
+            })
+        }
+    }
+
+    /// The `tag` parameter.
+    pub fn tag(&self) -> Option<&str> {
+        param(&self.params, "tag").flatten()
+    }
+}
+
+impl fmt::Display for NameAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = &self.display {
+            write!(f, "{d} ")?;
+        }
+        write!(f, "<{}>", self.uri)?;
+        write_params(f, &self.params)
+    }
+}
+
+fn find_unquoted(s: &str, c: u8) -> Option<usize> {
+    let b = s.as_bytes();
+    let (mut in_q, mut i) = (false, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_q => i += 1,
+            b'"' => in_q = !in_q,
+            x if x == c && !in_q => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_round_trip() {
+        let v = Via::parse("SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bKasudf;rport").unwrap();
+        assert_eq!(v.transport, "WS");
+        assert_eq!(v.host, Host::Name("df7jal23ls0d.invalid".into()));
+        assert_eq!(v.branch(), Some("z9hG4bKasudf"));
+        assert!(v.has_rport());
+        let mut v = v;
+        v.set_param("received", Some("127.0.0.1".into()));
+        v.set_param("rport", Some("5555".into()));
+        assert_eq!(
+            v.to_string(),
+            "SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bKasudf;rport=5555;received=127.0.0.1"
+        );
+        let v = Via::parse("SIP / 2.0 / UDP [::1]:5060 ; branch=z9hG4bK1").unwrap();
+        assert_eq!(v.port, Some(5060));
+        assert_eq!(v.branch(), Some("z9hG4bK1"));
+        assert!(Via::parse("SIP/2.0/UDP").is_err());
+        assert!(Via::parse("SIP/3.0/UDP host").is_err());
+    }
+
+    #[test]
+    fn cseq() {
+        let c = CSeq::parse("4711  INVITE").unwrap();
+        assert_eq!((c.seq, c.method.as_str()), (4711, "INVITE"));
+        assert!(CSeq::parse("4711").is_err());
+        assert!(CSeq::parse("-1 INVITE").is_err());
+        assert!(CSeq::parse("4294967296 INVITE").is_err());
+        assert!(CSeq::parse("1 INVITE extra").is_err());
+    }
+
+    #[test]
+    fn name_addr() {
+        let n = NameAddr::parse(r#""Bob <the builder>" <sip:bob@b.org;transport=ws>;tag=a6c85cf"#).unwrap();
+        assert_eq!(n.display.as_deref(), Some(r#""Bob <the builder>""#));
+        assert_eq!(n.tag(), Some("a6c85cf"));
+        assert_eq!(n.uri.as_sip().unwrap().param("transport"), Some(Some("ws")));
+        let n = NameAddr::parse("sip:alice@a.org;tag=1").unwrap();
+        assert_eq!(n.tag(), Some("1"));
+        assert!(n.uri.as_sip().unwrap().params.is_empty());
+        assert!(NameAddr::parse("<sip:alice@a.org").is_err());
+    }
+}

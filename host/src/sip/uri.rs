@@ -1,0 +1,333 @@
+//! SIP URIs (RFC 3261 section 19.1): `sip:` and `sips:` parsed, other schemes kept whole.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::headers::{Params, param, parse_params, write_params};
+
+/// The host part of a URI or Via.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A domain name, as written.
+    Name(String),
+    /// An IPv4 address.
+    V4(Ipv4Addr),
+    /// An IPv6 reference (written in brackets).
+    V6(Ipv6Addr),
+}
+
+impl Host {
+    /// Parses `example.org`, `192.0.2.1` or `[2001:db8::1]`.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if let Some(inner) = s.strip_prefix('[') {
+            let inner = inner.strip_suffix(']').ok_or("unterminated IPv6 reference")?;
+            return inner.parse().map(Self::V6).map_err(|_| "invalid IPv6 address");
+        }
+        if s.is_empty() {
+            return Err("empty host");
+        }
+        if let Ok(v4) = s.parse::<Ipv4Addr>() {
+            return Ok(Self::V4(v4));
+        }
+        let valid = s.split('.').enumerate().all(|(i, label)| {
+            // A trailing dot is allowed (fully qualified); other labels must not be empty.
+            (label.is_empty() && i > 0 && s.ends_with('.') && s.len() > 1)
+                || (!label.is_empty()
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-'))
+        });
+        if !valid {
+            return Err("invalid host name");
+        }
+        if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err("invalid IPv4 address");
+        }
+        Ok(Self::Name(s.to_string()))
+    }
+
+    /// The IP address, if the host is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Self::Name(_) => None,
+            Self::V4(a) => Some(IpAddr::V4(*a)),
+            Self::V6(a) => Some(IpAddr::V6(*a)),
+        }
+    }
+}
+
+impl From<IpAddr> for Host {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(a) => Self::V4(a),
+            IpAddr::V6(a) => Self::V6(a),
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(n) => f.write_str(n),
+            Self::V4(a) => write!(f, "{a}"),
+            Self::V6(a) => write!(f, "[{a}]"),
+        }
+    }
+}
+
+/// A `sip:` or `sips:` URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipUri {
+    /// `sips:`.
+    pub secure: bool,
+    /// User part, still escaped as received.
+    pub user: Option<String>,
+    /// Password, still escaped.
+    pub password: Option<String>,
+    /// Host.
+    pub host: Host,
+    /// Port, when given.
+    pub port: Option<u16>,
+    /// URI parameters (`;transport=ws;lr`).
+    pub params: Params,
+    /// Header part after `?`, raw.
+    pub headers: Option<String>,
+}
+
+impl SipUri {
+    /// A parameter's value (`Some(None)` for a flag such as `lr`).
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        param(&self.params, name)
+    }
+}
+
+/// Any URI in a SIP message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uri {
+    /// `sip:` / `sips:`.
+    Sip(SipUri),
+    /// Another absolute URI (`tel:`, `urn:`, `http:`...), kept as written.
+    Other(String),
+}
+
+impl Uri {
+    /// Parses a URI.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let (scheme, rest) = s.split_once(':').ok_or("URI without scheme")?;
+        if scheme.is_empty()
+            || !scheme.as_bytes()[0].is_ascii_alphabetic()
+            || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        {
+            return Err("invalid URI scheme");
+        }
+        let secure = if scheme.eq_ignore_ascii_case("sip") {
+            false
+        } else if scheme.eq_ignore_ascii_case("sips") {
+            true
+        } else {
+            if rest.is_empty() || s.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>' || b == b'"') {
+                return Err("invalid URI");
+            }
+            return Ok(Self::Other(s.to_string()));
+        };
+        parse_sip(rest, secure).map(Self::Sip)
+    }
+
+    /// The SIP URI, if it is one.
+    pub fn as_sip(&self) -> Option<&SipUri> {
+        match self {
+            Self::Sip(u) => Some(u),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+fn parse_sip(rest: &str, secure: bool) -> Result<SipUri, &'static str> {
+    if rest
+        .bytes()
+        .any(|b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>' || b == b'"')
+    {
+        return Err("invalid character in URI");
+    }
+    // An unescaped '@' can only end the userinfo (params and headers can't hold one).
+    let (userinfo, hostpart) = match rest.find('@') {
+        Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+        None => (None, rest),
+    };
+    let (user, password) = match userinfo {
+        Some(ui) => {
+            let (u, p) = match ui.split_once(':') {
+                Some((u, p)) => (u, Some(p.to_string())),
+                None => (ui, None),
+            };
+            if u.is_empty() {
+                return Err("empty user part");
+            }
+            check_escapes(u)?;
+            (Some(u.to_string()), p)
+        }
+        None => (None, None),
+    };
+    let (before_headers, headers) = match hostpart.split_once('?') {
+        Some((b, h)) => (b, Some(h.to_string())),
+        None => (hostpart, None),
+    };
+    let (hostport, params) = match before_headers.find(';') {
+        Some(i) => (&before_headers[..i], &before_headers[i..]),
+        None => (before_headers, ""),
+    };
+    let (host, port) = split_host_port(hostport)?;
+    let params = parse_params(params).map_err(|_| "invalid URI parameter")?;
+    Ok(SipUri {
+        secure,
+        user,
+        password,
+        host,
+        port,
+        params,
+        headers,
+    })
+}
+
+/// Splits `host[:port]` where host may be an IPv6 reference.
+pub fn split_host_port(s: &str) -> Result<(Host, Option<u16>), &'static str> {
+    let (host, port) = if s.starts_with('[') {
+        match s.find(']') {
+            Some(end) => {
+                let (h, after) = s.split_at(end + 1);
+                match after.strip_prefix(':') {
+                    Some(p) => (h, Some(p)),
+                    None if after.is_empty() => (h, None),
+                    None => return Err("garbage after IPv6 reference"),
+                }
+            }
+            None => return Err("unterminated IPv6 reference"),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        Some(p) => {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("invalid port");
+            }
+            Some(p.parse::<u16>().map_err(|_| "port out of range")?)
+        }
+        None => None,
+    };
+    Ok((Host::parse(host)?, port))
+}
+
+fn check_escapes(s: &str) -> Result<(), &'static str> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if i + 2 >= b.len() {
+                return Err("truncated escape in URI");
+            }
+            if !(b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
+                return Err("invalid escape in URI");
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for SipUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.secure { "sips:" } else { "sip:" })?;
+        if let Some(u) = &self.user {
+            f.write_str(u)?;
+            if let Some(p) = &self.password {
+                write!(f, ":{p}")?;
+            }
+            f.write_str("@")?;
+        }
+        write!(f, "{}", self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        write_params(f, &self.params)?;
+        if let Some(h) = &self.headers {
+            write!(f, "?{h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sip(u) => u.fmt(f),
+            Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sip(s: &str) -> SipUri {
+        match Uri::parse(s).unwrap() {
+            Uri::Sip(u) => u,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn forms() {
+        let u = sip("sip:alice:secret@example.org:5060;transport=ws;lr?subject=x");
+        assert_eq!(u.user.as_deref(), Some("alice"));
+        assert_eq!(u.password.as_deref(), Some("secret"));
+        assert_eq!(u.host, Host::Name("example.org".into()));
+        assert_eq!(u.port, Some(5060));
+        assert_eq!(u.param("TRANSPORT"), Some(Some("ws")));
+        assert_eq!(u.param("lr"), Some(None));
+        assert_eq!(u.headers.as_deref(), Some("subject=x"));
+        assert_eq!(
+            u.to_string(),
+            "sip:alice:secret@example.org:5060;transport=ws;lr?subject=x"
+        );
+
+        let u = sip("sips:[2001:db8::1]:5061");
+        assert!(u.secure);
+        assert_eq!(u.host, Host::V6("2001:db8::1".parse().unwrap()));
+        assert_eq!(u.to_string(), "sips:[2001:db8::1]:5061");
+
+        let u = sip("sip:%61lice;x=y@127.0.0.1");
+        assert_eq!(u.user.as_deref(), Some("%61lice;x=y"));
+        assert_eq!(u.host, Host::V4("127.0.0.1".parse().unwrap()));
+
+        assert_eq!(
+            Uri::parse("tel:+1-201-555-0123").unwrap(),
+            Uri::Other("tel:+1-201-555-0123".into())
+        );
+    }
+
+    #[test]
+    fn rejects() {
+        for bad in [
+            "alice@example.org",
+            "sip:",
+            "sip:@example.org",
+            "sip:a@exa mple.org",
+            "sip:a@example.org:99999",
+            "sip:a@[::1",
+            "sip:a@example.org:",
+            "sip:a%4@example.org",
+            "sip:a@-bad-.org",
+            "sip:a@256.1.1.1",
+            "1sip:a@b",
+        ] {
+            assert!(Uri::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

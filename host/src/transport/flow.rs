@@ -1,0 +1,199 @@
+//! The flow table: every live SIP flow, its peer and identity, and a bounded queue to
+//! send on it. A flow leaves the table exactly once, when its [`FlowGuard`] drops.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::admin::metrics::Metrics;
+use crate::core::{FlowId, SipTransport};
+
+/// What is known about a flow.
+#[derive(Debug, Clone)]
+pub struct FlowInfo {
+    /// Its id (also the HTTP connection id the plugin saw).
+    pub id: FlowId,
+    /// WS or WSS.
+    pub transport: SipTransport,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// Our address (tells the listener).
+    pub local: SocketAddr,
+    /// Attributes the plugin attached at upgrade.
+    pub identity: Vec<(String, String)>,
+    /// When the flow was established.
+    pub opened: SystemTime,
+}
+
+/// Why a message could not be queued on a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The flow is gone.
+    #[error("no such flow")]
+    NoFlow,
+    /// The flow's queue is full (the peer does not read).
+    #[error("flow send queue full")]
+    Full,
+}
+
+struct Entry {
+    info: Arc<FlowInfo>,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// All live flows.
+pub struct FlowTable {
+    flows: Mutex<HashMap<FlowId, Entry>>,
+    next_id: AtomicU64,
+    closed_tx: mpsc::UnboundedSender<FlowId>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for FlowTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowTable").field("len", &self.len()).finish()
+    }
+}
+
+impl FlowTable {
+    /// A table that reports each closed flow on `closed_tx`, once.
+    pub fn new(closed_tx: mpsc::UnboundedSender<FlowId>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            flows: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed_tx,
+            metrics,
+        }
+    }
+
+    /// A fresh id for a new connection.
+    pub fn next_id(&self) -> FlowId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a flow; it stays until the returned guard drops.
+    pub fn register(self: &Arc<Self>, info: FlowInfo, tx: mpsc::Sender<Bytes>) -> FlowGuard {
+        let id = info.id;
+        self.flows.lock().expect("flow table lock").insert(
+            id,
+            Entry {
+                info: Arc::new(info),
+                tx,
+            },
+        );
+        self.metrics.flow_opened();
+        FlowGuard {
+            table: self.clone(),
+            id,
+        }
+    }
+
+    /// Queues `payload` on flow `id` without waiting.
+    pub fn send(&self, id: FlowId, payload: Bytes) -> Result<(), SendError> {
+        let flows = self.flows.lock().expect("flow table lock");
+        let entry = flows.get(&id).ok_or(SendError::NoFlow)?;
+        entry.tx.try_send(payload).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::NoFlow,
+        })
+    }
+
+    /// A flow's info.
+    pub fn get(&self, id: FlowId) -> Option<Arc<FlowInfo>> {
+        self.flows
+            .lock()
+            .expect("flow table lock")
+            .get(&id)
+            .map(|e| e.info.clone())
+    }
+
+    /// Every live flow, by id.
+    pub fn list(&self) -> Vec<Arc<FlowInfo>> {
+        let mut v: Vec<_> = self
+            .flows
+            .lock()
+            .expect("flow table lock")
+            .values()
+            .map(|e| e.info.clone())
+            .collect();
+        v.sort_by_key(|i| i.id);
+        v
+    }
+
+    /// Number of live flows.
+    pub fn len(&self) -> usize {
+        self.flows.lock().expect("flow table lock").len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove(&self, id: FlowId) {
+        let removed = self.flows.lock().expect("flow table lock").remove(&id);
+        if removed.is_some() {
+            self.metrics.flow_closed();
+            // The receiver (the core driver) lives as long as the server.
+            let _ = self.closed_tx.send(id);
+        }
+    }
+}
+
+/// Keeps a flow registered; dropping it removes the flow and reports the closure.
+#[derive(Debug)]
+pub struct FlowGuard {
+    table: Arc<FlowTable>,
+    id: FlowId,
+}
+
+impl FlowGuard {
+    /// The flow's id.
+    pub fn id(&self) -> FlowId {
+        self.id
+    }
+}
+
+impl Drop for FlowGuard {
+    fn drop(&mut self) {
+        self.table.remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_exactly_once() {
+        let (ctx, mut crx) = mpsc::unbounded_channel();
+        let table = Arc::new(FlowTable::new(ctx, Arc::new(Metrics::default())));
+        let (tx, mut rx) = mpsc::channel(1);
+        let id = table.next_id();
+        let guard = table.register(
+            FlowInfo {
+                id,
+                transport: SipTransport::Ws,
+                remote: "127.0.0.1:1".parse().unwrap(),
+                local: "127.0.0.1:2".parse().unwrap(),
+                identity: vec![],
+                opened: SystemTime::UNIX_EPOCH,
+            },
+            tx,
+        );
+        table.send(id, Bytes::from_static(b"a")).unwrap();
+        assert_eq!(table.send(id, Bytes::from_static(b"b")), Err(SendError::Full));
+        assert_eq!(rx.try_recv().unwrap(), Bytes::from_static(b"a"));
+        assert_eq!(table.len(), 1);
+        drop(guard);
+        assert_eq!(table.send(id, Bytes::new()), Err(SendError::NoFlow));
+        table.remove(id);
+        assert_eq!(crx.try_recv().unwrap(), id);
+        assert!(crx.try_recv().is_err());
+    }
+}

@@ -1,0 +1,407 @@
+//! One web connection: HTTP requests decided by the listener's plugin until one is
+//! upgraded, then a SIP-over-WebSocket flow until it closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::Shared;
+use super::flow::FlowInfo;
+use crate::core::{FlowId, Incoming, Input, SipTransport};
+use crate::http::handshake::{self, HandshakeCheck, HandshakeError};
+use crate::http::head::{HeadLimits, Version};
+use crate::http::reader::{ReadError, read_request};
+use crate::http::response::Response;
+use crate::plugin::{Decision, HttpRequest, Peer, PeerTransport, Plugin, Websocket};
+
+/// How long a write to a client may take before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to keep reading (and discarding) after an error response, so the client
+/// reads the response instead of a TCP reset.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// One accepted connection on a web listener.
+pub struct Connection<S> {
+    /// The stream (TCP or TLS).
+    pub stream: S,
+    /// Connection (and later flow) id.
+    pub id: FlowId,
+    /// Client address.
+    pub remote: SocketAddr,
+    /// Our address.
+    pub local: SocketAddr,
+    /// TCP or TLS.
+    pub tls: bool,
+    /// The first request must be complete by then (counted from the accept).
+    pub first_deadline: Instant,
+}
+
+/// Serves a web connection to the end.
+pub async fn serve<S>(mut conn: Connection<S>, plugin: Arc<Plugin>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limits = HeadLimits {
+        max_head_bytes: shared.http.max_head_bytes,
+        max_headers: shared.http.max_headers,
+        max_body_bytes: shared.http.max_body_bytes,
+    };
+    let mut shutdown = shared.shutdown.clone();
+    let mut buf = Vec::new();
+    let mut first = true;
+    loop {
+        let idle_until = Instant::now() + shared.http.idle_timeout;
+        let first_deadline = first.then_some(conn.first_deadline);
+        let read = read_request(
+            &mut conn.stream,
+            &mut buf,
+            &limits,
+            idle_until,
+            shared.http.head_timeout,
+            first_deadline,
+        );
+        let request = tokio::select! {
+            r = read => r,
+            _ = shutdown.changed() => return,
+        };
+        first = false;
+        let request = match request {
+            Ok(r) => r,
+            Err(ReadError::Head(e)) => {
+                shared.metrics.http_rejected();
+                tracing::debug!(connection = conn.id, peer = %conn.remote, "bad HTTP request: {e}");
+                let resp = Response::error(e.status(), &e.to_string());
+                // Answer in the version the client can read; an unparsable request gets 1.1.
+                send_and_close(&mut conn.stream, &resp, &shared, Version::Http11, false).await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(connection = conn.id, peer = %conn.remote, "connection ends: {e}");
+                return;
+            }
+        };
+        shared.metrics.http_request();
+        let head = request.head;
+        let check = handshake::inspect(&head);
+        let version = head.version;
+        let client_close = head.close;
+        let is_head = head.method == "HEAD";
+        let wit_request = HttpRequest {
+            method: head.method,
+            target: head.target,
+            version: version.as_str().to_string(),
+            headers: head.headers,
+            body: request.body,
+            peer: Peer {
+                remote_addr: conn.remote.ip().to_string(),
+                remote_port: conn.remote.port(),
+                local_addr: conn.local.ip().to_string(),
+                local_port: conn.local.port(),
+                transport: if conn.tls {
+                    PeerTransport::Tls
+                } else {
+                    PeerTransport::Tcp
+                },
+            },
+            connection_id: conn.id,
+            websocket: match &check {
+                HandshakeCheck::NotWebSocket => Websocket::None,
+                HandshakeCheck::Offer(o) => Websocket::Offer(o.subprotocols.clone()),
+                HandshakeCheck::Invalid(e) => Websocket::Invalid(e.to_string()),
+            },
+        };
+        match plugin.decide(wit_request, &check).await {
+            Decision::Reply(resp) => {
+                let keep_alive = !resp.close && !client_close;
+                let bytes = resp.serialize(
+                    &shared.server_header,
+                    SystemTime::now(),
+                    keep_alive,
+                    version == Version::Http10,
+                    is_head,
+                );
+                if !write(&mut conn.stream, &bytes).await {
+                    return;
+                }
+                if !keep_alive {
+                    linger_close(&mut conn.stream).await;
+                    return;
+                }
+            }
+            Decision::Challenge { realm } => {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let mut resp = Response::error(401, "");
+                resp.close = false;
+                for value in shared.nonce.challenge_headers(&realm, now, false) {
+                    resp.headers.push(("WWW-Authenticate".into(), value));
+                }
+                let keep_alive = !client_close;
+                let bytes = resp.serialize(
+                    &shared.server_header,
+                    SystemTime::now(),
+                    keep_alive,
+                    version == Version::Http10,
+                    is_head,
+                );
+                if !write(&mut conn.stream, &bytes).await || !keep_alive {
+                    return;
+                }
+            }
+            Decision::Upgrade(upgrade) => {
+                let offer = match check {
+                    HandshakeCheck::Offer(o) if o.offers_sip() => o,
+                    refused => {
+                        let e = match refused {
+                            HandshakeCheck::Invalid(e) => e,
+                            HandshakeCheck::Offer(_) => HandshakeError::NoSipSubprotocol,
+                            HandshakeCheck::NotWebSocket => HandshakeError::NoUpgradeWebSocket,
+                        };
+                        shared.metrics.handshake_rejected();
+                        tracing::debug!(connection = conn.id, peer = %conn.remote, "handshake refused: {e}");
+                        let mut resp = Response::error(e.status(), &e.to_string());
+                        for (n, v) in e.headers() {
+                            resp.headers.push(((*n).into(), (*v).into()));
+                        }
+                        send_and_close(&mut conn.stream, &resp, &shared, version, is_head).await;
+                        return;
+                    }
+                };
+                let bytes = handshake::switching_protocols(
+                    &offer,
+                    &upgrade.subprotocol,
+                    &shared.server_header,
+                    &upgrade.headers,
+                );
+                if !write(&mut conn.stream, &bytes).await {
+                    return;
+                }
+                let info = FlowInfo {
+                    id: conn.id,
+                    transport: if conn.tls { SipTransport::Wss } else { SipTransport::Ws },
+                    remote: conn.remote,
+                    local: conn.local,
+                    identity: upgrade.identity,
+                    opened: SystemTime::now(),
+                };
+                run_flow(conn.stream, buf, info, shared).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes all of `bytes` within [`WRITE_TIMEOUT`]; false when the connection is unusable.
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> bool {
+    let io = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    matches!(timeout(WRITE_TIMEOUT, io).await, Ok(Ok(())))
+}
+
+async fn send_and_close<S>(stream: &mut S, resp: &Response, shared: &Shared, version: Version, is_head: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let bytes = resp.serialize(
+        &shared.server_header,
+        SystemTime::now(),
+        false,
+        version == Version::Http10,
+        is_head,
+    );
+    if write(stream, &bytes).await {
+        linger_close(stream).await;
+    }
+}
+
+/// Half-closes, then drains what the client still sends for a moment: closing a socket
+/// with unread input makes the kernel send a reset that can destroy the response.
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = timeout(WRITE_TIMEOUT, stream.shutdown()).await;
+    let drain = async {
+        let mut scratch = [0u8; 1024];
+        let mut total = 0usize;
+        while total < 256 * 1024 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = timeout(LINGER, drain).await;
+}
+
+/// Maps a WebSocket read error to the close code to send, or `None` when the
+/// connection is already gone.
+fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some((CloseCode::Size, "message too big")),
+        WsError::Capacity(_) => Some((CloseCode::Size, "too big")),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8 in text message")),
+        // A reset is the peer going away, not a protocol error to report to it.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) | WsError::AttackAttempt => Some((CloseCode::Protocol, "protocol error")),
+        _ => None,
+    }
+}
+
+/// What woke the flow loop.
+enum Event {
+    In(Option<Result<Message, WsError>>),
+    Out(Option<Bytes>),
+    Timer,
+    Shutdown,
+}
+
+/// Runs an upgraded connection as a SIP flow until it ends.
+async fn run_flow<S>(stream: S, leftover: Vec<u8>, info: FlowInfo, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let cfg = &shared.websocket;
+    let mut ws_config = WebSocketConfig::default();
+    ws_config.read_buffer_size = cfg.read_buffer_bytes;
+    // Write each message at once; no buffering past one message.
+    ws_config.write_buffer_size = 0;
+    ws_config.max_write_buffer_size = cfg.max_message_bytes * 4;
+    ws_config.max_message_size = Some(cfg.max_message_bytes);
+    ws_config.max_frame_size = Some(cfg.max_message_bytes);
+    let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
+
+    let (tx, mut rx) = mpsc::channel::<Bytes>(cfg.send_queue);
+    let (id, remote, transport) = (info.id, info.remote, info.transport);
+    let _guard = shared.flows.register(info, tx);
+    shared.metrics.ws_upgrade();
+    tracing::debug!(flow = id, peer = %remote, "WebSocket flow open");
+
+    let mut shutdown = shared.shutdown.clone();
+    let mut last_heard = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    loop {
+        let wake = match ping_sent {
+            Some(at) => at + cfg.pong_timeout,
+            None => last_heard + cfg.ping_interval,
+        };
+        let event = tokio::select! {
+            m = ws.next() => Event::In(m),
+            o = rx.recv() => Event::Out(o),
+            _ = sleep_until(wake) => Event::Timer,
+            _ = shutdown.changed() => Event::Shutdown,
+        };
+        match event {
+            Event::In(None) => break,
+            Event::In(Some(Ok(msg))) => {
+                last_heard = Instant::now();
+                ping_sent = None;
+                let data: Bytes = match msg {
+                    Message::Text(t) => Bytes::from(t),
+                    Message::Binary(b) => b,
+                    // Pings are answered by tungstenite; a Close is answered too, and
+                    // the stream then ends.
+                    _ => continue,
+                };
+                if &data[..] == b"\r\n\r\n" {
+                    // RFC 5626 section 4.4.1 keepalive: double CRLF ping, single CRLF pong.
+                    shared.metrics.keepalive();
+                    if !send(&mut ws, Message::text("\r\n")).await {
+                        break;
+                    }
+                    continue;
+                }
+                match crate::sip::parse(&data) {
+                    Ok(message) => {
+                        shared.metrics.sip_in();
+                        let input = Input::Message(Incoming {
+                            flow: id,
+                            source: remote,
+                            transport,
+                            message,
+                        });
+                        if shared.core_tx.send(input).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        shared.metrics.sip_parse_error();
+                        tracing::debug!(flow = id, peer = %remote, "unparsable SIP message dropped: {e}");
+                    }
+                }
+            }
+            Event::In(Some(Err(e))) => {
+                if let Some((code, reason)) = close_code_for(&e) {
+                    tracing::debug!(flow = id, peer = %remote, "closing with {}: {e}", u16::from(code));
+                    shared.metrics.ws_close_error();
+                    let frame = CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from_static(reason),
+                    };
+                    let _ = timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+                } else {
+                    tracing::debug!(flow = id, peer = %remote, "WebSocket read ends: {e}");
+                }
+                break;
+            }
+            Event::Out(Some(payload)) => {
+                let msg = match std::str::from_utf8(&payload) {
+                    Ok(_) => Message::Text(Utf8Bytes::try_from(payload).expect("checked UTF-8")),
+                    Err(_) => Message::Binary(payload),
+                };
+                if !send(&mut ws, msg).await {
+                    break;
+                }
+                shared.metrics.sip_out();
+            }
+            Event::Out(None) => break,
+            Event::Timer => {
+                if ping_sent.is_some() {
+                    tracing::debug!(flow = id, peer = %remote, "no answer to ping; closing");
+                    shared.metrics.ping_timeout();
+                    break;
+                }
+                if !send(&mut ws, Message::Ping(Bytes::new())).await {
+                    break;
+                }
+                ping_sent = Some(Instant::now());
+            }
+            Event::Shutdown => {
+                let frame = CloseFrame {
+                    code: CloseCode::Away,
+                    reason: Utf8Bytes::from_static("server shutting down"),
+                };
+                let closing = async {
+                    ws.close(Some(frame)).await?;
+                    // Wait for the client's Close so the handshake completes.
+                    while let Some(m) = ws.next().await {
+                        m?;
+                    }
+                    Ok::<_, WsError>(())
+                };
+                let _ = timeout(shared.grace, closing).await;
+                break;
+            }
+        }
+    }
+    tracing::debug!(flow = id, peer = %remote, "WebSocket flow closed");
+}
+
+async fn send<S>(ws: &mut WebSocketStream<S>, msg: Message) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    matches!(timeout(WRITE_TIMEOUT, ws.send(msg)).await, Ok(Ok(())))
+}

@@ -1,0 +1,114 @@
+//! `misbehave`: a test-only plugin that fails in the ways a buggy or hostile plugin can,
+//! chosen by the request path, so that one test server can exercise every failure and
+//! then show that the next request still works.
+//!
+//! ```text
+//! /trap          panics (a Wasm trap)
+//! /loop          spins forever (hits the epoch deadline)
+//! /bomb          allocates until the memory cap stops it
+//! /crlf          replies with a header value containing CR LF
+//! /owned         replies with a Content-Length header (owned by the host)
+//! /wrong-proto   upgrades with a subprotocol the client did not offer
+//! /status-101    replies with status 101 (reserved to the host)
+//! /challenge     asks for Digest authentication in realm "test"
+//! /config        replies 200 with plugin-config() as the body
+//! /myself?H      replies 200 "yes" or "no" for is-myself(H)
+//! /echo          replies 200 with the request as JSON-ish text (method, target, headers, body)
+//! anything else  upgrades WebSocket requests (identity user=test), else 200 "ok"
+//! ```
+
+wit_bindgen::generate!({
+    world: "http-handler",
+    path: "../../../wit",
+});
+
+use sipwasm::plugin::host::{self, Level};
+use sipwasm::plugin::types::{Challenge, Response, Upgrade, Websocket};
+
+fn ok(body: impl Into<Vec<u8>>) -> Decision {
+    reply(200, vec![], body.into())
+}
+
+fn reply(status: u16, headers: Vec<(String, String)>, body: Vec<u8>) -> Decision {
+    Decision::Reply(Response {
+        status,
+        reason: None,
+        headers,
+        body,
+        close: false,
+    })
+}
+
+struct Misbehave;
+
+impl Guest for Misbehave {
+    fn on_http_request(req: HttpRequest) -> Decision {
+        let (path, query) = match req.target.split_once('?') {
+            Some((p, q)) => (p, q),
+            None => (req.target.as_str(), ""),
+        };
+        match path {
+            "/trap" => panic!("misbehave: asked to trap"),
+            "/loop" => {
+                host::log(Level::Info, "misbehave: looping forever");
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "/bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Touch every page so the memory is really committed.
+                    hoard.push(vec![0xA5; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "/crlf" => reply(
+                200,
+                vec![("X-Test".into(), "a\r\nInjected: yes".into())],
+                vec![],
+            ),
+            "/owned" => reply(200, vec![("Content-Length".into(), "5".into())], vec![]),
+            "/wrong-proto" => Decision::Upgrade(Upgrade {
+                subprotocol: "not-offered".into(),
+                headers: vec![],
+                identity: vec![],
+            }),
+            "/status-101" => reply(101, vec![], vec![]),
+            "/challenge" => Decision::Challenge(Challenge {
+                realm: "test".into(),
+            }),
+            "/config" => ok(host::plugin_config()),
+            "/myself" => ok(if host::is_myself(query) { "yes" } else { "no" }),
+            "/echo" => {
+                let mut text = format!("{} {} {}\n", req.method, req.target, req.version);
+                for (n, v) in &req.headers {
+                    text.push_str(&format!("{n}: {v}\n"));
+                }
+                text.push_str(&format!(
+                    "peer: {}:{} -> {}:{} {:?}\n",
+                    req.peer.remote_addr,
+                    req.peer.remote_port,
+                    req.peer.local_addr,
+                    req.peer.local_port,
+                    req.peer.transport
+                ));
+                text.push_str(&format!("connection-id: {}\n", req.connection_id));
+                text.push_str(&format!("websocket: {:?}\n", req.websocket));
+                text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&req.body)));
+                ok(text)
+            }
+            _ => match req.websocket {
+                Websocket::None => ok("ok"),
+                _ => Decision::Upgrade(Upgrade {
+                    subprotocol: "sip".into(),
+                    headers: vec![("Set-Cookie".into(), "session=test; HttpOnly".into())],
+                    identity: vec![("user".into(), "test".into())],
+                }),
+            },
+        }
+    }
+}
+
+export!(Misbehave);
