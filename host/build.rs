@@ -27,7 +27,13 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&plugins)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     for (package, _) in BUILTINS {
@@ -59,11 +65,14 @@ fn main() {
         );
     }
     for (_, file) in BUILTINS {
-        let built = target_dir.join("wasm32-wasip2/release").join(format!("{file}.wasm"));
+        let built = target_dir
+            .join("wasm32-wasip2/release")
+            .join(format!("{file}.wasm"));
         copy(&built, &out_dir.join(format!("{file}.wasm")));
     }
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
 }

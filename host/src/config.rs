@@ -359,13 +359,16 @@ impl Config {
             key,
             message,
         };
-        let de = toml::Deserializer::parse(text).map_err(|e| err("(file)".into(), toml_message(&e, text)))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err("(file)".into(), toml_message(&e, text)))?;
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "(file)".into() } else { key };
             err(key, toml_message(e.inner(), text))
         })?;
-        config.validate().map_err(|(key, message)| err(key, message))?;
+        config
+            .validate()
+            .map_err(|(key, message)| err(key, message))?;
         for plugin in config.plugins.values_mut() {
             if let Some(p) = &plugin.path
                 && p.is_relative()
@@ -381,35 +384,59 @@ impl Config {
             return Err(("listen".into(), "at least one [[listen]] is needed".into()));
         }
         if self.server.domains.is_empty() {
-            return Err(("server.domains".into(), "must name at least one domain".into()));
+            return Err((
+                "server.domains".into(),
+                "must name at least one domain".into(),
+            ));
         }
         for (i, d) in self.server.domains.iter().enumerate() {
             if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
-                return Err((format!("server.domains[{i}]"), format!("{d:?} is not a host name")));
+                return Err((
+                    format!("server.domains[{i}]"),
+                    format!("{d:?} is not a host name"),
+                ));
             }
         }
         if self.server.server_header.contains(['\r', '\n', '\0']) {
-            return Err(("server.server-header".into(), "must not contain CR, LF or NUL".into()));
+            return Err((
+                "server.server-header".into(),
+                "must not contain CR, LF or NUL".into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
             if !self.plugins.contains_key(&l.plugin) {
-                return Err((key("plugin"), format!("no plugin named {:?} in [plugins]", l.plugin)));
+                return Err((
+                    key("plugin"),
+                    format!("no plugin named {:?} in [plugins]", l.plugin),
+                ));
             }
             if !seen.insert(l.address) {
-                return Err((key("address"), format!("{} is used by two listeners", l.address)));
+                return Err((
+                    key("address"),
+                    format!("{} is used by two listeners", l.address),
+                ));
             }
             match (l.transport, &l.tls_cert, &l.tls_key) {
                 (ListenTransport::Ws, None, None) => {}
                 (ListenTransport::Ws, _, _) => {
-                    return Err((key("tls-cert"), "only wss listeners take a certificate".into()));
+                    return Err((
+                        key("tls-cert"),
+                        "only wss listeners take a certificate".into(),
+                    ));
                 }
                 (ListenTransport::Wss, Some(_), None) => {
-                    return Err((key("tls-key"), "tls-cert is set, so tls-key is needed too".into()));
+                    return Err((
+                        key("tls-key"),
+                        "tls-cert is set, so tls-key is needed too".into(),
+                    ));
                 }
                 (ListenTransport::Wss, None, Some(_)) => {
-                    return Err((key("tls-cert"), "tls-key is set, so tls-cert is needed too".into()));
+                    return Err((
+                        key("tls-cert"),
+                        "tls-key is set, so tls-cert is needed too".into(),
+                    ));
                 }
                 (ListenTransport::Wss, _, _) => {}
             }
@@ -418,9 +445,14 @@ impl Config {
             let key = |k: &str| format!("plugins.{name}.{k}");
             match (&p.path, &p.builtin) {
                 (Some(_), Some(_)) => {
-                    return Err((key("builtin"), "set either path or builtin, not both".into()));
+                    return Err((
+                        key("builtin"),
+                        "set either path or builtin, not both".into(),
+                    ));
                 }
-                (None, None) => return Err((key("path"), "set path (a .wasm file) or builtin".into())),
+                (None, None) => {
+                    return Err((key("path"), "set path (a .wasm file) or builtin".into()));
+                }
                 (None, Some(b)) if !crate::plugin::BUILTIN_NAMES.contains(&b.as_str()) => {
                     return Err((
                         key("builtin"),
@@ -457,26 +489,44 @@ impl Config {
         }
         let w = &self.websocket;
         if w.max_message_bytes < 1024 {
-            return Err(("websocket.max-message-bytes".into(), "must be at least 1KiB".into()));
+            return Err((
+                "websocket.max-message-bytes".into(),
+                "must be at least 1KiB".into(),
+            ));
         }
         if w.read_buffer_bytes < 256 {
-            return Err(("websocket.read-buffer-bytes".into(), "must be at least 256".into()));
+            return Err((
+                "websocket.read-buffer-bytes".into(),
+                "must be at least 256".into(),
+            ));
         }
         if w.ping_interval < Duration::from_millis(100) {
-            return Err(("websocket.ping-interval".into(), "must be at least 100ms".into()));
+            return Err((
+                "websocket.ping-interval".into(),
+                "must be at least 100ms".into(),
+            ));
         }
         if w.pong_timeout < Duration::from_millis(100) {
-            return Err(("websocket.pong-timeout".into(), "must be at least 100ms".into()));
+            return Err((
+                "websocket.pong-timeout".into(),
+                "must be at least 100ms".into(),
+            ));
         }
         if w.send_queue == 0 {
             return Err(("websocket.send-queue".into(), "must be at least 1".into()));
         }
         let r = &self.plugin_runtime;
         if r.pool_instances == 0 {
-            return Err(("plugin-runtime.pool-instances".into(), "must be at least 1".into()));
+            return Err((
+                "plugin-runtime.pool-instances".into(),
+                "must be at least 1".into(),
+            ));
         }
         if r.epoch_tick < Duration::from_millis(1) || r.epoch_tick > Duration::from_secs(1) {
-            return Err(("plugin-runtime.epoch-tick".into(), "must be between 1ms and 1s".into()));
+            return Err((
+                "plugin-runtime.epoch-tick".into(),
+                "must be between 1ms and 1s".into(),
+            ));
         }
         Ok(())
     }
@@ -524,7 +574,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        u => return Err(format!("unknown unit {u:?} in {s:?}; use us, ms, s, m or h")),
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?}; use us, ms, s, m or h"
+            ));
+        }
     };
     if !secs.is_finite() || secs > 86_400.0 * 365.0 {
         return Err(format!("{s:?} is out of range"));
@@ -548,7 +602,11 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        u => return Err(format!("unknown unit {u:?} in {s:?}; use B, KiB, MiB or GiB")),
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?}; use B, KiB, MiB or GiB"
+            ));
+        }
     };
     n.checked_mul(mul)
         .and_then(|v| usize::try_from(v).ok())
@@ -578,9 +636,9 @@ mod size {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-        match Raw::deserialize(d)
-            .map_err(|_| D::Error::custom("expected a size: a byte count or a string like \"64KiB\""))?
-        {
+        match Raw::deserialize(d).map_err(|_| {
+            D::Error::custom("expected a size: a byte count or a string like \"64KiB\"")
+        })? {
             Raw::N(n) => usize::try_from(n).map_err(|_| D::Error::custom("size is too large")),
             Raw::S(s) => super::parse_size(&s).map_err(D::Error::custom),
         }
@@ -650,7 +708,10 @@ path = "p.wasm"
         let e = parse(&format!("{MINIMAL}memory-limit = \"1TiB\"\n")).unwrap_err();
         assert_eq!(e.key, "plugins.p.memory-limit");
         let text = e.to_string();
-        assert!(text.starts_with("test.toml: plugins.p.memory-limit: "), "{text}");
+        assert!(
+            text.starts_with("test.toml: plugins.p.memory-limit: "),
+            "{text}"
+        );
     }
 
     #[test]

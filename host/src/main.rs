@@ -67,7 +67,10 @@ fn main() -> ExitCode {
     if let Some(d) = args.data_dir {
         config.server.data_dir = Some(d);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sipwasm: cannot start the runtime: {e}");

@@ -54,9 +54,9 @@ impl Server {
 
         let mut sockets = Vec::new();
         for (i, l) in config.listen.iter().enumerate() {
-            let listener = TcpListener::bind(l.address)
-                .await
-                .with_context(|| format!("listen[{i}] ({} {}): cannot bind", l.transport, l.address))?;
+            let listener = TcpListener::bind(l.address).await.with_context(|| {
+                format!("listen[{i}] ({} {}): cannot bind", l.transport, l.address)
+            })?;
             let local = listener.local_addr()?;
             sockets.push((listener, local));
         }
@@ -86,7 +86,9 @@ impl Server {
                         .with_context(|| format!("wss listener {local}"))?,
                 )),
             };
-            let plugin = plugins.get(&l.plugin).expect("validated: listener plugins exist");
+            let plugin = plugins
+                .get(&l.plugin)
+                .expect("validated: listener plugins exist");
             listeners.push(BoundListener {
                 listener,
                 local,
@@ -204,7 +206,8 @@ async fn accept_loop(l: BoundListener, shared: Arc<Shared>, live: Arc<AtomicUsiz
         let _ = stream.set_nodelay(true);
         live.fetch_add(1, Ordering::Relaxed);
         let guard = LiveGuard(live.clone());
-        let (shared, plugin, tls, local) = (shared.clone(), l.plugin.clone(), l.tls.clone(), l.local);
+        let (shared, plugin, tls, local) =
+            (shared.clone(), l.plugin.clone(), l.tls.clone(), l.local);
         tokio::spawn(async move {
             let _guard = guard;
             serve_accepted(stream, remote, local, tls, plugin, shared).await;
@@ -236,7 +239,9 @@ async fn serve_accepted(
         }
         Some(acceptor) => {
             // The TLS handshake counts against the time allowed for the first request.
-            let stream = match tokio::time::timeout_at(first_deadline, acceptor.accept(stream)).await {
+            let stream = match tokio::time::timeout_at(first_deadline, acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(connection = id, peer = %remote, "TLS handshake failed: {e}");
@@ -317,12 +322,14 @@ fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     match std::fs::read(&path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            let raw = decode_hex(text.trim()).with_context(|| format!("{} is not 64 hex digits", path.display()))?;
+            let raw = decode_hex(text.trim())
+                .with_context(|| format!("{} is not 64 hex digits", path.display()))?;
             Ok(raw)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = [0u8; 32];
-            getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the secret: {e}"))?;
+            getrandom::fill(&mut secret)
+                .map_err(|e| anyhow::anyhow!("no randomness for the secret: {e}"))?;
             let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
             use std::io::Write as _;
             use std::os::unix::fs::OpenOptionsExt as _;

@@ -42,7 +42,13 @@ pub async fn serve(
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, metrics: &Metrics, flows: &FlowTable, server: &str) {
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    metrics: &Metrics,
+    flows: &FlowTable,
+    server: &str,
+) {
     let limits = HeadLimits {
         max_head_bytes: 8192,
         max_headers: 50,
@@ -50,7 +56,16 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, metrics: &Metrics, flow
     };
     let mut buf = Vec::new();
     let timeout = Duration::from_secs(10);
-    let req = match read_request(&mut stream, &mut buf, &limits, Instant::now() + timeout, timeout, None).await {
+    let req = match read_request(
+        &mut stream,
+        &mut buf,
+        &limits,
+        Instant::now() + timeout,
+        timeout,
+        None,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, "admin request: {e}");

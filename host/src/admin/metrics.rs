@@ -117,14 +117,20 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE sipwasm_plugin_instantiations_total counter");
         for ((p, _), n) in m.iter().filter(|((_, w), _)| *w == "instantiations") {
-            let _ = writeln!(out, "sipwasm_plugin_instantiations_total{{plugin=\"{p}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "sipwasm_plugin_instantiations_total{{plugin=\"{p}\"}} {n}"
+            );
         }
         let _ = writeln!(
             out,
             "# HELP sipwasm_plugin_failures_total Plugin calls that failed, by cause."
         );
         let _ = writeln!(out, "# TYPE sipwasm_plugin_failures_total counter");
-        for ((p, cause), n) in m.iter().filter(|((_, w), _)| *w != "calls" && *w != "instantiations") {
+        for ((p, cause), n) in m
+            .iter()
+            .filter(|((_, w), _)| *w != "calls" && *w != "instantiations")
+        {
             let _ = writeln!(
                 out,
                 "sipwasm_plugin_failures_total{{plugin=\"{p}\",cause=\"{cause}\"}} {n}"

@@ -70,7 +70,10 @@ impl NonceKey {
         let issued_at = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
         let expected = self.mac(issued_at, realm);
         // Constant-time comparison.
-        let diff = expected.iter().zip(&raw[8..]).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = expected
+            .iter()
+            .zip(&raw[8..])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 || issued_at > now_unix.saturating_add(5) {
             return NonceCheck::Invalid;
         }
@@ -89,7 +92,11 @@ impl NonceKey {
         let stale = if stale { ", stale=true" } else { "" };
         ["SHA-256", "MD5"]
             .iter()
-            .map(|alg| format!("Digest realm={realm}, qop=\"auth\", algorithm={alg}, nonce=\"{nonce}\"{stale}"))
+            .map(|alg| {
+                format!(
+                    "Digest realm={realm}, qop=\"auth\", algorithm={alg}, nonce=\"{nonce}\"{stale}"
+                )
+            })
             .collect()
     }
 }
@@ -124,7 +131,10 @@ mod tests {
         assert_eq!(k.check(&n, "sip", 1_010, 300), NonceCheck::Valid);
         assert_eq!(k.check(&n, "sip", 1_400, 300), NonceCheck::Stale);
         assert_eq!(k.check(&n, "other", 1_010, 300), NonceCheck::Invalid);
-        assert_eq!(NonceKey::new([8; 32]).check(&n, "sip", 1_010, 300), NonceCheck::Invalid);
+        assert_eq!(
+            NonceKey::new([8; 32]).check(&n, "sip", 1_010, 300),
+            NonceCheck::Invalid
+        );
         assert_eq!(k.check("garbage", "sip", 1_010, 300), NonceCheck::Invalid);
         let mut tampered = n.into_bytes();
         tampered[3] ^= 1;
@@ -139,7 +149,9 @@ mod tests {
         let k = NonceKey::new([1; 32]);
         let h = k.challenge_headers("a \"b\"", 5, false);
         assert_eq!(h.len(), 2);
-        assert!(h[0].starts_with("Digest realm=\"a \\\"b\\\"\", qop=\"auth\", algorithm=SHA-256, nonce=\""));
+        assert!(h[0].starts_with(
+            "Digest realm=\"a \\\"b\\\"\", qop=\"auth\", algorithm=SHA-256, nonce=\""
+        ));
         assert!(h[1].contains("algorithm=MD5"));
         assert!(realm_is_valid("sipwasm"));
         assert!(!realm_is_valid("a\r\nb"));

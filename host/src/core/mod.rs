@@ -269,7 +269,10 @@ mod tests {
 
     fn core() -> Core {
         Core::new(CoreConfig {
-            myself: Arc::new(Myself::new(&["localhost".into()], &["127.0.0.1:8080".parse().unwrap()])),
+            myself: Arc::new(Myself::new(
+                &["localhost".into()],
+                &["127.0.0.1:8080".parse().unwrap()],
+            )),
             server_header: "test".into(),
             secret: [3; 32],
         })
@@ -308,7 +311,10 @@ mod tests {
         assert_eq!(r.status, 200);
         let via = &r.vias().unwrap()[0];
         assert_eq!(via.branch(), Some("z9hG4bK776"));
-        assert_eq!(crate::sip::headers::param(&via.params, "rport"), Some(Some("50000")));
+        assert_eq!(
+            crate::sip::headers::param(&via.params, "rport"),
+            Some(Some("50000"))
+        );
         assert_eq!(
             crate::sip::headers::param(&via.params, "received"),
             Some(Some("127.0.0.1"))
@@ -327,11 +333,38 @@ mod tests {
 
     #[test]
     fn other_statuses() {
-        assert_eq!(answer(request("MESSAGE sip:bob@localhost", "")).unwrap().1.status, 404);
-        assert_eq!(answer(request("REGISTER sip:localhost", "")).unwrap().1.status, 501);
-        assert_eq!(answer(request("OPTIONS sip:elsewhere.org", "")).unwrap().1.status, 403);
-        assert_eq!(answer(request("OPTIONS sip:localhost:9999", "")).unwrap().1.status, 403);
-        assert_eq!(answer(request("OPTIONS tel:+123", "")).unwrap().1.status, 416);
+        assert_eq!(
+            answer(request("MESSAGE sip:bob@localhost", ""))
+                .unwrap()
+                .1
+                .status,
+            404
+        );
+        assert_eq!(
+            answer(request("REGISTER sip:localhost", ""))
+                .unwrap()
+                .1
+                .status,
+            501
+        );
+        assert_eq!(
+            answer(request("OPTIONS sip:elsewhere.org", ""))
+                .unwrap()
+                .1
+                .status,
+            403
+        );
+        assert_eq!(
+            answer(request("OPTIONS sip:localhost:9999", ""))
+                .unwrap()
+                .1
+                .status,
+            403
+        );
+        assert_eq!(
+            answer(request("OPTIONS tel:+123", "")).unwrap().1.status,
+            416
+        );
         let (_, r) = answer(request("OPTIONS sip:localhost", "Require: foo, bar\r\n")).unwrap();
         assert_eq!(r.status, 420);
         assert_eq!(r.headers.get(&HeaderName::Unsupported), Some("foo, bar"));

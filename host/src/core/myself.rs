@@ -89,7 +89,10 @@ mod tests {
     fn me() -> Myself {
         Myself::new(
             &["Example.org".into(), "192.0.2.7".into()],
-            &["127.0.0.1:8080".parse().unwrap(), "[::1]:8443".parse().unwrap()],
+            &[
+                "127.0.0.1:8080".parse().unwrap(),
+                "[::1]:8443".parse().unwrap(),
+            ],
         )
     }
 

@@ -122,13 +122,16 @@ fn check(head: &RequestHead) -> Result<UpgradeOffer, HandshakeError> {
         return Err(HandshakeError::NoHost);
     }
     // Upgrade is a list of protocol names, each optionally with "/version".
-    let upgrade = head.headers_named("Upgrade").flat_map(|v| v.split(',')).any(|p| {
-        p.trim()
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .eq_ignore_ascii_case("websocket")
-    });
+    let upgrade = head
+        .headers_named("Upgrade")
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.trim()
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .eq_ignore_ascii_case("websocket")
+        });
     if !upgrade {
         return Err(HandshakeError::NoUpgradeWebSocket);
     }
@@ -174,7 +177,12 @@ pub fn accept_key(key: &str) -> String {
 
 /// The 101 response completing the handshake, with `extra` headers (already
 /// validated) after the host's own.
-pub fn switching_protocols(offer: &UpgradeOffer, subprotocol: &str, server: &str, extra: &HeaderList) -> Vec<u8> {
+pub fn switching_protocols(
+    offer: &UpgradeOffer,
+    subprotocol: &str,
+    server: &str,
+    extra: &HeaderList,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     push_header(&mut out, "Upgrade", "websocket");
@@ -210,7 +218,10 @@ mod tests {
     #[test]
     fn rfc6455_example_accept_key() {
         // RFC 6455 section 1.3.
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -246,7 +257,10 @@ mod tests {
     fn each_rule() {
         let g = GOOD.to_string();
         assert_eq!(invalid(g.replace("GET", "POST")), HandshakeError::NotGet);
-        assert_eq!(invalid(g.replace("HTTP/1.1", "HTTP/1.0")), HandshakeError::NotHttp11);
+        assert_eq!(
+            invalid(g.replace("HTTP/1.1", "HTTP/1.0")),
+            HandshakeError::NotHttp11
+        );
         assert_eq!(
             invalid(g.replace("Upgrade: websocket", "Upgrade: h2c")),
             HandshakeError::NoUpgradeWebSocket

@@ -166,8 +166,14 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<(RequestHead, usi
         Some(1) => Version::Http11,
         _ => return Err(HeadError::Version),
     };
-    let method = req.method.ok_or(HeadError::Malformed("no method"))?.to_string();
-    let target = req.path.ok_or(HeadError::Malformed("no request target"))?.to_string();
+    let method = req
+        .method
+        .ok_or(HeadError::Malformed("no method"))?
+        .to_string();
+    let target = req
+        .path
+        .ok_or(HeadError::Malformed("no request target"))?
+        .to_string();
     let mut headers = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         // Values may carry obs-text (bytes >= 0x80); keep them readable rather than refuse.
@@ -307,21 +313,28 @@ mod tests {
     #[test]
     fn statuses() {
         assert_eq!(p("GET / HTTP/2.0\r\n\r\n").unwrap_err().status(), 505);
-        assert_eq!(p("OPTIONS sip:a SIP/2.0\r\n\r\n").unwrap_err().status(), 400);
+        assert_eq!(
+            p("OPTIONS sip:a SIP/2.0\r\n\r\n").unwrap_err().status(),
+            400
+        );
         let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\r\n";
         assert_eq!(parse(tls_hello, &LIMITS).unwrap_err().status(), 400);
         assert_eq!(p("GET / HTTP/1.1\r\n\r\n").unwrap_err().status(), 400);
         assert_eq!(
-            p("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err().status(),
+            p("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+                .unwrap_err()
+                .status(),
             400
         );
         let post = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n";
         assert_eq!(p(post).unwrap_err().status(), 413);
         let chunked = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(p(chunked).unwrap_err().status(), 411);
-        let both = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
+        let both =
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
         assert_eq!(p(both).unwrap_err().status(), 400);
-        let conflict = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        let conflict =
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(p(conflict).unwrap_err().status(), 400);
         let neg = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n";
         assert_eq!(p(neg).unwrap_err().status(), 400);
@@ -333,7 +346,9 @@ mod tests {
     fn connection_persistence() {
         let (h, _) = p("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(h.close);
-        let (h, _) = p("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
+        let (h, _) = p("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!h.close);
         let (h, _) = p("GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n")
             .unwrap()

@@ -96,7 +96,11 @@ where
 }
 
 /// Reads what is available, at most about `want` more bytes (at least 1 KiB at a time).
-async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> io::Result<usize> {
     let chunk = want.clamp(1024, 8 * 1024);
     buf.reserve(chunk);
     let start = buf.len();

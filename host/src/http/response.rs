@@ -111,7 +111,10 @@ impl Response {
         out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
         out.extend_from_slice(self.status.to_string().as_bytes());
         out.push(b' ');
-        let reason = self.reason.as_deref().unwrap_or_else(|| reason_phrase(self.status));
+        let reason = self
+            .reason
+            .as_deref()
+            .unwrap_or_else(|| reason_phrase(self.status));
         out.extend_from_slice(reason.as_bytes());
         out.extend_from_slice(b"\r\n");
         push_header(&mut out, "Date", &httpdate::fmt_http_date(date));
@@ -137,7 +140,10 @@ impl Response {
 
 /// Whether a reason phrase from a plugin can be sent: visible ASCII, spaces, tabs.
 pub fn reason_is_valid(reason: &str) -> bool {
-    reason.len() <= 128 && reason.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    reason.len() <= 128
+        && reason
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
 /// The standard reason phrase for a status code.
@@ -199,10 +205,22 @@ mod tests {
             validate_header("X", "a\r\nB: c"),
             Err(HeaderError::BadValue(_))
         ));
-        assert!(matches!(validate_header("X", "a\0"), Err(HeaderError::BadValue(_))));
-        assert!(matches!(validate_header("X Y", "a"), Err(HeaderError::BadName(_))));
-        assert!(matches!(validate_header("", "a"), Err(HeaderError::BadName(_))));
-        assert!(matches!(validate_header("X\r\nY", "a"), Err(HeaderError::BadName(_))));
+        assert!(matches!(
+            validate_header("X", "a\0"),
+            Err(HeaderError::BadValue(_))
+        ));
+        assert!(matches!(
+            validate_header("X Y", "a"),
+            Err(HeaderError::BadName(_))
+        ));
+        assert!(matches!(
+            validate_header("", "a"),
+            Err(HeaderError::BadName(_))
+        ));
+        assert!(matches!(
+            validate_header("X\r\nY", "a"),
+            Err(HeaderError::BadName(_))
+        ));
         for owned in [
             "content-length",
             "Connection",

@@ -19,6 +19,7 @@ pub use generated::HttpHandler;
 pub use generated::HttpHandlerPre;
 pub use generated::sipwasm::plugin::host::{Host as HostImports, Level};
 pub use generated::sipwasm::plugin::types::{
-    Challenge as GuestChallenge, Decision as GuestDecision, Host as TypesImports, HttpRequest, Peer,
-    Response as GuestResponse, Transport as PeerTransport, Upgrade as GuestUpgrade, Websocket,
+    Challenge as GuestChallenge, Decision as GuestDecision, Host as TypesImports, HttpRequest,
+    Peer, Response as GuestResponse, Transport as PeerTransport, Upgrade as GuestUpgrade,
+    Websocket,
 };

@@ -171,7 +171,9 @@ impl Plugin {
         let outer = self.deadline + self.grace;
         let result = tokio::time::timeout(
             outer,
-            instance.bindings.call_on_http_request(&mut instance.store, request),
+            instance
+                .bindings
+                .call_on_http_request(&mut instance.store, request),
         )
         .await;
         let guest = match result {
@@ -242,7 +244,14 @@ fn classify(e: &wasmtime::Error, state: &HostState, deadline: Duration) -> Plugi
             Some(t) => t.to_string(),
             None => format!("{e:#}"),
         };
-        PluginFailure::Trap(text.lines().next().unwrap_or("").chars().take(300).collect())
+        PluginFailure::Trap(
+            text.lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect(),
+        )
     }
 }
 

@@ -17,7 +17,10 @@ pub const BUILTIN_NAMES: &[&str] = &["seed-policy", "welcome"];
 /// The component bytes of a built-in plugin.
 pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
     match name {
-        "seed-policy" => Some(include_bytes!(concat!(env!("OUT_DIR"), "/seed_policy.wasm"))),
+        "seed-policy" => Some(include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/seed_policy.wasm"
+        ))),
         "welcome" => Some(include_bytes!(concat!(env!("OUT_DIR"), "/welcome.wasm"))),
         _ => None,
     }
@@ -33,7 +36,11 @@ impl Plugins {
     /// Builds the engine, starts its epoch ticker and compiles every plugin of
     /// `config`. Errors name the plugin and its file. Compilation is CPU-heavy: call
     /// from a blocking context.
-    pub fn load(config: &Config, myself: Arc<Myself>, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn load(
+        config: &Config,
+        myself: Arc<Myself>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let max_memory = config
             .plugins
             .values()
@@ -43,32 +50,44 @@ impl Plugins {
         let engine = engine::build(&config.plugin_runtime, max_memory)
             .map_err(|e| anyhow::anyhow!("cannot build the Wasm engine: {e:#}"))?;
         engine::start_epoch_ticker(&engine, config.plugin_runtime.epoch_tick);
-        let linker = linker(&engine).map_err(|e| anyhow::anyhow!("cannot link host functions: {e:#}"))?;
+        let linker =
+            linker(&engine).map_err(|e| anyhow::anyhow!("cannot link host functions: {e:#}"))?;
         let mut by_name = HashMap::new();
         for (name, cfg) in &config.plugins {
-            let (source, bytes): (String, std::borrow::Cow<'static, [u8]>) = match (&cfg.path, &cfg.builtin) {
-                (Some(path), _) => (
-                    path.display().to_string(),
-                    std::fs::read(path)
-                        .map_err(|e| anyhow::anyhow!("plugin {name}: cannot read {}: {e}", path.display()))?
-                        .into(),
-                ),
-                (None, Some(b)) => (
-                    format!("builtin:{b}"),
-                    builtin_bytes(b)
-                        .ok_or_else(|| anyhow::anyhow!("plugin {name}: unknown builtin {b:?}"))?
-                        .into(),
-                ),
-                (None, None) => anyhow::bail!("plugin {name}: neither path nor builtin"),
-            };
+            let (source, bytes): (String, std::borrow::Cow<'static, [u8]>) =
+                match (&cfg.path, &cfg.builtin) {
+                    (Some(path), _) => (
+                        path.display().to_string(),
+                        std::fs::read(path)
+                            .map_err(|e| {
+                                anyhow::anyhow!(
+                                    "plugin {name}: cannot read {}: {e}",
+                                    path.display()
+                                )
+                            })?
+                            .into(),
+                    ),
+                    (None, Some(b)) => (
+                        format!("builtin:{b}"),
+                        builtin_bytes(b)
+                            .ok_or_else(|| anyhow::anyhow!("plugin {name}: unknown builtin {b:?}"))?
+                            .into(),
+                    ),
+                    (None, None) => anyhow::bail!("plugin {name}: neither path nor builtin"),
+                };
             let started = std::time::Instant::now();
-            let component = Component::new(&engine, &bytes)
-                .map_err(|e| anyhow::anyhow!("plugin {name} ({source}): not a valid component: {e:#}"))?;
+            let component = Component::new(&engine, &bytes).map_err(|e| {
+                anyhow::anyhow!("plugin {name} ({source}): not a valid component: {e:#}")
+            })?;
             let pre = linker.instantiate_pre(&component).map_err(|e| {
-                anyhow::anyhow!("plugin {name} ({source}): imports something this host does not provide: {e:#}")
+                anyhow::anyhow!(
+                    "plugin {name} ({source}): imports something this host does not provide: {e:#}"
+                )
             })?;
             let pre = bindings::HttpHandlerPre::new(pre).map_err(|e| {
-                anyhow::anyhow!("plugin {name} ({source}): does not implement the http-handler world: {e:#}")
+                anyhow::anyhow!(
+                    "plugin {name} ({source}): does not implement the http-handler world: {e:#}"
+                )
             })?;
             tracing::info!(
                 plugin = name.as_str(),

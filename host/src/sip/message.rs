@@ -151,7 +151,10 @@ pub trait Essentials {
 
     /// The Via values, top first.
     fn vias(&self) -> Result<Vec<Via>, &'static str> {
-        self.hdrs().values(&HeaderName::Via).map(Via::parse).collect()
+        self.hdrs()
+            .values(&HeaderName::Via)
+            .map(Via::parse)
+            .collect()
     }
 
     /// The CSeq.

@@ -22,7 +22,10 @@ pub struct ParseError {
 
 impl ParseError {
     fn new(reason: &'static str) -> Self {
-        Self { reason, header: None }
+        Self {
+            reason,
+            header: None,
+        }
     }
 
     fn at(header: HeaderName, reason: &'static str) -> Self {
@@ -51,8 +54,10 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
         .position(|&b| b != b'\r' && b != b'\n')
         .ok_or(ParseError::new("empty message"))?;
     let buf = &buf[start..];
-    let (head_end, body_start) = find_head_end(buf).ok_or(ParseError::new("no blank line after the headers"))?;
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| ParseError::new("headers are not UTF-8"))?;
+    let (head_end, body_start) =
+        find_head_end(buf).ok_or(ParseError::new("no blank line after the headers"))?;
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| ParseError::new("headers are not UTF-8"))?;
     let body = &buf[body_start..];
 
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
@@ -79,7 +84,9 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
             body,
         };
         check_essentials(&req)?;
-        let cseq = req.cseq().map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
+        let cseq = req
+            .cseq()
+            .map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
         if cseq.method != req.method {
             return Err(ParseError::at(
                 HeaderName::CSeq,
@@ -109,7 +116,9 @@ fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
 fn parse_request_line(line: &str) -> Result<(Method, Uri), ParseError> {
     // Request-Line = Method SP Request-URI SP SIP-Version CRLF (single spaces).
     let mut parts = line.split(' ');
-    let (Some(m), Some(u), Some(v), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(m), Some(u), Some(v), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(ParseError::new("malformed request line"));
     };
     if v != "SIP/2.0" {
@@ -132,7 +141,9 @@ fn parse_status_line(rest: &str) -> Result<(u16, String), ParseError> {
     if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ParseError::new("invalid status code"));
     }
-    let status: u16 = code.parse().map_err(|_| ParseError::new("invalid status code"))?;
+    let status: u16 = code
+        .parse()
+        .map_err(|_| ParseError::new("invalid status code"))?;
     if !(100..=699).contains(&status) {
         return Err(ParseError::new("status code out of range"));
     }
@@ -186,13 +197,19 @@ fn frame_body(headers: &Headers, body: &[u8]) -> Result<Bytes, ParseError> {
     let mut length: Option<usize> = None;
     for v in headers.get_all(&HeaderName::ContentLength) {
         if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ParseError::at(HeaderName::ContentLength, "invalid Content-Length"));
+            return Err(ParseError::at(
+                HeaderName::ContentLength,
+                "invalid Content-Length",
+            ));
         }
         let n: usize = v
             .parse()
             .map_err(|_| ParseError::at(HeaderName::ContentLength, "invalid Content-Length"))?;
         if length.is_some_and(|l| l != n) {
-            return Err(ParseError::at(HeaderName::ContentLength, "conflicting Content-Length"));
+            return Err(ParseError::at(
+                HeaderName::ContentLength,
+                "conflicting Content-Length",
+            ));
         }
         length = Some(n);
     }
@@ -227,7 +244,8 @@ fn check_essentials(m: &impl Essentials) -> Result<(), ParseError> {
     {
         return Err(ParseError::at(HeaderName::CallId, "invalid Call-ID"));
     }
-    m.from_addr().map_err(|r| ParseError::at(HeaderName::From, r))?;
+    m.from_addr()
+        .map_err(|r| ParseError::at(HeaderName::From, r))?;
     m.to_addr().map_err(|r| ParseError::at(HeaderName::To, r))?;
     m.cseq().map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
     let vias = m.vias().map_err(|r| ParseError::at(HeaderName::Via, r))?;
@@ -240,7 +258,10 @@ fn check_essentials(m: &impl Essentials) -> Result<(), ParseError> {
             || !mf.bytes().all(|b| b.is_ascii_digit())
             || mf.parse::<u16>().is_ok_and(|n| n > 255))
     {
-        return Err(ParseError::at(HeaderName::MaxForwards, "invalid Max-Forwards"));
+        return Err(ParseError::at(
+            HeaderName::MaxForwards,
+            "invalid Max-Forwards",
+        ));
     }
     Ok(())
 }
@@ -301,9 +322,19 @@ mod tests {
     fn errors_name_the_header() {
         let e = parse(OPTIONS.replace("63104 OPTIONS", "63104 INVITE").as_bytes()).unwrap_err();
         assert_eq!(e.header, Some(HeaderName::CSeq));
-        let e = parse(OPTIONS.replace("Call-ID: a84b4c76e66710\r\n", "").as_bytes()).unwrap_err();
+        let e = parse(
+            OPTIONS
+                .replace("Call-ID: a84b4c76e66710\r\n", "")
+                .as_bytes(),
+        )
+        .unwrap_err();
         assert_eq!(e.reason_phrase(), "Bad Header: Call-ID");
-        let e = parse(OPTIONS.replace("Content-Length: 0", "Content-Length: 10").as_bytes()).unwrap_err();
+        let e = parse(
+            OPTIONS
+                .replace("Content-Length: 0", "Content-Length: 10")
+                .as_bytes(),
+        )
+        .unwrap_err();
         assert_eq!(e.header, Some(HeaderName::ContentLength));
         let e = parse(OPTIONS.replace("SIP/2.0/WS", "SIP/2.0").as_bytes()).unwrap_err();
         assert_eq!(e.header, Some(HeaderName::Via));

@@ -30,7 +30,9 @@ impl Via {
             return Err("invalid Via protocol");
         }
         match (name, version, transport) {
-            (Some(n), Some(v), Some(t)) if n.eq_ignore_ascii_case("SIP") && v == "2.0" && !t.is_empty() => {
+            (Some(n), Some(v), Some(t))
+                if n.eq_ignore_ascii_case("SIP") && v == "2.0" && !t.is_empty() =>
+            {
                 if !t.bytes().all(super::headers::is_token_char) {
                     return Err("invalid Via transport");
                 }
@@ -63,7 +65,11 @@ impl Via {
 
     /// Sets a parameter, replacing any existing value (names compared case-insensitively).
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        match self.params.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        match self
+            .params
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
             Some(p) => p.1 = value,
             None => self.params.push((name.to_string(), value)),
         }
@@ -253,7 +259,8 @@ mod tests {
 
     #[test]
     fn name_addr() {
-        let n = NameAddr::parse(r#""Bob <the builder>" <sip:bob@b.org;transport=ws>;tag=a6c85cf"#).unwrap();
+        let n = NameAddr::parse(r#""Bob <the builder>" <sip:bob@b.org;transport=ws>;tag=a6c85cf"#)
+            .unwrap();
         assert_eq!(n.display.as_deref(), Some(r#""Bob <the builder>""#));
         assert_eq!(n.tag(), Some("a6c85cf"));
         assert_eq!(n.uri.as_sip().unwrap().param("transport"), Some(Some("ws")));

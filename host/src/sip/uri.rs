@@ -20,8 +20,13 @@ impl Host {
     /// Parses `example.org`, `192.0.2.1` or `[2001:db8::1]`.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
         if let Some(inner) = s.strip_prefix('[') {
-            let inner = inner.strip_suffix(']').ok_or("unterminated IPv6 reference")?;
-            return inner.parse().map(Self::V6).map_err(|_| "invalid IPv6 address");
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or("unterminated IPv6 reference")?;
+            return inner
+                .parse()
+                .map(Self::V6)
+                .map_err(|_| "invalid IPv6 address");
         }
         if s.is_empty() {
             return Err("empty host");
@@ -33,7 +38,9 @@ impl Host {
             // A trailing dot is allowed (fully qualified); other labels must not be empty.
             (label.is_empty() && i > 0 && s.ends_with('.') && s.len() > 1)
                 || (!label.is_empty()
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     && !label.starts_with('-')
                     && !label.ends_with('-'))
         });
@@ -116,7 +123,9 @@ impl Uri {
         let (scheme, rest) = s.split_once(':').ok_or("URI without scheme")?;
         if scheme.is_empty()
             || !scheme.as_bytes()[0].is_ascii_alphabetic()
-            || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
         {
             return Err("invalid URI scheme");
         }
@@ -125,7 +134,10 @@ impl Uri {
         } else if scheme.eq_ignore_ascii_case("sips") {
             true
         } else {
-            if rest.is_empty() || s.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>' || b == b'"') {
+            if rest.is_empty()
+                || s.bytes()
+                    .any(|b| b <= b' ' || b == b'<' || b == b'>' || b == b'"')
+            {
                 return Err("invalid URI");
             }
             return Ok(Self::Other(s.to_string()));

@@ -56,7 +56,9 @@ pub struct FlowTable {
 
 impl std::fmt::Debug for FlowTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlowTable").field("len", &self.len()).finish()
+        f.debug_struct("FlowTable")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -187,7 +189,10 @@ mod tests {
             tx,
         );
         table.send(id, Bytes::from_static(b"a")).unwrap();
-        assert_eq!(table.send(id, Bytes::from_static(b"b")), Err(SendError::Full));
+        assert_eq!(
+            table.send(id, Bytes::from_static(b"b")),
+            Err(SendError::Full)
+        );
         assert_eq!(rx.try_recv().unwrap(), Bytes::from_static(b"a"));
         assert_eq!(table.len(), 1);
         drop(guard);

@@ -19,7 +19,11 @@ pub fn self_signed_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Builds the rustls server configuration for a listener.
-pub fn server_config(cert: Option<&Path>, key: Option<&Path>, data_dir: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+pub fn server_config(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<ServerConfig>> {
     let (cert, key) = match (cert, key) {
         (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
         _ => ensure_self_signed(data_dir)?,
@@ -31,8 +35,8 @@ pub fn server_config(cert: Option<&Path>, key: Option<&Path>, data_dir: &Path) -
     if certs.is_empty() {
         anyhow::bail!("no certificate in {}", cert.display());
     }
-    let key =
-        PrivateKeyDer::from_pem_file(&key).with_context(|| format!("cannot read private key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key)
+        .with_context(|| format!("cannot read private key {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -53,7 +57,8 @@ fn ensure_self_signed(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = cert_path.parent().expect("tls dir");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|s| s.to_string()).collect();
-    let generated = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+    let generated = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed certificate")?;
     write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())?;
     std::fs::write(&cert_path, generated.cert.pem())
         .with_context(|| format!("cannot write {}", cert_path.display()))?;

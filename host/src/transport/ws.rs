@@ -191,7 +191,11 @@ where
                 }
                 let info = FlowInfo {
                     id: conn.id,
-                    transport: if conn.tls { SipTransport::Wss } else { SipTransport::Ws },
+                    transport: if conn.tls {
+                        SipTransport::Wss
+                    } else {
+                        SipTransport::Ws
+                    },
                     remote: conn.remote,
                     local: conn.local,
                     identity: upgrade.identity,
@@ -213,8 +217,13 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> bool {
     matches!(timeout(WRITE_TIMEOUT, io).await, Ok(Ok(())))
 }
 
-async fn send_and_close<S>(stream: &mut S, resp: &Response, shared: &Shared, version: Version, is_head: bool)
-where
+async fn send_and_close<S>(
+    stream: &mut S,
+    resp: &Response,
+    shared: &Shared,
+    version: Version,
+    is_head: bool,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let bytes = resp.serialize(
@@ -250,12 +259,16 @@ async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
 /// connection is already gone.
 fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
     match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some((CloseCode::Size, "message too big")),
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some((CloseCode::Size, "message too big"))
+        }
         WsError::Capacity(_) => Some((CloseCode::Size, "too big")),
         WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8 in text message")),
         // A reset is the peer going away, not a protocol error to report to it.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Protocol(_) | WsError::AttackAttempt => Some((CloseCode::Protocol, "protocol error")),
+        WsError::Protocol(_) | WsError::AttackAttempt => {
+            Some((CloseCode::Protocol, "protocol error"))
+        }
         _ => None,
     }
 }
@@ -281,7 +294,8 @@ where
     ws_config.max_write_buffer_size = cfg.max_message_bytes * 4;
     ws_config.max_message_size = Some(cfg.max_message_bytes);
     ws_config.max_frame_size = Some(cfg.max_message_bytes);
-    let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
+    let mut ws =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(cfg.send_queue);
     let (id, remote, transport) = (info.id, info.remote, info.transport);
