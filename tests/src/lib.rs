@@ -1,1 +1,648 @@
-//! harness
+//! Test harness: starts the real `sipwasm` binary on loopback ports with plugins built
+//! from `plugins/`, and talks to it with real clients (raw TCP, tungstenite over TCP
+//! and TLS). Every wait is bounded.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The longest any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Path of a plugin component built from `plugins/` (e.g. `seed_policy`, `misbehave`).
+pub fn plugin(name: &str) -> PathBuf {
+    Path::new(env!("SIPWASM_TEST_PLUGINS")).join(format!("{name}.wasm"))
+}
+
+/// The `sipwasm` binary of this build (next to the test executable's `deps/`), or
+/// `SIPWASM_BIN`.
+pub fn sipwasm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SIPWASM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("sipwasm");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p sipwasm` (or the README's test command)",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `fut` or panics after [`WAIT`], naming `what`.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {WAIT:?}: {what}"),
+    }
+}
+
+/// A running server process. Killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    /// The `ws` listener (seed-policy in [`Server::standard`]).
+    pub ws: SocketAddr,
+    /// The `wss` listener.
+    pub wss: SocketAddr,
+    /// A second `ws` listener (misbehave in [`Server::standard`]).
+    pub ws2: SocketAddr,
+    /// A third `ws` listener (welcome in [`Server::standard`]).
+    pub ws3: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The data directory (holds the generated certificate).
+    pub data_dir: tempfile::TempDir,
+    logs: Arc<Mutex<String>>,
+}
+
+/// A configuration with every listener a test may need: `ws` and `wss` decided by
+/// seed-policy, `ws2` by misbehave, `ws3` by welcome, and the admin API.
+pub const STANDARD: &str = r#"
+[server]
+domains = ["localhost", "127.0.0.1"]
+data-dir = "{data}"
+shutdown-grace = "2s"
+
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:{ws}"
+plugin = "seed"
+
+[[listen]]
+transport = "wss"
+address = "127.0.0.1:{wss}"
+plugin = "seed"
+
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:{ws2}"
+plugin = "misbehave"
+
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:{ws3}"
+plugin = "welcome"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[plugins.seed]
+path = "{plugins}/seed_policy.wasm"
+[plugins.seed.config]
+web-ports = [{ws}, {wss}]
+
+[plugins.misbehave]
+path = "{plugins}/misbehave.wasm"
+deadline = "50ms"
+memory-limit = "16MiB"
+[plugins.misbehave.config]
+greeting = "hello"
+answer = 42
+
+[plugins.welcome]
+path = "{plugins}/welcome.wasm"
+"#;
+
+impl Server {
+    /// Starts the server with [`STANDARD`] plus `extra` TOML appended (which may add
+    /// keys to `[http]`, `[websocket]`... since those tables are not in STANDARD).
+    pub fn standard(extra: &str) -> Self {
+        Self::start(&format!("{STANDARD}\n{extra}"))
+    }
+
+    /// Starts the server with `template`, where `{ws}`, `{wss}`, `{ws2}`, `{ws3}`,
+    /// `{admin}` become free ports, `{plugins}` the plugin directory and `{data}` a
+    /// fresh data directory. Returns once every listener is up.
+    pub fn start(template: &str) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+        let text = template
+            .replace("{ws}", &ports[0].to_string())
+            .replace("{wss}", &ports[1].to_string())
+            .replace("{ws2}", &ports[2].to_string())
+            .replace("{ws3}", &ports[3].to_string())
+            .replace("{admin}", &ports[4].to_string())
+            .replace("{plugins}", env!("SIPWASM_TEST_PLUGINS"))
+            .replace("{data}", &data_dir.path().display().to_string());
+        let config_path = data_dir.path().join("sipwasm.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let listeners = text.matches("[[listen]]").count();
+        let mut child = Command::new(sipwasm_bin())
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--log")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sipwasm");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut l = logs.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+        let mut server = Self {
+            child: Some(child),
+            ws: addr(0),
+            wss: addr(1),
+            ws2: addr(2),
+            ws3: addr(3),
+            admin: addr(4),
+            data_dir,
+            logs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let up = server.logs().matches(" listening ").count();
+            if up >= listeners {
+                break;
+            }
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "sipwasm exited with {status} before listening:\n{}",
+                    server.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipwasm did not start within 60 s:\n{}",
+                server.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let child = self.child.as_mut().unwrap();
+        let started = Instant::now();
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no exit 20 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The Prometheus text from the admin API.
+    pub async fn metrics(&self) -> String {
+        let r = http_once(
+            self.admin,
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    }
+
+    /// The value of a metric line (`name{labels}` exactly as rendered), 0 when absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// The self-signed certificate the server generated for wss.
+    pub fn certificate(&self) -> PathBuf {
+        self.data_dir.path().join("tls/localhost.crt")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// Status code.
+    pub status: u16,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// Body (by Content-Length).
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    /// First value of a header (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All values of a header.
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A client connection for raw HTTP exchanges.
+pub struct HttpConn<S> {
+    /// The stream.
+    pub stream: S,
+    buf: Vec<u8>,
+}
+
+impl HttpConn<TcpStream> {
+    /// Connects over TCP.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = within("connect", TcpStream::connect(addr))
+            .await
+            .expect("connect");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> HttpConn<S> {
+    /// Sends raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads one response (head + Content-Length body). `None` when the server closed
+    /// the connection before a complete response.
+    pub async fn response(&mut self) -> Option<HttpReply> {
+        within("HTTP response", async {
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut resp = httparse::Response::new(&mut headers);
+                if let httparse::Status::Complete(n) =
+                    resp.parse(&self.buf).expect("valid HTTP response")
+                {
+                    let status = resp.code.unwrap();
+                    let headers: Vec<(String, String)> = resp
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).to_string(),
+                            )
+                        })
+                        .collect();
+                    let len = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .map(|(_, v)| v.parse::<usize>().unwrap())
+                        .unwrap_or(0);
+                    while self.buf.len() < n + len {
+                        if self.read_more().await == 0 {
+                            return None;
+                        }
+                    }
+                    let body = self.buf[n..n + len].to_vec();
+                    self.buf.drain(..n + len);
+                    return Some(HttpReply {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+                if self.read_more().await == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits (bounded) for the server to close the connection; true when it did.
+    pub async fn closed(&mut self) -> bool {
+        within("server closes the connection", async {
+            loop {
+                let mut scratch = [0u8; 4096];
+                match self.stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// Bytes received and not yet consumed.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    async fn read_more(&mut self) -> usize {
+        let mut scratch = [0u8; 8192];
+        match self.stream.read(&mut scratch).await {
+            Ok(n) => {
+                self.buf.extend_from_slice(&scratch[..n]);
+                n
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+/// One request on a fresh connection; panics when no response comes.
+pub async fn http_once(addr: SocketAddr, raw: &[u8]) -> HttpReply {
+    let mut c = HttpConn::connect(addr).await;
+    c.send(raw).await;
+    c.response().await.expect("a response")
+}
+
+/// The RFC 6455 sample key and the accept value it must produce.
+pub const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+/// `Sec-WebSocket-Accept` for [`SAMPLE_KEY`].
+pub const SAMPLE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A valid SIP WebSocket handshake request for `host`, with `extra` header lines.
+pub fn handshake(host: &str, extra: &str) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {SAMPLE_KEY}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: sip\r\n{extra}\r\n"
+    )
+}
+
+/// A WebSocket client stream.
+pub type Ws<S> = WebSocketStream<S>;
+
+/// Opens a SIP WebSocket over TCP with tungstenite.
+pub async fn ws_connect(addr: SocketAddr) -> Ws<TcpStream> {
+    let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+    ws_handshake(stream, "ws", addr).await
+}
+
+/// Opens a SIP WebSocket over TLS, trusting `cert` (PEM) for `localhost`.
+pub async fn wss_connect(
+    addr: SocketAddr,
+    cert: &Path,
+) -> Ws<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = within("TLS handshake", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    ws_handshake(tls, "wss", addr).await
+}
+
+async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    scheme: &str,
+    addr: SocketAddr,
+) -> Ws<S> {
+    let url = format!("{scheme}://localhost:{}/", addr.port());
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+    let (ws, resp) = within(
+        "WebSocket handshake",
+        tokio_tungstenite::client_async(req, stream),
+    )
+    .await
+    .expect("WebSocket handshake");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "sip");
+    ws
+}
+
+/// An OPTIONS request to the server itself, as a browser would send it.
+pub fn options(branch: &str, transport: &str) -> String {
+    format!(
+        "OPTIONS sip:localhost SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} df7jal23ls0d.invalid;branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         To: <sip:localhost>\r\n\
+         From: <sip:alice@localhost>;tag=tag{branch}\r\n\
+         Call-ID: call-{branch}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The next text or binary message as text, skipping control frames; `None` when the
+/// connection ended.
+pub async fn next_data<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Option<String> {
+    within("WebSocket message", async {
+        loop {
+            match ws.next().await? {
+                Ok(Message::Text(t)) => return Some(t.to_string()),
+                Ok(Message::Binary(b)) => return Some(String::from_utf8_lossy(&b).to_string()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+}
+
+/// Sends OPTIONS and checks the 200 that comes back on the same connection.
+pub async fn options_round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut Ws<S>,
+    branch: &str,
+    transport: &str,
+    binary: bool,
+) {
+    let text = options(branch, transport);
+    let msg = if binary {
+        Message::Binary(text.into_bytes().into())
+    } else {
+        Message::text(text)
+    };
+    within("send", ws.send(msg)).await.unwrap();
+    let reply = next_data(ws).await.expect("a reply to OPTIONS");
+    assert!(reply.starts_with("SIP/2.0 200 OK\r\n"), "{reply}");
+    assert!(
+        reply.contains(&format!("branch=z9hG4bK{branch}")),
+        "{reply}"
+    );
+    assert!(reply.contains("received=127.0.0.1"), "{reply}");
+    assert!(
+        reply.contains(&format!("Call-ID: call-{branch}\r\n")),
+        "{reply}"
+    );
+}
+
+/// Encodes one WebSocket frame: `first` is the first byte (FIN + opcode), `mask` is
+/// applied when given (clients must mask).
+pub fn ws_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= 0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// A server frame read off a raw connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    /// Opcode (low 4 bits of the first byte).
+    pub opcode: u8,
+    /// Unmasked payload.
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// The close code of a Close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> HttpConn<S> {
+    /// Reads one (unmasked, server-sent) WebSocket frame; `None` at end of stream.
+    pub async fn frame(&mut self) -> Option<RawFrame> {
+        within("WebSocket frame", async {
+            loop {
+                if self.buf.len() >= 2 {
+                    let opcode = self.buf[0] & 0x0f;
+                    let len7 = (self.buf[1] & 0x7f) as usize;
+                    let (len, hdr) = match len7 {
+                        126 if self.buf.len() >= 4 => {
+                            (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                        }
+                        127 if self.buf.len() >= 10 => (
+                            u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                            10,
+                        ),
+                        n if n < 126 => (n, 2),
+                        _ => (usize::MAX, 0),
+                    };
+                    if len != usize::MAX && self.buf.len() >= hdr + len {
+                        let payload = self.buf[hdr..hdr + len].to_vec();
+                        self.buf.drain(..hdr + len);
+                        return Some(RawFrame { opcode, payload });
+                    }
+                }
+                if self.read_more().await == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads frames until a Close frame and returns its code (`None` if the
+    /// connection ended without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let f = self.frame().await?;
+            if f.opcode == 0x8 {
+                return f.close_code();
+            }
+        }
+    }
+}
+
+/// Opens a raw TCP connection and completes a SIP WebSocket handshake by hand; the
+/// connection is then at the frame level. `after_head` is sent in the same write as
+/// the handshake.
+pub async fn raw_ws(addr: SocketAddr, after_head: &[u8]) -> HttpConn<TcpStream> {
+    let mut c = HttpConn::connect(addr).await;
+    let mut bytes = handshake(&format!("localhost:{}", addr.port()), "").into_bytes();
+    bytes.extend_from_slice(after_head);
+    c.send(&bytes).await;
+    let r = c.response().await.expect("101");
+    assert_eq!(r.status, 101, "{r:?}");
+    c
+}
+
+/// A mask for client frames in tests.
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
