@@ -16,6 +16,10 @@ impl MemoryCap {
     pub(crate) fn new(limit: usize) -> Self {
         Self { limit, hit: false }
     }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
 }
 
 /// Most table elements a plugin may grow a table to.

@@ -236,23 +236,25 @@ impl Plugin {
 
 fn classify(e: &wasmtime::Error, state: &HostState, deadline: Duration) -> PluginFailure {
     if state.deadline.expired {
-        PluginFailure::Timeout(deadline)
-    } else if state.memory.hit {
-        PluginFailure::OutOfMemory(format!("{e:#}").lines().next().unwrap_or("").to_string())
-    } else {
-        let text = match e.downcast_ref::<wasmtime::Trap>() {
-            Some(t) => t.to_string(),
-            None => format!("{e:#}"),
-        };
-        PluginFailure::Trap(
-            text.lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(300)
-                .collect(),
-        )
+        return PluginFailure::Timeout(deadline);
     }
+    if state.memory.hit {
+        return PluginFailure::OutOfMemory(format!("cap of {} bytes", state.memory.limit()));
+    }
+    // A trap says what the guest did; anything else is best told by its root cause
+    // (the outer layers are wasm backtraces).
+    let text = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(t) => t.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    PluginFailure::Trap(
+        text.lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect(),
+    )
 }
 
 /// The decision used when a plugin configured `failure = "open"` fails: upgrade

@@ -1,0 +1,250 @@
+//! Plugin sandboxing and the failure policy, with the `misbehave` test plugin: traps,
+//! endless loops, memory bombs and invalid decisions never take the server down.
+
+use std::time::{Duration, Instant};
+
+use sipwasm_tests::*;
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> HttpReply {
+    http_once(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+async fn assert_still_serving(s: &Server) {
+    let r = get(s.ws2, "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"ok");
+}
+
+#[tokio::test]
+async fn trap_gets_500_and_the_next_request_works() {
+    let s = Server::standard("");
+    let r = get(s.ws2, "/trap").await;
+    assert_eq!(r.status, 500);
+    assert_still_serving(&s).await;
+    assert!(s.wait_for_log("plugin failed: trap").await, "{}", s.logs());
+    let line = s
+        .logs()
+        .lines()
+        .find(|l| l.contains("plugin failed: trap"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("plugin=\"misbehave\"") && line.contains("cause=\"trap\""),
+        "{line}"
+    );
+    assert_eq!(
+        s.metric("sipwasm_plugin_failures_total{plugin=\"misbehave\",cause=\"trap\"}")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn endless_loop_is_stopped_at_the_deadline() {
+    let s = Server::standard("");
+    let started = Instant::now();
+    let r = get(s.ws2, "/loop").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 500);
+    // Deadline 50 ms, epoch tick 5 ms: generous bound, this is not a benchmark.
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    assert_still_serving(&s).await;
+    assert!(s.wait_for_log("cause=\"timeout\"").await, "{}", s.logs());
+    assert_eq!(
+        s.metric("sipwasm_plugin_failures_total{plugin=\"misbehave\",cause=\"timeout\"}")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_looping_plugin_does_not_stall_other_connections() {
+    let s = Server::standard("");
+    // Several loops at once (more than the two worker threads) and a normal request.
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = s.ws2;
+            tokio::spawn(async move { get(addr, "/loop").await.status })
+        })
+        .collect();
+    let r = get(s.ws2, "/").await;
+    assert_eq!(r.status, 200);
+    for l in loops {
+        assert_eq!(l.await.unwrap(), 500);
+    }
+}
+
+#[tokio::test]
+async fn memory_bomb_is_stopped_at_the_cap() {
+    let s = Server::standard("");
+    let r = get(s.ws2, "/bomb").await;
+    assert_eq!(r.status, 500);
+    assert_still_serving(&s).await;
+    assert!(s.wait_for_log("cause=\"memory\"").await, "{}", s.logs());
+}
+
+#[tokio::test]
+async fn invalid_decisions_get_500() {
+    let s = Server::standard("");
+    for path in ["/crlf", "/owned", "/status-101"] {
+        let r = get(s.ws2, path).await;
+        assert_eq!(r.status, 500, "{path}");
+        assert!(r.header("Injected").is_none());
+        assert!(r.header("X-Test").is_none());
+    }
+    let r = http_once(
+        s.ws2,
+        handshake("localhost", "")
+            .replace("GET / ", "GET /wrong-proto ")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert_still_serving(&s).await;
+    assert_eq!(
+        s.metric("sipwasm_plugin_failures_total{plugin=\"misbehave\",cause=\"invalid\"}")
+            .await,
+        4
+    );
+    assert!(s.wait_for_log("CR, LF").await, "{}", s.logs());
+}
+
+#[tokio::test]
+async fn failure_open_falls_back_to_the_builtin_policy() {
+    let s = Server::standard("");
+    let config = STANDARD.replace(
+        "path = \"{plugins}/misbehave.wasm\"",
+        "path = \"{plugins}/misbehave.wasm\"\nfailure = \"open\"",
+    );
+    drop(s);
+    let s = Server::start(&config);
+    let up = http_once(
+        s.ws2,
+        handshake("localhost", "")
+            .replace("GET / ", "GET /trap ")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(up.status, 101);
+    let plain = get(s.ws2, "/trap").await;
+    assert_eq!(plain.status, 404);
+}
+
+#[tokio::test]
+async fn challenge_gets_401_with_host_made_nonces() {
+    let s = Server::standard("");
+    let mut c = HttpConn::connect(s.ws2).await;
+    c.send(b"GET /challenge HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let r = c.response().await.unwrap();
+    assert_eq!(r.status, 401);
+    let challenges = r.headers_named("WWW-Authenticate");
+    assert_eq!(challenges.len(), 2, "{r:?}");
+    assert!(
+        challenges[0]
+            .starts_with("Digest realm=\"test\", qop=\"auth\", algorithm=SHA-256, nonce=\"")
+    );
+    assert!(challenges[1].contains("algorithm=MD5"));
+    // The connection stays usable.
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn host_imports_config_and_is_myself() {
+    let s = Server::standard("");
+    let r = get(s.ws2, "/config").await;
+    let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(json, serde_json::json!({"greeting": "hello", "answer": 42}));
+    let port = s.ws2.port();
+    for (host, expected) in [
+        ("localhost".to_string(), "yes"),
+        ("LOCALHOST".to_string(), "yes"),
+        (format!("localhost:{port}"), "yes"),
+        (format!("127.0.0.1:{}", s.wss.port()), "yes"),
+        ("127.0.0.1".to_string(), "yes"),
+        ("localhost:1".to_string(), "no"),
+        ("evil.example".to_string(), "no"),
+        ("127.0.0.2".to_string(), "no"),
+    ] {
+        let r = get(s.ws2, &format!("/myself?{host}")).await;
+        assert_eq!(String::from_utf8_lossy(&r.body), expected, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn request_reaches_the_plugin_whole() {
+    let s = Server::standard("");
+    let mut c = HttpConn::connect(s.ws2).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        c.send(b"POST /echo?q=1 HTTP/1.1\r\nHost: localhost\r\nX-Dup: 1\r\nx-dup: 2\r\nContent-Length: 3\r\n\r\nabc")
+            .await;
+        let r = c.response().await.unwrap();
+        let text = String::from_utf8(r.body).unwrap();
+        assert!(text.starts_with("POST /echo?q=1 HTTP/1.1\n"), "{text}");
+        assert!(
+            text.contains("X-Dup: 1\nx-dup: 2\n"),
+            "order and duplicates kept: {text}"
+        );
+        assert!(
+            text.contains(&format!("-> 127.0.0.1:{} Transport::Tcp", s.ws2.port())),
+            "{text}"
+        );
+        assert!(text.contains("websocket: Websocket::None"), "{text}");
+        assert!(text.contains("body: abc"), "{text}");
+        ids.push(
+            text.lines()
+                .find(|l| l.starts_with("connection-id:"))
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(ids[0], ids[1], "same connection, same id");
+}
+
+#[tokio::test]
+async fn upgrade_headers_and_identity_reach_the_flow() {
+    let s = Server::standard("");
+    let mut c = HttpConn::connect(s.ws2).await;
+    c.send(handshake("localhost", "").as_bytes()).await;
+    let r = c.response().await.unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("Set-Cookie"), Some("session=test; HttpOnly"));
+    let flows = http_once(s.admin, b"GET /flows HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let json: serde_json::Value = serde_json::from_slice(&flows.body).unwrap();
+    let flow = &json.as_array().unwrap()[0];
+    assert_eq!(flow["transport"], "WS");
+    assert_eq!(flow["identity"], serde_json::json!([["user", "test"]]));
+    drop(c);
+}
+
+#[tokio::test]
+async fn fresh_instances_per_request_work_too() {
+    let config = STANDARD.replace(
+        "path = \"{plugins}/misbehave.wasm\"",
+        "path = \"{plugins}/misbehave.wasm\"\ninstances = \"fresh\"",
+    );
+    let s = Server::start(&config);
+    for _ in 0..3 {
+        assert_still_serving(&s).await;
+    }
+    assert_eq!(
+        s.metric("sipwasm_plugin_instantiations_total{plugin=\"misbehave\"}")
+            .await,
+        3
+    );
+    let s2 = Server::standard("");
+    for _ in 0..3 {
+        assert_still_serving(&s2).await;
+    }
+    assert_eq!(
+        s2.metric("sipwasm_plugin_instantiations_total{plugin=\"misbehave\"}")
+            .await,
+        1
+    );
+}
