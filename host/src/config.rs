@@ -412,7 +412,7 @@ impl Config {
                     format!("no plugin named {:?} in [plugins]", l.plugin),
                 ));
             }
-            if !seen.insert(l.address) {
+            if l.address.port() != 0 && !seen.insert(l.address) {
                 return Err((
                     key("address"),
                     format!("{} is used by two listeners", l.address),

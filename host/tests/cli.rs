@@ -1,0 +1,146 @@
+//! The command line: configuration errors are refused at start with the file, the key
+//! and the reason; the embedded default is printable and valid.
+
+use std::process::Command;
+
+fn sipwasm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sipwasm"))
+}
+
+fn run_with_config(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = sipwasm()
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const VALID: &str = r#"
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:0"
+plugin = "seed"
+
+[plugins.seed]
+builtin = "seed-policy"
+"#;
+
+#[test]
+fn invalid_configs_are_refused_naming_file_and_key() {
+    let cases = [
+        (
+            VALID.replace("127.0.0.1:0", "127.0.0.1"),
+            "listen[0].address",
+        ),
+        (
+            VALID.replace("\"ws\"", "\"carrier-pigeon\""),
+            "listen[0].transport",
+        ),
+        (
+            VALID.replace("plugin = \"seed\"", "plugin = \"nope\""),
+            "listen[0].plugin",
+        ),
+        (
+            format!("{VALID}deadline = \"soon\"\n"),
+            "plugins.seed.deadline",
+        ),
+        (
+            format!("{VALID}memory-limit = \"12 bananas\"\n"),
+            "plugins.seed.memory-limit",
+        ),
+        (
+            format!("{VALID}[http]\nmax-head-bytes = 10\n"),
+            "http.max-head-bytes",
+        ),
+        (
+            format!("{VALID}[websocket]\ncolour = 1\n"),
+            "websocket.colour",
+        ),
+        (
+            VALID.replace("seed-policy", "no-such-builtin"),
+            "plugins.seed.builtin",
+        ),
+        ("[[listen]\n".to_string(), "(file)"),
+    ];
+    for (text, key) in cases {
+        let (code, stderr) = run_with_config(&text);
+        assert_eq!(code, 2, "{key}: {stderr}");
+        assert!(stderr.contains("bad.toml: "), "names the file: {stderr}");
+        assert!(
+            stderr.contains(&format!(": {key}: ")),
+            "names {key}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn missing_plugin_file_is_refused_with_its_path() {
+    let text = VALID.replace(
+        "builtin = \"seed-policy\"",
+        "path = \"does-not-exist.wasm\"",
+    );
+    let (code, stderr) = run_with_config(&text);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("plugin seed") && stderr.contains("does-not-exist.wasm"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn not_a_component_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("junk.wasm"), b"\0asm junk").unwrap();
+    let text = VALID.replace("builtin = \"seed-policy\"", "path = \"junk.wasm\"");
+    std::fs::write(dir.path().join("c.toml"), text).unwrap();
+    let out = sipwasm()
+        .args(["--check", "--config"])
+        .arg(dir.path().join("c.toml"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a valid component"), "{stderr}");
+}
+
+#[test]
+fn default_config_prints_and_checks() {
+    let out = sipwasm().arg("--print-default-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("[plugins.seed-policy]"));
+    // The printed default, with ports that are free, passes --check.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("default.toml");
+    std::fs::write(&path, text.replace(":8080", ":0").replace(":8443", ":0")).unwrap();
+    let out = sipwasm()
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dir.path().join("tls/localhost.crt").exists(),
+        "self-signed certificate generated"
+    );
+    assert!(dir.path().join("secret.key").exists());
+}
