@@ -1,1 +1,541 @@
-fn main() {}
+//! `sipwasm-bench`: measures sipwasm and, in the same run, Kamailio 5.6 (Debian's
+//! `kamailio` + `kamailio-websocket-modules`) with the equivalent policy
+//! (`benches/kamailio/ws.cfg`), and prints the figures side by side.
+//!
+//! ```text
+//! sipwasm-bench decision                  plugin decision time, reused and fresh instances
+//! sipwasm-bench handshakes [--kamailio]   WebSocket handshakes per second through the policy
+//! sipwasm-bench idle [--kamailio]         memory per idle WebSocket connection
+//! sipwasm-bench all [--kamailio]          all three
+//! ```
+//!
+//! Servers and load share this machine's cores; this measures rates, never asserts them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks for sipwasm, side by side with Kamailio")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// The sipwasm binary to measure (build it with --release).
+    #[arg(long, global = true, default_value = "target/release/sipwasm")]
+    sipwasm: PathBuf,
+    /// The Kamailio configuration used as the reference.
+    #[arg(long, global = true, default_value = "benches/kamailio/ws.cfg")]
+    kamailio_cfg: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Plugin decision time (seed-policy), in process.
+    Decision {
+        #[arg(long, default_value_t = 20_000)]
+        iterations: usize,
+    },
+    /// WebSocket handshakes per second (connect, upgrade, close).
+    Handshakes {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Measure Kamailio too.
+        #[arg(long)]
+        kamailio: bool,
+    },
+    /// Memory per idle WebSocket connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Measure Kamailio too.
+        #[arg(long)]
+        kamailio: bool,
+    },
+    /// Everything.
+    All {
+        #[arg(long)]
+        kamailio: bool,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match args.cmd {
+            Cmd::Decision { iterations } => decision(iterations).await,
+            Cmd::Handshakes {
+                seconds,
+                concurrency,
+                kamailio,
+            } => {
+                handshakes(
+                    &args.sipwasm,
+                    kamailio.then_some(&*args.kamailio_cfg),
+                    seconds,
+                    concurrency,
+                )
+                .await
+            }
+            Cmd::Idle {
+                connections,
+                kamailio,
+            } => {
+                idle(
+                    &args.sipwasm,
+                    kamailio.then_some(&*args.kamailio_cfg),
+                    connections,
+                )
+                .await
+            }
+            Cmd::All {
+                kamailio,
+                connections,
+                seconds,
+            } => {
+                let k = kamailio.then_some(&*args.kamailio_cfg);
+                decision(20_000).await?;
+                handshakes(&args.sipwasm, k, seconds, 32).await?;
+                idle(&args.sipwasm, k, connections).await
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------- decision time
+
+fn sample_request(port: u16) -> sipwasm::plugin::HttpRequest {
+    use sipwasm::plugin::{HttpRequest, Peer, PeerTransport, Websocket};
+    HttpRequest {
+        method: "GET".into(),
+        target: "/".into(),
+        version: "HTTP/1.1".into(),
+        headers: vec![
+            ("Host".into(), format!("localhost:{port}")),
+            ("Upgrade".into(), "websocket".into()),
+            ("Connection".into(), "Upgrade".into()),
+            (
+                "Sec-WebSocket-Key".into(),
+                "dGhlIHNhbXBsZSBub25jZQ==".into(),
+            ),
+            ("Sec-WebSocket-Version".into(), "13".into()),
+            ("Sec-WebSocket-Protocol".into(), "sip".into()),
+            ("Origin".into(), "https://app.example.org".into()),
+            (
+                "User-Agent".into(),
+                "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0".into(),
+            ),
+        ],
+        body: vec![],
+        peer: Peer {
+            remote_addr: "127.0.0.1".into(),
+            remote_port: 50000,
+            local_addr: "127.0.0.1".into(),
+            local_port: port,
+            transport: PeerTransport::Tcp,
+        },
+        connection_id: 1,
+        websocket: Websocket::Offer(vec!["sip".into()]),
+    }
+}
+
+async fn decision(iterations: usize) -> anyhow::Result<()> {
+    println!("## Plugin decision time (seed-policy, Rust guest, in process)\n");
+    println!("| instances | calls | median µs | p99 µs | target |");
+    println!("|---|---|---|---|---|");
+    for (mode, n, target) in [
+        ("reuse", iterations, "≤ 10 µs median"),
+        ("fresh", iterations / 4, "≤ 40 µs median"),
+    ] {
+        let text = format!(
+            "[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:8080\"\nplugin = \"p\"\n\
+             [plugins.p]\nbuiltin = \"seed-policy\"\ninstances = \"{mode}\"\n\
+             [plugins.p.config]\nweb-ports = [8080]\n"
+        );
+        let config = sipwasm::config::Config::parse(&text, "bench", Path::new("."))?;
+        let myself = Arc::new(sipwasm::core::Myself::new(
+            &["localhost".to_string()],
+            &["127.0.0.1:8080".parse()?],
+        ));
+        let metrics = Arc::new(sipwasm::admin::metrics::Metrics::default());
+        let plugins = tokio::task::spawn_blocking(move || {
+            sipwasm::plugin::Plugins::load(&config, myself, metrics)
+        })
+        .await??;
+        let plugin = plugins.get("p").context("plugin p")?;
+        let req = sample_request(8080);
+        // Warm up (first instantiation, caches).
+        for _ in 0..200 {
+            plugin.call(&req).await?;
+        }
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let d = plugin.call(&req).await?;
+            samples.push(t.elapsed());
+            assert!(matches!(d, sipwasm::plugin::Decision::Upgrade(_)));
+        }
+        samples.sort();
+        let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+        println!(
+            "| {mode} | {n} | {:.1} | {:.1} | {target} |",
+            q(0.5).as_secs_f64() * 1e6,
+            q(0.99).as_secs_f64() * 1e6
+        );
+    }
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- servers
+
+/// A server under test.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_until_listening(
+    addr: SocketAddr,
+    child: &mut Child,
+    name: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited with {status} before listening");
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not listen on {addr} within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start_sipwasm(bin: &Path) -> anyhow::Result<Target> {
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --release -p sipwasm` first",
+            bin.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let config = format!(
+        "[server]\ndata-dir = \"{}\"\n[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{port}\"\n\
+         plugin = \"seed-policy\"\n[plugins.seed-policy]\nbuiltin = \"seed-policy\"\n\
+         [plugins.seed-policy.config]\nweb-ports = [{port}]\n",
+        dir.path().display()
+    );
+    let path = dir.path().join("bench.toml");
+    std::fs::write(&path, config)?;
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .args(["--log", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until_listening(addr, &mut child, "sipwasm").await?;
+    Ok(Target {
+        name: "sipwasm",
+        addr,
+        child,
+        _dir: dir,
+    })
+}
+
+async fn start_kamailio(cfg: &Path, shm_mb: usize) -> anyhow::Result<Target> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let cfg = std::fs::canonicalize(cfg).with_context(|| format!("{}", cfg.display()))?;
+    let mut child = Command::new("kamailio")
+        .arg("-f")
+        .arg(&cfg)
+        .args(["-DD", "-E", "-m", &shm_mb.to_string(), "-M", "8"])
+        .arg("-A")
+        .arg(format!("WSPORT={port}"))
+        .arg("-l")
+        .arg(format!("tcp:127.0.0.1:{port}"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start kamailio (apt-get install kamailio kamailio-websocket-modules)")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until_listening(addr, &mut child, "kamailio").await?;
+    Ok(Target {
+        name: "kamailio",
+        addr,
+        child,
+        _dir: dir,
+    })
+}
+
+// ---------------------------------------------------------------- handshakes
+
+fn handshake_request(addr: SocketAddr) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: localhost:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: sip\r\nOrigin: https://app.example.org\r\n\r\n",
+        addr.port()
+    )
+}
+
+/// Connects and completes a handshake; returns the open stream.
+async fn open_ws(addr: SocketAddr, request: &[u8]) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(request).await?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("closed during handshake");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        if buf.len() > 8192 {
+            bail!("no end of response head");
+        }
+    }
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        bail!(
+            "not upgraded: {}",
+            String::from_utf8_lossy(&buf[..buf.len().min(80)])
+        );
+    }
+    Ok(s)
+}
+
+async fn handshake_rate(
+    target: &Target,
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let request: Arc<[u8]> = handshake_request(target.addr).into_bytes().into();
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Warm-up.
+    for _ in 0..50 {
+        drop(open_ws(target.addr, &request).await?);
+    }
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (request, done, errors, stop, addr) = (
+                request.clone(),
+                done.clone(),
+                errors.clone(),
+                stop.clone(),
+                target.addr,
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match open_ws(addr, &request).await {
+                        Ok(s) => {
+                            // Reset on close: no TIME_WAIT pile-up on the client side.
+                            let _ = s.set_zero_linger();
+                            drop(s);
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((
+        done.load(Ordering::Relaxed) as f64 / elapsed,
+        errors.load(Ordering::Relaxed),
+    ))
+}
+
+async fn handshakes(
+    bin: &Path,
+    kamailio: Option<&Path>,
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    {
+        let t = start_sipwasm(bin).await?;
+        rows.push((t.name, handshake_rate(&t, seconds, concurrency).await?));
+    }
+    if let Some(cfg) = kamailio {
+        let t = start_kamailio(cfg, 256).await?;
+        rows.push((t.name, handshake_rate(&t, seconds, concurrency).await?));
+    }
+    println!(
+        "## WebSocket handshakes per second ({concurrency} clients, {seconds} s, connect + policy + 101 + close)\n"
+    );
+    println!("| server | handshakes/s | errors | vs sipwasm |");
+    println!("|---|---|---|---|");
+    let base = rows[0].1.0;
+    for (name, (rate, errors)) in &rows {
+        println!("| {name} | {rate:.0} | {errors} | {:.2}x |", rate / base);
+    }
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- idle memory
+
+/// Proportional set size of a process and its descendants, in KiB (from
+/// /proc/PID/smaps_rollup), so forked workers and shared memory are counted once.
+fn pss_kib(pid: u32) -> anyhow::Result<u64> {
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let parent = pids[i];
+        for entry in std::fs::read_dir("/proc")? {
+            let name = entry?.file_name();
+            let Some(p) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+                // ppid is the 2nd field after the ")" that ends the command name.
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u32>().ok());
+                if ppid == Some(parent) && !pids.contains(&p) {
+                    pids.push(p);
+                }
+            }
+        }
+        i += 1;
+    }
+    let mut total = 0;
+    for p in pids {
+        let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))?;
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+async fn idle_cost(target: &Target, connections: usize) -> anyhow::Result<(f64, u64, u64)> {
+    let request: Arc<[u8]> = handshake_request(target.addr).into_bytes().into();
+    // One connection first, so one-time allocations are in the baseline.
+    let warm = open_ws(target.addr, &request).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = pss_kib(target.child.id())?;
+    let mut open = Vec::with_capacity(connections);
+    let batch = 200;
+    while open.len() < connections {
+        let n = batch.min(connections - open.len());
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (request, addr) = (request.clone(), target.addr);
+                tokio::spawn(async move { open_ws(addr, &request).await })
+            })
+            .collect();
+        for t in tasks {
+            open.push(t.await??);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = pss_kib(target.child.id())?;
+    drop(open);
+    drop(warm);
+    Ok((
+        (after.saturating_sub(before)) as f64 / connections as f64,
+        before,
+        after,
+    ))
+}
+
+async fn idle(bin: &Path, kamailio: Option<&Path>, connections: usize) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    {
+        let t = start_sipwasm(bin).await?;
+        rows.push((t.name, idle_cost(&t, connections).await?));
+    }
+    if let Some(cfg) = kamailio {
+        // Kamailio keeps connections in shared memory: give it room for them.
+        let t = start_kamailio(cfg, 2048).await?;
+        rows.push((t.name, idle_cost(&t, connections).await?));
+    }
+    println!(
+        "## Memory per idle WebSocket connection ({connections} connections, PSS of all server processes)\n"
+    );
+    println!("| server | KiB per connection | PSS before KiB | PSS after KiB | vs sipwasm |");
+    println!("|---|---|---|---|---|");
+    let base = rows[0].1.0;
+    for (name, (per, before, after)) in &rows {
+        println!(
+            "| {name} | {per:.1} | {before} | {after} | {:.2}x |",
+            per / base
+        );
+    }
+    println!();
+    Ok(())
+}

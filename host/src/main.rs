@@ -55,6 +55,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    raise_open_files_limit();
+
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -92,6 +94,14 @@ fn main() -> ExitCode {
             eprintln!("sipwasm: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every connection is a file descriptor: raise the soft limit to the hard one.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "open files limit"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
 }
 

@@ -208,9 +208,12 @@ async fn accept_loop(l: BoundListener, shared: Arc<Shared>, live: Arc<AtomicUsiz
         let guard = LiveGuard(live.clone());
         let (shared, plugin, tls, local) =
             (shared.clone(), l.plugin.clone(), l.tls.clone(), l.local);
+        // Boxed: the task then holds only what each phase needs, not the sum of every
+        // branch's state (idle connections are counted in the tens of thousands).
+        let fut = Box::pin(serve_accepted(stream, remote, local, tls, plugin, shared));
         tokio::spawn(async move {
             let _guard = guard;
-            serve_accepted(stream, remote, local, tls, plugin, shared).await;
+            fut.await;
         });
     }
 }
@@ -235,7 +238,7 @@ async fn serve_accepted(
                 tls: false,
                 first_deadline,
             };
-            ws::serve(conn, plugin, shared).await;
+            Box::pin(ws::serve(conn, plugin, shared)).await;
         }
         Some(acceptor) => {
             // The TLS handshake counts against the time allowed for the first request.
@@ -260,7 +263,7 @@ async fn serve_accepted(
                 tls: true,
                 first_deadline,
             };
-            ws::serve(conn, plugin, shared).await;
+            Box::pin(ws::serve(conn, plugin, shared)).await;
         }
     }
 }

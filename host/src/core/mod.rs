@@ -73,7 +73,7 @@ pub struct Incoming {
 #[derive(Debug, Clone)]
 pub enum Input {
     /// A message arrived.
-    Message(Incoming),
+    Message(Box<Incoming>),
     /// A flow closed (exactly once per flow).
     FlowClosed(FlowId),
 }
@@ -111,14 +111,19 @@ impl Core {
     /// Processes one input. Afterwards call [`Core::poll_transmit`] until `None`.
     pub fn handle(&mut self, _now: Instant, input: Input) {
         match input {
-            Input::Message(Incoming {
-                flow,
-                source,
-                message: Message::Request(req),
-                ..
-            }) => self.handle_request(flow, source, req),
-            // Stateless: responses have no transaction to match and are absorbed.
-            Input::Message(_) => {}
+            Input::Message(incoming) => {
+                let Incoming {
+                    flow,
+                    source,
+                    message,
+                    ..
+                } = *incoming;
+                match message {
+                    Message::Request(req) => self.handle_request(flow, source, req),
+                    // Stateless: responses have no transaction to match and are absorbed.
+                    Message::Response(_) => {}
+                }
+            }
             Input::FlowClosed(_) => {}
         }
     }
@@ -155,7 +160,6 @@ impl Core {
         let unsupported: Vec<&str> = req
             .headers
             .values(&HeaderName::Require)
-            .flat_map(split_list)
             .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
             .collect();
         if !unsupported.is_empty() && req.method != Method::Cancel {
@@ -190,7 +194,7 @@ impl Core {
             headers.push(HeaderName::From, from);
         }
         if let Some(to) = req.headers.get(&HeaderName::To) {
-            let has_tag = req.to_addr().is_ok_and(|t| t.tag().is_some());
+            let has_tag = req.get_to().is_ok_and(|t| t.tag().is_some());
             if has_tag || status == 100 {
                 headers.push(HeaderName::To, to);
             } else {
@@ -285,12 +289,12 @@ mod tests {
              From: <sip:alice@localhost>;tag=a1\r\nTo: <sip:localhost>\r\nCall-ID: c1\r\n\
              CSeq: 1 {method}\r\n{extra}Max-Forwards: 70\r\n\r\n"
         );
-        Input::Message(Incoming {
+        Input::Message(Box::new(Incoming {
             flow: 9,
             source: "127.0.0.1:50000".parse().unwrap(),
             transport: SipTransport::Ws,
             message: parse(text.as_bytes()).unwrap(),
-        })
+        }))
     }
 
     fn answer(input: Input) -> Option<(Target, Response)> {
@@ -319,7 +323,7 @@ mod tests {
             crate::sip::headers::param(&via.params, "received"),
             Some(Some("127.0.0.1"))
         );
-        assert!(r.to_addr().unwrap().tag().is_some());
+        assert!(r.get_to().unwrap().tag().is_some());
         assert_eq!(r.cseq().unwrap().seq, 1);
         assert_eq!(r.call_id(), Some("c1"));
     }
@@ -328,7 +332,7 @@ mod tests {
     fn same_request_same_tag() {
         let (_, a) = answer(request("OPTIONS sip:localhost", "")).unwrap();
         let (_, b) = answer(request("OPTIONS sip:localhost", "")).unwrap();
-        assert_eq!(a.to_addr().unwrap().tag(), b.to_addr().unwrap().tag());
+        assert_eq!(a.get_to().unwrap().tag(), b.get_to().unwrap().tag());
     }
 
     #[test]

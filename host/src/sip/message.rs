@@ -168,12 +168,12 @@ pub trait Essentials {
     }
 
     /// The From header.
-    fn from_addr(&self) -> Result<NameAddr, &'static str> {
+    fn get_from(&self) -> Result<NameAddr, &'static str> {
         NameAddr::parse(self.hdrs().get(&HeaderName::From).ok_or("missing From")?)
     }
 
     /// The To header.
-    fn to_addr(&self) -> Result<NameAddr, &'static str> {
+    fn get_to(&self) -> Result<NameAddr, &'static str> {
         NameAddr::parse(self.hdrs().get(&HeaderName::To).ok_or("missing To")?)
     }
 }

@@ -244,9 +244,9 @@ fn check_essentials(m: &impl Essentials) -> Result<(), ParseError> {
     {
         return Err(ParseError::at(HeaderName::CallId, "invalid Call-ID"));
     }
-    m.from_addr()
+    m.get_from()
         .map_err(|r| ParseError::at(HeaderName::From, r))?;
-    m.to_addr().map_err(|r| ParseError::at(HeaderName::To, r))?;
+    m.get_to().map_err(|r| ParseError::at(HeaderName::To, r))?;
     m.cseq().map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
     let vias = m.vias().map_err(|r| ParseError::at(HeaderName::Via, r))?;
     if vias.is_empty() {
@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(r.uri.to_string(), "sip:localhost");
         assert_eq!(r.vias().unwrap()[0].transport, "WS");
         assert_eq!(r.cseq().unwrap().seq, 63104);
-        assert_eq!(r.from_addr().unwrap().tag(), Some("1928301774"));
+        assert_eq!(r.get_from().unwrap().tag(), Some("1928301774"));
         assert!(r.body.is_empty());
     }
 

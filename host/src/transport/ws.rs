@@ -121,7 +121,8 @@ where
                 HandshakeCheck::Invalid(e) => Websocket::Invalid(e.to_string()),
             },
         };
-        match plugin.decide(wit_request, &check).await {
+        // Boxed: the plugin call's state lives only as long as the call.
+        match Box::pin(plugin.decide(wit_request, &check)).await {
             Decision::Reply(resp) => {
                 let keep_alive = !resp.close && !client_close;
                 let bytes = resp.serialize(
@@ -201,7 +202,10 @@ where
                     identity: upgrade.identity,
                     opened: SystemTime::now(),
                 };
-                run_flow(conn.stream, buf, info, shared).await;
+                // Only bytes the client sent after the head remain; drop the spare
+                // capacity of the request buffer before the flow holds it for hours.
+                buf.shrink_to_fit();
+                Box::pin(run_flow(conn.stream, buf, info, shared)).await;
                 return;
             }
         }
@@ -340,12 +344,12 @@ where
                 match crate::sip::parse(&data) {
                     Ok(message) => {
                         shared.metrics.sip_in();
-                        let input = Input::Message(Incoming {
+                        let input = Input::Message(Box::new(Incoming {
                             flow: id,
                             source: remote,
                             transport,
                             message,
-                        });
+                        }));
                         if shared.core_tx.send(input).await.is_err() {
                             break;
                         }

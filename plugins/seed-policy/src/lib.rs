@@ -16,6 +16,8 @@
 //! allowed-origins = ["https://app.example.org"] # default: any Origin
 //! ```
 
+use std::sync::OnceLock;
+
 use serde::Deserialize;
 
 wit_bindgen::generate!({
@@ -40,8 +42,17 @@ fn default_web_ports() -> Vec<u16> {
     vec![80, 443]
 }
 
-fn settings() -> Result<Settings, String> {
-    serde_json::from_str(&host::plugin_config()).map_err(|e| format!("seed-policy config: {e}"))
+/// The configuration, read once per instance (the host hands the same table to every
+/// call of an instance).
+fn settings() -> Result<&'static Settings, &'static str> {
+    static SETTINGS: OnceLock<Result<Settings, String>> = OnceLock::new();
+    SETTINGS
+        .get_or_init(|| {
+            serde_json::from_str(&host::plugin_config())
+                .map_err(|e| format!("seed-policy config: {e}"))
+        })
+        .as_ref()
+        .map_err(String::as_str)
 }
 
 /// The first value of header `name` (case-insensitive).
@@ -70,7 +81,7 @@ impl Guest for SeedPolicy {
         let settings = match settings() {
             Ok(s) => s,
             Err(e) => {
-                host::log(Level::Error, &e);
+                host::log(Level::Error, e);
                 return Decision::Reply(Response {
                     status: 500,
                     reason: None,
@@ -104,7 +115,11 @@ impl Guest for SeedPolicy {
         let origin = header(&req, "Origin");
         if !settings.allowed_origins.is_empty() {
             match origin {
-                Some(o) if settings.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)) => {}
+                Some(o)
+                    if settings
+                        .allowed_origins
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(o)) => {}
                 Some(o) => return refuse(403, &format!("Origin {o:?} not allowed")),
                 None => return refuse(403, "no Origin"),
             }
