@@ -208,7 +208,7 @@ async fn decision(iterations: usize) -> anyhow::Result<()> {
 
 /// A server under test.
 struct Target {
-    name: &'static str,
+    name: String,
     addr: SocketAddr,
     child: Child,
     _dir: tempfile::TempDir,
@@ -259,7 +259,7 @@ async fn wait_until_listening(
     }
 }
 
-async fn start_sipwasm(bin: &Path) -> anyhow::Result<Target> {
+async fn start_sipwasm(bin: &Path, instances: &str) -> anyhow::Result<Target> {
     if !bin.exists() {
         bail!(
             "{} not found: run `cargo build --release -p sipwasm` first",
@@ -271,7 +271,7 @@ async fn start_sipwasm(bin: &Path) -> anyhow::Result<Target> {
     let config = format!(
         "[server]\ndata-dir = \"{}\"\n[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{port}\"\n\
          plugin = \"seed-policy\"\n[plugins.seed-policy]\nbuiltin = \"seed-policy\"\n\
-         [plugins.seed-policy.config]\nweb-ports = [{port}]\n",
+         instances = \"{instances}\"\n[plugins.seed-policy.config]\nweb-ports = [{port}]\n",
         dir.path().display()
     );
     let path = dir.path().join("bench.toml");
@@ -288,7 +288,7 @@ async fn start_sipwasm(bin: &Path) -> anyhow::Result<Target> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_until_listening(addr, &mut child, "sipwasm").await?;
     Ok(Target {
-        name: "sipwasm",
+        name: format!("sipwasm ({instances} instances)"),
         addr,
         child,
         _dir: dir,
@@ -316,7 +316,7 @@ async fn start_kamailio(cfg: &Path, shm_mb: usize) -> anyhow::Result<Target> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_until_listening(addr, &mut child, "kamailio").await?;
     Ok(Target {
-        name: "kamailio",
+        name: "kamailio 5.6 (websocket + xhttp)".into(),
         addr,
         child,
         _dir: dir,
@@ -422,13 +422,19 @@ async fn handshakes(
     concurrency: usize,
 ) -> anyhow::Result<()> {
     let mut rows = Vec::new();
-    {
-        let t = start_sipwasm(bin).await?;
-        rows.push((t.name, handshake_rate(&t, seconds, concurrency).await?));
+    for instances in ["reuse", "fresh"] {
+        let t = start_sipwasm(bin, instances).await?;
+        rows.push((
+            t.name.clone(),
+            handshake_rate(&t, seconds, concurrency).await?,
+        ));
     }
     if let Some(cfg) = kamailio {
         let t = start_kamailio(cfg, 256).await?;
-        rows.push((t.name, handshake_rate(&t, seconds, concurrency).await?));
+        rows.push((
+            t.name.clone(),
+            handshake_rate(&t, seconds, concurrency).await?,
+        ));
     }
     println!(
         "## WebSocket handshakes per second ({concurrency} clients, {seconds} s, connect + policy + 101 + close)\n"
@@ -516,13 +522,13 @@ async fn idle_cost(target: &Target, connections: usize) -> anyhow::Result<(f64, 
 async fn idle(bin: &Path, kamailio: Option<&Path>, connections: usize) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     {
-        let t = start_sipwasm(bin).await?;
-        rows.push((t.name, idle_cost(&t, connections).await?));
+        let t = start_sipwasm(bin, "reuse").await?;
+        rows.push((t.name.clone(), idle_cost(&t, connections).await?));
     }
     if let Some(cfg) = kamailio {
         // Kamailio keeps connections in shared memory: give it room for them.
         let t = start_kamailio(cfg, 2048).await?;
-        rows.push((t.name, idle_cost(&t, connections).await?));
+        rows.push((t.name.clone(), idle_cost(&t, connections).await?));
     }
     println!(
         "## Memory per idle WebSocket connection ({connections} connections, PSS of all server processes)\n"
