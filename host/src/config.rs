@@ -44,6 +44,9 @@ pub struct Config {
     /// WebSocket settings after the upgrade.
     #[serde(default)]
     pub websocket: WebSocketConfig,
+    /// SIP: registrar, proxy, transactions.
+    #[serde(default)]
+    pub sip: SipConfig,
     /// Plugins by name; listeners refer to them.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -98,15 +101,48 @@ fn default_shutdown_grace() -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenTransport {
+    /// SIP over UDP.
+    Udp,
+    /// SIP over TCP.
+    Tcp,
+    /// SIP over TLS.
+    Tls,
     /// HTTP and SIP over WebSocket on plain TCP.
     Ws,
     /// HTTPS and SIP over WebSocket on TLS.
     Wss,
 }
 
+impl ListenTransport {
+    /// Web listeners serve HTTP first and need a plugin.
+    pub fn is_web(self) -> bool {
+        matches!(self, Self::Ws | Self::Wss)
+    }
+
+    /// Listeners that need a certificate.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Wss)
+    }
+
+    /// The SIP transport it carries.
+    pub fn sip_transport(self) -> crate::core::Transport {
+        use crate::core::Transport;
+        match self {
+            Self::Udp => Transport::Udp,
+            Self::Tcp => Transport::Tcp,
+            Self::Tls => Transport::Tls,
+            Self::Ws => Transport::Ws,
+            Self::Wss => Transport::Wss,
+        }
+    }
+}
+
 impl fmt::Display for ListenTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
             Self::Ws => "ws",
             Self::Wss => "wss",
         })
@@ -117,16 +153,17 @@ impl fmt::Display for ListenTransport {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ListenConfig {
-    /// `ws` or `wss`.
+    /// `udp`, `tcp`, `tls`, `ws` or `wss`.
     pub transport: ListenTransport,
     /// Address and port, e.g. `127.0.0.1:8080` or `[::1]:8443`.
     pub address: SocketAddr,
-    /// Name of the plugin (a key of `[plugins]`) deciding HTTP requests here.
-    pub plugin: String,
-    /// PEM certificate chain (wss only). When both are absent a self-signed certificate
-    /// for localhost is generated in the data directory.
+    /// Name of the plugin (a key of `[plugins]`) deciding HTTP requests (ws and wss
+    /// listeners only).
+    pub plugin: Option<String>,
+    /// PEM certificate chain (tls and wss only). When both are absent a self-signed
+    /// certificate for localhost is generated in the data directory.
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key (wss only).
+    /// PEM private key (tls and wss only).
     pub tls_key: Option<PathBuf>,
 }
 
@@ -227,6 +264,94 @@ fn default_read_buffer() -> usize {
 }
 fn default_send_queue() -> usize {
     64
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SipConfig {
+    /// Forward requests for domains that are not ours (otherwise 403).
+    #[serde(default)]
+    pub relay: bool,
+    /// Largest SIP message on UDP, TCP and TLS (WebSocket has its own limit).
+    #[serde(default = "default_sip_max_message", with = "size")]
+    pub max_message_bytes: usize,
+    /// A TCP/TLS connection without traffic for this long is closed.
+    #[serde(default = "default_tcp_idle", with = "duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Shortest registration accepted (423 with Min-Expires below it).
+    #[serde(default = "default_min_expires")]
+    pub min_expires: u32,
+    /// Longest registration granted.
+    #[serde(default = "default_max_expires")]
+    pub max_expires: u32,
+    /// Registration time when the REGISTER gives none.
+    #[serde(default = "default_default_expires")]
+    pub default_expires: u32,
+    /// Flow-Timer (seconds) for Outbound clients.
+    #[serde(default = "default_flow_timer")]
+    pub flow_timer: u32,
+    /// Timer T1 (RTT estimate).
+    #[serde(default = "default_t1", with = "duration")]
+    pub t1: Duration,
+    /// Timer T2.
+    #[serde(default = "default_t2", with = "duration")]
+    pub t2: Duration,
+    /// Timer T4.
+    #[serde(default = "default_t4", with = "duration")]
+    pub t4: Duration,
+    /// Proxy INVITE timer C.
+    #[serde(default = "default_timer_c", with = "duration")]
+    pub timer_c: Duration,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            relay: false,
+            max_message_bytes: default_sip_max_message(),
+            tcp_idle_timeout: default_tcp_idle(),
+            min_expires: default_min_expires(),
+            max_expires: default_max_expires(),
+            default_expires: default_default_expires(),
+            flow_timer: default_flow_timer(),
+            t1: default_t1(),
+            t2: default_t2(),
+            t4: default_t4(),
+            timer_c: default_timer_c(),
+        }
+    }
+}
+
+fn default_sip_max_message() -> usize {
+    65_535
+}
+fn default_tcp_idle() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
+fn default_min_expires() -> u32 {
+    60
+}
+fn default_max_expires() -> u32 {
+    86_400
+}
+fn default_default_expires() -> u32 {
+    3_600
+}
+fn default_flow_timer() -> u32 {
+    120
+}
+fn default_t1() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_t2() -> Duration {
+    Duration::from_secs(4)
+}
+fn default_t4() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_timer_c() -> Duration {
+    Duration::from_secs(180)
 }
 
 /// What happens to a request when its plugin traps, times out, runs out of memory or
@@ -406,40 +531,85 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
-            if !self.plugins.contains_key(&l.plugin) {
-                return Err((
-                    key("plugin"),
-                    format!("no plugin named {:?} in [plugins]", l.plugin),
-                ));
+            match (&l.plugin, l.transport.is_web()) {
+                (Some(p), true) if !self.plugins.contains_key(p) => {
+                    return Err((key("plugin"), format!("no plugin named {p:?} in [plugins]")));
+                }
+                (None, true) => {
+                    return Err((
+                        key("plugin"),
+                        format!("a {} listener needs a plugin", l.transport),
+                    ));
+                }
+                (Some(_), false) => {
+                    return Err((
+                        key("plugin"),
+                        format!(
+                            "only ws and wss listeners take a plugin, not {}",
+                            l.transport
+                        ),
+                    ));
+                }
+                _ => {}
             }
-            if l.address.port() != 0 && !seen.insert(l.address) {
+            // UDP and TCP may share a port; two stream listeners may not.
+            let kind = l.transport == ListenTransport::Udp;
+            if l.address.port() != 0 && !seen.insert((l.address, kind)) {
                 return Err((
                     key("address"),
                     format!("{} is used by two listeners", l.address),
                 ));
             }
-            match (l.transport, &l.tls_cert, &l.tls_key) {
-                (ListenTransport::Ws, None, None) => {}
-                (ListenTransport::Ws, _, _) => {
+            match (l.transport.is_tls(), &l.tls_cert, &l.tls_key) {
+                (false, None, None) => {}
+                (false, _, _) => {
                     return Err((
                         key("tls-cert"),
-                        "only wss listeners take a certificate".into(),
+                        "only tls and wss listeners take a certificate".into(),
                     ));
                 }
-                (ListenTransport::Wss, Some(_), None) => {
+                (true, Some(_), None) => {
                     return Err((
                         key("tls-key"),
                         "tls-cert is set, so tls-key is needed too".into(),
                     ));
                 }
-                (ListenTransport::Wss, None, Some(_)) => {
+                (true, None, Some(_)) => {
                     return Err((
                         key("tls-cert"),
                         "tls-key is set, so tls-cert is needed too".into(),
                     ));
                 }
-                (ListenTransport::Wss, _, _) => {}
+                (true, _, _) => {}
             }
+        }
+        let sip = &self.sip;
+        if sip.max_message_bytes < 1024 || sip.max_message_bytes > 65_535 {
+            return Err((
+                "sip.max-message-bytes".into(),
+                "must be between 1KiB and 65535".into(),
+            ));
+        }
+        if sip.min_expires == 0 || sip.min_expires > sip.max_expires {
+            return Err((
+                "sip.min-expires".into(),
+                "must be at least 1 and at most sip.max-expires".into(),
+            ));
+        }
+        if sip.default_expires < sip.min_expires || sip.default_expires > sip.max_expires {
+            return Err((
+                "sip.default-expires".into(),
+                "must be between sip.min-expires and sip.max-expires".into(),
+            ));
+        }
+        if sip.t1 < Duration::from_millis(10) || sip.t2 < sip.t1 || sip.t4 < sip.t1 {
+            return Err((
+                "sip.t1".into(),
+                "T1 must be at least 10ms and at most T2 and T4".into(),
+            ));
+        }
+        if sip.timer_c < Duration::from_secs(1) {
+            return Err(("sip.timer-c".into(), "must be at least 1s".into()));
         }
         for (name, p) in &self.plugins {
             let key = |k: &str| format!("plugins.{name}.{k}");
@@ -666,7 +836,7 @@ path = "p.wasm"
     #[test]
     fn embedded_default_is_valid() {
         let c = Config::embedded_default();
-        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.listen.len(), 5);
         assert!(c.plugins.contains_key("seed-policy"));
     }
 
@@ -716,7 +886,7 @@ path = "p.wasm"
 
     #[test]
     fn wss_needs_both_cert_and_key() {
-        let text = MINIMAL.replace("\"ws\"", "\"wss\"") + "";
+        let text = MINIMAL.replace("\"ws\"", "\"wss\"");
         assert!(parse(&text).is_ok());
         let with_cert = text.replace("plugin = \"p\"", "plugin = \"p\"\ntls-cert = \"c.pem\"");
         assert_eq!(parse(&with_cert).unwrap_err().key, "listen[0].tls-key");

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -16,25 +15,36 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, ListenTransport};
 use crate::core::auth::NonceKey;
-use crate::core::{Core, CoreConfig, FlowId, Input, Myself, Target};
+use crate::core::registrar::RegistrarConfig;
+use crate::core::transaction::TimerConfig;
+use crate::core::{Core, CoreConfig, Event, FlowId, Input, Myself, SipListener, Transport};
 use crate::plugin::{Plugin, Plugins};
 use crate::transport::ws::{self, Connection};
-use crate::transport::{FlowTable, Shared, tls};
+use crate::transport::{Connector, FlowTable, Shared, SipLimits, dispatch, tcp, tls, udp};
 
 /// Messages waiting for the core before connection tasks feel backpressure.
 const CORE_INBOX: usize = 4096;
 
+/// A bound stream listener (ws, wss, tcp, tls).
 struct BoundListener {
     listener: TcpListener,
     local: SocketAddr,
     transport: ListenTransport,
-    plugin: Arc<Plugin>,
+    /// The deciding plugin (web listeners).
+    plugin: Option<Arc<Plugin>>,
     tls: Option<TlsAcceptor>,
+}
+
+/// A bound UDP listener.
+struct BoundUdp {
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
 }
 
 /// A server with its sockets bound and plugins compiled, ready to run.
 pub struct Server {
     listeners: Vec<BoundListener>,
+    udp: Vec<BoundUdp>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
     core: Core,
@@ -52,13 +62,23 @@ impl Server {
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let secret = load_or_create_secret(&data_dir)?;
 
+        enum Socket {
+            Stream(TcpListener),
+            Datagram(Arc<UdpSocket>),
+        }
         let mut sockets = Vec::new();
         for (i, l) in config.listen.iter().enumerate() {
-            let listener = TcpListener::bind(l.address).await.with_context(|| {
-                format!("listen[{i}] ({} {}): cannot bind", l.transport, l.address)
-            })?;
-            let local = listener.local_addr()?;
-            sockets.push((listener, local));
+            let what = || format!("listen[{i}] ({} {}): cannot bind", l.transport, l.address);
+            let (socket, local) = if l.transport == ListenTransport::Udp {
+                let s = UdpSocket::bind(l.address).await.with_context(what)?;
+                let local = s.local_addr()?;
+                (Socket::Datagram(Arc::new(s)), local)
+            } else {
+                let s = TcpListener::bind(l.address).await.with_context(what)?;
+                let local = s.local_addr()?;
+                (Socket::Stream(s), local)
+            };
+            sockets.push((socket, local));
         }
         let admin = match &config.admin {
             Some(a) => Some(
@@ -78,17 +98,32 @@ impl Server {
         };
 
         let mut listeners = Vec::new();
-        for ((listener, local), l) in sockets.into_iter().zip(&config.listen) {
-            let tls = match l.transport {
-                ListenTransport::Ws => None,
-                ListenTransport::Wss => Some(TlsAcceptor::from(
-                    tls::server_config(l.tls_cert.as_deref(), l.tls_key.as_deref(), &data_dir)
-                        .with_context(|| format!("wss listener {local}"))?,
-                )),
+        let mut udp = Vec::new();
+        let mut sip_listeners = Vec::new();
+        for ((socket, local), l) in sockets.into_iter().zip(&config.listen) {
+            sip_listeners.push(SipListener {
+                transport: l.transport.sip_transport(),
+                addr: local,
+            });
+            let listener = match socket {
+                Socket::Datagram(socket) => {
+                    udp.push(BoundUdp { socket, local });
+                    continue;
+                }
+                Socket::Stream(s) => s,
             };
-            let plugin = plugins
-                .get(&l.plugin)
-                .expect("validated: listener plugins exist");
+            let tls = if l.transport.is_tls() {
+                Some(TlsAcceptor::from(
+                    tls::server_config(l.tls_cert.as_deref(), l.tls_key.as_deref(), &data_dir)
+                        .with_context(|| format!("{} listener {local}", l.transport))?,
+                ))
+            } else {
+                None
+            };
+            let plugin = l
+                .plugin
+                .as_ref()
+                .map(|p| plugins.get(p).expect("validated: listener plugins exist"));
             listeners.push(BoundListener {
                 listener,
                 local,
@@ -97,7 +132,6 @@ impl Server {
                 tls,
             });
         }
-
         let (core_tx, core_rx) = mpsc::channel(CORE_INBOX);
         let (closed_tx, closed_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -105,6 +139,12 @@ impl Server {
         let shared = Arc::new(Shared {
             http: config.http.clone(),
             websocket: config.websocket.clone(),
+            sip: SipLimits {
+                max_message_bytes: config.sip.max_message_bytes,
+                tcp_idle_timeout: config.sip.tcp_idle_timeout,
+            },
+            udp: udp.iter().map(|u| (u.local, u.socket.clone())).collect(),
+            connector: Connector::default(),
             server_header: config.server.server_header.clone(),
             flows,
             core_tx,
@@ -113,13 +153,29 @@ impl Server {
             shutdown: shutdown_rx,
             grace: config.server.shutdown_grace,
         });
+        let sip = &config.sip;
         let core = Core::new(CoreConfig {
             myself,
+            listeners: sip_listeners,
             server_header: config.server.server_header.clone(),
             secret,
+            timers: TimerConfig {
+                t1: sip.t1,
+                t2: sip.t2,
+                t4: sip.t4,
+                c: sip.timer_c,
+            },
+            registrar: RegistrarConfig {
+                min_expires: sip.min_expires,
+                max_expires: sip.max_expires,
+                default_expires: sip.default_expires,
+                flow_timer: sip.flow_timer,
+            },
+            relay: sip.relay,
         });
         Ok(Self {
             listeners,
+            udp,
             admin,
             shared,
             core,
@@ -132,7 +188,11 @@ impl Server {
 
     /// The bound addresses of the listeners, in config order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.local).collect()
+        self.listeners
+            .iter()
+            .map(|l| l.local)
+            .chain(self.udp.iter().map(|u| u.local))
+            .collect()
     }
 
     /// Runs until `stop` completes, then closes every WebSocket with 1001 and returns
@@ -140,6 +200,7 @@ impl Server {
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             listeners,
+            udp,
             admin,
             shared,
             core,
@@ -161,8 +222,17 @@ impl Server {
                 shared.shutdown.clone(),
             ));
         }
+        for u in udp {
+            tracing::info!(transport = "udp", address = %u.local, "listening");
+            tokio::spawn(udp::run(u.socket, u.local, shared.clone()));
+        }
         for l in listeners {
-            tracing::info!(transport = %l.transport, address = %l.local, plugin = l.plugin.name(), "listening");
+            match &l.plugin {
+                Some(p) => {
+                    tracing::info!(transport = %l.transport, address = %l.local, plugin = p.name(), "listening")
+                }
+                None => tracing::info!(transport = %l.transport, address = %l.local, "listening"),
+            }
             tokio::spawn(accept_loop(l, shared.clone(), live.clone()));
         }
         stop.await;
@@ -210,7 +280,15 @@ async fn accept_loop(l: BoundListener, shared: Arc<Shared>, live: Arc<AtomicUsiz
             (shared.clone(), l.plugin.clone(), l.tls.clone(), l.local);
         // Boxed: the task then holds only what each phase needs, not the sum of every
         // branch's state (idle connections are counted in the tens of thousands).
-        let fut = Box::pin(serve_accepted(stream, remote, local, tls, plugin, shared));
+        let fut = Box::pin(serve_accepted(
+            stream,
+            remote,
+            local,
+            l.transport,
+            tls,
+            plugin,
+            shared,
+        ));
         tokio::spawn(async move {
             let _guard = guard;
             fut.await;
@@ -222,14 +300,15 @@ async fn serve_accepted(
     stream: TcpStream,
     remote: SocketAddr,
     local: SocketAddr,
+    transport: ListenTransport,
     tls: Option<TlsAcceptor>,
-    plugin: Arc<Plugin>,
+    plugin: Option<Arc<Plugin>>,
     shared: Arc<Shared>,
 ) {
     let first_deadline = Instant::now() + shared.http.head_timeout;
     let id = shared.flows.next_id();
-    match tls {
-        None => {
+    match (tls, plugin) {
+        (None, Some(plugin)) => {
             let conn = Connection {
                 stream,
                 id,
@@ -240,11 +319,21 @@ async fn serve_accepted(
             };
             Box::pin(ws::serve(conn, plugin, shared)).await;
         }
-        Some(acceptor) => {
+        (None, None) => {
+            Box::pin(tcp::serve_stream(
+                stream,
+                id,
+                Transport::Tcp,
+                local,
+                remote,
+                shared,
+            ))
+            .await;
+        }
+        (Some(acceptor), plugin) => {
             // The TLS handshake counts against the time allowed for the first request.
-            let stream = match tokio::time::timeout_at(first_deadline, acceptor.accept(stream))
-                .await
-            {
+            let accept = Box::pin(acceptor.accept(stream));
+            let stream = match tokio::time::timeout_at(first_deadline, accept).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(connection = id, peer = %remote, "TLS handshake failed: {e}");
@@ -255,15 +344,31 @@ async fn serve_accepted(
                     return;
                 }
             };
-            let conn = Connection {
-                stream,
-                id,
-                remote,
-                local,
-                tls: true,
-                first_deadline,
-            };
-            Box::pin(ws::serve(conn, plugin, shared)).await;
+            match plugin {
+                Some(plugin) => {
+                    let conn = Connection {
+                        stream,
+                        id,
+                        remote,
+                        local,
+                        tls: true,
+                        first_deadline,
+                    };
+                    Box::pin(ws::serve(conn, plugin, shared)).await;
+                }
+                None => {
+                    debug_assert_eq!(transport, ListenTransport::Tls);
+                    Box::pin(tcp::serve_stream(
+                        stream,
+                        id,
+                        Transport::Tls,
+                        local,
+                        remote,
+                        shared,
+                    ))
+                    .await;
+                }
+            }
         }
     }
 }
@@ -304,15 +409,29 @@ async fn drive_core(
             },
             _ = sleep => core.handle_timeout(std::time::Instant::now()),
         }
-        while let Some(t) = core.poll_transmit() {
-            match t.target {
-                Target::Flow(id) => {
-                    if let Err(e) = shared.flows.send(id, Bytes::from(t.payload)) {
-                        tracing::debug!(flow = id, "message not sent: {e}");
-                    }
+        // Sending can fail at once (a flow that is gone): tell the core, which may
+        // produce more to send. Bounded: each round handles what the last one produced.
+        for _ in 0..8 {
+            let mut failed = Vec::new();
+            while let Some(t) = core.poll_transmit() {
+                if let Some(target) = dispatch(&shared, t) {
+                    failed.push(target);
                 }
-                Target::Addr(addr) => {
-                    tracing::debug!(%addr, "no transport for address targets yet; message dropped");
+            }
+            if failed.is_empty() {
+                break;
+            }
+            for target in failed {
+                core.handle(std::time::Instant::now(), Input::SendFailed(target));
+            }
+        }
+        while let Some(event) = core.poll_event() {
+            match event {
+                Event::BindingSaved(b) => {
+                    tracing::debug!(aor = %b.aor, contact = %b.contact, "binding saved");
+                }
+                Event::BindingRemoved(b) => {
+                    tracing::debug!(aor = %b.aor, contact = %b.contact, "binding removed");
                 }
             }
         }

@@ -26,12 +26,13 @@ async fn options_over_wss() {
 }
 
 #[tokio::test]
-async fn stateless_answers_for_other_requests() {
+async fn answers_for_requests_the_core_ends() {
     let s = Server::standard("");
     let mut ws = ws_connect(s.ws).await;
     let cases = [
         ("MESSAGE sip:bob@localhost", "MESSAGE", "404"),
-        ("REGISTER sip:localhost", "REGISTER", "501"),
+        ("REGISTER sip:localhost", "REGISTER", "200"),
+        ("INVITE sip:localhost", "INVITE", "404"),
         ("OPTIONS sip:elsewhere.example", "OPTIONS", "403"),
     ];
     for (i, (line, method, status)) in cases.iter().enumerate() {

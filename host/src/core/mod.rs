@@ -1,41 +1,142 @@
-//! The SIP core, sans-IO: messages and time in, messages to send out.
+//! The SIP core, sans-IO: messages and time in, messages to send and events out.
 //!
-//! The driver (in `server.rs`) calls [`Core::handle`] for every input, then drains
-//! [`Core::poll_transmit`] until it returns `None`. Nothing here touches a socket or
-//! reads a clock: `now` is passed in.
+//! The driver (in `server.rs`) calls [`Core::handle`] for every input and
+//! [`Core::handle_timeout`] when [`Core::poll_timeout`] is due, and after each call
+//! drains [`Core::poll_transmit`] and [`Core::poll_event`] until they return `None`.
+//! Nothing here touches a socket or reads a clock.
 //!
-//! Today the core is a stateless responder for requests addressed to the server
-//! itself: OPTIONS gets 200, methods it does not serve get 501, users it does not know
-//! get 404, other domains get 403. The transaction layer, registrar and proxy replace
-//! it behind the same four verbs.
+//! It is a stateful proxy (RFC 3261 section 16) with a registrar (section 10):
+//! transactions with their timers, location lookup with parallel forking, Record-Route
+//! with flow tokens (RFC 5626) so in-dialog requests reach browser connections,
+//! CANCEL, best-response selection, loop detection.
 
 pub mod auth;
+pub mod flowtoken;
+pub mod location;
 pub mod myself;
+mod proxy;
+pub mod registrar;
+pub mod transaction;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use self::flowtoken::FlowTokens;
+use self::location::{Binding, Location};
+pub use self::myself::Myself;
+use self::proxy::ProxyCtx;
+use self::registrar::RegistrarConfig;
+use self::transaction::{ClientTx, ServerKey, ServerTx, TimerConfig, TimerRef, Timers};
 use crate::sip::headers::{HeaderName, Headers, split_list};
 use crate::sip::message::{Essentials, Message, Method, Request, Response, reason_phrase};
 use crate::sip::typed::Via;
 use crate::sip::uri::Host;
-pub use myself::Myself;
 
-/// Identifies a flow: one connection (WS, WSS, later TCP/TLS) or one UDP 5-tuple.
+/// Identifies a flow: one connection (WS, WSS, TCP, TLS).
 pub type FlowId = u64;
 
-/// Where a message is to be sent.
+/// A SIP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+    /// WebSocket.
+    Ws,
+    /// Secure WebSocket.
+    Wss,
+}
+
+impl Transport {
+    /// The Via token (`UDP`, `TCP`, `TLS`, `WS`, `WSS`).
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+            Self::Ws => "WS",
+            Self::Wss => "WSS",
+        }
+    }
+
+    /// The URI `transport` parameter (RFC 7118: `ws` for both WebSocket kinds); `None`
+    /// for UDP, the default.
+    pub fn uri_param(self) -> Option<&'static str> {
+        match self {
+            Self::Udp => None,
+            Self::Tcp => Some("tcp"),
+            Self::Tls => Some("tls"),
+            Self::Ws | Self::Wss => Some("ws"),
+        }
+    }
+
+    /// Reliable transports have no retransmissions.
+    pub fn is_reliable(self) -> bool {
+        self != Self::Udp
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.via_token())
+    }
+}
+
+/// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// Transport.
+    pub transport: Transport,
+    /// Our address it reached.
+    pub local: SocketAddr,
+    /// The real source address.
+    pub remote: SocketAddr,
+    /// The connection, for connection-oriented transports.
+    pub flow: Option<FlowId>,
+}
+
+impl Source {
+    /// Where responses to it go.
+    pub fn reply_target(&self) -> Target {
+        match self.flow {
+            Some(id) => Target::Flow(id),
+            None => Target::Udp {
+                local: self.local,
+                remote: self.remote,
+            },
+        }
+    }
+}
+
+/// Where a message is to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// On an existing flow (the one a request came in on, or a registered one).
+    /// On an existing connection.
     Flow(FlowId),
-    /// To an address (UDP, or a new connection).
-    Addr(SocketAddr),
+    /// A datagram from our listener `local` to `remote`.
+    Udp {
+        /// Our UDP listener.
+        local: SocketAddr,
+        /// Destination.
+        remote: SocketAddr,
+    },
+    /// Over a TCP or TLS connection to `remote`: reuse one or open one.
+    Connect {
+        /// TCP or TLS.
+        transport: Transport,
+        /// Destination.
+        remote: SocketAddr,
+    },
 }
 
 /// A message to send.
@@ -44,27 +145,14 @@ pub struct Transmit {
     /// Where.
     pub target: Target,
     /// The serialized message.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
-/// The transport a message arrived on, as written in Via.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SipTransport {
-    /// WebSocket (`WS`).
-    Ws,
-    /// Secure WebSocket (`WSS`).
-    Wss,
-}
-
-/// A parsed message from a flow.
+/// A parsed message and where it came from.
 #[derive(Debug, Clone)]
 pub struct Incoming {
-    /// The flow it came in on.
-    pub flow: FlowId,
-    /// The real source address.
-    pub source: SocketAddr,
-    /// The transport.
-    pub transport: SipTransport,
+    /// Source.
+    pub source: Source,
     /// The message.
     pub message: Message,
 }
@@ -74,8 +162,28 @@ pub struct Incoming {
 pub enum Input {
     /// A message arrived.
     Message(Box<Incoming>),
-    /// A flow closed (exactly once per flow).
+    /// A connection closed (exactly once per flow).
     FlowClosed(FlowId),
+    /// A message to this target could not be sent (connection refused, flow gone).
+    SendFailed(Target),
+}
+
+/// Things the core tells the world besides messages.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A binding was added or refreshed.
+    BindingSaved(Binding),
+    /// A binding went away (unregistered, expired, or its flow closed).
+    BindingRemoved(Binding),
+}
+
+/// A listener the core can send from and names itself by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipListener {
+    /// Transport.
+    pub transport: Transport,
+    /// Bound address.
+    pub addr: SocketAddr,
 }
 
 /// Settings of the core.
@@ -83,109 +191,287 @@ pub enum Input {
 pub struct CoreConfig {
     /// Our names and addresses.
     pub myself: Arc<Myself>,
-    /// `Server` header value.
+    /// Our SIP listeners.
+    pub listeners: Vec<SipListener>,
+    /// `Server` / `User-Agent` header value.
     pub server_header: String,
-    /// Secret for deterministic tags (and later flow tokens).
+    /// Secret for tags, tokens and GRUUs.
     pub secret: [u8; 32],
+    /// Transaction timers.
+    pub timers: TimerConfig,
+    /// Registrar settings.
+    pub registrar: RegistrarConfig,
+    /// Forward requests for other domains (otherwise 403).
+    pub relay: bool,
 }
 
-/// Option tags we support (for `Require` checks).
-const SUPPORTED: &[&str] = &[];
+/// Option tags we support.
+pub const SUPPORTED: &[&str] = &["outbound", "path", "gruu"];
+/// Methods we route.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, INFO, PRACK, UPDATE, SUBSCRIBE, NOTIFY, REFER, PUBLISH";
 
 /// The SIP core.
 #[derive(Debug)]
 pub struct Core {
-    config: CoreConfig,
+    cfg: CoreConfig,
+    tokens: FlowTokens,
+    /// Branch prefix of our Vias: tells our own Vias from another proxy's.
+    branch_prefix: String,
+    location: Location,
+    /// AoRs that ever registered: unknown users get 404, known but absent ones 480.
+    known_aors: HashSet<String>,
+    flows: HashMap<FlowId, (Transport, SocketAddr)>,
+    servers: HashMap<u64, ServerTx>,
+    server_keys: HashMap<ServerKey, u64>,
+    clients: HashMap<u64, ClientTx>,
+    client_keys: HashMap<(String, Method), u64>,
+    /// Client transactions of CANCELs we sent (their responses are absorbed).
+    cancels: HashSet<u64>,
+    ctxs: HashMap<u64, ProxyCtx>,
+    timers: Timers,
     transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_id: u64,
 }
 
 impl Core {
     /// A new core.
-    pub fn new(config: CoreConfig) -> Self {
+    pub fn new(cfg: CoreConfig) -> Self {
+        let mut m = Hmac::<Sha256>::new_from_slice(&cfg.secret).expect("any key length");
+        m.update(b"branch-prefix");
+        let h = m.finalize().into_bytes();
+        let branch_prefix = format!("z9hG4bKsw{:02x}{:02x}", h[0], h[1]);
         Self {
-            config,
+            tokens: FlowTokens::new(cfg.secret),
+            cfg,
+            branch_prefix,
+            location: Location::new(),
+            known_aors: HashSet::new(),
+            flows: HashMap::new(),
+            servers: HashMap::new(),
+            server_keys: HashMap::new(),
+            clients: HashMap::new(),
+            client_keys: HashMap::new(),
+            cancels: HashSet::new(),
+            ctxs: HashMap::new(),
+            timers: Timers::default(),
             transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_id: 0,
         }
     }
 
-    /// Processes one input. Afterwards call [`Core::poll_transmit`] until `None`.
-    pub fn handle(&mut self, _now: Instant, input: Input) {
+    /// Restores a binding (from persistent storage at start). Bindings that expired
+    /// meanwhile are skipped.
+    pub fn restore_binding(&mut self, mut b: Binding, now: Instant) {
+        if b.expires_at <= now {
+            return;
+        }
+        b.id = self.location.next_id();
+        self.known_aors.insert(b.aor.clone());
+        self.location.upsert(b);
+        self.arm_expiry();
+    }
+
+    /// The bindings of an AoR (for the control API and tests).
+    pub fn bindings(&self, aor: &str) -> &[Binding] {
+        self.location.lookup(aor)
+    }
+
+    /// Processes one input. Afterwards drain [`Core::poll_transmit`] and
+    /// [`Core::poll_event`], and re-check [`Core::poll_timeout`].
+    pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::Message(incoming) => {
-                let Incoming {
-                    flow,
-                    source,
-                    message,
-                    ..
-                } = *incoming;
+                let Incoming { source, message } = *incoming;
+                if let Some(f) = source.flow {
+                    self.flows.insert(f, (source.transport, source.local));
+                }
                 match message {
-                    Message::Request(req) => self.handle_request(flow, source, req),
-                    // Stateless: responses have no transaction to match and are absorbed.
-                    Message::Response(_) => {}
+                    Message::Request(req) => self.on_request(now, source, req),
+                    Message::Response(resp) => self.on_response(now, resp),
                 }
             }
-            Input::FlowClosed(_) => {}
+            Input::FlowClosed(flow) => {
+                self.flows.remove(&flow);
+                for b in self.location.remove_flow(flow) {
+                    self.events.push_back(Event::BindingRemoved(b));
+                }
+                self.fail_target(now, Target::Flow(flow));
+            }
+            Input::SendFailed(target) => self.fail_target(now, target),
         }
     }
 
-    /// The next message to send, if any.
+    /// The next message to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
-    /// When [`Core::handle_timeout`] should next be called (no timers yet).
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] should next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.timers.next()
     }
 
-    /// Runs timers due at `now`.
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    /// Runs everything due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Bounded: each pop removes an entry; re-arming only adds later deadlines.
+        while let Some((_, r)) = self.timers.pop_due(now) {
+            match r {
+                TimerRef::Server(id) => self.server_timer(id, now),
+                TimerRef::Client(id) => self.client_timer(id, now),
+                TimerRef::Expiry => {
+                    for b in self.location.expire(now) {
+                        self.events.push_back(Event::BindingRemoved(b));
+                    }
+                    self.arm_expiry();
+                }
+            }
+        }
+    }
 
-    fn handle_request(&mut self, flow: FlowId, source: SocketAddr, mut req: Request) {
-        if req.method == Method::Ack {
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn send(&mut self, target: Target, payload: Bytes) {
+        self.transmits.push_back(Transmit { target, payload });
+    }
+
+    fn arm_expiry(&mut self) {
+        if let Some(t) = self.location.next_expiry() {
+            self.timers.arm(t, TimerRef::Expiry);
+        }
+    }
+
+    // ------------------------------------------------------------ server side
+
+    fn on_request(&mut self, now: Instant, source: Source, mut req: Request) {
+        stamp_received(&mut req, source.remote);
+        match req.method {
+            Method::Ack => return self.on_ack(now, source, req),
+            Method::Cancel => return self.on_cancel(now, source, req),
+            _ => {}
+        }
+        let Some(key) = ServerKey::of(&req, &req.method) else {
+            return;
+        };
+        if let Some(&id) = self.server_keys.get(&key) {
+            let st = &self.servers[&id];
+            if let Some(bytes) = st.on_retransmission() {
+                let target = st.source.reply_target();
+                self.send(target, bytes);
+            }
             return;
         }
-        stamp_received(&mut req, source);
-        let (status, extra) = self.decide(&req);
-        let resp = self.response(&req, status, extra);
-        self.transmits.push_back(Transmit {
-            target: Target::Flow(flow),
-            payload: resp.to_bytes(),
-        });
+        let id = self.new_id();
+        self.server_keys.insert(key.clone(), id);
+        self.servers
+            .insert(id, ServerTx::new(id, key, req.clone(), source));
+        if req.method == Method::Invite {
+            // A stateful proxy answers INVITE with 100 at once (RFC 3261 16.2).
+            let trying = self.make_response(&req, 100, &[]);
+            self.respond(id, trying, now);
+        }
+        self.route_request(now, id, req);
     }
 
-    fn decide(&self, req: &Request) -> (u16, Vec<(HeaderName, String)>) {
-        let unsupported: Vec<&str> = req
-            .headers
-            .values(&HeaderName::Require)
-            .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
-            .collect();
-        if !unsupported.is_empty() && req.method != Method::Cancel {
-            return (420, vec![(HeaderName::Unsupported, unsupported.join(", "))]);
+    fn on_ack(&mut self, now: Instant, source: Source, req: Request) {
+        if let Some(key) = ServerKey::of(&req, &Method::Invite)
+            && let Some(&id) = self.server_keys.get(&key)
+        {
+            let t = self.cfg.timers;
+            let st = self.servers.get_mut(&id).expect("indexed");
+            if st.on_ack(now, &t) {
+                self.arm_server(id);
+                return;
+            }
         }
-        let Some(uri) = req.uri.as_sip() else {
-            return (416, vec![]);
+        // An ACK for a 2xx is end to end: route it statelessly.
+        self.forward_stateless(now, source, req);
+    }
+
+    fn on_cancel(&mut self, now: Instant, source: Source, req: Request) {
+        let invite =
+            ServerKey::of(&req, &Method::Invite).and_then(|k| self.server_keys.get(&k).copied());
+        let Some(st_id) = invite else {
+            let resp = self.make_response(&req, 481, &[]);
+            self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
+            return;
         };
-        if !self.config.myself.is_myself_uri(uri) {
-            return (403, vec![]);
-        }
-        match (&req.method, &uri.user) {
-            (Method::Cancel, _) => (481, vec![]),
-            (Method::Options, None) => (
-                200,
-                vec![
-                    (HeaderName::Allow, "OPTIONS, ACK".into()),
-                    (HeaderName::Accept, "application/sdp".into()),
-                ],
-            ),
-            (_, Some(_)) => (404, vec![]),
-            (_, None) => (501, vec![]),
+        let resp = self.make_response(&req, 200, &[]);
+        self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
+        let ctx = self.servers.get(&st_id).and_then(|s| s.ctx);
+        if let Some(ctx) = ctx {
+            self.cancel_ctx(now, ctx);
         }
     }
 
-    fn response(&self, req: &Request, status: u16, extra: Vec<(HeaderName, String)>) -> Response {
+    /// Sends `resp` through server transaction `id`.
+    fn respond(&mut self, id: u64, resp: Response, now: Instant) {
+        let t = self.cfg.timers;
+        let Some(st) = self.servers.get_mut(&id) else {
+            return;
+        };
+        let status = resp.status;
+        if let Some(bytes) = st.respond(status, Bytes::from(resp.to_bytes()), now, &t) {
+            let target = st.source.reply_target();
+            self.send(target, bytes);
+        }
+        self.arm_server(id);
+    }
+
+    fn arm_server(&mut self, id: u64) {
+        if let Some(st) = self.servers.get(&id) {
+            if st.state == transaction::ServerState::Terminated {
+                self.remove_server(id);
+            } else if let Some(d) = st.deadline() {
+                self.timers.arm(d, TimerRef::Server(id));
+            }
+        }
+    }
+
+    fn remove_server(&mut self, id: u64) {
+        if let Some(st) = self.servers.remove(&id) {
+            self.server_keys.remove(&st.key);
+            if let Some(ctx) = st.ctx {
+                self.ctxs.remove(&ctx);
+            }
+        }
+    }
+
+    fn server_timer(&mut self, id: u64, now: Instant) {
+        let t = self.cfg.timers;
+        let Some(st) = self.servers.get_mut(&id) else {
+            return;
+        };
+        if st.deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        if let Some(bytes) = st.on_timer(now, &t) {
+            let target = st.source.reply_target();
+            self.send(target, bytes);
+        }
+        self.arm_server(id);
+    }
+
+    /// A response to `req` with the headers RFC 3261 8.2.6 copies, a To tag when the
+    /// request had none (stable across retransmissions), and `extra` headers.
+    fn make_response(
+        &self,
+        req: &Request,
+        status: u16,
+        extra: &[(HeaderName, String)],
+    ) -> Response {
         let mut headers = Headers::new();
         for v in req.headers.get_all(&HeaderName::Via) {
             headers.push(HeaderName::Via, v);
@@ -208,21 +494,23 @@ impl Core {
             headers.push(HeaderName::CSeq, c);
         }
         for (n, v) in extra {
-            headers.push(n, v);
+            headers.push(n.clone(), v.clone());
         }
-        headers.push(HeaderName::Server, self.config.server_header.clone());
+        if status != 100 {
+            headers.push(HeaderName::Server, self.cfg.server_header.clone());
+        }
         Response {
             status,
             reason: reason_phrase(status).to_string(),
             headers,
-            body: Default::default(),
+            body: Bytes::new(),
         }
     }
 
     /// A To tag that is the same for retransmissions of one request, without state:
-    /// HMAC(secret, Call-ID, From tag, CSeq, top branch).
+    /// HMAC(secret, Call-ID, From, CSeq, top Via).
     fn to_tag(&self, req: &Request) -> String {
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.config.secret).expect("any key length");
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.cfg.secret).expect("any key length");
         for part in [
             req.call_id().unwrap_or(""),
             req.headers.get(&HeaderName::From).unwrap_or(""),
@@ -235,6 +523,160 @@ impl Core {
         let out = m.finalize().into_bytes();
         out[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    // ------------------------------------------------------------ client side
+
+    fn on_response(&mut self, now: Instant, resp: Response) {
+        let Some(top) = resp.headers.values(&HeaderName::Via).next() else {
+            return;
+        };
+        let Ok(via) = Via::parse(top) else {
+            return;
+        };
+        let Some(branch) = via.branch() else {
+            return;
+        };
+        if !branch.starts_with(&self.branch_prefix) {
+            // Not sent by us: a proxy drops it (RFC 3261 16.7 step 1... 18.1.2).
+            return;
+        }
+        let Ok(cseq) = resp.cseq() else {
+            return;
+        };
+        let Some(&id) = self
+            .client_keys
+            .get(&(branch.to_string(), cseq.method.clone()))
+        else {
+            return;
+        };
+        let t = self.cfg.timers;
+        let ct = self.clients.get_mut(&id).expect("indexed");
+        let (event, ack) = ct.on_response(resp.clone(), now, &t);
+        if ack {
+            let ack = build_ack(&ct.request, &resp);
+            let target = ct.target;
+            self.send(target, Bytes::from(ack.to_bytes()));
+        }
+        self.arm_client(id);
+        if self.cancels.contains(&id) {
+            return;
+        }
+        if let Some(event) = event {
+            let owner = self.clients.get(&id).map(|c| c.owner);
+            if let Some((ctx, branch)) = owner {
+                self.on_branch_event(now, ctx, branch, event);
+            }
+        }
+    }
+
+    fn arm_client(&mut self, id: u64) {
+        if let Some(ct) = self.clients.get(&id) {
+            if ct.state == transaction::ClientState::Terminated {
+                self.remove_client(id);
+            } else if let Some(d) = ct.deadline() {
+                self.timers.arm(d, TimerRef::Client(id));
+            }
+        }
+    }
+
+    fn remove_client(&mut self, id: u64) {
+        if let Some(ct) = self.clients.remove(&id) {
+            self.client_keys
+                .remove(&(ct.branch.clone(), ct.request.method.clone()));
+            self.cancels.remove(&id);
+        }
+    }
+
+    fn client_timer(&mut self, id: u64, now: Instant) {
+        let t = self.cfg.timers;
+        let Some(ct) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if ct.deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        let (resend, event, timer_c) = ct.on_timer(now, &t);
+        let (target, owner) = (ct.target, ct.owner);
+        if let Some(bytes) = resend {
+            self.send(target, bytes);
+        }
+        self.arm_client(id);
+        if self.cancels.contains(&id) {
+            return;
+        }
+        if timer_c {
+            self.on_timer_c(now, owner.0, owner.1);
+        }
+        if let Some(event) = event {
+            self.on_branch_event(now, owner.0, owner.1, event);
+        }
+    }
+
+    /// Everything waiting on `target` fails (flow closed, connect refused).
+    fn fail_target(&mut self, now: Instant, target: Target) {
+        let ids: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.target == target)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(ct) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            let event = ct.on_transport_error();
+            let owner = ct.owner;
+            self.arm_client(id);
+            if self.cancels.contains(&id) {
+                continue;
+            }
+            if event.is_some() {
+                self.on_branch_failed(now, owner.0, owner.1, matches!(target, Target::Flow(_)));
+            }
+        }
+    }
+}
+
+/// The ACK for a non-2xx final response (RFC 3261 17.1.1.3): same R-URI, top Via,
+/// Call-ID, From, Route and CSeq number as the INVITE, To from the response.
+fn build_ack(invite: &Request, resp: &Response) -> Request {
+    let mut headers = Headers::new();
+    if let Some(v) = invite.headers.values(&HeaderName::Via).next() {
+        headers.push(HeaderName::Via, v);
+    }
+    for name in [HeaderName::From] {
+        if let Some(v) = invite.headers.get(&name) {
+            headers.push(name, v);
+        }
+    }
+    if let Some(to) = resp.headers.get(&HeaderName::To) {
+        headers.push(HeaderName::To, to);
+    }
+    if let Some(c) = invite.call_id() {
+        headers.push(HeaderName::CallId, c);
+    }
+    let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
+    headers.push(HeaderName::CSeq, format!("{seq} ACK"));
+    for r in invite.headers.get_all(&HeaderName::Route) {
+        headers.push(HeaderName::Route, r);
+    }
+    headers.push(HeaderName::MaxForwards, "70");
+    Request {
+        method: Method::Ack,
+        uri: invite.uri.clone(),
+        headers,
+        body: Bytes::new(),
+    }
+}
+
+/// The tokens of a list header (`Supported`, `Require`...), trimmed.
+pub(crate) fn split_tokens(headers: &Headers, name: &HeaderName) -> Vec<String> {
+    headers
+        .values(name)
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// RFC 3261 section 18.2.1 and RFC 3581: add `received` to the top Via when the
@@ -267,111 +709,4 @@ pub fn stamp_received(req: &mut Request, source: SocketAddr) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sip::parse;
-
-    fn core() -> Core {
-        Core::new(CoreConfig {
-            myself: Arc::new(Myself::new(
-                &["localhost".into()],
-                &["127.0.0.1:8080".parse().unwrap()],
-            )),
-            server_header: "test".into(),
-            secret: [3; 32],
-        })
-    }
-
-    fn request(first_line: &str, extra: &str) -> Input {
-        let method = first_line.split(' ').next().unwrap();
-        let text = format!(
-            "{first_line} SIP/2.0\r\nVia: SIP/2.0/WS abc.invalid;branch=z9hG4bK776;rport\r\n\
-             From: <sip:alice@localhost>;tag=a1\r\nTo: <sip:localhost>\r\nCall-ID: c1\r\n\
-             CSeq: 1 {method}\r\n{extra}Max-Forwards: 70\r\n\r\n"
-        );
-        Input::Message(Box::new(Incoming {
-            flow: 9,
-            source: "127.0.0.1:50000".parse().unwrap(),
-            transport: SipTransport::Ws,
-            message: parse(text.as_bytes()).unwrap(),
-        }))
-    }
-
-    fn answer(input: Input) -> Option<(Target, Response)> {
-        let mut c = core();
-        c.handle(Instant::now(), input);
-        let t = c.poll_transmit()?;
-        assert!(c.poll_transmit().is_none());
-        match parse(&t.payload).unwrap() {
-            Message::Response(r) => Some((t.target, r)),
-            Message::Request(_) => panic!("core sent a request"),
-        }
-    }
-
-    #[test]
-    fn options_to_us_is_200_on_the_same_flow() {
-        let (target, r) = answer(request("OPTIONS sip:localhost", "")).unwrap();
-        assert_eq!(target, Target::Flow(9));
-        assert_eq!(r.status, 200);
-        let via = &r.vias().unwrap()[0];
-        assert_eq!(via.branch(), Some("z9hG4bK776"));
-        assert_eq!(
-            crate::sip::headers::param(&via.params, "rport"),
-            Some(Some("50000"))
-        );
-        assert_eq!(
-            crate::sip::headers::param(&via.params, "received"),
-            Some(Some("127.0.0.1"))
-        );
-        assert!(r.get_to().unwrap().tag().is_some());
-        assert_eq!(r.cseq().unwrap().seq, 1);
-        assert_eq!(r.call_id(), Some("c1"));
-    }
-
-    #[test]
-    fn same_request_same_tag() {
-        let (_, a) = answer(request("OPTIONS sip:localhost", "")).unwrap();
-        let (_, b) = answer(request("OPTIONS sip:localhost", "")).unwrap();
-        assert_eq!(a.get_to().unwrap().tag(), b.get_to().unwrap().tag());
-    }
-
-    #[test]
-    fn other_statuses() {
-        assert_eq!(
-            answer(request("MESSAGE sip:bob@localhost", ""))
-                .unwrap()
-                .1
-                .status,
-            404
-        );
-        assert_eq!(
-            answer(request("REGISTER sip:localhost", ""))
-                .unwrap()
-                .1
-                .status,
-            501
-        );
-        assert_eq!(
-            answer(request("OPTIONS sip:elsewhere.org", ""))
-                .unwrap()
-                .1
-                .status,
-            403
-        );
-        assert_eq!(
-            answer(request("OPTIONS sip:localhost:9999", ""))
-                .unwrap()
-                .1
-                .status,
-            403
-        );
-        assert_eq!(
-            answer(request("OPTIONS tel:+123", "")).unwrap().1.status,
-            416
-        );
-        let (_, r) = answer(request("OPTIONS sip:localhost", "Require: foo, bar\r\n")).unwrap();
-        assert_eq!(r.status, 420);
-        assert_eq!(r.headers.get(&HeaderName::Unsupported), Some("foo, bar"));
-        assert!(answer(request("ACK sip:localhost", "")).is_none());
-    }
-}
+mod tests;

@@ -174,6 +174,20 @@ impl Headers {
         self.0.is_empty()
     }
 
+    /// Removes the first value of a list header (`Via`, `Route`...), whether it stands
+    /// alone on its line or first in a comma-separated line.
+    pub fn remove_first_value(&mut self, name: &HeaderName) {
+        let Some(pos) = self.0.iter().position(|h| &h.name == name) else {
+            return;
+        };
+        let rest: Vec<&str> = split_list(&self.0[pos].value).skip(1).collect();
+        if rest.is_empty() {
+            self.0.remove(pos);
+        } else {
+            self.0[pos].value = rest.join(", ");
+        }
+    }
+
     /// Mutable access to the first field named `name`.
     pub fn first_mut(&mut self, name: &HeaderName) -> Option<&mut Header> {
         self.0.iter_mut().find(|h| &h.name == name)

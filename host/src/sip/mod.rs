@@ -2,6 +2,7 @@
 //!
 //! No sockets, no tasks, no clock here (CI checks that `tokio` never appears).
 
+pub mod framing;
 pub mod headers;
 pub mod message;
 pub mod parse;

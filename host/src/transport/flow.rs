@@ -11,15 +11,15 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::admin::metrics::Metrics;
-use crate::core::{FlowId, SipTransport};
+use crate::core::{FlowId, Transport};
 
 /// What is known about a flow.
 #[derive(Debug, Clone)]
 pub struct FlowInfo {
     /// Its id (also the HTTP connection id the plugin saw).
     pub id: FlowId,
-    /// WS or WSS.
-    pub transport: SipTransport,
+    /// WS, WSS, TCP or TLS.
+    pub transport: Transport,
     /// The client's address.
     pub remote: SocketAddr,
     /// Our address (tells the listener).
@@ -46,9 +46,16 @@ struct Entry {
     tx: mpsc::Sender<Bytes>,
 }
 
+#[derive(Default)]
+struct Flows {
+    by_id: HashMap<FlowId, Entry>,
+    /// Stream connections by transport and peer address, for reuse (RFC 3261 18.1.1).
+    by_peer: HashMap<(Transport, SocketAddr), FlowId>,
+}
+
 /// All live flows.
 pub struct FlowTable {
-    flows: Mutex<HashMap<FlowId, Entry>>,
+    flows: Mutex<Flows>,
     next_id: AtomicU64,
     closed_tx: mpsc::UnboundedSender<FlowId>,
     metrics: Arc<Metrics>,
@@ -66,7 +73,7 @@ impl FlowTable {
     /// A table that reports each closed flow on `closed_tx`, once.
     pub fn new(closed_tx: mpsc::UnboundedSender<FlowId>, metrics: Arc<Metrics>) -> Self {
         Self {
-            flows: Mutex::new(HashMap::new()),
+            flows: Mutex::new(Flows::default()),
             next_id: AtomicU64::new(1),
             closed_tx,
             metrics,
@@ -81,13 +88,16 @@ impl FlowTable {
     /// Adds a flow; it stays until the returned guard drops.
     pub fn register(self: &Arc<Self>, info: FlowInfo, tx: mpsc::Sender<Bytes>) -> FlowGuard {
         let id = info.id;
-        self.flows.lock().expect("flow table lock").insert(
+        let mut flows = self.flows.lock().expect("flow table lock");
+        flows.by_peer.insert((info.transport, info.remote), id);
+        flows.by_id.insert(
             id,
             Entry {
                 info: Arc::new(info),
                 tx,
             },
         );
+        drop(flows);
         self.metrics.flow_opened();
         FlowGuard {
             table: self.clone(),
@@ -98,7 +108,7 @@ impl FlowTable {
     /// Queues `payload` on flow `id` without waiting.
     pub fn send(&self, id: FlowId, payload: Bytes) -> Result<(), SendError> {
         let flows = self.flows.lock().expect("flow table lock");
-        let entry = flows.get(&id).ok_or(SendError::NoFlow)?;
+        let entry = flows.by_id.get(&id).ok_or(SendError::NoFlow)?;
         entry.tx.try_send(payload).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::NoFlow,
@@ -110,8 +120,19 @@ impl FlowTable {
         self.flows
             .lock()
             .expect("flow table lock")
+            .by_id
             .get(&id)
             .map(|e| e.info.clone())
+    }
+
+    /// A live stream connection to `remote` over `transport`, for reuse.
+    pub fn find(&self, transport: Transport, remote: SocketAddr) -> Option<FlowId> {
+        self.flows
+            .lock()
+            .expect("flow table lock")
+            .by_peer
+            .get(&(transport, remote))
+            .copied()
     }
 
     /// Every live flow, by id.
@@ -120,6 +141,7 @@ impl FlowTable {
             .flows
             .lock()
             .expect("flow table lock")
+            .by_id
             .values()
             .map(|e| e.info.clone())
             .collect();
@@ -129,7 +151,7 @@ impl FlowTable {
 
     /// Number of live flows.
     pub fn len(&self) -> usize {
-        self.flows.lock().expect("flow table lock").len()
+        self.flows.lock().expect("flow table lock").by_id.len()
     }
 
     /// Whether there are none.
@@ -138,7 +160,15 @@ impl FlowTable {
     }
 
     fn remove(&self, id: FlowId) {
-        let removed = self.flows.lock().expect("flow table lock").remove(&id);
+        let mut flows = self.flows.lock().expect("flow table lock");
+        let removed = flows.by_id.remove(&id);
+        if let Some(e) = &removed {
+            let key = (e.info.transport, e.info.remote);
+            if flows.by_peer.get(&key) == Some(&id) {
+                flows.by_peer.remove(&key);
+            }
+        }
+        drop(flows);
         if removed.is_some() {
             self.metrics.flow_closed();
             // The receiver (the core driver) lives as long as the server.
@@ -180,7 +210,7 @@ mod tests {
         let guard = table.register(
             FlowInfo {
                 id,
-                transport: SipTransport::Ws,
+                transport: Transport::Ws,
                 remote: "127.0.0.1:1".parse().unwrap(),
                 local: "127.0.0.1:2".parse().unwrap(),
                 identity: vec![],

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::Shared;
 use super::flow::FlowInfo;
-use crate::core::{FlowId, Incoming, Input, SipTransport};
+use crate::core::{FlowId, Incoming, Input, Source, Transport};
 use crate::http::handshake::{self, HandshakeCheck, HandshakeError};
 use crate::http::head::{HeadLimits, Version};
 use crate::http::reader::{ReadError, read_request};
@@ -193,9 +193,9 @@ where
                 let info = FlowInfo {
                     id: conn.id,
                     transport: if conn.tls {
-                        SipTransport::Wss
+                        Transport::Wss
                     } else {
-                        SipTransport::Ws
+                        Transport::Ws
                     },
                     remote: conn.remote,
                     local: conn.local,
@@ -302,7 +302,7 @@ where
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(cfg.send_queue);
-    let (id, remote, transport) = (info.id, info.remote, info.transport);
+    let (id, remote, local, transport) = (info.id, info.remote, info.local, info.transport);
     let _guard = shared.flows.register(info, tx);
     shared.metrics.ws_upgrade();
     tracing::debug!(flow = id, peer = %remote, "WebSocket flow open");
@@ -344,12 +344,13 @@ where
                 match crate::sip::parse(&data) {
                     Ok(message) => {
                         shared.metrics.sip_in();
-                        let input = Input::Message(Box::new(Incoming {
-                            flow: id,
-                            source: remote,
+                        let source = Source {
                             transport,
-                            message,
-                        }));
+                            local,
+                            remote,
+                            flow: Some(id),
+                        };
+                        let input = Input::Message(Box::new(Incoming { source, message }));
                         if shared.core_tx.send(input).await.is_err() {
                             break;
                         }

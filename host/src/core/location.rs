@@ -1,0 +1,265 @@
+//! The location service: bindings from an address-of-record to contacts (RFC 3261
+//! section 10), each bound to the flow or the UDP 5-tuple it was registered over.
+//! In memory; persistence happens outside the core through [`super::Event`]s.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{FlowId, Target, Transport};
+
+/// How to reach a binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// Over the connection it was registered on (WS, WSS, TCP, TLS).
+    Flow(FlowId),
+    /// By datagram to the address the REGISTER came from, from the listener it reached.
+    Udp {
+        /// Our listener.
+        local: SocketAddr,
+        /// The registering client's source address.
+        remote: SocketAddr,
+    },
+}
+
+impl Reach {
+    /// The transmit target.
+    pub fn target(&self) -> Target {
+        match *self {
+            Self::Flow(id) => Target::Flow(id),
+            Self::Udp { local, remote } => Target::Udp { local, remote },
+        }
+    }
+}
+
+/// One binding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    /// Unique id (for timers and indexes).
+    pub id: u64,
+    /// Normalized address-of-record, `sip:user@domain`.
+    pub aor: String,
+    /// The Contact URI as registered.
+    pub contact: String,
+    /// q value in thousandths (1000 = 1.0); `None` when not given.
+    pub q: Option<u16>,
+    /// When it expires.
+    pub expires_at: Instant,
+    /// When it was last refreshed (most recent first when forking).
+    pub updated: Instant,
+    /// Call-ID of the REGISTER that made it.
+    pub call_id: String,
+    /// CSeq of that REGISTER.
+    pub cseq: u32,
+    /// RFC 5626 `+sip.instance` (without the angle brackets and quotes).
+    pub instance: Option<String>,
+    /// RFC 5626 `reg-id`.
+    pub reg_id: Option<u32>,
+    /// RFC 3327 Path values, in order.
+    pub path: Vec<String>,
+    /// How to reach it.
+    pub reach: Reach,
+    /// The transport it was registered over.
+    pub transport: Transport,
+    /// RFC 5627 temporary GRUU user part, when one was made.
+    pub temp_gruu: Option<String>,
+    /// User-Agent of the REGISTER.
+    pub user_agent: Option<String>,
+}
+
+impl Binding {
+    /// Seconds left at `now` (0 when expired).
+    pub fn remaining(&self, now: Instant) -> u64 {
+        self.expires_at.saturating_duration_since(now).as_secs()
+    }
+
+    /// Whether it lives on a connection (and dies with it).
+    pub fn on_flow(&self) -> Option<FlowId> {
+        match self.reach {
+            Reach::Flow(id) => Some(id),
+            Reach::Udp { .. } => None,
+        }
+    }
+}
+
+/// All bindings.
+#[derive(Debug, Default)]
+pub struct Location {
+    by_aor: HashMap<String, Vec<Binding>>,
+    by_flow: HashMap<FlowId, Vec<(String, u64)>>,
+    by_temp_gruu: HashMap<String, (String, u64)>,
+    expiries: BTreeSet<(Instant, u64)>,
+    aor_of: HashMap<u64, String>,
+    next_id: u64,
+}
+
+impl Location {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fresh binding id.
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The live bindings of `aor`.
+    pub fn lookup(&self, aor: &str) -> &[Binding] {
+        self.by_aor.get(aor).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether the AoR has (or had, until its last binding went) any binding.
+    pub fn knows(&self, aor: &str) -> bool {
+        self.by_aor.contains_key(aor)
+    }
+
+    /// The binding a temporary GRUU user part names.
+    pub fn by_temp_gruu(&self, user: &str) -> Option<&Binding> {
+        let (aor, id) = self.by_temp_gruu.get(user)?;
+        self.by_aor.get(aor)?.iter().find(|b| b.id == *id)
+    }
+
+    /// Inserts or replaces (same id) a binding.
+    pub fn upsert(&mut self, b: Binding) {
+        self.remove_id(&b.aor.clone(), b.id);
+        if let Some(flow) = b.on_flow() {
+            self.by_flow
+                .entry(flow)
+                .or_default()
+                .push((b.aor.clone(), b.id));
+        }
+        if let Some(t) = &b.temp_gruu {
+            self.by_temp_gruu.insert(t.clone(), (b.aor.clone(), b.id));
+        }
+        self.expiries.insert((b.expires_at, b.id));
+        self.aor_of.insert(b.id, b.aor.clone());
+        self.by_aor.entry(b.aor.clone()).or_default().push(b);
+    }
+
+    /// Removes one binding; returns it.
+    pub fn remove_id(&mut self, aor: &str, id: u64) -> Option<Binding> {
+        let list = self.by_aor.get_mut(aor)?;
+        let pos = list.iter().position(|b| b.id == id)?;
+        let b = list.remove(pos);
+        if list.is_empty() {
+            self.by_aor.remove(aor);
+        }
+        if let Some(flow) = b.on_flow()
+            && let Some(v) = self.by_flow.get_mut(&flow)
+        {
+            v.retain(|(_, i)| *i != id);
+            if v.is_empty() {
+                self.by_flow.remove(&flow);
+            }
+        }
+        if let Some(t) = &b.temp_gruu {
+            self.by_temp_gruu.remove(t);
+        }
+        self.expiries.remove(&(b.expires_at, b.id));
+        self.aor_of.remove(&id);
+        Some(b)
+    }
+
+    /// Removes every binding that lives on `flow`.
+    pub fn remove_flow(&mut self, flow: FlowId) -> Vec<Binding> {
+        let ids = self.by_flow.remove(&flow).unwrap_or_default();
+        ids.into_iter()
+            .filter_map(|(aor, id)| self.remove_id(&aor, id))
+            .collect()
+    }
+
+    /// Removes and returns bindings expired at `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<Binding> {
+        let due: Vec<(Instant, u64)> = self.expiries.range(..=(now, u64::MAX)).copied().collect();
+        due.into_iter()
+            .filter_map(|(_, id)| {
+                let aor = self.aor_of.get(&id)?.clone();
+                self.remove_id(&aor, id)
+            })
+            .collect()
+    }
+
+    /// The next expiry.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiries.first().map(|(t, _)| *t)
+    }
+
+    /// Number of bindings.
+    pub fn len(&self) -> usize {
+        self.aor_of.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.aor_of.is_empty()
+    }
+
+    /// Every binding (for the control API).
+    pub fn all(&self) -> impl Iterator<Item = &Binding> {
+        self.by_aor.values().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn binding(loc: &mut Location, aor: &str, now: Instant, secs: u64, reach: Reach) -> Binding {
+        Binding {
+            id: loc.next_id(),
+            aor: aor.into(),
+            contact: "sip:a@b".into(),
+            q: None,
+            expires_at: now + Duration::from_secs(secs),
+            updated: now,
+            call_id: "c".into(),
+            cseq: 1,
+            instance: None,
+            reg_id: None,
+            path: vec![],
+            reach,
+            transport: Transport::Ws,
+            temp_gruu: Some(format!("t{secs}")),
+            user_agent: None,
+        }
+    }
+
+    #[test]
+    fn flows_and_expiry() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let a = binding(&mut loc, "sip:a@l", now, 10, Reach::Flow(7));
+        let b = binding(&mut loc, "sip:a@l", now, 20, Reach::Flow(8));
+        loc.upsert(a.clone());
+        loc.upsert(b.clone());
+        assert_eq!(loc.lookup("sip:a@l").len(), 2);
+        assert_eq!(loc.by_temp_gruu("t10").unwrap().id, a.id);
+        let gone = loc.remove_flow(7);
+        assert_eq!(gone.len(), 1);
+        assert!(loc.remove_flow(7).is_empty(), "exactly once");
+        assert_eq!(loc.next_expiry(), Some(b.expires_at));
+        assert!(loc.expire(now + Duration::from_secs(19)).is_empty());
+        assert_eq!(loc.expire(now + Duration::from_secs(20)).len(), 1);
+        assert!(loc.is_empty());
+        assert!(!loc.knows("sip:a@l"));
+        assert!(loc.by_temp_gruu("t20").is_none());
+    }
+
+    #[test]
+    fn upsert_replaces_same_id() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let mut a = binding(&mut loc, "sip:a@l", now, 10, Reach::Flow(1));
+        loc.upsert(a.clone());
+        a.expires_at = now + Duration::from_secs(100);
+        a.reach = Reach::Flow(2);
+        loc.upsert(a.clone());
+        assert_eq!(loc.len(), 1);
+        assert!(loc.remove_flow(1).is_empty());
+        assert_eq!(loc.remove_flow(2).len(), 1);
+    }
+}

@@ -1,0 +1,902 @@
+//! Request routing and response contexts of the stateful proxy (RFC 3261 section 16).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::location::Binding;
+use super::registrar::{self, Change, aor_of};
+use super::transaction::{ClientEvent, ClientTx};
+use super::{ALLOW, Core, Event, FlowId, SUPPORTED, Source, Target, Transport, split_tokens};
+use crate::sip::headers::HeaderName;
+use crate::sip::message::{Essentials, Method, Request, Response};
+use crate::sip::typed::{NameAddr, Via};
+use crate::sip::uri::{Host, SipUri, Uri};
+
+/// One place a branch can try.
+#[derive(Debug, Clone)]
+pub(super) struct Candidate {
+    /// The Request-URI to send.
+    uri: Uri,
+    /// Where to send it.
+    target: Target,
+    /// Over which transport.
+    transport: Transport,
+    /// Route headers to put first (a binding's Path).
+    path: Vec<String>,
+}
+
+/// A branch of a response context.
+#[derive(Debug)]
+pub(super) struct Branch {
+    ct: Option<u64>,
+    /// Alternatives when the current one fails at the flow level (RFC 5626 section 7).
+    rest: VecDeque<Candidate>,
+    provisional: bool,
+    cancel_pending: bool,
+    done: bool,
+    response: Option<Response>,
+}
+
+/// A response context: one server transaction, several client transactions.
+#[derive(Debug)]
+pub(super) struct ProxyCtx {
+    st: u64,
+    invite: bool,
+    /// The request after route processing, before per-branch changes.
+    template: Request,
+    source: Source,
+    record_route: bool,
+    branches: Vec<Branch>,
+    final_sent: bool,
+    cancelled: bool,
+}
+
+/// Where routing decided a request goes.
+enum Route {
+    /// Answer it here.
+    Answer(u16, Vec<(HeaderName, String)>),
+    /// Forward to these candidates (one branch each; each with alternatives).
+    Forward(Vec<Vec<Candidate>>),
+}
+
+impl Core {
+    /// Decides and starts what happens to a new request in server transaction `st`.
+    pub(super) fn route_request(&mut self, now: Instant, st: u64, mut req: Request) {
+        let source = self.servers[&st].source;
+        let route = self.decide(now, &source, &mut req);
+        match route {
+            Route::Answer(status, extra) => {
+                let resp = self.make_response(&req, status, &extra);
+                self.respond(st, resp, now);
+            }
+            Route::Forward(branches) => self.start_ctx(now, st, source, req, branches),
+        }
+    }
+
+    fn decide(&mut self, now: Instant, source: &Source, req: &mut Request) -> Route {
+        // Max-Forwards (RFC 3261 16.3 step 3).
+        let max_forwards = req
+            .headers
+            .get(&HeaderName::MaxForwards)
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(70);
+        let to_us = self.is_local_uri(&req.uri);
+        if max_forwards == 0 && !(to_us && matches!(req.method, Method::Options | Method::Register))
+        {
+            return Route::Answer(483, vec![]);
+        }
+        // Proxy-Require (16.3 step 5).
+        let unsupported: Vec<String> = split_tokens(&req.headers, &HeaderName::ProxyRequire)
+            .into_iter()
+            .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
+            .collect();
+        if !unsupported.is_empty() {
+            return Route::Answer(420, vec![(HeaderName::Unsupported, unsupported.join(", "))]);
+        }
+        // Loop detection (16.3 step 4): one of our Vias carries this request's hash.
+        let hash = self.loop_hash(req);
+        let looped = req.headers.values(&HeaderName::Via).any(|v| {
+            Via::parse(v)
+                .ok()
+                .and_then(|v| v.branch().map(str::to_string))
+                .is_some_and(|b| {
+                    b.strip_prefix(&self.branch_prefix)
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .is_some_and(|rest| rest.starts_with(&hash))
+                })
+        });
+        if looped {
+            return Route::Answer(482, vec![]);
+        }
+
+        // Our own Route entries (16.4): pop them, collect the flow tokens they carry.
+        let mut tokens: Vec<FlowId> = Vec::new();
+        let mut popped = false;
+        loop {
+            let Some(first) = req
+                .headers
+                .values(&HeaderName::Route)
+                .next()
+                .map(str::to_string)
+            else {
+                break;
+            };
+            let Ok(na) = NameAddr::parse(&first) else {
+                return Route::Answer(400, vec![]);
+            };
+            if !self.is_local_uri(&na.uri) {
+                break;
+            }
+            req.headers.remove_first_value(&HeaderName::Route);
+            popped = true;
+            if let Some(user) = na.uri.as_sip().and_then(|u| u.user.as_deref()) {
+                match self.tokens.decode(user) {
+                    Some(flow) => tokens.push(flow),
+                    None if user.starts_with("ft") => return Route::Answer(403, vec![]),
+                    None => {}
+                }
+            }
+        }
+        // A token naming another flow than the one the request came on is where it goes
+        // (RFC 5626 5.3); the token of the arriving flow only says where it came from.
+        let foreign_token = tokens.into_iter().find(|f| Some(*f) != source.flow);
+
+        // A remaining Route is the next hop (loose routing).
+        if let Some(next) = req
+            .headers
+            .values(&HeaderName::Route)
+            .next()
+            .map(str::to_string)
+        {
+            let Ok(na) = NameAddr::parse(&next) else {
+                return Route::Answer(400, vec![]);
+            };
+            return match self.candidate_for(&na.uri, req.uri.clone(), vec![]) {
+                Ok(c) => Route::Forward(vec![vec![c]]),
+                Err(status) => Route::Answer(status, vec![]),
+            };
+        }
+        if let Some(flow) = foreign_token {
+            return match self.flows.get(&flow) {
+                Some(&(transport, _)) => Route::Forward(vec![vec![Candidate {
+                    uri: req.uri.clone(),
+                    target: Target::Flow(flow),
+                    transport,
+                    path: vec![],
+                }]]),
+                None => Route::Answer(430, vec![]),
+            };
+        }
+        if to_us {
+            return self.local_request(now, source, req);
+        }
+        let in_dialog = req.get_to().is_ok_and(|t| t.tag().is_some());
+        if let Some(c) = self.flow_of_contact(&req.uri) {
+            return Route::Forward(vec![vec![c]]);
+        }
+        if !(popped && in_dialog) && !self.cfg.relay {
+            return Route::Answer(403, vec![]);
+        }
+        match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
+            Ok(c) => Route::Forward(vec![vec![c]]),
+            Err(status) => Route::Answer(status, vec![]),
+        }
+    }
+
+    /// Requests whose Request-URI is ours: the registrar, OPTIONS, or a user.
+    fn local_request(&mut self, now: Instant, source: &Source, req: &Request) -> Route {
+        let uri = req.uri.as_sip().expect("local URIs are SIP URIs");
+        if req.method == Method::Register {
+            return self.register(now, source, req);
+        }
+        if uri.user.is_none() {
+            return match req.method {
+                Method::Options => Route::Answer(
+                    200,
+                    vec![
+                        (HeaderName::Allow, ALLOW.into()),
+                        (HeaderName::Accept, "application/sdp".into()),
+                        (HeaderName::Supported, SUPPORTED.join(", ")),
+                    ],
+                ),
+                _ => Route::Answer(404, vec![]),
+            };
+        }
+        // GRUUs (RFC 5627): a temporary one names a binding, a public one an instance.
+        let user = uri.user.as_deref().unwrap_or("");
+        let bindings: Vec<Binding> = if let Some(b) = self.location.by_temp_gruu(user) {
+            vec![b.clone()]
+        } else {
+            let Some(aor) = aor_of(&req.uri) else {
+                return Route::Answer(404, vec![]);
+            };
+            let all = self.location.lookup(&aor);
+            match uri.param("gr") {
+                Some(Some(instance)) => all
+                    .iter()
+                    .filter(|b| b.instance.as_deref() == Some(instance))
+                    .cloned()
+                    .collect(),
+                _ => all.to_vec(),
+            }
+        };
+        if bindings.is_empty() {
+            let known = aor_of(&req.uri).is_some_and(|a| self.known_aors.contains(&a))
+                || user.starts_with("tgruu.");
+            return Route::Answer(if known { 480 } else { 404 }, vec![]);
+        }
+        let mut groups = group_by_instance(bindings);
+        // Highest q first; most recent first within equal q.
+        groups.sort_by_key(|g| std::cmp::Reverse(g[0].q.unwrap_or(1000)));
+        let mut branches = Vec::new();
+        for g in groups {
+            let candidates: Vec<Candidate> = g
+                .iter()
+                .filter_map(|b| {
+                    let uri = Uri::parse(&b.contact).ok()?;
+                    let transport = match b.reach {
+                        super::location::Reach::Flow(f) => {
+                            self.flows.get(&f).map(|(t, _)| *t).unwrap_or(b.transport)
+                        }
+                        super::location::Reach::Udp { .. } => Transport::Udp,
+                    };
+                    Some(Candidate {
+                        uri,
+                        target: b.reach.target(),
+                        transport,
+                        path: b.path.clone(),
+                    })
+                })
+                .collect();
+            if !candidates.is_empty() {
+                branches.push(candidates);
+            }
+        }
+        if branches.is_empty() {
+            return Route::Answer(480, vec![]);
+        }
+        Route::Forward(branches)
+    }
+
+    fn register(&mut self, now: Instant, source: &Source, req: &Request) -> Route {
+        let domain_ok = req
+            .get_to()
+            .ok()
+            .and_then(|t| {
+                t.uri.as_sip().map(|u| {
+                    self.cfg.myself.is_myself_uri(&SipUri {
+                        port: None,
+                        ..u.clone()
+                    })
+                })
+            })
+            .unwrap_or(false);
+        if !domain_ok {
+            return Route::Answer(403, vec![]);
+        }
+        let unsupported: Vec<String> = split_tokens(&req.headers, &HeaderName::Require)
+            .into_iter()
+            .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
+            .collect();
+        if !unsupported.is_empty() {
+            return Route::Answer(420, vec![(HeaderName::Unsupported, unsupported.join(", "))]);
+        }
+        let mut changes = Vec::new();
+        let outcome = registrar::register(
+            &mut self.location,
+            req,
+            source,
+            now,
+            &self.cfg.registrar,
+            &self.cfg.secret,
+            &mut changes,
+        );
+        for c in changes {
+            match c {
+                Change::Saved(b) => {
+                    self.known_aors.insert(b.aor.clone());
+                    self.events.push_back(Event::BindingSaved(b));
+                }
+                Change::Removed(b) => self.events.push_back(Event::BindingRemoved(b)),
+            }
+        }
+        self.arm_expiry();
+        Route::Answer(outcome.status, outcome.headers)
+    }
+
+    /// Whether a URI names this server (host and, if given, port).
+    fn is_local_uri(&self, uri: &Uri) -> bool {
+        uri.as_sip()
+            .is_some_and(|u| self.cfg.myself.is_myself_uri(u))
+    }
+
+    /// A WebSocket client's Contact (`sip:x@abc.invalid;transport=ws`) has no address:
+    /// find the flow it registered over.
+    fn flow_of_contact(&self, uri: &Uri) -> Option<Candidate> {
+        let text = uri.to_string();
+        let b = self
+            .location
+            .all()
+            .find(|b| b.contact == text && b.on_flow().is_some())?;
+        let flow = b.on_flow()?;
+        let (transport, _) = *self.flows.get(&flow)?;
+        Some(Candidate {
+            uri: uri.clone(),
+            target: Target::Flow(flow),
+            transport,
+            path: vec![],
+        })
+    }
+
+    /// Where a request addressed by `next_hop` goes: literal addresses only (no DNS).
+    fn candidate_for(
+        &self,
+        next_hop: &Uri,
+        ruri: Uri,
+        path: Vec<String>,
+    ) -> Result<Candidate, u16> {
+        let Some(u) = next_hop.as_sip() else {
+            return Err(416);
+        };
+        let Some(ip) = u.host.ip() else {
+            // No DNS: names other than ours cannot be reached.
+            return Err(if self.flow_of_contact(next_hop).is_some() {
+                480
+            } else {
+                503
+            });
+        };
+        let param = u.param("transport").flatten().map(str::to_ascii_lowercase);
+        let transport = match param.as_deref() {
+            None if u.secure => Transport::Tls,
+            None | Some("udp") => Transport::Udp,
+            Some("tcp") => Transport::Tcp,
+            Some("tls") => Transport::Tls,
+            Some("ws") | Some("wss") => return Err(480),
+            Some(_) => return Err(503),
+        };
+        let port = u.port.unwrap_or(if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        });
+        let remote = SocketAddr::new(ip, port);
+        let target = match transport {
+            Transport::Udp => {
+                let local = self
+                    .listener(Transport::Udp, remote.is_ipv4())
+                    .ok_or(503u16)?;
+                Target::Udp { local, remote }
+            }
+            t => {
+                self.listener(t, remote.is_ipv4()).ok_or(503u16)?;
+                Target::Connect {
+                    transport: t,
+                    remote,
+                }
+            }
+        };
+        Ok(Candidate {
+            uri: ruri,
+            target,
+            transport,
+            path,
+        })
+    }
+
+    /// Our listener for a transport (same address family preferred).
+    fn listener(&self, t: Transport, v4: bool) -> Option<SocketAddr> {
+        let of_t = self.cfg.listeners.iter().filter(|l| l.transport == t);
+        of_t.clone()
+            .find(|l| l.addr.is_ipv4() == v4)
+            .or_else(|| of_t.clone().next())
+            .map(|l| l.addr)
+    }
+
+    /// Our address on the side of `target` (for Via and Record-Route).
+    fn local_for(&self, target: &Target, transport: Transport) -> Option<SocketAddr> {
+        match *target {
+            Target::Udp { local, .. } => Some(local),
+            Target::Flow(f) => self.flows.get(&f).map(|(_, l)| *l),
+            Target::Connect { remote, .. } => self.listener(transport, remote.is_ipv4()),
+        }
+    }
+
+    /// The loop-detection hash of a request (RFC 3261 16.6 step 8): the fields that
+    /// change when a request is retargeted.
+    fn loop_hash(&self, req: &Request) -> String {
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.cfg.secret).expect("any key length");
+        m.update(req.uri.to_string().as_bytes());
+        m.update(
+            req.get_from()
+                .ok()
+                .and_then(|f| f.tag().map(str::to_string))
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        m.update(
+            req.get_to()
+                .ok()
+                .and_then(|f| f.tag().map(str::to_string))
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        m.update(req.call_id().unwrap_or("").as_bytes());
+        m.update(&req.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
+        for r in req.headers.values(&HeaderName::Route) {
+            m.update(r.as_bytes());
+        }
+        for r in req.headers.values(&HeaderName::ProxyRequire) {
+            m.update(r.as_bytes());
+        }
+        let h = m.finalize().into_bytes();
+        h[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A Record-Route (or Path) URI naming us on one side.
+    fn rr_uri(&self, transport: Transport, local: SocketAddr, flow: Option<FlowId>) -> String {
+        let host = Host::from(local.ip());
+        let user = flow
+            .map(|f| format!("{}@", self.tokens.encode(f)))
+            .unwrap_or_default();
+        let tp = transport
+            .uri_param()
+            .map(|p| format!(";transport={p}"))
+            .unwrap_or_default();
+        format!("<sip:{user}{host}:{}{tp};lr>", local.port())
+    }
+
+    fn start_ctx(
+        &mut self,
+        now: Instant,
+        st: u64,
+        source: Source,
+        mut req: Request,
+        branches: Vec<Vec<Candidate>>,
+    ) {
+        let initial = req.get_to().is_ok_and(|t| t.tag().is_none());
+        let record_route = initial
+            && matches!(
+                req.method,
+                Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+            );
+        // Max-Forwards - 1 (16.6 step 3), once for all branches.
+        let mf = req
+            .headers
+            .get(&HeaderName::MaxForwards)
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(70);
+        req.headers.remove_all(&HeaderName::MaxForwards);
+        req.headers
+            .push_front(HeaderName::MaxForwards, mf.saturating_sub(1).to_string());
+        let ctx_id = self.new_id();
+        let ctx = ProxyCtx {
+            st,
+            invite: req.method == Method::Invite,
+            template: req,
+            source,
+            record_route,
+            branches: Vec::new(),
+            final_sent: false,
+            cancelled: false,
+        };
+        self.ctxs.insert(ctx_id, ctx);
+        if let Some(s) = self.servers.get_mut(&st) {
+            s.ctx = Some(ctx_id);
+        }
+        for candidates in branches {
+            let mut rest: VecDeque<Candidate> = candidates.into();
+            let first = rest.pop_front().expect("non-empty branch");
+            let ctx = self.ctxs.get_mut(&ctx_id).expect("just inserted");
+            ctx.branches.push(Branch {
+                ct: None,
+                rest,
+                provisional: false,
+                cancel_pending: false,
+                done: false,
+                response: None,
+            });
+            let idx = ctx.branches.len() - 1;
+            self.start_branch(now, ctx_id, idx, first);
+        }
+    }
+
+    fn start_branch(&mut self, now: Instant, ctx_id: u64, idx: usize, c: Candidate) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        let mut req = ctx.template.clone();
+        let source = ctx.source;
+        let record_route = ctx.record_route;
+        req.uri = c.uri.clone();
+        let Some(local) = self.local_for(&c.target, c.transport) else {
+            self.on_branch_failed(now, ctx_id, idx, false);
+            return;
+        };
+        if record_route {
+            // Two entries when the sides differ (16.6 step 4, RFC 5658): the top one
+            // faces the callee, the other the caller; connection-oriented sides carry
+            // a flow token.
+            let out_flow = match c.target {
+                Target::Flow(f) => Some(f),
+                _ => None,
+            };
+            let out_rr = self.rr_uri(c.transport, local, out_flow);
+            let in_rr = self.rr_uri(source.transport, source.local, source.flow);
+            if out_rr != in_rr {
+                req.headers.push_front(HeaderName::RecordRoute, in_rr);
+            }
+            req.headers.push_front(HeaderName::RecordRoute, out_rr);
+        }
+        for p in c.path.iter().rev() {
+            req.headers.push_front(HeaderName::Route, p.clone());
+        }
+        let branch = format!(
+            "{}.{}.{}",
+            self.branch_prefix,
+            self.loop_hash(&ctx.template),
+            self.next_id + 1
+        );
+        let rport = if c.transport == Transport::Udp {
+            ";rport"
+        } else {
+            ""
+        };
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch={branch}{rport}",
+            c.transport.via_token(),
+            Host::from(local.ip()),
+            local.port()
+        );
+        req.headers.push_front(HeaderName::Via, via);
+        let bytes = Bytes::from(req.to_bytes());
+        let id = self.new_id();
+        let t = self.cfg.timers;
+        let ct = ClientTx::new(
+            id,
+            branch.clone(),
+            req,
+            bytes.clone(),
+            c.target,
+            c.transport.is_reliable(),
+            (ctx_id, idx),
+            now,
+            &t,
+        );
+        let method = ct.request.method.clone();
+        self.clients.insert(id, ct);
+        self.client_keys.insert((branch, method), id);
+        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+            ctx.branches[idx].ct = Some(id);
+        }
+        self.send(c.target, bytes);
+        self.arm_client(id);
+    }
+
+    /// A client transaction of a branch reports.
+    pub(super) fn on_branch_event(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        idx: usize,
+        event: ClientEvent,
+    ) {
+        let resp = match event {
+            ClientEvent::Timeout => return self.on_branch_failed_with(now, ctx_id, idx, 408),
+            ClientEvent::Response(r) => r,
+        };
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        let status = resp.status;
+        match status {
+            100 => {}
+            101..=199 => {
+                let b = &mut ctx.branches[idx];
+                b.provisional = true;
+                let cancel = b.cancel_pending;
+                b.cancel_pending = false;
+                let forward = !ctx.final_sent;
+                if cancel {
+                    self.send_cancel(now, ctx_id, idx);
+                }
+                if forward {
+                    self.forward_response(now, ctx_id, resp);
+                }
+            }
+            200..=299 => {
+                ctx.branches[idx].done = true;
+                ctx.final_sent = true;
+                let invite = ctx.invite;
+                self.forward_response(now, ctx_id, resp);
+                if invite {
+                    self.cancel_ctx(now, ctx_id);
+                }
+            }
+            _ => {
+                // A flow that failed: try the next flow of that instance (RFC 5626 7).
+                if status == 430 && !ctx.branches[idx].rest.is_empty() && !ctx.cancelled {
+                    let next = ctx.branches[idx].rest.pop_front().expect("non-empty");
+                    return self.start_branch(now, ctx_id, idx, next);
+                }
+                let b = &mut ctx.branches[idx];
+                b.done = true;
+                b.response = Some(resp);
+                if status >= 600 && ctx.invite {
+                    self.cancel_ctx(now, ctx_id);
+                }
+                self.maybe_finish(now, ctx_id);
+            }
+        }
+    }
+
+    /// A branch could not be reached (flow gone, connection refused, no route).
+    pub(super) fn on_branch_failed(&mut self, now: Instant, ctx_id: u64, idx: usize, flow: bool) {
+        self.on_branch_failed_with(now, ctx_id, idx, if flow { 430 } else { 503 });
+    }
+
+    fn on_branch_failed_with(&mut self, now: Instant, ctx_id: u64, idx: usize, status: u16) {
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        if ctx.branches[idx].done {
+            return;
+        }
+        if status != 408
+            && !ctx.cancelled
+            && let Some(next) = ctx.branches[idx].rest.pop_front()
+        {
+            return self.start_branch(now, ctx_id, idx, next);
+        }
+        let st = ctx.st;
+        let b = &mut ctx.branches[idx];
+        b.done = true;
+        // A synthetic response, built from the request we could not deliver.
+        let req = self.servers.get(&st).map(|s| s.request.clone());
+        if let Some(req) = req {
+            let mut resp = self.make_response(&req, status, &[]);
+            // It answers our branch: give it our Via on top so forwarding strips it.
+            resp.headers
+                .push_front(HeaderName::Via, "SIP/2.0/UDP synthetic.invalid");
+            if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+                ctx.branches[idx].response = Some(resp);
+            }
+        }
+        self.maybe_finish(now, ctx_id);
+    }
+
+    pub(super) fn on_timer_c(&mut self, now: Instant, ctx_id: u64, idx: usize) {
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        let b = &mut ctx.branches[idx];
+        if b.done {
+            return;
+        }
+        if b.provisional {
+            // 16.8: CANCEL the branch; its 487 (or nothing) ends it.
+            self.send_cancel(now, ctx_id, idx);
+        } else {
+            self.on_branch_failed_with(now, ctx_id, idx, 408);
+        }
+    }
+
+    /// All branches done and nothing final sent yet: send the best response (16.7 step 6).
+    fn maybe_finish(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        if ctx.final_sent || !ctx.branches.iter().all(|b| b.done) {
+            return;
+        }
+        let responses: Vec<&Response> = ctx
+            .branches
+            .iter()
+            .filter_map(|b| b.response.as_ref())
+            .collect();
+        let best = responses
+            .iter()
+            .find(|r| r.status >= 600)
+            .or_else(|| {
+                responses
+                    .iter()
+                    .min_by_key(|r| (r.status / 100, r.status == 408, r.status))
+            })
+            .map(|r| (*r).clone());
+        let Some(mut best) = best else {
+            return;
+        };
+        if best.status == 401 || best.status == 407 {
+            // Aggregate every challenge (16.7 step 7).
+            for r in &responses {
+                if std::ptr::eq(*r, &best) {
+                    continue;
+                }
+                for name in [HeaderName::WwwAuthenticate, HeaderName::ProxyAuthenticate] {
+                    for v in r.headers.get_all(&name) {
+                        if !best.headers.get_all(&name).any(|x| x == v) {
+                            best.headers.push(name.clone(), v);
+                        }
+                    }
+                }
+            }
+        }
+        if best.status == 503 {
+            best.status = 500;
+            best.reason = "Server Internal Error".into();
+        }
+        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+            ctx.final_sent = true;
+        }
+        self.forward_response(now, ctx_id, best);
+    }
+
+    /// Sends a branch's response upstream: our Via off, through the server transaction.
+    fn forward_response(&mut self, now: Instant, ctx_id: u64, mut resp: Response) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        let st = ctx.st;
+        resp.headers.remove_first_value(&HeaderName::Via);
+        self.respond(st, resp, now);
+    }
+
+    /// CANCELs every pending branch (after a CANCEL, a 2xx or a 6xx).
+    pub(super) fn cancel_ctx(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        if !ctx.invite {
+            return;
+        }
+        ctx.cancelled = true;
+        let mut to_cancel = Vec::new();
+        for (i, b) in ctx.branches.iter_mut().enumerate() {
+            if b.done {
+                continue;
+            }
+            if b.provisional {
+                to_cancel.push(i);
+            } else {
+                // 16.10: no CANCEL before a provisional response; send it when one comes.
+                b.cancel_pending = true;
+            }
+        }
+        for i in to_cancel {
+            self.send_cancel(now, ctx_id, i);
+        }
+    }
+
+    /// CANCEL for branch `idx` (9.1): same R-URI, top Via, Call-ID, From, To, Route and
+    /// CSeq number as the INVITE it cancels.
+    fn send_cancel(&mut self, now: Instant, ctx_id: u64, idx: usize) {
+        let Some(ct_id) = self.ctxs.get(&ctx_id).and_then(|c| c.branches[idx].ct) else {
+            return;
+        };
+        let Some(ct) = self.clients.get(&ct_id) else {
+            return;
+        };
+        let invite = &ct.request;
+        let mut headers = crate::sip::headers::Headers::new();
+        if let Some(v) = invite.headers.values(&HeaderName::Via).next() {
+            headers.push(HeaderName::Via, v);
+        }
+        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+            if let Some(v) = invite.headers.get(&name) {
+                headers.push(name, v);
+            }
+        }
+        let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
+        headers.push(HeaderName::CSeq, format!("{seq} CANCEL"));
+        for r in invite.headers.get_all(&HeaderName::Route) {
+            headers.push(HeaderName::Route, r);
+        }
+        headers.push(HeaderName::MaxForwards, "70");
+        let cancel = Request {
+            method: Method::Cancel,
+            uri: invite.uri.clone(),
+            headers,
+            body: Bytes::new(),
+        };
+        let (branch, target, reliable) = (ct.branch.clone(), ct.target, ct.reliable);
+        if self
+            .client_keys
+            .contains_key(&(branch.clone(), Method::Cancel))
+        {
+            return;
+        }
+        let bytes = Bytes::from(cancel.to_bytes());
+        let id = self.new_id();
+        let t = self.cfg.timers;
+        let cct = ClientTx::new(
+            id,
+            branch.clone(),
+            cancel,
+            bytes.clone(),
+            target,
+            reliable,
+            (ctx_id, idx),
+            now,
+            &t,
+        );
+        self.clients.insert(id, cct);
+        self.client_keys.insert((branch, Method::Cancel), id);
+        self.cancels.insert(id);
+        self.send(target, bytes);
+        self.arm_client(id);
+    }
+
+    /// Forwards a request without a transaction (an ACK for a 2xx).
+    pub(super) fn forward_stateless(&mut self, now: Instant, source: Source, mut req: Request) {
+        let route = self.decide(now, &source, &mut req);
+        let Route::Forward(branches) = route else {
+            return;
+        };
+        let Some(c) = branches
+            .into_iter()
+            .next()
+            .and_then(|b| b.into_iter().next())
+        else {
+            return;
+        };
+        let Some(local) = self.local_for(&c.target, c.transport) else {
+            return;
+        };
+        req.uri = c.uri.clone();
+        let mf = req
+            .headers
+            .get(&HeaderName::MaxForwards)
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(70);
+        req.headers.remove_all(&HeaderName::MaxForwards);
+        req.headers
+            .push_front(HeaderName::MaxForwards, mf.saturating_sub(1).to_string());
+        // A stable branch for retransmissions of the same ACK.
+        let incoming = req
+            .headers
+            .values(&HeaderName::Via)
+            .next()
+            .and_then(|v| Via::parse(v).ok())
+            .and_then(|v| v.branch().map(str::to_string))
+            .unwrap_or_default();
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.cfg.secret).expect("any key length");
+        m.update(incoming.as_bytes());
+        let h = m.finalize().into_bytes();
+        let hex: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch={}.ack.{hex}",
+            c.transport.via_token(),
+            Host::from(local.ip()),
+            local.port(),
+            self.branch_prefix
+        );
+        for p in c.path.iter().rev() {
+            req.headers.push_front(HeaderName::Route, p.clone());
+        }
+        req.headers.push_front(HeaderName::Via, via);
+        self.send(c.target, Bytes::from(req.to_bytes()));
+    }
+}
+
+/// Groups bindings by instance (RFC 5626: one branch per instance, its flows most
+/// recent first); bindings without an instance are branches of their own.
+fn group_by_instance(mut bindings: Vec<Binding>) -> Vec<Vec<Binding>> {
+    bindings.sort_by_key(|b| std::cmp::Reverse(b.updated));
+    let mut groups: Vec<Vec<Binding>> = Vec::new();
+    for b in bindings {
+        match b.instance.as_ref().and_then(|i| {
+            groups
+                .iter_mut()
+                .find(|g| g[0].instance.as_ref() == Some(i))
+        }) {
+            Some(g) => g.push(b),
+            None => groups.push(vec![b]),
+        }
+    }
+    groups
+}

@@ -1,0 +1,577 @@
+//! REGISTER (RFC 3261 section 10.3) with Outbound (RFC 5626), Path (RFC 3327) and
+//! GRUU (RFC 5627), over the in-memory [`Location`]. Sans-IO.
+
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::location::{Binding, Location, Reach};
+use super::{Source, split_tokens};
+use crate::sip::headers::{HeaderName, param};
+use crate::sip::message::{Essentials, Request};
+use crate::sip::typed::NameAddr;
+use crate::sip::uri::Uri;
+
+/// Registrar settings.
+#[derive(Debug, Clone)]
+pub struct RegistrarConfig {
+    /// Shortest accepted registration (else 423 with Min-Expires).
+    pub min_expires: u32,
+    /// Longest registration (longer requests are cut to this).
+    pub max_expires: u32,
+    /// When the request gives none.
+    pub default_expires: u32,
+    /// Flow-Timer sent to Outbound clients (seconds between their keepalives).
+    pub flow_timer: u32,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        Self {
+            min_expires: 60,
+            max_expires: 86_400,
+            default_expires: 3_600,
+            flow_timer: 120,
+        }
+    }
+}
+
+/// A change to persist.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Added or refreshed.
+    Saved(Binding),
+    /// Removed (unregistered, expired, flow closed).
+    Removed(Binding),
+}
+
+/// The answer to a REGISTER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase, when not the standard one.
+    pub reason: Option<String>,
+    /// Headers for the response.
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+impl Outcome {
+    fn err(status: u16, reason: &str) -> Self {
+        Self {
+            status,
+            reason: Some(reason.into()),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// The normalized address-of-record of a URI: `sip:user@host` (scheme folded to sip,
+/// host lower-cased, no port or parameters). `None` without a user part.
+pub fn aor_of(uri: &Uri) -> Option<String> {
+    let u = uri.as_sip()?;
+    let user = u.user.as_deref()?;
+    Some(format!(
+        "sip:{user}@{}",
+        u.host.to_string().to_ascii_lowercase()
+    ))
+}
+
+/// One Contact of a REGISTER, parsed.
+struct ContactSpec {
+    uri: String,
+    expires: u32,
+    q: Option<u16>,
+    instance: Option<String>,
+    reg_id: Option<u32>,
+}
+
+fn parse_q(v: &str) -> Option<u16> {
+    // qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths: u16 = format!("{frac:0<3}").parse().ok()?;
+    match int {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+fn unquote(s: &str) -> &str {
+    s.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s)
+}
+
+/// Processes a REGISTER from `source` at `now` for an AoR the caller already checked is
+/// in one of our domains. `secret` derives temporary GRUUs.
+pub fn register(
+    loc: &mut Location,
+    req: &Request,
+    source: &Source,
+    now: Instant,
+    cfg: &RegistrarConfig,
+    secret: &[u8; 32],
+    changes: &mut Vec<Change>,
+) -> Outcome {
+    let Ok(to) = req.get_to() else {
+        return Outcome::err(400, "Bad To");
+    };
+    let Some(aor) = aor_of(&to.uri) else {
+        return Outcome::err(404, "Not Found: AoR without user");
+    };
+    let Ok(cseq) = req.cseq() else {
+        return Outcome::err(400, "Bad CSeq");
+    };
+    let call_id = req.call_id().unwrap_or("").to_string();
+    let supported: Vec<String> = split_tokens(&req.headers, &HeaderName::Supported);
+    let supports = |tag: &str| supported.iter().any(|s| s.eq_ignore_ascii_case(tag));
+    let header_expires = match req.headers.get(&HeaderName::Expires) {
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) => Some(n.min(u64::from(u32::MAX)) as u32),
+            Err(_) => return Outcome::err(400, "Bad Expires"),
+        },
+        None => None,
+    };
+    let contacts: Vec<&str> = req.headers.values(&HeaderName::Contact).collect();
+
+    // Contact: * removes everything, and only with Expires: 0 (RFC 3261 10.3 step 6).
+    if contacts.iter().any(|c| c.trim() == "*") {
+        if contacts.len() != 1 || header_expires != Some(0) {
+            return Outcome::err(400, "Contact * needs Expires: 0 and no other Contact");
+        }
+        let ids: Vec<(u64, String, u32)> = loc
+            .lookup(&aor)
+            .iter()
+            .map(|b| (b.id, b.call_id.clone(), b.cseq))
+            .collect();
+        for (id, cid, seq) in ids {
+            if cid == call_id && seq >= cseq.seq {
+                return Outcome::err(500, "Out of order CSeq");
+            }
+            if let Some(b) = loc.remove_id(&aor, id) {
+                changes.push(Change::Removed(b));
+            }
+        }
+        return ok(loc, &aor, now, cfg, supports("gruu"), false, &[]);
+    }
+
+    let mut specs = Vec::with_capacity(contacts.len());
+    for c in &contacts {
+        let Ok(na) = NameAddr::parse(c) else {
+            return Outcome::err(400, "Bad Contact");
+        };
+        let expires = match param(&na.params, "expires") {
+            Some(Some(v)) => match v.parse::<u64>() {
+                Ok(n) => n.min(u64::from(u32::MAX)) as u32,
+                Err(_) => return Outcome::err(400, "Bad Contact expires"),
+            },
+            Some(None) => return Outcome::err(400, "Bad Contact expires"),
+            None => header_expires.unwrap_or(cfg.default_expires),
+        };
+        let q = match param(&na.params, "q") {
+            Some(Some(v)) => match parse_q(v) {
+                Some(q) => Some(q),
+                None => return Outcome::err(400, "Bad Contact q"),
+            },
+            Some(None) => return Outcome::err(400, "Bad Contact q"),
+            None => None,
+        };
+        let instance = param(&na.params, "+sip.instance").flatten().map(|v| {
+            unquote(v)
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        });
+        let reg_id = match param(&na.params, "reg-id") {
+            Some(Some(v)) => match v.parse::<u32>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => return Outcome::err(400, "Bad Contact reg-id"),
+            },
+            Some(None) => return Outcome::err(400, "Bad Contact reg-id"),
+            None => None,
+        };
+        if expires != 0 && expires < cfg.min_expires {
+            return Outcome {
+                status: 423,
+                reason: None,
+                headers: vec![(HeaderName::MinExpires, cfg.min_expires.to_string())],
+            };
+        }
+        specs.push(ContactSpec {
+            uri: na.uri.to_string(),
+            expires: expires.min(cfg.max_expires),
+            q,
+            instance,
+            reg_id,
+        });
+    }
+
+    // Outbound needs an instance, a reg-id and the client's Supported: outbound.
+    let outbound_ok = supports("outbound");
+    let path: Vec<String> = if supports("path") {
+        req.headers
+            .values(&HeaderName::Path)
+            .map(str::to_string)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let reach = match source.flow {
+        Some(id) => Reach::Flow(id),
+        None => Reach::Udp {
+            local: source.local,
+            remote: source.remote,
+        },
+    };
+    let user_agent = req.headers.get(&HeaderName::UserAgent).map(str::to_string);
+    let mut used_outbound = false;
+
+    // Check ordering for all contacts before changing anything.
+    for s in &specs {
+        let outbound = outbound_ok && s.instance.is_some() && s.reg_id.is_some();
+        for b in loc.lookup(&aor) {
+            let same = if outbound {
+                b.instance == s.instance && b.reg_id == s.reg_id
+            } else {
+                b.contact == s.uri
+            };
+            if same && b.call_id == call_id && b.cseq >= cseq.seq {
+                return Outcome::err(500, "Out of order CSeq");
+            }
+        }
+    }
+    for s in specs {
+        let outbound = outbound_ok && s.instance.is_some() && s.reg_id.is_some();
+        used_outbound |= outbound;
+        let existing: Vec<u64> = loc
+            .lookup(&aor)
+            .iter()
+            .filter(|b| {
+                if outbound {
+                    b.instance == s.instance && b.reg_id == s.reg_id
+                } else {
+                    b.contact == s.uri
+                }
+            })
+            .map(|b| b.id)
+            .collect();
+        let mut old_temp_gruu = None;
+        for id in existing {
+            if let Some(b) = loc.remove_id(&aor, id) {
+                old_temp_gruu = old_temp_gruu.or(b.temp_gruu.clone());
+                if s.expires == 0 {
+                    changes.push(Change::Removed(b));
+                }
+            }
+        }
+        if s.expires == 0 {
+            continue;
+        }
+        let id = loc.next_id();
+        let temp_gruu = match (&s.instance, supports("gruu")) {
+            (Some(inst), true) => {
+                Some(old_temp_gruu.unwrap_or_else(|| temp_gruu_user(secret, &aor, inst, id)))
+            }
+            _ => None,
+        };
+        let b = Binding {
+            id,
+            aor: aor.clone(),
+            contact: s.uri,
+            q: s.q,
+            expires_at: now + Duration::from_secs(u64::from(s.expires)),
+            updated: now,
+            call_id: call_id.clone(),
+            cseq: cseq.seq,
+            instance: s.instance,
+            reg_id: if outbound { s.reg_id } else { None },
+            path: path.clone(),
+            reach,
+            transport: source.transport,
+            temp_gruu,
+            user_agent: user_agent.clone(),
+        };
+        changes.push(Change::Saved(b.clone()));
+        loc.upsert(b);
+    }
+    ok(loc, &aor, now, cfg, supports("gruu"), used_outbound, &path)
+}
+
+fn temp_gruu_user(secret: &[u8; 32], aor: &str, instance: &str, id: u64) -> String {
+    let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+    for part in [
+        b"temp-gruu".as_slice(),
+        aor.as_bytes(),
+        instance.as_bytes(),
+        &id.to_be_bytes(),
+    ] {
+        m.update(part);
+        m.update(b"\n");
+    }
+    let h = m.finalize().into_bytes();
+    let hex: String = h[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("tgruu.{hex}")
+}
+
+/// The 200 listing every current binding of `aor`.
+fn ok(
+    loc: &Location,
+    aor: &str,
+    now: Instant,
+    cfg: &RegistrarConfig,
+    gruu: bool,
+    outbound: bool,
+    path: &[String],
+) -> Outcome {
+    let domain = aor.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    let mut headers = Vec::new();
+    for b in loc.lookup(aor) {
+        let mut v = format!("<{}>;expires={}", b.contact, b.remaining(now).max(1));
+        if let Some(q) = b.q {
+            v.push_str(&format!(";q={}", format_q(q)));
+        }
+        if let Some(inst) = &b.instance {
+            v.push_str(&format!(";+sip.instance=\"<{inst}>\""));
+            if let Some(r) = b.reg_id {
+                v.push_str(&format!(";reg-id={r}"));
+            }
+            if gruu {
+                v.push_str(&format!(";pub-gruu=\"{aor};gr={inst}\""));
+                if let Some(t) = &b.temp_gruu {
+                    v.push_str(&format!(";temp-gruu=\"sip:{t}@{domain};gr\""));
+                }
+            }
+        }
+        headers.push((HeaderName::Contact, v));
+    }
+    if outbound {
+        headers.push((HeaderName::Require, "outbound".into()));
+        headers.push((HeaderName::FlowTimer, cfg.flow_timer.to_string()));
+    }
+    for p in path {
+        headers.push((HeaderName::Path, p.clone()));
+    }
+    headers.push((HeaderName::Supported, "outbound, path, gruu".into()));
+    Outcome {
+        status: 200,
+        reason: None,
+        headers,
+    }
+}
+
+fn format_q(q: u16) -> String {
+    if q >= 1000 {
+        "1".into()
+    } else {
+        format!("0.{:03}", q)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Transport;
+    use crate::sip::message::Message;
+    use crate::sip::parse;
+
+    fn src(flow: Option<u64>) -> Source {
+        Source {
+            transport: if flow.is_some() {
+                Transport::Ws
+            } else {
+                Transport::Udp
+            },
+            local: "127.0.0.1:5060".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            flow,
+        }
+    }
+
+    fn reg(cseq: u32, extra: &str) -> Request {
+        let text = format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/WS x.invalid;branch=z9hG4bK{cseq}\r\n\
+             From: <sip:alice@localhost>;tag=1\r\nTo: <sip:alice@localhost>\r\nCall-ID: reg1\r\n\
+             CSeq: {cseq} REGISTER\r\n{extra}\r\n"
+        );
+        match parse(text.as_bytes()).unwrap() {
+            Message::Request(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    fn run(loc: &mut Location, r: &Request, flow: Option<u64>, now: Instant) -> Outcome {
+        register(
+            loc,
+            r,
+            &src(flow),
+            now,
+            &RegistrarConfig::default(),
+            &[1; 32],
+            &mut Vec::new(),
+        )
+    }
+
+    #[test]
+    fn register_refresh_query_unregister() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let o = run(
+            &mut loc,
+            &reg(1, "Contact: <sip:a@x.invalid;transport=ws>;expires=600\r\n"),
+            Some(5),
+            now,
+        );
+        assert_eq!(o.status, 200);
+        assert_eq!(
+            o.headers[0],
+            (
+                HeaderName::Contact,
+                "<sip:a@x.invalid;transport=ws>;expires=600".into()
+            )
+        );
+        // Query: no Contact.
+        let o = run(
+            &mut loc,
+            &reg(2, ""),
+            Some(5),
+            now + Duration::from_secs(100),
+        );
+        assert_eq!(o.headers[0].1, "<sip:a@x.invalid;transport=ws>;expires=500");
+        // Refresh with the header Expires.
+        let o = run(
+            &mut loc,
+            &reg(
+                3,
+                "Contact: <sip:a@x.invalid;transport=ws>\r\nExpires: 300\r\n",
+            ),
+            Some(5),
+            now,
+        );
+        assert!(o.headers[0].1.ends_with("expires=300"));
+        assert_eq!(loc.len(), 1);
+        // Out of order.
+        let o = run(
+            &mut loc,
+            &reg(2, "Contact: <sip:a@x.invalid;transport=ws>\r\n"),
+            Some(5),
+            now,
+        );
+        assert_eq!(o.status, 500);
+        // Unregister.
+        let o = run(
+            &mut loc,
+            &reg(4, "Contact: <sip:a@x.invalid;transport=ws>;expires=0\r\n"),
+            Some(5),
+            now,
+        );
+        assert_eq!(o.status, 200);
+        assert!(loc.is_empty());
+    }
+
+    #[test]
+    fn min_max_and_star() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let o = run(
+            &mut loc,
+            &reg(1, "Contact: <sip:a@1.2.3.4>;expires=10\r\n"),
+            None,
+            now,
+        );
+        assert_eq!(o.status, 423);
+        assert_eq!(o.headers, vec![(HeaderName::MinExpires, "60".into())]);
+        let o = run(
+            &mut loc,
+            &reg(2, "Contact: <sip:a@1.2.3.4>;expires=999999\r\n"),
+            None,
+            now,
+        );
+        assert!(o.headers[0].1.ends_with("expires=86400"));
+        run(&mut loc, &reg(3, "Contact: <sip:b@1.2.3.4>\r\n"), None, now);
+        assert_eq!(loc.len(), 2);
+        let o = run(&mut loc, &reg(4, "Contact: *\r\n"), None, now);
+        assert_eq!(o.status, 400, "star needs Expires: 0");
+        let o = run(&mut loc, &reg(5, "Contact: *\r\nExpires: 0\r\n"), None, now);
+        assert_eq!(o.status, 200);
+        assert!(loc.is_empty());
+        assert_eq!(
+            run(
+                &mut loc,
+                &reg(6, "Contact: <sip:a@1.2.3.4>;q=2\r\n"),
+                None,
+                now
+            )
+            .status,
+            400
+        );
+    }
+
+    #[test]
+    fn outbound_instance_replaces_and_gruu() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let c = "Contact: <sip:x@a.invalid;transport=ws>;+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\";reg-id=1\r\n\
+                 Supported: path, gruu, outbound\r\n";
+        let o = run(&mut loc, &reg(1, c), Some(1), now);
+        assert_eq!(o.status, 200);
+        assert!(
+            o.headers
+                .contains(&(HeaderName::Require, "outbound".into()))
+        );
+        assert!(o.headers.contains(&(HeaderName::FlowTimer, "120".into())));
+        let contact = &o.headers[0].1;
+        assert!(contact.contains(
+            "pub-gruu=\"sip:alice@localhost;gr=urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6\""
+        ));
+        assert!(contact.contains("temp-gruu=\"sip:tgruu."));
+        // Same instance and reg-id from a new flow (page reload): replaced, same temp GRUU.
+        let c2 = c.replace("sip:x@a.invalid", "sip:y@b.invalid");
+        let temp = loc.lookup("sip:alice@localhost")[0].temp_gruu.clone();
+        let o = register(
+            &mut loc,
+            &reg(1, &c2).tap_call_id("reg2"),
+            &src(Some(2)),
+            now,
+            &RegistrarConfig::default(),
+            &[1; 32],
+            &mut Vec::new(),
+        );
+        assert_eq!(o.status, 200);
+        let all = loc.lookup("sip:alice@localhost");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].reach, Reach::Flow(2));
+        assert_eq!(all[0].temp_gruu, temp);
+        assert!(loc.remove_flow(1).is_empty());
+    }
+
+    trait TapCallId {
+        fn tap_call_id(self, id: &str) -> Self;
+    }
+
+    impl TapCallId for Request {
+        fn tap_call_id(mut self, id: &str) -> Self {
+            self.headers.first_mut(&HeaderName::CallId).unwrap().value = id.into();
+            self
+        }
+    }
+
+    #[test]
+    fn q_values() {
+        assert_eq!(parse_q("0.5"), Some(500));
+        assert_eq!(parse_q("1"), Some(1000));
+        assert_eq!(parse_q("1.000"), Some(1000));
+        assert_eq!(parse_q("0"), Some(0));
+        assert_eq!(parse_q("1.5"), None);
+        assert_eq!(parse_q("0.1234"), None);
+        assert_eq!(format_q(500), "0.5");
+        assert_eq!(format_q(1000), "1");
+    }
+}

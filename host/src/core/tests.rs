@@ -1,0 +1,636 @@
+//! The core against simulated peers on a simulated clock: every call flow here runs
+//! in microseconds, timers included.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+use crate::sip::parse;
+
+const WS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+const UDP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5060);
+const TCP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5060);
+
+struct Sim {
+    core: Core,
+    now: Instant,
+}
+
+fn phone() -> SocketAddr {
+    "127.0.0.1:5070".parse().unwrap()
+}
+
+fn browser(flow: FlowId) -> Source {
+    Source {
+        transport: Transport::Ws,
+        local: WS,
+        remote: format!("127.0.0.1:{}", 40000 + flow).parse().unwrap(),
+        flow: Some(flow),
+    }
+}
+
+fn udp_phone() -> Source {
+    Source {
+        transport: Transport::Udp,
+        local: UDP,
+        remote: phone(),
+        flow: None,
+    }
+}
+
+impl Sim {
+    fn new() -> Self {
+        let listeners = vec![
+            SipListener {
+                transport: Transport::Udp,
+                addr: UDP,
+            },
+            SipListener {
+                transport: Transport::Tcp,
+                addr: TCP,
+            },
+            SipListener {
+                transport: Transport::Ws,
+                addr: WS,
+            },
+        ];
+        let myself = Arc::new(Myself::new(&["localhost".into()], &[UDP, TCP, WS]));
+        Self {
+            core: Core::new(CoreConfig {
+                myself,
+                listeners,
+                server_header: "test".into(),
+                secret: [5; 32],
+                timers: TimerConfig::default(),
+                registrar: RegistrarConfig::default(),
+                relay: false,
+            }),
+            now: Instant::now(),
+        }
+    }
+
+    /// Feeds a message; returns what the core sends.
+    fn feed(&mut self, source: Source, text: &str) -> Vec<(Target, Message)> {
+        let message = parse(text.as_bytes())
+            .unwrap_or_else(|e| panic!("test message does not parse: {e}\n{text}"));
+        self.core.handle(
+            self.now,
+            Input::Message(Box::new(Incoming { source, message })),
+        );
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<(Target, Message)> {
+        let mut out = Vec::new();
+        while let Some(t) = self.core.poll_transmit() {
+            out.push((
+                t.target,
+                parse(&t.payload).expect("the core sends parsable messages"),
+            ));
+        }
+        out
+    }
+
+    /// Advances the clock by `d`, running timers (bounded).
+    fn advance(&mut self, d: Duration) -> Vec<(Target, Message)> {
+        let end = self.now + d;
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            match self.core.poll_timeout() {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.core.handle_timeout(self.now);
+                    out.extend(self.drain());
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        out
+    }
+
+    fn register_ws(&mut self, user: &str, flow: FlowId) {
+        let out = self.feed(
+            browser(flow),
+            &format!(
+                "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/WS b{flow}.invalid;branch=z9hG4bKreg{user}{flow}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:{user}@localhost>;tag=r{flow}\r\nTo: <sip:{user}@localhost>\r\n\
+                 Call-ID: reg-{user}-{flow}\r\nCSeq: 1 REGISTER\r\n\
+                 Contact: <sip:{user}{flow}@b{flow}.invalid;transport=ws>;expires=600\r\n\r\n"
+            ),
+        );
+        assert_eq!(status(&out[0].1), 200, "{out:?}");
+    }
+
+    fn register_udp(&mut self, user: &str) {
+        let out = self.feed(
+            udp_phone(),
+            &format!(
+                "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKregu{user};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:{user}@localhost>;tag=ru\r\nTo: <sip:{user}@localhost>\r\n\
+                 Call-ID: reg-{user}-udp\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:5070>\r\n\r\n"
+            ),
+        );
+        assert_eq!(status(&out[0].1), 200, "{out:?}");
+    }
+}
+
+fn status(m: &Message) -> u16 {
+    match m {
+        Message::Response(r) => r.status,
+        Message::Request(r) => panic!("expected a response, got {}", r.method),
+    }
+}
+
+fn request(m: &Message) -> &Request {
+    match m {
+        Message::Request(r) => r,
+        Message::Response(r) => panic!("expected a request, got {}", r.status),
+    }
+}
+
+/// A response to `req` as a UA would send it: same Vias, From, Call-ID, CSeq; To with
+/// a tag; extra headers.
+fn answer(req: &Request, status: u16, extra: &str) -> String {
+    let mut s = format!("SIP/2.0 {status} {}\r\n", reason_phrase(status));
+    for v in req.headers.get_all(&HeaderName::Via) {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    for rr in req.headers.get_all(&HeaderName::RecordRoute) {
+        s.push_str(&format!("Record-Route: {rr}\r\n"));
+    }
+    s.push_str(&format!(
+        "From: {}\r\n",
+        req.headers.get(&HeaderName::From).unwrap()
+    ));
+    let to = req.headers.get(&HeaderName::To).unwrap();
+    if to.contains("tag=") {
+        s.push_str(&format!("To: {to}\r\n"));
+    } else {
+        s.push_str(&format!("To: {to};tag=callee\r\n"));
+    }
+    s.push_str(&format!("Call-ID: {}\r\n", req.call_id().unwrap()));
+    s.push_str(&format!(
+        "CSeq: {}\r\n{extra}\r\n",
+        req.headers.get(&HeaderName::CSeq).unwrap()
+    ));
+    s
+}
+
+fn invite_from_udp(to_user: &str, branch: &str) -> String {
+    format!(
+        "INVITE sip:{to_user}@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:phone@localhost>;tag=p1\r\nTo: <sip:{to_user}@localhost>\r\n\
+         Call-ID: call-{branch}\r\nCSeq: 1 INVITE\r\nContact: <sip:phone@127.0.0.1:5070>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+    )
+}
+
+#[test]
+fn options_to_us_over_ws_and_udp() {
+    let mut sim = Sim::new();
+    let opts = "OPTIONS sip:localhost SIP/2.0\r\nVia: SIP/2.0/WS x.invalid;branch=z9hG4bKo1;rport\r\n\
+                Max-Forwards: 70\r\nFrom: <sip:a@localhost>;tag=1\r\nTo: <sip:localhost>\r\nCall-ID: o1\r\n\
+                CSeq: 1 OPTIONS\r\n\r\n";
+    let out = sim.feed(browser(1), opts);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, Target::Flow(1));
+    assert_eq!(status(&out[0].1), 200);
+    let out = sim.feed(
+        udp_phone(),
+        &opts.replace("SIP/2.0/WS x.invalid", "SIP/2.0/UDP 127.0.0.1:5070"),
+    );
+    assert_eq!(
+        out[0].0,
+        Target::Udp {
+            local: UDP,
+            remote: phone()
+        }
+    );
+}
+
+#[test]
+fn message_udp_to_ws_and_back() {
+    let mut sim = Sim::new();
+    sim.register_ws("bob", 7);
+    let out = sim.feed(
+        udp_phone(),
+        "MESSAGE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKm1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:phone@localhost>;tag=p\r\nTo: <sip:bob@localhost>\r\nCall-ID: m1\r\n\
+         CSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (target, m) = &out[0];
+    assert_eq!(*target, Target::Flow(7));
+    let fwd = request(m);
+    assert_eq!(fwd.uri.to_string(), "sip:bob7@b7.invalid;transport=ws");
+    assert_eq!(fwd.headers.get(&HeaderName::MaxForwards), Some("69"));
+    assert_eq!(fwd.vias().unwrap().len(), 2);
+    assert_eq!(fwd.vias().unwrap()[0].transport, "WS");
+    assert!(
+        fwd.headers.get(&HeaderName::RecordRoute).is_none(),
+        "MESSAGE is not record-routed"
+    );
+    assert_eq!(&fwd.body[..], b"hi");
+    let out = sim.feed(browser(7), &answer(fwd, 200, ""));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].0,
+        Target::Udp {
+            local: UDP,
+            remote: phone()
+        }
+    );
+    let Message::Response(r) = &out[0].1 else {
+        panic!()
+    };
+    assert_eq!(r.status, 200);
+    assert_eq!(r.vias().unwrap().len(), 1, "our Via is stripped");
+}
+
+#[test]
+fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
+    let mut sim = Sim::new();
+    sim.register_ws("bob", 3);
+    let out = sim.feed(udp_phone(), &invite_from_udp("bob", "i1"));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(status(&out[0].1), 100);
+    assert_eq!(out[1].0, Target::Flow(3));
+    let inv = request(&out[1].1).clone();
+    let rr: Vec<&str> = inv.headers.values(&HeaderName::RecordRoute).collect();
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(
+        rr[0].contains("@127.0.0.1:8080;transport=ws;lr"),
+        "WS side carries a flow token: {rr:?}"
+    );
+    assert_eq!(rr[1], "<sip:127.0.0.1:5060;lr>");
+
+    // Ringing and answer pass back to the phone.
+    let out = sim.feed(browser(3), &answer(&inv, 180, ""));
+    assert_eq!(status(&out[0].1), 180);
+    let ok = answer(&inv, 200, "Contact: <sip:bob3@b3.invalid;transport=ws>\r\n");
+    let out = sim.feed(browser(3), &ok);
+    assert_eq!(out.len(), 1);
+    let Message::Response(ok_up) = &out[0].1 else {
+        panic!()
+    };
+    assert_eq!(ok_up.status, 200);
+    assert_eq!(ok_up.headers.values(&HeaderName::RecordRoute).count(), 2);
+
+    // The phone's route set is the Record-Route list in order.
+    let route = format!("Route: {}, {}\r\n", rr[1], rr[0]);
+    let route_from_phone = format!("Route: {}\r\nRoute: {}\r\n", rr[1], rr[0]);
+    let _ = route;
+    let ack = format!(
+        "ACK sip:bob3@b3.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack1;rport\r\n\
+         Max-Forwards: 70\r\n{route_from_phone}From: <sip:phone@localhost>;tag=p1\r\nTo: <sip:bob@localhost>;tag=callee\r\n\
+         Call-ID: call-i1\r\nCSeq: 1 ACK\r\n\r\n"
+    );
+    let out = sim.feed(udp_phone(), &ack);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].0,
+        Target::Flow(3),
+        "the flow token routes the ACK to the browser"
+    );
+    assert_eq!(request(&out[0].1).method, Method::Ack);
+    assert!(request(&out[0].1).headers.get(&HeaderName::Route).is_none());
+
+    // BYE from the browser: its route set is the reverse.
+    let bye = format!(
+        "BYE sip:phone@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/WS b3.invalid;branch=z9hG4bKbye1\r\nMax-Forwards: 70\r\n\
+         Route: {}\r\nRoute: {}\r\nFrom: <sip:bob@localhost>;tag=callee\r\nTo: <sip:phone@localhost>;tag=p1\r\n\
+         Call-ID: call-i1\r\nCSeq: 2 BYE\r\n\r\n",
+        rr[0], rr[1]
+    );
+    let out = sim.feed(browser(3), &bye);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].0,
+        Target::Udp {
+            local: UDP,
+            remote: phone()
+        }
+    );
+    let bye_fwd = request(&out[0].1).clone();
+    assert_eq!(bye_fwd.uri.to_string(), "sip:phone@127.0.0.1:5070");
+    let out = sim.feed(udp_phone(), &answer(&bye_fwd, 200, ""));
+    assert_eq!(out[0].0, Target::Flow(3));
+    assert_eq!(status(&out[0].1), 200);
+}
+
+#[test]
+fn ws_to_udp_invite_and_bye_from_the_phone() {
+    let mut sim = Sim::new();
+    sim.register_udp("carol");
+    let inv = "INVITE sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/WS a9.invalid;branch=z9hG4bKw1\r\nMax-Forwards: 70\r\n\
+               From: <sip:alice@localhost>;tag=a\r\nTo: <sip:carol@localhost>\r\nCall-ID: w1\r\nCSeq: 1 INVITE\r\n\
+               Contact: <sip:alice@a9.invalid;transport=ws;ob>\r\n\r\n";
+    let out = sim.feed(browser(9), inv);
+    assert_eq!(
+        out[1].0,
+        Target::Udp {
+            local: UDP,
+            remote: phone()
+        }
+    );
+    let fwd = request(&out[1].1).clone();
+    assert_eq!(fwd.uri.to_string(), "sip:carol@127.0.0.1:5070");
+    let rr: Vec<String> = fwd
+        .headers
+        .values(&HeaderName::RecordRoute)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rr[0], "<sip:127.0.0.1:5060;lr>");
+    assert!(rr[1].contains("transport=ws"));
+    sim.feed(
+        udp_phone(),
+        &answer(&fwd, 200, "Contact: <sip:carol@127.0.0.1:5070>\r\n"),
+    );
+    // BYE from the phone, with its route set (RR order), to the browser's contact.
+    let bye = format!(
+        "BYE sip:alice@a9.invalid;transport=ws;ob SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKb2;rport\r\n\
+         Max-Forwards: 70\r\nRoute: {}\r\nRoute: {}\r\nFrom: <sip:carol@localhost>;tag=callee\r\n\
+         To: <sip:alice@localhost>;tag=a\r\nCall-ID: w1\r\nCSeq: 1 BYE\r\n\r\n",
+        rr[0], rr[1]
+    );
+    let out = sim.feed(udp_phone(), &bye);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, Target::Flow(9));
+}
+
+#[test]
+fn cancel_gets_200_then_487_passes_up_and_is_acked() {
+    let mut sim = Sim::new();
+    sim.register_ws("bob", 4);
+    let out = sim.feed(udp_phone(), &invite_from_udp("bob", "c1"));
+    let inv = request(&out[1].1).clone();
+    // No CANCEL before a provisional response.
+    let cancel = invite_from_udp("bob", "c1")
+        .replace("INVITE sip:bob@localhost", "CANCEL sip:bob@localhost")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .replace(
+            "Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n",
+            "\r\n",
+        );
+    let out = sim.feed(udp_phone(), &cancel);
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0].1), 200);
+    // The 180 arrives: now the CANCEL goes out.
+    let out = sim.feed(browser(4), &answer(&inv, 180, ""));
+    let sent_cancel = out
+        .iter()
+        .find(|(_, m)| matches!(m, Message::Request(r) if r.method == Method::Cancel));
+    let (target, c) = sent_cancel.expect("CANCEL to the callee");
+    assert_eq!(*target, Target::Flow(4));
+    assert_eq!(
+        request(c).vias().unwrap()[0].branch(),
+        inv.vias().unwrap()[0].branch()
+    );
+    sim.feed(browser(4), &answer(request(c), 200, ""));
+    let out = sim.feed(browser(4), &answer(&inv, 487, ""));
+    let ack = out
+        .iter()
+        .find(|(_, m)| matches!(m, Message::Request(r) if r.method == Method::Ack));
+    assert!(ack.is_some(), "487 is ACKed hop by hop: {out:?}");
+    let up = out
+        .iter()
+        .find(|(_, m)| matches!(m, Message::Response(_)))
+        .unwrap();
+    assert_eq!(
+        up.0,
+        Target::Udp {
+            local: UDP,
+            remote: phone()
+        }
+    );
+    assert_eq!(status(&up.1), 487);
+}
+
+#[test]
+fn unknown_user_404_gone_user_480_and_bindings_go_with_the_flow() {
+    let mut sim = Sim::new();
+    let out = sim.feed(udp_phone(), &invite_from_udp("nobody", "u1"));
+    assert_eq!(status(&out.last().unwrap().1), 404);
+    sim.register_ws("dave", 11);
+    assert_eq!(sim.core.bindings("sip:dave@localhost").len(), 1);
+    sim.core.handle(sim.now, Input::FlowClosed(11));
+    assert!(sim.core.bindings("sip:dave@localhost").is_empty());
+    let removed = std::iter::from_fn(|| sim.core.poll_event())
+        .filter(|e| matches!(e, Event::BindingRemoved(_)))
+        .count();
+    assert_eq!(removed, 1);
+    sim.core.handle(sim.now, Input::FlowClosed(11));
+    assert!(sim.core.poll_event().is_none(), "removed exactly once");
+    let out = sim.feed(udp_phone(), &invite_from_udp("dave", "u2"));
+    assert_eq!(status(&out.last().unwrap().1), 480);
+}
+
+#[test]
+fn flow_closing_during_a_call_attempt_fails_over_with_480() {
+    let mut sim = Sim::new();
+    sim.register_ws("erin", 12);
+    let out = sim.feed(udp_phone(), &invite_from_udp("erin", "f1"));
+    assert_eq!(out[1].0, Target::Flow(12));
+    sim.core.handle(sim.now, Input::FlowClosed(12));
+    let out = sim.drain();
+    assert_eq!(out.len(), 1, "{out:?}");
+    // The flow failed (430) and there is no other: the caller gets a final answer.
+    assert!(matches!(status(&out[0].1), 430 | 480), "{out:?}");
+}
+
+#[test]
+fn udp_invite_retransmissions_are_absorbed_and_timer_a_b_give_408() {
+    let mut sim = Sim::new();
+    sim.register_udp("frank");
+    let out = sim.feed(udp_phone(), &invite_from_udp("frank", "t1"));
+    assert_eq!(out.len(), 2);
+    // The caller retransmits: the 100 is sent again, nothing goes downstream.
+    let out = sim.feed(udp_phone(), &invite_from_udp("frank", "t1"));
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0].1), 100);
+    // No answer downstream: timer A retransmits, timer B gives up at 64*T1.
+    let out = sim.advance(Duration::from_secs(40));
+    let retransmits = out
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Request(_)))
+        .count();
+    assert_eq!(
+        retransmits, 6,
+        "A fires at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s"
+    );
+    let finals: Vec<u16> = out
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Response(r) => Some(r.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals[0], 408, "{finals:?}");
+    // The 408 is retransmitted to the caller (timer G) until it ACKs.
+    assert!(finals.len() > 1);
+}
+
+#[test]
+fn max_forwards_and_loops() {
+    let mut sim = Sim::new();
+    sim.register_udp("gina");
+    let out = sim.feed(
+        udp_phone(),
+        &invite_from_udp("gina", "mf").replace("Max-Forwards: 70", "Max-Forwards: 0"),
+    );
+    assert_eq!(status(&out.last().unwrap().1), 483);
+    // A request that already passed us with the same hash is a loop.
+    let out = sim.feed(udp_phone(), &invite_from_udp("gina", "lp"));
+    let mut fwd = request(&out[1].1).clone();
+    // It comes back (a misconfigured peer routes it to us) for the same target: a loop.
+    fwd.uri = crate::sip::Uri::parse("sip:gina@localhost").unwrap();
+    let looped = fwd.to_bytes();
+    let out = sim.feed(udp_phone(), std::str::from_utf8(&looped).unwrap());
+    assert_eq!(status(&out.last().unwrap().1), 482);
+}
+
+#[test]
+fn forking_to_two_flows_best_response_and_cancel_of_the_rest() {
+    let mut sim = Sim::new();
+    sim.register_ws("hank", 21);
+    sim.register_ws("hank", 22);
+    let out = sim.feed(udp_phone(), &invite_from_udp("hank", "fk"));
+    let invites: Vec<(Target, Request)> = out
+        .iter()
+        .filter_map(|(t, m)| match m {
+            Message::Request(r) => Some((*t, r.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(invites.len(), 2);
+    let (a, b) = (&invites[0].1, &invites[1].1);
+    sim.feed(
+        browser(if invites[0].0 == Target::Flow(21) {
+            21
+        } else {
+            22
+        }),
+        &answer(a, 180, ""),
+    );
+    let other = if invites[1].0 == Target::Flow(21) {
+        21
+    } else {
+        22
+    };
+    let out = sim.feed(browser(other), &answer(b, 200, ""));
+    assert!(
+        out.iter()
+            .any(|(_, m)| matches!(m, Message::Response(r) if r.status == 200))
+    );
+    assert!(
+        out.iter()
+            .any(|(_, m)| matches!(m, Message::Request(r) if r.method == Method::Cancel)),
+        "the ringing branch is cancelled: {out:?}"
+    );
+}
+
+#[test]
+fn best_response_prefers_lower_class_and_turns_503_into_500() {
+    let mut sim = Sim::new();
+    sim.register_ws("ivy", 31);
+    sim.register_ws("ivy", 32);
+    let out = sim.feed(udp_phone(), &invite_from_udp("ivy", "br"));
+    let reqs: Vec<(Target, Request)> = out
+        .iter()
+        .filter_map(|(t, m)| match m {
+            Message::Request(r) => Some((*t, r.clone())),
+            _ => None,
+        })
+        .collect();
+    let flow_of = |t: Target| match t {
+        Target::Flow(f) => f,
+        _ => unreachable!(),
+    };
+    sim.feed(browser(flow_of(reqs[0].0)), &answer(&reqs[0].1, 503, ""));
+    let out = sim.feed(browser(flow_of(reqs[1].0)), &answer(&reqs[1].1, 486, ""));
+    let finals: Vec<u16> = out
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Response(r) => Some(r.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals, [486]);
+
+    let out = sim.feed(udp_phone(), &invite_from_udp("ivy", "br2"));
+    let reqs: Vec<(Target, Request)> = out
+        .iter()
+        .filter_map(|(t, m)| match m {
+            Message::Request(r) => Some((*t, r.clone())),
+            _ => None,
+        })
+        .collect();
+    sim.feed(browser(flow_of(reqs[0].0)), &answer(&reqs[0].1, 503, ""));
+    let out = sim.feed(browser(flow_of(reqs[1].0)), &answer(&reqs[1].1, 503, ""));
+    assert_eq!(
+        status(
+            &out.iter()
+                .find(|(_, m)| matches!(m, Message::Response(_)))
+                .unwrap()
+                .1
+        ),
+        500
+    );
+}
+
+#[test]
+fn forged_or_stale_flow_tokens() {
+    let mut sim = Sim::new();
+    let tokens = FlowTokens::new([5; 32]);
+    let stale = tokens.encode(999);
+    let bye = format!(
+        "BYE sip:x@y.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKst;rport\r\n\
+         Max-Forwards: 70\r\nRoute: <sip:{stale}@127.0.0.1:8080;transport=ws;lr>\r\n\
+         From: <sip:a@localhost>;tag=1\r\nTo: <sip:b@localhost>;tag=2\r\nCall-ID: st\r\nCSeq: 1 BYE\r\n\r\n"
+    );
+    let out = sim.feed(udp_phone(), &bye);
+    assert_eq!(status(&out[0].1), 430);
+    let forged = bye.replace(&stale, "ftAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let out = sim.feed(udp_phone(), &forged.replace("z9hG4bKst", "z9hG4bKst2"));
+    assert_eq!(status(&out[0].1), 403);
+}
+
+#[test]
+fn foreign_domains_are_refused_without_relay() {
+    let mut sim = Sim::new();
+    let out = sim.feed(
+        udp_phone(),
+        &invite_from_udp("x", "fd").replace("sip:x@localhost SIP", "sip:x@192.0.2.9 SIP"),
+    );
+    assert_eq!(status(&out.last().unwrap().1), 403);
+}
+
+#[test]
+fn registrations_expire_on_the_simulated_clock() {
+    let mut sim = Sim::new();
+    sim.register_ws("jo", 41);
+    sim.advance(Duration::from_secs(599));
+    assert_eq!(sim.core.bindings("sip:jo@localhost").len(), 1);
+    sim.advance(Duration::from_secs(2));
+    assert!(sim.core.bindings("sip:jo@localhost").is_empty());
+    assert!(
+        std::iter::from_fn(|| sim.core.poll_event()).any(|e| matches!(e, Event::BindingRemoved(_)))
+    );
+}
+
+#[test]
+fn non_invite_udp_server_absorbs_retransmissions_with_the_same_answer() {
+    let mut sim = Sim::new();
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKrr;rport\r\n\
+               Max-Forwards: 70\r\nFrom: <sip:kim@localhost>;tag=1\r\nTo: <sip:kim@localhost>\r\nCall-ID: rr\r\n\
+               CSeq: 1 REGISTER\r\nContact: <sip:kim@127.0.0.1:5070>\r\n\r\n";
+    let first = sim.feed(udp_phone(), reg);
+    let again = sim.feed(udp_phone(), reg);
+    assert_eq!(first.len(), 1);
+    assert_eq!(again.len(), 1);
+    assert_eq!(first[0].1, again[0].1, "the stored response is sent again");
+    // After timer J the transaction is gone.
+    sim.advance(Duration::from_secs(33));
+    assert!(sim.core.servers.is_empty());
+}

@@ -1,0 +1,171 @@
+//! SIP over TCP and TLS streams (RFC 3261 section 18.3): accepted and outgoing
+//! connections become flows; messages are framed by Content-Length; CRLFCRLF pings
+//! get a CRLF (RFC 5626 section 4.4.1).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::Shared;
+use super::flow::FlowInfo;
+use crate::core::{FlowId, Incoming, Input, Source, Target, Transport};
+use crate::sip::framing::{Frame, next_frame};
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one SIP stream connection as a flow until it closes. `first` is written
+/// before anything else (the request that made us connect).
+pub async fn serve_stream<S>(
+    mut stream: S,
+    id: FlowId,
+    transport: Transport,
+    local: SocketAddr,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (tx, mut rx) = mpsc::channel::<Bytes>(shared.websocket.send_queue);
+    let info = FlowInfo {
+        id,
+        transport,
+        remote,
+        local,
+        identity: Vec::new(),
+        opened: SystemTime::now(),
+    };
+    let _guard = shared.flows.register(info, tx);
+    shared
+        .connector
+        .flush_pending(&shared, transport, remote, id);
+    tracing::debug!(flow = id, peer = %remote, %transport, "SIP stream flow open");
+    let max = shared.sip.max_message_bytes;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut shutdown = shared.shutdown.clone();
+    let mut last_activity = Instant::now();
+    'outer: loop {
+        let idle_deadline = last_activity + shared.sip.tcp_idle_timeout;
+        tokio::select! {
+            r = read_some(&mut stream, &mut buf) => {
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => last_activity = Instant::now(),
+                }
+                loop {
+                    match next_frame(&buf, max) {
+                        Ok(None) => break,
+                        Ok(Some(Frame::Ping)) => {
+                            buf.drain(..4);
+                            shared.metrics.keepalive();
+                            if !write(&mut stream, b"\r\n").await {
+                                break 'outer;
+                            }
+                        }
+                        Ok(Some(Frame::Pong)) => {
+                            buf.drain(..2);
+                        }
+                        Ok(Some(Frame::Message(n))) => {
+                            let parsed = crate::sip::parse(&buf[..n]);
+                            buf.drain(..n);
+                            match parsed {
+                                Ok(message) => {
+                                    shared.metrics.sip_in();
+                                    let source = Source { transport, local, remote, flow: Some(id) };
+                                    let input = Input::Message(Box::new(Incoming { source, message }));
+                                    if shared.core_tx.send(input).await.is_err() {
+                                        break 'outer;
+                                    }
+                                }
+                                Err(e) => {
+                                    shared.metrics.sip_parse_error();
+                                    tracing::debug!(flow = id, peer = %remote, "unparsable SIP message dropped: {e}");
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            // Framing is lost: nothing after this can be trusted.
+                            shared.metrics.sip_parse_error();
+                            tracing::debug!(flow = id, peer = %remote, "closing stream: {e}");
+                            break 'outer;
+                        }
+                    }
+                }
+                if buf.is_empty() && buf.capacity() > 16 * 1024 {
+                    buf = Vec::new();
+                }
+            }
+            out = rx.recv() => match out {
+                Some(payload) => {
+                    if !write(&mut stream, &payload).await {
+                        break;
+                    }
+                    last_activity = Instant::now();
+                    shared.metrics.sip_out();
+                }
+                None => break,
+            },
+            _ = sleep_until(idle_deadline) => {
+                tracing::debug!(flow = id, peer = %remote, "idle stream closed");
+                break;
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = timeout(WRITE_TIMEOUT, stream.shutdown()).await;
+    tracing::debug!(flow = id, peer = %remote, "SIP stream flow closed");
+}
+
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    buf.reserve(4096);
+    stream.read_buf(buf).await
+}
+
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> bool {
+    let io = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    matches!(timeout(WRITE_TIMEOUT, io).await, Ok(Ok(())))
+}
+
+/// Opens a connection for `Target::Connect`, then serves it; reports failure to the core.
+pub async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr) {
+    let failed = |shared: &Arc<Shared>| {
+        shared.connector.drop_pending(transport, remote);
+        let _ = shared
+            .core_tx
+            .try_send(Input::SendFailed(Target::Connect { transport, remote }));
+    };
+    if transport != Transport::Tcp {
+        tracing::warn!(%remote, %transport, "outgoing connections are TCP only; message dropped");
+        return failed(&shared);
+    }
+    let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, "connect failed: {e}");
+            return failed(&shared);
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "connect timed out");
+            return failed(&shared);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return failed(&shared),
+    };
+    let id = shared.flows.next_id();
+    serve_stream(stream, id, transport, local, remote, shared).await;
+}

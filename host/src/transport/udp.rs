@@ -1,0 +1,124 @@
+//! SIP over UDP: one task per listener socket. Datagrams in, parsed messages to the
+//! core; keepalives (CRLF, STUN binding requests per RFC 5626 section 4.4.2) answered
+//! here.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+
+use super::Shared;
+use crate::core::{Incoming, Input, Source, Transport};
+
+/// Receives on `socket` until shutdown.
+pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 65_536];
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let received = tokio::select! {
+            r = socket.recv_from(&mut buf) => r,
+            _ = shutdown.changed() => return,
+        };
+        let (n, remote) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on Linux; keep going.
+                tracing::debug!(%local, "UDP receive error: {e}");
+                continue;
+            }
+        };
+        let data = &buf[..n];
+        if data.iter().all(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            shared.metrics.keepalive();
+            continue;
+        }
+        if let Some(reply) = stun_binding_response(data, remote) {
+            shared.metrics.keepalive();
+            let _ = socket.try_send_to(&reply, remote);
+            continue;
+        }
+        match crate::sip::parse(data) {
+            Ok(message) => {
+                shared.metrics.sip_in();
+                let source = Source {
+                    transport: Transport::Udp,
+                    local,
+                    remote,
+                    flow: None,
+                };
+                let input = Input::Message(Box::new(Incoming { source, message }));
+                if shared.core_tx.send(input).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                shared.metrics.sip_parse_error();
+                tracing::debug!(peer = %remote, "unparsable SIP datagram dropped: {e}");
+            }
+        }
+    }
+}
+
+const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+
+/// The response to a STUN Binding request (RFC 5389), carrying the source address in
+/// XOR-MAPPED-ADDRESS; `None` when `data` is not one.
+pub fn stun_binding_response(data: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+    if data.len() < 20 || data[0..2] != [0x00, 0x01] || data[4..8] != STUN_MAGIC {
+        return None;
+    }
+    let length = u16::from_be_bytes([data[2], data[3]]) as usize;
+    if data.len() != 20 + length || length % 4 != 0 {
+        return None;
+    }
+    let transaction = &data[8..20];
+    let port = from.port() ^ 0x2112;
+    let mut attr = Vec::with_capacity(24);
+    attr.extend_from_slice(&0x0020u16.to_be_bytes());
+    match from.ip() {
+        IpAddr::V4(ip) => {
+            attr.extend_from_slice(&8u16.to_be_bytes());
+            attr.extend_from_slice(&[0, 0x01]);
+            attr.extend_from_slice(&port.to_be_bytes());
+            for (i, b) in ip.octets().iter().enumerate() {
+                attr.push(b ^ STUN_MAGIC[i]);
+            }
+        }
+        IpAddr::V6(ip) => {
+            attr.extend_from_slice(&20u16.to_be_bytes());
+            attr.extend_from_slice(&[0, 0x02]);
+            attr.extend_from_slice(&port.to_be_bytes());
+            let key: Vec<u8> = STUN_MAGIC.iter().chain(transaction).copied().collect();
+            for (i, b) in ip.octets().iter().enumerate() {
+                attr.push(b ^ key[i]);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(20 + attr.len());
+    out.extend_from_slice(&[0x01, 0x01]);
+    out.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+    out.extend_from_slice(&STUN_MAGIC);
+    out.extend_from_slice(transaction);
+    out.extend_from_slice(&attr);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stun_binding() {
+        let mut req = vec![0x00, 0x01, 0x00, 0x00];
+        req.extend_from_slice(&STUN_MAGIC);
+        req.extend_from_slice(&[7; 12]);
+        let from: SocketAddr = "192.0.2.1:32853".parse().unwrap();
+        let resp = stun_binding_response(&req, from).unwrap();
+        assert_eq!(&resp[0..2], &[0x01, 0x01]);
+        assert_eq!(&resp[8..20], &[7; 12]);
+        // XOR-MAPPED-ADDRESS: port 32853 ^ 0x2112, address ^ magic.
+        assert_eq!(u16::from_be_bytes([resp[26], resp[27]]), 32853 ^ 0x2112);
+        assert_eq!(resp[28], 192 ^ 0x21);
+        assert!(stun_binding_response(b"OPTIONS sip:x SIP/2.0\r\n\r\n", from).is_none());
+    }
+}
