@@ -73,6 +73,8 @@ pub struct Server {
     pub ws3: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The UDP and TCP SIP listeners (same port).
+    pub sip: SocketAddr,
     /// The data directory (holds the generated certificate).
     pub data_dir: tempfile::TempDir,
     logs: Arc<Mutex<String>>,
@@ -85,6 +87,14 @@ pub const STANDARD: &str = r#"
 domains = ["localhost", "127.0.0.1"]
 data-dir = "{data}"
 shutdown-grace = "2s"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{sip}"
+
+[[listen]]
+transport = "tcp"
+address = "127.0.0.1:{sip}"
 
 [[listen]]
 transport = "ws"
@@ -134,17 +144,18 @@ impl Server {
     }
 
     /// Starts the server with `template`, where `{ws}`, `{wss}`, `{ws2}`, `{ws3}`,
-    /// `{admin}` become free ports, `{plugins}` the plugin directory and `{data}` a
+    /// `{admin}`, `{sip}` become free ports, `{plugins}` the plugin directory and `{data}` a
     /// fresh data directory. Returns once every listener is up.
     pub fn start(template: &str) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
         let text = template
             .replace("{ws}", &ports[0].to_string())
             .replace("{wss}", &ports[1].to_string())
             .replace("{ws2}", &ports[2].to_string())
             .replace("{ws3}", &ports[3].to_string())
             .replace("{admin}", &ports[4].to_string())
+            .replace("{sip}", &ports[5].to_string())
             .replace("{plugins}", env!("SIPWASM_TEST_PLUGINS"))
             .replace("{data}", &data_dir.path().display().to_string());
         let config_path = data_dir.path().join("sipwasm.toml");
@@ -182,6 +193,7 @@ impl Server {
             ws2: addr(2),
             ws3: addr(3),
             admin: addr(4),
+            sip: addr(5),
             data_dir,
             logs,
         };
@@ -646,3 +658,4 @@ pub async fn raw_ws(addr: SocketAddr, after_head: &[u8]) -> HttpConn<TcpStream> 
 
 /// A mask for client frames in tests.
 pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+pub mod sip;

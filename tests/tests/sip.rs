@@ -1,0 +1,262 @@
+//! SIP through the real binary: registrations, messages and calls between browsers
+//! (WebSocket) and phones (UDP, TCP), with scripted user agents that show exactly
+//! what crosses the wire.
+
+use std::time::Duration;
+
+use sipwasm::sip::Essentials;
+use sipwasm::sip::headers::HeaderName;
+use sipwasm_tests::sip::{SDP, Ua};
+use sipwasm_tests::*;
+
+async fn registered(mut ua: Ua) -> Ua {
+    let r = ua.register(600).await;
+    assert_eq!(r.status, 200, "{} registers", ua.user);
+    ua
+}
+
+#[tokio::test]
+async fn register_refresh_query_and_unregister_over_ws_udp_and_tcp() {
+    let s = Server::standard("");
+    for mut ua in [
+        Ua::ws(&s, "wsuser").await,
+        Ua::udp(&s, "udpuser").await,
+        Ua::tcp(&s, "tcpuser").await,
+    ] {
+        let r = ua.register(600).await;
+        assert_eq!(r.status, 200);
+        let contacts: Vec<&str> = r.headers.values(&HeaderName::Contact).collect();
+        assert_eq!(contacts.len(), 1, "{contacts:?}");
+        assert!(
+            contacts[0].contains(";expires=600") || contacts[0].contains(";expires=599"),
+            "{contacts:?}"
+        );
+        // Refresh with a shorter time.
+        let r = ua.register(300).await;
+        assert!(
+            r.headers
+                .get(&HeaderName::Contact)
+                .unwrap()
+                .contains("expires=30")
+        );
+        // Too short: 423 with Min-Expires.
+        let r = ua.register(5).await;
+        assert_eq!(r.status, 423);
+        assert_eq!(r.headers.get(&HeaderName::MinExpires), Some("60"));
+        // Unregister: no contacts left.
+        let r = ua.register(0).await;
+        assert_eq!(r.status, 200);
+        assert!(r.headers.get(&HeaderName::Contact).is_none());
+    }
+}
+
+#[tokio::test]
+async fn outbound_registration_gets_require_flow_timer_and_gruus() {
+    let s = Server::standard("");
+    let mut ua = Ua::ws(&s, "obuser").await;
+    ua.instance = Some("urn:uuid:00000000-0000-4000-8000-000000000001".into());
+    let r = ua.register(600).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get(&HeaderName::Require), Some("outbound"));
+    assert_eq!(r.headers.get(&HeaderName::FlowTimer), Some("120"));
+    let contact = r.headers.get(&HeaderName::Contact).unwrap();
+    assert!(contact.contains(
+        "pub-gruu=\"sip:obuser@localhost;gr=urn:uuid:00000000-0000-4000-8000-000000000001\""
+    ));
+    assert!(contact.contains("temp-gruu=\"sip:tgruu."));
+}
+
+#[tokio::test]
+async fn a_reloaded_page_replaces_its_registration() {
+    let s = Server::standard("");
+    let instance = "urn:uuid:00000000-0000-4000-8000-0000000000aa";
+    let mut first = Ua::ws(&s, "reload").await;
+    first.instance = Some(instance.into());
+    assert_eq!(first.register(600).await.status, 200);
+    // The page reloads: a new connection, a new contact, the same instance and reg-id.
+    let mut second = Ua::ws(&s, "reload").await;
+    second.instance = Some(instance.into());
+    let r = second.register(600).await;
+    assert_eq!(
+        r.headers.values(&HeaderName::Contact).count(),
+        1,
+        "replaced, not piled up"
+    );
+    // Calls reach the new page only.
+    let mut caller = Ua::udp(&s, "caller").await;
+    let (text, _) = caller.request("MESSAGE", "reload", "", "hi");
+    caller.send(&text).await;
+    let m = second.recv_request("MESSAGE").await;
+    second.send(&second.response(&m, 200, "", "")).await;
+    assert_eq!(caller.recv_final().await.status, 200);
+    assert!(first.quiet_for(Duration::from_millis(200)).await.is_none());
+}
+
+async fn message(from: &mut Ua, to: &mut Ua) {
+    let (text, _) = from.request("MESSAGE", &to.user.clone(), "", "hello there");
+    from.send(&text).await;
+    let m = to.recv_request("MESSAGE").await;
+    assert_eq!(&m.body[..], b"hello there");
+    assert_eq!(m.headers.get(&HeaderName::MaxForwards), Some("69"));
+    to.send(&to.response(&m, 200, "", "")).await;
+    let r = from.recv_final().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.vias().unwrap().len(),
+        1,
+        "only the sender's Via comes back"
+    );
+}
+
+#[tokio::test]
+async fn messages_ws_to_ws_ws_to_udp_and_udp_to_ws() {
+    let s = Server::standard("");
+    let mut a = registered(Ua::ws(&s, "ann").await).await;
+    let mut b = registered(Ua::ws(&s, "ben").await).await;
+    let mut p = registered(Ua::udp(&s, "pat").await).await;
+    let mut t = registered(Ua::tcp(&s, "tom").await).await;
+    message(&mut a, &mut b).await;
+    message(&mut a, &mut p).await;
+    message(&mut p, &mut a).await;
+    message(&mut t, &mut a).await;
+    message(&mut a, &mut t).await;
+}
+
+/// A whole call: INVITE, 180, 200, ACK, then BYE from `hangup_by_caller`'s side.
+async fn call(caller: &mut Ua, callee: &mut Ua, hangup_by_caller: bool) {
+    let (invite, dialog) = caller.request("INVITE", &callee.user.clone(), "", SDP);
+    caller.send(&invite).await;
+    let inv = callee.recv_request("INVITE").await;
+    assert!(
+        inv.headers.values(&HeaderName::RecordRoute).count() >= 1,
+        "record-routed"
+    );
+    callee.send(&callee.response(&inv, 180, "", "")).await;
+    caller.recv_status(180).await;
+    callee.send(&callee.response(&inv, 200, "", SDP)).await;
+    let ok = caller.recv_status(200).await;
+    let mut cd = caller.dialog_as_caller(dialog, &ok);
+    let mut ed = callee.dialog_as_callee(&inv);
+    let ack = caller.in_dialog(&mut cd, "ACK", Some(1));
+    caller.send(&ack).await;
+    let got = callee.recv_request("ACK").await;
+    assert_eq!(got.call_id(), inv.call_id());
+    if hangup_by_caller {
+        let bye = caller.in_dialog(&mut cd, "BYE", None);
+        caller.send(&bye).await;
+        let b = callee.recv_request("BYE").await;
+        callee.send(&callee.response(&b, 200, "", "")).await;
+        assert_eq!(caller.recv_final().await.status, 200);
+    } else {
+        let bye = callee.in_dialog(&mut ed, "BYE", None);
+        callee.send(&bye).await;
+        let b = caller.recv_request("BYE").await;
+        caller.send(&caller.response(&b, 200, "", "")).await;
+        assert_eq!(callee.recv_final().await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn calls_between_browsers_and_phones_with_each_side_hanging_up() {
+    let s = Server::standard("");
+    let mut a = registered(Ua::ws(&s, "alice").await).await;
+    let mut b = registered(Ua::ws(&s, "bob").await).await;
+    let mut p = registered(Ua::udp(&s, "phone").await).await;
+    let mut t = registered(Ua::tcp(&s, "tcpphone").await).await;
+    for hangup_by_caller in [true, false] {
+        call(&mut a, &mut b, hangup_by_caller).await;
+        call(&mut a, &mut p, hangup_by_caller).await;
+        call(&mut p, &mut a, hangup_by_caller).await;
+        call(&mut t, &mut b, hangup_by_caller).await;
+        call(&mut a, &mut t, hangup_by_caller).await;
+    }
+}
+
+#[tokio::test]
+async fn cancel_gets_487_and_busy_486_passes_back() {
+    let s = Server::standard("");
+    let mut a = registered(Ua::ws(&s, "canceller").await).await;
+    let mut p = registered(Ua::udp(&s, "ringing").await).await;
+    let (invite, _) = a.request("INVITE", "ringing", "", SDP);
+    a.send(&invite).await;
+    let inv = p.recv_request("INVITE").await;
+    p.send(&p.response(&inv, 180, "", "")).await;
+    a.recv_status(180).await;
+    // The caller gives up.
+    let cancel = invite
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .replace(
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+                SDP.len()
+            ),
+            "Content-Length: 0\r\n\r\n",
+        );
+    a.send(&cancel).await;
+    let c = p.recv_request("CANCEL").await;
+    p.send(&p.response(&c, 200, "", "")).await;
+    p.send(&p.response(&inv, 487, "", "")).await;
+    // The callee gets the hop-by-hop ACK for its 487.
+    p.recv_request("ACK").await;
+    let mut statuses = vec![];
+    for _ in 0..2 {
+        statuses.push(a.recv_final().await.status);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [200, 487],
+        "200 for the CANCEL, 487 for the INVITE"
+    );
+
+    // Busy.
+    let (invite, _) = a.request("INVITE", "ringing", "", SDP);
+    a.send(&invite).await;
+    let inv = p.recv_request("INVITE").await;
+    p.send(&p.response(&inv, 486, "", "")).await;
+    p.recv_request("ACK").await;
+    assert_eq!(a.recv_final().await.status, 486);
+}
+
+#[tokio::test]
+async fn unknown_user_404_and_a_vanished_browser_480() {
+    let s = Server::standard("");
+    let mut p = Ua::udp(&s, "caller404").await;
+    let (invite, _) = p.request("INVITE", "nosuchuser", "", SDP);
+    p.send(&invite).await;
+    assert_eq!(p.recv_final().await.status, 404);
+
+    let gone = registered(Ua::ws(&s, "gone").await).await;
+    gone.vanish().await;
+    // Its binding goes with its connection: the caller gets 480, not a hang.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (invite, _) = p.request("INVITE", "gone", "", SDP);
+        p.send(&invite).await;
+        let status = p.recv_final().await.status;
+        if status == 480 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn udp_retransmissions_are_absorbed() {
+    let s = Server::standard("");
+    let mut callee = registered(Ua::ws(&s, "absorb").await).await;
+    let mut p = Ua::udp(&s, "retransmitter").await;
+    let (invite, _) = p.request("INVITE", "absorb", "", SDP);
+    for _ in 0..3 {
+        p.send(&invite).await;
+    }
+    let inv = callee.recv_request("INVITE").await;
+    assert!(
+        callee.quiet_for(Duration::from_millis(300)).await.is_none(),
+        "one INVITE reaches the callee"
+    );
+    callee.send(&callee.response(&inv, 486, "", "")).await;
+    assert_eq!(p.recv_status(486).await.status, 486);
+}
