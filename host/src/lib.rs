@@ -19,4 +19,5 @@ pub mod http;
 pub mod plugin;
 pub mod server;
 pub mod sip;
+pub mod store;
 pub mod transport;

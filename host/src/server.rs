@@ -19,6 +19,7 @@ use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
 use crate::core::{Core, CoreConfig, Event, FlowId, Input, Myself, SipListener, Transport};
 use crate::plugin::{Plugin, Plugins};
+use crate::store::Store;
 use crate::transport::ws::{self, Connection};
 use crate::transport::{Connector, FlowTable, Shared, SipLimits, dispatch, tcp, tls, udp};
 
@@ -43,6 +44,7 @@ struct BoundUdp {
 
 /// A server with its sockets bound and plugins compiled, ready to run.
 pub struct Server {
+    store: Store,
     listeners: Vec<BoundListener>,
     udp: Vec<BoundUdp>,
     admin: Option<TcpListener>,
@@ -153,8 +155,9 @@ impl Server {
             shutdown: shutdown_rx,
             grace: config.server.shutdown_grace,
         });
+        let (store, stored) = Store::open(&data_dir, std::time::Instant::now())?;
         let sip = &config.sip;
-        let core = Core::new(CoreConfig {
+        let mut core = Core::new(CoreConfig {
             myself,
             listeners: sip_listeners,
             server_header: config.server.server_header.clone(),
@@ -173,7 +176,18 @@ impl Server {
             },
             relay: sip.relay,
         });
+        let restored = stored.len();
+        for b in stored {
+            core.restore_binding(b, std::time::Instant::now());
+        }
+        if restored > 0 {
+            tracing::info!(
+                bindings = restored,
+                "restored UDP registrations from the data directory"
+            );
+        }
         Ok(Self {
+            store,
             listeners,
             udp,
             admin,
@@ -199,6 +213,7 @@ impl Server {
     /// once connections are gone (or the grace period is over).
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
+            store,
             listeners,
             udp,
             admin,
@@ -210,7 +225,7 @@ impl Server {
             grace,
         } = self;
         let live = Arc::new(AtomicUsize::new(0));
-        let driver = tokio::spawn(drive_core(core, core_rx, closed_rx, shared.clone()));
+        let driver = tokio::spawn(drive_core(core, core_rx, closed_rx, shared.clone(), store));
         if let Some(admin) = admin {
             let addr = admin.local_addr()?;
             tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows)");
@@ -380,6 +395,7 @@ async fn drive_core(
     mut inbox: mpsc::Receiver<Input>,
     mut closed: mpsc::UnboundedReceiver<FlowId>,
     shared: Arc<Shared>,
+    store: Store,
 ) {
     loop {
         let timeout = core.poll_timeout();
@@ -429,9 +445,11 @@ async fn drive_core(
             match event {
                 Event::BindingSaved(b) => {
                     tracing::debug!(aor = %b.aor, contact = %b.contact, "binding saved");
+                    store.saved(&b, std::time::Instant::now());
                 }
                 Event::BindingRemoved(b) => {
                     tracing::debug!(aor = %b.aor, contact = %b.contact, "binding removed");
+                    store.removed(&b);
                 }
             }
         }

@@ -78,6 +78,8 @@ pub struct Server {
     /// The data directory (holds the generated certificate).
     pub data_dir: tempfile::TempDir,
     logs: Arc<Mutex<String>>,
+    config_path: PathBuf,
+    listeners: usize,
 }
 
 /// A configuration with every listener a test may need: `ws` and `wss` decided by
@@ -161,9 +163,29 @@ impl Server {
         let config_path = data_dir.path().join("sipwasm.toml");
         std::fs::write(&config_path, &text).unwrap();
         let listeners = text.matches("[[listen]]").count();
+        let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+        let mut server = Self {
+            child: None,
+            ws: addr(0),
+            wss: addr(1),
+            ws2: addr(2),
+            ws3: addr(3),
+            admin: addr(4),
+            sip: addr(5),
+            data_dir,
+            logs: Arc::new(Mutex::new(String::new())),
+            config_path,
+            listeners,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts the process with the stored configuration and waits until it listens.
+    fn spawn(&mut self) {
         let mut child = Command::new(sipwasm_bin())
             .arg("--config")
-            .arg(&config_path)
+            .arg(&self.config_path)
             .arg("--log")
             .arg("debug")
             .stdin(Stdio::null())
@@ -185,38 +207,35 @@ impl Server {
                 }
             });
         }
-        let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
-        let mut server = Self {
-            child: Some(child),
-            ws: addr(0),
-            wss: addr(1),
-            ws2: addr(2),
-            ws3: addr(3),
-            admin: addr(4),
-            sip: addr(5),
-            data_dir,
-            logs,
-        };
+        self.logs = logs;
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let up = server.logs().matches(" listening ").count();
-            if up >= listeners {
+            let up = self.logs().matches(" listening ").count();
+            if up >= self.listeners {
                 break;
             }
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "sipwasm exited with {status} before listening:\n{}",
-                    server.logs()
+                    self.logs()
                 );
             }
             assert!(
                 Instant::now() < deadline,
                 "sipwasm did not start within 60 s:\n{}",
-                server.logs()
+                self.logs()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        let (status, _) = self.terminate();
+        assert!(status.success(), "exit status {status}");
+        self.child = None;
+        self.spawn();
     }
 
     /// Everything the server logged so far.

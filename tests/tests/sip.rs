@@ -260,3 +260,35 @@ async fn udp_retransmissions_are_absorbed() {
     callee.send(&callee.response(&inv, 486, "", "")).await;
     assert_eq!(p.recv_status(486).await.status, 486);
 }
+
+#[tokio::test]
+async fn udp_registrations_survive_a_restart_and_ws_ones_do_not() {
+    let mut s = Server::standard("");
+    let mut phone = registered(Ua::udp(&s, "persistent").await).await;
+    let browser = registered(Ua::ws(&s, "ephemeral").await).await;
+    drop(browser);
+    let s = tokio::task::spawn_blocking(move || {
+        s.restart();
+        s
+    })
+    .await
+    .unwrap();
+    assert!(
+        s.wait_for_log("restored UDP registrations").await,
+        "{}",
+        s.logs()
+    );
+    let mut caller = Ua::udp(&s, "wakeup").await;
+    let (text, _) = caller.request("MESSAGE", "persistent", "", "still there?");
+    caller.send(&text).await;
+    let m = phone.recv_request("MESSAGE").await;
+    phone.send(&phone.response(&m, 200, "", "")).await;
+    assert_eq!(caller.recv_final().await.status, 200);
+    let (text, _) = caller.request("MESSAGE", "ephemeral", "", "gone?");
+    caller.send(&text).await;
+    assert_eq!(
+        caller.recv_final().await.status,
+        404,
+        "WS bindings are not restored"
+    );
+}

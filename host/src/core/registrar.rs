@@ -264,7 +264,9 @@ pub fn register(
         for id in existing {
             if let Some(b) = loc.remove_id(&aor, id) {
                 old_temp_gruu = old_temp_gruu.or(b.temp_gruu.clone());
-                if s.expires == 0 {
+                // Replaced by another contact (a new flow of the same instance), or
+                // unregistered: either way this one is gone.
+                if s.expires == 0 || b.contact != s.uri {
                     changes.push(Change::Removed(b));
                 }
             }
