@@ -8,4 +8,12 @@ cd "$(dirname "$0")/.."
 # Guest plugins are wasm32-wasip2 components.
 rustup target add wasm32-wasip2
 
+# sipp (Debian's sip-tester) is a real SIP peer for the UDP/TCP tests.
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo=sudo
+if ! command -v sipp >/dev/null 2>&1; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq sip-tester
+fi
+
 cargo test --workspace --locked "$@"
