@@ -16,4 +16,7 @@ if ! command -v sipp >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq sip-tester
 fi
 
+# JsSIP and SIP.js run under Node as browser SIP stacks (versions pinned in the lock file).
+npm ci --prefix tests/js --no-audit --no-fund --silent
+
 cargo test --workspace --locked "$@"

@@ -1,0 +1,111 @@
+//! JsSIP and SIP.js (browser SIP stacks) under Node as test peers: `tests/js/agent.mjs`
+//! driven by JSON lines.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::{Server, within};
+
+/// Which browser stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lib {
+    /// JsSIP 3.
+    JsSip,
+    /// SIP.js 0.21.
+    SipJs,
+}
+
+/// A running agent.
+pub struct Agent {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Its user name.
+    pub user: String,
+}
+
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
+}
+
+impl Agent {
+    /// Starts an agent for `user` on the server's `ws` listener (optionally with an
+    /// RFC 5626 instance id) and waits until its WebSocket is up.
+    pub async fn start(server: &Server, lib: Lib, user: &str, instance: Option<&str>) -> Self {
+        let dir = js_dir();
+        assert!(
+            dir.join("node_modules/jssip").exists(),
+            "tests/js/node_modules missing: run ./tests/run-all.sh (it runs npm ci)"
+        );
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("agent.mjs"))
+            .args(["--lib", if lib == Lib::JsSip { "jssip" } else { "sipjs" }])
+            .args(["--url", &format!("ws://127.0.0.1:{}", server.ws.port())])
+            .args(["--user", user])
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(i) = instance {
+            cmd.args(["--instance", i]);
+        }
+        let mut child = cmd.spawn().expect("start node");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut agent = Self {
+            child,
+            stdin,
+            lines,
+            user: user.into(),
+        };
+        agent.expect("ready").await;
+        agent
+    }
+
+    /// Sends a command.
+    pub async fn cmd(&mut self, cmd: Value) {
+        let mut line = cmd.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+    }
+
+    /// Waits for event `ev` (other events in between are skipped; errors fail).
+    pub async fn expect(&mut self, ev: &str) -> Value {
+        let user = self.user.clone();
+        within(&format!("{user}: event {ev}"), async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{user}: agent exited while waiting for {ev}"));
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| panic!("{user}: bad line {line}"));
+                if v["ev"] == "error" {
+                    panic!("{user}: agent error: {}", v["message"]);
+                }
+                if v["ev"] == ev {
+                    return v;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Registers and waits for success.
+    pub async fn register(&mut self) {
+        self.cmd(json!({"cmd": "register"})).await;
+        self.expect("registered").await;
+    }
+
+    /// Kills the process (a tab closed without unregistering).
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}

@@ -1,0 +1,180 @@
+//! Real browser SIP stacks (JsSIP and SIP.js under Node) through sipwasm: registration,
+//! messages and calls among themselves and with phones on UDP.
+
+use serde_json::json;
+use sipwasm::sip::headers::HeaderName;
+use sipwasm_tests::js::{Agent, Lib};
+use sipwasm_tests::sip::{SDP, Ua};
+use sipwasm_tests::*;
+
+#[tokio::test]
+async fn jssip_and_sipjs_register_and_exchange_messages() {
+    let s = Server::standard("");
+    let mut alice = Agent::start(&s, Lib::JsSip, "alice", None).await;
+    let mut bob = Agent::start(&s, Lib::SipJs, "bob", None).await;
+    alice.register().await;
+    bob.register().await;
+    alice
+        .cmd(json!({"cmd": "message", "target": "bob", "body": "hello bob"}))
+        .await;
+    let m = bob.expect("message").await;
+    assert_eq!(m["body"], "hello bob");
+    alice.expect("message_sent").await;
+    bob.cmd(json!({"cmd": "message", "target": "alice", "body": "hi alice"}))
+        .await;
+    assert_eq!(alice.expect("message").await["body"], "hi alice");
+    bob.expect("message_sent").await;
+    // A message to nobody fails with 404.
+    alice
+        .cmd(json!({"cmd": "message", "target": "nobody", "body": "?"}))
+        .await;
+    assert_eq!(alice.expect("message_failed").await["status"], 404);
+    // Unregistering works and the user is then unavailable.
+    bob.cmd(json!({"cmd": "unregister"})).await;
+    bob.expect("unregistered").await;
+    alice
+        .cmd(json!({"cmd": "message", "target": "bob", "body": "still there?"}))
+        .await;
+    assert_eq!(alice.expect("message_failed").await["status"], 480);
+}
+
+async fn browser_call(caller: &mut Agent, callee: &mut Agent, callee_hangs_up: bool) {
+    caller
+        .cmd(json!({"cmd": "call", "target": callee.user}))
+        .await;
+    callee.expect("incoming").await;
+    callee.cmd(json!({"cmd": "answer"})).await;
+    caller.expect("accepted").await;
+    callee.expect("accepted").await;
+    // Let the ACK get through before hanging up.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (hanger, other) = if callee_hangs_up {
+        (callee, caller)
+    } else {
+        (caller, callee)
+    };
+    hanger.cmd(json!({"cmd": "hangup"})).await;
+    other.expect("ended").await;
+    hanger.expect("ended").await;
+}
+
+#[tokio::test]
+async fn calls_between_jssip_and_sipjs_each_side_hanging_up() {
+    let s = Server::standard("");
+    let mut j = Agent::start(&s, Lib::JsSip, "jcaller", None).await;
+    let mut p = Agent::start(&s, Lib::SipJs, "pcallee", None).await;
+    j.register().await;
+    p.register().await;
+    browser_call(&mut j, &mut p, false).await;
+    browser_call(&mut j, &mut p, true).await;
+    browser_call(&mut p, &mut j, false).await;
+    browser_call(&mut p, &mut j, true).await;
+}
+
+#[tokio::test]
+async fn jssip_calls_a_udp_phone_and_the_phone_calls_back() {
+    let s = Server::standard("");
+    let mut browser = Agent::start(&s, Lib::JsSip, "webuser", None).await;
+    browser.register().await;
+    let mut phone = Ua::udp(&s, "deskphone").await;
+    assert_eq!(phone.register(600).await.status, 200);
+
+    // Browser → phone, the phone hangs up.
+    browser
+        .cmd(json!({"cmd": "call", "target": "deskphone"}))
+        .await;
+    let inv = phone.recv_request("INVITE").await;
+    assert_eq!(inv.headers.values(&HeaderName::RecordRoute).count(), 2);
+    phone.send(&phone.response(&inv, 180, "", "")).await;
+    assert_eq!(browser.expect("progress").await["status"], 180);
+    phone.send(&phone.response(&inv, 200, "", SDP)).await;
+    browser.expect("accepted").await;
+    phone.recv_request("ACK").await;
+    let mut d = phone.dialog_as_callee(&inv);
+    let bye = phone.in_dialog(&mut d, "BYE", None);
+    phone.send(&bye).await;
+    assert_eq!(phone.recv_final().await.status, 200);
+    browser.expect("ended").await;
+
+    // Phone → browser, the browser hangs up.
+    let (invite, dialog) = phone.request("INVITE", "webuser", "", SDP);
+    phone.send(&invite).await;
+    browser.expect("incoming").await;
+    browser.cmd(json!({"cmd": "answer"})).await;
+    let ok = phone.recv_status(200).await;
+    let mut d = phone.dialog_as_caller(dialog, &ok);
+    let ack = phone.in_dialog(&mut d, "ACK", Some(1));
+    phone.send(&ack).await;
+    browser.expect("accepted").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    browser.cmd(json!({"cmd": "hangup"})).await;
+    let bye = phone.recv_request("BYE").await;
+    phone.send(&phone.response(&bye, 200, "", "")).await;
+    browser.expect("ended").await;
+}
+
+#[tokio::test]
+async fn busy_cancel_and_a_closed_tab() {
+    let s = Server::standard("");
+    let mut caller = Agent::start(&s, Lib::SipJs, "impatient", None).await;
+    let mut callee = Agent::start(&s, Lib::JsSip, "busybee", None).await;
+    caller.register().await;
+    callee.register().await;
+    // Busy: the callee rejects with 486 and the caller sees it.
+    caller
+        .cmd(json!({"cmd": "call", "target": "busybee"}))
+        .await;
+    callee.expect("incoming").await;
+    callee.cmd(json!({"cmd": "reject", "status": 486})).await;
+    assert_eq!(caller.expect("failed").await["status"], 486);
+    // Cancel: the caller gives up while it rings.
+    caller
+        .cmd(json!({"cmd": "call", "target": "busybee"}))
+        .await;
+    callee.expect("incoming").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    caller.cmd(json!({"cmd": "hangup"})).await;
+    let f = callee.expect("failed").await;
+    assert_eq!(f["cause"], "Canceled", "{f}");
+    // The callee's tab closes without unregistering: calls get 480, not a hang.
+    callee.kill().await;
+    let mut phone = Ua::udp(&s, "checker").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (invite, _) = phone.request("INVITE", "busybee", "", SDP);
+        phone.send(&invite).await;
+        let status = phone.recv_final().await.status;
+        if status == 480 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reloaded_jssip_page_with_the_same_instance_replaces_its_binding() {
+    let s = Server::standard("");
+    let instance = "7b1e6a2c-36c1-4b7d-9a0e-2f5e8d3c1a11";
+    let mut old_tab = Agent::start(&s, Lib::JsSip, "reloader", Some(instance)).await;
+    old_tab.register().await;
+    let mut new_tab = Agent::start(&s, Lib::JsSip, "reloader", Some(instance)).await;
+    new_tab.register().await;
+    let mut phone = Ua::udp(&s, "counter").await;
+    let r = {
+        let (q, _) = phone.request("REGISTER", "sip:localhost", "", "");
+        // A query for the AoR: To must be the AoR.
+        let q = q
+            .replace("To: <sip:localhost>", "To: <sip:reloader@localhost>")
+            .replace("Contact: <", "X-No-Contact: <");
+        phone.send(&q).await;
+        phone.recv_final().await
+    };
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.values(&HeaderName::Contact).count(), 1, "{r:?}");
+    // Messages go to the new tab only.
+    let (m, _) = phone.request("MESSAGE", "reloader", "", "which tab?");
+    phone.send(&m).await;
+    new_tab.expect("message").await;
+    assert_eq!(phone.recv_final().await.status, 200);
+}
