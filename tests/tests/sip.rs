@@ -292,3 +292,25 @@ async fn udp_registrations_survive_a_restart_and_ws_ones_do_not() {
         "WS bindings are not restored"
     );
 }
+
+#[tokio::test]
+async fn malformed_requests_get_400_naming_the_header_and_garbage_is_dropped() {
+    let s = Server::standard("");
+    for mut ua in [
+        Ua::udp(&s, "sloppy").await,
+        Ua::ws(&s, "sloppyweb").await,
+        Ua::tcp(&s, "sloppytcp").await,
+    ] {
+        let (text, _) = ua.request("MESSAGE", "someone", "", "x");
+        let bad = text.replace("Max-Forwards: 70", "Max-Forwards: lots");
+        ua.send(&bad).await;
+        let r = ua.recv_final().await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.reason, "Bad Header: Max-Forwards");
+        // Garbage without Via/Call-ID/CSeq gets nothing back.
+        if ua.transport != "TCP" {
+            ua.send("HELLO sip:x SIP/2.0\r\nFoo: bar\r\n\r\n").await;
+            assert!(ua.quiet_for(Duration::from_millis(200)).await.is_none());
+        }
+    }
+}

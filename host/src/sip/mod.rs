@@ -12,6 +12,6 @@ pub mod uri;
 
 pub use headers::{HeaderName, Headers};
 pub use message::{Essentials, Message, Method, Request, Response};
-pub use parse::{ParseError, parse};
+pub use parse::{ParseError, error_response, parse};
 pub use typed::{CSeq, NameAddr, Via};
 pub use uri::{Host, SipUri, Uri};

@@ -97,6 +97,74 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     }
 }
 
+/// The 400 answering a request that failed to parse, when it can still be answered:
+/// it must be a request (not an ACK) with Via, Call-ID and CSeq lines to copy (RFC 3261
+/// 8.2.6). The reason phrase names the bad header. `None` means drop it silently.
+pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<u8>> {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let buf = &buf[start..];
+    let head_end = find_head_end(buf)
+        .map(|(e, _)| e)
+        .unwrap_or(buf.len().min(65_535));
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let first = lines.next()?;
+    let method = first.split(' ').next()?;
+    if method.is_empty()
+        || method == "ACK"
+        || first.starts_with("SIP/")
+        || !first.ends_with("SIP/2.0")
+    {
+        return None;
+    }
+    // Unfold, then keep the lines a response copies.
+    let mut fields: Vec<(HeaderName, String)> = Vec::new();
+    for line in lines {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = fields.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = HeaderName::parse(name.trim());
+        if matches!(
+            name,
+            HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq
+        ) {
+            fields.push((name, value.trim().to_string()));
+        }
+    }
+    let has = |n: &HeaderName| fields.iter().any(|(f, _)| f == n);
+    if !(has(&HeaderName::Via) && has(&HeaderName::CallId) && has(&HeaderName::CSeq)) {
+        return None;
+    }
+    if fields
+        .iter()
+        .any(|(_, v)| v.bytes().any(|b| b < 0x20 && b != b'\t'))
+    {
+        return None;
+    }
+    let mut out = format!("SIP/2.0 400 {}\r\n", err.reason_phrase()).into_bytes();
+    for (n, v) in &fields {
+        let v = if *n == HeaderName::To && !v.contains(";tag=") {
+            format!("{v};tag=bad400")
+        } else {
+            v.clone()
+        };
+        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(format!("Server: {server}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    Some(out)
+}
+
 fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while i < buf.len() {
@@ -316,6 +384,31 @@ mod tests {
             panic!()
         };
         assert_eq!((r.status, r.reason.as_str()), (180, "Ringing"));
+    }
+
+    #[test]
+    fn answerable_errors_get_400_naming_the_header() {
+        let bad = OPTIONS.replace("63104 OPTIONS", "x OPTIONS");
+        let e = parse(bad.as_bytes()).unwrap_err();
+        let resp = error_response(bad.as_bytes(), &e, "t").unwrap();
+        let text = String::from_utf8(resp).unwrap();
+        assert!(
+            text.starts_with("SIP/2.0 400 Bad Header: CSeq\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Call-ID: a84b4c76e66710\r\n"));
+        assert!(text.contains("To: <sip:localhost>;tag=bad400\r\n"));
+        // No Via: nothing to answer to. An ACK is never answered. Responses neither.
+        let no_via = OPTIONS.replace(
+            "Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bKhjhs8ass877\r\n",
+            "",
+        );
+        let e = parse(no_via.as_bytes()).unwrap_err();
+        assert!(error_response(no_via.as_bytes(), &e, "t").is_none());
+        let ack = bad.replace("OPTIONS sip", "ACK sip");
+        assert!(error_response(ack.as_bytes(), &e, "t").is_none());
+        assert!(error_response(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", &e, "t").is_none());
+        assert!(error_response(b"\x16\x03garbage", &e, "t").is_none());
     }
 
     #[test]

@@ -73,7 +73,16 @@ pub async fn serve_stream<S>(
                         }
                         Ok(Some(Frame::Message(n))) => {
                             let parsed = crate::sip::parse(&buf[..n]);
+                            let reply = parsed
+                                .as_ref()
+                                .err()
+                                .and_then(|e| crate::sip::error_response(&buf[..n], e, &shared.server_header));
                             buf.drain(..n);
+                            if let Some(reply) = reply
+                                && !write(&mut stream, &reply).await
+                            {
+                                break 'outer;
+                            }
                             match parsed {
                                 Ok(message) => {
                                     shared.metrics.sip_in();

@@ -53,7 +53,13 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
             }
             Err(e) => {
                 shared.metrics.sip_parse_error();
-                tracing::debug!(peer = %remote, "unparsable SIP datagram dropped: {e}");
+                match crate::sip::error_response(data, &e, &shared.server_header) {
+                    Some(reply) => {
+                        tracing::debug!(peer = %remote, "malformed SIP request answered with 400: {e}");
+                        let _ = socket.try_send_to(&reply, remote);
+                    }
+                    None => tracing::debug!(peer = %remote, "unparsable SIP datagram dropped: {e}"),
+                }
             }
         }
     }

@@ -357,7 +357,18 @@ where
                     }
                     Err(e) => {
                         shared.metrics.sip_parse_error();
-                        tracing::debug!(flow = id, peer = %remote, "unparsable SIP message dropped: {e}");
+                        match crate::sip::error_response(&data, &e, &shared.server_header) {
+                            Some(reply) => {
+                                tracing::debug!(flow = id, peer = %remote, "malformed SIP request answered with 400: {e}");
+                                let text = String::from_utf8_lossy(&reply).into_owned();
+                                if !send(&mut ws, Message::text(text)).await {
+                                    break;
+                                }
+                            }
+                            None => {
+                                tracing::debug!(flow = id, peer = %remote, "unparsable SIP message dropped: {e}");
+                            }
+                        }
                     }
                 }
             }
