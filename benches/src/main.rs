@@ -19,6 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
+mod sipload;
+
+/// The same allocator as the server, so in-process figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -61,6 +67,25 @@ enum Cmd {
         #[arg(long)]
         kamailio: bool,
     },
+    /// SIP load: REGISTER over WS, MESSAGE WS to WS, REGISTER over UDP.
+    Sip {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Measure Kamailio too.
+        #[arg(long)]
+        kamailio: bool,
+        /// Kamailio's registrar configuration.
+        #[arg(long, default_value = "benches/kamailio/registrar.cfg")]
+        kamailio_registrar_cfg: PathBuf,
+        /// Run one scenario only: register-ws, message-ws or register-udp.
+        #[arg(long)]
+        only: Option<String>,
+    },
+    /// The SIP core alone, in process: parse + registrar + serialize per REGISTER.
+    Core {
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u64,
+    },
     /// Everything.
     All {
         #[arg(long)]
@@ -81,6 +106,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match args.cmd {
             Cmd::Decision { iterations } => decision(iterations).await,
+            Cmd::Core { iterations } => core_only(iterations),
             Cmd::Handshakes {
                 seconds,
                 concurrency,
@@ -105,6 +131,20 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Cmd::Sip {
+                seconds,
+                kamailio,
+                kamailio_registrar_cfg,
+                only,
+            } => {
+                sip(
+                    &args.sipwasm,
+                    kamailio.then_some(&*kamailio_registrar_cfg),
+                    seconds,
+                    only.as_deref(),
+                )
+                .await
+            }
             Cmd::All {
                 kamailio,
                 connections,
@@ -113,7 +153,9 @@ fn main() -> anyhow::Result<()> {
                 let k = kamailio.then_some(&*args.kamailio_cfg);
                 decision(20_000).await?;
                 handshakes(&args.sipwasm, k, seconds, 32).await?;
-                idle(&args.sipwasm, k, connections).await
+                idle(&args.sipwasm, k, connections).await?;
+                let reg = kamailio.then(|| PathBuf::from("benches/kamailio/registrar.cfg"));
+                sip(&args.sipwasm, reg.as_deref(), seconds, None).await
             }
         }
     })
@@ -543,5 +585,222 @@ async fn idle(bin: &Path, kamailio: Option<&Path>, connections: usize) -> anyhow
         );
     }
     println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- SIP load
+
+async fn start_sipwasm_sip(bin: &Path) -> anyhow::Result<(Target, SocketAddr)> {
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --release -p sipwasm` first",
+            bin.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let (ws, udp) = (free_port(), free_port());
+    let config = format!(
+        "[server]\ndata-dir = \"{}\"\n[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{ws}\"\n\
+         plugin = \"seed-policy\"\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{udp}\"\n\
+         [plugins.seed-policy]\nbuiltin = \"seed-policy\"\n[plugins.seed-policy.config]\nweb-ports = [{ws}]\n",
+        dir.path().display()
+    );
+    let path = dir.path().join("bench.toml");
+    std::fs::write(&path, config)?;
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .args(["--log", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], ws));
+    wait_until_listening(addr, &mut child, "sipwasm").await?;
+    Ok((
+        Target {
+            name: "sipwasm".into(),
+            addr,
+            child,
+            _dir: dir,
+        },
+        SocketAddr::from(([127, 0, 0, 1], udp)),
+    ))
+}
+
+async fn start_kamailio_sip(cfg: &Path) -> anyhow::Result<(Target, SocketAddr)> {
+    let dir = tempfile::tempdir()?;
+    let (ws, udp) = (free_port(), free_port());
+    let cfg = std::fs::canonicalize(cfg).with_context(|| format!("{}", cfg.display()))?;
+    let mut child = Command::new("kamailio")
+        .arg("-f")
+        .arg(&cfg)
+        .args(["-DD", "-E", "-m", "2048", "-M", "16"])
+        .arg("-A")
+        .arg(format!("WSPORT={ws}"))
+        .arg("-l")
+        .arg(format!("tcp:127.0.0.1:{ws}"))
+        .arg("-l")
+        .arg(format!("udp:127.0.0.1:{udp}"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("BENCH_KAMAILIO_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .context("start kamailio (apt-get install kamailio kamailio-websocket-modules)")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], ws));
+    wait_until_listening(addr, &mut child, "kamailio").await?;
+    Ok((
+        Target {
+            name: "kamailio 5.6".into(),
+            addr,
+            child,
+            _dir: dir,
+        },
+        SocketAddr::from(([127, 0, 0, 1], udp)),
+    ))
+}
+
+const SCENARIOS: [(&str, &str); 3] = [
+    ("register-ws", "REGISTER over WS (50 connections)"),
+    ("message-ws", "MESSAGE WS to WS (25 pairs)"),
+    ("register-udp", "REGISTER over UDP (50 sockets)"),
+];
+
+async fn sip_scenarios(
+    ws: SocketAddr,
+    udp: SocketAddr,
+    seconds: u64,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<Option<sipload::Result>>> {
+    let t = sipload::SipTarget { ws, udp };
+    // A second of warm-up first (connections, caches).
+    let _ = sipload::register_ws(t, 50, 1).await?;
+    let mut out = Vec::new();
+    for (key, _) in SCENARIOS {
+        if only.is_some_and(|o| o != key) {
+            out.push(None);
+            continue;
+        }
+        out.push(Some(match key {
+            "register-ws" => sipload::register_ws(t, 50, seconds).await?,
+            "message-ws" => sipload::message_ws(t, 25, seconds).await?,
+            _ => sipload::register_udp(t, 50, seconds).await?,
+        }));
+    }
+    Ok(out)
+}
+
+async fn sip(
+    bin: &Path,
+    kamailio: Option<&Path>,
+    seconds: u64,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
+    let ours = {
+        let (t, udp) = start_sipwasm_sip(bin).await?;
+        sip_scenarios(t.addr, udp, seconds, only).await?
+    };
+    let theirs = match kamailio {
+        Some(cfg) => {
+            let (t, udp) = start_kamailio_sip(cfg).await?;
+            Some(sip_scenarios(t.addr, udp, seconds, only).await?)
+        }
+        None => None,
+    };
+    let names = SCENARIOS.map(|(_, n)| n);
+    println!("## SIP load ({seconds} s each, closed loop, load generator on the same cores)\n");
+    println!(
+        "| scenario | sipwasm /s | p50 µs | p99 µs | errors | kamailio /s | p50 µs | p99 µs | errors | sipwasm ÷ kamailio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (i, name) in names.iter().enumerate() {
+        let Some(o) = ours[i] else { continue };
+        match theirs.as_ref().and_then(|k| k[i]) {
+            Some(k) => {
+                println!(
+                    "| {name} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} | {:.2}x |",
+                    o.rate,
+                    o.p50,
+                    o.p99,
+                    o.errors,
+                    k.rate,
+                    k.p50,
+                    k.p99,
+                    k.errors,
+                    o.rate / k.rate
+                );
+            }
+            None => println!(
+                "| {name} | {:.0} | {:.0} | {:.0} | {} | - | - | - | - | - |",
+                o.rate, o.p50, o.p99, o.errors
+            ),
+        }
+    }
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- core alone
+
+fn core_only(iterations: u64) -> anyhow::Result<()> {
+    use sipwasm::core::*;
+    let udp: SocketAddr = "127.0.0.1:5060".parse()?;
+    let myself = Arc::new(Myself::new(&["localhost".to_string()], &[udp]));
+    let mut core = Core::new(CoreConfig {
+        myself,
+        listeners: vec![SipListener {
+            transport: Transport::Udp,
+            addr: udp,
+        }],
+        server_header: "bench".into(),
+        secret: [1; 32],
+        timers: transaction::TimerConfig::default(),
+        registrar: registrar::RegistrarConfig::default(),
+        relay: false,
+    });
+    let users = 1000u64;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for i in 0..iterations {
+        let u = i % users;
+        let text = format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKc{i};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:u{u}@localhost>;tag=t{u}\r\nTo: <sip:u{u}@localhost>\r\n\
+             Call-ID: core-{u}\r\nCSeq: {c} REGISTER\r\nContact: <sip:u{u}@127.0.0.1:{p}>;expires=3600\r\n\
+             User-Agent: bench\r\nContent-Length: 0\r\n\r\n",
+            p = 20000 + u,
+            c = i / users + 1
+        );
+        let message = sipwasm::sip::parse(text.as_bytes())?;
+        let source = Source {
+            transport: Transport::Udp,
+            local: udp,
+            remote: SocketAddr::from(([127, 0, 0, 1], (20000 + u) as u16)),
+            flow: None,
+        };
+        let now = std::time::Instant::now();
+        core.handle(now, Input::Message(Box::new(Incoming { source, message })));
+        while let Some(t) = core.poll_transmit() {
+            sent += t.payload.len() as u64;
+        }
+        while core.poll_event().is_some() {}
+        if i % 1000 == 0 {
+            core.handle_timeout(now);
+        }
+    }
+    let per = start.elapsed().as_secs_f64() * 1e6 / iterations as f64;
+    println!(
+        "## SIP core alone (parse + registrar + response, {iterations} REGISTERs, {users} users)\n"
+    );
+    println!(
+        "{per:.2} µs per REGISTER ({:.0} per second on one core), {sent} bytes out\n",
+        1e6 / per
+    );
     Ok(())
 }

@@ -8,6 +8,11 @@ use sipwasm::config::{Config, DEFAULT_CONFIG};
 use sipwasm::server::Server;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: the SIP path allocates many small, short-lived strings; glibc's malloc
+/// spent a third of the core's time on them (see the README's benchmark section).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// SIP server for browsers and phones whose policy runs in sandboxed WebAssembly plugins.
 #[derive(Parser, Debug)]
 #[command(version, about)]

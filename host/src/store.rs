@@ -154,21 +154,52 @@ impl Store {
     }
 }
 
-fn writer(conn: Connection, rx: mpsc::Receiver<Op>) {
-    for op in rx {
-        let result = match op {
-            Op::Save(b, expires_unix) => {
-                let Reach::Udp { local, remote } = b.reach else {
-                    continue;
-                };
-                conn.execute(
-                    "INSERT OR REPLACE INTO bindings (aor, contact, q, expires_unix, call_id, cseq, instance, reg_id, \
-                     path, local, remote, temp_gruu, user_agent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                    params![
+/// Most operations written in one SQLite transaction.
+const BATCH: usize = 4096;
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+    // Block for the first operation, then take what else is queued: one transaction per
+    // batch, and only the last write per binding (refresh storms coalesce).
+    while let Ok(first) = rx.recv() {
+        let mut batch: Vec<Op> = vec![first];
+        batch.extend(rx.try_iter().take(BATCH));
+        let mut last: std::collections::HashMap<(String, String), usize> =
+            std::collections::HashMap::new();
+        for (i, op) in batch.iter().enumerate() {
+            let key = match op {
+                Op::Save(b, _) => (b.aor.clone(), b.contact.clone()),
+                Op::Remove(aor, contact) => (aor.clone(), contact.clone()),
+            };
+            last.insert(key, i);
+        }
+        let mut keep: Vec<usize> = last.into_values().collect();
+        keep.sort_unstable();
+        if let Err(e) = write_batch(&mut conn, &batch, &keep) {
+            tracing::error!("location store write failed: {e}");
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[Op], keep: &[usize]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut save = tx.prepare_cached(
+            "INSERT OR REPLACE INTO bindings (aor, contact, q, expires_unix, call_id, cseq, instance, reg_id, \
+             path, local, remote, temp_gruu, user_agent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        let mut remove =
+            tx.prepare_cached("DELETE FROM bindings WHERE aor = ?1 AND contact = ?2")?;
+        for &i in keep {
+            match &batch[i] {
+                Op::Save(b, expires_unix) => {
+                    let Reach::Udp { local, remote } = b.reach else {
+                        continue;
+                    };
+                    save.execute(params![
                         b.aor,
                         b.contact,
                         b.q.map(i64::from),
-                        expires_unix as i64,
+                        *expires_unix as i64,
                         b.call_id,
                         i64::from(b.cseq),
                         b.instance,
@@ -178,16 +209,13 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Op>) {
                         remote.to_string(),
                         b.temp_gruu,
                         b.user_agent,
-                    ],
-                )
+                    ])?;
+                }
+                Op::Remove(aor, contact) => {
+                    remove.execute(params![aor, contact])?;
+                }
             }
-            Op::Remove(aor, contact) => conn.execute(
-                "DELETE FROM bindings WHERE aor = ?1 AND contact = ?2",
-                params![aor, contact],
-            ),
-        };
-        if let Err(e) = result {
-            tracing::error!("location store write failed: {e}");
         }
     }
+    tx.commit()
 }

@@ -373,16 +373,27 @@ impl Core {
             }
             return;
         }
-        let id = self.new_id();
-        self.server_keys.insert(key.clone(), id);
-        self.servers
-            .insert(id, ServerTx::new(id, key, req.clone(), source));
-        if req.method == Method::Invite {
-            // A stateful proxy answers INVITE with 100 at once (RFC 3261 16.2).
-            let trying = self.make_response(&req, 100, &[]);
-            self.respond(id, trying, now);
+        match self.decide(now, &source, &mut req) {
+            // What ends here is answered statelessly, as a registrar or an `sl` reply:
+            // a retransmission gets the same answer again, and no state is kept for
+            // the 32 s a UDP transaction would otherwise linger.
+            proxy::Route::Answer(status, extra) => {
+                let resp = self.make_response(&req, status, &extra);
+                self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
+            }
+            proxy::Route::Forward(branches) => {
+                let id = self.new_id();
+                self.server_keys.insert(key.clone(), id);
+                self.servers
+                    .insert(id, ServerTx::new(id, key, req.clone(), source));
+                if req.method == Method::Invite {
+                    // A stateful proxy answers INVITE with 100 at once (RFC 3261 16.2).
+                    let trying = self.make_response(&req, 100, &[]);
+                    self.respond(id, trying, now);
+                }
+                self.start_ctx(now, id, source, req, branches);
+            }
         }
-        self.route_request(now, id, req);
     }
 
     fn on_ack(&mut self, now: Instant, source: Source, req: Request) {
@@ -520,8 +531,7 @@ impl Core {
             m.update(part.as_bytes());
             m.update(b"\n");
         }
-        let out = m.finalize().into_bytes();
-        out[..8].iter().map(|b| format!("{b:02x}")).collect()
+        proxy::hex(&m.finalize().into_bytes()[..8])
     }
 
     // ------------------------------------------------------------ client side

@@ -57,7 +57,7 @@ pub(super) struct ProxyCtx {
 }
 
 /// Where routing decided a request goes.
-enum Route {
+pub(super) enum Route {
     /// Answer it here.
     Answer(u16, Vec<(HeaderName, String)>),
     /// Forward to these candidates (one branch each; each with alternatives).
@@ -65,20 +65,8 @@ enum Route {
 }
 
 impl Core {
-    /// Decides and starts what happens to a new request in server transaction `st`.
-    pub(super) fn route_request(&mut self, now: Instant, st: u64, mut req: Request) {
-        let source = self.servers[&st].source;
-        let route = self.decide(now, &source, &mut req);
-        match route {
-            Route::Answer(status, extra) => {
-                let resp = self.make_response(&req, status, &extra);
-                self.respond(st, resp, now);
-            }
-            Route::Forward(branches) => self.start_ctx(now, st, source, req, branches),
-        }
-    }
-
-    fn decide(&mut self, now: Instant, source: &Source, req: &mut Request) -> Route {
+    /// Decides what happens to a new request: answer it here, or forward it.
+    pub(super) fn decide(&mut self, now: Instant, source: &Source, req: &mut Request) -> Route {
         // Max-Forwards (RFC 3261 16.3 step 3).
         let max_forwards = req
             .headers
@@ -99,17 +87,28 @@ impl Core {
             return Route::Answer(420, vec![(HeaderName::Unsupported, unsupported.join(", "))]);
         }
         // Loop detection (16.3 step 4): one of our Vias carries this request's hash.
-        let hash = self.loop_hash(req);
-        let looped = req.headers.values(&HeaderName::Via).any(|v| {
-            Via::parse(v)
-                .ok()
-                .and_then(|v| v.branch().map(str::to_string))
-                .is_some_and(|b| {
-                    b.strip_prefix(&self.branch_prefix)
-                        .and_then(|rest| rest.strip_prefix('.'))
-                        .is_some_and(|rest| rest.starts_with(&hash))
-                })
-        });
+        // Only requests we may forward can loop; those for the registrar or for us
+        // without a user part are answered here.
+        let ends_here = to_us
+            && (req.method == Method::Register
+                || req.uri.as_sip().is_some_and(|u| u.user.is_none()))
+            && req.headers.get(&HeaderName::Route).is_none();
+        let hash = if ends_here {
+            String::new()
+        } else {
+            self.loop_hash(req)
+        };
+        let looped = !ends_here
+            && req.headers.values(&HeaderName::Via).any(|v| {
+                Via::parse(v)
+                    .ok()
+                    .and_then(|v| v.branch().map(str::to_string))
+                    .is_some_and(|b| {
+                        b.strip_prefix(&self.branch_prefix)
+                            .and_then(|rest| rest.strip_prefix('.'))
+                            .is_some_and(|rest| rest.starts_with(&hash))
+                    })
+            });
         if looped {
             return Route::Answer(482, vec![]);
         }
@@ -434,8 +433,7 @@ impl Core {
         for r in req.headers.values(&HeaderName::ProxyRequire) {
             m.update(r.as_bytes());
         }
-        let h = m.finalize().into_bytes();
-        h[..4].iter().map(|b| format!("{b:02x}")).collect()
+        hex(&m.finalize().into_bytes()[..4])
     }
 
     /// A Record-Route (or Path) URI naming us on one side.
@@ -451,7 +449,7 @@ impl Core {
         format!("<sip:{user}{host}:{}{tp};lr>", local.port())
     }
 
-    fn start_ctx(
+    pub(super) fn start_ctx(
         &mut self,
         now: Instant,
         st: u64,
@@ -866,8 +864,7 @@ impl Core {
             .unwrap_or_default();
         let mut m = Hmac::<Sha256>::new_from_slice(&self.cfg.secret).expect("any key length");
         m.update(incoming.as_bytes());
-        let h = m.finalize().into_bytes();
-        let hex: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex(&m.finalize().into_bytes()[..8]);
         let via = format!(
             "SIP/2.0/{} {}:{};branch={}.ack.{hex}",
             c.transport.via_token(),
@@ -899,4 +896,15 @@ fn group_by_instance(mut bindings: Vec<Binding>) -> Vec<Vec<Binding>> {
         }
     }
     groups
+}
+
+/// Lower-case hex of `bytes`.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
 }

@@ -150,7 +150,7 @@ pub fn register(
             .map(|b| (b.id, b.call_id.clone(), b.cseq))
             .collect();
         for (id, cid, seq) in ids {
-            if cid == call_id && seq >= cseq.seq {
+            if cid == call_id && seq > cseq.seq {
                 return Outcome::err(500, "Out of order CSeq");
             }
             if let Some(b) = loc.remove_id(&aor, id) {
@@ -240,7 +240,9 @@ pub fn register(
             } else {
                 b.contact == s.uri
             };
-            if same && b.call_id == call_id && b.cseq >= cseq.seq {
+            // An equal CSeq is a retransmission (requests ending here are answered
+            // statelessly): applying it again gives the same bindings and answer.
+            if same && b.call_id == call_id && b.cseq > cseq.seq {
                 return Outcome::err(500, "Out of order CSeq");
             }
         }
