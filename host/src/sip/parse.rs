@@ -97,7 +97,8 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     }
 }
 
-/// The 400 answering a request that failed to parse, when it can still be answered:
+/// The 400 (505 for another SIP version) answering a request that failed to parse,
+/// when it can still be answered:
 /// it must be a request (not an ACK) with Via, Call-ID and CSeq lines to copy (RFC 3261
 /// 8.2.6). The reason phrase names the bad header. `None` means drop it silently.
 pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<u8>> {
@@ -108,15 +109,22 @@ pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<
         .unwrap_or(buf.len().min(65_535));
     let head = String::from_utf8_lossy(&buf[..head_end]);
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let first = lines.next()?;
+    let first = lines.next()?.trim_end();
     let method = first.split(' ').next()?;
+    let version = first.rsplit(' ').next()?;
     if method.is_empty()
         || method == "ACK"
         || first.starts_with("SIP/")
-        || !first.ends_with("SIP/2.0")
+        || !version.starts_with("SIP/")
     {
         return None;
     }
+    // RFC 3261 8.2.2: another version gets 505; anything else broken gets 400.
+    let status_line = if version == "SIP/2.0" {
+        format!("SIP/2.0 400 {}", err.reason_phrase())
+    } else {
+        "SIP/2.0 505 Version Not Supported".to_string()
+    };
     // Unfold, then keep the lines a response copies.
     let mut fields: Vec<(HeaderName, String)> = Vec::new();
     for line in lines {
@@ -142,8 +150,10 @@ pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<
             fields.push((name, value.trim().to_string()));
         }
     }
+    // Without a Via the answer has nowhere to go; without a CSeq the client cannot
+    // match it. What else is missing is simply not echoed.
     let has = |n: &HeaderName| fields.iter().any(|(f, _)| f == n);
-    if !(has(&HeaderName::Via) && has(&HeaderName::CallId) && has(&HeaderName::CSeq)) {
+    if !(has(&HeaderName::Via) && has(&HeaderName::CSeq)) {
         return None;
     }
     if fields
@@ -152,7 +162,7 @@ pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<
     {
         return None;
     }
-    let mut out = format!("SIP/2.0 400 {}\r\n", err.reason_phrase()).into_bytes();
+    let mut out = format!("{status_line}\r\n").into_bytes();
     for (n, v) in &fields {
         let v = if *n == HeaderName::To && !v.contains(";tag=") {
             format!("{v};tag=bad400")
@@ -247,7 +257,7 @@ fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, Pa
         if name.is_empty() || !name.bytes().all(is_token_char) {
             return Err(ParseError::new("invalid header name"));
         }
-        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        if !controls_only_escaped(value) {
             return Err(ParseError::at(
                 HeaderName::parse(name),
                 "control character in header value",
@@ -259,6 +269,26 @@ fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, Pa
         headers.push(name, value);
     }
     Ok(headers)
+}
+
+/// Control characters may only appear escaped inside a quoted string (RFC 3261
+/// `quoted-pair`, e.g. a display name with `\<NUL>`); CR and LF never.
+fn controls_only_escaped(value: &str) -> bool {
+    let b = value.as_bytes();
+    let (mut in_quotes, mut i) = (false, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_quotes => match b.get(i + 1) {
+                Some(b'\r' | b'\n') | None => return false,
+                Some(_) => i += 1,
+            },
+            b'"' => in_quotes = !in_quotes,
+            c if (c < 0x20 && c != b'\t') || c == 0x7f => return false,
+            _ => {}
+        }
+        i += 1;
+    }
+    true
 }
 
 fn frame_body(headers: &Headers, body: &[u8]) -> Result<Bytes, ParseError> {
@@ -320,11 +350,12 @@ fn check_essentials(m: &impl Essentials) -> Result<(), ParseError> {
     if vias.is_empty() {
         return Err(ParseError::at(HeaderName::Via, "missing Via"));
     }
+    // Leading zeros are allowed (RFC 4475 wsinv: "0068").
     if let Some(mf) = h.get(&HeaderName::MaxForwards)
         && (mf.is_empty()
-            || mf.len() > 3
+            || mf.len() > 10
             || !mf.bytes().all(|b| b.is_ascii_digit())
-            || mf.parse::<u16>().is_ok_and(|n| n > 255))
+            || mf.parse::<u32>().map_or(true, |n| n > 255))
     {
         return Err(ParseError::at(
             HeaderName::MaxForwards,

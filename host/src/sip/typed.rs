@@ -163,8 +163,16 @@ impl NameAddr {
         let s = s.trim();
         if let Some(lt) = find_unquoted(s, b'<') {
             let display = s[..lt].trim();
-            if display.starts_with('"') && !(display.len() >= 2 && display.ends_with('"')) {
-                return Err("unterminated display name");
+            if display.starts_with('"') {
+                if !(display.len() >= 2 && display.ends_with('"')) {
+                    return Err("unterminated display name");
+                }
+            } else if !display
+                .split_ascii_whitespace()
+                .all(|w| w.bytes().all(super::headers::is_token_char))
+            {
+                // An unquoted display name is tokens and spaces (RFC 3261 25.1).
+                return Err("display name must be quoted");
             }
             let gt = s[lt..].find('>').ok_or("missing '>'")? + lt;
             let uri = Uri::parse(s[lt + 1..gt].trim())?;
@@ -268,5 +276,8 @@ mod tests {
         assert_eq!(n.tag(), Some("1"));
         assert!(n.uri.as_sip().unwrap().params.is_empty());
         assert!(NameAddr::parse("<sip:alice@a.org").is_err());
+        // RFC 4475 baddn: an unquoted display name with a comma.
+        assert!(NameAddr::parse("Bell, Alexander <sip:a.g.bell@example.com>;tag=43").is_err());
+        assert!(NameAddr::parse("caller<sip:caller@example.com>;tag=323").is_ok());
     }
 }

@@ -23,10 +23,17 @@ impl Host {
             let inner = inner
                 .strip_suffix(']')
                 .ok_or("unterminated IPv6 reference")?;
-            return inner
-                .parse()
-                .map(Self::V6)
-                .map_err(|_| "invalid IPv6 address");
+            return match inner.parse() {
+                Ok(a) => Ok(Self::V6(a)),
+                // RFC 5118 4.10: RFC 3261's ABNF admits a third colon before an embedded
+                // IPv4 address (`2001:db8:::192.0.2.1`); tolerate it.
+                Err(_) if inner.contains(":::") => inner
+                    .replacen(":::", "::", 1)
+                    .parse()
+                    .map(Self::V6)
+                    .map_err(|_| "invalid IPv6 address"),
+                Err(_) => Err("invalid IPv6 address"),
+            };
         }
         if s.is_empty() {
             return Err("empty host");
