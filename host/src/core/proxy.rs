@@ -171,6 +171,10 @@ impl Core {
                 None => Route::Answer(430, vec![]),
             };
         }
+        if req.uri.as_sip().is_none() {
+            // tel:, urn:, or a scheme nobody knows: nothing here routes those.
+            return Route::Answer(416, vec![]);
+        }
         if to_us {
             return self.local_request(now, source, req);
         }

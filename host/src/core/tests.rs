@@ -634,3 +634,22 @@ fn non_invite_udp_server_absorbs_retransmissions_with_the_same_answer() {
     sim.advance(Duration::from_secs(33));
     assert!(sim.core.servers.is_empty());
 }
+
+/// The semantic cases of RFC 4475 (3.3): the parser accepts them, the core answers.
+#[test]
+fn torture_semantics() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/torture");
+    for (file, want) in [
+        ("unkscm.sip", 416),
+        ("novelsc.sip", 416),
+        ("bext01.sip", 420),
+        ("zeromf.sip", 483),
+    ] {
+        let mut sim = Sim::new();
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let out = sim.feed(udp_phone(), &text);
+        let got: Vec<u16> = out.iter().map(|(_, m)| status(m)).collect();
+        assert_eq!(got.last(), Some(&want), "{file}: {got:?}");
+    }
+}

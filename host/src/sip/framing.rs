@@ -32,11 +32,13 @@ pub fn next_frame(buf: &[u8], max_message: usize) -> Result<Option<Frame>, Frame
     if buf.starts_with(b"\r\n\r\n") {
         return Ok(Some(Frame::Ping));
     }
+    // Up to four bytes of CR LF CR LF may be a ping still arriving: wait for the rest
+    // rather than take it for a pong, so a ping split across reads is still answered.
+    if buf.len() < 4 && b"\r\n\r\n".starts_with(buf) {
+        return Ok(None);
+    }
     if buf.starts_with(b"\r\n") {
         return Ok(Some(Frame::Pong));
-    }
-    if buf.len() < 2 && buf.first().is_none_or(|&b| b == b'\r') {
-        return Ok(None);
     }
     let Some(head_end) = find(buf, b"\r\n\r\n") else {
         if buf.len() > max_message {
@@ -110,6 +112,9 @@ mod tests {
         assert_eq!(next_frame(b"\r\n\r\nINVITE", 1000), Ok(Some(Frame::Ping)));
         assert_eq!(next_frame(b"\r\nINVITE", 1000), Ok(Some(Frame::Pong)));
         assert_eq!(next_frame(b"\r", 1000), Ok(None));
+        assert_eq!(next_frame(b"\r\n", 1000), Ok(None), "maybe half a ping");
+        assert_eq!(next_frame(b"\r\n\r", 1000), Ok(None));
+        assert_eq!(next_frame(b"\r\n\rX", 1000), Ok(Some(Frame::Pong)));
         assert_eq!(next_frame(b"", 1000), Ok(None));
     }
 

@@ -234,18 +234,29 @@ fn parse_status_line(rest: &str) -> Result<(u16, String), ParseError> {
 fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, ParseError> {
     let mut headers = Headers::new();
     let mut current: Option<(HeaderName, String)> = None;
+    // Checked once unfolded, so that continuation lines are held to the same rules.
+    let finish = |headers: &mut Headers, (name, value): (HeaderName, String)| {
+        if !controls_only_escaped(&value) {
+            return Err(ParseError::at(name, "control character in header value"));
+        }
+        headers.push(name, value);
+        Ok(())
+    };
     for line in lines {
         if line.starts_with([' ', '\t']) {
             // Folded continuation (RFC 3261 section 7.3.1): one space replaces the fold.
             let (_, value) = current
                 .as_mut()
                 .ok_or(ParseError::new("continuation line before any header"))?;
-            value.push(' ');
-            value.push_str(line.trim());
+            let more = line.trim();
+            if !value.is_empty() && !more.is_empty() {
+                value.push(' ');
+            }
+            value.push_str(more);
             continue;
         }
-        if let Some((name, value)) = current.take() {
-            headers.push(name, value);
+        if let Some(done) = current.take() {
+            finish(&mut headers, done)?;
         }
         if headers.len() >= MAX_HEADERS {
             return Err(ParseError::new("too many header fields"));
@@ -257,16 +268,10 @@ fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, Pa
         if name.is_empty() || !name.bytes().all(is_token_char) {
             return Err(ParseError::new("invalid header name"));
         }
-        if !controls_only_escaped(value) {
-            return Err(ParseError::at(
-                HeaderName::parse(name),
-                "control character in header value",
-            ));
-        }
         current = Some((HeaderName::parse(name), value.trim().to_string()));
     }
-    if let Some((name, value)) = current {
-        headers.push(name, value);
+    if let Some(done) = current {
+        finish(&mut headers, done)?;
     }
     Ok(headers)
 }
