@@ -182,7 +182,7 @@ impl Core {
         if let Some(c) = self.flow_of_contact(&req.uri) {
             return Route::Forward(vec![vec![c]]);
         }
-        if !(popped && in_dialog) && !self.cfg.relay {
+        if !(self.cfg.relay || popped && in_dialog) {
             return Route::Answer(403, vec![]);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {

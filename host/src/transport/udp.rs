@@ -74,7 +74,7 @@ pub fn stun_binding_response(data: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
         return None;
     }
     let length = u16::from_be_bytes([data[2], data[3]]) as usize;
-    if data.len() != 20 + length || length % 4 != 0 {
+    if data.len() != 20 + length || !length.is_multiple_of(4) {
         return None;
     }
     let transaction = &data[8..20];
