@@ -80,6 +80,13 @@ enum Cmd {
         /// Run one scenario only: register-ws, message-ws or register-udp.
         #[arg(long)]
         only: Option<String>,
+        /// Measure a server that is already running (its ws and udp listeners)
+        /// instead of starting one.
+        #[arg(long, requires = "udp")]
+        ws: Option<SocketAddr>,
+        /// With --ws: its UDP listener.
+        #[arg(long)]
+        udp: Option<SocketAddr>,
     },
     /// The SIP core alone, in process: parse + registrar + serialize per REGISTER.
     Core {
@@ -136,15 +143,31 @@ fn main() -> anyhow::Result<()> {
                 kamailio,
                 kamailio_registrar_cfg,
                 only,
-            } => {
-                sip(
-                    &args.sipwasm,
-                    kamailio.then_some(&*kamailio_registrar_cfg),
-                    seconds,
-                    only.as_deref(),
-                )
-                .await
-            }
+                ws,
+                udp,
+            } => match (ws, udp) {
+                (Some(ws), Some(udp)) => {
+                    let results = sip_scenarios(ws, udp, seconds, only.as_deref()).await?;
+                    for ((_, name), r) in SCENARIOS.iter().zip(results) {
+                        if let Some(r) = r {
+                            println!(
+                                "| {name} | {:.0}/s | p50 {:.0} µs | p99 {:.0} µs | {} errors |",
+                                r.rate, r.p50, r.p99, r.errors
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+                _ => {
+                    sip(
+                        &args.sipwasm,
+                        kamailio.then_some(&*kamailio_registrar_cfg),
+                        seconds,
+                        only.as_deref(),
+                    )
+                    .await
+                }
+            },
             Cmd::All {
                 kamailio,
                 connections,

@@ -231,6 +231,9 @@ pub(crate) async fn register_udp(
 /// MESSAGE from `pairs` sender connections to as many registered receiver connections.
 pub(crate) async fn message_ws(t: SipTarget, pairs: usize, seconds: u64) -> anyhow::Result<Result> {
     let stop = Arc::new(AtomicBool::new(false));
+    // Receivers answer until every sender is done (stopping them with the senders would
+    // fail the last MESSAGEs in flight with 430, rightly).
+    let receivers_stop = Arc::new(AtomicBool::new(false));
     // Receivers: register, then answer every MESSAGE with 200 until the socket closes.
     let mut receivers = Vec::new();
     let run = run_id();
@@ -253,7 +256,7 @@ pub(crate) async fn message_ws(t: SipTarget, pairs: usize, seconds: u64) -> anyh
                 reply.lines().next().unwrap_or("")
             );
         }
-        let stop = stop.clone();
+        let stop = receivers_stop.clone();
         receivers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let Ok(Ok(req)) =
@@ -300,6 +303,7 @@ pub(crate) async fn message_ws(t: SipTarget, pairs: usize, seconds: u64) -> anyh
         }));
     }
     let result = run_for(tasks, gate, stop, seconds).await;
+    receivers_stop.store(true, Ordering::Relaxed);
     for r in receivers {
         let _ = r.await;
     }
