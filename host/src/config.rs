@@ -291,6 +291,9 @@ pub struct SipConfig {
     /// Flow-Timer (seconds) for Outbound clients.
     #[serde(default = "default_flow_timer")]
     pub flow_timer: u32,
+    /// Most bindings per address-of-record.
+    #[serde(default = "default_max_contacts")]
+    pub max_contacts: usize,
     /// Timer T1 (RTT estimate).
     #[serde(default = "default_t1", with = "duration")]
     pub t1: Duration,
@@ -315,6 +318,7 @@ impl Default for SipConfig {
             max_expires: default_max_expires(),
             default_expires: default_default_expires(),
             flow_timer: default_flow_timer(),
+            max_contacts: default_max_contacts(),
             t1: default_t1(),
             t2: default_t2(),
             t4: default_t4(),
@@ -340,6 +344,9 @@ fn default_default_expires() -> u32 {
 }
 fn default_flow_timer() -> u32 {
     120
+}
+fn default_max_contacts() -> usize {
+    32
 }
 fn default_t1() -> Duration {
     Duration::from_millis(500)
@@ -606,6 +613,12 @@ impl Config {
             return Err((
                 "sip.t1".into(),
                 "T1 must be at least 10ms and at most T2 and T4".into(),
+            ));
+        }
+        if sip.max_contacts == 0 || sip.max_contacts > 10_000 {
+            return Err((
+                "sip.max-contacts".into(),
+                "must be between 1 and 10000".into(),
             ));
         }
         if sip.timer_c < Duration::from_secs(1) {

@@ -173,6 +173,7 @@ impl Server {
                 max_expires: sip.max_expires,
                 default_expires: sip.default_expires,
                 flow_timer: sip.flow_timer,
+                max_contacts: sip.max_contacts,
             },
             relay: sip.relay,
         });
@@ -422,7 +423,18 @@ async fn drive_core(
                 None => return,
             },
             id = closed.recv() => match id {
-                Some(id) => core.handle(std::time::Instant::now(), Input::FlowClosed(id)),
+                Some(id) => {
+                    // A flow's task queues all its messages before its closure is
+                    // reported: take what is queued first, so a REGISTER sent just before
+                    // the close cannot outlive it as a binding on a dead flow.
+                    for _ in 0..CORE_INBOX {
+                        match inbox.try_recv() {
+                            Ok(input) => core.handle(std::time::Instant::now(), input),
+                            Err(_) => break,
+                        }
+                    }
+                    core.handle(std::time::Instant::now(), Input::FlowClosed(id));
+                }
                 None => return,
             },
             _ = sleep => core.handle_timeout(std::time::Instant::now()),

@@ -43,13 +43,23 @@ pub fn sipwasm_bin() -> PathBuf {
     bin
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free (for TCP and UDP) a moment ago. Taken below the
+/// kernel's ephemeral range (32768 and up here), so that client connections of other
+/// tests running at the same time cannot grab it before the server binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed =
+        (std::process::id() * 7919 + NEXT.fetch_add(1, Ordering::Relaxed) * 104_729) % 12_000;
+    for i in 0..12_000u32 {
+        let port = 20_000 + ((seed + i * 37) % 12_000) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
 
 /// Runs `fut` or panics after [`WAIT`], naming `what`.
@@ -148,7 +158,7 @@ impl Server {
     /// Starts the server with `template`, where `{ws}`, `{wss}`, `{ws2}`, `{ws3}`,
     /// `{admin}`, `{sip}` become free ports, `{plugins}` the plugin directory and `{data}` a
     /// fresh data directory. Returns once every listener is up.
-    pub fn start(template: &str) -> Self {
+    fn start_once(template: &str) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
         let text = template
@@ -179,6 +189,23 @@ impl Server {
         };
         server.spawn();
         server
+    }
+
+    /// Starts the server, picking new ports and retrying when one was taken between
+    /// choosing it and binding it.
+    pub fn start(template: &str) -> Self {
+        for _ in 0..4 {
+            match std::panic::catch_unwind(|| Self::start_once(template)) {
+                Ok(s) => return s,
+                Err(e) => {
+                    let text = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                    if !text.contains("Address already in use") {
+                        std::panic::resume_unwind(e);
+                    }
+                }
+            }
+        }
+        Self::start_once(template)
     }
 
     /// Starts the process with the stored configuration and waits until it listens.

@@ -205,6 +205,9 @@ pub struct CoreConfig {
     pub relay: bool,
 }
 
+/// How long a user whose bindings are gone stays "known" (480 instead of 404).
+const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Option tags we support.
 pub const SUPPORTED: &[&str] = &["outbound", "path", "gruu"];
 /// Methods we route.
@@ -218,8 +221,10 @@ pub struct Core {
     /// Branch prefix of our Vias: tells our own Vias from another proxy's.
     branch_prefix: String,
     location: Location,
-    /// AoRs that ever registered: unknown users get 404, known but absent ones 480.
-    known_aors: HashSet<String>,
+    /// When each AoR last had a binding: within [`KNOWN_FOR`] of that, a request for
+    /// it gets 480 (temporarily unavailable) rather than 404. Pruned as it ages.
+    known_aors: HashMap<String, Instant>,
+    last_prune: Option<Instant>,
     flows: HashMap<FlowId, (Transport, SocketAddr)>,
     servers: HashMap<u64, ServerTx>,
     server_keys: HashMap<ServerKey, u64>,
@@ -246,7 +251,8 @@ impl Core {
             cfg,
             branch_prefix,
             location: Location::new(),
-            known_aors: HashSet::new(),
+            known_aors: HashMap::new(),
+            last_prune: None,
             flows: HashMap::new(),
             servers: HashMap::new(),
             server_keys: HashMap::new(),
@@ -268,7 +274,7 @@ impl Core {
             return;
         }
         b.id = self.location.next_id();
-        self.known_aors.insert(b.aor.clone());
+        self.known_aors.insert(b.aor.clone(), now);
         self.location.upsert(b);
         self.arm_expiry();
     }
@@ -295,6 +301,7 @@ impl Core {
             Input::FlowClosed(flow) => {
                 self.flows.remove(&flow);
                 for b in self.location.remove_flow(flow) {
+                    self.known_aors.insert(b.aor.clone(), now);
                     self.events.push_back(Event::BindingRemoved(b));
                 }
                 self.fail_target(now, Target::Flow(flow));
@@ -317,7 +324,7 @@ impl Core {
 
     /// When [`Core::handle_timeout`] should next be called.
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.timers.next()
     }
 
@@ -330,7 +337,16 @@ impl Core {
                 TimerRef::Client(id) => self.client_timer(id, now),
                 TimerRef::Expiry => {
                     for b in self.location.expire(now) {
+                        self.known_aors.insert(b.aor.clone(), now);
                         self.events.push_back(Event::BindingRemoved(b));
+                    }
+                    if self
+                        .last_prune
+                        .is_none_or(|p| now.saturating_duration_since(p).as_secs() >= 60)
+                    {
+                        self.last_prune = Some(now);
+                        self.known_aors
+                            .retain(|_, t| now.saturating_duration_since(*t) < KNOWN_FOR);
                     }
                     self.arm_expiry();
                 }
@@ -381,7 +397,7 @@ impl Core {
                 let resp = self.make_response(&req, status, &extra);
                 self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
             }
-            proxy::Route::Forward(branches) => {
+            proxy::Route::Forward(branches, hash) => {
                 let id = self.new_id();
                 self.server_keys.insert(key.clone(), id);
                 self.servers
@@ -391,7 +407,7 @@ impl Core {
                     let trying = self.make_response(&req, 100, &[]);
                     self.respond(id, trying, now);
                 }
-                self.start_ctx(now, id, source, req, branches);
+                self.start_ctx(now, id, source, req, branches, hash);
             }
         }
     }
@@ -452,6 +468,7 @@ impl Core {
     }
 
     fn remove_server(&mut self, id: u64) {
+        self.timers.disarm(TimerRef::Server(id));
         if let Some(st) = self.servers.remove(&id) {
             self.server_keys.remove(&st.key);
             if let Some(ctx) = st.ctx {
@@ -466,7 +483,8 @@ impl Core {
             return;
         };
         if st.deadline().is_none_or(|d| d > now) {
-            return;
+            // Woken early (an earlier deadline was replaced): wait for the real one.
+            return self.arm_server(id);
         }
         if let Some(bytes) = st.on_timer(now, &t) {
             let target = st.source.reply_target();
@@ -567,8 +585,10 @@ impl Core {
             let target = ct.target;
             self.send(target, Bytes::from(ack.to_bytes()));
         }
+        // Decided before arm_client, which forgets a terminated CANCEL transaction.
+        let is_cancel = self.cancels.contains(&id);
         self.arm_client(id);
-        if self.cancels.contains(&id) {
+        if is_cancel {
             return;
         }
         if let Some(event) = event {
@@ -590,6 +610,7 @@ impl Core {
     }
 
     fn remove_client(&mut self, id: u64) {
+        self.timers.disarm(TimerRef::Client(id));
         if let Some(ct) = self.clients.remove(&id) {
             self.client_keys
                 .remove(&(ct.branch.clone(), ct.request.method.clone()));
@@ -603,15 +624,16 @@ impl Core {
             return;
         };
         if ct.deadline().is_none_or(|d| d > now) {
-            return;
+            return self.arm_client(id);
         }
         let (resend, event, timer_c) = ct.on_timer(now, &t);
         let (target, owner) = (ct.target, ct.owner);
         if let Some(bytes) = resend {
             self.send(target, bytes);
         }
+        let is_cancel = self.cancels.contains(&id);
         self.arm_client(id);
-        if self.cancels.contains(&id) {
+        if is_cancel {
             return;
         }
         if timer_c {
@@ -636,8 +658,9 @@ impl Core {
             };
             let event = ct.on_transport_error();
             let owner = ct.owner;
+            let is_cancel = self.cancels.contains(&id);
             self.arm_client(id);
-            if self.cancels.contains(&id) {
+            if is_cancel {
                 continue;
             }
             if event.is_some() {

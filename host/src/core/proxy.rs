@@ -39,6 +39,8 @@ pub(super) struct Branch {
     provisional: bool,
     cancel_pending: bool,
     done: bool,
+    /// Ended by a timeout rather than a response.
+    timed_out: bool,
     response: Option<Response>,
 }
 
@@ -51,6 +53,8 @@ pub(super) struct ProxyCtx {
     template: Request,
     source: Source,
     record_route: bool,
+    /// Loop-detection hash of the request as it arrived (16.6 step 8).
+    loop_hash: String,
     branches: Vec<Branch>,
     final_sent: bool,
     cancelled: bool,
@@ -60,8 +64,9 @@ pub(super) struct ProxyCtx {
 pub(super) enum Route {
     /// Answer it here.
     Answer(u16, Vec<(HeaderName, String)>),
-    /// Forward to these candidates (one branch each; each with alternatives).
-    Forward(Vec<Vec<Candidate>>),
+    /// Forward to these candidates (one branch each; each with alternatives), with the
+    /// request's loop-detection hash (computed on the request as it arrived).
+    Forward(Vec<Vec<Candidate>>, String),
 }
 
 impl Core {
@@ -113,9 +118,11 @@ impl Core {
             return Route::Answer(482, vec![]);
         }
 
-        // Our own Route entries (16.4): pop them, collect the flow tokens they carry.
+        // Our own Route entries (16.4): pop them, collect the flow tokens they carry and
+        // whether one proves this dialog is ours (a `sw` MAC of its Call-ID, or a token).
         let mut tokens: Vec<FlowId> = Vec::new();
-        let mut popped = false;
+        let mut proof = false;
+        let dialog_mac = self.rr_mac(req.call_id().unwrap_or(""));
         loop {
             let Some(first) = req
                 .headers
@@ -132,10 +139,16 @@ impl Core {
                 break;
             }
             req.headers.remove_first_value(&HeaderName::Route);
-            popped = true;
-            if let Some(user) = na.uri.as_sip().and_then(|u| u.user.as_deref()) {
+            let sip = na.uri.as_sip().expect("local URIs are SIP URIs");
+            if sip.param("sw") == Some(Some(dialog_mac.as_str())) {
+                proof = true;
+            }
+            if let Some(user) = sip.user.as_deref() {
                 match self.tokens.decode(user) {
-                    Some(flow) => tokens.push(flow),
+                    Some(flow) => {
+                        tokens.push(flow);
+                        proof = true;
+                    }
                     None if user.starts_with("ft") => return Route::Answer(403, vec![]),
                     None => {}
                 }
@@ -145,30 +158,39 @@ impl Core {
         // (RFC 5626 5.3); the token of the arriving flow only says where it came from.
         let foreign_token = tokens.into_iter().find(|f| Some(*f) != source.flow);
 
-        // A remaining Route is the next hop (loose routing).
+        // That flow is where it goes, whatever other Route entries follow (they are for
+        // the next hops).
+        if let Some(flow) = foreign_token {
+            return match self.flows.get(&flow) {
+                Some(&(transport, _)) => Route::Forward(
+                    vec![vec![Candidate {
+                        uri: req.uri.clone(),
+                        target: Target::Flow(flow),
+                        transport,
+                        path: vec![],
+                    }]],
+                    hash,
+                ),
+                None => Route::Answer(430, vec![]),
+            };
+        }
+        // A remaining Route is the next hop (loose routing): only within a dialog we
+        // record-routed, or when relaying is allowed.
         if let Some(next) = req
             .headers
             .values(&HeaderName::Route)
             .next()
             .map(str::to_string)
         {
+            if !(self.cfg.relay || proof) {
+                return Route::Answer(403, vec![]);
+            }
             let Ok(na) = NameAddr::parse(&next) else {
                 return Route::Answer(400, vec![]);
             };
             return match self.candidate_for(&na.uri, req.uri.clone(), vec![]) {
-                Ok(c) => Route::Forward(vec![vec![c]]),
+                Ok(c) => Route::Forward(vec![vec![c]], hash),
                 Err(status) => Route::Answer(status, vec![]),
-            };
-        }
-        if let Some(flow) = foreign_token {
-            return match self.flows.get(&flow) {
-                Some(&(transport, _)) => Route::Forward(vec![vec![Candidate {
-                    uri: req.uri.clone(),
-                    target: Target::Flow(flow),
-                    transport,
-                    path: vec![],
-                }]]),
-                None => Route::Answer(430, vec![]),
             };
         }
         if req.uri.as_sip().is_none() {
@@ -176,23 +198,31 @@ impl Core {
             return Route::Answer(416, vec![]);
         }
         if to_us {
-            return self.local_request(now, source, req);
+            return self.local_request(now, source, req, hash);
         }
         let in_dialog = req.get_to().is_ok_and(|t| t.tag().is_some());
         if let Some(c) = self.flow_of_contact(&req.uri) {
-            return Route::Forward(vec![vec![c]]);
+            return Route::Forward(vec![vec![c]], hash);
         }
-        if !(self.cfg.relay || popped && in_dialog) {
+        // Other domains: only in a dialog we record-routed (proven, not just a To tag),
+        // or when relaying is allowed.
+        if !(self.cfg.relay || proof && in_dialog) {
             return Route::Answer(403, vec![]);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
-            Ok(c) => Route::Forward(vec![vec![c]]),
+            Ok(c) => Route::Forward(vec![vec![c]], hash),
             Err(status) => Route::Answer(status, vec![]),
         }
     }
 
     /// Requests whose Request-URI is ours: the registrar, OPTIONS, or a user.
-    fn local_request(&mut self, now: Instant, source: &Source, req: &Request) -> Route {
+    fn local_request(
+        &mut self,
+        now: Instant,
+        source: &Source,
+        req: &Request,
+        hash: String,
+    ) -> Route {
         let uri = req.uri.as_sip().expect("local URIs are SIP URIs");
         if req.method == Method::Register {
             return self.register(now, source, req);
@@ -229,8 +259,11 @@ impl Core {
             }
         };
         if bindings.is_empty() {
-            let known = aor_of(&req.uri).is_some_and(|a| self.known_aors.contains(&a))
-                || user.starts_with("tgruu.");
+            let known = aor_of(&req.uri).is_some_and(|a| {
+                self.known_aors
+                    .get(&a)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < super::KNOWN_FOR)
+            }) || user.starts_with("tgruu.");
             return Route::Answer(if known { 480 } else { 404 }, vec![]);
         }
         let mut groups = group_by_instance(bindings);
@@ -263,7 +296,7 @@ impl Core {
         if branches.is_empty() {
             return Route::Answer(480, vec![]);
         }
-        Route::Forward(branches)
+        Route::Forward(branches, hash)
     }
 
     fn register(&mut self, now: Instant, source: &Source, req: &Request) -> Route {
@@ -302,10 +335,13 @@ impl Core {
         for c in changes {
             match c {
                 Change::Saved(b) => {
-                    self.known_aors.insert(b.aor.clone());
+                    self.known_aors.insert(b.aor.clone(), now);
                     self.events.push_back(Event::BindingSaved(b));
                 }
-                Change::Removed(b) => self.events.push_back(Event::BindingRemoved(b)),
+                Change::Removed(b) => {
+                    self.known_aors.insert(b.aor.clone(), now);
+                    self.events.push_back(Event::BindingRemoved(b));
+                }
             }
         }
         self.arm_expiry();
@@ -440,8 +476,23 @@ impl Core {
         hex(&m.finalize().into_bytes()[..4])
     }
 
-    /// A Record-Route (or Path) URI naming us on one side.
-    fn rr_uri(&self, transport: Transport, local: SocketAddr, flow: Option<FlowId>) -> String {
+    /// A MAC of a Call-ID carried in our Record-Route entries (`sw=`): a Route entry
+    /// with it proves the request belongs to a dialog we record-routed.
+    fn rr_mac(&self, call_id: &str) -> String {
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.cfg.secret).expect("any key length");
+        m.update(b"record-route");
+        m.update(call_id.as_bytes());
+        hex(&m.finalize().into_bytes()[..6])
+    }
+
+    /// A Record-Route URI naming us on one side of a dialog.
+    fn rr_uri(
+        &self,
+        transport: Transport,
+        local: SocketAddr,
+        flow: Option<FlowId>,
+        call_id: &str,
+    ) -> String {
         let host = Host::from(local.ip());
         let user = flow
             .map(|f| format!("{}@", self.tokens.encode(f)))
@@ -450,7 +501,11 @@ impl Core {
             .uri_param()
             .map(|p| format!(";transport={p}"))
             .unwrap_or_default();
-        format!("<sip:{user}{host}:{}{tp};lr>", local.port())
+        format!(
+            "<sip:{user}{host}:{}{tp};lr;sw={}>",
+            local.port(),
+            self.rr_mac(call_id)
+        )
     }
 
     pub(super) fn start_ctx(
@@ -460,6 +515,7 @@ impl Core {
         source: Source,
         mut req: Request,
         branches: Vec<Vec<Candidate>>,
+        loop_hash: String,
     ) {
         let initial = req.get_to().is_ok_and(|t| t.tag().is_none());
         let record_route = initial
@@ -483,6 +539,7 @@ impl Core {
             template: req,
             source,
             record_route,
+            loop_hash,
             branches: Vec::new(),
             final_sent: false,
             cancelled: false,
@@ -501,6 +558,7 @@ impl Core {
                 provisional: false,
                 cancel_pending: false,
                 done: false,
+                timed_out: false,
                 response: None,
             });
             let idx = ctx.branches.len() - 1;
@@ -528,8 +586,9 @@ impl Core {
                 Target::Flow(f) => Some(f),
                 _ => None,
             };
-            let out_rr = self.rr_uri(c.transport, local, out_flow);
-            let in_rr = self.rr_uri(source.transport, source.local, source.flow);
+            let call_id = req.call_id().unwrap_or("").to_string();
+            let out_rr = self.rr_uri(c.transport, local, out_flow, &call_id);
+            let in_rr = self.rr_uri(source.transport, source.local, source.flow, &call_id);
             if out_rr != in_rr {
                 req.headers.push_front(HeaderName::RecordRoute, in_rr);
             }
@@ -541,7 +600,7 @@ impl Core {
         let branch = format!(
             "{}.{}.{}",
             self.branch_prefix,
-            self.loop_hash(&ctx.template),
+            ctx.loop_hash,
             self.next_id + 1
         );
         let rport = if c.transport == Transport::Udp {
@@ -574,7 +633,12 @@ impl Core {
         self.clients.insert(id, ct);
         self.client_keys.insert((branch, method), id);
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
-            ctx.branches[idx].ct = Some(id);
+            // A new candidate (the next flow of an instance) starts afresh.
+            let b = &mut ctx.branches[idx];
+            b.ct = Some(id);
+            b.provisional = false;
+            b.cancel_pending = false;
+            b.response = None;
         }
         self.send(c.target, bytes);
         self.arm_client(id);
@@ -597,8 +661,8 @@ impl Core {
         };
         let status = resp.status;
         match status {
-            100 => {}
-            101..=199 => {
+            100..=199 => {
+                // Any provisional, 100 included, allows a CANCEL (RFC 3261 9.1).
                 let b = &mut ctx.branches[idx];
                 b.provisional = true;
                 let cancel = b.cancel_pending;
@@ -607,7 +671,8 @@ impl Core {
                 if cancel {
                     self.send_cancel(now, ctx_id, idx);
                 }
-                if forward {
+                // 100 is hop by hop; other provisionals go up.
+                if forward && status > 100 {
                     self.forward_response(now, ctx_id, resp);
                 }
             }
@@ -656,8 +721,19 @@ impl Core {
             return self.start_branch(now, ctx_id, idx, next);
         }
         let st = ctx.st;
+        // A cancelled INVITE whose branch never answered ends as cancelled.
+        let status = if ctx.cancelled && ctx.invite && status == 408 {
+            487
+        } else {
+            status
+        };
         let b = &mut ctx.branches[idx];
         b.done = true;
+        b.timed_out = status == 408;
+        // Whatever client transaction the branch still has is of no use now.
+        if let Some(ct) = b.ct.take() {
+            self.remove_client(ct);
+        }
         // A synthetic response, built from the request we could not deliver.
         let req = self.servers.get(&st).map(|s| s.request.clone());
         if let Some(req) = req {
@@ -694,6 +770,13 @@ impl Core {
             return;
         };
         if ctx.final_sent || !ctx.branches.iter().all(|b| b.done) {
+            return;
+        }
+        if !ctx.invite && ctx.branches.iter().all(|b| b.timed_out) {
+            // RFC 4320 4.2: no 408 to a non-INVITE request; the client has timed out
+            // by now anyway. The transaction just ends.
+            let st = ctx.st;
+            self.remove_server(st);
             return;
         }
         let responses: Vec<&Response> = ctx
@@ -831,12 +914,18 @@ impl Core {
         self.cancels.insert(id);
         self.send(target, bytes);
         self.arm_client(id);
+        // Without a final answer 64*T1 after the CANCEL, the INVITE is given up
+        // (RFC 3261 9.1): the branch then ends as cancelled.
+        if let Some(inv) = self.clients.get_mut(&ct_id) {
+            inv.give_up_at(now + 64 * t.t1);
+        }
+        self.arm_client(ct_id);
     }
 
     /// Forwards a request without a transaction (an ACK for a 2xx).
     pub(super) fn forward_stateless(&mut self, now: Instant, source: Source, mut req: Request) {
         let route = self.decide(now, &source, &mut req);
-        let Route::Forward(branches) = route else {
+        let Route::Forward(branches, _) = route else {
             return;
         };
         let Some(c) = branches

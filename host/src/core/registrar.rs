@@ -24,6 +24,8 @@ pub struct RegistrarConfig {
     pub default_expires: u32,
     /// Flow-Timer sent to Outbound clients (seconds between their keepalives).
     pub flow_timer: u32,
+    /// Most bindings one AoR may have (a REGISTER that would exceed it gets 403).
+    pub max_contacts: usize,
 }
 
 impl Default for RegistrarConfig {
@@ -33,6 +35,7 @@ impl Default for RegistrarConfig {
             max_expires: 86_400,
             default_expires: 3_600,
             flow_timer: 120,
+            max_contacts: 32,
         }
     }
 }
@@ -230,6 +233,23 @@ pub fn register(
     };
     let user_agent = req.headers.get(&HeaderName::UserAgent).map(str::to_string);
     let mut used_outbound = false;
+
+    // Bound what one AoR can hold: bindings kept plus bindings added.
+    let is_outbound = |s: &ContactSpec| outbound_ok && s.instance.is_some() && s.reg_id.is_some();
+    let replaced = |b: &Binding| {
+        specs.iter().any(|s| {
+            if is_outbound(s) {
+                b.instance == s.instance && b.reg_id == s.reg_id
+            } else {
+                b.contact == s.uri
+            }
+        })
+    };
+    let kept = loc.lookup(&aor).iter().filter(|b| !replaced(b)).count();
+    let added = specs.iter().filter(|s| s.expires > 0).count();
+    if kept + added > cfg.max_contacts {
+        return Outcome::err(403, "Too Many Contacts");
+    }
 
     // Check ordering for all contacts before changing anything.
     for s in &specs {

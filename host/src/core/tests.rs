@@ -263,7 +263,7 @@ fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
         rr[0].contains("@127.0.0.1:8080;transport=ws;lr"),
         "WS side carries a flow token: {rr:?}"
     );
-    assert_eq!(rr[1], "<sip:127.0.0.1:5060;lr>");
+    assert!(rr[1].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
 
     // Ringing and answer pass back to the phone.
     let out = sim.feed(browser(3), &answer(&inv, 180, ""));
@@ -341,7 +341,7 @@ fn ws_to_udp_invite_and_bye_from_the_phone() {
         .values(&HeaderName::RecordRoute)
         .map(str::to_string)
         .collect();
-    assert_eq!(rr[0], "<sip:127.0.0.1:5060;lr>");
+    assert!(rr[0].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
     assert!(rr[1].contains("transport=ws"));
     sim.feed(
         udp_phone(),
@@ -652,4 +652,105 @@ fn torture_semantics() {
         let got: Vec<u16> = out.iter().map(|(_, m)| status(m)).collect();
         assert_eq!(got.last(), Some(&want), "{file}: {got:?}");
     }
+}
+
+#[test]
+fn no_open_relay_through_preloaded_routes_or_fake_to_tags() {
+    let mut sim = Sim::new();
+    // An initial request with a Route to elsewhere: relaying it is not allowed.
+    let preloaded = invite_from_udp("x", "pr")
+        .replace("sip:x@localhost SIP/2.0", "sip:x@192.0.2.66 SIP/2.0")
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nRoute: <sip:192.0.2.1;lr>\r\n",
+        );
+    let out = sim.feed(udp_phone(), &preloaded);
+    assert_eq!(status(&out.last().unwrap().1), 403);
+    // Our Route plus a To tag, but no MAC of a dialog we record-routed: refused too.
+    let faked = invite_from_udp("x", "ft")
+        .replace("sip:x@localhost SIP/2.0", "sip:x@192.0.2.66 SIP/2.0")
+        .replace(
+            "To: <sip:x@localhost>",
+            "To: <sip:x@192.0.2.66>;tag=made-up",
+        )
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5060;lr>\r\n",
+        );
+    let out = sim.feed(udp_phone(), &faked);
+    assert_eq!(status(&out.last().unwrap().1), 403);
+}
+
+#[test]
+fn cancel_after_100_and_giving_up_on_a_silent_callee() {
+    let mut sim = Sim::new();
+    sim.register_udp("quiet");
+    let out = sim.feed(udp_phone(), &invite_from_udp("quiet", "gu"));
+    let inv = request(&out[1].1).clone();
+    // The callee only says 100: that is enough to CANCEL it.
+    sim.feed(udp_phone(), &answer(&inv, 100, ""));
+    let cancel = invite_from_udp("quiet", "gu")
+        .replace("INVITE sip:quiet@localhost", "CANCEL sip:quiet@localhost")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .replace(
+            "Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n",
+            "\r\n",
+        );
+    let out = sim.feed(udp_phone(), &cancel);
+    let sent = out
+        .iter()
+        .find(|(_, m)| matches!(m, Message::Request(r) if r.method == Method::Cancel));
+    let (_, c) = sent.expect("CANCEL goes out after a 100");
+    // The callee accepts the CANCEL but never sends 487.
+    sim.feed(udp_phone(), &answer(request(c), 200, ""));
+    let out = sim.advance(Duration::from_secs(40));
+    let finals: Vec<u16> = out
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Response(r) if r.status >= 200 => Some(r.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals.first(), Some(&487), "{finals:?}");
+    // Nothing is left behind once the last timers ran.
+    sim.advance(Duration::from_secs(60));
+    assert!(
+        sim.core.clients.is_empty() && sim.core.ctxs.is_empty(),
+        "state leaked"
+    );
+}
+
+#[test]
+fn timers_do_not_pile_up_with_traffic() {
+    let mut sim = Sim::new();
+    sim.register_udp("busy");
+    for i in 0..2000 {
+        let q = format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKq{i};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:busy@localhost>;tag=q\r\nTo: <sip:busy@localhost>\r\n\
+             Call-ID: q{i}\r\nCSeq: 1 REGISTER\r\n\r\n"
+        );
+        sim.feed(udp_phone(), &q);
+    }
+    assert!(
+        sim.core.timers.len() < 10,
+        "{} timer entries",
+        sim.core.timers.len()
+    );
+}
+
+#[test]
+fn an_aor_holds_a_bounded_number_of_contacts() {
+    let mut sim = Sim::new();
+    let contacts: String = (0..40)
+        .map(|i| format!("Contact: <sip:many@127.0.0.1:{}>\r\n", 6000 + i))
+        .collect();
+    let reg = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKmany;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:many@localhost>;tag=m\r\nTo: <sip:many@localhost>\r\n\
+         Call-ID: many\r\nCSeq: 1 REGISTER\r\n{contacts}\r\n"
+    );
+    let out = sim.feed(udp_phone(), &reg);
+    assert_eq!(status(&out[0].1), 403);
+    assert!(sim.core.bindings("sip:many@localhost").is_empty());
 }

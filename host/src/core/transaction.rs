@@ -37,7 +37,7 @@ impl Default for TimerConfig {
 }
 
 /// A transaction timer to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TimerRef {
     /// Server transaction `id`.
     Server(u64),
@@ -47,30 +47,70 @@ pub enum TimerRef {
     Expiry,
 }
 
-/// Deadlines of everything, earliest first. Entries are checked against the owner's
-/// current deadline when they fire, so re-arming never needs a removal.
+/// Deadlines of everything, earliest first.
+///
+/// At most one live entry per owner: arming an owner that already waits for an earlier
+/// (or equal) time does nothing, and the owner re-arms itself when that earlier entry
+/// fires and finds nothing due. Arming earlier replaces the entry; the older one is
+/// skipped when popped. So the heap stays proportional to the number of owners, not
+/// to the number of messages they receive.
 #[derive(Debug, Default)]
 pub struct Timers {
     heap: BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    armed: std::collections::HashMap<TimerRef, Instant>,
 }
 
 impl Timers {
-    /// Arms `r` at `at`.
+    /// Makes sure `r` is woken at or before `at`.
     pub fn arm(&mut self, at: Instant, r: TimerRef) {
-        self.heap.push(Reverse((at, r)));
-    }
-
-    /// The earliest deadline.
-    pub fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((t, _))| *t)
-    }
-
-    /// Pops one timer due at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, TimerRef)> {
-        match self.heap.peek() {
-            Some(Reverse((t, _))) if *t <= now => self.heap.pop().map(|Reverse(e)| e),
-            _ => None,
+        match self.armed.get(&r) {
+            Some(&current) if current <= at => {}
+            _ => {
+                self.armed.insert(r, at);
+                self.heap.push(Reverse((at, r)));
+            }
         }
+    }
+
+    /// Forgets `r` (its owner is gone).
+    pub fn disarm(&mut self, r: TimerRef) {
+        self.armed.remove(&r);
+    }
+
+    /// The earliest live deadline.
+    pub fn next(&mut self) -> Option<Instant> {
+        while let Some(Reverse((t, r))) = self.heap.peek() {
+            if self.armed.get(r) == Some(t) {
+                return Some(*t);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Pops one live timer due at `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, TimerRef)> {
+        while let Some(&Reverse((t, r))) = self.heap.peek() {
+            if t > now {
+                return None;
+            }
+            self.heap.pop();
+            if self.armed.get(&r) == Some(&t) {
+                self.armed.remove(&r);
+                return Some((t, r));
+            }
+        }
+        None
+    }
+
+    /// Entries in the heap (live and stale), for tests.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether nothing is armed.
+    pub fn is_empty(&self) -> bool {
+        self.armed.is_empty()
     }
 }
 
@@ -199,6 +239,14 @@ impl ServerTx {
     ) -> Option<Bytes> {
         let reliable = self.source.transport.is_reliable();
         match (self.invite(), self.state, status) {
+            // RFC 3261 16.7 step 10: a 2xx to an INVITE is forwarded even after a
+            // final response went out.
+            (true, ServerState::Completed | ServerState::Confirmed, 200..=299) => {
+                self.state = ServerState::Accepted;
+                self.g = None;
+                self.end = Some(now + 64 * t.t1);
+                return Some(bytes);
+            }
             (_, ServerState::Completed | ServerState::Confirmed | ServerState::Terminated, _) => {
                 return None;
             }
@@ -436,6 +484,13 @@ impl ClientTx {
                     (Some(ClientEvent::Response(resp)), invite)
                 }
             },
+        }
+    }
+
+    /// Gives up waiting for a final response at `at` (after a CANCEL, RFC 3261 9.1).
+    pub fn give_up_at(&mut self, at: Instant) {
+        if matches!(self.state, ClientState::Calling | ClientState::Proceeding) {
+            self.timeout = Some(self.timeout.map_or(at, |t| t.min(at)));
         }
     }
 

@@ -29,6 +29,17 @@ pub enum FrameError {
 
 /// Looks at the front of `buf`. `Ok(None)`: read more.
 pub fn next_frame(buf: &[u8], max_message: usize) -> Result<Option<Frame>, FrameError> {
+    next_frame_from(buf, max_message, &mut 0)
+}
+
+/// [`next_frame`] for a buffer that grows between calls: `scanned` remembers how far
+/// the search for the end of the head got, so a client trickling bytes costs linear
+/// work, not quadratic. Reset it to 0 after consuming a frame.
+pub fn next_frame_from(
+    buf: &[u8],
+    max_message: usize,
+    scanned: &mut usize,
+) -> Result<Option<Frame>, FrameError> {
     if buf.starts_with(b"\r\n\r\n") {
         return Ok(Some(Frame::Ping));
     }
@@ -40,25 +51,21 @@ pub fn next_frame(buf: &[u8], max_message: usize) -> Result<Option<Frame>, Frame
     if buf.starts_with(b"\r\n") {
         return Ok(Some(Frame::Pong));
     }
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
+    let Some((head_end, body_start)) = super::parse::find_head_end_from(buf, *scanned) else {
+        *scanned = buf.len();
         if buf.len() > max_message {
             return Err(FrameError::TooLarge(max_message));
         }
         return Ok(None);
     };
-    let head_len = head_end + 4;
     let length = content_length(&buf[..head_end])?.ok_or(FrameError::NoContentLength)?;
-    let total = head_len
+    let total = body_start
         .checked_add(length)
         .ok_or(FrameError::TooLarge(max_message))?;
     if total > max_message {
         return Err(FrameError::TooLarge(max_message));
     }
     Ok((buf.len() >= total).then_some(Frame::Message(total)))
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The Content-Length of a head (`Content-Length` or compact `l`), if present.
@@ -143,5 +150,28 @@ mod tests {
         );
         let big = b"OPTIONS sip:b@l SIP/2.0\r\nContent-Length: 999999999\r\n\r\n";
         assert_eq!(next_frame(big, 1000), Err(FrameError::TooLarge(1000)));
+    }
+
+    #[test]
+    fn bare_lf_heads_frame_as_they_parse() {
+        // Framing and parsing agree on where a bare-LF head ends, so the next message
+        // on the stream is not swallowed.
+        let lf = b"OPTIONS sip:b@l SIP/2.0\nContent-Length: 0\n\nINVITE";
+        assert_eq!(next_frame(lf, 1000), Ok(Some(Frame::Message(lf.len() - 6))));
+    }
+
+    #[test]
+    fn trickled_bytes_are_scanned_once() {
+        let mut scanned = 0;
+        let mut buf = Vec::new();
+        for (i, &b) in MSG.iter().enumerate() {
+            buf.push(b);
+            let r = next_frame_from(&buf, 1000, &mut scanned);
+            if i + 1 < MSG.len() {
+                assert_eq!(r, Ok(None));
+            } else {
+                assert_eq!(r, Ok(Some(Frame::Message(MSG.len()))));
+            }
+        }
     }
 }

@@ -175,7 +175,19 @@ pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<
     Some(out)
 }
 
-fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+/// Where the head ends: `(end of head, start of body)`. A blank line is CRLF CRLF, or
+/// (leniently) LF LF or LF CRLF; framing and parsing use this one rule.
+pub(crate) fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    find_head_end_from(buf, 0)
+}
+
+/// [`find_head_end`], skipping the first `from` bytes already known not to hold it.
+pub(crate) fn find_head_end_from(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let start = from.saturating_sub(3).min(buf.len());
+    find_head_end_inner(&buf[start..]).map(|(e, b)| (e + start, b + start))
+}
+
+fn find_head_end_inner(buf: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while i < buf.len() {
         if buf[i] == b'\n' {

@@ -15,7 +15,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::Shared;
 use super::flow::FlowInfo;
 use crate::core::{FlowId, Incoming, Input, Source, Target, Transport};
-use crate::sip::framing::{Frame, next_frame};
+use crate::sip::framing::{Frame, next_frame_from};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,6 +48,7 @@ pub async fn serve_stream<S>(
     tracing::debug!(flow = id, peer = %remote, %transport, "SIP stream flow open");
     let max = shared.sip.max_message_bytes;
     let mut buf: Vec<u8> = Vec::new();
+    let mut scanned = 0usize;
     let mut shutdown = shared.shutdown.clone();
     let mut last_activity = Instant::now();
     'outer: loop {
@@ -59,10 +60,11 @@ pub async fn serve_stream<S>(
                     Ok(_) => last_activity = Instant::now(),
                 }
                 loop {
-                    match next_frame(&buf, max) {
+                    match next_frame_from(&buf, max, &mut scanned) {
                         Ok(None) => break,
                         Ok(Some(Frame::Ping)) => {
                             buf.drain(..4);
+                            scanned = 0;
                             shared.metrics.keepalive();
                             if !write(&mut stream, b"\r\n").await {
                                 break 'outer;
@@ -70,6 +72,7 @@ pub async fn serve_stream<S>(
                         }
                         Ok(Some(Frame::Pong)) => {
                             buf.drain(..2);
+                            scanned = 0;
                         }
                         Ok(Some(Frame::Message(n))) => {
                             let parsed = crate::sip::parse(&buf[..n]);
@@ -78,6 +81,7 @@ pub async fn serve_stream<S>(
                                 .err()
                                 .and_then(|e| crate::sip::error_response(&buf[..n], e, &shared.server_header));
                             buf.drain(..n);
+                            scanned = 0;
                             if let Some(reply) = reply
                                 && !write(&mut stream, &reply).await
                             {
