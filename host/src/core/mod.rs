@@ -325,7 +325,7 @@ impl Core {
     /// When [`Core::handle_timeout`] should next be called.
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.timers.next()
+        self.timers.next_deadline()
     }
 
     /// Runs everything due at `now`.

@@ -78,7 +78,7 @@ impl Timers {
     }
 
     /// The earliest live deadline.
-    pub fn next(&mut self) -> Option<Instant> {
+    pub fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((t, r))) = self.heap.peek() {
             if self.armed.get(r) == Some(t) {
                 return Some(*t);
