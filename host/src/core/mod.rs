@@ -301,7 +301,7 @@ impl Core {
             Input::FlowClosed(flow) => {
                 self.flows.remove(&flow);
                 for b in self.location.remove_flow(flow) {
-                    self.known_aors.insert(b.aor.clone(), now);
+                    self.mark_known(&b.aor, now);
                     self.events.push_back(Event::BindingRemoved(b));
                 }
                 self.fail_target(now, Target::Flow(flow));
@@ -337,7 +337,7 @@ impl Core {
                 TimerRef::Client(id) => self.client_timer(id, now),
                 TimerRef::Expiry => {
                     for b in self.location.expire(now) {
-                        self.known_aors.insert(b.aor.clone(), now);
+                        self.mark_known(&b.aor, now);
                         self.events.push_back(Event::BindingRemoved(b));
                     }
                     if self
@@ -350,6 +350,16 @@ impl Core {
                     }
                     self.arm_expiry();
                 }
+            }
+        }
+    }
+
+    /// Records that `aor` has (or just had) a binding.
+    fn mark_known(&mut self, aor: &str, now: Instant) {
+        match self.known_aors.get_mut(aor) {
+            Some(t) => *t = now,
+            None => {
+                self.known_aors.insert(aor.to_string(), now);
             }
         }
     }

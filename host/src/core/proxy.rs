@@ -122,7 +122,6 @@ impl Core {
         // whether one proves this dialog is ours (a `sw` MAC of its Call-ID, or a token).
         let mut tokens: Vec<FlowId> = Vec::new();
         let mut proof = false;
-        let dialog_mac = self.rr_mac(req.call_id().unwrap_or(""));
         loop {
             let Some(first) = req
                 .headers
@@ -140,7 +139,9 @@ impl Core {
             }
             req.headers.remove_first_value(&HeaderName::Route);
             let sip = na.uri.as_sip().expect("local URIs are SIP URIs");
-            if sip.param("sw") == Some(Some(dialog_mac.as_str())) {
+            if let Some(Some(mac)) = sip.param("sw")
+                && mac == self.rr_mac(req.call_id().unwrap_or(""))
+            {
                 proof = true;
             }
             if let Some(user) = sip.user.as_deref() {
@@ -335,11 +336,11 @@ impl Core {
         for c in changes {
             match c {
                 Change::Saved(b) => {
-                    self.known_aors.insert(b.aor.clone(), now);
+                    self.mark_known(&b.aor, now);
                     self.events.push_back(Event::BindingSaved(b));
                 }
                 Change::Removed(b) => {
-                    self.known_aors.insert(b.aor.clone(), now);
+                    self.mark_known(&b.aor, now);
                     self.events.push_back(Event::BindingRemoved(b));
                 }
             }

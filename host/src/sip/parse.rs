@@ -292,6 +292,10 @@ fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, Pa
 /// `quoted-pair`, e.g. a display name with `\<NUL>`); CR and LF never.
 fn controls_only_escaped(value: &str) -> bool {
     let b = value.as_bytes();
+    // Nearly every value has no control character at all: one cheap pass.
+    if !b.iter().any(|&c| (c < 0x20 && c != b'\t') || c == 0x7f) {
+        return true;
+    }
     let (mut in_quotes, mut i) = (false, 0);
     while i < b.len() {
         match b[i] {
