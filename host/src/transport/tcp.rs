@@ -51,8 +51,10 @@ pub async fn serve_stream<S>(
     let mut scanned = 0usize;
     let mut shutdown = shared.shutdown.clone();
     let mut last_activity = Instant::now();
+    // Moved only when it fires (traffic just updates `last_activity`).
+    let idle = sleep_until(last_activity + shared.sip.tcp_idle_timeout);
+    tokio::pin!(idle);
     'outer: loop {
-        let idle_deadline = last_activity + shared.sip.tcp_idle_timeout;
         tokio::select! {
             r = read_some(&mut stream, &mut buf) => {
                 match r {
@@ -124,7 +126,12 @@ pub async fn serve_stream<S>(
                 }
                 None => break,
             },
-            _ = sleep_until(idle_deadline) => {
+            _ = &mut idle => {
+                let deadline = last_activity + shared.sip.tcp_idle_timeout;
+                if deadline > Instant::now() {
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
                 tracing::debug!(flow = id, peer = %remote, "idle stream closed");
                 break;
             }

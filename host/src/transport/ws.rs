@@ -310,22 +310,21 @@ where
     let mut shutdown = shared.shutdown.clone();
     let mut last_heard = Instant::now();
     let mut ping_sent: Option<Instant> = None;
+    // One timer for the life of the flow, moved only when it fires: traffic just
+    // updates `last_heard`, so busy flows do not churn the timer wheel.
+    let timer = sleep_until(last_heard + cfg.ping_interval);
+    tokio::pin!(timer);
     loop {
-        let wake = match ping_sent {
-            Some(at) => at + cfg.pong_timeout,
-            None => last_heard + cfg.ping_interval,
-        };
         let event = tokio::select! {
             m = ws.next() => Event::In(m),
             o = rx.recv() => Event::Out(o),
-            _ = sleep_until(wake) => Event::Timer,
+            _ = &mut timer => Event::Timer,
             _ = shutdown.changed() => Event::Shutdown,
         };
         match event {
             Event::In(None) => break,
             Event::In(Some(Ok(msg))) => {
                 last_heard = Instant::now();
-                ping_sent = None;
                 let data: Bytes = match msg {
                     Message::Text(t) => Bytes::from(t),
                     Message::Binary(b) => b,
@@ -398,15 +397,30 @@ where
             }
             Event::Out(None) => break,
             Event::Timer => {
-                if ping_sent.is_some() {
-                    tracing::debug!(flow = id, peer = %remote, "no answer to ping; closing");
-                    shared.metrics.ping_timeout();
-                    break;
+                let now = Instant::now();
+                match ping_sent {
+                    // Heard from the client since the ping: all is well.
+                    Some(at) if last_heard >= at => {
+                        ping_sent = None;
+                        timer.as_mut().reset(last_heard + cfg.ping_interval);
+                    }
+                    Some(_) => {
+                        tracing::debug!(flow = id, peer = %remote, "no answer to ping; closing");
+                        shared.metrics.ping_timeout();
+                        break;
+                    }
+                    // Traffic came in meanwhile: wait for the real idle deadline.
+                    None if last_heard + cfg.ping_interval > now => {
+                        timer.as_mut().reset(last_heard + cfg.ping_interval);
+                    }
+                    None => {
+                        if !send(&mut ws, Message::Ping(Bytes::new())).await {
+                            break;
+                        }
+                        ping_sent = Some(now);
+                        timer.as_mut().reset(now + cfg.pong_timeout);
+                    }
                 }
-                if !send(&mut ws, Message::Ping(Bytes::new())).await {
-                    break;
-                }
-                ping_sent = Some(Instant::now());
             }
             Event::Shutdown => {
                 let frame = CloseFrame {
