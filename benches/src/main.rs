@@ -324,7 +324,13 @@ async fn wait_until_listening(
     }
 }
 
-async fn start_sipwasm(bin: &Path, instances: &str) -> anyhow::Result<Target> {
+/// Starts sipwasm with a ws listener (seed-policy) and, when `udp`, a UDP listener;
+/// returns it and the UDP address.
+async fn start_sipwasm(
+    bin: &Path,
+    instances: &str,
+    udp: bool,
+) -> anyhow::Result<(Target, SocketAddr)> {
     if !bin.exists() {
         bail!(
             "{} not found: run `cargo build --release -p sipwasm` first",
@@ -332,10 +338,15 @@ async fn start_sipwasm(bin: &Path, instances: &str) -> anyhow::Result<Target> {
         );
     }
     let dir = tempfile::tempdir()?;
-    let port = free_port();
+    let (port, udp_port) = (free_port(), free_port());
+    let udp_listen = if udp {
+        format!("[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{udp_port}\"\n")
+    } else {
+        String::new()
+    };
     let config = format!(
         "[server]\ndata-dir = \"{}\"\n[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{port}\"\n\
-         plugin = \"seed-policy\"\n[plugins.seed-policy]\nbuiltin = \"seed-policy\"\n\
+         plugin = \"seed-policy\"\n{udp_listen}[plugins.seed-policy]\nbuiltin = \"seed-policy\"\n\
          instances = \"{instances}\"\n[plugins.seed-policy.config]\nweb-ports = [{port}]\n",
         dir.path().display()
     );
@@ -352,12 +363,13 @@ async fn start_sipwasm(bin: &Path, instances: &str) -> anyhow::Result<Target> {
         .with_context(|| format!("start {}", bin.display()))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_until_listening(addr, &mut child, "sipwasm").await?;
-    Ok(Target {
+    let target = Target {
         name: format!("sipwasm ({instances} instances)"),
         addr,
         child,
         _dir: dir,
-    })
+    };
+    Ok((target, SocketAddr::from(([127, 0, 0, 1], udp_port))))
 }
 
 async fn start_kamailio(cfg: &Path, shm_mb: usize) -> anyhow::Result<Target> {
@@ -488,7 +500,7 @@ async fn handshakes(
 ) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for instances in ["reuse", "fresh"] {
-        let t = start_sipwasm(bin, instances).await?;
+        let (t, _) = start_sipwasm(bin, instances, false).await?;
         rows.push((
             t.name.clone(),
             handshake_rate(&t, seconds, concurrency).await?,
@@ -587,7 +599,7 @@ async fn idle_cost(target: &Target, connections: usize) -> anyhow::Result<(f64, 
 async fn idle(bin: &Path, kamailio: Option<&Path>, connections: usize) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     {
-        let t = start_sipwasm(bin, "reuse").await?;
+        let (t, _) = start_sipwasm(bin, "reuse", false).await?;
         rows.push((t.name.clone(), idle_cost(&t, connections).await?));
     }
     if let Some(cfg) = kamailio {
@@ -612,45 +624,6 @@ async fn idle(bin: &Path, kamailio: Option<&Path>, connections: usize) -> anyhow
 }
 
 // ---------------------------------------------------------------- SIP load
-
-async fn start_sipwasm_sip(bin: &Path) -> anyhow::Result<(Target, SocketAddr)> {
-    if !bin.exists() {
-        bail!(
-            "{} not found: run `cargo build --release -p sipwasm` first",
-            bin.display()
-        );
-    }
-    let dir = tempfile::tempdir()?;
-    let (ws, udp) = (free_port(), free_port());
-    let config = format!(
-        "[server]\ndata-dir = \"{}\"\n[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{ws}\"\n\
-         plugin = \"seed-policy\"\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{udp}\"\n\
-         [plugins.seed-policy]\nbuiltin = \"seed-policy\"\n[plugins.seed-policy.config]\nweb-ports = [{ws}]\n",
-        dir.path().display()
-    );
-    let path = dir.path().join("bench.toml");
-    std::fs::write(&path, config)?;
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(&path)
-        .args(["--log", "warn"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], ws));
-    wait_until_listening(addr, &mut child, "sipwasm").await?;
-    Ok((
-        Target {
-            name: "sipwasm".into(),
-            addr,
-            child,
-            _dir: dir,
-        },
-        SocketAddr::from(([127, 0, 0, 1], udp)),
-    ))
-}
 
 async fn start_kamailio_sip(cfg: &Path) -> anyhow::Result<(Target, SocketAddr)> {
     let dir = tempfile::tempdir()?;
@@ -726,7 +699,7 @@ async fn sip(
     only: Option<&str>,
 ) -> anyhow::Result<()> {
     let ours = {
-        let (t, udp) = start_sipwasm_sip(bin).await?;
+        let (t, udp) = start_sipwasm(bin, "reuse", true).await?;
         sip_scenarios(t.addr, udp, seconds, only).await?
     };
     let theirs = match kamailio {

@@ -84,12 +84,8 @@ impl Core {
             return Route::Answer(483, vec![]);
         }
         // Proxy-Require (16.3 step 5).
-        let unsupported: Vec<String> = split_tokens(&req.headers, &HeaderName::ProxyRequire)
-            .into_iter()
-            .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
-            .collect();
-        if !unsupported.is_empty() {
-            return Route::Answer(420, vec![(HeaderName::Unsupported, unsupported.join(", "))]);
+        if let Some(refusal) = bad_extension(req, &HeaderName::ProxyRequire) {
+            return refusal;
         }
         // Loop detection (16.3 step 4): one of our Vias carries this request's hash.
         // Only requests we may forward can loop; those for the registrar or for us
@@ -316,12 +312,8 @@ impl Core {
         if !domain_ok {
             return Route::Answer(403, vec![]);
         }
-        let unsupported: Vec<String> = split_tokens(&req.headers, &HeaderName::Require)
-            .into_iter()
-            .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
-            .collect();
-        if !unsupported.is_empty() {
-            return Route::Answer(420, vec![(HeaderName::Unsupported, unsupported.join(", "))]);
+        if let Some(refusal) = bad_extension(req, &HeaderName::Require) {
+            return refusal;
         }
         let mut changes = Vec::new();
         let outcome = registrar::register(
@@ -972,6 +964,17 @@ impl Core {
         req.headers.push_front(HeaderName::Via, via);
         self.send(c.target, Bytes::from(req.to_bytes()));
     }
+}
+
+/// 420 with `Unsupported` when `header` (Require or Proxy-Require) names an option tag
+/// we do not support.
+fn bad_extension(req: &Request, header: &HeaderName) -> Option<Route> {
+    let unsupported: Vec<String> = split_tokens(&req.headers, header)
+        .into_iter()
+        .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .collect();
+    (!unsupported.is_empty())
+        .then(|| Route::Answer(420, vec![(HeaderName::Unsupported, unsupported.join(", "))]))
 }
 
 /// Groups bindings by instance (RFC 5626: one branch per instance, its flows most
