@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use sipwasm::config::{Config, DEFAULT_CONFIG};
 use sipwasm::server::Server;
 use tracing_subscriber::EnvFilter;
@@ -31,8 +31,43 @@ struct Args {
     #[arg(long)]
     check: bool,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
-    #[arg(long, default_value = "info", value_name = "FILTER")]
+    #[arg(long, default_value = "info", value_name = "FILTER", global = true)]
     log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Prints a component's imports and exports and whether this host can run it.
+    Check {
+        /// The component (.wasm).
+        file: PathBuf,
+    },
+    /// Runs a plugin on a raw HTTP request file and prints what the host would send.
+    Run {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The request: a raw HTTP/1.1 request (LF line ends are fine).
+        #[arg(long, value_name = "REQUEST.http")]
+        request: PathBuf,
+        /// The plugin's `config` table as TOML, e.g. 'web-ports = [8080]'.
+        #[arg(long, value_name = "TABLE")]
+        config: Option<String>,
+        /// The listener port the request reached.
+        #[arg(long, default_value_t = 8080)]
+        local_port: u16,
+        /// The request came over TLS (a wss listener).
+        #[arg(long)]
+        tls: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +96,10 @@ fn main() -> ExitCode {
         .init();
 
     raise_open_files_limit();
+
+    if let Some(Command::Plugin(cmd)) = &args.command {
+        return plugin_command(cmd);
+    }
 
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
@@ -98,6 +137,67 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("sipwasm: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn plugin_command(cmd: &PluginCommand) -> ExitCode {
+    match cmd {
+        PluginCommand::Check { file } => match sipwasm::plugin::tools::check(file) {
+            Ok(report) => {
+                print!("{}", report.text);
+                if report.runnable {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("sipwasm: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        PluginCommand::Run {
+            file,
+            request,
+            config,
+            local_port,
+            tls,
+        } => {
+            let bytes = match std::fs::read(request) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("sipwasm: cannot read {}: {e}", request.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sipwasm: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = sipwasm::plugin::tools::RunOptions {
+                plugin: file,
+                request: &bytes,
+                config: config.as_deref(),
+                local_port: *local_port,
+                tls: *tls,
+            };
+            match runtime.block_on(sipwasm::plugin::tools::run(opts)) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sipwasm: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

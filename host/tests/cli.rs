@@ -144,3 +144,83 @@ fn default_config_prints_and_checks() {
     );
     assert!(dir.path().join("secret.key").exists());
 }
+
+fn builtin_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, sipwasm::plugin::builtin_bytes(name).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn plugin_check_reports_the_world_and_refuses_junk() {
+    let dir = tempfile::tempdir().unwrap();
+    let welcome = builtin_file(dir.path(), "welcome");
+    let out = sipwasm()
+        .args(["plugin", "check"])
+        .arg(&welcome)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("on-http-request (function)"), "{text}");
+    assert!(
+        text.contains("sipwasm:plugin/types@0.1.0 (interface)"),
+        "{text}"
+    );
+    assert!(text.contains("this host can run it"), "{text}");
+
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").unwrap();
+    let out = sipwasm()
+        .args(["plugin", "check"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid WebAssembly component"));
+}
+
+#[test]
+fn plugin_run_prints_what_the_host_would_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = builtin_file(dir.path(), "seed-policy");
+    let request = dir.path().join("ws.http");
+    std::fs::write(
+        &request,
+        "GET / HTTP/1.1\nHost: localhost:8080\nUpgrade: websocket\nConnection: Upgrade\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version: 13\nSec-WebSocket-Protocol: sip\n\n",
+    )
+    .unwrap();
+    let run = |config: &str| {
+        let out = sipwasm()
+            .args(["plugin", "run"])
+            .arg(&seed)
+            .arg("--request")
+            .arg(&request)
+            .args(["--config", config, "--log", "warn"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let up = run("web-ports = [8080]");
+    assert!(
+        up.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{up}"
+    );
+    assert!(up.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    assert!(up.contains("then: the connection becomes a SIP-over-WebSocket flow"));
+    let refused = run("web-ports = [443]");
+    assert!(
+        refused.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+        "{refused}"
+    );
+    assert!(refused.contains("then: the connection is closed"));
+    // A config the plugin cannot read makes it answer 500.
+    let bad = run("web-ports = \"lots\"");
+    assert!(bad.starts_with("HTTP/1.1 500 "), "{bad}");
+}

@@ -3,6 +3,7 @@
 
 use super::bindings::GuestDecision;
 use crate::core::auth::realm_is_valid;
+use crate::http::answer::{Decision, Upgrade};
 use crate::http::handshake::SIP_SUBPROTOCOL;
 use crate::http::response::{HeaderList, Response, reason_is_valid, validate_header};
 
@@ -13,31 +14,6 @@ const MAX_IDENTITY: usize = 32;
 const MAX_IDENTITY_LEN: usize = 1024;
 /// Most extra headers in one response.
 const MAX_HEADERS: usize = 64;
-
-/// A validated decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Send this response.
-    Reply(Response),
-    /// Send 401 with a Digest challenge for this realm.
-    Challenge {
-        /// The realm.
-        realm: String,
-    },
-    /// Complete the WebSocket handshake.
-    Upgrade(Upgrade),
-}
-
-/// A validated upgrade.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upgrade {
-    /// Always `sip` (checked).
-    pub subprotocol: String,
-    /// Extra headers for the 101.
-    pub headers: HeaderList,
-    /// Attributes attached to the flow.
-    pub identity: Vec<(String, String)>,
-}
 
 /// Checks a guest decision.
 pub fn validate(d: GuestDecision) -> Result<Decision, String> {

@@ -14,6 +14,7 @@ pub mod engine;
 mod host_impl;
 mod limits;
 mod registry;
+pub mod tools;
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -23,11 +24,11 @@ use wasmtime::Store;
 use wasmtime::component::Linker;
 
 pub use self::bindings::{HttpRequest, Peer, PeerTransport, Websocket};
-pub use self::decision::{Decision, Upgrade};
 use self::host_impl::{HostState, PluginShared};
 pub use self::registry::{BUILTIN_NAMES, Plugins, builtin_bytes};
 use crate::admin::metrics::Metrics;
 use crate::config::{FailurePolicy, InstanceMode, PluginConfig};
+pub use crate::http::answer::{Decision, Upgrade};
 use crate::http::handshake::HandshakeCheck;
 use crate::http::response::Response;
 

@@ -19,11 +19,12 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::Shared;
 use super::flow::FlowInfo;
 use crate::core::{FlowId, Incoming, Input, Source, Transport};
-use crate::http::handshake::{self, HandshakeCheck, HandshakeError};
+use crate::http::answer::{Answer, AnswerContext, RequestFacts, answer};
+use crate::http::handshake::{self, HandshakeCheck};
 use crate::http::head::{HeadLimits, Version};
 use crate::http::reader::{ReadError, read_request};
 use crate::http::response::Response;
-use crate::plugin::{Decision, HttpRequest, Peer, PeerTransport, Plugin, Websocket};
+use crate::plugin::{HttpRequest, Peer, PeerTransport, Plugin, Websocket};
 
 /// How long a write to a client may take before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -121,17 +122,20 @@ where
                 HandshakeCheck::Invalid(e) => Websocket::Invalid(e.to_string()),
             },
         };
+        let facts = RequestFacts {
+            version,
+            client_close,
+            head: is_head,
+        };
         // Boxed: the plugin call's state lives only as long as the call.
-        match Box::pin(plugin.decide(wit_request, &check)).await {
-            Decision::Reply(resp) => {
-                let keep_alive = !resp.close && !client_close;
-                let bytes = resp.serialize(
-                    &shared.server_header,
-                    SystemTime::now(),
-                    keep_alive,
-                    version == Version::Http10,
-                    is_head,
-                );
+        let decision = Box::pin(plugin.decide(wit_request, &check)).await;
+        let cx = AnswerContext {
+            server: &shared.server_header,
+            date: SystemTime::now(),
+            nonce: &shared.nonce,
+        };
+        match answer(decision, check, facts, cx) {
+            Answer::Respond { bytes, keep_alive } => {
                 if !write(&mut conn.stream, &bytes).await {
                     return;
                 }
@@ -140,53 +144,15 @@ where
                     return;
                 }
             }
-            Decision::Challenge { realm } => {
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                let mut resp = Response::error(401, "");
-                resp.close = false;
-                for value in shared.nonce.challenge_headers(&realm, now, false) {
-                    resp.headers.push(("WWW-Authenticate".into(), value));
+            Answer::Refuse { bytes, error } => {
+                shared.metrics.handshake_rejected();
+                tracing::debug!(connection = conn.id, peer = %conn.remote, "handshake refused: {error}");
+                if write(&mut conn.stream, &bytes).await {
+                    linger_close(&mut conn.stream).await;
                 }
-                let keep_alive = !client_close;
-                let bytes = resp.serialize(
-                    &shared.server_header,
-                    SystemTime::now(),
-                    keep_alive,
-                    version == Version::Http10,
-                    is_head,
-                );
-                if !write(&mut conn.stream, &bytes).await || !keep_alive {
-                    return;
-                }
+                return;
             }
-            Decision::Upgrade(upgrade) => {
-                let offer = match check {
-                    HandshakeCheck::Offer(o) if o.offers_sip() => o,
-                    refused => {
-                        let e = match refused {
-                            HandshakeCheck::Invalid(e) => e,
-                            HandshakeCheck::Offer(_) => HandshakeError::NoSipSubprotocol,
-                            HandshakeCheck::NotWebSocket => HandshakeError::NoUpgradeWebSocket,
-                        };
-                        shared.metrics.handshake_rejected();
-                        tracing::debug!(connection = conn.id, peer = %conn.remote, "handshake refused: {e}");
-                        let mut resp = Response::error(e.status(), &e.to_string());
-                        for (n, v) in e.headers() {
-                            resp.headers.push(((*n).into(), (*v).into()));
-                        }
-                        send_and_close(&mut conn.stream, &resp, &shared, version, is_head).await;
-                        return;
-                    }
-                };
-                let bytes = handshake::switching_protocols(
-                    &offer,
-                    &upgrade.subprotocol,
-                    &shared.server_header,
-                    &upgrade.headers,
-                );
+            Answer::Upgrade { bytes, identity } => {
                 if !write(&mut conn.stream, &bytes).await {
                     return;
                 }
@@ -199,7 +165,7 @@ where
                     },
                     remote: conn.remote,
                     local: conn.local,
-                    identity: upgrade.identity,
+                    identity,
                     opened: SystemTime::now(),
                 };
                 // Only bytes the client sent after the head remain; drop the spare
