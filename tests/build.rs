@@ -3,6 +3,6 @@
 //! `SIPWASM_TEST_PLUGINS`.
 
 fn main() {
-    let dir = sipwasm_plugin_build::build(&[], &["seed-policy", "welcome", "testing"]);
+    let dir = sipwasm_plugin_build::build(&[], &["sdk", "seed-policy", "welcome", "testing"]);
     println!("cargo:rustc-env=SIPWASM_TEST_PLUGINS={}", dir.display());
 }

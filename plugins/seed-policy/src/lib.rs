@@ -1,5 +1,5 @@
 //! `seed-policy`: the WebSocket admission policy from Kamailio's websocket module
-//! announcement, as a sipwasm plugin.
+//! announcement, as a sipwasm plugin (written with the `sipwasm-plugin` SDK).
 //!
 //! ```text
 //! request on a port that is not a web port    -> 403
@@ -19,16 +19,8 @@
 use std::sync::OnceLock;
 
 use serde::Deserialize;
+use sipwasm_plugin::{Decision, Guest, HttpRequest, RequestExt, Websocket, reply, upgrade};
 
-wit_bindgen::generate!({
-    world: "http-handler",
-    path: "../../wit",
-});
-
-use sipwasm::plugin::host::{self, Level};
-use sipwasm::plugin::types::{Response, Upgrade, Websocket};
-
-/// The plugin's configuration.
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct Settings {
@@ -42,36 +34,15 @@ fn default_web_ports() -> Vec<u16> {
     vec![80, 443]
 }
 
-/// The configuration, read once per instance (the host hands the same table to every
-/// call of an instance).
-fn settings() -> Result<&'static Settings, &'static str> {
+/// Read once per instance: the host hands every call of an instance the same table.
+fn settings() -> &'static Result<Settings, String> {
     static SETTINGS: OnceLock<Result<Settings, String>> = OnceLock::new();
-    SETTINGS
-        .get_or_init(|| {
-            serde_json::from_str(&host::plugin_config())
-                .map_err(|e| format!("seed-policy config: {e}"))
-        })
-        .as_ref()
-        .map_err(String::as_str)
+    SETTINGS.get_or_init(sipwasm_plugin::config)
 }
 
-/// The first value of header `name` (case-insensitive).
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-}
-
-fn refuse(status: u16, why: &str) -> Decision {
-    host::log(Level::Warn, why);
-    Decision::Reply(Response {
-        status,
-        reason: None,
-        headers: vec![],
-        body: vec![],
-        close: true,
-    })
+fn refuse(why: &str) -> Decision {
+    sipwasm_plugin::warn(why);
+    reply(403).close().into()
 }
 
 struct SeedPolicy;
@@ -81,38 +52,26 @@ impl Guest for SeedPolicy {
         let settings = match settings() {
             Ok(s) => s,
             Err(e) => {
-                host::log(Level::Error, e);
-                return Decision::Reply(Response {
-                    status: 500,
-                    reason: None,
-                    headers: vec![],
-                    body: vec![],
-                    close: true,
-                });
+                sipwasm_plugin::error(e);
+                return reply(500).close().into();
             }
         };
         if !settings.web_ports.contains(&req.peer.local_port) {
-            return refuse(
-                403,
-                &format!("HTTP request received on port {}", req.peer.local_port),
-            );
+            return refuse(&format!(
+                "HTTP request received on port {}",
+                req.peer.local_port
+            ));
         }
         if matches!(req.websocket, Websocket::None) {
-            return Decision::Reply(Response {
-                status: 404,
-                reason: None,
-                headers: vec![("Content-Type".into(), "text/plain".into())],
-                body: b"Not Found\n".to_vec(),
-                close: false,
-            });
+            return reply(404).text("Not Found\n").into();
         }
-        match header(&req, "Host") {
-            Some(h) if host::is_myself(h) => {}
-            Some(h) => return refuse(403, &format!("bad Host {h:?}")),
-            // A missing Host is a handshake error: let the host answer 400.
-            None => {}
+        // A missing Host is a handshake error: the host answers 400.
+        if let Some(host) = req.header("Host")
+            && !req.host_is_ours()
+        {
+            return refuse(&format!("bad Host {host:?}"));
         }
-        let origin = header(&req, "Origin");
+        let origin = req.header("Origin");
         if !settings.allowed_origins.is_empty() {
             match origin {
                 Some(o)
@@ -120,19 +79,15 @@ impl Guest for SeedPolicy {
                         .allowed_origins
                         .iter()
                         .any(|a| a.eq_ignore_ascii_case(o)) => {}
-                Some(o) => return refuse(403, &format!("Origin {o:?} not allowed")),
-                None => return refuse(403, "no Origin"),
+                Some(o) => return refuse(&format!("Origin {o:?} not allowed")),
+                None => return refuse("no Origin"),
             }
         }
-        let identity = origin
-            .map(|o| vec![("origin".to_string(), o.to_string())])
-            .unwrap_or_default();
-        Decision::Upgrade(Upgrade {
-            subprotocol: "sip".into(),
-            headers: vec![],
-            identity,
-        })
+        match origin {
+            Some(o) => upgrade().identity("origin", o).into(),
+            None => upgrade().into(),
+        }
     }
 }
 
-export!(SeedPolicy);
+sipwasm_plugin::export!(SeedPolicy with_types_in sipwasm_plugin::bindings);

@@ -1,0 +1,270 @@
+//! Write sipwasm policy plugins in Rust.
+//!
+//! The crate carries the bindings of `wit/plugin.wit` (world `http-handler`) and the
+//! helpers a policy reads well with: header lookup (case-insensitive, every value),
+//! path, query and cookie parsing, the WebSocket verdict, and builders for the three
+//! decisions. A plugin is a `cdylib` that implements [`Guest`] and calls [`export!`]:
+//!
+//! ```ignore
+//! use sipwasm_plugin::{Decision, Guest, HttpRequest, reply, upgrade};
+//!
+//! struct Policy;
+//!
+//! impl Guest for Policy {
+//!     fn on_http_request(req: HttpRequest) -> Decision {
+//!         if req.is_websocket() && req.host_is_ours() {
+//!             return upgrade().identity("origin", req.header("Origin").unwrap_or("")).into();
+//!         }
+//!         reply(404).text("Not Found\n").into()
+//!     }
+//! }
+//!
+//! sipwasm_plugin::export!(Policy with_types_in sipwasm_plugin::bindings);
+//! ```
+
+/// The generated bindings (`wit_bindgen::generate!` over the host's `wit/`).
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "http-handler",
+        path: "../../wit",
+        pub_export_macro: true,
+        default_bindings_module: "sipwasm_plugin::bindings",
+    });
+}
+
+pub use bindings::sipwasm::plugin::host::{self, Level};
+pub use bindings::sipwasm::plugin::types::{
+    Challenge, Decision, HttpRequest, Peer, Response, Transport, Upgrade, Websocket,
+};
+pub use bindings::{Guest, export};
+
+/// Helpers on the request.
+pub trait RequestExt {
+    /// The first value of header `name` (case-insensitive), trimmed.
+    fn header(&self, name: &str) -> Option<&str>;
+    /// Every value of header `name`, in order, splitting comma-separated lists.
+    fn header_values<'a>(&'a self, name: &'a str) -> Vec<&'a str>;
+    /// The path of the target, without query or fragment.
+    fn path(&self) -> &str;
+    /// A query parameter, percent-decoded (`+` as space).
+    fn query(&self, key: &str) -> Option<String>;
+    /// A cookie from the `Cookie` headers.
+    fn cookie(&self, name: &str) -> Option<&str>;
+    /// Whether the request is a valid WebSocket handshake (checked by the host).
+    fn is_websocket(&self) -> bool;
+    /// Whether the client offered subprotocol `name` (e.g. `sip`).
+    fn offers(&self, name: &str) -> bool;
+    /// Whether the `Host` header names this server (`is-myself`).
+    fn host_is_ours(&self) -> bool;
+}
+
+impl RequestExt for HttpRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    }
+
+    fn header_values<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+
+    fn path(&self) -> &str {
+        self.target.split(['?', '#']).next().unwrap_or("")
+    }
+
+    fn query(&self, key: &str) -> Option<String> {
+        let query = self
+            .target
+            .split_once('?')?
+            .1
+            .split('#')
+            .next()
+            .unwrap_or("");
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k) == key).then(|| percent_decode(v))
+        })
+    }
+
+    fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .flat_map(|(_, v)| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().trim_matches('"'))
+            })
+    }
+
+    fn is_websocket(&self) -> bool {
+        matches!(self.websocket, Websocket::Offer(_))
+    }
+
+    fn offers(&self, name: &str) -> bool {
+        matches!(&self.websocket, Websocket::Offer(p) if p.iter().any(|x| x == name))
+    }
+
+    fn host_is_ours(&self) -> bool {
+        self.header("Host").is_some_and(host::is_myself)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Builds a `reply` decision: `reply(404).text("Not Found\n").into()`.
+#[derive(Debug, Clone)]
+pub struct ReplyBuilder(Response);
+
+/// A reply with `status`, no headers, no body, keep-alive.
+pub fn reply(status: u16) -> ReplyBuilder {
+    ReplyBuilder(Response {
+        status,
+        reason: None,
+        headers: Vec::new(),
+        body: Vec::new(),
+        close: false,
+    })
+}
+
+impl ReplyBuilder {
+    /// Adds a header (the host refuses headers it owns, such as Content-Length).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.0.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// A custom reason phrase.
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.0.reason = Some(reason.into());
+        self
+    }
+
+    /// A plain-text body.
+    pub fn text(self, body: &str) -> Self {
+        self.body("text/plain; charset=utf-8", body.as_bytes())
+    }
+
+    /// An HTML body.
+    pub fn html(self, body: &str) -> Self {
+        self.body("text/html; charset=utf-8", body.as_bytes())
+    }
+
+    /// A JSON body.
+    pub fn json(self, value: &serde_json::Value) -> Self {
+        self.body("application/json", value.to_string().as_bytes())
+    }
+
+    /// A body with its content type.
+    pub fn body(mut self, content_type: &str, body: &[u8]) -> Self {
+        self.0
+            .headers
+            .push(("Content-Type".into(), content_type.into()));
+        self.0.body = body.to_vec();
+        self
+    }
+
+    /// Close the connection after the response.
+    pub fn close(mut self) -> Self {
+        self.0.close = true;
+        self
+    }
+}
+
+impl From<ReplyBuilder> for Decision {
+    fn from(r: ReplyBuilder) -> Self {
+        Decision::Reply(r.0)
+    }
+}
+
+/// Builds an `upgrade` decision (to `sip`): `upgrade().identity("user", "alice").into()`.
+#[derive(Debug, Clone)]
+pub struct UpgradeBuilder(Upgrade);
+
+/// An upgrade to the `sip` subprotocol.
+pub fn upgrade() -> UpgradeBuilder {
+    UpgradeBuilder(Upgrade {
+        subprotocol: "sip".into(),
+        headers: Vec::new(),
+        identity: Vec::new(),
+    })
+}
+
+impl UpgradeBuilder {
+    /// An extra header for the 101 (e.g. `Set-Cookie`).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.0.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// An identity attribute for the flow.
+    pub fn identity(mut self, key: &str, value: &str) -> Self {
+        self.0.identity.push((key.into(), value.into()));
+        self
+    }
+}
+
+impl From<UpgradeBuilder> for Decision {
+    fn from(u: UpgradeBuilder) -> Self {
+        Decision::Upgrade(u.0)
+    }
+}
+
+/// A `challenge` decision: the host answers 401 with a Digest challenge for `realm`.
+pub fn challenge(realm: &str) -> Decision {
+    Decision::Challenge(Challenge {
+        realm: realm.into(),
+    })
+}
+
+/// The plugin's `config` table, read into `T` (serde).
+pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
+    serde_json::from_str(&host::plugin_config()).map_err(|e| format!("plugin config: {e}"))
+}
+
+/// Logs at info level.
+pub fn info(message: &str) {
+    host::log(Level::Info, message);
+}
+
+/// Logs at warn level.
+pub fn warn(message: &str) {
+    host::log(Level::Warn, message);
+}
+
+/// Logs at error level.
+pub fn error(message: &str) {
+    host::log(Level::Error, message);
+}
