@@ -241,7 +241,7 @@ async fn decision(iterations: usize) -> anyhow::Result<()> {
         ));
         let metrics = Arc::new(sipwasm::admin::metrics::Metrics::default());
         let plugins = tokio::task::spawn_blocking(move || {
-            sipwasm::plugin::Plugins::load(&config, myself, metrics)
+            sipwasm::plugin::Plugins::load(&config, myself, metrics, None)
         })
         .await??;
         let plugin = plugins.get("p").context("plugin p")?;

@@ -18,7 +18,7 @@ use crate::core::auth::NonceKey;
 use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
 use crate::core::{Core, CoreConfig, Event, FlowId, Input, Myself, SipListener, Transport};
-use crate::plugin::{Plugin, Plugins};
+use crate::plugin::{CompileCache, Plugin, Plugins};
 use crate::store::Store;
 use crate::transport::ws::{self, Connection};
 use crate::transport::{Connector, FlowTable, Shared, SipLimits, dispatch, tcp, tls, udp};
@@ -96,7 +96,14 @@ impl Server {
 
         let plugins = {
             let (config, myself, metrics) = (config.clone(), myself.clone(), metrics.clone());
-            tokio::task::spawn_blocking(move || Plugins::load(&config, myself, metrics)).await??
+            let cache = CompileCache {
+                dir: data_dir.join("cache"),
+                secret,
+            };
+            tokio::task::spawn_blocking(move || {
+                Plugins::load(&config, myself, metrics, Some(&cache))
+            })
+            .await??
         };
 
         let mut listeners = Vec::new();

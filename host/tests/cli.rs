@@ -224,3 +224,39 @@ fn plugin_run_prints_what_the_host_would_send() {
     let bad = run("web-ports = \"lots\"");
     assert!(bad.starts_with("HTTP/1.1 500 "), "{bad}");
 }
+
+#[test]
+fn compiled_plugins_are_cached_and_only_our_own_files_are_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, VALID).unwrap();
+    let check = || {
+        let out = sipwasm()
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(check().contains("from_cache=false"));
+    assert!(check().contains("from_cache=true"));
+    // A file in the cache that this server did not write (bad MAC) is not used.
+    let cache = dir.path().join("cache");
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let file = entry.unwrap().path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+    }
+    let log = check();
+    assert!(
+        log.contains("cached plugin with a bad MAC ignored"),
+        "{log}"
+    );
+    assert!(log.contains("from_cache=false"), "{log}");
+}

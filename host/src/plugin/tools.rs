@@ -135,7 +135,7 @@ pub async fn run(opts: RunOptions<'_>) -> anyhow::Result<String> {
     let plugins = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
-            Plugins::load(&config, myself, Arc::new(Metrics::default()))
+            Plugins::load(&config, myself, Arc::new(Metrics::default()), None)
         })
         .await??
     };
