@@ -437,6 +437,13 @@ pub struct PluginRuntimeConfig {
     /// Epoch tick: the granularity of plugin deadlines.
     #[serde(default = "default_epoch_tick", with = "duration")]
     pub epoch_tick: Duration,
+    /// Reload a plugin when its file changes (a change is taken once it holds still
+    /// for one interval). SIGHUP and `POST /plugins/reload` reload regardless.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How often plugin files are checked.
+    #[serde(default = "default_watch_interval", with = "duration")]
+    pub watch_interval: Duration,
 }
 
 impl Default for PluginRuntimeConfig {
@@ -444,12 +451,20 @@ impl Default for PluginRuntimeConfig {
         Self {
             pool_instances: default_pool_instances(),
             epoch_tick: default_epoch_tick(),
+            watch: true,
+            watch_interval: default_watch_interval(),
         }
     }
 }
 
 fn default_pool_instances() -> u32 {
     256
+}
+fn default_true() -> bool {
+    true
+}
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_epoch_tick() -> Duration {
     Duration::from_millis(5)
@@ -703,6 +718,12 @@ impl Config {
             return Err((
                 "plugin-runtime.pool-instances".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if r.watch_interval < Duration::from_millis(100) {
+            return Err((
+                "plugin-runtime.watch-interval".into(),
+                "must be at least 100ms".into(),
             ));
         }
         if r.epoch_tick < Duration::from_millis(1) || r.epoch_tick > Duration::from_secs(1) {

@@ -18,7 +18,7 @@ use crate::core::auth::NonceKey;
 use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
 use crate::core::{Core, CoreConfig, Event, FlowId, Input, Myself, SipListener, Transport};
-use crate::plugin::{CompileCache, Plugin, Plugins};
+use crate::plugin::{CompileCache, PluginSlot, Plugins};
 use crate::store::Store;
 use crate::transport::ws::{self, Connection};
 use crate::transport::{Connector, FlowTable, Shared, SipLimits, dispatch, tcp, tls, udp};
@@ -32,7 +32,7 @@ struct BoundListener {
     local: SocketAddr,
     transport: ListenTransport,
     /// The deciding plugin (web listeners).
-    plugin: Option<Arc<Plugin>>,
+    plugin: Option<Arc<PluginSlot>>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -45,6 +45,8 @@ struct BoundUdp {
 /// A server with its sockets bound and plugins compiled, ready to run.
 pub struct Server {
     store: Store,
+    plugins: Plugins,
+    watch_interval: Option<Duration>,
     listeners: Vec<BoundListener>,
     udp: Vec<BoundUdp>,
     admin: Option<TcpListener>,
@@ -132,7 +134,7 @@ impl Server {
             let plugin = l
                 .plugin
                 .as_ref()
-                .map(|p| plugins.get(p).expect("validated: listener plugins exist"));
+                .map(|p| plugins.slot(p).expect("validated: listener plugins exist"));
             listeners.push(BoundListener {
                 listener,
                 local,
@@ -196,6 +198,11 @@ impl Server {
         }
         Ok(Self {
             store,
+            plugins,
+            watch_interval: config
+                .plugin_runtime
+                .watch
+                .then_some(config.plugin_runtime.watch_interval),
             listeners,
             udp,
             admin,
@@ -222,6 +229,8 @@ impl Server {
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             store,
+            plugins,
+            watch_interval,
             listeners,
             udp,
             admin,
@@ -236,15 +245,23 @@ impl Server {
         let driver = tokio::spawn(drive_core(core, core_rx, closed_rx, shared.clone(), store));
         if let Some(admin) = admin {
             let addr = admin.local_addr()?;
-            tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows)");
+            tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows, POST /plugins/reload)");
             tokio::spawn(crate::admin::api::serve(
                 admin,
-                shared.metrics.clone(),
-                shared.flows.clone(),
-                shared.server_header.clone(),
+                crate::admin::api::AdminState {
+                    metrics: shared.metrics.clone(),
+                    flows: shared.flows.clone(),
+                    plugins: plugins.clone(),
+                    server: shared.server_header.clone(),
+                },
                 shared.shutdown.clone(),
             ));
         }
+        tokio::spawn(reload_plugins(
+            plugins,
+            watch_interval,
+            shared.shutdown.clone(),
+        ));
         for u in udp {
             tracing::info!(transport = "udp", address = %u.local, "listening");
             // One receiver per socket: measured faster than several sharing it (they
@@ -270,6 +287,45 @@ impl Server {
         driver.abort();
         tracing::info!(remaining = live.load(Ordering::Relaxed), "stopped");
         Ok(())
+    }
+}
+
+/// Reloads plugins on SIGHUP (all of them) and, when watching, whenever a plugin file
+/// changes. Compiling happens on the blocking pool; the old version serves meanwhile.
+async fn reload_plugins(
+    plugins: Plugins,
+    watch: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("no SIGHUP handler, reload by signal is off: {e}");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(watch.unwrap_or(Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let all = tokio::select! {
+            _ = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => return,
+        };
+        if !all && watch.is_none() {
+            continue;
+        }
+        let plugins = plugins.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if all {
+                tracing::info!("SIGHUP: reloading plugins");
+                plugins.reload_all();
+            } else {
+                plugins.reload_changed();
+            }
+        })
+        .await;
     }
 }
 
@@ -327,7 +383,7 @@ async fn serve_accepted(
     local: SocketAddr,
     transport: ListenTransport,
     tls: Option<TlsAcceptor>,
-    plugin: Option<Arc<Plugin>>,
+    plugin: Option<Arc<PluginSlot>>,
     shared: Arc<Shared>,
 ) {
     let first_deadline = Instant::now() + shared.http.head_timeout;

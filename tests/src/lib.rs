@@ -282,6 +282,15 @@ impl Server {
         false
     }
 
+    /// Sends a signal (`HUP`, `TERM`...) to the server.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let child = self.child.as_mut().unwrap();

@@ -16,14 +16,21 @@ use crate::http::reader::read_request;
 use crate::http::response::Response;
 use crate::transport::FlowTable;
 
+/// What the admin API serves.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Live flows.
+    pub flows: Arc<FlowTable>,
+    /// Plugins (for reload).
+    pub plugins: crate::plugin::Plugins,
+    /// `Server` header.
+    pub server: String,
+}
+
 /// Serves the admin API until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    flows: Arc<FlowTable>,
-    server: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -31,8 +38,8 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let (metrics, flows, server) = (metrics.clone(), flows.clone(), server.clone());
-                tokio::spawn(async move { handle(stream, peer, &metrics, &flows, &server).await });
+                let state = state.clone();
+                tokio::spawn(async move { handle(stream, peer, &state).await });
             }
             Err(e) => {
                 tracing::warn!("admin accept failed: {e}");
@@ -42,13 +49,7 @@ pub async fn serve(
     }
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    metrics: &Metrics,
-    flows: &FlowTable,
-    server: &str,
-) {
+async fn handle(mut stream: TcpStream, peer: SocketAddr, state: &AdminState) {
     let limits = HeadLimits {
         max_head_bytes: 8192,
         max_headers: 50,
@@ -74,8 +75,43 @@ async fn handle(
     };
     let path = req.head.target.split('?').next().unwrap_or("");
     let resp = match (req.head.method.as_str(), path) {
-        ("GET", "/metrics") => ok("text/plain; version=0.0.4", metrics.render().into_bytes()),
-        ("GET", "/flows") => ok("application/json", flows_json(flows).into_bytes()),
+        ("GET", "/metrics") => ok(
+            "text/plain; version=0.0.4",
+            state.metrics.render().into_bytes(),
+        ),
+        ("GET", "/flows") => ok("application/json", flows_json(&state.flows).into_bytes()),
+        ("POST", "/plugins/reload") => {
+            let plugins = state.plugins.clone();
+            match tokio::task::spawn_blocking(move || plugins.reload_all()).await {
+                Ok(results) => {
+                    let failed = results.iter().any(|(_, r)| r.is_err());
+                    let json: serde_json::Map<String, serde_json::Value> = results
+                        .into_iter()
+                        .map(|(name, r)| {
+                            let v = match r {
+                                Ok(()) => serde_json::json!({"reloaded": true}),
+                                Err(e) => serde_json::json!({"reloaded": false, "error": e}),
+                            };
+                            (name, v)
+                        })
+                        .collect();
+                    let mut r = ok(
+                        "application/json",
+                        serde_json::Value::Object(json).to_string().into_bytes(),
+                    );
+                    if failed {
+                        r.status = 422;
+                    }
+                    r
+                }
+                Err(_) => Response::error(500, "reload task failed"),
+            }
+        }
+        ("GET", "/plugins/reload") => {
+            let mut r = Response::error(405, "");
+            r.headers.push(("Allow".into(), "POST".into()));
+            r
+        }
         ("GET", _) => Response::error(404, ""),
         _ => {
             let mut r = Response::error(405, "");
@@ -83,7 +119,7 @@ async fn handle(
             r
         }
     };
-    let bytes = resp.serialize(server, SystemTime::now(), false, false, false);
+    let bytes = resp.serialize(&state.server, SystemTime::now(), false, false, false);
     let _ = stream.write_all(&bytes).await;
     let _ = stream.shutdown().await;
 }

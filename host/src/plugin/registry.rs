@@ -127,10 +127,78 @@ impl CompileCache {
     }
 }
 
-/// Every configured plugin, by name.
+/// Where a plugin's component comes from.
 #[derive(Debug, Clone)]
+enum Source {
+    File(std::path::PathBuf),
+    Builtin(String),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Self::File(p) => p.display().to_string(),
+            Self::Builtin(b) => format!("builtin:{b}"),
+        }
+    }
+}
+
+/// One configured plugin: the version serving now, swapped atomically on reload.
+/// Requests hold the `Arc<Plugin>` they started with, so in-flight calls finish on the
+/// old version; WebSocket flows never touch plugins after their upgrade.
+#[derive(Debug)]
+pub struct PluginSlot {
+    name: String,
+    source: Source,
+    current: std::sync::RwLock<Arc<Plugin>>,
+    /// The file's (modified time, length) when last loaded, and the last one seen
+    /// (a change is taken once it holds still for one poll).
+    file_state: std::sync::Mutex<(
+        Option<(std::time::SystemTime, u64)>,
+        Option<(std::time::SystemTime, u64)>,
+    )>,
+}
+
+impl PluginSlot {
+    /// The version serving now.
+    pub fn current(&self) -> Arc<Plugin> {
+        self.current.read().expect("plugin slot lock").clone()
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+fn file_state(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+struct Inner {
+    engine: wasmtime::Engine,
+    linker: wasmtime::component::Linker<super::host_impl::HostState>,
+    cache: Option<CompileCache>,
+    myself: Arc<Myself>,
+    metrics: Arc<Metrics>,
+    epoch_tick: std::time::Duration,
+    configs: HashMap<String, crate::config::PluginConfig>,
+    slots: HashMap<String, Arc<PluginSlot>>,
+}
+
+/// Every configured plugin, by name, with the engine that runs them.
+#[derive(Clone)]
 pub struct Plugins {
-    by_name: HashMap<String, Arc<Plugin>>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugins")
+            .field("plugins", &self.inner.slots.keys())
+            .finish()
+    }
 }
 
 impl Plugins {
@@ -154,78 +222,181 @@ impl Plugins {
         engine::start_epoch_ticker(&engine, config.plugin_runtime.epoch_tick);
         let linker =
             linker(&engine).map_err(|e| anyhow::anyhow!("cannot link host functions: {e:#}"))?;
-        let mut by_name = HashMap::new();
+        let mut inner = Inner {
+            engine,
+            linker,
+            cache: cache.cloned(),
+            myself,
+            metrics,
+            epoch_tick: config.plugin_runtime.epoch_tick,
+            configs: config
+                .plugins
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            slots: HashMap::new(),
+        };
         for (name, cfg) in &config.plugins {
-            let (source, bytes): (String, std::borrow::Cow<'static, [u8]>) =
-                match (&cfg.path, &cfg.builtin) {
-                    (Some(path), _) => (
-                        path.display().to_string(),
-                        std::fs::read(path)
-                            .map_err(|e| {
-                                anyhow::anyhow!(
-                                    "plugin {name}: cannot read {}: {e}",
-                                    path.display()
-                                )
-                            })?
-                            .into(),
-                    ),
-                    (None, Some(b)) => (
-                        format!("builtin:{b}"),
-                        builtin_bytes(b)
-                            .ok_or_else(|| anyhow::anyhow!("plugin {name}: unknown builtin {b:?}"))?
-                            .into(),
-                    ),
-                    (None, None) => anyhow::bail!("plugin {name}: neither path nor builtin"),
-                };
-            let started = std::time::Instant::now();
-            let cached = cache.and_then(|c| c.load(&engine, &bytes));
-            let from_cache = cached.is_some();
-            let component = match cached {
-                Some(c) => c,
-                None => {
-                    let c = Component::new(&engine, &bytes).map_err(|e| {
-                        anyhow::anyhow!("plugin {name} ({source}): not a valid component: {e:#}")
-                    })?;
-                    if let Some(cache) = cache {
-                        cache.store(&engine, &bytes, &c);
-                    }
-                    c
-                }
+            let source = match (&cfg.path, &cfg.builtin) {
+                (Some(path), _) => Source::File(path.clone()),
+                (None, Some(b)) => Source::Builtin(b.clone()),
+                (None, None) => anyhow::bail!("plugin {name}: neither path nor builtin"),
             };
-
-            let pre = linker.instantiate_pre(&component).map_err(|e| {
-                anyhow::anyhow!(
-                    "plugin {name} ({source}): imports something this host does not provide: {e:#}"
-                )
-            })?;
-            let pre = bindings::HttpHandlerPre::new(pre).map_err(|e| {
-                anyhow::anyhow!(
-                    "plugin {name} ({source}): does not implement the http-handler world: {e:#}"
-                )
-            })?;
-            tracing::info!(
-                plugin = name.as_str(),
+            let state = match &source {
+                Source::File(p) => file_state(p),
+                Source::Builtin(_) => None,
+            };
+            let plugin = inner.compile(name, &source)?;
+            let slot = PluginSlot {
+                name: name.clone(),
                 source,
-                bytes = bytes.len(),
-                compile_ms = started.elapsed().as_millis() as u64,
-                from_cache,
-                "plugin loaded"
-            );
-            let plugin = Plugin::new(
-                name,
-                cfg,
-                pre,
-                myself.clone(),
-                config.plugin_runtime.epoch_tick,
-                metrics.clone(),
-            );
-            by_name.insert(name.clone(), Arc::new(plugin));
+                current: std::sync::RwLock::new(Arc::new(plugin)),
+                file_state: std::sync::Mutex::new((state, state)),
+            };
+            inner.slots.insert(name.clone(), Arc::new(slot));
         }
-        Ok(Self { by_name })
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
-    /// The plugin named `name`.
+    /// The slot of plugin `name` (listeners keep it and take the current version per
+    /// request).
+    pub fn slot(&self, name: &str) -> Option<Arc<PluginSlot>> {
+        self.inner.slots.get(name).cloned()
+    }
+
+    /// The version of plugin `name` serving now.
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
-        self.by_name.get(name).cloned()
+        self.slot(name).map(|s| s.current())
+    }
+
+    /// Recompiles plugin `name` from its file and swaps it in. On any error the old
+    /// version stays and the error is returned. Blocking (compiles).
+    pub fn reload(&self, name: &str) -> anyhow::Result<()> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| anyhow::anyhow!("no plugin named {name}"))?;
+        let state = match &slot.source {
+            Source::File(p) => file_state(p),
+            Source::Builtin(_) => return Ok(()),
+        };
+        let plugin = self.inner.compile(name, &slot.source)?;
+        let old = std::mem::replace(
+            &mut *slot.current.write().expect("plugin slot lock"),
+            Arc::new(plugin),
+        );
+        old.clear_idle();
+        *slot.file_state.lock().expect("plugin file state") = (state, state);
+        tracing::info!(
+            plugin = name,
+            source = slot.source.describe(),
+            "plugin reloaded"
+        );
+        Ok(())
+    }
+
+    /// Reloads every plugin loaded from a file (SIGHUP, the admin API). Failures are
+    /// logged; the old versions stay.
+    pub fn reload_all(&self) -> Vec<(String, Result<(), String>)> {
+        let mut out = Vec::new();
+        for (name, slot) in &self.inner.slots {
+            if matches!(slot.source, Source::File(_)) {
+                let r = self.reload(name).map_err(|e| format!("{e:#}"));
+                if let Err(e) = &r {
+                    tracing::error!(
+                        plugin = name.as_str(),
+                        "reload rejected, the old version stays: {e}"
+                    );
+                }
+                out.push((name.clone(), r));
+            }
+        }
+        out
+    }
+
+    /// Reloads plugins whose file changed and then held still for one poll. Call
+    /// periodically (blocking: it may compile).
+    pub fn reload_changed(&self) {
+        for (name, slot) in &self.inner.slots {
+            let Source::File(path) = &slot.source else {
+                continue;
+            };
+            let now = file_state(path);
+            let take = {
+                let mut st = slot.file_state.lock().expect("plugin file state");
+                let (loaded, seen) = *st;
+                st.1 = now;
+                now.is_some() && now != loaded && now == seen
+            };
+            if take && let Err(e) = self.reload(name) {
+                tracing::error!(
+                    plugin = name.as_str(),
+                    "reload rejected, the old version stays: {e:#}"
+                );
+                // Do not retry the same broken file at every poll.
+                slot.file_state.lock().expect("plugin file state").0 = now;
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Reads, compiles (or takes from the cache) and checks one plugin.
+    fn compile(&self, name: &str, source: &Source) -> anyhow::Result<Plugin> {
+        let described = source.describe();
+        let bytes: std::borrow::Cow<'static, [u8]> = match source {
+            Source::File(path) => std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("plugin {name}: cannot read {}: {e}", path.display()))?
+                .into(),
+            Source::Builtin(b) => builtin_bytes(b)
+                .ok_or_else(|| anyhow::anyhow!("plugin {name}: unknown builtin {b:?}"))?
+                .into(),
+        };
+        let started = std::time::Instant::now();
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(&self.engine, &bytes));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, &bytes).map_err(|e| {
+                    anyhow::anyhow!("plugin {name} ({described}): not a valid component: {e:#}")
+                })?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&self.engine, &bytes, &c);
+                }
+                c
+            }
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!(
+                "plugin {name} ({described}): imports something this host does not provide: {e:#}"
+            )
+        })?;
+        let pre = bindings::HttpHandlerPre::new(pre).map_err(|e| {
+            anyhow::anyhow!(
+                "plugin {name} ({described}): does not implement the http-handler world: {e:#}"
+            )
+        })?;
+        tracing::info!(
+            plugin = name,
+            source = described,
+            bytes = bytes.len(),
+            compile_ms = started.elapsed().as_millis() as u64,
+            from_cache,
+            "plugin loaded"
+        );
+        let cfg = self.configs.get(name).expect("configured plugin");
+        Ok(Plugin::new(
+            name,
+            cfg,
+            pre,
+            self.myself.clone(),
+            self.epoch_tick,
+            self.metrics.clone(),
+        ))
     }
 }

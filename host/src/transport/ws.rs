@@ -24,7 +24,7 @@ use crate::http::handshake::{self, HandshakeCheck};
 use crate::http::head::{HeadLimits, Version};
 use crate::http::reader::{ReadError, read_request};
 use crate::http::response::Response;
-use crate::plugin::{HttpRequest, Peer, PeerTransport, Plugin, Websocket};
+use crate::plugin::{HttpRequest, Peer, PeerTransport, PluginSlot, Websocket};
 
 /// How long a write to a client may take before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,7 +49,7 @@ pub struct Connection<S> {
 }
 
 /// Serves a web connection to the end.
-pub async fn serve<S>(mut conn: Connection<S>, plugin: Arc<Plugin>, shared: Arc<Shared>)
+pub async fn serve<S>(mut conn: Connection<S>, plugin: Arc<PluginSlot>, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -128,7 +128,10 @@ where
             head: is_head,
         };
         // Boxed: the plugin call's state lives only as long as the call.
-        let decision = Box::pin(plugin.decide(wit_request, &check)).await;
+        // The version serving now; a reload meanwhile does not affect this call.
+        let current = plugin.current();
+        let decision = Box::pin(current.decide(wit_request, &check)).await;
+        drop(current);
         let cx = AnswerContext {
             server: &shared.server_header,
             date: SystemTime::now(),
