@@ -153,8 +153,7 @@ pub struct PluginSlot {
     current: std::sync::RwLock<Arc<Plugin>>,
     /// The file's (modified time, length) when last loaded, and the last one seen
     /// (a change is taken once it holds still for one poll).
-    file_state: std::sync::Mutex<(
-        Option<(std::time::SystemTime, u64)>,
+    file_state: std::sync::Mutex<(Option<FileState>, Option<FileState>)>,
         Option<(std::time::SystemTime, u64)>,
     )>,
 }
@@ -171,7 +170,10 @@ impl PluginSlot {
     }
 }
 
-fn file_state(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+/// A file's modified time and length.
+type FileState = (std::time::SystemTime, u64);
+
+fn file_state(path: &std::path::Path) -> Option<FileState> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
