@@ -154,8 +154,6 @@ pub struct PluginSlot {
     /// The file's (modified time, length) when last loaded, and the last one seen
     /// (a change is taken once it holds still for one poll).
     file_state: std::sync::Mutex<(Option<FileState>, Option<FileState>)>,
-        Option<(std::time::SystemTime, u64)>,
-    )>,
 }
 
 impl PluginSlot {
