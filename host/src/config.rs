@@ -160,6 +160,11 @@ pub struct ListenConfig {
     /// Name of the plugin (a key of `[plugins]`) deciding HTTP requests (ws and wss
     /// listeners only).
     pub plugin: Option<String>,
+    /// Plugins by path prefix (ws and wss only), e.g. `{ "/" = "welcome", "/ws" =
+    /// "seed-policy" }`: the longest prefix matching the request path decides. With
+    /// `plugin` as well, `plugin` serves paths no prefix matches.
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
     /// PEM certificate chain (tls and wss only). When both are absent a self-signed
     /// certificate for localhost is generated in the data directory.
     pub tls_cert: Option<PathBuf>,
@@ -553,26 +558,40 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
-            match (&l.plugin, l.transport.is_web()) {
-                (Some(p), true) if !self.plugins.contains_key(p) => {
-                    return Err((key("plugin"), format!("no plugin named {p:?} in [plugins]")));
-                }
-                (None, true) => {
+            let has_plugin = l.plugin.is_some() || !l.routes.is_empty();
+            if has_plugin && !l.transport.is_web() {
+                return Err((
+                    key("plugin"),
+                    format!(
+                        "only ws and wss listeners take a plugin, not {}",
+                        l.transport
+                    ),
+                ));
+            }
+            if !has_plugin && l.transport.is_web() {
+                return Err((
+                    key("plugin"),
+                    format!("a {} listener needs a plugin (or routes)", l.transport),
+                ));
+            }
+            if let Some(p) = &l.plugin
+                && !self.plugins.contains_key(p)
+            {
+                return Err((key("plugin"), format!("no plugin named {p:?} in [plugins]")));
+            }
+            for (prefix, p) in &l.routes {
+                if !prefix.starts_with('/') {
                     return Err((
-                        key("plugin"),
-                        format!("a {} listener needs a plugin", l.transport),
+                        key("routes"),
+                        format!("prefix {prefix:?} must start with /"),
                     ));
                 }
-                (Some(_), false) => {
+                if !self.plugins.contains_key(p) {
                     return Err((
-                        key("plugin"),
-                        format!(
-                            "only ws and wss listeners take a plugin, not {}",
-                            l.transport
-                        ),
+                        key("routes"),
+                        format!("no plugin named {p:?} in [plugins] (for {prefix:?})"),
                     ));
                 }
-                _ => {}
             }
             // UDP and TCP may share a port; two stream listeners may not.
             let kind = l.transport == ListenTransport::Udp;

@@ -18,7 +18,7 @@ use crate::core::auth::NonceKey;
 use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
 use crate::core::{Core, CoreConfig, Event, FlowId, Input, Myself, SipListener, Transport};
-use crate::plugin::{CompileCache, PluginSlot, Plugins};
+use crate::plugin::{CompileCache, PluginRouter, Plugins};
 use crate::store::Store;
 use crate::transport::ws::{self, Connection};
 use crate::transport::{Connector, FlowTable, Shared, SipLimits, dispatch, tcp, tls, udp};
@@ -31,8 +31,8 @@ struct BoundListener {
     listener: TcpListener,
     local: SocketAddr,
     transport: ListenTransport,
-    /// The deciding plugin (web listeners).
-    plugin: Option<Arc<PluginSlot>>,
+    /// Which plugin decides each request (web listeners).
+    plugin: Option<Arc<PluginRouter>>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -132,9 +132,9 @@ impl Server {
                 None
             };
             let plugin = l
-                .plugin
-                .as_ref()
-                .map(|p| plugins.slot(p).expect("validated: listener plugins exist"));
+                .transport
+                .is_web()
+                .then(|| Arc::new(PluginRouter::new(&plugins, l.plugin.as_deref(), &l.routes)));
             listeners.push(BoundListener {
                 listener,
                 local,
@@ -271,7 +271,7 @@ impl Server {
         for l in listeners {
             match &l.plugin {
                 Some(p) => {
-                    tracing::info!(transport = %l.transport, address = %l.local, plugin = p.name(), "listening")
+                    tracing::info!(transport = %l.transport, address = %l.local, plugins = p.describe(), "listening")
                 }
                 None => tracing::info!(transport = %l.transport, address = %l.local, "listening"),
             }
@@ -383,7 +383,7 @@ async fn serve_accepted(
     local: SocketAddr,
     transport: ListenTransport,
     tls: Option<TlsAcceptor>,
-    plugin: Option<Arc<PluginSlot>>,
+    plugin: Option<Arc<PluginRouter>>,
     shared: Arc<Shared>,
 ) {
     let first_deadline = Instant::now() + shared.http.head_timeout;

@@ -71,6 +71,15 @@ fn invalid_configs_are_refused_naming_file_and_key() {
             "plugins.seed.builtin",
         ),
         ("[[listen]\n".to_string(), "(file)"),
+        (
+            VALID.replace("plugin = \"seed\"", "routes = { \"ws\" = \"seed\" }"),
+            "listen[0].routes",
+        ),
+        (
+            VALID.replace("plugin = \"seed\"", "routes = { \"/ws\" = \"nope\" }"),
+            "listen[0].routes",
+        ),
+        (VALID.replace("plugin = \"seed\"", ""), "listen[0].plugin"),
     ];
     for (text, key) in cases {
         let (code, stderr) = run_with_config(&text);

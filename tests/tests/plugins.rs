@@ -248,3 +248,55 @@ async fn fresh_instances_per_request_work_too() {
         1
     );
 }
+
+#[tokio::test]
+async fn plugins_are_chosen_by_path_prefix() {
+    let config = r#"
+[server]
+domains = ["localhost", "127.0.0.1"]
+data-dir = "{data}"
+
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:{ws}"
+routes = { "/" = "welcome", "/ws" = "seed" }
+
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:{ws2}"
+routes = { "/sip" = "seed" }
+
+[plugins.welcome]
+path = "{plugins}/welcome.wasm"
+
+[plugins.seed]
+path = "{plugins}/seed_policy.wasm"
+[plugins.seed.config]
+web-ports = [{ws}, {ws2}]
+"#;
+    let s = Server::start(config);
+    let page = get(s.ws, "/").await;
+    assert!(String::from_utf8_lossy(&page.body).contains("<title>sipwasm</title>"));
+    let host = format!("localhost:{}", s.ws.port());
+    let up = http_once(
+        s.ws,
+        handshake(&host, "")
+            .replace("GET / ", "GET /ws?token=1 ")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(up.status, 101, "seed-policy upgrades at /ws");
+    // seed-policy answers plain requests under /ws with 404 (welcome would serve a page).
+    assert_eq!(get(s.ws, "/ws/").await.status, 404);
+    // "/wsx" is not under "/ws": it goes to "/" (welcome), which has no such page.
+    let other = get(s.ws, "/wsx").await;
+    assert_eq!(other.status, 404);
+    assert_eq!(other.header("Content-Type"), Some("text/plain"));
+    // A listener with routes only: paths none of them match get the host's 404.
+    let none = get(s.ws2, "/elsewhere").await;
+    assert_eq!(none.status, 404);
+    assert_eq!(
+        none.header("Content-Type"),
+        Some("text/plain; charset=utf-8")
+    );
+}

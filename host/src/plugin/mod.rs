@@ -25,7 +25,9 @@ use wasmtime::component::Linker;
 
 pub use self::bindings::{HttpRequest, Peer, PeerTransport, Websocket};
 use self::host_impl::{HostState, PluginShared};
-pub use self::registry::{BUILTIN_NAMES, CompileCache, PluginSlot, Plugins, builtin_bytes};
+pub use self::registry::{
+    BUILTIN_NAMES, CompileCache, PluginRouter, PluginSlot, Plugins, builtin_bytes,
+};
 use crate::admin::metrics::Metrics;
 use crate::config::{FailurePolicy, InstanceMode, PluginConfig};
 pub use crate::http::answer::{Decision, Upgrade};

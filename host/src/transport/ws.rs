@@ -19,12 +19,12 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::Shared;
 use super::flow::FlowInfo;
 use crate::core::{FlowId, Incoming, Input, Source, Transport};
-use crate::http::answer::{Answer, AnswerContext, RequestFacts, answer};
+use crate::http::answer::{Answer, AnswerContext, Decision, RequestFacts, answer};
 use crate::http::handshake::{self, HandshakeCheck};
 use crate::http::head::{HeadLimits, Version};
 use crate::http::reader::{ReadError, read_request};
 use crate::http::response::Response;
-use crate::plugin::{HttpRequest, Peer, PeerTransport, PluginSlot, Websocket};
+use crate::plugin::{HttpRequest, Peer, PeerTransport, PluginRouter, Websocket};
 
 /// How long a write to a client may take before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,7 +49,7 @@ pub struct Connection<S> {
 }
 
 /// Serves a web connection to the end.
-pub async fn serve<S>(mut conn: Connection<S>, plugin: Arc<PluginSlot>, shared: Arc<Shared>)
+pub async fn serve<S>(mut conn: Connection<S>, router: Arc<PluginRouter>, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -128,10 +128,15 @@ where
             head: is_head,
         };
         // Boxed: the plugin call's state lives only as long as the call.
-        // The version serving now; a reload meanwhile does not affect this call.
-        let current = plugin.current();
-        let decision = Box::pin(current.decide(wit_request, &check)).await;
-        drop(current);
+        // The plugin for this path, in the version serving now (a reload meanwhile
+        // does not affect this call). No plugin for the path: 404 from the host.
+        let decision = match router.route(&wit_request.target) {
+            Some(slot) => {
+                let current = slot.current();
+                Box::pin(current.decide(wit_request, &check)).await
+            }
+            None => Decision::Reply(Response::error(404, "")),
+        };
         let cx = AnswerContext {
             server: &shared.server_header,
             date: SystemTime::now(),
