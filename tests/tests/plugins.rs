@@ -300,3 +300,64 @@ web-ports = [{ws}, {ws2}]
         Some("text/plain; charset=utf-8")
     );
 }
+
+#[tokio::test]
+async fn guest_stdout_and_stderr_become_log_lines() {
+    let s = Server::standard("");
+    let r = get(s.ws2, "/stderr").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        s.wait_for_log("\"misbehave: a line on stderr\" plugin=\"misbehave\"")
+            .await,
+        "{}",
+        s.logs()
+    );
+    assert!(
+        s.logs()
+            .contains("\"misbehave: a line on stdout\" plugin=\"misbehave\""),
+        "{}",
+        s.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_trap_report_carries_what_the_guest_printed_last() {
+    let s = Server::standard("");
+    let r = get(s.ws2, "/throw").await;
+    assert_eq!(r.status, 500);
+    assert!(
+        s.wait_for_log("(stderr: Error: misbehave threw)").await,
+        "{}",
+        s.logs()
+    );
+    assert_still_serving(&s).await;
+}
+
+/// `misbehave` imports `wasi:keyvalue/store`, which the host does not grant: it loads
+/// (the log says what is denied), and the call that uses it fails closed.
+#[tokio::test]
+async fn ungranted_wasi_imports_load_and_fail_closed() {
+    let s = Server::standard("");
+    assert!(
+        s.wait_for_log(
+            "imports not granted to plugins, calls to them fail: wasi:keyvalue/store@0.2.0-draft"
+        )
+        .await,
+        "{}",
+        s.logs()
+    );
+    let r = get(s.ws2, "/denied").await;
+    assert_eq!(r.status, 500);
+    assert!(
+        s.wait_for_log("wasi:keyvalue/store@0.2.0-draft#get is not granted to plugins")
+            .await,
+        "{}",
+        s.logs()
+    );
+    assert_eq!(
+        s.metric("sipwasm_plugin_failures_total{plugin=\"misbehave\",cause=\"trap\"}")
+            .await,
+        1
+    );
+    assert_still_serving(&s).await;
+}

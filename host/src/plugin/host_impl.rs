@@ -7,12 +7,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{HostImports, Level, TypesImports};
 use super::limits::{Deadline, MemoryCap};
+use super::output::{GuestOutput, LineLevel, LogSink, Stream};
 use crate::core::Myself;
-
-/// Longest log line a plugin can write; the rest is cut.
-const MAX_LOG_LINE: usize = 4096;
-/// Most log lines per call; the rest are dropped (with one note).
-const MAX_LOG_LINES_PER_CALL: u32 = 64;
 
 /// What every instance of one plugin shares.
 #[derive(Debug)]
@@ -30,14 +26,18 @@ pub(crate) struct HostState {
     pub(crate) memory: MemoryCap,
     pub(crate) deadline: Deadline,
     shared: Arc<PluginShared>,
-    log_lines: u32,
+    /// The `log` import and stdout/stderr, under one quota.
+    pub(crate) output: Arc<LogSink>,
 }
 
 impl HostState {
     pub(crate) fn new(shared: Arc<PluginShared>, memory_limit: usize) -> Self {
         // No preopened directories, no environment, no arguments, stdin closed,
-        // stdout/stderr discarded, and no network at all.
+        // stdout/stderr to the log, and no network at all.
+        let output = LogSink::new(&shared.name);
         let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::new(output.clone(), Stream::Stdout))
+            .stderr(GuestOutput::new(output.clone(), Stream::Stderr))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -48,7 +48,7 @@ impl HostState {
             memory: MemoryCap::new(memory_limit),
             deadline: Deadline::default(),
             shared,
-            log_lines: 0,
+            output,
         }
     }
 
@@ -58,7 +58,7 @@ impl HostState {
             at: Some(at),
             expired: false,
         };
-        self.log_lines = 0;
+        self.output.begin_call();
     }
 }
 
@@ -75,33 +75,14 @@ impl TypesImports for HostState {}
 
 impl HostImports for HostState {
     fn log(&mut self, level: Level, message: String) {
-        self.log_lines += 1;
-        let plugin = self.shared.name.as_str();
-        if self.log_lines > MAX_LOG_LINES_PER_CALL {
-            if self.log_lines == MAX_LOG_LINES_PER_CALL + 1 {
-                tracing::warn!(
-                    plugin,
-                    "plugin log lines beyond {MAX_LOG_LINES_PER_CALL} in one call dropped"
-                );
-            }
-            return;
-        }
-        let mut msg = message.as_str();
-        if msg.len() > MAX_LOG_LINE {
-            let mut end = MAX_LOG_LINE;
-            while !msg.is_char_boundary(end) {
-                end -= 1;
-            }
-            msg = &msg[..end];
-        }
-        // Debug formatting escapes control characters: a plugin cannot forge log lines.
-        match level {
-            Level::Trace => tracing::trace!(plugin, "{msg:?}"),
-            Level::Debug => tracing::debug!(plugin, "{msg:?}"),
-            Level::Info => tracing::info!(plugin, "{msg:?}"),
-            Level::Warn => tracing::warn!(plugin, "{msg:?}"),
-            Level::Error => tracing::error!(plugin, "{msg:?}"),
-        }
+        let level = match level {
+            Level::Trace => LineLevel::Trace,
+            Level::Debug => LineLevel::Debug,
+            Level::Info => LineLevel::Info,
+            Level::Warn => LineLevel::Warn,
+            Level::Error => LineLevel::Error,
+        };
+        self.output.log(level, &message);
     }
 
     fn is_myself(&mut self, host: String) -> bool {

@@ -13,6 +13,7 @@ pub mod decision;
 pub mod engine;
 mod host_impl;
 mod limits;
+mod output;
 mod registry;
 pub mod tools;
 
@@ -179,6 +180,7 @@ impl Plugin {
                 .call_on_http_request(&mut instance.store, request),
         )
         .await;
+        instance.store.data().output.end_call();
         let guest = match result {
             Err(_) => return Err(PluginFailure::Timeout(self.deadline)),
             Ok(Err(e)) => return Err(classify(&e, instance.store.data(), self.deadline)),
@@ -224,10 +226,15 @@ impl Plugin {
                     calls: 0,
                 })
             }
-            Err(e) => Err(match classify(&e, store.data(), self.deadline) {
-                PluginFailure::Trap(msg) => PluginFailure::Instantiate(msg),
-                other => other,
-            }),
+            Err(e) => Err(
+                match {
+                    store.data().output.end_call();
+                    classify(&e, store.data(), self.deadline)
+                } {
+                    PluginFailure::Trap(msg) => PluginFailure::Instantiate(msg),
+                    other => other,
+                },
+            ),
         }
     }
 
@@ -250,14 +257,21 @@ fn classify(e: &wasmtime::Error, state: &HostState, deadline: Duration) -> Plugi
         Some(t) => t.to_string(),
         None => e.root_cause().to_string(),
     };
-    PluginFailure::Trap(
-        text.lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(300)
-            .collect(),
-    )
+    let mut text: String = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect();
+    // What a language runtime printed last usually says why it trapped (an uncaught
+    // exception, a panic message).
+    if let Some(line) = state.output.last_stderr() {
+        text.push_str(" (stderr: ");
+        text.extend(line.trim().chars().take(300));
+        text.push(')');
+    }
+    PluginFailure::Trap(text)
 }
 
 /// The decision used when a plugin configured `failure = "open"` fails: upgrade
@@ -279,4 +293,118 @@ fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     bindings::HttpHandler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
+}
+
+/// The `wasi:` interfaces the host links for real (WASI p2 with an empty context:
+/// they load and mostly answer "not permitted" or nothing).
+const GRANTED_WASI: &[&str] = &[
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+];
+
+/// Interfaces of this package a plugin may import.
+const SIPWASM_IMPORTS: &[&str] = &["sipwasm:plugin/host@0.1", "sipwasm:plugin/types@0.1"];
+
+/// A component ready to instantiate, and the `wasi:` interfaces it imports that this
+/// host does not grant (linked as functions that trap when called).
+pub(crate) struct Prepared {
+    pub(crate) pre: wasmtime::component::InstancePre<HostState>,
+    pub(crate) denied: Vec<String>,
+}
+
+/// Links `component` against the host: the host's own interfaces, WASI, and any other
+/// `wasi:` interface (say `wasi:keyvalue`, which a language toolchain may add) as
+/// traps, so the component loads and a use of what it was not granted fails closed.
+/// Any other unknown import is an error that names it.
+pub(crate) fn prepare(
+    linker: &Linker<HostState>,
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> anyhow::Result<Prepared> {
+    let err = match linker.instantiate_pre(component) {
+        Ok(pre) => {
+            return Ok(Prepared {
+                pre,
+                denied: Vec::new(),
+            });
+        }
+        Err(e) => e,
+    };
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let foreign: Vec<&String> = imports
+        .iter()
+        .filter(|n| !n.starts_with("wasi:") && !SIPWASM_IMPORTS.iter().any(|p| n.starts_with(p)))
+        .collect();
+    if !foreign.is_empty() {
+        let list: Vec<&str> = foreign.iter().map(|s| s.as_str()).collect();
+        anyhow::bail!(
+            "it imports {}, which this host does not provide",
+            list.join(", ")
+        );
+    }
+    let denied: Vec<String> = imports
+        .iter()
+        .filter(|n| n.starts_with("wasi:") && !GRANTED_WASI.iter().any(|p| n.starts_with(p)))
+        .cloned()
+        .collect();
+    if denied.is_empty() {
+        // Only granted interfaces, yet it does not link: a mismatch in one of them.
+        anyhow::bail!("its imports do not match this host's: {err:#}");
+    }
+    let mut linker = linker.clone();
+    for (name, item) in component.component_type().imports(engine) {
+        if denied.iter().any(|d| d == name) {
+            deny(&mut linker, engine, name, &item.ty)
+                .map_err(|e| anyhow::anyhow!("cannot link {name} as denied: {e:#}"))?;
+        }
+    }
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| anyhow::anyhow!("its imports do not match this host's: {e:#}"))?;
+    Ok(Prepared { pre, denied })
+}
+
+/// Defines every function of the interface `name` as a trap and its resources as
+/// opaque host resources.
+fn deny(
+    linker: &mut Linker<HostState>,
+    engine: &wasmtime::Engine,
+    name: &str,
+    item: &wasmtime::component::types::ComponentItem,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::types::ComponentItem;
+    let ComponentItem::ComponentInstance(instance) = item else {
+        let what = name.to_string();
+        return linker.root().func_new(name, move |_, _, _, _| {
+            wasmtime::bail!("{what} is not granted to plugins")
+        });
+    };
+    let mut inner = linker.instance(name)?;
+    for (export, ty) in instance.exports(engine) {
+        match ty.ty {
+            ComponentItem::ComponentFunc(_) => {
+                let what = format!("{name}#{export}");
+                inner.func_new(export, move |_, _, _, _| {
+                    wasmtime::bail!("{what} is not granted to plugins")
+                })?;
+            }
+            ComponentItem::Resource(_) => {
+                inner.resource(
+                    export,
+                    wasmtime::component::ResourceType::host::<()>(),
+                    |_, _| Ok(()),
+                )?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -432,16 +432,20 @@ impl Inner {
                 c
             }
         };
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow::anyhow!(
-                "plugin {name} ({described}): imports something this host does not provide: {e:#}"
-            )
-        })?;
-        let pre = bindings::HttpHandlerPre::new(pre).map_err(|e| {
+        let prepared = super::prepare(&self.linker, &self.engine, &component)
+            .map_err(|e| anyhow::anyhow!("plugin {name} ({described}): {e:#}"))?;
+        let pre = bindings::HttpHandlerPre::new(prepared.pre).map_err(|e| {
             anyhow::anyhow!(
                 "plugin {name} ({described}): does not implement the http-handler world: {e:#}"
             )
         })?;
+        if !prepared.denied.is_empty() {
+            tracing::info!(
+                plugin = name,
+                "imports not granted to plugins, calls to them fail: {}",
+                prepared.denied.join(", ")
+            );
+        }
         tracing::info!(
             plugin = name,
             source = described,

@@ -73,12 +73,27 @@ pub fn check(path: &Path) -> anyhow::Result<CheckReport> {
         let _ = writeln!(text, "  {name} ({})", kind(&item.ty));
     }
     let linker = linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let verdict = match linker.instantiate_pre(&component) {
-        Err(e) => Err(format!(
-            "it imports something this host does not provide: {e:#}"
-        )),
-        Ok(pre) => match bindings::HttpHandlerPre::new(pre) {
-            Ok(_) => Ok(()),
+    let verdict = match super::prepare(&linker, &engine, &component) {
+        Err(e) => Err(format!("{e:#}")),
+        Ok(prepared) => match bindings::HttpHandlerPre::new(prepared.pre) {
+            Ok(_) => {
+                if !prepared.denied.is_empty() {
+                    let _ = writeln!(
+                        text,
+                        "not granted (linked as traps, a call fails the request): {}",
+                        prepared.denied.join(", ")
+                    );
+                }
+                let extra: Vec<String> = ty
+                    .exports(&engine)
+                    .map(|(n, _)| n.to_string())
+                    .filter(|n| n != "on-http-request")
+                    .collect();
+                if !extra.is_empty() {
+                    let _ = writeln!(text, "never called by the host: {}", extra.join(", "));
+                }
+                Ok(())
+            }
             Err(e) => Err(format!(
                 "it does not implement the world http-handler: {e:#}"
             )),

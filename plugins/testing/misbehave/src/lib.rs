@@ -14,12 +14,32 @@
 //! /config        replies 200 with plugin-config() as the body
 //! /myself?H      replies 200 "yes" or "no" for is-myself(H)
 //! /echo          replies 200 with the request as JSON-ish text (method, target, headers, body)
+//! /stderr        prints to stdout and stderr, then replies 200
+//! /throw         prints an error to stderr, then traps
+//! /denied        calls `wasi:keyvalue/store.get`, which the host does not grant
 //! anything else  upgrades WebSocket requests (identity user=test), else 200 "ok"
 //! ```
 
+// The world adds an import the host does not grant (a WASI interface beyond what the
+// host links), to show that such a component loads and fails closed when it calls it.
 wit_bindgen::generate!({
-    world: "http-handler",
+    inline: r#"
+        package sipwasm:misbehave;
+
+        world misbehave {
+            include sipwasm:plugin/http-handler@0.1.0;
+            import wasi:keyvalue/store@0.2.0-draft;
+        }
+
+        package wasi:keyvalue@0.2.0-draft {
+            interface store {
+                get: func(key: string) -> option<string>;
+            }
+        }
+    "#,
     path: "../../../wit",
+    world: "sipwasm:misbehave/misbehave",
+    generate_all,
 });
 
 use sipwasm::plugin::host::{self, Level};
@@ -49,6 +69,19 @@ impl Guest for Misbehave {
         };
         match path {
             "/trap" => panic!("misbehave: asked to trap"),
+            "/stderr" => {
+                println!("misbehave: a line on stdout");
+                eprintln!("misbehave: a line on stderr");
+                ok("printed")
+            }
+            "/throw" => {
+                eprintln!("Error: misbehave threw");
+                std::process::abort()
+            }
+            "/denied" => {
+                let v = wasi::keyvalue::store::get("k");
+                ok(v.unwrap_or_default())
+            }
             "/loop" => {
                 host::log(Level::Info, "misbehave: looping forever");
                 let mut n: u64 = 0;
