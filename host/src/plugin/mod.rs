@@ -226,15 +226,13 @@ impl Plugin {
                     calls: 0,
                 })
             }
-            Err(e) => Err(
-                match {
-                    store.data().output.end_call();
-                    classify(&e, store.data(), self.deadline)
-                } {
+            Err(e) => {
+                store.data().output.end_call();
+                Err(match classify(&e, store.data(), self.deadline) {
                     PluginFailure::Trap(msg) => PluginFailure::Instantiate(msg),
                     other => other,
-                },
-            ),
+                })
+            }
         }
     }
 
