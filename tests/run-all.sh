@@ -19,4 +19,13 @@ fi
 # JsSIP and SIP.js run under Node as browser SIP stacks (versions pinned in the lock file).
 npm ci --prefix tests/js --no-audit --no-fund --silent
 
+# Tool chains for the example plugins in other languages: jco (JavaScript, QuickJS) and
+# componentize-py (Python), pinned, installed into the tree (plugins/js/node_modules and a
+# virtualenv under target/), never system-wide.
+npm ci --prefix plugins/js --no-audit --no-fund --silent
+venv=target/plugin-tools/python
+[ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r plugins/python/requirements.txt
+# tools/plugin-build finds componentize-py there.
+
 cargo test --workspace --locked "$@"

@@ -156,7 +156,8 @@ impl Server {
     }
 
     /// Starts the server with `template`, where `{ws}`, `{wss}`, `{ws2}`, `{ws3}`,
-    /// `{admin}`, `{sip}` become free ports, `{plugins}` the plugin directory and `{data}` a
+    /// `{admin}`, `{sip}` become free ports, `{plugins}` the directory of the Rust plugins,
+    /// `{foreign}` that of the JavaScript and Python ones, and `{data}` a
     /// fresh data directory. Returns once every listener is up.
     fn start_once(template: &str) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
@@ -169,6 +170,7 @@ impl Server {
             .replace("{admin}", &ports[4].to_string())
             .replace("{sip}", &ports[5].to_string())
             .replace("{plugins}", env!("SIPWASM_TEST_PLUGINS"))
+            .replace("{foreign}", env!("SIPWASM_TEST_FOREIGN_PLUGINS"))
             .replace("{data}", &data_dir.path().display().to_string());
         let config_path = data_dir.path().join("sipwasm.toml");
         std::fs::write(&config_path, &text).unwrap();

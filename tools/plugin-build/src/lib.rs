@@ -83,3 +83,92 @@ pub fn copy_to_out_dir(dir: &Path, file: &str) {
     std::fs::copy(&from, &to)
         .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
 }
+
+/// Builds a JavaScript plugin from `plugins/js/<source>` with jco (QuickJS backend)
+/// into `OUT_DIR/<out>`, for the world `world` of `wit/`. jco comes from
+/// `plugins/js/node_modules` (`npm ci --prefix plugins/js`, done by the test command).
+pub fn build_js(source: &str, world: &str, out: &str) -> PathBuf {
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
+    let js = manifest_dir.join("../plugins/js");
+    let wit = manifest_dir.join("../wit");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("run from a build script"));
+    for path in [js.join(source), js.join("package-lock.json"), wit.clone()] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    let jco = js.join("node_modules/.bin/jco");
+    if !jco.exists() {
+        panic!(
+            "{} is missing: install the JavaScript plugin tool chain with \
+             `npm ci --prefix plugins/js` (the README's test command does it)",
+            jco.display()
+        );
+    }
+    let target = out_dir.join(out);
+    let mut cmd = Command::new(&jco);
+    cmd.current_dir(&js)
+        .arg("componentize")
+        .arg(source)
+        .arg("--wit")
+        .arg(&wit)
+        .args(["--world-name", world])
+        .args(["--backend", "qjs", "--backend-qjs-disable-async"])
+        .arg("--out")
+        .arg(&target);
+    run(cmd, &format!("building the JavaScript plugin {source}"));
+    target
+}
+
+/// Builds a Python plugin from the module `app` in `plugins/python/<dir>` with
+/// componentize-py into `OUT_DIR/<out>`, for the world `world` of `wit/`.
+/// componentize-py is `SIPWASM_COMPONENTIZE_PY` if set, else the one in the virtualenv
+/// `target/plugin-tools/python` that the test command sets up from
+/// `plugins/python/requirements.txt`, else the one on `PATH`.
+pub fn build_python(dir: &str, world: &str, out: &str) -> PathBuf {
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
+    let python = manifest_dir.join("../plugins/python");
+    let wit = manifest_dir.join("../wit");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("run from a build script"));
+    for path in [
+        python.join(dir),
+        python.join("requirements.txt"),
+        wit.clone(),
+    ] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    println!("cargo:rerun-if-env-changed=SIPWASM_COMPONENTIZE_PY");
+    let venv = manifest_dir.join("../target/plugin-tools/python/bin/componentize-py");
+    let tool = std::env::var_os("SIPWASM_COMPONENTIZE_PY")
+        .map(PathBuf::from)
+        .or_else(|| venv.exists().then_some(venv))
+        .unwrap_or_else(|| PathBuf::from("componentize-py"));
+    let target = out_dir.join(out);
+    let mut cmd = Command::new(&tool);
+    cmd.current_dir(python.join(dir))
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", world, "componentize", "app", "-p"])
+        .arg(python.join(dir))
+        .arg("-o")
+        .arg(&target);
+    // Bytecode caches would land in the source tree.
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    run(cmd, &format!("building the Python plugin {dir}"));
+    target
+}
+
+fn run(mut cmd: Command, what: &str) {
+    for var in SCRUBBED {
+        cmd.env_remove(var);
+    }
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("{what} failed ({s}); see the output above"),
+        Err(e) => panic!(
+            "{what}: cannot run {program}: {e}. Install the plugin tool chains with the \
+             README's test command (`./tests/run-all.sh`)"
+        ),
+    }
+}
