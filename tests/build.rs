@@ -4,7 +4,10 @@
 //! `SIPWASM_TEST_FOREIGN_PLUGINS` (the others).
 
 fn main() {
-    let dir = sipwasm_plugin_build::build(&[], &["sdk", "seed-policy", "welcome", "testing"]);
+    let dir = sipwasm_plugin_build::build(
+        &[],
+        &["sdk", "seed-policy", "welcome", "call-policy", "testing"],
+    );
     println!("cargo:rustc-env=SIPWASM_TEST_PLUGINS={}", dir.display());
     let js =
         sipwasm_plugin_build::build_js("seed-policy.js", "http-handler", "seed_policy_js.wasm");

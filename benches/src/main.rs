@@ -759,6 +759,7 @@ fn core_only(iterations: u64) -> anyhow::Result<()> {
         timers: transaction::TimerConfig::default(),
         registrar: registrar::RegistrarConfig::default(),
         relay: false,
+        router: false,
     });
     let users = 1000u64;
     let start = Instant::now();

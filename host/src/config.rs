@@ -278,6 +278,10 @@ pub struct SipConfig {
     /// Forward requests for domains that are not ours (otherwise 403).
     #[serde(default)]
     pub relay: bool,
+    /// A plugin (a `[plugins]` entry implementing the `sip-router` world) asked about
+    /// each new out-of-dialog request before the default routing.
+    #[serde(default)]
+    pub router: Option<String>,
     /// Largest SIP message on UDP, TCP and TLS (WebSocket has its own limit).
     #[serde(default = "default_sip_max_message", with = "size")]
     pub max_message_bytes: usize,
@@ -317,6 +321,7 @@ impl Default for SipConfig {
     fn default() -> Self {
         Self {
             relay: false,
+            router: None,
             max_message_bytes: default_sip_max_message(),
             tcp_idle_timeout: default_tcp_idle(),
             min_expires: default_min_expires(),
@@ -657,6 +662,14 @@ impl Config {
         }
         if sip.timer_c < Duration::from_secs(1) {
             return Err(("sip.timer-c".into(), "must be at least 1s".into()));
+        }
+        if let Some(r) = &self.sip.router
+            && !self.plugins.contains_key(r)
+        {
+            return Err((
+                "sip.router".into(),
+                format!("no plugin named {r:?} in [plugins]"),
+            ));
         }
         for (name, p) in &self.plugins {
             let key = |k: &str| format!("plugins.{name}.{k}");

@@ -17,9 +17,11 @@ use crate::config::{Config, ListenTransport};
 use crate::core::auth::NonceKey;
 use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
-use crate::core::{Core, CoreConfig, Event, FlowId, Input, Myself, SipListener, Transport};
-use crate::plugin::{CompileCache, PluginRouter, Plugins};
+use crate::core::{Core, CoreConfig, Event, Input, Myself, SipListener, Transport};
+use crate::plugin::sip::SipRouter;
+use crate::plugin::{CompileCache, PluginRouter, Plugins, RegistrarView};
 use crate::store::Store;
+use crate::transport::flow::FlowInfo;
 use crate::transport::ws::{self, Connection};
 use crate::transport::{Connector, FlowTable, Shared, SipLimits, dispatch, tcp, tls, udp};
 
@@ -53,7 +55,8 @@ pub struct Server {
     shared: Arc<Shared>,
     core: Core,
     core_rx: mpsc::Receiver<Input>,
-    closed_rx: mpsc::UnboundedReceiver<FlowId>,
+    closed_rx: mpsc::UnboundedReceiver<Arc<FlowInfo>>,
+    router: Option<Router>,
     shutdown_tx: watch::Sender<bool>,
     grace: Duration,
 }
@@ -185,10 +188,21 @@ impl Server {
                 max_contacts: sip.max_contacts,
             },
             relay: sip.relay,
+            router: sip.router.is_some(),
+        });
+        let router = plugins.router().map(|slot| {
+            tracing::info!(plugin = slot.name(), "SIP requests are routed by plugin");
+            Router {
+                plugin: SipRouter::new(slot, NonceKey::new(secret)),
+                view: plugins.registrar_view(),
+            }
         });
         let restored = stored.len();
         for b in stored {
-            core.restore_binding(b, std::time::Instant::now());
+            let kept = core.restore_binding(b, std::time::Instant::now());
+            if let (Some(b), Some(r)) = (kept, &router) {
+                r.view.saved(&b);
+            }
         }
         if restored > 0 {
             tracing::info!(
@@ -210,6 +224,7 @@ impl Server {
             core,
             core_rx,
             closed_rx,
+            router,
             shutdown_tx,
             grace: config.server.shutdown_grace,
         })
@@ -238,11 +253,19 @@ impl Server {
             core,
             core_rx,
             closed_rx,
+            router,
             shutdown_tx,
             grace,
         } = self;
         let live = Arc::new(AtomicUsize::new(0));
-        let driver = tokio::spawn(drive_core(core, core_rx, closed_rx, shared.clone(), store));
+        let driver = tokio::spawn(drive_core(
+            core,
+            core_rx,
+            closed_rx,
+            shared.clone(),
+            store,
+            router,
+        ));
         if let Some(admin) = admin {
             let addr = admin.local_addr()?;
             tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows, POST /plugins/reload)");
@@ -454,15 +477,25 @@ async fn serve_accepted(
     }
 }
 
+/// The `sip.router` plugin and the registrar view its `lookup` reads.
+struct Router {
+    plugin: SipRouter,
+    view: Arc<RegistrarView>,
+}
+
 /// The one task that owns the core: feed it inputs, send what it produces, run its
-/// timers. No protocol decisions here.
+/// timers. No protocol decisions here. Routing-plugin calls run on tasks of their own
+/// (the core goes on meanwhile) and come back as [`Input::Routed`].
 async fn drive_core(
     mut core: Core,
     mut inbox: mpsc::Receiver<Input>,
-    mut closed: mpsc::UnboundedReceiver<FlowId>,
+    mut closed: mpsc::UnboundedReceiver<Arc<FlowInfo>>,
     shared: Arc<Shared>,
     store: Store,
+    router: Option<Router>,
 ) {
+    // Flows reported closed in this round, for the identity of their FlowClosed event.
+    let mut closing: Vec<Arc<FlowInfo>> = Vec::new();
     loop {
         let timeout = core.poll_timeout();
         let sleep = async {
@@ -485,8 +518,12 @@ async fn drive_core(
                 }
                 None => return,
             },
-            id = closed.recv() => match id {
-                Some(id) => {
+            info = closed.recv() => match info {
+                Some(info) => {
+                    let id = info.id;
+                    if router.is_some() {
+                        closing.push(info);
+                    }
                     // A flow's task queues all its messages before its closure is
                     // reported: take what is queued first, so a REGISTER sent just before
                     // the close cannot outlive it as a binding on a dead flow.
@@ -523,13 +560,60 @@ async fn drive_core(
                 Event::BindingSaved(b) => {
                     tracing::debug!(aor = %b.aor, contact = %b.contact, "binding saved");
                     store.saved(&b, std::time::Instant::now());
+                    if let Some(r) = &router {
+                        r.view.saved(&b);
+                    }
                 }
                 Event::BindingRemoved(b) => {
                     tracing::debug!(aor = %b.aor, contact = %b.contact, "binding removed");
                     store.removed(&b);
+                    if let Some(r) = &router {
+                        r.view.removed(&b);
+                    }
+                }
+                Event::Route(query) => {
+                    let Some(r) = &router else {
+                        // Only a core configured with a router asks; never leave a
+                        // request hanging all the same.
+                        core.handle(
+                            std::time::Instant::now(),
+                            Input::Routed {
+                                id: query.id,
+                                decision: crate::core::RouteDecision::Continue,
+                            },
+                        );
+                        continue;
+                    };
+                    let identity = query
+                        .source
+                        .flow
+                        .and_then(|f| shared.flows.get(f))
+                        .map(|info| info.identity.clone())
+                        .unwrap_or_default();
+                    let (plugin, tx) = (r.plugin.clone(), shared.core_tx.clone());
+                    tokio::spawn(async move {
+                        let decision = plugin.decide(&query, &identity).await;
+                        let _ = tx
+                            .send(Input::Routed {
+                                id: query.id,
+                                decision,
+                            })
+                            .await;
+                    });
+                }
+                Event::FlowClosed(closed) => {
+                    let Some(r) = &router else { continue };
+                    let identity = closing
+                        .iter()
+                        .find(|i| i.id == closed.flow)
+                        .map(|i| i.identity.clone())
+                        .unwrap_or_default();
+                    let plugin = r.plugin.clone();
+                    tokio::spawn(async move { plugin.flow_closed(&closed, &identity).await });
                 }
             }
         }
+        closing.clear();
     }
 }
 

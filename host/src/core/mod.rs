@@ -166,6 +166,57 @@ pub enum Input {
     FlowClosed(FlowId),
     /// A message to this target could not be sent (connection refused, flow gone).
     SendFailed(Target),
+    /// The routing plugin's decision on the request of [`Event::Route`] `id`.
+    Routed {
+        /// The id from the event.
+        id: u64,
+        /// What to do.
+        decision: RouteDecision,
+    },
+}
+
+/// What the routing plugin decided for a request (already validated by the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteDecision {
+    /// The default registrar/proxy behaviour.
+    Continue,
+    /// Answer with this final response.
+    Reply {
+        /// 200..=699.
+        status: u16,
+        /// Reason phrase (the standard one when `None`).
+        reason: Option<String>,
+        /// Extra headers.
+        headers: Vec<(HeaderName, String)>,
+    },
+    /// Forward statefully to this URI, which becomes the Request-URI.
+    Relay(crate::sip::uri::Uri),
+}
+
+/// A new out-of-dialog request waiting for the routing plugin.
+#[derive(Debug, Clone)]
+pub struct RouteQuery {
+    /// Answer with [`Input::Routed`] carrying this id.
+    pub id: u64,
+    /// Where it came from.
+    pub source: Source,
+    /// The request (with `received`/`rport` stamped).
+    pub request: Request,
+}
+
+/// A flow that carried SIP closed.
+#[derive(Debug, Clone)]
+pub struct ClosedFlow {
+    /// Its id.
+    pub flow: FlowId,
+    /// Its transport.
+    pub transport: Transport,
+    /// Our end.
+    pub local: SocketAddr,
+    /// The peer's end.
+    pub remote: SocketAddr,
+    /// AoRs that lost bindings with it, sorted, without duplicates.
+    pub aors: Vec<String>,
 }
 
 /// Things the core tells the world besides messages.
@@ -175,6 +226,13 @@ pub enum Event {
     BindingSaved(Binding),
     /// A binding went away (unregistered, expired, or its flow closed).
     BindingRemoved(Binding),
+    /// A new out-of-dialog request for the routing plugin (only with
+    /// [`CoreConfig::router`]); answer with [`Input::Routed`]. Its server transaction
+    /// exists already, so retransmissions are absorbed while the plugin decides.
+    Route(Box<RouteQuery>),
+    /// A flow that carried SIP closed (exactly once per flow), after its bindings were
+    /// removed.
+    FlowClosed(ClosedFlow),
 }
 
 /// A listener the core can send from and names itself by.
@@ -203,6 +261,9 @@ pub struct CoreConfig {
     pub registrar: RegistrarConfig,
     /// Forward requests for other domains (otherwise 403).
     pub relay: bool,
+    /// Ask the routing plugin about each new out-of-dialog request
+    /// ([`Event::Route`]).
+    pub router: bool,
 }
 
 /// How long a user whose bindings are gone stays "known" (480 instead of 404).
@@ -225,7 +286,10 @@ pub struct Core {
     /// it gets 480 (temporarily unavailable) rather than 404. Pruned as it ages.
     known_aors: HashMap<String, Instant>,
     last_prune: Option<Instant>,
-    flows: HashMap<FlowId, (Transport, SocketAddr)>,
+    /// Flows that carried SIP: transport, our end, the peer's end.
+    flows: HashMap<FlowId, (Transport, SocketAddr, SocketAddr)>,
+    /// Server transactions waiting for the routing plugin's decision.
+    routing: HashSet<u64>,
     servers: HashMap<u64, ServerTx>,
     server_keys: HashMap<ServerKey, u64>,
     clients: HashMap<u64, ClientTx>,
@@ -254,6 +318,7 @@ impl Core {
             known_aors: HashMap::new(),
             last_prune: None,
             flows: HashMap::new(),
+            routing: HashSet::new(),
             servers: HashMap::new(),
             server_keys: HashMap::new(),
             clients: HashMap::new(),
@@ -267,16 +332,17 @@ impl Core {
         }
     }
 
-    /// Restores a binding (from persistent storage at start). Bindings that expired
-    /// meanwhile are skipped.
-    pub fn restore_binding(&mut self, mut b: Binding, now: Instant) {
+    /// Restores a binding (from persistent storage at start) and returns it as kept
+    /// (with its new id). Bindings that expired meanwhile are skipped.
+    pub fn restore_binding(&mut self, mut b: Binding, now: Instant) -> Option<Binding> {
         if b.expires_at <= now {
-            return;
+            return None;
         }
         b.id = self.location.next_id();
         self.known_aors.insert(b.aor.clone(), now);
-        self.location.upsert(b);
+        self.location.upsert(b.clone());
         self.arm_expiry();
+        Some(b)
     }
 
     /// The bindings of an AoR (for the control API and tests).
@@ -291,7 +357,8 @@ impl Core {
             Input::Message(incoming) => {
                 let Incoming { source, message } = *incoming;
                 if let Some(f) = source.flow {
-                    self.flows.insert(f, (source.transport, source.local));
+                    self.flows
+                        .insert(f, (source.transport, source.local, source.remote));
                 }
                 match message {
                     Message::Request(req) => self.on_request(now, source, req),
@@ -299,14 +366,28 @@ impl Core {
                 }
             }
             Input::FlowClosed(flow) => {
-                self.flows.remove(&flow);
+                let known = self.flows.remove(&flow);
+                let mut aors = Vec::new();
                 for b in self.location.remove_flow(flow) {
                     self.mark_known(&b.aor, now);
+                    aors.push(b.aor.clone());
                     self.events.push_back(Event::BindingRemoved(b));
+                }
+                if let Some((transport, local, remote)) = known {
+                    aors.sort();
+                    aors.dedup();
+                    self.events.push_back(Event::FlowClosed(ClosedFlow {
+                        flow,
+                        transport,
+                        local,
+                        remote,
+                        aors,
+                    }));
                 }
                 self.fail_target(now, Target::Flow(flow));
             }
             Input::SendFailed(target) => self.fail_target(now, target),
+            Input::Routed { id, decision } => self.on_routed(now, id, decision),
         }
     }
 
@@ -399,6 +480,25 @@ impl Core {
             }
             return;
         }
+        if self.cfg.router && !req.get_to().is_ok_and(|t| t.tag().is_some()) {
+            // Out of dialog: the routing plugin decides first. The transaction exists
+            // meanwhile, so retransmissions are absorbed (and INVITE gets its 100).
+            let id = self.new_id();
+            self.server_keys.insert(key.clone(), id);
+            self.servers
+                .insert(id, ServerTx::new(id, key, req.clone(), source));
+            if req.method == Method::Invite {
+                let trying = self.make_response(&req, 100, &[]);
+                self.respond(id, trying, now);
+            }
+            self.routing.insert(id);
+            self.events.push_back(Event::Route(Box::new(RouteQuery {
+                id,
+                source,
+                request: req,
+            })));
+            return;
+        }
         match self.decide(now, &source, &mut req) {
             // What ends here is answered statelessly, as a registrar or an `sl` reply:
             // a retransmission gets the same answer again, and no state is kept for
@@ -417,6 +517,45 @@ impl Core {
                     let trying = self.make_response(&req, 100, &[]);
                     self.respond(id, trying, now);
                 }
+                self.start_ctx(now, id, source, req, branches, hash);
+            }
+        }
+    }
+
+    /// Applies the routing plugin's decision on server transaction `id`.
+    fn on_routed(&mut self, now: Instant, id: u64, decision: RouteDecision) {
+        if !self.routing.remove(&id) {
+            return;
+        }
+        let Some(st) = self.servers.get(&id) else {
+            return;
+        };
+        if st.last.as_ref().is_some_and(|(status, _)| *status >= 200) {
+            // Answered meanwhile (a CANCEL): nothing left to decide.
+            return;
+        }
+        let (source, mut req) = (st.source, st.request.clone());
+        let route = match decision {
+            RouteDecision::Continue => self.decide(now, &source, &mut req),
+            RouteDecision::Reply {
+                status,
+                reason,
+                headers,
+            } => {
+                let mut resp = self.make_response(&req, status, &headers);
+                if let Some(reason) = reason {
+                    resp.reason = reason;
+                }
+                return self.respond(id, resp, now);
+            }
+            RouteDecision::Relay(target) => self.relay_to(now, &source, &mut req, target),
+        };
+        match route {
+            proxy::Route::Answer(status, extra) => {
+                let resp = self.make_response(&req, status, &extra);
+                self.respond(id, resp, now);
+            }
+            proxy::Route::Forward(branches, hash) => {
                 self.start_ctx(now, id, source, req, branches, hash);
             }
         }
@@ -447,6 +586,14 @@ impl Core {
         };
         let resp = self.make_response(&req, 200, &[]);
         self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
+        if self.routing.remove(&st_id) {
+            // Still with the routing plugin: nothing was forwarded, end it here.
+            if let Some(invite) = self.servers.get(&st_id).map(|s| s.request.clone()) {
+                let terminated = self.make_response(&invite, 487, &[]);
+                self.respond(st_id, terminated, now);
+            }
+            return;
+        }
         let ctx = self.servers.get(&st_id).and_then(|s| s.ctx);
         if let Some(ctx) = ctx {
             self.cancel_ctx(now, ctx);
@@ -479,6 +626,7 @@ impl Core {
 
     fn remove_server(&mut self, id: u64) {
         self.timers.disarm(TimerRef::Server(id));
+        self.routing.remove(&id);
         if let Some(st) = self.servers.remove(&id) {
             self.server_keys.remove(&st.key);
             if let Some(ctx) = st.ctx {

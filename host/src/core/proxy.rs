@@ -99,18 +99,7 @@ impl Core {
         } else {
             self.loop_hash(req)
         };
-        let looped = !ends_here
-            && req.headers.values(&HeaderName::Via).any(|v| {
-                Via::parse(v)
-                    .ok()
-                    .and_then(|v| v.branch().map(str::to_string))
-                    .is_some_and(|b| {
-                        b.strip_prefix(&self.branch_prefix)
-                            .and_then(|rest| rest.strip_prefix('.'))
-                            .is_some_and(|rest| rest.starts_with(&hash))
-                    })
-            });
-        if looped {
+        if !ends_here && self.looped(req, &hash) {
             return Route::Answer(482, vec![]);
         }
 
@@ -159,7 +148,7 @@ impl Core {
         // the next hops).
         if let Some(flow) = foreign_token {
             return match self.flows.get(&flow) {
-                Some(&(transport, _)) => Route::Forward(
+                Some(&(transport, _, _)) => Route::Forward(
                     vec![vec![Candidate {
                         uri: req.uri.clone(),
                         target: Target::Flow(flow),
@@ -205,6 +194,60 @@ impl Core {
         // or when relaying is allowed.
         if !(self.cfg.relay || proof && in_dialog) {
             return Route::Answer(403, vec![]);
+        }
+        match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
+            Ok(c) => Route::Forward(vec![vec![c]], hash),
+            Err(status) => Route::Answer(status, vec![]),
+        }
+    }
+
+    /// Whether one of our Vias carries `hash`: the request passed here before in the
+    /// same shape (RFC 3261 16.3 step 4).
+    fn looped(&self, req: &Request, hash: &str) -> bool {
+        req.headers.values(&HeaderName::Via).any(|v| {
+            Via::parse(v)
+                .ok()
+                .and_then(|v| v.branch().map(str::to_string))
+                .is_some_and(|b| {
+                    b.strip_prefix(&self.branch_prefix)
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .is_some_and(|rest| rest.starts_with(hash))
+                })
+        })
+    }
+
+    /// The routing plugin's `relay`: `target` becomes the Request-URI; a URI of ours is
+    /// looked up in the location service (an alias), a registered WebSocket contact goes
+    /// to its flow, anything else to its literal address. The checks every forwarded
+    /// request gets still apply (Max-Forwards, Proxy-Require, loops).
+    pub(super) fn relay_to(
+        &mut self,
+        now: Instant,
+        source: &Source,
+        req: &mut Request,
+        target: Uri,
+    ) -> Route {
+        let max_forwards = req
+            .headers
+            .get(&HeaderName::MaxForwards)
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(70);
+        if max_forwards == 0 {
+            return Route::Answer(483, vec![]);
+        }
+        if let Some(refusal) = bad_extension(req, &HeaderName::ProxyRequire) {
+            return refusal;
+        }
+        req.uri = target;
+        let hash = self.loop_hash(req);
+        if self.looped(req, &hash) {
+            return Route::Answer(482, vec![]);
+        }
+        if self.is_local_uri(&req.uri) {
+            return self.local_request(now, source, req, hash);
+        }
+        if let Some(c) = self.flow_of_contact(&req.uri) {
+            return Route::Forward(vec![vec![c]], hash);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
             Ok(c) => Route::Forward(vec![vec![c]], hash),
@@ -273,9 +316,11 @@ impl Core {
                 .filter_map(|b| {
                     let uri = Uri::parse(&b.contact).ok()?;
                     let transport = match b.reach {
-                        super::location::Reach::Flow(f) => {
-                            self.flows.get(&f).map(|(t, _)| *t).unwrap_or(b.transport)
-                        }
+                        super::location::Reach::Flow(f) => self
+                            .flows
+                            .get(&f)
+                            .map(|(t, _, _)| *t)
+                            .unwrap_or(b.transport),
                         super::location::Reach::Udp { .. } => Transport::Udp,
                     };
                     Some(Candidate {
@@ -356,7 +401,7 @@ impl Core {
             .all()
             .find(|b| b.contact == text && b.on_flow().is_some())?;
         let flow = b.on_flow()?;
-        let (transport, _) = *self.flows.get(&flow)?;
+        let (transport, _, _) = *self.flows.get(&flow)?;
         Some(Candidate {
             uri: uri.clone(),
             target: Target::Flow(flow),
@@ -434,7 +479,7 @@ impl Core {
     fn local_for(&self, target: &Target, transport: Transport) -> Option<SocketAddr> {
         match *target {
             Target::Udp { local, .. } => Some(local),
-            Target::Flow(f) => self.flows.get(&f).map(|(_, l)| *l),
+            Target::Flow(f) => self.flows.get(&f).map(|(_, l, _)| *l),
             Target::Connect { remote, .. } => self.listener(transport, remote.is_ipv4()),
         }
     }

@@ -39,6 +39,30 @@ fn udp_phone() -> Source {
 }
 
 impl Sim {
+    /// A core that asks the routing plugin about out-of-dialog requests.
+    fn with_router() -> Self {
+        let mut sim = Self::new();
+        sim.core.cfg.router = true;
+        sim
+    }
+
+    /// The routing queries the core asked since the last call.
+    fn route_queries(&mut self) -> Vec<RouteQuery> {
+        let mut out = Vec::new();
+        while let Some(e) = self.core.poll_event() {
+            if let Event::Route(q) = e {
+                out.push(*q);
+            }
+        }
+        out
+    }
+
+    /// Answers routing query `id`; returns what the core sends.
+    fn routed(&mut self, id: u64, decision: RouteDecision) -> Vec<(Target, Message)> {
+        self.core.handle(self.now, Input::Routed { id, decision });
+        self.drain()
+    }
+
     fn new() -> Self {
         let listeners = vec![
             SipListener {
@@ -64,6 +88,7 @@ impl Sim {
                 timers: TimerConfig::default(),
                 registrar: RegistrarConfig::default(),
                 relay: false,
+                router: false,
             }),
             now: Instant::now(),
         }
@@ -753,4 +778,136 @@ fn an_aor_holds_a_bounded_number_of_contacts() {
     let out = sim.feed(udp_phone(), &reg);
     assert_eq!(status(&out[0].1), 403);
     assert!(sim.core.bindings("sip:many@localhost").is_empty());
+}
+
+#[test]
+fn the_router_sees_new_requests_once_and_its_decisions_are_applied() {
+    let mut sim = Sim::with_router();
+    // REGISTER waits for the plugin; a retransmission meanwhile is absorbed.
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKrr1;rport\r\n\
+               Max-Forwards: 70\r\nFrom: <sip:al@localhost>;tag=ru\r\nTo: <sip:al@localhost>\r\n\
+               Call-ID: rr1\r\nCSeq: 1 REGISTER\r\nContact: <sip:al@127.0.0.1:5070>\r\n\r\n";
+    assert!(sim.feed(udp_phone(), reg).is_empty());
+    assert!(sim.feed(udp_phone(), reg).is_empty());
+    let q = sim.route_queries();
+    assert_eq!(q.len(), 1, "one query for a request and its retransmission");
+    assert_eq!(q[0].request.method, Method::Register);
+    assert!(
+        q[0].request
+            .headers
+            .get(&HeaderName::Via)
+            .unwrap()
+            .contains("rport=5070")
+    );
+    let out = sim.routed(q[0].id, RouteDecision::Continue);
+    assert_eq!(status(&out[0].1), 200);
+    assert_eq!(sim.core.bindings("sip:al@localhost").len(), 1);
+    // Now a retransmission gets the same 200 again, without a new query.
+    let out = sim.feed(udp_phone(), reg);
+    assert_eq!(status(&out[0].1), 200);
+    assert!(sim.route_queries().is_empty());
+    // A late or repeated decision for it changes nothing.
+    assert!(sim.routed(q[0].id, RouteDecision::Continue).is_empty());
+
+    // A reply with its own reason and headers; To gets our tag.
+    let out = sim.feed(udp_phone(), &invite_from_udp("666", "rr2"));
+    assert_eq!(status(&out[0].1), 100, "INVITE gets 100 at once");
+    let q = sim.route_queries();
+    let out = sim.routed(
+        q[0].id,
+        RouteDecision::Reply {
+            status: 403,
+            reason: Some("Blocked".into()),
+            headers: vec![(HeaderName::parse("Warning"), "399 sipwasm \"no\"".into())],
+        },
+    );
+    let Message::Response(r) = &out[0].1 else {
+        panic!("{out:?}")
+    };
+    assert_eq!((r.status, r.reason.as_str()), (403, "Blocked"));
+    assert!(r.headers.get(&HeaderName::To).unwrap().contains("tag="));
+    assert_eq!(
+        r.headers.get(&HeaderName::parse("Warning")),
+        Some("399 sipwasm \"no\"")
+    );
+    // The phone ACKs the 403: absorbed hop by hop, no query.
+    let ack = format!(
+        "ACK sip:666@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKrr2;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:phone@localhost>;tag=p1\r\nTo: {}\r\n\
+         Call-ID: call-rr2\r\nCSeq: 1 ACK\r\n\r\n",
+        r.headers.get(&HeaderName::To).unwrap()
+    );
+    assert!(sim.feed(udp_phone(), &ack).is_empty());
+    assert!(sim.route_queries().is_empty());
+
+    // A relay to a literal address: the Request-URI becomes the target.
+    sim.feed(udp_phone(), &invite_from_udp("9001", "rr3"));
+    let q = sim.route_queries();
+    let out = sim.routed(
+        q[0].id,
+        RouteDecision::Relay(crate::sip::uri::Uri::parse("sip:9001@127.0.0.1:5090").unwrap()),
+    );
+    let (target, m) = &out[0];
+    assert_eq!(
+        *target,
+        Target::Udp {
+            local: UDP,
+            remote: "127.0.0.1:5090".parse().unwrap()
+        }
+    );
+    assert_eq!(request(m).uri.to_string(), "sip:9001@127.0.0.1:5090");
+
+    // A relay to one of our users is an alias: location lookup.
+    sim.core.cfg.router = false;
+    sim.register_ws("bob", 3);
+    sim.core.cfg.router = true;
+    sim.feed(udp_phone(), &invite_from_udp("robert", "rr4"));
+    let q = sim.route_queries();
+    let out = sim.routed(
+        q[0].id,
+        RouteDecision::Relay(crate::sip::uri::Uri::parse("sip:bob@localhost").unwrap()),
+    );
+    assert_eq!(out[0].0, Target::Flow(3));
+}
+
+#[test]
+fn cancel_while_the_router_decides_ends_the_invite_with_487() {
+    let mut sim = Sim::with_router();
+    let out = sim.feed(udp_phone(), &invite_from_udp("bob", "rc1"));
+    assert_eq!(status(&out[0].1), 100);
+    let q = sim.route_queries();
+    let cancel = "CANCEL sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKrc1;rport\r\n\
+                  Max-Forwards: 70\r\nFrom: <sip:phone@localhost>;tag=p1\r\nTo: <sip:bob@localhost>\r\n\
+                  Call-ID: call-rc1\r\nCSeq: 1 CANCEL\r\n\r\n";
+    let out = sim.feed(udp_phone(), cancel);
+    let statuses: Vec<u16> = out.iter().map(|(_, m)| status(m)).collect();
+    assert_eq!(statuses, vec![200, 487]);
+    assert!(
+        sim.route_queries().is_empty(),
+        "CANCEL is not shown to the plugin"
+    );
+    // The decision that comes afterwards forwards nothing.
+    assert!(sim.routed(q[0].id, RouteDecision::Continue).is_empty());
+}
+
+#[test]
+fn a_closed_flow_is_reported_once_with_the_aors_it_lost() {
+    let mut sim = Sim::with_router();
+    sim.core.cfg.router = false;
+    sim.register_ws("bob", 4);
+    sim.register_ws("bob", 4);
+    while sim.core.poll_event().is_some() {}
+    sim.core.handle(sim.now, Input::FlowClosed(4));
+    sim.core.handle(sim.now, Input::FlowClosed(4));
+    sim.core.handle(sim.now, Input::FlowClosed(99));
+    let closed: Vec<ClosedFlow> = std::iter::from_fn(|| sim.core.poll_event())
+        .filter_map(|e| match e {
+            Event::FlowClosed(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0].flow, 4);
+    assert_eq!(closed[0].aors, vec!["sip:bob@localhost".to_string()]);
+    assert_eq!(closed[0].transport, Transport::Ws);
 }

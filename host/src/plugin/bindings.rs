@@ -1,5 +1,5 @@
-//! The one `bindgen!` of the host, over `wit/`. Everything else imports the curated
-//! names re-exported here.
+//! The `bindgen!` of the host, over `wit/`: one per world, sharing the interfaces they
+//! have in common. Everything else imports the curated names re-exported here.
 
 mod generated {
     #![allow(missing_docs, reason = "bindgen-generated code")]
@@ -13,10 +13,28 @@ mod generated {
         // connections at every epoch tick; host functions are quick and synchronous.
         exports: { default: async },
     });
+
+    pub mod sip {
+        wasmtime::component::bindgen!({
+            world: "sip-router",
+            path: "../wit",
+            exports: { default: async },
+            with: {
+                "sipwasm:plugin/host": super::sipwasm::plugin::host,
+                "sipwasm:plugin/types": super::sipwasm::plugin::types,
+            },
+        });
+    }
 }
 
 pub use generated::HttpHandler;
 pub use generated::HttpHandlerPre;
+pub use generated::sip::sipwasm::plugin::registrar::Host as RegistrarImports;
+pub use generated::sip::sipwasm::plugin::sip_types::{
+    ClosedFlow, Contact, Flow, Host as SipTypesImports, SipDecision as GuestSipDecision,
+    SipReply as GuestSipReply, SipRequest, SipTransport,
+};
+pub use generated::sip::{SipRouter, SipRouterPre};
 pub use generated::sipwasm::plugin::host::{Host as HostImports, Level};
 pub use generated::sipwasm::plugin::types::{
     Challenge as GuestChallenge, Decision as GuestDecision, Host as TypesImports, HttpRequest,

@@ -5,9 +5,12 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{HostImports, Level, TypesImports};
+use super::bindings::{
+    Contact, HostImports, Level, RegistrarImports, SipTypesImports, TypesImports,
+};
 use super::limits::{Deadline, MemoryCap};
 use super::output::{GuestOutput, LineLevel, LogSink, Stream};
+use super::registrar_view::RegistrarView;
 use crate::core::Myself;
 
 /// What every instance of one plugin shares.
@@ -17,6 +20,8 @@ pub(crate) struct PluginShared {
     /// The plugin's `config` table as JSON.
     pub(crate) config_json: String,
     pub(crate) myself: Arc<Myself>,
+    /// What `lookup` reads.
+    pub(crate) registrar: Arc<RegistrarView>,
 }
 
 /// The data of a plugin's store.
@@ -72,6 +77,16 @@ impl WasiView for HostState {
 }
 
 impl TypesImports for HostState {}
+
+impl SipTypesImports for HostState {}
+
+impl RegistrarImports for HostState {
+    fn lookup(&mut self, aor: String) -> Vec<Contact> {
+        self.shared
+            .registrar
+            .lookup(&aor, std::time::Instant::now())
+    }
+}
 
 impl HostImports for HostState {
     fn log(&mut self, level: Level, message: String) {

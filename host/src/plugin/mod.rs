@@ -14,7 +14,9 @@ pub mod engine;
 mod host_impl;
 mod limits;
 mod output;
+mod registrar_view;
 mod registry;
+pub mod sip;
 pub mod tools;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use wasmtime::component::Linker;
 
 pub use self::bindings::{HttpRequest, Peer, PeerTransport, Websocket};
 use self::host_impl::{HostState, PluginShared};
+pub use self::registrar_view::RegistrarView;
 pub use self::registry::{
     BUILTIN_NAMES, CompileCache, PluginRouter, PluginSlot, Plugins, builtin_bytes,
 };
@@ -69,10 +72,50 @@ impl PluginFailure {
     }
 }
 
+/// The world a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// `http-handler`: decides HTTP requests on web listeners.
+    HttpHandler,
+    /// `sip-router`: decides new out-of-dialog SIP requests.
+    SipRouter,
+}
+
+impl World {
+    /// The WIT name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HttpHandler => "http-handler",
+            Self::SipRouter => "sip-router",
+        }
+    }
+}
+
+/// A component linked for one world, ready to instantiate.
+pub(crate) enum Pre {
+    Http(bindings::HttpHandlerPre<HostState>),
+    Sip(bindings::SipRouterPre<HostState>),
+}
+
+impl Pre {
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Self::Http(p) => p.engine(),
+            Self::Sip(p) => p.engine(),
+        }
+    }
+}
+
+/// The exports of a live instance.
+enum Exports {
+    Http(bindings::HttpHandler),
+    Sip(bindings::SipRouter),
+}
+
 /// A live instance kept for reuse.
 struct Instance {
     store: Store<HostState>,
-    bindings: bindings::HttpHandler,
+    exports: Exports,
     calls: u64,
 }
 
@@ -82,7 +125,7 @@ const MAX_IDLE: usize = 16;
 /// One loaded plugin.
 pub struct Plugin {
     shared: Arc<PluginShared>,
-    pre: bindings::HttpHandlerPre<HostState>,
+    pre: Pre,
     failure: FailurePolicy,
     deadline: Duration,
     memory_limit: usize,
@@ -107,8 +150,8 @@ impl Plugin {
     fn new(
         name: &str,
         cfg: &PluginConfig,
-        pre: bindings::HttpHandlerPre<HostState>,
-        myself: Arc<crate::core::Myself>,
+        pre: Pre,
+        context: &registry::HostContext,
         epoch_tick: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -117,7 +160,8 @@ impl Plugin {
             shared: Arc::new(PluginShared {
                 name: name.to_string(),
                 config_json,
-                myself,
+                myself: context.myself.clone(),
+                registrar: context.registrar.clone(),
             }),
             pre,
             failure: cfg.failure,
@@ -134,6 +178,30 @@ impl Plugin {
     /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The world it implements.
+    pub fn world(&self) -> World {
+        match self.pre {
+            Pre::Http(_) => World::HttpHandler,
+            Pre::Sip(_) => World::SipRouter,
+        }
+    }
+
+    /// What to do when it fails.
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.failure
+    }
+
+    /// Counts and logs a failed call.
+    pub(crate) fn report_failure(&self, failure: &PluginFailure, what: &str) {
+        self.metrics.plugin_failure(self.name(), failure.cause());
+        tracing::warn!(
+            plugin = self.name(),
+            cause = failure.cause(),
+            "plugin failed on {what}: {failure}; policy {:?}",
+            self.failure
+        );
     }
 
     /// Asks the plugin about a request and applies the failure policy: always returns
@@ -160,6 +228,63 @@ impl Plugin {
 
     /// One call: an instance (reused or fresh), the deadline, the decision checked.
     pub async fn call(&self, request: &HttpRequest) -> Result<Decision, PluginFailure> {
+        let mut instance = self.begin().await?;
+        let Instance { store, exports, .. } = &mut instance;
+        let Exports::Http(exports) = exports else {
+            return Err(self.wrong_world(World::HttpHandler));
+        };
+        let result = tokio::time::timeout(
+            self.deadline + self.grace,
+            exports.call_on_http_request(store, request),
+        )
+        .await;
+        let guest = self.end(instance, result)?;
+        decision::validate(guest).map_err(PluginFailure::InvalidDecision)
+    }
+
+    /// `on-sip-request` of a `sip-router` plugin (the decision is not validated yet).
+    pub async fn call_sip_request(
+        &self,
+        request: &bindings::SipRequest,
+    ) -> Result<bindings::GuestSipDecision, PluginFailure> {
+        let mut instance = self.begin().await?;
+        let Instance { store, exports, .. } = &mut instance;
+        let Exports::Sip(exports) = exports else {
+            return Err(self.wrong_world(World::SipRouter));
+        };
+        let result = tokio::time::timeout(
+            self.deadline + self.grace,
+            exports.call_on_sip_request(store, request),
+        )
+        .await;
+        self.end(instance, result)
+    }
+
+    /// `on-flow-closed` of a `sip-router` plugin.
+    pub async fn call_flow_closed(&self, flow: &bindings::ClosedFlow) -> Result<(), PluginFailure> {
+        let mut instance = self.begin().await?;
+        let Instance { store, exports, .. } = &mut instance;
+        let Exports::Sip(exports) = exports else {
+            return Err(self.wrong_world(World::SipRouter));
+        };
+        let result = tokio::time::timeout(
+            self.deadline + self.grace,
+            exports.call_on_flow_closed(store, flow),
+        )
+        .await;
+        self.end(instance, result)
+    }
+
+    fn wrong_world(&self, wanted: World) -> PluginFailure {
+        PluginFailure::Instantiate(format!(
+            "implements {}, called as {}",
+            self.world().name(),
+            wanted.name()
+        ))
+    }
+
+    /// An instance (reused or fresh) armed with this call's deadline.
+    async fn begin(&self) -> Result<Instance, PluginFailure> {
         self.metrics.plugin_call(self.name());
         let deadline_at = Instant::now() + self.deadline;
         let reused = match self.mode {
@@ -172,19 +297,21 @@ impl Plugin {
         };
         instance.store.data_mut().begin_call(deadline_at);
         instance.store.set_epoch_deadline(1);
-        let outer = self.deadline + self.grace;
-        let result = tokio::time::timeout(
-            outer,
-            instance
-                .bindings
-                .call_on_http_request(&mut instance.store, request),
-        )
-        .await;
+        Ok(instance)
+    }
+
+    /// Ends a call: its outcome, and the instance kept for reuse when it went well
+    /// (an instance that failed in any way is dropped).
+    fn end<T>(
+        &self,
+        mut instance: Instance,
+        result: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, PluginFailure> {
         instance.store.data().output.end_call();
-        let guest = match result {
+        let value = match result {
             Err(_) => return Err(PluginFailure::Timeout(self.deadline)),
             Ok(Err(e)) => return Err(classify(&e, instance.store.data(), self.deadline)),
-            Ok(Ok(d)) => d,
+            Ok(Ok(v)) => v,
         };
         instance.calls += 1;
         if self.mode == InstanceMode::Reuse && instance.calls < self.max_reuse {
@@ -193,7 +320,7 @@ impl Plugin {
                 idle.push(instance);
             }
         }
-        decision::validate(guest).map_err(PluginFailure::InvalidDecision)
+        Ok(value)
     }
 
     async fn instantiate(&self, deadline_at: Instant) -> Result<Instance, PluginFailure> {
@@ -217,12 +344,16 @@ impl Plugin {
         // Start functions run under the same deadline as the call.
         store.data_mut().begin_call(deadline_at);
         store.set_epoch_deadline(1);
-        match self.pre.instantiate_async(&mut store).await {
-            Ok(bindings) => {
+        let made = match &self.pre {
+            Pre::Http(pre) => pre.instantiate_async(&mut store).await.map(Exports::Http),
+            Pre::Sip(pre) => pre.instantiate_async(&mut store).await.map(Exports::Sip),
+        };
+        match made {
+            Ok(exports) => {
                 self.metrics.plugin_instantiation(self.name());
                 Ok(Instance {
                     store,
-                    bindings,
+                    exports,
                     calls: 0,
                 })
             }
@@ -285,12 +416,39 @@ pub fn builtin_policy(check: &HandshakeCheck) -> Decision {
     }
 }
 
-/// A linker with WASI p2 (empty context) and the `host` interface.
-fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
+/// A linker for `world`: WASI p2 (empty context) and the world's host interfaces.
+fn linker(engine: &wasmtime::Engine, world: World) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    bindings::HttpHandler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    match world {
+        World::HttpHandler => bindings::HttpHandler::add_to_linker::<
+            _,
+            wasmtime::component::HasSelf<_>,
+        >(&mut linker, |s| s)?,
+        World::SipRouter => {
+            bindings::SipRouter::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+                &mut linker,
+                |s| s,
+            )?
+        }
+    }
     Ok(linker)
+}
+
+/// The world a component implements, by its exports.
+pub(crate) fn world_of(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> World {
+    let sip = component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name == "on-sip-request");
+    if sip {
+        World::SipRouter
+    } else {
+        World::HttpHandler
+    }
 }
 
 /// The `wasi:` interfaces the host links for real (WASI p2 with an empty context:
@@ -305,7 +463,12 @@ const GRANTED_WASI: &[&str] = &[
 ];
 
 /// Interfaces of this package a plugin may import.
-const SIPWASM_IMPORTS: &[&str] = &["sipwasm:plugin/host@0.1", "sipwasm:plugin/types@0.1"];
+const SIPWASM_IMPORTS: &[&str] = &[
+    "sipwasm:plugin/host@0.1",
+    "sipwasm:plugin/types@0.1",
+    "sipwasm:plugin/sip-types@0.1",
+    "sipwasm:plugin/registrar@0.1",
+];
 
 /// A component ready to instantiate, and the `wasi:` interfaces it imports that this
 /// host does not grant (linked as functions that trap when called).

@@ -1,15 +1,25 @@
 //! Loading plugins: bytes (a file or a built-in), compilation, checking against the
-//! `http-handler` world, and the by-name table listeners use.
+//! world each is used as (`http-handler` by listeners, `sip-router` by `sip.router`),
+//! and the by-name table listeners and the SIP driver use.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use wasmtime::component::Component;
 
-use super::{Plugin, bindings, engine, linker};
+use super::registrar_view::RegistrarView;
+use super::{Plugin, Pre, World, bindings, engine, linker, world_of};
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
 use crate::core::Myself;
+
+/// What the host functions of every plugin reach.
+#[derive(Debug, Clone)]
+pub(crate) struct HostContext {
+    pub(crate) myself: Arc<Myself>,
+    /// The registrar's bindings as `lookup` sees them.
+    pub(crate) registrar: Arc<RegistrarView>,
+}
 
 /// Plugins compiled into the server binary, usable as `builtin = "NAME"`.
 pub const BUILTIN_NAMES: &[&str] = &["seed-policy", "welcome"];
@@ -150,6 +160,8 @@ impl Source {
 pub struct PluginSlot {
     name: String,
     source: Source,
+    /// The world every version must implement.
+    world: World,
     current: std::sync::RwLock<Arc<Plugin>>,
     /// The file's (modified time, length) when last loaded, and the last one seen
     /// (a change is taken once it holds still for one poll).
@@ -165,6 +177,11 @@ impl PluginSlot {
     /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The world it implements.
+    pub fn world(&self) -> World {
+        self.world
     }
 }
 
@@ -239,9 +256,12 @@ fn file_state(path: &std::path::Path) -> Option<FileState> {
 
 struct Inner {
     engine: wasmtime::Engine,
-    linker: wasmtime::component::Linker<super::host_impl::HostState>,
+    http_linker: wasmtime::component::Linker<super::host_impl::HostState>,
+    sip_linker: wasmtime::component::Linker<super::host_impl::HostState>,
     cache: Option<CompileCache>,
-    myself: Arc<Myself>,
+    context: HostContext,
+    /// The plugin named by `sip.router`.
+    router: Option<String>,
     metrics: Arc<Metrics>,
     epoch_tick: std::time::Duration,
     configs: HashMap<String, crate::config::PluginConfig>,
@@ -281,13 +301,53 @@ impl Plugins {
         let engine = engine::build(&config.plugin_runtime, max_memory)
             .map_err(|e| anyhow::anyhow!("cannot build the Wasm engine: {e:#}"))?;
         engine::start_epoch_ticker(&engine, config.plugin_runtime.epoch_tick);
-        let linker =
-            linker(&engine).map_err(|e| anyhow::anyhow!("cannot link host functions: {e:#}"))?;
+        let link = |world| {
+            linker(&engine, world).map_err(|e| anyhow::anyhow!("cannot link host functions: {e:#}"))
+        };
+        let (http_linker, sip_linker) = (link(World::HttpHandler)?, link(World::SipRouter)?);
+        // The world each plugin is used as, and the config key that uses it that way.
+        let mut uses: HashMap<&str, (World, String)> = HashMap::new();
+        let mut used_as = |name: &str, world: World, key: String| -> anyhow::Result<()> {
+            if let Some((w, k)) = uses.get(name)
+                && *w != world
+            {
+                anyhow::bail!(
+                    "{key}: plugin {name} is used as {} there but as {} by {k}; one plugin \
+                     implements one world",
+                    world.name(),
+                    w.name()
+                );
+            }
+            uses.insert(
+                config
+                    .plugins
+                    .get_key_value(name)
+                    .map_or("", |(k, _)| k.as_str()),
+                (world, key),
+            );
+            Ok(())
+        };
+        for (i, l) in config.listen.iter().enumerate() {
+            if let Some(p) = &l.plugin {
+                used_as(p, World::HttpHandler, format!("listen[{i}].plugin"))?;
+            }
+            for p in l.routes.values() {
+                used_as(p, World::HttpHandler, format!("listen[{i}].routes"))?;
+            }
+        }
+        if let Some(r) = &config.sip.router {
+            used_as(r, World::SipRouter, "sip.router".into())?;
+        }
         let mut inner = Inner {
             engine,
-            linker,
+            http_linker,
+            sip_linker,
             cache: cache.cloned(),
-            myself,
+            context: HostContext {
+                myself,
+                registrar: Arc::new(RegistrarView::default()),
+            },
+            router: config.sip.router.clone(),
             metrics,
             epoch_tick: config.plugin_runtime.epoch_tick,
             configs: config
@@ -307,9 +367,16 @@ impl Plugins {
                 Source::File(p) => file_state(p),
                 Source::Builtin(_) => None,
             };
-            let plugin = inner.compile(name, &source)?;
+            let wanted = uses.get(name.as_str());
+            let plugin = inner
+                .compile(name, &source, wanted.map(|(w, _)| *w))
+                .map_err(|e| match wanted {
+                    Some((_, key)) => anyhow::anyhow!("{e:#} (used by {key})"),
+                    None => e,
+                })?;
             let slot = PluginSlot {
                 name: name.clone(),
+                world: plugin.world(),
                 source,
                 current: std::sync::RwLock::new(Arc::new(plugin)),
                 file_state: std::sync::Mutex::new((state, state)),
@@ -327,6 +394,17 @@ impl Plugins {
         self.inner.slots.get(name).cloned()
     }
 
+    /// The `sip.router` plugin, if one is configured.
+    pub fn router(&self) -> Option<Arc<PluginSlot>> {
+        self.inner.router.as_deref().and_then(|r| self.slot(r))
+    }
+
+    /// The registrar's bindings as plugins' `lookup` sees them; the SIP driver keeps
+    /// it up to date.
+    pub fn registrar_view(&self) -> Arc<RegistrarView> {
+        self.inner.context.registrar.clone()
+    }
+
     /// The version of plugin `name` serving now.
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
         self.slot(name).map(|s| s.current())
@@ -342,7 +420,7 @@ impl Plugins {
             Source::File(p) => file_state(p),
             Source::Builtin(_) => return Ok(()),
         };
-        let plugin = self.inner.compile(name, &slot.source)?;
+        let plugin = self.inner.compile(name, &slot.source, Some(slot.world))?;
         let old = std::mem::replace(
             &mut *slot.current.write().expect("plugin slot lock"),
             Arc::new(plugin),
@@ -403,8 +481,14 @@ impl Plugins {
 }
 
 impl Inner {
-    /// Reads, compiles (or takes from the cache) and checks one plugin.
-    fn compile(&self, name: &str, source: &Source) -> anyhow::Result<Plugin> {
+    /// Reads, compiles (or takes from the cache) and checks one plugin against the
+    /// world it must implement (`None`: whichever its exports say).
+    fn compile(
+        &self,
+        name: &str,
+        source: &Source,
+        wanted: Option<World>,
+    ) -> anyhow::Result<Plugin> {
         let described = source.describe();
         let bytes: std::borrow::Cow<'static, [u8]> = match source {
             Source::File(path) => std::fs::read(path)
@@ -432,13 +516,27 @@ impl Inner {
                 c
             }
         };
-        let prepared = super::prepare(&self.linker, &self.engine, &component)
+        let world = wanted.unwrap_or_else(|| world_of(&self.engine, &component));
+        let linker = match world {
+            World::HttpHandler => &self.http_linker,
+            World::SipRouter => &self.sip_linker,
+        };
+        let prepared = super::prepare(linker, &self.engine, &component)
             .map_err(|e| anyhow::anyhow!("plugin {name} ({described}): {e:#}"))?;
-        let pre = bindings::HttpHandlerPre::new(prepared.pre).map_err(|e| {
+        let not_world = |e: wasmtime::Error| {
             anyhow::anyhow!(
-                "plugin {name} ({described}): does not implement the http-handler world: {e:#}"
+                "plugin {name} ({described}): does not implement the {} world: {e:#}",
+                world.name()
             )
-        })?;
+        };
+        let pre = match world {
+            World::HttpHandler => {
+                Pre::Http(bindings::HttpHandlerPre::new(prepared.pre).map_err(not_world)?)
+            }
+            World::SipRouter => {
+                Pre::Sip(bindings::SipRouterPre::new(prepared.pre).map_err(not_world)?)
+            }
+        };
         if !prepared.denied.is_empty() {
             tracing::info!(
                 plugin = name,
@@ -452,6 +550,7 @@ impl Inner {
             bytes = bytes.len(),
             compile_ms = started.elapsed().as_millis() as u64,
             from_cache,
+            world = world.name(),
             "plugin loaded"
         );
         let cfg = self.configs.get(name).expect("configured plugin");
@@ -459,7 +558,7 @@ impl Inner {
             name,
             cfg,
             pre,
-            self.myself.clone(),
+            &self.context,
             self.epoch_tick,
             self.metrics.clone(),
         ))

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use super::{Plugins, bindings, engine, linker};
+use super::{Plugins, World, bindings, engine, linker};
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, PluginRuntimeConfig};
 use crate::core::Myself;
@@ -72,39 +72,54 @@ pub fn check(path: &Path) -> anyhow::Result<CheckReport> {
     for (name, item) in ty.imports(&engine) {
         let _ = writeln!(text, "  {name} ({})", kind(&item.ty));
     }
-    let linker = linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let world = super::world_of(&engine, &component);
+    let linker = linker(&engine, world).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let verdict = match super::prepare(&linker, &engine, &component) {
         Err(e) => Err(format!("{e:#}")),
-        Ok(prepared) => match bindings::HttpHandlerPre::new(prepared.pre) {
-            Ok(_) => {
-                if !prepared.denied.is_empty() {
-                    let _ = writeln!(
-                        text,
-                        "not granted (linked as traps, a call fails the request): {}",
-                        prepared.denied.join(", ")
-                    );
+        Ok(prepared) => {
+            let (implemented, called): (Result<(), wasmtime::Error>, &[&str]) = match world {
+                World::HttpHandler => (
+                    bindings::HttpHandlerPre::new(prepared.pre).map(drop),
+                    &["on-http-request"],
+                ),
+                World::SipRouter => (
+                    bindings::SipRouterPre::new(prepared.pre).map(drop),
+                    &["on-sip-request", "on-flow-closed"],
+                ),
+            };
+            match implemented {
+                Ok(()) => {
+                    if !prepared.denied.is_empty() {
+                        let _ = writeln!(
+                            text,
+                            "not granted (linked as traps, a call fails the request): {}",
+                            prepared.denied.join(", ")
+                        );
+                    }
+                    let extra: Vec<String> = ty
+                        .exports(&engine)
+                        .map(|(n, _)| n.to_string())
+                        .filter(|n| !called.contains(&n.as_str()))
+                        .collect();
+                    if !extra.is_empty() {
+                        let _ = writeln!(text, "never called by the host: {}", extra.join(", "));
+                    }
+                    Ok(())
                 }
-                let extra: Vec<String> = ty
-                    .exports(&engine)
-                    .map(|(n, _)| n.to_string())
-                    .filter(|n| n != "on-http-request")
-                    .collect();
-                if !extra.is_empty() {
-                    let _ = writeln!(text, "never called by the host: {}", extra.join(", "));
-                }
-                Ok(())
+                Err(e) => Err(format!(
+                    "it does not implement the world {}: {e:#}",
+                    world.name()
+                )),
             }
-            Err(e) => Err(format!(
-                "it does not implement the world http-handler: {e:#}"
-            )),
-        },
+        }
     };
     let runnable = verdict.is_ok();
     match verdict {
         Ok(()) => {
             let _ = writeln!(
                 text,
-                "world: sipwasm:plugin/http-handler@0.1.0 — this host can run it"
+                "world: sipwasm:plugin/{}@0.1.0 — this host can run it",
+                world.name()
             );
         }
         Err(why) => {

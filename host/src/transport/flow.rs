@@ -57,7 +57,7 @@ struct Flows {
 pub struct FlowTable {
     flows: Mutex<Flows>,
     next_id: AtomicU64,
-    closed_tx: mpsc::UnboundedSender<FlowId>,
+    closed_tx: mpsc::UnboundedSender<Arc<FlowInfo>>,
     metrics: Arc<Metrics>,
 }
 
@@ -71,7 +71,7 @@ impl std::fmt::Debug for FlowTable {
 
 impl FlowTable {
     /// A table that reports each closed flow on `closed_tx`, once.
-    pub fn new(closed_tx: mpsc::UnboundedSender<FlowId>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(closed_tx: mpsc::UnboundedSender<Arc<FlowInfo>>, metrics: Arc<Metrics>) -> Self {
         Self {
             flows: Mutex::new(Flows::default()),
             next_id: AtomicU64::new(1),
@@ -169,10 +169,10 @@ impl FlowTable {
             }
         }
         drop(flows);
-        if removed.is_some() {
+        if let Some(e) = removed {
             self.metrics.flow_closed();
             // The receiver (the core driver) lives as long as the server.
-            let _ = self.closed_tx.send(id);
+            let _ = self.closed_tx.send(e.info);
         }
     }
 }
@@ -228,7 +228,7 @@ mod tests {
         drop(guard);
         assert_eq!(table.send(id, Bytes::new()), Err(SendError::NoFlow));
         table.remove(id);
-        assert_eq!(crx.try_recv().unwrap(), id);
+        assert_eq!(crx.try_recv().unwrap().id, id);
         assert!(crx.try_recv().is_err());
     }
 }

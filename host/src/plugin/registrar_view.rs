@@ -1,0 +1,79 @@
+//! The registrar's bindings as `sip-router` plugins see them through `lookup`: a
+//! copy kept by the SIP driver from the core's binding events, readable from any
+//! thread while the core runs on its own task.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Instant;
+
+use super::bindings::{Contact, SipTransport};
+use crate::core::location::{Binding, Reach};
+use crate::core::registrar::aor_of;
+use crate::sip::uri::Uri;
+
+/// AoR → bindings, most recent first.
+#[derive(Debug, Default)]
+pub struct RegistrarView {
+    by_aor: RwLock<HashMap<String, Vec<Binding>>>,
+}
+
+impl RegistrarView {
+    /// A binding was added or refreshed.
+    pub fn saved(&self, b: &Binding) {
+        let mut map = self.by_aor.write().expect("registrar view lock");
+        let list = map.entry(b.aor.clone()).or_default();
+        list.retain(|x| x.id != b.id);
+        list.insert(0, b.clone());
+    }
+
+    /// A binding went away.
+    pub fn removed(&self, b: &Binding) {
+        let mut map = self.by_aor.write().expect("registrar view lock");
+        if let Some(list) = map.get_mut(&b.aor) {
+            list.retain(|x| x.id != b.id);
+            if list.is_empty() {
+                map.remove(&b.aor);
+            }
+        }
+    }
+
+    /// The live contacts of `aor` (any form the registrar accepts:
+    /// `sip:alice@Example.org;transport=tcp` is `sip:alice@example.org`).
+    pub fn lookup(&self, aor: &str, now: Instant) -> Vec<Contact> {
+        let Some(key) = Uri::parse(aor.trim()).ok().and_then(|u| aor_of(&u)) else {
+            return Vec::new();
+        };
+        let map = self.by_aor.read().expect("registrar view lock");
+        let Some(list) = map.get(&key) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter(|b| b.expires_at > now)
+            .map(|b| Contact {
+                uri: b.contact.clone(),
+                expires: u32::try_from(b.remaining(now)).unwrap_or(u32::MAX),
+                q: b.q,
+                instance: b.instance.clone(),
+                reg_id: b.reg_id,
+                transport: sip_transport(b.transport),
+                connection_id: match b.reach {
+                    Reach::Flow(f) => Some(f),
+                    Reach::Udp { .. } => None,
+                },
+                user_agent: b.user_agent.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The WIT transport of a core transport.
+pub(crate) fn sip_transport(t: crate::core::Transport) -> SipTransport {
+    use crate::core::Transport as T;
+    match t {
+        T::Udp => SipTransport::Udp,
+        T::Tcp => SipTransport::Tcp,
+        T::Tls => SipTransport::Tls,
+        T::Ws => SipTransport::Ws,
+        T::Wss => SipTransport::Wss,
+    }
+}

@@ -1,0 +1,455 @@
+//! The `sip-router` world on the host side: the request as the plugin sees it, its
+//! decision checked and turned into what the core does, and the failure policy.
+
+use std::sync::Arc;
+
+use super::bindings::{self, GuestSipDecision};
+use super::registrar_view::sip_transport;
+use super::{PluginFailure, PluginSlot};
+use crate::config::FailurePolicy;
+use crate::core::auth::{NonceCheck, NonceKey, realm_is_valid};
+use crate::core::{ClosedFlow, RouteDecision, RouteQuery, Source};
+use crate::sip::headers::{HeaderName, is_token_char};
+use crate::sip::message::{Method, Request};
+use crate::sip::uri::Uri;
+
+/// Nonces older than this are stale: the challenge is repeated with `stale=true`.
+pub const NONCE_MAX_AGE_SECS: u64 = 300;
+/// Most extra headers in a `reply`.
+const MAX_REPLY_HEADERS: usize = 32;
+/// Longest value of one of them.
+const MAX_REPLY_HEADER_VALUE: usize = 4096;
+/// Longest reason phrase.
+const MAX_REASON: usize = 128;
+/// Headers the host writes itself in a reply.
+const OWNED: &[HeaderName] = &[
+    HeaderName::Via,
+    HeaderName::From,
+    HeaderName::To,
+    HeaderName::CallId,
+    HeaderName::CSeq,
+    HeaderName::ContentLength,
+    HeaderName::MaxForwards,
+    HeaderName::Server,
+    HeaderName::RecordRoute,
+];
+
+/// The configured `sip.router` plugin.
+#[derive(Debug, Clone)]
+pub struct SipRouter {
+    slot: Arc<PluginSlot>,
+    nonce: NonceKey,
+}
+
+impl SipRouter {
+    /// A router calling the plugin in `slot` (its current version at each call);
+    /// `nonce` makes the challenges.
+    pub fn new(slot: Arc<PluginSlot>, nonce: NonceKey) -> Self {
+        Self { slot, nonce }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        self.slot.name()
+    }
+
+    /// The plugin's decision on a new out-of-dialog request, checked, with the failure
+    /// policy applied: `closed` answers 500, `open` continues with the default routing.
+    pub async fn decide(&self, query: &RouteQuery, identity: &[(String, String)]) -> RouteDecision {
+        let plugin = self.slot.current();
+        let request = sip_request(&query.request, &query.source, identity);
+        let outcome = match plugin.call_sip_request(&request).await {
+            Ok(d) => validate(d, &query.request, &self.nonce, unix_now())
+                .map_err(PluginFailure::InvalidDecision),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(d) => d,
+            Err(failure) => {
+                plugin.report_failure(&failure, "a SIP request");
+                match plugin.failure_policy() {
+                    FailurePolicy::Closed => RouteDecision::Reply {
+                        status: 500,
+                        reason: None,
+                        headers: Vec::new(),
+                    },
+                    FailurePolicy::Open => RouteDecision::Continue,
+                }
+            }
+        }
+    }
+
+    /// Tells the plugin a flow closed. A failure is logged and counted.
+    pub async fn flow_closed(&self, closed: &ClosedFlow, identity: &[(String, String)]) {
+        let plugin = self.slot.current();
+        let flow = bindings::ClosedFlow {
+            flow: flow(
+                closed.transport,
+                closed.local,
+                closed.remote,
+                Some(closed.flow),
+                identity,
+            ),
+            aors: closed.aors.clone(),
+        };
+        if let Err(failure) = plugin.call_flow_closed(&flow).await {
+            plugin.report_failure(&failure, "a closed flow");
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn flow(
+    transport: crate::core::Transport,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    connection: Option<u64>,
+    identity: &[(String, String)],
+) -> bindings::Flow {
+    bindings::Flow {
+        transport: sip_transport(transport),
+        remote_addr: remote.ip().to_string(),
+        remote_port: remote.port(),
+        local_addr: local.ip().to_string(),
+        local_port: local.port(),
+        connection_id: connection,
+        identity: identity.to_vec(),
+    }
+}
+
+/// The request as the plugin sees it.
+pub fn sip_request(
+    req: &Request,
+    source: &Source,
+    identity: &[(String, String)],
+) -> bindings::SipRequest {
+    bindings::SipRequest {
+        method: req.method.as_str().to_string(),
+        request_uri: req.uri.to_string(),
+        headers: req
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str().to_string(), h.value.clone()))
+            .collect(),
+        body: req.body.to_vec(),
+        source: flow(
+            source.transport,
+            source.local,
+            source.remote,
+            source.flow,
+            identity,
+        ),
+    }
+}
+
+/// Checks a plugin's decision and turns it into what the core does. A challenge
+/// becomes its 401/407 here (the nonce is made with `now_unix`).
+pub fn validate(
+    d: GuestSipDecision,
+    req: &Request,
+    nonce: &NonceKey,
+    now_unix: u64,
+) -> Result<RouteDecision, String> {
+    match d {
+        GuestSipDecision::Continue => Ok(RouteDecision::Continue),
+        GuestSipDecision::Reply(r) => {
+            if !(200..=699).contains(&r.status) {
+                return Err(format!(
+                    "reply status {} is not a final status (200..=699)",
+                    r.status
+                ));
+            }
+            if let Some(reason) = &r.reason
+                && (reason.is_empty()
+                    || reason.len() > MAX_REASON
+                    || reason.chars().any(char::is_control))
+            {
+                return Err(format!(
+                    "reason phrase {reason:?} is empty, longer than {MAX_REASON} bytes or has control characters"
+                ));
+            }
+            if r.headers.len() > MAX_REPLY_HEADERS {
+                return Err(format!(
+                    "{} reply headers, at most {MAX_REPLY_HEADERS}",
+                    r.headers.len()
+                ));
+            }
+            let mut headers = Vec::with_capacity(r.headers.len());
+            for (name, value) in r.headers {
+                if name.is_empty() || !name.bytes().all(is_token_char) {
+                    return Err(format!("header name {name:?} is not a token"));
+                }
+                if value.len() > MAX_REPLY_HEADER_VALUE
+                    || value.chars().any(|c| c.is_control() && c != '\t')
+                {
+                    return Err(format!(
+                        "header {name}: value longer than {MAX_REPLY_HEADER_VALUE} bytes or with control characters"
+                    ));
+                }
+                let parsed = HeaderName::parse(&name);
+                if OWNED.contains(&parsed) {
+                    return Err(format!("header {name} is written by the host"));
+                }
+                headers.push((parsed, value.trim().to_string()));
+            }
+            Ok(RouteDecision::Reply {
+                status: r.status,
+                reason: r.reason,
+                headers,
+            })
+        }
+        GuestSipDecision::Relay(target) => {
+            let uri = Uri::parse(target.trim())
+                .map_err(|e| format!("relay target {target:?} is not a URI: {e}"))?;
+            if uri.as_sip().is_none() {
+                return Err(format!(
+                    "relay target {target:?} is not a sip: or sips: URI"
+                ));
+            }
+            Ok(RouteDecision::Relay(uri))
+        }
+        GuestSipDecision::Challenge(realm) => {
+            if !realm_is_valid(&realm) {
+                return Err(format!(
+                    "challenge realm {realm:?} is empty, longer than 128 bytes or has control characters"
+                ));
+            }
+            // REGISTER is challenged by the registrar (401), anything else by a proxy
+            // (407), RFC 3261 sections 22.2 and 22.3.
+            let (status, ask, answer) = if req.method == Method::Register {
+                (401, HeaderName::WwwAuthenticate, HeaderName::Authorization)
+            } else {
+                (
+                    407,
+                    HeaderName::ProxyAuthenticate,
+                    HeaderName::ProxyAuthorization,
+                )
+            };
+            let stale = req.headers.get_all(&answer).any(|v| {
+                digest_param(v, "realm").as_deref() == Some(realm.as_str())
+                    && digest_param(v, "nonce").is_some_and(|n| {
+                        nonce.check(&n, &realm, now_unix, NONCE_MAX_AGE_SECS) == NonceCheck::Stale
+                    })
+            });
+            let headers = nonce
+                .challenge_headers(&realm, now_unix, stale)
+                .into_iter()
+                .map(|v| (ask.clone(), v))
+                .collect();
+            Ok(RouteDecision::Reply {
+                status,
+                reason: None,
+                headers,
+            })
+        }
+    }
+}
+
+/// A parameter of a Digest credentials value (`Digest username="a", nonce="x"`),
+/// unquoted.
+fn digest_param(value: &str, name: &str) -> Option<String> {
+    let rest = value.trim_start();
+    let rest = rest
+        .get(..6)
+        .filter(|s| s.eq_ignore_ascii_case("digest"))
+        .map(|_| &rest[6..])?;
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip separators.
+        while i < bytes.len() && (bytes[i] == b',' || bytes[i].is_ascii_whitespace()) {
+            i += 1;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i] != b'=' && bytes[i] != b',' {
+            i += 1;
+        }
+        let key = rest[start..i].trim();
+        if i >= bytes.len() || bytes[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let mut val = String::new();
+        if i < bytes.len() && bytes[i] == b'"' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                if bytes[i] == b'\\' && i + 1 < bytes.len() {
+                    i += 1;
+                }
+                let c = rest[i..].chars().next()?;
+                val.push(c);
+                i += c.len_utf8();
+            }
+            i += 1;
+        } else {
+            let s = i;
+            while i < bytes.len() && bytes[i] != b',' {
+                i += 1;
+            }
+            val.push_str(rest[s..i].trim());
+        }
+        if key.eq_ignore_ascii_case(name) {
+            return Some(val);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::Message;
+
+    fn request(text: &str) -> Request {
+        match crate::sip::parse::parse(text.as_bytes()).unwrap() {
+            Message::Request(r) => r,
+            Message::Response(_) => panic!("not a request"),
+        }
+    }
+
+    fn invite(extra: &str) -> Request {
+        request(&format!(
+            "INVITE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa\r\n\
+             From: <sip:alice@localhost>;tag=1\r\nTo: <sip:bob@localhost>\r\nCall-ID: c1\r\n\
+             CSeq: 1 INVITE\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+        ))
+    }
+
+    fn reply(status: u16, headers: &[(&str, &str)]) -> GuestSipDecision {
+        GuestSipDecision::Reply(bindings::GuestSipReply {
+            status,
+            reason: None,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn replies_are_checked() {
+        let k = NonceKey::new([1; 32]);
+        let req = invite("");
+        let ok = validate(
+            reply(403, &[("Warning", "399 x \"blocked\"")]),
+            &req,
+            &k,
+            10,
+        );
+        assert!(matches!(ok, Ok(RouteDecision::Reply { status: 403, .. })));
+        assert!(validate(reply(180, &[]), &req, &k, 10).is_err());
+        assert!(validate(reply(700, &[]), &req, &k, 10).is_err());
+        for owned in ["Via", "v", "call-id", "CSeq", "Content-Length", "l", "To"] {
+            let e = validate(reply(403, &[(owned, "x")]), &req, &k, 10).unwrap_err();
+            assert!(e.contains("written by the host"), "{owned}: {e}");
+        }
+        assert!(validate(reply(403, &[("X-A", "a\r\nVia: x")]), &req, &k, 10).is_err());
+        assert!(validate(reply(403, &[("X A", "a")]), &req, &k, 10).is_err());
+        let mut bad_reason = reply(403, &[]);
+        if let GuestSipDecision::Reply(r) = &mut bad_reason {
+            r.reason = Some("Forbidden\r\n".into());
+        }
+        assert!(validate(bad_reason, &req, &k, 10).is_err());
+    }
+
+    #[test]
+    fn relay_targets_must_be_sip_uris() {
+        let k = NonceKey::new([1; 32]);
+        let req = invite("");
+        let ok = validate(
+            GuestSipDecision::Relay("sip:9001@127.0.0.1:5070".into()),
+            &req,
+            &k,
+            10,
+        );
+        assert!(matches!(ok, Ok(RouteDecision::Relay(_))));
+        for bad in ["tel:+15551234", "not a uri", ""] {
+            assert!(
+                validate(GuestSipDecision::Relay(bad.into()), &req, &k, 10).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn challenges_are_407_for_proxied_requests_401_for_register_and_stale_when_old() {
+        let k = NonceKey::new([1; 32]);
+        let d = validate(
+            GuestSipDecision::Challenge("sipwasm".into()),
+            &invite(""),
+            &k,
+            1000,
+        )
+        .unwrap();
+        let RouteDecision::Reply {
+            status, headers, ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!(status, 407);
+        assert!(
+            headers
+                .iter()
+                .all(|(n, _)| *n == HeaderName::ProxyAuthenticate)
+        );
+        assert!(headers.iter().all(|(_, v)| !v.contains("stale")));
+        let old = k.issue("sipwasm", 1000);
+        let retry = invite(&format!(
+            "Proxy-Authorization: Digest username=\"alice\", realm=\"sipwasm\", nonce=\"{old}\", uri=\"sip:bob@localhost\", response=\"00\"\r\n"
+        ));
+        let d = validate(
+            GuestSipDecision::Challenge("sipwasm".into()),
+            &retry,
+            &k,
+            1000 + NONCE_MAX_AGE_SECS + 1,
+        )
+        .unwrap();
+        let RouteDecision::Reply { headers, .. } = d else {
+            panic!()
+        };
+        assert!(headers.iter().all(|(_, v)| v.contains("stale=true")));
+        let register = request(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKb\r\n\
+             From: <sip:alice@localhost>;tag=1\r\nTo: <sip:alice@localhost>\r\nCall-ID: c2\r\n\
+             CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
+        );
+        let d = validate(
+            GuestSipDecision::Challenge("sipwasm".into()),
+            &register,
+            &k,
+            5,
+        )
+        .unwrap();
+        assert!(matches!(d, RouteDecision::Reply { status: 401, .. }));
+        assert!(
+            validate(
+                GuestSipDecision::Challenge("a\r\nb".into()),
+                &register,
+                &k,
+                5
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn digest_params() {
+        let v = "Digest username=\"al\\\"ice\", realm=\"x, y\", nonce=abc, qop=auth";
+        assert_eq!(digest_param(v, "username").as_deref(), Some("al\"ice"));
+        assert_eq!(digest_param(v, "realm").as_deref(), Some("x, y"));
+        assert_eq!(digest_param(v, "NONCE").as_deref(), Some("abc"));
+        assert_eq!(digest_param(v, "qop").as_deref(), Some("auth"));
+        assert_eq!(digest_param(v, "cnonce"), None);
+        assert_eq!(digest_param("Basic abc", "realm"), None);
+    }
+}

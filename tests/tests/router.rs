@@ -1,0 +1,282 @@
+//! The `sip-router` world end to end: the example plugin `plugins/call-policy` as
+//! `sip.router`, with real peers (scripted UAs over WS and UDP, sipp as a UDP UAS).
+
+use std::time::Duration;
+
+use sipwasm::sip::headers::HeaderName;
+use sipwasm_tests::sip::{SDP, Ua};
+use sipwasm_tests::sipp::{Sipp, SippRun};
+use sipwasm_tests::*;
+
+/// The standard server with call-policy as the router: 666 blocked, users starting
+/// with 9 relayed to `next_hop`, `extra` appended to its settings.
+fn server(next_hop: &str, extra: &str) -> Server {
+    Server::standard(&format!(
+        r#"
+[sip]
+router = "router"
+
+[plugins.router]
+path = "{{plugins}}/call_policy.wasm"
+{extra}
+[plugins.router.config]
+blocked = ["666"]
+relay = {{ "9" = "{next_hop}" }}
+"#
+    ))
+}
+
+#[tokio::test]
+async fn blocked_numbers_get_403_and_everything_else_the_default_routing() {
+    let s = server("127.0.0.1:9", "");
+    let mut phone = Ua::udp(&s, "alice").await;
+    assert_eq!(phone.register(600).await.status, 200, "REGISTER continues");
+    let mut browser = Ua::ws(&s, "bob").await;
+    assert_eq!(browser.register(600).await.status, 200);
+
+    for method in ["INVITE", "MESSAGE"] {
+        let body = if method == "INVITE" { SDP } else { "hi" };
+        let (req, _) = phone.request(method, "666", "", body);
+        phone.send(&req).await;
+        let r = phone.recv_final().await;
+        assert_eq!((r.status, r.reason.as_str()), (403, "Blocked"), "{method}");
+        assert!(
+            r.headers
+                .get(&HeaderName::To)
+                .is_some_and(|t| t.contains("tag=")),
+            "{r:?}"
+        );
+    }
+    assert!(
+        s.wait_for_log("blocked INVITE to 666 from 127.0.0.1:")
+            .await
+    );
+
+    // Not blocked: the default proxy delivers it.
+    let (msg, _) = phone.request("MESSAGE", "bob", "", "hello bob");
+    phone.send(&msg).await;
+    let got = browser.recv_request("MESSAGE").await;
+    assert_eq!(&got.body[..], b"hello bob");
+    browser.send(&browser.response(&got, 200, "", "")).await;
+    assert_eq!(phone.recv_final().await.status, 200);
+
+    // An unknown user still gets the registrar's 404.
+    let (msg, _) = phone.request("MESSAGE", "nobody", "", "x");
+    phone.send(&msg).await;
+    assert_eq!(phone.recv_final().await.status, 404);
+}
+
+#[tokio::test]
+async fn a_prefix_is_relayed_to_a_sipp_uas_over_udp() {
+    let port = free_port();
+    let s = server(&format!("127.0.0.1:{port}"), "");
+    let uas = Sipp::start(
+        &s,
+        SippRun {
+            scenario: "uas_answer.xml",
+            service: "9001",
+            transport: "u1",
+            port,
+            fill: &[],
+            keys: &[],
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut browser = Ua::ws(&s, "caller").await;
+    assert_eq!(browser.register(600).await.status, 200);
+    let (invite, dialog) = browser.request("INVITE", "9001", "", SDP);
+    browser.send(&invite).await;
+    browser.recv_status(180).await;
+    let ok = browser.recv_status(200).await;
+    assert_eq!(
+        ok.headers.values(&HeaderName::RecordRoute).count(),
+        2,
+        "WS and UDP sides are record-routed"
+    );
+    let mut d = browser.dialog_as_caller(dialog, &ok);
+    let ack = browser.in_dialog(&mut d, "ACK", Some(1));
+    browser.send(&ack).await;
+    let bye = browser.in_dialog(&mut d, "BYE", None);
+    browser.send(&bye).await;
+    assert_eq!(browser.recv_final().await.status, 200);
+    uas.success().await;
+}
+
+#[tokio::test]
+async fn each_closed_flow_is_reported_once_with_the_bindings_it_lost() {
+    let s = server("127.0.0.1:9", "");
+    let mut carol = Ua::ws(&s, "carol").await;
+    assert_eq!(carol.register(600).await.status, 200);
+    let mut quiet = Ua::ws(&s, "dave").await;
+    let (options, _) = quiet.request("OPTIONS", "sip:localhost", "", "");
+    quiet.send(&options).await;
+    assert_eq!(quiet.recv_final().await.status, 200);
+
+    // Both tabs disappear without unregistering.
+    drop(carol);
+    drop(quiet);
+    assert!(
+        s.wait_for_log("bindings lost: [sip:carol@localhost]").await,
+        "{}",
+        s.logs()
+    );
+    assert!(s.wait_for_log("bindings lost: []").await, "{}", s.logs());
+    // Once each, even after the server had time to report more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logs = s.logs();
+    assert_eq!(logs.matches("flow closed: ws ").count(), 2, "{logs}");
+    assert_eq!(
+        logs.matches("bindings lost: [sip:carol@localhost]").count(),
+        1,
+        "{logs}"
+    );
+
+    // The caller of the vanished user gets 480 (known, not reachable), not a hang.
+    let mut phone = Ua::udp(&s, "erin").await;
+    let (invite, _) = phone.request("INVITE", "carol", "", SDP);
+    phone.send(&invite).await;
+    assert_eq!(phone.recv_final().await.status, 480);
+}
+
+#[tokio::test]
+async fn lookup_reads_the_registrar() {
+    let s = server("127.0.0.1:9", "");
+    let mut browser = Ua::ws(&s, "frank").await;
+    assert_eq!(browser.register(600).await.status, 200);
+    let mut phone = Ua::udp(&s, "frank").await;
+    assert_eq!(phone.register(300).await.status, 200);
+
+    let mut asker = Ua::udp(&s, "grace").await;
+    let (q, _) = asker.request(
+        "OPTIONS",
+        "whereis",
+        "X-Lookup: sip:frank@LOCALHOST\r\n",
+        "",
+    );
+    asker.send(&q).await;
+    let r = asker.recv_final().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let contacts: Vec<&str> = r.headers.values(&HeaderName::Contact).collect();
+    assert_eq!(contacts.len(), 2, "{r:?}");
+    // Most recent first.
+    assert!(contacts[0].contains("transport-used=udp"), "{contacts:?}");
+    assert!(contacts[1].contains("transport-used=ws"), "{contacts:?}");
+
+    let (q, _) = asker.request(
+        "OPTIONS",
+        "whereis",
+        "X-Lookup: sip:nobody@localhost\r\n",
+        "",
+    );
+    asker.send(&q).await;
+    let r = asker.recv_final().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.values(&HeaderName::Contact).count(), 0);
+}
+
+/// A decision the host refuses (a relay target that is not a URI) is a plugin
+/// failure: 500 with `failure = "closed"`, the default routing with `"open"`.
+#[tokio::test]
+async fn an_invalid_decision_gets_the_failure_policy() {
+    let s = server("not a uri", "");
+    let mut phone = Ua::udp(&s, "henry").await;
+    let (msg, _) = phone.request("MESSAGE", "9002", "", "x");
+    phone.send(&msg).await;
+    assert_eq!(phone.recv_final().await.status, 500);
+    assert!(
+        s.wait_for_log("plugin failed on a SIP request: invalid decision: relay target")
+            .await,
+        "{}",
+        s.logs()
+    );
+    assert_eq!(
+        s.metric("sipwasm_plugin_failures_total{plugin=\"router\",cause=\"invalid\"}")
+            .await,
+        1
+    );
+
+    let s = server("not a uri", "failure = \"open\"");
+    let mut phone = Ua::udp(&s, "henry").await;
+    let (msg, _) = phone.request("MESSAGE", "9002", "", "x");
+    phone.send(&msg).await;
+    assert_eq!(
+        phone.recv_final().await.status,
+        404,
+        "open: the default routing (no such user)"
+    );
+}
+
+#[tokio::test]
+async fn in_dialog_requests_skip_the_plugin() {
+    let s = server("127.0.0.1:9", "");
+    let mut callee = Ua::ws(&s, "ivan").await;
+    assert_eq!(callee.register(600).await.status, 200);
+    let mut caller = Ua::udp(&s, "judy").await;
+    let (invite, dialog) = caller.request("INVITE", "ivan", "", SDP);
+    caller.send(&invite).await;
+    let inv = callee.recv_request("INVITE").await;
+    callee.send(&callee.response(&inv, 200, "", SDP)).await;
+    let ok = caller.recv_status(200).await;
+    let mut d = caller.dialog_as_caller(dialog, &ok);
+    let ack = caller.in_dialog(&mut d, "ACK", Some(1));
+    caller.send(&ack).await;
+    callee.recv_request("ACK").await;
+    // In-dialog: routed by Record-Route, never shown to the plugin (it would not
+    // match any rule anyway; the metric tells).
+    let calls_before = s
+        .metric("sipwasm_plugin_calls_total{plugin=\"router\"}")
+        .await;
+    assert_eq!(
+        calls_before, 2,
+        "the REGISTER and the INVITE were shown to the plugin"
+    );
+    let bye = caller.in_dialog(&mut d, "BYE", None);
+    caller.send(&bye).await;
+    let b = callee.recv_request("BYE").await;
+    callee.send(&callee.response(&b, 200, "", "")).await;
+    assert_eq!(caller.recv_final().await.status, 200);
+    assert_eq!(
+        s.metric("sipwasm_plugin_calls_total{plugin=\"router\"}")
+            .await,
+        calls_before
+    );
+}
+
+#[tokio::test]
+async fn router_config_errors_name_the_key() {
+    for (extra, expected) in [
+        (
+            "[sip]\nrouter = \"nothing\"\n",
+            "sip.router: no plugin named \"nothing\"",
+        ),
+        (
+            "[sip]\nrouter = \"seed\"\n",
+            "sip.router: plugin seed is used as sip-router there but as http-handler by listen[",
+        ),
+        (
+            "[sip]\nrouter = \"spare\"\n[plugins.spare]\npath = \"{plugins}/seed_policy.wasm\"\n",
+            "does not implement the sip-router world",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!("{STANDARD}\n{extra}")
+            .replace("{plugins}", env!("SIPWASM_TEST_PLUGINS"))
+            .replace("{data}", &dir.path().display().to_string())
+            .replace("{ws}", "0")
+            .replace("{wss}", "0")
+            .replace("{ws2}", "0")
+            .replace("{ws3}", "0")
+            .replace("{admin}", "0")
+            .replace("{sip}", "0");
+        let path = dir.path().join("sipwasm.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(sipwasm_bin())
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{extra}: {err}");
+    }
+}
