@@ -6,6 +6,8 @@
 //! sipwasm-bench decision                  plugin decision time, reused and fresh instances
 //! sipwasm-bench handshakes [--kamailio]   WebSocket handshakes per second through the policy
 //! sipwasm-bench idle [--kamailio]         memory per idle WebSocket connection
+//! sipwasm-bench sip [--kamailio]          SIP load: REGISTER over WS and UDP, MESSAGE WS to WS
+//! sipwasm-bench router                    what a sip-router plugin adds to a request
 //! sipwasm-bench all [--kamailio]          all three
 //! ```
 //!
@@ -88,6 +90,14 @@ enum Cmd {
         #[arg(long)]
         udp: Option<SocketAddr>,
     },
+    /// What a `sip-router` plugin (call-policy) adds to a request: the call in
+    /// process, then REGISTER over UDP with and without it.
+    Router {
+        #[arg(long, default_value_t = 20_000)]
+        iterations: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// The SIP core alone, in process: parse + registrar + serialize per REGISTER.
     Core {
         #[arg(long, default_value_t = 200_000)]
@@ -114,6 +124,10 @@ fn main() -> anyhow::Result<()> {
         match args.cmd {
             Cmd::Decision { iterations } => decision(iterations).await,
             Cmd::Core { iterations } => core_only(iterations),
+            Cmd::Router {
+                iterations,
+                seconds,
+            } => router(&args.sipwasm, iterations, seconds).await,
             Cmd::Handshakes {
                 seconds,
                 concurrency,
@@ -178,7 +192,8 @@ fn main() -> anyhow::Result<()> {
                 handshakes(&args.sipwasm, k, seconds, 32).await?;
                 idle(&args.sipwasm, k, connections).await?;
                 let reg = kamailio.then(|| PathBuf::from("benches/kamailio/registrar.cfg"));
-                sip(&args.sipwasm, reg.as_deref(), seconds, None).await
+                sip(&args.sipwasm, reg.as_deref(), seconds, None).await?;
+                router(&args.sipwasm, 20_000, seconds).await
             }
         }
     })
@@ -331,6 +346,16 @@ async fn start_sipwasm(
     instances: &str,
     udp: bool,
 ) -> anyhow::Result<(Target, SocketAddr)> {
+    start_sipwasm_with(bin, instances, udp, "").await
+}
+
+/// [`start_sipwasm`] with `extra` TOML appended to the configuration.
+async fn start_sipwasm_with(
+    bin: &Path,
+    instances: &str,
+    udp: bool,
+    extra: &str,
+) -> anyhow::Result<(Target, SocketAddr)> {
     if !bin.exists() {
         bail!(
             "{} not found: run `cargo build --release -p sipwasm` first",
@@ -347,7 +372,7 @@ async fn start_sipwasm(
     let config = format!(
         "[server]\ndata-dir = \"{}\"\n[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{port}\"\n\
          plugin = \"seed-policy\"\n{udp_listen}[plugins.seed-policy]\nbuiltin = \"seed-policy\"\n\
-         instances = \"{instances}\"\n[plugins.seed-policy.config]\nweb-ports = [{port}]\n",
+         instances = \"{instances}\"\n[plugins.seed-policy.config]\nweb-ports = [{port}]\n{extra}\n",
         dir.path().display()
     );
     let path = dir.path().join("bench.toml");
@@ -739,6 +764,124 @@ async fn sip(
         }
     }
     println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- sip-router
+
+/// The call-policy component built by this crate's build script.
+const CALL_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/call_policy.wasm"));
+
+/// Median and p99 of samples, in µs.
+fn median_p99(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    (q(0.5).as_secs_f64() * 1e6, q(0.99).as_secs_f64() * 1e6)
+}
+
+async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<()> {
+    use sipwasm::core::{RouteDecision, RouteQuery, Source, Transport};
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("call_policy.wasm");
+    std::fs::write(&wasm, CALL_POLICY)?;
+    let router_config = format!(
+        "[sip]\nrouter = \"router\"\n[plugins.router]\npath = \"{}\"\n\
+         [plugins.router.config]\nblocked = [\"666\"]\nrelay = {{ \"9\" = \"127.0.0.1:5070\" }}\n",
+        wasm.display()
+    );
+
+    // In process: the call as the server's core task makes it (inline, no hop).
+    let text =
+        format!("[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:5060\"\n{router_config}");
+    let config = sipwasm::config::Config::parse(&text, "bench", Path::new("."))?;
+    let myself = Arc::new(sipwasm::core::Myself::new(
+        &["localhost".to_string()],
+        &["127.0.0.1:5060".parse()?],
+    ));
+    let metrics = Arc::new(sipwasm::admin::metrics::Metrics::default());
+    let plugins = tokio::task::spawn_blocking(move || {
+        sipwasm::plugin::Plugins::load(&config, myself, metrics, None)
+    })
+    .await??;
+    let slot = plugins.router().context("the router plugin")?;
+    let router =
+        sipwasm::plugin::sip::SipRouter::new(slot, sipwasm::core::auth::NonceKey::new([3; 32]));
+    let register = "REGISTER sip:localhost SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK776asdhds;rport=40000;received=127.0.0.1\r\n\
+        Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=1928301774\r\nTo: <sip:alice@localhost>\r\n\
+        Call-ID: a84b4c76e66710@pc33\r\nCSeq: 314159 REGISTER\r\n\
+        Contact: <sip:alice@127.0.0.1:40000>;expires=3600\r\nUser-Agent: bench\r\nContent-Length: 0\r\n\r\n";
+    let request = match sipwasm::sip::parse::parse(register.as_bytes())? {
+        sipwasm::sip::message::Message::Request(r) => r,
+        _ => bail!("not a request"),
+    };
+    let query = Box::new(RouteQuery {
+        id: 1,
+        source: Source {
+            transport: Transport::Udp,
+            local: "127.0.0.1:5060".parse()?,
+            remote: "127.0.0.1:40000".parse()?,
+            flow: None,
+        },
+        request,
+    });
+    for _ in 0..500 {
+        anyhow::ensure!(router.decide(&query, &[]).await == RouteDecision::Continue);
+    }
+    let mut call = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let d = router.decide(&query, &[]).await;
+        call.push(t.elapsed());
+        anyhow::ensure!(d == RouteDecision::Continue, "unexpected decision {d:?}");
+    }
+    let (call50, call99) = median_p99(&mut call);
+    println!("## sip-router plugin cost (call-policy, Rust guest, reused instance)\n");
+    println!("| what | calls | median µs | p99 µs | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| on-sip-request (convert, call, check), in process | {iterations} | {call50:.1} | {call99:.1} | ≤ 10 µs median |"
+    );
+
+    // End to end, same run: one client in a closed loop (the latency a request sees)
+    // and 50 (the rate), with and without the router.
+    let mut rows = Vec::new();
+    for (name, extra) in [
+        ("without a router", ""),
+        ("with call-policy", router_config.as_str()),
+    ] {
+        let (t, udp) = start_sipwasm_with(bin, "reuse", true, extra).await?;
+        let target = sipload::SipTarget { ws: t.addr, udp };
+        let _ = sipload::register_udp(target, 50, 1).await?;
+        let one = sipload::register_udp(target, 1, seconds).await?;
+        let many = sipload::register_udp(target, 50, seconds).await?;
+        rows.push((name, one, many));
+    }
+    println!();
+    println!(
+        "| REGISTER over UDP, {seconds} s each | 1 client /s | p50 µs | p99 µs | 50 clients /s | p50 µs | p99 µs | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, one, many) in &rows {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            one.rate,
+            one.p50,
+            one.p99,
+            many.rate,
+            many.p50,
+            many.p99,
+            one.errors + many.errors
+        );
+    }
+    let (_, one0, many0) = rows[0];
+    let (_, one1, many1) = rows[1];
+    println!(
+        "\nThe router adds {:+.1} µs to the median request of one client; with 50 clients \
+         it runs at {:.2}x the rate without it.\n",
+        one1.p50 - one0.p50,
+        many1.rate / many0.rate
+    );
     Ok(())
 }
 

@@ -201,7 +201,7 @@ impl Server {
         for b in stored {
             let kept = core.restore_binding(b, std::time::Instant::now());
             if let (Some(b), Some(r)) = (kept, &router) {
-                r.view.saved(&b);
+                r.view.set(&b.aor, core.bindings(&b.aor));
             }
         }
         if restored > 0 {
@@ -484,8 +484,8 @@ struct Router {
 }
 
 /// The one task that owns the core: feed it inputs, send what it produces, run its
-/// timers. No protocol decisions here. Routing-plugin calls run on tasks of their own
-/// (the core goes on meanwhile) and come back as [`Input::Routed`].
+/// timers. No protocol decisions here. Routing-plugin calls start here and finish on
+/// a task of their own when they take longer than an epoch tick (see [`route`]).
 async fn drive_core(
     mut core: Core,
     mut inbox: mpsc::Receiver<Input>,
@@ -539,81 +539,111 @@ async fn drive_core(
             },
             _ = sleep => core.handle_timeout(std::time::Instant::now()),
         }
-        // Sending can fail at once (a flow that is gone): tell the core, which may
-        // produce more to send. Bounded: each round handles what the last one produced.
+        // Send what the core produced, then act on its events; applying a routing
+        // decision produces more to send. Bounded rounds.
         for _ in 0..8 {
-            let mut failed = Vec::new();
-            while let Some(t) = core.poll_transmit() {
-                if let Some(target) = dispatch(&shared, t) {
-                    failed.push(target);
+            send_transmits(&mut core, &shared);
+            let mut again = false;
+            while let Some(event) = core.poll_event() {
+                match event {
+                    Event::BindingSaved(b) => {
+                        tracing::debug!(aor = %b.aor, contact = %b.contact, "binding saved");
+                        store.saved(&b, std::time::Instant::now());
+                        if let Some(r) = &router {
+                            r.view.set(&b.aor, core.bindings(&b.aor));
+                        }
+                    }
+                    Event::BindingRemoved(b) => {
+                        tracing::debug!(aor = %b.aor, contact = %b.contact, "binding removed");
+                        store.removed(&b);
+                        if let Some(r) = &router {
+                            r.view.set(&b.aor, core.bindings(&b.aor));
+                        }
+                    }
+                    Event::Route(query) => {
+                        let decided = route(router.as_ref(), query, &shared);
+                        if let Some((id, decision)) = decided {
+                            core.handle(std::time::Instant::now(), Input::Routed { id, decision });
+                            again = true;
+                        }
+                    }
+                    Event::FlowClosed(closed) => {
+                        let Some(r) = &router else { continue };
+                        let identity = closing
+                            .iter()
+                            .find(|i| i.id == closed.flow)
+                            .map(|i| i.identity.clone())
+                            .unwrap_or_default();
+                        let plugin = r.plugin.clone();
+                        tokio::spawn(async move { plugin.flow_closed(&closed, &identity).await });
+                    }
                 }
             }
-            if failed.is_empty() {
+            if !again {
                 break;
-            }
-            for target in failed {
-                core.handle(std::time::Instant::now(), Input::SendFailed(target));
-            }
-        }
-        while let Some(event) = core.poll_event() {
-            match event {
-                Event::BindingSaved(b) => {
-                    tracing::debug!(aor = %b.aor, contact = %b.contact, "binding saved");
-                    store.saved(&b, std::time::Instant::now());
-                    if let Some(r) = &router {
-                        r.view.saved(&b);
-                    }
-                }
-                Event::BindingRemoved(b) => {
-                    tracing::debug!(aor = %b.aor, contact = %b.contact, "binding removed");
-                    store.removed(&b);
-                    if let Some(r) = &router {
-                        r.view.removed(&b);
-                    }
-                }
-                Event::Route(query) => {
-                    let Some(r) = &router else {
-                        // Only a core configured with a router asks; never leave a
-                        // request hanging all the same.
-                        core.handle(
-                            std::time::Instant::now(),
-                            Input::Routed {
-                                id: query.id,
-                                decision: crate::core::RouteDecision::Continue,
-                            },
-                        );
-                        continue;
-                    };
-                    let identity = query
-                        .source
-                        .flow
-                        .and_then(|f| shared.flows.get(f))
-                        .map(|info| info.identity.clone())
-                        .unwrap_or_default();
-                    let (plugin, tx) = (r.plugin.clone(), shared.core_tx.clone());
-                    tokio::spawn(async move {
-                        let decision = plugin.decide(&query, &identity).await;
-                        let _ = tx
-                            .send(Input::Routed {
-                                id: query.id,
-                                decision,
-                            })
-                            .await;
-                    });
-                }
-                Event::FlowClosed(closed) => {
-                    let Some(r) = &router else { continue };
-                    let identity = closing
-                        .iter()
-                        .find(|i| i.id == closed.flow)
-                        .map(|i| i.identity.clone())
-                        .unwrap_or_default();
-                    let plugin = r.plugin.clone();
-                    tokio::spawn(async move { plugin.flow_closed(&closed, &identity).await });
-                }
             }
         }
         closing.clear();
+    }
+}
+
+/// Sends everything the core queued. Sending can fail at once (a flow that is gone):
+/// the core is told, which may produce more to send. Bounded rounds.
+fn send_transmits(core: &mut Core, shared: &Arc<Shared>) {
+    for _ in 0..8 {
+        let mut failed = Vec::new();
+        while let Some(t) = core.poll_transmit() {
+            if let Some(target) = dispatch(shared, t) {
+                failed.push(target);
+            }
+        }
+        if failed.is_empty() {
+            break;
+        }
+        for target in failed {
+            core.handle(std::time::Instant::now(), Input::SendFailed(target));
+        }
+    }
+}
+
+/// Asks the routing plugin about a request. The call starts right here, on the core's
+/// task: a plugin answers in microseconds, and a hop to another task would cost more
+/// than the call. A call still running at its first epoch tick (it yields there) moves
+/// to a task of its own and its decision comes back through the inbox, so a slow plugin
+/// holds the core for one tick at most. Returns the decision when it is already made.
+fn route(
+    router: Option<&Router>,
+    query: Box<crate::core::RouteQuery>,
+    shared: &Arc<Shared>,
+) -> Option<(u64, crate::core::RouteDecision)> {
+    use std::future::Future as _;
+    let Some(r) = router else {
+        // Only a core configured with a router asks; never leave a request hanging.
+        return Some((query.id, crate::core::RouteDecision::Continue));
+    };
+    let identity = query
+        .source
+        .flow
+        .and_then(|f| shared.flows.get(f))
+        .map(|info| info.identity.clone())
+        .unwrap_or_default();
+    let plugin = r.plugin.clone();
+    let mut call = Box::pin(async move {
+        let decision = plugin.decide(&query, &identity).await;
+        (query.id, decision)
+    });
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match call.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(done) => Some(done),
+        std::task::Poll::Pending => {
+            // Polled again by the task (timers re-register with its waker).
+            let tx = shared.core_tx.clone();
+            tokio::spawn(async move {
+                let (id, decision) = call.await;
+                let _ = tx.send(Input::Routed { id, decision }).await;
+            });
+            None
+        }
     }
 }
 

@@ -546,19 +546,38 @@ impl Core {
                 if let Some(reason) = reason {
                     resp.reason = reason;
                 }
-                return self.respond(id, resp, now);
+                return self.answer_routed(id, resp, now);
             }
             RouteDecision::Relay(target) => self.relay_to(now, &source, &mut req, target),
         };
         match route {
             proxy::Route::Answer(status, extra) => {
                 let resp = self.make_response(&req, status, &extra);
-                self.respond(id, resp, now);
+                self.answer_routed(id, resp, now);
             }
             proxy::Route::Forward(branches, hash) => {
                 self.start_ctx(now, id, source, req, branches, hash);
             }
         }
+    }
+
+    /// Answers a routed request here. A non-INVITE is then answered as without a
+    /// router, statelessly: its transaction only lived to absorb retransmissions while
+    /// the plugin decided, and keeping it for timer J would hold every REGISTER for
+    /// 32 s. An INVITE keeps its transaction (it sent 100; it absorbs the ACK).
+    fn answer_routed(&mut self, id: u64, resp: Response, now: Instant) {
+        let invite = self
+            .servers
+            .get(&id)
+            .is_some_and(|st| st.request.method == Method::Invite);
+        if invite {
+            return self.respond(id, resp, now);
+        }
+        if let Some(st) = self.servers.get(&id) {
+            let target = st.source.reply_target();
+            self.send(target, Bytes::from(resp.to_bytes()));
+        }
+        self.remove_server(id);
     }
 
     fn on_ack(&mut self, now: Instant, source: Source, req: Request) {

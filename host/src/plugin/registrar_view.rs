@@ -1,6 +1,6 @@
 //! The registrar's bindings as `sip-router` plugins see them through `lookup`: a
-//! copy kept by the SIP driver from the core's binding events, readable from any
-//! thread while the core runs on its own task.
+//! copy the SIP driver refreshes from the core after each binding event, readable from
+//! any thread while the core runs on its own task.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -18,21 +18,20 @@ pub struct RegistrarView {
 }
 
 impl RegistrarView {
-    /// A binding was added or refreshed.
-    pub fn saved(&self, b: &Binding) {
+    /// The bindings `aor` has now, in the core's order (call after each change of it).
+    pub fn set(&self, aor: &str, bindings: &[Binding]) {
         let mut map = self.by_aor.write().expect("registrar view lock");
-        let list = map.entry(b.aor.clone()).or_default();
-        list.retain(|x| x.id != b.id);
-        list.insert(0, b.clone());
-    }
-
-    /// A binding went away.
-    pub fn removed(&self, b: &Binding) {
-        let mut map = self.by_aor.write().expect("registrar view lock");
-        if let Some(list) = map.get_mut(&b.aor) {
-            list.retain(|x| x.id != b.id);
-            if list.is_empty() {
-                map.remove(&b.aor);
+        if bindings.is_empty() {
+            map.remove(aor);
+            return;
+        }
+        let mut list = bindings.to_vec();
+        // Most recent first, as forking orders them.
+        list.sort_by_key(|b| std::cmp::Reverse(b.updated));
+        match map.get_mut(aor) {
+            Some(old) => *old = list,
+            None => {
+                map.insert(aor.to_string(), list);
             }
         }
     }
