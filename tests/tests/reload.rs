@@ -98,6 +98,11 @@ async fn handshakes_never_fail_across_reloads_under_load() {
     let live = dir.path().join("live.wasm");
     deploy(&plugin("misbehave"), &live);
     let s = Server::start(&CONFIG.replace("LIVE", &live.display().to_string()));
+    // SIP flows opened before the reloads must live through them.
+    let mut flows = Vec::new();
+    for _ in 0..4 {
+        flows.push(ws_connect(s.ws).await);
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
         .map(|_| {
@@ -128,4 +133,13 @@ async fn handshakes_never_fail_across_reloads_under_load() {
         total += c.await.expect("no client saw a failure");
     }
     assert!(total > 50, "only {total} handshakes ran");
+    for (i, ws) in flows.iter_mut().enumerate() {
+        options_round_trip(ws, &format!("reload{i}"), "WS", false).await;
+    }
+    assert_eq!(
+        s.metric("sipwasm_flows_open").await,
+        4,
+        "{}",
+        s.metrics().await
+    );
 }
