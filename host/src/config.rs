@@ -416,6 +416,14 @@ pub struct PluginConfig {
     /// With `instances = "reuse"`: calls after which an instance is replaced.
     #[serde(default = "default_max_reuse")]
     pub max_reuse: u64,
+    /// Where the plugin may send HTTP requests (`wasi:http`): `scheme://host[:port]`
+    /// entries; anything else is refused. Empty: no outbound requests at all.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Longest wait to connect, for the first byte and between bytes of an outbound
+    /// response (the whole call still ends at `deadline`).
+    #[serde(default = "default_outbound_timeout", with = "duration")]
+    pub outbound_timeout: Duration,
     /// Handed to the plugin as JSON by `plugin-config()`.
     #[serde(default)]
     pub config: toml::Table,
@@ -435,6 +443,9 @@ fn default_instances() -> InstanceMode {
 }
 fn default_max_reuse() -> u64 {
     10_000
+}
+fn default_outbound_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// `[plugin-runtime]`
@@ -702,6 +713,16 @@ impl Config {
             }
             if p.max_reuse == 0 {
                 return Err((key("max-reuse"), "must be at least 1".into()));
+            }
+            for entry in &p.allowed_outbound_hosts {
+                crate::plugin::outbound::AllowedHost::parse(entry)
+                    .map_err(|e| (key("allowed-outbound-hosts"), e))?;
+            }
+            if p.outbound_timeout.is_zero() || p.outbound_timeout > Duration::from_secs(60) {
+                return Err((
+                    key("outbound-timeout"),
+                    "must be between 1ms and 60s".into(),
+                ));
             }
         }
         let h = &self.http;

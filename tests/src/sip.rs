@@ -412,7 +412,7 @@ impl Ua {
     /// Closes the WebSocket without unregistering (a browser tab that goes away).
     pub async fn vanish(self) {
         if let Conn::Ws(mut ws) = self.conn {
-            let _ = ws.close(None).await;
+            let _ = Ws::close(&mut *ws, None).await;
         }
     }
 }

@@ -22,12 +22,16 @@ pub(crate) struct PluginShared {
     pub(crate) myself: Arc<Myself>,
     /// What `lookup` reads.
     pub(crate) registrar: Arc<RegistrarView>,
+    /// Where outbound HTTP may go.
+    pub(crate) outbound: super::outbound::OutboundHooks,
 }
 
 /// The data of a plugin's store.
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    outbound: super::outbound::OutboundHooks,
     pub(crate) memory: MemoryCap,
     pub(crate) deadline: Deadline,
     shared: Arc<PluginShared>,
@@ -50,6 +54,8 @@ impl HostState {
         Self {
             wasi,
             table: ResourceTable::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outbound: shared.outbound.clone(),
             memory: MemoryCap::new(memory_limit),
             deadline: Deadline::default(),
             shared,
@@ -72,6 +78,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
         }
     }
 }

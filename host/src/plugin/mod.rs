@@ -13,6 +13,7 @@ pub mod decision;
 pub mod engine;
 mod host_impl;
 mod limits;
+pub mod outbound;
 mod output;
 mod registrar_view;
 mod registry;
@@ -156,12 +157,18 @@ impl Plugin {
         metrics: Arc<Metrics>,
     ) -> Self {
         let config_json = serde_json::to_string(&cfg.config).expect("a TOML table is valid JSON");
+        let allowed: Vec<outbound::AllowedHost> = cfg
+            .allowed_outbound_hosts
+            .iter()
+            .filter_map(|e| outbound::AllowedHost::parse(e).ok())
+            .collect();
         Self {
             shared: Arc::new(PluginShared {
                 name: name.to_string(),
                 config_json,
                 myself: context.myself.clone(),
                 registrar: context.registrar.clone(),
+                outbound: outbound::OutboundHooks::new(name, allowed.into(), cfg.outbound_timeout),
             }),
             pre,
             failure: cfg.failure,
@@ -420,6 +427,8 @@ pub fn builtin_policy(check: &HandshakeCheck) -> Decision {
 fn linker(engine: &wasmtime::Engine, world: World) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // Outgoing HTTP, refused unless the plugin's allow-list names the host.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     match world {
         World::HttpHandler => bindings::HttpHandler::add_to_linker::<
             _,
@@ -457,6 +466,8 @@ const GRANTED_WASI: &[&str] = &[
     "wasi:cli/",
     "wasi:clocks/",
     "wasi:filesystem/",
+    "wasi:http/types",
+    "wasi:http/outgoing-handler",
     "wasi:io/",
     "wasi:random/",
     "wasi:sockets/",

@@ -1,0 +1,241 @@
+//! Outbound HTTP from plugins (`wasi:http/outgoing-handler`), denied by default: a
+//! request goes out only to a scheme and authority listed in the plugin's
+//! `allowed-outbound-hosts`, with the plugin's `outbound-timeout` on connecting, the
+//! first byte and between bytes (and the whole call still within its deadline).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// One entry of `allowed-outbound-hosts`: `http://127.0.0.1:8089`,
+/// `https://auth.example.org` (port 443 implied), `https://*.example.org` (any
+/// subdomain), `http://127.0.0.1:*` (any port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    https: bool,
+    host: HostPattern,
+    /// `None`: any port.
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.org`: names ending in `.example.org`.
+    Suffix(String),
+}
+
+impl AllowedHost {
+    /// Parses one entry; the error says what is wrong with it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+            format!("{s:?}: write scheme://host[:port], e.g. https://auth.example.org")
+        })?;
+        let https = match scheme.to_ascii_lowercase().as_str() {
+            "https" => true,
+            "http" => false,
+            other => return Err(format!("{s:?}: scheme {other:?} is not http or https")),
+        };
+        if rest.contains(['/', '?', '#', '@']) || rest.is_empty() {
+            return Err(format!("{s:?}: only scheme://host[:port], no path or user"));
+        }
+        let (host, port) =
+            split_host_port(rest).ok_or_else(|| format!("{s:?}: bad host or port"))?;
+        let port = match port {
+            None => Some(if https { 443 } else { 80 }),
+            Some("*") => None,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{s:?}: port {p:?} is not a port number or *"))?,
+            ),
+        };
+        let host = host.to_ascii_lowercase();
+        let host = match host.strip_prefix("*.") {
+            Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => {
+                HostPattern::Suffix(format!(".{suffix}"))
+            }
+            _ if host.contains('*') => {
+                return Err(format!("{s:?}: a wildcard may only be a leading *. label"));
+            }
+            _ => HostPattern::Exact(host),
+        };
+        Ok(Self { https, host, port })
+    }
+
+    fn allows(&self, https: bool, host: &str, port: u16) -> bool {
+        if self.https != https || self.port.is_some_and(|p| p != port) {
+            return false;
+        }
+        match &self.host {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// `host:port`, `[v6]:port`, `host` → (host without brackets, port text).
+fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            a => Some((host, Some(a.strip_prefix(':')?))),
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && !h.is_empty() => Some((h, Some(p))),
+        Some(_) => None,
+        None => Some((s, None)),
+    }
+}
+
+/// The `wasi:http` hooks of one plugin's instances.
+#[derive(Debug, Clone)]
+pub(crate) struct OutboundHooks {
+    plugin: Arc<str>,
+    allowed: Arc<[AllowedHost]>,
+    timeout: Duration,
+}
+
+impl OutboundHooks {
+    pub(crate) fn new(plugin: &str, allowed: Arc<[AllowedHost]>, timeout: Duration) -> Self {
+        Self {
+            plugin: plugin.into(),
+            allowed,
+            timeout,
+        }
+    }
+
+    /// Whether a request to this URI may go out.
+    pub(crate) fn permits(&self, uri: &http::Uri) -> bool {
+        let https = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            _ => return false,
+        };
+        let Some(host) = uri.host() else {
+            return false;
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        self.allowed.iter().any(|a| a.allows(https, &host, port))
+    }
+}
+
+type SendFuture = Box<
+    dyn std::future::Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        drop(fut);
+        let uri = request.uri().clone();
+        if !self.permits(&uri) {
+            tracing::warn!(
+                plugin = &*self.plugin,
+                "outbound request to {}://{} refused: not in allowed-outbound-hosts",
+                uri.scheme_str().unwrap_or("?"),
+                uri.authority().map_or("?", |a| a.as_str())
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        // The guest may ask for shorter timeouts, never longer ones.
+        let cap =
+            |asked: Option<Duration>| Some(asked.map_or(self.timeout, |a| a.min(self.timeout)));
+        let asked = options.unwrap_or_default();
+        let options = RequestOptions {
+            connect_timeout: cap(asked.connect_timeout),
+            first_byte_timeout: cap(asked.first_byte_timeout),
+            between_bytes_timeout: cap(asked.between_bytes_timeout),
+        };
+        tracing::debug!(plugin = &*self.plugin, %uri, "outbound request");
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hooks(list: &[&str]) -> OutboundHooks {
+        let allowed: Vec<AllowedHost> = list
+            .iter()
+            .map(|s| AllowedHost::parse(s).unwrap())
+            .collect();
+        OutboundHooks::new("t", allowed.into(), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn allow_list_entries() {
+        let h = hooks(&[
+            "http://127.0.0.1:8089",
+            "https://auth.example.org",
+            "https://*.corp.example",
+            "http://[::1]:*",
+        ]);
+        for ok in [
+            "http://127.0.0.1:8089/check?t=1",
+            "https://auth.example.org/",
+            "https://AUTH.example.org:443/x",
+            "https://a.b.corp.example/",
+            "http://[::1]:1234/",
+        ] {
+            assert!(h.permits(&ok.parse().unwrap()), "{ok}");
+        }
+        for denied in [
+            "http://127.0.0.1:8090/",
+            "https://127.0.0.1:8089/",
+            "http://auth.example.org/",
+            "https://auth.example.org:8443/",
+            "https://evil.example/",
+            "https://corp.example/",
+            "https://notcorp.example/",
+            "http://localhost:8089/",
+        ] {
+            assert!(!h.permits(&denied.parse().unwrap()), "{denied}");
+        }
+        assert!(!hooks(&[]).permits(&"http://127.0.0.1/".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_entries_say_why() {
+        for (bad, why) in [
+            ("127.0.0.1:80", "scheme://host"),
+            ("ftp://x", "not http or https"),
+            ("http://x/path", "no path"),
+            ("http://x:http", "not a port number"),
+            ("http://a.*.b", "wildcard"),
+            ("http://", "no path or user"),
+        ] {
+            let e = AllowedHost::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}
