@@ -51,11 +51,13 @@ enum PluginCommand {
         /// The component (.wasm).
         file: PathBuf,
     },
-    /// Runs a plugin on a raw HTTP request file and prints what the host would send.
+    /// Runs a plugin on a request file and prints what the host would send: a raw
+    /// HTTP request for an http-handler, a SIP request for a sip-router.
     Run {
         /// The component (.wasm).
         file: PathBuf,
-        /// The request: a raw HTTP/1.1 request (LF line ends are fine).
+        /// The request: raw HTTP/1.1 (http-handler) or SIP (sip-router); LF line ends
+        /// are fine.
         #[arg(long, value_name = "REQUEST.http")]
         request: PathBuf,
         /// The plugin's `config` table as TOML, e.g. 'web-ports = [8080]'.

@@ -280,3 +280,97 @@ async fn router_config_errors_name_the_key() {
         assert!(err.contains(expected), "{extra}: {err}");
     }
 }
+
+/// The router plugin reloads like any other; a replacement that does not implement
+/// `sip-router` is refused and the old version keeps routing.
+#[tokio::test]
+async fn the_router_reloads_and_refuses_a_replacement_of_another_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("router.wasm");
+    std::fs::copy(plugin("call_policy"), &live).unwrap();
+    let s = Server::standard(&format!(
+        r#"
+[sip]
+router = "router"
+
+[plugins.router]
+path = "{}"
+[plugins.router.config]
+blocked = ["666"]
+"#,
+        live.display()
+    ));
+    let tmp = live.with_extension("tmp");
+    std::fs::copy(plugin("seed_policy"), &tmp).unwrap();
+    std::fs::rename(&tmp, &live).unwrap();
+    s.signal("HUP");
+    assert!(
+        s.wait_for_log("does not implement the sip-router world")
+            .await,
+        "{}",
+        s.logs()
+    );
+    assert!(
+        s.wait_for_log("reload rejected, the old version stays")
+            .await
+    );
+    let mut phone = Ua::udp(&s, "kim").await;
+    let (invite, _) = phone.request("INVITE", "666", "", SDP);
+    phone.send(&invite).await;
+    assert_eq!(
+        phone.recv_final().await.status,
+        403,
+        "the old version still routes"
+    );
+
+    std::fs::copy(plugin("call_policy"), &tmp).unwrap();
+    std::fs::rename(&tmp, &live).unwrap();
+    s.signal("HUP");
+    assert!(s.wait_for_log("plugin reloaded").await, "{}", s.logs());
+}
+
+/// `sipwasm plugin run` on a SIP request file shows what a sip-router decides.
+#[test]
+fn plugin_run_shows_a_routing_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |user: &str, config: &str| {
+        let request = dir.path().join("invite.sip");
+        std::fs::write(
+            &request,
+            format!(
+                "INVITE sip:{user}@localhost SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\n\
+                 Max-Forwards: 70\nFrom: <sip:alice@localhost>;tag=1\nTo: <sip:{user}@localhost>\n\
+                 Call-ID: run1\nCSeq: 1 INVITE\nContent-Length: 0\n\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(sipwasm_bin())
+            .args(["plugin", "run"])
+            .arg(plugin("call_policy"))
+            .arg("--request")
+            .arg(&request)
+            .args(["--config", config, "--log", "warn"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let blocked = run("666", "blocked = [\"666\"]");
+    assert!(blocked.starts_with("SIP/2.0 403 Blocked\r\n"), "{blocked}");
+    assert!(blocked.contains("Call-ID: run1\r\n"), "{blocked}");
+    assert!(
+        blocked.contains("To: <sip:666@localhost>;tag="),
+        "{blocked}"
+    );
+    let relayed = run("9001", "relay = { \"9\" = \"127.0.0.1:5070\" }");
+    assert!(
+        relayed.starts_with("relay: forwarded statefully to sip:9001@127.0.0.1:5070"),
+        "{relayed}"
+    );
+    let other = run("bob", "blocked = [\"666\"]");
+    assert!(other.starts_with("continue:"), "{other}");
+}

@@ -847,6 +847,34 @@ impl Core {
     }
 }
 
+/// A final response to `req` as the core builds its own answers (Via, From, To with a
+/// tag, Call-ID, CSeq copied; `extra` headers; a Server header), for tools that show
+/// what the server would send. The To tag here is random, not the server's stable one.
+pub fn local_reply(
+    req: &Request,
+    status: u16,
+    reason: Option<String>,
+    extra: &[(HeaderName, String)],
+) -> Response {
+    let mut secret = [0u8; 32];
+    let _ = getrandom::fill(&mut secret);
+    let core = Core::new(CoreConfig {
+        myself: Arc::new(Myself::new(&[], &[])),
+        listeners: Vec::new(),
+        server_header: format!("sipwasm/{}", env!("CARGO_PKG_VERSION")),
+        secret,
+        timers: TimerConfig::default(),
+        registrar: RegistrarConfig::default(),
+        relay: false,
+        router: false,
+    });
+    let mut resp = core.make_response(req, status, extra);
+    if let Some(reason) = reason {
+        resp.reason = reason;
+    }
+    resp
+}
+
 /// The ACK for a non-2xx final response (RFC 3261 17.1.1.3): same R-URI, top Via,
 /// Call-ID, From, Route and CSeq number as the INVITE, To from the response.
 fn build_ack(invite: &Request, resp: &Response) -> Request {

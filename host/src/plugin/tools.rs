@@ -150,11 +150,11 @@ pub async fn run(opts: RunOptions<'_>) -> anyhow::Result<String> {
     let path = std::fs::canonicalize(opts.plugin)
         .with_context(|| format!("cannot read {}", opts.plugin.display()))?;
     let table = opts.config.unwrap_or("");
+    // The plugin is not tied to a listener, so it loads as the world it implements.
     let toml = format!(
         "[server]\ndomains = [\"localhost\", \"127.0.0.1\"]\n\
-         [[listen]]\ntransport = \"{}\"\naddress = \"127.0.0.1:{}\"\nplugin = \"plugin\"\n\
+         [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{}\"\n\
          [plugins.plugin]\npath = {:?}\n[plugins.plugin.config]\n{table}\n",
-        if opts.tls { "wss" } else { "ws" },
         opts.local_port,
         path.display().to_string(),
     );
@@ -179,6 +179,10 @@ pub async fn run(opts: RunOptions<'_>) -> anyhow::Result<String> {
             .replace('\n', "\r\n")
             .into_bytes()
     };
+    if plugin.world() == World::SipRouter {
+        let slot = plugins.slot("plugin").expect("configured above");
+        return run_sip(slot, &raw, local, opts.tls).await;
+    }
     let limits = HeadLimits {
         max_head_bytes: config.http.max_head_bytes,
         max_headers: config.http.max_headers,
@@ -273,4 +277,59 @@ pub async fn run(opts: RunOptions<'_>) -> anyhow::Result<String> {
     out.push_str(&then);
     out.push('\n');
     Ok(out)
+}
+
+/// `plugin run` for a `sip-router` plugin: `raw` is a SIP request; prints what the
+/// host does with the plugin's decision.
+async fn run_sip(
+    slot: Arc<super::PluginSlot>,
+    raw: &[u8],
+    local: SocketAddr,
+    tls: bool,
+) -> anyhow::Result<String> {
+    use crate::core::{RouteDecision, RouteQuery, Source, Transport};
+    let mut message = match crate::sip::parse::parse(raw) {
+        Ok(crate::sip::message::Message::Request(r)) => r,
+        Ok(crate::sip::message::Message::Response(_)) => {
+            bail!("the file holds a SIP response; a sip-router plugin decides requests")
+        }
+        Err(e) => bail!("the file is not a SIP request the host would accept: {e}"),
+    };
+    let transport = if tls { Transport::Tls } else { Transport::Udp };
+    let source = Source {
+        transport,
+        local,
+        remote: SocketAddr::from(([127, 0, 0, 1], 50_000)),
+        flow: tls.then_some(1),
+    };
+    crate::core::stamp_received(&mut message, source.remote);
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let router = super::sip::SipRouter::new(slot, NonceKey::new(secret));
+    let query = RouteQuery {
+        id: 1,
+        source,
+        request: message,
+    };
+    let decision = router.decide(&query, &[]).await;
+    let text = match decision {
+        RouteDecision::Continue => {
+            "continue: the registrar and proxy handle it as without a router\n".to_string()
+        }
+        RouteDecision::Relay(uri) => format!(
+            "relay: forwarded statefully to {uri}, its new Request-URI (Max-Forwards, loop \
+             detection and Record-Route apply)\n"
+        ),
+        RouteDecision::Reply {
+            status,
+            reason,
+            headers,
+        } => {
+            let resp = crate::core::local_reply(&query.request, status, reason, &headers);
+            let mut out = String::from_utf8_lossy(&resp.to_bytes()).into_owned();
+            out.push_str("---\nthen: this response goes back on the flow the request came in on\n");
+            out
+        }
+    };
+    Ok(text)
 }
