@@ -805,7 +805,7 @@ async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<(
     .await??;
     let slot = plugins.router().context("the router plugin")?;
     let router =
-        sipwasm::plugin::sip::SipRouter::new(slot, sipwasm::core::auth::NonceKey::new([3; 32]));
+        sipwasm::plugin::sip::SipRouter::new(slot, plugins.nonce_key(), &["MD5".to_string()]);
     let register = "REGISTER sip:localhost SIP/2.0\r\n\
         Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK776asdhds;rport=40000;received=127.0.0.1\r\n\
         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=1928301774\r\nTo: <sip:alice@localhost>\r\n\

@@ -282,6 +282,10 @@ pub struct SipConfig {
     /// each new out-of-dialog request before the default routing.
     #[serde(default)]
     pub router: Option<String>,
+    /// Digest algorithms offered when the router challenges, in order (`MD5`,
+    /// `SHA-256`). MD5 alone by default: JsSIP and many phones know nothing else.
+    #[serde(default = "default_digest_algorithms")]
+    pub digest_algorithms: Vec<String>,
     /// Largest SIP message on UDP, TCP and TLS (WebSocket has its own limit).
     #[serde(default = "default_sip_max_message", with = "size")]
     pub max_message_bytes: usize,
@@ -322,6 +326,7 @@ impl Default for SipConfig {
         Self {
             relay: false,
             router: None,
+            digest_algorithms: default_digest_algorithms(),
             max_message_bytes: default_sip_max_message(),
             tcp_idle_timeout: default_tcp_idle(),
             min_expires: default_min_expires(),
@@ -443,6 +448,9 @@ fn default_instances() -> InstanceMode {
 }
 fn default_max_reuse() -> u64 {
     10_000
+}
+fn default_digest_algorithms() -> Vec<String> {
+    vec!["MD5".into()]
 }
 fn default_outbound_timeout() -> Duration {
     Duration::from_secs(2)
@@ -673,6 +681,17 @@ impl Config {
         }
         if sip.timer_c < Duration::from_secs(1) {
             return Err(("sip.timer-c".into(), "must be at least 1s".into()));
+        }
+        let algs = &self.sip.digest_algorithms;
+        if algs.is_empty()
+            || algs.iter().any(|a| a != "MD5" && a != "SHA-256")
+            || (algs.len() == 2 && algs[0] == algs[1])
+            || algs.len() > 2
+        {
+            return Err((
+                "sip.digest-algorithms".into(),
+                "list \"MD5\" and/or \"SHA-256\", each once, in the order to offer them".into(),
+            ));
         }
         if let Some(r) = &self.sip.router
             && !self.plugins.contains_key(r)

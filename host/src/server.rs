@@ -193,7 +193,7 @@ impl Server {
         let router = plugins.router().map(|slot| {
             tracing::info!(plugin = slot.name(), "SIP requests are routed by plugin");
             Router {
-                plugin: SipRouter::new(slot, NonceKey::new(secret)),
+                plugin: SipRouter::new(slot, plugins.nonce_key(), &config.sip.digest_algorithms),
                 view: plugins.registrar_view(),
             }
         });

@@ -3,7 +3,7 @@
 // peers of sipwasm.
 //
 //   node agent.mjs --lib jssip|sipjs --url ws://127.0.0.1:8080 --user alice [--domain localhost]
-//                  [--instance <uuid>]
+//                  [--instance <uuid>] [--password <digest password>]
 //
 // Commands: {"cmd":"register"} {"cmd":"unregister"} {"cmd":"call","target":"bob"}
 //           {"cmd":"answer"} {"cmd":"reject","status":486} {"cmd":"hangup"}
@@ -121,6 +121,7 @@ async function jssipAgent() {
     connection_recovery_min_interval: 60,
     connection_recovery_max_interval: 60,
     ...(args.instance ? { instance_id: args.instance } : {}),
+    ...(args.password ? { password: args.password } : {}),
   });
   let session = null;
   ua.on("connected", () => emit("ready"));
@@ -201,6 +202,7 @@ async function sipjsAgent() {
     sessionDescriptionHandlerFactory: () => new FakeSdh(),
     logLevel: "error",
     ...(args.instance ? { instanceId: args.instance, instanceIdAlwaysAdded: true } : {}),
+    ...(args.password ? { authorizationUsername: user, authorizationPassword: args.password } : {}),
     delegate: {
       onInvite: (invitation) => {
         session = invitation;

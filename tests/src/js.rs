@@ -36,6 +36,17 @@ impl Agent {
     /// Starts an agent for `user` on the server's `ws` listener (optionally with an
     /// RFC 5626 instance id) and waits until its WebSocket is up.
     pub async fn start(server: &Server, lib: Lib, user: &str, instance: Option<&str>) -> Self {
+        Self::start_with(server, lib, user, instance, None).await
+    }
+
+    /// [`Agent::start`] with a Digest password for challenges.
+    pub async fn start_with(
+        server: &Server,
+        lib: Lib,
+        user: &str,
+        instance: Option<&str>,
+        password: Option<&str>,
+    ) -> Self {
         let dir = js_dir();
         assert!(
             dir.join("node_modules/jssip").exists(),
@@ -53,6 +64,9 @@ impl Agent {
             .kill_on_drop(true);
         if let Some(i) = instance {
             cmd.args(["--instance", i]);
+        }
+        if let Some(p) = password {
+            cmd.args(["--password", p]);
         }
         let mut child = cmd.spawn().expect("start node");
         let stdin = child.stdin.take().unwrap();

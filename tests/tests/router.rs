@@ -374,3 +374,148 @@ fn plugin_run_shows_a_routing_decision() {
     let other = run("bob", "blocked = [\"666\"]");
     assert!(other.starts_with("continue:"), "{other}");
 }
+
+/// call-policy with Digest authentication on REGISTER and MESSAGE.
+fn auth_server(algorithms: &str) -> Server {
+    Server::standard(&format!(
+        r#"
+[sip]
+router = "router"
+digest-algorithms = [{algorithms}]
+
+[plugins.router]
+path = "{{plugins}}/call_policy.wasm"
+[plugins.router.config.auth]
+realm = "sipwasm"
+methods = ["REGISTER", "MESSAGE"]
+users = {{ alice = "alice-secret", bob = "bob-secret", carol = "carol-secret" }}
+"#
+    ))
+}
+
+fn md5_hex(s: &str) -> String {
+    use md5::Digest as _;
+    md5::Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `Authorization` answer to a challenge value, RFC 2617 with qop=auth.
+fn digest_answer(challenge: &str, user: &str, password: &str, method: &str, uri: &str) -> String {
+    let param = |name: &str| {
+        let start = challenge.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        challenge[start..][..challenge[start..].find('"').unwrap()].to_string()
+    };
+    let (realm, nonce) = (param("realm"), param("nonce"));
+    let ha1 = md5_hex(&format!("{user}:{realm}:{password}"));
+    let ha2 = md5_hex(&format!("{method}:{uri}"));
+    let response = md5_hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\""
+    )
+}
+
+#[tokio::test]
+async fn the_router_authenticates_with_digest() {
+    let s = auth_server("\"MD5\"");
+    let mut alice = Ua::udp(&s, "alice").await;
+    let r = alice.register(600).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenges: Vec<&str> = r.headers.get_all(&HeaderName::WwwAuthenticate).collect();
+    assert_eq!(
+        challenges.len(),
+        1,
+        "MD5 only by default, for interop: {r:?}"
+    );
+    assert!(challenges[0].contains("algorithm=MD5"), "{challenges:?}");
+
+    let register = |ua: &mut Ua, auth: &str| {
+        ua.register_text(600).replace(
+            "Content-Length: 0\r\n",
+            &format!("Authorization: {auth}\r\nContent-Length: 0\r\n"),
+        )
+    };
+    // The right password.
+    let good = digest_answer(
+        challenges[0],
+        "alice",
+        "alice-secret",
+        "REGISTER",
+        "sip:localhost",
+    );
+    let text = register(&mut alice, &good);
+    alice.send(&text).await;
+    assert_eq!(alice.recv_final().await.status, 200);
+    // A wrong one.
+    let bad = digest_answer(challenges[0], "alice", "guess", "REGISTER", "sip:localhost");
+    let text = register(&mut alice, &bad);
+    alice.send(&text).await;
+    let r = alice.recv_final().await;
+    assert_eq!((r.status, r.reason.as_str()), (403, "Wrong Credentials"));
+    // Good credentials of another user do not register alice.
+    let mallory = digest_answer(
+        challenges[0],
+        "carol",
+        "carol-secret",
+        "REGISTER",
+        "sip:localhost",
+    );
+    let text = register(&mut alice, &mallory);
+    alice.send(&text).await;
+    let r = alice.recv_final().await;
+    assert_eq!((r.status, r.reason.as_str()), (403, "Not Your Address"));
+    // A forged nonce is not ours.
+    let forged = good.replace(&good[good.find("nonce=\"").unwrap() + 7..][..8], "AAAAAAAA");
+    let text = register(&mut alice, &forged);
+    alice.send(&text).await;
+    assert_eq!(alice.recv_final().await.status, 403);
+
+    // A MESSAGE is challenged by the proxy (407).
+    let (msg, _) = alice.request("MESSAGE", "bob", "", "hi");
+    alice.send(&msg).await;
+    let r = alice.recv_final().await;
+    assert_eq!(r.status, 407, "{r:?}");
+    assert!(r.headers.get(&HeaderName::ProxyAuthenticate).is_some());
+    // OPTIONS is not in the list: no challenge.
+    let (opt, _) = alice.request("OPTIONS", "sip:localhost", "", "");
+    alice.send(&opt).await;
+    assert_eq!(alice.recv_final().await.status, 200);
+}
+
+#[tokio::test]
+async fn browser_stacks_answer_the_routers_challenges() {
+    use serde_json::json;
+    use sipwasm_tests::js::{Agent, Lib};
+    let s = auth_server("\"MD5\"");
+    let mut alice = Agent::start_with(&s, Lib::JsSip, "alice", None, Some("alice-secret")).await;
+    let mut bob = Agent::start_with(&s, Lib::SipJs, "bob", None, Some("bob-secret")).await;
+    alice.register().await;
+    bob.register().await;
+    alice
+        .cmd(json!({"cmd": "message", "target": "bob", "body": "authenticated hello"}))
+        .await;
+    assert_eq!(bob.expect("message").await["body"], "authenticated hello");
+    alice.expect("message_sent").await;
+    bob.cmd(json!({"cmd": "message", "target": "alice", "body": "and back"}))
+        .await;
+    assert_eq!(alice.expect("message").await["body"], "and back");
+    bob.expect("message_sent").await;
+    // The wrong password never registers.
+    let mut eve = Agent::start_with(&s, Lib::JsSip, "carol", None, Some("wrong")).await;
+    eve.cmd(json!({"cmd": "register"})).await;
+    let failed = eve.expect("registration_failed").await;
+    assert_eq!(failed["status"], 403, "{failed}");
+}
+
+#[tokio::test]
+async fn sha256_challenges_when_configured() {
+    let s = auth_server("\"SHA-256\", \"MD5\"");
+    let mut ua = Ua::udp(&s, "alice").await;
+    let r = ua.register(600).await;
+    let challenges: Vec<&str> = r.headers.get_all(&HeaderName::WwwAuthenticate).collect();
+    assert_eq!(challenges.len(), 2, "{r:?}");
+    assert!(challenges[0].contains("algorithm=SHA-256"));
+    assert!(challenges[1].contains("algorithm=MD5"));
+}

@@ -101,6 +101,166 @@ impl NonceKey {
     }
 }
 
+impl NonceKey {
+    /// The challenge header values for SIP (RFC 3261 section 22, RFC 8760), one per
+    /// algorithm in `algorithms` (`MD5`, `SHA-256`), in that order. JsSIP and many
+    /// phones know MD5 alone and give up on a challenge list they misread, hence the
+    /// server's default of MD5 only (`sip.digest-algorithms`).
+    pub fn sip_challenge_headers(
+        &self,
+        realm: &str,
+        now_unix: u64,
+        stale: bool,
+        algorithms: &[String],
+    ) -> Vec<String> {
+        let nonce = self.issue(realm, now_unix);
+        let realm = quote(realm);
+        let stale = if stale { ", stale=true" } else { "" };
+        algorithms
+            .iter()
+            .map(|alg| {
+                format!(
+                    "Digest realm={realm}, qop=\"auth\", algorithm={alg}, nonce=\"{nonce}\"{stale}"
+                )
+            })
+            .collect()
+    }
+
+    /// Checks Digest credentials (`Authorization` / `Proxy-Authorization` values) of a
+    /// request with `method` for `realm` against `password`.
+    pub fn verify<'a>(
+        &self,
+        credentials: impl IntoIterator<Item = &'a str>,
+        method: &str,
+        realm: &str,
+        password: &str,
+        now_unix: u64,
+        max_age_secs: u64,
+    ) -> DigestVerdict {
+        let Some(c) = credentials
+            .into_iter()
+            .find(|v| digest_param(v, "realm").as_deref() == Some(realm))
+        else {
+            return DigestVerdict::Missing;
+        };
+        let field = |name| digest_param(c, name);
+        let (Some(username), Some(nonce), Some(uri), Some(response)) = (
+            field("username"),
+            field("nonce"),
+            field("uri"),
+            field("response"),
+        ) else {
+            return DigestVerdict::Invalid;
+        };
+        let fresh = match self.check(&nonce, realm, now_unix, max_age_secs) {
+            NonceCheck::Invalid => return DigestVerdict::Invalid,
+            NonceCheck::Stale => false,
+            NonceCheck::Valid => true,
+        };
+        let algorithm = field("algorithm").unwrap_or_else(|| "MD5".into());
+        let hash: fn(&str) -> String = if algorithm.eq_ignore_ascii_case("MD5") {
+            |s| hex(&<md5::Md5 as md5::Digest>::digest(s.as_bytes()))
+        } else if algorithm.eq_ignore_ascii_case("SHA-256") {
+            |s| hex(&<sha2::Sha256 as sha2::Digest>::digest(s.as_bytes()))
+        } else {
+            return DigestVerdict::Invalid;
+        };
+        let ha1 = hash(&format!("{username}:{realm}:{password}"));
+        let ha2 = hash(&format!("{method}:{uri}"));
+        let expected = match field("qop") {
+            Some(q) if q.eq_ignore_ascii_case("auth") => {
+                let (Some(nc), Some(cnonce)) = (field("nc"), field("cnonce")) else {
+                    return DigestVerdict::Invalid;
+                };
+                hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+            }
+            Some(_) => return DigestVerdict::Invalid,
+            None => hash(&format!("{ha1}:{nonce}:{ha2}")),
+        };
+        let given = response.to_ascii_lowercase();
+        let same = expected.len() == given.len()
+            && expected
+                .bytes()
+                .zip(given.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        match (same, fresh) {
+            (false, _) => DigestVerdict::Invalid,
+            (true, true) => DigestVerdict::Valid,
+            (true, false) => DigestVerdict::Stale,
+        }
+    }
+}
+
+/// What Digest credentials say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestVerdict {
+    /// Correct for the password, with a fresh nonce of ours.
+    Valid,
+    /// Correct, but the nonce has expired: challenge again with `stale=true`.
+    Stale,
+    /// Wrong (password, nonce not ours, unknown algorithm, missing fields).
+    Invalid,
+    /// No credentials for the realm.
+    Missing,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A parameter of a Digest credentials value (`Digest username="a", nonce="x"`),
+/// unquoted; `None` when absent or the value is not Digest.
+pub fn digest_param(value: &str, name: &str) -> Option<String> {
+    let rest = value.trim_start();
+    let rest = rest
+        .get(..6)
+        .filter(|s| s.eq_ignore_ascii_case("digest"))
+        .map(|_| &rest[6..])?;
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && (bytes[i] == b',' || bytes[i].is_ascii_whitespace()) {
+            i += 1;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i] != b'=' && bytes[i] != b',' {
+            i += 1;
+        }
+        let key = rest[start..i].trim();
+        if i >= bytes.len() || bytes[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let mut val = String::new();
+        if i < bytes.len() && bytes[i] == b'"' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                if bytes[i] == b'\\' && i + 1 < bytes.len() {
+                    i += 1;
+                }
+                let c = rest[i..].chars().next()?;
+                val.push(c);
+                i += c.len_utf8();
+            }
+            i += 1;
+        } else {
+            let s = i;
+            while i < bytes.len() && bytes[i] != b',' {
+                i += 1;
+            }
+            val.push_str(rest[s..i].trim());
+        }
+        if key.eq_ignore_ascii_case(name) {
+            return Some(val);
+        }
+    }
+    None
+}
+
 /// Whether a realm can be put in a challenge: printable, at most 128 bytes.
 pub fn realm_is_valid(realm: &str) -> bool {
     !realm.is_empty() && realm.len() <= 128 && realm.chars().all(|c| !c.is_control())
@@ -142,6 +302,75 @@ mod tests {
             k.check(std::str::from_utf8(&tampered).unwrap(), "sip", 1_010, 300),
             NonceCheck::Valid
         );
+    }
+
+    /// RFC 2617 section 3.5's example, adapted to a nonce of ours.
+    #[test]
+    fn digest_responses_are_verified() {
+        let k = NonceKey::new([9; 32]);
+        let nonce = k.issue("sipwasm", 1_000);
+        let md5 = |s: &str| hex(&<md5::Md5 as md5::Digest>::digest(s.as_bytes()));
+        let ha1 = md5("alice:sipwasm:secret");
+        let ha2 = md5("REGISTER:sip:localhost");
+        let response = md5(&format!("{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}"));
+        let creds = format!(
+            "Digest username=\"alice\", realm=\"sipwasm\", nonce=\"{nonce}\", uri=\"sip:localhost\", \
+             response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"0a4f113b\""
+        );
+        let v = |c: &str, pw: &str, now| k.verify([c], "REGISTER", "sipwasm", pw, now, 300);
+        assert_eq!(v(&creds, "secret", 1_010), DigestVerdict::Valid);
+        assert_eq!(v(&creds, "wrong", 1_010), DigestVerdict::Invalid);
+        assert_eq!(v(&creds, "secret", 2_000), DigestVerdict::Stale);
+        assert_eq!(
+            k.verify([creds.as_str()], "INVITE", "sipwasm", "secret", 1_010, 300),
+            DigestVerdict::Invalid,
+            "the method is part of the digest"
+        );
+        assert_eq!(
+            k.verify([creds.as_str()], "REGISTER", "other", "secret", 1_010, 300),
+            DigestVerdict::Missing
+        );
+        let forged = creds.replace(&nonce, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(v(&forged, "secret", 1_010), DigestVerdict::Invalid);
+        // SHA-256 and no qop (RFC 2069 style).
+        let sha = |s: &str| hex(&<sha2::Sha256 as sha2::Digest>::digest(s.as_bytes()));
+        let response = sha(&format!(
+            "{}:{nonce}:{}",
+            sha("alice:sipwasm:secret"),
+            sha("REGISTER:sip:localhost")
+        ));
+        let creds = format!(
+            "Digest username=\"alice\",realm=\"sipwasm\",nonce=\"{nonce}\",uri=\"sip:localhost\",response=\"{response}\",algorithm=SHA-256"
+        );
+        assert_eq!(v(&creds, "secret", 1_010), DigestVerdict::Valid);
+        assert_eq!(
+            v("Basic YWxpY2U6c2VjcmV0", "secret", 1_010),
+            DigestVerdict::Missing
+        );
+    }
+
+    #[test]
+    fn sip_challenges_follow_the_configured_algorithms() {
+        let k = NonceKey::new([1; 32]);
+        let h = k.sip_challenge_headers("r", 5, true, &["MD5".into()]);
+        assert_eq!(h.len(), 1);
+        assert!(
+            h[0].contains("algorithm=MD5") && h[0].contains("stale=true"),
+            "{h:?}"
+        );
+        let h = k.sip_challenge_headers("r", 5, false, &["SHA-256".into(), "MD5".into()]);
+        assert!(h[0].contains("algorithm=SHA-256") && h[1].contains("algorithm=MD5"));
+    }
+
+    #[test]
+    fn digest_params() {
+        let v = "Digest username=\"al\\\"ice\", realm=\"x, y\", nonce=abc, qop=auth";
+        assert_eq!(digest_param(v, "username").as_deref(), Some("al\"ice"));
+        assert_eq!(digest_param(v, "realm").as_deref(), Some("x, y"));
+        assert_eq!(digest_param(v, "NONCE").as_deref(), Some("abc"));
+        assert_eq!(digest_param(v, "qop").as_deref(), Some("auth"));
+        assert_eq!(digest_param(v, "cnonce"), None);
+        assert_eq!(digest_param("Basic abc", "realm"), None);
     }
 
     #[test]

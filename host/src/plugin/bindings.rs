@@ -29,6 +29,9 @@ mod generated {
 
 pub use generated::HttpHandler;
 pub use generated::HttpHandlerPre;
+pub use generated::sip::sipwasm::plugin::digest::{
+    Host as DigestImports, Verdict as DigestVerdictWit,
+};
 pub use generated::sip::sipwasm::plugin::registrar::Host as RegistrarImports;
 pub use generated::sip::sipwasm::plugin::sip_types::{
     ClosedFlow, Contact, Flow, Host as SipTypesImports, SipDecision as GuestSipDecision,

@@ -6,12 +6,14 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{
-    Contact, HostImports, Level, RegistrarImports, SipTypesImports, TypesImports,
+    Contact, DigestImports, DigestVerdictWit, HostImports, Level, RegistrarImports, SipRequest,
+    SipTypesImports, TypesImports,
 };
 use super::limits::{Deadline, MemoryCap};
 use super::output::{GuestOutput, LineLevel, LogSink, Stream};
 use super::registrar_view::RegistrarView;
 use crate::core::Myself;
+use crate::core::auth::{DigestVerdict, NonceKey, digest_param};
 
 /// What every instance of one plugin shares.
 #[derive(Debug)]
@@ -24,6 +26,36 @@ pub(crate) struct PluginShared {
     pub(crate) registrar: Arc<RegistrarView>,
     /// Where outbound HTTP may go.
     pub(crate) outbound: super::outbound::OutboundHooks,
+    /// Makes and checks Digest nonces (the same key as the SIP challenges).
+    pub(crate) nonce: NonceKey,
+}
+
+/// What the `digest` imports need of the SIP request being decided.
+#[derive(Debug, Clone)]
+pub(crate) struct SipCall {
+    method: String,
+    /// The credentials: `Authorization` values for REGISTER, else
+    /// `Proxy-Authorization` values.
+    credentials: Vec<String>,
+}
+
+impl SipCall {
+    pub(crate) fn of(req: &SipRequest) -> Self {
+        let wanted = if req.method.eq_ignore_ascii_case("REGISTER") {
+            "Authorization"
+        } else {
+            "Proxy-Authorization"
+        };
+        Self {
+            method: req.method.clone(),
+            credentials: req
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(wanted))
+                .map(|(_, v)| v.clone())
+                .collect(),
+        }
+    }
 }
 
 /// The data of a plugin's store.
@@ -37,6 +69,8 @@ pub(crate) struct HostState {
     shared: Arc<PluginShared>,
     /// The `log` import and stdout/stderr, under one quota.
     pub(crate) output: Arc<LogSink>,
+    /// The SIP request being decided, during `on-sip-request`.
+    pub(crate) sip_request: Option<SipCall>,
 }
 
 impl HostState {
@@ -60,6 +94,7 @@ impl HostState {
             deadline: Deadline::default(),
             shared,
             output,
+            sip_request: None,
         }
     }
 
@@ -93,6 +128,40 @@ impl wasmtime_wasi_http::WasiHttpView for HostState {
 }
 
 impl TypesImports for HostState {}
+
+impl DigestImports for HostState {
+    fn username(&mut self, realm: String) -> Option<String> {
+        let call = self.sip_request.as_ref()?;
+        call.credentials
+            .iter()
+            .find(|c| digest_param(c, "realm").as_deref() == Some(realm.as_str()))
+            .and_then(|c| digest_param(c, "username"))
+    }
+
+    fn verify(&mut self, realm: String, password: String) -> DigestVerdictWit {
+        let Some(call) = self.sip_request.as_ref() else {
+            return DigestVerdictWit::Missing;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let verdict = self.shared.nonce.verify(
+            call.credentials.iter().map(String::as_str),
+            &call.method,
+            &realm,
+            &password,
+            now,
+            super::sip::NONCE_MAX_AGE_SECS,
+        );
+        match verdict {
+            DigestVerdict::Valid => DigestVerdictWit::Valid,
+            DigestVerdict::Stale => DigestVerdictWit::Stale,
+            DigestVerdict::Invalid => DigestVerdictWit::Invalid,
+            DigestVerdict::Missing => DigestVerdictWit::Missing,
+        }
+    }
+}
 
 impl SipTypesImports for HostState {}
 

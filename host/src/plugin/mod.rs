@@ -168,6 +168,7 @@ impl Plugin {
                 config_json,
                 myself: context.myself.clone(),
                 registrar: context.registrar.clone(),
+                nonce: context.nonce.clone(),
                 outbound: outbound::OutboundHooks::new(name, allowed.into(), cfg.outbound_timeout),
             }),
             pre,
@@ -259,11 +260,13 @@ impl Plugin {
         let Exports::Sip(exports) = exports else {
             return Err(self.wrong_world(World::SipRouter));
         };
+        store.data_mut().sip_request = Some(host_impl::SipCall::of(request));
         let result = tokio::time::timeout(
             self.deadline + self.grace,
-            exports.call_on_sip_request(store, request),
+            exports.call_on_sip_request(&mut *store, request),
         )
         .await;
+        store.data_mut().sip_request = None;
         self.end(instance, result)
     }
 
@@ -479,6 +482,7 @@ const SIPWASM_IMPORTS: &[&str] = &[
     "sipwasm:plugin/types@0.1",
     "sipwasm:plugin/sip-types@0.1",
     "sipwasm:plugin/registrar@0.1",
+    "sipwasm:plugin/digest@0.1",
 ];
 
 /// A component ready to instantiate, and the `wasi:` interfaces it imports that this

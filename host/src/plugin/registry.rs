@@ -19,6 +19,9 @@ pub(crate) struct HostContext {
     pub(crate) myself: Arc<Myself>,
     /// The registrar's bindings as `lookup` sees them.
     pub(crate) registrar: Arc<RegistrarView>,
+    /// Digest nonces: keyed with the server secret (the compile cache's), so the
+    /// challenges the SIP driver makes verify here.
+    pub(crate) nonce: crate::core::auth::NonceKey,
 }
 
 /// Plugins compiled into the server binary, usable as `builtin = "NAME"`.
@@ -346,6 +349,15 @@ impl Plugins {
             context: HostContext {
                 myself,
                 registrar: Arc::new(RegistrarView::default()),
+                nonce: crate::core::auth::NonceKey::new(match cache {
+                    Some(c) => c.secret,
+                    None => {
+                        let mut s = [0u8; 32];
+                        getrandom::fill(&mut s)
+                            .map_err(|e| anyhow::anyhow!("no randomness for nonces: {e}"))?;
+                        s
+                    }
+                }),
             },
             router: config.sip.router.clone(),
             metrics,
@@ -397,6 +409,11 @@ impl Plugins {
     /// The `sip.router` plugin, if one is configured.
     pub fn router(&self) -> Option<Arc<PluginSlot>> {
         self.inner.router.as_deref().and_then(|r| self.slot(r))
+    }
+
+    /// The key of the Digest nonces plugins verify (challenges must use it).
+    pub fn nonce_key(&self) -> crate::core::auth::NonceKey {
+        self.inner.context.nonce.clone()
     }
 
     /// The registrar's bindings as plugins' `lookup` sees them; the SIP driver keeps

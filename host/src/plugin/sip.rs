@@ -7,7 +7,7 @@ use super::bindings::{self, GuestSipDecision};
 use super::registrar_view::sip_transport;
 use super::{PluginFailure, PluginSlot};
 use crate::config::FailurePolicy;
-use crate::core::auth::{NonceCheck, NonceKey, realm_is_valid};
+use crate::core::auth::{NonceCheck, NonceKey, digest_param, realm_is_valid};
 use crate::core::{ClosedFlow, RouteDecision, RouteQuery, Source};
 use crate::sip::headers::{HeaderName, is_token_char};
 use crate::sip::message::{Method, Request};
@@ -39,13 +39,19 @@ const OWNED: &[HeaderName] = &[
 pub struct SipRouter {
     slot: Arc<PluginSlot>,
     nonce: NonceKey,
+    /// Digest algorithms offered in challenges, in order.
+    algorithms: Arc<[String]>,
 }
 
 impl SipRouter {
     /// A router calling the plugin in `slot` (its current version at each call);
-    /// `nonce` makes the challenges.
-    pub fn new(slot: Arc<PluginSlot>, nonce: NonceKey) -> Self {
-        Self { slot, nonce }
+    /// `nonce` makes the challenges, one per algorithm of `algorithms`.
+    pub fn new(slot: Arc<PluginSlot>, nonce: NonceKey, algorithms: &[String]) -> Self {
+        Self {
+            slot,
+            nonce,
+            algorithms: algorithms.into(),
+        }
     }
 
     /// The plugin's name.
@@ -59,7 +65,7 @@ impl SipRouter {
         let plugin = self.slot.current();
         let request = sip_request(&query.request, &query.source, identity);
         let outcome = match plugin.call_sip_request(&request).await {
-            Ok(d) => validate(d, &query.request, &self.nonce, unix_now())
+            Ok(d) => validate(d, &query.request, &self.nonce, unix_now(), &self.algorithms)
                 .map_err(PluginFailure::InvalidDecision),
             Err(e) => Err(e),
         };
@@ -155,6 +161,7 @@ pub fn validate(
     req: &Request,
     nonce: &NonceKey,
     now_unix: u64,
+    algorithms: &[String],
 ) -> Result<RouteDecision, String> {
     match d {
         GuestSipDecision::Continue => Ok(RouteDecision::Continue),
@@ -238,7 +245,7 @@ pub fn validate(
                     })
             });
             let headers = nonce
-                .challenge_headers(&realm, now_unix, stale)
+                .sip_challenge_headers(&realm, now_unix, stale, algorithms)
                 .into_iter()
                 .map(|v| (ask.clone(), v))
                 .collect();
@@ -249,59 +256,6 @@ pub fn validate(
             })
         }
     }
-}
-
-/// A parameter of a Digest credentials value (`Digest username="a", nonce="x"`),
-/// unquoted.
-fn digest_param(value: &str, name: &str) -> Option<String> {
-    let rest = value.trim_start();
-    let rest = rest
-        .get(..6)
-        .filter(|s| s.eq_ignore_ascii_case("digest"))
-        .map(|_| &rest[6..])?;
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        // Skip separators.
-        while i < bytes.len() && (bytes[i] == b',' || bytes[i].is_ascii_whitespace()) {
-            i += 1;
-        }
-        let start = i;
-        while i < bytes.len() && bytes[i] != b'=' && bytes[i] != b',' {
-            i += 1;
-        }
-        let key = rest[start..i].trim();
-        if i >= bytes.len() || bytes[i] != b'=' {
-            continue;
-        }
-        i += 1;
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let mut val = String::new();
-        if i < bytes.len() && bytes[i] == b'"' {
-            i += 1;
-            while i < bytes.len() && bytes[i] != b'"' {
-                if bytes[i] == b'\\' && i + 1 < bytes.len() {
-                    i += 1;
-                }
-                let c = rest[i..].chars().next()?;
-                val.push(c);
-                i += c.len_utf8();
-            }
-            i += 1;
-        } else {
-            let s = i;
-            while i < bytes.len() && bytes[i] != b',' {
-                i += 1;
-            }
-            val.push_str(rest[s..i].trim());
-        }
-        if key.eq_ignore_ascii_case(name) {
-            return Some(val);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -324,6 +278,10 @@ mod tests {
         ))
     }
 
+    fn algs() -> Vec<String> {
+        vec!["MD5".into(), "SHA-256".into()]
+    }
+
     fn reply(status: u16, headers: &[(&str, &str)]) -> GuestSipDecision {
         GuestSipDecision::Reply(bindings::GuestSipReply {
             status,
@@ -344,21 +302,22 @@ mod tests {
             &req,
             &k,
             10,
+            &algs(),
         );
         assert!(matches!(ok, Ok(RouteDecision::Reply { status: 403, .. })));
-        assert!(validate(reply(180, &[]), &req, &k, 10).is_err());
-        assert!(validate(reply(700, &[]), &req, &k, 10).is_err());
+        assert!(validate(reply(180, &[]), &req, &k, 10, &algs()).is_err());
+        assert!(validate(reply(700, &[]), &req, &k, 10, &algs()).is_err());
         for owned in ["Via", "v", "call-id", "CSeq", "Content-Length", "l", "To"] {
-            let e = validate(reply(403, &[(owned, "x")]), &req, &k, 10).unwrap_err();
+            let e = validate(reply(403, &[(owned, "x")]), &req, &k, 10, &algs()).unwrap_err();
             assert!(e.contains("written by the host"), "{owned}: {e}");
         }
-        assert!(validate(reply(403, &[("X-A", "a\r\nVia: x")]), &req, &k, 10).is_err());
-        assert!(validate(reply(403, &[("X A", "a")]), &req, &k, 10).is_err());
+        assert!(validate(reply(403, &[("X-A", "a\r\nVia: x")]), &req, &k, 10, &algs()).is_err());
+        assert!(validate(reply(403, &[("X A", "a")]), &req, &k, 10, &algs()).is_err());
         let mut bad_reason = reply(403, &[]);
         if let GuestSipDecision::Reply(r) = &mut bad_reason {
             r.reason = Some("Forbidden\r\n".into());
         }
-        assert!(validate(bad_reason, &req, &k, 10).is_err());
+        assert!(validate(bad_reason, &req, &k, 10, &algs()).is_err());
     }
 
     #[test]
@@ -370,11 +329,12 @@ mod tests {
             &req,
             &k,
             10,
+            &algs(),
         );
         assert!(matches!(ok, Ok(RouteDecision::Relay(_))));
         for bad in ["tel:+15551234", "not a uri", ""] {
             assert!(
-                validate(GuestSipDecision::Relay(bad.into()), &req, &k, 10).is_err(),
+                validate(GuestSipDecision::Relay(bad.into()), &req, &k, 10, &algs()).is_err(),
                 "{bad}"
             );
         }
@@ -388,6 +348,7 @@ mod tests {
             &invite(""),
             &k,
             1000,
+            &algs(),
         )
         .unwrap();
         let RouteDecision::Reply {
@@ -412,6 +373,7 @@ mod tests {
             &retry,
             &k,
             1000 + NONCE_MAX_AGE_SECS + 1,
+            &algs(),
         )
         .unwrap();
         let RouteDecision::Reply { headers, .. } = d else {
@@ -428,6 +390,7 @@ mod tests {
             &register,
             &k,
             5,
+            &algs(),
         )
         .unwrap();
         assert!(matches!(d, RouteDecision::Reply { status: 401, .. }));
@@ -436,20 +399,10 @@ mod tests {
                 GuestSipDecision::Challenge("a\r\nb".into()),
                 &register,
                 &k,
-                5
+                5,
+                &algs()
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn digest_params() {
-        let v = "Digest username=\"al\\\"ice\", realm=\"x, y\", nonce=abc, qop=auth";
-        assert_eq!(digest_param(v, "username").as_deref(), Some("al\"ice"));
-        assert_eq!(digest_param(v, "realm").as_deref(), Some("x, y"));
-        assert_eq!(digest_param(v, "NONCE").as_deref(), Some("abc"));
-        assert_eq!(digest_param(v, "qop").as_deref(), Some("auth"));
-        assert_eq!(digest_param(v, "cnonce"), None);
-        assert_eq!(digest_param("Basic abc", "realm"), None);
     }
 }

@@ -181,7 +181,7 @@ pub async fn run(opts: RunOptions<'_>) -> anyhow::Result<String> {
     };
     if plugin.world() == World::SipRouter {
         let slot = plugins.slot("plugin").expect("configured above");
-        return run_sip(slot, &raw, local, opts.tls).await;
+        return run_sip(slot, plugins.nonce_key(), &raw, local, opts.tls).await;
     }
     let limits = HeadLimits {
         max_head_bytes: config.http.max_head_bytes,
@@ -283,6 +283,7 @@ pub async fn run(opts: RunOptions<'_>) -> anyhow::Result<String> {
 /// host does with the plugin's decision.
 async fn run_sip(
     slot: Arc<super::PluginSlot>,
+    nonce: NonceKey,
     raw: &[u8],
     local: SocketAddr,
     tls: bool,
@@ -303,9 +304,7 @@ async fn run_sip(
         flow: tls.then_some(1),
     };
     crate::core::stamp_received(&mut message, source.remote);
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let router = super::sip::SipRouter::new(slot, NonceKey::new(secret));
+    let router = super::sip::SipRouter::new(slot, nonce, &["MD5".to_string()]);
     let query = RouteQuery {
         id: 1,
         source,

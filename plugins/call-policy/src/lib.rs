@@ -2,6 +2,8 @@
 //! SIP request before the default registrar/proxy behaviour:
 //!
 //! ```text
+//! a request that must authenticate, without
+//!   valid credentials                            -> challenge (401/407), 403 if wrong
 //! INVITE/MESSAGE to a blocked number            -> 403 Blocked
 //! a Request-URI user with a relay prefix        -> relay to sip:<user>@<address>
 //! OPTIONS sip:whereis@<our domain>, X-Lookup: A -> 200 with one Contact per binding of A
@@ -16,6 +18,11 @@
 //! ```toml
 //! blocked = ["+15550100", "666"]            # Request-URI user parts refused with 403
 //! relay = { "9" = "127.0.0.1:5070" }        # user prefix -> next hop (host:port[;transport=tcp])
+//!
+//! [auth]                                    # Digest authentication (optional)
+//! realm = "sipwasm"
+//! methods = ["REGISTER", "INVITE", "MESSAGE"]
+//! users = { alice = "secret" }              # a REGISTER must be for the user's own AoR
 //! ```
 
 // wit-bindgen's lowering of the `flow` record passes each field as an argument.
@@ -31,6 +38,7 @@ wit_bindgen::generate!({
     path: "../../wit",
 });
 
+use sipwasm::plugin::digest::{self, Verdict};
 use sipwasm::plugin::host::{self, Level};
 use sipwasm::plugin::registrar;
 use sipwasm::plugin::sip_types::{SipReply, SipTransport};
@@ -42,6 +50,58 @@ struct Settings {
     blocked: Vec<String>,
     #[serde(default)]
     relay: BTreeMap<String, String>,
+    #[serde(default)]
+    auth: Option<Auth>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct Auth {
+    realm: String,
+    methods: Vec<String>,
+    users: BTreeMap<String, String>,
+}
+
+/// `None` when the request may go on; else the decision that stops it.
+fn authenticate(auth: &Auth, req: &SipRequest) -> Option<SipDecision> {
+    if !auth
+        .methods
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(&req.method))
+    {
+        return None;
+    }
+    let Some(user) = digest::username(&auth.realm) else {
+        return Some(SipDecision::Challenge(auth.realm.clone()));
+    };
+    let Some(password) = auth.users.get(&user) else {
+        host::log(
+            Level::Warn,
+            &format!("unknown user {user:?} in realm {}", auth.realm),
+        );
+        return Some(reply(403, "Unknown User", vec![]));
+    };
+    match digest::verify(&auth.realm, password) {
+        Verdict::Valid => {}
+        Verdict::Stale | Verdict::Missing => {
+            return Some(SipDecision::Challenge(auth.realm.clone()));
+        }
+        Verdict::Invalid => {
+            host::log(Level::Warn, &format!("wrong credentials for {user:?}"));
+            return Some(reply(403, "Wrong Credentials", vec![]));
+        }
+    }
+    // A user registers its own address-of-record only.
+    if req.method.eq_ignore_ascii_case("REGISTER") {
+        let to = header(req, "To").unwrap_or("");
+        let aor_user = to
+            .find("sip:")
+            .and_then(|i| user_of(to[i..].trim_end_matches(['>', ' '])));
+        if aor_user != Some(user.as_str()) {
+            return Some(reply(403, "Not Your Address", vec![]));
+        }
+    }
+    None
 }
 
 /// Read once per instance: the host hands every call of an instance the same table.
@@ -110,6 +170,11 @@ impl Guest for CallPolicy {
                 return reply(500, "Plugin Misconfigured", vec![]);
             }
         };
+        if let Some(auth) = &settings.auth
+            && let Some(stop) = authenticate(auth, &req)
+        {
+            return stop;
+        }
         let Some(user) = user_of(&req.request_uri) else {
             return SipDecision::Continue;
         };
