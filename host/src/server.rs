@@ -197,6 +197,9 @@ impl Server {
                 view: plugins.registrar_view(),
             }
         });
+        if let Some(r) = &router {
+            core.set_route_hook(route_hook(r.plugin.clone(), shared.clone()));
+        }
         let restored = stored.len();
         for b in stored {
             let kept = core.restore_binding(b, std::time::Instant::now());
@@ -539,11 +542,9 @@ async fn drive_core(
             },
             _ = sleep => core.handle_timeout(std::time::Instant::now()),
         }
-        // Send what the core produced, then act on its events; applying a routing
-        // decision produces more to send. Bounded rounds.
-        for _ in 0..8 {
+        // Send what the core produced, then act on its events.
+        {
             send_transmits(&mut core, &shared);
-            let mut again = false;
             while let Some(event) = core.poll_event() {
                 match event {
                     Event::BindingSaved(b) => {
@@ -560,13 +561,7 @@ async fn drive_core(
                             r.view.set(&b.aor, core.bindings(&b.aor));
                         }
                     }
-                    Event::Route(query) => {
-                        let decided = route(router.as_ref(), query, &shared);
-                        if let Some((id, decision)) = decided {
-                            core.handle(std::time::Instant::now(), Input::Routed { id, decision });
-                            again = true;
-                        }
-                    }
+                    Event::Route(query) => route(router.as_ref(), query, &shared),
                     Event::FlowClosed(closed) => {
                         let Some(r) = &router else { continue };
                         let identity = closing
@@ -578,9 +573,6 @@ async fn drive_core(
                         tokio::spawn(async move { plugin.flow_closed(&closed, &identity).await });
                     }
                 }
-            }
-            if !again {
-                break;
             }
         }
         closing.clear();
@@ -606,20 +598,20 @@ fn send_transmits(core: &mut Core, shared: &Arc<Shared>) {
     }
 }
 
-/// Asks the routing plugin about a request. The call starts right here, on the core's
-/// task: a plugin answers in microseconds, and a hop to another task would cost more
-/// than the call. A call still running at its first epoch tick (it yields there) moves
-/// to a task of its own and its decision comes back through the inbox, so a slow plugin
-/// holds the core for one tick at most. Returns the decision when it is already made.
-fn route(
-    router: Option<&Router>,
-    query: Box<crate::core::RouteQuery>,
-    shared: &Arc<Shared>,
-) -> Option<(u64, crate::core::RouteDecision)> {
-    use std::future::Future as _;
+/// Answers an [`Event::Route`] (asked only by a core without a hook): on a task.
+fn route(router: Option<&Router>, query: Box<crate::core::RouteQuery>, shared: &Arc<Shared>) {
+    let tx = shared.core_tx.clone();
     let Some(r) = router else {
-        // Only a core configured with a router asks; never leave a request hanging.
-        return Some((query.id, crate::core::RouteDecision::Continue));
+        tokio::spawn(async move {
+            let decision = crate::core::RouteDecision::Continue;
+            let _ = tx
+                .send(Input::Routed {
+                    id: query.id,
+                    decision,
+                })
+                .await;
+        });
+        return;
     };
     let identity = query
         .source
@@ -627,24 +619,47 @@ fn route(
         .and_then(|f| shared.flows.get(f))
         .map(|info| info.identity.clone())
         .unwrap_or_default();
-    let plugin = r.plugin.clone();
-    let mut call = Box::pin(async move {
-        let decision = plugin.decide(&query, &identity).await;
-        (query.id, decision)
+    let call = r.plugin.call(&query.source, &query.request, &identity);
+    tokio::spawn(async move {
+        let decision = call.await;
+        let _ = tx
+            .send(Input::Routed {
+                id: query.id,
+                decision,
+            })
+            .await;
     });
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match call.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(done) => Some(done),
-        std::task::Poll::Pending => {
-            // Polled again by the task (timers re-register with its waker).
-            let tx = shared.core_tx.clone();
-            tokio::spawn(async move {
-                let (id, decision) = call.await;
-                let _ = tx.send(Input::Routed { id, decision }).await;
-            });
-            None
+}
+
+/// The core's routing hook: asks the plugin in place, on the core's task. A plugin
+/// answers in microseconds, and a hop to another task would cost more than the call; a
+/// call still running at its first epoch tick (it yields there) moves to a task of its
+/// own and its decision comes back through the inbox, so a slow plugin holds the core
+/// for one tick at most.
+fn route_hook(plugin: SipRouter, shared: Arc<Shared>) -> crate::core::RouteHook {
+    use std::future::Future as _;
+    crate::core::RouteHook(Box::new(move |id, source, req| {
+        let identity = source
+            .flow
+            .and_then(|f| shared.flows.get(f))
+            .map(|info| info.identity.clone())
+            .unwrap_or_default();
+        let mut call = Box::pin(plugin.call(source, req, &identity));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match call.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(decision) => Some(decision),
+            std::task::Poll::Pending => {
+                tracing::debug!(id, "routing call deferred to a task");
+                // Polled again by the task (timers re-register with its waker).
+                let tx = shared.core_tx.clone();
+                tokio::spawn(async move {
+                    let decision = call.await;
+                    let _ = tx.send(Input::Routed { id, decision }).await;
+                });
+                None
+            }
         }
-    }
+    }))
 }
 
 /// The 32-byte server secret (nonces, tags, later flow tokens), created on first run.

@@ -204,6 +204,19 @@ pub struct RouteQuery {
     pub request: Request,
 }
 
+/// Asked by the core, synchronously, about a new out-of-dialog request when
+/// [`CoreConfig::router`] is set: the id its decision will carry, where it came from,
+/// the request. `Some` is the decision now; `None` means it will come later as
+/// [`Input::Routed`] with that id (the core keeps the request in a transaction
+/// meanwhile). Without a hook the core asks with [`Event::Route`] instead.
+pub struct RouteHook(pub Box<dyn FnMut(u64, &Source, &Request) -> Option<RouteDecision> + Send>);
+
+impl fmt::Debug for RouteHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RouteHook(..)")
+    }
+}
+
 /// A flow that carried SIP closed.
 #[derive(Debug, Clone)]
 pub struct ClosedFlow {
@@ -290,6 +303,8 @@ pub struct Core {
     flows: HashMap<FlowId, (Transport, SocketAddr, SocketAddr)>,
     /// Server transactions waiting for the routing plugin's decision.
     routing: HashSet<u64>,
+    /// Asks the routing plugin in place (see [`RouteHook`]).
+    hook: Option<RouteHook>,
     servers: HashMap<u64, ServerTx>,
     server_keys: HashMap<ServerKey, u64>,
     clients: HashMap<u64, ClientTx>,
@@ -319,6 +334,7 @@ impl Core {
             last_prune: None,
             flows: HashMap::new(),
             routing: HashSet::new(),
+            hook: None,
             servers: HashMap::new(),
             server_keys: HashMap::new(),
             clients: HashMap::new(),
@@ -330,6 +346,11 @@ impl Core {
             events: VecDeque::new(),
             next_id: 0,
         }
+    }
+
+    /// Installs the hook that asks the routing plugin in place.
+    pub fn set_route_hook(&mut self, hook: RouteHook) {
+        self.hook = Some(hook);
     }
 
     /// Restores a binding (from persistent storage at start) and returns it as kept
@@ -481,9 +502,32 @@ impl Core {
             return;
         }
         if self.cfg.router && !req.get_to().is_ok_and(|t| t.tag().is_some()) {
-            // Out of dialog: the routing plugin decides first. The transaction exists
-            // meanwhile, so retransmissions are absorbed (and INVITE gets its 100).
+            // Out of dialog: the routing plugin decides first.
             let id = self.new_id();
+            if let Some(hook) = self.hook.as_mut()
+                && let Some(decision) = (hook.0)(id, &source, &req)
+            {
+                // Decided in place: on as without a router.
+                let route = match decision {
+                    RouteDecision::Continue => self.decide(now, &source, &mut req),
+                    RouteDecision::Reply {
+                        status,
+                        reason,
+                        headers,
+                    } => {
+                        let mut resp = self.make_response(&req, status, &headers);
+                        if let Some(reason) = reason {
+                            resp.reason = reason;
+                        }
+                        self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
+                        return;
+                    }
+                    RouteDecision::Relay(target) => self.relay_to(now, &source, &mut req, target),
+                };
+                return self.take_route(now, source, key, req, route);
+            }
+            // The decision comes later: the transaction exists meanwhile, so
+            // retransmissions are absorbed (and INVITE gets its 100).
             self.server_keys.insert(key.clone(), id);
             self.servers
                 .insert(id, ServerTx::new(id, key, req.clone(), source));
@@ -492,14 +536,29 @@ impl Core {
                 self.respond(id, trying, now);
             }
             self.routing.insert(id);
-            self.events.push_back(Event::Route(Box::new(RouteQuery {
-                id,
-                source,
-                request: req,
-            })));
+            if self.hook.is_none() {
+                self.events.push_back(Event::Route(Box::new(RouteQuery {
+                    id,
+                    source,
+                    request: req,
+                })));
+            }
             return;
         }
-        match self.decide(now, &source, &mut req) {
+        let route = self.decide(now, &source, &mut req);
+        self.take_route(now, source, key, req, route);
+    }
+
+    /// Acts on where routing sent a new request.
+    fn take_route(
+        &mut self,
+        now: Instant,
+        source: Source,
+        key: ServerKey,
+        req: Request,
+        route: proxy::Route,
+    ) {
+        match route {
             // What ends here is answered statelessly, as a registrar or an `sl` reply:
             // a retransmission gets the same answer again, and no state is kept for
             // the 32 s a UDP transaction would otherwise linger.

@@ -914,3 +914,46 @@ fn a_closed_flow_is_reported_once_with_the_aors_it_lost() {
     assert_eq!(closed[0].aors, vec!["sip:bob@localhost".to_string()]);
     assert_eq!(closed[0].transport, Transport::Ws);
 }
+
+#[test]
+fn a_route_hook_decides_in_place_or_later() {
+    let mut sim = Sim::with_router();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    sim.core
+        .set_route_hook(RouteHook(Box::new(move |id, _source, req| {
+            seen.lock().unwrap().push((id, req.uri.to_string()));
+            match req.uri.as_sip().and_then(|u| u.user.clone()).as_deref() {
+                Some("666") => Some(RouteDecision::Reply {
+                    status: 403,
+                    reason: Some("Blocked".into()),
+                    headers: vec![],
+                }),
+                Some("later") => None,
+                _ => Some(RouteDecision::Continue),
+            }
+        })));
+    // In place: answered at once, no event, no 100 for a reply decided in place.
+    let out = sim.feed(udp_phone(), &invite_from_udp("666", "h1"));
+    let statuses: Vec<u16> = out.iter().map(|(_, m)| status(m)).collect();
+    assert_eq!(statuses, vec![403]);
+    assert!(sim.route_queries().is_empty(), "no event with a hook");
+    // Continue in place: the default routing (unknown user).
+    let out = sim.feed(udp_phone(), &invite_from_udp("nobody", "h2"));
+    assert_eq!(status(&out[0].1), 404);
+    // Later: 100 now, the decision through Input::Routed.
+    let out = sim.feed(udp_phone(), &invite_from_udp("later", "h3"));
+    assert_eq!(status(&out[0].1), 100);
+    assert!(sim.route_queries().is_empty());
+    let id = asked.lock().unwrap().last().unwrap().0;
+    let out = sim.routed(
+        id,
+        RouteDecision::Reply {
+            status: 486,
+            reason: None,
+            headers: vec![],
+        },
+    );
+    assert_eq!(status(&out[0].1), 486);
+    assert_eq!(asked.lock().unwrap().len(), 3);
+}

@@ -59,30 +59,47 @@ impl SipRouter {
         self.slot.name()
     }
 
-    /// The plugin's decision on a new out-of-dialog request, checked, with the failure
-    /// policy applied: `closed` answers 500, `open` continues with the default routing.
-    pub async fn decide(&self, query: &RouteQuery, identity: &[(String, String)]) -> RouteDecision {
+    /// Starts asking the plugin about a new out-of-dialog request. The future owns
+    /// what it needs (the request as the plugin sees it), so it can be polled in place
+    /// and, if it has to wait, moved to a task. It resolves to the plugin's decision,
+    /// checked, with the failure policy applied: `closed` answers 500, `open` continues
+    /// with the default routing.
+    pub fn call(
+        &self,
+        source: &Source,
+        req: &Request,
+        identity: &[(String, String)],
+    ) -> impl std::future::Future<Output = RouteDecision> + Send + 'static {
         let plugin = self.slot.current();
-        let request = sip_request(&query.request, &query.source, identity);
-        let outcome = match plugin.call_sip_request(&request).await {
-            Ok(d) => validate(d, &query.request, &self.nonce, unix_now(), &self.algorithms)
-                .map_err(PluginFailure::InvalidDecision),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(d) => d,
-            Err(failure) => {
-                plugin.report_failure(&failure, "a SIP request");
-                match plugin.failure_policy() {
-                    FailurePolicy::Closed => RouteDecision::Reply {
-                        status: 500,
-                        reason: None,
-                        headers: Vec::new(),
-                    },
-                    FailurePolicy::Open => RouteDecision::Continue,
+        let request = sip_request(req, source, identity);
+        let facts = RequestFacts::of(req);
+        let (nonce, algorithms) = (self.nonce.clone(), self.algorithms.clone());
+        async move {
+            let outcome = match plugin.call_sip_request(&request).await {
+                Ok(d) => validate(d, &facts, &nonce, unix_now(), &algorithms)
+                    .map_err(PluginFailure::InvalidDecision),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(d) => d,
+                Err(failure) => {
+                    plugin.report_failure(&failure, "a SIP request");
+                    match plugin.failure_policy() {
+                        FailurePolicy::Closed => RouteDecision::Reply {
+                            status: 500,
+                            reason: None,
+                            headers: Vec::new(),
+                        },
+                        FailurePolicy::Open => RouteDecision::Continue,
+                    }
                 }
             }
         }
+    }
+
+    /// [`SipRouter::call`] for a query, awaited.
+    pub async fn decide(&self, query: &RouteQuery, identity: &[(String, String)]) -> RouteDecision {
+        self.call(&query.source, &query.request, identity).await
     }
 
     /// Tells the plugin a flow closed. A failure is logged and counted.
@@ -154,11 +171,37 @@ pub fn sip_request(
     }
 }
 
+/// What checking a decision needs of its request.
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    /// A REGISTER (challenged with 401, else 407).
+    register: bool,
+    /// The credentials it carries for such a challenge (`Authorization` for REGISTER,
+    /// `Proxy-Authorization` otherwise).
+    credentials: Vec<String>,
+}
+
+impl RequestFacts {
+    /// The facts of `req`.
+    pub fn of(req: &Request) -> Self {
+        let register = req.method == Method::Register;
+        let answer = if register {
+            HeaderName::Authorization
+        } else {
+            HeaderName::ProxyAuthorization
+        };
+        Self {
+            register,
+            credentials: req.headers.get_all(&answer).map(str::to_string).collect(),
+        }
+    }
+}
+
 /// Checks a plugin's decision and turns it into what the core does. A challenge
 /// becomes its 401/407 here (the nonce is made with `now_unix`).
 pub fn validate(
     d: GuestSipDecision,
-    req: &Request,
+    req: &RequestFacts,
     nonce: &NonceKey,
     now_unix: u64,
     algorithms: &[String],
@@ -229,16 +272,12 @@ pub fn validate(
             }
             // REGISTER is challenged by the registrar (401), anything else by a proxy
             // (407), RFC 3261 sections 22.2 and 22.3.
-            let (status, ask, answer) = if req.method == Method::Register {
-                (401, HeaderName::WwwAuthenticate, HeaderName::Authorization)
+            let (status, ask) = if req.register {
+                (401, HeaderName::WwwAuthenticate)
             } else {
-                (
-                    407,
-                    HeaderName::ProxyAuthenticate,
-                    HeaderName::ProxyAuthorization,
-                )
+                (407, HeaderName::ProxyAuthenticate)
             };
-            let stale = req.headers.get_all(&answer).any(|v| {
+            let stale = req.credentials.iter().any(|v| {
                 digest_param(v, "realm").as_deref() == Some(realm.as_str())
                     && digest_param(v, "nonce").is_some_and(|n| {
                         nonce.check(&n, &realm, now_unix, NONCE_MAX_AGE_SECS) == NonceCheck::Stale
@@ -299,25 +338,50 @@ mod tests {
         let req = invite("");
         let ok = validate(
             reply(403, &[("Warning", "399 x \"blocked\"")]),
-            &req,
+            &RequestFacts::of(&req),
             &k,
             10,
             &algs(),
         );
         assert!(matches!(ok, Ok(RouteDecision::Reply { status: 403, .. })));
-        assert!(validate(reply(180, &[]), &req, &k, 10, &algs()).is_err());
-        assert!(validate(reply(700, &[]), &req, &k, 10, &algs()).is_err());
+        assert!(validate(reply(180, &[]), &RequestFacts::of(&req), &k, 10, &algs()).is_err());
+        assert!(validate(reply(700, &[]), &RequestFacts::of(&req), &k, 10, &algs()).is_err());
         for owned in ["Via", "v", "call-id", "CSeq", "Content-Length", "l", "To"] {
-            let e = validate(reply(403, &[(owned, "x")]), &req, &k, 10, &algs()).unwrap_err();
+            let e = validate(
+                reply(403, &[(owned, "x")]),
+                &RequestFacts::of(&req),
+                &k,
+                10,
+                &algs(),
+            )
+            .unwrap_err();
             assert!(e.contains("written by the host"), "{owned}: {e}");
         }
-        assert!(validate(reply(403, &[("X-A", "a\r\nVia: x")]), &req, &k, 10, &algs()).is_err());
-        assert!(validate(reply(403, &[("X A", "a")]), &req, &k, 10, &algs()).is_err());
+        assert!(
+            validate(
+                reply(403, &[("X-A", "a\r\nVia: x")]),
+                &RequestFacts::of(&req),
+                &k,
+                10,
+                &algs()
+            )
+            .is_err()
+        );
+        assert!(
+            validate(
+                reply(403, &[("X A", "a")]),
+                &RequestFacts::of(&req),
+                &k,
+                10,
+                &algs()
+            )
+            .is_err()
+        );
         let mut bad_reason = reply(403, &[]);
         if let GuestSipDecision::Reply(r) = &mut bad_reason {
             r.reason = Some("Forbidden\r\n".into());
         }
-        assert!(validate(bad_reason, &req, &k, 10, &algs()).is_err());
+        assert!(validate(bad_reason, &RequestFacts::of(&req), &k, 10, &algs()).is_err());
     }
 
     #[test]
@@ -326,7 +390,7 @@ mod tests {
         let req = invite("");
         let ok = validate(
             GuestSipDecision::Relay("sip:9001@127.0.0.1:5070".into()),
-            &req,
+            &RequestFacts::of(&req),
             &k,
             10,
             &algs(),
@@ -334,7 +398,14 @@ mod tests {
         assert!(matches!(ok, Ok(RouteDecision::Relay(_))));
         for bad in ["tel:+15551234", "not a uri", ""] {
             assert!(
-                validate(GuestSipDecision::Relay(bad.into()), &req, &k, 10, &algs()).is_err(),
+                validate(
+                    GuestSipDecision::Relay(bad.into()),
+                    &RequestFacts::of(&req),
+                    &k,
+                    10,
+                    &algs()
+                )
+                .is_err(),
                 "{bad}"
             );
         }
@@ -345,7 +416,7 @@ mod tests {
         let k = NonceKey::new([1; 32]);
         let d = validate(
             GuestSipDecision::Challenge("sipwasm".into()),
-            &invite(""),
+            &RequestFacts::of(&invite("")),
             &k,
             1000,
             &algs(),
@@ -370,7 +441,7 @@ mod tests {
         ));
         let d = validate(
             GuestSipDecision::Challenge("sipwasm".into()),
-            &retry,
+            &RequestFacts::of(&retry),
             &k,
             1000 + NONCE_MAX_AGE_SECS + 1,
             &algs(),
@@ -387,7 +458,7 @@ mod tests {
         );
         let d = validate(
             GuestSipDecision::Challenge("sipwasm".into()),
-            &register,
+            &RequestFacts::of(&register),
             &k,
             5,
             &algs(),
@@ -397,7 +468,7 @@ mod tests {
         assert!(
             validate(
                 GuestSipDecision::Challenge("a\r\nb".into()),
-                &register,
+                &RequestFacts::of(&register),
                 &k,
                 5,
                 &algs()
