@@ -209,7 +209,10 @@ pub struct RouteQuery {
 /// the request. `Some` is the decision now; `None` means it will come later as
 /// [`Input::Routed`] with that id (the core keeps the request in a transaction
 /// meanwhile). Without a hook the core asks with [`Event::Route`] instead.
-pub struct RouteHook(pub Box<dyn FnMut(u64, &Source, &Request) -> Option<RouteDecision> + Send>);
+pub struct RouteHook(pub Box<RouteFn>);
+
+/// The function inside a [`RouteHook`].
+pub type RouteFn = dyn FnMut(u64, &Source, &Request) -> Option<RouteDecision> + Send;
 
 impl fmt::Debug for RouteHook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
