@@ -241,7 +241,7 @@ impl Plugin {
         let Exports::Http(exports) = exports else {
             return Err(self.wrong_world(World::HttpHandler));
         };
-        let result = tokio::time::timeout(
+        let result = within(
             self.deadline + self.grace,
             exports.call_on_http_request(store, request),
         )
@@ -261,7 +261,7 @@ impl Plugin {
             return Err(self.wrong_world(World::SipRouter));
         };
         store.data_mut().sip_request = Some(host_impl::SipCall::of(request));
-        let result = tokio::time::timeout(
+        let result = within(
             self.deadline + self.grace,
             exports.call_on_sip_request(&mut *store, request),
         )
@@ -277,7 +277,7 @@ impl Plugin {
         let Exports::Sip(exports) = exports else {
             return Err(self.wrong_world(World::SipRouter));
         };
-        let result = tokio::time::timeout(
+        let result = within(
             self.deadline + self.grace,
             exports.call_on_flow_closed(store, flow),
         )
@@ -315,7 +315,7 @@ impl Plugin {
     fn end<T>(
         &self,
         mut instance: Instance,
-        result: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+        result: Result<wasmtime::Result<T>, TimedOut>,
     ) -> Result<T, PluginFailure> {
         instance.store.data().output.end_call();
         let value = match result {
@@ -381,6 +381,33 @@ impl Plugin {
     pub fn clear_idle(&self) {
         self.idle.lock().expect("idle list lock").clear();
     }
+}
+
+/// The outer wall-clock limit of a call ran out.
+#[derive(Debug)]
+struct TimedOut;
+
+/// `fut`, or [`TimedOut`] once `limit` has passed. Unlike `tokio::time::timeout` the
+/// timer is only made when `fut` does not finish at its first poll: a plugin call
+/// normally does (the epoch deadline bounds running Wasm), and arming a timer would
+/// wake the runtime's parked timer thread on every call, which costs more than the
+/// call. The timer is for calls that wait on the host (outbound HTTP, a guest sleep).
+async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Result<F::Output, TimedOut> {
+    use std::task::Poll;
+    let started = tokio::time::Instant::now();
+    let mut fut = std::pin::pin!(fut);
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(started + limit)));
+        match t.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(TimedOut)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 fn classify(e: &wasmtime::Error, state: &HostState, deadline: Duration) -> PluginFailure {
