@@ -138,7 +138,7 @@ web-ports = [{ws}, {wss}]
 
 [plugins.misbehave]
 path = "{plugins}/misbehave.wasm"
-deadline = "50ms"
+deadline = "250ms"
 memory-limit = "16MiB"
 [plugins.misbehave.config]
 greeting = "hello"

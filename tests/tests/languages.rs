@@ -206,14 +206,19 @@ async fn rust_seed_policy_passes_the_table() {
 
 #[tokio::test]
 async fn javascript_seed_policy_passes_the_table() {
-    let s = server("{foreign}/seed_policy_js.wasm", "");
+    // A fresh QuickJS instance takes milliseconds to start: room for a loaded machine.
+    let s = server("{foreign}/seed_policy_js.wasm", "deadline = \"1s\"");
     seed_policy_table(&s, "JavaScript").await;
 }
 
 /// componentize-py starts at ~12 MiB of linear memory and grows while it runs, so the
-/// Python plugin gets a larger memory cap than the 32 MiB default.
+/// Python plugin gets a larger memory cap than the 32 MiB default (and, like JS, room
+/// for a fresh instance to start on a loaded machine).
 #[tokio::test]
 async fn python_seed_policy_passes_the_table() {
-    let s = server("{foreign}/seed_policy_py.wasm", "memory-limit = \"96MiB\"");
+    let s = server(
+        "{foreign}/seed_policy_py.wasm",
+        "memory-limit = \"96MiB\"\ndeadline = \"1s\"",
+    );
     seed_policy_table(&s, "Python").await;
 }
