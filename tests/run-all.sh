@@ -29,3 +29,6 @@ venv=target/plugin-tools/python
 # tools/plugin-build finds componentize-py there.
 
 cargo test --workspace --locked "$@"
+
+# The plugin SDK's own tests run natively (its helpers are plain Rust).
+(cd plugins && cargo test --locked -p sipwasm-plugin)

@@ -25,23 +25,16 @@
 //! users = { alice = "secret" }              # a REGISTER must be for the user's own AoR
 //! ```
 
-// wit-bindgen's lowering of the `flow` record passes each field as an argument.
-#![allow(clippy::too_many_arguments)]
-
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
-
-wit_bindgen::generate!({
-    world: "sip-router",
-    path: "../../wit",
-});
-
-use sipwasm::plugin::digest::{self, Verdict};
-use sipwasm::plugin::host::{self, Level};
-use sipwasm::plugin::registrar;
-use sipwasm::plugin::sip_types::{SipReply, SipTransport};
+use sipwasm_plugin::Level;
+use sipwasm_plugin::host;
+use sipwasm_plugin::sip::{
+    ClosedFlow, Guest, SipDecision, SipRequest, SipRequestExt, SipTransport, Verdict, challenge,
+    digest, lookup, relay, reply,
+};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -72,34 +65,26 @@ fn authenticate(auth: &Auth, req: &SipRequest) -> Option<SipDecision> {
         return None;
     }
     let Some(user) = digest::username(&auth.realm) else {
-        return Some(SipDecision::Challenge(auth.realm.clone()));
+        return Some(challenge(&auth.realm));
     };
     let Some(password) = auth.users.get(&user) else {
         host::log(
             Level::Warn,
             &format!("unknown user {user:?} in realm {}", auth.realm),
         );
-        return Some(reply(403, "Unknown User", vec![]));
+        return Some(reply(403).reason("Unknown User").into());
     };
     match digest::verify(&auth.realm, password) {
         Verdict::Valid => {}
-        Verdict::Stale | Verdict::Missing => {
-            return Some(SipDecision::Challenge(auth.realm.clone()));
-        }
+        Verdict::Stale | Verdict::Missing => return Some(challenge(&auth.realm)),
         Verdict::Invalid => {
             host::log(Level::Warn, &format!("wrong credentials for {user:?}"));
-            return Some(reply(403, "Wrong Credentials", vec![]));
+            return Some(reply(403).reason("Wrong Credentials").into());
         }
     }
     // A user registers its own address-of-record only.
-    if req.method.eq_ignore_ascii_case("REGISTER") {
-        let to = header(req, "To").unwrap_or("");
-        let aor_user = to
-            .find("sip:")
-            .and_then(|i| user_of(to[i..].trim_end_matches(['>', ' '])));
-        if aor_user != Some(user.as_str()) {
-            return Some(reply(403, "Not Your Address", vec![]));
-        }
+    if req.method.eq_ignore_ascii_case("REGISTER") && req.user_in_to() != Some(user.as_str()) {
+        return Some(reply(403).reason("Not Your Address").into());
     }
     None
 }
@@ -107,46 +92,7 @@ fn authenticate(auth: &Auth, req: &SipRequest) -> Option<SipDecision> {
 /// Read once per instance: the host hands every call of an instance the same table.
 fn settings() -> &'static Result<Settings, String> {
     static SETTINGS: OnceLock<Result<Settings, String>> = OnceLock::new();
-    SETTINGS.get_or_init(|| {
-        serde_json::from_str(&host::plugin_config()).map_err(|e| format!("plugin config: {e}"))
-    })
-}
-
-/// The user part of a SIP URI (`sip:+1555@host;x=y` -> `+1555`), if it has one.
-fn user_of(uri: &str) -> Option<&str> {
-    let rest = uri
-        .strip_prefix("sip:")
-        .or_else(|| uri.strip_prefix("sips:"))?;
-    let at = rest.find('@')?;
-    let user = &rest[..at];
-    // A password (`user:pw@`) is not part of the number.
-    Some(user.split(':').next().unwrap_or(user))
-}
-
-/// The host part of a SIP URI, without port and parameters.
-fn host_of(uri: &str) -> &str {
-    let rest = uri
-        .strip_prefix("sip:")
-        .or_else(|| uri.strip_prefix("sips:"))
-        .unwrap_or(uri);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let end = rest.find([';', '?', '>']).unwrap_or(rest.len());
-    &rest[..end]
-}
-
-fn header<'a>(req: &'a SipRequest, name: &str) -> Option<&'a str> {
-    req.headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn reply(status: u16, reason: &str, headers: Vec<(String, String)>) -> SipDecision {
-    SipDecision::Reply(SipReply {
-        status,
-        reason: Some(reason.to_string()),
-        headers,
-    })
+    SETTINGS.get_or_init(sipwasm_plugin::config)
 }
 
 fn transport_name(t: SipTransport) -> &'static str {
@@ -167,7 +113,7 @@ impl Guest for CallPolicy {
             Ok(s) => s,
             Err(e) => {
                 host::log(Level::Error, e);
-                return reply(500, "Plugin Misconfigured", vec![]);
+                return reply(500).reason("Plugin Misconfigured").into();
             }
         };
         if let Some(auth) = &settings.auth
@@ -175,29 +121,24 @@ impl Guest for CallPolicy {
         {
             return stop;
         }
-        let Some(user) = user_of(&req.request_uri) else {
+        let Some(user) = req.ruri_user() else {
             return SipDecision::Continue;
         };
-        let ours = host::is_myself(host_of(&req.request_uri));
-        if ours && user == "whereis" && req.method == "OPTIONS" {
-            let Some(aor) = header(&req, "X-Lookup") else {
-                return reply(400, "X-Lookup Missing", vec![]);
+        if user == "whereis" && req.method == "OPTIONS" && req.ruri_is_ours() {
+            let Some(aor) = req.header("X-Lookup") else {
+                return reply(400).reason("X-Lookup Missing").into();
             };
-            let contacts = registrar::lookup(aor)
-                .into_iter()
-                .map(|c| {
-                    (
-                        "Contact".to_string(),
-                        format!(
-                            "<{}>;expires={};transport-used={}",
-                            c.uri,
-                            c.expires,
-                            transport_name(c.transport)
-                        ),
-                    )
-                })
-                .collect();
-            return reply(200, "OK", contacts);
+            let mut found = reply(200);
+            for c in lookup(aor) {
+                let value = format!(
+                    "<{}>;expires={};transport-used={}",
+                    c.uri,
+                    c.expires,
+                    transport_name(c.transport)
+                );
+                found = found.header("Contact", &value);
+            }
+            return found.into();
         }
         if matches!(req.method.as_str(), "INVITE" | "MESSAGE")
             && settings.blocked.iter().any(|b| b == user)
@@ -209,7 +150,7 @@ impl Guest for CallPolicy {
                     req.method, req.source.remote_addr, req.source.remote_port
                 ),
             );
-            return reply(403, "Blocked", vec![]);
+            return reply(403).reason("Blocked").into();
         }
         // The longest matching prefix wins.
         if let Some((_, next_hop)) = settings
@@ -218,7 +159,7 @@ impl Guest for CallPolicy {
             .filter(|(prefix, _)| user.starts_with(prefix.as_str()))
             .max_by_key(|(prefix, _)| prefix.len())
         {
-            return SipDecision::Relay(format!("sip:{user}@{next_hop}"));
+            return relay(format!("sip:{user}@{next_hop}"));
         }
         SipDecision::Continue
     }
@@ -245,4 +186,4 @@ impl Guest for CallPolicy {
     }
 }
 
-export!(CallPolicy);
+sipwasm_plugin::sip::export!(CallPolicy with_types_in sipwasm_plugin::sip::bindings);

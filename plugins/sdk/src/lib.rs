@@ -1,6 +1,7 @@
 //! Write sipwasm policy plugins in Rust.
 //!
-//! The crate carries the bindings of `wit/plugin.wit` (world `http-handler`) and the
+//! The crate carries the bindings of `wit/plugin.wit` (world `http-handler`, and
+//! `sip-router` in [`sip`]) and the
 //! helpers a policy reads well with: header lookup (case-insensitive, every value),
 //! path, query and cookie parsing, the WebSocket verdict, and builders for the three
 //! decisions. A plugin is a `cdylib` that implements [`Guest`] and calls [`export!`]:
@@ -31,6 +32,8 @@ pub mod bindings {
         default_bindings_module: "sipwasm_plugin::bindings",
     });
 }
+
+pub mod sip;
 
 pub use bindings::sipwasm::plugin::host::{self, Level};
 pub use bindings::sipwasm::plugin::types::{
