@@ -242,6 +242,21 @@ fn sample_request(port: u16) -> sipwasm::plugin::HttpRequest {
     }
 }
 
+/// Loads the plugins of a configuration `text` in process, as a server listening on
+/// `local` would.
+async fn load_plugins(text: &str, local: SocketAddr) -> anyhow::Result<sipwasm::plugin::Plugins> {
+    let config = sipwasm::config::Config::parse(text, "bench", Path::new("."))?;
+    let myself = Arc::new(sipwasm::core::Myself::new(
+        &["localhost".to_string()],
+        &[local],
+    ));
+    let metrics = Arc::new(sipwasm::admin::metrics::Metrics::default());
+    tokio::task::spawn_blocking(move || {
+        sipwasm::plugin::Plugins::load(&config, myself, metrics, None)
+    })
+    .await?
+}
+
 async fn decision(iterations: usize) -> anyhow::Result<()> {
     println!("## Plugin decision time (seed-policy, Rust guest, in process)\n");
     println!("| instances | calls | median µs | p99 µs | target |");
@@ -255,16 +270,7 @@ async fn decision(iterations: usize) -> anyhow::Result<()> {
              [plugins.p]\nbuiltin = \"seed-policy\"\ninstances = \"{mode}\"\n\
              [plugins.p.config]\nweb-ports = [8080]\n"
         );
-        let config = sipwasm::config::Config::parse(&text, "bench", Path::new("."))?;
-        let myself = Arc::new(sipwasm::core::Myself::new(
-            &["localhost".to_string()],
-            &["127.0.0.1:8080".parse()?],
-        ));
-        let metrics = Arc::new(sipwasm::admin::metrics::Metrics::default());
-        let plugins = tokio::task::spawn_blocking(move || {
-            sipwasm::plugin::Plugins::load(&config, myself, metrics, None)
-        })
-        .await??;
+        let plugins = load_plugins(&text, "127.0.0.1:8080".parse()?).await?;
         let plugin = plugins.get("p").context("plugin p")?;
         let req = sample_request(8080);
         // Warm up (first instantiation, caches).
@@ -797,7 +803,7 @@ fn median_p99(samples: &mut [Duration]) -> (f64, f64) {
 }
 
 async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<()> {
-    use sipwasm::core::{RouteDecision, RouteQuery, Source, Transport};
+    use sipwasm::core::{RouteDecision, Source, Transport};
     let dir = tempfile::tempdir()?;
     let wasm = dir.path().join("call_policy.wasm");
     std::fs::write(&wasm, CALL_POLICY)?;
@@ -810,16 +816,7 @@ async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<(
     // In process: the call as the server's core task makes it (inline, no hop).
     let text =
         format!("[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:5060\"\n{router_config}");
-    let config = sipwasm::config::Config::parse(&text, "bench", Path::new("."))?;
-    let myself = Arc::new(sipwasm::core::Myself::new(
-        &["localhost".to_string()],
-        &["127.0.0.1:5060".parse()?],
-    ));
-    let metrics = Arc::new(sipwasm::admin::metrics::Metrics::default());
-    let plugins = tokio::task::spawn_blocking(move || {
-        sipwasm::plugin::Plugins::load(&config, myself, metrics, None)
-    })
-    .await??;
+    let plugins = load_plugins(&text, "127.0.0.1:5060".parse()?).await?;
     let slot = plugins.router().context("the router plugin")?;
     let router =
         sipwasm::plugin::sip::SipRouter::new(slot, plugins.nonce_key(), &["MD5".to_string()]);
@@ -832,23 +829,19 @@ async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<(
         sipwasm::sip::message::Message::Request(r) => r,
         _ => bail!("not a request"),
     };
-    let query = Box::new(RouteQuery {
-        id: 1,
-        source: Source {
-            transport: Transport::Udp,
-            local: "127.0.0.1:5060".parse()?,
-            remote: "127.0.0.1:40000".parse()?,
-            flow: None,
-        },
-        request,
-    });
+    let source = Source {
+        transport: Transport::Udp,
+        local: "127.0.0.1:5060".parse()?,
+        remote: "127.0.0.1:40000".parse()?,
+        flow: None,
+    };
     for _ in 0..500 {
-        anyhow::ensure!(router.decide(&query, &[]).await == RouteDecision::Continue);
+        anyhow::ensure!(router.call(&source, &request, &[]).await == RouteDecision::Continue);
     }
     let mut call = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let t = Instant::now();
-        let d = router.decide(&query, &[]).await;
+        let d = router.call(&source, &request, &[]).await;
         call.push(t.elapsed());
         anyhow::ensure!(d == RouteDecision::Continue, "unexpected decision {d:?}");
     }
@@ -858,7 +851,7 @@ async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<(
     for _ in 0..iterations / 10 {
         tokio::time::sleep(Duration::from_micros(100)).await;
         let t = Instant::now();
-        let d = router.decide(&query, &[]).await;
+        let d = router.call(&source, &request, &[]).await;
         idle.push(t.elapsed());
         anyhow::ensure!(d == RouteDecision::Continue, "unexpected decision {d:?}");
     }
@@ -868,29 +861,12 @@ async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<(
     // idle in between (what one client sees, without the network).
     let core_path = async |hook: Option<sipwasm::plugin::sip::SipRouter>| {
         use sipwasm::core::*;
-        let udp: SocketAddr = "127.0.0.1:5060".parse()?;
-        let mut core = Core::new(CoreConfig {
-            myself: Arc::new(Myself::new(&["localhost".to_string()], &[udp])),
-            listeners: vec![SipListener {
-                transport: Transport::Udp,
-                addr: udp,
-            }],
-            server_header: "bench".into(),
-            secret: [1; 32],
-            timers: transaction::TimerConfig::default(),
-            registrar: registrar::RegistrarConfig::default(),
-            relay: false,
-            router: hook.is_some(),
-        });
+        let (mut core, udp) = bench_core()?;
         if let Some(router) = hook {
+            // A call that meets an epoch tick is left unfinished (the server finishes
+            // it on a task); its sample is left out below.
             core.set_route_hook(RouteHook(Box::new(move |_, source, req| {
-                use std::future::Future as _;
-                let mut call = Box::pin(router.call(source, req, &[]));
-                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                match call.as_mut().poll(&mut cx) {
-                    std::task::Poll::Ready(d) => Some(d),
-                    std::task::Poll::Pending => None,
-                }
+                router.decide_in_place(source, req, &[]).ok()
             })));
         }
         let mut samples = Vec::new();
@@ -921,8 +897,6 @@ async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<(
             }
             while core.poll_event().is_some() {}
             let took = t.elapsed();
-            // A call that met an epoch tick is finished on a task by the server; the
-            // rare sample is left out here (its transaction waits for a decision).
             if answered {
                 samples.push(took);
             }
@@ -999,12 +973,12 @@ async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<(
 
 // ---------------------------------------------------------------- core alone
 
-fn core_only(iterations: u64) -> anyhow::Result<()> {
+/// A SIP core with one UDP listener on 127.0.0.1:5060 and the domain `localhost`.
+fn bench_core() -> anyhow::Result<(sipwasm::core::Core, SocketAddr)> {
     use sipwasm::core::*;
     let udp: SocketAddr = "127.0.0.1:5060".parse()?;
-    let myself = Arc::new(Myself::new(&["localhost".to_string()], &[udp]));
-    let mut core = Core::new(CoreConfig {
-        myself,
+    let core = Core::new(CoreConfig {
+        myself: Arc::new(Myself::new(&["localhost".to_string()], &[udp])),
         listeners: vec![SipListener {
             transport: Transport::Udp,
             addr: udp,
@@ -1014,8 +988,13 @@ fn core_only(iterations: u64) -> anyhow::Result<()> {
         timers: transaction::TimerConfig::default(),
         registrar: registrar::RegistrarConfig::default(),
         relay: false,
-        router: false,
     });
+    Ok((core, udp))
+}
+
+fn core_only(iterations: u64) -> anyhow::Result<()> {
+    use sipwasm::core::*;
+    let (mut core, udp) = bench_core()?;
     let users = 1000u64;
     let start = Instant::now();
     let mut sent = 0u64;

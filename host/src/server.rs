@@ -188,7 +188,6 @@ impl Server {
                 max_contacts: sip.max_contacts,
             },
             relay: sip.relay,
-            router: sip.router.is_some(),
         });
         let router = plugins.router().map(|slot| {
             tracing::info!(plugin = slot.name(), "SIP requests are routed by plugin");
@@ -561,7 +560,6 @@ async fn drive_core(
                             r.view.set(&b.aor, core.bindings(&b.aor));
                         }
                     }
-                    Event::Route(query) => route(router.as_ref(), query, &shared),
                     Event::FlowClosed(closed) => {
                         let Some(r) = &router else { continue };
                         let identity = closing
@@ -598,59 +596,22 @@ fn send_transmits(core: &mut Core, shared: &Arc<Shared>) {
     }
 }
 
-/// Answers an [`Event::Route`] (asked only by a core without a hook): on a task.
-fn route(router: Option<&Router>, query: Box<crate::core::RouteQuery>, shared: &Arc<Shared>) {
-    let tx = shared.core_tx.clone();
-    let Some(r) = router else {
-        tokio::spawn(async move {
-            let decision = crate::core::RouteDecision::Continue;
-            let _ = tx
-                .send(Input::Routed {
-                    id: query.id,
-                    decision,
-                })
-                .await;
-        });
-        return;
-    };
-    let identity = query
-        .source
-        .flow
-        .and_then(|f| shared.flows.get(f))
-        .map(|info| info.identity.clone())
-        .unwrap_or_default();
-    let call = r.plugin.call(&query.source, &query.request, &identity);
-    tokio::spawn(async move {
-        let decision = call.await;
-        let _ = tx
-            .send(Input::Routed {
-                id: query.id,
-                decision,
-            })
-            .await;
-    });
-}
-
 /// The core's routing hook: asks the plugin in place, on the core's task. A plugin
 /// answers in microseconds, and a hop to another task would cost more than the call; a
 /// call still running at its first epoch tick (it yields there) moves to a task of its
 /// own and its decision comes back through the inbox, so a slow plugin holds the core
 /// for one tick at most.
 fn route_hook(plugin: SipRouter, shared: Arc<Shared>) -> crate::core::RouteHook {
-    use std::future::Future as _;
     crate::core::RouteHook(Box::new(move |id, source, req| {
         let identity = source
             .flow
             .and_then(|f| shared.flows.get(f))
             .map(|info| info.identity.clone())
             .unwrap_or_default();
-        let mut call = Box::pin(plugin.call(source, req, &identity));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match call.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(decision) => Some(decision),
-            std::task::Poll::Pending => {
+        match plugin.decide_in_place(source, req, &identity) {
+            Ok(decision) => Some(decision),
+            Err(call) => {
                 tracing::debug!(id, "routing call deferred to a task");
-                // Polled again by the task (timers re-register with its waker).
                 let tx = shared.core_tx.clone();
                 tokio::spawn(async move {
                     let decision = call.await;

@@ -166,9 +166,10 @@ pub enum Input {
     FlowClosed(FlowId),
     /// A message to this target could not be sent (connection refused, flow gone).
     SendFailed(Target),
-    /// The routing plugin's decision on the request of [`Event::Route`] `id`.
+    /// The routing plugin's decision on request `id`, for which the [`RouteHook`]
+    /// returned `None`.
     Routed {
-        /// The id from the event.
+        /// The id the hook was given.
         id: u64,
         /// What to do.
         decision: RouteDecision,
@@ -193,22 +194,11 @@ pub enum RouteDecision {
     Relay(crate::sip::uri::Uri),
 }
 
-/// A new out-of-dialog request waiting for the routing plugin.
-#[derive(Debug, Clone)]
-pub struct RouteQuery {
-    /// Answer with [`Input::Routed`] carrying this id.
-    pub id: u64,
-    /// Where it came from.
-    pub source: Source,
-    /// The request (with `received`/`rport` stamped).
-    pub request: Request,
-}
-
-/// Asked by the core, synchronously, about a new out-of-dialog request when
-/// [`CoreConfig::router`] is set: the id its decision will carry, where it came from,
-/// the request. `Some` is the decision now; `None` means it will come later as
-/// [`Input::Routed`] with that id (the core keeps the request in a transaction
-/// meanwhile). Without a hook the core asks with [`Event::Route`] instead.
+/// Asked by the core, synchronously, about each new out-of-dialog request once set
+/// with [`Core::set_route_hook`]: the id its decision will carry, where it came from,
+/// the request (with `received`/`rport` stamped). `Some` is the decision now; `None`
+/// means it will come later as [`Input::Routed`] with that id (the core keeps the
+/// request in a transaction meanwhile, so retransmissions are absorbed).
 pub struct RouteHook(pub Box<RouteFn>);
 
 /// The function inside a [`RouteHook`].
@@ -242,10 +232,6 @@ pub enum Event {
     BindingSaved(Binding),
     /// A binding went away (unregistered, expired, or its flow closed).
     BindingRemoved(Binding),
-    /// A new out-of-dialog request for the routing plugin (only with
-    /// [`CoreConfig::router`]); answer with [`Input::Routed`]. Its server transaction
-    /// exists already, so retransmissions are absorbed while the plugin decides.
-    Route(Box<RouteQuery>),
     /// A flow that carried SIP closed (exactly once per flow), after its bindings were
     /// removed.
     FlowClosed(ClosedFlow),
@@ -277,9 +263,6 @@ pub struct CoreConfig {
     pub registrar: RegistrarConfig,
     /// Forward requests for other domains (otherwise 403).
     pub relay: bool,
-    /// Ask the routing plugin about each new out-of-dialog request
-    /// ([`Event::Route`]).
-    pub router: bool,
 }
 
 /// How long a user whose bindings are gone stays "known" (480 instead of 404).
@@ -504,30 +487,16 @@ impl Core {
             }
             return;
         }
-        if self.cfg.router && !req.get_to().is_ok_and(|t| t.tag().is_some()) {
+        if self.hook.is_some() && !req.get_to().is_ok_and(|t| t.tag().is_some()) {
             // Out of dialog: the routing plugin decides first.
             let id = self.new_id();
-            if let Some(hook) = self.hook.as_mut()
-                && let Some(decision) = (hook.0)(id, &source, &req)
-            {
+            let hook = self.hook.as_mut().expect("checked above");
+            if let Some(decision) = (hook.0)(id, &source, &req) {
                 // Decided in place: on as without a router.
-                let route = match decision {
-                    RouteDecision::Continue => self.decide(now, &source, &mut req),
-                    RouteDecision::Reply {
-                        status,
-                        reason,
-                        headers,
-                    } => {
-                        let mut resp = self.make_response(&req, status, &headers);
-                        if let Some(reason) = reason {
-                            resp.reason = reason;
-                        }
-                        self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
-                        return;
-                    }
-                    RouteDecision::Relay(target) => self.relay_to(now, &source, &mut req, target),
+                return match self.route_decided(now, &source, &mut req, decision) {
+                    Ok(route) => self.take_route(now, source, key, req, route),
+                    Err(resp) => self.send(source.reply_target(), Bytes::from(resp.to_bytes())),
                 };
-                return self.take_route(now, source, key, req, route);
             }
             // The decision comes later: the transaction exists meanwhile, so
             // retransmissions are absorbed (and INVITE gets its 100).
@@ -539,13 +508,6 @@ impl Core {
                 self.respond(id, trying, now);
             }
             self.routing.insert(id);
-            if self.hook.is_none() {
-                self.events.push_back(Event::Route(Box::new(RouteQuery {
-                    id,
-                    source,
-                    request: req,
-                })));
-            }
             return;
         }
         let route = self.decide(now, &source, &mut req);
@@ -597,28 +559,39 @@ impl Core {
             return;
         }
         let (source, mut req) = (st.source, st.request.clone());
-        let route = match decision {
-            RouteDecision::Continue => self.decide(now, &source, &mut req),
+        match self.route_decided(now, &source, &mut req, decision) {
+            Ok(proxy::Route::Answer(status, extra)) => {
+                let resp = self.make_response(&req, status, &extra);
+                self.answer_routed(id, resp, now);
+            }
+            Ok(proxy::Route::Forward(branches, hash)) => {
+                self.start_ctx(now, id, source, req, branches, hash);
+            }
+            Err(resp) => self.answer_routed(id, resp, now),
+        }
+    }
+
+    /// Where the routing plugin's decision sends `req`, or the reply it asked for.
+    fn route_decided(
+        &mut self,
+        now: Instant,
+        source: &Source,
+        req: &mut Request,
+        decision: RouteDecision,
+    ) -> Result<proxy::Route, Response> {
+        match decision {
+            RouteDecision::Continue => Ok(self.decide(now, source, req)),
+            RouteDecision::Relay(target) => Ok(self.relay_to(now, source, req, target)),
             RouteDecision::Reply {
                 status,
                 reason,
                 headers,
             } => {
-                let mut resp = self.make_response(&req, status, &headers);
+                let mut resp = self.make_response(req, status, &headers);
                 if let Some(reason) = reason {
                     resp.reason = reason;
                 }
-                return self.answer_routed(id, resp, now);
-            }
-            RouteDecision::Relay(target) => self.relay_to(now, &source, &mut req, target),
-        };
-        match route {
-            proxy::Route::Answer(status, extra) => {
-                let resp = self.make_response(&req, status, &extra);
-                self.answer_routed(id, resp, now);
-            }
-            proxy::Route::Forward(branches, hash) => {
-                self.start_ctx(now, id, source, req, branches, hash);
+                Err(resp)
             }
         }
     }
@@ -928,7 +901,6 @@ pub fn local_reply(
         timers: TimerConfig::default(),
         registrar: RegistrarConfig::default(),
         relay: false,
-        router: false,
     });
     let mut resp = core.make_response(req, status, extra);
     if let Some(reason) = reason {

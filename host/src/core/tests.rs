@@ -14,6 +14,14 @@ const TCP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr:
 struct Sim {
     core: Core,
     now: Instant,
+    /// What the routing hook of [`Sim::with_router`] was asked.
+    asked: std::sync::Arc<std::sync::Mutex<Vec<Routed>>>,
+}
+
+/// A request the routing hook was asked about (its decision comes later).
+struct Routed {
+    id: u64,
+    request: Request,
 }
 
 fn phone() -> SocketAddr {
@@ -39,21 +47,32 @@ fn udp_phone() -> Source {
 }
 
 impl Sim {
-    /// A core that asks the routing plugin about out-of-dialog requests.
+    /// A core that asks the routing plugin about out-of-dialog requests; the plugin
+    /// answers later, through [`Sim::routed`].
     fn with_router() -> Self {
         let mut sim = Self::new();
-        sim.core.cfg.router = true;
+        let asked = sim.asked.clone();
+        sim.core
+            .set_route_hook(RouteHook(Box::new(move |id, _source, req| {
+                asked.lock().unwrap().push(Routed {
+                    id,
+                    request: req.clone(),
+                });
+                None
+            })));
         sim
     }
 
-    /// The routing queries the core asked since the last call.
-    fn route_queries(&mut self) -> Vec<RouteQuery> {
-        let mut out = Vec::new();
-        while let Some(e) = self.core.poll_event() {
-            if let Event::Route(q) = e {
-                out.push(*q);
-            }
-        }
+    /// The requests the routing hook was asked about since the last call.
+    fn route_queries(&mut self) -> Vec<Routed> {
+        std::mem::take(&mut *self.asked.lock().unwrap())
+    }
+
+    /// Runs `f` with the routing hook taken away (as a core without a router).
+    fn without_router<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let hook = self.core.hook.take();
+        let out = f(self);
+        self.core.hook = hook;
         out
     }
 
@@ -88,9 +107,9 @@ impl Sim {
                 timers: TimerConfig::default(),
                 registrar: RegistrarConfig::default(),
                 relay: false,
-                router: false,
             }),
             now: Instant::now(),
+            asked: Default::default(),
         }
     }
 
@@ -861,9 +880,7 @@ fn the_router_sees_new_requests_once_and_its_decisions_are_applied() {
     assert_eq!(request(m).uri.to_string(), "sip:9001@127.0.0.1:5090");
 
     // A relay to one of our users is an alias: location lookup.
-    sim.core.cfg.router = false;
-    sim.register_ws("bob", 3);
-    sim.core.cfg.router = true;
+    sim.without_router(|sim| sim.register_ws("bob", 3));
     sim.feed(udp_phone(), &invite_from_udp("robert", "rr4"));
     let q = sim.route_queries();
     let out = sim.routed(
@@ -895,8 +912,7 @@ fn cancel_while_the_router_decides_ends_the_invite_with_487() {
 
 #[test]
 fn a_closed_flow_is_reported_once_with_the_aors_it_lost() {
-    let mut sim = Sim::with_router();
-    sim.core.cfg.router = false;
+    let mut sim = Sim::new();
     sim.register_ws("bob", 4);
     sim.register_ws("bob", 4);
     while sim.core.poll_event().is_some() {}
@@ -917,7 +933,7 @@ fn a_closed_flow_is_reported_once_with_the_aors_it_lost() {
 
 #[test]
 fn a_route_hook_decides_in_place_or_later() {
-    let mut sim = Sim::with_router();
+    let mut sim = Sim::new();
     let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = asked.clone();
     sim.core
@@ -937,14 +953,14 @@ fn a_route_hook_decides_in_place_or_later() {
     let out = sim.feed(udp_phone(), &invite_from_udp("666", "h1"));
     let statuses: Vec<u16> = out.iter().map(|(_, m)| status(m)).collect();
     assert_eq!(statuses, vec![403]);
-    assert!(sim.route_queries().is_empty(), "no event with a hook");
+    assert!(sim.core.poll_event().is_none(), "nothing else to do");
     // Continue in place: the default routing (unknown user).
     let out = sim.feed(udp_phone(), &invite_from_udp("nobody", "h2"));
     assert_eq!(status(&out[0].1), 404);
     // Later: 100 now, the decision through Input::Routed.
     let out = sim.feed(udp_phone(), &invite_from_udp("later", "h3"));
     assert_eq!(status(&out[0].1), 100);
-    assert!(sim.route_queries().is_empty());
+    assert!(sim.core.poll_event().is_none());
     let id = asked.lock().unwrap().last().unwrap().0;
     let out = sim.routed(
         id,

@@ -8,7 +8,7 @@ use super::registrar_view::sip_transport;
 use super::{PluginFailure, PluginSlot};
 use crate::config::FailurePolicy;
 use crate::core::auth::{NonceCheck, NonceKey, digest_param, realm_is_valid};
-use crate::core::{ClosedFlow, RouteDecision, RouteQuery, Source};
+use crate::core::{ClosedFlow, RouteDecision, Source};
 use crate::sip::headers::{HeaderName, is_token_char};
 use crate::sip::message::{Method, Request};
 use crate::sip::uri::Uri;
@@ -33,6 +33,10 @@ const OWNED: &[HeaderName] = &[
     HeaderName::Server,
     HeaderName::RecordRoute,
 ];
+
+/// A routing call that did not finish at its first poll.
+pub type PendingDecision =
+    std::pin::Pin<Box<dyn std::future::Future<Output = RouteDecision> + Send + 'static>>;
 
 /// The configured `sip.router` plugin.
 #[derive(Debug, Clone)]
@@ -97,9 +101,22 @@ impl SipRouter {
         }
     }
 
-    /// [`SipRouter::call`] for a query, awaited.
-    pub async fn decide(&self, query: &RouteQuery, identity: &[(String, String)]) -> RouteDecision {
-        self.call(&query.source, &query.request, identity).await
+    /// [`SipRouter::call`] polled once, in place: the decision when the plugin made it
+    /// at once (the usual case: the epoch deadline bounds running Wasm, and a call
+    /// yields at its first epoch tick), else the call to finish elsewhere. Polling it
+    /// again registers its timers and wakers there.
+    pub fn decide_in_place(
+        &self,
+        source: &Source,
+        req: &Request,
+        identity: &[(String, String)],
+    ) -> Result<RouteDecision, PendingDecision> {
+        let mut call: PendingDecision = Box::pin(self.call(source, req, identity));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match call.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(decision) => Ok(decision),
+            std::task::Poll::Pending => Err(call),
+        }
     }
 
     /// Tells the plugin a flow closed. A failure is logged and counted.

@@ -288,7 +288,7 @@ async fn run_sip(
     local: SocketAddr,
     tls: bool,
 ) -> anyhow::Result<String> {
-    use crate::core::{RouteDecision, RouteQuery, Source, Transport};
+    use crate::core::{RouteDecision, Source, Transport};
     let mut message = match crate::sip::parse::parse(raw) {
         Ok(crate::sip::message::Message::Request(r)) => r,
         Ok(crate::sip::message::Message::Response(_)) => {
@@ -305,12 +305,7 @@ async fn run_sip(
     };
     crate::core::stamp_received(&mut message, source.remote);
     let router = super::sip::SipRouter::new(slot, nonce, &["MD5".to_string()]);
-    let query = RouteQuery {
-        id: 1,
-        source,
-        request: message,
-    };
-    let decision = router.decide(&query, &[]).await;
+    let decision = router.call(&source, &message, &[]).await;
     let text = match decision {
         RouteDecision::Continue => {
             "continue: the registrar and proxy handle it as without a router\n".to_string()
@@ -324,7 +319,7 @@ async fn run_sip(
             reason,
             headers,
         } => {
-            let resp = crate::core::local_reply(&query.request, status, reason, &headers);
+            let resp = crate::core::local_reply(&message, status, reason, &headers);
             let mut out = String::from_utf8_lossy(&resp.to_bytes()).into_owned();
             out.push_str("---\nthen: this response goes back on the flow the request came in on\n");
             out
