@@ -148,6 +148,41 @@ answer = 42
 path = "{plugins}/welcome.wasm"
 "#;
 
+/// `template` with `{ws}`, `{wss}`, `{ws2}`, `{ws3}`, `{admin}`, `{sip}` set to `ports`
+/// (in that order), `{plugins}` and `{foreign}` to the plugin directories and `{data}`
+/// to `data`.
+fn fill_template(template: &str, ports: &[u16], data: &Path) -> String {
+    let mut text = template.to_string();
+    for (name, port) in ["{ws}", "{wss}", "{ws2}", "{ws3}", "{admin}", "{sip}"]
+        .iter()
+        .zip(ports)
+    {
+        text = text.replace(name, &port.to_string());
+    }
+    text.replace("{plugins}", env!("SIPWASM_TEST_PLUGINS"))
+        .replace("{foreign}", env!("SIPWASM_TEST_FOREIGN_PLUGINS"))
+        .replace("{data}", &data.display().to_string())
+}
+
+/// Runs the server on `template` (ports set to 0), which it must refuse to start;
+/// returns what it printed on stderr.
+pub fn refused_config(template: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sipwasm.toml");
+    std::fs::write(&path, fill_template(template, &[0; 6], dir.path())).unwrap();
+    let out = Command::new(sipwasm_bin())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "the server started on:\n{template}\n{err}"
+    );
+    err
+}
+
 impl Server {
     /// Starts the server with [`STANDARD`] plus `extra` TOML appended (which may add
     /// keys to `[http]`, `[websocket]`... since those tables are not in STANDARD).
@@ -162,16 +197,7 @@ impl Server {
     fn start_once(template: &str) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
-        let text = template
-            .replace("{ws}", &ports[0].to_string())
-            .replace("{wss}", &ports[1].to_string())
-            .replace("{ws2}", &ports[2].to_string())
-            .replace("{ws3}", &ports[3].to_string())
-            .replace("{admin}", &ports[4].to_string())
-            .replace("{sip}", &ports[5].to_string())
-            .replace("{plugins}", env!("SIPWASM_TEST_PLUGINS"))
-            .replace("{foreign}", env!("SIPWASM_TEST_FOREIGN_PLUGINS"))
-            .replace("{data}", &data_dir.path().display().to_string());
+        let text = fill_template(template, &ports, data_dir.path());
         let config_path = data_dir.path().join("sipwasm.toml");
         std::fs::write(&config_path, &text).unwrap();
         let listeners = text.matches("[[listen]]").count();

@@ -350,6 +350,23 @@ impl Ua {
         s
     }
 
+    /// Calls `to` (which rings, then answers), ACKs the 200 and hangs up; returns the
+    /// 200 once the BYE got its own 200.
+    pub async fn call_and_hang_up(&mut self, to: &str) -> Response {
+        let (invite, dialog) = self.request("INVITE", to, "", SDP);
+        self.send(&invite).await;
+        self.recv_status(180).await;
+        let ok = self.recv_status(200).await;
+        let mut d = self.dialog_as_caller(dialog, &ok);
+        let ack = self.in_dialog(&mut d, "ACK", Some(1));
+        self.send(&ack).await;
+        let bye = self.in_dialog(&mut d, "BYE", None);
+        self.send(&bye).await;
+        let bye_ok = self.recv_final().await;
+        assert_eq!(bye_ok.status, 200, "BYE: {bye_ok:?}");
+        ok
+    }
+
     /// The callee's view of a dialog from the INVITE it answered with a tag.
     pub fn dialog_as_callee(&self, invite: &Request) -> Dialog {
         let to = invite.headers.get(&HeaderName::To).unwrap();

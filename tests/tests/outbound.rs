@@ -138,22 +138,7 @@ async fn plugins_reach_only_the_hosts_they_are_allowed() {
 
 #[tokio::test]
 async fn a_bad_allow_list_entry_is_a_config_error_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = config("\"127.0.0.1:80\"")
-        .replace("{plugins}", env!("SIPWASM_TEST_PLUGINS"))
-        .replace("{data}", &dir.path().display().to_string())
-        .replace("{ws}", "0")
-        .replace("{ws2}", "0")
-        .replace("{admin}", "0");
-    let path = dir.path().join("sipwasm.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(sipwasm_bin())
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_config(&config("\"127.0.0.1:80\""));
     assert!(
         err.contains("plugins.out.allowed-outbound-hosts") && err.contains("scheme://host"),
         "{err}"

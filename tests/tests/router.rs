@@ -84,21 +84,12 @@ async fn a_prefix_is_relayed_to_a_sipp_uas_over_udp() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut browser = Ua::ws(&s, "caller").await;
     assert_eq!(browser.register(600).await.status, 200);
-    let (invite, dialog) = browser.request("INVITE", "9001", "", SDP);
-    browser.send(&invite).await;
-    browser.recv_status(180).await;
-    let ok = browser.recv_status(200).await;
+    let ok = browser.call_and_hang_up("9001").await;
     assert_eq!(
         ok.headers.values(&HeaderName::RecordRoute).count(),
         2,
         "WS and UDP sides are record-routed"
     );
-    let mut d = browser.dialog_as_caller(dialog, &ok);
-    let ack = browser.in_dialog(&mut d, "ACK", Some(1));
-    browser.send(&ack).await;
-    let bye = browser.in_dialog(&mut d, "BYE", None);
-    browser.send(&bye).await;
-    assert_eq!(browser.recv_final().await.status, 200);
     uas.success().await;
 }
 
@@ -258,25 +249,7 @@ async fn router_config_errors_name_the_key() {
             "does not implement the sip-router world",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = format!("{STANDARD}\n{extra}")
-            .replace("{plugins}", env!("SIPWASM_TEST_PLUGINS"))
-            .replace("{data}", &dir.path().display().to_string())
-            .replace("{ws}", "0")
-            .replace("{wss}", "0")
-            .replace("{ws2}", "0")
-            .replace("{ws3}", "0")
-            .replace("{admin}", "0")
-            .replace("{sip}", "0");
-        let path = dir.path().join("sipwasm.toml");
-        std::fs::write(&path, config).unwrap();
-        let out = std::process::Command::new(sipwasm_bin())
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{extra}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_config(&format!("{STANDARD}\n{extra}"));
         assert!(err.contains(expected), "{extra}: {err}");
     }
 }

@@ -6,7 +6,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{
-    Contact, DigestImports, DigestVerdictWit, HostImports, Level, RegistrarImports, SipRequest,
+    Contact, DigestImports, DigestVerdictWit, HostImports, Level, RegistrarImports,
     SipTypesImports, TypesImports,
 };
 use super::limits::{Deadline, MemoryCap};
@@ -30,34 +30,6 @@ pub(crate) struct PluginShared {
     pub(crate) nonce: NonceKey,
 }
 
-/// What the `digest` imports need of the SIP request being decided.
-#[derive(Debug, Clone)]
-pub(crate) struct SipCall {
-    method: String,
-    /// The credentials: `Authorization` values for REGISTER, else
-    /// `Proxy-Authorization` values.
-    credentials: Vec<String>,
-}
-
-impl SipCall {
-    pub(crate) fn of(req: &SipRequest) -> Self {
-        let wanted = if req.method.eq_ignore_ascii_case("REGISTER") {
-            "Authorization"
-        } else {
-            "Proxy-Authorization"
-        };
-        Self {
-            method: req.method.clone(),
-            credentials: req
-                .headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(wanted))
-                .map(|(_, v)| v.clone())
-                .collect(),
-        }
-    }
-}
-
 /// The data of a plugin's store.
 pub(crate) struct HostState {
     wasi: WasiCtx,
@@ -69,8 +41,9 @@ pub(crate) struct HostState {
     shared: Arc<PluginShared>,
     /// The `log` import and stdout/stderr, under one quota.
     pub(crate) output: Arc<LogSink>,
-    /// The SIP request being decided, during `on-sip-request`.
-    pub(crate) sip_request: Option<SipCall>,
+    /// What the `digest` imports need of the SIP request being decided, during
+    /// `on-sip-request`.
+    pub(crate) sip_request: Option<super::sip::RequestFacts>,
 }
 
 impl HostState {
@@ -142,16 +115,12 @@ impl DigestImports for HostState {
         let Some(call) = self.sip_request.as_ref() else {
             return DigestVerdictWit::Missing;
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let verdict = self.shared.nonce.verify(
             call.credentials.iter().map(String::as_str),
             &call.method,
             &realm,
             &password,
-            now,
+            super::sip::unix_now(),
             super::sip::NONCE_MAX_AGE_SECS,
         );
         match verdict {

@@ -250,17 +250,19 @@ impl Plugin {
         decision::validate(guest).map_err(PluginFailure::InvalidDecision)
     }
 
-    /// `on-sip-request` of a `sip-router` plugin (the decision is not validated yet).
+    /// `on-sip-request` of a `sip-router` plugin (the decision is not validated yet);
+    /// `facts` serve its `digest` imports.
     pub async fn call_sip_request(
         &self,
         request: &bindings::SipRequest,
+        facts: &sip::RequestFacts,
     ) -> Result<bindings::GuestSipDecision, PluginFailure> {
         let mut instance = self.begin().await?;
         let Instance { store, exports, .. } = &mut instance;
         let Exports::Sip(exports) = exports else {
             return Err(self.wrong_world(World::SipRouter));
         };
-        store.data_mut().sip_request = Some(host_impl::SipCall::of(request));
+        store.data_mut().sip_request = Some(facts.clone());
         let result = within(
             self.deadline + self.grace,
             exports.call_on_sip_request(&mut *store, request),

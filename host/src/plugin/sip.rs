@@ -79,7 +79,7 @@ impl SipRouter {
         let facts = RequestFacts::of(req);
         let (nonce, algorithms) = (self.nonce.clone(), self.algorithms.clone());
         async move {
-            let outcome = match plugin.call_sip_request(&request).await {
+            let outcome = match plugin.call_sip_request(&request, &facts).await {
                 Ok(d) => validate(d, &facts, &nonce, unix_now(), &algorithms)
                     .map_err(PluginFailure::InvalidDecision),
                 Err(e) => Err(e),
@@ -138,7 +138,8 @@ impl SipRouter {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (nonces are stamped with it).
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -188,14 +189,16 @@ pub fn sip_request(
     }
 }
 
-/// What checking a decision needs of its request.
+/// What checking a decision, and the plugin's `digest` imports, need of its request.
 #[derive(Debug, Clone)]
 pub struct RequestFacts {
+    /// The method (part of the Digest response).
+    pub(crate) method: String,
     /// A REGISTER (challenged with 401, else 407).
     register: bool,
     /// The credentials it carries for such a challenge (`Authorization` for REGISTER,
     /// `Proxy-Authorization` otherwise).
-    credentials: Vec<String>,
+    pub(crate) credentials: Vec<String>,
 }
 
 impl RequestFacts {
@@ -208,6 +211,7 @@ impl RequestFacts {
             HeaderName::ProxyAuthorization
         };
         Self {
+            method: req.method.as_str().to_string(),
             register,
             credentials: req.headers.get_all(&answer).map(str::to_string).collect(),
         }

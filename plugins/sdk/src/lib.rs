@@ -61,22 +61,32 @@ pub trait RequestExt {
     fn host_is_ours(&self) -> bool;
 }
 
+/// The first value of header `name` in `headers` (case-insensitive), trimmed.
+pub(crate) fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// Every value of header `name` in `headers`, in order, splitting comma-separated lists.
+pub(crate) fn header_list<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 impl RequestExt for HttpRequest {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
+        first_header(&self.headers, name)
     }
 
     fn header_values<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
+        header_list(&self.headers, name)
     }
 
     fn path(&self) -> &str {

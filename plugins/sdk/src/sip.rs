@@ -102,20 +102,11 @@ pub trait SipRequestExt {
 
 impl SipRequestExt for SipRequest {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
+        crate::first_header(&self.headers, name)
     }
 
     fn header_values<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
+        crate::header_list(&self.headers, name)
     }
 
     fn ruri_user(&self) -> Option<&str> {

@@ -29,10 +29,9 @@ const SCRUBBED: &[&str] = &[
 /// `plugins/` whose changes should re-run the calling build script. Panics with a
 /// message that says what to install when the build fails.
 pub fn build(packages: &[&str], watch: &[&str]) -> PathBuf {
-    let manifest_dir =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
+    let manifest_dir = build_env("CARGO_MANIFEST_DIR");
     let plugins = manifest_dir.join("../plugins");
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("run from a build script"));
+    let out_dir = build_env("OUT_DIR");
     for path in ["Cargo.toml", "Cargo.lock"].iter().chain(watch) {
         println!("cargo:rerun-if-changed={}", plugins.join(path).display());
     }
@@ -76,9 +75,16 @@ pub fn build(packages: &[&str], watch: &[&str]) -> PathBuf {
     target_dir.join("wasm32-wasip2/release")
 }
 
+/// A directory cargo gives a build script (`CARGO_MANIFEST_DIR`, `OUT_DIR`).
+fn build_env(name: &str) -> PathBuf {
+    PathBuf::from(
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} unset: run from a build script")),
+    )
+}
+
 /// Copies `file` from `dir` into OUT_DIR.
 pub fn copy_to_out_dir(dir: &Path, file: &str) {
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("run from a build script"));
+    let out_dir = build_env("OUT_DIR");
     let (from, to) = (dir.join(file), out_dir.join(file));
     std::fs::copy(&from, &to)
         .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
@@ -88,11 +94,10 @@ pub fn copy_to_out_dir(dir: &Path, file: &str) {
 /// into `OUT_DIR/<out>`, for the world `world` of `wit/`. jco comes from
 /// `plugins/js/node_modules` (`npm ci --prefix plugins/js`, done by the test command).
 pub fn build_js(source: &str, world: &str, out: &str) -> PathBuf {
-    let manifest_dir =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
+    let manifest_dir = build_env("CARGO_MANIFEST_DIR");
     let js = manifest_dir.join("../plugins/js");
     let wit = manifest_dir.join("../wit");
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("run from a build script"));
+    let out_dir = build_env("OUT_DIR");
     for path in [js.join(source), js.join("package-lock.json"), wit.clone()] {
         println!("cargo:rerun-if-changed={}", path.display());
     }
@@ -125,11 +130,10 @@ pub fn build_js(source: &str, world: &str, out: &str) -> PathBuf {
 /// `target/plugin-tools/python` that the test command sets up from
 /// `plugins/python/requirements.txt`, else the one on `PATH`.
 pub fn build_python(dir: &str, world: &str, out: &str) -> PathBuf {
-    let manifest_dir =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
+    let manifest_dir = build_env("CARGO_MANIFEST_DIR");
     let python = manifest_dir.join("../plugins/python");
     let wit = manifest_dir.join("../wit");
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("run from a build script"));
+    let out_dir = build_env("OUT_DIR");
     for path in [
         python.join(dir),
         python.join("requirements.txt"),
