@@ -487,7 +487,7 @@ struct Router {
 
 /// The one task that owns the core: feed it inputs, send what it produces, run its
 /// timers. No protocol decisions here. Routing-plugin calls start here and finish on
-/// a task of their own when they take longer than an epoch tick (see [`route`]).
+/// a task of their own when they take longer than an epoch tick (see [`route_hook`]).
 async fn drive_core(
     mut core: Core,
     mut inbox: mpsc::Receiver<Input>,
