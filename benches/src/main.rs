@@ -93,6 +93,9 @@ enum Cmd {
         /// standard 50 (25 pairs for MESSAGE).
         #[arg(long, requires = "ws")]
         clients: Option<usize>,
+        /// With --ws: the server's process, to measure its CPU time per transaction.
+        #[arg(long, requires = "ws")]
+        pid: Option<u32>,
     },
     /// What a `sip-router` plugin (call-policy) adds to a request: the call in
     /// process, then REGISTER over UDP with and without it.
@@ -164,15 +167,32 @@ fn main() -> anyhow::Result<()> {
                 ws,
                 udp,
                 clients,
+                pid,
             } => match (ws, udp) {
                 (Some(ws), Some(udp)) => {
                     let results =
-                        sip_scenarios_with(ws, udp, seconds, only.as_deref(), clients).await?;
+                        sip_scenarios_with(ws, udp, seconds, only.as_deref(), clients, pid)
+                            .await?;
                     for ((_, name), r) in SCENARIOS.iter().zip(results) {
                         if let Some(r) = r {
+                            let server = r
+                                .server_cpu
+                                .map(|c| {
+                                    format!(
+                                        " | server {:.1} µs CPU ({:.1} user + {:.1} sys)",
+                                        c.total(),
+                                        c.user,
+                                        c.system
+                                    )
+                                })
+                                .unwrap_or_default();
                             println!(
-                                "| {name} | {:.0}/s | p50 {:.0} µs | p99 {:.0} µs | {} errors |",
-                                r.rate, r.p50, r.p99, r.errors
+                                "| {name} | {:.0}/s | p50 {:.0} µs | p99 {:.0} µs | {} errors{server} | load {:.1} µs CPU |",
+                                r.rate,
+                                r.p50,
+                                r.p99,
+                                r.errors,
+                                r.load_cpu.total()
                             );
                         }
                     }
@@ -568,12 +588,29 @@ async fn handshakes(
 /// Proportional set size of a process and its descendants, in KiB (from
 /// /proc/PID/smaps_rollup), so forked workers and shared memory are counted once.
 fn pss_kib(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for p in process_tree(pid) {
+        let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))?;
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// `pid` and its descendants (from /proc).
+fn process_tree(pid: u32) -> Vec<u32> {
     let mut pids = vec![pid];
     let mut i = 0;
     while i < pids.len() {
         let parent = pids[i];
-        for entry in std::fs::read_dir("/proc")? {
-            let name = entry?.file_name();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
             let Some(p) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
@@ -590,16 +627,7 @@ fn pss_kib(pid: u32) -> anyhow::Result<u64> {
         }
         i += 1;
     }
-    let mut total = 0;
-    for p in pids {
-        let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))?;
-        total += text
-            .lines()
-            .find_map(|l| l.strip_prefix("Pss:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(total)
+    pids
 }
 
 async fn idle_cost(target: &Target, connections: usize) -> anyhow::Result<(f64, u64, u64)> {
@@ -710,8 +738,9 @@ async fn sip_scenarios(
     udp: SocketAddr,
     seconds: u64,
     only: Option<&str>,
+    pid: u32,
 ) -> anyhow::Result<Vec<Option<sipload::Result>>> {
-    sip_scenarios_with(ws, udp, seconds, only, None).await
+    sip_scenarios_with(ws, udp, seconds, only, None, Some(pid)).await
 }
 
 async fn sip_scenarios_with(
@@ -720,9 +749,10 @@ async fn sip_scenarios_with(
     seconds: u64,
     only: Option<&str>,
     clients: Option<usize>,
+    pid: Option<u32>,
 ) -> anyhow::Result<Vec<Option<sipload::Result>>> {
     let n = clients.unwrap_or(50).max(1);
-    let t = sipload::SipTarget { ws, udp };
+    let t = sipload::SipTarget { ws, udp, pid };
     // A second of warm-up first (connections, caches).
     let _ = sipload::register_ws(t, 50, 1).await?;
     let mut out = Vec::new();
@@ -748,12 +778,12 @@ async fn sip(
 ) -> anyhow::Result<()> {
     let ours = {
         let (t, udp) = start_sipwasm(bin, "reuse", true).await?;
-        sip_scenarios(t.addr, udp, seconds, only).await?
+        sip_scenarios(t.addr, udp, seconds, only, t.child.id()).await?
     };
     let theirs = match kamailio {
         Some(cfg) => {
             let (t, udp) = start_kamailio_sip(cfg).await?;
-            Some(sip_scenarios(t.addr, udp, seconds, only).await?)
+            Some(sip_scenarios(t.addr, udp, seconds, only, t.child.id()).await?)
         }
         None => None,
     };
@@ -785,6 +815,33 @@ async fn sip(
                 o.rate, o.p50, o.p99, o.errors
             ),
         }
+    }
+    println!();
+    // Rates on shared cores depend on what the load generator costs too; CPU time per
+    // transaction is each server's own cost.
+    println!("### CPU time per transaction (µs, user + system; same runs)\n");
+    println!(
+        "| scenario | sipwasm | kamailio (all processes) | load generator, sipwasm run | load generator, kamailio run | kamailio ÷ sipwasm |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let cpu = |c: Option<sipload::Cpu>| match c {
+        Some(c) => format!("{:.1} ({:.1} + {:.1})", c.total(), c.user, c.system),
+        None => "-".into(),
+    };
+    for (i, name) in names.iter().enumerate() {
+        let Some(o) = ours[i] else { continue };
+        let k = theirs.as_ref().and_then(|k| k[i]);
+        let ratio = match (o.server_cpu, k.and_then(|k| k.server_cpu)) {
+            (Some(o), Some(k)) if o.total() > 0.0 => format!("{:.2}x", k.total() / o.total()),
+            _ => "-".into(),
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} | {ratio} |",
+            cpu(o.server_cpu),
+            cpu(k.and_then(|k| k.server_cpu)),
+            cpu(Some(o.load_cpu)),
+            cpu(k.map(|k| k.load_cpu)),
+        );
     }
     println!();
     Ok(())
@@ -937,7 +994,11 @@ async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<(
         ("with call-policy", router_config.as_str()),
     ] {
         let (t, udp) = start_sipwasm_with(bin, "reuse", true, extra).await?;
-        let target = sipload::SipTarget { ws: t.addr, udp };
+        let target = sipload::SipTarget {
+            ws: t.addr,
+            udp,
+            pid: Some(t.child.id()),
+        };
         let _ = sipload::register_udp(target, 50, 1).await?;
         let one = sipload::register_udp(target, 1, seconds).await?;
         let many = sipload::register_udp(target, 50, seconds).await?;
@@ -998,6 +1059,7 @@ fn core_only(iterations: u64) -> anyhow::Result<()> {
     let users = 1000u64;
     let start = Instant::now();
     let mut sent = 0u64;
+    let (mut parsing, mut handling) = (Duration::ZERO, Duration::ZERO);
     for i in 0..iterations {
         let u = i % users;
         let text = format!(
@@ -1008,6 +1070,7 @@ fn core_only(iterations: u64) -> anyhow::Result<()> {
             p = 20000 + u,
             c = i / users + 1
         );
+        let t0 = Instant::now();
         let message = sipwasm::sip::parse(text.as_bytes())?;
         let source = Source {
             transport: Transport::Udp,
@@ -1021,6 +1084,9 @@ fn core_only(iterations: u64) -> anyhow::Result<()> {
             sent += t.payload.len() as u64;
         }
         while core.poll_event().is_some() {}
+        let t2 = Instant::now();
+        parsing += now - t0;
+        handling += t2 - now;
         if i % 1000 == 0 {
             core.handle_timeout(now);
         }
@@ -1030,8 +1096,11 @@ fn core_only(iterations: u64) -> anyhow::Result<()> {
         "## SIP core alone (parse + registrar + response, {iterations} REGISTERs, {users} users)\n"
     );
     println!(
-        "{per:.2} µs per REGISTER ({:.0} per second on one core), {sent} bytes out\n",
-        1e6 / per
+        "{per:.2} µs per REGISTER ({:.0} per second on one core), {sent} bytes out: \
+         parsing {:.2} µs, the core {:.2} µs (the rest builds the request text)\n",
+        1e6 / per,
+        parsing.as_secs_f64() * 1e6 / iterations as f64,
+        handling.as_secs_f64() * 1e6 / iterations as f64,
     );
     Ok(())
 }

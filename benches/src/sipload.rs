@@ -22,6 +22,9 @@ pub(crate) struct SipTarget {
     pub(crate) ws: SocketAddr,
     /// UDP listener.
     pub(crate) udp: SocketAddr,
+    /// The server's process, when known: its CPU time (and its children's) is
+    /// measured over each run.
+    pub(crate) pid: Option<u32>,
 }
 
 /// Rate and latency of one scenario.
@@ -35,9 +38,86 @@ pub(crate) struct Result {
     pub(crate) p99: f64,
     /// Requests without a success answer.
     pub(crate) errors: u64,
+    /// Server CPU time per completed transaction (µs, user + system), when its process
+    /// is known.
+    pub(crate) server_cpu: Option<Cpu>,
+    /// The load generator's own CPU time per completed transaction.
+    pub(crate) load_cpu: Cpu,
 }
 
-fn summarize(mut lat: Vec<u32>, elapsed: Duration, errors: u64) -> Result {
+/// CPU time per completed transaction, in µs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cpu {
+    /// In user space.
+    pub(crate) user: f64,
+    /// In the kernel.
+    pub(crate) system: f64,
+}
+
+impl Cpu {
+    /// User + system.
+    pub(crate) fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+/// User and system CPU clock ticks of processes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ticks {
+    user: u64,
+    system: u64,
+}
+
+/// Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ, 100 on
+/// Linux for every architecture this runs on).
+const USER_HZ: f64 = 100.0;
+
+impl Ticks {
+    /// The sum over processes.
+    fn of_all(pids: &[u32]) -> Self {
+        pids.iter()
+            .map(|&p| Self::of(p))
+            .fold(Self::default(), |a, b| Self {
+                user: a.user + b.user,
+                system: a.system + b.system,
+            })
+    }
+
+    fn of(pid: u32) -> Self {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return Self::default();
+        };
+        // utime and stime are fields 14 and 15; 12 and 13 after the ")" that ends
+        // the command name.
+        let mut rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(11);
+        let mut next = || rest.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        Self {
+            user: next(),
+            system: next(),
+        }
+    }
+
+    fn per(self, since: Self, count: usize) -> Cpu {
+        let n = count.max(1) as f64;
+        Cpu {
+            user: (self.user.saturating_sub(since.user)) as f64 / USER_HZ * 1e6 / n,
+            system: (self.system.saturating_sub(since.system)) as f64 / USER_HZ * 1e6 / n,
+        }
+    }
+}
+
+fn summarize(
+    mut lat: Vec<u32>,
+    elapsed: Duration,
+    errors: u64,
+    server_cpu: Option<Cpu>,
+    load_cpu: Cpu,
+) -> Result {
     lat.sort_unstable();
     let q = |p: f64| {
         if lat.is_empty() {
@@ -51,6 +131,8 @@ fn summarize(mut lat: Vec<u32>, elapsed: Duration, errors: u64) -> Result {
         p50: q(0.5),
         p99: q(0.99),
         errors,
+        server_cpu,
+        load_cpu,
     }
 }
 
@@ -171,7 +253,7 @@ pub(crate) async fn register_ws(
             Ok::<_, anyhow::Error>((lat, errors))
         }));
     }
-    run_for(tasks, start_gate, stop, seconds).await
+    run_for(t, tasks, start_gate, stop, seconds).await
 }
 
 /// REGISTER over `socks` UDP sockets for `seconds`.
@@ -225,7 +307,7 @@ pub(crate) async fn register_udp(
             Ok::<_, anyhow::Error>((lat, errors))
         }));
     }
-    run_for(tasks, gate, stop, seconds).await
+    run_for(t, tasks, gate, stop, seconds).await
 }
 
 /// MESSAGE from `pairs` sender connections to as many registered receiver connections.
@@ -302,7 +384,7 @@ pub(crate) async fn message_ws(t: SipTarget, pairs: usize, seconds: u64) -> anyh
             Ok::<_, anyhow::Error>((lat, errors))
         }));
     }
-    let result = run_for(tasks, gate, stop, seconds).await;
+    let result = run_for(t, tasks, gate, stop, seconds).await;
     receivers_stop.store(true, Ordering::Relaxed);
     for r in receivers {
         let _ = r.await;
@@ -312,15 +394,23 @@ pub(crate) async fn message_ws(t: SipTarget, pairs: usize, seconds: u64) -> anyh
 
 type Task = tokio::task::JoinHandle<anyhow::Result<(Vec<u32>, u64)>>;
 
+/// Lets the clients go, stops them after `seconds`, and collects what they measured,
+/// with the CPU time the server and this process spent meanwhile.
 async fn run_for(
+    t: SipTarget,
     tasks: Vec<Task>,
     gate: Arc<tokio::sync::Barrier>,
     stop: Arc<AtomicBool>,
     seconds: u64,
 ) -> anyhow::Result<Result> {
+    // The server and its descendants (Kamailio forks its workers), listed once.
+    let server = t.pid.map(crate::process_tree);
+    let server_ticks = || server.as_deref().map(Ticks::of_all);
     gate.wait().await;
     let started = Instant::now();
+    let (server0, load0) = (server_ticks(), Ticks::of(std::process::id()));
     tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (server1, load1) = (server_ticks(), Ticks::of(std::process::id()));
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let (mut lat, mut errors) = (Vec::new(), 0);
@@ -329,5 +419,15 @@ async fn run_for(
         lat.extend(l);
         errors += e;
     }
-    Ok(summarize(lat, elapsed, errors))
+    // Transactions completed between the two CPU readings, near enough: all of them
+    // but those still in flight at the end (one per client).
+    let n = lat.len();
+    let server_cpu = server0.zip(server1).map(|(a, b)| b.per(a, n));
+    Ok(summarize(
+        lat,
+        elapsed,
+        errors,
+        server_cpu,
+        load1.per(load0, n),
+    ))
 }

@@ -34,10 +34,10 @@ pub use self::myself::Myself;
 use self::proxy::ProxyCtx;
 use self::registrar::RegistrarConfig;
 use self::transaction::{ClientTx, ServerKey, ServerTx, TimerConfig, TimerRef, Timers};
-use crate::sip::headers::{HeaderName, Headers, split_list};
+use crate::sip::headers::{HeaderName, Headers, first_value};
 use crate::sip::message::{Essentials, Message, Method, Request, Response, reason_phrase};
 use crate::sip::typed::Via;
-use crate::sip::uri::Host;
+use crate::sip::uri::{Host, V4Text};
 
 /// Identifies a flow: one connection (WS, WSS, TCP, TLS).
 pub type FlowId = u64;
@@ -265,6 +265,16 @@ pub struct CoreConfig {
     pub relay: bool,
 }
 
+/// An HMAC keyed with the core's secret (never printed).
+#[derive(Clone)]
+struct Keyed(Hmac<Sha256>);
+
+impl fmt::Debug for Keyed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keyed(..)")
+    }
+}
+
 /// How long a user whose bindings are gone stays "known" (480 instead of 404).
 const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -277,6 +287,9 @@ const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, INFO,
 #[derive(Debug)]
 pub struct Core {
     cfg: CoreConfig,
+    /// HMAC-SHA256 keyed with the secret once; cloned per MAC (keying costs two
+    /// SHA-256 blocks).
+    mac: Keyed,
     tokens: FlowTokens,
     /// Branch prefix of our Vias: tells our own Vias from another proxy's.
     branch_prefix: String,
@@ -307,11 +320,13 @@ pub struct Core {
 impl Core {
     /// A new core.
     pub fn new(cfg: CoreConfig) -> Self {
-        let mut m = Hmac::<Sha256>::new_from_slice(&cfg.secret).expect("any key length");
+        let mac = Keyed(Hmac::<Sha256>::new_from_slice(&cfg.secret).expect("any key length"));
+        let mut m = mac.0.clone();
         m.update(b"branch-prefix");
         let h = m.finalize().into_bytes();
         let branch_prefix = format!("z9hG4bKsw{:02x}{:02x}", h[0], h[1]);
         Self {
+            mac,
             tokens: FlowTokens::new(cfg.secret),
             cfg,
             branch_prefix,
@@ -332,6 +347,11 @@ impl Core {
             events: VecDeque::new(),
             next_id: 0,
         }
+    }
+
+    /// A fresh HMAC-SHA256 under the secret.
+    fn hmac(&self) -> Hmac<Sha256> {
+        self.mac.0.clone()
     }
 
     /// Installs the hook that asks the routing plugin in place.
@@ -487,7 +507,7 @@ impl Core {
             }
             return;
         }
-        if self.hook.is_some() && !req.get_to().is_ok_and(|t| t.tag().is_some()) {
+        if self.hook.is_some() && req.to_tag().is_none() {
             // Out of dialog: the routing plugin decides first.
             let id = self.new_id();
             let hook = self.hook.as_mut().expect("checked above");
@@ -721,11 +741,14 @@ impl Core {
             headers.push(HeaderName::From, from);
         }
         if let Some(to) = req.headers.get(&HeaderName::To) {
-            let has_tag = req.get_to().is_ok_and(|t| t.tag().is_some());
+            let has_tag = req.to_tag().is_some();
             if has_tag || status == 100 {
                 headers.push(HeaderName::To, to);
             } else {
-                headers.push(HeaderName::To, format!("{to};tag={}", self.to_tag(req)));
+                headers.push(
+                    HeaderName::To,
+                    format!("{to};tag={}", self.make_to_tag(req)),
+                );
             }
         }
         if let Some(c) = req.call_id() {
@@ -750,8 +773,8 @@ impl Core {
 
     /// A To tag that is the same for retransmissions of one request, without state:
     /// HMAC(secret, Call-ID, From, CSeq, top Via).
-    fn to_tag(&self, req: &Request) -> String {
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.cfg.secret).expect("any key length");
+    fn make_to_tag(&self, req: &Request) -> String {
+        let mut m = self.hmac();
         for part in [
             req.call_id().unwrap_or(""),
             req.headers.get(&HeaderName::From).unwrap_or(""),
@@ -957,26 +980,31 @@ pub fn stamp_received(req: &mut Request, source: SocketAddr) {
     let Some(top) = req.headers.first_mut(&HeaderName::Via) else {
         return;
     };
-    let mut values: Vec<String> = split_list(&top.value).map(str::to_string).collect();
-    let Some(first) = values.first_mut() else {
+    // The first value of the line; the values after it stay as written.
+    let Some((first, _)) = first_value(&top.value) else {
         return;
     };
     let Ok(mut via) = Via::parse(first) else {
         return;
     };
+    let ip = || match source.ip() {
+        std::net::IpAddr::V4(a) => V4Text::new(a).as_str().to_string(),
+        a => a.to_string(),
+    };
     let changed = if via.has_rport() {
         via.set_param("rport", Some(source.port().to_string()));
-        via.set_param("received", Some(source.ip().to_string()));
+        via.set_param("received", Some(ip()));
         true
     } else if via.host != Host::from(source.ip()) {
-        via.set_param("received", Some(source.ip().to_string()));
+        via.set_param("received", Some(ip()));
         true
     } else {
         false
     };
     if changed {
-        *first = via.to_string();
-        top.value = values.join(", ");
+        let mut value = via.to_string();
+        value.push_str(first_value(&top.value).map_or("", |(_, rest)| rest));
+        top.value = value;
     }
 }
 

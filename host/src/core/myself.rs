@@ -49,6 +49,11 @@ impl Myself {
         self.matches(&uri.host, uri.port)
     }
 
+    /// Whether a URI's host is one of our domains or addresses, whatever its port.
+    pub fn is_my_host(&self, uri: &SipUri) -> bool {
+        self.matches(&uri.host, None)
+    }
+
     fn matches(&self, host: &Host, port: Option<u16>) -> bool {
         let host_ok = match host {
             Host::Name(n) => {

@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
 use super::location::Binding;
 use super::registrar::{self, Change, aor_of};
@@ -15,7 +14,7 @@ use super::{ALLOW, Core, Event, FlowId, SUPPORTED, Source, Target, Transport, sp
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request, Response};
 use crate::sip::typed::{NameAddr, Via};
-use crate::sip::uri::{Host, SipUri, Uri};
+use crate::sip::uri::{Host, Uri};
 
 /// One place a branch can try.
 #[derive(Debug, Clone)]
@@ -186,7 +185,7 @@ impl Core {
         if to_us {
             return self.local_request(now, source, req, hash);
         }
-        let in_dialog = req.get_to().is_ok_and(|t| t.tag().is_some());
+        let in_dialog = req.to_tag().is_some();
         if let Some(c) = self.flow_of_contact(&req.uri) {
             return Route::Forward(vec![vec![c]], hash);
         }
@@ -342,18 +341,11 @@ impl Core {
     }
 
     fn register(&mut self, now: Instant, source: &Source, req: &Request) -> Route {
-        let domain_ok = req
-            .get_to()
-            .ok()
-            .and_then(|t| {
-                t.uri.as_sip().map(|u| {
-                    self.cfg.myself.is_myself_uri(&SipUri {
-                        port: None,
-                        ..u.clone()
-                    })
-                })
-            })
-            .unwrap_or(false);
+        let to = req.get_to().ok();
+        let domain_ok = to
+            .as_ref()
+            .and_then(|t| t.uri.as_sip())
+            .is_some_and(|u| self.cfg.myself.is_my_host(u));
         if !domain_ok {
             return Route::Answer(403, vec![]);
         }
@@ -361,9 +353,13 @@ impl Core {
             return refusal;
         }
         let mut changes = Vec::new();
+        let Some(to) = to else {
+            return Route::Answer(400, vec![]);
+        };
         let outcome = registrar::register(
             &mut self.location,
             req,
+            &to,
             source,
             now,
             &self.cfg.registrar,
@@ -487,22 +483,10 @@ impl Core {
     /// The loop-detection hash of a request (RFC 3261 16.6 step 8): the fields that
     /// change when a request is retargeted.
     fn loop_hash(&self, req: &Request) -> String {
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.cfg.secret).expect("any key length");
+        let mut m = self.hmac();
         m.update(req.uri.to_string().as_bytes());
-        m.update(
-            req.get_from()
-                .ok()
-                .and_then(|f| f.tag().map(str::to_string))
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-        m.update(
-            req.get_to()
-                .ok()
-                .and_then(|f| f.tag().map(str::to_string))
-                .unwrap_or_default()
-                .as_bytes(),
-        );
+        m.update(req.from_tag().unwrap_or("").as_bytes());
+        m.update(req.to_tag().unwrap_or("").as_bytes());
         m.update(req.call_id().unwrap_or("").as_bytes());
         m.update(&req.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
         for r in req.headers.values(&HeaderName::Route) {
@@ -517,7 +501,7 @@ impl Core {
     /// A MAC of a Call-ID carried in our Record-Route entries (`sw=`): a Route entry
     /// with it proves the request belongs to a dialog we record-routed.
     fn rr_mac(&self, call_id: &str) -> String {
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.cfg.secret).expect("any key length");
+        let mut m = self.hmac();
         m.update(b"record-route");
         m.update(call_id.as_bytes());
         hex(&m.finalize().into_bytes()[..6])
@@ -555,7 +539,7 @@ impl Core {
         branches: Vec<Vec<Candidate>>,
         loop_hash: String,
     ) {
-        let initial = req.get_to().is_ok_and(|t| t.tag().is_none());
+        let initial = req.to_tag().is_none();
         let record_route = initial
             && matches!(
                 req.method,
@@ -993,7 +977,7 @@ impl Core {
             .and_then(|v| Via::parse(v).ok())
             .and_then(|v| v.branch().map(str::to_string))
             .unwrap_or_default();
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.cfg.secret).expect("any key length");
+        let mut m = self.hmac();
         m.update(incoming.as_bytes());
         let hex = hex(&m.finalize().into_bytes()[..8]);
         let via = format!(

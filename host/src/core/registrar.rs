@@ -110,20 +110,18 @@ fn unquote(s: &str) -> &str {
         .unwrap_or(s)
 }
 
-/// Processes a REGISTER from `source` at `now` for an AoR the caller already checked is
-/// in one of our domains. `secret` derives temporary GRUUs.
+/// Processes a REGISTER from `source` at `now`, whose To (`to`, parsed by the caller)
+/// the caller already checked is in one of our domains. `secret` derives temporary GRUUs.
 pub fn register(
     loc: &mut Location,
     req: &Request,
+    to: &NameAddr,
     source: &Source,
     now: Instant,
     cfg: &RegistrarConfig,
     secret: &[u8; 32],
     changes: &mut Vec<Change>,
 ) -> Outcome {
-    let Ok(to) = req.get_to() else {
-        return Outcome::err(400, "Bad To");
-    };
     let Some(aor) = aor_of(&to.uri) else {
         return Outcome::err(404, "Not Found: AoR without user");
     };
@@ -435,6 +433,7 @@ mod tests {
         register(
             loc,
             r,
+            &r.get_to().unwrap(),
             &src(flow),
             now,
             &RegistrarConfig::default(),
@@ -559,9 +558,11 @@ mod tests {
         // Same instance and reg-id from a new flow (page reload): replaced, same temp GRUU.
         let c2 = c.replace("sip:x@a.invalid", "sip:y@b.invalid");
         let temp = loc.lookup("sip:alice@localhost")[0].temp_gruu.clone();
+        let r = reg(1, &c2).tap_call_id("reg2");
         let o = register(
             &mut loc,
-            &reg(1, &c2).tap_call_id("reg2"),
+            &r,
+            &r.get_to().unwrap(),
             &src(Some(2)),
             now,
             &RegistrarConfig::default(),

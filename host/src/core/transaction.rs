@@ -132,18 +132,13 @@ impl ServerKey {
             }
             _ => {
                 // RFC 2543: Request-URI, To tag, From tag, Call-ID, CSeq number, top Via.
-                let to_tag = req
-                    .get_to()
-                    .ok()
-                    .and_then(|t| t.tag().map(str::to_string))
-                    .unwrap_or_default();
                 let to_tag = if *method == Method::Invite && req.method == Method::Ack {
                     // The ACK carries the To tag of our response; the INVITE had none.
-                    String::new()
+                    ""
                 } else {
-                    to_tag
+                    req.to_tag().unwrap_or("")
                 };
-                let from_tag = req.get_from().ok()?.tag().unwrap_or("").to_string();
+                let from_tag = req.from_tag().unwrap_or("");
                 let cseq = req.cseq().ok()?.seq;
                 Some(Self(format!(
                     "2543|{}|{to_tag}|{from_tag}|{}|{cseq}|{top}|{method}",

@@ -205,25 +205,55 @@ impl<'a> IntoIterator for &'a Headers {
 /// Splits a header value at top-level commas (not inside `"..."` or `<...>`), trimming
 /// each part and skipping empty ones.
 pub fn split_list(value: &str) -> impl Iterator<Item = &str> + '_ {
-    let mut parts = Vec::new();
-    let bytes = value.as_bytes();
-    let (mut start, mut in_quotes, mut in_angle, mut i) = (0, false, false, 0);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if in_quotes => i += 1,
-            b'"' => in_quotes = !in_quotes,
-            b'<' if !in_quotes => in_angle = true,
-            b'>' if !in_quotes => in_angle = false,
-            b',' if !in_quotes && !in_angle => {
-                parts.push(&value[start..i]);
-                start = i + 1;
-            }
-            _ => {}
+    SplitList { rest: Some(value) }
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// The first value of a list line (trimmed) and the rest of the line from the comma
+/// after it (empty when it is the only value).
+pub fn first_value(value: &str) -> Option<(&str, &str)> {
+    let mut offset = 0;
+    for part in (SplitList { rest: Some(value) }) {
+        let end = offset + part.len();
+        let trimmed = part.trim();
+        if !trimmed.is_empty() {
+            return Some((trimmed, &value[end..]));
         }
-        i += 1;
+        offset = end + 1;
     }
-    parts.push(&value[start.min(value.len())..]);
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty())
+    None
+}
+
+/// The parts of a list value, untrimmed; no allocation.
+struct SplitList<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for SplitList<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let value = self.rest?;
+        let bytes = value.as_bytes();
+        let (mut in_quotes, mut in_angle, mut i) = (false, false, 0);
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' if in_quotes => i += 1,
+                b'"' => in_quotes = !in_quotes,
+                b'<' if !in_quotes => in_angle = true,
+                b'>' if !in_quotes => in_angle = false,
+                b',' if !in_quotes && !in_angle => {
+                    self.rest = Some(&value[i + 1..]);
+                    return Some(&value[..i]);
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        self.rest = None;
+        Some(value)
+    }
 }
 
 /// Parameters `;name[=value]` as ordered pairs; names lower-cased on lookup only.
@@ -276,24 +306,29 @@ pub fn parse_params(s: &str) -> Result<Params, &'static str> {
     Ok(out)
 }
 
-/// Splits at `sep` outside double quotes.
-pub(crate) fn split_outside_quotes(s: &str, sep: u8) -> Vec<&str> {
-    let bytes = s.as_bytes();
-    let (mut parts, mut start, mut in_q, mut i) = (Vec::new(), 0, false, 0);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if in_q => i += 1,
-            b'"' => in_q = !in_q,
-            b if b == sep && !in_q => {
-                parts.push(&s[start..i]);
-                start = i + 1;
+/// Splits at `sep` outside double quotes; no allocation.
+pub(crate) fn split_outside_quotes(s: &str, sep: u8) -> impl Iterator<Item = &str> + '_ {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let value = rest?;
+        let bytes = value.as_bytes();
+        let (mut in_q, mut i) = (false, 0);
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' if in_q => i += 1,
+                b'"' => in_q = !in_q,
+                b if b == sep && !in_q => {
+                    // `i` indexes an ASCII byte: a char boundary.
+                    rest = Some(&value[i + 1..]);
+                    return Some(&value[..i]);
+                }
+                _ => {}
             }
-            _ => {}
+            i += 1;
         }
-        i += 1;
-    }
-    parts.push(&s[start.min(s.len())..]);
-    parts
+        rest = None;
+        Some(value)
+    })
 }
 
 /// Writes params back as `;a=b;c`.
@@ -330,6 +365,13 @@ mod tests {
     fn list_splitting_respects_quotes_and_brackets() {
         let v: Vec<_> = split_list(r#""A, B" <sip:a@b;x=1,2>;q=1, <sip:c@d> , "#).collect();
         assert_eq!(v, [r#""A, B" <sip:a@b;x=1,2>;q=1"#, "<sip:c@d>"]);
+    }
+
+    #[test]
+    fn first_value_and_rest() {
+        assert_eq!(first_value("a, b ,c"), Some(("a", ", b ,c")));
+        assert_eq!(first_value(" , <x,y> ;q=1"), Some(("<x,y> ;q=1", "")));
+        assert_eq!(first_value(" , "), None);
     }
 
     #[test]

@@ -172,6 +172,16 @@ pub trait Essentials {
         NameAddr::parse(self.hdrs().get(&HeaderName::From).ok_or("missing From")?)
     }
 
+    /// The To tag (without parsing the whole header; see [`super::typed::tag_param`]).
+    fn to_tag(&self) -> Option<&str> {
+        super::typed::tag_param(self.hdrs().get(&HeaderName::To)?)
+    }
+
+    /// The From tag.
+    fn from_tag(&self) -> Option<&str> {
+        super::typed::tag_param(self.hdrs().get(&HeaderName::From)?)
+    }
+
     /// The To header.
     fn get_to(&self) -> Result<NameAddr, &'static str> {
         NameAddr::parse(self.hdrs().get(&HeaderName::To).ok_or("missing To")?)

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::headers::{Params, param, parse_params, write_params};
+use super::headers::{Params, param, parse_params, split_outside_quotes, write_params};
 use super::message::Method;
 use super::uri::{Host, Uri, split_host_port};
 
@@ -215,6 +215,22 @@ impl fmt::Display for NameAddr {
     }
 }
 
+/// The `tag` parameter of a From or To value, found without building a [`NameAddr`]
+/// (the same rules as [`NameAddr::parse`] followed by [`NameAddr::tag`]): this is asked
+/// several times per request of values the parser already checked.
+pub fn tag_param(value: &str) -> Option<&str> {
+    let s = value.trim();
+    let params = match find_unquoted(s, b'<') {
+        Some(lt) => &s[s[lt..].find('>')? + lt + 1..],
+        None => s.find(';').map_or("", |i| &s[i..]),
+    };
+    split_outside_quotes(params, b';').find_map(|part| match part.split_once('=') {
+        Some((n, v)) if n.trim().eq_ignore_ascii_case("tag") => Some(Some(v.trim())),
+        None if part.trim().eq_ignore_ascii_case("tag") => Some(None),
+        _ => None,
+    })?
+}
+
 fn find_unquoted(s: &str, c: u8) -> Option<usize> {
     let b = s.as_bytes();
     let (mut in_q, mut i) = (false, 0);
@@ -233,6 +249,22 @@ fn find_unquoted(s: &str, c: u8) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_param_agrees_with_name_addr() {
+        for v in [
+            "<sip:a@b>;tag=x1",
+            "<sip:a@b;tag=inuri>",
+            "\"A <;tag=q>\" <sip:a@b>;foo;TAG = x2 ",
+            "sip:a@b;tag=x3;other",
+            "sip:a@b",
+            "Bob <sip:b@c>;tag",
+            "<sip:a@b>;x=\"tag=no\";tag=x4",
+        ] {
+            let parsed = NameAddr::parse(v).unwrap();
+            assert_eq!(tag_param(v), parsed.tag(), "{v}");
+        }
+    }
 
     #[test]
     fn via_round_trip() {

@@ -83,9 +83,47 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Name(n) => f.write_str(n),
-            Self::V4(a) => write!(f, "{a}"),
+            Self::V4(a) => f.write_str(V4Text::new(*a).as_str()),
             Self::V6(a) => write!(f, "[{a}]"),
         }
+    }
+}
+
+/// Dotted-quad text of an IPv4 address, written without the formatting machinery
+/// (`Ipv4Addr`'s `Display` pads and measures; this is on every message's path).
+pub struct V4Text {
+    buf: [u8; 15],
+    len: usize,
+}
+
+impl V4Text {
+    /// The text of `a`.
+    pub fn new(a: Ipv4Addr) -> Self {
+        let mut buf = [0u8; 15];
+        let mut len = 0;
+        for (i, octet) in a.octets().into_iter().enumerate() {
+            if i > 0 {
+                buf[len] = b'.';
+                len += 1;
+            }
+            if octet >= 100 {
+                buf[len] = b'0' + octet / 100;
+                len += 1;
+            }
+            if octet >= 10 {
+                buf[len] = b'0' + octet / 10 % 10;
+                len += 1;
+            }
+            buf[len] = b'0' + octet % 10;
+            len += 1;
+        }
+        Self { buf, len }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and dots were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 }
 
@@ -298,6 +336,20 @@ mod tests {
         match Uri::parse(s).unwrap() {
             Uri::Sip(u) => u,
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn v4_text_matches_display() {
+        for a in [
+            [0, 0, 0, 0],
+            [127, 0, 0, 1],
+            [10, 9, 99, 100],
+            [255, 255, 255, 255],
+            [192, 168, 1, 254],
+        ] {
+            let a = Ipv4Addr::from(a);
+            assert_eq!(V4Text::new(a).as_str(), a.to_string());
         }
     }
 
