@@ -2,7 +2,10 @@
 //! section 10), each bound to the flow or the UDP 5-tuple it was registered over.
 //! In memory; persistence happens outside the core through [`super::Event`]s.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+// Seeded per process (keys come from the network), faster than SipHash.
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -136,6 +139,17 @@ impl Location {
         self.expiries.insert((b.expires_at, b.id));
         self.aor_of.insert(b.id, b.aor.clone());
         self.by_aor.entry(b.aor.clone()).or_default().push(b);
+    }
+
+    /// Binding `id` of `aor`, to refresh in place: its expiry moves to `expires_at`.
+    /// The caller may change the fields no index covers (not `aor`, `id`, `reach`,
+    /// `temp_gruu` or `expires_at`).
+    pub fn refresh(&mut self, aor: &str, id: u64, expires_at: Instant) -> Option<&mut Binding> {
+        let b = self.by_aor.get_mut(aor)?.iter_mut().find(|b| b.id == id)?;
+        self.expiries.remove(&(b.expires_at, id));
+        self.expiries.insert((expires_at, id));
+        b.expires_at = expires_at;
+        Some(b)
     }
 
     /// Removes one binding; returns it.

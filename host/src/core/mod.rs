@@ -18,7 +18,10 @@ mod proxy;
 pub mod registrar;
 pub mod transaction;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+// Seeded per process (keys come from the network), faster than SipHash.
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;

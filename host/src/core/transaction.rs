@@ -57,7 +57,7 @@ pub enum TimerRef {
 #[derive(Debug, Default)]
 pub struct Timers {
     heap: BinaryHeap<Reverse<(Instant, TimerRef)>>,
-    armed: std::collections::HashMap<TimerRef, Instant>,
+    armed: foldhash::HashMap<TimerRef, Instant>,
 }
 
 impl Timers {

@@ -188,17 +188,13 @@ pub(crate) fn find_head_end_from(buf: &[u8], from: usize) -> Option<(usize, usiz
 }
 
 fn find_head_end_inner(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, i + 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, i + 3));
-            }
+    for i in memchr::memchr_iter(b'\n', buf) {
+        if buf.get(i + 1) == Some(&b'\n') {
+            return Some((i, i + 2));
         }
-        i += 1;
+        if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+            return Some((i, i + 3));
+        }
     }
     None
 }
