@@ -2,9 +2,10 @@
 //! on connections die with them and are never stored). SQLite in the data directory,
 //! written by one thread so the core driver never waits on the disk.
 
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -23,7 +24,17 @@ enum Op {
 #[derive(Debug)]
 pub struct Store {
     tx: mpsc::Sender<Op>,
+    /// What was last sent for writing, per binding: a hash of (AoR, contact) to a hash
+    /// of the other stored fields and the expiry written.
+    written: Mutex<foldhash::HashMap<u64, (u64, u64)>>,
+    /// Seeded per process.
+    hasher: foldhash::quality::RandomState,
 }
+
+/// A refresh that changes nothing stored but moves the expiry by less than this is
+/// not written: clients refreshing in a tight loop cost no disk writes, and a restart
+/// restores such a binding at most this much early.
+const EXPIRY_SLACK_SECS: u64 = 5;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bindings (
     aor TEXT NOT NULL,
@@ -135,23 +146,78 @@ impl Store {
             .name("sipwasm-store".into())
             .spawn(move || writer(conn, rx))
             .context("cannot start the store thread")?;
-        Ok((Self { tx }, loaded))
+        Ok((
+            Self {
+                tx,
+                written: Mutex::default(),
+                hasher: foldhash::quality::RandomState::default(),
+            },
+            loaded,
+        ))
     }
 
     /// Records a saved binding (UDP ones only; others live and die with their flow).
     pub fn saved(&self, b: &Binding, now: Instant) {
-        if matches!(b.reach, Reach::Udp { .. }) {
-            let expires_unix = unix_now() + b.expires_at.saturating_duration_since(now).as_secs();
-            let _ = self.tx.send(Op::Save(Box::new(b.clone()), expires_unix));
+        if !matches!(b.reach, Reach::Udp { .. }) {
+            return;
+        }
+        let expires_unix = unix_now() + b.expires_at.saturating_duration_since(now).as_secs();
+        if !self.changed(b, expires_unix) {
+            return;
+        }
+        let _ = self.tx.send(Op::Save(Box::new(b.clone()), expires_unix));
+    }
+
+    /// Whether `b` with expiry `expires_unix` differs from what was last sent for
+    /// writing (beyond [`EXPIRY_SLACK_SECS`] of expiry); remembers it if so.
+    fn changed(&self, b: &Binding, expires_unix: u64) -> bool {
+        let (key, fields) = hashes(&self.hasher, b);
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match written.get_mut(&key) {
+            Some((f, exp)) if *f == fields && expires_unix.abs_diff(*exp) < EXPIRY_SLACK_SECS => {
+                false
+            }
+            Some(entry) => {
+                *entry = (fields, expires_unix);
+                true
+            }
+            None => {
+                written.insert(key, (fields, expires_unix));
+                true
+            }
         }
     }
 
     /// Records a removed binding.
     pub fn removed(&self, b: &Binding) {
         if matches!(b.reach, Reach::Udp { .. }) {
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&hashes(&self.hasher, b).0);
             let _ = self.tx.send(Op::Remove(b.aor.clone(), b.contact.clone()));
         }
     }
+}
+
+/// Hashes of a binding's identity (AoR, contact) and of the stored fields that are
+/// not its expiry, CSeq or refresh time.
+fn hashes(state: &foldhash::quality::RandomState, b: &Binding) -> (u64, u64) {
+    let mut k = state.build_hasher();
+    (&b.aor, &b.contact).hash(&mut k);
+    let mut f = state.build_hasher();
+    (
+        b.q,
+        &b.call_id,
+        &b.instance,
+        b.reg_id,
+        &b.path,
+        b.reach,
+        &b.temp_gruu,
+        &b.user_agent,
+    )
+        .hash(&mut f);
+    (k.finish(), f.finish())
 }
 
 /// Most operations written in one SQLite transaction.
@@ -218,4 +284,54 @@ fn write_batch(conn: &mut Connection, batch: &[Op], keep: &[usize]) -> rusqlite:
         }
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(contact: &str, now: Instant) -> Binding {
+        Binding {
+            id: 1,
+            aor: "sip:alice@localhost".into(),
+            contact: contact.into(),
+            q: None,
+            expires_at: now + Duration::from_secs(3600),
+            updated: now,
+            call_id: "c1".into(),
+            cseq: 1,
+            instance: None,
+            reg_id: None,
+            path: vec![],
+            reach: Reach::Udp {
+                local: "127.0.0.1:5060".parse().unwrap(),
+                remote: "127.0.0.1:5070".parse().unwrap(),
+            },
+            transport: Transport::Udp,
+            temp_gruu: None,
+            user_agent: None,
+        }
+    }
+
+    #[test]
+    fn refreshes_within_the_slack_are_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let (store, _) = Store::open(dir.path(), now).unwrap();
+        let mut b = binding("sip:alice@127.0.0.1:5070", now);
+        assert!(store.changed(&b, 1000));
+        // A quick refresh: new CSeq, expiry one second later.
+        b.cseq = 2;
+        assert!(!store.changed(&b, 1001));
+        // The expiry moved by the slack: written.
+        assert!(store.changed(&b, 1000 + EXPIRY_SLACK_SECS));
+        // Another field changed: written at once.
+        b.user_agent = Some("phone/2".into());
+        assert!(store.changed(&b, 1000 + EXPIRY_SLACK_SECS));
+        // Another contact of the same AoR is its own record.
+        assert!(store.changed(&binding("sip:alice@127.0.0.1:5080", now), 1000));
+        // Once removed, the same binding is written again.
+        store.removed(&b);
+        assert!(store.changed(&b, 1000 + EXPIRY_SLACK_SECS));
+    }
 }

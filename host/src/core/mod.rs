@@ -493,13 +493,17 @@ impl Core {
     // ------------------------------------------------------------ server side
 
     fn on_request(&mut self, now: Instant, source: Source, mut req: Request) {
-        stamp_received(&mut req, source.remote);
+        let top = stamp_received(&mut req, source.remote);
         match req.method {
             Method::Ack => return self.on_ack(now, source, req),
             Method::Cancel => return self.on_cancel(now, source, req),
             _ => {}
         }
-        let Some(key) = ServerKey::of(&req, &req.method) else {
+        let key = match &top {
+            Some(via) => ServerKey::with_top_via(&req, via, &req.method),
+            None => ServerKey::of(&req, &req.method),
+        };
+        let Some(key) = key else {
             return;
         };
         if let Some(&id) = self.server_keys.get(&key) {
@@ -551,8 +555,8 @@ impl Core {
             // a retransmission gets the same answer again, and no state is kept for
             // the 32 s a UDP transaction would otherwise linger.
             proxy::Route::Answer(status, extra) => {
-                let resp = self.make_response(&req, status, &extra);
-                self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
+                let bytes = self.response_bytes(&req, status, &extra);
+                self.send(source.reply_target(), bytes);
             }
             proxy::Route::Forward(branches, hash) => {
                 let id = self.new_id();
@@ -657,12 +661,12 @@ impl Core {
         let invite =
             ServerKey::of(&req, &Method::Invite).and_then(|k| self.server_keys.get(&k).copied());
         let Some(st_id) = invite else {
-            let resp = self.make_response(&req, 481, &[]);
-            self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
+            let bytes = self.response_bytes(&req, 481, &[]);
+            self.send(source.reply_target(), bytes);
             return;
         };
-        let resp = self.make_response(&req, 200, &[]);
-        self.send(source.reply_target(), Bytes::from(resp.to_bytes()));
+        let bytes = self.response_bytes(&req, 200, &[]);
+        self.send(source.reply_target(), bytes);
         if self.routing.remove(&st_id) {
             // Still with the routing plugin: nothing was forwarded, end it here.
             if let Some(invite) = self.servers.get(&st_id).map(|s| s.request.clone()) {
@@ -737,40 +741,71 @@ impl Core {
         extra: &[(HeaderName, String)],
     ) -> Response {
         let mut headers = Headers::new();
-        for v in req.headers.get_all(&HeaderName::Via) {
-            headers.push(HeaderName::Via, v);
-        }
-        if let Some(from) = req.headers.get(&HeaderName::From) {
-            headers.push(HeaderName::From, from);
-        }
-        if let Some(to) = req.headers.get(&HeaderName::To) {
-            let has_tag = req.to_tag().is_some();
-            if has_tag || status == 100 {
-                headers.push(HeaderName::To, to);
-            } else {
-                headers.push(
-                    HeaderName::To,
-                    format!("{to};tag={}", self.make_to_tag(req)),
-                );
-            }
-        }
-        if let Some(c) = req.call_id() {
-            headers.push(HeaderName::CallId, c);
-        }
-        if let Some(c) = req.headers.get(&HeaderName::CSeq) {
-            headers.push(HeaderName::CSeq, c);
-        }
-        for (n, v) in extra {
-            headers.push(n.clone(), v.clone());
-        }
-        if status != 100 {
-            headers.push(HeaderName::Server, self.cfg.server_header.clone());
-        }
+        self.response_fields(req, status, extra, |n, v| headers.push(n.clone(), v));
         Response {
             status,
             reason: reason_phrase(status).to_string(),
             headers,
             body: Bytes::new(),
+        }
+    }
+
+    /// `make_response(req, status, extra).to_bytes()`, written directly: the
+    /// registrar's and every stateless answer's path.
+    fn response_bytes(&self, req: &Request, status: u16, extra: &[(HeaderName, String)]) -> Bytes {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"SIP/2.0 ");
+        out.extend_from_slice(status.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason_phrase(status).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.response_fields(req, status, extra, |n, v| {
+            // As the serializer: Content-Length is its own to write.
+            if *n != HeaderName::ContentLength {
+                for part in [n.as_str().as_bytes(), b": ", v.as_bytes(), b"\r\n"] {
+                    out.extend_from_slice(part);
+                }
+            }
+        });
+        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        Bytes::from(out)
+    }
+
+    /// The header fields of a response to `req`, in order.
+    fn response_fields(
+        &self,
+        req: &Request,
+        status: u16,
+        extra: &[(HeaderName, String)],
+        mut emit: impl FnMut(&HeaderName, &str),
+    ) {
+        for v in req.headers.get_all(&HeaderName::Via) {
+            emit(&HeaderName::Via, v);
+        }
+        if let Some(from) = req.headers.get(&HeaderName::From) {
+            emit(&HeaderName::From, from);
+        }
+        if let Some(to) = req.headers.get(&HeaderName::To) {
+            if req.to_tag().is_some() || status == 100 {
+                emit(&HeaderName::To, to);
+            } else {
+                emit(
+                    &HeaderName::To,
+                    &format!("{to};tag={}", self.make_to_tag(req)),
+                );
+            }
+        }
+        if let Some(c) = req.call_id() {
+            emit(&HeaderName::CallId, c);
+        }
+        if let Some(c) = req.headers.get(&HeaderName::CSeq) {
+            emit(&HeaderName::CSeq, c);
+        }
+        for (n, v) in extra {
+            emit(n, v);
+        }
+        if status != 100 {
+            emit(&HeaderName::Server, &self.cfg.server_header);
         }
     }
 
@@ -979,17 +1014,12 @@ pub(crate) fn split_tokens(headers: &Headers, name: &HeaderName) -> Vec<String> 
 
 /// RFC 3261 section 18.2.1 and RFC 3581: add `received` to the top Via when the
 /// sent-by host is not the source address, and fill in `rport` when it is present.
-pub fn stamp_received(req: &mut Request, source: SocketAddr) {
-    let Some(top) = req.headers.first_mut(&HeaderName::Via) else {
-        return;
-    };
+/// Returns the top Via as it now stands (`None` when there is none it can parse).
+pub fn stamp_received(req: &mut Request, source: SocketAddr) -> Option<Via> {
+    let top = req.headers.first_mut(&HeaderName::Via)?;
     // The first value of the line; the values after it stay as written.
-    let Some((first, _)) = first_value(&top.value) else {
-        return;
-    };
-    let Ok(mut via) = Via::parse(first) else {
-        return;
-    };
+    let (first, _) = first_value(&top.value)?;
+    let mut via = Via::parse(first).ok()?;
     let ip = || match source.ip() {
         std::net::IpAddr::V4(a) => V4Text::new(a).as_str().to_string(),
         a => a.to_string(),
@@ -1009,6 +1039,7 @@ pub fn stamp_received(req: &mut Request, source: SocketAddr) {
         value.push_str(first_value(&top.value).map_or("", |(_, rest)| rest));
         top.value = value;
     }
+    Some(via)
 }
 
 #[cfg(test)]

@@ -973,3 +973,44 @@ fn a_route_hook_decides_in_place_or_later() {
     assert_eq!(status(&out[0].1), 486);
     assert_eq!(asked.lock().unwrap().len(), 3);
 }
+
+#[test]
+fn direct_response_bytes_equal_the_serialized_response() {
+    let sim = Sim::new();
+    let requests = [
+        // No To tag, two Via lines (one with two values), compact names.
+        "REGISTER sip:localhost SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1;rport=5070;received=127.0.0.1\r\n\
+         Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK0, SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKx\r\n\
+         f: \"A\" <sip:a@localhost>;tag=1\r\nt: <sip:a@localhost>\r\ni: c1\r\nCSeq: 7 REGISTER\r\nl: 0\r\n\r\n",
+        // With a To tag.
+        "BYE sip:a@localhost SIP/2.0\r\nVia: SIP/2.0/WS x.invalid;branch=z9hG4bK2\r\n\
+         From: <sip:b@localhost>;tag=2\r\nTo: <sip:a@localhost>;tag=3\r\nCall-ID: c2\r\nCSeq: 2 BYE\r\n\r\n",
+    ];
+    for text in requests {
+        let Message::Request(req) = parse(text.as_bytes()).unwrap() else {
+            panic!("a request");
+        };
+        for (status, extra) in [
+            (100, vec![]),
+            (
+                200,
+                vec![(HeaderName::Contact, "<sip:a@h>;expires=60".to_string())],
+            ),
+            (
+                423,
+                vec![
+                    (HeaderName::MinExpires, "60".to_string()),
+                    (HeaderName::ContentLength, "9".to_string()),
+                ],
+            ),
+            (699, vec![]),
+        ] {
+            let direct = sim.core.response_bytes(&req, status, &extra);
+            let built = sim.core.make_response(&req, status, &extra).to_bytes();
+            assert_eq!(
+                String::from_utf8_lossy(&direct),
+                String::from_utf8_lossy(&built)
+            );
+        }
+    }
+}

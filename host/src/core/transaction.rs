@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::{Source, Target};
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request};
+use crate::sip::typed::Via;
 
 /// Timer values (RFC 3261 section 17.1.1.1 and table 4).
 #[derive(Debug, Clone, Copy)]
@@ -125,10 +126,23 @@ impl ServerKey {
     pub fn of(req: &Request, method: &Method) -> Option<Self> {
         let top = req.headers.values(&HeaderName::Via).next()?;
         let via = crate::sip::typed::Via::parse(top).ok()?;
-        let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(0)).to_ascii_lowercase();
+        Self::with_top_via(req, &via, method)
+    }
+
+    /// [`ServerKey::of`] with the request's top Via already parsed.
+    pub fn with_top_via(req: &Request, via: &Via, method: &Method) -> Option<Self> {
+        use std::fmt::Write as _;
+        let mut sent_by = String::with_capacity(32);
+        let _ = write!(sent_by, "{}:{}", via.host, via.port.unwrap_or(0));
+        sent_by.make_ascii_lowercase();
         match via.branch() {
             Some(b) if b.starts_with("z9hG4bK") => {
-                Some(Self(format!("3261|{b}|{sent_by}|{method}")))
+                let method = method.as_str();
+                let mut key = String::with_capacity(7 + b.len() + sent_by.len() + method.len());
+                for part in ["3261|", b, "|", &sent_by, "|", method] {
+                    key.push_str(part);
+                }
+                Some(Self(key))
             }
             _ => {
                 // RFC 2543: Request-URI, To tag, From tag, Call-ID, CSeq number, top Via.
@@ -140,6 +154,7 @@ impl ServerKey {
                 };
                 let from_tag = req.from_tag().unwrap_or("");
                 let cseq = req.cseq().ok()?.seq;
+                let top = req.headers.values(&HeaderName::Via).next()?;
                 Some(Self(format!(
                     "2543|{}|{to_tag}|{from_tag}|{}|{cseq}|{top}|{method}",
                     req.uri,

@@ -303,7 +303,7 @@ async fn run_sip(
         remote: SocketAddr::from(([127, 0, 0, 1], 50_000)),
         flow: tls.then_some(1),
     };
-    crate::core::stamp_received(&mut message, source.remote);
+    let _ = crate::core::stamp_received(&mut message, source.remote);
     let router = super::sip::SipRouter::new(slot, nonce, &["MD5".to_string()]);
     let decision = router.call(&source, &message, &[]).await;
     let text = match decision {
