@@ -73,12 +73,17 @@ impl Outcome {
 /// The normalized address-of-record of a URI: `sip:user@host` (scheme folded to sip,
 /// host lower-cased, no port or parameters). `None` without a user part.
 pub fn aor_of(uri: &Uri) -> Option<String> {
+    use std::fmt::Write as _;
     let u = uri.as_sip()?;
     let user = u.user.as_deref()?;
-    Some(format!(
-        "sip:{user}@{}",
-        u.host.to_string().to_ascii_lowercase()
-    ))
+    let mut aor = String::with_capacity(5 + user.len() + 24);
+    aor.push_str("sip:");
+    aor.push_str(user);
+    aor.push('@');
+    let host = aor.len();
+    let _ = write!(aor, "{}", u.host);
+    aor[host..].make_ascii_lowercase();
+    Some(aor)
 }
 
 /// One Contact of a REGISTER, parsed.

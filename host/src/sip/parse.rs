@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::headers::{HeaderName, Headers, is_token_char};
 use super::message::{Essentials, Message, Method, Request, Response};
+use super::typed::{CSeq, Via};
 use super::uri::Uri;
 
 /// Most header field lines in one message.
@@ -83,10 +84,7 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
             headers,
             body,
         };
-        check_essentials(&req)?;
-        let cseq = req
-            .cseq()
-            .map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
+        let cseq = check_essentials(&req)?;
         if cseq.method != req.method {
             return Err(ParseError::at(
                 HeaderName::CSeq,
@@ -338,7 +336,8 @@ fn frame_body(headers: &Headers, body: &[u8]) -> Result<Bytes, ParseError> {
     }
 }
 
-fn check_essentials(m: &impl Essentials) -> Result<(), ParseError> {
+/// Checks the headers every message needs; returns its CSeq.
+fn check_essentials(m: &impl Essentials) -> Result<CSeq, ParseError> {
     let h = m.hdrs();
     for (name, what) in [
         (HeaderName::CallId, "missing Call-ID"),
@@ -362,9 +361,13 @@ fn check_essentials(m: &impl Essentials) -> Result<(), ParseError> {
     m.get_from()
         .map_err(|r| ParseError::at(HeaderName::From, r))?;
     m.get_to().map_err(|r| ParseError::at(HeaderName::To, r))?;
-    m.cseq().map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
-    let vias = m.vias().map_err(|r| ParseError::at(HeaderName::Via, r))?;
-    if vias.is_empty() {
+    let cseq = m.cseq().map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
+    let mut vias = 0;
+    for v in h.values(&HeaderName::Via) {
+        Via::parse(v).map_err(|r| ParseError::at(HeaderName::Via, r))?;
+        vias += 1;
+    }
+    if vias == 0 {
         return Err(ParseError::at(HeaderName::Via, "missing Via"));
     }
     // Leading zeros are allowed (RFC 4475 wsinv: "0068").
@@ -379,7 +382,7 @@ fn check_essentials(m: &impl Essentials) -> Result<(), ParseError> {
             "invalid Max-Forwards",
         ));
     }
-    Ok(())
+    Ok(cseq)
 }
 
 #[cfg(test)]
