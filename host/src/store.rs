@@ -2,7 +2,7 @@
 //! on connections die with them and are never stored). SQLite in the data directory,
 //! written by one thread so the core driver never waits on the disk.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Mutex, mpsc};
@@ -203,10 +203,7 @@ impl Store {
 /// Hashes of a binding's identity (AoR, contact) and of the stored fields that are
 /// not its expiry, CSeq or refresh time.
 fn hashes(state: &foldhash::quality::RandomState, b: &Binding) -> (u64, u64) {
-    let mut k = state.build_hasher();
-    (&b.aor, &b.contact).hash(&mut k);
-    let mut f = state.build_hasher();
-    (
+    let fields = (
         b.q,
         &b.call_id,
         &b.instance,
@@ -215,9 +212,8 @@ fn hashes(state: &foldhash::quality::RandomState, b: &Binding) -> (u64, u64) {
         b.reach,
         &b.temp_gruu,
         &b.user_agent,
-    )
-        .hash(&mut f);
-    (k.finish(), f.finish())
+    );
+    (state.hash_one((&b.aor, &b.contact)), state.hash_one(fields))
 }
 
 /// Most operations written in one SQLite transaction.

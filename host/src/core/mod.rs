@@ -514,7 +514,7 @@ impl Core {
             }
             return;
         }
-        if self.hook.is_some() && req.to_tag().is_none() {
+        if self.hook.is_some() && req.tag_of_to().is_none() {
             // Out of dialog: the routing plugin decides first.
             let id = self.new_id();
             let hook = self.hook.as_mut().expect("checked above");
@@ -786,7 +786,7 @@ impl Core {
             emit(&HeaderName::From, from);
         }
         if let Some(to) = req.headers.get(&HeaderName::To) {
-            if req.to_tag().is_some() || status == 100 {
+            if req.tag_of_to().is_some() || status == 100 {
                 emit(&HeaderName::To, to);
             } else {
                 emit(

@@ -185,7 +185,7 @@ impl Core {
         if to_us {
             return self.local_request(now, source, req, hash);
         }
-        let in_dialog = req.to_tag().is_some();
+        let in_dialog = req.tag_of_to().is_some();
         if let Some(c) = self.flow_of_contact(&req.uri) {
             return Route::Forward(vec![vec![c]], hash);
         }
@@ -358,9 +358,11 @@ impl Core {
         };
         let outcome = registrar::register(
             &mut self.location,
-            req,
-            &to,
-            source,
+            registrar::Registration {
+                req,
+                to: &to,
+                source,
+            },
             now,
             &self.cfg.registrar,
             &self.cfg.secret,
@@ -485,8 +487,8 @@ impl Core {
     fn loop_hash(&self, req: &Request) -> String {
         let mut m = self.hmac();
         m.update(req.uri.to_string().as_bytes());
-        m.update(req.from_tag().unwrap_or("").as_bytes());
-        m.update(req.to_tag().unwrap_or("").as_bytes());
+        m.update(req.tag_of_from().unwrap_or("").as_bytes());
+        m.update(req.tag_of_to().unwrap_or("").as_bytes());
         m.update(req.call_id().unwrap_or("").as_bytes());
         m.update(&req.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
         for r in req.headers.values(&HeaderName::Route) {
@@ -539,7 +541,7 @@ impl Core {
         branches: Vec<Vec<Candidate>>,
         loop_hash: String,
     ) {
-        let initial = req.to_tag().is_none();
+        let initial = req.tag_of_to().is_none();
         let record_route = initial
             && matches!(
                 req.method,

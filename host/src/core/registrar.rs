@@ -86,6 +86,18 @@ pub fn aor_of(uri: &Uri) -> Option<String> {
     Some(aor)
 }
 
+/// A REGISTER as the registrar takes it: the request, its To (parsed by the caller,
+/// which checked its domain) and where it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    /// The REGISTER.
+    pub req: &'a Request,
+    /// Its To header.
+    pub to: &'a NameAddr,
+    /// Where it came from.
+    pub source: &'a Source,
+}
+
 /// One Contact of a REGISTER, parsed.
 struct ContactSpec {
     uri: String,
@@ -115,13 +127,11 @@ fn unquote(s: &str) -> &str {
         .unwrap_or(s)
 }
 
-/// Processes a REGISTER from `source` at `now`, whose To (`to`, parsed by the caller)
-/// the caller already checked is in one of our domains. `secret` derives temporary GRUUs.
+/// Processes a REGISTER at `now` (see [`Registration`]). `secret` derives temporary
+/// GRUUs.
 pub fn register(
     loc: &mut Location,
-    req: &Request,
-    to: &NameAddr,
-    source: &Source,
+    Registration { req, to, source }: Registration<'_>,
     now: Instant,
     cfg: &RegistrarConfig,
     secret: &[u8; 32],
@@ -469,9 +479,11 @@ mod tests {
     fn run(loc: &mut Location, r: &Request, flow: Option<u64>, now: Instant) -> Outcome {
         register(
             loc,
-            r,
-            &r.get_to().unwrap(),
-            &src(flow),
+            Registration {
+                req: r,
+                to: &r.get_to().unwrap(),
+                source: &src(flow),
+            },
             now,
             &RegistrarConfig::default(),
             &[1; 32],
@@ -598,9 +610,11 @@ mod tests {
         let r = reg(1, &c2).tap_call_id("reg2");
         let o = register(
             &mut loc,
-            &r,
-            &r.get_to().unwrap(),
-            &src(Some(2)),
+            Registration {
+                req: &r,
+                to: &r.get_to().unwrap(),
+                source: &src(Some(2)),
+            },
             now,
             &RegistrarConfig::default(),
             &[1; 32],

@@ -150,9 +150,9 @@ impl ServerKey {
                     // The ACK carries the To tag of our response; the INVITE had none.
                     ""
                 } else {
-                    req.to_tag().unwrap_or("")
+                    req.tag_of_to().unwrap_or("")
                 };
-                let from_tag = req.from_tag().unwrap_or("");
+                let from_tag = req.tag_of_from().unwrap_or("");
                 let cseq = req.cseq().ok()?.seq;
                 let top = req.headers.values(&HeaderName::Via).next()?;
                 Some(Self(format!(

@@ -173,12 +173,12 @@ pub trait Essentials {
     }
 
     /// The To tag (without parsing the whole header; see [`super::typed::tag_param`]).
-    fn to_tag(&self) -> Option<&str> {
+    fn tag_of_to(&self) -> Option<&str> {
         super::typed::tag_param(self.hdrs().get(&HeaderName::To)?)
     }
 
     /// The From tag.
-    fn from_tag(&self) -> Option<&str> {
+    fn tag_of_from(&self) -> Option<&str> {
         super::typed::tag_param(self.hdrs().get(&HeaderName::From)?)
     }
 
