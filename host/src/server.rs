@@ -498,14 +498,20 @@ async fn drive_core(
 ) {
     // Flows reported closed in this round, for the identity of their FlowClosed event.
     let mut closing: Vec<Arc<FlowInfo>> = Vec::new();
+    // One timer, moved only when the core's next deadline changes: a timer made and
+    // dropped per round would enter and leave the runtime's timer wheel per message.
+    let far = || Instant::now() + Duration::from_secs(24 * 3600);
+    let mut armed: Option<std::time::Instant> = None;
+    let sleep = tokio::time::sleep_until(far());
+    tokio::pin!(sleep);
     loop {
         let timeout = core.poll_timeout();
-        let sleep = async {
-            match timeout {
-                Some(t) => tokio::time::sleep_until(Instant::from_std(t)).await,
-                None => std::future::pending().await,
-            }
-        };
+        if timeout != armed || sleep.is_elapsed() {
+            armed = timeout;
+            sleep
+                .as_mut()
+                .reset(timeout.map_or_else(far, Instant::from_std));
+        }
         tokio::select! {
             input = inbox.recv() => match input {
                 Some(input) => {
@@ -539,7 +545,8 @@ async fn drive_core(
                 }
                 None => return,
             },
-            _ = sleep => core.handle_timeout(std::time::Instant::now()),
+            // Once fired it is re-armed on the next round (`is_elapsed`).
+            _ = &mut sleep => core.handle_timeout(std::time::Instant::now()),
         }
         // Send what the core produced, then act on its events.
         {

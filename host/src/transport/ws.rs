@@ -360,8 +360,9 @@ where
                 break;
             }
             Event::Out(Some(payload)) => {
-                let msg = match std::str::from_utf8(&payload) {
-                    Ok(_) => Message::Text(Utf8Bytes::try_from(payload).expect("checked UTF-8")),
+                // One UTF-8 check (a clone of `Bytes` only counts a reference).
+                let msg = match Utf8Bytes::try_from(payload.clone()) {
+                    Ok(text) => Message::Text(text),
                     Err(_) => Message::Binary(payload),
                 };
                 if !send(&mut ws, msg).await {
