@@ -740,7 +740,7 @@ impl Core {
         status: u16,
         extra: &[(HeaderName, String)],
     ) -> Response {
-        let mut headers = Headers::new();
+        let mut headers = Headers::with_capacity(8 + extra.len());
         self.response_fields(req, status, extra, |n, v| headers.push(n.clone(), v));
         Response {
             status,

@@ -352,7 +352,7 @@ impl Core {
         if let Some(refusal) = bad_extension(req, &HeaderName::Require) {
             return refusal;
         }
-        let mut changes = Vec::new();
+        let mut changes = Vec::with_capacity(2);
         let Some(to) = to else {
             return Route::Answer(400, vec![]);
         };

@@ -398,7 +398,7 @@ fn ok(
     path: &[String],
 ) -> Outcome {
     let domain = aor.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-    let mut headers = Vec::new();
+    let mut headers = Vec::with_capacity(loc.lookup(aor).len() + 3 + path.len());
     for b in loc.lookup(aor) {
         let mut v = format!("<{}>;expires={}", b.contact, b.remaining(now).max(1));
         if let Some(q) = b.q {

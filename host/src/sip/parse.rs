@@ -238,7 +238,8 @@ fn parse_status_line(rest: &str) -> Result<(u16, String), ParseError> {
 }
 
 fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, ParseError> {
-    let mut headers = Headers::new();
+    // Most messages have fewer; growing from empty reallocates four times.
+    let mut headers = Headers::with_capacity(16);
     let mut current: Option<(HeaderName, String)> = None;
     // Checked once unfolded, so that continuation lines are held to the same rules.
     let finish = |headers: &mut Headers, (name, value): (HeaderName, String)| {
