@@ -499,11 +499,11 @@ impl Core {
             Method::Cancel => return self.on_cancel(now, source, req),
             _ => {}
         }
-        let key = match &top {
-            Some(via) => ServerKey::with_top_via(&req, via, &req.method),
-            None => ServerKey::of(&req, &req.method),
-        };
-        let Some(key) = key else {
+        // No parsable top Via: no key either (`ServerKey::of` would parse the same).
+        let Some(key) = top
+            .as_ref()
+            .and_then(|via| ServerKey::with_top_via(&req, via, &req.method))
+        else {
             return;
         };
         if let Some(&id) = self.server_keys.get(&key) {
@@ -1018,8 +1018,9 @@ pub(crate) fn split_tokens(headers: &Headers, name: &HeaderName) -> Vec<String> 
 pub fn stamp_received(req: &mut Request, source: SocketAddr) -> Option<Via> {
     let top = req.headers.first_mut(&HeaderName::Via)?;
     // The first value of the line; the values after it stay as written.
-    let (first, _) = first_value(&top.value)?;
+    let (first, rest) = first_value(&top.value)?;
     let mut via = Via::parse(first).ok()?;
+    let rest_start = top.value.len() - rest.len();
     let ip = || match source.ip() {
         std::net::IpAddr::V4(a) => V4Text::new(a).as_str().to_string(),
         a => a.to_string(),
@@ -1036,7 +1037,7 @@ pub fn stamp_received(req: &mut Request, source: SocketAddr) -> Option<Via> {
     };
     if changed {
         let mut value = via.to_string();
-        value.push_str(first_value(&top.value).map_or("", |(_, rest)| rest));
+        value.push_str(&top.value[rest_start..]);
         top.value = value;
     }
     Some(via)
