@@ -316,24 +316,35 @@ pub(crate) fn split_outside_quotes(s: &str, sep: u8) -> impl Iterator<Item = &st
     let mut rest = Some(s);
     std::iter::from_fn(move || {
         let value = rest?;
-        let bytes = value.as_bytes();
-        let (mut in_q, mut i) = (false, 0);
-        while i < bytes.len() {
-            match bytes[i] {
-                b'\\' if in_q => i += 1,
-                b'"' => in_q = !in_q,
-                b if b == sep && !in_q => {
-                    // `i` indexes an ASCII byte: a char boundary.
-                    rest = Some(&value[i + 1..]);
-                    return Some(&value[..i]);
-                }
-                _ => {}
+        match find_unquoted(value, sep) {
+            // `i` indexes an ASCII byte: a char boundary.
+            Some(i) => {
+                rest = Some(&value[i + 1..]);
+                Some(&value[..i])
             }
-            i += 1;
+            None => {
+                rest = None;
+                Some(value)
+            }
         }
-        rest = None;
-        Some(value)
     })
+}
+
+/// Where the first `c` outside double quotes is (backslash escapes honoured inside
+/// quotes).
+pub(crate) fn find_unquoted(s: &str, c: u8) -> Option<usize> {
+    let b = s.as_bytes();
+    let (mut in_q, mut i) = (false, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_q => i += 1,
+            b'"' => in_q = !in_q,
+            x if x == c && !in_q => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Writes params back as `;a=b;c`.

@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use super::headers::{Params, param, parse_params, split_outside_quotes, write_params};
+use super::headers::{
+    Params, find_unquoted, param, parse_params, split_outside_quotes, write_params,
+};
 use super::message::Method;
 use super::uri::{Host, Uri, split_host_port};
 
@@ -229,21 +231,6 @@ pub fn tag_param(value: &str) -> Option<&str> {
         None if part.trim().eq_ignore_ascii_case("tag") => Some(None),
         _ => None,
     })?
-}
-
-fn find_unquoted(s: &str, c: u8) -> Option<usize> {
-    let b = s.as_bytes();
-    let (mut in_q, mut i) = (false, 0);
-    while i < b.len() {
-        match b[i] {
-            b'\\' if in_q => i += 1,
-            b'"' => in_q = !in_q,
-            x if x == c && !in_q => return Some(i),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 #[cfg(test)]
