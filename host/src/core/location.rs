@@ -124,8 +124,22 @@ impl Location {
         self.by_aor.get(aor)?.iter().find(|b| b.id == *id)
     }
 
-    /// Inserts or replaces (same id) a binding.
+    /// Inserts or replaces (same id) a binding. A replacement that keeps what the
+    /// indexes hold (AoR, reach, temporary GRUU) is made in place, moving only its
+    /// expiry: the refresh of a registration.
     pub fn upsert(&mut self, b: Binding) {
+        if let Some(old) = self
+            .by_aor
+            .get_mut(&b.aor)
+            .and_then(|list| list.iter_mut().find(|o| o.id == b.id))
+            && old.reach == b.reach
+            && old.temp_gruu == b.temp_gruu
+        {
+            self.expiries.remove(&(old.expires_at, b.id));
+            self.expiries.insert((b.expires_at, b.id));
+            *old = b;
+            return;
+        }
         self.remove_id(&b.aor.clone(), b.id);
         if let Some(flow) = b.on_flow() {
             self.by_flow
@@ -139,17 +153,6 @@ impl Location {
         self.expiries.insert((b.expires_at, b.id));
         self.aor_of.insert(b.id, b.aor.clone());
         self.by_aor.entry(b.aor.clone()).or_default().push(b);
-    }
-
-    /// Binding `id` of `aor`, to refresh in place: its expiry moves to `expires_at`.
-    /// The caller may change the fields no index covers (not `aor`, `id`, `reach`,
-    /// `temp_gruu` or `expires_at`).
-    pub fn refresh(&mut self, aor: &str, id: u64, expires_at: Instant) -> Option<&mut Binding> {
-        let b = self.by_aor.get_mut(aor)?.iter_mut().find(|b| b.id == id)?;
-        self.expiries.remove(&(b.expires_at, id));
-        self.expiries.insert((expires_at, id));
-        b.expires_at = expires_at;
-        Some(b)
     }
 
     /// Removes one binding; returns it.
@@ -275,5 +278,22 @@ mod tests {
         assert_eq!(loc.len(), 1);
         assert!(loc.remove_flow(1).is_empty());
         assert_eq!(loc.remove_flow(2).len(), 1);
+    }
+
+    #[test]
+    fn upsert_refreshes_in_place() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let mut a = binding(&mut loc, "sip:a@l", now, 10, Reach::Flow(1));
+        loc.upsert(a.clone());
+        // Same indexes, a later expiry and a new CSeq: updated where it stands.
+        a.expires_at = now + Duration::from_secs(100);
+        a.cseq = 2;
+        loc.upsert(a.clone());
+        assert_eq!(loc.lookup("sip:a@l"), [a.clone()]);
+        assert_eq!(loc.next_expiry(), Some(a.expires_at));
+        assert!(loc.expire(now + Duration::from_secs(10)).is_empty());
+        assert_eq!(loc.by_temp_gruu("t10").unwrap().cseq, 2);
+        assert_eq!(loc.remove_flow(1).len(), 1);
     }
 }

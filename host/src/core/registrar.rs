@@ -295,53 +295,36 @@ pub fn register(
             })
             .map(|b| b.id)
             .collect();
-        // A refresh of the one binding this contact has, over the same way in: updated
-        // in place (most REGISTERs), keeping its id and indexes.
-        let wants_temp_gruu = s.instance.is_some() && supports("gruu");
-        if let [id] = existing[..]
-            && s.expires != 0
-            && loc.lookup(&aor).iter().any(|b| {
-                b.id == id
-                    && b.contact == s.uri
-                    && b.reach == reach
-                    && b.transport == source.transport
-                    && b.temp_gruu.is_some() == wants_temp_gruu
-            })
-        {
-            let expires_at = now + Duration::from_secs(u64::from(s.expires));
-            let b = loc.refresh(&aor, id, expires_at).expect("found above");
-            b.q = s.q;
-            b.updated = now;
-            if b.call_id != call_id {
-                b.call_id.clone_from(&call_id);
-            }
-            b.cseq = cseq.seq;
-            b.instance = s.instance;
-            b.reg_id = if outbound { s.reg_id } else { None };
-            if b.path != path {
-                b.path.clone_from(&path);
-            }
-            if b.user_agent != user_agent {
-                b.user_agent.clone_from(&user_agent);
-            }
-            changes.push(Change::Saved(b.clone()));
-            continue;
-        }
+        // A refresh of the one binding this contact has, over the same way in (most
+        // REGISTERs) keeps that binding's id, so the location updates it in place.
+        let kept = match existing[..] {
+            [id] if s.expires != 0 => loc
+                .lookup(&aor)
+                .iter()
+                .find(|b| b.id == id && b.contact == s.uri && b.reach == reach)
+                .map(|b| (id, b.temp_gruu.clone())),
+            _ => None,
+        };
         let mut old_temp_gruu = None;
-        for id in existing {
-            if let Some(b) = loc.remove_id(&aor, id) {
-                old_temp_gruu = old_temp_gruu.or(b.temp_gruu.clone());
-                // Replaced by another contact (a new flow of the same instance), or
-                // unregistered: either way this one is gone.
-                if s.expires == 0 || b.contact != s.uri {
-                    changes.push(Change::Removed(b));
+        match &kept {
+            Some((_, temp_gruu)) => old_temp_gruu.clone_from(temp_gruu),
+            None => {
+                for id in existing {
+                    if let Some(b) = loc.remove_id(&aor, id) {
+                        old_temp_gruu = old_temp_gruu.or(b.temp_gruu.clone());
+                        // Replaced by another contact (a new flow of the same instance),
+                        // or unregistered: either way this one is gone.
+                        if s.expires == 0 || b.contact != s.uri {
+                            changes.push(Change::Removed(b));
+                        }
+                    }
                 }
             }
         }
         if s.expires == 0 {
             continue;
         }
-        let id = loc.next_id();
+        let id = kept.map_or_else(|| loc.next_id(), |(id, _)| id);
         let temp_gruu = match (&s.instance, supports("gruu")) {
             (Some(inst), true) => {
                 Some(old_temp_gruu.unwrap_or_else(|| temp_gruu_user(secret, &aor, inst, id)))
