@@ -504,6 +504,8 @@ async fn drive_core(
     let mut armed: Option<std::time::Instant> = None;
     let sleep = tokio::time::sleep_until(far());
     tokio::pin!(sleep);
+    // Bindings restored from the store count from the start.
+    shared.metrics.set_core(core.stats());
     loop {
         let timeout = core.poll_timeout();
         if timeout != armed || sleep.is_elapsed() {
@@ -551,6 +553,7 @@ async fn drive_core(
         // Send what the core produced, then act on its events.
         {
             send_transmits(&mut core, &shared);
+            shared.metrics.set_core(core.stats());
             while let Some(event) = core.poll_event() {
                 match event {
                     Event::BindingSaved(b) => {

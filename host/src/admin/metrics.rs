@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use crate::core::CoreStats;
+
 macro_rules! counters {
     ($( $field:ident, $inc:ident, $metric:literal, $help:literal; )*) => {
         /// Server-wide counters.
@@ -12,6 +14,8 @@ macro_rules! counters {
         pub struct Metrics {
             $( $field: AtomicU64, )*
             flows_open: AtomicI64,
+            /// The SIP core's state, as of its last round.
+            core: CoreGauges,
             /// (plugin, what) -> count; `what` is `calls`, `instantiations` or a failure cause.
             plugins: Mutex<BTreeMap<(String, &'static str), u64>>,
         }
@@ -49,7 +53,85 @@ counters! {
     flows_closed, flows_closed_inc, "sipwasm_flows_closed_total", "Flows closed.";
 }
 
+/// Gauges of the SIP core's state ([`CoreStats`]), stored after each of its rounds.
+#[derive(Debug, Default)]
+struct CoreGauges {
+    server_transactions: AtomicU64,
+    client_transactions: AtomicU64,
+    proxied: AtomicU64,
+    routing: AtomicU64,
+    timers: AtomicU64,
+    bindings: AtomicU64,
+    aors: AtomicU64,
+}
+
 impl Metrics {
+    /// Records the SIP core's state.
+    pub fn set_core(&self, s: CoreStats) {
+        let g = &self.core;
+        for (gauge, value) in [
+            (&g.server_transactions, s.server_transactions),
+            (&g.client_transactions, s.client_transactions),
+            (&g.proxied, s.proxied),
+            (&g.routing, s.routing),
+            (&g.timers, s.timers),
+            (&g.bindings, s.bindings),
+            (&g.aors, s.aors),
+        ] {
+            gauge.store(value as u64, Relaxed);
+        }
+    }
+
+    fn render_core(&self, out: &mut String) {
+        let g = &self.core;
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_sip_transactions SIP transactions held now (including those absorbing retransmissions), by side."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_sip_transactions gauge");
+        for (side, gauge) in [
+            ("server", &g.server_transactions),
+            ("client", &g.client_transactions),
+        ] {
+            let _ = writeln!(
+                out,
+                "sipwasm_sip_transactions{{side=\"{side}\"}} {}",
+                gauge.load(Relaxed)
+            );
+        }
+        for (name, help, gauge) in [
+            (
+                "sipwasm_proxy_requests",
+                "Requests being proxied now (open response contexts).",
+                &g.proxied,
+            ),
+            (
+                "sipwasm_routing_pending",
+                "Requests waiting for the routing plugin's decision.",
+                &g.routing,
+            ),
+            (
+                "sipwasm_sip_timers",
+                "Timers armed (transactions, registration expiry).",
+                &g.timers,
+            ),
+            (
+                "sipwasm_registrar_bindings",
+                "Registered contacts.",
+                &g.bindings,
+            ),
+            (
+                "sipwasm_registrar_aors",
+                "Addresses of record with at least one registered contact.",
+                &g.aors,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", gauge.load(Relaxed));
+        }
+    }
+
     /// A flow opened.
     pub fn flow_opened(&self) {
         self.flows_open.fetch_add(1, Relaxed);
@@ -104,6 +186,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP sipwasm_flows_open SIP flows open now.");
         let _ = writeln!(out, "# TYPE sipwasm_flows_open gauge");
         let _ = writeln!(out, "sipwasm_flows_open {}", self.flows_open());
+        self.render_core(&mut out);
         let m = self.plugins.lock().expect("metrics lock");
         let _ = writeln!(out, "# HELP sipwasm_plugin_calls_total Plugin calls.");
         let _ = writeln!(out, "# TYPE sipwasm_plugin_calls_total counter");

@@ -213,6 +213,11 @@ impl Location {
         self.aor_of.is_empty()
     }
 
+    /// Number of addresses of record with at least one binding.
+    pub fn aors(&self) -> usize {
+        self.by_aor.len()
+    }
+
     /// Every binding (for the control API).
     pub fn all(&self) -> impl Iterator<Item = &Binding> {
         self.by_aor.values().flatten()

@@ -179,6 +179,28 @@ pub enum Input {
     },
 }
 
+/// How much state the core holds ([`Core::stats`]): gauges of the admin API, and what
+/// tests check is released once traffic stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Server transactions: requests received and not yet forgotten (RFC 3261 17.2,
+    /// including the wait states that absorb retransmissions).
+    pub server_transactions: usize,
+    /// Client transactions: requests sent and not yet forgotten (RFC 3261 17.1).
+    pub client_transactions: usize,
+    /// Requests being proxied: response contexts (RFC 3261 16.7) still open.
+    pub proxied: usize,
+    /// Requests waiting for the routing plugin's decision.
+    pub routing: usize,
+    /// Timers armed: transaction timers, and the registration expiry sweep while
+    /// there are bindings.
+    pub timers: usize,
+    /// Registered contacts.
+    pub bindings: usize,
+    /// Addresses of record with at least one binding.
+    pub aors: usize,
+}
+
 /// What the routing plugin decided for a request (already validated by the host).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteDecision {
@@ -431,6 +453,20 @@ impl Core {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// How much state the core holds now.
+    #[must_use]
+    pub fn stats(&self) -> CoreStats {
+        CoreStats {
+            server_transactions: self.servers.len(),
+            client_transactions: self.clients.len(),
+            proxied: self.ctxs.len(),
+            routing: self.routing.len(),
+            timers: self.timers.armed(),
+            bindings: self.location.len(),
+            aors: self.location.aors(),
+        }
     }
 
     /// When [`Core::handle_timeout`] should next be called.

@@ -166,6 +166,25 @@ impl Sim {
         assert_eq!(status(&out[0].1), 200, "{out:?}");
     }
 
+    /// Lets every timer run out (well past timer C) and checks that no transaction,
+    /// response context, routing query or transaction timer is left; `bindings`
+    /// contacts under `aors` AoRs are still registered.
+    fn assert_idle_after_timers(&mut self, bindings: usize, aors: usize) {
+        self.advance(Duration::from_secs(400));
+        assert_eq!(
+            self.core.stats(),
+            CoreStats {
+                bindings,
+                aors,
+                // The registration expiry sweep.
+                timers: usize::from(bindings > 0),
+                ..CoreStats::default()
+            }
+        );
+        assert!(self.core.server_keys.is_empty() && self.core.client_keys.is_empty());
+        assert!(self.core.cancels.is_empty());
+    }
+
     fn register_udp(&mut self, user: &str) {
         let out = self.feed(
             udp_phone(),
@@ -290,6 +309,7 @@ fn message_udp_to_ws_and_back() {
     };
     assert_eq!(r.status, 200);
     assert_eq!(r.vias().unwrap().len(), 1, "our Via is stripped");
+    sim.assert_idle_after_timers(1, 1);
 }
 
 #[test]
@@ -361,6 +381,7 @@ fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
     let out = sim.feed(udp_phone(), &answer(&bye_fwd, 200, ""));
     assert_eq!(out[0].0, Target::Flow(3));
     assert_eq!(status(&out[0].1), 200);
+    sim.assert_idle_after_timers(1, 1);
 }
 
 #[test]
@@ -401,6 +422,7 @@ fn ws_to_udp_invite_and_bye_from_the_phone() {
     let out = sim.feed(udp_phone(), &bye);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].0, Target::Flow(9));
+    sim.assert_idle_after_timers(1, 1);
 }
 
 #[test]
@@ -449,6 +471,7 @@ fn cancel_gets_200_then_487_passes_up_and_is_acked() {
         }
     );
     assert_eq!(status(&up.1), 487);
+    sim.assert_idle_after_timers(1, 1);
 }
 
 #[test]
@@ -513,6 +536,7 @@ fn udp_invite_retransmissions_are_absorbed_and_timer_a_b_give_408() {
     assert_eq!(finals[0], 408, "{finals:?}");
     // The 408 is retransmitted to the caller (timer G) until it ACKs.
     assert!(finals.len() > 1);
+    sim.assert_idle_after_timers(1, 1);
 }
 
 #[test]
@@ -572,6 +596,7 @@ fn forking_to_two_flows_best_response_and_cancel_of_the_rest() {
             .any(|(_, m)| matches!(m, Message::Request(r) if r.method == Method::Cancel)),
         "the ringing branch is cancelled: {out:?}"
     );
+    sim.assert_idle_after_timers(2, 1);
 }
 
 #[test]
@@ -762,6 +787,7 @@ fn cancel_after_100_and_giving_up_on_a_silent_callee() {
         sim.core.clients.is_empty() && sim.core.ctxs.is_empty(),
         "state leaked"
     );
+    sim.assert_idle_after_timers(1, 1);
 }
 
 #[test]
@@ -908,6 +934,7 @@ fn cancel_while_the_router_decides_ends_the_invite_with_487() {
     );
     // The decision that comes afterwards forwards nothing.
     assert!(sim.routed(q[0].id, RouteDecision::Continue).is_empty());
+    sim.assert_idle_after_timers(0, 0);
 }
 
 #[test]

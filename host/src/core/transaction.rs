@@ -113,6 +113,11 @@ impl Timers {
     pub fn is_empty(&self) -> bool {
         self.armed.is_empty()
     }
+
+    /// Number of timers armed.
+    pub fn armed(&self) -> usize {
+        self.armed.len()
+    }
 }
 
 /// Identifies a server transaction (RFC 3261 section 17.2.3, and the RFC 2543 rule
