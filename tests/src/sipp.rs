@@ -13,6 +13,8 @@ pub struct Sipp {
     child: Child,
     dir: tempfile::TempDir,
     name: String,
+    /// How long to wait for it to finish.
+    wait: Duration,
 }
 
 fn scenario_dir() -> PathBuf {
@@ -43,6 +45,27 @@ pub struct SippRun<'a> {
     pub fill: &'a [(&'a str, &'a str)],
     /// `-key` values.
     pub keys: &'a [(&'a str, &'a str)],
+    /// Many calls instead of one.
+    pub load: Option<Load>,
+}
+
+/// A run of many calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Calls in all (`-m`).
+    pub calls: u32,
+    /// New calls per second (`-r`); 0 for a callee.
+    pub rate: u32,
+    /// Calls open at once at most (`-l`); 0 for a callee.
+    pub limit: u32,
+}
+
+/// How long a run of `load` may take: sipp's own `-timeout`, and the wait for it.
+fn run_time(load: Option<Load>) -> Duration {
+    match load {
+        None => Duration::from_secs(15),
+        Some(l) => Duration::from_secs(30 + u64::from(l.calls / l.rate.max(10))),
+    }
 }
 
 impl Sipp {
@@ -59,20 +82,11 @@ impl Sipp {
         cmd.arg(server.sip.to_string())
             .arg("-sf")
             .arg(&file)
-            .args([
-                "-m",
-                "1",
-                "-i",
-                "127.0.0.1",
-                "-s",
-                run.service,
-                "-t",
-                run.transport,
-            ])
+            .args(["-i", "127.0.0.1", "-s", run.service, "-t", run.transport])
             .args([
                 "-nostdin",
                 "-timeout",
-                "15s",
+                &format!("{}s", run_time(run.load).as_secs()),
                 "-timeout_error",
                 "-trace_err",
                 "-error_file",
@@ -83,6 +97,17 @@ impl Sipp {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        match run.load {
+            None => {
+                cmd.args(["-m", "1"]);
+            }
+            Some(l) => {
+                cmd.args(["-m", &l.calls.to_string()]);
+                if l.rate > 0 {
+                    cmd.args(["-r", &l.rate.to_string(), "-l", &l.limit.to_string()]);
+                }
+            }
+        }
         if run.port != 0 {
             cmd.args(["-p", &run.port.to_string()]);
         }
@@ -94,19 +119,26 @@ impl Sipp {
             child,
             dir,
             name: format!("{} ({})", run.scenario, run.service),
+            wait: run_time(run.load) + Duration::from_secs(15),
         }
     }
 
     /// Waits for sipp to finish; panics with its error log unless the call succeeded.
     pub async fn success(mut self) {
-        let status = match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+        let status = match tokio::time::timeout(self.wait, self.child.wait()).await {
             Ok(s) => s.unwrap(),
-            Err(_) => panic!("{}: sipp did not finish within 30 s", self.name),
+            Err(_) => panic!(
+                "{}: sipp did not finish within {} s",
+                self.name,
+                self.wait.as_secs()
+            ),
         };
         if !status.success() {
             let errors =
                 std::fs::read_to_string(self.dir.path().join("errors.log")).unwrap_or_default();
-            panic!("{}: sipp failed with {status}:\n{errors}", self.name);
+            // A run of many calls can log a lot: the start says what went wrong.
+            let shown: String = errors.chars().take(6000).collect();
+            panic!("{}: sipp failed with {status}:\n{shown}", self.name);
         }
     }
 }

@@ -79,6 +79,7 @@ async fn a_prefix_is_relayed_to_a_sipp_uas_over_udp() {
             port,
             fill: &[],
             keys: &[],
+            load: None,
         },
     );
     tokio::time::sleep(Duration::from_millis(300)).await;

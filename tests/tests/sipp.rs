@@ -3,7 +3,7 @@
 
 use sipwasm::sip::headers::HeaderName;
 use sipwasm_tests::sip::{SDP, Ua};
-use sipwasm_tests::sipp::{Sipp, SippRun};
+use sipwasm_tests::sipp::{Load, Sipp, SippRun};
 use sipwasm_tests::*;
 
 fn run<'a>(scenario: &'a str, service: &'a str, transport: &'a str, port: u16) -> SippRun<'a> {
@@ -14,6 +14,7 @@ fn run<'a>(scenario: &'a str, service: &'a str, transport: &'a str, port: u16) -
         port,
         fill: &[],
         keys: &[],
+        load: None,
     }
 }
 
@@ -125,4 +126,88 @@ async fn sipp_sees_busy_and_unknown_users() {
     )
     .success()
     .await;
+}
+
+/// A value of the server's /metrics text (`name{labels}` exactly as rendered).
+fn gauge(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
+}
+
+/// Hundreds of calls between two sipp phones over UDP, through links that lose 5% of
+/// the INVITEs and BYEs (either way) and of the 200s to BYEs: every call must complete,
+/// repaired by retransmissions (the caller's, and the proxy's client transactions
+/// towards the callee), and once the transactions' wait states are over nothing may be
+/// left in the core.
+#[tokio::test]
+async fn calls_over_lossy_links_all_complete_and_leave_no_state() {
+    const CALLS: u32 = 400;
+    // T1 = 100 ms here and in the scenarios: the wait states (64*T1) end in 6.4 s.
+    let s = Server::standard("[sip]\nt1 = \"100ms\"\nt4 = \"1s\"\n");
+    let port = free_port();
+    sipp_register(&s, "lossyphone", "u1", port, "600").await;
+    let sent_before = gauge(&s.metrics().await, "sipwasm_sip_messages_out_total");
+    let fill = [("T1", "100"), ("LOSS", "5")];
+    let callee = Sipp::start(
+        &s,
+        SippRun {
+            fill: &fill,
+            load: Some(Load {
+                calls: CALLS,
+                rate: 0,
+                limit: 0,
+            }),
+            ..run("uas_lossy.xml", "lossyphone", "u1", port)
+        },
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    Sipp::start(
+        &s,
+        SippRun {
+            fill: &fill,
+            load: Some(Load {
+                calls: CALLS,
+                rate: 80,
+                limit: 100,
+            }),
+            ..run("uac_lossy.xml", "lossyphone", "u1", 0)
+        },
+    )
+    .success()
+    .await;
+    callee.success().await;
+
+    // Without loss a call is 7 messages out of the proxy (100, 180, 200 and the BYE's 200
+    // to the caller; INVITE, ACK and BYE to the callee): more means it retransmitted.
+    let m = s.metrics().await;
+    let sent = gauge(&m, "sipwasm_sip_messages_out_total") - sent_before;
+    assert!(
+        sent > 7 * u64::from(CALLS),
+        "{sent} messages sent for {CALLS} calls: no retransmission at all?"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let m = s.metrics().await;
+        let left = [
+            "sipwasm_sip_transactions{side=\"server\"}",
+            "sipwasm_sip_transactions{side=\"client\"}",
+            "sipwasm_proxy_requests",
+            "sipwasm_routing_pending",
+        ]
+        .map(|series| gauge(&m, series));
+        if left == [0; 4] {
+            // Only the registration expiry sweep is armed, for the callee's binding.
+            assert_eq!(gauge(&m, "sipwasm_sip_timers"), 1, "{m}");
+            assert_eq!(gauge(&m, "sipwasm_registrar_bindings"), 1, "{m}");
+            assert_eq!(gauge(&m, "sipwasm_registrar_aors"), 1, "{m}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "core state left 30 s after the last call:\n{m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
