@@ -85,6 +85,8 @@ pub struct Server {
     pub admin: SocketAddr,
     /// The UDP and TCP SIP listeners (same port).
     pub sip: SocketAddr,
+    /// The SIP over TLS listener ([`Server::standard`]; certificate in [`Server::certificate`]).
+    pub tls: SocketAddr,
     /// The data directory (holds the generated certificate).
     pub data_dir: tempfile::TempDir,
     logs: Arc<Mutex<String>>,
@@ -107,6 +109,10 @@ address = "127.0.0.1:{sip}"
 [[listen]]
 transport = "tcp"
 address = "127.0.0.1:{sip}"
+
+[[listen]]
+transport = "tls"
+address = "127.0.0.1:{tls}"
 
 [[listen]]
 transport = "ws"
@@ -148,14 +154,16 @@ answer = 42
 path = "{plugins}/welcome.wasm"
 "#;
 
-/// `template` with `{ws}`, `{wss}`, `{ws2}`, `{ws3}`, `{admin}`, `{sip}` set to `ports`
+/// `template` with `{ws}`, `{wss}`, `{ws2}`, `{ws3}`, `{admin}`, `{sip}`, `{tls}` set to `ports`
 /// (in that order), `{plugins}` and `{foreign}` to the plugin directories and `{data}`
 /// to `data`.
 fn fill_template(template: &str, ports: &[u16], data: &Path) -> String {
     let mut text = template.to_string();
-    for (name, port) in ["{ws}", "{wss}", "{ws2}", "{ws3}", "{admin}", "{sip}"]
-        .iter()
-        .zip(ports)
+    for (name, port) in [
+        "{ws}", "{wss}", "{ws2}", "{ws3}", "{admin}", "{sip}", "{tls}",
+    ]
+    .iter()
+    .zip(ports)
     {
         text = text.replace(name, &port.to_string());
     }
@@ -169,7 +177,7 @@ fn fill_template(template: &str, ports: &[u16], data: &Path) -> String {
 pub fn refused_config(template: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sipwasm.toml");
-    std::fs::write(&path, fill_template(template, &[0; 6], dir.path())).unwrap();
+    std::fs::write(&path, fill_template(template, &[0; 7], dir.path())).unwrap();
     let out = Command::new(sipwasm_bin())
         .arg("--config")
         .arg(&path)
@@ -191,12 +199,12 @@ impl Server {
     }
 
     /// Starts the server with `template`, where `{ws}`, `{wss}`, `{ws2}`, `{ws3}`,
-    /// `{admin}`, `{sip}` become free ports, `{plugins}` the directory of the Rust plugins,
+    /// `{admin}`, `{sip}`, `{tls}` become free ports, `{plugins}` the directory of the Rust plugins,
     /// `{foreign}` that of the JavaScript and Python ones, and `{data}` a
     /// fresh data directory. Returns once every listener is up.
     fn start_once(template: &str) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
         let text = fill_template(template, &ports, data_dir.path());
         let config_path = data_dir.path().join("sipwasm.toml");
         std::fs::write(&config_path, &text).unwrap();
@@ -210,6 +218,7 @@ impl Server {
             ws3: addr(3),
             admin: addr(4),
             sip: addr(5),
+            tls: addr(6),
             data_dir,
             logs: Arc::new(Mutex::new(String::new())),
             config_path,
@@ -541,6 +550,14 @@ pub async fn wss_connect(
     addr: SocketAddr,
     cert: &Path,
 ) -> Ws<tokio_rustls::client::TlsStream<TcpStream>> {
+    ws_handshake(tls_connect(addr, cert).await, "wss", addr).await
+}
+
+/// Opens a TLS connection, trusting `cert` (PEM) for `localhost`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cert: &Path,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
@@ -555,10 +572,9 @@ pub async fn wss_connect(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = within("TLS handshake", connector.connect(name, tcp))
+    within("TLS handshake", connector.connect(name, tcp))
         .await
-        .unwrap();
-    ws_handshake(tls, "wss", addr).await
+        .unwrap()
 }
 
 async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(

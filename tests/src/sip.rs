@@ -1,6 +1,6 @@
-//! A small scripted SIP user agent for tests, over WebSocket (tungstenite), UDP or TCP:
-//! it builds requests and responses by hand so a test can say exactly what goes on
-//! the wire, and parses what comes back.
+//! A small scripted SIP user agent for tests, over WebSocket (tungstenite), UDP, TCP or
+//! TLS: it builds requests and responses by hand so a test can say exactly what goes
+//! on the wire, and parses what comes back.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,10 +14,15 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::{Server, Ws, within};
 
+/// A byte stream SIP is framed on (TCP or TLS).
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
+
 enum Conn {
     Ws(Box<Ws<TcpStream>>),
     Udp(UdpSocket, SocketAddr),
-    Tcp(TcpStream, Vec<u8>),
+    /// TCP or TLS, with what was read and not yet framed.
+    Stream(Box<dyn Stream>, Vec<u8>),
 }
 
 /// A scripted user agent.
@@ -101,9 +106,24 @@ impl Ua {
             .unwrap();
         let host = stream.local_addr().unwrap().to_string();
         Self {
-            conn: Conn::Tcp(stream, Vec::new()),
+            conn: Conn::Stream(Box::new(stream), Vec::new()),
             user: user.into(),
             transport: "TCP",
+            host,
+            instance: None,
+            cseq: 0,
+            counter: 0,
+        }
+    }
+
+    /// A phone-like UA over TLS to the server's `tls` listener (RFC 3261 26.2).
+    pub async fn tls(server: &Server, user: &str) -> Self {
+        let stream = crate::tls_connect(server.tls, &server.certificate()).await;
+        let host = stream.get_ref().0.local_addr().unwrap().to_string();
+        Self {
+            conn: Conn::Stream(Box::new(stream), Vec::new()),
+            user: user.into(),
+            transport: "TLS",
             host,
             instance: None,
             cseq: 0,
@@ -116,6 +136,7 @@ impl Ua {
         match self.transport {
             "WS" => format!("sip:{}@{};transport=ws", self.user, self.host),
             "TCP" => format!("sip:{}@{};transport=tcp", self.user, self.host),
+            "TLS" => format!("sip:{}@{};transport=tls", self.user, self.host),
             _ => format!("sip:{}@{}", self.user, self.host),
         }
     }
@@ -145,7 +166,7 @@ impl Ua {
             Conn::Udp(s, to) => {
                 s.send_to(text.as_bytes(), *to).await.unwrap();
             }
-            Conn::Tcp(s, _) => s.write_all(text.as_bytes()).await.unwrap(),
+            Conn::Stream(s, _) => s.write_all(text.as_bytes()).await.unwrap(),
         }
     }
 
@@ -167,7 +188,7 @@ impl Ua {
                         buf.truncate(n);
                         buf
                     }
-                    Conn::Tcp(s, buf) => loop {
+                    Conn::Stream(s, buf) => loop {
                         if let Ok(Some(sipwasm::sip::framing::Frame::Message(n))) =
                             sipwasm::sip::framing::next_frame(buf, 65535)
                         {

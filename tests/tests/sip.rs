@@ -172,6 +172,46 @@ async fn calls_between_browsers_and_phones_with_each_side_hanging_up() {
     }
 }
 
+/// SIP over TLS (`SIP/2.0/TLS`, RFC 3261 26.2): a phone on the TLS listener registers,
+/// exchanges messages with a browser and a UDP phone, and calls them both ways, each
+/// side hanging up; requests reach it over its own connection.
+#[tokio::test]
+async fn tls_phones_register_message_and_call() {
+    let s = Server::standard("");
+    let mut t = registered(Ua::tls(&s, "tlsphone").await).await;
+    let mut a = registered(Ua::ws(&s, "webpal").await).await;
+    let mut p = registered(Ua::udp(&s, "udppal").await).await;
+    message(&mut t, &mut a).await;
+    message(&mut a, &mut t).await;
+    message(&mut p, &mut t).await;
+    // What reaches the TLS phone came over TLS: the server's own Via says so.
+    let (text, _) = a.request("MESSAGE", "tlsphone", "", "via?");
+    a.send(&text).await;
+    let m = t.recv_request("MESSAGE").await;
+    let top = m.headers.get(&HeaderName::Via).unwrap();
+    assert!(top.starts_with("SIP/2.0/TLS 127.0.0.1:"), "{top}");
+    t.send(&t.response(&m, 200, "", "")).await;
+    assert_eq!(a.recv_final().await.status, 200);
+    for hangup_by_caller in [true, false] {
+        call(&mut a, &mut t, hangup_by_caller).await;
+        call(&mut t, &mut a, hangup_by_caller).await;
+        call(&mut t, &mut p, hangup_by_caller).await;
+    }
+    // The transport changes between the browser and the TLS phone: two Record-Routes,
+    // the one facing the phone for TLS.
+    let (invite, _) = a.request("INVITE", "tlsphone", "", SDP);
+    a.send(&invite).await;
+    let inv = t.recv_request("INVITE").await;
+    let rr: Vec<&str> = inv.headers.values(&HeaderName::RecordRoute).collect();
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(
+        rr[0].contains(&format!("127.0.0.1:{};transport=tls;lr", s.tls.port())),
+        "{rr:?}"
+    );
+    t.send(&t.response(&inv, 486, "", "")).await;
+    assert_eq!(a.recv_final().await.status, 486);
+}
+
 #[tokio::test]
 async fn cancel_gets_487_and_busy_486_passes_back() {
     let s = Server::standard("");
