@@ -7,8 +7,10 @@
 //! sipwasm-bench handshakes [--kamailio]   WebSocket handshakes per second through the policy
 //! sipwasm-bench idle [--kamailio]         memory per idle WebSocket connection
 //! sipwasm-bench sip [--kamailio]          SIP load: REGISTER over WS and UDP, MESSAGE WS to WS
+//! sipwasm-bench calls [--kamailio]        calls between sipp phones: server CPU per call
 //! sipwasm-bench router                    what a sip-router plugin adds to a request
-//! sipwasm-bench all [--kamailio]          all three
+//! sipwasm-bench core                      the SIP core alone, in process
+//! sipwasm-bench all [--kamailio]          all of the above
 //! ```
 //!
 //! Servers and load share this machine's cores; this measures rates, never asserts them.
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+mod calls;
 mod sipload;
 
 /// The same allocator as the server, so in-process figures match it.
@@ -97,6 +100,21 @@ enum Cmd {
         #[arg(long, requires = "ws")]
         pid: Option<u32>,
     },
+    /// Calls between two sipp phones over UDP through the proxy at a fixed rate: server
+    /// CPU time per call (needs sipp: apt-get install sip-tester).
+    Calls {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// New calls per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Measure Kamailio too.
+        #[arg(long)]
+        kamailio: bool,
+        /// Kamailio's registrar configuration.
+        #[arg(long, default_value = "benches/kamailio/registrar.cfg")]
+        kamailio_registrar_cfg: PathBuf,
+    },
     /// What a `sip-router` plugin (call-policy) adds to a request: the call in
     /// process, then REGISTER over UDP with and without it.
     Router {
@@ -130,6 +148,20 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match args.cmd {
             Cmd::Decision { iterations } => decision(iterations).await,
+            Cmd::Calls {
+                seconds,
+                rate,
+                kamailio,
+                kamailio_registrar_cfg,
+            } => {
+                calls(
+                    &args.sipwasm,
+                    kamailio.then_some(&*kamailio_registrar_cfg),
+                    rate,
+                    seconds,
+                )
+                .await
+            }
             Cmd::Core { iterations } => core_only(iterations),
             Cmd::Router {
                 iterations,
@@ -219,6 +251,7 @@ fn main() -> anyhow::Result<()> {
                 idle(&args.sipwasm, k, connections).await?;
                 let reg = kamailio.then(|| PathBuf::from("benches/kamailio/registrar.cfg"));
                 sip(&args.sipwasm, reg.as_deref(), seconds, None).await?;
+                calls(&args.sipwasm, reg.as_deref(), 1000, seconds).await?;
                 router(&args.sipwasm, 20_000, seconds).await
             }
         }
@@ -841,6 +874,48 @@ async fn sip(
             cpu(k.and_then(|k| k.server_cpu)),
             cpu(Some(o.load_cpu)),
             cpu(k.map(|k| k.load_cpu)),
+        );
+    }
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- calls
+
+async fn calls(bin: &Path, kamailio: Option<&Path>, rate: u32, seconds: u64) -> anyhow::Result<()> {
+    let ours = {
+        let (t, udp) = start_sipwasm(bin, "reuse", true).await?;
+        calls::run(udp, &process_tree(t.child.id()), rate, seconds).await?
+    };
+    let theirs = match kamailio {
+        Some(cfg) => {
+            let (t, udp) = start_kamailio_sip(cfg).await?;
+            Some(calls::run(udp, &process_tree(t.child.id()), rate, seconds).await?)
+        }
+        None => None,
+    };
+    println!(
+        "## Calls through the proxy ({rate} calls/s for {seconds} s, sipp to sipp over UDP)\n"
+    );
+    println!("| server | calls completed | failed | server CPU µs per call (user + system) |");
+    println!("|---|---|---|---|");
+    for (name, o) in [("sipwasm", Some(ours)), ("kamailio 5.6", theirs)] {
+        let Some(o) = o else { continue };
+        println!(
+            "| {name} | {} | {} | {:.1} ({:.1} + {:.1}) |",
+            o.ok,
+            o.failed,
+            o.cpu.total(),
+            o.cpu.user,
+            o.cpu.system
+        );
+    }
+    if let Some(k) = theirs
+        && ours.cpu.total() > 0.0
+    {
+        println!(
+            "\nKamailio ÷ sipwasm, CPU per call: {:.2}x",
+            k.cpu.total() / ours.cpu.total()
         );
     }
     println!();

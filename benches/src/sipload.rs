@@ -63,7 +63,7 @@ impl Cpu {
 
 /// User and system CPU clock ticks of processes.
 #[derive(Debug, Clone, Copy, Default)]
-struct Ticks {
+pub(crate) struct Ticks {
     user: u64,
     system: u64,
 }
@@ -74,7 +74,7 @@ const USER_HZ: f64 = 100.0;
 
 impl Ticks {
     /// The sum over processes.
-    fn of_all(pids: &[u32]) -> Self {
+    pub(crate) fn of_all(pids: &[u32]) -> Self {
         pids.iter()
             .map(|&p| Self::of(p))
             .fold(Self::default(), |a, b| Self {
@@ -102,7 +102,8 @@ impl Ticks {
         }
     }
 
-    fn per(self, since: Self, count: usize) -> Cpu {
+    /// CPU time per unit of `count` since `since`.
+    pub(crate) fn per(self, since: Self, count: usize) -> Cpu {
         let n = count.max(1) as f64;
         Cpu {
             user: (self.user.saturating_sub(since.user)) as f64 / USER_HZ * 1e6 / n,

@@ -79,6 +79,7 @@ impl Server {
             let (socket, local) = if l.transport == ListenTransport::Udp {
                 let s = UdpSocket::bind(l.address).await.with_context(what)?;
                 let local = s.local_addr()?;
+                raise_udp_buffers(&s, local);
                 (Socket::Datagram(Arc::new(s)), local)
             } else {
                 let s = TcpListener::bind(l.address).await.with_context(what)?;
@@ -634,6 +635,33 @@ fn route_hook(plugin: SipRouter, shared: Arc<Shared>) -> crate::core::RouteHook 
 }
 
 /// The 32-byte server secret (nonces, tags, later flow tokens), created on first run.
+/// The receive and send buffers UDP sockets ask for: room for thousands of datagrams,
+/// so a burst, or a short stall of the receiving task, does not drop requests. The
+/// kernel caps it at `net.core.rmem_max` / `wmem_max` (its default buffer holds only
+/// about a hundred small datagrams).
+const UDP_BUFFER: usize = 4 << 20;
+
+fn raise_udp_buffers(socket: &UdpSocket, local: SocketAddr) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s
+        .set_recv_buffer_size(UDP_BUFFER)
+        .and_then(|()| s.set_send_buffer_size(UDP_BUFFER))
+    {
+        tracing::warn!(%local, "cannot size the UDP socket buffers: {e}");
+        return;
+    }
+    // Linux reports twice what it granted (the rest is its bookkeeping).
+    let granted = s.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < UDP_BUFFER {
+        tracing::info!(
+            %local,
+            granted,
+            asked = UDP_BUFFER,
+            "UDP receive buffer capped by the kernel; raise net.core.rmem_max to absorb bursts"
+        );
+    }
+}
+
 fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     let path = data_dir.join("secret.key");
     match std::fs::read(&path) {
