@@ -634,13 +634,13 @@ fn route_hook(plugin: SipRouter, shared: Arc<Shared>) -> crate::core::RouteHook 
     }))
 }
 
-/// The 32-byte server secret (nonces, tags, later flow tokens), created on first run.
 /// The receive and send buffers UDP sockets ask for: room for thousands of datagrams,
 /// so a burst, or a short stall of the receiving task, does not drop requests. The
 /// kernel caps it at `net.core.rmem_max` / `wmem_max` (its default buffer holds only
 /// about a hundred small datagrams).
 const UDP_BUFFER: usize = 4 << 20;
 
+/// Asks for [`UDP_BUFFER`] both ways; says so when the kernel grants less.
 fn raise_udp_buffers(socket: &UdpSocket, local: SocketAddr) {
     let s = socket2::SockRef::from(socket);
     if let Err(e) = s
@@ -662,6 +662,7 @@ fn raise_udp_buffers(socket: &UdpSocket, local: SocketAddr) {
     }
 }
 
+/// The 32-byte server secret (nonces, tags, later flow tokens), created on first run.
 fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     let path = data_dir.join("secret.key");
     match std::fs::read(&path) {
