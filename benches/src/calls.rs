@@ -162,6 +162,9 @@ pub(crate) async fn run(
     // The callee ends once it has answered as many calls; when some failed it waits
     // for calls that never come: stop it.
     callee.abort();
+    if ok == 0 {
+        bail!("no call completed ({failed} failed)");
+    }
     Ok(Outcome {
         ok,
         failed,
