@@ -341,21 +341,18 @@ impl Core {
     }
 
     fn register(&mut self, now: Instant, source: &Source, req: &Request) -> Route {
-        let to = req.get_to().ok();
-        let domain_ok = to
-            .as_ref()
-            .and_then(|t| t.uri.as_sip())
-            .is_some_and(|u| self.cfg.myself.is_my_host(u));
-        if !domain_ok {
+        // The parser checked To; one that names no domain of ours is refused.
+        let Some(to) = req.get_to().ok().filter(|t| {
+            t.uri
+                .as_sip()
+                .is_some_and(|u| self.cfg.myself.is_my_host(u))
+        }) else {
             return Route::Answer(403, vec![]);
-        }
+        };
         if let Some(refusal) = bad_extension(req, &HeaderName::Require) {
             return refusal;
         }
         let mut changes = Vec::with_capacity(2);
-        let Some(to) = to else {
-            return Route::Answer(400, vec![]);
-        };
         let outcome = registrar::register(
             &mut self.location,
             registrar::Registration {
