@@ -494,7 +494,7 @@ async fn drive_core(
     mut inbox: mpsc::Receiver<Input>,
     mut closed: mpsc::UnboundedReceiver<Arc<FlowInfo>>,
     shared: Arc<Shared>,
-    store: Store,
+    mut store: Store,
     router: Option<Router>,
 ) {
     // Flows reported closed in this round, for the identity of their FlowClosed event.

@@ -5,7 +5,7 @@
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -26,7 +26,7 @@ pub struct Store {
     tx: mpsc::Sender<Op>,
     /// What was last sent for writing, per binding: a hash of (AoR, contact) to a hash
     /// of the other stored fields and the expiry written.
-    written: Mutex<foldhash::HashMap<u64, (u64, u64)>>,
+    written: foldhash::HashMap<u64, (u64, u64)>,
     /// Seeded per process.
     hasher: foldhash::quality::RandomState,
 }
@@ -149,7 +149,7 @@ impl Store {
         Ok((
             Self {
                 tx,
-                written: Mutex::default(),
+                written: Default::default(),
                 hasher: foldhash::quality::RandomState::default(),
             },
             loaded,
@@ -157,7 +157,7 @@ impl Store {
     }
 
     /// Records a saved binding (UDP ones only; others live and die with their flow).
-    pub fn saved(&self, b: &Binding, now: Instant) {
+    pub fn saved(&mut self, b: &Binding, now: Instant) {
         if !matches!(b.reach, Reach::Udp { .. }) {
             return;
         }
@@ -170,10 +170,9 @@ impl Store {
 
     /// Whether `b` with expiry `expires_unix` differs from what was last sent for
     /// writing (beyond [`EXPIRY_SLACK_SECS`] of expiry); remembers it if so.
-    fn changed(&self, b: &Binding, expires_unix: u64) -> bool {
+    fn changed(&mut self, b: &Binding, expires_unix: u64) -> bool {
         let (key, fields) = hashes(&self.hasher, b);
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        match written.get_mut(&key) {
+        match self.written.get_mut(&key) {
             Some((f, exp)) if *f == fields && expires_unix.abs_diff(*exp) < EXPIRY_SLACK_SECS => {
                 false
             }
@@ -182,19 +181,16 @@ impl Store {
                 true
             }
             None => {
-                written.insert(key, (fields, expires_unix));
+                self.written.insert(key, (fields, expires_unix));
                 true
             }
         }
     }
 
     /// Records a removed binding.
-    pub fn removed(&self, b: &Binding) {
+    pub fn removed(&mut self, b: &Binding) {
         if matches!(b.reach, Reach::Udp { .. }) {
-            self.written
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&hashes(&self.hasher, b).0);
+            self.written.remove(&hashes(&self.hasher, b).0);
             let _ = self.tx.send(Op::Remove(b.aor.clone(), b.contact.clone()));
         }
     }
@@ -313,7 +309,7 @@ mod tests {
     fn refreshes_within_the_slack_are_not_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         let now = Instant::now();
-        let (store, _) = Store::open(dir.path(), now).unwrap();
+        let (mut store, _) = Store::open(dir.path(), now).unwrap();
         let mut b = binding("sip:alice@127.0.0.1:5070", now);
         assert!(store.changed(&b, 1000));
         // A quick refresh: new CSeq, expiry one second later.
