@@ -858,7 +858,7 @@ async fn sip(
     );
     println!("|---|---|---|---|---|---|");
     let cpu = |c: Option<sipload::Cpu>| match c {
-        Some(c) => format!("{:.1} ({:.1} + {:.1})", c.total(), c.user, c.system),
+        Some(c) => c.to_string(),
         None => "-".into(),
     };
     for (i, name) in names.iter().enumerate() {
@@ -901,14 +901,7 @@ async fn calls(bin: &Path, kamailio: Option<&Path>, rate: u32, seconds: u64) -> 
     println!("|---|---|---|---|");
     for (name, o) in [("sipwasm", Some(ours)), ("kamailio 5.6", theirs)] {
         let Some(o) = o else { continue };
-        println!(
-            "| {name} | {} | {} | {:.1} ({:.1} + {:.1}) |",
-            o.ok,
-            o.failed,
-            o.cpu.total(),
-            o.cpu.user,
-            o.cpu.system
-        );
+        println!("| {name} | {} | {} | {} |", o.ok, o.failed, o.cpu);
     }
     if let Some(k) = theirs
         && ours.cpu.total() > 0.0

@@ -61,6 +61,19 @@ impl Cpu {
     }
 }
 
+/// `total (user + system)`, to a tenth of a µs.
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} ({:.1} + {:.1})",
+            self.total(),
+            self.user,
+            self.system
+        )
+    }
+}
+
 /// User and system CPU clock ticks of processes.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Ticks {
