@@ -70,33 +70,30 @@ fn contact_uri(value: &str) -> String {
 }
 
 impl Ua {
-    /// A browser-like UA over WebSocket to the server's `ws` listener.
-    pub async fn ws(server: &Server, user: &str) -> Self {
-        let ws = crate::ws_connect(server.ws).await;
+    fn new(conn: Conn, user: &str, transport: &'static str, host: String) -> Self {
         Self {
-            conn: Conn::Ws(Box::new(ws)),
+            conn,
             user: user.into(),
-            transport: "WS",
-            host: format!("{user}-{}.invalid", rand_tag()),
+            transport,
+            host,
             instance: None,
             cseq: 0,
             counter: 0,
         }
     }
 
+    /// A browser-like UA over WebSocket to the server's `ws` listener.
+    pub async fn ws(server: &Server, user: &str) -> Self {
+        let ws = crate::ws_connect(server.ws).await;
+        let host = format!("{user}-{}.invalid", rand_tag());
+        Self::new(Conn::Ws(Box::new(ws)), user, "WS", host)
+    }
+
     /// A phone-like UA over UDP.
     pub async fn udp(server: &Server, user: &str) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let host = socket.local_addr().unwrap().to_string();
-        Self {
-            conn: Conn::Udp(socket, server.sip),
-            user: user.into(),
-            transport: "UDP",
-            host,
-            instance: None,
-            cseq: 0,
-            counter: 0,
-        }
+        Self::new(Conn::Udp(socket, server.sip), user, "UDP", host)
     }
 
     /// A phone-like UA over TCP.
@@ -105,30 +102,24 @@ impl Ua {
             .await
             .unwrap();
         let host = stream.local_addr().unwrap().to_string();
-        Self {
-            conn: Conn::Stream(Box::new(stream), Vec::new()),
-            user: user.into(),
-            transport: "TCP",
+        Self::new(
+            Conn::Stream(Box::new(stream), Vec::new()),
+            user,
+            "TCP",
             host,
-            instance: None,
-            cseq: 0,
-            counter: 0,
-        }
+        )
     }
 
     /// A phone-like UA over TLS to the server's `tls` listener (RFC 3261 26.2).
     pub async fn tls(server: &Server, user: &str) -> Self {
         let stream = crate::tls_connect(server.tls, &server.certificate()).await;
         let host = stream.get_ref().0.local_addr().unwrap().to_string();
-        Self {
-            conn: Conn::Stream(Box::new(stream), Vec::new()),
-            user: user.into(),
-            transport: "TLS",
+        Self::new(
+            Conn::Stream(Box::new(stream), Vec::new()),
+            user,
+            "TLS",
             host,
-            instance: None,
-            cseq: 0,
-            counter: 0,
-        }
+        )
     }
 
     /// Our Contact URI.
