@@ -359,11 +359,7 @@ impl Server {
 
     /// The value of a metric line (`name{labels}` exactly as rendered), 0 when absent.
     pub async fn metric(&self, series: &str) -> u64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0)
+        metric_in(&self.metrics().await, series).unwrap_or(0)
     }
 
     /// The self-signed certificate the server generated for wss.
@@ -543,6 +539,14 @@ pub type Ws<S> = WebSocketStream<S>;
 pub async fn ws_connect(addr: SocketAddr) -> Ws<TcpStream> {
     let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
     ws_handshake(stream, "ws", addr).await
+}
+
+/// The value of a metric line (`name{labels}` exactly as rendered) in a `/metrics`
+/// text, to read several from one snapshot.
+pub fn metric_in(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 /// Opens a SIP WebSocket over TLS, trusting `cert` (PEM) for `localhost`.

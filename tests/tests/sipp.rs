@@ -130,9 +130,7 @@ async fn sipp_sees_busy_and_unknown_users() {
 
 /// A value of the server's /metrics text (`name{labels}` exactly as rendered).
 fn gauge(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    metric_in(metrics, series)
         .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
 }
 
