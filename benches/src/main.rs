@@ -99,6 +99,10 @@ enum Cmd {
         /// With --ws: the server's process, to measure its CPU time per transaction.
         #[arg(long, requires = "ws")]
         pid: Option<u32>,
+        /// Run each server on CPUs 0..N and the load generator on the other CPUs (as
+        /// when the load comes from the network), instead of all sharing every CPU.
+        #[arg(long, conflicts_with = "ws")]
+        server_cores: Option<usize>,
     },
     /// Calls between two sipp phones over UDP through the proxy at a fixed rate: server
     /// CPU time per call (needs sipp: apt-get install sip-tester).
@@ -200,6 +204,7 @@ fn main() -> anyhow::Result<()> {
                 udp,
                 clients,
                 pid,
+                server_cores,
             } => match (ws, udp) {
                 (Some(ws), Some(udp)) => {
                     let results =
@@ -231,11 +236,13 @@ fn main() -> anyhow::Result<()> {
                     Ok(())
                 }
                 _ => {
+                    let place = server_cores.map(Placement::new).transpose()?;
                     sip(
                         &args.sipwasm,
                         kamailio.then_some(&*kamailio_registrar_cfg),
                         seconds,
                         only.as_deref(),
+                        place,
                     )
                     .await
                 }
@@ -250,7 +257,11 @@ fn main() -> anyhow::Result<()> {
                 handshakes(&args.sipwasm, k, seconds, 32).await?;
                 idle(&args.sipwasm, k, connections).await?;
                 let reg = kamailio.then(|| PathBuf::from("benches/kamailio/registrar.cfg"));
-                sip(&args.sipwasm, reg.as_deref(), seconds, None).await?;
+                sip(&args.sipwasm, reg.as_deref(), seconds, None, None).await?;
+                // Then again with each server on a core of its own, when there are two.
+                if let Ok(place) = Placement::new(1) {
+                    sip(&args.sipwasm, reg.as_deref(), seconds, None, Some(place)).await?;
+                }
                 calls(&args.sipwasm, reg.as_deref(), 1000, seconds).await?;
                 router(&args.sipwasm, 20_000, seconds).await
             }
@@ -376,6 +387,68 @@ impl Drop for Target {
     }
 }
 
+/// Servers on CPUs `0..server_cores`, the load generator on the others (`taskset`,
+/// util-linux). Child processes and threads inherit the placement.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    server_cores: usize,
+    cpus: usize,
+}
+
+impl Placement {
+    fn new(server_cores: usize) -> anyhow::Result<Self> {
+        let cpus = std::thread::available_parallelism()?.get();
+        if server_cores == 0 || server_cores >= cpus {
+            bail!("--server-cores must leave the load generator at least one of the {cpus} CPUs");
+        }
+        Ok(Self { server_cores, cpus })
+    }
+
+    fn server_cpus(self) -> String {
+        format!("0-{}", self.server_cores - 1)
+    }
+
+    fn load_cpus(self) -> String {
+        format!("{}-{}", self.server_cores, self.cpus - 1)
+    }
+
+    /// `program`, run on the server CPUs when placed.
+    fn command(place: Option<Self>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match place {
+            Some(p) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(p.server_cpus()).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// Moves every thread of this process (the load generator) to the other CPUs.
+    fn pin_load_generator(self) -> anyhow::Result<()> {
+        move_self_to(&self.load_cpus())
+    }
+
+    /// Lets this process use every CPU again.
+    fn unpin_load_generator(self) -> anyhow::Result<()> {
+        move_self_to(&format!("0-{}", self.cpus - 1))
+    }
+}
+
+/// `taskset -a -p -c cpus <this process>`: every thread, and what they start later.
+fn move_self_to(cpus: &str) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus])
+        .arg(std::process::id().to_string())
+        .stdout(Stdio::null())
+        .status()
+        .context("run taskset (util-linux)")?;
+    if !status.success() {
+        bail!("taskset could not move the load generator to CPUs {cpus}");
+    }
+    Ok(())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -411,7 +484,7 @@ async fn start_sipwasm(
     instances: &str,
     udp: bool,
 ) -> anyhow::Result<(Target, SocketAddr)> {
-    start_sipwasm_with(bin, instances, udp, "").await
+    start_sipwasm_with(bin, instances, udp, "", None).await
 }
 
 /// [`start_sipwasm`] with `extra` TOML appended to the configuration.
@@ -420,6 +493,7 @@ async fn start_sipwasm_with(
     instances: &str,
     udp: bool,
     extra: &str,
+    place: Option<Placement>,
 ) -> anyhow::Result<(Target, SocketAddr)> {
     if !bin.exists() {
         bail!(
@@ -442,7 +516,7 @@ async fn start_sipwasm_with(
     );
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config)?;
-    let mut child = Command::new(bin)
+    let mut child = Placement::command(place, bin)
         .arg("--config")
         .arg(&path)
         .args(["--log", "warn"])
@@ -723,11 +797,14 @@ async fn idle(bin: &Path, kamailio: Option<&Path>, connections: usize) -> anyhow
 
 // ---------------------------------------------------------------- SIP load
 
-async fn start_kamailio_sip(cfg: &Path) -> anyhow::Result<(Target, SocketAddr)> {
+async fn start_kamailio_sip(
+    cfg: &Path,
+    place: Option<Placement>,
+) -> anyhow::Result<(Target, SocketAddr)> {
     let dir = tempfile::tempdir()?;
     let (ws, udp) = (free_port(), free_port());
     let cfg = std::fs::canonicalize(cfg).with_context(|| format!("{}", cfg.display()))?;
-    let mut child = Command::new("kamailio")
+    let mut child = Placement::command(place, "kamailio")
         .arg("-f")
         .arg(&cfg)
         .args(["-DD", "-E", "-m", "2048", "-M", "16"])
@@ -808,20 +885,36 @@ async fn sip(
     kamailio: Option<&Path>,
     seconds: u64,
     only: Option<&str>,
+    place: Option<Placement>,
 ) -> anyhow::Result<()> {
+    if let Some(p) = place {
+        p.pin_load_generator()?;
+    }
     let ours = {
-        let (t, udp) = start_sipwasm(bin, "reuse", true).await?;
+        let (t, udp) = start_sipwasm_with(bin, "reuse", true, "", place).await?;
         sip_scenarios(t.addr, udp, seconds, only, t.child.id()).await?
     };
     let theirs = match kamailio {
         Some(cfg) => {
-            let (t, udp) = start_kamailio_sip(cfg).await?;
+            let (t, udp) = start_kamailio_sip(cfg, place).await?;
             Some(sip_scenarios(t.addr, udp, seconds, only, t.child.id()).await?)
         }
         None => None,
     };
+    if let Some(p) = place {
+        p.unpin_load_generator()?;
+    }
     let names = SCENARIOS.map(|(_, n)| n);
-    println!("## SIP load ({seconds} s each, closed loop, load generator on the same cores)\n");
+    match place {
+        Some(p) => println!(
+            "## SIP load ({seconds} s each, closed loop, servers on CPUs {}, load generator on CPUs {})\n",
+            p.server_cpus(),
+            p.load_cpus()
+        ),
+        None => println!(
+            "## SIP load ({seconds} s each, closed loop, load generator on the same cores)\n"
+        ),
+    }
     println!(
         "| scenario | sipwasm /s | p50 µs | p99 µs | errors | kamailio /s | p50 µs | p99 µs | errors | sipwasm ÷ kamailio |"
     );
@@ -889,7 +982,7 @@ async fn calls(bin: &Path, kamailio: Option<&Path>, rate: u32, seconds: u64) -> 
     };
     let theirs = match kamailio {
         Some(cfg) => {
-            let (t, udp) = start_kamailio_sip(cfg).await?;
+            let (t, udp) = start_kamailio_sip(cfg, None).await?;
             Some(calls::run(udp, &process_tree(t.child.id()), rate, seconds).await?)
         }
         None => None,
@@ -1061,7 +1154,7 @@ async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyhow::Result<(
         ("without a router", ""),
         ("with call-policy", router_config.as_str()),
     ] {
-        let (t, udp) = start_sipwasm_with(bin, "reuse", true, extra).await?;
+        let (t, udp) = start_sipwasm_with(bin, "reuse", true, extra, None).await?;
         let target = sipload::SipTarget {
             ws: t.addr,
             udp,
