@@ -905,16 +905,15 @@ async fn sip(
         p.unpin_load_generator()?;
     }
     let names = SCENARIOS.map(|(_, n)| n);
-    match place {
-        Some(p) => println!(
-            "## SIP load ({seconds} s each, closed loop, servers on CPUs {}, load generator on CPUs {})\n",
+    let cores = match place {
+        Some(p) => format!(
+            "servers on CPUs {}, load generator on CPUs {}",
             p.server_cpus(),
             p.load_cpus()
         ),
-        None => println!(
-            "## SIP load ({seconds} s each, closed loop, load generator on the same cores)\n"
-        ),
-    }
+        None => "load generator on the same cores".into(),
+    };
+    println!("## SIP load ({seconds} s each, closed loop, {cores})\n");
     println!(
         "| scenario | sipwasm /s | p50 µs | p99 µs | errors | kamailio /s | p50 µs | p99 µs | errors | sipwasm ÷ kamailio |"
     );

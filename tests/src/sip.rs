@@ -124,11 +124,15 @@ impl Ua {
 
     /// Our Contact URI.
     pub fn contact(&self) -> String {
+        // UDP is the default; every other transport is named (`ws` for WS).
         match self.transport {
-            "WS" => format!("sip:{}@{};transport=ws", self.user, self.host),
-            "TCP" => format!("sip:{}@{};transport=tcp", self.user, self.host),
-            "TLS" => format!("sip:{}@{};transport=tls", self.user, self.host),
-            _ => format!("sip:{}@{}", self.user, self.host),
+            "UDP" => format!("sip:{}@{}", self.user, self.host),
+            t => format!(
+                "sip:{}@{};transport={}",
+                self.user,
+                self.host,
+                t.to_ascii_lowercase()
+            ),
         }
     }
 
