@@ -14,7 +14,8 @@ const MAC_LEN: usize = 10;
 /// Makes and checks flow tokens.
 #[derive(Clone)]
 pub struct FlowTokens {
-    secret: [u8; 32],
+    /// HMAC-SHA256 keyed with the secret once (the key schedule is two hash blocks).
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for FlowTokens {
@@ -26,11 +27,13 @@ impl std::fmt::Debug for FlowTokens {
 impl FlowTokens {
     /// With the server secret.
     pub fn new(secret: [u8; 32]) -> Self {
-        Self { secret }
+        Self {
+            keyed: Hmac::<Sha256>::new_from_slice(&secret).expect("any key length"),
+        }
     }
 
     fn mac(&self, flow: FlowId) -> [u8; MAC_LEN] {
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        let mut m = self.keyed.clone();
         m.update(b"flow-token");
         m.update(&flow.to_be_bytes());
         let full = m.finalize().into_bytes();

@@ -37,10 +37,10 @@ pub use self::myself::Myself;
 use self::proxy::ProxyCtx;
 use self::registrar::RegistrarConfig;
 use self::transaction::{ClientTx, ServerKey, ServerTx, TimerConfig, TimerRef, Timers};
-use crate::sip::headers::{HeaderName, Headers, first_value};
+use crate::sip::headers::{HeaderName, Headers, first_value, params_of};
 use crate::sip::message::{Essentials, Message, Method, Request, Response, reason_phrase};
-use crate::sip::typed::Via;
-use crate::sip::uri::{Host, V4Text};
+use crate::sip::typed::{Via, ViaRef};
+use crate::sip::uri::{HostRef, V4Text};
 
 /// Identifies a flow: one connection (WS, WSS, TCP, TLS).
 pub type FlowId = u64;
@@ -318,6 +318,8 @@ pub struct Core {
     tokens: FlowTokens,
     /// Branch prefix of our Vias: tells our own Vias from another proxy's.
     branch_prefix: String,
+    /// Keys the hash that makes To tags (see [`Core::make_to_tag`]).
+    tag_keys: foldhash::quality::FixedState,
     location: Location,
     /// When each AoR last had a binding: within [`KNOWN_FOR`] of that, a request for
     /// it gets 480 (temporarily unavailable) rather than 404. Pruned as it ages.
@@ -350,8 +352,15 @@ impl Core {
         m.update(b"branch-prefix");
         let h = m.finalize().into_bytes();
         let branch_prefix = format!("z9hG4bKsw{:02x}{:02x}", h[0], h[1]);
+        let mut m = mac.0.clone();
+        m.update(b"to-tag");
+        let seed = m.finalize().into_bytes();
+        let tag_keys = foldhash::quality::FixedState::with_seed(u64::from_be_bytes(
+            seed[..8].try_into().expect("eight bytes"),
+        ));
         Self {
             mac,
+            tag_keys,
             tokens: FlowTokens::new(cfg.secret),
             cfg,
             branch_prefix,
@@ -529,17 +538,14 @@ impl Core {
     // ------------------------------------------------------------ server side
 
     fn on_request(&mut self, now: Instant, source: Source, mut req: Request) {
-        let top = stamp_received(&mut req, source.remote);
+        stamp_received(&mut req, source.remote);
         match req.method {
             Method::Ack => return self.on_ack(now, source, req),
             Method::Cancel => return self.on_cancel(now, source, req),
             _ => {}
         }
-        // No parsable top Via: no key either (`ServerKey::of` would parse the same).
-        let Some(key) = top
-            .as_ref()
-            .and_then(|via| ServerKey::with_top_via(&req, via, &req.method))
-        else {
+        // No parsable top Via: no key either, and nowhere to answer.
+        let Some(key) = ServerKey::of(&req, &req.method) else {
             return;
         };
         if let Some(&id) = self.server_keys.get(&key) {
@@ -845,20 +851,22 @@ impl Core {
         }
     }
 
-    /// A To tag that is the same for retransmissions of one request, without state:
-    /// HMAC(secret, Call-ID, From, CSeq, top Via).
+    /// A To tag that is the same for retransmissions of one request, without state: a
+    /// keyed hash of Call-ID, From, CSeq and the top Via (the key comes from the
+    /// secret, so tags are not predictable; they need not be unforgeable).
     fn make_to_tag(&self, req: &Request) -> String {
-        let mut m = self.hmac();
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = self.tag_keys.build_hasher();
         for part in [
             req.call_id().unwrap_or(""),
             req.headers.get(&HeaderName::From).unwrap_or(""),
             req.headers.get(&HeaderName::CSeq).unwrap_or(""),
             req.headers.values(&HeaderName::Via).next().unwrap_or(""),
         ] {
-            m.update(part.as_bytes());
-            m.update(b"\n");
+            h.write(part.as_bytes());
+            h.write_u8(b'\n');
         }
-        proxy::hex(&m.finalize().into_bytes()[..8])
+        format!("{:016x}", h.finish())
     }
 
     // ------------------------------------------------------------ client side
@@ -1050,33 +1058,61 @@ pub(crate) fn split_tokens(headers: &Headers, name: &HeaderName) -> Vec<String> 
 
 /// RFC 3261 section 18.2.1 and RFC 3581: add `received` to the top Via when the
 /// sent-by host is not the source address, and fill in `rport` when it is present.
-/// Returns the top Via as it now stands (`None` when there is none it can parse).
-pub fn stamp_received(req: &mut Request, source: SocketAddr) -> Option<Via> {
-    let top = req.headers.first_mut(&HeaderName::Via)?;
-    // The first value of the line; the values after it stay as written.
-    let (first, rest) = first_value(&top.value)?;
-    let mut via = Via::parse(first).ok()?;
-    let rest_start = top.value.len() - rest.len();
-    let ip = || match source.ip() {
-        std::net::IpAddr::V4(a) => V4Text::new(a).as_str().to_string(),
-        a => a.to_string(),
+/// Parameters keep their order (an existing `received` or `rport` is given its new
+/// value in place); the values after the first on its line stay as written. Returns
+/// whether there is a top Via it could parse.
+pub fn stamp_received(req: &mut Request, source: SocketAddr) -> bool {
+    use std::fmt::Write as _;
+    let Some(top) = req.headers.first_mut(&HeaderName::Via) else {
+        return false;
     };
-    let changed = if via.has_rport() {
-        via.set_param("rport", Some(source.port().to_string()));
-        via.set_param("received", Some(ip()));
-        true
-    } else if via.host != Host::from(source.ip()) {
-        via.set_param("received", Some(ip()));
-        true
-    } else {
-        false
+    let Some((first, rest)) = first_value(&top.value) else {
+        return false;
     };
-    if changed {
-        let mut value = via.to_string();
-        value.push_str(&top.value[rest_start..]);
-        top.value = value;
+    let Ok(via) = ViaRef::parse(first) else {
+        return false;
+    };
+    let rport = via.has_rport();
+    if !rport && via.host == HostRef::from(source.ip()) {
+        return true;
     }
-    Some(via)
+    let mut value = String::with_capacity(top.value.len() + 40);
+    value.push_str("SIP/2.0/");
+    value.push_str(via.transport);
+    value[8..].make_ascii_uppercase();
+    value.push(' ');
+    let _ = write!(value, "{}", via.host);
+    if let Some(p) = via.port {
+        let _ = write!(value, ":{p}");
+    }
+    let ip = |out: &mut String| match source.ip() {
+        std::net::IpAddr::V4(a) => out.push_str(V4Text::new(a).as_str()),
+        a => {
+            let _ = write!(out, "{a}");
+        }
+    };
+    let mut received = false;
+    for (name, v) in params_of(via.params) {
+        value.push(';');
+        value.push_str(name);
+        if rport && name.eq_ignore_ascii_case("rport") {
+            let _ = write!(value, "={}", source.port());
+        } else if name.eq_ignore_ascii_case("received") {
+            value.push('=');
+            ip(&mut value);
+            received = true;
+        } else if let Some(v) = v {
+            value.push('=');
+            value.push_str(v);
+        }
+    }
+    if !received {
+        value.push_str(";received=");
+        ip(&mut value);
+    }
+    value.push_str(rest);
+    top.value = value;
+    true
 }
 
 #[cfg(test)]

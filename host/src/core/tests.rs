@@ -1041,3 +1041,50 @@ fn direct_response_bytes_equal_the_serialized_response() {
         }
     }
 }
+
+#[test]
+fn received_and_rport_stamped_in_place() {
+    let stamp = |via_line: &str, from: &str| {
+        let text = format!(
+            "OPTIONS sip:localhost SIP/2.0\r\nVia: {via_line}\r\nFrom: <sip:a@localhost>;tag=1\r\n\
+             To: <sip:localhost>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let Message::Request(mut req) = parse(text.as_bytes()).unwrap() else {
+            panic!("not a request")
+        };
+        assert!(stamp_received(&mut req, from.parse().unwrap()));
+        req.headers.get(&HeaderName::Via).unwrap().to_string()
+    };
+    // rport filled in where it stands, received appended; transport upper-cased.
+    assert_eq!(
+        stamp(
+            "SIP/2.0/ws abc.invalid;branch=z9hG4bK1;rport;x=\"a;b\"",
+            "127.0.0.1:40001"
+        ),
+        "SIP/2.0/WS abc.invalid;branch=z9hG4bK1;rport=40001;x=\"a;b\";received=127.0.0.1"
+    );
+    // An existing received (any case) gets the new value in place.
+    assert_eq!(
+        stamp(
+            "SIP/2.0/UDP [::1]:5070;RECEIVED=10.0.0.1;branch=z9hG4bK2",
+            "127.0.0.2:5070"
+        ),
+        "SIP/2.0/UDP [::1]:5070;RECEIVED=127.0.0.2;branch=z9hG4bK2"
+    );
+    // Sent-by already the source and no rport: left exactly as written.
+    assert_eq!(
+        stamp(
+            "SIP/2.0/UDP 127.0.0.1:5070 ; branch=z9hG4bK3",
+            "127.0.0.1:5070"
+        ),
+        "SIP/2.0/UDP 127.0.0.1:5070 ; branch=z9hG4bK3"
+    );
+    // Only the first value of a multi-value line changes; the rest stays as written.
+    assert_eq!(
+        stamp(
+            "SIP/2.0/TCP h.example;branch=z9hG4bK4 ,SIP/2.0/UDP other;branch=z9hG4bK5",
+            "[::1]:6000"
+        ),
+        "SIP/2.0/TCP h.example;branch=z9hG4bK4;received=::1,SIP/2.0/UDP other;branch=z9hG4bK5"
+    );
+}

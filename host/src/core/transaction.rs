@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::{Source, Target};
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request};
-use crate::sip::typed::Via;
+use crate::sip::typed::ViaRef;
 
 /// Timer values (RFC 3261 section 17.1.1.1 and table 4).
 #[derive(Debug, Clone, Copy)]
@@ -130,12 +130,7 @@ impl ServerKey {
     /// the INVITE transaction).
     pub fn of(req: &Request, method: &Method) -> Option<Self> {
         let top = req.headers.values(&HeaderName::Via).next()?;
-        let via = crate::sip::typed::Via::parse(top).ok()?;
-        Self::with_top_via(req, &via, method)
-    }
-
-    /// [`ServerKey::of`] with the request's top Via already parsed.
-    pub fn with_top_via(req: &Request, via: &Via, method: &Method) -> Option<Self> {
+        let via = ViaRef::parse(top).ok()?;
         use std::fmt::Write as _;
         let mut sent_by = String::with_capacity(32);
         let _ = write!(sent_by, "{}:{}", via.host, via.port.unwrap_or(0));

@@ -211,7 +211,7 @@ impl<'a> IntoIterator for &'a Headers {
 /// each part and skipping empty ones.
 pub fn split_list(value: &str) -> impl Iterator<Item = &str> + '_ {
     SplitList { rest: Some(value) }
-        .map(str::trim)
+        .map(str::trim_ascii)
         .filter(|p| !p.is_empty())
 }
 
@@ -221,7 +221,7 @@ pub fn first_value(value: &str) -> Option<(&str, &str)> {
     let mut offset = 0;
     for part in (SplitList { rest: Some(value) }) {
         let end = offset + part.len();
-        let trimmed = part.trim();
+        let trimmed = part.trim_ascii();
         if !trimmed.is_empty() {
             return Some((trimmed, &value[end..]));
         }
@@ -276,19 +276,34 @@ pub fn param<'a>(params: &'a Params, name: &str) -> Option<Option<&'a str>> {
 /// their quotes.
 pub fn parse_params(s: &str) -> Result<Params, &'static str> {
     let mut out = Vec::new();
-    let s = s.trim();
+    each_param(s, |n, v| out.push((n.to_string(), v.map(str::to_string))))?;
+    Ok(out)
+}
+
+/// Checks parameters as [`parse_params`] does, without building them.
+pub fn check_params(s: &str) -> Result<(), &'static str> {
+    each_param(s, |_, _| {})
+}
+
+/// The one parameter grammar: calls `f` with each name and value (trimmed, quotes
+/// kept) in order, or fails at the first bad one.
+fn each_param<'a>(
+    s: &'a str,
+    mut f: impl FnMut(&'a str, Option<&'a str>),
+) -> Result<(), &'static str> {
+    let s = s.trim_ascii();
     let s = s.strip_prefix(';').unwrap_or(s);
-    if s.trim().is_empty() {
-        return Ok(out);
+    if s.trim_ascii().is_empty() {
+        return Ok(());
     }
     for part in split_outside_quotes(s, b';') {
-        let part = part.trim();
+        let part = part.trim_ascii();
         if part.is_empty() {
             return Err("empty parameter");
         }
         match part.split_once('=') {
             Some((n, v)) => {
-                let (n, v) = (n.trim(), v.trim());
+                let (n, v) = (n.trim_ascii(), v.trim_ascii());
                 if n.is_empty() || !n.bytes().all(is_token_char) {
                     return Err("invalid parameter name");
                 }
@@ -298,17 +313,41 @@ pub fn parse_params(s: &str) -> Result<Params, &'static str> {
                 if v.starts_with('"') && !(v.len() >= 2 && v.ends_with('"')) {
                     return Err("unterminated quoted parameter");
                 }
-                out.push((n.to_string(), Some(v.to_string())));
+                f(n, Some(v));
             }
             None => {
                 if !part.bytes().all(is_token_char) {
                     return Err("invalid parameter name");
                 }
-                out.push((part.to_string(), None));
+                f(part, None);
             }
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Each parameter of a parameter string already checked by [`check_params`] (or
+/// [`parse_params`]): name and value, trimmed, quotes kept; no allocation.
+pub fn params_of(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> + '_ {
+    let s = s.trim_ascii();
+    split_outside_quotes(s.strip_prefix(';').unwrap_or(s), b';').filter_map(|part| {
+        let part = part.trim_ascii();
+        if part.is_empty() {
+            return None;
+        }
+        Some(match part.split_once('=') {
+            Some((n, v)) => (n.trim_ascii(), Some(v.trim_ascii())),
+            None => (part, None),
+        })
+    })
+}
+
+/// Looks up a parameter of a checked parameter string case-insensitively (see
+/// [`params_of`]).
+pub fn find_param<'a>(s: &'a str, name: &str) -> Option<Option<&'a str>> {
+    params_of(s)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
 }
 
 /// Splits at `sep` outside double quotes; no allocation.

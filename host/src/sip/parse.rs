@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::headers::{HeaderName, Headers, is_token_char};
 use super::message::{Essentials, Message, Method, Request, Response};
-use super::typed::{CSeq, Via};
+use super::typed::{CSeq, NameAddrRef, ViaRef};
 use super::uri::Uri;
 
 /// Most header field lines in one message.
@@ -129,14 +129,14 @@ pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<
         if line.starts_with([' ', '\t']) {
             if let Some((_, v)) = fields.last_mut() {
                 v.push(' ');
-                v.push_str(line.trim());
+                v.push_str(line.trim_ascii());
             }
             continue;
         }
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        let name = HeaderName::parse(name.trim());
+        let name = HeaderName::parse(name.trim_ascii());
         if matches!(
             name,
             HeaderName::Via
@@ -145,7 +145,7 @@ pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<
                 | HeaderName::CallId
                 | HeaderName::CSeq
         ) {
-            fields.push((name, value.trim().to_string()));
+            fields.push((name, value.trim_ascii().to_string()));
         }
     }
     // Without a Via the answer has nowhere to go; without a CSeq the client cannot
@@ -255,7 +255,7 @@ fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, Pa
             let (_, value) = current
                 .as_mut()
                 .ok_or(ParseError::new("continuation line before any header"))?;
-            let more = line.trim();
+            let more = line.trim_ascii();
             if !value.is_empty() && !more.is_empty() {
                 value.push(' ');
             }
@@ -275,7 +275,7 @@ fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, Pa
         if name.is_empty() || !name.bytes().all(is_token_char) {
             return Err(ParseError::new("invalid header name"));
         }
-        current = Some((HeaderName::parse(name), value.trim().to_string()));
+        current = Some((HeaderName::parse(name), value.trim_ascii().to_string()));
     }
     if let Some(done) = current {
         finish(&mut headers, done)?;
@@ -359,13 +359,16 @@ fn check_essentials(m: &impl Essentials) -> Result<CSeq, ParseError> {
     {
         return Err(ParseError::at(HeaderName::CallId, "invalid Call-ID"));
     }
-    m.get_from()
-        .map_err(|r| ParseError::at(HeaderName::From, r))?;
-    m.get_to().map_err(|r| ParseError::at(HeaderName::To, r))?;
+    // Checked in place, without building the owned values (the core parses what it
+    // uses when it uses it).
+    for name in [HeaderName::From, HeaderName::To] {
+        let value = h.get(&name).unwrap_or("");
+        NameAddrRef::parse(value).map_err(|r| ParseError::at(name, r))?;
+    }
     let cseq = m.cseq().map_err(|r| ParseError::at(HeaderName::CSeq, r))?;
     let mut vias = 0;
     for v in h.values(&HeaderName::Via) {
-        Via::parse(v).map_err(|r| ParseError::at(HeaderName::Via, r))?;
+        ViaRef::parse(v).map_err(|r| ParseError::at(HeaderName::Via, r))?;
         vias += 1;
     }
     if vias == 0 {

@@ -3,10 +3,11 @@
 use std::fmt;
 
 use super::headers::{
-    Params, find_unquoted, param, parse_params, split_outside_quotes, write_params,
+    Params, check_params, find_param, find_unquoted, param, parse_params, split_outside_quotes,
+    write_params,
 };
 use super::message::Method;
-use super::uri::{Host, Uri, split_host_port};
+use super::uri::{Host, HostRef, Uri, UriRef, split_host_port_ref};
 
 /// One Via value: `SIP/2.0/WS abc.invalid;branch=z9hG4bK...;rport`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,35 +25,7 @@ pub struct Via {
 impl Via {
     /// Parses one Via value.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
-        let s = s.trim();
-        let (proto, rest) = split_ws(s).ok_or("Via without sent-by")?;
-        let mut parts = proto.split('/').map(str::trim);
-        let (name, version, transport) = (parts.next(), parts.next(), parts.next());
-        if parts.next().is_some() {
-            return Err("invalid Via protocol");
-        }
-        match (name, version, transport) {
-            (Some(n), Some(v), Some(t))
-                if n.eq_ignore_ascii_case("SIP") && v == "2.0" && !t.is_empty() =>
-            {
-                if !t.bytes().all(super::headers::is_token_char) {
-                    return Err("invalid Via transport");
-                }
-                let (sent_by, params) = match rest.find(';') {
-                    Some(i) => (rest[..i].trim(), &rest[i..]),
-                    None => (rest.trim(), ""),
-                };
-                let (host, port) = split_host_port(sent_by).map_err(|_| "invalid Via sent-by")?;
-                let params = parse_params(params).map_err(|_| "invalid Via parameter")?;
-                Ok(Self {
-                    transport: t.to_ascii_uppercase(),
-                    host,
-                    port,
-                    params,
-                })
-            }
-            _ => Err("invalid Via protocol"),
-        }
+        ViaRef::parse(s)?.into_owned()
     }
 
     /// The `branch` parameter.
@@ -85,6 +58,76 @@ impl fmt::Display for Via {
             write!(f, ":{p}")?;
         }
         write_params(f, &self.params)
+    }
+}
+
+/// A [`Via`] borrowed from its text: checked as [`Via::parse`] checks, without
+/// allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViaRef<'a> {
+    /// Transport token, as written.
+    pub transport: &'a str,
+    /// Sent-by host.
+    pub host: HostRef<'a>,
+    /// Sent-by port.
+    pub port: Option<u16>,
+    /// The parameters as written, already checked.
+    pub params: &'a str,
+}
+
+impl<'a> ViaRef<'a> {
+    /// Parses one Via value.
+    pub fn parse(s: &'a str) -> Result<Self, &'static str> {
+        let s = s.trim_ascii();
+        let (proto, rest) = split_ws(s).ok_or("Via without sent-by")?;
+        let mut parts = proto.split('/').map(str::trim_ascii);
+        let (name, version, transport) = (parts.next(), parts.next(), parts.next());
+        if parts.next().is_some() {
+            return Err("invalid Via protocol");
+        }
+        match (name, version, transport) {
+            (Some(n), Some(v), Some(t))
+                if n.eq_ignore_ascii_case("SIP") && v == "2.0" && !t.is_empty() =>
+            {
+                if !t.bytes().all(super::headers::is_token_char) {
+                    return Err("invalid Via transport");
+                }
+                let (sent_by, params) = match memchr::memchr(b';', rest.as_bytes()) {
+                    Some(i) => (rest[..i].trim_ascii(), &rest[i..]),
+                    None => (rest.trim_ascii(), ""),
+                };
+                let (host, port) =
+                    split_host_port_ref(sent_by).map_err(|_| "invalid Via sent-by")?;
+                check_params(params).map_err(|_| "invalid Via parameter")?;
+                Ok(Self {
+                    transport: t,
+                    host,
+                    port,
+                    params,
+                })
+            }
+            _ => Err("invalid Via protocol"),
+        }
+    }
+
+    /// The `branch` parameter.
+    pub fn branch(&self) -> Option<&'a str> {
+        find_param(self.params, "branch").flatten()
+    }
+
+    /// Whether `rport` is present (with or without value).
+    pub fn has_rport(&self) -> bool {
+        find_param(self.params, "rport").is_some()
+    }
+
+    /// The owned [`Via`] (transport upper-cased).
+    pub fn into_owned(self) -> Result<Via, &'static str> {
+        Ok(Via {
+            transport: self.transport.to_ascii_uppercase(),
+            host: self.host.into_owned(),
+            port: self.port,
+            params: parse_params(self.params).map_err(|_| "invalid Via parameter")?,
+        })
     }
 }
 
@@ -162,43 +205,7 @@ pub struct NameAddr {
 impl NameAddr {
     /// Parses a From / To / Contact / Route value.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
-        let s = s.trim();
-        if let Some(lt) = find_unquoted(s, b'<') {
-            let display = s[..lt].trim();
-            if display.starts_with('"') {
-                if !(display.len() >= 2 && display.ends_with('"')) {
-                    return Err("unterminated display name");
-                }
-            } else if !display
-                .split_ascii_whitespace()
-                .all(|w| w.bytes().all(super::headers::is_token_char))
-            {
-                // An unquoted display name is tokens and spaces (RFC 3261 25.1).
-                return Err("display name must be quoted");
-            }
-            let gt = s[lt..].find('>').ok_or("missing '>'")? + lt;
-            let uri = Uri::parse(s[lt + 1..gt].trim())?;
-            let params = parse_params(&s[gt + 1..]).map_err(|_| "invalid header parameter")?;
-            Ok(Self {
-                display: (!display.is_empty()).then(|| display.to_string()),
-                uri,
-                params,
-            })
-        } else {
-            // addr-spec: parameters after the URI belong to the header, not to the URI.
-            let (uri, params) = match s.find(';') {
-                Some(i) => (&s[..i], &s[i..]),
-                None => (s, ""),
-            };
-            if uri.contains(['?', ',']) {
-                return Err("URI with headers or commas must be in angle brackets");
-            }
-            Ok(Self {
-                display: None,
-                uri: Uri::parse(uri.trim())?,
-                params: parse_params(params).map_err(|_| "invalid header parameter")?,
-            })
-        }
+        NameAddrRef::parse(s)?.into_owned()
     }
 
     /// The `tag` parameter.
@@ -217,18 +224,85 @@ impl fmt::Display for NameAddr {
     }
 }
 
+/// A [`NameAddr`] borrowed from its text: checked as [`NameAddr::parse`] checks,
+/// without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddrRef<'a> {
+    /// Display name, as written (quotes kept).
+    pub display: Option<&'a str>,
+    /// The URI.
+    pub uri: UriRef<'a>,
+    /// Header parameters as written, already checked.
+    pub params: &'a str,
+}
+
+impl<'a> NameAddrRef<'a> {
+    /// Parses a From / To / Contact / Route value.
+    pub fn parse(s: &'a str) -> Result<Self, &'static str> {
+        let s = s.trim_ascii();
+        if let Some(lt) = find_unquoted(s, b'<') {
+            let display = s[..lt].trim_ascii();
+            if display.starts_with('"') {
+                if !(display.len() >= 2 && display.ends_with('"')) {
+                    return Err("unterminated display name");
+                }
+            } else if !display
+                .split_ascii_whitespace()
+                .all(|w| w.bytes().all(super::headers::is_token_char))
+            {
+                // An unquoted display name is tokens and spaces (RFC 3261 25.1).
+                return Err("display name must be quoted");
+            }
+            let gt = memchr::memchr(b'>', &s.as_bytes()[lt..]).ok_or("missing '>'")? + lt;
+            let uri = UriRef::parse(s[lt + 1..gt].trim_ascii())?;
+            let params = &s[gt + 1..];
+            check_params(params).map_err(|_| "invalid header parameter")?;
+            Ok(Self {
+                display: (!display.is_empty()).then_some(display),
+                uri,
+                params,
+            })
+        } else {
+            // addr-spec: parameters after the URI belong to the header, not to the URI.
+            let (uri, params) = match memchr::memchr(b';', s.as_bytes()) {
+                Some(i) => (&s[..i], &s[i..]),
+                None => (s, ""),
+            };
+            if uri.contains(['?', ',']) {
+                return Err("URI with headers or commas must be in angle brackets");
+            }
+            let uri = UriRef::parse(uri.trim_ascii())?;
+            check_params(params).map_err(|_| "invalid header parameter")?;
+            Ok(Self {
+                display: None,
+                uri,
+                params,
+            })
+        }
+    }
+
+    /// The owned [`NameAddr`].
+    pub fn into_owned(self) -> Result<NameAddr, &'static str> {
+        Ok(NameAddr {
+            display: self.display.map(str::to_string),
+            uri: self.uri.into_owned()?,
+            params: parse_params(self.params).map_err(|_| "invalid header parameter")?,
+        })
+    }
+}
+
 /// The `tag` parameter of a From or To value, found without building a [`NameAddr`]
 /// (the same rules as [`NameAddr::parse`] followed by [`NameAddr::tag`]): this is asked
 /// several times per request of values the parser already checked.
 pub fn tag_param(value: &str) -> Option<&str> {
-    let s = value.trim();
+    let s = value.trim_ascii();
     let params = match find_unquoted(s, b'<') {
         Some(lt) => &s[s[lt..].find('>')? + lt + 1..],
         None => s.find(';').map_or("", |i| &s[i..]),
     };
     split_outside_quotes(params, b';').find_map(|part| match part.split_once('=') {
-        Some((n, v)) if n.trim().eq_ignore_ascii_case("tag") => Some(Some(v.trim())),
-        None if part.trim().eq_ignore_ascii_case("tag") => Some(None),
+        Some((n, v)) if n.trim_ascii().eq_ignore_ascii_case("tag") => Some(Some(v.trim_ascii())),
+        None if part.trim_ascii().eq_ignore_ascii_case("tag") => Some(None),
         _ => None,
     })?
 }

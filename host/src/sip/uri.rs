@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::headers::{Params, param, parse_params, write_params};
+use super::headers::{Params, check_params, param, parse_params, write_params};
 
 /// The host part of a URI or Via.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -19,6 +19,52 @@ pub enum Host {
 impl Host {
     /// Parses `example.org`, `192.0.2.1` or `[2001:db8::1]`.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
+        HostRef::parse(s).map(HostRef::into_owned)
+    }
+
+    /// The IP address, if the host is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Self::Name(_) => None,
+            Self::V4(a) => Some(IpAddr::V4(*a)),
+            Self::V6(a) => Some(IpAddr::V6(*a)),
+        }
+    }
+}
+
+impl From<IpAddr> for Host {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(a) => Self::V4(a),
+            IpAddr::V6(a) => Self::V6(a),
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(n) => f.write_str(n),
+            Self::V4(a) => f.write_str(V4Text::new(*a).as_str()),
+            Self::V6(a) => write!(f, "[{a}]"),
+        }
+    }
+}
+
+/// A [`Host`] borrowed from the text it was parsed from (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRef<'a> {
+    /// A domain name, as written.
+    Name(&'a str),
+    /// An IPv4 address.
+    V4(Ipv4Addr),
+    /// An IPv6 reference.
+    V6(Ipv6Addr),
+}
+
+impl<'a> HostRef<'a> {
+    /// Parses `example.org`, `192.0.2.1` or `[2001:db8::1]`.
+    pub fn parse(s: &'a str) -> Result<Self, &'static str> {
         if let Some(inner) = s.strip_prefix('[') {
             let inner = inner
                 .strip_suffix(']')
@@ -57,20 +103,20 @@ impl Host {
         if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
             return Err("invalid IPv4 address");
         }
-        Ok(Self::Name(s.to_string()))
+        Ok(Self::Name(s))
     }
 
-    /// The IP address, if the host is one.
-    pub fn ip(&self) -> Option<IpAddr> {
+    /// The owned [`Host`].
+    pub fn into_owned(self) -> Host {
         match self {
-            Self::Name(_) => None,
-            Self::V4(a) => Some(IpAddr::V4(*a)),
-            Self::V6(a) => Some(IpAddr::V6(*a)),
+            Self::Name(n) => Host::Name(n.to_string()),
+            Self::V4(a) => Host::V4(a),
+            Self::V6(a) => Host::V6(a),
         }
     }
 }
 
-impl From<IpAddr> for Host {
+impl From<IpAddr> for HostRef<'_> {
     fn from(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(a) => Self::V4(a),
@@ -79,7 +125,8 @@ impl From<IpAddr> for Host {
     }
 }
 
-impl fmt::Display for Host {
+/// As [`Host`] displays.
+impl fmt::Display for HostRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Name(n) => f.write_str(n),
@@ -165,6 +212,50 @@ pub enum Uri {
 impl Uri {
     /// Parses a URI.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
+        UriRef::parse(s)?.into_owned()
+    }
+
+    /// The SIP URI, if it is one.
+    pub fn as_sip(&self) -> Option<&SipUri> {
+        match self {
+            Self::Sip(u) => Some(u),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+/// A URI borrowed from the text it was parsed from: checked as [`Uri::parse`] checks,
+/// without allocating (the parser validates every From, To and Via this way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriRef<'a> {
+    /// `sip:` / `sips:`.
+    Sip(SipUriRef<'a>),
+    /// Another absolute URI, as written.
+    Other(&'a str),
+}
+
+/// A [`SipUri`] borrowed from its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipUriRef<'a> {
+    /// `sips:`.
+    pub secure: bool,
+    /// User part, still escaped.
+    pub user: Option<&'a str>,
+    /// Password, still escaped.
+    pub password: Option<&'a str>,
+    /// Host.
+    pub host: HostRef<'a>,
+    /// Port, when given.
+    pub port: Option<u16>,
+    /// The parameters as written (`;transport=ws;lr`), already checked.
+    pub params: &'a str,
+    /// Header part after `?`, raw.
+    pub headers: Option<&'a str>,
+}
+
+impl<'a> UriRef<'a> {
+    /// Parses a URI.
+    pub fn parse(s: &'a str) -> Result<Self, &'static str> {
         let (scheme, rest) = s.split_once(':').ok_or("URI without scheme")?;
         if scheme.is_empty()
             || !scheme.as_bytes()[0].is_ascii_alphabetic()
@@ -185,69 +276,90 @@ impl Uri {
             {
                 return Err("invalid URI");
             }
-            return Ok(Self::Other(s.to_string()));
+            return Ok(Self::Other(s));
         };
-        parse_sip(rest, secure).map(Self::Sip)
+        SipUriRef::parse(rest, secure).map(Self::Sip)
     }
 
-    /// The SIP URI, if it is one.
-    pub fn as_sip(&self) -> Option<&SipUri> {
-        match self {
-            Self::Sip(u) => Some(u),
-            Self::Other(_) => None,
-        }
+    /// The owned [`Uri`].
+    pub fn into_owned(self) -> Result<Uri, &'static str> {
+        Ok(match self {
+            Self::Sip(u) => Uri::Sip(u.into_owned()?),
+            Self::Other(s) => Uri::Other(s.to_string()),
+        })
     }
 }
 
-fn parse_sip(rest: &str, secure: bool) -> Result<SipUri, &'static str> {
-    if rest
-        .bytes()
-        .any(|b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>' || b == b'"')
-    {
-        return Err("invalid character in URI");
-    }
-    // An unescaped '@' can only end the userinfo (params and headers can't hold one).
-    let (userinfo, hostpart) = match rest.find('@') {
-        Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
-        None => (None, rest),
-    };
-    let (user, password) = match userinfo {
-        Some(ui) => {
-            let (u, p) = match ui.split_once(':') {
-                Some((u, p)) => (u, Some(p.to_string())),
-                None => (ui, None),
-            };
-            if u.is_empty() {
-                return Err("empty user part");
-            }
-            check_escapes(u)?;
-            (Some(u.to_string()), p)
+impl<'a> SipUriRef<'a> {
+    /// Parses what follows `sip:` (or `sips:`, `secure`).
+    fn parse(rest: &'a str, secure: bool) -> Result<Self, &'static str> {
+        if rest
+            .bytes()
+            .any(|b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>' || b == b'"')
+        {
+            return Err("invalid character in URI");
         }
-        None => (None, None),
-    };
-    let (before_headers, headers) = match hostpart.split_once('?') {
-        Some((b, h)) => (b, Some(h.to_string())),
-        None => (hostpart, None),
-    };
-    let (hostport, params) = match before_headers.find(';') {
-        Some(i) => (&before_headers[..i], &before_headers[i..]),
-        None => (before_headers, ""),
-    };
-    let (host, port) = split_host_port(hostport)?;
-    let params = parse_params(params).map_err(|_| "invalid URI parameter")?;
-    Ok(SipUri {
-        secure,
-        user,
-        password,
-        host,
-        port,
-        params,
-        headers,
-    })
+        // An unescaped '@' can only end the userinfo (params and headers can't hold one).
+        let (userinfo, hostpart) = match memchr::memchr(b'@', rest.as_bytes()) {
+            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+            None => (None, rest),
+        };
+        let (user, password) = match userinfo {
+            Some(ui) => {
+                let (u, p) = match ui.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (ui, None),
+                };
+                if u.is_empty() {
+                    return Err("empty user part");
+                }
+                check_escapes(u)?;
+                (Some(u), p)
+            }
+            None => (None, None),
+        };
+        let (before_headers, headers) = match hostpart.split_once('?') {
+            Some((b, h)) => (b, Some(h)),
+            None => (hostpart, None),
+        };
+        let (hostport, params) = match memchr::memchr(b';', before_headers.as_bytes()) {
+            Some(i) => (&before_headers[..i], &before_headers[i..]),
+            None => (before_headers, ""),
+        };
+        let (host, port) = split_host_port_ref(hostport)?;
+        check_params(params).map_err(|_| "invalid URI parameter")?;
+        Ok(Self {
+            secure,
+            user,
+            password,
+            host,
+            port,
+            params,
+            headers,
+        })
+    }
+
+    /// The owned [`SipUri`].
+    pub fn into_owned(self) -> Result<SipUri, &'static str> {
+        Ok(SipUri {
+            secure: self.secure,
+            user: self.user.map(str::to_string),
+            password: self.password.map(str::to_string),
+            host: self.host.into_owned(),
+            port: self.port,
+            params: parse_params(self.params).map_err(|_| "invalid URI parameter")?,
+            headers: self.headers.map(str::to_string),
+        })
+    }
 }
 
 /// Splits `host[:port]` where host may be an IPv6 reference.
 pub fn split_host_port(s: &str) -> Result<(Host, Option<u16>), &'static str> {
+    split_host_port_ref(s).map(|(h, p)| (h.into_owned(), p))
+}
+
+/// [`split_host_port`], borrowing the host name.
+pub fn split_host_port_ref(s: &str) -> Result<(HostRef<'_>, Option<u16>), &'static str> {
     let (host, port) = if s.starts_with('[') {
         match s.find(']') {
             Some(end) => {
@@ -275,7 +387,7 @@ pub fn split_host_port(s: &str) -> Result<(Host, Option<u16>), &'static str> {
         }
         None => None,
     };
-    Ok((Host::parse(host)?, port))
+    Ok((HostRef::parse(host)?, port))
 }
 
 fn check_escapes(s: &str) -> Result<(), &'static str> {
