@@ -103,6 +103,11 @@ enum Cmd {
         /// when the load comes from the network), instead of all sharing every CPU.
         #[arg(long, conflicts_with = "ws")]
         server_cores: Option<usize>,
+        /// Measure each server this many times, alternating (sipwasm, Kamailio,
+        /// sipwasm, ...), and report each scenario's median run: on a shared or
+        /// virtual machine one run can be off by 10-20%.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15), conflicts_with = "ws")]
+        rounds: u32,
     },
     /// Calls between two sipp phones over UDP through the proxy at a fixed rate: server
     /// CPU time per call (needs sipp: apt-get install sip-tester).
@@ -205,6 +210,7 @@ fn main() -> anyhow::Result<()> {
                 clients,
                 pid,
                 server_cores,
+                rounds,
             } => match (ws, udp) {
                 (Some(ws), Some(udp)) => {
                     let results =
@@ -243,6 +249,7 @@ fn main() -> anyhow::Result<()> {
                         seconds,
                         only.as_deref(),
                         place,
+                        rounds as usize,
                     )
                     .await
                 }
@@ -257,10 +264,10 @@ fn main() -> anyhow::Result<()> {
                 handshakes(&args.sipwasm, k, seconds, 32).await?;
                 idle(&args.sipwasm, k, connections).await?;
                 let reg = kamailio.then(|| PathBuf::from("benches/kamailio/registrar.cfg"));
-                sip(&args.sipwasm, reg.as_deref(), seconds, None, None).await?;
+                sip(&args.sipwasm, reg.as_deref(), seconds, None, None, 1).await?;
                 // Then again with each server on a core of its own, when there are two.
                 if let Ok(place) = Placement::new(1) {
-                    sip(&args.sipwasm, reg.as_deref(), seconds, None, Some(place)).await?;
+                    sip(&args.sipwasm, reg.as_deref(), seconds, None, Some(place), 1).await?;
                 }
                 calls(&args.sipwasm, reg.as_deref(), 1000, seconds).await?;
                 router(&args.sipwasm, 20_000, seconds).await
@@ -880,29 +887,65 @@ async fn sip_scenarios_with(
     Ok(out)
 }
 
+/// Per scenario, the run with the median rate (the lower middle one of an even count).
+fn median_runs(runs: &[Vec<Option<sipload::Result>>]) -> Vec<Option<sipload::Result>> {
+    (0..SCENARIOS.len())
+        .map(|i| {
+            let mut of_scenario: Vec<sipload::Result> = runs.iter().filter_map(|r| r[i]).collect();
+            of_scenario.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+            of_scenario
+                .get(of_scenario.len().saturating_sub(1) / 2)
+                .copied()
+        })
+        .collect()
+}
+
 async fn sip(
     bin: &Path,
     kamailio: Option<&Path>,
     seconds: u64,
     only: Option<&str>,
     place: Option<Placement>,
+    rounds: usize,
 ) -> anyhow::Result<()> {
     if let Some(p) = place {
         p.pin_load_generator()?;
     }
-    let ours = {
-        let (t, udp) = start_sipwasm_with(bin, "reuse", true, "", place).await?;
-        sip_scenarios(t.addr, udp, seconds, only, t.child.id()).await?
-    };
-    let theirs = match kamailio {
-        Some(cfg) => {
+    let (mut our_runs, mut their_runs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        our_runs.push({
+            let (t, udp) = start_sipwasm_with(bin, "reuse", true, "", place).await?;
+            sip_scenarios(t.addr, udp, seconds, only, t.child.id()).await?
+        });
+        if let Some(cfg) = kamailio {
             let (t, udp) = start_kamailio_sip(cfg, place).await?;
-            Some(sip_scenarios(t.addr, udp, seconds, only, t.child.id()).await?)
+            their_runs.push(sip_scenarios(t.addr, udp, seconds, only, t.child.id()).await?);
         }
-        None => None,
-    };
+    }
     if let Some(p) = place {
         p.unpin_load_generator()?;
+    }
+    let ours = median_runs(&our_runs);
+    let theirs = kamailio.is_some().then(|| median_runs(&their_runs));
+    if rounds > 1 {
+        println!("Rates of the {rounds} rounds (/s), the median of each is reported below:\n");
+        for (i, (_, name)) in SCENARIOS.iter().enumerate() {
+            let rates = |runs: &[Vec<Option<sipload::Result>>]| {
+                runs.iter()
+                    .filter_map(|r| r[i].map(|r| format!("{:.0}", r.rate)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if ours[i].is_some() {
+                let k = if theirs.is_some() {
+                    format!("; kamailio {}", rates(&their_runs))
+                } else {
+                    String::new()
+                };
+                println!("- {name}: sipwasm {}{k}", rates(&our_runs));
+            }
+        }
+        println!();
     }
     let names = SCENARIOS.map(|(_, n)| n);
     let cores = match place {

@@ -3,8 +3,7 @@
 use std::fmt;
 
 use super::headers::{
-    Params, check_params, find_param, find_unquoted, param, parse_params, split_outside_quotes,
-    write_params,
+    Params, check_params, find_param, find_unquoted, param, parse_params, write_params,
 };
 use super::message::Method;
 use super::uri::{Host, HostRef, Uri, UriRef, split_host_port_ref};
@@ -300,11 +299,7 @@ pub fn tag_param(value: &str) -> Option<&str> {
         Some(lt) => &s[s[lt..].find('>')? + lt + 1..],
         None => s.find(';').map_or("", |i| &s[i..]),
     };
-    split_outside_quotes(params, b';').find_map(|part| match part.split_once('=') {
-        Some((n, v)) if n.trim_ascii().eq_ignore_ascii_case("tag") => Some(Some(v.trim_ascii())),
-        None if part.trim_ascii().eq_ignore_ascii_case("tag") => Some(None),
-        _ => None,
-    })?
+    find_param(params, "tag").flatten()
 }
 
 #[cfg(test)]
