@@ -22,6 +22,15 @@ impl Host {
         HostRef::parse(s).map(HostRef::into_owned)
     }
 
+    /// A view of this host (what [`HostRef::parse`] gives for its text).
+    pub fn borrowed(&self) -> HostRef<'_> {
+        match self {
+            Self::Name(n) => HostRef::Name(n),
+            Self::V4(a) => HostRef::V4(*a),
+            Self::V6(a) => HostRef::V6(*a),
+        }
+    }
+
     /// The IP address, if the host is one.
     pub fn ip(&self) -> Option<IpAddr> {
         match self {
@@ -34,20 +43,13 @@ impl Host {
 
 impl From<IpAddr> for Host {
     fn from(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(a) => Self::V4(a),
-            IpAddr::V6(a) => Self::V6(a),
-        }
+        HostRef::from(ip).into_owned()
     }
 }
 
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Name(n) => f.write_str(n),
-            Self::V4(a) => f.write_str(V4Text::new(*a).as_str()),
-            Self::V6(a) => write!(f, "[{a}]"),
-        }
+        self.borrowed().fmt(f)
     }
 }
 
