@@ -139,6 +139,10 @@ listen = "127.0.0.1:{admin}"
 
 [plugins.seed]
 path = "{plugins}/seed_policy.wasm"
+# The tests run a debug build, many servers at once on two cores: the default 50 ms
+# deadline was missed there once (a 500 to a handshake). Deadlines are tested with
+# the misbehave plugin.
+deadline = "2s"
 [plugins.seed.config]
 web-ports = [{ws}, {wss}]
 

@@ -18,6 +18,8 @@ router = "router"
 
 [plugins.router]
 path = "{{plugins}}/call_policy.wasm"
+# A debug build under parallel tests: see the seed plugin in `STANDARD`.
+deadline = "2s"
 {extra}
 [plugins.router.config]
 blocked = ["666"]
@@ -359,6 +361,7 @@ digest-algorithms = [{algorithms}]
 
 [plugins.router]
 path = "{{plugins}}/call_policy.wasm"
+deadline = "2s"
 [plugins.router.config.auth]
 realm = "sipwasm"
 methods = ["REGISTER", "MESSAGE"]
