@@ -545,6 +545,17 @@ pub async fn ws_connect(addr: SocketAddr) -> Ws<TcpStream> {
     ws_handshake(stream, "ws", addr).await
 }
 
+/// [`ws_connect`] to `server`'s WS listener; a failed handshake panics with the
+/// server's log.
+pub async fn ws_connect_to(server: &Server) -> Ws<TcpStream> {
+    let stream = within("connect", TcpStream::connect(server.ws))
+        .await
+        .unwrap();
+    try_ws_handshake(stream, "ws", server.ws)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", server.logs()))
+}
+
 /// The value of a metric line (`name{labels}` exactly as rendered) in a `/metrics`
 /// text, to read several from one snapshot.
 pub fn metric_in(metrics: &str, series: &str) -> Option<u64> {
@@ -590,6 +601,17 @@ async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     scheme: &str,
     addr: SocketAddr,
 ) -> Ws<S> {
+    try_ws_handshake(stream, scheme, addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`ws_handshake`], or what went wrong (for a caller that adds the server's log).
+async fn try_ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    scheme: &str,
+    addr: SocketAddr,
+) -> Result<Ws<S>, String> {
     let url = format!("{scheme}://localhost:{}/", addr.port());
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
@@ -599,10 +621,10 @@ async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         tokio_tungstenite::client_async(req, stream),
     )
     .await
-    .expect("WebSocket handshake");
+    .map_err(|e| format!("WebSocket handshake: {e:?}"))?;
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["sec-websocket-protocol"], "sip");
-    ws
+    Ok(ws)
 }
 
 /// An OPTIONS request to the server itself, as a browser would send it.

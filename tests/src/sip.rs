@@ -84,7 +84,7 @@ impl Ua {
 
     /// A browser-like UA over WebSocket to the server's `ws` listener.
     pub async fn ws(server: &Server, user: &str) -> Self {
-        let ws = crate::ws_connect(server.ws).await;
+        let ws = crate::ws_connect_to(server).await;
         let host = format!("{user}-{}.invalid", rand_tag());
         Self::new(Conn::Ws(Box::new(ws)), user, "WS", host)
     }
