@@ -1078,8 +1078,7 @@ pub fn stamp_received(req: &mut Request, source: SocketAddr) -> bool {
     }
     let mut value = String::with_capacity(top.value.len() + 40);
     value.push_str("SIP/2.0/");
-    value.push_str(via.transport);
-    value[8..].make_ascii_uppercase();
+    value.extend(via.transport.chars().map(|c| c.to_ascii_uppercase()));
     value.push(' ');
     let _ = write!(value, "{}", via.host);
     if let Some(p) = via.port {

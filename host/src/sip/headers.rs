@@ -291,37 +291,23 @@ fn each_param<'a>(
     s: &'a str,
     mut f: impl FnMut(&'a str, Option<&'a str>),
 ) -> Result<(), &'static str> {
-    let s = s.trim_ascii();
-    let s = s.strip_prefix(';').unwrap_or(s);
-    if s.trim_ascii().is_empty() {
-        return Ok(());
-    }
-    for part in split_outside_quotes(s, b';') {
-        let part = part.trim_ascii();
+    for part in param_parts(s) {
         if part.is_empty() {
             return Err("empty parameter");
         }
-        match part.split_once('=') {
-            Some((n, v)) => {
-                let (n, v) = (n.trim_ascii(), v.trim_ascii());
-                if n.is_empty() || !n.bytes().all(is_token_char) {
-                    return Err("invalid parameter name");
-                }
-                if v.is_empty() {
-                    return Err("parameter without value after '='");
-                }
-                if v.starts_with('"') && !(v.len() >= 2 && v.ends_with('"')) {
-                    return Err("unterminated quoted parameter");
-                }
-                f(n, Some(v));
+        let (n, v) = split_param(part);
+        if n.is_empty() || !n.bytes().all(is_token_char) {
+            return Err("invalid parameter name");
+        }
+        if let Some(v) = v {
+            if v.is_empty() {
+                return Err("parameter without value after '='");
             }
-            None => {
-                if !part.bytes().all(is_token_char) {
-                    return Err("invalid parameter name");
-                }
-                f(part, None);
+            if v.starts_with('"') && !(v.len() >= 2 && v.ends_with('"')) {
+                return Err("unterminated quoted parameter");
             }
         }
+        f(n, v);
     }
     Ok(())
 }
@@ -329,17 +315,25 @@ fn each_param<'a>(
 /// Each parameter of a parameter string already checked by [`check_params`] (or
 /// [`parse_params`]): name and value, trimmed, quotes kept; no allocation.
 pub fn params_of(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> + '_ {
+    param_parts(s).filter(|p| !p.is_empty()).map(split_param)
+}
+
+/// The `;`-separated parts of a parameter string (the leading `;` optional), trimmed;
+/// none for a blank string.
+fn param_parts(s: &str) -> impl Iterator<Item = &str> + '_ {
     let s = s.trim_ascii();
-    split_outside_quotes(s.strip_prefix(';').unwrap_or(s), b';').filter_map(|part| {
-        let part = part.trim_ascii();
-        if part.is_empty() {
-            return None;
-        }
-        Some(match part.split_once('=') {
-            Some((n, v)) => (n.trim_ascii(), Some(v.trim_ascii())),
-            None => (part, None),
-        })
-    })
+    let s = s.strip_prefix(';').unwrap_or(s).trim_ascii();
+    split_outside_quotes(s, b';')
+        .take_while(move |_| !s.is_empty())
+        .map(str::trim_ascii)
+}
+
+/// `name=value` or `name`, both trimmed.
+fn split_param(part: &str) -> (&str, Option<&str>) {
+    match part.split_once('=') {
+        Some((n, v)) => (n.trim_ascii(), Some(v.trim_ascii())),
+        None => (part, None),
+    }
 }
 
 /// Looks up a parameter of a checked parameter string case-insensitively (see
