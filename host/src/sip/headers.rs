@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::scan;
+
 macro_rules! header_names {
     ($( $variant:ident => $canon:literal $(, $compact:literal)? ; )*) => {
         /// A header field name. Known names are compared case-insensitively and
@@ -330,7 +332,7 @@ fn param_parts(s: &str) -> impl Iterator<Item = &str> + '_ {
 
 /// `name=value` or `name`, both trimmed.
 fn split_param(part: &str) -> (&str, Option<&str>) {
-    match part.split_once('=') {
+    match scan::split_once(part, b'=') {
         Some((n, v)) => (n.trim_ascii(), Some(v.trim_ascii())),
         None => (part, None),
     }

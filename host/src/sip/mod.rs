@@ -6,6 +6,7 @@ pub mod framing;
 pub mod headers;
 pub mod message;
 pub mod parse;
+pub(crate) mod scan;
 pub mod serialize;
 pub mod typed;
 pub mod uri;

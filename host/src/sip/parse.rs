@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::headers::{HeaderName, Headers, is_token_char};
 use super::message::{Essentials, Message, Method, Request, Response};
+use super::scan;
 use super::typed::{CSeq, NameAddrRef, ViaRef};
 use super::uri::Uri;
 
@@ -61,7 +62,7 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
         .map_err(|_| ParseError::new("headers are not UTF-8"))?;
     let body = &buf[body_start..];
 
-    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let mut lines = scan::split(head, b'\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let start_line = lines.next().unwrap_or("");
     let headers = parse_headers(lines)?;
     let body = frame_body(&headers, body)?;
@@ -199,12 +200,14 @@ fn find_head_end_inner(buf: &[u8]) -> Option<(usize, usize)> {
 
 fn parse_request_line(line: &str) -> Result<(Method, Uri), ParseError> {
     // Request-Line = Method SP Request-URI SP SIP-Version CRLF (single spaces).
-    let mut parts = line.split(' ');
-    let (Some(m), Some(u), Some(v), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let Some((m, (u, v))) =
+        scan::split_once(line, b' ').and_then(|(m, rest)| Some((m, scan::split_once(rest, b' ')?)))
     else {
         return Err(ParseError::new("malformed request line"));
     };
+    if scan::find(v, b' ').is_some() {
+        return Err(ParseError::new("malformed request line"));
+    }
     if v != "SIP/2.0" {
         return Err(ParseError::new(if v.starts_with("SIP/") {
             "unsupported SIP version"
@@ -268,9 +271,8 @@ fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, Pa
         if headers.len() >= MAX_HEADERS {
             return Err(ParseError::new("too many header fields"));
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(ParseError::new("header line without colon"))?;
+        let (name, value) =
+            scan::split_once(line, b':').ok_or(ParseError::new("header line without colon"))?;
         let name = name.trim_end_matches([' ', '\t']);
         if name.is_empty() || !name.bytes().all(is_token_char) {
             return Err(ParseError::new("invalid header name"));

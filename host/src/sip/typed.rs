@@ -6,6 +6,7 @@ use super::headers::{
     Params, check_params, find_param, find_unquoted, param, parse_params, write_params,
 };
 use super::message::Method;
+use super::scan;
 use super::uri::{Host, HostRef, Uri, UriRef, split_host_port_ref};
 
 /// One Via value: `SIP/2.0/WS abc.invalid;branch=z9hG4bK...;rport`.
@@ -79,7 +80,7 @@ impl<'a> ViaRef<'a> {
     pub fn parse(s: &'a str) -> Result<Self, &'static str> {
         let s = s.trim_ascii();
         let (proto, rest) = split_ws(s).ok_or("Via without sent-by")?;
-        let mut parts = proto.split('/').map(str::trim_ascii);
+        let mut parts = scan::split(proto, b'/').map(str::trim_ascii);
         let (name, version, transport) = (parts.next(), parts.next(), parts.next());
         if parts.next().is_some() {
             return Err("invalid Via protocol");
@@ -296,8 +297,8 @@ impl<'a> NameAddrRef<'a> {
 pub fn tag_param(value: &str) -> Option<&str> {
     let s = value.trim_ascii();
     let params = match find_unquoted(s, b'<') {
-        Some(lt) => &s[s[lt..].find('>')? + lt + 1..],
-        None => s.find(';').map_or("", |i| &s[i..]),
+        Some(lt) => &s[scan::find(&s[lt..], b'>')? + lt + 1..],
+        None => scan::find(s, b';').map_or("", |i| &s[i..]),
     };
     find_param(params, "tag").flatten()
 }

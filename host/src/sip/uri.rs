@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::headers::{Params, check_params, param, parse_params, write_params};
+use super::scan;
 
 /// The host part of a URI or Via.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -258,7 +259,7 @@ pub struct SipUriRef<'a> {
 impl<'a> UriRef<'a> {
     /// Parses a URI.
     pub fn parse(s: &'a str) -> Result<Self, &'static str> {
-        let (scheme, rest) = s.split_once(':').ok_or("URI without scheme")?;
+        let (scheme, rest) = scan::split_once(s, b':').ok_or("URI without scheme")?;
         if scheme.is_empty()
             || !scheme.as_bytes()[0].is_ascii_alphabetic()
             || !scheme
@@ -308,7 +309,7 @@ impl<'a> SipUriRef<'a> {
         };
         let (user, password) = match userinfo {
             Some(ui) => {
-                let (u, p) = match ui.split_once(':') {
+                let (u, p) = match scan::split_once(ui, b':') {
                     Some((u, p)) => (u, Some(p)),
                     None => (ui, None),
                 };
@@ -320,7 +321,7 @@ impl<'a> SipUriRef<'a> {
             }
             None => (None, None),
         };
-        let (before_headers, headers) = match hostpart.split_once('?') {
+        let (before_headers, headers) = match scan::split_once(hostpart, b'?') {
             Some((b, h)) => (b, Some(h)),
             None => (hostpart, None),
         };
@@ -363,7 +364,7 @@ pub fn split_host_port(s: &str) -> Result<(Host, Option<u16>), &'static str> {
 /// [`split_host_port`], borrowing the host name.
 pub fn split_host_port_ref(s: &str) -> Result<(HostRef<'_>, Option<u16>), &'static str> {
     let (host, port) = if s.starts_with('[') {
-        match s.find(']') {
+        match scan::find(s, b']') {
             Some(end) => {
                 let (h, after) = s.split_at(end + 1);
                 match after.strip_prefix(':') {
@@ -375,7 +376,7 @@ pub fn split_host_port_ref(s: &str) -> Result<(HostRef<'_>, Option<u16>), &'stat
             None => return Err("unterminated IPv6 reference"),
         }
     } else {
-        match s.rsplit_once(':') {
+        match scan::rsplit_once(s, b':') {
             Some((h, p)) => (h, Some(p)),
             None => (s, None),
         }
