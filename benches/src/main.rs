@@ -230,12 +230,13 @@ fn main() -> anyhow::Result<()> {
                                 })
                                 .unwrap_or_default();
                             println!(
-                                "| {name} | {:.0}/s | p50 {:.0} µs | p99 {:.0} µs | {} errors{server} | load {:.1} µs CPU |",
+                                "| {name} | {:.0}/s | p50 {:.0} µs | p99 {:.0} µs | {} errors{server} | load {:.1} µs CPU | idle {:.1} µs |",
                                 r.rate,
                                 r.p50,
                                 r.p99,
                                 r.errors,
-                                r.load_cpu.total()
+                                r.load_cpu.total(),
+                                r.idle
                             );
                         }
                     }
@@ -1009,6 +1010,23 @@ async fn sip(
             cpu(k.and_then(|k| k.server_cpu)),
             cpu(Some(o.load_cpu)),
             cpu(k.map(|k| k.load_cpu)),
+        );
+    }
+    println!();
+    // Server, load generator and idle account for every CPU-µs of the machine (the
+    // kernel charges interrupt work, on loopback both ends' network receive path, to
+    // whichever process it interrupted), so a rate follows from the three:
+    // rate ≈ CPUs ÷ (server + load + idle).
+    println!("### CPU left idle per transaction (µs, all CPUs together; same runs)\n");
+    println!("| scenario | sipwasm run | kamailio run |");
+    println!("|---|---|---|");
+    for (i, name) in names.iter().enumerate() {
+        let Some(o) = ours[i] else { continue };
+        let k = theirs.as_ref().and_then(|k| k[i]);
+        println!(
+            "| {name} | {:.1} | {} |",
+            o.idle,
+            k.map_or_else(|| "-".to_string(), |k| format!("{:.1}", k.idle)),
         );
     }
     println!();

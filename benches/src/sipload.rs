@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
@@ -43,6 +44,8 @@ pub(crate) struct Result {
     pub(crate) server_cpu: Option<Cpu>,
     /// The load generator's own CPU time per completed transaction.
     pub(crate) load_cpu: Cpu,
+    /// CPU time the whole machine (all CPUs) left idle, per completed transaction (µs).
+    pub(crate) idle: f64,
 }
 
 /// CPU time per completed transaction, in µs.
@@ -125,12 +128,29 @@ impl Ticks {
     }
 }
 
+/// Idle (and I/O wait) clock ticks of all CPUs, from the first line of /proc/stat.
+fn idle_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    // cpu  user nice system idle iowait irq softirq steal ...
+    let mut f = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(4)
+        .map(|v| v.parse::<u64>().unwrap_or(0));
+    f.next().unwrap_or(0) + f.next().unwrap_or(0)
+}
+
 fn summarize(
     mut lat: Vec<u32>,
     elapsed: Duration,
     errors: u64,
     server_cpu: Option<Cpu>,
     load_cpu: Cpu,
+    idle: f64,
 ) -> Result {
     lat.sort_unstable();
     let q = |p: f64| {
@@ -147,6 +167,7 @@ fn summarize(
         errors,
         server_cpu,
         load_cpu,
+        idle,
     }
 }
 
@@ -156,7 +177,12 @@ async fn ws_connect(addr: SocketAddr) -> anyhow::Result<Ws> {
     let mut req = format!("ws://localhost:{}/", addr.port()).into_client_request()?;
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", "sip".parse()?);
-    let (ws, _) = tokio_tungstenite::client_async(req, stream).await?;
+    // A SIP message fits in a few KiB: tungstenite's default read buffer (128 KiB) is
+    // zeroed on every read, which cost the load generator a sixth of its CPU and so
+    // took CPU from whichever server shares the cores with it.
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = 4096;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
     Ok(ws)
 }
 
@@ -422,9 +448,9 @@ async fn run_for(
     let server_ticks = || server.as_deref().map(Ticks::of_all);
     gate.wait().await;
     let started = Instant::now();
-    let (server0, load0) = (server_ticks(), Ticks::of(std::process::id()));
+    let (server0, load0, idle0) = (server_ticks(), Ticks::of(std::process::id()), idle_ticks());
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (server1, load1) = (server_ticks(), Ticks::of(std::process::id()));
+    let (server1, load1, idle1) = (server_ticks(), Ticks::of(std::process::id()), idle_ticks());
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let (mut lat, mut errors) = (Vec::new(), 0);
@@ -443,5 +469,6 @@ async fn run_for(
         errors,
         server_cpu,
         load1.per(load0, n),
+        idle1.saturating_sub(idle0) as f64 / USER_HZ * 1e6 / n.max(1) as f64,
     ))
 }
