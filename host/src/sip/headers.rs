@@ -348,21 +348,7 @@ pub fn find_param<'a>(s: &'a str, name: &str) -> Option<Option<&'a str>> {
 
 /// Splits at `sep` outside double quotes; no allocation.
 pub(crate) fn split_outside_quotes(s: &str, sep: u8) -> impl Iterator<Item = &str> + '_ {
-    let mut rest = Some(s);
-    std::iter::from_fn(move || {
-        let value = rest?;
-        match find_unquoted(value, sep) {
-            // `i` indexes an ASCII byte: a char boundary.
-            Some(i) => {
-                rest = Some(&value[i + 1..]);
-                Some(&value[..i])
-            }
-            None => {
-                rest = None;
-                Some(value)
-            }
-        }
-    })
+    scan::split_at_each(s, move |rest| find_unquoted(rest, sep))
 }
 
 /// Where the first `c` outside double quotes is (backslash escapes honoured inside

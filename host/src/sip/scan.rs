@@ -4,9 +4,8 @@
 //! byte, then a `memcmp` call to compare the whole sequence at every candidate (that
 //! call showed in profiles of the parser). SIP's separators are ASCII: these compare
 //! one byte, with a plain loop for one search in a short value and `memchr` for
-//! splitting. An
-//! ASCII byte never occurs inside a multi-byte UTF-8 sequence, so every position found
-//! is a char boundary.
+//! splitting. An ASCII byte never occurs inside a multi-byte UTF-8 sequence, so every
+//! position found is a char boundary.
 
 /// Where ASCII byte `b` first occurs in `s`.
 #[inline]
@@ -38,10 +37,20 @@ pub(crate) fn rsplit_once(s: &str, b: u8) -> Option<(&str, &str)> {
 /// `memchr` (vectorised on long text such as a message head).
 pub(crate) fn split(s: &str, b: u8) -> impl Iterator<Item = &str> + '_ {
     debug_assert!(b.is_ascii());
+    split_at_each(s, move |text| memchr::memchr(b, text.as_bytes()))
+}
+
+/// The parts of `s` around each separator byte that `find` locates in what is left:
+/// `find` returns the index of an ASCII byte (a char boundary), which belongs to
+/// neither side.
+pub(crate) fn split_at_each<'a>(
+    s: &'a str,
+    find: impl Fn(&str) -> Option<usize> + 'a,
+) -> impl Iterator<Item = &'a str> + 'a {
     let mut rest = Some(s);
     std::iter::from_fn(move || {
         let text = rest?;
-        match memchr::memchr(b, text.as_bytes()) {
+        match find(text) {
             Some(i) => {
                 rest = Some(&text[i + 1..]);
                 Some(&text[..i])
