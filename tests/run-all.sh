@@ -11,9 +11,13 @@ rustup target add wasm32-wasip2
 # sipp (Debian's sip-tester) is a real SIP peer for the UDP/TCP tests.
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo=sudo
-if ! command -v sipp >/dev/null 2>&1; then
+# baresip (Debian's baresip-core) is a real phone for calls over UDP, TCP and TLS.
+missing=()
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
+if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq sip-tester
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
 # JsSIP and SIP.js run under Node as browser SIP stacks (versions pinned in the lock file).

@@ -3,7 +3,7 @@
 // peers of sipwasm.
 //
 //   node agent.mjs --lib jssip|sipjs --url ws://127.0.0.1:8080 --user alice [--domain localhost]
-//                  [--instance <uuid>] [--password <digest password>]
+//                  [--instance <uuid>] [--password <digest password>] [--media webrtc|rtp]
 //
 // Commands: {"cmd":"register"} {"cmd":"unregister"} {"cmd":"call","target":"bob"}
 //           {"cmd":"answer"} {"cmd":"reject","status":486} {"cmd":"hangup"}
@@ -14,7 +14,9 @@
 //           {"ev":"message_failed","status":N} {"ev":"error","message":...}
 //
 // Node has no WebRTC: a stand-in RTCPeerConnection (JsSIP) or session description
-// handler (SIP.js) produces a fixed audio SDP. Signalling is what is tested.
+// handler (SIP.js) produces a fixed audio SDP. Signalling is what is tested. Its profile
+// is WebRTC's (UDP/TLS/RTP/SAVPF) unless `--media rtp` asks for plain RTP/AVP, which a
+// phone without DTLS-SRTP accepts (as it would behind a media gateway).
 
 import { createInterface } from "node:readline";
 import WebSocket from "ws";
@@ -40,7 +42,7 @@ const SDP = [
   "s=-",
   "c=IN IP4 127.0.0.1",
   "t=0 0",
-  "m=audio 9 UDP/TLS/RTP/SAVPF 0",
+  args.media === "rtp" ? "m=audio 9 RTP/AVP 0" : "m=audio 9 UDP/TLS/RTP/SAVPF 0",
   "a=rtpmap:0 PCMU/8000",
   "a=sendrecv",
   "",

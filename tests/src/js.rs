@@ -47,6 +47,23 @@ impl Agent {
         instance: Option<&str>,
         password: Option<&str>,
     ) -> Self {
+        let mut extra = Vec::new();
+        if let Some(i) = instance {
+            extra.extend(["--instance", i]);
+        }
+        if let Some(p) = password {
+            extra.extend(["--password", p]);
+        }
+        Self::spawn(server, lib, user, &extra).await
+    }
+
+    /// [`Agent::start`] for calls with phones: its SDP offers plain RTP/AVP instead of
+    /// WebRTC's DTLS-SRTP profile, which a phone without DTLS-SRTP would refuse.
+    pub async fn start_for_phones(server: &Server, lib: Lib, user: &str) -> Self {
+        Self::spawn(server, lib, user, &["--media", "rtp"]).await
+    }
+
+    async fn spawn(server: &Server, lib: Lib, user: &str, extra: &[&str]) -> Self {
         let dir = js_dir();
         assert!(
             dir.join("node_modules/jssip").exists(),
@@ -61,13 +78,8 @@ impl Agent {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
+            .args(extra)
             .kill_on_drop(true);
-        if let Some(i) = instance {
-            cmd.args(["--instance", i]);
-        }
-        if let Some(p) = password {
-            cmd.args(["--password", p]);
-        }
         let mut child = cmd.spawn().expect("start node");
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -1,0 +1,178 @@
+//! A real phone, baresip, through sipwasm: registered over UDP, TCP and TLS, calling
+//! other phones and browser SIP stacks (JsSIP and SIP.js over WebSocket) with each side
+//! hanging up, CANCEL, busy, and phones that go away with and without unregistering.
+
+use serde_json::json;
+use sipwasm_tests::js::{Agent, Lib};
+use sipwasm_tests::phone::{Phone, Transport};
+use sipwasm_tests::*;
+
+/// `caller` calls `callee`, who answers; then one of them hangs up and both see the
+/// call end.
+async fn call(caller: &mut Phone, callee: &mut Phone, callee_hangs_up: bool) {
+    caller.dial(&callee.user).await;
+    callee.expect("CALL_INCOMING").await;
+    caller.expect("CALL_RINGING").await;
+    callee.cmd("accept", "").await;
+    caller.expect("CALL_ESTABLISHED").await;
+    callee.expect("CALL_ESTABLISHED").await;
+    let (hanger, other) = if callee_hangs_up {
+        (callee, caller)
+    } else {
+        (caller, callee)
+    };
+    hanger.cmd("hangup", "").await;
+    hanger.expect("CALL_CLOSED").await;
+    // The BYE reached the other side through the proxy.
+    let closed = other.expect("CALL_CLOSED").await;
+    assert!(
+        !closed["param"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timeout"),
+        "{}: call ended by a timeout, not the BYE: {closed}",
+        other.user
+    );
+}
+
+#[tokio::test]
+async fn phones_over_udp_tcp_and_tls_call_each_other() {
+    let s = Server::standard("");
+    let mut alice = Phone::start(&s, "alice", Transport::Udp).await;
+    let mut bob = Phone::start(&s, "bob", Transport::Tcp).await;
+    let mut carol = Phone::start(&s, "carol", Transport::Tls).await;
+    // Every pair of transports, each direction of hang-up.
+    call(&mut alice, &mut bob, true).await;
+    call(&mut bob, &mut carol, false).await;
+    call(&mut carol, &mut alice, true).await;
+    call(&mut bob, &mut alice, false).await;
+}
+
+#[tokio::test]
+async fn phone_cancel_and_busy() {
+    let s = Server::standard("");
+    let mut alice = Phone::start(&s, "alice", Transport::Udp).await;
+    let mut bob = Phone::start(&s, "bob", Transport::Tcp).await;
+    // The caller gives up while it rings: CANCEL, the callee stops ringing.
+    alice.dial("bob").await;
+    bob.expect("CALL_INCOMING").await;
+    alice.expect("CALL_RINGING").await;
+    alice.cmd("hangup", "").await;
+    alice.expect("CALL_CLOSED").await;
+    bob.expect("CALL_CLOSED").await;
+    // The callee is busy: its 486 reaches the caller.
+    alice.dial("bob").await;
+    bob.expect("CALL_INCOMING").await;
+    alice.expect("CALL_RINGING").await;
+    bob.cmd("hangup", "").await;
+    let closed = alice.expect("CALL_CLOSED").await;
+    assert!(
+        closed["param"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("486"),
+        "{closed}"
+    );
+    // An unknown user: 404.
+    alice.dial("nobody").await;
+    let closed = alice.expect("CALL_CLOSED").await;
+    assert!(
+        closed["param"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("404"),
+        "{closed}"
+    );
+}
+
+#[tokio::test]
+async fn browsers_and_phones_call_each_other() {
+    let s = Server::standard("");
+    let mut web = Agent::start_for_phones(&s, Lib::JsSip, "web").await;
+    web.register().await;
+    let mut phone = Phone::start(&s, "phone", Transport::Udp).await;
+
+    // Browser (WS) calls the phone (UDP); the browser hangs up.
+    web.cmd(json!({"cmd": "call", "target": "phone"})).await;
+    phone.expect("CALL_INCOMING").await;
+    phone.cmd("accept", "").await;
+    phone.expect("CALL_ESTABLISHED").await;
+    web.expect("accepted").await;
+    // Let the ACK get through before hanging up.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    web.cmd(json!({"cmd": "hangup"})).await;
+    phone.expect("CALL_CLOSED").await;
+    web.expect("ended").await;
+
+    // The phone calls the browser; the phone hangs up (its BYE follows the flow token
+    // in the Record-Route to the browser's connection).
+    phone.dial("web").await;
+    web.expect("incoming").await;
+    web.cmd(json!({"cmd": "answer"})).await;
+    phone.expect("CALL_ESTABLISHED").await;
+    web.expect("accepted").await;
+    phone.cmd("hangup", "").await;
+    phone.expect("CALL_CLOSED").await;
+    web.expect("ended").await;
+
+    // SIP.js over WS and a phone on TLS, the phone declining.
+    let mut sipjs = Agent::start_for_phones(&s, Lib::SipJs, "sipjs").await;
+    sipjs.register().await;
+    let mut secure = Phone::start(&s, "secure", Transport::Tls).await;
+    sipjs.cmd(json!({"cmd": "call", "target": "secure"})).await;
+    secure.expect("CALL_INCOMING").await;
+    secure.cmd("hangup", "").await;
+    assert_eq!(sipjs.expect("failed").await["status"], 486);
+    // And answering.
+    sipjs.cmd(json!({"cmd": "call", "target": "secure"})).await;
+    secure.expect("CALL_INCOMING").await;
+    secure.cmd("accept", "").await;
+    secure.expect("CALL_ESTABLISHED").await;
+    sipjs.expect("accepted").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    secure.cmd("hangup", "").await;
+    sipjs.expect("ended").await;
+}
+
+#[tokio::test]
+async fn phones_that_go_away_are_unavailable() {
+    let s = Server::standard("");
+    let mut alice = Phone::start(&s, "alice", Transport::Udp).await;
+    // A TCP phone that dies without unregistering: its connection closes, and with it
+    // its binding.
+    let bob = Phone::start(&s, "bob", Transport::Tcp).await;
+    bob.kill().await;
+    assert!(
+        s.wait_for_log("binding removed aor=sip:bob@localhost")
+            .await,
+        "{}",
+        s.logs()
+    );
+    alice.dial("bob").await;
+    let closed = alice.expect("CALL_CLOSED").await;
+    assert!(
+        closed["param"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("480"),
+        "{closed}"
+    );
+    // A UDP phone that quits unregisters first.
+    let carol = Phone::start(&s, "carol", Transport::Udp).await;
+    carol.quit().await;
+    assert!(
+        s.wait_for_log("binding removed aor=sip:carol@localhost")
+            .await,
+        "{}",
+        s.logs()
+    );
+    alice.dial("carol").await;
+    let closed = alice.expect("CALL_CLOSED").await;
+    assert!(
+        closed["param"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("480"),
+        "{closed}"
+    );
+}
