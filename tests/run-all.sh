@@ -11,16 +11,19 @@ rustup target add wasm32-wasip2
 # sipp (Debian's sip-tester) is a real SIP peer for the UDP/TCP tests.
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo=sudo
-# baresip (Debian's baresip-core) is a real phone for calls over UDP, TCP and TLS.
+# baresip (Debian's baresip-core) is a real phone for calls over UDP, TCP and TLS;
+# Chromium runs JsSIP and SIP.js in a real headless browser (driven by playwright-core).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
-# JsSIP and SIP.js run under Node as browser SIP stacks (versions pinned in the lock file).
+# JsSIP and SIP.js run under Node and in Chromium as browser SIP stacks; playwright-core
+# drives Chromium, esbuild bundles JsSIP for the page (versions pinned in the lock file).
 npm ci --prefix tests/js --no-audit --no-fund --silent
 
 # Tool chains for the example plugins in other languages: jco (JavaScript, QuickJS) and

@@ -1,6 +1,7 @@
 // A browser SIP stack (JsSIP or SIP.js) under Node, driven by JSON lines on stdin and
 // reporting JSON lines on stdout, so the Rust tests can use real browser stacks as
-// peers of sipwasm.
+// peers of sipwasm. What the agent does is in stacks.mjs, shared with browser.mjs
+// (the same stacks inside Chromium, with real WebRTC).
 //
 //   node agent.mjs --lib jssip|sipjs --url ws://127.0.0.1:8080 --user alice [--domain localhost]
 //                  [--instance <uuid>] [--password <digest password>] [--media webrtc|rtp]
@@ -20,6 +21,7 @@
 
 import { createInterface } from "node:readline";
 import WebSocket from "ws";
+import { dispatch, jssipAgent, sipjsAgent } from "./stacks.mjs";
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => {
@@ -106,75 +108,12 @@ class FakePeerConnection {
 
 const fakeStream = { getTracks: () => [], getAudioTracks: () => [], getVideoTracks: () => [] };
 
-// ---------------------------------------------------------------- JsSIP
+// ---------------------------------------------------------------- main
 
-async function jssipAgent() {
-  globalThis.window = globalThis;
+const env = { emit, url, user, domain, instance: args.instance, password: args.password };
+let agent;
+if (lib === "sipjs") {
   globalThis.WebSocket = WebSocket;
-  globalThis.RTCPeerConnection = FakePeerConnection;
-  globalThis.RTCSessionDescription = FakeSessionDescription;
-  const JsSIP = (await import("jssip")).default;
-  const socket = new JsSIP.WebSocketInterface(url);
-  const ua = new JsSIP.UA({
-    sockets: [socket],
-    uri: `sip:${user}@${domain}`,
-    register: false,
-    session_timers: false,
-    connection_recovery_min_interval: 60,
-    connection_recovery_max_interval: 60,
-    ...(args.instance ? { instance_id: args.instance } : {}),
-    ...(args.password ? { password: args.password } : {}),
-  });
-  let session = null;
-  ua.on("connected", () => emit("ready"));
-  ua.on("registered", () => emit("registered"));
-  ua.on("unregistered", () => emit("unregistered"));
-  ua.on("registrationFailed", (e) => emit("registration_failed", { status: e.response?.status_code ?? 0, cause: e.cause }));
-  ua.on("newRTCSession", (e) => {
-    if (e.originator !== "remote") return;
-    session = e.session;
-    watch(session);
-    emit("incoming", { from: e.request.from.uri.toString() });
-  });
-  ua.on("newMessage", (e) => {
-    if (e.originator !== "remote") return;
-    emit("message", { from: e.request.from.uri.toString(), body: e.request.body });
-  });
-  const watch = (s) => {
-    s.on("progress", (e) => emit("progress", { status: e.response?.status_code ?? 180 }));
-    s.on("accepted", () => emit("accepted"));
-    s.on("confirmed", () => emit("confirmed"));
-    s.on("ended", (e) => emit("ended", { by: e.originator, cause: e.cause }));
-    s.on("failed", (e) => emit("failed", { by: e.originator, status: e.message?.status_code ?? 0, cause: e.cause }));
-  };
-  ua.start();
-  return {
-    register: () => ua.register(),
-    unregister: () => ua.unregister(),
-    call: (c) => {
-      session = ua.call(`sip:${c.target}@${domain}`, { mediaStream: fakeStream, pcConfig: {} });
-      watch(session);
-    },
-    answer: () => session.answer({ mediaStream: fakeStream }),
-    reject: (c) => session.terminate({ status_code: c.status ?? 486 }),
-    hangup: () => session.terminate(),
-    message: (c) =>
-      ua.sendMessage(`sip:${c.target}@${domain}`, c.body ?? "", {
-        eventHandlers: {
-          succeeded: () => emit("message_sent"),
-          failed: (e) => emit("message_failed", { status: e.response?.status_code ?? 0, cause: e.cause }),
-        },
-      }),
-    quit: () => ua.stop(),
-  };
-}
-
-// ---------------------------------------------------------------- SIP.js
-
-async function sipjsAgent() {
-  globalThis.WebSocket = WebSocket;
-  const SIP = await import("sip.js");
-  const { UserAgent, Registerer, Inviter, Messager, SessionState, RegistererState } = SIP;
   class FakeSdh {
     async getDescription() {
       return { body: SDP, contentType: "application/sdp" };
@@ -191,96 +130,17 @@ async function sipjsAgent() {
     }
     close() {}
   }
-  let session = null;
-  const watch = (s) => {
-    s.stateChange.addListener((state) => {
-      if (state === SessionState.Established) emit("accepted");
-      if (state === SessionState.Terminated) emit("ended", { by: s.__byLocal ? "local" : "remote" });
-    });
-  };
-  const ua = new UserAgent({
-    uri: UserAgent.makeURI(`sip:${user}@${domain}`),
-    transportOptions: { server: url, traceSip: false },
-    sessionDescriptionHandlerFactory: () => new FakeSdh(),
-    logLevel: "error",
-    ...(args.instance ? { instanceId: args.instance, instanceIdAlwaysAdded: true } : {}),
-    ...(args.password ? { authorizationUsername: user, authorizationPassword: args.password } : {}),
-    delegate: {
-      onInvite: (invitation) => {
-        session = invitation;
-        watch(session);
-        emit("incoming", { from: invitation.remoteIdentity.uri.toString() });
-      },
-      onMessage: (message) => {
-        emit("message", { from: message.request.from.uri.toString(), body: message.request.body });
-        message.accept();
-      },
-    },
-  });
-  const registerer = new Registerer(ua, { expires: 600 });
-  registerer.stateChange.addListener((s) => {
-    if (s === RegistererState.Registered) emit("registered");
-    if (s === RegistererState.Unregistered) emit("unregistered");
-  });
-  await ua.start();
-  emit("ready");
-  return {
-    register: () =>
-      registerer.register({
-        requestDelegate: {
-          onReject: (r) => emit("registration_failed", { status: r.message.statusCode }),
-        },
-      }),
-    unregister: () => registerer.unregister(),
-    call: (c) => {
-      const target = UserAgent.makeURI(`sip:${c.target}@${domain}`);
-      session = new Inviter(ua, target);
-      watch(session);
-      session.invite({
-        requestDelegate: {
-          onProgress: (r) => emit("progress", { status: r.message.statusCode }),
-          onReject: (r) => emit("failed", { status: r.message.statusCode }),
-        },
-      });
-    },
-    answer: () => session.accept(),
-    reject: (c) => session.reject({ statusCode: c.status ?? 486 }),
-    hangup: () => {
-      session.__byLocal = true;
-      if (session.state === SessionState.Established) return session.bye();
-      return session.cancel ? session.cancel() : session.reject();
-    },
-    message: (c) => {
-      const m = new Messager(ua, UserAgent.makeURI(`sip:${c.target}@${domain}`), c.body ?? "");
-      m.message({
-        requestDelegate: {
-          onAccept: () => emit("message_sent"),
-          onReject: (r) => emit("message_failed", { status: r.message.statusCode }),
-        },
-      });
-    },
-    quit: () => ua.stop(),
-  };
+  agent = await sipjsAgent({ ...env, SIP: await import("sip.js"), sdhFactory: () => new FakeSdh() });
+} else {
+  globalThis.window = globalThis;
+  globalThis.WebSocket = WebSocket;
+  globalThis.RTCPeerConnection = FakePeerConnection;
+  globalThis.RTCSessionDescription = FakeSessionDescription;
+  const JsSIP = (await import("jssip")).default;
+  agent = await jssipAgent({ ...env, JsSIP, media: { mediaStream: fakeStream } });
 }
-
-// ---------------------------------------------------------------- main
-
-const agent = lib === "sipjs" ? await sipjsAgent() : await jssipAgent();
 const rl = createInterface({ input: process.stdin });
 rl.on("line", async (line) => {
-  let c;
-  try {
-    c = JSON.parse(line);
-  } catch {
-    return emit("error", { message: `bad command: ${line}` });
-  }
-  try {
-    const f = agent[c.cmd];
-    if (!f) return emit("error", { message: `unknown command ${c.cmd}` });
-    await f(c);
-    if (c.cmd === "quit") setTimeout(() => process.exit(0), 100);
-  } catch (e) {
-    emit("error", { message: String(e && e.stack || e) });
-  }
+  if (await dispatch(agent, line, emit)) setTimeout(() => process.exit(0), 100);
 });
 rl.on("close", () => process.exit(0));

@@ -1,5 +1,5 @@
-//! JsSIP and SIP.js (browser SIP stacks) under Node as test peers: `tests/js/agent.mjs`
-//! driven by JSON lines.
+//! JsSIP and SIP.js (browser SIP stacks) as test peers, under Node (`tests/js/agent.mjs`)
+//! or in headless Chromium (`tests/js/browser.mjs`), driven by JSON lines.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,6 +28,9 @@ pub struct Agent {
     pub user: String,
 }
 
+/// Debian's Chromium, for [`Agent::start_in_chromium`].
+const CHROMIUM: &str = "/usr/bin/chromium";
+
 fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
 }
@@ -54,23 +57,33 @@ impl Agent {
         if let Some(p) = password {
             extra.extend(["--password", p]);
         }
-        Self::spawn(server, lib, user, &extra).await
+        Self::spawn("agent.mjs", server, lib, user, &extra).await
     }
 
     /// [`Agent::start`] for calls with phones: its SDP offers plain RTP/AVP instead of
     /// WebRTC's DTLS-SRTP profile, which a phone without DTLS-SRTP would refuse.
     pub async fn start_for_phones(server: &Server, lib: Lib, user: &str) -> Self {
-        Self::spawn(server, lib, user, &["--media", "rtp"]).await
+        Self::spawn("agent.mjs", server, lib, user, &["--media", "rtp"]).await
     }
 
-    async fn spawn(server: &Server, lib: Lib, user: &str, extra: &[&str]) -> Self {
+    /// The same stack inside a real headless Chromium (`tests/js/browser.mjs`): the
+    /// browser's WebSocket and WebRTC, the page served from an `http://127.0.0.1` origin.
+    pub async fn start_in_chromium(server: &Server, lib: Lib, user: &str) -> Self {
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} missing: run ./tests/run-all.sh (it installs Debian's chromium)"
+        );
+        Self::spawn("browser.mjs", server, lib, user, &["--chromium", CHROMIUM]).await
+    }
+
+    async fn spawn(script: &str, server: &Server, lib: Lib, user: &str, extra: &[&str]) -> Self {
         let dir = js_dir();
         assert!(
             dir.join("node_modules/jssip").exists(),
             "tests/js/node_modules missing: run ./tests/run-all.sh (it runs npm ci)"
         );
         let mut cmd = Command::new("node");
-        cmd.arg(dir.join("agent.mjs"))
+        cmd.arg(dir.join(script))
             .args(["--lib", if lib == Lib::JsSip { "jssip" } else { "sipjs" }])
             .args(["--url", &format!("ws://127.0.0.1:{}", server.ws.port())])
             .args(["--user", user])

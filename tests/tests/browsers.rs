@@ -178,3 +178,42 @@ async fn a_reloaded_jssip_page_with_the_same_instance_replaces_its_binding() {
     new_tab.expect("message").await;
     assert_eq!(phone.recv_final().await.status, 200);
 }
+
+#[tokio::test]
+async fn jssip_and_sipjs_in_chromium_register_message_and_call() {
+    let s = Server::standard("");
+    // Each in its own headless Chromium: the browser's WebSocket, real WebRTC offers.
+    let mut j = Agent::start_in_chromium(&s, Lib::JsSip, "chromej").await;
+    let mut p = Agent::start_in_chromium(&s, Lib::SipJs, "chromep").await;
+    j.register().await;
+    p.register().await;
+    j.cmd(json!({"cmd": "message", "target": "chromep", "body": "from a page"}))
+        .await;
+    assert_eq!(p.expect("message").await["body"], "from a page");
+    j.expect("message_sent").await;
+    p.cmd(json!({"cmd": "message", "target": "chromej", "body": "and back"}))
+        .await;
+    assert_eq!(j.expect("message").await["body"], "and back");
+    p.expect("message_sent").await;
+    browser_call(&mut j, &mut p, true).await;
+    browser_call(&mut p, &mut j, true).await;
+    // A stack under Node reaches one in Chromium (calls between them would need the
+    // Node stand-in to produce an SDP that Chromium's WebRTC accepts).
+    let mut n = Agent::start(&s, Lib::JsSip, "nodej", None).await;
+    n.register().await;
+    n.cmd(json!({"cmd": "message", "target": "chromej", "body": "from node"}))
+        .await;
+    assert_eq!(j.expect("message").await["body"], "from node");
+    n.expect("message_sent").await;
+    // The tab closes without unregistering: its binding goes with its connection.
+    p.kill().await;
+    assert!(
+        s.wait_for_log("binding removed aor=sip:chromep@localhost")
+            .await,
+        "{}",
+        s.logs()
+    );
+    n.cmd(json!({"cmd": "message", "target": "chromep", "body": "gone?"}))
+        .await;
+    assert_eq!(n.expect("message_failed").await["status"], 480);
+}
