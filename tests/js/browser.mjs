@@ -100,6 +100,8 @@ const browser = await chromium.launch({
     "--use-fake-device-for-media-stream",
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
     "--disable-gpu",
+    // A wss:// test server has a self-signed certificate.
+    ...(args.url?.startsWith("wss://") ? ["--ignore-certificate-errors"] : []),
   ],
 });
 const quit = async (code) => {

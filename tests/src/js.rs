@@ -31,6 +31,10 @@ pub struct Agent {
 /// Debian's Chromium, for [`Agent::start_in_chromium`].
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+fn ws_url(server: &Server) -> String {
+    format!("ws://127.0.0.1:{}", server.ws.port())
+}
+
 fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
 }
@@ -57,26 +61,33 @@ impl Agent {
         if let Some(p) = password {
             extra.extend(["--password", p]);
         }
-        Self::spawn("agent.mjs", server, lib, user, &extra).await
+        Self::spawn("agent.mjs", &ws_url(server), lib, user, &extra).await
     }
 
     /// [`Agent::start`] for calls with phones: its SDP offers plain RTP/AVP instead of
     /// WebRTC's DTLS-SRTP profile, which a phone without DTLS-SRTP would refuse.
     pub async fn start_for_phones(server: &Server, lib: Lib, user: &str) -> Self {
-        Self::spawn("agent.mjs", server, lib, user, &["--media", "rtp"]).await
+        Self::spawn("agent.mjs", &ws_url(server), lib, user, &["--media", "rtp"]).await
     }
 
     /// The same stack inside a real headless Chromium (`tests/js/browser.mjs`): the
     /// browser's WebSocket and WebRTC, the page served from an `http://127.0.0.1` origin.
-    pub async fn start_in_chromium(server: &Server, lib: Lib, user: &str) -> Self {
+    /// `secure` connects to the `wss` listener (Chromium told to accept the server's
+    /// self-signed certificate) instead of `ws`.
+    pub async fn start_in_chromium(server: &Server, lib: Lib, user: &str, secure: bool) -> Self {
         assert!(
             Path::new(CHROMIUM).exists(),
             "{CHROMIUM} missing: run ./tests/run-all.sh (it installs Debian's chromium)"
         );
-        Self::spawn("browser.mjs", server, lib, user, &["--chromium", CHROMIUM]).await
+        let url = if secure {
+            format!("wss://127.0.0.1:{}", server.wss.port())
+        } else {
+            ws_url(server)
+        };
+        Self::spawn("browser.mjs", &url, lib, user, &["--chromium", CHROMIUM]).await
     }
 
-    async fn spawn(script: &str, server: &Server, lib: Lib, user: &str, extra: &[&str]) -> Self {
+    async fn spawn(script: &str, url: &str, lib: Lib, user: &str, extra: &[&str]) -> Self {
         let dir = js_dir();
         assert!(
             dir.join("node_modules/jssip").exists(),
@@ -85,7 +96,7 @@ impl Agent {
         let mut cmd = Command::new("node");
         cmd.arg(dir.join(script))
             .args(["--lib", if lib == Lib::JsSip { "jssip" } else { "sipjs" }])
-            .args(["--url", &format!("ws://127.0.0.1:{}", server.ws.port())])
+            .args(["--url", url])
             .args(["--user", user])
             .current_dir(&dir)
             .stdin(Stdio::piped())

@@ -183,8 +183,9 @@ async fn a_reloaded_jssip_page_with_the_same_instance_replaces_its_binding() {
 async fn jssip_and_sipjs_in_chromium_register_message_and_call() {
     let s = Server::standard("");
     // Each in its own headless Chromium: the browser's WebSocket, real WebRTC offers.
-    let mut j = Agent::start_in_chromium(&s, Lib::JsSip, "chromej").await;
-    let mut p = Agent::start_in_chromium(&s, Lib::SipJs, "chromep").await;
+    // JsSIP over ws, SIP.js over wss.
+    let mut j = Agent::start_in_chromium(&s, Lib::JsSip, "chromej", false).await;
+    let mut p = Agent::start_in_chromium(&s, Lib::SipJs, "chromep", true).await;
     j.register().await;
     p.register().await;
     j.cmd(json!({"cmd": "message", "target": "chromep", "body": "from a page"}))
