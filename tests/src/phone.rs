@@ -2,14 +2,14 @@
 //! UDP, TCP or TLS through sipwasm as its outbound proxy, driven through its `ctrl_tcp`
 //! module (netstring-framed JSON commands and events on a loopback TCP port).
 //!
-//! Traffic stays on loopback: SIP, RTP (`net_interface 127.0.0.1` puts 127.0.0.1 in its
-//! SDP) and the control port. baresip 1.0 binds its RTP sockets (and an unused DNS
+//! Traffic stays on loopback: SIP, RTP (`net_interface 127.0.0.1`, or `::1`, puts that
+//! address in its SDP) and the control port. baresip 1.0 binds its RTP sockets (and an unused DNS
 //! client socket) on the wildcard address, which it has no setting for; nothing is sent
 //! anywhere but 127.0.0.1 (checked with strace). Audio is a short generated WAV file
 //! played into the call and a bridge device as the player, so no sound hardware is
 //! needed.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -63,11 +63,16 @@ fn baresip_bin() -> PathBuf {
     panic!("baresip is not installed: run ./tests/run-all.sh (it installs Debian's baresip-core)");
 }
 
-/// A port `p` where `p` (UDP and TCP) and `p + 1` (TCP, baresip's TLS listener) are free.
-fn sip_ports() -> u16 {
+/// A port `p` where `p` (UDP and TCP) and `p + 1` (TCP, baresip's TLS listener) are free
+/// on `local`.
+fn sip_ports(local: &str) -> u16 {
     for _ in 0..50 {
         let p = free_port();
-        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+        let free = |port: u16| {
+            TcpListener::bind((local, port)).is_ok()
+                && std::net::UdpSocket::bind((local, port)).is_ok()
+        };
+        if p < u16::MAX && free(p) && free(p + 1) {
             return p;
         }
     }
@@ -106,16 +111,27 @@ impl Phone {
     /// Starts baresip for `user` over `transport`, adds its account (which registers)
     /// and waits for the registrar's 200.
     pub async fn start(server: &Server, user: &str, transport: Transport) -> Self {
+        let proxy = match transport {
+            Transport::Tls => server.tls,
+            Transport::Udp | Transport::Tcp => server.sip,
+        };
+        Self::start_via(proxy, user, transport).await
+    }
+
+    /// [`Phone::start`] with `proxy` (the server's listener for `transport`) as its
+    /// outbound proxy; an IPv6 `proxy` puts the phone on `::1`.
+    pub async fn start_via(proxy: SocketAddr, user: &str, transport: Transport) -> Self {
+        let local = if proxy.is_ipv6() { "::1" } else { "127.0.0.1" };
         let bin = baresip_bin();
         let dir = tempfile::tempdir().unwrap();
-        let sip_port = sip_ports();
+        let sip_port = sip_ports(local);
         let ctrl_port = free_port();
         let tone = dir.path().join("tone.wav");
         std::fs::write(&tone, tone_wav()).unwrap();
         let config = format!(
             "poll_method epoll\n\
-             net_interface 127.0.0.1\n\
-             sip_listen 127.0.0.1:{sip_port}\n\
+             net_interface {local}\n\
+             sip_listen {}\n\
              audio_player aubridge,{user}\n\
              audio_alert aubridge,{user}-alert\n\
              audio_source aufile,{tone}\n\
@@ -127,6 +143,7 @@ impl Phone {
              module_app menu.so\n\
              module_app ctrl_tcp.so\n\
              ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
+            SocketAddr::new(local.parse().unwrap(), sip_port),
             tone = tone.display(),
         );
         std::fs::write(dir.path().join("config"), config).unwrap();
@@ -158,10 +175,6 @@ impl Phone {
             _dir: dir,
             user: user.into(),
             seen: Vec::new(),
-        };
-        let proxy = match transport {
-            Transport::Tls => server.tls,
-            Transport::Udp | Transport::Tcp => server.sip,
         };
         phone
             .cmd(

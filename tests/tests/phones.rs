@@ -49,6 +49,37 @@ async fn phones_over_udp_tcp_and_tls_call_each_other() {
 }
 
 #[tokio::test]
+async fn phones_over_ipv6_loopback() {
+    // The same port on ::1 beside 127.0.0.1.
+    let s = Server::standard(
+        r#"
+[[listen]]
+transport = "udp"
+address = "[::1]:{sip}"
+
+[[listen]]
+transport = "tcp"
+address = "[::1]:{sip}"
+"#,
+    );
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, s.sip.port()));
+    let mut alice = Phone::start_via(v6, "alice", Transport::Udp).await;
+    let mut bob = Phone::start_via(v6, "bob", Transport::Tcp).await;
+    for user in ["alice", "bob"] {
+        let needle = format!("binding saved aor=sip:{user}@localhost");
+        assert!(s.wait_for_log(&needle).await, "{}", s.logs());
+        let logs = s.logs();
+        let saved = logs
+            .lines()
+            .find(|l| l.contains(&format!("binding saved aor=sip:{user}@localhost")))
+            .unwrap_or_else(|| panic!("no binding for {user}:\n{logs}"));
+        assert!(saved.contains("@[::1]:"), "{saved}");
+    }
+    call(&mut alice, &mut bob, true).await;
+    call(&mut bob, &mut alice, false).await;
+}
+
+#[tokio::test]
 async fn phone_cancel_and_busy() {
     let s = Server::standard("");
     let mut alice = Phone::start(&s, "alice", Transport::Udp).await;
