@@ -7,6 +7,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::proxy::hex;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Length of a MAC kept in a nonce.
@@ -203,10 +205,6 @@ pub enum DigestVerdict {
     Invalid,
     /// No credentials for the realm.
     Missing,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A parameter of a Digest credentials value (`Digest username="a", nonce="x"`),
