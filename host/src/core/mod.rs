@@ -695,8 +695,21 @@ impl Core {
                 return;
             }
         }
+        // The ACK for a non-2xx answered here without a transaction (a challenge or a
+        // refusal, as `sl` does): it ends here (RFC 3261 17.2.1), the callee never saw
+        // that INVITE.
+        if self.acks_own_answer(&req) {
+            return;
+        }
         // An ACK for a 2xx is end to end: route it statelessly.
         self.forward_stateless(now, source, req);
+    }
+
+    /// Whether `ack`'s To tag is the one this server put in a final answer to its
+    /// INVITE (same Call-ID, From, CSeq number and top Via: [`Core::make_to_tag`]).
+    fn acks_own_answer(&self, ack: &Request) -> bool {
+        ack.tag_of_to()
+            .is_some_and(|tag| tag == self.make_to_tag(ack))
     }
 
     fn on_cancel(&mut self, now: Instant, source: Source, req: Request) {
@@ -852,15 +865,20 @@ impl Core {
     }
 
     /// A To tag that is the same for retransmissions of one request, without state: a
-    /// keyed hash of Call-ID, From, CSeq and the top Via (the key comes from the
-    /// secret, so tags are not predictable; they need not be unforgeable).
+    /// keyed hash of Call-ID, From, the CSeq number and the top Via (the key comes from
+    /// the secret, so tags are not predictable; they need not be unforgeable). The CSeq
+    /// method is left out: a CANCEL's answer carries the INVITE's tag (RFC 3261 9.2),
+    /// and the ACK for a non-2xx answered here can be recognised by its To tag
+    /// ([`Core::acks_own_answer`]).
     fn make_to_tag(&self, req: &Request) -> String {
         use std::hash::{BuildHasher as _, Hasher as _};
         let mut h = self.tag_keys.build_hasher();
+        let cseq = req.headers.get(&HeaderName::CSeq).unwrap_or("");
+        let cseq_number = cseq.trim_start().split(char::is_whitespace).next();
         for part in [
             req.call_id().unwrap_or(""),
             req.headers.get(&HeaderName::From).unwrap_or(""),
-            req.headers.get(&HeaderName::CSeq).unwrap_or(""),
+            cseq_number.unwrap_or(""),
             req.headers.values(&HeaderName::Via).next().unwrap_or(""),
         ] {
             h.write(part.as_bytes());

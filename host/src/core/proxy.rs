@@ -59,6 +59,9 @@ pub(super) struct ProxyCtx {
     cancelled: bool,
 }
 
+/// Most Route entries of ours popped from one request; more is a loop (482).
+const MAX_OWN_ROUTES: usize = 8;
+
 /// Where routing decided a request goes.
 pub(super) enum Route {
     /// Answer it here.
@@ -78,7 +81,14 @@ impl Core {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(70);
         let to_us = self.is_local_uri(&req.uri);
-        if max_forwards == 0 && !(to_us && matches!(req.method, Method::Options | Method::Register))
+        // For the server itself: the registrar, or our URI without a user part.
+        let for_server = to_us
+            && (req.method == Method::Register
+                || req.uri.as_sip().is_some_and(|u| u.user.is_none()));
+        // Only what ends here may arrive with none left: an OPTIONS to a user would be
+        // forwarded (16.3 step 3 allows the exception "for the server itself").
+        if max_forwards == 0
+            && !(for_server && matches!(req.method, Method::Options | Method::Register))
         {
             return Route::Answer(483, vec![]);
         }
@@ -89,10 +99,7 @@ impl Core {
         // Loop detection (16.3 step 4): one of our Vias carries this request's hash.
         // Only requests we may forward can loop; those for the registrar or for us
         // without a user part are answered here.
-        let ends_here = to_us
-            && (req.method == Method::Register
-                || req.uri.as_sip().is_some_and(|u| u.user.is_none()))
-            && req.headers.get(&HeaderName::Route).is_none();
+        let ends_here = for_server && req.headers.get(&HeaderName::Route).is_none();
         let hash = if ends_here {
             String::new()
         } else {
@@ -104,9 +111,11 @@ impl Core {
 
         // Our own Route entries (16.4): pop them, collect the flow tokens they carry and
         // whether one proves this dialog is ours (a `sw` MAC of its Call-ID, or a token).
+        // A route set names us once, twice when the transport changed; a few more
+        // are tolerated, but not thousands in one datagram (each pop rewrites the line).
         let mut tokens: Vec<FlowId> = Vec::new();
         let mut proof = false;
-        loop {
+        for popped in 0.. {
             let Some(first) = req
                 .headers
                 .values(&HeaderName::Route)
@@ -120,6 +129,9 @@ impl Core {
             };
             if !self.is_local_uri(&na.uri) {
                 break;
+            }
+            if popped == MAX_OWN_ROUTES {
+                return Route::Answer(482, vec![]);
             }
             req.headers.remove_first_value(&HeaderName::Route);
             let sip = na.uri.as_sip().expect("local URIs are SIP URIs");

@@ -558,6 +558,100 @@ fn max_forwards_and_loops() {
     assert_eq!(status(&out.last().unwrap().1), 482);
 }
 
+/// The ACK a UAC sends for a non-2xx final answer `resp` to `invite` (RFC 3261 17.1.1.3).
+fn ack_for(invite: &str, resp: &Message) -> String {
+    let Message::Response(resp) = resp else {
+        panic!("expected a response")
+    };
+    let inv = parse(invite.as_bytes()).unwrap();
+    let Message::Request(inv) = inv else {
+        panic!("expected a request")
+    };
+    let via = inv.headers.get(&HeaderName::Via).unwrap();
+    format!(
+        "ACK {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
+         Call-ID: {}\r\nCSeq: 1 ACK\r\n\r\n",
+        inv.uri,
+        inv.headers.get(&HeaderName::From).unwrap(),
+        resp.headers.get(&HeaderName::To).unwrap(),
+        inv.call_id().unwrap(),
+    )
+}
+
+#[test]
+fn the_ack_for_a_refusal_made_here_ends_here() {
+    let mut sim = Sim::new();
+    sim.register_udp("hank");
+    // Refused here without a transaction (483), to a user who has a binding.
+    let invite = invite_from_udp("hank", "sa").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let out = sim.feed(udp_phone(), &invite);
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0].1), 483);
+    // Its ACK is not forwarded to hank, who never saw the INVITE.
+    let out = sim.feed(udp_phone(), &ack_for(&invite, &out[0].1));
+    assert!(out.is_empty(), "{out:?}");
+    // The same for a 404.
+    let invite = invite_from_udp("nobody", "sb");
+    let out = sim.feed(udp_phone(), &invite);
+    assert_eq!(status(&out[0].1), 404);
+    assert!(
+        sim.feed(udp_phone(), &ack_for(&invite, &out[0].1))
+            .is_empty()
+    );
+    // The answer to a CANCEL carries the tag of the INVITE's answer (RFC 3261 9.2).
+    let a = sim
+        .core
+        .make_to_tag(request(&parse(invite.as_bytes()).unwrap()));
+    let cancel = invite
+        .replacen("INVITE", "CANCEL", 1)
+        .replace("1 INVITE", "1 CANCEL");
+    let b = sim
+        .core
+        .make_to_tag(request(&parse(cancel.as_bytes()).unwrap()));
+    assert_eq!(a, b);
+}
+
+#[test]
+fn options_to_a_user_with_no_hops_left_is_not_forwarded() {
+    let mut sim = Sim::new();
+    sim.register_udp("ivan");
+    let options = |uri: &str| {
+        format!(
+            "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKmf{};rport\r\n\
+             Max-Forwards: 0\r\nFrom: <sip:phone@localhost>;tag=p1\r\nTo: <{uri}>\r\n\
+             Call-ID: mf-{}\r\nCSeq: 1 OPTIONS\r\n\r\n",
+            uri.len(),
+            uri.len()
+        )
+    };
+    let out = sim.feed(udp_phone(), &options("sip:ivan@localhost"));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(status(&out[0].1), 483);
+    // For the server itself it is answered (16.3 step 3's exception).
+    let out = sim.feed(udp_phone(), &options("sip:localhost"));
+    assert_eq!(status(&out[0].1), 200);
+}
+
+#[test]
+fn a_route_set_naming_us_too_often_is_a_loop() {
+    let mut sim = Sim::new();
+    sim.register_udp("jane");
+    let ours = |n: usize| vec!["<sip:127.0.0.1:5060;lr>"; n].join(", ");
+    let invite = |n: usize| {
+        invite_from_udp("jane", &format!("rt{n}")).replace(
+            "Max-Forwards: 70",
+            &format!("Route: {}\r\nMax-Forwards: 70", ours(n)),
+        )
+    };
+    // Two of ours (a transport change) are popped and the request goes on.
+    let out = sim.feed(udp_phone(), &invite(2));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(request(&out[1].1).headers.get(&HeaderName::Route), None);
+    // A thousand in one line are not walked: 482 after a few.
+    let out = sim.feed(udp_phone(), &invite(1000));
+    assert_eq!(status(&out.last().unwrap().1), 482);
+}
+
 #[test]
 fn forking_to_two_flows_best_response_and_cancel_of_the_rest() {
     let mut sim = Sim::new();
