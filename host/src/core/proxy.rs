@@ -12,7 +12,7 @@ use super::registrar::{self, Change, aor_of};
 use super::transaction::{ClientEvent, ClientTx};
 use super::{ALLOW, Core, Event, FlowId, SUPPORTED, Source, Target, Transport, split_tokens};
 use crate::sip::headers::HeaderName;
-use crate::sip::message::{Essentials, Method, Request, Response};
+use crate::sip::message::{Essentials, Method, Request, Response, reason_phrase};
 use crate::sip::typed::{NameAddr, Via};
 use crate::sip::uri::{Host, Uri};
 
@@ -823,7 +823,8 @@ impl Core {
             .or_else(|| {
                 responses
                     .iter()
-                    .min_by_key(|r| (r.status / 100, r.status == 408, r.status))
+                    // A timeout or a failed flow says least about the callee.
+                    .min_by_key(|r| (r.status / 100, matches!(r.status, 408 | 430), r.status))
             })
             .map(|r| (*r).clone());
         let Some(mut best) = best else {
@@ -847,6 +848,13 @@ impl Core {
         if best.status == 503 {
             best.status = 500;
             best.reason = "Server Internal Error".into();
+        }
+        // A failed flow of a registered user is ours to handle, not the caller's (RFC
+        // 5626 11.5: endpoints do not see 430): the user is unavailable. A flow token
+        // in a dialog's route set keeps its 430.
+        if best.status == 430 && self.is_local_uri(&ctx.template.uri) {
+            best.status = 480;
+            best.reason = reason_phrase(480).into();
         }
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             ctx.final_sent = true;

@@ -502,8 +502,9 @@ fn flow_closing_during_a_call_attempt_fails_over_with_480() {
     sim.core.handle(sim.now, Input::FlowClosed(12));
     let out = sim.drain();
     assert_eq!(out.len(), 1, "{out:?}");
-    // The flow failed (430) and there is no other: the caller gets a final answer.
-    assert!(matches!(status(&out[0].1), 430 | 480), "{out:?}");
+    // The flow failed (430) and there is no other: the caller gets 480, not the 430
+    // (endpoints do not see 430, RFC 5626 11.5).
+    assert_eq!(status(&out[0].1), 480, "{out:?}");
 }
 
 #[test]
@@ -691,6 +692,40 @@ fn forking_to_two_flows_best_response_and_cancel_of_the_rest() {
         "the ringing branch is cancelled: {out:?}"
     );
     sim.assert_idle_after_timers(2, 1);
+}
+
+#[test]
+fn a_failed_flow_does_not_hide_the_other_devices_answer() {
+    let mut sim = Sim::new();
+    sim.register_ws("kate", 31);
+    sim.register_ws("kate", 32);
+    let out = sim.feed(udp_phone(), &invite_from_udp("kate", "ff"));
+    let invite_on = |flow: FlowId| {
+        out.iter()
+            .find_map(|(t, m)| match m {
+                Message::Request(r) if *t == Target::Flow(flow) => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no INVITE on flow {flow}: {out:?}"))
+    };
+    let on_32 = invite_on(32);
+    // One tab closes while it rings (its branch fails with 430); the other is busy.
+    sim.core.handle(sim.now, Input::FlowClosed(31));
+    assert!(
+        sim.drain()
+            .iter()
+            .all(|(_, m)| !matches!(m, Message::Response(r) if r.status >= 200)),
+        "no final answer while a branch is pending"
+    );
+    let out = sim.feed(browser(32), &answer(&on_32, 486, ""));
+    let finals: Vec<u16> = out
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Response(r) if r.status >= 200 => Some(r.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals, [486], "{out:?}");
 }
 
 #[test]
