@@ -418,6 +418,9 @@ impl Core {
     }
 
     /// Where a request addressed by `next_hop` goes: literal addresses only (no DNS).
+    /// What cannot be reached is 500, not 503: a 503 tells RFC 3263 clients this server
+    /// is down, and they would fail over and stay away (16.7 step 6 says the same of
+    /// 503s from downstream).
     fn candidate_for(
         &self,
         next_hop: &Uri,
@@ -432,7 +435,7 @@ impl Core {
             return Err(if self.flow_of_contact(next_hop).is_some() {
                 480
             } else {
-                503
+                500
             });
         };
         let param = u.param("transport").flatten().map(str::to_ascii_lowercase);
@@ -442,7 +445,7 @@ impl Core {
             Some("tcp") => Transport::Tcp,
             Some("tls") => Transport::Tls,
             Some("ws") | Some("wss") => return Err(480),
-            Some(_) => return Err(503),
+            Some(_) => return Err(500),
         };
         let port = u.port.unwrap_or(if transport == Transport::Tls {
             5061
@@ -454,11 +457,11 @@ impl Core {
             Transport::Udp => {
                 let local = self
                     .listener(Transport::Udp, remote.is_ipv4())
-                    .ok_or(503u16)?;
+                    .ok_or(500u16)?;
                 Target::Udp { local, remote }
             }
             t => {
-                self.listener(t, remote.is_ipv4()).ok_or(503u16)?;
+                self.listener(t, remote.is_ipv4()).ok_or(500u16)?;
                 Target::Connect {
                     transport: t,
                     remote,
