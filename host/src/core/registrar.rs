@@ -165,10 +165,14 @@ pub fn register(
             .iter()
             .map(|b| (b.id, b.call_id.clone(), b.cseq))
             .collect();
-        for (id, cid, seq) in ids {
-            if cid == call_id && seq > cseq.seq {
-                return Outcome::err(500, "Out of order CSeq");
-            }
+        // A stale request aborts the whole update (10.3 step 6): check before removing.
+        if ids
+            .iter()
+            .any(|(_, cid, seq)| *cid == call_id && *seq > cseq.seq)
+        {
+            return Outcome::err(500, "Out of order CSeq");
+        }
+        for (id, _, _) in ids {
             if let Some(b) = loc.remove_id(&aor, id) {
                 changes.push(Change::Removed(b));
             }
@@ -554,6 +558,10 @@ mod tests {
         assert_eq!(loc.len(), 2);
         let o = run(&mut loc, &reg(4, "Contact: *\r\n"), None, now);
         assert_eq!(o.status, 400, "star needs Expires: 0");
+        // Older than b's registration (same Call-ID): aborted as a whole, a stays too.
+        let o = run(&mut loc, &reg(2, "Contact: *\r\nExpires: 0\r\n"), None, now);
+        assert_eq!(o.status, 500);
+        assert_eq!(loc.len(), 2, "a stale * removes nothing");
         let o = run(&mut loc, &reg(5, "Contact: *\r\nExpires: 0\r\n"), None, now);
         assert_eq!(o.status, 200);
         assert!(loc.is_empty());
