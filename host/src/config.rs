@@ -372,8 +372,9 @@ fn default_t2() -> Duration {
 fn default_t4() -> Duration {
     Duration::from_secs(5)
 }
+/// RFC 3261 16.6 step 11: larger than 3 minutes.
 fn default_timer_c() -> Duration {
-    Duration::from_secs(180)
+    Duration::from_secs(181)
 }
 
 /// What happens to a request when its plugin traps, times out, runs out of memory or

@@ -32,7 +32,7 @@ impl Default for TimerConfig {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
-            c: Duration::from_secs(180),
+            c: Duration::from_secs(181),
         }
     }
 }
