@@ -507,6 +507,8 @@ async fn drive_core(
     tokio::pin!(sleep);
     // Bindings restored from the store count from the start.
     shared.metrics.set_core(core.stats());
+    // The second the core's Date was made for.
+    let mut date_second = 0;
     loop {
         let timeout = core.poll_timeout();
         if timeout != armed || sleep.is_elapsed() {
@@ -518,6 +520,7 @@ async fn drive_core(
         tokio::select! {
             input = inbox.recv() => match input {
                 Some(input) => {
+                    refresh_date(&mut core, &mut date_second);
                     core.handle(std::time::Instant::now(), input);
                     // Take what else is queued before sending, up to a bound.
                     for _ in 0..64 {
@@ -585,6 +588,19 @@ async fn drive_core(
             }
         }
         closing.clear();
+    }
+}
+
+/// Gives the core the wall-clock time as an HTTP-date when the second has changed
+/// since `second` (one clock read per round, one formatting per second).
+fn refresh_date(core: &mut Core, second: &mut u64) {
+    let wall = std::time::SystemTime::now();
+    let now = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if now != *second {
+        *second = now;
+        core.set_date(httpdate::fmt_http_date(wall));
     }
 }
 

@@ -25,6 +25,14 @@ async fn register_refresh_query_and_unregister_over_ws_udp_and_tcp() {
     ] {
         let r = ua.register(600).await;
         assert_eq!(r.status, 200);
+        // The registrar's Date (RFC 3261 10.3 step 8): phones set their clocks from it.
+        let date = r.headers.get(&HeaderName::Date).expect("Date in the 200");
+        let date = httpdate::parse_http_date(date).expect("an HTTP-date");
+        let skew = match std::time::SystemTime::now().duration_since(date) {
+            Ok(d) => d,
+            Err(e) => e.duration(),
+        };
+        assert!(skew < Duration::from_secs(60), "Date off by {skew:?}");
         let contacts: Vec<&str> = r.headers.values(&HeaderName::Contact).collect();
         assert_eq!(contacts.len(), 1, "{contacts:?}");
         assert!(

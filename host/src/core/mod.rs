@@ -321,6 +321,10 @@ pub struct Core {
     /// Keys the hash that makes To tags (see [`Core::make_to_tag`]).
     tag_keys: foldhash::quality::FixedState,
     location: Location,
+    /// The wall-clock time as an HTTP-date, for the registrar's `Date` (RFC 3261 10.3
+    /// step 8; phones set their clocks from it). Set by the driver ([`Core::set_date`]);
+    /// the core reads no clock. Empty until then.
+    date: String,
     /// When each AoR last had a binding: within [`KNOWN_FOR`] of that, a request for
     /// it gets 480 (temporarily unavailable) rather than 404. Pruned as it ages.
     known_aors: HashMap<String, Instant>,
@@ -365,6 +369,7 @@ impl Core {
             cfg,
             branch_prefix,
             location: Location::new(),
+            date: String::new(),
             known_aors: HashMap::new(),
             last_prune: None,
             flows: HashMap::new(),
@@ -386,6 +391,13 @@ impl Core {
     /// A fresh HMAC-SHA256 under the secret.
     fn hmac(&self) -> Hmac<Sha256> {
         self.mac.0.clone()
+    }
+
+    /// The current wall-clock time as an HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`),
+    /// put in the `Date` of successful registrations. The driver calls this when the
+    /// second changes.
+    pub fn set_date(&mut self, http_date: String) {
+        self.date = http_date;
     }
 
     /// Installs the hook that asks the routing plugin in place.

@@ -390,7 +390,11 @@ impl Core {
             }
         }
         self.arm_expiry();
-        Route::Answer(outcome.status, outcome.headers)
+        let mut headers = outcome.headers;
+        if outcome.status == 200 && !self.date.is_empty() {
+            headers.push((HeaderName::Date, self.date.clone()));
+        }
+        Route::Answer(outcome.status, headers)
     }
 
     /// Whether a URI names this server (host and, if given, port).

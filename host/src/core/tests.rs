@@ -613,6 +613,38 @@ fn the_ack_for_a_refusal_made_here_ends_here() {
 }
 
 #[test]
+fn a_registration_200_carries_the_date_the_driver_set() {
+    let mut sim = Sim::new();
+    let register = |cseq: u32| {
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKd{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:lou@localhost>;tag=d\r\nTo: <sip:lou@localhost>\r\n\
+             Call-ID: date\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:lou@127.0.0.1:5070>\r\n\r\n"
+        )
+    };
+    let date = |out: &[(Target, Message)]| {
+        out[0]
+            .1
+            .headers()
+            .get(&HeaderName::Date)
+            .map(str::to_string)
+    };
+    // No clock given yet: no Date rather than a wrong one.
+    assert_eq!(date(&sim.feed(udp_phone(), &register(1))), None);
+    sim.core.set_date("Sat, 28 Nov 2026 16:00:00 GMT".into());
+    let out = sim.feed(udp_phone(), &register(2));
+    assert_eq!(status(&out[0].1), 200);
+    assert_eq!(date(&out).as_deref(), Some("Sat, 28 Nov 2026 16:00:00 GMT"));
+    // Not on a refusal.
+    let out = sim.feed(
+        udp_phone(),
+        &register(3).replace("\r\n\r\n", "\r\nExpires: 5\r\n\r\n"),
+    );
+    assert_eq!(status(&out[0].1), 423);
+    assert_eq!(date(&out), None);
+}
+
+#[test]
 fn options_to_a_user_with_no_hops_left_is_not_forwarded() {
     let mut sim = Sim::new();
     sim.register_udp("ivan");
