@@ -618,6 +618,21 @@ impl Config {
                     ));
                 }
             }
+            // SIP listeners put their address in Via and Record-Route, where phones must
+            // be able to reach it: 0.0.0.0 would send their in-dialog requests nowhere.
+            // (A ws/wss listener may be a wildcard: browsers' in-dialog requests come
+            // back over their own connection, found by the flow token.)
+            if !l.transport.is_web() && l.address.ip().is_unspecified() {
+                return Err((
+                    key("address"),
+                    format!(
+                        "{} is a wildcard address; a {} listener's address goes into Via and \
+                         Record-Route, so it must be one phones can reach: give the \
+                         address itself (one [[listen]] per address)",
+                        l.address, l.transport
+                    ),
+                ));
+            }
             // UDP and TCP may share a port; two stream listeners may not.
             let kind = l.transport == ListenTransport::Udp;
             if l.address.port() != 0 && !seen.insert((l.address, kind)) {
@@ -966,6 +981,19 @@ path = "p.wasm"
         let e = parse(&MINIMAL.replace("127.0.0.1:8080", "127.0.0.1")).unwrap_err();
         assert_eq!(e.file, "test.toml");
         assert_eq!(e.key, "listen[0].address");
+
+        // A SIP listener on a wildcard address would advertise 0.0.0.0 in Via and
+        // Record-Route; a WebSocket one may.
+        let udp_any = "[[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:5060\"\n";
+        let e = parse(&format!("{udp_any}{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key, "listen[0].address");
+        assert!(e.message.contains("wildcard"), "{e}");
+        let tcp_any = "[[listen]]\ntransport = \"tcp\"\naddress = \"[::]:5060\"\n";
+        assert_eq!(
+            parse(&format!("{tcp_any}{MINIMAL}")).unwrap_err().key,
+            "listen[0].address"
+        );
+        assert!(parse(&MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080")).is_ok());
 
         let e = parse(&format!("{MINIMAL}deadline = \"50\"\n")).unwrap_err();
         assert_eq!(e.key, "plugins.p.deadline");
