@@ -1,11 +1,17 @@
 //! Flow tokens (RFC 5626 section 5.2): the user part of the Record-Route entry that
 //! faces a connection-oriented client, naming the flow so that requests in the dialog
 //! reach the same connection. Signed with the server secret so they cannot be forged.
+//!
+//! A UDP flow is the peer's address (5.2: the 5-tuple): its token (`fu…`) names the
+//! address a phone behind NAT really sends from, when its Contact says otherwise, so
+//! that requests in the dialog reach it there rather than at a private address.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use std::net::{IpAddr, SocketAddr};
 
 use super::FlowId;
 
@@ -50,6 +56,48 @@ impl FlowTokens {
         format!("ft{}", B64.encode(raw))
     }
 
+    fn udp_mac(&self, addr: &[u8]) -> [u8; MAC_LEN] {
+        let mut m = self.keyed.clone();
+        m.update(b"udp-flow-token");
+        m.update(addr);
+        let full = m.finalize().into_bytes();
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(&full[..MAC_LEN]);
+        out
+    }
+
+    /// The token for the UDP peer `addr`: its address and port, signed.
+    pub fn encode_udp(&self, addr: SocketAddr) -> String {
+        let mut raw = Vec::with_capacity(18 + MAC_LEN);
+        match addr.ip() {
+            IpAddr::V4(ip) => raw.extend_from_slice(&ip.octets()),
+            IpAddr::V6(ip) => raw.extend_from_slice(&ip.octets()),
+        }
+        raw.extend_from_slice(&addr.port().to_be_bytes());
+        let mac = self.udp_mac(&raw);
+        raw.extend_from_slice(&mac);
+        format!("fu{}", B64.encode(raw))
+    }
+
+    /// The UDP peer a `fu` token names, if the token is ours and intact.
+    pub fn decode_udp(&self, token: &str) -> Option<SocketAddr> {
+        let raw = B64.decode(token.strip_prefix("fu")?).ok()?;
+        let addr_len = raw.len().checked_sub(MAC_LEN)?;
+        let (addr, mac) = raw.split_at(addr_len);
+        let ip = match addr.len() {
+            6 => IpAddr::from(<[u8; 4]>::try_from(&addr[..4]).ok()?),
+            18 => IpAddr::from(<[u8; 16]>::try_from(&addr[..16]).ok()?),
+            _ => return None,
+        };
+        let port = u16::from_be_bytes([addr[addr.len() - 2], addr[addr.len() - 1]]);
+        let diff = self
+            .udp_mac(addr)
+            .iter()
+            .zip(mac)
+            .fold(0u8, |a, (x, y)| a | (x ^ y));
+        (diff == 0).then_some(SocketAddr::new(ip, port))
+    }
+
     /// The flow a token names, if the token is ours and intact.
     pub fn decode(&self, token: &str) -> Option<FlowId> {
         let raw = B64.decode(token.strip_prefix("ft")?).ok()?;
@@ -85,5 +133,30 @@ mod tests {
         forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
         assert_eq!(t.decode(std::str::from_utf8(&forged).unwrap()), None);
         assert_eq!(t.decode("alice"), None);
+    }
+
+    #[test]
+    fn udp_tokens_round_trip_and_resist_forgery() {
+        let t = FlowTokens::new([9; 32]);
+        for addr in ["203.0.113.5:34567", "[2001:db8::7]:5060"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let tok = t.encode_udp(addr);
+            assert!(tok.starts_with("fu"), "{tok}");
+            assert!(
+                tok[2..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+            assert_eq!(t.decode_udp(&tok), Some(addr));
+            assert_eq!(FlowTokens::new([1; 32]).decode_udp(&tok), None);
+            let mut forged = tok.clone().into_bytes();
+            forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
+            assert_eq!(t.decode_udp(std::str::from_utf8(&forged).unwrap()), None);
+            // Not a connection's token, nor the other way round.
+            assert_eq!(t.decode(&tok), None);
+        }
+        assert_eq!(t.decode_udp(&t.encode(7)), None);
+        assert_eq!(t.decode_udp("fu"), None);
+        assert_eq!(t.decode_udp("fuAAAA"), None);
     }
 }

@@ -59,6 +59,23 @@ pub(super) struct ProxyCtx {
     cancelled: bool,
 }
 
+/// What a Record-Route entry of ours names in its user part.
+#[derive(Debug, Clone, Copy)]
+enum RrToken {
+    /// A connection.
+    Flow(FlowId),
+    /// A UDP peer's real address.
+    Udp(SocketAddr),
+}
+
+/// The address a SIP URI with an IP literal reaches over UDP (port 5060 when absent);
+/// `None` for names and other schemes.
+fn udp_addr_of(uri: &Uri) -> Option<SocketAddr> {
+    let u = uri.as_sip()?;
+    let ip = u.host.ip()?;
+    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+}
+
 /// Most Route entries of ours popped from one request; more is a loop (482).
 const MAX_OWN_ROUTES: usize = 8;
 
@@ -114,6 +131,11 @@ impl Core {
         // A route set names us once, twice when the transport changed; a few more
         // are tolerated, but not thousands in one datagram (each pop rewrites the line).
         let mut tokens: Vec<FlowId> = Vec::new();
+        // The UDP token of the last entry popped, and how many were popped: with two
+        // entries of ours (RFC 5658), the sender's comes first and the last one faces
+        // where the request goes.
+        let mut last_udp: Option<(usize, SocketAddr)> = None;
+        let mut own_routes = 0;
         let mut proof = false;
         for popped in 0.. {
             let Some(first) = req
@@ -134,6 +156,7 @@ impl Core {
                 return Route::Answer(482, vec![]);
             }
             req.headers.remove_first_value(&HeaderName::Route);
+            own_routes = popped + 1;
             let sip = na.uri.as_sip().expect("local URIs are SIP URIs");
             if let Some(Some(mac)) = sip.param("sw")
                 && mac == self.rr_mac(req.call_id().unwrap_or(""))
@@ -141,6 +164,16 @@ impl Core {
                 proof = true;
             }
             if let Some(user) = sip.user.as_deref() {
+                if user.starts_with("fu") {
+                    match self.tokens.decode_udp(user) {
+                        Some(addr) => {
+                            last_udp = Some((popped, addr));
+                            proof = true;
+                        }
+                        None => return Route::Answer(403, vec![]),
+                    }
+                    continue;
+                }
                 match self.tokens.decode(user) {
                     Some(flow) => {
                         tokens.push(flow);
@@ -169,6 +202,25 @@ impl Core {
                     hash,
                 ),
                 None => Route::Answer(430, vec![]),
+            };
+        }
+        // A UDP peer's address in the entry facing where the request goes.
+        if let Some((at, remote)) = last_udp
+            && own_routes >= 2
+            && at == own_routes - 1
+            && !(source.transport == Transport::Udp && source.remote == remote)
+        {
+            return match self.listener(Transport::Udp, remote.is_ipv4()) {
+                Some(local) => Route::Forward(
+                    vec![vec![Candidate {
+                        uri: req.uri.clone(),
+                        target: Target::Udp { local, remote },
+                        transport: Transport::Udp,
+                        path: vec![],
+                    }]],
+                    hash,
+                ),
+                None => Route::Answer(500, vec![]),
             };
         }
         // A remaining Route is the next hop (loose routing): only within a dialog we
@@ -530,13 +582,15 @@ impl Core {
         &self,
         transport: Transport,
         local: SocketAddr,
-        flow: Option<FlowId>,
+        token: Option<RrToken>,
         call_id: &str,
     ) -> String {
         let host = Host::from(local.ip());
-        let user = flow
-            .map(|f| format!("{}@", self.tokens.encode(f)))
-            .unwrap_or_default();
+        let user = match token {
+            Some(RrToken::Flow(f)) => format!("{}@", self.tokens.encode(f)),
+            Some(RrToken::Udp(a)) => format!("{}@", self.tokens.encode_udp(a)),
+            None => String::new(),
+        };
         let tp = transport
             .uri_param()
             .map(|p| format!(";transport={p}"))
@@ -622,13 +676,31 @@ impl Core {
             // Two entries when the sides differ (16.6 step 4, RFC 5658): the top one
             // faces the callee, the other the caller; connection-oriented sides carry
             // a flow token.
-            let out_flow = match c.target {
-                Target::Flow(f) => Some(f),
+            // A UDP side whose Contact is not the address it is reached at (a phone
+            // behind NAT) gets that address as a token, so the dialog's requests go
+            // there rather than to a private Contact (RFC 5626 5.2, as `nathelper` does).
+            let out_token = match c.target {
+                Target::Flow(f) => Some(RrToken::Flow(f)),
+                Target::Udp { remote, .. } if udp_addr_of(&c.uri) != Some(remote) => {
+                    Some(RrToken::Udp(remote))
+                }
                 _ => None,
             };
+            let in_token = match source.flow {
+                Some(f) => Some(RrToken::Flow(f)),
+                None if source.transport == Transport::Udp => {
+                    let contact = req
+                        .headers
+                        .get(&HeaderName::Contact)
+                        .and_then(|c| NameAddr::parse(c).ok());
+                    (contact.and_then(|c| udp_addr_of(&c.uri)) != Some(source.remote))
+                        .then_some(RrToken::Udp(source.remote))
+                }
+                None => None,
+            };
             let call_id = req.call_id().unwrap_or("").to_string();
-            let out_rr = self.rr_uri(c.transport, local, out_flow, &call_id);
-            let in_rr = self.rr_uri(source.transport, source.local, source.flow, &call_id);
+            let out_rr = self.rr_uri(c.transport, local, out_token, &call_id);
+            let in_rr = self.rr_uri(source.transport, source.local, in_token, &call_id);
             if out_rr != in_rr {
                 req.headers.push_front(HeaderName::RecordRoute, in_rr);
             }

@@ -385,6 +385,100 @@ fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
 }
 
 #[test]
+fn a_udp_phone_behind_nat_gets_its_dialog_requests_at_its_real_address() {
+    let mut sim = Sim::new();
+    sim.register_ws("web", 4);
+    // The phone says 10.0.0.5:5060 but its packets come from 127.0.0.1:5070 (a NAT).
+    let nat = |text: String| {
+        text.replace(
+            "Contact: <sip:phone@127.0.0.1:5070>",
+            "Contact: <sip:phone@10.0.0.5:5060>",
+        )
+    };
+    let out = sim.feed(udp_phone(), &nat(invite_from_udp("web", "n1")));
+    assert_eq!(out[1].0, Target::Flow(4));
+    let inv = request(&out[1].1).clone();
+    let rr: Vec<&str> = inv.headers.values(&HeaderName::RecordRoute).collect();
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(
+        rr[1].starts_with("<sip:fu"),
+        "the UDP side names the phone's real address: {rr:?}"
+    );
+    let ok = answer(&inv, 200, "Contact: <sip:web@w4.invalid;transport=ws>\r\n");
+    sim.feed(browser(4), &ok);
+    // The browser hangs up: its BYE is for the Contact (a private address) but goes
+    // where the phone really is.
+    let bye = format!(
+        "BYE sip:phone@10.0.0.5:5060 SIP/2.0\r\nVia: SIP/2.0/WS w4.invalid;branch=z9hG4bKnbye\r\nMax-Forwards: 70\r\n\
+         Route: {}\r\nRoute: {}\r\nFrom: <sip:web@localhost>;tag=callee\r\nTo: <sip:phone@localhost>;tag=p1\r\n\
+         Call-ID: call-n1\r\nCSeq: 2 BYE\r\n\r\n",
+        rr[0], rr[1]
+    );
+    let out = sim.feed(browser(4), &bye);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].0,
+        Target::Udp {
+            local: UDP,
+            remote: phone()
+        }
+    );
+    assert_eq!(
+        request(&out[0].1).uri.to_string(),
+        "sip:phone@10.0.0.5:5060"
+    );
+    // A forged token is refused.
+    let forged = bye
+        .replace(&rr[1][9..14], "AAAAA")
+        .replace("z9hG4bKnbye", "z9hG4bKnbyf");
+    assert_eq!(status(&sim.feed(browser(4), &forged)[0].1), 403);
+
+    // Called: registered from behind the NAT, the INVITE goes to the real address and
+    // the phone's entry carries it, so the caller's ACK and BYE follow.
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKnreg;rport\r\n\
+               Max-Forwards: 70\r\nFrom: <sip:natted@localhost>;tag=nr\r\nTo: <sip:natted@localhost>\r\n\
+               Call-ID: nat-reg\r\nCSeq: 1 REGISTER\r\nContact: <sip:natted@10.0.0.5:5060>\r\n\r\n";
+    assert_eq!(status(&sim.feed(udp_phone(), reg)[0].1), 200);
+    let invite = "INVITE sip:natted@localhost SIP/2.0\r\nVia: SIP/2.0/WS w4.invalid;branch=z9hG4bKninv\r\n\
+                  Max-Forwards: 70\r\nFrom: <sip:web@localhost>;tag=w\r\nTo: <sip:natted@localhost>\r\n\
+                  Call-ID: call-n2\r\nCSeq: 1 INVITE\r\nContact: <sip:web@w4.invalid;transport=ws>\r\n\r\n";
+    let out = sim.feed(browser(4), invite);
+    let (target, fwd) = out
+        .iter()
+        .find(|(_, m)| matches!(m, Message::Request(_)))
+        .expect("forwarded");
+    assert_eq!(
+        *target,
+        Target::Udp {
+            local: UDP,
+            remote: phone()
+        }
+    );
+    let rr: Vec<String> = request(fwd)
+        .headers
+        .values(&HeaderName::RecordRoute)
+        .map(str::to_string)
+        .collect();
+    assert!(rr[0].starts_with("<sip:fu"), "{rr:?}");
+    // The caller's ACK for the 200 (route set reversed) reaches the phone's real address.
+    let ack = format!(
+        "ACK sip:natted@10.0.0.5:5060 SIP/2.0\r\nVia: SIP/2.0/WS w4.invalid;branch=z9hG4bKnack\r\nMax-Forwards: 70\r\n\
+         Route: {}, {}\r\nFrom: <sip:web@localhost>;tag=w\r\nTo: <sip:natted@localhost>;tag=callee\r\n\
+         Call-ID: call-n2\r\nCSeq: 1 ACK\r\n\r\n",
+        rr[1], rr[0]
+    );
+    let out = sim.feed(browser(4), &ack);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].0,
+        Target::Udp {
+            local: UDP,
+            remote: phone()
+        }
+    );
+}
+
+#[test]
 fn ws_to_udp_invite_and_bye_from_the_phone() {
     let mut sim = Sim::new();
     sim.register_udp("carol");
