@@ -91,6 +91,9 @@ pub struct Location {
     by_aor: HashMap<String, Vec<Binding>>,
     by_flow: HashMap<FlowId, Vec<(String, u64)>>,
     by_temp_gruu: HashMap<String, (String, u64)>,
+    /// Bindings on a flow by their Contact text: a request whose Request-URI is a
+    /// browser's `.invalid` Contact finds its connection without a scan.
+    by_flow_contact: HashMap<String, Vec<(String, u64)>>,
     expiries: BTreeSet<(Instant, u64)>,
     aor_of: HashMap<u64, String>,
     next_id: u64,
@@ -124,15 +127,22 @@ impl Location {
         self.by_aor.get(aor)?.iter().find(|b| b.id == *id)
     }
 
+    /// A binding on a flow whose Contact is exactly `contact`.
+    pub fn on_flow_with_contact(&self, contact: &str) -> Option<&Binding> {
+        let (aor, id) = self.by_flow_contact.get(contact)?.first()?;
+        self.by_aor.get(aor)?.iter().find(|b| b.id == *id)
+    }
+
     /// Inserts or replaces (same id) a binding. A replacement that keeps what the
-    /// indexes hold (AoR, reach, temporary GRUU) is made in place, moving only its
-    /// expiry: the refresh of a registration.
+    /// indexes hold (AoR, reach, Contact, temporary GRUU) is made in place, moving only
+    /// its expiry: the refresh of a registration.
     pub fn upsert(&mut self, b: Binding) {
         if let Some(old) = self
             .by_aor
             .get_mut(&b.aor)
             .and_then(|list| list.iter_mut().find(|o| o.id == b.id))
             && old.reach == b.reach
+            && old.contact == b.contact
             && old.temp_gruu == b.temp_gruu
         {
             self.expiries.remove(&(old.expires_at, b.id));
@@ -144,6 +154,10 @@ impl Location {
         if let Some(flow) = b.on_flow() {
             self.by_flow
                 .entry(flow)
+                .or_default()
+                .push((b.aor.clone(), b.id));
+            self.by_flow_contact
+                .entry(b.contact.clone())
                 .or_default()
                 .push((b.aor.clone(), b.id));
         }
@@ -169,6 +183,14 @@ impl Location {
             v.retain(|(_, i)| *i != id);
             if v.is_empty() {
                 self.by_flow.remove(&flow);
+            }
+        }
+        if b.on_flow().is_some()
+            && let Some(v) = self.by_flow_contact.get_mut(&b.contact)
+        {
+            v.retain(|(_, i)| *i != id);
+            if v.is_empty() {
+                self.by_flow_contact.remove(&b.contact);
             }
         }
         if let Some(t) = &b.temp_gruu {
@@ -300,5 +322,53 @@ mod tests {
         assert!(loc.expire(now + Duration::from_secs(10)).is_empty());
         assert_eq!(loc.by_temp_gruu("t10").unwrap().cseq, 2);
         assert_eq!(loc.remove_flow(1).len(), 1);
+    }
+
+    #[test]
+    fn flow_bindings_are_found_by_contact() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let mut a = binding(&mut loc, "sip:a@l", now, 10, Reach::Flow(1));
+        a.contact = "sip:x@r1.invalid;transport=ws".into();
+        loc.upsert(a.clone());
+        let udp = binding(
+            &mut loc,
+            "sip:u@l",
+            now,
+            10,
+            Reach::Udp {
+                local: "127.0.0.1:5060".parse().unwrap(),
+                remote: "127.0.0.1:5070".parse().unwrap(),
+            },
+        );
+        loc.upsert(udp);
+        assert_eq!(
+            loc.on_flow_with_contact("sip:x@r1.invalid;transport=ws")
+                .map(|b| b.id),
+            Some(a.id)
+        );
+        assert!(
+            loc.on_flow_with_contact("sip:a@b").is_none(),
+            "only bindings on a flow"
+        );
+        // A new Contact on the same flow (same id) moves the index.
+        a.contact = "sip:x@r2.invalid;transport=ws".into();
+        loc.upsert(a.clone());
+        assert!(
+            loc.on_flow_with_contact("sip:x@r1.invalid;transport=ws")
+                .is_none()
+        );
+        assert_eq!(
+            loc.on_flow_with_contact("sip:x@r2.invalid;transport=ws")
+                .map(|b| b.id),
+            Some(a.id)
+        );
+        // Gone with its flow.
+        assert_eq!(loc.remove_flow(1).len(), 1);
+        assert!(
+            loc.on_flow_with_contact("sip:x@r2.invalid;transport=ws")
+                .is_none()
+        );
+        assert!(loc.by_flow_contact.is_empty());
     }
 }

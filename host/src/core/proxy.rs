@@ -458,11 +458,7 @@ impl Core {
     /// A WebSocket client's Contact (`sip:x@abc.invalid;transport=ws`) has no address:
     /// find the flow it registered over.
     fn flow_of_contact(&self, uri: &Uri) -> Option<Candidate> {
-        let text = uri.to_string();
-        let b = self
-            .location
-            .all()
-            .find(|b| b.contact == text && b.on_flow().is_some())?;
+        let b = self.location.on_flow_with_contact(&uri.to_string())?;
         let flow = b.on_flow()?;
         let (transport, _, _) = *self.flows.get(&flow)?;
         Some(Candidate {
