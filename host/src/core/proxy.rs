@@ -91,6 +91,21 @@ pub(super) enum Route {
 impl Core {
     /// Decides what happens to a new request: answer it here, or forward it.
     pub(super) fn decide(&mut self, now: Instant, source: &Source, req: &mut Request) -> Route {
+        // A strict router before us (RFC 3261 16.4): the Request-URI is one of our
+        // Record-Route entries (they all carry `sw`) and the target is the last Route
+        // value. Put both back as a loose router sends them; our entry is then popped
+        // below like any other, with the same checks.
+        if self.is_local_uri(&req.uri)
+            && req.uri.as_sip().is_some_and(|u| u.param("sw").is_some())
+            && let Some(last) = req.headers.take_last_value(&HeaderName::Route)
+        {
+            let Ok(target) = NameAddr::parse(&last) else {
+                return Route::Answer(400, vec![]);
+            };
+            let ours = std::mem::replace(&mut req.uri, target.uri);
+            req.headers
+                .push_front(HeaderName::Route, format!("<{ours}>"));
+        }
         // Max-Forwards (RFC 3261 16.3 step 3).
         let max_forwards = req
             .headers

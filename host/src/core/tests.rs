@@ -479,6 +479,30 @@ fn a_udp_phone_behind_nat_gets_its_dialog_requests_at_its_real_address() {
 }
 
 #[test]
+fn a_strict_router_before_us_is_understood() {
+    let mut sim = Sim::new();
+    sim.register_ws("sam", 5);
+    let out = sim.feed(udp_phone(), &invite_from_udp("sam", "sr"));
+    let inv = request(&out[1].1).clone();
+    let rr: Vec<&str> = inv.headers.values(&HeaderName::RecordRoute).collect();
+    // An RFC 2543 hop routes strictly: our UDP-side entry becomes the Request-URI and
+    // the remote target goes last in Route (RFC 3261 16.4, 12.2.1.1).
+    let ours = rr[1].trim_start_matches('<').trim_end_matches('>');
+    let bye = format!(
+        "BYE {ours} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKsbye;rport\r\nMax-Forwards: 70\r\n\
+         Route: {}\r\nRoute: <sip:sam@s5.invalid;transport=ws>\r\nFrom: <sip:phone@localhost>;tag=p1\r\n\
+         To: <sip:sam@localhost>;tag=callee\r\nCall-ID: call-sr\r\nCSeq: 2 BYE\r\n\r\n",
+        rr[0]
+    );
+    let out = sim.feed(udp_phone(), &bye);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, Target::Flow(5));
+    let fwd = request(&out[0].1);
+    assert_eq!(fwd.uri.to_string(), "sip:sam@s5.invalid;transport=ws");
+    assert_eq!(fwd.headers.get(&HeaderName::Route), None);
+}
+
+#[test]
 fn ws_to_udp_invite_and_bye_from_the_phone() {
     let mut sim = Sim::new();
     sim.register_udp("carol");

@@ -184,15 +184,34 @@ impl Headers {
     /// Removes the first value of a list header (`Via`, `Route`...), whether it stands
     /// alone on its line or first in a comma-separated line.
     pub fn remove_first_value(&mut self, name: &HeaderName) {
-        let Some(pos) = self.0.iter().position(|h| &h.name == name) else {
-            return;
-        };
-        let rest: Vec<&str> = split_list(&self.0[pos].value).skip(1).collect();
-        if rest.is_empty() {
+        self.take_end_value(name, true);
+    }
+
+    /// Removes and returns the last value of a list header, whether it stands alone on
+    /// its line or last in a comma-separated line.
+    pub fn take_last_value(&mut self, name: &HeaderName) -> Option<String> {
+        self.take_end_value(name, false)
+    }
+
+    fn take_end_value(&mut self, name: &HeaderName, first: bool) -> Option<String> {
+        let pos = if first {
+            self.0.iter().position(|h| &h.name == name)
+        } else {
+            self.0.iter().rposition(|h| &h.name == name)
+        }?;
+        let mut values: Vec<&str> = split_list(&self.0[pos].value).collect();
+        let taken = if first {
+            (!values.is_empty()).then(|| values.remove(0))
+        } else {
+            values.pop()
+        }
+        .map(str::to_string);
+        if values.is_empty() {
             self.0.remove(pos);
         } else {
-            self.0[pos].value = rest.join(", ");
+            self.0[pos].value = values.join(", ");
         }
+        taken
     }
 
     /// Mutable access to the first field named `name`.
