@@ -113,7 +113,19 @@ impl Agent {
             lines,
             user: user.into(),
         };
-        agent.expect("ready").await;
+        // Starting Chromium (and bundling JsSIP for its page) can take well over the
+        // usual wait while the rest of the suite runs on the same two cores.
+        let startup = if script == "browser.mjs" {
+            std::time::Duration::from_secs(90)
+        } else {
+            crate::WAIT
+        };
+        if tokio::time::timeout(startup, agent.expect_unbounded("ready"))
+            .await
+            .is_err()
+        {
+            panic!("timed out after {startup:?}: {user}: event ready");
+        }
         agent
     }
 
@@ -127,7 +139,13 @@ impl Agent {
     /// Waits for event `ev` (other events in between are skipped; errors fail).
     pub async fn expect(&mut self, ev: &str) -> Value {
         let user = self.user.clone();
-        within(&format!("{user}: event {ev}"), async {
+        within(&format!("{user}: event {ev}"), self.expect_unbounded(ev)).await
+    }
+
+    /// [`Agent::expect`] without its time limit (the caller sets one).
+    async fn expect_unbounded(&mut self, ev: &str) -> Value {
+        let user = self.user.clone();
+        async {
             loop {
                 let line = self
                     .lines
@@ -144,7 +162,7 @@ impl Agent {
                     return v;
                 }
             }
-        })
+        }
         .await
     }
 
