@@ -35,6 +35,19 @@ async fn call(caller: &mut Phone, callee: &mut Phone, callee_hangs_up: bool) {
     );
 }
 
+/// Waits for `phone`'s call to close and checks the SIP status that closed it.
+async fn closes_with(phone: &mut Phone, status: &str) {
+    let closed = phone.expect("CALL_CLOSED").await;
+    assert!(
+        closed["param"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(status),
+        "{}: {closed}",
+        phone.user
+    );
+}
+
 #[tokio::test]
 async fn phones_over_udp_tcp_and_tls_call_each_other() {
     let s = Server::standard("");
@@ -96,24 +109,10 @@ async fn phone_cancel_and_busy() {
     bob.expect("CALL_INCOMING").await;
     alice.expect("CALL_RINGING").await;
     bob.cmd("hangup", "").await;
-    let closed = alice.expect("CALL_CLOSED").await;
-    assert!(
-        closed["param"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("486"),
-        "{closed}"
-    );
+    closes_with(&mut alice, "486").await;
     // An unknown user: 404.
     alice.dial("nobody").await;
-    let closed = alice.expect("CALL_CLOSED").await;
-    assert!(
-        closed["param"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("404"),
-        "{closed}"
-    );
+    closes_with(&mut alice, "404").await;
 }
 
 #[tokio::test]
@@ -180,14 +179,7 @@ async fn phones_that_go_away_are_unavailable() {
         s.logs()
     );
     alice.dial("bob").await;
-    let closed = alice.expect("CALL_CLOSED").await;
-    assert!(
-        closed["param"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("480"),
-        "{closed}"
-    );
+    closes_with(&mut alice, "480").await;
     // A UDP phone that quits unregisters first.
     let carol = Phone::start(&s, "carol", Transport::Udp).await;
     carol.quit().await;
@@ -198,12 +190,5 @@ async fn phones_that_go_away_are_unavailable() {
         s.logs()
     );
     alice.dial("carol").await;
-    let closed = alice.expect("CALL_CLOSED").await;
-    assert!(
-        closed["param"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("480"),
-        "{closed}"
-    );
+    closes_with(&mut alice, "480").await;
 }
