@@ -70,6 +70,20 @@ enum RrToken {
 
 /// The address a SIP URI with an IP literal reaches over UDP (port 5060 when absent);
 /// `None` for names and other schemes.
+/// The Request-URI for a request retargeted to a registered Contact. A Contact may carry
+/// `?headers` and a `method` parameter (RFC 3261 19.1.1, Table 1: allowed in a registrar's
+/// Contact), neither of which may appear in a Request-URI; both are dropped, everything else
+/// (transport, maddr, user, unknown parameters) is kept as 19.1.5 asks.
+fn request_uri_of_contact(contact: &str) -> Option<Uri> {
+    let mut uri = Uri::parse(contact).ok()?;
+    if let Uri::Sip(u) = &mut uri {
+        u.headers = None;
+        u.params
+            .retain(|(name, _)| !name.eq_ignore_ascii_case("method"));
+    }
+    Some(uri)
+}
+
 fn udp_addr_of(uri: &Uri) -> Option<SocketAddr> {
     let u = uri.as_sip()?;
     let ip = u.host.ip()?;
@@ -240,19 +254,29 @@ impl Core {
         }
         // A remaining Route is the next hop (loose routing): only within a dialog we
         // record-routed, or when relaying is allowed.
-        if let Some(next) = req
+        let next = req
             .headers
             .values(&HeaderName::Route)
             .next()
-            .map(str::to_string)
-        {
+            .map(str::to_string);
+        if let Some(next) = next {
             if !(self.cfg.relay || proof) {
                 return Route::Answer(403, vec![]);
             }
             let Ok(na) = NameAddr::parse(&next) else {
                 return Route::Answer(400, vec![]);
             };
-            return match self.candidate_for(&na.uri, req.uri.clone(), vec![]) {
+            // A next hop without `lr` is a strict router (RFC 3261 16.6 step 6): it gets
+            // its own URI as the Request-URI and the target as the last Route value.
+            let ruri = if na.uri.as_sip().is_some_and(|u| u.param("lr").is_none()) {
+                req.headers.remove_first_value(&HeaderName::Route);
+                let target = std::mem::replace(&mut req.uri, na.uri.clone());
+                req.headers.push(HeaderName::Route, format!("<{target}>"));
+                na.uri.clone()
+            } else {
+                req.uri.clone()
+            };
+            return match self.candidate_for(&na.uri, ruri, vec![]) {
                 Ok(c) => Route::Forward(vec![vec![c]], hash),
                 Err(status) => Route::Answer(status, vec![]),
             };
@@ -392,7 +416,7 @@ impl Core {
             let candidates: Vec<Candidate> = g
                 .iter()
                 .filter_map(|b| {
-                    let uri = Uri::parse(&b.contact).ok()?;
+                    let uri = request_uri_of_contact(&b.contact)?;
                     let transport = match b.reach {
                         super::location::Reach::Flow(f) => self
                             .flows
@@ -690,16 +714,22 @@ impl Core {
             // A UDP side whose Contact is not the address it is reached at (a phone
             // behind NAT) gets that address as a token, so the dialog's requests go
             // there rather than to a private Contact (RFC 5626 5.2, as `nathelper` does).
+            // Only for a UA we talk to directly: a binding with a Path, or a request that
+            // already has another proxy's Via, is reached through that proxy, and the
+            // Contact is its business.
             let out_token = match c.target {
                 Target::Flow(f) => Some(RrToken::Flow(f)),
-                Target::Udp { remote, .. } if udp_addr_of(&c.uri) != Some(remote) => {
+                Target::Udp { remote, .. }
+                    if c.path.is_empty() && udp_addr_of(&c.uri) != Some(remote) =>
+                {
                     Some(RrToken::Udp(remote))
                 }
                 _ => None,
             };
+            let from_ua = req.headers.values(&HeaderName::Via).nth(1).is_none();
             let in_token = match source.flow {
                 Some(f) => Some(RrToken::Flow(f)),
-                None if source.transport == Transport::Udp => {
+                None if source.transport == Transport::Udp && from_ua => {
                     let contact = req
                         .headers
                         .get(&HeaderName::Contact)

@@ -313,6 +313,32 @@ fn message_udp_to_ws_and_back() {
 }
 
 #[test]
+fn a_contact_with_headers_and_method_is_retargeted_without_them() {
+    let mut sim = Sim::new();
+    let out = sim.feed(
+        udp_phone(),
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKrh;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:carol@localhost>;tag=rh\r\nTo: <sip:carol@localhost>\r\n\
+         Call-ID: reg-h\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:carol@127.0.0.1:5070;user=phone;method=INVITE;x-dev=7?Subject=hi&Priority=urgent>\r\n\r\n",
+    );
+    assert_eq!(status(&out[0].1), 200, "{out:?}");
+    let out = sim.feed(
+        browser(3),
+        "MESSAGE sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/WS b3.invalid;branch=z9hG4bKmh\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=b\r\nTo: <sip:carol@localhost>\r\nCall-ID: mh\r\n\
+         CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    // RFC 3261 19.1.1, Table 1: neither headers nor `method` may be in a Request-URI;
+    // the other parameters stay (19.1.5).
+    assert_eq!(
+        request(&out[0].1).uri.to_string(),
+        "sip:carol@127.0.0.1:5070;user=phone;x-dev=7"
+    );
+}
+
+#[test]
 fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
     let mut sim = Sim::new();
     sim.register_ws("bob", 3);
@@ -479,6 +505,60 @@ fn a_udp_phone_behind_nat_gets_its_dialog_requests_at_its_real_address() {
 }
 
 #[test]
+fn no_nat_token_for_a_ua_behind_another_proxy() {
+    let mut sim = Sim::new();
+    sim.register_ws("web", 4);
+    // An upstream proxy (which does not record-route) sends us its UA's INVITE: the
+    // Contact is not the packet's source, but that is no NAT of ours to mend.
+    let via_proxy = invite_from_udp("web", "up1").replace(
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKup1;rport\r\n",
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKup1;rport\r\n\
+         Via: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKua1\r\n",
+    );
+    let via_proxy = via_proxy.replace(
+        "Contact: <sip:phone@127.0.0.1:5070>",
+        "Contact: <sip:phone@10.0.0.7:5060>",
+    );
+    let out = sim.feed(udp_phone(), &via_proxy);
+    assert_eq!(out[1].0, Target::Flow(4));
+    let rr: Vec<String> = request(&out[1].1)
+        .headers
+        .values(&HeaderName::RecordRoute)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(rr[1].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
+
+    // A binding registered through an edge proxy (with Path) is reached through it.
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKpreg;rport\r\n\
+               Via: SIP/2.0/UDP 10.0.0.8:5060;branch=z9hG4bKua2\r\n\
+               Max-Forwards: 69\r\nFrom: <sip:far@localhost>;tag=pr\r\nTo: <sip:far@localhost>\r\n\
+               Call-ID: path-reg\r\nCSeq: 1 REGISTER\r\nPath: <sip:127.0.0.1:5070;lr>\r\n\
+               Supported: path\r\nContact: <sip:far@10.0.0.8:5060>\r\n\r\n";
+    assert_eq!(status(&sim.feed(udp_phone(), reg)[0].1), 200);
+    let invite = "INVITE sip:far@localhost SIP/2.0\r\nVia: SIP/2.0/WS w4.invalid;branch=z9hG4bKpinv\r\n\
+                  Max-Forwards: 70\r\nFrom: <sip:web@localhost>;tag=w\r\nTo: <sip:far@localhost>\r\n\
+                  Call-ID: call-p2\r\nCSeq: 1 INVITE\r\nContact: <sip:web@w4.invalid;transport=ws>\r\n\r\n";
+    let out = sim.feed(browser(4), invite);
+    let (target, fwd) = out
+        .iter()
+        .find(|(_, m)| matches!(m, Message::Request(_)))
+        .expect("forwarded");
+    assert_eq!(
+        *target,
+        Target::Udp {
+            local: UDP,
+            remote: phone()
+        }
+    );
+    let rr: Vec<&str> = request(fwd)
+        .headers
+        .values(&HeaderName::RecordRoute)
+        .collect();
+    assert!(rr[0].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
+}
+
+#[test]
 fn a_strict_router_before_us_is_understood() {
     let mut sim = Sim::new();
     sim.register_ws("sam", 5);
@@ -541,6 +621,45 @@ fn ws_to_udp_invite_and_bye_from_the_phone() {
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].0, Target::Flow(9));
     sim.assert_idle_after_timers(1, 1);
+}
+
+#[test]
+fn a_strict_router_after_us_gets_its_uri_as_the_request_uri() {
+    let mut sim = Sim::new();
+    sim.register_udp("carol");
+    let inv = "INVITE sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/WS a9.invalid;branch=z9hG4bKs1\r\nMax-Forwards: 70\r\n\
+               From: <sip:alice@localhost>;tag=a\r\nTo: <sip:carol@localhost>\r\nCall-ID: s1\r\nCSeq: 1 INVITE\r\n\
+               Contact: <sip:alice@a9.invalid;transport=ws;ob>\r\n\r\n";
+    let out = sim.feed(browser(9), inv);
+    let fwd = request(&out[1].1).clone();
+    let rr: Vec<String> = fwd
+        .headers
+        .values(&HeaderName::RecordRoute)
+        .map(str::to_string)
+        .collect();
+    // The browser's route set: our two entries, then an RFC 2543 proxy (no `lr`) that
+    // the callee's side of the dialog went through.
+    let bye = format!(
+        "BYE sip:carol@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/WS a9.invalid;branch=z9hG4bKs2\r\nMax-Forwards: 70\r\n\
+         Route: {}, {}, <sip:127.0.0.1:5090>\r\nFrom: <sip:alice@localhost>;tag=a\r\n\
+         To: <sip:carol@localhost>;tag=callee\r\nCall-ID: s1\r\nCSeq: 2 BYE\r\n\r\n",
+        rr[1], rr[0]
+    );
+    let out = sim.feed(browser(9), &bye);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].0,
+        Target::Udp {
+            local: UDP,
+            remote: "127.0.0.1:5090".parse().unwrap()
+        }
+    );
+    // RFC 3261 16.6 step 6: the strict router's URI is the Request-URI, the target the
+    // last Route value.
+    let fwd = request(&out[0].1);
+    assert_eq!(fwd.uri.to_string(), "sip:127.0.0.1:5090");
+    let route: Vec<&str> = fwd.headers.values(&HeaderName::Route).collect();
+    assert_eq!(route, ["<sip:carol@127.0.0.1:5070>"]);
 }
 
 #[test]
