@@ -11,11 +11,13 @@ rustup target add wasm32-wasip2
 # sipp (Debian's sip-tester) is a real SIP peer for the UDP/TCP tests.
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo=sudo
-# baresip (Debian's baresip-core) is a real phone for calls over UDP, TCP and TLS;
+# baresip (Debian's baresip-core) is a real phone for calls over UDP, TCP and TLS,
+# Linphone (linphone-cli) a second one that uses GRUUs as its Contacts;
 # Chromium runs JsSIP and SIP.js in a real headless browser (driven by playwright-core).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
+command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq

@@ -1,9 +1,11 @@
 //! A real phone, baresip, through sipwasm: registered over UDP, TCP and TLS, calling
 //! other phones and browser SIP stacks (JsSIP and SIP.js over WebSocket) with each side
-//! hanging up, CANCEL, busy, and phones that go away with and without unregistering.
+//! hanging up, CANCEL, busy, and phones that go away with and without unregistering;
+//! and a second phone, Linphone, which puts its GRUU in its Contacts.
 
 use serde_json::json;
 use sipwasm_tests::js::{Agent, Lib};
+use sipwasm_tests::linphone::Linphone;
 use sipwasm_tests::phone::{Phone, Transport};
 use sipwasm_tests::*;
 
@@ -191,4 +193,100 @@ async fn phones_that_go_away_are_unavailable() {
     );
     alice.dial("carol").await;
     closes_with(&mut alice, "480").await;
+}
+
+#[tokio::test]
+async fn linphone_calls_and_messages_phones_and_browsers() {
+    let s = Server::standard("");
+    let mut lin = Linphone::start(&s, "lin", Transport::Udp).await;
+    let mut tcp = Linphone::start(&s, "lintcp", Transport::Tcp).await;
+
+    // Linphone to Linphone (UDP to TCP): the callee answers, the caller hangs up. Both
+    // Contacts are GRUUs, so the ACK and BYE are routed by the registrar or a flow token.
+    lin.call("lintcp").await;
+    tcp.expect("Receiving new incoming call from sip:lin@localhost")
+        .await;
+    lin.expect("ringing").await;
+    tcp.cmd("answer").await;
+    lin.expect("connected").await;
+    tcp.expect("connected").await;
+    lin.cmd("terminate").await;
+    lin.expect("ended").await;
+    tcp.expect("ended").await;
+    // And back, the callee hanging up.
+    tcp.call("lin").await;
+    lin.expect("Receiving new incoming call from sip:lintcp@localhost")
+        .await;
+    lin.cmd("answer").await;
+    tcp.expect("connected").await;
+    lin.expect("connected").await;
+    lin.cmd("terminate").await;
+    tcp.expect("ended").await;
+    lin.expect("ended").await;
+    // A message (and the IMDN reports it sends back).
+    tcp.cmd("chat sip:lin@localhost over tcp and udp").await;
+    assert!(
+        lin.expect("Message received from sip:lintcp@localhost")
+            .await
+            .ends_with("over tcp and udp")
+    );
+
+    // A browser stack (JsSIP over WS) calls Linphone; Linphone hangs up: its BYE goes
+    // out with the browser's flow token in the route set.
+    let mut web = Agent::start_for_phones(&s, Lib::JsSip, "web").await;
+    web.register().await;
+    web.cmd(json!({"cmd": "call", "target": "lin"})).await;
+    lin.expect("Receiving new incoming call from sip:web@localhost")
+        .await;
+    lin.cmd("answer").await;
+    web.expect("accepted").await;
+    lin.expect("connected").await;
+    // Let the ACK get through before hanging up.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    lin.cmd("terminate").await;
+    web.expect("ended").await;
+    lin.expect("ended").await;
+    // Linphone calls the browser; the browser hangs up: its BYE is for Linphone's GRUU.
+    lin.call("web").await;
+    web.expect("incoming").await;
+    web.cmd(json!({"cmd": "answer"})).await;
+    lin.expect("connected").await;
+    web.expect("accepted").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    web.cmd(json!({"cmd": "hangup"})).await;
+    web.expect("ended").await;
+    lin.expect("ended").await;
+    // The browser declines: Linphone hears why.
+    lin.call("web").await;
+    web.expect("incoming").await;
+    web.cmd(json!({"cmd": "reject", "status": 486})).await;
+    lin.expect("Call 5 with sip:web@localhost error").await;
+    assert!(
+        lin.logged("SIP/2.0 486 "),
+        "the browser's 486 reached Linphone"
+    );
+
+    // Linphone and baresip.
+    let mut bare = Phone::start(&s, "bare", Transport::Udp).await;
+    bare.dial("lintcp").await;
+    tcp.expect("Receiving new incoming call from sip:bare@localhost")
+        .await;
+    tcp.cmd("answer").await;
+    bare.expect("CALL_ESTABLISHED").await;
+    tcp.expect("connected").await;
+    bare.cmd("hangup", "").await;
+    bare.expect("CALL_CLOSED").await;
+    tcp.expect("ended").await;
+
+    // Unknown users: 404 reaches Linphone.
+    lin.call("nobody").await;
+    lin.expect("Call 6 with sip:nobody@localhost error").await;
+    assert!(lin.logged("SIP/2.0 404 "), "the 404 reached Linphone");
+    lin.quit().await;
+    assert!(
+        s.wait_for_log("binding removed aor=sip:lin@localhost")
+            .await,
+        "{}",
+        s.logs()
+    );
 }

@@ -734,7 +734,10 @@ impl Core {
                         .headers
                         .get(&HeaderName::Contact)
                         .and_then(|c| NameAddr::parse(c).ok());
-                    (contact.and_then(|c| udp_addr_of(&c.uri)) != Some(source.remote))
+                    // A GRUU of ours as Contact (Linphone sends its pub-gruu) is
+                    // routed by the registrar like any other request for it.
+                    let ours = contact.as_ref().is_some_and(|c| self.is_local_uri(&c.uri));
+                    (!ours && contact.and_then(|c| udp_addr_of(&c.uri)) != Some(source.remote))
                         .then_some(RrToken::Udp(source.remote))
                 }
                 None => None,

@@ -529,6 +529,21 @@ fn no_nat_token_for_a_ua_behind_another_proxy() {
     assert_eq!(rr.len(), 2, "{rr:?}");
     assert!(rr[1].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
 
+    // A phone whose Contact is its GRUU (Linphone does this) is found through the
+    // registrar: no address token either.
+    let gruu = invite_from_udp("web", "gr1").replace(
+        "Contact: <sip:phone@127.0.0.1:5070>",
+        "Contact: <sip:phone@localhost;gr=urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>",
+    );
+    let out = sim.feed(udp_phone(), &gruu);
+    assert_eq!(out[1].0, Target::Flow(4));
+    let rr: Vec<String> = request(&out[1].1)
+        .headers
+        .values(&HeaderName::RecordRoute)
+        .map(str::to_string)
+        .collect();
+    assert!(rr[1].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
+
     // A binding registered through an edge proxy (with Path) is reached through it.
     let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKpreg;rport\r\n\
                Via: SIP/2.0/UDP 10.0.0.8:5060;branch=z9hG4bKua2\r\n\
