@@ -195,6 +195,18 @@ async fn phones_that_go_away_are_unavailable() {
     closes_with(&mut alice, "480").await;
 }
 
+/// `holder` puts its call with `held` on hold and takes it back: two re-INVITEs within
+/// the dialog.
+async fn hold_and_resume(holder: &mut Linphone, held: &mut Linphone) {
+    holder.cmd("pause").await;
+    holder.expect("is now paused").await;
+    held.expect(&format!("has been paused by sip:{}@localhost", holder.user))
+        .await;
+    holder.cmd("resume").await;
+    holder.expect("Media streams established").await;
+    held.expect("Media streams established").await;
+}
+
 #[tokio::test]
 async fn linphone_calls_and_messages_phones_and_browsers() {
     let s = Server::standard("");
@@ -210,6 +222,13 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     tcp.cmd("answer").await;
     lin.expect("connected").await;
     tcp.expect("connected").await;
+    lin.expect("Media streams established").await;
+    tcp.expect("Media streams established").await;
+    // Hold and resume from each side: re-INVITEs within the dialog, from the caller
+    // (for the callee's GRUU, by its flow token) and from the callee (for the caller's
+    // GRUU, found by the registrar).
+    hold_and_resume(&mut lin, &mut tcp).await;
+    hold_and_resume(&mut tcp, &mut lin).await;
     lin.cmd("terminate").await;
     lin.expect("ended").await;
     tcp.expect("ended").await;
@@ -282,6 +301,27 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     lin.call("nobody").await;
     lin.expect("Call 6 with sip:nobody@localhost error").await;
     assert!(lin.logged("SIP/2.0 404 "), "the 404 reached Linphone");
+
+    // Blind transfer: Linphone's REFER and the NOTIFYs about it cross the proxy in the
+    // dialog, the transferee's new INVITE reaches the third phone.
+    let mut third = Linphone::start(&s, "third", Transport::Udp).await;
+    lin.call("lintcp").await;
+    tcp.expect("Receiving new incoming call from sip:lin@localhost")
+        .await;
+    tcp.cmd("answer").await;
+    lin.expect("connected").await;
+    tcp.expect("connected").await;
+    lin.cmd("transfer sip:third@localhost").await;
+    third
+        .expect("Receiving new incoming call from sip:lintcp@localhost")
+        .await;
+    third.cmd("answer").await;
+    tcp.expect("with sip:third@localhost connected").await;
+    third.expect("connected").await;
+    lin.expect("has been transfered").await;
+    lin.expect("ended").await;
+    third.cmd("terminate").await;
+    tcp.expect("with sip:third@localhost ended").await;
     lin.quit().await;
     assert!(
         s.wait_for_log("binding removed aor=sip:lin@localhost")
