@@ -47,26 +47,31 @@ fn linphonec_bin() -> &'static str {
 }
 
 impl Linphone {
-    /// Starts linphonec for `user`, registering over `transport` (UDP or TCP) with the
-    /// server as its proxy and route, and waits until it says it is registered.
+    /// Starts linphonec for `user`, registering over `transport` with the server as its
+    /// proxy and route, and waits until it says it is registered. Over TLS it does not
+    /// verify the server's certificate (the test server's is self-signed).
     pub async fn start(server: &Server, user: &str, transport: Transport) -> Self {
-        let (param, udp_port, tcp_port) = match transport {
-            Transport::Udp => ("udp", free_port(), 0),
-            // -1: a port of linphonec's own choosing.
-            Transport::Tcp => ("tcp", 0, -1),
-            Transport::Tls => panic!("the Linphone peer is set up for UDP and TCP only"),
+        // -1: a port of linphonec's own choosing; 0: off.
+        let (param, udp_port, tcp_port, tls_port) = match transport {
+            Transport::Udp => ("udp", free_port(), 0, 0),
+            Transport::Tcp => ("tcp", 0, -1, 0),
+            Transport::Tls => ("tls", 0, 0, -1),
+        };
+        let proxy = match transport {
+            Transport::Tls => server.tls,
+            Transport::Udp | Transport::Tcp => server.sip,
         };
         let dir = tempfile::tempdir().unwrap();
         // liblinphone keeps its databases under $HOME.
         std::fs::create_dir_all(dir.path().join(".local/share/linphone")).unwrap();
         std::fs::create_dir_all(dir.path().join(".config/linphone")).unwrap();
         let rtp = free_port();
-        let sip = server.sip;
         let rc = format!(
             "[sip]\n\
              sip_port={udp_port}\n\
              sip_tcp_port={tcp_port}\n\
-             sip_tls_port=0\n\
+             sip_tls_port={tls_port}\n\
+             verify_server_certs=0\n\
              default_proxy=0\n\
              register_only_when_network_is_up=0\n\
              [net]\n\
@@ -80,8 +85,8 @@ impl Linphone {
              capture=0\n\
              display=0\n\
              [proxy_0]\n\
-             reg_proxy=<sip:{sip};transport={param}>\n\
-             reg_route=<sip:{sip};transport={param};lr>\n\
+             reg_proxy=<sip:{proxy};transport={param}>\n\
+             reg_route=<sip:{proxy};transport={param};lr>\n\
              reg_identity=sip:{user}@localhost\n\
              reg_expires=600\n\
              reg_sendregister=1\n\

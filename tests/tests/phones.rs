@@ -303,8 +303,8 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     assert!(lin.logged("SIP/2.0 404 "), "the 404 reached Linphone");
 
     // Blind transfer: Linphone's REFER and the NOTIFYs about it cross the proxy in the
-    // dialog, the transferee's new INVITE reaches the third phone.
-    let mut third = Linphone::start(&s, "third", Transport::Udp).await;
+    // dialog, the transferee's new INVITE reaches the third phone (over TLS).
+    let mut third = Linphone::start(&s, "third", Transport::Tls).await;
     lin.call("lintcp").await;
     tcp.expect("Receiving new incoming call from sip:lin@localhost")
         .await;
