@@ -9,6 +9,8 @@
 // Commands: {"cmd":"register"} {"cmd":"unregister"} {"cmd":"call","target":"bob"}
 //           {"cmd":"answer"} {"cmd":"reject","status":486} {"cmd":"hangup"}
 //           {"cmd":"message","target":"bob","body":"hi"} {"cmd":"quit"}
+//           {"cmd":"hold"} {"cmd":"unhold"} (JsSIP; events "hold"/"unhold" with "by", and
+//           "held"/"resumed" when its own re-INVITE succeeded)
 // Events:   {"ev":"ready"} {"ev":"registered"} {"ev":"unregistered"} {"ev":"incoming",...}
 //           {"ev":"progress","status":180} {"ev":"accepted"} {"ev":"ended","by":...}
 //           {"ev":"failed","status":N} {"ev":"message",...} {"ev":"message_sent"}

@@ -42,6 +42,8 @@ export async function jssipAgent(env) {
     s.on("confirmed", () => emit("confirmed"));
     s.on("ended", (e) => emit("ended", { by: e.originator, cause: e.cause }));
     s.on("failed", (e) => emit("failed", { by: e.originator, status: e.message?.status_code ?? 0, cause: e.cause }));
+    s.on("hold", (e) => emit("hold", { by: e.originator }));
+    s.on("unhold", (e) => emit("unhold", { by: e.originator }));
   };
   ua.start();
   return {
@@ -54,6 +56,10 @@ export async function jssipAgent(env) {
     answer: () => session.answer({ ...env.media }),
     reject: (c) => session.terminate({ status_code: c.status ?? 486 }),
     hangup: () => session.terminate(),
+    // Re-INVITEs within the call (a=sendonly, then back to sendrecv); "held" and
+    // "resumed" when the re-INVITE has its 2xx (JsSIP refuses a new one before that).
+    hold: () => session.hold({}, () => emit("held")) || emit("error", { message: "hold refused" }),
+    unhold: () => session.unhold({}, () => emit("resumed")) || emit("error", { message: "unhold refused" }),
     message: (c) =>
       ua.sendMessage(`sip:${c.target}@${domain}`, c.body ?? "", {
         eventHandlers: {

@@ -260,8 +260,25 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     lin.cmd("answer").await;
     web.expect("accepted").await;
     lin.expect("connected").await;
-    // Let the ACK get through before hanging up.
+    lin.expect("Media streams established").await;
+    // Let the ACK get through before the re-INVITEs.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The browser holds and resumes (re-INVITEs from the WS side, for Linphone's GRUU).
+    web.cmd(json!({"cmd": "hold"})).await;
+    assert_eq!(web.expect("hold").await["by"], "local");
+    web.expect("held").await;
+    lin.expect("has been paused by sip:web@localhost").await;
+    web.cmd(json!({"cmd": "unhold"})).await;
+    assert_eq!(web.expect("unhold").await["by"], "local");
+    web.expect("resumed").await;
+    lin.expect("Media streams established").await;
+    // Linphone holds and resumes (re-INVITEs to the browser's connection).
+    lin.cmd("pause").await;
+    lin.expect("is now paused").await;
+    assert_eq!(web.expect("hold").await["by"], "remote");
+    lin.cmd("resume").await;
+    lin.expect("Media streams established").await;
+    assert_eq!(web.expect("unhold").await["by"], "remote");
     lin.cmd("terminate").await;
     web.expect("ended").await;
     lin.expect("ended").await;
