@@ -339,6 +339,63 @@ fn a_contact_with_headers_and_method_is_retargeted_without_them() {
 }
 
 #[test]
+fn prack_and_update_in_the_early_dialog_cross_while_the_invite_is_pending() {
+    let mut sim = Sim::new();
+    sim.register_ws("bob", 3);
+    let out = sim.feed(udp_phone(), &invite_from_udp("bob", "pr1"));
+    let inv = request(&out[1].1).clone();
+    let rr: Vec<String> = inv
+        .headers
+        .values(&HeaderName::RecordRoute)
+        .map(str::to_string)
+        .collect();
+    // A reliable 183 (RFC 3262) passes up with its RSeq and our Record-Route.
+    let early = answer(
+        &inv,
+        183,
+        "Require: 100rel\r\nRSeq: 1\r\nContact: <sip:bob3@b3.invalid;transport=ws>\r\n",
+    );
+    let out = sim.feed(browser(3), &early);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let Message::Response(up) = &out[0].1 else {
+        panic!()
+    };
+    assert_eq!(up.status, 183);
+    assert_eq!(up.headers.get(&HeaderName::parse("RSeq")), Some("1"));
+    // The phone's PRACK and then an UPDATE follow the early dialog's route set to the
+    // browser; their answers come back; the INVITE is still pending meanwhile.
+    for (n, method, extra) in [(2, "PRACK", "RAck: 1 1 INVITE\r\n"), (3, "UPDATE", "")] {
+        let req = format!(
+            "{method} sip:bob3@b3.invalid;transport=ws SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKpr{n};rport\r\nMax-Forwards: 70\r\n\
+             Route: {}, {}\r\nFrom: <sip:phone@localhost>;tag=p1\r\nTo: <sip:bob@localhost>;tag=callee\r\n\
+             Call-ID: call-pr1\r\nCSeq: {n} {method}\r\n{extra}Content-Length: 0\r\n\r\n",
+            rr[1], rr[0]
+        );
+        let out = sim.feed(udp_phone(), &req);
+        assert_eq!(out.len(), 1, "{method}: {out:?}");
+        assert_eq!(out[0].0, Target::Flow(3), "{method}");
+        let fwd = request(&out[0].1).clone();
+        assert_eq!(fwd.uri.to_string(), "sip:bob3@b3.invalid;transport=ws");
+        let out = sim.feed(browser(3), &answer(&fwd, 200, ""));
+        assert_eq!(out.len(), 1, "{method} 200: {out:?}");
+        assert_eq!(
+            out[0].0,
+            Target::Udp {
+                local: UDP,
+                remote: phone()
+            }
+        );
+        assert_eq!(status(&out[0].1), 200);
+    }
+    let out = sim.feed(
+        browser(3),
+        &answer(&inv, 200, "Contact: <sip:bob3@b3.invalid;transport=ws>\r\n"),
+    );
+    assert_eq!(status(&out[0].1), 200);
+}
+
+#[test]
 fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
     let mut sim = Sim::new();
     sim.register_ws("bob", 3);
