@@ -51,6 +51,16 @@ impl Linphone {
     /// proxy and route, and waits until it says it is registered. Over TLS it does not
     /// verify the server's certificate (the test server's is self-signed).
     pub async fn start(server: &Server, user: &str, transport: Transport) -> Self {
+        Self::start_with(server, user, transport, None).await
+    }
+
+    /// [`Linphone::start`] with a Digest password for its account (username `user`).
+    pub async fn start_with(
+        server: &Server,
+        user: &str,
+        transport: Transport,
+        password: Option<&str>,
+    ) -> Self {
         // -1: a port of linphonec's own choosing; 0: off.
         let (param, udp_port, tcp_port, tls_port) = match transport {
             Transport::Udp => ("udp", free_port(), 0, 0),
@@ -92,8 +102,11 @@ impl Linphone {
              reg_sendregister=1\n\
              publish=0\n"
         );
+        let auth = password.map_or(String::new(), |p| {
+            format!("[auth_info_0]\nusername={user}\npasswd={p}\ndomain=localhost\n")
+        });
         let rc_path = dir.path().join("linphonerc");
-        std::fs::write(&rc_path, rc).unwrap();
+        std::fs::write(&rc_path, rc + &auth).unwrap();
         let mut child = Command::new(linphonec_bin())
             .arg("-c")
             .arg(&rc_path)
@@ -192,11 +205,11 @@ impl Linphone {
         self.cmd(&format!("call sip:{user}@localhost")).await;
     }
 
-    /// Whether its log has a line starting with `start` (a status line it received or
-    /// sent, say).
-    pub fn logged(&self, start: &str) -> bool {
+    /// Whether a line of its log (which has every SIP message it sent or received)
+    /// matches `pred`.
+    pub fn logged(&self, pred: impl Fn(&str) -> bool) -> bool {
         std::fs::read_to_string(self.dir.path().join("linphone.log"))
-            .is_ok_and(|log| log.lines().any(|l| l.starts_with(start)))
+            .is_ok_and(|log| log.lines().any(pred))
     }
 
     /// The SIP lines (requests and status lines) of the end of its log.

@@ -298,7 +298,7 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     web.cmd(json!({"cmd": "reject", "status": 486})).await;
     lin.expect("Call 5 with sip:web@localhost error").await;
     assert!(
-        lin.logged("SIP/2.0 486 "),
+        lin.logged(|l| l.starts_with("SIP/2.0 486 ")),
         "the browser's 486 reached Linphone"
     );
 
@@ -317,7 +317,10 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     // Unknown users: 404 reaches Linphone.
     lin.call("nobody").await;
     lin.expect("Call 6 with sip:nobody@localhost error").await;
-    assert!(lin.logged("SIP/2.0 404 "), "the 404 reached Linphone");
+    assert!(
+        lin.logged(|l| l.starts_with("SIP/2.0 404 ")),
+        "the 404 reached Linphone"
+    );
 
     // Blind transfer: Linphone's REFER and the NOTIFYs about it cross the proxy in the
     // dialog, the transferee's new INVITE reaches the third phone (over TLS).
@@ -346,4 +349,53 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
         "{}",
         s.logs()
     );
+}
+
+#[tokio::test]
+async fn linphone_authenticates_with_sha256_digest() {
+    // The example policy plugin as the router, asking for Digest on REGISTER, INVITE and
+    // MESSAGE, SHA-256 offered first (RFC 8760).
+    let s = Server::standard(
+        r#"
+[sip]
+router = "router"
+digest-algorithms = ["SHA-256", "MD5"]
+
+[plugins.router]
+path = "{plugins}/call_policy.wasm"
+deadline = "2s"
+[plugins.router.config.auth]
+realm = "sipwasm"
+methods = ["REGISTER", "INVITE", "MESSAGE"]
+users = { lina = "lina-secret", linb = "linb-secret" }
+"#,
+    );
+    let mut a = Linphone::start_with(&s, "lina", Transport::Udp, Some("lina-secret")).await;
+    let mut b = Linphone::start_with(&s, "linb", Transport::Tcp, Some("linb-secret")).await;
+    for phone in [&a, &b] {
+        assert!(
+            phone.logged(|l| l.starts_with("Authorization:") && l.contains("algorithm=SHA-256")),
+            "{} answered the challenge with SHA-256",
+            phone.user
+        );
+    }
+    // The INVITE is challenged (407; its ACK ends here), then goes through.
+    a.call("linb").await;
+    b.expect("Receiving new incoming call from sip:lina@localhost")
+        .await;
+    assert!(a.logged(|l| l.starts_with("SIP/2.0 407 ")));
+    b.cmd("answer").await;
+    a.expect("connected").await;
+    b.expect("connected").await;
+    b.cmd("terminate").await;
+    a.expect("ended").await;
+    b.expect("ended").await;
+    // MESSAGE is challenged and authenticated too.
+    b.cmd("chat sip:lina@localhost signed").await;
+    assert!(
+        a.expect("Message received from sip:linb@localhost")
+            .await
+            .ends_with("signed")
+    );
+    assert!(b.logged(|l| l.starts_with("Proxy-Authorization:") && l.contains("algorithm=SHA-256")));
 }
