@@ -68,8 +68,6 @@ enum RrToken {
     Udp(SocketAddr),
 }
 
-/// The address a SIP URI with an IP literal reaches over UDP (port 5060 when absent);
-/// `None` for names and other schemes.
 /// The Request-URI for a request retargeted to a registered Contact. A Contact may carry
 /// `?headers` and a `method` parameter (RFC 3261 19.1.1, Table 1: allowed in a registrar's
 /// Contact), neither of which may appear in a Request-URI; both are dropped, everything else
@@ -84,6 +82,8 @@ fn request_uri_of_contact(contact: &str) -> Option<Uri> {
     Some(uri)
 }
 
+/// The address a SIP URI with an IP literal reaches over UDP (port 5060 when absent);
+/// `None` for names and other schemes.
 fn udp_addr_of(uri: &Uri) -> Option<SocketAddr> {
     let u = uri.as_sip()?;
     let ip = u.host.ip()?;
@@ -736,7 +736,10 @@ impl Core {
                         .and_then(|c| NameAddr::parse(c).ok());
                     // A GRUU of ours as Contact (Linphone sends its pub-gruu) is
                     // routed by the registrar like any other request for it.
-                    let ours = contact.as_ref().is_some_and(|c| self.is_local_uri(&c.uri));
+                    let ours = contact.as_ref().is_some_and(|c| {
+                        self.is_local_uri(&c.uri)
+                            && c.uri.as_sip().is_some_and(|u| u.param("gr").is_some())
+                    });
                     (!ours && contact.and_then(|c| udp_addr_of(&c.uri)) != Some(source.remote))
                         .then_some(RrToken::Udp(source.remote))
                 }
