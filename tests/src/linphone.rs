@@ -212,7 +212,7 @@ impl Linphone {
             .is_ok_and(|log| log.lines().any(pred))
     }
 
-    /// The SIP lines (requests and status lines) of the end of its log.
+    /// The last 40 request, status and error lines of its log, for failure messages.
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("linphone.log")).unwrap_or_default();
         let sip: Vec<&str> = log
