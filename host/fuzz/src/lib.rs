@@ -1,10 +1,10 @@
-//! The sans-IO parsers of sipwasm, compiled on their own for fuzzing.
+//! The sans-IO parts of sipwasm (parsers, SIP core), compiled on their own for fuzzing.
 
 #![allow(
     dead_code,
     unreachable_pub,
     missing_docs,
-    reason = "only the parsers are exercised"
+    reason = "only the sans-IO modules are exercised"
 )]
 
 #[path = "../../src/sip/mod.rs"]
@@ -12,3 +12,6 @@ pub mod sip;
 
 #[path = "../../src/http/head.rs"]
 pub mod http_head;
+
+#[path = "../../src/core/mod.rs"]
+pub mod core;
