@@ -37,6 +37,14 @@ fn browser(flow: FlowId) -> Source {
     }
 }
 
+/// Where the core sends to the UDP phone.
+fn udp_phone_target() -> Target {
+    Target::Udp {
+        local: UDP,
+        remote: phone(),
+    }
+}
+
 fn udp_phone() -> Source {
     Source {
         transport: Transport::Udp,
@@ -205,6 +213,24 @@ fn status(m: &Message) -> u16 {
     }
 }
 
+/// The first request among what the core sent (after a 100 Trying, say), and where.
+fn forwarded(out: &[(Target, Message)]) -> (Target, &Request) {
+    out.iter()
+        .find_map(|(t, m)| match m {
+            Message::Request(r) => Some((*t, r)),
+            Message::Response(_) => None,
+        })
+        .expect("forwarded")
+}
+
+/// The Record-Route values of `req`, in order.
+fn record_route(req: &Request) -> Vec<String> {
+    req.headers
+        .values(&HeaderName::RecordRoute)
+        .map(str::to_string)
+        .collect()
+}
+
 fn request(m: &Message) -> &Request {
     match m {
         Message::Request(r) => r,
@@ -263,13 +289,7 @@ fn options_to_us_over_ws_and_udp() {
         udp_phone(),
         &opts.replace("SIP/2.0/WS x.invalid", "SIP/2.0/UDP 127.0.0.1:5070"),
     );
-    assert_eq!(
-        out[0].0,
-        Target::Udp {
-            local: UDP,
-            remote: phone()
-        }
-    );
+    assert_eq!(out[0].0, udp_phone_target());
 }
 
 #[test]
@@ -297,13 +317,7 @@ fn message_udp_to_ws_and_back() {
     assert_eq!(&fwd.body[..], b"hi");
     let out = sim.feed(browser(7), &answer(fwd, 200, ""));
     assert_eq!(out.len(), 1);
-    assert_eq!(
-        out[0].0,
-        Target::Udp {
-            local: UDP,
-            remote: phone()
-        }
-    );
+    assert_eq!(out[0].0, udp_phone_target());
     let Message::Response(r) = &out[0].1 else {
         panic!()
     };
@@ -344,11 +358,7 @@ fn prack_and_update_in_the_early_dialog_cross_while_the_invite_is_pending() {
     sim.register_ws("bob", 3);
     let out = sim.feed(udp_phone(), &invite_from_udp("bob", "pr1"));
     let inv = request(&out[1].1).clone();
-    let rr: Vec<String> = inv
-        .headers
-        .values(&HeaderName::RecordRoute)
-        .map(str::to_string)
-        .collect();
+    let rr = record_route(&inv);
     // A reliable 183 (RFC 3262) passes up with its RSeq and our Record-Route.
     let early = answer(
         &inv,
@@ -379,13 +389,7 @@ fn prack_and_update_in_the_early_dialog_cross_while_the_invite_is_pending() {
         assert_eq!(fwd.uri.to_string(), "sip:bob3@b3.invalid;transport=ws");
         let out = sim.feed(browser(3), &answer(&fwd, 200, ""));
         assert_eq!(out.len(), 1, "{method} 200: {out:?}");
-        assert_eq!(
-            out[0].0,
-            Target::Udp {
-                local: UDP,
-                remote: phone()
-            }
-        );
+        assert_eq!(out[0].0, udp_phone_target());
         assert_eq!(status(&out[0].1), 200);
     }
     let out = sim.feed(
@@ -404,7 +408,7 @@ fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
     assert_eq!(status(&out[0].1), 100);
     assert_eq!(out[1].0, Target::Flow(3));
     let inv = request(&out[1].1).clone();
-    let rr: Vec<&str> = inv.headers.values(&HeaderName::RecordRoute).collect();
+    let rr = record_route(&inv);
     assert_eq!(rr.len(), 2, "{rr:?}");
     assert!(
         rr[0].contains("@127.0.0.1:8080;transport=ws;lr"),
@@ -425,9 +429,7 @@ fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
     assert_eq!(ok_up.headers.values(&HeaderName::RecordRoute).count(), 2);
 
     // The phone's route set is the Record-Route list in order.
-    let route = format!("Route: {}, {}\r\n", rr[1], rr[0]);
     let route_from_phone = format!("Route: {}\r\nRoute: {}\r\n", rr[1], rr[0]);
-    let _ = route;
     let ack = format!(
         "ACK sip:bob3@b3.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack1;rport\r\n\
          Max-Forwards: 70\r\n{route_from_phone}From: <sip:phone@localhost>;tag=p1\r\nTo: <sip:bob@localhost>;tag=callee\r\n\
@@ -452,13 +454,7 @@ fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
     );
     let out = sim.feed(browser(3), &bye);
     assert_eq!(out.len(), 1, "{out:?}");
-    assert_eq!(
-        out[0].0,
-        Target::Udp {
-            local: UDP,
-            remote: phone()
-        }
-    );
+    assert_eq!(out[0].0, udp_phone_target());
     let bye_fwd = request(&out[0].1).clone();
     assert_eq!(bye_fwd.uri.to_string(), "sip:phone@127.0.0.1:5070");
     let out = sim.feed(udp_phone(), &answer(&bye_fwd, 200, ""));
@@ -481,7 +477,7 @@ fn a_udp_phone_behind_nat_gets_its_dialog_requests_at_its_real_address() {
     let out = sim.feed(udp_phone(), &nat(invite_from_udp("web", "n1")));
     assert_eq!(out[1].0, Target::Flow(4));
     let inv = request(&out[1].1).clone();
-    let rr: Vec<&str> = inv.headers.values(&HeaderName::RecordRoute).collect();
+    let rr = record_route(&inv);
     assert_eq!(rr.len(), 2, "{rr:?}");
     assert!(
         rr[1].starts_with("<sip:fu"),
@@ -499,13 +495,7 @@ fn a_udp_phone_behind_nat_gets_its_dialog_requests_at_its_real_address() {
     );
     let out = sim.feed(browser(4), &bye);
     assert_eq!(out.len(), 1, "{out:?}");
-    assert_eq!(
-        out[0].0,
-        Target::Udp {
-            local: UDP,
-            remote: phone()
-        }
-    );
+    assert_eq!(out[0].0, udp_phone_target());
     assert_eq!(
         request(&out[0].1).uri.to_string(),
         "sip:phone@10.0.0.5:5060"
@@ -526,22 +516,9 @@ fn a_udp_phone_behind_nat_gets_its_dialog_requests_at_its_real_address() {
                   Max-Forwards: 70\r\nFrom: <sip:web@localhost>;tag=w\r\nTo: <sip:natted@localhost>\r\n\
                   Call-ID: call-n2\r\nCSeq: 1 INVITE\r\nContact: <sip:web@w4.invalid;transport=ws>\r\n\r\n";
     let out = sim.feed(browser(4), invite);
-    let (target, fwd) = out
-        .iter()
-        .find(|(_, m)| matches!(m, Message::Request(_)))
-        .expect("forwarded");
-    assert_eq!(
-        *target,
-        Target::Udp {
-            local: UDP,
-            remote: phone()
-        }
-    );
-    let rr: Vec<String> = request(fwd)
-        .headers
-        .values(&HeaderName::RecordRoute)
-        .map(str::to_string)
-        .collect();
+    let (target, fwd) = forwarded(&out);
+    assert_eq!(target, udp_phone_target());
+    let rr = record_route(fwd);
     assert!(rr[0].starts_with("<sip:fu"), "{rr:?}");
     // The caller's ACK for the 200 (route set reversed) reaches the phone's real address.
     let ack = format!(
@@ -552,13 +529,7 @@ fn a_udp_phone_behind_nat_gets_its_dialog_requests_at_its_real_address() {
     );
     let out = sim.feed(browser(4), &ack);
     assert_eq!(out.len(), 1, "{out:?}");
-    assert_eq!(
-        out[0].0,
-        Target::Udp {
-            local: UDP,
-            remote: phone()
-        }
-    );
+    assert_eq!(out[0].0, udp_phone_target());
 }
 
 #[test]
@@ -578,11 +549,7 @@ fn no_nat_token_for_a_ua_behind_another_proxy() {
     );
     let out = sim.feed(udp_phone(), &via_proxy);
     assert_eq!(out[1].0, Target::Flow(4));
-    let rr: Vec<String> = request(&out[1].1)
-        .headers
-        .values(&HeaderName::RecordRoute)
-        .map(str::to_string)
-        .collect();
+    let rr = record_route(request(&out[1].1));
     assert_eq!(rr.len(), 2, "{rr:?}");
     assert!(rr[1].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
 
@@ -594,11 +561,7 @@ fn no_nat_token_for_a_ua_behind_another_proxy() {
     );
     let out = sim.feed(udp_phone(), &gruu);
     assert_eq!(out[1].0, Target::Flow(4));
-    let rr: Vec<String> = request(&out[1].1)
-        .headers
-        .values(&HeaderName::RecordRoute)
-        .map(str::to_string)
-        .collect();
+    let rr = record_route(request(&out[1].1));
     assert!(rr[1].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
 
     // A binding registered through an edge proxy (with Path) is reached through it.
@@ -612,21 +575,9 @@ fn no_nat_token_for_a_ua_behind_another_proxy() {
                   Max-Forwards: 70\r\nFrom: <sip:web@localhost>;tag=w\r\nTo: <sip:far@localhost>\r\n\
                   Call-ID: call-p2\r\nCSeq: 1 INVITE\r\nContact: <sip:web@w4.invalid;transport=ws>\r\n\r\n";
     let out = sim.feed(browser(4), invite);
-    let (target, fwd) = out
-        .iter()
-        .find(|(_, m)| matches!(m, Message::Request(_)))
-        .expect("forwarded");
-    assert_eq!(
-        *target,
-        Target::Udp {
-            local: UDP,
-            remote: phone()
-        }
-    );
-    let rr: Vec<&str> = request(fwd)
-        .headers
-        .values(&HeaderName::RecordRoute)
-        .collect();
+    let (target, fwd) = forwarded(&out);
+    assert_eq!(target, udp_phone_target());
+    let rr = record_route(fwd);
     assert!(rr[0].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
 }
 
@@ -636,7 +587,7 @@ fn a_strict_router_before_us_is_understood() {
     sim.register_ws("sam", 5);
     let out = sim.feed(udp_phone(), &invite_from_udp("sam", "sr"));
     let inv = request(&out[1].1).clone();
-    let rr: Vec<&str> = inv.headers.values(&HeaderName::RecordRoute).collect();
+    let rr = record_route(&inv);
     // An RFC 2543 hop routes strictly: our UDP-side entry becomes the Request-URI and
     // the remote target goes last in Route (RFC 3261 16.4, 12.2.1.1).
     let ours = rr[1].trim_start_matches('<').trim_end_matches('>');
@@ -662,20 +613,10 @@ fn ws_to_udp_invite_and_bye_from_the_phone() {
                From: <sip:alice@localhost>;tag=a\r\nTo: <sip:carol@localhost>\r\nCall-ID: w1\r\nCSeq: 1 INVITE\r\n\
                Contact: <sip:alice@a9.invalid;transport=ws;ob>\r\n\r\n";
     let out = sim.feed(browser(9), inv);
-    assert_eq!(
-        out[1].0,
-        Target::Udp {
-            local: UDP,
-            remote: phone()
-        }
-    );
+    assert_eq!(out[1].0, udp_phone_target());
     let fwd = request(&out[1].1).clone();
     assert_eq!(fwd.uri.to_string(), "sip:carol@127.0.0.1:5070");
-    let rr: Vec<String> = fwd
-        .headers
-        .values(&HeaderName::RecordRoute)
-        .map(str::to_string)
-        .collect();
+    let rr = record_route(&fwd);
     assert!(rr[0].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
     assert!(rr[1].contains("transport=ws"));
     sim.feed(
@@ -704,11 +645,7 @@ fn a_strict_router_after_us_gets_its_uri_as_the_request_uri() {
                Contact: <sip:alice@a9.invalid;transport=ws;ob>\r\n\r\n";
     let out = sim.feed(browser(9), inv);
     let fwd = request(&out[1].1).clone();
-    let rr: Vec<String> = fwd
-        .headers
-        .values(&HeaderName::RecordRoute)
-        .map(str::to_string)
-        .collect();
+    let rr = record_route(&fwd);
     // The browser's route set: our two entries, then an RFC 2543 proxy (no `lr`) that
     // the callee's side of the dialog went through.
     let bye = format!(
@@ -772,13 +709,7 @@ fn cancel_gets_200_then_487_passes_up_and_is_acked() {
         .iter()
         .find(|(_, m)| matches!(m, Message::Response(_)))
         .unwrap();
-    assert_eq!(
-        up.0,
-        Target::Udp {
-            local: UDP,
-            remote: phone()
-        }
-    );
+    assert_eq!(up.0, udp_phone_target());
     assert_eq!(status(&up.1), 487);
     sim.assert_idle_after_timers(1, 1);
 }
