@@ -205,6 +205,15 @@ impl Linphone {
         self.cmd(&format!("call sip:{user}@localhost")).await;
     }
 
+    /// Waits for a call from `caller@localhost` and answers it.
+    pub async fn answer_from(&mut self, caller: &str) {
+        self.expect(&format!(
+            "Receiving new incoming call from sip:{caller}@localhost"
+        ))
+        .await;
+        self.cmd("answer").await;
+    }
+
     /// Whether a line of its log (which has every SIP message it sent or received)
     /// matches `pred`.
     pub fn logged(&self, pred: impl Fn(&str) -> bool) -> bool {

@@ -216,10 +216,8 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     // Linphone to Linphone (UDP to TCP): the callee answers, the caller hangs up. Both
     // Contacts are GRUUs, so the ACK and BYE are routed by the registrar or a flow token.
     lin.call("lintcp").await;
-    tcp.expect("Receiving new incoming call from sip:lin@localhost")
-        .await;
     lin.expect("ringing").await;
-    tcp.cmd("answer").await;
+    tcp.answer_from("lin").await;
     lin.expect("connected").await;
     tcp.expect("connected").await;
     lin.expect("Media streams established").await;
@@ -234,9 +232,7 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     tcp.expect("ended").await;
     // And back, the callee hanging up.
     tcp.call("lin").await;
-    lin.expect("Receiving new incoming call from sip:lintcp@localhost")
-        .await;
-    lin.cmd("answer").await;
+    lin.answer_from("lintcp").await;
     tcp.expect("connected").await;
     lin.expect("connected").await;
     lin.cmd("terminate").await;
@@ -255,9 +251,7 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     let mut web = Agent::start_for_phones(&s, Lib::JsSip, "web").await;
     web.register().await;
     web.cmd(json!({"cmd": "call", "target": "lin"})).await;
-    lin.expect("Receiving new incoming call from sip:web@localhost")
-        .await;
-    lin.cmd("answer").await;
+    lin.answer_from("web").await;
     web.expect("accepted").await;
     lin.expect("connected").await;
     lin.expect("Media streams established").await;
@@ -305,9 +299,7 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     // Linphone and baresip.
     let mut bare = Phone::start(&s, "bare", Transport::Udp).await;
     bare.dial("lintcp").await;
-    tcp.expect("Receiving new incoming call from sip:bare@localhost")
-        .await;
-    tcp.cmd("answer").await;
+    tcp.answer_from("bare").await;
     bare.expect("CALL_ESTABLISHED").await;
     tcp.expect("connected").await;
     bare.cmd("hangup", "").await;
@@ -326,16 +318,11 @@ async fn linphone_calls_and_messages_phones_and_browsers() {
     // dialog, the transferee's new INVITE reaches the third phone (over TLS).
     let mut third = Linphone::start(&s, "third", Transport::Tls).await;
     lin.call("lintcp").await;
-    tcp.expect("Receiving new incoming call from sip:lin@localhost")
-        .await;
-    tcp.cmd("answer").await;
+    tcp.answer_from("lin").await;
     lin.expect("connected").await;
     tcp.expect("connected").await;
     lin.cmd("transfer sip:third@localhost").await;
-    third
-        .expect("Receiving new incoming call from sip:lintcp@localhost")
-        .await;
-    third.cmd("answer").await;
+    third.answer_from("lintcp").await;
     tcp.expect("with sip:third@localhost connected").await;
     third.expect("connected").await;
     lin.expect("has been transfered").await;
@@ -381,10 +368,8 @@ users = { lina = "lina-secret", linb = "linb-secret" }
     }
     // The INVITE is challenged (407; its ACK ends here), then goes through.
     a.call("linb").await;
-    b.expect("Receiving new incoming call from sip:lina@localhost")
-        .await;
+    b.answer_from("lina").await;
     assert!(a.logged(|l| l.starts_with("SIP/2.0 407 ")));
-    b.cmd("answer").await;
     a.expect("connected").await;
     b.expect("connected").await;
     b.cmd("terminate").await;
