@@ -13,11 +13,13 @@ sudo=""
 [ "$(id -u)" -ne 0 ] && sudo=sudo
 # baresip (Debian's baresip-core) is a real phone for calls over UDP, TCP and TLS,
 # Linphone (linphone-cli) a second one that uses GRUUs as its Contacts;
-# Chromium runs JsSIP and SIP.js in a real headless browser (driven by playwright-core).
+# Chromium runs JsSIP and SIP.js in a real headless browser (driven by playwright-core);
+# SIPVicious (sipvicious) scans for users and guesses passwords against the server.
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
 command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
+command -v svcrack >/dev/null 2>&1 || missing+=(sipvicious)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq

@@ -286,6 +286,20 @@ pub struct SipConfig {
     /// `SHA-256`). MD5 alone by default: JsSIP and many phones know nothing else.
     #[serde(default = "default_digest_algorithms")]
     pub digest_algorithms: Vec<String>,
+    /// Failed Digest responses for one username from one source address within
+    /// `auth-failure-window` that get the pair banned for `auth-ban` (0: no limit).
+    #[serde(default = "default_auth_failures_per_user")]
+    pub auth_failures_per_user: u32,
+    /// Failed Digest responses from one source address, all usernames together,
+    /// within `auth-failure-window` that get the address banned (0: no limit).
+    #[serde(default = "default_auth_failures_per_address")]
+    pub auth_failures_per_address: u32,
+    /// How far back failed Digest responses count.
+    #[serde(default = "default_auth_failure_window", with = "duration")]
+    pub auth_failure_window: Duration,
+    /// How long a banned source's credentials are refused unchecked.
+    #[serde(default = "default_auth_ban", with = "duration")]
+    pub auth_ban: Duration,
     /// Largest SIP message on UDP, TCP and TLS (WebSocket has its own limit).
     #[serde(default = "default_sip_max_message", with = "size")]
     pub max_message_bytes: usize,
@@ -327,6 +341,10 @@ impl Default for SipConfig {
             relay: false,
             router: None,
             digest_algorithms: default_digest_algorithms(),
+            auth_failures_per_user: default_auth_failures_per_user(),
+            auth_failures_per_address: default_auth_failures_per_address(),
+            auth_failure_window: default_auth_failure_window(),
+            auth_ban: default_auth_ban(),
             max_message_bytes: default_sip_max_message(),
             tcp_idle_timeout: default_tcp_idle(),
             min_expires: default_min_expires(),
@@ -452,6 +470,18 @@ fn default_max_reuse() -> u64 {
 }
 fn default_digest_algorithms() -> Vec<String> {
     vec!["MD5".into()]
+}
+fn default_auth_failures_per_user() -> u32 {
+    10
+}
+fn default_auth_failures_per_address() -> u32 {
+    50
+}
+fn default_auth_failure_window() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_auth_ban() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_outbound_timeout() -> Duration {
     Duration::from_secs(2)
@@ -697,6 +727,14 @@ impl Config {
         }
         if sip.timer_c < Duration::from_secs(1) {
             return Err(("sip.timer-c".into(), "must be at least 1s".into()));
+        }
+        for (key, d) in [
+            ("sip.auth-failure-window", sip.auth_failure_window),
+            ("sip.auth-ban", sip.auth_ban),
+        ] {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(7 * 24 * 3600) {
+                return Err((key.into(), "must be between 1s and 7 days".into()));
+            }
         }
         let algs = &self.sip.digest_algorithms;
         if algs.is_empty()

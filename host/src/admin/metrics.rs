@@ -51,6 +51,9 @@ counters! {
     sip_out, sip_out, "sipwasm_sip_messages_out_total", "SIP messages sent.";
     sip_parse_errors, sip_parse_error, "sipwasm_sip_parse_errors_total", "Unparsable SIP messages dropped.";
     flows_closed, flows_closed_inc, "sipwasm_flows_closed_total", "Flows closed.";
+    digest_failures, digest_failure, "sipwasm_digest_failures_total", "SIP requests whose Digest credentials a plugin found wrong.";
+    digest_refused, digest_refused, "sipwasm_digest_refused_total", "Digest credentials refused unchecked: their source is banned for guessing.";
+    digest_bans, digest_ban, "sipwasm_digest_bans_total", "Bans started for too many failed Digest responses (per user and address, or per address).";
 }
 
 /// Gauges of the SIP core's state ([`CoreStats`]), stored after each of its rounds.

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod flowtoken;
+pub mod guess_guard;
 pub mod location;
 pub mod myself;
 mod proxy;

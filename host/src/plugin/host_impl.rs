@@ -12,8 +12,10 @@ use super::bindings::{
 use super::limits::{Deadline, MemoryCap};
 use super::output::{GuestOutput, LineLevel, LogSink, Stream};
 use super::registrar_view::RegistrarView;
+use crate::admin::metrics::Metrics;
 use crate::core::Myself;
 use crate::core::auth::{DigestVerdict, NonceKey, digest_param};
+use crate::core::guess_guard::{BanStarted, GuessGuard};
 
 /// What every instance of one plugin shares.
 #[derive(Debug)]
@@ -28,6 +30,10 @@ pub(crate) struct PluginShared {
     pub(crate) outbound: super::outbound::OutboundHooks,
     /// Makes and checks Digest nonces (the same key as the SIP challenges).
     pub(crate) nonce: NonceKey,
+    /// Refuses the credentials of password guessers (server-wide).
+    pub(crate) guess_guard: Arc<GuessGuard>,
+    /// Counters.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The data of a plugin's store.
@@ -112,9 +118,24 @@ impl DigestImports for HostState {
     }
 
     fn verify(&mut self, realm: String, password: String) -> DigestVerdictWit {
-        let Some(call) = self.sip_request.as_ref() else {
+        let Some(call) = self.sip_request.as_mut() else {
             return DigestVerdictWit::Missing;
         };
+        // The username the credentials for this realm give, for the guessing limits.
+        let user = call
+            .credentials
+            .iter()
+            .find(|c| digest_param(c, "realm").as_deref() == Some(realm.as_str()))
+            .and_then(|c| digest_param(c, "username"));
+        let guard = &self.shared.guess_guard;
+        let counted = call.peer.zip(user);
+        if let Some((peer, user)) = &counted
+            && guard.refused(*peer, user, std::time::Instant::now())
+        {
+            // A banned source: the answer of a wrong password, without checking it.
+            self.shared.metrics.digest_refused();
+            return DigestVerdictWit::Invalid;
+        }
         let verdict = self.shared.nonce.verify(
             call.credentials.iter().map(String::as_str),
             &call.method,
@@ -123,6 +144,30 @@ impl DigestImports for HostState {
             super::sip::unix_now(),
             super::sip::NONCE_MAX_AGE_SECS,
         );
+        match (&verdict, counted) {
+            (DigestVerdict::Invalid, Some((peer, user))) if !call.failure_counted => {
+                call.failure_counted = true;
+                self.shared.metrics.digest_failure();
+                for ban in guard.failed(peer, &user, std::time::Instant::now()) {
+                    self.shared.metrics.digest_ban();
+                    let limits = guard.limits();
+                    match ban {
+                        BanStarted::User(addr, user) => tracing::warn!(
+                            %addr, %user,
+                            "{} failed Digest responses for this user from this address within {:?}: its credentials from there are refused for {:?}",
+                            limits.per_user, limits.window, limits.ban
+                        ),
+                        BanStarted::Address(addr) => tracing::warn!(
+                            %addr,
+                            "{} failed Digest responses from this address within {:?}: all its credentials are refused for {:?}",
+                            limits.per_address, limits.window, limits.ban
+                        ),
+                    }
+                }
+            }
+            (DigestVerdict::Valid, Some((peer, user))) => guard.succeeded(peer, &user),
+            _ => {}
+        }
         match verdict {
             DigestVerdict::Valid => DigestVerdictWit::Valid,
             DigestVerdict::Stale => DigestVerdictWit::Stale,

@@ -169,6 +169,8 @@ impl Plugin {
                 myself: context.myself.clone(),
                 registrar: context.registrar.clone(),
                 nonce: context.nonce.clone(),
+                guess_guard: context.guess_guard.clone(),
+                metrics: metrics.clone(),
                 outbound: outbound::OutboundHooks::new(name, allowed.into(), cfg.outbound_timeout),
             }),
             pre,

@@ -22,6 +22,8 @@ pub(crate) struct HostContext {
     /// Digest nonces: keyed with the server secret (the compile cache's), so the
     /// challenges the SIP driver makes verify here.
     pub(crate) nonce: crate::core::auth::NonceKey,
+    /// Counts failed Digest responses and refuses their sources past the limits.
+    pub(crate) guess_guard: Arc<crate::core::guess_guard::GuessGuard>,
 }
 
 /// Plugins compiled into the server binary, usable as `builtin = "NAME"`.
@@ -358,6 +360,14 @@ impl Plugins {
                         s
                     }
                 }),
+                guess_guard: Arc::new(crate::core::guess_guard::GuessGuard::new(
+                    crate::core::guess_guard::GuessLimits {
+                        per_user: config.sip.auth_failures_per_user,
+                        per_address: config.sip.auth_failures_per_address,
+                        window: config.sip.auth_failure_window,
+                        ban: config.sip.auth_ban,
+                    },
+                )),
             },
             router: config.sip.router.clone(),
             metrics,

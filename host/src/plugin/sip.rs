@@ -1,6 +1,7 @@
 //! The `sip-router` world on the host side: the request as the plugin sees it, its
 //! decision checked and turned into what the core does, and the failure policy.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::bindings::{self, GuestSipDecision};
@@ -76,7 +77,7 @@ impl SipRouter {
     ) -> impl std::future::Future<Output = RouteDecision> + Send + 'static {
         let plugin = self.slot.current();
         let request = sip_request(req, source, identity);
-        let facts = RequestFacts::of(req);
+        let facts = RequestFacts::of(req).counted_against(source.remote.ip());
         let (nonce, algorithms) = (self.nonce.clone(), self.algorithms.clone());
         async move {
             let outcome = match plugin.call_sip_request(&request, &facts).await {
@@ -199,6 +200,11 @@ pub struct RequestFacts {
     /// The credentials it carries for such a challenge (`Authorization` for REGISTER,
     /// `Proxy-Authorization` otherwise).
     pub(crate) credentials: Vec<String>,
+    /// The address it came from, for the password-guessing limits (none: not counted).
+    pub(crate) peer: Option<IpAddr>,
+    /// Whether a failed Digest check of this request was counted already (a plugin may
+    /// check one request against several passwords: one request, one failure).
+    pub(crate) failure_counted: bool,
 }
 
 impl RequestFacts {
@@ -214,6 +220,16 @@ impl RequestFacts {
             method: req.method.as_str().to_string(),
             register,
             credentials: req.headers.get_all(&answer).map(str::to_string).collect(),
+            peer: None,
+            failure_counted: false,
+        }
+    }
+
+    /// The same facts, with failed Digest checks counted against `peer`.
+    pub fn counted_against(self, peer: IpAddr) -> Self {
+        Self {
+            peer: Some(peer),
+            ..self
         }
     }
 }
