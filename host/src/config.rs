@@ -1015,6 +1015,35 @@ path = "p.wasm"
     }
 
     #[test]
+    fn guessing_limits_default_on_and_checked() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(
+            (
+                c.sip.auth_failures_per_user,
+                c.sip.auth_failures_per_address
+            ),
+            (10, 50)
+        );
+        assert_eq!(c.sip.auth_failure_window, Duration::from_secs(300));
+        assert_eq!(c.sip.auth_ban, Duration::from_secs(600));
+        let c = parse(&format!(
+            "{MINIMAL}\n[sip]\nauth-failures-per-user = 0\nauth-ban = \"1h\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.sip.auth_failures_per_user, 0);
+        assert_eq!(c.sip.auth_ban, Duration::from_secs(3600));
+        for (text, key) in [
+            ("auth-ban = \"0s\"", "sip.auth-ban"),
+            ("auth-failure-window = \"500ms\"", "sip.auth-failure-window"),
+            ("auth-ban = \"30d\"", "sip.auth-ban"),
+            ("auth-failures-per-user = -1", "sip.auth-failures-per-user"),
+        ] {
+            let e = parse(&format!("{MINIMAL}\n[sip]\n{text}\n")).unwrap_err();
+            assert!(e.key.starts_with(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let e = parse(&MINIMAL.replace("127.0.0.1:8080", "127.0.0.1")).unwrap_err();
         assert_eq!(e.file, "test.toml");
