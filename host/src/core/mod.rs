@@ -569,7 +569,7 @@ impl Core {
             }
             return;
         }
-        if self.hook.is_some() && req.tag_of_to().is_none() {
+        if self.hook.is_some() && !self.in_our_dialog(&req) {
             // Out of dialog: the routing plugin decides first.
             let id = self.new_id();
             let hook = self.hook.as_mut().expect("checked above");

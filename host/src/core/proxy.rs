@@ -104,6 +104,28 @@ pub(super) enum Route {
 
 impl Core {
     /// Decides what happens to a new request: answer it here, or forward it.
+    /// Whether `req` is inside a dialog we record-routed: a To tag, and on top of its
+    /// Route (or, from a strict router, as its Request-URI) our entry with the MAC of
+    /// its Call-ID. What is not is a new request for the routing plugin: a To tag alone
+    /// proves nothing, and a REGISTER never belongs to a dialog (RFC 3261 10.2), so
+    /// neither gets past the plugin's authentication.
+    pub(super) fn in_our_dialog(&self, req: &Request) -> bool {
+        if req.method == Method::Register || req.tag_of_to().is_none() {
+            return false;
+        }
+        let mac = self.rr_mac(req.call_id().unwrap_or(""));
+        let proves = |uri: &Uri| {
+            self.is_local_uri(uri)
+                && uri
+                    .as_sip()
+                    .is_some_and(|u| u.param("sw").flatten() == Some(mac.as_str()))
+        };
+        match req.headers.values(&HeaderName::Route).next() {
+            Some(first) => NameAddr::parse(first).is_ok_and(|na| proves(&na.uri)),
+            None => proves(&req.uri),
+        }
+    }
+
     pub(super) fn decide(&mut self, now: Instant, source: &Source, req: &mut Request) -> Route {
         // A strict router before us (RFC 3261 16.4): the Request-URI is one of our
         // Record-Route entries (they all carry `sw`) and the target is the last Route

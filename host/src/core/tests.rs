@@ -1489,3 +1489,63 @@ fn received_and_rport_stamped_in_place() {
         "SIP/2.0/TCP h.example;branch=z9hG4bK4;received=::1,SIP/2.0/UDP other;branch=z9hG4bK5"
     );
 }
+
+#[test]
+fn a_to_tag_without_our_route_does_not_get_past_the_router() {
+    let mut sim = Sim::with_router();
+    sim.without_router(|sim| sim.register_ws("bob", 7));
+    // A REGISTER with a To tag is still a REGISTER: the plugin is asked (it is where
+    // authentication happens), and nothing is bound before it answers.
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKtt1;rport\r\n\
+               Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=x1\r\nTo: <sip:bob@localhost>;tag=forged\r\n\
+               Call-ID: tt1\r\nCSeq: 1 REGISTER\r\nContact: <sip:evil@127.0.0.1:5070>\r\n\r\n";
+    assert!(sim.feed(udp_phone(), reg).is_empty());
+    let q = sim.route_queries();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].request.method, Method::Register);
+    assert_eq!(sim.core.bindings("sip:bob@localhost").len(), 1);
+    // An INVITE with a To tag and no Route, or with a Route naming us without the
+    // dialog's MAC: new requests as far as the plugin is concerned.
+    let tagged = invite_from_udp("bob", "tt2").replace(
+        "To: <sip:bob@localhost>",
+        "To: <sip:bob@localhost>;tag=forged",
+    );
+    assert_eq!(status(&sim.feed(udp_phone(), &tagged)[0].1), 100);
+    assert_eq!(sim.route_queries().len(), 1);
+    let forged = invite_from_udp("bob", "tt3")
+        .replace(
+            "To: <sip:bob@localhost>",
+            "To: <sip:bob@localhost>;tag=forged",
+        )
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5060;lr;sw=0123456789ab>\r\n",
+        );
+    assert_eq!(status(&sim.feed(udp_phone(), &forged)[0].1), 100);
+    assert_eq!(sim.route_queries().len(), 1);
+    // A real dialog: the INVITE is asked about once; the BYE in it, on our Record-Route,
+    // is not.
+    sim.feed(udp_phone(), &invite_from_udp("bob", "tt4"));
+    let q = sim.route_queries();
+    assert_eq!(q.len(), 1);
+    let out = sim.routed(q[0].id, RouteDecision::Continue);
+    let (_, fwd) = forwarded(&out);
+    let rr = record_route(fwd);
+    assert!(!rr.is_empty());
+    // The phone's route set is the Record-Route reversed; ours face the phone last.
+    let route: Vec<String> = rr.iter().rev().cloned().collect();
+    let bye = format!(
+        "BYE sip:bob@b7.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKtt5;rport\r\n\
+         Max-Forwards: 70\r\nRoute: {}\r\nFrom: <sip:phone@localhost>;tag=p1\r\nTo: <sip:bob@localhost>;tag=b1\r\n\
+         Call-ID: call-tt4\r\nCSeq: 2 BYE\r\n\r\n",
+        route.join(", ")
+    );
+    let out = sim.feed(udp_phone(), &bye);
+    assert!(
+        sim.route_queries().is_empty(),
+        "an in-dialog BYE is not asked about"
+    );
+    let (target, fwd) = forwarded(&out);
+    assert_eq!(target, Target::Flow(7));
+    assert_eq!(fwd.method, Method::Bye);
+}
