@@ -443,6 +443,14 @@ async fn the_router_authenticates_with_digest() {
     alice.send(&text).await;
     let r = alice.recv_final().await;
     assert_eq!((r.status, r.reason.as_str()), (403, "Not Your Address"));
+    // A To tag does not make a REGISTER part of a dialog: challenged all the same.
+    let tagged = alice.register_text(600).replace(
+        "To: <sip:alice@localhost>",
+        "To: <sip:alice@localhost>;tag=forged",
+    );
+    assert!(tagged.contains(";tag=forged"), "{tagged}");
+    alice.send(&tagged).await;
+    assert_eq!(alice.recv_final().await.status, 401);
     // A forged nonce is not ours.
     let forged = good.replace(&good[good.find("nonce=\"").unwrap() + 7..][..8], "AAAAAAAA");
     let text = register(&mut alice, &forged);
@@ -459,6 +467,15 @@ async fn the_router_authenticates_with_digest() {
     let (opt, _) = alice.request("OPTIONS", "sip:localhost", "", "");
     alice.send(&opt).await;
     assert_eq!(alice.recv_final().await.status, 200);
+    // A MESSAGE with a forged To tag is a new request to the plugin: challenged.
+    let (msg, _) = alice.request("MESSAGE", "bob", "", "hi");
+    let msg = msg.replace(
+        "To: <sip:bob@localhost>",
+        "To: <sip:bob@localhost>;tag=forged",
+    );
+    assert!(msg.contains(";tag=forged"), "{msg}");
+    alice.send(&msg).await;
+    assert_eq!(alice.recv_final().await.status, 407);
 }
 
 #[tokio::test]
