@@ -107,6 +107,16 @@ struct ContactSpec {
     reg_id: Option<u32>,
 }
 
+/// A delta-seconds value (RFC 3261 20.19): decimal digits, saturating at 2^32-1 (longer
+/// values are capped, not refused: they are capped at `max-expires` anyway).
+fn delta_seconds(v: &str) -> Option<u32> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse::<u32>().unwrap_or(u32::MAX))
+}
+
 fn parse_q(v: &str) -> Option<u16> {
     // qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
     let (int, frac) = v.split_once('.').unwrap_or((v, ""));
@@ -146,13 +156,12 @@ pub fn register(
     let call_id = req.call_id().unwrap_or("").to_string();
     let supported: Vec<String> = split_tokens(&req.headers, &HeaderName::Supported);
     let supports = |tag: &str| supported.iter().any(|s| s.eq_ignore_ascii_case(tag));
-    let header_expires = match req.headers.get(&HeaderName::Expires) {
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) => Some(n.min(u64::from(u32::MAX)) as u32),
-            Err(_) => return Outcome::err(400, "Bad Expires"),
-        },
-        None => None,
-    };
+    // A malformed Expires is as good as none (RFC 3261 20.10 treats a malformed
+    // `expires` as the default; a `Contact: *` then lacks its `Expires: 0`).
+    let header_expires = req
+        .headers
+        .get(&HeaderName::Expires)
+        .and_then(delta_seconds);
     let contacts: Vec<&str> = req.headers.values(&HeaderName::Contact).collect();
 
     // Contact: * removes everything, and only with Expires: 0 (RFC 3261 10.3 step 6).
@@ -185,12 +194,10 @@ pub fn register(
         let Ok(na) = NameAddr::parse(c) else {
             return Outcome::err(400, "Bad Contact");
         };
+        // Malformed values count as the default (RFC 3261 20.10 says 3600, which is
+        // `default-expires` unless the operator changed it).
         let expires = match param(&na.params, "expires") {
-            Some(Some(v)) => match v.parse::<u64>() {
-                Ok(n) => n.min(u64::from(u32::MAX)) as u32,
-                Err(_) => return Outcome::err(400, "Bad Contact expires"),
-            },
-            Some(None) => return Outcome::err(400, "Bad Contact expires"),
+            Some(v) => v.and_then(delta_seconds).unwrap_or(cfg.default_expires),
             None => header_expires.unwrap_or(cfg.default_expires),
         };
         let q = match param(&na.params, "q") {
@@ -554,21 +561,58 @@ mod tests {
             now,
         );
         assert!(o.headers[0].1.ends_with("expires=86400"));
-        run(&mut loc, &reg(3, "Contact: <sip:b@1.2.3.4>\r\n"), None, now);
+        // Longer than any number: capped like any long value.
+        let o = run(
+            &mut loc,
+            &reg(
+                3,
+                "Contact: <sip:a@1.2.3.4>;expires=99999999999999999999999999\r\n",
+            ),
+            None,
+            now,
+        );
+        assert_eq!(o.status, 200);
+        assert!(o.headers[0].1.ends_with("expires=86400"), "{:?}", o.headers);
+        // Malformed values count as the default, 3600 (RFC 3261 20.10), in the Contact
+        // or the Expires header.
+        for (i, extra) in [
+            "Contact: <sip:a@1.2.3.4>;expires=soon\r\n",
+            "Contact: <sip:a@1.2.3.4>;expires\r\n",
+            "Contact: <sip:a@1.2.3.4>\r\nExpires: -5\r\n",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let o = run(&mut loc, &reg(4 + i as u32, extra), None, now);
+            assert_eq!(o.status, 200, "{extra}");
+            assert!(
+                o.headers[0].1.ends_with("expires=3600"),
+                "{extra}: {:?}",
+                o.headers
+            );
+        }
+        run(&mut loc, &reg(7, "Contact: <sip:b@1.2.3.4>\r\n"), None, now);
         assert_eq!(loc.len(), 2);
-        let o = run(&mut loc, &reg(4, "Contact: *\r\n"), None, now);
+        let o = run(&mut loc, &reg(8, "Contact: *\r\n"), None, now);
+        assert_eq!(o.status, 400, "star needs Expires: 0");
+        let o = run(
+            &mut loc,
+            &reg(8, "Contact: *\r\nExpires: zero\r\n"),
+            None,
+            now,
+        );
         assert_eq!(o.status, 400, "star needs Expires: 0");
         // Older than b's registration (same Call-ID): aborted as a whole, a stays too.
         let o = run(&mut loc, &reg(2, "Contact: *\r\nExpires: 0\r\n"), None, now);
         assert_eq!(o.status, 500);
         assert_eq!(loc.len(), 2, "a stale * removes nothing");
-        let o = run(&mut loc, &reg(5, "Contact: *\r\nExpires: 0\r\n"), None, now);
+        let o = run(&mut loc, &reg(9, "Contact: *\r\nExpires: 0\r\n"), None, now);
         assert_eq!(o.status, 200);
         assert!(loc.is_empty());
         assert_eq!(
             run(
                 &mut loc,
-                &reg(6, "Contact: <sip:a@1.2.3.4>;q=2\r\n"),
+                &reg(10, "Contact: <sip:a@1.2.3.4>;q=2\r\n"),
                 None,
                 now
             )
