@@ -466,13 +466,15 @@ impl Core {
     }
 
     fn register(&mut self, now: Instant, source: &Source, req: &Request) -> Route {
-        // The parser checked To; one that names no domain of ours is refused.
+        // The parser checked To; an address-of-record in no domain of ours is not
+        // found here (RFC 3261 10.3 step 5: 404, which phones do not take for a wrong
+        // password as they may a 403).
         let Some(to) = req.get_to().ok().filter(|t| {
             t.uri
                 .as_sip()
                 .is_some_and(|u| self.cfg.myself.is_my_host(u))
         }) else {
-            return Route::Answer(403, vec![]);
+            return Route::Answer(404, vec![]);
         };
         if let Some(refusal) = bad_extension(req, &HeaderName::Require) {
             return refusal;

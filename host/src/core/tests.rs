@@ -1549,3 +1549,21 @@ fn a_to_tag_without_our_route_does_not_get_past_the_router() {
     assert_eq!(target, Target::Flow(7));
     assert_eq!(fwd.method, Method::Bye);
 }
+
+#[test]
+fn a_register_for_another_domains_aor_is_not_found() {
+    let mut sim = Sim::new();
+    for (i, to) in ["<sip:al@example.org>", "<tel:+15550100>"]
+        .iter()
+        .enumerate()
+    {
+        let reg = format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfd{i};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {to};tag=fd\r\nTo: {to}\r\n\
+             Call-ID: fd{i}\r\nCSeq: 1 REGISTER\r\nContact: <sip:al@127.0.0.1:5070>\r\n\r\n"
+        );
+        let out = sim.feed(udp_phone(), &reg);
+        assert_eq!(status(&out[0].1), 404, "{to}");
+    }
+    assert!(sim.core.bindings("sip:al@example.org").is_empty());
+}
