@@ -413,6 +413,13 @@ impl Core {
             return None;
         }
         b.id = self.location.next_id();
+        // Stored by an older version, the AoR may not be in today's canonical form.
+        if let Some(aor) = crate::sip::uri::Uri::parse(&b.aor)
+            .ok()
+            .and_then(|u| registrar::aor_of(&u))
+        {
+            b.aor = aor;
+        }
         self.known_aors.insert(b.aor.clone(), now);
         self.location.upsert(b.clone());
         self.arm_expiry();

@@ -71,19 +71,55 @@ impl Outcome {
 }
 
 /// The normalized address-of-record of a URI: `sip:user@host` (scheme folded to sip,
-/// host lower-cased, no port or parameters). `None` without a user part.
+/// user with its escapes canonical, host lower-cased, no port or parameters). `None`
+/// without a user part.
 pub fn aor_of(uri: &Uri) -> Option<String> {
     use std::fmt::Write as _;
     let u = uri.as_sip()?;
     let user = u.user.as_deref()?;
     let mut aor = String::with_capacity(5 + user.len() + 24);
     aor.push_str("sip:");
-    aor.push_str(user);
+    push_canonical_user(&mut aor, user);
     aor.push('@');
     let host = aor.len();
     let _ = write!(aor, "{}", u.host);
     aor[host..].make_ascii_lowercase();
     Some(aor)
+}
+
+/// Appends `user` with each escape of a character a user part may hold as it is
+/// unescaped, and the other escapes in upper-case hex: `%61lice` is `alice` and
+/// `%2b1555` is `+1555` (RFC 3261 10.3 step 5; 19.1.4 makes them equal), `a%40b`
+/// stays `a%40b`.
+fn push_canonical_user(out: &mut String, user: &str) {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    // unreserved and user-unreserved (RFC 3261 25.1): what a user part holds as is.
+    let plain = |c: u8| c.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&c);
+    let b = user.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            let c = h << 4 | l;
+            if plain(c) {
+                out.push(c as char);
+            } else {
+                out.push('%');
+                out.push_str(&user[i + 1..i + 3].to_ascii_uppercase());
+            }
+            i += 3;
+            continue;
+        }
+        let len = user[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&user[i..i + len]);
+        i += len;
+    }
 }
 
 /// A REGISTER as the registrar takes it: the request, its To (parsed by the caller,
@@ -672,6 +708,24 @@ mod tests {
             self.headers.first_mut(&HeaderName::CallId).unwrap().value = id.into();
             self
         }
+    }
+
+    #[test]
+    fn aors_compare_with_escapes_resolved() {
+        let aor = |s: &str| aor_of(&Uri::parse(s).unwrap()).unwrap();
+        assert_eq!(
+            aor("sip:%61lice@Example.ORG:5070;transport=tcp"),
+            "sip:alice@example.org"
+        );
+        assert_eq!(
+            aor("sips:%2b15550100@example.org"),
+            "sip:+15550100@example.org"
+        );
+        assert_eq!(aor("sip:a%40b%3c@example.org"), "sip:a%40b%3C@example.org");
+        assert_eq!(aor("sip:a%2fb%3F@example.org"), "sip:a/b?@example.org");
+        assert_eq!(aor("sip:a%e9b@example.org"), "sip:a%E9b@example.org");
+        // A lone % (refused by the URI parser elsewhere) is kept as it is.
+        assert_eq!(aor("sip:100%25@example.org"), "sip:100%25@example.org");
     }
 
     #[test]

@@ -1567,3 +1567,24 @@ fn a_register_for_another_domains_aor_is_not_found() {
     }
     assert!(sim.core.bindings("sip:al@example.org").is_empty());
 }
+
+#[test]
+fn an_escaped_user_is_the_same_address_of_record() {
+    let mut sim = Sim::new();
+    // A phone registers as %2B15550100 (an escaped +); a call to +15550100 reaches it.
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKesc1;rport\r\n\
+               Max-Forwards: 70\r\nFrom: <sip:%2B15550100@localhost>;tag=e1\r\nTo: <sip:%2B15550100@localhost>\r\n\
+               Call-ID: esc1\r\nCSeq: 1 REGISTER\r\nContact: <sip:p@127.0.0.1:5070>\r\n\r\n";
+    assert_eq!(status(&sim.feed(udp_phone(), reg)[0].1), 200);
+    assert_eq!(sim.core.bindings("sip:+15550100@localhost").len(), 1);
+    sim.register_ws("caller", 3);
+    let out = sim.feed(
+        browser(3),
+        "MESSAGE sip:+15550100@localhost SIP/2.0\r\nVia: SIP/2.0/WS b3.invalid;branch=z9hG4bKesc2\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@localhost>;tag=c3\r\nTo: <sip:+15550100@localhost>\r\n\
+         Call-ID: esc2\r\nCSeq: 1 MESSAGE\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    let (target, fwd) = forwarded(&out);
+    assert_eq!(target, udp_phone_target());
+    assert_eq!(fwd.uri.to_string(), "sip:p@127.0.0.1:5070");
+}
