@@ -273,6 +273,16 @@ pub fn register(
             reg_id,
         });
     }
+    // The same Contact twice in one REGISTER is one binding, as the last copy says
+    // (and counts once against `max-contacts`).
+    let mut seen = std::collections::HashSet::with_capacity(specs.len());
+    let mut last_first: Vec<ContactSpec> = specs
+        .into_iter()
+        .rev()
+        .filter(|s| seen.insert(s.uri.clone()))
+        .collect();
+    last_first.reverse();
+    let specs = last_first;
 
     // Outbound needs an instance, a reg-id and the client's Supported: outbound.
     let outbound_ok = supports("outbound");
@@ -726,6 +736,29 @@ mod tests {
         assert_eq!(aor("sip:a%e9b@example.org"), "sip:a%E9b@example.org");
         // A lone % (refused by the URI parser elsewhere) is kept as it is.
         assert_eq!(aor("sip:100%25@example.org"), "sip:100%25@example.org");
+    }
+
+    #[test]
+    fn a_contact_given_twice_is_one_binding_as_the_last_copy_says() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let max = RegistrarConfig::default().max_contacts;
+        // More copies of one Contact than an AoR may hold bindings: one binding.
+        let mut extra = "Contact: <sip:b@1.2.3.4>\r\n".to_string();
+        for i in 0..max {
+            extra.push_str(&format!("Contact: <sip:a@1.2.3.4>;expires={}\r\n", 600 + i));
+        }
+        let o = run(&mut loc, &reg(1, &extra), None, now);
+        assert_eq!(o.status, 200, "{o:?}");
+        assert_eq!(loc.len(), 2);
+        let last = format!("expires={}", 600 + max - 1);
+        assert!(
+            o.headers
+                .iter()
+                .any(|(_, v)| v.starts_with("<sip:a@1.2.3.4>") && v.ends_with(&last)),
+            "{:?}",
+            o.headers
+        );
     }
 
     #[test]
