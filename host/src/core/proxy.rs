@@ -103,7 +103,6 @@ pub(super) enum Route {
 }
 
 impl Core {
-    /// Decides what happens to a new request: answer it here, or forward it.
     /// Whether `req` is inside a dialog we record-routed: a To tag, and on top of its
     /// Route (or, from a strict router, as its Request-URI) our entry with the MAC of
     /// its Call-ID. What is not is a new request for the routing plugin: a To tag alone
@@ -126,6 +125,7 @@ impl Core {
         }
     }
 
+    /// Decides what happens to a new request: answer it here, or forward it.
     pub(super) fn decide(&mut self, now: Instant, source: &Source, req: &mut Request) -> Route {
         // A strict router before us (RFC 3261 16.4): the Request-URI is one of our
         // Record-Route entries (they all carry `sw`) and the target is the last Route
