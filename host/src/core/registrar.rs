@@ -79,7 +79,7 @@ pub fn aor_of(uri: &Uri) -> Option<String> {
     let user = u.user.as_deref()?;
     let mut aor = String::with_capacity(5 + user.len() + 24);
     aor.push_str("sip:");
-    push_canonical_user(&mut aor, user);
+    crate::sip::uri::push_canonical_user(&mut aor, user);
     aor.push('@');
     let host = aor.len();
     let _ = write!(aor, "{}", u.host);
@@ -87,39 +87,14 @@ pub fn aor_of(uri: &Uri) -> Option<String> {
     Some(aor)
 }
 
-/// Appends `user` with each escape of a character a user part may hold as it is
-/// unescaped, and the other escapes in upper-case hex: `%61lice` is `alice` and
-/// `%2b1555` is `+1555` (RFC 3261 10.3 step 5; 19.1.4 makes them equal), `a%40b`
-/// stays `a%40b`.
-fn push_canonical_user(out: &mut String, user: &str) {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    // unreserved and user-unreserved (RFC 3261 25.1): what a user part holds as is.
-    let plain = |c: u8| c.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&c);
-    let b = user.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            )
-        {
-            let c = h << 4 | l;
-            if plain(c) {
-                out.push(c as char);
-            } else {
-                out.push('%');
-                out.push_str(&user[i + 1..i + 3].to_ascii_uppercase());
-            }
-            i += 3;
-            continue;
-        }
-        let len = user[i..].chars().next().map_or(1, char::len_utf8);
-        out.push_str(&user[i..i + len]);
-        i += len;
-    }
+/// Whether two Contact URIs name the same binding (RFC 3261 10.3 step 7 compares them
+/// as 19.1.4 says; the text is the usual case).
+fn same_contact(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (Uri::parse(a), Uri::parse(b)),
+            (Ok(Uri::Sip(x)), Ok(Uri::Sip(y))) if crate::sip::uri::same_sip_uri(&x, &y)
+        )
 }
 
 /// A REGISTER as the registrar takes it: the request, its To (parsed by the caller,
@@ -311,7 +286,7 @@ pub fn register(
             if is_outbound(s) {
                 b.instance == s.instance && b.reg_id == s.reg_id
             } else {
-                b.contact == s.uri
+                same_contact(&b.contact, &s.uri)
             }
         })
     };
@@ -328,7 +303,7 @@ pub fn register(
             let same = if outbound {
                 b.instance == s.instance && b.reg_id == s.reg_id
             } else {
-                b.contact == s.uri
+                same_contact(&b.contact, &s.uri)
             };
             // An equal CSeq is a retransmission (requests ending here are answered
             // statelessly): applying it again gives the same bindings and answer.
@@ -347,7 +322,7 @@ pub fn register(
                 if outbound {
                     b.instance == s.instance && b.reg_id == s.reg_id
                 } else {
-                    b.contact == s.uri
+                    same_contact(&b.contact, &s.uri)
                 }
             })
             .map(|b| b.id)
@@ -358,10 +333,20 @@ pub fn register(
             [id] if s.expires != 0 => loc
                 .lookup(&aor)
                 .iter()
-                .find(|b| b.id == id && b.contact == s.uri && b.reach == reach)
+                .find(|b| b.id == id && same_contact(&b.contact, &s.uri) && b.reach == reach)
                 .map(|b| (id, b.temp_gruu.clone())),
             _ => None,
         };
+        // Kept, but written differently this time: the old text leaves the store (its
+        // key), the binding stays under the new one.
+        if let Some((id, _)) = kept
+            && let Some(old) = loc
+                .lookup(&aor)
+                .iter()
+                .find(|b| b.id == id && b.contact != s.uri)
+        {
+            changes.push(Change::Removed(old.clone()));
+        }
         let mut old_temp_gruu = None;
         match &kept {
             Some((_, temp_gruu)) => old_temp_gruu.clone_from(temp_gruu),
@@ -371,7 +356,7 @@ pub fn register(
                         old_temp_gruu = old_temp_gruu.or(b.temp_gruu.clone());
                         // Replaced by another contact (a new flow of the same instance),
                         // or unregistered: either way this one is gone.
-                        if s.expires == 0 || b.contact != s.uri {
+                        if s.expires == 0 || !same_contact(&b.contact, &s.uri) {
                             changes.push(Change::Removed(b));
                         }
                     }
@@ -759,6 +744,73 @@ mod tests {
             "{:?}",
             o.headers
         );
+    }
+
+    #[test]
+    fn contacts_match_as_uris_not_as_text() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let o = run(
+            &mut loc,
+            &reg(
+                1,
+                "Contact: <sip:a@phone.example.org:5070;transport=udp;x=1>\r\n",
+            ),
+            None,
+            now,
+        );
+        assert_eq!(o.status, 200);
+        // A refresh with the host in capitals and the parameters in another order, then
+        // an unregistration written yet another way: one binding, then none.
+        let mut changes = Vec::new();
+        let r = reg(
+            2,
+            "Contact: <sip:a@PHONE.example.org:5070;x=1;Transport=UDP>\r\n",
+        );
+        let o = register(
+            &mut loc,
+            Registration {
+                req: &r,
+                to: &r.get_to().unwrap(),
+                source: &src(None),
+            },
+            now,
+            &RegistrarConfig::default(),
+            &[1; 32],
+            &mut changes,
+        );
+        assert_eq!(o.status, 200);
+        assert_eq!(loc.len(), 1);
+        // The old text leaves the store; the binding is saved under the new one.
+        assert!(
+            matches!(&changes[..], [Change::Removed(old), Change::Saved(new)]
+            if old.contact.contains("phone.example.org") && new.contact.contains("PHONE"))
+        );
+        let o = run(
+            &mut loc,
+            &reg(
+                3,
+                "Contact: <sip:%61@phone.example.org:5070;transport=udp>;expires=0\r\n",
+            ),
+            None,
+            now,
+        );
+        assert_eq!(o.status, 200);
+        assert!(loc.is_empty());
+        // Another port is another binding.
+        run(
+            &mut loc,
+            &reg(4, "Contact: <sip:a@phone.example.org>\r\n"),
+            None,
+            now,
+        );
+        run(
+            &mut loc,
+            &reg(5, "Contact: <sip:a@phone.example.org:5060>\r\n"),
+            None,
+            now,
+        );
+        assert_eq!(loc.len(), 2);
     }
 
     #[test]

@@ -443,9 +443,129 @@ impl fmt::Display for Uri {
     }
 }
 
+/// Appends `user` with each escape of a character a user part may hold as it is
+/// unescaped, and the other escapes in upper-case hex: `%61lice` is `alice` and
+/// `%2b1555` is `+1555` (RFC 3261 10.3 step 5; 19.1.4 makes them equal), `a%40b`
+/// stays `a%40b`.
+pub fn push_canonical_user(out: &mut String, user: &str) {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    // unreserved and user-unreserved (RFC 3261 25.1): what a user part holds as is.
+    let plain = |c: u8| c.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&c);
+    let b = user.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            let c = h << 4 | l;
+            if plain(c) {
+                out.push(c as char);
+            } else {
+                out.push('%');
+                out.push_str(&user[i + 1..i + 3].to_ascii_uppercase());
+            }
+            i += 3;
+            continue;
+        }
+        let len = user[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&user[i..i + len]);
+        i += len;
+    }
+}
+
+/// Whether two SIP URIs are equal as RFC 3261 19.1.4 compares them: scheme, user and
+/// password (escapes resolved, case-sensitive), host (case-insensitive), port (an absent
+/// one differs from 5060), the `user`, `ttl`, `method`, `maddr` and `transport`
+/// parameters (present in both with equal values, or in neither), other parameters only
+/// where both have them, and the headers part.
+pub fn same_sip_uri(a: &SipUri, b: &SipUri) -> bool {
+    let canonical = |s: &Option<String>| {
+        s.as_deref().map(|s| {
+            let mut out = String::with_capacity(s.len());
+            push_canonical_user(&mut out, s);
+            out
+        })
+    };
+    let host_eq = match (&a.host, &b.host) {
+        (Host::Name(x), Host::Name(y)) => x.eq_ignore_ascii_case(y),
+        (x, y) => x == y,
+    };
+    let value_eq = |x: Option<&str>, y: Option<&str>| match (x, y) {
+        (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+        (x, y) => x == y,
+    };
+    let params_eq = a.params.iter().all(|(name, av)| {
+        match b.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some((_, bv)) => value_eq(av.as_deref(), bv.as_deref()),
+            None => !MUST_MATCH.iter().any(|m| name.eq_ignore_ascii_case(m)),
+        }
+    }) && b.params.iter().all(|(name, _)| {
+        a.params.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+            || !MUST_MATCH.iter().any(|m| name.eq_ignore_ascii_case(m))
+    });
+    a.secure == b.secure
+        && host_eq
+        && a.port == b.port
+        && canonical(&a.user) == canonical(&b.user)
+        && canonical(&a.password) == canonical(&b.password)
+        && params_eq
+        && a.headers == b.headers
+}
+
+/// URI parameters that make two URIs differ when only one has them (RFC 3261 19.1.4).
+const MUST_MATCH: [&str; 5] = ["user", "ttl", "method", "maddr", "transport"];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uris_compare_as_rfc_3261_says() {
+        let sip = |s: &str| match Uri::parse(s).unwrap() {
+            Uri::Sip(u) => u,
+            Uri::Other(_) => panic!("{s}"),
+        };
+        let same = |a: &str, b: &str| same_sip_uri(&sip(a), &sip(b));
+        // The examples of RFC 3261 19.1.4, equal ones.
+        assert!(same(
+            "sip:%61lice@atlanta.com;transport=TCP",
+            "sip:alice@AtLanTa.CoM;Transport=tcp"
+        ));
+        assert!(same(
+            "sip:carol@chicago.com",
+            "sip:carol@chicago.com;newparam=5"
+        ));
+        assert!(same(
+            "sip:carol@chicago.com;security=on",
+            "sip:carol@chicago.com;newparam=5"
+        ));
+        assert!(same(
+            "sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
+            "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com"
+        ));
+        // And different ones.
+        assert!(!same(
+            "SIP:ALICE@AtLanTa.CoM;Transport=udp",
+            "sip:alice@AtLanTa.CoM;Transport=UDP"
+        ));
+        assert!(!same("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"));
+        assert!(!same(
+            "sip:bob@biloxi.com",
+            "sip:bob@biloxi.com;transport=udp"
+        ));
+        assert!(!same("sip:bob@biloxi.com", "sips:bob@biloxi.com"));
+        assert!(!same(
+            "sip:carol@chicago.com;security=on",
+            "sip:carol@chicago.com;security=off"
+        ));
+        assert!(!same("sip:a@[::1]:5060", "sip:a@127.0.0.1:5060"));
+        assert!(same("sip:a@[::1]:5060;ob", "sip:a@[0:0::1]:5060;ob"));
+    }
 
     fn sip(s: &str) -> SipUri {
         match Uri::parse(s).unwrap() {
