@@ -248,16 +248,16 @@ pub fn register(
             reg_id,
         });
     }
-    // The same Contact twice in one REGISTER is one binding, as the last copy says
-    // (and counts once against `max-contacts`).
-    let mut seen = std::collections::HashSet::with_capacity(specs.len());
-    let mut last_first: Vec<ContactSpec> = specs
-        .into_iter()
-        .rev()
-        .filter(|s| seen.insert(s.uri.clone()))
-        .collect();
-    last_first.reverse();
-    let specs = last_first;
+    // The same Contact twice in one REGISTER (compared as bindings are) is one binding,
+    // as the last copy says, and counts once against `max-contacts`.
+    let mut unique: Vec<ContactSpec> = Vec::with_capacity(specs.len());
+    for s in specs.into_iter().rev() {
+        if !unique.iter().any(|u| same_contact(&u.uri, &s.uri)) {
+            unique.push(s);
+        }
+    }
+    unique.reverse();
+    let specs = unique;
 
     // Outbound needs an instance, a reg-id and the client's Supported: outbound.
     let outbound_ok = supports("outbound");
@@ -502,6 +502,16 @@ mod tests {
     }
 
     fn run(loc: &mut Location, r: &Request, flow: Option<u64>, now: Instant) -> Outcome {
+        run_changes(loc, r, flow, now, &mut Vec::new())
+    }
+    /// [`run`], keeping the changes the registration made.
+    fn run_changes(
+        loc: &mut Location,
+        r: &Request,
+        flow: Option<u64>,
+        now: Instant,
+        changes: &mut Vec<Change>,
+    ) -> Outcome {
         register(
             loc,
             Registration {
@@ -512,7 +522,7 @@ mod tests {
             now,
             &RegistrarConfig::default(),
             &[1; 32],
-            &mut Vec::new(),
+            changes,
         )
     }
 
@@ -767,18 +777,7 @@ mod tests {
             2,
             "Contact: <sip:a@PHONE.example.org:5070;x=1;Transport=UDP>\r\n",
         );
-        let o = register(
-            &mut loc,
-            Registration {
-                req: &r,
-                to: &r.get_to().unwrap(),
-                source: &src(None),
-            },
-            now,
-            &RegistrarConfig::default(),
-            &[1; 32],
-            &mut changes,
-        );
+        let o = run_changes(&mut loc, &r, None, now, &mut changes);
         assert_eq!(o.status, 200);
         assert_eq!(loc.len(), 1);
         // The old text leaves the store; the binding is saved under the new one.
