@@ -14,7 +14,7 @@ use super::{ALLOW, Core, Event, FlowId, SUPPORTED, Source, Target, Transport, sp
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request, Response, reason_phrase};
 use crate::sip::typed::{NameAddr, Via};
-use crate::sip::uri::{Host, Uri};
+use crate::sip::uri::{Host, SipUri, Uri};
 
 /// One place a branch can try.
 #[derive(Debug, Clone)]
@@ -112,12 +112,8 @@ impl Core {
         if req.method == Method::Register || req.tag_of_to().is_none() {
             return false;
         }
-        let mac = self.rr_mac(req.call_id().unwrap_or(""));
         let proves = |uri: &Uri| {
-            self.is_local_uri(uri)
-                && uri
-                    .as_sip()
-                    .is_some_and(|u| u.param("sw").flatten() == Some(mac.as_str()))
+            self.is_local_uri(uri) && uri.as_sip().is_some_and(|u| self.signs_dialog_of(u, req))
         };
         match req.headers.values(&HeaderName::Route).next() {
             Some(first) => NameAddr::parse(first).is_ok_and(|na| proves(&na.uri)),
@@ -209,9 +205,7 @@ impl Core {
             req.headers.remove_first_value(&HeaderName::Route);
             own_routes = popped + 1;
             let sip = na.uri.as_sip().expect("local URIs are SIP URIs");
-            if let Some(Some(mac)) = sip.param("sw")
-                && mac == self.rr_mac(req.call_id().unwrap_or(""))
-            {
+            if self.signs_dialog_of(sip, req) {
                 proof = true;
             }
             if let Some(user) = sip.user.as_deref() {
@@ -629,6 +623,14 @@ impl Core {
 
     /// A MAC of a Call-ID carried in our Record-Route entries (`sw=`): a Route entry
     /// with it proves the request belongs to a dialog we record-routed.
+    /// Whether our Record-Route entry `uri` carries the MAC of `req`'s Call-ID: the
+    /// dialog is one we record-routed.
+    fn signs_dialog_of(&self, uri: &SipUri, req: &Request) -> bool {
+        uri.param("sw")
+            .flatten()
+            .is_some_and(|mac| mac == self.rr_mac(req.call_id().unwrap_or("")))
+    }
+
     fn rr_mac(&self, call_id: &str) -> String {
         let mut m = self.hmac();
         m.update(b"record-route");
