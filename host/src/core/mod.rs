@@ -830,7 +830,7 @@ impl Core {
     fn response_bytes(&self, req: &Request, status: u16, extra: &[(HeaderName, String)]) -> Bytes {
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"SIP/2.0 ");
-        out.extend_from_slice(status.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
         out.push(b' ');
         out.extend_from_slice(reason_phrase(status).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -864,10 +864,12 @@ impl Core {
             if req.tag_of_to().is_some() || status == 100 {
                 emit(&HeaderName::To, to);
             } else {
-                emit(
-                    &HeaderName::To,
-                    &format!("{to};tag={}", self.make_to_tag(req)),
-                );
+                let tag = self.make_to_tag(req);
+                let mut value = String::with_capacity(to.len() + 5 + tag.len());
+                for part in [to, ";tag=", &tag] {
+                    value.push_str(part);
+                }
+                emit(&HeaderName::To, &value);
             }
         }
         if let Some(c) = req.call_id() {
@@ -904,7 +906,13 @@ impl Core {
             h.write(part.as_bytes());
             h.write_u8(b'\n');
         }
-        format!("{:016x}", h.finish())
+        let (n, mut tag) = (h.finish(), String::with_capacity(16));
+        for shift in (0..16).rev() {
+            tag.push(char::from(
+                b"0123456789abcdef"[(n >> (shift * 4)) as usize & 15],
+            ));
+        }
+        tag
     }
 
     // ------------------------------------------------------------ client side
@@ -1118,9 +1126,11 @@ pub fn stamp_received(req: &mut Request, source: SocketAddr) -> bool {
     value.push_str("SIP/2.0/");
     value.extend(via.transport.chars().map(|c| c.to_ascii_uppercase()));
     value.push(' ');
-    let _ = write!(value, "{}", via.host);
+    via.host.push_to(&mut value);
+    let mut num = itoa::Buffer::new();
     if let Some(p) = via.port {
-        let _ = write!(value, ":{p}");
+        value.push(':');
+        value.push_str(num.format(p));
     }
     let ip = |out: &mut String| match source.ip() {
         std::net::IpAddr::V4(a) => out.push_str(V4Text::new(a).as_str()),
@@ -1133,7 +1143,8 @@ pub fn stamp_received(req: &mut Request, source: SocketAddr) -> bool {
         value.push(';');
         value.push_str(name);
         if rport && name.eq_ignore_ascii_case("rport") {
-            let _ = write!(value, "={}", source.port());
+            value.push('=');
+            value.push_str(num.format(source.port()));
         } else if name.eq_ignore_ascii_case("received") {
             value.push('=');
             ip(&mut value);

@@ -74,7 +74,6 @@ impl Outcome {
 /// user with its escapes canonical, host lower-cased, no port or parameters). `None`
 /// without a user part.
 pub fn aor_of(uri: &Uri) -> Option<String> {
-    use std::fmt::Write as _;
     let u = uri.as_sip()?;
     let user = u.user.as_deref()?;
     let mut aor = String::with_capacity(5 + user.len() + 24);
@@ -82,7 +81,7 @@ pub fn aor_of(uri: &Uri) -> Option<String> {
     crate::sip::uri::push_canonical_user(&mut aor, user);
     aor.push('@');
     let host = aor.len();
-    let _ = write!(aor, "{}", u.host);
+    u.host.borrowed().push_to(&mut aor);
     aor[host..].make_ascii_lowercase();
     Some(aor)
 }
@@ -134,7 +133,12 @@ fn parse_q(v: &str) -> Option<u16> {
     if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let thousandths: u16 = format!("{frac:0<3}").parse().ok()?;
+    // Missing digits are zeros: "0.5" is 500 thousandths.
+    let thousandths = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     match int {
         "0" => Some(thousandths),
         "1" if thousandths == 0 => Some(1000),
@@ -424,20 +428,38 @@ fn ok(
 ) -> Outcome {
     let domain = aor.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
     let mut headers = Vec::with_capacity(loc.lookup(aor).len() + 3 + path.len());
+    let mut num = itoa::Buffer::new();
     for b in loc.lookup(aor) {
-        let mut v = format!("<{}>;expires={}", b.contact, b.remaining(now).max(1));
+        // Written piece by piece: this is every REGISTER's answer.
+        let mut v = String::with_capacity(b.contact.len() + 160);
+        for part in [
+            "<",
+            b.contact.as_str(),
+            ">;expires=",
+            num.format(b.remaining(now).max(1)),
+        ] {
+            v.push_str(part);
+        }
         if let Some(q) = b.q {
-            v.push_str(&format!(";q={}", format_q(q)));
+            v.push_str(";q=");
+            push_q(&mut v, q);
         }
         if let Some(inst) = &b.instance {
-            v.push_str(&format!(";+sip.instance=\"<{inst}>\""));
+            for part in [";+sip.instance=\"<", inst.as_str(), ">\""] {
+                v.push_str(part);
+            }
             if let Some(r) = b.reg_id {
-                v.push_str(&format!(";reg-id={r}"));
+                v.push_str(";reg-id=");
+                v.push_str(num.format(r));
             }
             if gruu {
-                v.push_str(&format!(";pub-gruu=\"{aor};gr={inst}\""));
+                for part in [";pub-gruu=\"", aor, ";gr=", inst.as_str(), "\""] {
+                    v.push_str(part);
+                }
                 if let Some(t) = &b.temp_gruu {
-                    v.push_str(&format!(";temp-gruu=\"sip:{t}@{domain};gr\""));
+                    for part in [";temp-gruu=\"sip:", t.as_str(), "@", domain, ";gr\""] {
+                        v.push_str(part);
+                    }
                 }
             }
         }
@@ -458,14 +480,20 @@ fn ok(
     }
 }
 
-fn format_q(q: u16) -> String {
+/// Appends a qvalue kept in thousandths as RFC 3261 writes it (`1`, `0.5`, `0.125`).
+fn push_q(out: &mut String, q: u16) {
     if q >= 1000 {
-        "1".into()
-    } else {
-        format!("0.{:03}", q)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
+        out.push('1');
+        return;
+    }
+    out.push('0');
+    let digits = [q / 100, q / 10 % 10, q % 10];
+    let used = digits.iter().rposition(|&d| d != 0).map_or(0, |i| i + 1);
+    if used > 0 {
+        out.push('.');
+    }
+    for &d in &digits[..used] {
+        out.push(char::from(b'0' + d as u8));
     }
 }
 
@@ -820,7 +848,19 @@ mod tests {
         assert_eq!(parse_q("0"), Some(0));
         assert_eq!(parse_q("1.5"), None);
         assert_eq!(parse_q("0.1234"), None);
-        assert_eq!(format_q(500), "0.5");
-        assert_eq!(format_q(1000), "1");
+        let q = |v| {
+            let mut s = String::new();
+            push_q(&mut s, v);
+            s
+        };
+        assert_eq!(q(500), "0.5");
+        assert_eq!(q(1000), "1");
+        assert_eq!(q(0), "0");
+        assert_eq!(q(125), "0.125");
+        assert_eq!(q(50), "0.05");
+        assert_eq!(q(7), "0.007");
+        for v in [0, 1, 10, 99, 100, 333, 999, 1000] {
+            assert_eq!(parse_q(&q(v)), Some(v), "{v}");
+        }
     }
 }

@@ -131,9 +131,10 @@ impl ServerKey {
     pub fn of(req: &Request, method: &Method) -> Option<Self> {
         let top = req.headers.values(&HeaderName::Via).next()?;
         let via = ViaRef::parse(top).ok()?;
-        use std::fmt::Write as _;
         let mut sent_by = String::with_capacity(32);
-        let _ = write!(sent_by, "{}:{}", via.host, via.port.unwrap_or(0));
+        via.host.push_to(&mut sent_by);
+        sent_by.push(':');
+        sent_by.push_str(itoa::Buffer::new().format(via.port.unwrap_or(0)));
         sent_by.make_ascii_lowercase();
         match via.branch() {
             Some(b) if b.starts_with("z9hG4bK") => {

@@ -390,9 +390,11 @@ pub(crate) fn find_unquoted(s: &str, c: u8) -> Option<usize> {
 /// Writes params back as `;a=b;c`.
 pub fn write_params(f: &mut impl fmt::Write, params: &Params) -> fmt::Result {
     for (n, v) in params {
-        match v {
-            Some(v) => write!(f, ";{n}={v}")?,
-            None => write!(f, ";{n}")?,
+        f.write_str(";")?;
+        f.write_str(n)?;
+        if let Some(v) = v {
+            f.write_str("=")?;
+            f.write_str(v)?;
         }
     }
     Ok(())

@@ -128,6 +128,21 @@ impl From<IpAddr> for HostRef<'_> {
     }
 }
 
+impl HostRef<'_> {
+    /// Appends the host as it displays, without the formatting machinery for names
+    /// and IPv4 addresses (every message's Via goes through here).
+    pub fn push_to(&self, out: &mut String) {
+        match self {
+            Self::Name(n) => out.push_str(n),
+            Self::V4(a) => out.push_str(V4Text::new(*a).as_str()),
+            Self::V6(a) => {
+                use fmt::Write as _;
+                let _ = write!(out, "[{a}]");
+            }
+        }
+    }
+}
+
 /// As [`Host`] displays.
 impl fmt::Display for HostRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -414,21 +429,26 @@ fn check_escapes(s: &str) -> Result<(), &'static str> {
 
 impl fmt::Display for SipUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Piece by piece with `write_str`: every binding and forwarded request is
+        // written through here, and `write!` goes through the formatting machinery.
         f.write_str(if self.secure { "sips:" } else { "sip:" })?;
         if let Some(u) = &self.user {
             f.write_str(u)?;
             if let Some(p) = &self.password {
-                write!(f, ":{p}")?;
+                f.write_str(":")?;
+                f.write_str(p)?;
             }
             f.write_str("@")?;
         }
-        write!(f, "{}", self.host)?;
+        self.host.borrowed().fmt(f)?;
         if let Some(p) = self.port {
-            write!(f, ":{p}")?;
+            f.write_str(":")?;
+            f.write_str(itoa::Buffer::new().format(p))?;
         }
         write_params(f, &self.params)?;
         if let Some(h) = &self.headers {
-            write!(f, "?{h}")?;
+            f.write_str("?")?;
+            f.write_str(h)?;
         }
         Ok(())
     }
