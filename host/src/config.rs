@@ -321,6 +321,9 @@ pub struct SipConfig {
     /// Most bindings per address-of-record.
     #[serde(default = "default_max_contacts")]
     pub max_contacts: usize,
+    /// What a REGISTER with a Path gets when its UA did not say `Supported: path`.
+    #[serde(default = "default_path_without_support")]
+    pub path_without_support: PathPolicy,
     /// Timer T1 (RTT estimate).
     #[serde(default = "default_t1", with = "duration")]
     pub t1: Duration,
@@ -352,6 +355,7 @@ impl Default for SipConfig {
             default_expires: default_default_expires(),
             flow_timer: default_flow_timer(),
             max_contacts: default_max_contacts(),
+            path_without_support: default_path_without_support(),
             t1: default_t1(),
             t2: default_t2(),
             t4: default_t4(),
@@ -381,6 +385,9 @@ fn default_flow_timer() -> u32 {
 fn default_max_contacts() -> usize {
     32
 }
+fn default_path_without_support() -> PathPolicy {
+    PathPolicy::Reject
+}
 fn default_t1() -> Duration {
     Duration::from_millis(500)
 }
@@ -404,6 +411,19 @@ pub enum FailurePolicy {
     Closed,
     /// Decide with the built-in policy: upgrade valid SIP WebSocket handshakes, 404 otherwise.
     Open,
+}
+
+/// What the registrar does with a Path (RFC 3327) in a REGISTER whose UA did not list
+/// `path` in Supported, that is when an intermediate proxy added it on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathPolicy {
+    /// 420 Bad Extension with `Unsupported: path`: the policy RFC 3327 section 5.3
+    /// recommends (the UA learns that a proxy inserted itself), Kamailio's `strict`.
+    Reject,
+    /// Store the Path and route through it, but leave it out of the 200 (for edge
+    /// proxies in front of phones that do not announce the extension; Kamailio's `lazy`).
+    Store,
 }
 
 /// How plugin instances are used across requests.
@@ -1041,6 +1061,23 @@ path = "p.wasm"
             let e = parse(&format!("{MINIMAL}\n[sip]\n{text}\n")).unwrap_err();
             assert!(e.key.starts_with(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn path_policy() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.sip.path_without_support, PathPolicy::Reject);
+        let c = parse(&format!(
+            "{MINIMAL}\n[sip]\npath-without-support = \"store\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.sip.path_without_support, PathPolicy::Store);
+        let e = parse(&format!(
+            "{MINIMAL}\n[sip]\npath-without-support = \"lazy\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "sip.path-without-support");
+        assert!(e.message.contains("reject"), "{e}");
     }
 
     #[test]

@@ -187,6 +187,8 @@ impl Server {
                 default_expires: sip.default_expires,
                 flow_timer: sip.flow_timer,
                 max_contacts: sip.max_contacts,
+                store_path_without_support: sip.path_without_support
+                    == crate::config::PathPolicy::Store,
             },
             relay: sip.relay,
         });

@@ -75,6 +75,43 @@ async fn outbound_registration_gets_require_flow_timer_and_gruus() {
 }
 
 #[tokio::test]
+async fn a_registration_through_an_edge_proxy_keeps_its_path() {
+    let s = Server::standard("");
+    // A UDP socket playing an edge proxy that registers a phone behind it and puts
+    // itself in Path (RFC 3327); the phone's Contact is the edge's own address.
+    let mut edge = Ua::udp(&s, "behind").await;
+    let path = format!("<sip:{};lr>", edge.host);
+    let with_path = |text: String, supported: &str| {
+        text.replace(
+            "Supported: path, gruu\r\n",
+            &format!("Supported: {supported}\r\nPath: {path}\r\n"),
+        )
+    };
+    // The UA did not announce the extension: the proxy inserted itself on its own,
+    // which RFC 3327 5.3 recommends refusing with 420.
+    let text = with_path(edge.register_text(600), "gruu");
+    edge.send(&text).await;
+    let r = edge.recv_final().await;
+    assert_eq!(r.status, 420);
+    assert_eq!(r.headers.get(&HeaderName::Unsupported), Some("path"));
+    // Announced: bound, and the Path comes back in the 200.
+    let text = with_path(edge.register_text(600), "path, gruu");
+    edge.send(&text).await;
+    let r = edge.recv_final().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get(&HeaderName::Path), Some(path.as_str()));
+    // A browser's MESSAGE for the phone goes to the edge with the Path as Route.
+    let mut browser = Ua::ws(&s, "sender").await;
+    let (text, _) = browser.request("MESSAGE", "behind", "", "through the edge");
+    browser.send(&text).await;
+    let m = edge.recv_request("MESSAGE").await;
+    assert_eq!(m.headers.get(&HeaderName::Route), Some(path.as_str()));
+    assert_eq!(m.uri.to_string(), format!("sip:behind@{}", edge.host));
+    edge.send(&edge.response(&m, 200, "", "")).await;
+    assert_eq!(browser.recv_final().await.status, 200);
+}
+
+#[tokio::test]
 async fn a_reloaded_page_replaces_its_registration() {
     let s = Server::standard("");
     let instance = "urn:uuid:00000000-0000-4000-8000-0000000000aa";

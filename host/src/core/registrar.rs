@@ -26,6 +26,9 @@ pub struct RegistrarConfig {
     pub flow_timer: u32,
     /// Most bindings one AoR may have (a REGISTER that would exceed it gets 403).
     pub max_contacts: usize,
+    /// Whether a Path is stored (and routed through) when the UA did not say
+    /// `Supported: path`; else such a REGISTER gets 420 (RFC 3327 section 5.3).
+    pub store_path_without_support: bool,
 }
 
 impl Default for RegistrarConfig {
@@ -36,6 +39,7 @@ impl Default for RegistrarConfig {
             default_expires: 3_600,
             flow_timer: 120,
             max_contacts: 32,
+            store_path_without_support: false,
         }
     }
 }
@@ -265,14 +269,22 @@ pub fn register(
 
     // Outbound needs an instance, a reg-id and the client's Supported: outbound.
     let outbound_ok = supports("outbound");
-    let path: Vec<String> = if supports("path") {
-        req.headers
-            .values(&HeaderName::Path)
-            .map(str::to_string)
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // A Path the UA did not ask for was put there by a proxy on the way: refused
+    // unless the operator stores it anyway (RFC 3327 5.3); then it is kept and used,
+    // but the 200 only repeats it to a UA that knows the extension.
+    let path: Vec<String> = req
+        .headers
+        .values(&HeaderName::Path)
+        .map(str::to_string)
+        .collect();
+    let path_supported = supports("path");
+    if !path.is_empty() && !path_supported && !cfg.store_path_without_support {
+        return Outcome {
+            status: 420,
+            reason: None,
+            headers: vec![(HeaderName::Unsupported, "path".into())],
+        };
+    }
     let reach = match source.flow {
         Some(id) => Reach::Flow(id),
         None => Reach::Udp {
@@ -397,7 +409,8 @@ pub fn register(
         changes.push(Change::Saved(b.clone()));
         loc.upsert(b);
     }
-    ok(loc, &aor, now, cfg, supports("gruu"), used_outbound, &path)
+    let echoed: &[String] = if path_supported { &path } else { &[] };
+    ok(loc, &aor, now, cfg, supports("gruu"), used_outbound, echoed)
 }
 
 fn temp_gruu_user(secret: &[u8; 32], aor: &str, instance: &str, id: u64) -> String {
@@ -730,6 +743,84 @@ mod tests {
         assert_eq!(all[0].reach, Reach::Flow(2));
         assert_eq!(all[0].temp_gruu, temp);
         assert!(loc.remove_flow(1).is_empty());
+    }
+
+    #[test]
+    fn a_path_the_ua_did_not_ask_for_is_refused_or_stored_as_configured() {
+        let now = Instant::now();
+        let path = "Path: <sip:edge.example.org;lr>, <sip:far.example.org;lr>\r\n\
+                    Contact: <sip:alice@10.0.0.8>\r\n";
+        let with = |cfg: &RegistrarConfig, loc: &mut Location, extra: &str| {
+            let r = reg(1, extra);
+            register(
+                loc,
+                Registration {
+                    req: &r,
+                    to: &r.get_to().unwrap(),
+                    source: &src(None),
+                },
+                now,
+                cfg,
+                &[1; 32],
+                &mut Vec::new(),
+            )
+        };
+        let stored = |loc: &Location| {
+            loc.lookup("sip:alice@localhost")
+                .iter()
+                .map(|b| b.path.clone())
+                .collect::<Vec<_>>()
+        };
+        let both = vec![
+            "<sip:edge.example.org;lr>".to_string(),
+            "<sip:far.example.org;lr>".to_string(),
+        ];
+        let echoed = |o: &Outcome| {
+            o.headers
+                .iter()
+                .filter(|(n, _)| *n == HeaderName::Path)
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+        };
+
+        // The UA knows the extension: stored, in order, and repeated in the 200.
+        let mut loc = Location::new();
+        let o = with(
+            &RegistrarConfig::default(),
+            &mut loc,
+            &format!("Supported: path\r\n{path}"),
+        );
+        assert_eq!(o.status, 200);
+        assert_eq!(echoed(&o), both);
+        assert_eq!(stored(&loc), vec![both.clone()]);
+
+        // It does not: 420 naming the extension, nothing bound (RFC 3327 5.3).
+        let mut loc = Location::new();
+        let o = with(&RegistrarConfig::default(), &mut loc, path);
+        assert_eq!(o.status, 420);
+        assert_eq!(o.headers, vec![(HeaderName::Unsupported, "path".into())]);
+        assert!(loc.lookup("sip:alice@localhost").is_empty());
+
+        // Stored anyway when the operator says so, but not shown to a UA that would
+        // not understand it.
+        let lazy = RegistrarConfig {
+            store_path_without_support: true,
+            ..RegistrarConfig::default()
+        };
+        let o = with(&lazy, &mut loc, path);
+        assert_eq!(o.status, 200);
+        assert!(echoed(&o).is_empty());
+        assert_eq!(stored(&loc), vec![both]);
+
+        // No Path at all needs no Supported.
+        let mut loc = Location::new();
+        let o = with(
+            &RegistrarConfig::default(),
+            &mut loc,
+            "Contact: <sip:alice@10.0.0.8>\r\n",
+        );
+        assert_eq!(o.status, 200);
+        assert_eq!(stored(&loc), vec![Vec::<String>::new()]);
     }
 
     trait TapCallId {
