@@ -50,8 +50,32 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bindings (
     remote TEXT NOT NULL,
     temp_gruu TEXT,
     user_agent TEXT,
+    params TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (aor, contact)
 )";
+
+/// Columns added since the first schema, with their definitions: added to a store
+/// written by an older version when it is opened.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("params", "TEXT NOT NULL DEFAULT ''")];
+
+/// Adds the [`ADDED_COLUMNS`] a store made by an older version lacks.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut have = Vec::new();
+    {
+        let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('bindings')")?;
+        for name in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            have.push(name?);
+        }
+    }
+    for (name, definition) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE bindings ADD COLUMN {name} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -71,6 +95,7 @@ impl Store {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; {SCHEMA};"
         ))
         .with_context(|| format!("cannot prepare {}", path.display()))?;
+        add_missing_columns(&conn).with_context(|| format!("cannot upgrade {}", path.display()))?;
         let wall = unix_now();
         conn.execute(
             "DELETE FROM bindings WHERE expires_unix <= ?1",
@@ -80,7 +105,7 @@ impl Store {
         {
             let mut stmt = conn.prepare(
                 "SELECT aor, contact, q, expires_unix, call_id, cseq, instance, reg_id, path, local, remote, \
-                 temp_gruu, user_agent FROM bindings",
+                 temp_gruu, user_agent, params FROM bindings",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -97,6 +122,7 @@ impl Store {
                     r.get::<_, String>(10)?,
                     r.get::<_, Option<String>>(11)?,
                     r.get::<_, Option<String>>(12)?,
+                    r.get::<_, String>(13)?,
                 ))
             })?;
             for row in rows {
@@ -114,6 +140,7 @@ impl Store {
                     remote,
                     temp_gruu,
                     ua,
+                    contact_params,
                 ) = row?;
                 let (Ok(local), Ok(remote)) =
                     (local.parse::<SocketAddr>(), remote.parse::<SocketAddr>())
@@ -134,6 +161,7 @@ impl Store {
                     instance,
                     reg_id: reg_id.map(|r| r.clamp(0, i64::from(u32::MAX)) as u32),
                     path: serde_json::from_str(&path).unwrap_or_default(),
+                    params: contact_params,
                     reach: Reach::Udp { local, remote },
                     transport: Transport::Udp,
                     temp_gruu,
@@ -208,6 +236,7 @@ fn hashes(state: &foldhash::quality::RandomState, b: &Binding) -> (u64, u64) {
         b.reach,
         &b.temp_gruu,
         &b.user_agent,
+        &b.params,
     );
     (state.hash_one((&b.aor, &b.contact)), state.hash_one(fields))
 }
@@ -243,7 +272,8 @@ fn write_batch(conn: &mut Connection, batch: &[Op], keep: &[usize]) -> rusqlite:
     {
         let mut save = tx.prepare_cached(
             "INSERT OR REPLACE INTO bindings (aor, contact, q, expires_unix, call_id, cseq, instance, reg_id, \
-             path, local, remote, temp_gruu, user_agent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             path, local, remote, temp_gruu, user_agent, params) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         let mut remove =
             tx.prepare_cached("DELETE FROM bindings WHERE aor = ?1 AND contact = ?2")?;
@@ -267,6 +297,7 @@ fn write_batch(conn: &mut Connection, batch: &[Op], keep: &[usize]) -> rusqlite:
                         remote.to_string(),
                         b.temp_gruu,
                         b.user_agent,
+                        b.params,
                     ])?;
                 }
                 Op::Remove(aor, contact) => {
@@ -295,6 +326,7 @@ mod tests {
             instance: None,
             reg_id: None,
             path: vec![],
+            params: String::new(),
             reach: Reach::Udp {
                 local: "127.0.0.1:5060".parse().unwrap(),
                 remote: "127.0.0.1:5070".parse().unwrap(),
@@ -325,5 +357,70 @@ mod tests {
         // Once removed, the same binding is written again.
         store.removed(&b);
         assert!(store.changed(&b, 1000 + EXPIRY_SLACK_SECS));
+        // So is one whose Contact parameters changed.
+        b.params = ";+sip.ice".into();
+        assert!(store.changed(&b, 1000 + EXPIRY_SLACK_SECS));
+    }
+
+    /// Opens the store in `dir` until it holds `n` bindings (the writer thread of the
+    /// previous one may still be finishing), for at most two seconds.
+    fn reopen_with(dir: &Path, n: usize) -> Vec<Binding> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let (_, loaded) = Store::open(dir, Instant::now()).unwrap();
+            if loaded.len() >= n || Instant::now() > deadline {
+                return loaded;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn contact_parameters_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let (mut store, _) = Store::open(dir.path(), now).unwrap();
+        let mut b = binding("sip:alice@127.0.0.1:5070", now);
+        b.params = ";+sip.ice;+org.linphone.specs=\"lime\"".into();
+        store.saved(&b, now);
+        drop(store);
+        let loaded = reopen_with(dir.path(), 1);
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].params, b.params);
+    }
+
+    #[test]
+    fn a_store_from_before_contact_parameters_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("location.sqlite")).unwrap();
+        // The first schema, without `params`, holding one binding.
+        conn.execute_batch(
+            "CREATE TABLE bindings (aor TEXT NOT NULL, contact TEXT NOT NULL, q INTEGER, \
+             expires_unix INTEGER NOT NULL, call_id TEXT NOT NULL, cseq INTEGER NOT NULL, \
+             instance TEXT, reg_id INTEGER, path TEXT NOT NULL, local TEXT NOT NULL, \
+             remote TEXT NOT NULL, temp_gruu TEXT, user_agent TEXT, PRIMARY KEY (aor, contact))",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO bindings VALUES ('sip:bob@localhost', 'sip:bob@127.0.0.1:5070', NULL, ?1, \
+             'c', 1, NULL, NULL, '[]', '127.0.0.1:5060', '127.0.0.1:5070', NULL, NULL)",
+            params![unix_now() as i64 + 600],
+        )
+        .unwrap();
+        drop(conn);
+        let (mut store, loaded) = Store::open(dir.path(), Instant::now()).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].contact, "sip:bob@127.0.0.1:5070");
+        assert_eq!(loaded[0].params, "");
+        // And it takes bindings with parameters from now on.
+        let mut b = binding("sip:alice@127.0.0.1:5080", Instant::now());
+        b.params = ";video".into();
+        store.saved(&b, Instant::now());
+        drop(store);
+        let loaded = reopen_with(dir.path(), 2);
+        let alice = loaded
+            .iter()
+            .find(|b| b.contact == "sip:alice@127.0.0.1:5080");
+        assert_eq!(alice.map(|b| b.params.as_str()), Some(";video"));
     }
 }

@@ -349,7 +349,13 @@ async fn udp_retransmissions_are_absorbed() {
 #[tokio::test]
 async fn udp_registrations_survive_a_restart_and_ws_ones_do_not() {
     let mut s = Server::standard("");
-    let mut phone = registered(Ua::udp(&s, "persistent").await).await;
+    let mut phone = Ua::udp(&s, "persistent").await;
+    // With a feature tag (RFC 3840), which is part of the binding.
+    let text = phone
+        .register_text(600)
+        .replace(";expires=600", ";expires=600;+sip.ice");
+    phone.send(&text).await;
+    assert_eq!(phone.recv_final().await.status, 200);
     let browser = registered(Ua::ws(&s, "ephemeral").await).await;
     drop(browser);
     let s = tokio::task::spawn_blocking(move || {
@@ -363,6 +369,17 @@ async fn udp_registrations_survive_a_restart_and_ws_ones_do_not() {
         "{}",
         s.logs()
     );
+    // A query (a REGISTER without Contact) lists the restored binding as registered.
+    let query: String = phone
+        .register_text(600)
+        .split_inclusive("\r\n")
+        .filter(|line| !line.starts_with("Contact:"))
+        .collect();
+    phone.send(&query).await;
+    let r = phone.recv_final().await;
+    assert_eq!(r.status, 200);
+    let contact = r.headers.get(&HeaderName::Contact).unwrap_or("");
+    assert!(contact.ends_with(";+sip.ice"), "{contact}");
     let mut caller = Ua::udp(&s, "wakeup").await;
     let (text, _) = caller.request("MESSAGE", "persistent", "", "still there?");
     caller.send(&text).await;

@@ -60,6 +60,11 @@ pub struct Binding {
     pub reg_id: Option<u32>,
     /// RFC 3327 Path values, in order.
     pub path: Vec<String>,
+    /// The Contact's other header parameters as written, each with its `;` (feature
+    /// tags such as `+sip.ice`, RFC 3840): kept with the binding and listed in the 200
+    /// (RFC 5626 section 6). Not `expires`, `q`, `+sip.instance`, `reg-id` or the
+    /// GRUU parameters, which the registrar writes itself.
+    pub params: String,
     /// How to reach it.
     pub reach: Reach,
     /// The transport it was registered over.
@@ -265,6 +270,7 @@ mod tests {
             instance: None,
             reg_id: None,
             path: vec![],
+            params: String::new(),
             reach,
             transport: Transport::Ws,
             temp_gruu: Some(format!("t{secs}")),

@@ -119,6 +119,39 @@ struct ContactSpec {
     q: Option<u16>,
     instance: Option<String>,
     reg_id: Option<u32>,
+    /// The other header parameters, as [`Binding::params`] keeps them.
+    params: String,
+}
+
+/// Contact parameters the registrar reads or writes itself; the others stay with the
+/// binding as written.
+const OWN_CONTACT_PARAMS: [&str; 6] = [
+    "expires",
+    "q",
+    "+sip.instance",
+    "reg-id",
+    "pub-gruu",
+    "temp-gruu",
+];
+
+/// The Contact parameters other than [`OWN_CONTACT_PARAMS`], each with its `;`.
+fn other_params(params: &crate::sip::headers::Params) -> String {
+    let mut out = String::new();
+    for (name, value) in params {
+        if OWN_CONTACT_PARAMS
+            .iter()
+            .any(|own| own.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        out.push(';');
+        out.push_str(name);
+        if let Some(v) = value {
+            out.push('=');
+            out.push_str(v);
+        }
+    }
+    out
 }
 
 /// A delta-seconds value (RFC 3261 20.19): decimal digits, saturating at 2^32-1 (longer
@@ -254,6 +287,7 @@ pub fn register(
             q,
             instance,
             reg_id,
+            params: other_params(&na.params),
         });
     }
     // The same Contact twice in one REGISTER (compared as bindings are) is one binding,
@@ -401,6 +435,7 @@ pub fn register(
             instance: s.instance,
             reg_id: if outbound { s.reg_id } else { None },
             path: path.clone(),
+            params: s.params,
             reach,
             transport: source.transport,
             temp_gruu,
@@ -457,6 +492,7 @@ fn ok(
             v.push_str(";q=");
             push_q(&mut v, q);
         }
+        v.push_str(&b.params);
         if let Some(inst) = &b.instance {
             for part in [";+sip.instance=\"<", inst.as_str(), ">\""] {
                 v.push_str(part);
@@ -821,6 +857,37 @@ mod tests {
         );
         assert_eq!(o.status, 200);
         assert_eq!(stored(&loc), vec![Vec::<String>::new()]);
+    }
+
+    #[test]
+    fn contact_parameters_are_kept_and_listed() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let c = "Contact: <sip:alice@10.0.0.8;transport=tcp>;+sip.ice;expires=600;\
+                 +org.linphone.specs=\"groupchat,lime\";q=0.5;video\r\n";
+        let o = run(&mut loc, &reg(1, c), None, now);
+        assert_eq!(o.status, 200);
+        assert_eq!(
+            o.headers[0].1,
+            "<sip:alice@10.0.0.8;transport=tcp>;expires=600;q=0.5\
+             ;+sip.ice;+org.linphone.specs=\"groupchat,lime\";video"
+        );
+        // A refresh says what the binding has now: the tags it leaves out are gone.
+        let c = "Contact: <sip:alice@10.0.0.8;transport=tcp>;expires=600;+sip.ice\r\n";
+        let o = run(&mut loc, &reg(2, c), None, now);
+        assert_eq!(
+            o.headers[0].1,
+            "<sip:alice@10.0.0.8;transport=tcp>;expires=600;+sip.ice"
+        );
+        assert_eq!(loc.lookup("sip:alice@localhost").len(), 1);
+        // GRUUs a client wrote itself are not repeated next to ours.
+        let c =
+            "Contact: <sip:alice@10.0.0.8;transport=tcp>;pub-gruu=\"sip:x@y;gr\";expires=600\r\n";
+        let o = run(&mut loc, &reg(3, c), None, now);
+        assert_eq!(
+            o.headers[0].1,
+            "<sip:alice@10.0.0.8;transport=tcp>;expires=600"
+        );
     }
 
     trait TapCallId {
