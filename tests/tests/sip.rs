@@ -100,6 +100,27 @@ async fn a_registration_through_an_edge_proxy_keeps_its_path() {
     let r = edge.recv_final().await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers.get(&HeaderName::Path), Some(path.as_str()));
+    // Outbound through an edge whose Path lacks `ob` (it keeps no flows): 439, as RFC
+    // 5626 section 6 says, instead of a binding the edge could not reach.
+    edge.instance = Some("urn:uuid:00000000-0000-4000-8000-0000000000ed".into());
+    let text = edge
+        .register_text(600)
+        .replace(
+            "Supported: path, gruu, outbound\r\n",
+            &format!("Supported: path, outbound\r\nPath: {path}\r\n"),
+        )
+        .replacen(
+            ";rport\r\n",
+            ";rport\r\nVia: SIP/2.0/UDP 10.0.0.8:5060;branch=z9hG4bKphone\r\n",
+            1,
+        );
+    edge.send(&text).await;
+    let r = edge.recv_final().await;
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (439, "First Hop Lacks Outbound Support")
+    );
+    edge.instance = None;
     // A browser's MESSAGE for the phone goes to the edge with the Path as Route.
     let mut browser = Ua::ws(&s, "sender").await;
     let (text, _) = browser.request("MESSAGE", "behind", "", "through the edge");

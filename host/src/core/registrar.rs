@@ -301,8 +301,6 @@ pub fn register(
     unique.reverse();
     let specs = unique;
 
-    // Outbound needs an instance, a reg-id and the client's Supported: outbound.
-    let outbound_ok = supports("outbound");
     // A Path the UA did not ask for was put there by a proxy on the way: refused
     // unless the operator stores it anyway (RFC 3327 5.3); then it is kept and used,
     // but the 200 only repeats it to a UA that knows the extension.
@@ -319,6 +317,32 @@ pub fn register(
             headers: vec![(HeaderName::Unsupported, "path".into())],
         };
     }
+
+    // Outbound needs an instance, a reg-id and the client's Supported: outbound, and
+    // a first hop that keeps the flow: us (a single Via), or an edge proxy that says
+    // so with `ob` on the first Path URI (RFC 5626 section 6). A client asking for
+    // Outbound through a first hop that cannot do it gets 439; without Supported:
+    // outbound its reg-id is ignored.
+    let wants_outbound = |s: &ContactSpec| s.instance.is_some() && s.reg_id.is_some();
+    let first_hop_keeps_flows = req.headers.values(&HeaderName::Via).nth(1).is_none()
+        || path
+            .first()
+            .and_then(|p| NameAddr::parse(p).ok())
+            .is_some_and(|p| p.uri.as_sip().is_some_and(|u| u.param("ob").is_some()));
+    if supports("outbound") && !first_hop_keeps_flows && specs.iter().any(wants_outbound) {
+        return Outcome {
+            status: 439,
+            reason: None,
+            headers: Vec::new(),
+        };
+    }
+    let outbound_ok = supports("outbound") && first_hop_keeps_flows;
+    // A reg-id registers one instance over one flow: it cannot come with other
+    // Contacts being registered (RFC 5626 section 6 says to refuse that with 400).
+    let registering: Vec<&ContactSpec> = specs.iter().filter(|s| s.expires > 0).collect();
+    if outbound_ok && registering.len() > 1 && registering.iter().any(|s| wants_outbound(s)) {
+        return Outcome::err(400, "A reg-id Contact must be the only one registered");
+    }
     let reach = match source.flow {
         Some(id) => Reach::Flow(id),
         None => Reach::Udp {
@@ -330,7 +354,7 @@ pub fn register(
     let mut used_outbound = false;
 
     // Bound what one AoR can hold: bindings kept plus bindings added.
-    let is_outbound = |s: &ContactSpec| outbound_ok && s.instance.is_some() && s.reg_id.is_some();
+    let is_outbound = |s: &ContactSpec| outbound_ok && wants_outbound(s);
     let replaced = |b: &Binding| {
         specs.iter().any(|s| {
             if is_outbound(s) {
@@ -348,7 +372,7 @@ pub fn register(
 
     // Check ordering for all contacts before changing anything.
     for s in &specs {
-        let outbound = outbound_ok && s.instance.is_some() && s.reg_id.is_some();
+        let outbound = is_outbound(s);
         for b in loc.lookup(&aor) {
             let same = if outbound {
                 b.instance == s.instance && b.reg_id == s.reg_id
@@ -363,7 +387,7 @@ pub fn register(
         }
     }
     for s in specs {
-        let outbound = outbound_ok && s.instance.is_some() && s.reg_id.is_some();
+        let outbound = is_outbound(&s);
         used_outbound |= outbound;
         let existing: Vec<u64> = loc
             .lookup(&aor)
@@ -888,6 +912,72 @@ mod tests {
             o.headers[0].1,
             "<sip:alice@10.0.0.8;transport=tcp>;expires=600"
         );
+    }
+
+    #[test]
+    fn outbound_needs_a_first_hop_that_keeps_the_flow() {
+        let now = Instant::now();
+        let inst = "+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\";reg-id=1";
+        let via2 = "Via: SIP/2.0/UDP 10.0.0.8:5060;branch=z9hG4bKua\r\n";
+        let contact = format!("Contact: <sip:alice@10.0.0.8>;{inst}\r\n");
+        let require = |o: &Outcome| {
+            o.headers
+                .contains(&(HeaderName::Require, "outbound".into()))
+        };
+
+        // Through a proxy that put no Path with `ob`: 439 when the UA asks for Outbound.
+        let mut loc = Location::new();
+        for path in ["", "Path: <sip:edge.example.org;lr>\r\n"] {
+            let o = run(
+                &mut loc,
+                &reg(
+                    1,
+                    &format!("{via2}{path}Supported: path, outbound\r\n{contact}"),
+                ),
+                None,
+                now,
+            );
+            assert_eq!(o.status, 439, "{path}");
+        }
+        assert!(loc.lookup("sip:alice@localhost").is_empty());
+        // Without Supported: outbound its reg-id is ignored: a plain binding.
+        let o = run(
+            &mut loc,
+            &reg(1, &format!("{via2}Supported: path\r\n{contact}")),
+            None,
+            now,
+        );
+        assert_eq!(o.status, 200);
+        assert!(!require(&o));
+        assert_eq!(loc.lookup("sip:alice@localhost")[0].reg_id, None);
+        // An edge that keeps the flow says so with `ob`: Outbound applies.
+        let mut loc = Location::new();
+        let o = run(
+            &mut loc,
+            &reg(
+                1,
+                &format!(
+                    "{via2}Path: <sip:edge.example.org;lr;ob>\r\nSupported: path, outbound\r\n{contact}"
+                ),
+            ),
+            None,
+            now,
+        );
+        assert_eq!(o.status, 200);
+        assert!(require(&o));
+        assert_eq!(loc.lookup("sip:alice@localhost")[0].reg_id, Some(1));
+
+        // Directly to us, a reg-id Contact registers alone (RFC 5626 section 6: 400).
+        let mut loc = Location::new();
+        let two = format!("{contact}Contact: <sip:alice@10.0.0.9>\r\nSupported: outbound\r\n");
+        assert_eq!(run(&mut loc, &reg(1, &two), None, now).status, 400);
+        assert!(loc.lookup("sip:alice@localhost").is_empty());
+        // Removing another Contact in the same request is fine.
+        let one_and_removal =
+            format!("{contact}Contact: <sip:alice@10.0.0.9>;expires=0\r\nSupported: outbound\r\n");
+        let o = run(&mut loc, &reg(1, &one_and_removal), None, now);
+        assert_eq!(o.status, 200);
+        assert!(require(&o));
     }
 
     trait TapCallId {
