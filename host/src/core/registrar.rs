@@ -274,7 +274,9 @@ pub fn register(
             Some(None) => return Outcome::err(400, "Bad Contact reg-id"),
             None => None,
         };
-        if expires != 0 && expires < cfg.min_expires {
+        // Too brief is refused only under an hour (RFC 3261 10.3 step 7): a longer
+        // request below a `min-expires` set above an hour is granted the minimum.
+        if expires != 0 && expires < cfg.min_expires && expires < 3600 {
             return Outcome {
                 status: 423,
                 reason: None,
@@ -283,7 +285,10 @@ pub fn register(
         }
         specs.push(ContactSpec {
             uri: na.uri.to_string(),
-            expires: expires.min(cfg.max_expires),
+            expires: match expires {
+                0 => 0,
+                e => e.clamp(cfg.min_expires, cfg.max_expires),
+            },
             q,
             instance,
             reg_id,
@@ -978,6 +983,47 @@ mod tests {
         let o = run(&mut loc, &reg(1, &one_and_removal), None, now);
         assert_eq!(o.status, 200);
         assert!(require(&o));
+    }
+
+    #[test]
+    fn a_minimum_above_an_hour_raises_long_requests_instead_of_refusing_them() {
+        let now = Instant::now();
+        let cfg = RegistrarConfig {
+            min_expires: 7200,
+            default_expires: 7200,
+            ..RegistrarConfig::default()
+        };
+        let mut loc = Location::new();
+        let mut go = |cseq, expires: &str| {
+            let r = reg(
+                cseq,
+                &format!("Contact: <sip:alice@10.0.0.8>;expires={expires}\r\n"),
+            );
+            register(
+                &mut loc,
+                Registration {
+                    req: &r,
+                    to: &r.get_to().unwrap(),
+                    source: &src(None),
+                },
+                now,
+                &cfg,
+                &[1; 32],
+                &mut Vec::new(),
+            )
+        };
+        // Under an hour: 423 with the minimum.
+        let o = go(1, "1800");
+        assert_eq!(o.status, 423);
+        assert_eq!(o.headers, vec![(HeaderName::MinExpires, "7200".into())]);
+        // An hour or more: granted, raised to the minimum (RFC 3261 10.3 step 7).
+        let o = go(2, "3600");
+        assert_eq!(o.status, 200);
+        assert_eq!(o.headers[0].1, "<sip:alice@10.0.0.8>;expires=7200");
+        // Removal is still removal.
+        let o = go(3, "0");
+        assert_eq!(o.status, 200);
+        assert!(o.headers.iter().all(|(n, _)| *n != HeaderName::Contact));
     }
 
     trait TapCallId {
