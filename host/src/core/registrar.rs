@@ -329,19 +329,21 @@ pub fn register(
     // Outbound through a first hop that cannot do it gets 439; without Supported:
     // outbound its reg-id is ignored.
     let wants_outbound = |s: &ContactSpec| s.instance.is_some() && s.reg_id.is_some();
-    let first_hop_keeps_flows = req.headers.values(&HeaderName::Via).nth(1).is_none()
-        || path
-            .first()
-            .and_then(|p| NameAddr::parse(p).ok())
-            .is_some_and(|p| p.uri.as_sip().is_some_and(|u| u.param("ob").is_some()));
-    if supports("outbound") && !first_hop_keeps_flows && specs.iter().any(wants_outbound) {
+    let first_hop_keeps_flows = || {
+        req.headers.values(&HeaderName::Via).nth(1).is_none()
+            || path
+                .first()
+                .and_then(|p| NameAddr::parse(p).ok())
+                .is_some_and(|p| p.uri.as_sip().is_some_and(|u| u.param("ob").is_some()))
+    };
+    let outbound_ok = supports("outbound") && first_hop_keeps_flows();
+    if supports("outbound") && !outbound_ok && specs.iter().any(wants_outbound) {
         return Outcome {
             status: 439,
             reason: None,
             headers: Vec::new(),
         };
     }
-    let outbound_ok = supports("outbound") && first_hop_keeps_flows;
     // A reg-id registers one instance over one flow: it cannot come with other
     // Contacts being registered (RFC 5626 section 6 says to refuse that with 400).
     let registering: Vec<&ContactSpec> = specs.iter().filter(|s| s.expires > 0).collect();
