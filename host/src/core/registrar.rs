@@ -620,6 +620,17 @@ mod tests {
         now: Instant,
         changes: &mut Vec<Change>,
     ) -> Outcome {
+        run_with(&RegistrarConfig::default(), loc, r, flow, now, changes)
+    }
+    /// [`run_changes`] under another configuration.
+    fn run_with(
+        cfg: &RegistrarConfig,
+        loc: &mut Location,
+        r: &Request,
+        flow: Option<u64>,
+        now: Instant,
+        changes: &mut Vec<Change>,
+    ) -> Outcome {
         register(
             loc,
             Registration {
@@ -628,7 +639,7 @@ mod tests {
                 source: &src(flow),
             },
             now,
-            &RegistrarConfig::default(),
+            cfg,
             &[1; 32],
             changes,
         )
@@ -792,18 +803,7 @@ mod tests {
         let c2 = c.replace("sip:x@a.invalid", "sip:y@b.invalid");
         let temp = loc.lookup("sip:alice@localhost")[0].temp_gruu.clone();
         let r = reg(1, &c2).tap_call_id("reg2");
-        let o = register(
-            &mut loc,
-            Registration {
-                req: &r,
-                to: &r.get_to().unwrap(),
-                source: &src(Some(2)),
-            },
-            now,
-            &RegistrarConfig::default(),
-            &[1; 32],
-            &mut Vec::new(),
-        );
+        let o = run(&mut loc, &r, Some(2), now);
         assert_eq!(o.status, 200);
         let all = loc.lookup("sip:alice@localhost");
         assert_eq!(all.len(), 1);
@@ -818,19 +818,7 @@ mod tests {
         let path = "Path: <sip:edge.example.org;lr>, <sip:far.example.org;lr>\r\n\
                     Contact: <sip:alice@10.0.0.8>\r\n";
         let with = |cfg: &RegistrarConfig, loc: &mut Location, extra: &str| {
-            let r = reg(1, extra);
-            register(
-                loc,
-                Registration {
-                    req: &r,
-                    to: &r.get_to().unwrap(),
-                    source: &src(None),
-                },
-                now,
-                cfg,
-                &[1; 32],
-                &mut Vec::new(),
-            )
+            run_with(cfg, loc, &reg(1, extra), None, now, &mut Vec::new())
         };
         let stored = |loc: &Location| {
             loc.lookup("sip:alice@localhost")
@@ -1001,18 +989,7 @@ mod tests {
                 cseq,
                 &format!("Contact: <sip:alice@10.0.0.8>;expires={expires}\r\n"),
             );
-            register(
-                &mut loc,
-                Registration {
-                    req: &r,
-                    to: &r.get_to().unwrap(),
-                    source: &src(None),
-                },
-                now,
-                &cfg,
-                &[1; 32],
-                &mut Vec::new(),
-            )
+            run_with(&cfg, &mut loc, &r, None, now, &mut Vec::new())
         };
         // Under an hour: 423 with the minimum.
         let o = go(1, "1800");

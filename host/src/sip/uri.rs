@@ -129,28 +129,27 @@ impl From<IpAddr> for HostRef<'_> {
 }
 
 impl HostRef<'_> {
-    /// Appends the host as it displays, without the formatting machinery for names
+    /// Writes the host as it displays, without the formatting machinery for names
     /// and IPv4 addresses (every message's Via goes through here).
-    pub fn push_to(&self, out: &mut String) {
+    fn write_to(&self, out: &mut impl fmt::Write) -> fmt::Result {
         match self {
-            Self::Name(n) => out.push_str(n),
-            Self::V4(a) => out.push_str(V4Text::new(*a).as_str()),
-            Self::V6(a) => {
-                use fmt::Write as _;
-                let _ = write!(out, "[{a}]");
-            }
+            Self::Name(n) => out.write_str(n),
+            Self::V4(a) => out.write_str(V4Text::new(*a).as_str()),
+            Self::V6(a) => write!(out, "[{a}]"),
         }
+    }
+
+    /// Appends the host to `out` as it displays.
+    pub fn push_to(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = self.write_to(out);
     }
 }
 
 /// As [`Host`] displays.
 impl fmt::Display for HostRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Name(n) => f.write_str(n),
-            Self::V4(a) => f.write_str(V4Text::new(*a).as_str()),
-            Self::V6(a) => write!(f, "[{a}]"),
-        }
+        self.write_to(f)
     }
 }
 
