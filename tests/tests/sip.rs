@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use sipwasm::sip::Essentials;
 use sipwasm::sip::headers::HeaderName;
+use sipwasm::sip::{Essentials, Response};
 use sipwasm_tests::sip::{SDP, Ua};
 use sipwasm_tests::*;
 
@@ -71,7 +71,57 @@ async fn outbound_registration_gets_require_flow_timer_and_gruus() {
     assert!(contact.contains(
         "pub-gruu=\"sip:obuser@localhost;gr=urn:uuid:00000000-0000-4000-8000-000000000001\""
     ));
-    assert!(contact.contains("temp-gruu=\"sip:tgruu."));
+    let temp_gruu = |r: &Response| {
+        let contact = r.headers.get(&HeaderName::Contact).unwrap();
+        let (_, rest) = contact.split_once("temp-gruu=\"").expect("a temp-gruu");
+        let (uri, _) = rest.split_once('"').unwrap();
+        assert!(
+            uri.starts_with("sip:tgruu.") && uri.ends_with("@localhost;gr"),
+            "{uri}"
+        );
+        uri.to_string()
+    };
+    // Each refresh hands out a new temporary GRUU, and all of them reach the browser
+    // while it stays registered under the same Call-ID (RFC 5627 3.2).
+    let first = temp_gruu(&r);
+    let r = ua.register(600).await;
+    assert_eq!(r.status, 200);
+    let second = temp_gruu(&r);
+    assert_ne!(first, second);
+    let mut phone = Ua::udp(&s, "gruucaller").await;
+    for (n, uri) in [&first, &second].into_iter().enumerate() {
+        let (text, _) = phone.request("MESSAGE", uri, "", &format!("via temp GRUU {n}"));
+        phone.send(&text).await;
+        let m = ua.recv_request("MESSAGE").await;
+        assert_eq!(m.body.as_ref(), format!("via temp GRUU {n}").as_bytes());
+        ua.send(&ua.response(&m, 200, "", "")).await;
+        assert_eq!(phone.recv_final().await.status, 200);
+    }
+    // Registered again under a new Call-ID (a reloaded page): the old ones are gone,
+    // the new one works.
+    let text = ua
+        .register_text(600)
+        .replace("Call-ID: reg-", "Call-ID: again-");
+    ua.send(&text).await;
+    let r = ua.recv_final().await;
+    assert_eq!(r.status, 200);
+    let third = temp_gruu(&r);
+    for old in [&first, &second] {
+        let (text, _) = phone.request("MESSAGE", old, "", "stale");
+        phone.send(&text).await;
+        assert_eq!(phone.recv_final().await.status, 404, "{old}");
+    }
+    let (text, _) = phone.request("MESSAGE", &third, "", "fresh");
+    phone.send(&text).await;
+    let m = ua.recv_request("MESSAGE").await;
+    ua.send(&ua.response(&m, 200, "", "")).await;
+    assert_eq!(phone.recv_final().await.status, 200);
+    // Registering a GRUU of its own as a Contact would loop: 403 (RFC 5627 5.1).
+    let text = ua.register_text(600);
+    let own = text.replacen(&format!("<{}>", ua.contact()), &format!("<{third}>"), 1);
+    assert_ne!(own, text);
+    ua.send(&own).await;
+    assert_eq!(ua.recv_final().await.status, 403);
 }
 
 #[tokio::test]

@@ -69,7 +69,8 @@ pub struct Binding {
     pub reach: Reach,
     /// The transport it was registered over.
     pub transport: Transport,
-    /// RFC 5627 temporary GRUU user part, when one was made.
+    /// The key of its RFC 5627 temporary GRUUs, when it has them (see
+    /// [`super::gruu`]): made when the instance registers, kept across refreshes.
     pub temp_gruu: Option<String>,
     /// User-Agent of the REGISTER.
     pub user_agent: Option<String>,
@@ -95,7 +96,9 @@ impl Binding {
 pub struct Location {
     by_aor: HashMap<String, Vec<Binding>>,
     by_flow: HashMap<FlowId, Vec<(String, u64)>>,
-    by_temp_gruu: HashMap<String, (String, u64)>,
+    /// Bindings by the instance part of their temporary GRUU keys
+    /// ([`super::gruu::index_key`]).
+    by_gruu_key: HashMap<String, Vec<(String, u64)>>,
     /// Bindings on a flow by their Contact text: a request whose Request-URI is a
     /// browser's `.invalid` Contact finds its connection without a scan.
     by_flow_contact: HashMap<String, Vec<(String, u64)>>,
@@ -126,10 +129,14 @@ impl Location {
         self.by_aor.contains_key(aor)
     }
 
-    /// The binding a temporary GRUU user part names.
-    pub fn by_temp_gruu(&self, user: &str) -> Option<&Binding> {
-        let (aor, id) = self.by_temp_gruu.get(user)?;
-        self.by_aor.get(aor)?.iter().find(|b| b.id == *id)
+    /// The bindings whose temporary GRUU keys index as `index` (see
+    /// [`super::gruu::index_key`]): those of one instance.
+    pub fn by_gruu_key(&self, index: &str) -> impl Iterator<Item = &Binding> {
+        self.by_gruu_key
+            .get(index)
+            .into_iter()
+            .flatten()
+            .filter_map(|(aor, id)| self.by_aor.get(aor)?.iter().find(|b| b.id == *id))
     }
 
     /// A binding on a flow whose Contact is exactly `contact`.
@@ -167,7 +174,10 @@ impl Location {
                 .push((b.aor.clone(), b.id));
         }
         if let Some(t) = &b.temp_gruu {
-            self.by_temp_gruu.insert(t.clone(), (b.aor.clone(), b.id));
+            self.by_gruu_key
+                .entry(super::gruu::index_key(t).to_string())
+                .or_default()
+                .push((b.aor.clone(), b.id));
         }
         self.expiries.insert((b.expires_at, b.id));
         self.aor_of.insert(b.id, b.aor.clone());
@@ -199,7 +209,13 @@ impl Location {
             }
         }
         if let Some(t) = &b.temp_gruu {
-            self.by_temp_gruu.remove(t);
+            let index = super::gruu::index_key(t);
+            if let Some(v) = self.by_gruu_key.get_mut(index) {
+                v.retain(|(_, i)| *i != id);
+                if v.is_empty() {
+                    self.by_gruu_key.remove(index);
+                }
+            }
         }
         self.expiries.remove(&(b.expires_at, b.id));
         self.aor_of.remove(&id);
@@ -287,7 +303,7 @@ mod tests {
         loc.upsert(a.clone());
         loc.upsert(b.clone());
         assert_eq!(loc.lookup("sip:a@l").len(), 2);
-        assert_eq!(loc.by_temp_gruu("t10").unwrap().id, a.id);
+        assert_eq!(loc.by_gruu_key("t10").next().unwrap().id, a.id);
         let gone = loc.remove_flow(7);
         assert_eq!(gone.len(), 1);
         assert!(loc.remove_flow(7).is_empty(), "exactly once");
@@ -296,7 +312,7 @@ mod tests {
         assert_eq!(loc.expire(now + Duration::from_secs(20)).len(), 1);
         assert!(loc.is_empty());
         assert!(!loc.knows("sip:a@l"));
-        assert!(loc.by_temp_gruu("t20").is_none());
+        assert!(loc.by_gruu_key("t20").next().is_none());
     }
 
     #[test]
@@ -326,7 +342,7 @@ mod tests {
         assert_eq!(loc.lookup("sip:a@l"), [a.clone()]);
         assert_eq!(loc.next_expiry(), Some(a.expires_at));
         assert!(loc.expire(now + Duration::from_secs(10)).is_empty());
-        assert_eq!(loc.by_temp_gruu("t10").unwrap().cseq, 2);
+        assert_eq!(loc.by_gruu_key("t10").next().unwrap().cseq, 2);
         assert_eq!(loc.remove_flow(1).len(), 1);
     }
 

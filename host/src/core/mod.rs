@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod flowtoken;
+pub mod gruu;
 pub mod guess_guard;
 pub mod location;
 pub mod myself;
@@ -317,6 +318,7 @@ pub struct Core {
     /// SHA-256 blocks).
     mac: Keyed,
     tokens: FlowTokens,
+    gruus: gruu::TempGruus,
     /// Branch prefix of our Vias: tells our own Vias from another proxy's.
     branch_prefix: String,
     /// Keys the hash that makes To tags (see [`Core::make_to_tag`]).
@@ -367,6 +369,7 @@ impl Core {
             mac,
             tag_keys,
             tokens: FlowTokens::new(cfg.secret),
+            gruus: gruu::TempGruus::new(&cfg.secret),
             cfg,
             branch_prefix,
             location: Location::new(),

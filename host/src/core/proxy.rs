@@ -398,10 +398,23 @@ impl Core {
                 _ => Route::Answer(404, vec![]),
             };
         }
-        // GRUUs (RFC 5627): a temporary one names a binding, a public one an instance.
+        // GRUUs (RFC 5627): a temporary one names an instance registered under one
+        // Call-ID, a public one an instance.
         let user = uri.user.as_deref().unwrap_or("");
-        let bindings: Vec<Binding> = if let Some(b) = self.location.by_temp_gruu(user) {
-            vec![b.clone()]
+        let bindings: Vec<Binding> = if let Some(opened) = self.gruus.open(user) {
+            // All the instance's bindings share its current key. One registered under
+            // another Call-ID since, or none left, invalidated it: 404 (RFC 5627 5.1,
+            // 5.3).
+            let reached: Vec<Binding> = self
+                .location
+                .by_gruu_key(&opened.index)
+                .filter(|b| b.temp_gruu.as_deref().is_some_and(|k| opened.reaches(k)))
+                .cloned()
+                .collect();
+            if reached.is_empty() {
+                return Route::Answer(404, vec![]);
+            }
+            reached
         } else {
             let Some(aor) = aor_of(&req.uri) else {
                 return Route::Answer(404, vec![]);
@@ -421,7 +434,7 @@ impl Core {
                 self.known_aors
                     .get(&a)
                     .is_some_and(|t| now.saturating_duration_since(*t) < super::KNOWN_FOR)
-            }) || user.starts_with("tgruu.");
+            });
             return Route::Answer(if known { 480 } else { 404 }, vec![]);
         }
         let mut groups = group_by_instance(bindings);
@@ -483,7 +496,7 @@ impl Core {
             },
             now,
             &self.cfg.registrar,
-            &self.cfg.secret,
+            &self.gruus,
             &mut changes,
         );
         for c in changes {

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
+use super::gruu::TempGruus;
 use super::location::{Binding, Location, Reach};
 use super::{Source, split_tokens};
 use crate::sip::headers::{HeaderName, param};
@@ -189,14 +187,14 @@ fn unquote(s: &str) -> &str {
         .unwrap_or(s)
 }
 
-/// Processes a REGISTER at `now` (see [`Registration`]). `secret` derives temporary
+/// Processes a REGISTER at `now` (see [`Registration`]). `gruus` makes temporary
 /// GRUUs.
 pub fn register(
     loc: &mut Location,
     Registration { req, to, source }: Registration<'_>,
     now: Instant,
     cfg: &RegistrarConfig,
-    secret: &[u8; 32],
+    gruus: &TempGruus,
     changes: &mut Vec<Change>,
 ) -> Outcome {
     let Some(aor) = aor_of(&to.uri) else {
@@ -238,7 +236,8 @@ pub fn register(
                 changes.push(Change::Removed(b));
             }
         }
-        return ok(loc, &aor, now, cfg, supports("gruu"), false, &[]);
+        let gruu = supports("gruu").then_some(gruus);
+        return ok(loc, &aor, now, cfg, gruu, false, &[]);
     }
 
     let mut specs = Vec::with_capacity(contacts.len());
@@ -246,6 +245,9 @@ pub fn register(
         let Ok(na) = NameAddr::parse(c) else {
             return Outcome::err(400, "Bad Contact");
         };
+        if loops_back(&na.uri, &aor, loc, gruus) {
+            return Outcome::err(403, "Contact Is the AoR or One of Its GRUUs");
+        }
         // Malformed values count as the default (RFC 3261 20.10 says 3600, which is
         // `default-expires` unless the operator changed it).
         let expires = match param(&na.params, "expires") {
@@ -415,12 +417,12 @@ pub fn register(
                 .lookup(&aor)
                 .iter()
                 .find(|b| b.id == id && same_contact(&b.contact, &s.uri) && b.reach == reach)
-                .map(|b| (id, b.temp_gruu.clone())),
+                .map(|b| (id, b.temp_gruu.clone(), b.call_id.clone())),
             _ => None,
         };
         // Kept, but written differently this time: the old text leaves the store (its
         // key), the binding stays under the new one.
-        if let Some((id, _)) = kept
+        if let Some((id, _, _)) = kept
             && let Some(old) = loc
                 .lookup(&aor)
                 .iter()
@@ -428,13 +430,16 @@ pub fn register(
         {
             changes.push(Change::Removed(old.clone()));
         }
-        let mut old_temp_gruu = None;
+        // The binding this contact had (its temporary GRUU key and Call-ID).
+        let mut previous: Option<(Option<String>, String)> = None;
         match &kept {
-            Some((_, temp_gruu)) => old_temp_gruu.clone_from(temp_gruu),
+            Some((_, key, old_call_id)) => previous = Some((key.clone(), old_call_id.clone())),
             None => {
                 for id in existing {
                     if let Some(b) = loc.remove_id(&aor, id) {
-                        old_temp_gruu = old_temp_gruu.or(b.temp_gruu.clone());
+                        if previous.is_none() {
+                            previous = Some((b.temp_gruu.clone(), b.call_id.clone()));
+                        }
                         // Replaced by another contact (a new flow of the same instance),
                         // or unregistered: either way this one is gone.
                         if s.expires == 0 || !same_contact(&b.contact, &s.uri) {
@@ -447,13 +452,18 @@ pub fn register(
         if s.expires == 0 {
             continue;
         }
-        let id = kept.map_or_else(|| loc.next_id(), |(id, _)| id);
+        let id = kept.map_or_else(|| loc.next_id(), |(id, _, _)| id);
         let temp_gruu = match (&s.instance, supports("gruu")) {
-            (Some(inst), true) => {
-                Some(old_temp_gruu.unwrap_or_else(|| temp_gruu_user(secret, &aor, inst, id)))
-            }
+            (Some(inst), true) => Some(temp_gruu_key(
+                loc,
+                (&aor, inst, id),
+                previous,
+                &call_id,
+                gruus,
+            )),
             _ => None,
         };
+        let instance = s.instance.clone();
         let b = Binding {
             id,
             aor: aor.clone(),
@@ -469,30 +479,78 @@ pub fn register(
             params: s.params,
             reach,
             transport: source.transport,
-            temp_gruu,
+            temp_gruu: temp_gruu.clone(),
             user_agent: user_agent.clone(),
         };
         changes.push(Change::Saved(b.clone()));
         loc.upsert(b);
+        // A new key invalidated the instance's earlier temporary GRUUs: its other
+        // bindings take it too, so that the new ones reach all of them.
+        if let (Some(inst), Some(key)) = (&instance, &temp_gruu) {
+            let stale: Vec<Binding> = loc
+                .lookup(&aor)
+                .iter()
+                .filter(|o| {
+                    o.id != id
+                        && o.instance.as_ref() == Some(inst)
+                        && o.temp_gruu.as_ref().is_some_and(|k| k != key)
+                })
+                .cloned()
+                .collect();
+            for mut o in stale {
+                o.temp_gruu = Some(key.clone());
+                changes.push(Change::Saved(o.clone()));
+                loc.upsert(o);
+            }
+        }
     }
     let echoed: &[String] = if path_supported { &path } else { &[] };
-    ok(loc, &aor, now, cfg, supports("gruu"), used_outbound, echoed)
+    let gruu = supports("gruu").then_some(gruus);
+    ok(loc, &aor, now, cfg, gruu, used_outbound, echoed)
 }
 
-fn temp_gruu_user(secret: &[u8; 32], aor: &str, instance: &str, id: u64) -> String {
-    let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
-    for part in [
-        b"temp-gruu".as_slice(),
-        aor.as_bytes(),
-        instance.as_bytes(),
-        &id.to_be_bytes(),
-    ] {
-        m.update(part);
-        m.update(b"\n");
+/// Whether a Contact would send requests for `aor` back to it: the AoR itself (no port
+/// of its own), its public GRUU, or one of its temporary GRUUs (RFC 5627 section 5.1
+/// refuses these with 403: a routing loop).
+fn loops_back(contact: &Uri, aor: &str, loc: &Location, gruus: &TempGruus) -> bool {
+    let Some(u) = contact.as_sip() else {
+        return false;
+    };
+    if u.port.is_none() && aor_of(contact).is_some_and(|a| a == aor) {
+        return true;
     }
-    let h = m.finalize().into_bytes();
-    let hex: String = h[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("tgruu.{hex}")
+    u.user
+        .as_deref()
+        .and_then(|user| gruus.open(user))
+        .is_some_and(|o| loc.by_gruu_key(&o.index).any(|b| b.aor == aor))
+}
+
+/// The key for the temporary GRUUs of `instance` under `aor` (see [`super::gruu`]), for
+/// binding `id` registered by a REGISTER with `call_id` whose contact had the binding
+/// `previous` (key, Call-ID).
+///
+/// RFC 5627 section 5.1: a REGISTER under another Call-ID than the contact's last one
+/// invalidates all the instance's temporary GRUUs (a new key); so does the instance
+/// having had no binding left (5.3). Otherwise the instance keeps its key, and every
+/// temporary GRUU handed out with it reaches all of the instance's bindings.
+fn temp_gruu_key(
+    loc: &Location,
+    (aor, instance, id): (&str, &str, u64),
+    previous: Option<(Option<String>, String)>,
+    call_id: &str,
+    gruus: &TempGruus,
+) -> String {
+    let sibling = || {
+        loc.lookup(aor)
+            .iter()
+            .filter(|b| b.instance.as_deref() == Some(instance))
+            .find_map(|b| b.temp_gruu.clone())
+    };
+    match previous {
+        Some((_, old_call_id)) if old_call_id != call_id => gruus.key(aor, instance, call_id, id),
+        Some((Some(key), _)) => key,
+        _ => sibling().unwrap_or_else(|| gruus.key(aor, instance, call_id, id)),
+    }
 }
 
 /// The 200 listing every current binding of `aor`.
@@ -501,7 +559,7 @@ fn ok(
     aor: &str,
     now: Instant,
     cfg: &RegistrarConfig,
-    gruu: bool,
+    gruu: Option<&TempGruus>,
     outbound: bool,
     path: &[String],
 ) -> Outcome {
@@ -532,11 +590,17 @@ fn ok(
                 v.push_str(";reg-id=");
                 v.push_str(num.format(r));
             }
-            if gruu {
+            if let Some(gruus) = gruu {
                 for part in [";pub-gruu=\"", aor, ";gr=", inst.as_str(), "\""] {
                     v.push_str(part);
                 }
-                if let Some(t) = &b.temp_gruu {
+                // The one this binding's last REGISTER was given (the same CSeq
+                // gives the same GRUU).
+                if let Some(t) = b
+                    .temp_gruu
+                    .as_deref()
+                    .and_then(|key| gruus.issue(key, b.cseq))
+                {
                     for part in [";temp-gruu=\"sip:", t.as_str(), "@", domain, ";gr\""] {
                         v.push_str(part);
                     }
@@ -552,7 +616,9 @@ fn ok(
     for p in path {
         headers.push((HeaderName::Path, p.clone()));
     }
-    headers.push((HeaderName::Supported, "outbound, path, gruu".into()));
+    // Not `gruu`: RFC 5627 section 5.2 asks the registrar to leave it out of the 200
+    // (its GRUUs say it).
+    headers.push((HeaderName::Supported, "outbound, path".into()));
     Outcome {
         status: 200,
         reason: None,
@@ -581,6 +647,7 @@ fn push_q(out: &mut String, q: u16) {
 mod tests {
     use super::*;
     use crate::core::Transport;
+    use crate::core::gruu;
     use crate::sip::message::Message;
     use crate::sip::parse;
 
@@ -640,7 +707,7 @@ mod tests {
             },
             now,
             cfg,
-            &[1; 32],
+            &TempGruus::new(&[1; 32]),
             changes,
         )
     }
@@ -799,17 +866,189 @@ mod tests {
             "pub-gruu=\"sip:alice@localhost;gr=urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6\""
         ));
         assert!(contact.contains("temp-gruu=\"sip:tgruu."));
-        // Same instance and reg-id from a new flow (page reload): replaced, same temp GRUU.
+        // Same instance and reg-id from a new flow (page reload, new Call-ID): replaced,
+        // and the instance's temporary GRUUs take a new key (the old ones are invalid).
         let c2 = c.replace("sip:x@a.invalid", "sip:y@b.invalid");
-        let temp = loc.lookup("sip:alice@localhost")[0].temp_gruu.clone();
+        let key = loc.lookup("sip:alice@localhost")[0]
+            .temp_gruu
+            .clone()
+            .unwrap();
         let r = reg(1, &c2).tap_call_id("reg2");
         let o = run(&mut loc, &r, Some(2), now);
         assert_eq!(o.status, 200);
         let all = loc.lookup("sip:alice@localhost");
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].reach, Reach::Flow(2));
-        assert_eq!(all[0].temp_gruu, temp);
+        let new_key = all[0].temp_gruu.clone().unwrap();
+        assert_ne!(new_key, key);
+        assert_eq!(gruu::index_key(&new_key), gruu::index_key(&key));
         assert!(loc.remove_flow(1).is_empty());
+    }
+
+    /// The temp-gruu a 200 lists for the Contact containing `needle`.
+    fn temp_gruu_in(o: &Outcome, needle: &str) -> Option<String> {
+        let (_, v) = o
+            .headers
+            .iter()
+            .find(|(n, v)| *n == HeaderName::Contact && v.contains(needle))?;
+        let (_, rest) = v.split_once(";temp-gruu=\"sip:")?;
+        Some(rest.split_once('@')?.0.to_string())
+    }
+
+    #[test]
+    fn a_contact_that_is_the_aor_or_one_of_its_gruus_is_refused() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let o = run(
+            &mut loc,
+            &reg(
+                1,
+                "Contact: <sip:f1@a.invalid;transport=ws>;+sip.instance=\"<urn:uuid:1>\"\r\n\
+                 Supported: gruu\r\n",
+            ),
+            Some(1),
+            now,
+        );
+        let temp = temp_gruu_in(&o, "sip:f1@").unwrap();
+        let looping = [
+            "<sip:alice@localhost>".to_string(),
+            "<sip:alice@LOCALHOST;transport=udp>".into(),
+            "<sip:alice@localhost;gr=urn:uuid:1>".into(),
+            format!("<sip:{temp}@localhost;gr>"),
+        ];
+        for contact in &looping {
+            let o = run(
+                &mut loc,
+                &reg(2, &format!("Contact: {contact}\r\n")),
+                None,
+                now,
+            );
+            assert_eq!(o.status, 403, "{contact}");
+        }
+        assert_eq!(loc.lookup("sip:alice@localhost").len(), 1);
+        // A port of its own, or another user at the domain, is somewhere else.
+        for contact in ["<sip:alice@localhost:5070>", "<sip:bob@localhost>"] {
+            let o = run(
+                &mut loc,
+                &reg(3, &format!("Contact: {contact}\r\n")),
+                None,
+                now,
+            );
+            assert_eq!(o.status, 200, "{contact}");
+        }
+    }
+
+    #[test]
+    fn temporary_gruus_are_new_each_refresh_and_follow_the_call_id() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let gruus = TempGruus::new(&[1; 32]);
+        let instance = "+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\"";
+        let flow = |n: u32| {
+            format!(
+                "Contact: <sip:f{n}@a.invalid;transport=ws>;{instance};reg-id={n}\r\n\
+                 Supported: gruu, outbound\r\n"
+            )
+        };
+        let reaches = |loc: &Location, user: &str| -> Vec<u64> {
+            let Some(o) = gruus.open(user) else {
+                return Vec::new();
+            };
+            let mut ids: Vec<u64> = loc
+                .by_gruu_key(&o.index)
+                .filter(|b| o.reaches(b.temp_gruu.as_deref().unwrap()))
+                .map(|b| b.id)
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        let first = run(&mut loc, &reg(1, &flow(1)), Some(1), now);
+        let t1 = temp_gruu_in(&first, "sip:f1@").unwrap();
+        // A refresh gets a new one; a retransmission the same one.
+        let again = run(&mut loc, &reg(1, &flow(1)), Some(1), now);
+        assert_eq!(temp_gruu_in(&again, "sip:f1@").unwrap(), t1);
+        let refresh = run(&mut loc, &reg(2, &flow(1)), Some(1), now);
+        let t2 = temp_gruu_in(&refresh, "sip:f1@").unwrap();
+        assert_ne!(t1, t2);
+        let id1 = loc.lookup("sip:alice@localhost")[0].id;
+        assert_eq!(reaches(&loc, &t1), [id1]);
+        assert_eq!(reaches(&loc, &t2), [id1]);
+        // A second flow of the instance (its own reg-id and Call-ID) joins it: the
+        // GRUUs reach both, and the 200 lists one for each Contact.
+        let second = run(
+            &mut loc,
+            &reg(1, &flow(2)).tap_call_id("second-flow"),
+            Some(2),
+            now,
+        );
+        assert!(temp_gruu_in(&second, "sip:f1@").is_some());
+        let t3 = temp_gruu_in(&second, "sip:f2@").unwrap();
+        let ids: Vec<u64> = {
+            let mut v: Vec<u64> = loc
+                .lookup("sip:alice@localhost")
+                .iter()
+                .map(|b| b.id)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(ids.len(), 2);
+        for t in [&t1, &t2, &t3] {
+            assert_eq!(reaches(&loc, t), ids, "{t}");
+        }
+        // The first flow registers under a new Call-ID: every earlier one is invalid,
+        // and the new one reaches both flows (the other binding took the new key,
+        // saved to the store).
+        let mut changes = Vec::new();
+        let renewed = run_changes(
+            &mut loc,
+            &reg(1, &flow(1)).tap_call_id("restarted"),
+            Some(1),
+            now,
+            &mut changes,
+        );
+        let t4 = temp_gruu_in(&renewed, "sip:f1@").unwrap();
+        for t in [&t1, &t2, &t3] {
+            assert!(reaches(&loc, t).is_empty(), "{t}");
+        }
+        assert_eq!(reaches(&loc, &t4), ids);
+        let saved: Vec<&str> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Saved(b) => Some(b.contact.as_str()),
+                Change::Removed(_) => None,
+            })
+            .collect();
+        assert!(saved.iter().any(|c| c.starts_with("sip:f2@")), "{saved:?}");
+        // Gone when the instance's last binding goes, for good: registering again,
+        // even under the same Call-ID, starts a new set (RFC 5627 5.3).
+        loc.remove_flow(1);
+        loc.remove_flow(2);
+        assert!(reaches(&loc, &t4).is_empty());
+        let back = run(
+            &mut loc,
+            &reg(2, &flow(1)).tap_call_id("restarted"),
+            Some(3),
+            now,
+        );
+        let t5 = temp_gruu_in(&back, "sip:f1@").unwrap();
+        assert!(reaches(&loc, &t4).is_empty());
+        assert_eq!(reaches(&loc, &t5).len(), 1);
+        loc.remove_flow(3);
+        // Without Supported: gruu, no GRUUs in the 200.
+        let plain = run(
+            &mut loc,
+            &reg(3, &flow(1).replace("gruu, ", "")),
+            Some(1),
+            now,
+        );
+        assert_eq!(plain.status, 200);
+        assert!(!plain.headers.iter().any(|(_, v)| v.contains("gruu")));
+        assert!(
+            first
+                .headers
+                .contains(&(HeaderName::Supported, "outbound, path".into()))
+        );
     }
 
     #[test]
