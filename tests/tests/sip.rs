@@ -130,7 +130,10 @@ async fn a_registration_through_an_edge_proxy_keeps_its_path() {
     // A UDP socket playing an edge proxy that registers a phone behind it and puts
     // itself in Path (RFC 3327); the phone's Contact is the edge's own address.
     let mut edge = Ua::udp(&s, "behind").await;
-    let path = format!("<sip:{};lr>", edge.host);
+    // The edge receives on another socket than it sends from (a multi-homed edge):
+    // its Path names that one.
+    let mut edge_in = Ua::udp(&s, "edge-in").await;
+    let path = format!("<sip:{};lr>", edge_in.host);
     let with_path = |text: String, supported: &str| {
         text.replace(
             "Supported: path, gruu\r\n",
@@ -171,15 +174,17 @@ async fn a_registration_through_an_edge_proxy_keeps_its_path() {
         (439, "First Hop Lacks Outbound Support")
     );
     edge.instance = None;
-    // A browser's MESSAGE for the phone goes to the edge with the Path as Route.
+    // A browser's MESSAGE for the phone goes to the edge where its Path says, with the
+    // Path as Route.
     let mut browser = Ua::ws(&s, "sender").await;
     let (text, _) = browser.request("MESSAGE", "behind", "", "through the edge");
     browser.send(&text).await;
-    let m = edge.recv_request("MESSAGE").await;
+    let m = edge_in.recv_request("MESSAGE").await;
     assert_eq!(m.headers.get(&HeaderName::Route), Some(path.as_str()));
     assert_eq!(m.uri.to_string(), format!("sip:behind@{}", edge.host));
-    edge.send(&edge.response(&m, 200, "", "")).await;
+    edge_in.send(&edge_in.response(&m, 200, "", "")).await;
     assert_eq!(browser.recv_final().await.status, 200);
+    assert!(edge.quiet_for(Duration::from_millis(200)).await.is_none());
 }
 
 #[tokio::test]

@@ -579,6 +579,45 @@ fn no_nat_token_for_a_ua_behind_another_proxy() {
     assert_eq!(target, udp_phone_target());
     let rr = record_route(fwd);
     assert!(rr[0].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
+
+    // An edge that registers from one address but names another in its Path (a
+    // multi-homed edge, or one behind a balancer) is reached where its Path says, over
+    // the transport it names; a Path naming a host (no DNS here) falls back to where
+    // the REGISTER came from.
+    for (n, path, want) in [
+        (
+            1,
+            "<sip:127.0.0.2:5090;lr>",
+            Target::Udp {
+                local: UDP,
+                remote: "127.0.0.2:5090".parse().unwrap(),
+            },
+        ),
+        (
+            2,
+            "<sip:127.0.0.3:5091;transport=tcp;lr>",
+            Target::Connect {
+                transport: Transport::Tcp,
+                remote: "127.0.0.3:5091".parse().unwrap(),
+            },
+        ),
+        (3, "<sip:edge.example.org;lr>", udp_phone_target()),
+    ] {
+        let reg = reg
+            .replace("far@", &format!("far{n}@"))
+            .replace("Call-ID: path-reg", &format!("Call-ID: path-reg{n}"))
+            .replace("z9hG4bKpreg", &format!("z9hG4bKpreg{n}"))
+            .replace("<sip:127.0.0.1:5070;lr>", path);
+        assert_eq!(status(&sim.feed(udp_phone(), &reg)[0].1), 200, "{path}");
+        let invite = invite
+            .replace("far@", &format!("far{n}@"))
+            .replace("call-p2", &format!("call-p2-{n}"))
+            .replace("z9hG4bKpinv", &format!("z9hG4bKpinv{n}"));
+        let out = sim.feed(browser(4), &invite);
+        let (target, fwd) = forwarded(&out);
+        assert_eq!(target, want, "{path}");
+        assert_eq!(fwd.headers.get(&HeaderName::Route), Some(path));
+    }
 }
 
 #[test]
