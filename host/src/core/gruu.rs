@@ -11,7 +11,7 @@
 //! `tgruu.` + base64url(nonce ‖ key ⊕ pad(nonce) ‖ mac(nonce, key)): opening it
 //! finds the instance's bindings, and it reaches them while their call part is the
 //! one it was issued with.
-//! The nonce is derived from the key and the REGISTER's CSeq, so a retransmission
+//! The nonce is derived from the key and the REGISTER's Call-ID and CSeq, so a retransmission
 //! gets the same GRUU and a 200 listing another binding repeats the one that binding
 //! was last given.
 //!
@@ -83,14 +83,19 @@ impl TempGruus {
     }
 
     /// The temporary GRUU user part handed out for a binding with key `key` (as
-    /// stored) by the REGISTER with CSeq `cseq`. A key from before this scheme is its
-    /// own GRUU. `None` for a key that is neither (a damaged store).
-    pub fn issue(&self, key: &str, cseq: u32) -> Option<String> {
+    /// stored) by the REGISTER with `call_id` and CSeq `cseq`. A key from before this
+    /// scheme is its own GRUU. `None` for a key that is neither (a damaged store).
+    pub fn issue(&self, key: &str, call_id: &str, cseq: u32) -> Option<String> {
         if is_legacy_key(key) {
             return Some(key.to_string());
         }
         let key = key_bytes(key)?;
-        let n = self.prf(&[b"tgruu-nonce", &key, &cseq.to_be_bytes()]);
+        let n = self.prf(&[
+            b"tgruu-nonce",
+            &key,
+            call_id.as_bytes(),
+            &cseq.to_be_bytes(),
+        ]);
         let nonce = &n[..NONCE_LEN];
         let pad = self.prf(&[b"tgruu-pad", nonce]);
         let mac = self.prf(&[b"tgruu-mac", nonce, &key]);
@@ -218,12 +223,12 @@ mod tests {
     fn each_refresh_gets_a_new_one_and_all_of_a_call_id_reach_the_instance() {
         let g = gruus();
         let key = g.key("sip:alice@example.com", "urn:uuid:1", "call-1", 1);
-        let first = g.issue(&key, 1).unwrap();
-        let second = g.issue(&key, 2).unwrap();
+        let first = g.issue(&key, "c", 1).unwrap();
+        let second = g.issue(&key, "c", 2).unwrap();
         assert_ne!(first, second, "a refresh hands out a new temporary GRUU");
         assert_eq!(
             first,
-            g.issue(&key, 1).unwrap(),
+            g.issue(&key, "c", 1).unwrap(),
             "a retransmission gets the same"
         );
         let again = g.key("sip:alice@example.com", "urn:uuid:1", "call-2", 2);
@@ -261,7 +266,7 @@ mod tests {
     fn forged_damaged_and_foreign_ones_do_not_open() {
         let g = gruus();
         let key = g.key("sip:alice@example.com", "urn:uuid:1", "call-1", 1);
-        let user = g.issue(&key, 5).unwrap();
+        let user = g.issue(&key, "c", 5).unwrap();
         // Each character changed in turn (nonce, encrypted key, MAC).
         for pos in PREFIX.len()..user.len() {
             let mut bytes = user.clone().into_bytes();
@@ -281,7 +286,7 @@ mod tests {
         ] {
             assert!(g.open(bad).is_none(), "{bad}");
         }
-        assert!(g.issue("damaged", 1).is_none());
+        assert!(g.issue("damaged", "c", 1).is_none());
     }
 
     #[test]
@@ -289,7 +294,7 @@ mod tests {
         let g = gruus();
         let legacy = "tgruu.0123456789abcdef01234567";
         assert!(is_legacy_key(legacy));
-        assert_eq!(g.issue(legacy, 9).as_deref(), Some(legacy));
+        assert_eq!(g.issue(legacy, "c", 9).as_deref(), Some(legacy));
         let opened = g.open(legacy).unwrap();
         assert_eq!(opened.index, index_key(legacy));
         assert!(opened.reaches(legacy));
@@ -297,6 +302,10 @@ mod tests {
         let key = g.key("sip:a@b", "i", "c", 1);
         assert!(!is_legacy_key(&key));
         assert!(!opened.reaches(&key));
-        assert!(!g.open(&g.issue(&key, 1).unwrap()).unwrap().reaches(legacy));
+        assert!(
+            !g.open(&g.issue(&key, "c", 1).unwrap())
+                .unwrap()
+                .reaches(legacy)
+        );
     }
 }

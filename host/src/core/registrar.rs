@@ -458,7 +458,7 @@ pub fn register(
                 loc,
                 (&aor, inst, id),
                 previous,
-                &call_id,
+                (&call_id, outbound),
                 gruus,
             )),
             _ => None,
@@ -526,30 +526,40 @@ fn loops_back(contact: &Uri, aor: &str, loc: &Location, gruus: &TempGruus) -> bo
 }
 
 /// The key for the temporary GRUUs of `instance` under `aor` (see [`super::gruu`]), for
-/// binding `id` registered by a REGISTER with `call_id` whose contact had the binding
-/// `previous` (key, Call-ID).
+/// binding `id` registered by a REGISTER with `call_id` (over Outbound or not) whose
+/// contact had the binding `previous` (key, Call-ID).
 ///
-/// RFC 5627 section 5.1: a REGISTER under another Call-ID than the contact's last one
-/// invalidates all the instance's temporary GRUUs (a new key); so does the instance
-/// having had no binding left (5.3). Otherwise the instance keeps its key, and every
-/// temporary GRUU handed out with it reaches all of the instance's bindings.
+/// RFC 5627 section 5.1: a REGISTER under another Call-ID than the last one of the
+/// instance (of its flow, with Outbound) invalidates all the instance's temporary
+/// GRUUs (a new key); so does the instance having had no binding left (5.3). Otherwise
+/// the instance keeps its key, and every temporary GRUU handed out with it reaches all
+/// of the instance's bindings.
 fn temp_gruu_key(
     loc: &Location,
     (aor, instance, id): (&str, &str, u64),
     previous: Option<(Option<String>, String)>,
-    call_id: &str,
+    (call_id, outbound): (&str, bool),
     gruus: &TempGruus,
 ) -> String {
-    let sibling = || {
+    let siblings = || {
         loc.lookup(aor)
             .iter()
-            .filter(|b| b.instance.as_deref() == Some(instance))
-            .find_map(|b| b.temp_gruu.clone())
+            .filter(move |b| b.instance.as_deref() == Some(instance) && b.id != id)
     };
+    // Without Outbound the instance's last registration is its latest binding, even
+    // under another Contact (a phone whose address changed).
+    let previous = previous.or_else(|| {
+        (!outbound)
+            .then(|| siblings().max_by_key(|b| b.updated))
+            .flatten()
+            .map(|b| (b.temp_gruu.clone(), b.call_id.clone()))
+    });
     match previous {
         Some((_, old_call_id)) if old_call_id != call_id => gruus.key(aor, instance, call_id, id),
         Some((Some(key), _)) => key,
-        _ => sibling().unwrap_or_else(|| gruus.key(aor, instance, call_id, id)),
+        _ => siblings()
+            .find_map(|b| b.temp_gruu.clone())
+            .unwrap_or_else(|| gruus.key(aor, instance, call_id, id)),
     }
 }
 
@@ -599,7 +609,7 @@ fn ok(
                 if let Some(t) = b
                     .temp_gruu
                     .as_deref()
-                    .and_then(|key| gruus.issue(key, b.cseq))
+                    .and_then(|key| gruus.issue(key, &b.call_id, b.cseq))
                 {
                     for part in [";temp-gruu=\"sip:", t.as_str(), "@", domain, ";gr\""] {
                         v.push_str(part);
@@ -936,6 +946,43 @@ mod tests {
             );
             assert_eq!(o.status, 200, "{contact}");
         }
+    }
+
+    #[test]
+    fn without_outbound_a_new_call_id_of_the_instance_renews_its_temporary_gruus() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let phone = |host: &str| {
+            format!(
+                "Contact: <sip:alice@{host}>;+sip.instance=\"<urn:uuid:2>\"\r\n\
+                 Supported: gruu\r\n"
+            )
+        };
+        let key = |loc: &Location, host: &str| {
+            loc.lookup("sip:alice@localhost")
+                .iter()
+                .find(|b| b.contact.contains(host))
+                .and_then(|b| b.temp_gruu.clone())
+                .unwrap()
+        };
+        run(&mut loc, &reg(1, &phone("10.0.0.1")), None, now);
+        let first = key(&loc, "10.0.0.1");
+        // Another address, same Call-ID (a phone that moved): same instance key.
+        run(&mut loc, &reg(2, &phone("10.0.0.2")), None, now);
+        assert_eq!(key(&loc, "10.0.0.2"), first);
+        // Restarted (a new Call-ID) at yet another address: new key, for every
+        // binding of the instance.
+        let later = now + Duration::from_secs(1);
+        run(
+            &mut loc,
+            &reg(1, &phone("10.0.0.3")).tap_call_id("rebooted"),
+            None,
+            later,
+        );
+        let renewed = key(&loc, "10.0.0.3");
+        assert_ne!(renewed, first);
+        assert_eq!(key(&loc, "10.0.0.1"), renewed);
+        assert_eq!(key(&loc, "10.0.0.2"), renewed);
     }
 
     #[test]
