@@ -516,7 +516,17 @@ fn loops_back(contact: &Uri, aor: &str, loc: &Location, gruus: &TempGruus) -> bo
     let Some(u) = contact.as_sip() else {
         return false;
     };
-    if u.port.is_none() && aor_of(contact).is_some_and(|a| a == aor) {
+    // The AoR's user part as `aor_of` writes it; a Contact with another user (written
+    // without escapes) is not the AoR, and costs no allocation to tell.
+    let aor_user = aor
+        .strip_prefix("sip:")
+        .and_then(|a| a.rsplit_once('@'))
+        .map(|(user, _)| user);
+    let may_be_aor = u.port.is_none()
+        && u.user
+            .as_deref()
+            .is_some_and(|user| Some(user) == aor_user || user.contains('%'));
+    if may_be_aor && aor_of(contact).is_some_and(|a| a == aor) {
         return true;
     }
     u.user
@@ -923,6 +933,7 @@ mod tests {
         let looping = [
             "<sip:alice@localhost>".to_string(),
             "<sip:alice@LOCALHOST;transport=udp>".into(),
+            "<sip:%61lice@localhost>".into(),
             "<sip:alice@localhost;gr=urn:uuid:1>".into(),
             format!("<sip:{temp}@localhost;gr>"),
         ];
