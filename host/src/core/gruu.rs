@@ -7,13 +7,11 @@
 //! part derived from the AoR and instance (which the location indexes), and a call
 //! part made anew whenever the earlier GRUUs are invalidated (a REGISTER under another
 //! Call-ID, or the instance registering again after its last binding went). A
-//! temporary GRUU's user part is
-//! `tgruu.` + base64url(nonce ‖ key ⊕ pad(nonce) ‖ mac(nonce, key)): opening it
-//! finds the instance's bindings, and it reaches them while their call part is the
-//! one it was issued with.
-//! The nonce is derived from the key and the REGISTER's Call-ID and CSeq, so a retransmission
-//! gets the same GRUU and a 200 listing another binding repeats the one that binding
-//! was last given.
+//! temporary GRUU's user part is `tgruu.` + base64url(nonce ‖ key ⊕ pad(nonce) ‖
+//! mac(nonce, key)): opening it finds the instance's bindings, and it reaches them
+//! while their call part is the one it was issued with. The nonce is derived from the
+//! key and the REGISTER's Call-ID and CSeq, so a retransmission gets the same GRUU and
+//! a 200 listing another binding repeats the one that binding was last given.
 //!
 //! Bindings from before this scheme have keys written `tgruu.<hex>`, which were
 //! handed out as the GRUU itself: such a key stays in use, as written, while its
@@ -66,7 +64,9 @@ impl TempGruus {
     /// A new key for the temporary GRUUs of `instance` under `aor`, made when the
     /// binding `id` registered with `call_id` starts a new set of them; as stored with
     /// the binding (hex). The instance part is the same for every key of the instance;
-    /// the call part differs from every earlier one (binding ids are not reused).
+    /// the call part differs from the earlier ones with the Call-ID or the binding id
+    /// (ids start again with the server: only the same UA registering again under the
+    /// same Call-ID and given the same id after a restart would get an old set back).
     pub fn key(&self, aor: &str, instance: &str, call_id: &str, id: u64) -> String {
         let i = self.prf(&[b"tgruu-instance", aor.as_bytes(), instance.as_bytes()]);
         let c = self.prf(&[
