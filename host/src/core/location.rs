@@ -70,7 +70,8 @@ pub struct Binding {
     /// The transport it was registered over.
     pub transport: Transport,
     /// The key of its RFC 5627 temporary GRUUs, when it has them (see
-    /// [`super::gruu`]): made when the instance registers, kept across refreshes.
+    /// [`super::gruu`]): shared by the bindings of its instance, replaced when the
+    /// instance's temporary GRUUs are invalidated.
     pub temp_gruu: Option<String>,
     /// User-Agent of the REGISTER.
     pub user_agent: Option<String>,

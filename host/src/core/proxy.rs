@@ -449,13 +449,15 @@ impl Core {
                     // Through an edge proxy: to the first Path URI, as a Route set's
                     // first hop is reached (RFC 3327 5.3, 3261 16.6 step 7), when it is
                     // an address (there is no DNS here; a name, or a Path URI we cannot
-                    // send to, falls back to where the REGISTER came from). A binding
-                    // on a connection stays on it: the edge opened it to be reused.
+                    // send to, falls back to where the REGISTER came from; so does one
+                    // naming us, which would loop). A binding on a connection stays on
+                    // it: the edge opened it to be reused.
                     if let super::location::Reach::Udp { .. } = b.reach
                         && let Some(c) = b
                             .path
                             .first()
                             .and_then(|p| NameAddr::parse(p).ok())
+                            .filter(|p| !self.is_local_uri(&p.uri))
                             .and_then(|p| {
                                 self.candidate_for(&p.uri, uri.clone(), b.path.clone()).ok()
                             })

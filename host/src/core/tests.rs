@@ -602,6 +602,8 @@ fn no_nat_token_for_a_ua_behind_another_proxy() {
             },
         ),
         (3, "<sip:edge.example.org;lr>", udp_phone_target()),
+        // One naming us (a misconfigured edge) would loop.
+        (4, "<sip:127.0.0.1:5060;lr>", udp_phone_target()),
     ] {
         let reg = reg
             .replace("far@", &format!("far{n}@"))
