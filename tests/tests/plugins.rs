@@ -215,9 +215,21 @@ async fn upgrade_headers_and_identity_reach_the_flow() {
     let r = c.response().await.unwrap();
     assert_eq!(r.status, 101);
     assert_eq!(r.header("Set-Cookie"), Some("session=test; HttpOnly"));
-    let flows = http_once(s.admin, b"GET /flows HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
-    let json: serde_json::Value = serde_json::from_slice(&flows.body).unwrap();
-    let flow = &json.as_array().unwrap()[0];
+    // The flow is listed once its task has taken over the upgraded connection, which
+    // can be just after the 101 reached us: ask again for up to 2 s.
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        let flows = http_once(s.admin, b"GET /flows HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        let json: serde_json::Value = serde_json::from_slice(&flows.body).unwrap();
+        listed = json.as_array().unwrap().clone();
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let flow = listed
+        .first()
+        .expect("the upgraded connection is listed as a flow");
     assert_eq!(flow["transport"], "WS");
     assert_eq!(flow["identity"], serde_json::json!([["user", "test"]]));
     drop(c);
