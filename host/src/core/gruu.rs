@@ -22,6 +22,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::proxy::hex;
+
 /// Bytes of each half of a key (instance part, call part).
 const PART: usize = 8;
 const KEY_LEN: usize = 2 * PART;
@@ -199,16 +201,6 @@ fn key_bytes(stored: &str) -> Option<[u8; KEY_LEN]> {
         out[i] = u8::from_str_radix(s, 16).ok()?;
     }
     Some(out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
 }
 
 #[cfg(test)]

@@ -463,30 +463,9 @@ pub fn register(
             )),
             _ => None,
         };
-        let instance = s.instance.clone();
-        let b = Binding {
-            id,
-            aor: aor.clone(),
-            contact: s.uri,
-            q: s.q,
-            expires_at: now + Duration::from_secs(u64::from(s.expires)),
-            updated: now,
-            call_id: call_id.clone(),
-            cseq: cseq.seq,
-            instance: s.instance,
-            reg_id: if outbound { s.reg_id } else { None },
-            path: path.clone(),
-            params: s.params,
-            reach,
-            transport: source.transport,
-            temp_gruu: temp_gruu.clone(),
-            user_agent: user_agent.clone(),
-        };
-        changes.push(Change::Saved(b.clone()));
-        loc.upsert(b);
         // A new key invalidated the instance's earlier temporary GRUUs: its other
         // bindings take it too, so that the new ones reach all of them.
-        if let (Some(inst), Some(key)) = (&instance, &temp_gruu) {
+        if let (Some(inst), Some(key)) = (&s.instance, &temp_gruu) {
             let stale: Vec<Binding> = loc
                 .lookup(&aor)
                 .iter()
@@ -503,6 +482,26 @@ pub fn register(
                 loc.upsert(o);
             }
         }
+        let b = Binding {
+            id,
+            aor: aor.clone(),
+            contact: s.uri,
+            q: s.q,
+            expires_at: now + Duration::from_secs(u64::from(s.expires)),
+            updated: now,
+            call_id: call_id.clone(),
+            cseq: cseq.seq,
+            instance: s.instance,
+            reg_id: if outbound { s.reg_id } else { None },
+            path: path.clone(),
+            params: s.params,
+            reach,
+            transport: source.transport,
+            temp_gruu,
+            user_agent: user_agent.clone(),
+        };
+        changes.push(Change::Saved(b.clone()));
+        loc.upsert(b);
     }
     let echoed: &[String] = if path_supported { &path } else { &[] };
     let gruu = supports("gruu").then_some(gruus);
