@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod config;
 pub mod core;
+pub mod driver;
 pub mod http;
 pub mod plugin;
 pub mod server;

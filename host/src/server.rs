@@ -17,16 +17,14 @@ use crate::config::{Config, ListenTransport};
 use crate::core::auth::NonceKey;
 use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
-use crate::core::{Core, CoreConfig, Event, Input, Myself, SipListener, Transport};
+use crate::core::{Core, CoreConfig, Myself, SipListener, Transport};
+use crate::driver::{self, CoreCell, Router, route_hook};
 use crate::plugin::sip::SipRouter;
-use crate::plugin::{CompileCache, PluginRouter, Plugins, RegistrarView};
+use crate::plugin::{CompileCache, PluginRouter, Plugins};
 use crate::store::Store;
 use crate::transport::flow::FlowInfo;
 use crate::transport::ws::{self, Connection};
-use crate::transport::{Connector, FlowTable, Shared, SipLimits, dispatch, tcp, tls, udp};
-
-/// Messages waiting for the core before connection tasks feel backpressure.
-const CORE_INBOX: usize = 4096;
+use crate::transport::{Connector, FlowTable, Shared, SipLimits, tcp, tls, udp};
 
 /// A bound stream listener (ws, wss, tcp, tls).
 struct BoundListener {
@@ -46,17 +44,13 @@ struct BoundUdp {
 
 /// A server with its sockets bound and plugins compiled, ready to run.
 pub struct Server {
-    store: Store,
     plugins: Plugins,
     watch_interval: Option<Duration>,
     listeners: Vec<BoundListener>,
     udp: Vec<BoundUdp>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
-    core: Core,
-    core_rx: mpsc::Receiver<Input>,
     closed_rx: mpsc::UnboundedReceiver<Arc<FlowInfo>>,
-    router: Option<Router>,
     shutdown_tx: watch::Sender<bool>,
     grace: Duration,
 }
@@ -147,27 +141,6 @@ impl Server {
                 tls,
             });
         }
-        let (core_tx, core_rx) = mpsc::channel(CORE_INBOX);
-        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let flows = Arc::new(FlowTable::new(closed_tx, metrics.clone()));
-        let shared = Arc::new(Shared {
-            http: config.http.clone(),
-            websocket: config.websocket.clone(),
-            sip: SipLimits {
-                max_message_bytes: config.sip.max_message_bytes,
-                tcp_idle_timeout: config.sip.tcp_idle_timeout,
-            },
-            udp: udp.iter().map(|u| (u.local, u.socket.clone())).collect(),
-            connector: Connector::default(),
-            server_header: config.server.server_header.clone(),
-            flows,
-            core_tx,
-            nonce: NonceKey::new(secret),
-            metrics,
-            shutdown: shutdown_rx,
-            grace: config.server.shutdown_grace,
-        });
         let (store, stored) = Store::open(&data_dir, std::time::Instant::now())?;
         let sip = &config.sip;
         let mut core = Core::new(CoreConfig {
@@ -199,9 +172,6 @@ impl Server {
                 view: plugins.registrar_view(),
             }
         });
-        if let Some(r) = &router {
-            core.set_route_hook(route_hook(r.plugin.clone(), shared.clone()));
-        }
         let restored = stored.len();
         for b in stored {
             let kept = core.restore_binding(b, std::time::Instant::now());
@@ -209,6 +179,32 @@ impl Server {
                 r.view.set(&b.aor, core.bindings(&b.aor));
             }
         }
+        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let flows = Arc::new(FlowTable::new(closed_tx, metrics.clone()));
+        let shared = Arc::new(Shared {
+            http: config.http.clone(),
+            websocket: config.websocket.clone(),
+            sip: SipLimits {
+                max_message_bytes: config.sip.max_message_bytes,
+                tcp_idle_timeout: config.sip.tcp_idle_timeout,
+            },
+            udp: udp.iter().map(|u| (u.local, u.socket.clone())).collect(),
+            connector: Connector::default(),
+            server_header: config.server.server_header.clone(),
+            flows,
+            core: CoreCell::new(core, store, router),
+            nonce: NonceKey::new(secret),
+            metrics,
+            shutdown: shutdown_rx,
+            grace: config.server.shutdown_grace,
+        });
+        let weak = Arc::downgrade(&shared);
+        shared.core.with_core(|core, router| {
+            if let Some(r) = router {
+                core.set_route_hook(route_hook(r.plugin.clone(), weak));
+            }
+        });
         if restored > 0 {
             tracing::info!(
                 bindings = restored,
@@ -216,7 +212,6 @@ impl Server {
             );
         }
         Ok(Self {
-            store,
             plugins,
             watch_interval: config
                 .plugin_runtime
@@ -226,10 +221,7 @@ impl Server {
             udp,
             admin,
             shared,
-            core,
-            core_rx,
             closed_rx,
-            router,
             shutdown_tx,
             grace: config.server.shutdown_grace,
         })
@@ -248,29 +240,18 @@ impl Server {
     /// once connections are gone (or the grace period is over).
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
-            store,
             plugins,
             watch_interval,
             listeners,
             udp,
             admin,
             shared,
-            core,
-            core_rx,
             closed_rx,
-            router,
             shutdown_tx,
             grace,
         } = self;
         let live = Arc::new(AtomicUsize::new(0));
-        let driver = tokio::spawn(drive_core(
-            core,
-            core_rx,
-            closed_rx,
-            shared.clone(),
-            store,
-            router,
-        ));
+        let driver = tokio::spawn(driver::drive(shared.clone(), closed_rx));
         if let Some(admin) = admin {
             let addr = admin.local_addr()?;
             tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows, POST /plugins/reload)");
@@ -480,176 +461,6 @@ async fn serve_accepted(
             }
         }
     }
-}
-
-/// The `sip.router` plugin and the registrar view its `lookup` reads.
-struct Router {
-    plugin: SipRouter,
-    view: Arc<RegistrarView>,
-}
-
-/// The one task that owns the core: feed it inputs, send what it produces, run its
-/// timers. No protocol decisions here. Routing-plugin calls start here and finish on
-/// a task of their own when they take longer than an epoch tick (see [`route_hook`]).
-async fn drive_core(
-    mut core: Core,
-    mut inbox: mpsc::Receiver<Input>,
-    mut closed: mpsc::UnboundedReceiver<Arc<FlowInfo>>,
-    shared: Arc<Shared>,
-    mut store: Store,
-    router: Option<Router>,
-) {
-    // Flows reported closed in this round, for the identity of their FlowClosed event.
-    let mut closing: Vec<Arc<FlowInfo>> = Vec::new();
-    // One timer, moved only when the core's next deadline changes: a timer made and
-    // dropped per round would enter and leave the runtime's timer wheel per message.
-    let far = || Instant::now() + Duration::from_secs(24 * 3600);
-    let mut armed: Option<std::time::Instant> = None;
-    let sleep = tokio::time::sleep_until(far());
-    tokio::pin!(sleep);
-    // Bindings restored from the store count from the start.
-    shared.metrics.set_core(core.stats());
-    // The second the core's Date was made for.
-    let mut date_second = 0;
-    loop {
-        let timeout = core.poll_timeout();
-        if timeout != armed || sleep.is_elapsed() {
-            armed = timeout;
-            sleep
-                .as_mut()
-                .reset(timeout.map_or_else(far, Instant::from_std));
-        }
-        tokio::select! {
-            input = inbox.recv() => match input {
-                Some(input) => {
-                    refresh_date(&mut core, &mut date_second);
-                    core.handle(std::time::Instant::now(), input);
-                    // Take what else is queued before sending, up to a bound.
-                    for _ in 0..64 {
-                        match inbox.try_recv() {
-                            Ok(input) => core.handle(std::time::Instant::now(), input),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                None => return,
-            },
-            info = closed.recv() => match info {
-                Some(info) => {
-                    let id = info.id;
-                    if router.is_some() {
-                        closing.push(info);
-                    }
-                    // A flow's task queues all its messages before its closure is
-                    // reported: take what is queued first, so a REGISTER sent just before
-                    // the close cannot outlive it as a binding on a dead flow.
-                    for _ in 0..CORE_INBOX {
-                        match inbox.try_recv() {
-                            Ok(input) => core.handle(std::time::Instant::now(), input),
-                            Err(_) => break,
-                        }
-                    }
-                    core.handle(std::time::Instant::now(), Input::FlowClosed(id));
-                }
-                None => return,
-            },
-            // Once fired it is re-armed on the next round (`is_elapsed`).
-            _ = &mut sleep => core.handle_timeout(std::time::Instant::now()),
-        }
-        // Send what the core produced, then act on its events.
-        {
-            send_transmits(&mut core, &shared);
-            shared.metrics.set_core(core.stats());
-            while let Some(event) = core.poll_event() {
-                match event {
-                    Event::BindingSaved(b) => {
-                        tracing::debug!(aor = %b.aor, contact = %b.contact, "binding saved");
-                        store.saved(&b, std::time::Instant::now());
-                        if let Some(r) = &router {
-                            r.view.set(&b.aor, core.bindings(&b.aor));
-                        }
-                    }
-                    Event::BindingRemoved(b) => {
-                        tracing::debug!(aor = %b.aor, contact = %b.contact, "binding removed");
-                        store.removed(&b);
-                        if let Some(r) = &router {
-                            r.view.set(&b.aor, core.bindings(&b.aor));
-                        }
-                    }
-                    Event::FlowClosed(closed) => {
-                        let Some(r) = &router else { continue };
-                        let identity = closing
-                            .iter()
-                            .find(|i| i.id == closed.flow)
-                            .map(|i| i.identity.clone())
-                            .unwrap_or_default();
-                        let plugin = r.plugin.clone();
-                        tokio::spawn(async move { plugin.flow_closed(&closed, &identity).await });
-                    }
-                }
-            }
-        }
-        closing.clear();
-    }
-}
-
-/// Gives the core the wall-clock time as an HTTP-date when the second has changed
-/// since `second` (one clock read per round, one formatting per second).
-fn refresh_date(core: &mut Core, second: &mut u64) {
-    let wall = std::time::SystemTime::now();
-    let now = wall
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if now != *second {
-        *second = now;
-        core.set_date(httpdate::fmt_http_date(wall));
-    }
-}
-
-/// Sends everything the core queued. Sending can fail at once (a flow that is gone):
-/// the core is told, which may produce more to send. Bounded rounds.
-fn send_transmits(core: &mut Core, shared: &Arc<Shared>) {
-    for _ in 0..8 {
-        let mut failed = Vec::new();
-        while let Some(t) = core.poll_transmit() {
-            if let Some(target) = dispatch(shared, t) {
-                failed.push(target);
-            }
-        }
-        if failed.is_empty() {
-            break;
-        }
-        for target in failed {
-            core.handle(std::time::Instant::now(), Input::SendFailed(target));
-        }
-    }
-}
-
-/// The core's routing hook: asks the plugin in place, on the core's task. A plugin
-/// answers in microseconds, and a hop to another task would cost more than the call; a
-/// call still running at its first epoch tick (it yields there) moves to a task of its
-/// own and its decision comes back through the inbox, so a slow plugin holds the core
-/// for one tick at most.
-fn route_hook(plugin: SipRouter, shared: Arc<Shared>) -> crate::core::RouteHook {
-    crate::core::RouteHook(Box::new(move |id, source, req| {
-        let identity = source
-            .flow
-            .and_then(|f| shared.flows.get(f))
-            .map(|info| info.identity.clone())
-            .unwrap_or_default();
-        match plugin.decide_in_place(source, req, &identity) {
-            Ok(decision) => Some(decision),
-            Err(call) => {
-                tracing::debug!(id, "routing call deferred to a task");
-                let tx = shared.core_tx.clone();
-                tokio::spawn(async move {
-                    let decision = call.await;
-                    let _ = tx.send(Input::Routed { id, decision }).await;
-                });
-                None
-            }
-        }
-    }))
 }
 
 /// The receive and send buffers UDP sockets ask for: room for thousands of datagrams,

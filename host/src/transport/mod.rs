@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::admin::metrics::Metrics;
 use crate::config::{HttpConfig, WebSocketConfig};
 use crate::core::auth::NonceKey;
-use crate::core::{FlowId, Input, Target, Transmit, Transport};
+use crate::core::{FlowId, Target, Transmit, Transport};
 pub use flow::{FlowGuard, FlowInfo, FlowTable, SendError};
 
 /// SIP transport limits.
@@ -44,8 +44,8 @@ pub struct Shared {
     pub server_header: String,
     /// Live flows.
     pub flows: Arc<FlowTable>,
-    /// The core's inbox.
-    pub core_tx: mpsc::Sender<Input>,
+    /// The SIP core and its queue.
+    pub core: crate::driver::CoreCell,
     /// Digest nonces.
     pub nonce: NonceKey,
     /// Counters.

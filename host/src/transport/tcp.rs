@@ -94,9 +94,7 @@ pub async fn serve_stream<S>(
                                     shared.metrics.sip_in();
                                     let source = Source { transport, local, remote, flow: Some(id) };
                                     let input = Input::Message(Box::new(Incoming { source, message }));
-                                    if shared.core_tx.send(input).await.is_err() {
-                                        break 'outer;
-                                    }
+                                    shared.core.submit(&shared, input).await;
                                 }
                                 Err(e) => {
                                     shared.metrics.sip_parse_error();
@@ -162,9 +160,10 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> bool {
 pub async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr) {
     let failed = |shared: &Arc<Shared>| {
         shared.connector.drop_pending(transport, remote);
-        let _ = shared
-            .core_tx
-            .try_send(Input::SendFailed(Target::Connect { transport, remote }));
+        shared.core.submit_now(
+            shared,
+            Input::SendFailed(Target::Connect { transport, remote }),
+        );
     };
     if transport != Transport::Tcp {
         tracing::warn!(%remote, %transport, "outgoing connections are TCP only; message dropped");

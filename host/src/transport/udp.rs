@@ -47,9 +47,7 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
                     flow: None,
                 };
                 let input = Input::Message(Box::new(Incoming { source, message }));
-                if shared.core_tx.send(input).await.is_err() {
-                    return;
-                }
+                shared.core.hand_off(input).await;
             }
             Err(e) => {
                 shared.metrics.sip_parse_error();

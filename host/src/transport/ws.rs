@@ -324,9 +324,7 @@ where
                             flow: Some(id),
                         };
                         let input = Input::Message(Box::new(Incoming { source, message }));
-                        if shared.core_tx.send(input).await.is_err() {
-                            break;
-                        }
+                        shared.core.submit(&shared, input).await;
                     }
                     Err(e) => {
                         shared.metrics.sip_parse_error();

@@ -1,0 +1,428 @@
+//! Runs the sans-IO SIP core for the tasks that have work for it.
+//!
+//! There is no core task that every message hops to. A task with an input for the core
+//! (a connection's message, a UDP datagram, a routing decision that was deferred)
+//! queues it and, when no one else is running the core, runs it at once: everything
+//! queued so far, in arrival order, then sends what the core produced. A task that
+//! finds the core running only queues, and the running task takes its input before it
+//! stops. So a request is parsed, handled and answered on the task that read it, with
+//! no wake-up of another task in between, and one queue keeps every input in order.
+//!
+//! The driver task ([`drive`]) runs the core's timers, hands it the flows that closed
+//! (after their last message, which their task queued before closing), and takes over
+//! when a task has run the core for [`RUN_BUDGET`] inputs and more are waiting.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::time::Instant;
+
+use crate::core::{Core, Event, Input};
+use crate::plugin::RegistrarView;
+use crate::plugin::sip::SipRouter;
+use crate::store::Store;
+use crate::transport::flow::FlowInfo;
+use crate::transport::{Shared, dispatch};
+
+/// Inputs queued for the core before the tasks that bring more wait.
+pub const CORE_INBOX: usize = 4096;
+
+/// Inputs one task handles in one turn at the core before it leaves the rest to the
+/// driver task: a connection task does not serve the whole server for long.
+const RUN_BUDGET: usize = 256;
+
+/// The `sip.router` plugin and the registrar view its `lookup` reads.
+pub struct Router {
+    /// The plugin.
+    pub plugin: SipRouter,
+    /// What its `lookup` reads; refreshed per AoR when bindings change.
+    pub view: Arc<RegistrarView>,
+}
+
+/// Something for the core, in arrival order.
+enum Work {
+    /// An input; `counted` when it holds a place of [`CORE_INBOX`].
+    Input { input: Input, counted: bool },
+    /// A flow closed (reported after its task queued its last message).
+    Closed(Arc<FlowInfo>),
+    /// The core's deadline has passed.
+    Timeout,
+}
+
+/// The queue and who is running the core.
+#[derive(Default)]
+struct Queue {
+    work: VecDeque<Work>,
+    /// A task is running the core and will take what is queued before it stops.
+    running: bool,
+}
+
+/// The core's next deadline and the one the driver task's timer is set for.
+#[derive(Default)]
+struct Deadline {
+    next: Option<std::time::Instant>,
+    armed: Option<std::time::Instant>,
+}
+
+/// What only the task running the core touches.
+struct Driven {
+    core: Core,
+    store: Store,
+    router: Option<Router>,
+    /// Flows reported closed in this turn, for the identity of their FlowClosed event.
+    closing: Vec<Arc<FlowInfo>>,
+    /// The second the core's Date was made for.
+    date_second: u64,
+    /// The queue's previous buffer, swapped in to keep its capacity.
+    spare: VecDeque<Work>,
+}
+
+/// The SIP core with its queue: see the module documentation.
+pub struct CoreCell {
+    queue: Mutex<Queue>,
+    /// Places in the queue for inputs from connections; returned as they are handled.
+    space: Semaphore,
+    /// Locked by the task running the core only (`Queue::running`), so never contended.
+    state: Mutex<Driven>,
+    deadline: Mutex<Deadline>,
+    /// Wakes the driver task: an earlier deadline, or a queue left over.
+    wake: Notify,
+}
+
+impl std::fmt::Debug for CoreCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreCell")
+            .field("queued", &lock(&self.queue).work.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while running the core is a bug the fuzz targets look for; should one
+    // happen, the server goes on with the core as it was left rather than stop serving.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Clears `Queue::running` when a turn ends, also by a panic.
+struct Turn<'a>(&'a CoreCell);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.queue).running = false;
+    }
+}
+
+impl CoreCell {
+    /// The core with the store it reports bindings to and the routing plugin, if any.
+    pub fn new(core: Core, store: Store, router: Option<Router>) -> Self {
+        Self {
+            queue: Mutex::new(Queue::default()),
+            space: Semaphore::new(CORE_INBOX),
+            state: Mutex::new(Driven {
+                core,
+                store,
+                router,
+                closing: Vec::new(),
+                date_second: 0,
+                spare: VecDeque::new(),
+            }),
+            deadline: Mutex::new(Deadline::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Calls `f` on the core before the server starts (set-up: hooks, restored bindings).
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut Core, Option<&Router>) -> R) -> R {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        f(&mut state.core, state.router.as_ref())
+    }
+
+    /// Hands `input` to the core, waiting while [`CORE_INBOX`] inputs are queued, and
+    /// runs the core when no other task is.
+    pub async fn submit(&self, shared: &Arc<Shared>, input: Input) {
+        let counted = self.place().await;
+        self.push(shared, Work::Input { input, counted });
+    }
+
+    /// Hands `input` to the core like [`Self::submit`], but leaves running the core to
+    /// the driver task: for the one task that reads a UDP socket for every peer, which
+    /// goes on receiving while the core works on another CPU (measured: running the
+    /// core in place there cost half the UDP REGISTER rate).
+    pub async fn hand_off(&self, input: Input) {
+        let counted = self.place().await;
+        let tell = {
+            let mut q = lock(&self.queue);
+            q.work.push_back(Work::Input { input, counted });
+            // Whoever queued into an empty queue with no one running has told already.
+            !q.running && q.work.len() == 1
+        };
+        if tell {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits for a place in the queue and takes it; false if the queue's bound is gone
+    /// (it never closes; the input would go in all the same).
+    async fn place(&self) -> bool {
+        self.space.acquire().await.map(|p| p.forget()).is_ok()
+    }
+
+    /// Hands `input` to the core at once, past the bound: for the few inputs that must
+    /// not wait or be lost (a connection that could not be opened).
+    pub fn submit_now(&self, shared: &Arc<Shared>, input: Input) {
+        self.push(
+            shared,
+            Work::Input {
+                input,
+                counted: false,
+            },
+        );
+    }
+
+    /// Queues `work` and runs the core if no one is; true when this call ran it (and so
+    /// handled `work`).
+    fn push(&self, shared: &Arc<Shared>, work: Work) -> bool {
+        {
+            let mut q = lock(&self.queue);
+            q.work.push_back(work);
+            if q.running {
+                return false;
+            }
+            q.running = true;
+        }
+        self.run(shared);
+        true
+    }
+
+    /// Runs the core if no one is and something is queued.
+    fn run_if_idle(&self, shared: &Arc<Shared>) {
+        {
+            let mut q = lock(&self.queue);
+            if q.running || q.work.is_empty() {
+                return;
+            }
+            q.running = true;
+        }
+        self.run(shared);
+    }
+
+    /// One turn at the core; the caller has set `Queue::running`.
+    fn run(&self, shared: &Arc<Shared>) {
+        let turn = Turn(self);
+        let mut state = lock(&self.state);
+        let mut handled = 0;
+        loop {
+            let mut batch = std::mem::take(&mut state.spare);
+            {
+                let mut q = lock(&self.queue);
+                if q.work.is_empty() || handled >= RUN_BUDGET {
+                    let left = !q.work.is_empty();
+                    q.running = false;
+                    std::mem::forget(turn);
+                    drop(q);
+                    state.spare = batch;
+                    if left {
+                        // The driver task takes over (or a task that queues first).
+                        self.wake.notify_one();
+                    }
+                    break;
+                }
+                std::mem::swap(&mut q.work, &mut batch);
+            }
+            handled += batch.len();
+            let counted = state.turn(&mut batch, shared);
+            state.spare = batch;
+            self.space.add_permits(counted);
+            self.publish_deadline(state.core.poll_timeout());
+        }
+    }
+
+    /// Records the core's next deadline; wakes the driver task when its timer is set
+    /// later than that (or not at all).
+    fn publish_deadline(&self, next: Option<std::time::Instant>) {
+        let mut d = lock(&self.deadline);
+        d.next = next;
+        if let Some(next) = next
+            && d.armed.is_none_or(|armed| next < armed)
+        {
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl Driven {
+    /// Handles `batch` (emptied), sends what the core produced and acts on its events.
+    /// Returns how many inputs held a place in the queue.
+    fn turn(&mut self, batch: &mut VecDeque<Work>, shared: &Arc<Shared>) -> usize {
+        refresh_date(&mut self.core, &mut self.date_second);
+        let mut counted = 0;
+        for work in batch.drain(..) {
+            let now = std::time::Instant::now();
+            match work {
+                Work::Input { input, counted: c } => {
+                    counted += usize::from(c);
+                    self.core.handle(now, input);
+                }
+                Work::Closed(info) => {
+                    let id = info.id;
+                    if self.router.is_some() {
+                        self.closing.push(info);
+                    }
+                    self.core.handle(now, Input::FlowClosed(id));
+                }
+                Work::Timeout => self.core.handle_timeout(now),
+            }
+        }
+        send_transmits(&mut self.core, shared);
+        shared.metrics.set_core(self.core.stats());
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                Event::BindingSaved(b) => {
+                    tracing::debug!(aor = %b.aor, contact = %b.contact, "binding saved");
+                    self.store.saved(&b, std::time::Instant::now());
+                    if let Some(r) = &self.router {
+                        r.view.set(&b.aor, self.core.bindings(&b.aor));
+                    }
+                }
+                Event::BindingRemoved(b) => {
+                    tracing::debug!(aor = %b.aor, contact = %b.contact, "binding removed");
+                    self.store.removed(&b);
+                    if let Some(r) = &self.router {
+                        r.view.set(&b.aor, self.core.bindings(&b.aor));
+                    }
+                }
+                Event::FlowClosed(closed) => {
+                    let Some(r) = &self.router else { continue };
+                    let identity = self
+                        .closing
+                        .iter()
+                        .find(|i| i.id == closed.flow)
+                        .map(|i| i.identity.clone())
+                        .unwrap_or_default();
+                    let plugin = r.plugin.clone();
+                    tokio::spawn(async move { plugin.flow_closed(&closed, &identity).await });
+                }
+            }
+        }
+        self.closing.clear();
+        counted
+    }
+}
+
+/// The driver task: the core's timers, closed flows, and a queue left over by a task
+/// that used its budget. Runs until the server stops.
+pub async fn drive(shared: Arc<Shared>, mut closed: mpsc::UnboundedReceiver<Arc<FlowInfo>>) {
+    let cell = &shared.core;
+    // One timer, moved only when the core's next deadline changes.
+    let far = || Instant::now() + Duration::from_secs(24 * 3600);
+    let sleep = tokio::time::sleep_until(far());
+    tokio::pin!(sleep);
+    // Bindings restored from the store count from the start.
+    cell.with_core(|core, _| shared.metrics.set_core(core.stats()));
+    cell.publish_deadline(cell.with_core(|core, _| core.poll_timeout()));
+    // The timer fired and another task is handling it: wait for that task's word.
+    let mut fired = false;
+    // The deadline the timer is set for (`None`: far away); moved only when it changes,
+    // as every move takes the runtime's timer lock.
+    let mut set_for = None;
+    loop {
+        if !fired {
+            let next = {
+                let mut d = lock(&cell.deadline);
+                d.armed = d.next;
+                d.next
+            };
+            if next != set_for || sleep.is_elapsed() {
+                set_for = next;
+                sleep
+                    .as_mut()
+                    .reset(next.map_or_else(far, Instant::from_std));
+            }
+        }
+        tokio::select! {
+            () = cell.wake.notified() => {
+                fired = false;
+                cell.run_if_idle(&shared);
+            }
+            () = &mut sleep => {
+                lock(&cell.deadline).armed = None;
+                set_for = None;
+                sleep.as_mut().reset(far());
+                // When another task runs it, that task says when the next deadline
+                // is (`armed` is none, so it wakes this task).
+                fired = !cell.push(&shared, Work::Timeout);
+            }
+            info = closed.recv() => match info {
+                Some(info) => {
+                    cell.push(&shared, Work::Closed(info));
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Gives the core the wall-clock time as an HTTP-date when the second has changed
+/// since `second` (one clock read per turn, one formatting per second).
+fn refresh_date(core: &mut Core, second: &mut u64) {
+    let wall = std::time::SystemTime::now();
+    let now = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if now != *second {
+        *second = now;
+        core.set_date(httpdate::fmt_http_date(wall));
+    }
+}
+
+/// Sends everything the core queued. Sending can fail at once (a flow that is gone):
+/// the core is told, which may produce more to send. Bounded rounds.
+fn send_transmits(core: &mut Core, shared: &Arc<Shared>) {
+    for _ in 0..8 {
+        let mut failed = Vec::new();
+        while let Some(t) = core.poll_transmit() {
+            if let Some(target) = dispatch(shared, t) {
+                failed.push(target);
+            }
+        }
+        if failed.is_empty() {
+            break;
+        }
+        for target in failed {
+            core.handle(std::time::Instant::now(), Input::SendFailed(target));
+        }
+    }
+}
+
+/// The core's routing hook: asks the plugin in place, on the task running the core. A
+/// plugin answers in microseconds, and a hop to another task would cost more than the
+/// call; a call still running at its first epoch tick (it yields there) moves to a task
+/// of its own and its decision comes back as an input, so a slow plugin holds the core
+/// for one tick at most. `shared` is weak: the core lives in it.
+pub fn route_hook(plugin: SipRouter, shared: Weak<Shared>) -> crate::core::RouteHook {
+    crate::core::RouteHook(Box::new(move |id, source, req| {
+        let shared = shared.upgrade()?;
+        let identity = source
+            .flow
+            .and_then(|f| shared.flows.get(f))
+            .map(|info| info.identity.clone())
+            .unwrap_or_default();
+        match plugin.decide_in_place(source, req, &identity) {
+            Ok(decision) => Some(decision),
+            Err(call) => {
+                tracing::debug!(id, "routing call deferred to a task");
+                tokio::spawn(async move {
+                    let decision = call.await;
+                    shared
+                        .core
+                        .submit(&shared, Input::Routed { id, decision })
+                        .await;
+                });
+                None
+            }
+        }
+    }))
+}
