@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::core::{Core, Event, Input};
@@ -43,8 +43,13 @@ pub struct Router {
 
 /// Something for the core, in arrival order.
 enum Work {
-    /// An input; `counted` when it holds a place of [`CORE_INBOX`].
-    Input { input: Input, counted: bool },
+    /// An input; `counted` when it holds a place of [`CORE_INBOX`]; `credit` is its
+    /// connection's (see [`FlowCredit`]), given back once its answers are queued.
+    Input {
+        input: Input,
+        counted: bool,
+        credit: Option<OwnedSemaphorePermit>,
+    },
     /// A flow closed (reported after its task queued its last message).
     Closed(Arc<FlowInfo>),
     /// The core's deadline has passed.
@@ -77,6 +82,29 @@ struct Driven {
     date_second: u64,
     /// The queue's previous buffer, swapped in to keep its capacity.
     spare: VecDeque<Work>,
+    /// Credits of the inputs of this turn, given back after its sends.
+    credits: Vec<OwnedSemaphorePermit>,
+}
+
+/// How many of a connection's messages may be in the core at once: half its send
+/// queue, so the answers to them fit there even when another task runs the core and
+/// handles them all in one turn. A client sending a burst (sipp over TCP, a page
+/// registering many lines) is read at the pace it is answered instead of having
+/// answers dropped; the other half is room for what other flows send it meanwhile.
+#[derive(Debug)]
+pub struct FlowCredit(Arc<Semaphore>);
+
+impl FlowCredit {
+    /// Credit for a flow whose send queue holds `send_queue` messages.
+    pub fn new(send_queue: usize) -> Self {
+        Self(Arc::new(Semaphore::new((send_queue / 2).max(1))))
+    }
+
+    /// Waits until fewer than the allowed messages are in the core; the permit goes
+    /// with the next input.
+    pub async fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().acquire_owned().await.ok()
+    }
 }
 
 /// The SIP core with its queue: see the module documentation.
@@ -127,6 +155,7 @@ impl CoreCell {
                 closing: Vec::new(),
                 date_second: 0,
                 spare: VecDeque::new(),
+                credits: Vec::new(),
             }),
             deadline: Mutex::new(Deadline::default()),
             wake: Notify::new(),
@@ -141,10 +170,23 @@ impl CoreCell {
     }
 
     /// Hands `input` to the core, waiting while [`CORE_INBOX`] inputs are queued, and
-    /// runs the core when no other task is.
-    pub async fn submit(&self, shared: &Arc<Shared>, input: Input) {
+    /// runs the core when no other task is. A connection's input comes with its
+    /// [`FlowCredit`].
+    pub async fn submit(
+        &self,
+        shared: &Arc<Shared>,
+        input: Input,
+        credit: Option<OwnedSemaphorePermit>,
+    ) {
         let counted = self.place().await;
-        self.push(shared, Work::Input { input, counted });
+        self.push(
+            shared,
+            Work::Input {
+                input,
+                counted,
+                credit,
+            },
+        );
     }
 
     /// Hands `input` to the core like [`Self::submit`], but leaves running the core to
@@ -155,7 +197,11 @@ impl CoreCell {
         let counted = self.place().await;
         let tell = {
             let mut q = lock(&self.queue);
-            q.work.push_back(Work::Input { input, counted });
+            q.work.push_back(Work::Input {
+                input,
+                counted,
+                credit: None,
+            });
             // Whoever queued into an empty queue with no one running has told already.
             !q.running && q.work.len() == 1
         };
@@ -178,6 +224,7 @@ impl CoreCell {
             Work::Input {
                 input,
                 counted: false,
+                credit: None,
             },
         );
     }
@@ -262,8 +309,13 @@ impl Driven {
         for work in batch.drain(..) {
             let now = std::time::Instant::now();
             match work {
-                Work::Input { input, counted: c } => {
+                Work::Input {
+                    input,
+                    counted: c,
+                    credit,
+                } => {
                     counted += usize::from(c);
+                    self.credits.extend(credit);
                     self.core.handle(now, input);
                 }
                 Work::Closed(info) => {
@@ -277,6 +329,8 @@ impl Driven {
             }
         }
         send_transmits(&mut self.core, shared);
+        // The answers are in the send queues: the connections may bring more.
+        self.credits.clear();
         shared.metrics.set_core(self.core.stats());
         while let Some(event) = self.core.poll_event() {
             match event {
@@ -418,7 +472,7 @@ pub fn route_hook(plugin: SipRouter, shared: Weak<Shared>) -> crate::core::Route
                     let decision = call.await;
                     shared
                         .core
-                        .submit(&shared, Input::Routed { id, decision })
+                        .submit(&shared, Input::Routed { id, decision }, None)
                         .await;
                 });
                 None

@@ -15,6 +15,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::Shared;
 use super::flow::FlowInfo;
 use crate::core::{FlowId, Incoming, Input, Source, Target, Transport};
+use crate::driver::FlowCredit;
 use crate::sip::framing::{Frame, next_frame_from};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +34,7 @@ pub async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (tx, mut rx) = mpsc::channel::<Bytes>(shared.websocket.send_queue);
+    let credit = FlowCredit::new(shared.websocket.send_queue);
     let info = FlowInfo {
         id,
         transport,
@@ -56,6 +58,20 @@ pub async fn serve_stream<S>(
     tokio::pin!(idle);
     'outer: loop {
         tokio::select! {
+            // Shutdown first (a peer that never stops sending must not hold it off),
+            // then what is due goes out before more is read (see below).
+            biased;
+            _ = shutdown.changed() => break,
+            out = rx.recv() => match out {
+                Some(payload) => {
+                    if !write(&mut stream, &payload).await {
+                        break;
+                    }
+                    last_activity = Instant::now();
+                    shared.metrics.sip_out();
+                }
+                None => break,
+            },
             r = read_some(&mut stream, &mut buf) => {
                 match r {
                     Ok(0) | Err(_) => break,
@@ -94,7 +110,17 @@ pub async fn serve_stream<S>(
                                     shared.metrics.sip_in();
                                     let source = Source { transport, local, remote, flow: Some(id) };
                                     let input = Input::Message(Box::new(Incoming { source, message }));
-                                    shared.core.submit(&shared, input).await;
+                                    let credit = credit.take().await;
+                                    shared.core.submit(&shared, input, credit).await;
+                                    // Write what is due before handling the next
+                                    // message of this read: a burst of requests must
+                                    // not overflow the flow's send queue with answers.
+                                    while let Ok(payload) = rx.try_recv() {
+                                        if !write(&mut stream, &payload).await {
+                                            break 'outer;
+                                        }
+                                        shared.metrics.sip_out();
+                                    }
                                 }
                                 Err(e) => {
                                     shared.metrics.sip_parse_error();
@@ -114,16 +140,6 @@ pub async fn serve_stream<S>(
                     buf = Vec::new();
                 }
             }
-            out = rx.recv() => match out {
-                Some(payload) => {
-                    if !write(&mut stream, &payload).await {
-                        break;
-                    }
-                    last_activity = Instant::now();
-                    shared.metrics.sip_out();
-                }
-                None => break,
-            },
             _ = &mut idle => {
                 let deadline = last_activity + shared.sip.tcp_idle_timeout;
                 if deadline > Instant::now() {
@@ -133,7 +149,6 @@ pub async fn serve_stream<S>(
                 tracing::debug!(flow = id, peer = %remote, "idle stream closed");
                 break;
             }
-            _ = shutdown.changed() => break,
         }
     }
     let _ = timeout(WRITE_TIMEOUT, stream.shutdown()).await;

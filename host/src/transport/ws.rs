@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::Shared;
 use super::flow::FlowInfo;
 use crate::core::{FlowId, Incoming, Input, Source, Transport};
+use crate::driver::FlowCredit;
 use crate::http::answer::{Answer, AnswerContext, Decision, RequestFacts, answer};
 use crate::http::handshake::{self, HandshakeCheck};
 use crate::http::head::{HeadLimits, Version};
@@ -276,6 +277,7 @@ where
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(cfg.send_queue);
+    let credit = FlowCredit::new(cfg.send_queue);
     let (id, remote, local, transport) = (info.id, info.remote, info.local, info.transport);
     let _guard = shared.flows.register(info, tx);
     shared.metrics.ws_upgrade();
@@ -290,10 +292,13 @@ where
     tokio::pin!(timer);
     loop {
         let event = tokio::select! {
-            m = ws.next() => Event::In(m),
-            o = rx.recv() => Event::Out(o),
-            _ = &mut timer => Event::Timer,
+            // In this order: shutdown (a client that never stops sending must not
+            // hold it off), then what is due goes out before more is read.
+            biased;
             _ = shutdown.changed() => Event::Shutdown,
+            o = rx.recv() => Event::Out(o),
+            m = ws.next() => Event::In(m),
+            _ = &mut timer => Event::Timer,
         };
         match event {
             Event::In(None) => break,
@@ -324,7 +329,8 @@ where
                             flow: Some(id),
                         };
                         let input = Input::Message(Box::new(Incoming { source, message }));
-                        shared.core.submit(&shared, input).await;
+                        let credit = credit.take().await;
+                        shared.core.submit(&shared, input, credit).await;
                     }
                     Err(e) => {
                         shared.metrics.sip_parse_error();
