@@ -133,12 +133,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Clears `Queue::running` when a turn ends, also by a panic.
+/// Ends a turn cut short by a panic (a turn that ends normally forgets it): clears
+/// `Queue::running` and has the driver task take what is queued.
 struct Turn<'a>(&'a CoreCell);
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
         lock(&self.0.queue).running = false;
+        self.0.wake.notify_one();
     }
 }
 
@@ -162,7 +164,8 @@ impl CoreCell {
         }
     }
 
-    /// Calls `f` on the core before the server starts (set-up: hooks, restored bindings).
+    /// Calls `f` on the core: set-up before the server starts (the routing hook), the
+    /// driver task's first look.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Core, Option<&Router>) -> R) -> R {
         let mut state = lock(&self.state);
         let state = &mut *state;
@@ -230,7 +233,7 @@ impl CoreCell {
     }
 
     /// Queues `work` and runs the core if no one is; true when this call ran it (and so
-    /// handled `work`).
+    /// handled `work`, or left it to the driver task with what was queued before it).
     fn push(&self, shared: &Arc<Shared>, work: Work) -> bool {
         {
             let mut q = lock(&self.queue);
