@@ -1,4 +1,4 @@
-//! Wiring: state on disk, listeners, plugins, the core driver, shutdown.
+//! Wiring: state on disk, listeners, plugins, the core and its driver task, shutdown.
 
 use std::net::SocketAddr;
 use std::path::Path;

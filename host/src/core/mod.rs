@@ -1,6 +1,6 @@
 //! The SIP core, sans-IO: messages and time in, messages to send and events out.
 //!
-//! The driver (in `server.rs`) calls [`Core::handle`] for every input and
+//! The driver (`crate::driver`) calls [`Core::handle`] for every input and
 //! [`Core::handle_timeout`] when [`Core::poll_timeout`] is due, and after each call
 //! drains [`Core::poll_transmit`] and [`Core::poll_event`] until they return `None`.
 //! Nothing here touches a socket or reads a clock.

@@ -171,7 +171,7 @@ impl FlowTable {
         drop(flows);
         if let Some(e) = removed {
             self.metrics.flow_closed();
-            // The receiver (the core driver) lives as long as the server.
+            // The receiver (the driver task) lives as long as the server.
             let _ = self.closed_tx.send(e.info);
         }
     }
