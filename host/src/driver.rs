@@ -10,7 +10,7 @@
 //!
 //! The driver task ([`drive`]) runs the core's timers, hands it the flows that closed
 //! (after their last message, which their task queued before closing), and takes over
-//! when a task has run the core for [`RUN_BUDGET`] inputs and more are waiting.
+//! when a task has run the core for a budget of inputs (256) and more are waiting.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
