@@ -30,7 +30,8 @@ use crate::transport::{Shared, dispatch};
 pub const CORE_INBOX: usize = 4096;
 
 /// Inputs one task handles in one turn at the core before it leaves the rest to the
-/// driver task: a connection task does not serve the whole server for long.
+/// driver task (batches are cut to it): a connection task does not serve the whole
+/// server for long.
 const RUN_BUDGET: usize = 256;
 
 /// The `sip.router` plugin and the registrar view its `lookup` reads.
@@ -112,7 +113,8 @@ pub struct CoreCell {
     queue: Mutex<Queue>,
     /// Places in the queue for inputs from connections; returned as they are handled.
     space: Semaphore,
-    /// Locked by the task running the core only (`Queue::running`), so never contended.
+    /// Locked by the task running the core (`Queue::running`), and by [`Self::with_core`]
+    /// at start-up.
     state: Mutex<Driven>,
     deadline: Mutex<Deadline>,
     /// Wakes the driver task: an earlier deadline, or a queue left over.
@@ -146,7 +148,11 @@ impl Drop for Turn<'_> {
 
 impl CoreCell {
     /// The core with the store it reports bindings to and the routing plugin, if any.
-    pub fn new(core: Core, store: Store, router: Option<Router>) -> Self {
+    pub fn new(mut core: Core, store: Store, router: Option<Router>) -> Self {
+        let deadline = Deadline {
+            next: core.poll_timeout(),
+            armed: None,
+        };
         Self {
             queue: Mutex::new(Queue::default()),
             space: Semaphore::new(CORE_INBOX),
@@ -159,7 +165,7 @@ impl CoreCell {
                 spare: VecDeque::new(),
                 credits: Vec::new(),
             }),
-            deadline: Mutex::new(Deadline::default()),
+            deadline: Mutex::new(deadline),
             wake: Notify::new(),
         }
     }
@@ -280,12 +286,33 @@ impl CoreCell {
                     }
                     break;
                 }
-                std::mem::swap(&mut q.work, &mut batch);
+                let room = RUN_BUDGET - handled;
+                if q.work.len() <= room {
+                    std::mem::swap(&mut q.work, &mut batch);
+                } else {
+                    batch.extend(q.work.drain(..room));
+                }
             }
             handled += batch.len();
-            let counted = state.turn(&mut batch, shared);
+            // Places in the queue go back however the turn ends.
+            let places = batch
+                .iter()
+                .filter(|w| matches!(w, Work::Input { counted: true, .. }))
+                .count();
+            let state = &mut *state;
+            let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                state.turn(&mut batch, shared)
+            }));
+            if turn.is_err() {
+                // A bug (the fuzz targets look for these): the batch's other inputs are
+                // lost, the server goes on with the core as it was left.
+                tracing::error!(lost = batch.len(), "the SIP core panicked; inputs dropped");
+                batch.clear();
+                state.credits.clear();
+                state.closing.clear();
+            }
             state.spare = batch;
-            self.space.add_permits(counted);
+            self.space.add_permits(places);
             self.publish_deadline(state.core.poll_timeout());
         }
     }
@@ -305,19 +332,12 @@ impl CoreCell {
 
 impl Driven {
     /// Handles `batch` (emptied), sends what the core produced and acts on its events.
-    /// Returns how many inputs held a place in the queue.
-    fn turn(&mut self, batch: &mut VecDeque<Work>, shared: &Arc<Shared>) -> usize {
+    fn turn(&mut self, batch: &mut VecDeque<Work>, shared: &Arc<Shared>) {
         refresh_date(&mut self.core, &mut self.date_second);
-        let mut counted = 0;
         for work in batch.drain(..) {
             let now = std::time::Instant::now();
             match work {
-                Work::Input {
-                    input,
-                    counted: c,
-                    credit,
-                } => {
-                    counted += usize::from(c);
+                Work::Input { input, credit, .. } => {
                     self.credits.extend(credit);
                     self.core.handle(now, input);
                 }
@@ -365,12 +385,11 @@ impl Driven {
             }
         }
         self.closing.clear();
-        counted
     }
 }
 
 /// The driver task: the core's timers, closed flows, and a queue left over by a task
-/// that used its budget. Runs until the server stops.
+/// that used its budget. Runs until the server aborts it when stopping.
 pub async fn drive(shared: Arc<Shared>, mut closed: mpsc::UnboundedReceiver<Arc<FlowInfo>>) {
     let cell = &shared.core;
     // One timer, moved only when the core's next deadline changes.
@@ -379,7 +398,6 @@ pub async fn drive(shared: Arc<Shared>, mut closed: mpsc::UnboundedReceiver<Arc<
     tokio::pin!(sleep);
     // Bindings restored from the store count from the start.
     cell.with_core(|core, _| shared.metrics.set_core(core.stats()));
-    cell.publish_deadline(cell.with_core(|core, _| core.poll_timeout()));
     // The timer fired and another task is handling it: wait for that task's word.
     let mut fired = false;
     // The deadline the timer is set for (`None`: far away); moved only when it changes,

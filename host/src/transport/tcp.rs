@@ -17,6 +17,7 @@ use super::flow::FlowInfo;
 use crate::core::{FlowId, Incoming, Input, Source, Target, Transport};
 use crate::driver::FlowCredit;
 use crate::sip::framing::{Frame, next_frame_from};
+use crate::transport::ws::WRITES_IN_A_ROW;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +53,8 @@ pub async fn serve_stream<S>(
     let mut buf: Vec<u8> = Vec::new();
     let mut scanned = 0usize;
     let mut shutdown = shared.shutdown.clone();
+    // Messages written since reading last had a turn.
+    let mut writes = 0;
     let mut last_activity = Instant::now();
     // Moved only when it fires (traffic just updates `last_activity`).
     let idle = sleep_until(last_activity + shared.sip.tcp_idle_timeout);
@@ -59,20 +62,23 @@ pub async fn serve_stream<S>(
     'outer: loop {
         tokio::select! {
             // Shutdown first (a peer that never stops sending must not hold it off),
-            // then what is due goes out before more is read (see below).
+            // then what is due goes out before more is read (see below), but after a
+            // run of writes reading gets a turn (as for WebSocket flows).
             biased;
             _ = shutdown.changed() => break,
-            out = rx.recv() => match out {
+            out = rx.recv(), if writes < WRITES_IN_A_ROW => match out {
                 Some(payload) => {
                     if !write(&mut stream, &payload).await {
                         break;
                     }
+                    writes += 1;
                     last_activity = Instant::now();
                     shared.metrics.sip_out();
                 }
                 None => break,
             },
             r = read_some(&mut stream, &mut buf) => {
+                writes = 0;
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(_) => last_activity = Instant::now(),
@@ -140,6 +146,8 @@ pub async fn serve_stream<S>(
                     buf = Vec::new();
                 }
             }
+            // Nothing to read after a run of writes: writing goes on.
+            () = std::future::ready(()), if writes >= WRITES_IN_A_ROW => writes = 0,
             _ = &mut idle => {
                 let deadline = last_activity + shared.sip.tcp_idle_timeout;
                 if deadline > Instant::now() {

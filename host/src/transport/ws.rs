@@ -252,10 +252,15 @@ fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
     }
 }
 
+/// Messages a flow writes in a row before reading gets a turn (see [`run_flow`]).
+pub const WRITES_IN_A_ROW: u32 = 16;
+
 /// What woke the flow loop.
 enum Event {
     In(Option<Result<Message, WsError>>),
     Out(Option<Bytes>),
+    /// Nothing to read after [`WRITES_IN_A_ROW`] writes: writing goes on.
+    NothingToRead,
     Timer,
     Shutdown,
 }
@@ -284,6 +289,8 @@ where
     tracing::debug!(flow = id, peer = %remote, "WebSocket flow open");
 
     let mut shutdown = shared.shutdown.clone();
+    // Messages written since reading last had a turn.
+    let mut writes = 0;
     let mut last_heard = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     // One timer for the life of the flow, moved only when it fires: traffic just
@@ -293,12 +300,19 @@ where
     loop {
         let event = tokio::select! {
             // In this order: shutdown (a client that never stops sending must not
-            // hold it off), then what is due goes out before more is read.
+            // hold it off), then what is due goes out before more is read, but
+            // after a run of writes reading gets a turn (a flow others keep sending
+            // to still reads its client's answers).
             biased;
             _ = shutdown.changed() => Event::Shutdown,
-            o = rx.recv() => Event::Out(o),
+            o = rx.recv(), if writes < WRITES_IN_A_ROW => Event::Out(o),
             m = ws.next() => Event::In(m),
+            () = std::future::ready(()), if writes >= WRITES_IN_A_ROW => Event::NothingToRead,
             _ = &mut timer => Event::Timer,
+        };
+        writes = match event {
+            Event::Out(_) => writes + 1,
+            _ => 0,
         };
         match event {
             Event::In(None) => break,
@@ -375,6 +389,7 @@ where
                 shared.metrics.sip_out();
             }
             Event::Out(None) => break,
+            Event::NothingToRead => {}
             Event::Timer => {
                 let now = Instant::now();
                 match ping_sent {
