@@ -252,8 +252,8 @@ fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
     }
 }
 
-/// Messages a flow writes in a row before reading gets a turn (see [`run_flow`]).
-pub const WRITES_IN_A_ROW: u32 = 16;
+/// Messages a flow writes in a row before reading gets a turn (WebSocket and TCP/TLS flows).
+pub(crate) const WRITES_IN_A_ROW: u32 = 16;
 
 /// What woke the flow loop.
 enum Event {
