@@ -263,6 +263,7 @@ async fn bursts_from_many_connections_at_once_are_all_answered_in_order() {
         let user = within("a burst answered", task).await.expect("burst task");
         assert!(user.starts_with("burst"));
     }
+    assert_eq!(s.metric("sipwasm_sip_send_queue_full_total").await, 0);
 }
 
 async fn message(from: &mut Ua, to: &mut Ua) {

@@ -50,6 +50,7 @@ counters! {
     sip_in, sip_in, "sipwasm_sip_messages_in_total", "SIP messages received and parsed.";
     sip_out, sip_out, "sipwasm_sip_messages_out_total", "SIP messages sent.";
     sip_parse_errors, sip_parse_error, "sipwasm_sip_parse_errors_total", "Unparsable SIP messages dropped.";
+    sip_send_queue_full, sip_send_queue_full, "sipwasm_sip_send_queue_full_total", "SIP messages dropped because their flow's send queue was full (a peer that does not read).";
     flows_closed, flows_closed_inc, "sipwasm_flows_closed_total", "Flows closed.";
     digest_failures, digest_failure, "sipwasm_digest_failures_total", "SIP requests whose Digest credentials a plugin found wrong.";
     digest_refused, digest_refused, "sipwasm_digest_refused_total", "Digest credentials refused unchecked: their source is banned for guessing.";

@@ -121,6 +121,7 @@ pub fn dispatch(shared: &Arc<Shared>, t: Transmit) -> Option<Target> {
             Err(SendError::NoFlow) => Some(t.target),
             Err(SendError::Full) => {
                 tracing::debug!(flow = id, "send queue full; message dropped");
+                shared.metrics.sip_send_queue_full();
                 None
             }
         },
