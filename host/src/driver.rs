@@ -135,17 +135,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Ends a turn cut short by a panic (a turn that ends normally forgets it): clears
-/// `Queue::running` and has the driver task take what is queued.
-struct Turn<'a>(&'a CoreCell);
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        lock(&self.0.queue).running = false;
-        self.0.wake.notify_one();
-    }
-}
-
 impl CoreCell {
     /// The core with the store it reports bindings to and the routing plugin, if any.
     pub fn new(mut core: Core, store: Store, router: Option<Router>) -> Self {
@@ -267,7 +256,6 @@ impl CoreCell {
 
     /// One turn at the core; the caller has set `Queue::running`.
     fn run(&self, shared: &Arc<Shared>) {
-        let turn = Turn(self);
         let mut state = lock(&self.state);
         let mut handled = 0;
         loop {
@@ -277,7 +265,6 @@ impl CoreCell {
                 if q.work.is_empty() || handled >= RUN_BUDGET {
                     let left = !q.work.is_empty();
                     q.running = false;
-                    std::mem::forget(turn);
                     drop(q);
                     state.spare = batch;
                     if left {
@@ -300,10 +287,12 @@ impl CoreCell {
                 .filter(|w| matches!(w, Work::Input { counted: true, .. }))
                 .count();
             let state = &mut *state;
-            let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // The core is the only code here that could panic; caught, the loop always
+            // comes back to clear `running` above.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 state.turn(&mut batch, shared)
             }));
-            if turn.is_err() {
+            if outcome.is_err() {
                 // A bug (the fuzz targets look for these): the batch's other inputs are
                 // lost, the server goes on with the core as it was left.
                 tracing::error!(lost = batch.len(), "the SIP core panicked; inputs dropped");
