@@ -378,8 +378,13 @@ fn md5_hex(s: &str) -> String {
         .collect()
 }
 
-/// The `Authorization` answer to a challenge value, RFC 2617 with qop=auth.
+/// The `Authorization` answer to a challenge value, RFC 2617 with qop=auth. Each answer
+/// takes the next nonce count, as a client does for every request it sends with a
+/// nonce (the server refuses a count used before by another request).
 fn digest_answer(challenge: &str, user: &str, password: &str, method: &str, uri: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NC: AtomicU32 = AtomicU32::new(1);
+    let nc = format!("{:08x}", NC.fetch_add(1, Ordering::Relaxed));
     let param = |name: &str| {
         let start = challenge.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
         challenge[start..][..challenge[start..].find('"').unwrap()].to_string()
@@ -387,10 +392,10 @@ fn digest_answer(challenge: &str, user: &str, password: &str, method: &str, uri:
     let (realm, nonce) = (param("realm"), param("nonce"));
     let ha1 = md5_hex(&format!("{user}:{realm}:{password}"));
     let ha2 = md5_hex(&format!("{method}:{uri}"));
-    let response = md5_hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:c0ffee:auth:{ha2}"));
     format!(
         "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-         response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\""
+         response=\"{response}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\""
     )
 }
 

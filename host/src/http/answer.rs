@@ -82,6 +82,8 @@ pub struct AnswerContext<'a> {
     pub date: SystemTime,
     /// Makes Digest nonces for challenges.
     pub nonce: &'a NonceKey,
+    /// The client's address, which a challenge's nonce is bound to.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Turns a decision into bytes (RFC 9112 responses, RFC 6455 101, RFC 7616 401).
@@ -108,7 +110,7 @@ pub fn answer(
                 .as_secs();
             let mut resp = Response::error(401, "");
             resp.close = false;
-            for value in cx.nonce.challenge_headers(&realm, now, false) {
+            for value in cx.nonce.challenge_headers(&realm, now, false, cx.peer) {
                 resp.headers.push(("WWW-Authenticate".into(), value));
             }
             let keep_alive = !facts.client_close;

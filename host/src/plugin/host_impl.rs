@@ -136,9 +136,15 @@ impl DigestImports for HostState {
             self.shared.metrics.digest_refused();
             return DigestVerdictWit::Invalid;
         }
+        let request = crate::core::auth::DigestRequest {
+            method: &call.method,
+            uri: &call.uri,
+            peer: call.peer,
+            txn: &call.txn,
+        };
         let verdict = self.shared.nonce.verify(
             call.credentials.iter().map(String::as_str),
-            &call.method,
+            &request,
             &realm,
             &password,
             super::sip::unix_now(),
@@ -168,10 +174,18 @@ impl DigestImports for HostState {
             (DigestVerdict::Valid, Some((peer, user))) => guard.succeeded(peer, &user),
             _ => {}
         }
+        if verdict != DigestVerdict::Valid {
+            tracing::debug!(
+                ?verdict,
+                uri = %call.uri,
+                credentials = ?call.credentials,
+                "Digest credentials not accepted"
+            );
+        }
         match verdict {
             DigestVerdict::Valid => DigestVerdictWit::Valid,
             DigestVerdict::Stale => DigestVerdictWit::Stale,
-            DigestVerdict::Invalid => DigestVerdictWit::Invalid,
+            DigestVerdict::Invalid | DigestVerdict::Unproven => DigestVerdictWit::Invalid,
             DigestVerdict::Missing => DigestVerdictWit::Missing,
         }
     }

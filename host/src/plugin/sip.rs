@@ -11,7 +11,7 @@ use crate::config::FailurePolicy;
 use crate::core::auth::{NonceCheck, NonceKey, digest_param, realm_is_valid};
 use crate::core::{ClosedFlow, RouteDecision, Source};
 use crate::sip::headers::{HeaderName, is_token_char};
-use crate::sip::message::{Method, Request};
+use crate::sip::message::{Essentials as _, Method, Request};
 use crate::sip::uri::Uri;
 
 /// Nonces older than this are stale: the challenge is repeated with `stale=true`.
@@ -200,8 +200,13 @@ pub struct RequestFacts {
     /// The credentials it carries for such a challenge (`Authorization` for REGISTER,
     /// `Proxy-Authorization` otherwise).
     pub(crate) credentials: Vec<String>,
-    /// The address it came from, for the password-guessing limits (none: not counted).
+    /// The address it came from: nonces are bound to it, and failed guesses counted
+    /// against it (none: not counted).
     pub(crate) peer: Option<IpAddr>,
+    /// Its Request-URI as received, which credentials must name.
+    pub(crate) uri: String,
+    /// Its Call-ID and CSeq: what a retransmission of it shares.
+    pub(crate) txn: String,
     /// Whether a failed Digest check of this request was counted already (a plugin may
     /// check one request against several passwords: one request, one failure).
     pub(crate) failure_counted: bool,
@@ -221,6 +226,12 @@ impl RequestFacts {
             register,
             credentials: req.headers.get_all(&answer).map(str::to_string).collect(),
             peer: None,
+            uri: req.uri.to_string(),
+            txn: format!(
+                "{}\n{}",
+                req.call_id().unwrap_or(""),
+                req.headers.get(&HeaderName::CSeq).unwrap_or("")
+            ),
             failure_counted: false,
         }
     }
@@ -314,14 +325,19 @@ pub fn validate(
             } else {
                 (407, HeaderName::ProxyAuthenticate)
             };
+            // An old nonce, or one given to another address (a client that moved):
+            // the client need not ask its user again.
             let stale = req.credentials.iter().any(|v| {
                 digest_param(v, "realm").as_deref() == Some(realm.as_str())
                     && digest_param(v, "nonce").is_some_and(|n| {
-                        nonce.check(&n, &realm, now_unix, NONCE_MAX_AGE_SECS) == NonceCheck::Stale
+                        matches!(
+                            nonce.check(&n, &realm, now_unix, NONCE_MAX_AGE_SECS, req.peer),
+                            NonceCheck::Stale | NonceCheck::Foreign
+                        )
                     })
             });
             let headers = nonce
-                .sip_challenge_headers(&realm, now_unix, stale, algorithms)
+                .sip_challenge_headers(&realm, now_unix, stale, algorithms, req.peer)
                 .into_iter()
                 .map(|v| (ask.clone(), v))
                 .collect();
@@ -442,7 +458,7 @@ mod tests {
                 .all(|(n, _)| *n == HeaderName::ProxyAuthenticate)
         );
         assert!(headers.iter().all(|(_, v)| !v.contains("stale")));
-        let old = k.issue("sipwasm", 1000);
+        let old = k.issue("sipwasm", 1000, None);
         let retry = invite(&format!(
             "Proxy-Authorization: Digest username=\"alice\", realm=\"sipwasm\", nonce=\"{old}\", uri=\"sip:bob@localhost\", response=\"00\"\r\n"
         ));

@@ -248,6 +248,7 @@ pub async fn run(opts: RunOptions<'_>) -> anyhow::Result<String> {
         server: &config.server.server_header,
         date: SystemTime::now(),
         nonce: &nonce,
+        peer: None,
     };
     let (bytes, then) = match answer(decision, check, facts, cx) {
         Answer::Respond { bytes, keep_alive } => (

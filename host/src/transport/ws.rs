@@ -142,6 +142,7 @@ where
             server: &shared.server_header,
             date: SystemTime::now(),
             nonce: &shared.nonce,
+            peer: Some(conn.remote.ip()),
         };
         match answer(decision, check, facts, cx) {
             Answer::Respond { bytes, keep_alive } => {
