@@ -1270,6 +1270,7 @@ fn bench_core() -> anyhow::Result<(sipwasm::core::Core, SocketAddr)> {
         timers: transaction::TimerConfig::default(),
         registrar: registrar::RegistrarConfig::default(),
         relay: false,
+        trusted: sipwasm::core::peers::TrustedPeers::default(),
     });
     Ok((core, udp))
 }

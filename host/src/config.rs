@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::core::peers::Cidr;
+
 /// The configuration the server runs with when started without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
@@ -278,6 +280,16 @@ pub struct SipConfig {
     /// Forward requests for domains that are not ours (otherwise 403).
     #[serde(default)]
     pub relay: bool,
+    /// Peers whose headers may steer requests (addresses and CIDR blocks: edge proxies,
+    /// gateways, trunks): only they may register with a Path or route with Route
+    /// headers. Everyone else is answered and reached where its packets come from.
+    #[serde(default, with = "cidrs")]
+    pub trusted_peers: Vec<Cidr>,
+    /// Without a `router` plugin anyone may register, unregister and query any AoR: on
+    /// a listener that is not loopback the server refuses to start unless this says the
+    /// operator means it.
+    #[serde(default)]
+    pub open_registration: bool,
     /// A plugin (a `[plugins]` entry implementing the `sip-router` world) asked about
     /// each new out-of-dialog request before the default routing.
     #[serde(default)]
@@ -342,6 +354,8 @@ impl Default for SipConfig {
     fn default() -> Self {
         Self {
             relay: false,
+            trusted_peers: Vec::new(),
+            open_registration: false,
             router: None,
             digest_algorithms: default_digest_algorithms(),
             auth_failures_per_user: default_auth_failures_per_user(),
@@ -554,8 +568,18 @@ fn default_epoch_tick() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AdminConfig {
-    /// Where to serve `GET /metrics` (Prometheus text format). Keep it on loopback.
+    /// Where to serve the admin API. Keep it on loopback or a management network.
     pub listen: SocketAddr,
+    /// The bearer token every endpoint but `/metrics` on loopback asks for. When unset,
+    /// one is generated in the data directory (`admin-token`, mode 0600); a listener
+    /// off loopback needs it set here (at least 32 characters).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Host names the API may be reached by (the `Host` header), besides the listen
+    /// address itself and, on loopback, `localhost`: a page that rebinds its own name
+    /// to this address is refused.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 impl Config {
@@ -775,6 +799,55 @@ impl Config {
                 format!("no plugin named {r:?} in [plugins]"),
             ));
         }
+        // Without a router, the registrar takes every REGISTER it is sent: fine on
+        // loopback (the embedded default), a registration hijack on a public address.
+        if self.sip.router.is_none()
+            && !self.sip.open_registration
+            && let Some((i, l)) = self
+                .listen
+                .iter()
+                .enumerate()
+                .find(|(_, l)| !l.address.ip().is_loopback())
+        {
+            return Err((
+                "sip.open-registration".into(),
+                format!(
+                    "listen[{i}] ({} {}) is not on loopback and there is no sip.router: \
+                         anyone who reaches it could register, unregister or look up any \
+                         address-of-record. Set sip.router to a plugin that authenticates \
+                         (e.g. call-policy), or set sip.open-registration = true if an open \
+                         registrar is what you want",
+                    l.transport, l.address
+                ),
+            ));
+        }
+
+        if let Some(admin) = &self.admin {
+            match &admin.token {
+                None if !admin.listen.ip().is_loopback() => {
+                    return Err((
+                        "admin.token".into(),
+                        format!(
+                            "admin.listen ({}) is not on loopback: set a token (at least 32 \
+                             characters) that clients send as `Authorization: Bearer …`",
+                            admin.listen
+                        ),
+                    ));
+                }
+                Some(t) if t.len() < 32 || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return Err((
+                        "admin.token".into(),
+                        "must be at least 32 printable characters, no spaces".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(h) = admin.hosts.iter().find(|h| {
+                h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+            }) {
+                return Err(("admin.hosts".into(), format!("{h:?} is not a host name")));
+            }
+        }
         for (name, p) in &self.plugins {
             let key = |k: &str| format!("plugins.{name}.{k}");
             match (&p.path, &p.builtin) {
@@ -975,6 +1048,28 @@ mod duration {
     }
 }
 
+mod cidrs {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    use crate::core::peers::Cidr;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+        let texts = Vec::<String>::deserialize(d).map_err(|_| {
+            D::Error::custom(
+                "expected a list of addresses or CIDR blocks like [\"192.0.2.10\", \"10.0.0.0/8\"]",
+            )
+        })?;
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.parse()
+                    .map_err(|e| D::Error::custom(format!("[{i}]: {e}")))
+            })
+            .collect()
+    }
+}
+
 mod size {
     use serde::{Deserialize, Deserializer, de::Error};
 
@@ -1097,7 +1192,35 @@ path = "p.wasm"
             parse(&format!("{tcp_any}{MINIMAL}")).unwrap_err().key,
             "listen[0].address"
         );
-        assert!(parse(&MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080")).is_ok());
+        // A wildcard WebSocket listener is fine, once the registrar is not left open
+        // on it by accident.
+        let public = MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080");
+        let e = parse(&public).unwrap_err();
+        assert_eq!(e.key, "sip.open-registration");
+        assert!(
+            e.message.contains("listen[0]") && e.message.contains("router"),
+            "{e}"
+        );
+        assert!(parse(&format!("[sip]\nopen-registration = true\n{public}")).is_ok());
+        assert!(parse(&format!("[sip]\nrouter = \"p\"\n{public}")).is_ok());
+        let e = parse(&format!(
+            "[sip]\ntrusted-peers = [\"10.0.0.1/8\"]\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "sip.trusted-peers");
+        assert!(e.message.contains("host bits"), "{e}");
+        let c = parse(&format!(
+            "[sip]\ntrusted-peers = [\"10.0.0.0/8\", \"::1\"]\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.sip.trusted_peers.len(), 2);
+        let e = parse(&format!("{MINIMAL}[admin]\nlisten = \"0.0.0.0:9090\"\n")).unwrap_err();
+        assert_eq!(e.key, "admin.token");
+        let e = parse(&format!(
+            "{MINIMAL}[admin]\nlisten = \"127.0.0.1:9090\"\ntoken = \"short\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "admin.token");
 
         let e = parse(&format!("{MINIMAL}deadline = \"50\"\n")).unwrap_err();
         assert_eq!(e.key, "plugins.p.deadline");

@@ -48,7 +48,8 @@ pub struct Server {
     watch_interval: Option<Duration>,
     listeners: Vec<BoundListener>,
     udp: Vec<BoundUdp>,
-    admin: Option<TcpListener>,
+    /// The admin listener, its bearer token and the names it answers to.
+    admin: Option<(TcpListener, Arc<str>, Arc<[String]>)>,
     shared: Arc<Shared>,
     closed_rx: mpsc::UnboundedReceiver<Arc<FlowInfo>>,
     shutdown_tx: watch::Sender<bool>,
@@ -59,9 +60,15 @@ impl Server {
     /// Prepares the data directory, binds every listener and loads every plugin.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let data_dir = config.data_dir();
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        create_private_dir(&data_dir)?;
         let secret = load_or_create_secret(&data_dir)?;
+        let admin_token: Option<Arc<str>> = match &config.admin {
+            Some(a) => Some(match &a.token {
+                Some(t) => t.as_str().into(),
+                None => load_or_create_admin_token(&data_dir)?.into(),
+            }),
+            None => None,
+        };
 
         enum Socket {
             Stream(TcpListener),
@@ -82,13 +89,15 @@ impl Server {
             };
             sockets.push((socket, local));
         }
-        let admin = match &config.admin {
-            Some(a) => Some(
+        let admin = match (&config.admin, admin_token) {
+            (Some(a), Some(token)) => Some((
                 TcpListener::bind(a.listen)
                     .await
                     .with_context(|| format!("admin.listen ({}): cannot bind", a.listen))?,
-            ),
-            None => None,
+                token,
+                a.hosts.clone().into(),
+            )),
+            _ => None,
         };
         let addrs: Vec<SocketAddr> = sockets.iter().map(|(_, a)| *a).collect();
         let myself = Arc::new(Myself::new(&config.server.domains, &addrs));
@@ -164,6 +173,7 @@ impl Server {
                     == crate::config::PathPolicy::Store,
             },
             relay: sip.relay,
+            trusted: crate::core::peers::TrustedPeers::new(sip.trusted_peers.clone()),
         });
         let router = plugins.router().map(|slot| {
             tracing::info!(plugin = slot.name(), "SIP requests are routed by plugin");
@@ -252,7 +262,7 @@ impl Server {
         } = self;
         let live = Arc::new(AtomicUsize::new(0));
         let driver = tokio::spawn(driver::drive(shared.clone(), closed_rx));
-        if let Some(admin) = admin {
+        if let Some((admin, token, hosts)) = admin {
             let addr = admin.local_addr()?;
             tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows, POST /plugins/reload)");
             tokio::spawn(crate::admin::api::serve(
@@ -262,6 +272,8 @@ impl Server {
                     flows: shared.flows.clone(),
                     plugins: plugins.clone(),
                     server: shared.server_header.clone(),
+                    token,
+                    hosts,
                 },
                 shared.shutdown.clone(),
             ));
@@ -491,6 +503,53 @@ fn raise_udp_buffers(socket: &UdpSocket, local: SocketAddr) {
     }
 }
 
+/// Creates the data directory (and its parents) readable by this user only: it holds
+/// the server secret, the admin token, TLS keys and the registrations.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+/// Writes a new file only this user can read, flushed to disk before it counts as made.
+fn create_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()
+        .with_context(|| format!("cannot flush {}", path.display()))?;
+    Ok(())
+}
+
+/// The admin API's bearer token when the configuration names none: made on first run
+/// as `admin-token` in the data directory (32 random bytes in hex, mode 0600), where an
+/// operator reads it (`curl -H "Authorization: Bearer $(cat …/admin-token)"`).
+fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() >= 32 => Ok(text.trim().to_string()),
+        Ok(_) => anyhow::bail!("{} holds fewer than 32 characters", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = [0u8; 32];
+            getrandom::fill(&mut raw)
+                .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            create_private_file(&path, hex.as_bytes())?;
+            Ok(hex)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
 /// The 32-byte server secret (nonces, tags, later flow tokens), created on first run.
 fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     let path = data_dir.join("secret.key");
@@ -506,15 +565,7 @@ fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
             getrandom::fill(&mut secret)
                 .map_err(|e| anyhow::anyhow!("no randomness for the secret: {e}"))?;
             let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            f.write_all(hex.as_bytes())?;
+            create_private_file(&path, hex.as_bytes())?;
             Ok(secret)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),

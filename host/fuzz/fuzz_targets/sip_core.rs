@@ -132,6 +132,7 @@ fuzz_target!(|data: &[u8]| {
             timers: TimerConfig::default(),
             registrar: RegistrarConfig::default(),
             relay: false,
+            trusted: sipwasm::core::peers::TrustedPeers::default(),
         }),
         now: Instant::now(),
     };

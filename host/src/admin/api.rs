@@ -1,5 +1,9 @@
-//! The admin listener: `GET /metrics` (Prometheus text) and `GET /flows` (JSON list of
-//! live flows with their identity). Meant for loopback or a management network.
+//! The admin listener: `GET /metrics` (Prometheus text), `GET /flows` (JSON list of
+//! live flows with their identity) and `POST /plugins/reload`. Meant for loopback or a
+//! management network, and guarded on either: the `Host` must be the listener's own
+//! address or a configured name (no DNS rebinding from a web page), and every endpoint
+//! but `/metrics` on loopback needs `Authorization: Bearer <token>` (no cross-site
+//! requests, no other local user's browser tab).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +31,52 @@ pub struct AdminState {
     pub plugins: crate::plugin::Plugins,
     /// `Server` header.
     pub server: String,
+    /// The bearer token.
+    pub token: Arc<str>,
+    /// Names the `Host` header may give besides the listen address.
+    pub hosts: Arc<[String]>,
+}
+
+/// Whether `host` (a `Host` header value) names the admin listener at `local`: its own
+/// address (port optional), `localhost` on loopback, or one of `names` (port optional).
+fn host_allowed(host: &str, local: SocketAddr, names: &[String]) -> bool {
+    let host = host.trim();
+    // Split off a port (a bracketed IPv6 reference keeps its colons).
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.is_empty() && (!n.contains(':') || n.ends_with(']')) => (n, Some(p)),
+        _ => (host, None),
+    };
+    if port.is_some_and(|p| p.parse::<u16>() != Ok(local.port())) {
+        return false;
+    }
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if name
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip == local.ip())
+    {
+        return true;
+    }
+    (local.ip().is_loopback() && name.eq_ignore_ascii_case("localhost"))
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
+fn bearer_ok(headers: &[(String, String)], token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        .filter_map(|(_, v)| {
+            let (scheme, cred) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(cred.trim())
+        })
+        .any(|cred| {
+            cred.len() == token.len()
+                && cred
+                    .bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |a, (x, y)| a | (x ^ y))
+                    == 0
+        })
 }
 
 /// Serves the admin API until shutdown.
@@ -74,7 +124,36 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: &AdminState) {
         }
     };
     let path = req.head.target.split('?').next().unwrap_or("");
-    let resp = match (req.head.method.as_str(), path) {
+    let local = stream.local_addr().unwrap_or(peer);
+    let host = req
+        .head
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.as_str());
+    let open = path == "/metrics" && local.ip().is_loopback();
+    let resp = if !host.is_some_and(|h| host_allowed(h, local, &state.hosts)) {
+        // Another name for this address: a page that rebinds its own name here.
+        tracing::info!(%peer, host = host.unwrap_or(""), "admin request for a foreign Host refused");
+        Response::error(421, "this Host is not the admin listener")
+    } else if !open && !bearer_ok(&req.head.headers, &state.token) {
+        let mut r = Response::error(401, "Authorization: Bearer <admin token> needed");
+        r.headers.push((
+            "WWW-Authenticate".into(),
+            "Bearer realm=\"sipwasm-admin\"".into(),
+        ));
+        r
+    } else {
+        route(&req.head.method, path, state).await
+    };
+    let bytes = resp.serialize(&state.server, SystemTime::now(), false, false, false);
+    let _ = stream.write_all(&bytes).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The answer to an admitted request.
+async fn route(method: &str, path: &str, state: &AdminState) -> Response {
+    match (method, path) {
         ("GET", "/metrics") => ok(
             "text/plain; version=0.0.4",
             state.metrics.render().into_bytes(),
@@ -118,10 +197,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: &AdminState) {
             r.headers.push(("Allow".into(), "GET".into()));
             r
         }
-    };
-    let bytes = resp.serialize(&state.server, SystemTime::now(), false, false, false);
-    let _ = stream.write_all(&bytes).await;
-    let _ = stream.shutdown().await;
+    }
 }
 
 fn ok(content_type: &str, body: Vec<u8>) -> Response {
@@ -155,4 +231,52 @@ fn flows_json(flows: &FlowTable) -> String {
         })
         .collect();
     serde_json::Value::Array(list).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_listeners_own_names_are_hosts() {
+        let lo: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let names = ["admin.example".to_string()];
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9090",
+            "localhost",
+            "LOCALHOST:9090",
+            "admin.example:9090",
+        ] {
+            assert!(host_allowed(ok, lo, &names), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "127.0.0.1:80",
+            "127.0.0.2:9090",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!host_allowed(bad, lo, &names), "{bad}");
+        }
+        let v6: SocketAddr = "[::1]:9090".parse().unwrap();
+        assert!(host_allowed("[::1]:9090", v6, &[]));
+        assert!(host_allowed("[::1]", v6, &[]));
+        let public: SocketAddr = "192.0.2.5:9090".parse().unwrap();
+        assert!(
+            !host_allowed("localhost", public, &[]),
+            "localhost only on loopback"
+        );
+        assert!(host_allowed("192.0.2.5:9090", public, &[]));
+    }
+
+    #[test]
+    fn bearer_tokens_are_checked_exactly() {
+        let h = |v: &str| vec![("Authorization".to_string(), v.to_string())];
+        assert!(bearer_ok(&h("Bearer s3cret"), "s3cret"));
+        assert!(bearer_ok(&h("bearer  s3cret "), "s3cret"));
+        assert!(!bearer_ok(&h("Bearer s3cre"), "s3cret"));
+        assert!(!bearer_ok(&h("Basic s3cret"), "s3cret"));
+        assert!(!bearer_ok(&[], "s3cret"));
+    }
 }

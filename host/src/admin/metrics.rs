@@ -67,6 +67,9 @@ struct CoreGauges {
     timers: AtomicU64,
     bindings: AtomicU64,
     aors: AtomicU64,
+    refused_forged_route: AtomicU64,
+    refused_untrusted_path: AtomicU64,
+    refused_relay: AtomicU64,
 }
 
 impl Metrics {
@@ -84,10 +87,33 @@ impl Metrics {
         ] {
             gauge.store(value as u64, Relaxed);
         }
+        for (counter, value) in [
+            (&g.refused_forged_route, s.refused.forged_route),
+            (&g.refused_untrusted_path, s.refused.untrusted_path),
+            (&g.refused_relay, s.refused.relay),
+        ] {
+            counter.store(value, Relaxed);
+        }
     }
 
     fn render_core(&self, out: &mut String) {
         let g = &self.core;
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client)."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_sip_refused_total counter");
+        for (reason, counter) in [
+            ("forged-route", &g.refused_forged_route),
+            ("untrusted-path", &g.refused_untrusted_path),
+            ("relay", &g.refused_relay),
+        ] {
+            let _ = writeln!(
+                out,
+                "sipwasm_sip_refused_total{{reason=\"{reason}\"}} {}",
+                counter.load(Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP sipwasm_sip_transactions SIP transactions held now (including those absorbing retransmissions), by side."

@@ -13,7 +13,34 @@ use sha2::Sha256;
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::FlowId;
+use super::{FlowId, Transport};
+
+/// What an address token names: each kind has its prefix and its own MAC domain, so
+/// one kind's token never passes for another's.
+#[derive(Debug, Clone, Copy)]
+enum AddrKind {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl AddrKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Udp => "fu",
+            Self::Tcp => "fc",
+            Self::Tls => "fs",
+        }
+    }
+
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::Udp => b"udp-flow-token",
+            Self::Tcp => b"tcp-next-hop-token",
+            Self::Tls => b"tls-next-hop-token",
+        }
+    }
+}
 
 const MAC_LEN: usize = 10;
 
@@ -56,9 +83,9 @@ impl FlowTokens {
         format!("ft{}", B64.encode(raw))
     }
 
-    fn udp_mac(&self, addr: &[u8]) -> [u8; MAC_LEN] {
+    fn addr_mac(&self, kind: AddrKind, addr: &[u8]) -> [u8; MAC_LEN] {
         let mut m = self.keyed.clone();
-        m.update(b"udp-flow-token");
+        m.update(kind.label());
         m.update(addr);
         let full = m.finalize().into_bytes();
         let mut out = [0u8; MAC_LEN];
@@ -66,22 +93,20 @@ impl FlowTokens {
         out
     }
 
-    /// The token for the UDP peer `addr`: its address and port, signed.
-    pub fn encode_udp(&self, addr: SocketAddr) -> String {
+    fn encode_addr(&self, kind: AddrKind, addr: SocketAddr) -> String {
         let mut raw = Vec::with_capacity(18 + MAC_LEN);
         match addr.ip() {
             IpAddr::V4(ip) => raw.extend_from_slice(&ip.octets()),
             IpAddr::V6(ip) => raw.extend_from_slice(&ip.octets()),
         }
         raw.extend_from_slice(&addr.port().to_be_bytes());
-        let mac = self.udp_mac(&raw);
+        let mac = self.addr_mac(kind, &raw);
         raw.extend_from_slice(&mac);
-        format!("fu{}", B64.encode(raw))
+        format!("{}{}", kind.prefix(), B64.encode(raw))
     }
 
-    /// The UDP peer a `fu` token names, if the token is ours and intact.
-    pub fn decode_udp(&self, token: &str) -> Option<SocketAddr> {
-        let raw = B64.decode(token.strip_prefix("fu")?).ok()?;
+    fn decode_addr(&self, kind: AddrKind, token: &str) -> Option<SocketAddr> {
+        let raw = B64.decode(token.strip_prefix(kind.prefix())?).ok()?;
         let addr_len = raw.len().checked_sub(MAC_LEN)?;
         let (addr, mac) = raw.split_at(addr_len);
         let ip = match addr.len() {
@@ -91,11 +116,42 @@ impl FlowTokens {
         };
         let port = u16::from_be_bytes([addr[addr.len() - 2], addr[addr.len() - 1]]);
         let diff = self
-            .udp_mac(addr)
+            .addr_mac(kind, addr)
             .iter()
             .zip(mac)
             .fold(0u8, |a, (x, y)| a | (x ^ y));
         (diff == 0).then_some(SocketAddr::new(ip, port))
+    }
+
+    /// The token for the UDP peer `addr`: its address and port, signed.
+    pub fn encode_udp(&self, addr: SocketAddr) -> String {
+        self.encode_addr(AddrKind::Udp, addr)
+    }
+
+    /// The UDP peer a `fu` token names, if the token is ours and intact.
+    pub fn decode_udp(&self, token: &str) -> Option<SocketAddr> {
+        self.decode_addr(AddrKind::Udp, token)
+    }
+
+    /// The token for a peer the server connects to over TCP (`fc…`) or TLS (`fs…`): a
+    /// next hop it chose itself (a trusted peer, a plugin's relay), not a connection of
+    /// the peer's. `None` for other transports.
+    pub fn encode_connect(&self, transport: Transport, addr: SocketAddr) -> Option<String> {
+        let kind = match transport {
+            Transport::Tcp => AddrKind::Tcp,
+            Transport::Tls => AddrKind::Tls,
+            _ => return None,
+        };
+        Some(self.encode_addr(kind, addr))
+    }
+
+    /// The transport and address a `fc` or `fs` token names, if ours and intact.
+    pub fn decode_connect(&self, token: &str) -> Option<(Transport, SocketAddr)> {
+        match token.get(..2)? {
+            "fc" => Some((Transport::Tcp, self.decode_addr(AddrKind::Tcp, token)?)),
+            "fs" => Some((Transport::Tls, self.decode_addr(AddrKind::Tls, token)?)),
+            _ => None,
+        }
     }
 
     /// The flow a token names, if the token is ours and intact.
@@ -156,6 +212,16 @@ mod tests {
             assert_eq!(t.decode(&tok), None);
         }
         assert_eq!(t.decode_udp(&t.encode(7)), None);
+        // Connect tokens: their own kind, transport kept.
+        let a: SocketAddr = "192.0.2.9:5061".parse().unwrap();
+        let tls = t.encode_connect(Transport::Tls, a).unwrap();
+        assert_eq!(t.decode_connect(&tls), Some((Transport::Tls, a)));
+        let tcp = t.encode_connect(Transport::Tcp, a).unwrap();
+        assert_eq!(t.decode_connect(&tcp), Some((Transport::Tcp, a)));
+        let relabelled = format!("fc{}", &tls[2..]);
+        assert_eq!(t.decode_connect(&relabelled), None, "TLS token as TCP");
+        assert_eq!(t.decode_udp(&format!("fu{}", &tcp[2..])), None);
+        assert_eq!(t.encode_connect(Transport::Udp, a), None);
         assert_eq!(t.decode_udp("fu"), None);
         assert_eq!(t.decode_udp("fuAAAA"), None);
     }

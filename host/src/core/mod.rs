@@ -16,6 +16,7 @@ pub mod gruu;
 pub mod guess_guard;
 pub mod location;
 pub mod myself;
+pub mod peers;
 mod proxy;
 pub mod registrar;
 pub mod transaction;
@@ -201,6 +202,22 @@ pub struct CoreStats {
     pub bindings: usize,
     /// Addresses of record with at least one binding.
     pub aors: usize,
+    /// Requests refused for what they tried to make the server do (counters).
+    pub refused: Refused,
+}
+
+/// Requests refused for what they tried to make the server do, counted since start
+/// (each also gets its answer: a 403 with a Warning).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// In-dialog requests whose Route entries of ours were forged or replayed: another
+    /// Call-ID, another dialog tag, or an entry edited.
+    pub forged_route: u64,
+    /// REGISTERs with a Path from a peer that is not trusted.
+    pub untrusted_path: u64,
+    /// Requests from untrusted clients whose Route or Request-URI named a next hop
+    /// elsewhere (no relay for them).
+    pub relay: u64,
 }
 
 /// What the routing plugin decided for a request (already validated by the host).
@@ -290,6 +307,8 @@ pub struct CoreConfig {
     pub registrar: RegistrarConfig,
     /// Forward requests for other domains (otherwise 403).
     pub relay: bool,
+    /// Peers whose headers may steer requests (Path, Route): edge proxies, gateways.
+    pub trusted: peers::TrustedPeers,
 }
 
 /// An HMAC keyed with the core's secret (never printed).
@@ -349,6 +368,7 @@ pub struct Core {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_id: u64,
+    refused: Refused,
 }
 
 impl Core {
@@ -389,6 +409,7 @@ impl Core {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 0,
+            refused: Refused::default(),
         }
     }
 
@@ -498,6 +519,7 @@ impl Core {
             timers: self.timers.armed(),
             bindings: self.location.len(),
             aors: self.location.aors(),
+            refused: self.refused,
         }
     }
 
@@ -1055,6 +1077,7 @@ pub fn local_reply(
         timers: TimerConfig::default(),
         registrar: RegistrarConfig::default(),
         relay: false,
+        trusted: peers::TrustedPeers::default(),
     });
     let mut resp = core.make_response(req, status, extra);
     if let Some(reason) = reason {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use hmac::Mac;
 
+use super::flowtoken::FlowTokens;
 use super::location::Binding;
 use super::registrar::{self, Change, aor_of};
 use super::transaction::{ClientEvent, ClientTx};
@@ -59,13 +60,100 @@ pub(super) struct ProxyCtx {
     cancelled: bool,
 }
 
-/// What a Record-Route entry of ours names in its user part.
-#[derive(Debug, Clone, Copy)]
-enum RrToken {
-    /// A connection.
+/// What a Record-Route entry of ours names in its user part: where requests of the
+/// dialog sent toward that entry's side go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RrToken {
+    /// A connection (the party's own, or one to an edge in front of it).
     Flow(FlowId),
     /// A UDP peer's real address.
     Udp(SocketAddr),
+    /// A next hop the server connects to over TCP or TLS.
+    Connect(Transport, SocketAddr),
+}
+
+/// The party of a dialog a Record-Route entry of ours faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    /// The one that sent the dialog-creating request (its From tag is the dialog's
+    /// caller tag).
+    Caller,
+    /// The one that request went to.
+    Callee,
+}
+
+impl Side {
+    fn letter(self) -> char {
+        match self {
+            Self::Caller => 'c',
+            Self::Callee => 'e',
+        }
+    }
+}
+
+/// A signed Record-Route entry of ours, popped from a Route header: `sip:TOKEN@us;lr;sw=
+/// SIDE MAC`, the MAC over the dialog's Call-ID and caller tag, the side and the token
+/// ([`Core::rr_mac`]). It authorises one thing: sending that dialog's requests toward
+/// that side, to the token's address.
+#[derive(Debug)]
+struct RrEntry {
+    side: Side,
+    mac: String,
+    user: String,
+    token: RrToken,
+}
+
+impl RrEntry {
+    /// The signed entry `uri` is; `Ok(None)` for an entry of ours without a signature
+    /// (a pre-loaded route to us); `Err` for one whose token or signature is not ours.
+    fn of(uri: &SipUri, tokens: &FlowTokens) -> Result<Option<Self>, ()> {
+        let user = uri.user.as_deref().unwrap_or("");
+        let Some(sw) = uri.param("sw") else {
+            // Tokens of ours come only in signed entries.
+            return match user.get(..2) {
+                Some("ft" | "fu" | "fc" | "fs") => Err(()),
+                _ => Ok(None),
+            };
+        };
+        let sw = sw.ok_or(())?;
+        let side = match sw.as_bytes().first() {
+            Some(b'c') => Side::Caller,
+            Some(b'e') => Side::Callee,
+            _ => return Err(()),
+        };
+        let token = match user.get(..2) {
+            Some("ft") => RrToken::Flow(tokens.decode(user).ok_or(())?),
+            Some("fu") => RrToken::Udp(tokens.decode_udp(user).ok_or(())?),
+            Some("fc" | "fs") => {
+                let (t, a) = tokens.decode_connect(user).ok_or(())?;
+                RrToken::Connect(t, a)
+            }
+            _ => return Err(()),
+        };
+        Ok(Some(Self {
+            side,
+            mac: sw[1..].to_string(),
+            user: user.to_string(),
+            token,
+        }))
+    }
+
+    /// Whether the entry was made for the dialog with this Call-ID and caller tag.
+    fn signed_for(&self, core: &Core, call_id: &str, caller_tag: &str) -> bool {
+        let expected = core.rr_mac(call_id, caller_tag, self.side, &self.user);
+        // Compared in constant time: the MAC is what an attacker would guess at.
+        expected.len() == self.mac.len()
+            && expected
+                .bytes()
+                .zip(self.mac.bytes())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    }
+}
+
+/// A `Warning` (RFC 3261 20.43) that says in words why a request was refused.
+fn warning(text: &str) -> (HeaderName, String) {
+    (HeaderName::Warning, format!("399 sipwasm \"{text}\""))
 }
 
 /// The Request-URI for a request retargeted to a registered Contact. A Contact may carry
@@ -82,14 +170,6 @@ fn request_uri_of_contact(contact: &str) -> Option<Uri> {
     Some(uri)
 }
 
-/// The address a SIP URI with an IP literal reaches over UDP (port 5060 when absent);
-/// `None` for names and other schemes.
-fn udp_addr_of(uri: &Uri) -> Option<SocketAddr> {
-    let u = uri.as_sip()?;
-    let ip = u.host.ip()?;
-    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
-}
-
 /// Most Route entries of ours popped from one request; more is a loop (482).
 const MAX_OWN_ROUTES: usize = 8;
 
@@ -104,21 +184,39 @@ pub(super) enum Route {
 
 impl Core {
     /// Whether `req` is inside a dialog we record-routed: a To tag, and on top of its
-    /// Route (or, from a strict router, as its Request-URI) our entry with the MAC of
-    /// its Call-ID. What is not is a new request for the routing plugin: a To tag alone
-    /// proves nothing, and a REGISTER never belongs to a dialog (RFC 3261 10.2), so
-    /// neither gets past the plugin's authentication.
+    /// Route (or, from a strict router, as its Request-URI) our entry signed for its
+    /// Call-ID and one of its tags ([`Core::decide`] checks the whole route set). What
+    /// is not is a new request for the routing plugin: a To tag alone proves nothing,
+    /// and a REGISTER never belongs to a dialog (RFC 3261 10.2), so neither gets past
+    /// the plugin's authentication.
     pub(super) fn in_our_dialog(&self, req: &Request) -> bool {
         if req.method == Method::Register || req.tag_of_to().is_none() {
             return false;
         }
+        let call_id = req.call_id().unwrap_or("");
         let proves = |uri: &Uri| {
-            self.is_local_uri(uri) && uri.as_sip().is_some_and(|u| self.signs_dialog_of(u, req))
+            self.is_local_uri(uri)
+                && uri
+                    .as_sip()
+                    .and_then(|u| RrEntry::of(u, &self.tokens).ok().flatten())
+                    .is_some_and(|e| {
+                        [req.tag_of_from(), req.tag_of_to()]
+                            .into_iter()
+                            .flatten()
+                            .any(|tag| e.signed_for(self, call_id, tag))
+                    })
         };
         match req.headers.values(&HeaderName::Route).next() {
             Some(first) => NameAddr::parse(first).is_ok_and(|na| proves(&na.uri)),
             None => proves(&req.uri),
         }
+    }
+
+    /// 403 for a request whose signed Route entries do not fit it (forged, edited, or
+    /// replayed from another dialog), counted.
+    fn forged_route(&mut self) -> Route {
+        self.refused.forged_route += 1;
+        Route::Answer(403, vec![warning("Route Not Of This Dialog")])
     }
 
     /// Decides what happens to a new request: answer it here, or forward it.
@@ -173,17 +271,13 @@ impl Core {
             return Route::Answer(482, vec![]);
         }
 
-        // Our own Route entries (16.4): pop them, collect the flow tokens they carry and
-        // whether one proves this dialog is ours (a `sw` MAC of its Call-ID, or a token).
-        // A route set names us once, twice when the transport changed; a few more
-        // are tolerated, but not thousands in one datagram (each pop rewrites the line).
-        let mut tokens: Vec<FlowId> = Vec::new();
-        // The UDP token of the last entry popped, and how many were popped: with two
-        // entries of ours (RFC 5658), the sender's comes first and the last one faces
-        // where the request goes.
-        let mut last_udp: Option<(usize, SocketAddr)> = None;
-        let mut own_routes = 0;
-        let mut proof = false;
+        // Our own Route entries (16.4): pop them. A route set names us once per side of
+        // a dialog we record-routed (two entries, RFC 5658), each signed for that
+        // dialog and naming where requests toward its side go; an entry of ours
+        // without a signature (a client's pre-loaded route to us) only says "us". A
+        // few more are tolerated, but not thousands in one datagram (each pop rewrites
+        // the line).
+        let mut dialog: Vec<RrEntry> = Vec::new();
         for popped in 0.. {
             let Some(first) = req
                 .headers
@@ -203,81 +297,88 @@ impl Core {
                 return Route::Answer(482, vec![]);
             }
             req.headers.remove_first_value(&HeaderName::Route);
-            own_routes = popped + 1;
             let sip = na.uri.as_sip().expect("local URIs are SIP URIs");
-            if self.signs_dialog_of(sip, req) {
-                proof = true;
-            }
-            if let Some(user) = sip.user.as_deref() {
-                if user.starts_with("fu") {
-                    match self.tokens.decode_udp(user) {
-                        Some(addr) => {
-                            last_udp = Some((popped, addr));
-                            proof = true;
-                        }
-                        None => return Route::Answer(403, vec![]),
-                    }
-                    continue;
-                }
-                match self.tokens.decode(user) {
-                    Some(flow) => {
-                        tokens.push(flow);
-                        proof = true;
-                    }
-                    None if user.starts_with("ft") => return Route::Answer(403, vec![]),
-                    None => {}
-                }
+            match RrEntry::of(sip, &self.tokens) {
+                Ok(Some(entry)) => dialog.push(entry),
+                Ok(None) => {}
+                Err(()) => return self.forged_route(),
             }
         }
-        // A token naming another flow than the one the request came on is where it goes
-        // (RFC 5626 5.3); the token of the arriving flow only says where it came from.
-        let foreign_token = tokens.into_iter().find(|f| Some(*f) != source.flow);
-
-        // That flow is where it goes, whatever other Route entries follow (they are for
-        // the next hops).
-        if let Some(flow) = foreign_token {
-            return match self.flows.get(&flow) {
-                Some(&(transport, _, _)) => Route::Forward(
+        // The last entry of ours faces where the request goes: its token is the
+        // destination, whatever the Request-URI says (an in-dialog request reaches the
+        // party the dialog was set up with, at the address it was reached at then).
+        if let Some(dest) = dialog.last() {
+            // Requests toward the callee come from the caller (its tag is their From
+            // tag), requests toward the caller carry its tag in To.
+            let tag = match dest.side {
+                Side::Callee => req.tag_of_from(),
+                Side::Caller => req.tag_of_to(),
+            };
+            let call_id = req.call_id().unwrap_or("");
+            let Some(tag) = tag else {
+                return self.forged_route();
+            };
+            if !dialog.iter().all(|e| e.signed_for(self, call_id, tag)) {
+                return self.forged_route();
+            }
+            // A strict router next (RFC 3261 16.6 step 6): its URI becomes the
+            // Request-URI, the target the last Route value; it is reached at the token.
+            let next = req
+                .headers
+                .values(&HeaderName::Route)
+                .next()
+                .map(str::to_string);
+            if let Some(next) = next
+                && let Ok(na) = NameAddr::parse(&next)
+                && na.uri.as_sip().is_some_and(|u| u.param("lr").is_none())
+            {
+                req.headers.remove_first_value(&HeaderName::Route);
+                let target = std::mem::replace(&mut req.uri, na.uri);
+                req.headers.push(HeaderName::Route, format!("<{target}>"));
+            }
+            let uri = req.uri.clone();
+            let candidate = |target, transport| {
+                Route::Forward(
                     vec![vec![Candidate {
-                        uri: req.uri.clone(),
-                        target: Target::Flow(flow),
+                        uri,
+                        target,
                         transport,
                         path: vec![],
                     }]],
                     hash,
-                ),
-                None => Route::Answer(430, vec![]),
+                )
+            };
+            return match dest.token {
+                RrToken::Flow(flow) => match self.flows.get(&flow) {
+                    Some(&(transport, _, _)) => candidate(Target::Flow(flow), transport),
+                    None => Route::Answer(430, vec![]),
+                },
+                RrToken::Udp(remote) => match self.listener(Transport::Udp, remote.is_ipv4()) {
+                    Some(local) => candidate(Target::Udp { local, remote }, Transport::Udp),
+                    None => Route::Answer(500, vec![]),
+                },
+                RrToken::Connect(transport, remote) => {
+                    match self.listener(transport, remote.is_ipv4()) {
+                        Some(_) => candidate(Target::Connect { transport, remote }, transport),
+                        None => Route::Answer(500, vec![]),
+                    }
+                }
             };
         }
-        // A UDP peer's address in the entry facing where the request goes.
-        if let Some((at, remote)) = last_udp
-            && own_routes >= 2
-            && at == own_routes - 1
-            && !(source.transport == Transport::Udp && source.remote == remote)
-        {
-            return match self.listener(Transport::Udp, remote.is_ipv4()) {
-                Some(local) => Route::Forward(
-                    vec![vec![Candidate {
-                        uri: req.uri.clone(),
-                        target: Target::Udp { local, remote },
-                        transport: Transport::Udp,
-                        path: vec![],
-                    }]],
-                    hash,
-                ),
-                None => Route::Answer(500, vec![]),
-            };
-        }
-        // A remaining Route is the next hop (loose routing): only within a dialog we
-        // record-routed, or when relaying is allowed.
+        // Out of any dialog of ours, only the operator's trusted peers (or a server set
+        // to relay) steer requests elsewhere: an untrusted client's Route and
+        // Request-URI are claims, never destinations (the egress rule).
+        let may_steer = self.cfg.relay || self.is_trusted(source);
+        // A remaining Route is the next hop (loose routing).
         let next = req
             .headers
             .values(&HeaderName::Route)
             .next()
             .map(str::to_string);
         if let Some(next) = next {
-            if !(self.cfg.relay || proof) {
-                return Route::Answer(403, vec![]);
+            if !may_steer {
+                self.refused.relay += 1;
+                return Route::Answer(403, vec![warning("Not Relaying For You")]);
             }
             let Ok(na) = NameAddr::parse(&next) else {
                 return Route::Answer(400, vec![]);
@@ -304,14 +405,13 @@ impl Core {
         if to_us {
             return self.local_request(now, source, req, hash);
         }
-        let in_dialog = req.tag_of_to().is_some();
         if let Some(c) = self.flow_of_contact(&req.uri) {
             return Route::Forward(vec![vec![c]], hash);
         }
-        // Other domains: only in a dialog we record-routed (proven, not just a To tag),
-        // or when relaying is allowed.
-        if !(self.cfg.relay || proof && in_dialog) {
-            return Route::Answer(403, vec![]);
+        // Other domains: only for those who may steer.
+        if !may_steer {
+            self.refused.relay += 1;
+            return Route::Answer(403, vec![warning("Not Relaying For You")]);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
             Ok(c) => Route::Forward(vec![vec![c]], hash),
@@ -494,6 +594,13 @@ impl Core {
         // The parser checked To; an address-of-record in no domain of ours is not
         // found here (RFC 3261 10.3 step 5: 404, which phones do not take for a wrong
         // password as they may a 403).
+        // Its connection closed while the routing plugin decided (the flow's bindings
+        // were removed then): a binding made now would outlive its flow for good.
+        if let Some(flow) = source.flow
+            && !self.flows.contains_key(&flow)
+        {
+            return Route::Answer(430, vec![]);
+        }
         let Some(to) = req.get_to().ok().filter(|t| {
             t.uri
                 .as_sip()
@@ -503,6 +610,13 @@ impl Core {
         };
         if let Some(refusal) = bad_extension(req, &HeaderName::Require) {
             return refusal;
+        }
+        // A Path names where requests for these bindings go (RFC 3327): only a trusted
+        // peer may say so. From anyone else it would make the server send to an
+        // address the client chose (the egress rule of the README's security model).
+        if req.headers.get(&HeaderName::Path).is_some() && !self.is_trusted(source) {
+            self.refused.untrusted_path += 1;
+            return Route::Answer(403, vec![warning("Path Accepted Only From Trusted Peers")]);
         }
         let mut changes = Vec::with_capacity(2);
         let outcome = registrar::register(
@@ -535,6 +649,12 @@ impl Core {
             headers.push((HeaderName::Date, self.date.clone()));
         }
         Route::Answer(outcome.status, headers)
+    }
+
+    /// Whether `source` is one of the operator's trusted peers (`sip.trusted-peers`),
+    /// whose Path and Route headers may steer requests.
+    pub(super) fn is_trusted(&self, source: &Source) -> bool {
+        self.cfg.trusted.contains(source.remote.ip())
     }
 
     /// Whether a URI names this server (host and, if given, port).
@@ -652,45 +772,49 @@ impl Core {
         hex(&m.finalize().into_bytes()[..4])
     }
 
-    /// A MAC of a Call-ID carried in our Record-Route entries (`sw=`): a Route entry
-    /// with it proves the request belongs to a dialog we record-routed.
-    /// Whether our Record-Route entry `uri` carries the MAC of `req`'s Call-ID: the
-    /// dialog is one we record-routed.
-    fn signs_dialog_of(&self, uri: &SipUri, req: &Request) -> bool {
-        uri.param("sw")
-            .flatten()
-            .is_some_and(|mac| mac == self.rr_mac(req.call_id().unwrap_or("")))
-    }
-
-    fn rr_mac(&self, call_id: &str) -> String {
+    /// The MAC of a Record-Route entry of ours (`sw=` after the side's letter): the
+    /// dialog's Call-ID and caller tag (the From tag of the request that created it),
+    /// the side the entry faces and its user part (the token naming where requests
+    /// toward that side go). Each field is length-prefixed, so no two differ only in
+    /// where one ends.
+    fn rr_mac(&self, call_id: &str, caller_tag: &str, side: Side, user: &str) -> String {
         let mut m = self.hmac();
-        m.update(b"record-route");
-        m.update(call_id.as_bytes());
-        hex(&m.finalize().into_bytes()[..6])
+        m.update(b"record-route/2");
+        for field in [call_id.as_bytes(), caller_tag.as_bytes(), user.as_bytes()] {
+            m.update(&(field.len() as u64).to_be_bytes());
+            m.update(field);
+        }
+        m.update(&[side.letter() as u8]);
+        hex(&m.finalize().into_bytes()[..8])
     }
 
     /// A Record-Route URI naming us on one side of a dialog.
-    fn rr_uri(
+    pub(super) fn rr_uri(
         &self,
         transport: Transport,
         local: SocketAddr,
-        token: Option<RrToken>,
-        call_id: &str,
+        token: RrToken,
+        (call_id, caller_tag): (&str, &str),
+        side: Side,
     ) -> String {
         let host = Host::from(local.ip());
         let user = match token {
-            Some(RrToken::Flow(f)) => format!("{}@", self.tokens.encode(f)),
-            Some(RrToken::Udp(a)) => format!("{}@", self.tokens.encode_udp(a)),
-            None => String::new(),
+            RrToken::Flow(f) => self.tokens.encode(f),
+            RrToken::Udp(a) => self.tokens.encode_udp(a),
+            RrToken::Connect(t, a) => self
+                .tokens
+                .encode_connect(t, a)
+                .expect("connect tokens are made for TCP and TLS targets"),
         };
         let tp = transport
             .uri_param()
             .map(|p| format!(";transport={p}"))
             .unwrap_or_default();
+        let mac = self.rr_mac(call_id, caller_tag, side, &user);
         format!(
-            "<sip:{user}{host}:{}{tp};lr;sw={}>",
+            "<sip:{user}@{host}:{}{tp};lr;sw={}{mac}>",
             local.port(),
-            self.rr_mac(call_id)
+            side.letter()
         )
     }
 
@@ -765,49 +889,34 @@ impl Core {
             return;
         };
         if record_route {
-            // Two entries when the sides differ (16.6 step 4, RFC 5658): the top one
-            // faces the callee, the other the caller; connection-oriented sides carry
-            // a flow token.
-            // A UDP side whose Contact is not the address it is reached at (a phone
-            // behind NAT) gets that address as a token, so the dialog's requests go
-            // there rather than to a private Contact (RFC 5626 5.2, as `nathelper` does).
-            // Only for a UA we talk to directly: a binding with a Path, or a request that
-            // already has another proxy's Via, is reached through that proxy, and the
-            // Contact is its business.
+            // Two entries, one per side (16.6 step 4, RFC 5658): the top one faces the
+            // callee, the other the caller. Each names where requests toward its side
+            // go, as a token: the connection, or the UDP address the caller sends from
+            // (a phone behind NAT is reached there, not at a private Contact, RFC 5626
+            // 5.2, as `nathelper` does) or the callee was reached at. And each is
+            // signed for this dialog's Call-ID and caller tag and for its side, so
+            // that a captured entry routes nothing else (see `decide`).
             let out_token = match c.target {
-                Target::Flow(f) => Some(RrToken::Flow(f)),
-                Target::Udp { remote, .. }
-                    if c.path.is_empty() && udp_addr_of(&c.uri) != Some(remote) =>
-                {
-                    Some(RrToken::Udp(remote))
-                }
-                _ => None,
+                Target::Flow(f) => RrToken::Flow(f),
+                Target::Udp { remote, .. } => RrToken::Udp(remote),
+                Target::Connect { transport, remote } => RrToken::Connect(transport, remote),
             };
-            let from_ua = req.headers.values(&HeaderName::Via).nth(1).is_none();
             let in_token = match source.flow {
-                Some(f) => Some(RrToken::Flow(f)),
-                None if source.transport == Transport::Udp && from_ua => {
-                    let contact = req
-                        .headers
-                        .get(&HeaderName::Contact)
-                        .and_then(|c| NameAddr::parse(c).ok());
-                    // A GRUU of ours as Contact (Linphone sends its pub-gruu) is
-                    // routed by the registrar like any other request for it.
-                    let ours = contact.as_ref().is_some_and(|c| {
-                        self.is_local_uri(&c.uri)
-                            && c.uri.as_sip().is_some_and(|u| u.param("gr").is_some())
-                    });
-                    (!ours && contact.and_then(|c| udp_addr_of(&c.uri)) != Some(source.remote))
-                        .then_some(RrToken::Udp(source.remote))
-                }
-                None => None,
+                Some(f) => RrToken::Flow(f),
+                None => RrToken::Udp(source.remote),
             };
             let call_id = req.call_id().unwrap_or("").to_string();
-            let out_rr = self.rr_uri(c.transport, local, out_token, &call_id);
-            let in_rr = self.rr_uri(source.transport, source.local, in_token, &call_id);
-            if out_rr != in_rr {
-                req.headers.push_front(HeaderName::RecordRoute, in_rr);
-            }
+            let caller_tag = req.tag_of_from().unwrap_or("").to_string();
+            let dialog = (call_id.as_str(), caller_tag.as_str());
+            let out_rr = self.rr_uri(c.transport, local, out_token, dialog, Side::Callee);
+            let in_rr = self.rr_uri(
+                source.transport,
+                source.local,
+                in_token,
+                dialog,
+                Side::Caller,
+            );
+            req.headers.push_front(HeaderName::RecordRoute, in_rr);
             req.headers.push_front(HeaderName::RecordRoute, out_rr);
         }
         for p in c.path.iter().rev() {

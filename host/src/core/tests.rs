@@ -45,6 +45,16 @@ fn udp_phone_target() -> Target {
     }
 }
 
+/// A trusted edge proxy over UDP (`sip.trusted-peers`).
+fn edge() -> Source {
+    Source {
+        transport: Transport::Udp,
+        local: UDP,
+        remote: "127.0.0.2:5070".parse().unwrap(),
+        flow: None,
+    }
+}
+
 fn udp_phone() -> Source {
     Source {
         transport: Transport::Udp,
@@ -115,6 +125,8 @@ impl Sim {
                 timers: TimerConfig::default(),
                 registrar: RegistrarConfig::default(),
                 relay: false,
+                // The edge proxy of `edge()`.
+                trusted: peers::TrustedPeers::new(vec!["127.0.0.2".parse().unwrap()]),
             }),
             now: Instant::now(),
             asked: Default::default(),
@@ -414,7 +426,10 @@ fn invite_udp_to_ws_with_double_record_route_ack_and_bye_both_ways() {
         rr[0].contains("@127.0.0.1:8080;transport=ws;lr"),
         "WS side carries a flow token: {rr:?}"
     );
-    assert!(rr[1].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
+    assert!(
+        rr[1].starts_with("<sip:fu") && rr[1].contains("@127.0.0.1:5060;lr;sw=c"),
+        "the UDP side names the phone's address, signed for the caller's side: {rr:?}"
+    );
 
     // Ringing and answer pass back to the phone.
     let out = sim.feed(browser(3), &answer(&inv, 180, ""));
@@ -533,11 +548,12 @@ fn a_udp_phone_behind_nat_gets_its_dialog_requests_at_its_real_address() {
 }
 
 #[test]
-fn no_nat_token_for_a_ua_behind_another_proxy() {
+fn every_record_route_entry_names_where_its_side_is_reached() {
     let mut sim = Sim::new();
     sim.register_ws("web", 4);
     // An upstream proxy (which does not record-route) sends us its UA's INVITE: the
-    // Contact is not the packet's source, but that is no NAT of ours to mend.
+    // caller's side is reached where the request came from (the proxy), not at the
+    // UA's Contact, which only the proxy can reach.
     let via_proxy = invite_from_udp("web", "up1").replace(
         "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKup1;rport\r\n",
         "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKup1;rport\r\n\
@@ -549,36 +565,52 @@ fn no_nat_token_for_a_ua_behind_another_proxy() {
     );
     let out = sim.feed(udp_phone(), &via_proxy);
     assert_eq!(out[1].0, Target::Flow(4));
-    let rr = record_route(request(&out[1].1));
+    let inv = request(&out[1].1).clone();
+    let rr = record_route(&inv);
     assert_eq!(rr.len(), 2, "{rr:?}");
-    assert!(rr[1].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
-
-    // A phone whose Contact is its GRUU (Linphone does this) is found through the
-    // registrar: no address token either.
-    let gruu = invite_from_udp("web", "gr1").replace(
-        "Contact: <sip:phone@127.0.0.1:5070>",
-        "Contact: <sip:phone@localhost;gr=urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>",
+    assert!(rr[1].starts_with("<sip:fu"), "{rr:?}");
+    // The browser's BYE goes back to the proxy, whatever the Request-URI says.
+    let bye = format!(
+        "BYE sip:phone@10.0.0.7:5060 SIP/2.0\r\nVia: SIP/2.0/WS b4.invalid;branch=z9hG4bKupb\r\nMax-Forwards: 70\r\n\
+         Route: {}, {}\r\nFrom: <sip:web@localhost>;tag=callee\r\nTo: <sip:phone@localhost>;tag=p1\r\n\
+         Call-ID: call-up1\r\nCSeq: 2 BYE\r\n\r\n",
+        rr[0], rr[1]
     );
-    let out = sim.feed(udp_phone(), &gruu);
-    assert_eq!(out[1].0, Target::Flow(4));
-    let rr = record_route(request(&out[1].1));
-    assert!(rr[1].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
+    let out = sim.feed(browser(4), &bye);
+    assert_eq!(out[0].0, udp_phone_target(), "{out:?}");
+    assert_eq!(
+        request(&out[0].1).uri.to_string(),
+        "sip:phone@10.0.0.7:5060"
+    );
 
-    // A binding registered through an edge proxy (with Path) is reached through it.
-    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKpreg;rport\r\n\
+    // A binding registered through a trusted edge proxy (with Path) is reached through
+    // it; the callee's entry names the edge.
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bKpreg;rport\r\n\
                Via: SIP/2.0/UDP 10.0.0.8:5060;branch=z9hG4bKua2\r\n\
                Max-Forwards: 69\r\nFrom: <sip:far@localhost>;tag=pr\r\nTo: <sip:far@localhost>\r\n\
-               Call-ID: path-reg\r\nCSeq: 1 REGISTER\r\nPath: <sip:127.0.0.1:5070;lr>\r\n\
+               Call-ID: path-reg\r\nCSeq: 1 REGISTER\r\nPath: <sip:127.0.0.2:5070;lr>\r\n\
                Supported: path\r\nContact: <sip:far@10.0.0.8:5060>\r\n\r\n";
-    assert_eq!(status(&sim.feed(udp_phone(), reg)[0].1), 200);
+    // From anyone else, a Path is refused (it names where the server is to send).
+    let out = sim.feed(udp_phone(), reg);
+    assert_eq!(status(&out[0].1), 403);
+    assert_eq!(sim.core.stats().refused.untrusted_path, 1);
+    assert!(sim.core.bindings("sip:far@localhost").is_empty());
+    assert_eq!(status(&sim.feed(edge(), reg)[0].1), 200);
     let invite = "INVITE sip:far@localhost SIP/2.0\r\nVia: SIP/2.0/WS w4.invalid;branch=z9hG4bKpinv\r\n\
                   Max-Forwards: 70\r\nFrom: <sip:web@localhost>;tag=w\r\nTo: <sip:far@localhost>\r\n\
                   Call-ID: call-p2\r\nCSeq: 1 INVITE\r\nContact: <sip:web@w4.invalid;transport=ws>\r\n\r\n";
     let out = sim.feed(browser(4), invite);
     let (target, fwd) = forwarded(&out);
-    assert_eq!(target, udp_phone_target());
+    let edge_target = Target::Udp {
+        local: UDP,
+        remote: "127.0.0.2:5070".parse().unwrap(),
+    };
+    assert_eq!(target, edge_target);
     let rr = record_route(fwd);
-    assert!(rr[0].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
+    assert!(
+        rr[0].starts_with("<sip:fu") && rr[0].contains(";sw=e"),
+        "{rr:?}"
+    );
 
     // An edge that registers from one address but names another in its Path (a
     // multi-homed edge, or one behind a balancer) is reached where its Path says, over
@@ -601,16 +633,16 @@ fn no_nat_token_for_a_ua_behind_another_proxy() {
                 remote: "127.0.0.3:5091".parse().unwrap(),
             },
         ),
-        (3, "<sip:edge.example.org;lr>", udp_phone_target()),
+        (3, "<sip:edge.example.org;lr>", edge_target),
         // One naming us (a misconfigured edge) would loop.
-        (4, "<sip:127.0.0.1:5060;lr>", udp_phone_target()),
+        (4, "<sip:127.0.0.1:5060;lr>", edge_target),
     ] {
         let reg = reg
             .replace("far@", &format!("far{n}@"))
             .replace("Call-ID: path-reg", &format!("Call-ID: path-reg{n}"))
             .replace("z9hG4bKpreg", &format!("z9hG4bKpreg{n}"))
-            .replace("<sip:127.0.0.1:5070;lr>", path);
-        assert_eq!(status(&sim.feed(udp_phone(), &reg)[0].1), 200, "{path}");
+            .replace("<sip:127.0.0.2:5070;lr>", path);
+        assert_eq!(status(&sim.feed(edge(), &reg)[0].1), 200, "{path}");
         let invite = invite
             .replace("far@", &format!("far{n}@"))
             .replace("call-p2", &format!("call-p2-{n}"))
@@ -658,8 +690,11 @@ fn ws_to_udp_invite_and_bye_from_the_phone() {
     let fwd = request(&out[1].1).clone();
     assert_eq!(fwd.uri.to_string(), "sip:carol@127.0.0.1:5070");
     let rr = record_route(&fwd);
-    assert!(rr[0].starts_with("<sip:127.0.0.1:5060;lr;sw="), "{rr:?}");
-    assert!(rr[1].contains("transport=ws"));
+    assert!(
+        rr[0].starts_with("<sip:fu") && rr[0].contains(";sw=e"),
+        "{rr:?}"
+    );
+    assert!(rr[1].contains("transport=ws") && rr[1].contains(";sw=c"));
     sim.feed(
         udp_phone(),
         &answer(&fwd, 200, "Contact: <sip:carol@127.0.0.1:5070>\r\n"),
@@ -697,13 +732,9 @@ fn a_strict_router_after_us_gets_its_uri_as_the_request_uri() {
     );
     let out = sim.feed(browser(9), &bye);
     assert_eq!(out.len(), 1, "{out:?}");
-    assert_eq!(
-        out[0].0,
-        Target::Udp {
-            local: UDP,
-            remote: "127.0.0.1:5090".parse().unwrap()
-        }
-    );
+    // Sent where our callee-side entry says the dialog's callee side is reached (the
+    // INVITE went there), never to an address the route set merely names.
+    assert_eq!(out[0].0, udp_phone_target());
     // RFC 3261 16.6 step 6: the strict router's URI is the Request-URI, the target the
     // last Route value.
     let fwd = request(&out[0].1);
@@ -1093,11 +1124,20 @@ fn best_response_prefers_lower_class_and_turns_503_into_500() {
 #[test]
 fn forged_or_stale_flow_tokens() {
     let mut sim = Sim::new();
-    let tokens = FlowTokens::new([5; 32]);
-    let stale = tokens.encode(999);
+    // Our own entry for this dialog (Call-ID st, caller tag 2: the To tag of requests
+    // toward the caller), naming flow 999, which is gone.
+    let entry = sim.core.rr_uri(
+        Transport::Ws,
+        WS,
+        proxy::RrToken::Flow(999),
+        ("st", "2"),
+        proxy::Side::Caller,
+    );
+    let stale = FlowTokens::new([5; 32]).encode(999);
+    assert!(entry.contains(&stale));
     let bye = format!(
         "BYE sip:x@y.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKst;rport\r\n\
-         Max-Forwards: 70\r\nRoute: <sip:{stale}@127.0.0.1:8080;transport=ws;lr>\r\n\
+         Max-Forwards: 70\r\nRoute: {entry}\r\n\
          From: <sip:a@localhost>;tag=1\r\nTo: <sip:b@localhost>;tag=2\r\nCall-ID: st\r\nCSeq: 1 BYE\r\n\r\n"
     );
     let out = sim.feed(udp_phone(), &bye);
@@ -1105,6 +1145,26 @@ fn forged_or_stale_flow_tokens() {
     let forged = bye.replace(&stale, "ftAAAAAAAAAAAAAAAAAAAAAAAAAA");
     let out = sim.feed(udp_phone(), &forged.replace("z9hG4bKst", "z9hG4bKst2"));
     assert_eq!(status(&out[0].1), 403);
+    // The right entry on another dialog (Call-ID), or with another tag: 403.
+    for (n, (from, to)) in [("st", "st-other"), ("tag=2", "tag=3")].iter().enumerate() {
+        let other = bye
+            .replace(&format!("Call-ID: {from}"), &format!("Call-ID: {to}"))
+            .replace(
+                &format!("To: <sip:b@localhost>;{from}"),
+                &format!("To: <sip:b@localhost>;{to}"),
+            )
+            .replace("z9hG4bKst", &format!("z9hG4bKso{n}"));
+        let out = sim.feed(udp_phone(), &other);
+        assert_eq!(status(&out[0].1), 403, "{other}");
+    }
+    // An unsigned token of ours (the old form) proves nothing.
+    let unsigned = bye.replace(
+        &entry,
+        &format!("<sip:{stale}@127.0.0.1:8080;transport=ws;lr>"),
+    );
+    let out = sim.feed(udp_phone(), &unsigned.replace("z9hG4bKst", "z9hG4bKst3"));
+    assert_eq!(status(&out[0].1), 403);
+    assert_eq!(sim.core.stats().refused.forged_route, 4);
 }
 
 #[test]
@@ -1628,4 +1688,25 @@ fn an_escaped_user_is_the_same_address_of_record() {
     let (target, fwd) = forwarded(&out);
     assert_eq!(target, udp_phone_target());
     assert_eq!(fwd.uri.to_string(), "sip:p@127.0.0.1:5070");
+}
+
+#[test]
+fn a_register_decided_after_its_flow_closed_binds_nothing() {
+    let mut sim = Sim::with_router();
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/WS b9.invalid;branch=z9hG4bKlate\r\n\
+               Max-Forwards: 70\r\nFrom: <sip:late@localhost>;tag=l9\r\nTo: <sip:late@localhost>\r\n\
+               Call-ID: late-9\r\nCSeq: 1 REGISTER\r\n\
+               Contact: <sip:late@b9.invalid;transport=ws>;expires=600\r\n\r\n";
+    assert!(sim.feed(browser(9), reg).is_empty());
+    let q = sim.route_queries();
+    assert_eq!(q.len(), 1);
+    // The WebSocket closes while the routing plugin decides.
+    sim.core.handle(sim.now, Input::FlowClosed(9));
+    sim.drain();
+    sim.routed(q[0].id, RouteDecision::Continue);
+    assert!(sim.core.bindings("sip:late@localhost").is_empty());
+    assert_eq!(sim.core.stats().bindings, 0);
+    while let Some(e) = sim.core.poll_event() {
+        assert!(!matches!(e, Event::BindingSaved(_)), "{e:?}");
+    }
 }

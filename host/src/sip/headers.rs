@@ -82,6 +82,7 @@ header_names! {
     Unsupported => "Unsupported";
     UserAgent => "User-Agent";
     Via => "Via", "v";
+    Warning => "Warning";
     WwwAuthenticate => "WWW-Authenticate";
 }
 

@@ -514,26 +514,83 @@ pub fn same_sip_uri(a: &SipUri, b: &SipUri) -> bool {
         (Host::Name(x), Host::Name(y)) => x.eq_ignore_ascii_case(y),
         (x, y) => x == y,
     };
+    // The cheap fields first; the parameters last (they may be many).
+    a.secure == b.secure
+        && host_eq
+        && a.port == b.port
+        && a.headers == b.headers
+        && canonical(&a.user) == canonical(&b.user)
+        && canonical(&a.password) == canonical(&b.password)
+        && same_params(&a.params, &b.params)
+}
+
+/// The parameter half of [`same_sip_uri`]: a parameter both have must have equal values
+/// (case-insensitive); one only one has must not be in [`MUST_MATCH`]. The first of
+/// duplicate names counts. Quadratic for the few parameters URIs have, sorted (n log n)
+/// past that, so a URI with thousands of parameters costs no more than reading it.
+fn same_params(a: &[(String, Option<String>)], b: &[(String, Option<String>)]) -> bool {
+    type Param = (String, Option<String>);
     let value_eq = |x: Option<&str>, y: Option<&str>| match (x, y) {
         (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
         (x, y) => x == y,
     };
-    let params_eq = a.params.iter().all(|(name, av)| {
-        match b.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            Some((_, bv)) => value_eq(av.as_deref(), bv.as_deref()),
-            None => !MUST_MATCH.iter().any(|m| name.eq_ignore_ascii_case(m)),
+    let must_match = |name: &str| MUST_MATCH.iter().any(|m| name.eq_ignore_ascii_case(m));
+    if a.len() <= 8 && b.len() <= 8 {
+        return a.iter().all(|(name, av)| {
+            match b.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                Some((_, bv)) => value_eq(av.as_deref(), bv.as_deref()),
+                None => !must_match(name),
+            }
+        }) && b.iter().all(|(name, _)| {
+            a.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) || !must_match(name)
+        });
+    }
+    // Lower-cased names, sorted, the first of each name kept (a stable sort keeps
+    // duplicates in their order).
+    fn sorted(ps: &[Param]) -> Vec<(String, Option<&str>)> {
+        let mut v: Vec<(String, Option<&str>)> = ps
+            .iter()
+            .map(|(n, val)| (n.to_ascii_lowercase(), val.as_deref()))
+            .collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v.dedup_by(|later, first| later.0 == first.0);
+        v
+    }
+    let (a, b) = (sorted(a), sorted(b));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        // The side whose next name sorts first is the one with a name the other lacks.
+        let (x, y) = (a.get(i), b.get(j));
+        match (x, y) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                if !value_eq(x.1, y.1) {
+                    return false;
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x.0 > y.0 => {
+                if must_match(&y.0) {
+                    return false;
+                }
+                j += 1;
+            }
+            (Some(x), _) => {
+                if must_match(&x.0) {
+                    return false;
+                }
+                i += 1;
+            }
+            (None, Some(y)) => {
+                if must_match(&y.0) {
+                    return false;
+                }
+                j += 1;
+            }
+            (None, None) => break,
         }
-    }) && b.params.iter().all(|(name, _)| {
-        a.params.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
-            || !MUST_MATCH.iter().any(|m| name.eq_ignore_ascii_case(m))
-    });
-    a.secure == b.secure
-        && host_eq
-        && a.port == b.port
-        && canonical(&a.user) == canonical(&b.user)
-        && canonical(&a.password) == canonical(&b.password)
-        && params_eq
-        && a.headers == b.headers
+    }
+    true
 }
 
 /// URI parameters that make two URIs differ when only one has them (RFC 3261 19.1.4).
@@ -542,6 +599,39 @@ const MUST_MATCH: [&str; 5] = ["user", "ttl", "method", "maddr", "transport"];
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_parameters_compare_as_few_do() {
+        let sip = |s: &str| match Uri::parse(s).unwrap() {
+            Uri::Sip(u) => u,
+            other => panic!("{other:?}"),
+        };
+        let long = |extra: &str| {
+            let p: String = (0..20).map(|i| format!(";p{i}=v{i}")).collect();
+            sip(&format!("sip:a@h{p}{extra}"))
+        };
+        assert!(
+            same_sip_uri(&long(""), &long(";other=1")),
+            "one side only: ignored"
+        );
+        assert!(
+            same_sip_uri(&long(";P19=V19"), &long("")),
+            "case-insensitive"
+        );
+        assert!(
+            !same_sip_uri(&long(";transport=tcp"), &long("")),
+            "must match"
+        );
+        assert!(
+            !same_sip_uri(&long(""), &long(";maddr=1.2.3.4")),
+            "must match"
+        );
+        assert!(same_sip_uri(
+            &long(";transport=TCP"),
+            &long(";transport=tcp")
+        ));
+        assert!(!same_sip_uri(&long(";x=1"), &long(";x=2")));
+    }
 
     #[test]
     fn uris_compare_as_rfc_3261_says() {
