@@ -361,6 +361,24 @@ impl Server {
         String::from_utf8(r.body).unwrap()
     }
 
+    /// The admin API's bearer token (generated in the data directory on first run).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("admin-token"))
+            .expect("the server made an admin token")
+            .trim()
+            .to_string()
+    }
+
+    /// `method path` on the admin API with its bearer token and an empty body.
+    pub async fn admin_request(&self, method: &str, path: &str) -> HttpReply {
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+             Content-Length: 0\r\n\r\n",
+            self.admin_token()
+        );
+        http_once(self.admin, raw.as_bytes()).await
+    }
+
     /// The value of a metric line (`name{labels}` exactly as rendered), 0 when absent.
     pub async fn metric(&self, series: &str) -> u64 {
         metric_in(&self.metrics().await, series).unwrap_or(0)

@@ -96,6 +96,14 @@ impl Ua {
         Self::new(Conn::Udp(socket, server.sip), user, "UDP", host)
     }
 
+    /// A phone-like UA over UDP from another loopback address (`127.0.0.2`...), which a
+    /// test can name as a trusted peer or tell apart from other clients.
+    pub async fn udp_from(server: &Server, user: &str, ip: &str) -> Self {
+        let socket = UdpSocket::bind((ip, 0)).await.unwrap();
+        let host = socket.local_addr().unwrap().to_string();
+        Self::new(Conn::Udp(socket, server.sip), user, "UDP", host)
+    }
+
     /// A phone-like UA over TCP.
     pub async fn tcp(server: &Server, user: &str) -> Self {
         let stream = within("connect", TcpStream::connect(server.sip))
@@ -141,7 +149,8 @@ impl Ua {
         self.counter
     }
 
-    fn via(&mut self) -> String {
+    /// A new top Via for a request of ours.
+    pub fn via(&mut self) -> String {
         let n = self.next();
         format!(
             "SIP/2.0/{} {};branch=z9hG4bK{}{}x{n};rport",

@@ -219,7 +219,7 @@ async fn upgrade_headers_and_identity_reach_the_flow() {
     // can be just after the 101 reached us: ask again for up to 2 s.
     let mut listed = Vec::new();
     for _ in 0..100 {
-        let flows = http_once(s.admin, b"GET /flows HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        let flows = s.admin_request("GET", "/flows").await;
         let json: serde_json::Value = serde_json::from_slice(&flows.body).unwrap();
         listed = json.as_array().unwrap().clone();
         if !listed.is_empty() {

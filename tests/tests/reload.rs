@@ -82,11 +82,7 @@ async fn replaced_files_sighup_and_the_admin_call_reload_and_broken_ones_are_ref
     assert_eq!(get(s.ws, "/").await.body, b"ok");
 
     // The admin call reloads and says what happened.
-    let r = http_once(
-        s.admin,
-        b"POST /plugins/reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
-    )
-    .await;
+    let r = s.admin_request("POST", "/plugins/reload").await;
     assert_eq!(r.status, 200, "{r:?}");
     let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(json["live"]["reloaded"], true);

@@ -126,13 +126,15 @@ async fn outbound_registration_gets_require_flow_timer_and_gruus() {
 
 #[tokio::test]
 async fn a_registration_through_an_edge_proxy_keeps_its_path() {
-    let s = Server::standard("");
+    // Only a trusted peer may register with a Path (the egress rule): the edge is on
+    // 127.0.0.2, which the operator names.
+    let s = Server::standard("[sip]\ntrusted-peers = [\"127.0.0.2\"]\n");
     // A UDP socket playing an edge proxy that registers a phone behind it and puts
     // itself in Path (RFC 3327); the phone's Contact is the edge's own address.
-    let mut edge = Ua::udp(&s, "behind").await;
+    let mut edge = Ua::udp_from(&s, "behind", "127.0.0.2").await;
     // The edge receives on another socket than it sends from (a multi-homed edge):
     // its Path names that one.
-    let mut edge_in = Ua::udp(&s, "edge-in").await;
+    let mut edge_in = Ua::udp_from(&s, "edge-in", "127.0.0.2").await;
     let path = format!("<sip:{};lr>", edge_in.host);
     let with_path = |text: String, supported: &str| {
         text.replace(

@@ -20,7 +20,7 @@ async fn options_over_wss() {
     let mut ws = wss_connect(s.wss, &s.certificate()).await;
     options_round_trip(&mut ws, "tls1", "WSS", false).await;
     options_round_trip(&mut ws, "tls2", "WSS", true).await;
-    let flows = http_once(s.admin, b"GET /flows HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let flows = s.admin_request("GET", "/flows").await;
     let json: serde_json::Value = serde_json::from_slice(&flows.body).unwrap();
     assert_eq!(json[0]["transport"], "WSS");
 }
