@@ -88,41 +88,31 @@ pub fn aor_of(uri: &Uri) -> Option<String> {
     Some(aor)
 }
 
-/// Whether two Contact URIs name the same binding (RFC 3261 10.3 step 7 compares them
-/// as 19.1.4 says; the text is the usual case).
-fn same_contact(a: &str, b: &str) -> bool {
-    a == b || matches!((Uri::parse(a), Uri::parse(b)), (Ok(x), Ok(y)) if same_uri(&x, &y))
-}
-
-/// [`same_contact`] of parsed URIs whose texts differ: SIP URIs as 19.1.4 compares them;
-/// other schemes are the same only as the same text.
+/// Whether two Contact URIs whose texts differ name the same binding (RFC 3261 10.3
+/// step 7 compares them as 19.1.4 says): SIP URIs compared so; other schemes are the
+/// same only as the same text.
 fn same_uri(a: &Uri, b: &Uri) -> bool {
     matches!((a, b), (Uri::Sip(x), Uri::Sip(y)) if crate::sip::uri::same_sip_uri(x, y))
 }
 
-/// The Contact URIs of an AoR's bindings, parsed once per REGISTER (each is compared
-/// with every Contact of the request, several times).
-struct Bound(foldhash::HashMap<u64, Option<Uri>>);
+/// The Contact URIs of an AoR's bindings, each parsed at most once per REGISTER (each
+/// is compared with every Contact of the request, several times), and only when its
+/// text differs from a Contact's (a refresh repeats it and parses nothing).
+#[derive(Default)]
+struct Bound(std::cell::RefCell<foldhash::HashMap<u64, Option<Uri>>>);
 
 impl Bound {
-    fn of(loc: &Location, aor: &str) -> Self {
-        use foldhash::HashMapExt as _;
-        let bindings = loc.lookup(aor);
-        let mut m = foldhash::HashMap::with_capacity(bindings.len());
-        for b in bindings {
-            m.insert(b.id, Uri::parse(&b.contact).ok());
-        }
-        Self(m)
-    }
-
     /// Whether binding `b` is Contact `s`.
     fn same(&self, b: &Binding, s: &ContactSpec) -> bool {
-        b.contact == s.uri
-            || match self.0.get(&b.id) {
-                Some(parsed) => parsed.as_ref().is_some_and(|p| same_uri(p, &s.parsed)),
-                // Made by this REGISTER (from an earlier Contact): not parsed above.
-                None => same_contact(&b.contact, &s.uri),
-            }
+        if b.contact == s.uri {
+            return true;
+        }
+        let mut parsed = self.0.borrow_mut();
+        parsed
+            .entry(b.id)
+            .or_insert_with(|| Uri::parse(&b.contact).ok())
+            .as_ref()
+            .is_some_and(|p| same_uri(p, &s.parsed))
     }
 }
 
@@ -402,7 +392,7 @@ pub fn register(
     let mut used_outbound = false;
 
     // Bound what one AoR can hold: bindings kept plus bindings added.
-    let bound = Bound::of(loc, &aor);
+    let bound = Bound::default();
     let is_outbound = |s: &ContactSpec| outbound_ok && wants_outbound(s);
     let replaced = |b: &Binding| {
         specs.iter().any(|s| {
