@@ -13,7 +13,7 @@
 //   web-ports = [8080, 8443]                      # default: [80, 443]
 //   allowed-origins = ["https://app.example.org"] # default: any Origin
 
-import { log, isMyself, pluginConfig } from 'sipwasm:plugin/host@0.1.0';
+import { log, isMyself, pluginConfig } from 'sipwasm:plugin/host@0.2.0';
 
 const KNOWN_KEYS = ['web-ports', 'allowed-origins'];
 

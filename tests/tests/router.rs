@@ -483,6 +483,51 @@ async fn the_router_authenticates_with_digest() {
     assert_eq!(alice.recv_final().await.status, 407);
 }
 
+/// Issue 18, item 4: mallory, authenticated with his own password, names alice's AoR in
+/// To behind a display name that looks like his own URI. The plugin checks the host's
+/// parse of To (alice), not the header text: 403, and alice has no binding.
+#[tokio::test]
+async fn a_display_name_does_not_hijack_a_registration() {
+    let s = auth_server("\"MD5\"");
+    let mut mallory = Ua::udp(&s, "carol").await;
+    let r = mallory.register(600).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenge = r.headers.get(&HeaderName::WwwAuthenticate).unwrap();
+    let auth = digest_answer(
+        challenge,
+        "carol",
+        "carol-secret",
+        "REGISTER",
+        "sip:localhost",
+    );
+    let text = mallory
+        .register_text(600)
+        .replace(
+            "To: <sip:carol@localhost>",
+            "To: \"sip:carol@localhost\" <sip:alice@localhost>",
+        )
+        .replace(
+            "Content-Length: 0\r\n",
+            &format!("Authorization: {auth}\r\nContent-Length: 0\r\n"),
+        );
+    assert!(text.contains("<sip:alice@localhost>"), "{text}");
+    mallory.send(&text).await;
+    let r = mallory.recv_final().await;
+    assert_eq!((r.status, r.reason.as_str()), (403, "Not Your Address"));
+    // Nothing was bound for alice (the plugin's registrar look-up says so).
+    let mut asker = Ua::udp(&s, "grace").await;
+    let (q, _) = asker.request(
+        "OPTIONS",
+        "whereis",
+        "X-Lookup: sip:alice@localhost\r\n",
+        "",
+    );
+    asker.send(&q).await;
+    let r = asker.recv_final().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers.values(&HeaderName::Contact).count(), 0, "{r:?}");
+}
+
 #[tokio::test]
 async fn browser_stacks_answer_the_routers_challenges() {
     use serde_json::json;

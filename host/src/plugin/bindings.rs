@@ -1,6 +1,11 @@
 //! The `bindgen!` of the host, over `wit/`: one per world, sharing the interfaces they
 //! have in common. Everything else imports the curated names re-exported here.
 
+/// Makes cargo rebuild the host when the contract changes: `bindgen!` reads `wit/`
+/// but an incremental build does not always notice (a WIT change once left a stale host
+/// that refused freshly built plugins).
+const _WIT: &str = include_str!("../../../wit/plugin.wit");
+
 mod generated {
     #![allow(missing_docs, reason = "bindgen-generated code")]
     #![allow(unsafe_code, reason = "bindgen-generated typed function handles")]
@@ -34,8 +39,8 @@ pub use generated::sip::sipwasm::plugin::digest::{
 };
 pub use generated::sip::sipwasm::plugin::registrar::Host as RegistrarImports;
 pub use generated::sip::sipwasm::plugin::sip_types::{
-    ClosedFlow, Contact, Flow, Host as SipTypesImports, SipDecision as GuestSipDecision,
-    SipReply as GuestSipReply, SipRequest, SipTransport,
+    ClosedFlow, Contact, Flow, Host as SipTypesImports, SipAddress,
+    SipDecision as GuestSipDecision, SipReply as GuestSipReply, SipRequest, SipTransport,
 };
 pub use generated::sip::{SipRouter, SipRouterPre};
 pub use generated::sipwasm::plugin::host::{Host as HostImports, Level};

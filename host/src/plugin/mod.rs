@@ -509,11 +509,11 @@ const GRANTED_WASI: &[&str] = &[
 
 /// Interfaces of this package a plugin may import.
 const SIPWASM_IMPORTS: &[&str] = &[
-    "sipwasm:plugin/host@0.1",
-    "sipwasm:plugin/types@0.1",
-    "sipwasm:plugin/sip-types@0.1",
-    "sipwasm:plugin/registrar@0.1",
-    "sipwasm:plugin/digest@0.1",
+    "sipwasm:plugin/host@0.2",
+    "sipwasm:plugin/types@0.2",
+    "sipwasm:plugin/sip-types@0.2",
+    "sipwasm:plugin/registrar@0.2",
+    "sipwasm:plugin/digest@0.2",
 ];
 
 /// A component ready to instantiate, and the `wasi:` interfaces it imports that this

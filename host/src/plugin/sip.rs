@@ -174,6 +174,9 @@ pub fn sip_request(
     bindings::SipRequest {
         method: req.method.as_str().to_string(),
         request_uri: req.uri.to_string(),
+        target: sip_address(&req.uri),
+        from: req.get_from().ok().and_then(|f| sip_address(&f.uri)),
+        to: req.get_to().ok().and_then(|t| sip_address(&t.uri)),
         headers: req
             .headers
             .iter()
@@ -188,6 +191,23 @@ pub fn sip_request(
             identity,
         ),
     }
+}
+
+/// A URI as plugins see it parsed (`sip-address`): `None` for schemes other than SIP.
+fn sip_address(uri: &crate::sip::uri::Uri) -> Option<bindings::SipAddress> {
+    let u = uri.as_sip()?;
+    let user = u.user.as_deref().map(|user| {
+        let mut out = String::with_capacity(user.len());
+        crate::sip::uri::push_canonical_user(&mut out, user);
+        out
+    });
+    Some(bindings::SipAddress {
+        user,
+        host: u.host.to_string().to_ascii_lowercase(),
+        port: u.port,
+        secure: u.secure,
+        aor: crate::core::registrar::aor_of(uri),
+    })
 }
 
 /// What checking a decision, and the plugin's `digest` imports, need of its request.

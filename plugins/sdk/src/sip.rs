@@ -31,8 +31,8 @@ pub mod bindings {
         pub_export_macro: true,
         default_bindings_module: "sipwasm_plugin::sip::bindings",
         with: {
-            "sipwasm:plugin/host@0.1.0": crate::bindings::sipwasm::plugin::host,
-            "sipwasm:plugin/types@0.1.0": crate::bindings::sipwasm::plugin::types,
+            "sipwasm:plugin/host@0.2.0": crate::bindings::sipwasm::plugin::host,
+            "sipwasm:plugin/types@0.2.0": crate::bindings::sipwasm::plugin::types,
         },
     });
 }
@@ -40,46 +40,11 @@ pub mod bindings {
 pub use bindings::sipwasm::plugin::digest::{self, Verdict};
 pub use bindings::sipwasm::plugin::registrar::{self, lookup};
 pub use bindings::sipwasm::plugin::sip_types::{
-    ClosedFlow, Contact, Flow, SipDecision, SipReply, SipRequest, SipTransport,
+    ClosedFlow, Contact, Flow, SipAddress, SipDecision, SipReply, SipRequest, SipTransport,
 };
 pub use bindings::{Guest, export};
 
 use crate::host;
-
-/// The user part of a SIP URI (`sip:+1555@host;x=y` → `+1555`), without a password;
-/// `None` for a URI without one. Accepts a name-addr (`"A" <sip:a@b>;tag=1`).
-pub fn uri_user(uri: &str) -> Option<&str> {
-    let rest = strip_scheme(uri)?;
-    let end = rest.find(['@', ';', '?', '>']).unwrap_or(rest.len());
-    if rest.as_bytes().get(end) != Some(&b'@') {
-        return None;
-    }
-    let user = &rest[..end];
-    Some(user.split(':').next().unwrap_or(user))
-}
-
-/// The host part of a SIP URI, without user, port and parameters (IPv6 keeps its
-/// brackets).
-pub fn uri_host(uri: &str) -> Option<&str> {
-    let rest = strip_scheme(uri)?;
-    let rest = match rest.find(['@']) {
-        Some(at) if rest[..at].find(['>', ';', '?']).is_none() => &rest[at + 1..],
-        _ => rest,
-    };
-    let end = if rest.starts_with('[') {
-        rest.find(']').map_or(rest.len(), |i| i + 1)
-    } else {
-        rest.find([':', ';', '?', '>']).unwrap_or(rest.len())
-    };
-    Some(&rest[..end])
-}
-
-fn strip_scheme(uri: &str) -> Option<&str> {
-    let start = uri.find("sip:").or_else(|| uri.find("sips:"))?;
-    let rest = &uri[start..];
-    rest.strip_prefix("sip:")
-        .or_else(|| rest.strip_prefix("sips:"))
-}
 
 /// Helpers on a SIP request.
 pub trait SipRequestExt {
@@ -88,14 +53,19 @@ pub trait SipRequestExt {
     fn header(&self, name: &str) -> Option<&str>;
     /// Every value of header `name`, in order, splitting comma-separated lists.
     fn header_values<'a>(&'a self, name: &'a str) -> Vec<&'a str>;
-    /// The user part of the Request-URI (the number dialled).
+    /// The user part of the Request-URI (the number dialled), as the host parsed it.
     fn ruri_user(&self) -> Option<&str>;
     /// Whether the Request-URI's host names this server (`is-myself`).
     fn ruri_is_ours(&self) -> bool;
-    /// The user part of the From URI (the caller as it claims to be).
+    /// The user part of the From URI (the caller as it claims to be), as the host
+    /// parsed it: a display name never counts.
     fn user_in_from(&self) -> Option<&str>;
-    /// The user part of the To URI (for REGISTER, the address-of-record's user).
+    /// The user part of the To URI (for REGISTER, the address-of-record's user), as the
+    /// host parsed it.
     fn user_in_to(&self) -> Option<&str>;
+    /// The address-of-record of the To URI (`sip:user@host`, as the registrar keys
+    /// bindings): for REGISTER, the one that will be bound.
+    fn to_aor(&self) -> Option<&str>;
     /// An identity attribute the http-handler plugin attached to the WebSocket flow.
     fn identity(&self, key: &str) -> Option<&str>;
 }
@@ -110,19 +80,25 @@ impl SipRequestExt for SipRequest {
     }
 
     fn ruri_user(&self) -> Option<&str> {
-        uri_user(&self.request_uri)
+        self.target.as_ref()?.user.as_deref()
     }
 
     fn ruri_is_ours(&self) -> bool {
-        uri_host(&self.request_uri).is_some_and(host::is_myself)
+        self.target
+            .as_ref()
+            .is_some_and(|t| host::is_myself(&t.host))
     }
 
     fn user_in_from(&self) -> Option<&str> {
-        self.header("From").and_then(uri_user)
+        self.from.as_ref()?.user.as_deref()
     }
 
     fn user_in_to(&self) -> Option<&str> {
-        self.header("To").and_then(uri_user)
+        self.to.as_ref()?.user.as_deref()
+    }
+
+    fn to_aor(&self) -> Option<&str> {
+        self.to.as_ref()?.aor.as_deref()
     }
 
     fn identity(&self, key: &str) -> Option<&str> {
@@ -182,15 +158,44 @@ pub fn challenge(realm: &str) -> SipDecision {
 mod tests {
     use super::*;
 
+    fn address(user: &str, host: &str) -> SipAddress {
+        SipAddress {
+            user: Some(user.into()),
+            host: host.into(),
+            port: None,
+            secure: false,
+            aor: Some(format!("sip:{user}@{host}")),
+        }
+    }
+
+    /// The identities come from the host's parse, never from header text: a display
+    /// name that looks like a URI fools nothing (issue 18, item 4).
     #[test]
-    fn uri_parts() {
-        assert_eq!(uri_user("sip:+1555@example.org;user=phone"), Some("+1555"));
-        assert_eq!(uri_user("sips:alice:pw@example.org"), Some("alice"));
-        assert_eq!(uri_user("\"Bob\" <sip:bob@example.org>;tag=1"), Some("bob"));
-        assert_eq!(uri_user("sip:example.org;transport=tcp"), None);
-        assert_eq!(uri_user("tel:+1555"), None);
-        assert_eq!(uri_host("sip:bob@Example.org:5060;x"), Some("Example.org"));
-        assert_eq!(uri_host("<sip:[::1]:5060>"), Some("[::1]"));
-        assert_eq!(uri_host("sip:example.org"), Some("example.org"));
+    fn identities_are_the_hosts_parse() {
+        let req = SipRequest {
+            method: "REGISTER".into(),
+            request_uri: "sip:example.org".into(),
+            target: None,
+            from: Some(address("mallory", "example.org")),
+            to: Some(address("alice", "example.org")),
+            headers: vec![(
+                "To".into(),
+                "\"sip:mallory@example.org\" <sip:alice@example.org>".into(),
+            )],
+            body: vec![],
+            source: Flow {
+                transport: SipTransport::Udp,
+                remote_addr: "192.0.2.1".into(),
+                remote_port: 5060,
+                local_addr: "192.0.2.2".into(),
+                local_port: 5060,
+                connection_id: None,
+                identity: vec![],
+            },
+        };
+        assert_eq!(req.user_in_to(), Some("alice"));
+        assert_eq!(req.to_aor(), Some("sip:alice@example.org"));
+        assert_eq!(req.user_in_from(), Some("mallory"));
+        assert_eq!(req.ruri_user(), None);
     }
 }
