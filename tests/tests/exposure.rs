@@ -279,3 +279,56 @@ listen = "0.0.0.0:{admin}"
     );
     assert!(err.contains("admin.token"), "{err}");
 }
+
+/// 5. Reflection and amplification over UDP: a REGISTER query from an address that
+///    never heard from us gets at most twice its size back (it got 14 times before),
+///    and bindings that all reach one address get one branch, not one each.
+#[tokio::test]
+async fn udp_answers_do_not_amplify_and_forks_go_once_per_address() {
+    let s = Server::standard("");
+    // A phone (the would-be victim's address) with 32 registered Contacts.
+    let mut phone = Ua::udp(&s, "amp").await;
+    let contacts: Vec<String> = (0..32)
+        .map(|i| format!("<sip:amp{i}-a-longer-user-part@{}>", phone.host))
+        .collect();
+    let text = phone.register_text(600).replacen(
+        &format!("Contact: <{}>;expires=600", phone.contact()),
+        &format!("Contact: {}", contacts.join(", ")),
+        1,
+    );
+    phone.send(&text).await;
+    let r = phone.recv_final().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers.values(&HeaderName::Contact).count(), 32);
+    // A query for that AoR from an address that never heard from us.
+    let stranger = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+    let here = stranger.local_addr().unwrap();
+    let query = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {here};branch=z9hG4bKamp;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:amp@localhost>;tag=q\r\nTo: <sip:amp@localhost>\r\n\
+         Call-ID: amp-query\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+    );
+    stranger.send_to(query.as_bytes(), s.sip).await.unwrap();
+    let mut buf = [0u8; 65_536];
+    let (n, _) = within("the answer", stranger.recv_from(&mut buf))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
+    assert!(
+        n <= 2 * query.len(),
+        "{n} bytes answered a {}-byte query:\n{answer}",
+        query.len()
+    );
+    // A MESSAGE for the AoR reaches the phone's address once.
+    let mut sender = Ua::udp(&s, "sender").await;
+    let (msg, _) = sender.request("MESSAGE", "amp", "", "once");
+    sender.send(&msg).await;
+    let m = phone.recv_request("MESSAGE").await;
+    phone.send(&phone.response(&m, 200, "", "")).await;
+    assert_eq!(sender.recv_final().await.status, 200);
+    assert!(
+        phone.quiet_for(Duration::from_millis(300)).await.is_none(),
+        "a second copy of the MESSAGE"
+    );
+}

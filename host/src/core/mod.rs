@@ -369,7 +369,20 @@ pub struct Core {
     events: VecDeque<Event>,
     next_id: u64,
     refused: Refused,
+    /// UDP addresses that have shown they receive what we send (they answered a
+    /// request of ours, or refreshed a registration by its Call-ID), and when: only
+    /// they get answers more than twice their request's size (no amplification toward
+    /// a spoofed source). Bounded by [`UDP_VERIFIED_MAX`], entries age out after
+    /// [`UDP_VERIFIED_FOR`].
+    udp_verified: HashMap<SocketAddr, Instant>,
 }
+
+/// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
+/// ones are not remembered until old ones age out (they get bounded answers meanwhile).
+const UDP_VERIFIED_MAX: usize = 65_536;
+
+/// How long a UDP address stays known as reachable.
+const UDP_VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Core {
     /// A new core.
@@ -410,6 +423,7 @@ impl Core {
             events: VecDeque::new(),
             next_id: 0,
             refused: Refused::default(),
+            udp_verified: HashMap::new(),
         }
     }
 
@@ -467,7 +481,7 @@ impl Core {
                 }
                 match message {
                     Message::Request(req) => self.on_request(now, source, req),
-                    Message::Response(resp) => self.on_response(now, resp),
+                    Message::Response(resp) => self.on_response(now, &source, resp),
                 }
             }
             Input::FlowClosed(flow) => {
@@ -942,7 +956,26 @@ impl Core {
 
     // ------------------------------------------------------------ client side
 
-    fn on_response(&mut self, now: Instant, resp: Response) {
+    /// Remembers that the UDP peer `addr` receives what we send it.
+    fn mark_udp_verified(&mut self, addr: SocketAddr, now: Instant) {
+        if self.udp_verified.len() >= UDP_VERIFIED_MAX && !self.udp_verified.contains_key(&addr) {
+            self.udp_verified
+                .retain(|_, t| now.saturating_duration_since(*t) < UDP_VERIFIED_FOR);
+            if self.udp_verified.len() >= UDP_VERIFIED_MAX {
+                return;
+            }
+        }
+        self.udp_verified.insert(addr, now);
+    }
+
+    /// Whether the UDP peer `addr` has shown recently that it receives what we send.
+    fn udp_verified(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.udp_verified
+            .get(&addr)
+            .is_some_and(|t| now.saturating_duration_since(*t) < UDP_VERIFIED_FOR)
+    }
+
+    fn on_response(&mut self, now: Instant, source: &Source, resp: Response) {
         let Some(top) = resp.headers.values(&HeaderName::Via).next() else {
             return;
         };
@@ -965,6 +998,16 @@ impl Core {
         else {
             return;
         };
+        // An answer from where we sent the request: that address receives our packets.
+        if let Some(&ClientTx {
+            target: Target::Udp { remote, .. },
+            ..
+        }) = self.clients.get(&id)
+            && source.flow.is_none()
+            && remote == source.remote
+        {
+            self.mark_udp_verified(remote, now);
+        }
         let t = self.cfg.timers;
         let ct = self.clients.get_mut(&id).expect("indexed");
         let (event, ack) = ct.on_response(resp.clone(), now, &t);

@@ -170,6 +170,10 @@ fn request_uri_of_contact(contact: &str) -> Option<Uri> {
     Some(uri)
 }
 
+/// What `stamp_received` adds to a request's top Via at most (`;received=` and an IPv6
+/// address, an `rport` value), rounded up.
+const STAMPED_AT_MOST: usize = 64;
+
 /// Most Route entries of ours popped from one request; more is a loop (482).
 const MAX_OWN_ROUTES: usize = 8;
 
@@ -541,6 +545,10 @@ impl Core {
         // Highest q first; most recent first within equal q.
         groups.sort_by_key(|g| std::cmp::Reverse(g[0].q.unwrap_or(1000)));
         let mut branches = Vec::new();
+        // One branch per place: bindings reached at one address (one UDP socket that
+        // registered many Contacts, say at a victim's address) get the request once, not
+        // once each.
+        let mut targets: Vec<Target> = Vec::new();
         for g in groups {
             let candidates: Vec<Candidate> = g
                 .iter()
@@ -578,6 +586,13 @@ impl Core {
                         transport,
                         path: b.path.clone(),
                     })
+                })
+                .filter(|c| {
+                    let new = !targets.contains(&c.target);
+                    if new {
+                        targets.push(c.target);
+                    }
+                    new
                 })
                 .collect();
             if !candidates.is_empty() {
@@ -618,6 +633,19 @@ impl Core {
             self.refused.untrusted_path += 1;
             return Route::Answer(403, vec![warning("Path Accepted Only From Trusted Peers")]);
         }
+        // A UDP phone refreshing its registration by the Call-ID only it and we know
+        // has shown that it receives what we send to its address.
+        let udp_remote = (source.flow.is_none()).then_some(source.remote);
+        if let Some(remote) = udp_remote
+            && let Some(call_id) = req.call_id()
+            && let Some(aor) = aor_of(&to.uri)
+            && self.location.lookup(&aor).iter().any(|b| {
+                b.call_id == call_id
+                    && matches!(b.reach, super::location::Reach::Udp { remote: r, .. } if r == remote)
+            })
+        {
+            self.mark_udp_verified(remote, now);
+        }
         let mut changes = Vec::with_capacity(2);
         let outcome = registrar::register(
             &mut self.location,
@@ -648,7 +676,81 @@ impl Core {
         if outcome.status == 200 && !self.date.is_empty() {
             headers.push((HeaderName::Date, self.date.clone()));
         }
+        if let Some(remote) = udp_remote
+            && !self.udp_verified(remote, now)
+        {
+            self.bound_answer(req, remote, &to, &mut headers);
+        }
         Route::Answer(outcome.status, headers)
+    }
+
+    /// No amplification toward a spoofed source: a registrar's 200 to a UDP address that
+    /// has not shown it receives our packets is at most twice its request's size. The
+    /// Contacts of other devices (bindings not reached at this address) are left out,
+    /// last first, until it fits, and a Warning says so where it fits; the sender's own bindings are
+    /// always listed (all a UA looks for in the 200). Over TCP, TLS or WebSocket, or
+    /// once the address answered us or refreshed by its Call-ID, the 200 lists every
+    /// binding as RFC 3261 10.3 step 8 says.
+    fn bound_answer(
+        &self,
+        req: &Request,
+        remote: SocketAddr,
+        to: &NameAddr,
+        headers: &mut Vec<(HeaderName, String)>,
+    ) {
+        // What the answer adds to what it copies from the request (Via, From, To,
+        // Call-ID, CSeq): its status line, Server, Content-Length and these headers.
+        let line = |(n, v): &(HeaderName, String)| n.as_str().len() + 2 + v.len() + 2;
+        let added: usize =
+            64 + self.cfg.server_header.len() + headers.iter().map(line).sum::<usize>();
+        // A cheap floor for the request: any REGISTER is longer than this.
+        if added <= 300 {
+            return;
+        }
+        // The request as it arrived: `received` and `rport` were added to its top Via
+        // since (at most `;received=` with an IPv6 address and `=65535`: 55 bytes).
+        let request = req.to_bytes().len().saturating_sub(STAMPED_AT_MOST);
+        let budget = 2 * request;
+        let mut size = self.response_bytes(req, 200, headers).len();
+        if size <= budget {
+            return;
+        }
+        let Some(aor) = aor_of(&to.uri) else {
+            return;
+        };
+        let own: Vec<&str> = self
+            .location
+            .lookup(&aor)
+            .iter()
+            .filter(
+                |b| matches!(b.reach, super::location::Reach::Udp { remote: r, .. } if r == remote),
+            )
+            .map(|b| b.contact.as_str())
+            .collect();
+        let is_own = |v: &str| {
+            own.iter().any(|c| {
+                v.strip_prefix('<')
+                    .and_then(|rest| rest.strip_prefix(c))
+                    .is_some_and(|rest| rest.starts_with('>'))
+            })
+        };
+        let mut left_out = false;
+        while size > budget {
+            let Some(i) = headers
+                .iter()
+                .rposition(|(n, v)| *n == HeaderName::Contact && !is_own(v))
+            else {
+                break;
+            };
+            size -= line(&headers[i]);
+            headers.remove(i);
+            left_out = true;
+        }
+        // Said in words when the words fit too.
+        let note = warning("Other Contacts Left Out Over UDP; Ask Over TCP or TLS");
+        if left_out && size + line(&note) <= budget {
+            headers.push(note);
+        }
     }
 
     /// Whether `source` is one of the operator's trusted peers (`sip.trusted-peers`),

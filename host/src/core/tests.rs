@@ -1710,3 +1710,69 @@ fn a_register_decided_after_its_flow_closed_binds_nothing() {
         assert!(!matches!(e, Event::BindingSaved(_)), "{e:?}");
     }
 }
+
+/// Issue 18, item 5: no amplification over UDP toward an address that never showed it
+/// receives our packets, and one branch per address when forking.
+#[test]
+fn udp_answers_are_bounded_for_unproven_sources_and_forks_go_once_per_address() {
+    let mut sim = Sim::new();
+    // One socket registers 32 Contacts of one AoR (all reached at its address).
+    let contacts: Vec<String> = (0..32)
+        .map(|i| format!("<sip:amp{i}-with-a-longer-user-part@127.0.0.1:5070;transport=udp>"))
+        .collect();
+    let reg = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKamp1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:amp@localhost>;tag=a\r\nTo: <sip:amp@localhost>\r\n\
+         Call-ID: amp-reg\r\nCSeq: 1 REGISTER\r\nContact: {}\r\n\r\n",
+        contacts.join(", ")
+    );
+    let out = sim.feed(udp_phone(), &reg);
+    assert_eq!(status(&out[0].1), 200);
+    assert_eq!(sim.core.bindings("sip:amp@localhost").len(), 32);
+    // A query from an address that never heard from us: at most twice its size.
+    let stranger = Source {
+        remote: "127.0.0.9:5099".parse().unwrap(),
+        ..udp_phone()
+    };
+    let query = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.9:5099;branch=z9hG4bKq1;rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:amp@localhost>;tag=q\r\nTo: <sip:amp@localhost>\r\n\
+                 Call-ID: q1\r\nCSeq: 1 REGISTER\r\n\r\n";
+    sim.core.handle(
+        sim.now,
+        Input::Message(Box::new(Incoming {
+            source: stranger,
+            message: parse(query.as_bytes()).unwrap(),
+        })),
+    );
+    let answer = sim.core.poll_transmit().expect("answered");
+    let request_size = parse(query.as_bytes()).unwrap().to_bytes().len();
+    assert!(
+        answer.payload.len() <= 2 * request_size,
+        "{} bytes for a {request_size}-byte request:\n{}",
+        answer.payload.len(),
+        String::from_utf8_lossy(&answer.payload)
+    );
+    let resp = parse(&answer.payload).unwrap();
+    assert_eq!(status(&resp), 200);
+    assert!(resp.headers().values(&HeaderName::Contact).count() < 32);
+    // The registering phone refreshes by its Call-ID: it receives us, the full list.
+    let out = sim.feed(
+        udp_phone(),
+        &reg.replace("CSeq: 1 REGISTER", "CSeq: 2 REGISTER")
+            .replace("z9hG4bKamp1", "z9hG4bKamp2"),
+    );
+    assert_eq!(out[0].1.headers().values(&HeaderName::Contact).count(), 32);
+    // A MESSAGE for the AoR reaches that address once, not 32 times.
+    let out = sim.feed(
+        browser(3),
+        "MESSAGE sip:amp@localhost SIP/2.0\r\nVia: SIP/2.0/WS b3.invalid;branch=z9hG4bKampm\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:x@localhost>;tag=x\r\nTo: <sip:amp@localhost>\r\n\
+         Call-ID: amp-m\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n",
+    );
+    let sent: Vec<_> = out
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Request(_)))
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, udp_phone_target());
+}
