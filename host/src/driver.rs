@@ -161,6 +161,12 @@ impl CoreCell {
 
     /// Calls `f` on the core: set-up before the server starts (the routing hook), the
     /// driver task's first look.
+    /// Writes what the location store has queued and stops its writer (at shutdown,
+    /// once nothing runs the core any more).
+    pub fn close_store(&self) {
+        lock(&self.state).store.close();
+    }
+
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Core, Option<&Router>) -> R) -> R {
         let mut state = lock(&self.state);
         let state = &mut *state;

@@ -306,6 +306,9 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         driver.abort();
+        // Every answered REGISTER is on disk before the process ends.
+        let cell = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || cell.core.close_store()).await;
         tracing::info!(remaining = live.load(Ordering::Relaxed), "stopped");
         Ok(())
     }

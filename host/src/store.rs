@@ -23,7 +23,10 @@ enum Op {
 /// Writes bindings to SQLite on its own thread.
 #[derive(Debug)]
 pub struct Store {
-    tx: mpsc::Sender<Op>,
+    /// To the writer; `None` once [`Store::close`] ran.
+    tx: Option<mpsc::Sender<Op>>,
+    /// The writer thread, joined by [`Store::close`].
+    writer: Option<std::thread::JoinHandle<()>>,
     /// What was last sent for writing, per binding: a hash of (AoR, contact) to a hash
     /// of the other stored fields and the expiry written.
     written: foldhash::HashMap<u64, (u64, u64)>,
@@ -87,15 +90,35 @@ fn unix_now() -> u64 {
 impl Store {
     /// Opens (creating) `dir/location.sqlite`; returns the store and the bindings it
     /// holds that have not expired, with their expiry mapped onto `now`.
+    ///
+    /// A file that is not a database, or a corrupt one, is moved aside
+    /// (`location.sqlite.corrupt-<unix time>`, with its journal files) with an error
+    /// naming both paths, and the server starts with an empty store: a damaged disk
+    /// file costs the registrations it held, not the service.
     pub fn open(dir: &Path, now: Instant) -> anyhow::Result<(Self, Vec<Binding>)> {
         let path = dir.join("location.sqlite");
-        let conn =
-            Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; {SCHEMA};"
-        ))
-        .with_context(|| format!("cannot prepare {}", path.display()))?;
-        add_missing_columns(&conn).with_context(|| format!("cannot upgrade {}", path.display()))?;
+        let conn = match prepare(&path) {
+            Ok(conn) => conn,
+            Err(e) if is_corrupt(&e) => {
+                let aside = dir.join(format!("location.sqlite.corrupt-{}", unix_now()));
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = dir.join(format!("location.sqlite{suffix}"));
+                    let to = std::path::PathBuf::from(format!("{}{suffix}", aside.display()));
+                    if from.exists() {
+                        std::fs::rename(&from, &to).with_context(|| {
+                            format!("cannot move the corrupt {} aside", from.display())
+                        })?;
+                    }
+                }
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    "the location store is corrupt ({e:#}): moved aside, starting with no stored registrations"
+                );
+                prepare(&path)?
+            }
+            Err(e) => return Err(e),
+        };
         let wall = unix_now();
         conn.execute(
             "DELETE FROM bindings WHERE expires_unix <= ?1",
@@ -170,13 +193,14 @@ impl Store {
             }
         }
         let (tx, rx) = mpsc::channel::<Op>();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("sipwasm-store".into())
             .spawn(move || writer(conn, rx))
             .context("cannot start the store thread")?;
         Ok((
             Self {
-                tx,
+                tx: Some(tx),
+                writer: Some(writer),
                 written: Default::default(),
                 hasher: foldhash::quality::RandomState::default(),
             },
@@ -193,7 +217,29 @@ impl Store {
         if !self.changed(b, expires_unix) {
             return;
         }
-        let _ = self.tx.send(Op::Save(Box::new(b.clone()), expires_unix));
+        self.send(Op::Save(Box::new(b.clone()), expires_unix));
+    }
+
+    fn send(&self, op: Op) {
+        match &self.tx {
+            Some(tx) => {
+                let _ = tx.send(op);
+            }
+            None => tracing::debug!("location store closed: a change after shutdown not written"),
+        }
+    }
+
+    /// Writes everything queued and stops the writer (at shutdown): every answered
+    /// REGISTER is on disk when this returns.
+    pub fn close(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.writer.take() {
+            if w.join().is_err() {
+                tracing::error!("the location store writer panicked");
+            } else {
+                tracing::info!("location store flushed");
+            }
+        }
     }
 
     /// Whether `b` with expiry `expires_unix` differs from what was last sent for
@@ -219,7 +265,7 @@ impl Store {
     pub fn removed(&mut self, b: &Binding) {
         if matches!(b.reach, Reach::Udp { .. }) {
             self.written.remove(&hashes(&self.hasher, b).0);
-            let _ = self.tx.send(Op::Remove(b.aor.clone(), b.contact.clone()));
+            self.send(Op::Remove(b.aor.clone(), b.contact.clone()));
         }
     }
 }
@@ -261,10 +307,51 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>) {
         }
         let mut keep: Vec<usize> = last.into_values().collect();
         keep.sort_unstable();
-        if let Err(e) = write_batch(&mut conn, &batch, &keep) {
-            tracing::error!("location store write failed: {e}");
+        // A failed write (disk full, locked by another process) is tried again, with
+        // a growing pause, before it is given up with an error.
+        for attempt in 1..=WRITE_ATTEMPTS {
+            match write_batch(&mut conn, &batch, &keep) {
+                Ok(()) => break,
+                Err(e) if attempt < WRITE_ATTEMPTS => {
+                    tracing::warn!(attempt, "location store write failed, trying again: {e}");
+                    std::thread::sleep(Duration::from_millis(100 << attempt));
+                }
+                Err(e) => tracing::error!(
+                    writes = keep.len(),
+                    "location store write failed {WRITE_ATTEMPTS} times, these changes are not on disk: {e}"
+                ),
+            }
         }
     }
+}
+
+/// Tries of one batch before its changes are given up (pauses 0.2, 0.4, 0.8, 1.6 s).
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// Opens `path` and brings its schema up to date.
+fn prepare(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; {SCHEMA};"
+    ))
+    .with_context(|| format!("cannot prepare {}", path.display()))?;
+    add_missing_columns(&conn).with_context(|| format!("cannot upgrade {}", path.display()))?;
+    // Reading the table catches a damaged file the pragma and schema did not touch.
+    conn.query_row("SELECT count(*) FROM bindings", [], |r| r.get::<_, i64>(0))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(conn)
+}
+
+/// Whether `e` says the file is not a database or is damaged.
+fn is_corrupt(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            )
+        })
+    })
 }
 
 fn write_batch(conn: &mut Connection, batch: &[Op], keep: &[usize]) -> rusqlite::Result<()> {
@@ -335,6 +422,55 @@ mod tests {
             temp_gruu: None,
             user_agent: None,
         }
+    }
+
+    #[test]
+    fn a_corrupt_store_is_moved_aside_and_the_server_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = vec![0x5au8; 8192];
+        std::fs::write(dir.path().join("location.sqlite"), &garbage).unwrap();
+        let (mut store, loaded) = Store::open(dir.path(), Instant::now()).unwrap();
+        assert!(loaded.is_empty());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("location.sqlite.corrupt-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(
+            std::fs::read(aside[0].path()).unwrap(),
+            garbage,
+            "kept as it was"
+        );
+        // The new store works.
+        let now = Instant::now();
+        store.saved(&binding("sip:alice@127.0.0.1:5070", now), now);
+        store.close();
+        let (_, loaded) = Store::open(dir.path(), Instant::now()).unwrap();
+        assert_eq!(loaded.len(), 1);
+    }
+
+    #[test]
+    fn close_writes_everything_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let (mut store, _) = Store::open(dir.path(), now).unwrap();
+        for i in 0..2000 {
+            store.saved(
+                &binding(&format!("sip:alice@127.0.0.1:{}", 10_000 + i), now),
+                now,
+            );
+        }
+        store.close();
+        // Read at once, no waiting for a writer: it is done.
+        let (_, loaded) = Store::open(dir.path(), Instant::now()).unwrap();
+        assert_eq!(loaded.len(), 2000);
+        // After close, changes are not written (and nothing panics).
+        store.saved(&binding("sip:late@127.0.0.1:5070", now), now);
     }
 
     #[test]

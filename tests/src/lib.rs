@@ -306,6 +306,16 @@ impl Server {
         self.spawn();
     }
 
+    /// Stops the server (SIGTERM), runs `between` on its data directory, and starts it
+    /// again on the same ports.
+    pub fn restart_with(&mut self, between: impl FnOnce(&Path)) {
+        let (status, _) = self.terminate();
+        assert!(status.success(), "exit status {status}");
+        self.child = None;
+        between(self.data_dir.path());
+        self.spawn();
+    }
+
     /// Everything the server logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()

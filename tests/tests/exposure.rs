@@ -332,3 +332,46 @@ async fn udp_answers_do_not_amplify_and_forks_go_once_per_address() {
         "a second copy of the MESSAGE"
     );
 }
+
+/// Durability: at shutdown every answered REGISTER is on disk (the store's writer is
+/// joined), and a corrupt store is moved aside with an error instead of keeping the
+/// server down.
+#[tokio::test]
+async fn registrations_are_on_disk_at_shutdown_and_a_corrupt_store_is_moved_aside() {
+    let mut s = Server::standard("");
+    for i in 0..200 {
+        let mut phone = Ua::udp(&s, &format!("disk{i}")).await;
+        assert_eq!(phone.register(600).await.status, 200);
+    }
+    // Stopped right after the last 200.
+    s.restart();
+    assert!(
+        s.logs()
+            .lines()
+            .any(|l| l.contains("restored UDP registrations") && l.contains("bindings=200")),
+        "{}",
+        s.logs()
+    );
+    // The store is damaged while the server is down.
+    s.restart_with(|dir| {
+        std::fs::write(dir.join("location.sqlite"), vec![0x5au8; 8192]).unwrap();
+        let _ = std::fs::remove_file(dir.join("location.sqlite-wal"));
+        let _ = std::fs::remove_file(dir.join("location.sqlite-shm"));
+    });
+    assert!(
+        s.logs().contains("the location store is corrupt"),
+        "{}",
+        s.logs()
+    );
+    let moved = std::fs::read_dir(s.data_dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("location.sqlite.corrupt-")
+        });
+    assert!(moved);
+    let mut phone = Ua::udp(&s, "after").await;
+    assert_eq!(phone.register(600).await.status, 200);
+}
