@@ -375,3 +375,40 @@ async fn registrations_are_on_disk_at_shutdown_and_a_corrupt_store_is_moved_asid
     let mut phone = Ua::udp(&s, "after").await;
     assert_eq!(phone.register(600).await.status, 200);
 }
+
+/// 8. A binding never outlives its flow: a browser's REGISTER still with the routing
+///    plugin when its WebSocket closes binds nothing (it was bound to the closed flow
+///    for good before: the flow's bindings had been removed already).
+#[tokio::test]
+async fn a_register_decided_after_its_websocket_closed_binds_nothing() {
+    let s = Server::standard(
+        r#"
+[sip]
+router = "slow"
+
+[plugins.slow]
+path = "{plugins}/slow_router.wasm"
+deadline = "2s"
+"#,
+    );
+    let mut ua = Ua::ws(&s, "late").await;
+    let text = ua.register_text(600).replace(
+        "Content-Length: 0\r\n",
+        "X-Delay-Ms: 600\r\nContent-Length: 0\r\n",
+    );
+    ua.send(&text).await;
+    ua.vanish().await;
+    // Until the plugin has decided (bounded).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.metric("sipwasm_routing_pending").await > 0 {
+        assert!(Instant::now() < deadline, "the plugin never decided");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.metric("sipwasm_registrar_bindings").await, 0);
+    // Nobody is reachable there: the AoR never had a binding.
+    let mut sender = Ua::udp(&s, "sender").await;
+    let (msg, _) = sender.request("MESSAGE", "late", "", "anyone?");
+    sender.send(&msg).await;
+    assert_eq!(sender.recv_final().await.status, 404);
+}

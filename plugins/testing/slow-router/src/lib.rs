@@ -1,0 +1,30 @@
+//! `slow-router`: a test-only `sip-router` plugin that takes its time. A request with
+//! `X-Delay-Ms: N` is decided `continue` after N milliseconds of the plugin's own
+//! clock (at most 1,500: the tests give it a 2 s deadline); anything else at once. It
+//! lets a test close a connection while its REGISTER is still being decided.
+
+use std::time::{Duration, Instant};
+
+use sipwasm_plugin::sip::{ClosedFlow, Guest, SipDecision, SipRequest, SipRequestExt};
+
+struct SlowRouter;
+
+impl Guest for SlowRouter {
+    fn on_sip_request(req: SipRequest) -> SipDecision {
+        let delay = req
+            .header("X-Delay-Ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(1_500);
+        let until = Instant::now() + Duration::from_millis(delay);
+        // Bounded by the clock and by the host's deadline.
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        SipDecision::Continue
+    }
+
+    fn on_flow_closed(_flow: ClosedFlow) {}
+}
+
+sipwasm_plugin::sip::export!(SlowRouter with_types_in sipwasm_plugin::sip::bindings);
