@@ -154,6 +154,59 @@ async fn challenge_gets_401_with_host_made_nonces() {
     assert_eq!(c.response().await.unwrap().status, 200);
 }
 
+/// Issue 18, item 6: an http-handler verifies the credentials of the challenge it asked
+/// for (the `digest` import in its world), with the same rules as for SIP: the nonce is
+/// the client's, the `uri` is the request's, a count is good for one request.
+#[tokio::test]
+async fn an_http_handler_verifies_the_credentials_of_its_challenge() {
+    use md5::Digest as _;
+    let md5 = |s: &str| -> String {
+        md5::Md5::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let s = Server::standard("");
+    let mut c = HttpConn::connect(s.ws2).await;
+    c.send(b"GET /challenge HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let r = c.response().await.unwrap();
+    let md5_challenge = r
+        .headers_named("WWW-Authenticate")
+        .into_iter()
+        .find(|v| v.contains("algorithm=MD5"))
+        .unwrap()
+        .to_string();
+    let start = md5_challenge.find("nonce=\"").unwrap() + 7;
+    let nonce = &md5_challenge[start..][..md5_challenge[start..].find('"').unwrap()];
+    let answer = |target: &str, password: &str, nc: u32| {
+        let ha1 = md5(&format!("web:test:{password}"));
+        let ha2 = md5(&format!("GET:{target}"));
+        let response = md5(&format!("{ha1}:{nonce}:{nc:08x}:abc:auth:{ha2}"));
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Digest username=\"web\", \
+             realm=\"test\", nonce=\"{nonce}\", uri=\"{target}\", response=\"{response}\", \
+             algorithm=MD5, qop=auth, nc={nc:08x}, cnonce=\"abc\"\r\n\r\n"
+        )
+    };
+    let mut ask = async |raw: String| {
+        c.send(raw.as_bytes()).await;
+        String::from_utf8(c.response().await.unwrap().body).unwrap()
+    };
+    assert_eq!(ask(answer("/verify?pw1", "pw1", 1)).await, "valid");
+    assert_eq!(ask(answer("/verify?pw1", "other", 2)).await, "invalid");
+    // The same count again on another request: a replay.
+    assert_eq!(ask(answer("/verify?pw1", "pw1", 1)).await, "stale");
+    assert_eq!(ask(answer("/verify?pw1", "pw1", 3)).await, "valid");
+    // Credentials for another target do not pass for this one.
+    let other = answer("/elsewhere", "pw1", 4).replacen("GET /elsewhere", "GET /verify?pw1", 1);
+    assert_eq!(ask(other).await, "invalid");
+    assert_eq!(
+        ask("GET /verify?pw1 HTTP/1.1\r\nHost: localhost\r\n\r\n".into()).await,
+        "missing"
+    );
+}
+
 #[tokio::test]
 async fn host_imports_config_and_is_myself() {
     let s = Server::standard("");

@@ -27,6 +27,7 @@ mod generated {
             with: {
                 "sipwasm:plugin/host": super::sipwasm::plugin::host,
                 "sipwasm:plugin/types": super::sipwasm::plugin::types,
+                "sipwasm:plugin/digest": super::sipwasm::plugin::digest,
             },
         });
     }
@@ -34,15 +35,13 @@ mod generated {
 
 pub use generated::HttpHandler;
 pub use generated::HttpHandlerPre;
-pub use generated::sip::sipwasm::plugin::digest::{
-    Host as DigestImports, Verdict as DigestVerdictWit,
-};
 pub use generated::sip::sipwasm::plugin::registrar::Host as RegistrarImports;
 pub use generated::sip::sipwasm::plugin::sip_types::{
     ClosedFlow, Contact, Flow, Host as SipTypesImports, SipAddress,
     SipDecision as GuestSipDecision, SipReply as GuestSipReply, SipRequest, SipTransport,
 };
 pub use generated::sip::{SipRouter, SipRouterPre};
+pub use generated::sipwasm::plugin::digest::{Host as DigestImports, Verdict as DigestVerdictWit};
 pub use generated::sipwasm::plugin::host::{Host as HostImports, Level};
 pub use generated::sipwasm::plugin::types::{
     Challenge as GuestChallenge, Decision as GuestDecision, Host as TypesImports, HttpRequest,

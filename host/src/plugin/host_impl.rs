@@ -47,9 +47,9 @@ pub(crate) struct HostState {
     shared: Arc<PluginShared>,
     /// The `log` import and stdout/stderr, under one quota.
     pub(crate) output: Arc<LogSink>,
-    /// What the `digest` imports need of the SIP request being decided, during
-    /// `on-sip-request`.
-    pub(crate) sip_request: Option<super::sip::RequestFacts>,
+    /// What the `digest` imports need of the request being decided, during
+    /// `on-sip-request` and `on-http-request`.
+    pub(crate) digest_request: Option<super::sip::RequestFacts>,
 }
 
 impl HostState {
@@ -73,7 +73,7 @@ impl HostState {
             deadline: Deadline::default(),
             shared,
             output,
-            sip_request: None,
+            digest_request: None,
         }
     }
 
@@ -110,7 +110,7 @@ impl TypesImports for HostState {}
 
 impl DigestImports for HostState {
     fn username(&mut self, realm: String) -> Option<String> {
-        let call = self.sip_request.as_ref()?;
+        let call = self.digest_request.as_ref()?;
         call.credentials
             .iter()
             .find(|c| digest_param(c, "realm").as_deref() == Some(realm.as_str()))
@@ -118,7 +118,7 @@ impl DigestImports for HostState {
     }
 
     fn verify(&mut self, realm: String, password: String) -> DigestVerdictWit {
-        let Some(call) = self.sip_request.as_mut() else {
+        let Some(call) = self.digest_request.as_mut() else {
             return DigestVerdictWit::Missing;
         };
         // The username the credentials for this realm give, for the guessing limits.

@@ -243,11 +243,14 @@ impl Plugin {
         let Exports::Http(exports) = exports else {
             return Err(self.wrong_world(World::HttpHandler));
         };
+        // The request's credentials, for the plugin's `digest` imports.
+        store.data_mut().digest_request = Some(sip::RequestFacts::of_http(request));
         let result = within(
             self.deadline + self.grace,
-            exports.call_on_http_request(store, request),
+            exports.call_on_http_request(&mut *store, request),
         )
         .await;
+        store.data_mut().digest_request = None;
         let guest = self.end(instance, result)?;
         decision::validate(guest).map_err(PluginFailure::InvalidDecision)
     }
@@ -264,13 +267,13 @@ impl Plugin {
         let Exports::Sip(exports) = exports else {
             return Err(self.wrong_world(World::SipRouter));
         };
-        store.data_mut().sip_request = Some(facts.clone());
+        store.data_mut().digest_request = Some(facts.clone());
         let result = within(
             self.deadline + self.grace,
             exports.call_on_sip_request(&mut *store, request),
         )
         .await;
-        store.data_mut().sip_request = None;
+        store.data_mut().digest_request = None;
         self.end(instance, result)
     }
 

@@ -256,6 +256,33 @@ impl RequestFacts {
         }
     }
 
+    /// The facts of an HTTP request an `http-handler` decides: its `Authorization`
+    /// credentials, method and target, counted against the client's address. Every HTTP
+    /// request is a request of its own (there are no retransmissions): a nonce count is
+    /// good for one.
+    pub fn of_http(req: &bindings::HttpRequest) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        Self {
+            method: req.method.clone(),
+            register: false,
+            credentials: req
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+                .map(|(_, v)| v.clone())
+                .collect(),
+            peer: req.peer.remote_addr.parse().ok(),
+            uri: req.target.clone(),
+            txn: format!(
+                "http\n{}\n{}",
+                req.connection_id,
+                SERIAL.fetch_add(1, Ordering::Relaxed)
+            ),
+            failure_counted: false,
+        }
+    }
+
     /// The same facts, with failed Digest checks counted against `peer`.
     pub fn counted_against(self, peer: IpAddr) -> Self {
         Self {

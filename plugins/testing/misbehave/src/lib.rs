@@ -11,6 +11,8 @@
 //! /wrong-proto   upgrades with a subprotocol the client did not offer
 //! /status-101    replies with status 101 (reserved to the host)
 //! /challenge     asks for Digest authentication in realm "test"
+//! /verify?PW     replies 200 with what `digest.verify("test", PW)` says of the request's
+//!                credentials (valid, stale, invalid, missing)
 //! /config        replies 200 with plugin-config() as the body
 //! /myself?H      replies 200 "yes" or "no" for is-myself(H)
 //! /echo          replies 200 with the request as JSON-ish text (method, target, headers, body)
@@ -113,6 +115,12 @@ impl Guest for Misbehave {
             "/status-101" => reply(101, vec![], vec![]),
             "/challenge" => Decision::Challenge(Challenge {
                 realm: "test".into(),
+            }),
+            "/verify" => ok(match sipwasm::plugin::digest::verify("test", query) {
+                sipwasm::plugin::digest::Verdict::Valid => "valid",
+                sipwasm::plugin::digest::Verdict::Stale => "stale",
+                sipwasm::plugin::digest::Verdict::Invalid => "invalid",
+                sipwasm::plugin::digest::Verdict::Missing => "missing",
             }),
             "/config" => ok(host::plugin_config()),
             "/myself" => ok(if host::is_myself(query) { "yes" } else { "no" }),
