@@ -72,6 +72,12 @@ enum Cmd {
         #[arg(long)]
         kamailio: bool,
     },
+    /// The costliest message of each shape (64 KB of Contacts, parameters, Vias, Routes,
+    /// challenges) through a SIP core, in process: the time each takes.
+    Worst {
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
     /// SIP load: REGISTER over WS, MESSAGE WS to WS, REGISTER over UDP.
     Sip {
         #[arg(long, default_value_t = 10)]
@@ -172,6 +178,7 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Cmd::Core { iterations } => core_only(iterations),
+            Cmd::Worst { rounds } => worst(rounds),
             Cmd::Router {
                 iterations,
                 seconds,
@@ -1273,6 +1280,38 @@ fn bench_core() -> anyhow::Result<(sipwasm::core::Core, SocketAddr)> {
         trusted: sipwasm::core::peers::TrustedPeers::default(),
     });
     Ok((core, udp))
+}
+
+/// Times each of `sipwasm::core::worst::cases()` through a fresh core, `rounds` times.
+fn worst(rounds: usize) -> anyhow::Result<()> {
+    use sipwasm::core::worst;
+    println!("## The worst message of each shape (64 KB, one datagram), through the SIP core\n");
+    println!("| case | answer | median ms | max ms | target |");
+    println!("|---|---|---|---|---|");
+    for case in worst::cases() {
+        let mut took = Vec::with_capacity(rounds);
+        let mut answer = None;
+        for _ in 0..rounds.max(1) {
+            let (mut core, udp) = bench_core()?;
+            let now = std::time::Instant::now();
+            let input = worst::prepare(&mut core, &case, udp, now).map_err(anyhow::Error::msg)?;
+            let t = Instant::now();
+            core.handle(now, input);
+            let (status, _) = worst::outcome(&mut core, udp);
+            took.push(t.elapsed());
+            answer = status;
+        }
+        took.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {} | {} | {:.3} | {:.3} | < 5 ms |",
+            case.name,
+            answer.map_or("forwarded".to_string(), |s| s.to_string()),
+            ms(took[took.len() / 2]),
+            ms(took[took.len() - 1])
+        );
+    }
+    Ok(())
 }
 
 fn core_only(iterations: u64) -> anyhow::Result<()> {

@@ -412,3 +412,36 @@ deadline = "2s"
     sender.send(&msg).await;
     assert_eq!(sender.recv_final().await.status, 404);
 }
+
+/// CRLF keepalives in bulk over TCP (64 KB of them in one write) are each answered, in
+/// order before the request that follows them, and cost linear time (the buffer is
+/// drained once per read, the answers written at once).
+#[tokio::test]
+async fn a_flood_of_tcp_keepalives_is_answered_in_linear_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::standard("");
+    let mut tcp = within("connect", tokio::net::TcpStream::connect(s.sip))
+        .await
+        .unwrap();
+    let pings = 16_000;
+    let mut bytes = b"\r\n\r\n".repeat(pings);
+    bytes.extend_from_slice(options("ka1", "TCP").as_bytes());
+    tcp.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while !got.windows(7).any(|w| w == b"SIP/2.0") || !got.ends_with(b"\r\n\r\n") {
+        let n = within("pongs and the answer", tcp.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    let answer_at = got.windows(7).position(|w| w == b"SIP/2.0").unwrap();
+    assert_eq!(
+        answer_at,
+        2 * pings,
+        "one CRLF per keepalive, all before the answer"
+    );
+    assert!(got[..answer_at].iter().all(|&b| b == b'\r' || b == b'\n'));
+    assert!(got[answer_at..].starts_with(b"SIP/2.0 200"));
+}

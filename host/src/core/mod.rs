@@ -20,6 +20,7 @@ pub mod peers;
 mod proxy;
 pub mod registrar;
 pub mod transaction;
+pub mod worst;
 
 use std::collections::VecDeque;
 

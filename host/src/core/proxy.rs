@@ -170,6 +170,10 @@ fn request_uri_of_contact(contact: &str) -> Option<Uri> {
     Some(uri)
 }
 
+/// Most challenges of other branches added to the best 401/407 (a UA answers one per
+/// realm it knows; more only grows the answer).
+const MAX_AGGREGATED: usize = 16;
+
 /// What `stamp_received` adds to a request's top Via at most (`;received=` and an IPv6
 /// address, an `rport` value), rounded up.
 const STAMPED_AT_MOST: usize = 64;
@@ -1225,15 +1229,22 @@ impl Core {
             return;
         };
         if best.status == 401 || best.status == 407 {
-            // Aggregate every challenge (16.7 step 7).
-            for r in &responses {
+            // Aggregate the challenges of the other branches (16.7 step 7), up to
+            // MAX_AGGREGATED of them: each callee's own are relayed whole, but the
+            // answer does not grow with the number of branches times what each sent.
+            let mut added = 0;
+            'responses: for r in &responses {
                 if std::ptr::eq(*r, &best) {
                     continue;
                 }
                 for name in [HeaderName::WwwAuthenticate, HeaderName::ProxyAuthenticate] {
                     for v in r.headers.get_all(&name) {
+                        if added == MAX_AGGREGATED {
+                            break 'responses;
+                        }
                         if !best.headers.get_all(&name).any(|x| x == v) {
                             best.headers.push(name.clone(), v);
+                            added += 1;
                         }
                     }
                 }

@@ -1776,3 +1776,24 @@ fn udp_answers_are_bounded_for_unproven_sources_and_forks_go_once_per_address() 
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].0, udp_phone_target());
 }
+
+/// Issue 18: the worst message of each shape (64 KB of Contacts, parameters, Vias,
+/// Routes, challenges) gets its answer; `sipwasm-bench worst` times them.
+#[test]
+fn the_worst_inputs_get_their_answers() {
+    for case in worst::cases() {
+        let mut sim = Sim::new();
+        let input =
+            worst::prepare(&mut sim.core, &case, UDP, sim.now).unwrap_or_else(|e| panic!("{e}"));
+        if let Input::Message(m) = &input {
+            let size = m.message.to_bytes().len();
+            assert!(size <= 65_535, "{}: {size} bytes", case.name);
+        }
+        sim.core.handle(sim.now, input);
+        let (status, sent) = worst::outcome(&mut sim.core, UDP);
+        match case.expect {
+            Some(want) => assert_eq!(status, Some(want), "{}", case.name),
+            None => assert!(sent > 0, "{}: nothing sent", case.name),
+        }
+    }
+}

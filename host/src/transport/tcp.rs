@@ -83,28 +83,37 @@ pub async fn serve_stream<S>(
                     Ok(0) | Err(_) => break,
                     Ok(_) => last_activity = Instant::now(),
                 }
+                // Frames are taken from `start` on and the buffer is drained once per
+                // read: a read full of CRLF keepalives costs linear time (draining per
+                // keepalive moved the rest of the buffer each time), and their answers
+                // go out in one write.
+                let mut start = 0;
+                let mut pongs = 0usize;
                 loop {
-                    match next_frame_from(&buf, max, &mut scanned) {
+                    match next_frame_from(&buf[start..], max, &mut scanned) {
                         Ok(None) => break,
                         Ok(Some(Frame::Ping)) => {
-                            buf.drain(..4);
+                            start += 4;
                             scanned = 0;
+                            pongs += 1;
                             shared.metrics.keepalive();
-                            if !write(&mut stream, b"\r\n").await {
-                                break 'outer;
-                            }
                         }
                         Ok(Some(Frame::Pong)) => {
-                            buf.drain(..2);
+                            start += 2;
                             scanned = 0;
                         }
                         Ok(Some(Frame::Message(n))) => {
-                            let parsed = crate::sip::parse(&buf[..n]);
+                            // Keepalives before it are answered before it.
+                            if pongs > 0 && !write(&mut stream, "\r\n".repeat(std::mem::take(&mut pongs)).as_bytes()).await {
+                                break 'outer;
+                            }
+                            let frame = &buf[start..start + n];
+                            let parsed = crate::sip::parse(frame);
                             let reply = parsed
                                 .as_ref()
                                 .err()
-                                .and_then(|e| crate::sip::error_response(&buf[..n], e, &shared.server_header));
-                            buf.drain(..n);
+                                .and_then(|e| crate::sip::error_response(frame, e, &shared.server_header));
+                            start += n;
                             scanned = 0;
                             if let Some(reply) = reply
                                 && !write(&mut stream, &reply).await
@@ -142,6 +151,10 @@ pub async fn serve_stream<S>(
                         }
                     }
                 }
+                if pongs > 0 && !write(&mut stream, "\r\n".repeat(pongs).as_bytes()).await {
+                    break 'outer;
+                }
+                buf.drain(..start);
                 if buf.is_empty() && buf.capacity() > 16 * 1024 {
                     buf = Vec::new();
                 }
