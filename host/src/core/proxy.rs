@@ -641,6 +641,7 @@ impl Core {
         // has shown that it receives what we send to its address.
         let udp_remote = (source.flow.is_none()).then_some(source.remote);
         if let Some(remote) = udp_remote
+            && !self.udp_verified(remote, now)
             && let Some(call_id) = req.call_id()
             && let Some(aor) = aor_of(&to.uri)
             && self.location.lookup(&aor).iter().any(|b| {
