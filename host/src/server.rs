@@ -81,6 +81,7 @@ impl Server {
                 let s = UdpSocket::bind(l.address).await.with_context(what)?;
                 let local = s.local_addr()?;
                 raise_udp_buffers(&s, local);
+                udp::report_icmp_errors(&s, local);
                 (Socket::Datagram(Arc::new(s)), local)
             } else {
                 let s = TcpListener::bind(l.address).await.with_context(what)?;

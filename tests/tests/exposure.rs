@@ -445,3 +445,20 @@ async fn a_flood_of_tcp_keepalives_is_answered_in_linear_time() {
     assert!(got[..answer_at].iter().all(|&b| b == b'\r' || b == b'\n'));
     assert!(got[answer_at..].starts_with(b"SIP/2.0 200"));
 }
+
+/// 5, last part: a UDP destination that answers ICMP port unreachable (a phone gone
+/// away, a spoofed source's victim) stops being retransmitted to at once: the caller
+/// gets 480 now instead of nothing for the 32 s of timer F.
+#[tokio::test]
+async fn an_icmp_unreachable_destination_fails_its_branch_at_once() {
+    let s = Server::standard("");
+    let mut gone = Ua::udp(&s, "gone").await;
+    assert_eq!(gone.register(600).await.status, 200);
+    drop(gone);
+    let mut sender = Ua::udp(&s, "asker").await;
+    let (msg, _) = sender.request("MESSAGE", "gone", "", "still there?");
+    sender.send(&msg).await;
+    let r = sender.recv_final().await;
+    assert_eq!(r.status, 480, "{r:?}");
+    assert!(s.metric("sipwasm_udp_unreachable_total").await >= 1);
+}

@@ -52,6 +52,7 @@ counters! {
     sip_parse_errors, sip_parse_error, "sipwasm_sip_parse_errors_total", "Unparsable SIP messages dropped.";
     sip_send_queue_full, sip_send_queue_full, "sipwasm_sip_send_queue_full_total", "SIP messages dropped because their flow's send queue was full (a peer that does not read).";
     flows_closed, flows_closed_inc, "sipwasm_flows_closed_total", "Flows closed.";
+    udp_unreachable, udp_unreachable, "sipwasm_udp_unreachable_total", "UDP destinations reported unreachable by ICMP (their transactions stop retransmitting).";
     digest_failures, digest_failure, "sipwasm_digest_failures_total", "SIP requests whose Digest credentials a plugin found wrong.";
     digest_refused, digest_refused, "sipwasm_digest_refused_total", "Digest credentials refused unchecked: their source is banned for guessing.";
     digest_bans, digest_ban, "sipwasm_digest_bans_total", "Bans started for too many failed Digest responses (per user and address, or per address).";

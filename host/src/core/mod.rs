@@ -1096,7 +1096,26 @@ impl Core {
                 continue;
             }
             if event.is_some() {
-                self.on_branch_failed(now, owner.0, owner.1, matches!(target, Target::Flow(_)));
+                // A connection gone or a UDP address that answered ICMP unreachable:
+                // the contact cannot be reached there now (430, 480 to the caller).
+                let gone = matches!(target, Target::Flow(_) | Target::Udp { .. });
+                self.on_branch_failed(now, owner.0, owner.1, gone);
+            }
+        }
+        // Answers retransmitted toward an unreachable UDP address (a spoofed source, a
+        // phone gone away) stop there: those transactions end.
+        if let Target::Udp { .. } = target {
+            let done: Vec<u64> = self
+                .servers
+                .iter()
+                .filter(|(_, st)| {
+                    st.source.reply_target() == target
+                        && st.last.as_ref().is_some_and(|(status, _)| *status >= 200)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for id in done {
+                self.remove_server(id);
             }
         }
     }

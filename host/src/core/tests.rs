@@ -1797,3 +1797,43 @@ fn the_worst_inputs_get_their_answers() {
         }
     }
 }
+
+/// ICMP unreachable for a UDP address: client transactions toward it fail at once (the
+/// caller gets 480), and final answers retransmitted toward it stop.
+#[test]
+fn an_unreachable_udp_address_ends_the_transactions_toward_it() {
+    let mut sim = Sim::new();
+    sim.register_udp("pat");
+    // A browser's INVITE to the phone, which is gone.
+    let out = sim.feed(
+        browser(6),
+        "INVITE sip:pat@localhost SIP/2.0\r\nVia: SIP/2.0/WS b6.invalid;branch=z9hG4bKun1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:web@localhost>;tag=w6\r\nTo: <sip:pat@localhost>\r\n\
+         Call-ID: un1\r\nCSeq: 1 INVITE\r\nContact: <sip:web@b6.invalid;transport=ws>\r\n\r\n",
+    );
+    assert_eq!(forwarded(&out).0, udp_phone_target());
+    sim.core
+        .handle(sim.now, Input::SendFailed(udp_phone_target()));
+    let out = sim.drain();
+    assert!(
+        out.iter()
+            .any(|(t, m)| *t == Target::Flow(6)
+                && matches!(m, Message::Response(r) if r.status == 480)),
+        "{out:?}"
+    );
+    // The phone's own INVITE to an unknown user, answered 404 with a transaction (it
+    // retransmits until the ACK): the ICMP error ends it.
+    sim.register_ws("ws", 7);
+    let out = sim.feed(udp_phone(), &invite_from_udp("ws", "un2"));
+    let inv = forwarded(&out).1.clone();
+    let out = sim.feed(browser(7), &answer(&inv, 486, ""));
+    assert!(out.iter().any(|(t, _)| *t == udp_phone_target()));
+    sim.core
+        .handle(sim.now, Input::SendFailed(udp_phone_target()));
+    sim.drain();
+    let later = sim.advance(Duration::from_secs(40));
+    assert!(
+        !later.iter().any(|(t, _)| *t == udp_phone_target()),
+        "retransmitted after the ICMP error: {later:?}"
+    );
+}

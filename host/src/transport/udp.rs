@@ -22,8 +22,16 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
         let (n, remote) = match received {
             Ok(r) => r,
             Err(e) => {
-                // ICMP errors from earlier sends surface here on Linux; keep going.
+                // An ICMP error for an earlier send (port or host unreachable): the
+                // addresses it concerns wait in the socket's error queue. Transactions
+                // sending there stop retransmitting (a spoofed source's victim, a phone
+                // gone away) and their branches fail at once.
                 tracing::debug!(%local, "UDP receive error: {e}");
+                for remote in unreachable(&socket) {
+                    shared.metrics.udp_unreachable();
+                    let target = crate::core::Target::Udp { local, remote };
+                    shared.core.hand_off(Input::SendFailed(target)).await;
+                }
                 continue;
             }
         };
@@ -61,6 +69,63 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
             }
         }
     }
+}
+
+/// Asks the kernel to report ICMP errors for datagrams this unconnected socket sends
+/// (`IP_RECVERR` / `IPV6_RECVERR`; without it Linux drops them): each then fails the
+/// next receive and leaves the address it concerns in the socket's error queue, which
+/// [`run`] reads. Best effort: a kernel that refuses leaves retransmissions to run out
+/// on their timers, as before.
+pub fn report_icmp_errors(socket: &UdpSocket, local: SocketAddr) {
+    use std::os::fd::AsRawFd as _;
+    let (level, name) = if local.is_ipv4() {
+        (libc::IPPROTO_IP, libc::IP_RECVERR)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor the socket owns for the duration of the call,
+    // with a pointer to a live c_int and its exact size.
+    #[allow(
+        unsafe_code,
+        reason = "one setsockopt that socket2 does not wrap: IP_RECVERR"
+    )]
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::info!(%local, "ICMP errors not reported for this UDP socket: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Most error-queue entries read per receive error (the rest wait for the next one).
+const ERRORS_PER_WAKE: usize = 64;
+
+/// The destinations of queued ICMP errors (`MSG_ERRQUEUE`: the address each refused
+/// datagram was sent to), without blocking.
+fn unreachable(socket: &UdpSocket) -> Vec<SocketAddr> {
+    let s = socket2::SockRef::from(socket);
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+    let mut out = Vec::new();
+    for _ in 0..ERRORS_PER_WAKE {
+        match s.recv_from_with_flags(&mut buf, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) {
+            Ok((_, addr)) => {
+                if let Some(a) = addr.as_socket()
+                    && !out.contains(&a)
+                {
+                    out.push(a);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
