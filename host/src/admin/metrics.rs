@@ -71,6 +71,7 @@ struct CoreGauges {
     refused_forged_route: AtomicU64,
     refused_untrusted_path: AtomicU64,
     refused_relay: AtomicU64,
+    trimmed_answers: AtomicU64,
 }
 
 impl Metrics {
@@ -92,6 +93,7 @@ impl Metrics {
             (&g.refused_forged_route, s.refused.forged_route),
             (&g.refused_untrusted_path, s.refused.untrusted_path),
             (&g.refused_relay, s.refused.relay),
+            (&g.trimmed_answers, s.refused.trimmed_answer),
         ] {
             counter.store(value, Relaxed);
         }
@@ -99,6 +101,16 @@ impl Metrics {
 
     fn render_core(&self, out: &mut String) {
         let g = &self.core;
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_udp_answers_trimmed_total Answers to UDP peers that had not proven they receive our packets, cut to twice their request's size (no amplification toward a spoofed source)."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_udp_answers_trimmed_total counter");
+        let _ = writeln!(
+            out,
+            "sipwasm_udp_answers_trimmed_total {}",
+            g.trimmed_answers.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client)."

@@ -105,6 +105,8 @@ pub struct Location {
     by_flow_contact: HashMap<String, Vec<(String, u64)>>,
     expiries: BTreeSet<(Instant, u64)>,
     aor_of: HashMap<u64, String>,
+    /// How many bindings are reached by datagram at each address.
+    by_udp: HashMap<std::net::SocketAddr, usize>,
     next_id: u64,
 }
 
@@ -123,6 +125,12 @@ impl Location {
     /// The live bindings of `aor`.
     pub fn lookup(&self, aor: &str) -> &[Binding] {
         self.by_aor.get(aor).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether some binding is reached by datagram at `remote` (its REGISTER came from
+    /// there).
+    pub fn has_udp(&self, remote: std::net::SocketAddr) -> bool {
+        self.by_udp.contains_key(&remote)
     }
 
     /// Whether the AoR has (or had, until its last binding went) any binding.
@@ -180,6 +188,9 @@ impl Location {
                 .or_default()
                 .push((b.aor.clone(), b.id));
         }
+        if let Reach::Udp { remote, .. } = b.reach {
+            *self.by_udp.entry(remote).or_default() += 1;
+        }
         self.expiries.insert((b.expires_at, b.id));
         self.aor_of.insert(b.id, b.aor.clone());
         self.by_aor.entry(b.aor.clone()).or_default().push(b);
@@ -192,6 +203,14 @@ impl Location {
         let b = list.remove(pos);
         if list.is_empty() {
             self.by_aor.remove(aor);
+        }
+        if let Reach::Udp { remote, .. } = b.reach
+            && let Some(n) = self.by_udp.get_mut(&remote)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.by_udp.remove(&remote);
+            }
         }
         if let Some(flow) = b.on_flow()
             && let Some(v) = self.by_flow.get_mut(&flow)

@@ -219,6 +219,9 @@ pub struct Refused {
     /// Requests from untrusted clients whose Route or Request-URI named a next hop
     /// elsewhere (no relay for them).
     pub relay: u64,
+    /// Answers cut to twice their request's size for a UDP peer that had not proven
+    /// it receives what we send (not refused: counted here with the rest).
+    pub trimmed_answer: u64,
 }
 
 /// What the routing plugin decided for a request (already validated by the host).
@@ -803,7 +806,17 @@ impl Core {
             return;
         };
         let status = resp.status;
-        if let Some(bytes) = st.respond(status, Bytes::from(resp.to_bytes()), now, &t) {
+        let bytes = match st.source.flow {
+            None => {
+                let remote = st.source.remote;
+                self.bounded_for_udp(id, resp, now, remote)
+            }
+            Some(_) => Bytes::from(resp.to_bytes()),
+        };
+        let Some(st) = self.servers.get_mut(&id) else {
+            return;
+        };
+        if let Some(bytes) = st.respond(status, bytes, now, &t) {
             let target = st.source.reply_target();
             self.send(target, bytes);
         }
@@ -974,6 +987,71 @@ impl Core {
         self.udp_verified
             .get(&addr)
             .is_some_and(|t| now.saturating_duration_since(*t) < UDP_VERIFIED_FOR)
+    }
+
+    /// Whether answers to the UDP peer `addr` may be larger than twice its request: it
+    /// showed it receives what we send ([`Core::udp_verified`]), a registration is
+    /// reached there (behind an authenticating router, its REGISTER answered a nonce
+    /// given to that address), or it is a trusted peer.
+    fn udp_proven(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.udp_verified(addr, now)
+            || self.location.has_udp(addr)
+            || self.cfg.trusted.contains(addr.ip())
+    }
+
+    /// `resp` as a UDP peer that has not proven itself gets it: at most twice the size
+    /// of its request (no amplification toward a spoofed source). Larger, it is cut to
+    /// its status and the fields that tie it to the request (Via, From, To, Call-ID,
+    /// CSeq, and the first challenge of a 401/407), without a body; counted.
+    fn bounded_for_udp(
+        &mut self,
+        id: u64,
+        resp: Response,
+        now: Instant,
+        remote: SocketAddr,
+    ) -> Bytes {
+        let bytes = Bytes::from(resp.to_bytes());
+        // Any request is longer than 300 bytes: nothing to check below twice that.
+        if bytes.len() <= 600 || self.udp_proven(remote, now) {
+            return bytes;
+        }
+        let request = self.servers.get(&id).map_or(0, |st| {
+            st.request
+                .to_bytes()
+                .len()
+                .saturating_sub(proxy::STAMPED_AT_MOST)
+        });
+        if bytes.len() <= 2 * request {
+            return bytes;
+        }
+        let mut headers = Headers::with_capacity(8);
+        let mut challenge = false;
+        for h in resp.headers.iter() {
+            let keep = match h.name {
+                HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq => true,
+                HeaderName::WwwAuthenticate | HeaderName::ProxyAuthenticate => {
+                    !std::mem::replace(&mut challenge, true)
+                }
+                _ => false,
+            };
+            if keep {
+                headers.push(h.name.clone(), h.value.clone());
+            }
+        }
+        self.refused.trimmed_answer += 1;
+        Bytes::from(
+            Response {
+                status: resp.status,
+                reason: resp.reason,
+                headers,
+                body: Bytes::new(),
+            }
+            .to_bytes(),
+        )
     }
 
     fn on_response(&mut self, now: Instant, source: &Source, resp: Response) {

@@ -176,7 +176,7 @@ const MAX_AGGREGATED: usize = 16;
 
 /// What `stamp_received` adds to a request's top Via at most (`;received=` and an IPv6
 /// address, an `rport` value), rounded up.
-const STAMPED_AT_MOST: usize = 64;
+pub(super) const STAMPED_AT_MOST: usize = 64;
 
 /// Most Route entries of ours popped from one request; more is a loop (482).
 const MAX_OWN_ROUTES: usize = 8;
@@ -682,7 +682,7 @@ impl Core {
             headers.push((HeaderName::Date, self.date.clone()));
         }
         if let Some(remote) = udp_remote
-            && !self.udp_verified(remote, now)
+            && !self.udp_proven(remote, now)
         {
             self.bound_answer(req, remote, &to, &mut headers);
         }

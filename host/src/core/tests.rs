@@ -1837,3 +1837,67 @@ fn an_unreachable_udp_address_ends_the_transactions_toward_it() {
         "retransmitted after the ICMP error: {later:?}"
     );
 }
+
+/// No amplification through a callee: a response relayed to a UDP caller that has not
+/// proven it receives our packets is at most twice its request; a caller with a
+/// registration at its address gets it whole.
+#[test]
+fn relayed_answers_to_unproven_udp_callers_are_bounded() {
+    let mut sim = Sim::new();
+    sim.register_ws("big", 8);
+    let stranger = Source {
+        remote: "127.0.0.9:5099".parse().unwrap(),
+        ..udp_phone()
+    };
+    let sdp = format!("v=0\r\n{}", "a=x-padding:0123456789abcdef\r\n".repeat(100));
+    for (source, proven) in [(stranger, false), (udp_phone(), true)] {
+        if proven {
+            sim.register_udp("caller");
+        }
+        let branch = if proven { "ra2" } else { "ra1" };
+        let invite = invite_from_udp("big", branch).replace(
+            "Via: SIP/2.0/UDP 127.0.0.1:5070",
+            &format!("Via: SIP/2.0/UDP {}", source.remote),
+        );
+        let request_size = invite.len();
+        let out = {
+            let message = parse(invite.as_bytes()).unwrap();
+            sim.core.handle(
+                sim.now,
+                Input::Message(Box::new(Incoming { source, message })),
+            );
+            sim.drain()
+        };
+        let inv = forwarded(&out).1.clone();
+        let ok = format!(
+            "{}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            answer(&inv, 200, "Contact: <sip:big8@b8.invalid;transport=ws>\r\n")
+                .trim_end_matches("\r\n"),
+            sdp.len()
+        );
+        sim.core.handle(
+            sim.now,
+            Input::Message(Box::new(Incoming {
+                source: browser(8),
+                message: parse(ok.as_bytes()).unwrap(),
+            })),
+        );
+        let sent: Vec<Transmit> = std::iter::from_fn(|| sim.core.poll_transmit()).collect();
+        let to_caller = sent
+            .iter()
+            .find(|t| matches!(t.target, Target::Udp { remote, .. } if remote == source.remote))
+            .expect("the 200 relayed");
+        let resp = parse(&to_caller.payload).unwrap();
+        assert_eq!(status(&resp), 200);
+        if proven {
+            assert!(to_caller.payload.len() > 2 * request_size, "whole");
+        } else {
+            assert!(
+                to_caller.payload.len() <= 2 * request_size,
+                "{} bytes for a {request_size}-byte INVITE",
+                to_caller.payload.len()
+            );
+        }
+    }
+    assert_eq!(sim.core.stats().refused.trimmed_answer, 1);
+}
