@@ -563,3 +563,86 @@ async fn sha256_challenges_when_configured() {
     assert!(challenges[0].contains("algorithm=SHA-256"));
     assert!(challenges[1].contains("algorithm=MD5"));
 }
+
+/// Issue 18, item 6: alice's credentials for a MESSAGE to bob, sniffed, work for nothing
+/// else: not on a MESSAGE to carol (another Request-URI), not again to bob on another
+/// Call-ID with the same nonce count.
+#[tokio::test]
+async fn sniffed_credentials_work_for_nothing_else() {
+    let s = auth_server("\"MD5\"");
+    let mut alice = Ua::udp(&s, "alice").await;
+    let (msg, _) = alice.request("MESSAGE", "bob", "", "hi");
+    alice.send(&msg).await;
+    let r = alice.recv_final().await;
+    assert_eq!(r.status, 407, "{r:?}");
+    let challenge = r.headers.get(&HeaderName::ProxyAuthenticate).unwrap();
+    let creds = digest_answer(
+        challenge,
+        "alice",
+        "alice-secret",
+        "MESSAGE",
+        "sip:bob@localhost",
+    );
+    let with_creds = |text: String| {
+        text.replacen(
+            "Max-Forwards: 70\r\n",
+            &format!("Max-Forwards: 70\r\nProxy-Authorization: {creds}\r\n"),
+            1,
+        )
+    };
+    // Accepted: routing answers (bob is not registered).
+    let (msg, _) = alice.request("MESSAGE", "bob", "", "hi");
+    alice.send(&with_creds(msg)).await;
+    let r = alice.recv_final().await;
+    assert!(matches!(r.status, 404 | 480), "{r:?}");
+    // The same credentials on a MESSAGE to carol: refused.
+    let (msg, _) = alice.request("MESSAGE", "carol", "", "hi");
+    alice.send(&with_creds(msg)).await;
+    let r = alice.recv_final().await;
+    assert!(matches!(r.status, 403 | 407), "{r:?}");
+    // Again to bob on a new Call-ID with the same count: challenged again.
+    let (msg, _) = alice.request("MESSAGE", "bob", "", "hi");
+    alice.send(&with_creds(msg)).await;
+    let r = alice.recv_final().await;
+    assert_eq!(r.status, 407, "{r:?}");
+}
+
+/// Issue 18, item 7: twelve REGISTERs with alice's username, a made-up nonce and a
+/// garbage response, from alice's address (over UDP anyone can forge it), do not lock
+/// alice out: only a wrong answer to a nonce given to that address counts as a guess.
+#[tokio::test]
+async fn a_spoofed_source_cannot_lock_out_its_victim() {
+    let s = auth_server("\"MD5\"");
+    let mut spoofer = Ua::udp_from(&s, "alice", "127.0.0.5").await;
+    for i in 0..12 {
+        let text = spoofer.register_text(600).replace(
+            "Content-Length: 0\r\n",
+            &format!(
+                "Authorization: Digest username=\"alice\", realm=\"sipwasm\", nonce=\"madeup{i}\", \
+                 uri=\"sip:localhost\", response=\"0123456789abcdef0123456789abcdef\"\r\nContent-Length: 0\r\n"
+            ),
+        );
+        spoofer.send(&text).await;
+        let r = spoofer.recv_final().await;
+        assert!(matches!(r.status, 401 | 403), "{r:?}");
+    }
+    // alice herself, from that address, with her password.
+    let mut alice = Ua::udp_from(&s, "alice", "127.0.0.5").await;
+    let r = alice.register(600).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenge = r.headers.get(&HeaderName::WwwAuthenticate).unwrap();
+    let auth = digest_answer(
+        challenge,
+        "alice",
+        "alice-secret",
+        "REGISTER",
+        "sip:localhost",
+    );
+    let text = alice.register_text(600).replace(
+        "Content-Length: 0\r\n",
+        &format!("Authorization: {auth}\r\nContent-Length: 0\r\n"),
+    );
+    alice.send(&text).await;
+    assert_eq!(alice.recv_final().await.status, 200);
+    assert_eq!(s.metric("sipwasm_digest_bans_total").await, 0);
+}
