@@ -843,9 +843,13 @@ impl Config {
                 _ => {}
             }
             if let Some(h) = admin.hosts.iter().find(|h| {
-                h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+                h.is_empty()
+                    || h.contains(|c: char| c.is_whitespace() || c == '/' || c == '@' || c == ':')
             }) {
-                return Err(("admin.hosts".into(), format!("{h:?} is not a host name")));
+                return Err((
+                    "admin.hosts".into(),
+                    format!("{h:?} is not a host name (names only, without a port)"),
+                ));
             }
         }
         for (name, p) in &self.plugins {

@@ -322,10 +322,11 @@ impl NonceKey {
     /// Checks Digest credentials (`Authorization` / `Proxy-Authorization` values) of
     /// `req` for `realm` against `password`. Only a wrong response to a fresh nonce we
     /// gave this address, for this request, is [`DigestVerdict::Invalid`] (a failed
-    /// guess); a response to a nonce we did not give this address, or for another
-    /// request, is [`DigestVerdict::Unproven`]; a right one that repeats an earlier
-    /// request's `nc`, or whose nonce is old or was given to another address, is
-    /// [`DigestVerdict::Stale`] (challenge again).
+    /// guess); a nonce not ours, or credentials for another request, are
+    /// [`DigestVerdict::Unproven`]; a nonce that is old or was given to another
+    /// address is [`DigestVerdict::Stale`] before the response is looked at (no
+    /// oracle for uncounted guesses), and so is a right response that repeats an
+    /// earlier request's `nc` (challenge again).
     pub fn verify<'a>(
         &self,
         credentials: impl IntoIterator<Item = &'a str>,
@@ -350,8 +351,15 @@ impl NonceKey {
         ) else {
             return DigestVerdict::Unproven;
         };
-        let check = self.check(&nonce, realm, now_unix, max_age_secs, req.peer);
-        if check == NonceCheck::Invalid || !uri_matches(&uri, req.uri) {
+        match self.check(&nonce, realm, now_unix, max_age_secs, req.peer) {
+            NonceCheck::Valid => {}
+            NonceCheck::Invalid => return DigestVerdict::Unproven,
+            // Old, or given to another address: a new challenge, whatever the response
+            // says. Checking it first would tell right from wrong (stale against
+            // refused) for guesses that are never counted: an oracle.
+            NonceCheck::Stale | NonceCheck::Foreign => return DigestVerdict::Stale,
+        }
+        if !uri_matches(&uri, req.uri) {
             return DigestVerdict::Unproven;
         }
         let algorithm = field("algorithm").unwrap_or_else(|| "MD5".into());
@@ -381,19 +389,12 @@ impl NonceKey {
             // Without qop there is no count: the nonce is good for one request.
             None => (hash(&format!("{ha1}:{nonce}:{ha2}")), 0),
         };
-        let right = same(
+        if !same(
             expected.as_bytes(),
             response.to_ascii_lowercase().as_bytes(),
-        );
-        match (right, check) {
-            (false, NonceCheck::Valid) => return DigestVerdict::Invalid,
-            // A wrong answer to a nonce this address never got (or an old one) is no
-            // evidence against anyone: a spoofer's or a replayer's.
-            (false, _) => return DigestVerdict::Unproven,
-            (true, NonceCheck::Valid) => {}
-            // Right, but the nonce is old or was given to another address (a client
-            // that moved): a new challenge.
-            (true, _) => return DigestVerdict::Stale,
+        ) {
+            // A wrong answer to a fresh nonce this very address was given: a guess.
+            return DigestVerdict::Invalid;
         }
         let txn = {
             use std::hash::{BuildHasher as _, Hasher as _};
@@ -665,7 +666,8 @@ mod tests {
         assert_eq!(v(&c3, &elsewhere), DigestVerdict::Stale);
         assert_eq!(
             k.verify([c3.as_str()], &elsewhere, "sipwasm", "guess", 1_010, 300),
-            DigestVerdict::Unproven
+            DigestVerdict::Stale,
+            "no oracle: right and wrong look the same from another address"
         );
         // The uri as the client wrote it may differ in form from the parsed one.
         let upper = DigestRequest {

@@ -379,6 +379,8 @@ pub struct Core {
     /// a spoofed source). Bounded by [`UDP_VERIFIED_MAX`], entries age out after
     /// [`UDP_VERIFIED_FOR`].
     udp_verified: HashMap<SocketAddr, Instant>,
+    /// When [`Core::udp_verified`] was last swept of aged entries.
+    udp_verified_swept: Option<Instant>,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
@@ -428,6 +430,7 @@ impl Core {
             next_id: 0,
             refused: Refused::default(),
             udp_verified: HashMap::new(),
+            udp_verified_swept: None,
         }
     }
 
@@ -973,8 +976,15 @@ impl Core {
     /// Remembers that the UDP peer `addr` receives what we send it.
     fn mark_udp_verified(&mut self, addr: SocketAddr, now: Instant) {
         if self.udp_verified.len() >= UDP_VERIFIED_MAX && !self.udp_verified.contains_key(&addr) {
-            self.udp_verified
-                .retain(|_, t| now.saturating_duration_since(*t) < UDP_VERIFIED_FOR);
+            // Aged entries are swept at most once a minute (a sweep walks them all).
+            if self
+                .udp_verified_swept
+                .is_none_or(|t| now.saturating_duration_since(t).as_secs() >= 60)
+            {
+                self.udp_verified_swept = Some(now);
+                self.udp_verified
+                    .retain(|_, t| now.saturating_duration_since(*t) < UDP_VERIFIED_FOR);
+            }
             if self.udp_verified.len() >= UDP_VERIFIED_MAX {
                 return;
             }
@@ -1028,11 +1038,18 @@ impl Core {
         let mut challenge = false;
         for h in resp.headers.iter() {
             let keep = match h.name {
+                // What ties it to the request, and what forms the dialog (a 2xx or
+                // 1xx without its Contact or Record-Route would leave the caller
+                // unable to go on); the body is what goes.
                 HeaderName::Via
                 | HeaderName::From
                 | HeaderName::To
                 | HeaderName::CallId
-                | HeaderName::CSeq => true,
+                | HeaderName::CSeq
+                | HeaderName::Contact
+                | HeaderName::RecordRoute
+                | HeaderName::Require => true,
+                HeaderName::Other(ref n) if n.eq_ignore_ascii_case("RSeq") => true,
                 HeaderName::WwwAuthenticate | HeaderName::ProxyAuthenticate => {
                     !std::mem::replace(&mut challenge, true)
                 }

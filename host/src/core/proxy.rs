@@ -316,6 +316,11 @@ impl Core {
         // destination, whatever the Request-URI says (an in-dialog request reaches the
         // party the dialog was set up with, at the address it was reached at then).
         if let Some(dest) = dialog.last() {
+            // Only requests inside the dialog (with a To tag) may use its route: an
+            // out-of-dialog request naming it would reach a party without the router.
+            if req.tag_of_to().is_none() {
+                return self.forged_route();
+            }
             // Requests toward the callee come from the caller (its tag is their From
             // tag), requests toward the caller carry its tag in To.
             let tag = match dest.side {
@@ -549,9 +554,9 @@ impl Core {
         // Highest q first; most recent first within equal q.
         groups.sort_by_key(|g| std::cmp::Reverse(g[0].q.unwrap_or(1000)));
         let mut branches = Vec::new();
-        // One branch per place: bindings reached at one address (one UDP socket that
-        // registered many Contacts, say at a victim's address) get the request once, not
-        // once each.
+        // One branch per UDP address: bindings registered directly from one address (one
+        // socket that registered many Contacts, say at a victim's address) get the
+        // request once, not once each.
         let mut targets: Vec<Target> = Vec::new();
         for g in groups {
             let candidates: Vec<Candidate> = g
@@ -592,6 +597,11 @@ impl Core {
                     })
                 })
                 .filter(|c| {
+                    // Direct UDP registrations only: bindings behind an edge (a Path,
+                    // one connection) share its address and are its to fork.
+                    if !(c.path.is_empty() && matches!(c.target, Target::Udp { .. })) {
+                        return true;
+                    }
                     let new = !targets.contains(&c.target);
                     if new {
                         targets.push(c.target);

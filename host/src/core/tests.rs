@@ -1164,7 +1164,13 @@ fn forged_or_stale_flow_tokens() {
     );
     let out = sim.feed(udp_phone(), &unsigned.replace("z9hG4bKst", "z9hG4bKst3"));
     assert_eq!(status(&out[0].1), 403);
-    assert_eq!(sim.core.stats().refused.forged_route, 4);
+    // Our entry on a request outside the dialog (no To tag): refused too.
+    let untagged = bye
+        .replace("To: <sip:b@localhost>;tag=2", "To: <sip:b@localhost>")
+        .replace("z9hG4bKst", "z9hG4bKst4");
+    let out = sim.feed(udp_phone(), &untagged);
+    assert_eq!(status(&out[0].1), 403);
+    assert_eq!(sim.core.stats().refused.forged_route, 5);
 }
 
 #[test]
@@ -1900,4 +1906,32 @@ fn relayed_answers_to_unproven_udp_callers_are_bounded() {
         }
     }
     assert_eq!(sim.core.stats().refused.trimmed_answer, 1);
+}
+
+/// Bindings behind one trusted edge share its address: each still gets its branch
+/// (the one-branch-per-address rule is for direct UDP registrations).
+#[test]
+fn bindings_behind_one_edge_each_get_a_branch() {
+    let mut sim = Sim::new();
+    for (n, contact) in ["desk", "soft"].iter().enumerate() {
+        let reg = format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bKe{n};rport\r\n\
+             Via: SIP/2.0/UDP 10.0.0.{n}:5060;branch=z9hG4bKua{n}\r\n\
+             Max-Forwards: 69\r\nFrom: <sip:two@localhost>;tag=e{n}\r\nTo: <sip:two@localhost>\r\n\
+             Call-ID: edge-{n}\r\nCSeq: 1 REGISTER\r\nPath: <sip:127.0.0.2:5070;lr>\r\n\
+             Supported: path\r\nContact: <sip:{contact}@10.0.0.{n}:5060>\r\n\r\n"
+        );
+        assert_eq!(status(&sim.feed(edge(), &reg)[0].1), 200);
+    }
+    let out = sim.feed(
+        browser(3),
+        "MESSAGE sip:two@localhost SIP/2.0\r\nVia: SIP/2.0/WS b3.invalid;branch=z9hG4bKtwo\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:x@localhost>;tag=x\r\nTo: <sip:two@localhost>\r\n\
+         Call-ID: two-m\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n",
+    );
+    let sent = out
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Request(_)))
+        .count();
+    assert_eq!(sent, 2, "{out:?}");
 }

@@ -225,7 +225,7 @@ pub struct RequestFacts {
     pub(crate) peer: Option<IpAddr>,
     /// Its Request-URI as received, which credentials must name.
     pub(crate) uri: String,
-    /// Its Call-ID and CSeq: what a retransmission of it shares.
+    /// Its Call-ID, CSeq and top Via: what a retransmission of it shares.
     pub(crate) txn: String,
     /// Whether a failed Digest check of this request was counted already (a plugin may
     /// check one request against several passwords: one request, one failure).
@@ -247,10 +247,13 @@ impl RequestFacts {
             credentials: req.headers.get_all(&answer).map(str::to_string).collect(),
             peer: None,
             uri: req.uri.to_string(),
+            // A retransmission keeps its Call-ID, CSeq and top Via (its branch); a
+            // replay of the same request in a new transaction does not.
             txn: format!(
-                "{}\n{}",
+                "{}\n{}\n{}",
                 req.call_id().unwrap_or(""),
-                req.headers.get(&HeaderName::CSeq).unwrap_or("")
+                req.headers.get(&HeaderName::CSeq).unwrap_or(""),
+                req.headers.values(&HeaderName::Via).next().unwrap_or("")
             ),
             failure_counted: false,
         }

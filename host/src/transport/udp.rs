@@ -27,7 +27,14 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
                 // sending there stop retransmitting (a spoofed source's victim, a phone
                 // gone away) and their branches fail at once.
                 tracing::debug!(%local, "UDP receive error: {e}");
-                for remote in unreachable(&socket) {
+                let queued = unreachable(&socket);
+                // Port unreachable only: the peer said no one listens there. Others
+                // (fragmentation needed, time exceeded, a network unreachable for a
+                // moment) leave the transactions to their timers.
+                if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                    continue;
+                }
+                for remote in queued {
                     shared.metrics.udp_unreachable();
                     let target = crate::core::Target::Udp { local, remote };
                     shared.core.hand_off(Input::SendFailed(target)).await;
