@@ -805,20 +805,19 @@ impl Core {
     /// Sends `resp` through server transaction `id`.
     fn respond(&mut self, id: u64, resp: Response, now: Instant) {
         let t = self.cfg.timers;
-        let Some(st) = self.servers.get_mut(&id) else {
+        let Some(source) = self.servers.get(&id).map(|st| st.source) else {
             return;
         };
         let status = resp.status;
-        let bytes = match st.source.flow {
-            None => {
-                let remote = st.source.remote;
-                self.bounded_for_udp(id, resp, now, remote)
-            }
+        let bytes = match source.flow {
+            None => self.bounded_for_udp(id, resp, now, source.remote),
             Some(_) => Bytes::from(resp.to_bytes()),
         };
+        let unproven = source.flow.is_none() && !self.udp_proven(source.remote, now);
         let Some(st) = self.servers.get_mut(&id) else {
             return;
         };
+        st.quiet = unproven;
         if let Some(bytes) = st.respond(status, bytes, now, &t) {
             let target = st.source.reply_target();
             self.send(target, bytes);
@@ -1003,7 +1002,7 @@ impl Core {
     /// showed it receives what we send ([`Core::udp_verified`]), a registration is
     /// reached there (behind an authenticating router, its REGISTER answered a nonce
     /// given to that address), or it is a trusted peer.
-    fn udp_proven(&self, addr: SocketAddr, now: Instant) -> bool {
+    pub(super) fn udp_proven(&self, addr: SocketAddr, now: Instant) -> bool {
         self.udp_verified(addr, now)
             || self.location.has_udp(addr)
             || self.cfg.trusted.contains(addr.ip())

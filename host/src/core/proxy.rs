@@ -1060,13 +1060,19 @@ impl Core {
         let bytes = Bytes::from(req.to_bytes());
         let id = self.new_id();
         let t = self.cfg.timers;
+        // Toward a UDP address that has not shown it receives our packets (a dialog's
+        // party reached at an address it only claimed, a next hop never heard from),
+        // a request goes once: retransmissions would multiply what reaches a spoofed
+        // source's victim. Registered phones and trusted peers are proven.
+        let unproven =
+            matches!(c.target, Target::Udp { remote, .. } if !self.udp_proven(remote, now));
         let ct = ClientTx::new(
             id,
             branch.clone(),
             req,
             bytes.clone(),
             c.target,
-            c.transport.is_reliable(),
+            c.transport.is_reliable() || unproven,
             (ctx_id, idx),
             now,
             &t,

@@ -1935,3 +1935,57 @@ fn bindings_behind_one_edge_each_get_a_branch() {
         .count();
     assert_eq!(sent, 2, "{out:?}");
 }
+
+/// Nothing is retransmitted toward a UDP address that has not proven it receives our
+/// packets: neither a final answer (timer G) nor an in-dialog request toward it (timer
+/// E), so what reaches a spoofed source's victim is never multiplied.
+#[test]
+fn nothing_is_retransmitted_toward_an_unproven_udp_address() {
+    let mut sim = Sim::new();
+    sim.register_ws("rt", 9);
+    let stranger = Source {
+        remote: "127.0.0.9:5099".parse().unwrap(),
+        ..udp_phone()
+    };
+    let to_stranger = |out: &[(Target, Message)]| {
+        out.iter()
+            .filter(|(t, _)| matches!(t, Target::Udp { remote, .. } if *remote == stranger.remote))
+            .count()
+    };
+    let feed_from = |sim: &mut Sim, text: &str| {
+        let message = parse(text.as_bytes()).unwrap();
+        sim.core.handle(
+            sim.now,
+            Input::Message(Box::new(Incoming {
+                source: stranger,
+                message,
+            })),
+        );
+        sim.drain()
+    };
+    // A call refused: the 486 goes once.
+    let invite = invite_from_udp("rt", "q1").replace("127.0.0.1:5070", "127.0.0.9:5099");
+    let out = feed_from(&mut sim, &invite);
+    let inv = forwarded(&out).1.clone();
+    let out = sim.feed(browser(9), &answer(&inv, 486, ""));
+    assert_eq!(to_stranger(&out), 1);
+    assert_eq!(to_stranger(&sim.advance(Duration::from_secs(40))), 0);
+    // A call answered; the browser's BYE goes to the caller once.
+    let invite = invite_from_udp("rt", "q2").replace("127.0.0.1:5070", "127.0.0.9:5099");
+    let out = feed_from(&mut sim, &invite);
+    let inv = forwarded(&out).1.clone();
+    let rr = record_route(&inv);
+    sim.feed(
+        browser(9),
+        &answer(&inv, 200, "Contact: <sip:rt9@b9.invalid;transport=ws>\r\n"),
+    );
+    let bye = format!(
+        "BYE sip:phone@127.0.0.9:5099 SIP/2.0\r\nVia: SIP/2.0/WS b9.invalid;branch=z9hG4bKqbye\r\nMax-Forwards: 70\r\n\
+         Route: {}, {}\r\nFrom: <sip:rt@localhost>;tag=callee\r\nTo: <sip:phone@localhost>;tag=p1\r\n\
+         Call-ID: call-q2\r\nCSeq: 2 BYE\r\n\r\n",
+        rr[0], rr[1]
+    );
+    let out = sim.feed(browser(9), &bye);
+    assert_eq!(to_stranger(&out), 1, "{out:?}");
+    assert_eq!(to_stranger(&sim.advance(Duration::from_secs(40))), 0);
+}

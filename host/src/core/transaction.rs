@@ -202,6 +202,11 @@ pub struct ServerTx {
     pub ctx: Option<u64>,
     /// Retransmit timer G (INVITE, unreliable): next time and interval.
     g: Option<(Instant, Duration)>,
+    /// Final answers are not retransmitted on timer G: the source is a UDP address that
+    /// has not shown it receives our packets (each retransmission toward a spoofed
+    /// source would multiply what reaches its victim). A retransmitted request still
+    /// gets the answer again, one for one. Set by the core before each answer.
+    pub quiet: bool,
     /// The single end timer (H, I, J or L).
     end: Option<Instant>,
 }
@@ -223,6 +228,7 @@ impl ServerTx {
             last: None,
             ctx: None,
             g: None,
+            quiet: false,
             end: None,
         }
     }
@@ -273,7 +279,7 @@ impl ServerTx {
             }
             (true, _, _) => {
                 self.state = ServerState::Completed;
-                if !reliable {
+                if !reliable && !self.quiet {
                     self.g = Some((now + t.t1, t.t1));
                 }
                 self.end = Some(now + 64 * t.t1);
