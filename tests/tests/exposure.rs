@@ -244,6 +244,7 @@ async fn the_admin_api_wants_its_own_host_and_a_token() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&s.data_dir.path().join("admin-token")), 0o600);
     assert_eq!(mode(&s.data_dir.path().join("secret.key")), 0o600);
+    assert_eq!(mode(s.data_dir.path()), 0o700);
 }
 
 /// 9 and 10 at start: an admin API or an open registrar on a public address is refused
@@ -354,6 +355,9 @@ async fn registrations_are_on_disk_at_shutdown_and_a_corrupt_store_is_moved_asid
     );
     // The store is damaged while the server is down.
     s.restart_with(|dir| {
+        // Opened up by hand meanwhile: made private again at start.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(dir.join("location.sqlite"), vec![0x5au8; 8192]).unwrap();
         let _ = std::fs::remove_file(dir.join("location.sqlite-wal"));
         let _ = std::fs::remove_file(dir.join("location.sqlite-shm"));
@@ -363,6 +367,14 @@ async fn registrations_are_on_disk_at_shutdown_and_a_corrupt_store_is_moved_asid
         "{}",
         s.logs()
     );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(s.data_dir.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "the data directory is private again");
+    }
     let moved = std::fs::read_dir(s.data_dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
