@@ -333,6 +333,10 @@ pub struct SipConfig {
     /// Most bindings per address-of-record.
     #[serde(default = "default_max_contacts")]
     pub max_contacts: usize,
+    /// Most bindings the registrar holds in all: a REGISTER that would add one past it
+    /// gets 503 with Retry-After (refreshing or removing a binding always works).
+    #[serde(default = "default_max_bindings")]
+    pub max_bindings: usize,
     /// What a REGISTER with a Path gets when its UA did not say `Supported: path`.
     #[serde(default = "default_path_without_support")]
     pub path_without_support: PathPolicy,
@@ -369,6 +373,7 @@ impl Default for SipConfig {
             default_expires: default_default_expires(),
             flow_timer: default_flow_timer(),
             max_contacts: default_max_contacts(),
+            max_bindings: default_max_bindings(),
             path_without_support: default_path_without_support(),
             t1: default_t1(),
             t2: default_t2(),
@@ -395,6 +400,9 @@ fn default_default_expires() -> u32 {
 }
 fn default_flow_timer() -> u32 {
     120
+}
+fn default_max_bindings() -> usize {
+    1_000_000
 }
 fn default_max_contacts() -> usize {
     32
@@ -762,6 +770,9 @@ impl Config {
                 "sip.t1".into(),
                 "T1 must be at least 10ms and at most T2 and T4".into(),
             ));
+        }
+        if sip.max_bindings == 0 {
+            return Err(("sip.max-bindings".into(), "must be at least 1".into()));
         }
         if sip.max_contacts == 0 || sip.max_contacts > 10_000 {
             return Err((

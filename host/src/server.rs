@@ -170,6 +170,7 @@ impl Server {
                 default_expires: sip.default_expires,
                 flow_timer: sip.flow_timer,
                 max_contacts: sip.max_contacts,
+                max_bindings: sip.max_bindings,
                 store_path_without_support: sip.path_without_support
                     == crate::config::PathPolicy::Store,
             },

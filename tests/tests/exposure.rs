@@ -474,3 +474,25 @@ async fn an_icmp_unreachable_destination_fails_its_branch_at_once() {
     assert_eq!(r.status, 480, "{r:?}");
     assert!(s.metric("sipwasm_udp_unreachable_total").await >= 1);
 }
+
+/// Issue 19 (first piece): the registrar as a whole is bounded (`sip.max-bindings`): a
+/// new binding past it gets 503 with Retry-After; refreshing one always works.
+#[tokio::test]
+async fn a_full_registrar_answers_503_and_still_takes_refreshes() {
+    let s = Server::standard("[sip]\nmax-bindings = 2\n");
+    let mut a = Ua::udp(&s, "full-a").await;
+    let mut b = Ua::ws(&s, "full-b").await;
+    let mut c = Ua::udp(&s, "full-c").await;
+    assert_eq!(a.register(600).await.status, 200);
+    assert_eq!(b.register(600).await.status, 200);
+    let r = c.register(600).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.headers.get(&HeaderName::parse("Retry-After")), Some("60"));
+    assert_eq!(a.register(600).await.status, 200, "a refresh");
+    assert_eq!(
+        s.metric("sipwasm_sip_refused_total{reason=\"registrar-full\"}")
+            .await,
+        1
+    );
+    assert_eq!(s.metric("sipwasm_registrar_bindings").await, 2);
+}

@@ -71,6 +71,7 @@ struct CoreGauges {
     refused_forged_route: AtomicU64,
     refused_untrusted_path: AtomicU64,
     refused_relay: AtomicU64,
+    refused_registrar_full: AtomicU64,
     trimmed_answers: AtomicU64,
 }
 
@@ -93,6 +94,7 @@ impl Metrics {
             (&g.refused_forged_route, s.refused.forged_route),
             (&g.refused_untrusted_path, s.refused.untrusted_path),
             (&g.refused_relay, s.refused.relay),
+            (&g.refused_registrar_full, s.refused.registrar_full),
             (&g.trimmed_answers, s.refused.trimmed_answer),
         ] {
             counter.store(value, Relaxed);
@@ -113,13 +115,14 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client)."
+            "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client), registrar-full (a new binding past sip.max-bindings: 503)."
         );
         let _ = writeln!(out, "# TYPE sipwasm_sip_refused_total counter");
         for (reason, counter) in [
             ("forged-route", &g.refused_forged_route),
             ("untrusted-path", &g.refused_untrusted_path),
             ("relay", &g.refused_relay),
+            ("registrar-full", &g.refused_registrar_full),
         ] {
             let _ = writeln!(
                 out,

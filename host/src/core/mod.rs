@@ -219,6 +219,8 @@ pub struct Refused {
     /// Requests from untrusted clients whose Route or Request-URI named a next hop
     /// elsewhere (no relay for them).
     pub relay: u64,
+    /// REGISTERs refused because the registrar holds `sip.max-bindings` already.
+    pub registrar_full: u64,
     /// Answers cut to twice their request's size for a UDP peer that had not proven
     /// it receives what we send (not refused: counted here with the rest).
     pub trimmed_answer: u64,

@@ -687,6 +687,9 @@ impl Core {
             }
         }
         self.arm_expiry();
+        if outcome.status == 503 {
+            self.refused.registrar_full += 1;
+        }
         let mut headers = outcome.headers;
         if outcome.status == 200 && !self.date.is_empty() {
             headers.push((HeaderName::Date, self.date.clone()));

@@ -24,6 +24,9 @@ pub struct RegistrarConfig {
     pub flow_timer: u32,
     /// Most bindings one AoR may have (a REGISTER that would exceed it gets 403).
     pub max_contacts: usize,
+    /// Most bindings in all (a REGISTER that would add one past it gets 503 with
+    /// Retry-After; refreshes and removals always work).
+    pub max_bindings: usize,
     /// Whether a Path is stored (and routed through) when the UA did not say
     /// `Supported: path`; else such a REGISTER gets 420 (RFC 3327 section 5.3).
     pub store_path_without_support: bool,
@@ -37,6 +40,7 @@ impl Default for RegistrarConfig {
             default_expires: 3_600,
             flow_timer: 120,
             max_contacts: 32,
+            max_bindings: 1_000_000,
             store_path_without_support: false,
         }
     }
@@ -407,6 +411,15 @@ pub fn register(
     let added = specs.iter().filter(|s| s.expires > 0).count();
     if kept + added > cfg.max_contacts {
         return Outcome::err(403, "Too Many Contacts");
+    }
+    // The registrar as a whole: bindings this REGISTER would add (not refresh).
+    let before = loc.lookup(&aor).len();
+    if loc.len() - before + kept + added > cfg.max_bindings && kept + added > before {
+        return Outcome {
+            status: 503,
+            reason: Some("Registrar Full".into()),
+            headers: vec![(HeaderName::RetryAfter, "60".into())],
+        };
     }
 
     // Check ordering for all contacts before changing anything.
@@ -1202,6 +1215,44 @@ mod tests {
         );
         assert_eq!(o.status, 200);
         assert_eq!(stored(&loc), vec![Vec::<String>::new()]);
+    }
+
+    #[test]
+    fn the_registrar_as_a_whole_is_bounded_and_refreshes_always_work() {
+        let now = Instant::now();
+        let mut loc = Location::new();
+        let cfg = RegistrarConfig {
+            max_bindings: 2,
+            ..RegistrarConfig::default()
+        };
+        let reg_of = |user: &str, cseq: u32, expires: u32| {
+            let text = format!(
+                "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{user}{cseq}\r\n\
+                 From: <sip:{user}@localhost>;tag=1\r\nTo: <sip:{user}@localhost>\r\nCall-ID: c-{user}\r\n\
+                 CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@10.0.0.1>;expires={expires}\r\n\r\n"
+            );
+            match parse(text.as_bytes()).unwrap() {
+                Message::Request(r) => r,
+                _ => unreachable!(),
+            }
+        };
+        let mut changes = Vec::new();
+        let mut go =
+            |loc: &mut Location, r: &Request| run_with(&cfg, loc, r, None, now, &mut changes);
+        assert_eq!(go(&mut loc, &reg_of("a", 1, 600)).status, 200);
+        assert_eq!(go(&mut loc, &reg_of("b", 1, 600)).status, 200);
+        let full = go(&mut loc, &reg_of("c", 1, 600));
+        assert_eq!(full.status, 503);
+        assert_eq!(
+            full.headers,
+            vec![(HeaderName::RetryAfter, "60".to_string())]
+        );
+        assert_eq!(loc.len(), 2);
+        // A refresh and a removal still work; then there is room again.
+        assert_eq!(go(&mut loc, &reg_of("a", 2, 600)).status, 200);
+        assert_eq!(go(&mut loc, &reg_of("b", 2, 0)).status, 200);
+        assert_eq!(go(&mut loc, &reg_of("c", 2, 600)).status, 200);
+        assert_eq!(loc.len(), 2);
     }
 
     /// The worst Contact lists one message can carry cost time linear in their size:

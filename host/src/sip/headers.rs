@@ -72,6 +72,7 @@ header_names! {
     ReferredBy => "Referred-By", "b";
     RejectContact => "Reject-Contact", "j";
     Require => "Require";
+    RetryAfter => "Retry-After";
     Route => "Route";
     Server => "Server";
     SessionExpires => "Session-Expires", "x";
