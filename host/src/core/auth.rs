@@ -198,13 +198,6 @@ impl NonceKey {
         B64.encode(raw)
     }
 
-    /// When a nonce of ours was issued, if it is one.
-    fn issued_at(nonce: &str) -> Option<u64> {
-        let raw = B64.decode(nonce).ok()?;
-        (raw.len() == HEAD + 2 * MAC_LEN)
-            .then(|| u64::from_be_bytes(raw[..8].try_into().expect("8 bytes")))
-    }
-
     /// Checks a nonce presented for `realm` by `peer` at `now_unix`; older than
     /// `max_age_secs` is stale.
     pub fn check(
@@ -215,27 +208,39 @@ impl NonceKey {
         max_age_secs: u64,
         peer: Option<IpAddr>,
     ) -> NonceCheck {
+        self.checked(nonce, realm, now_unix, max_age_secs, peer).0
+    }
+
+    /// [`NonceKey::check`], with when the nonce was issued (0 when it is not ours).
+    fn checked(
+        &self,
+        nonce: &str,
+        realm: &str,
+        now_unix: u64,
+        max_age_secs: u64,
+        peer: Option<IpAddr>,
+    ) -> (NonceCheck, u64) {
         let Ok(raw) = B64.decode(nonce) else {
-            return NonceCheck::Invalid;
+            return (NonceCheck::Invalid, 0);
         };
         if raw.len() != HEAD + 2 * MAC_LEN {
-            return NonceCheck::Invalid;
+            return (NonceCheck::Invalid, 0);
         }
         let issued_at = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
         let head = &raw[..HEAD];
         if !same(&self.mac(head, realm, None), &raw[HEAD..HEAD + MAC_LEN])
             || issued_at > now_unix.saturating_add(5)
         {
-            return NonceCheck::Invalid;
+            return (NonceCheck::Invalid, 0);
         }
-        if !same(&self.mac(head, realm, Some(peer)), &raw[HEAD + MAC_LEN..]) {
-            return NonceCheck::Foreign;
-        }
-        if now_unix - issued_at.min(now_unix) > max_age_secs {
+        let check = if !same(&self.mac(head, realm, Some(peer)), &raw[HEAD + MAC_LEN..]) {
+            NonceCheck::Foreign
+        } else if now_unix - issued_at.min(now_unix) > max_age_secs {
             NonceCheck::Stale
         } else {
             NonceCheck::Valid
-        }
+        };
+        (check, issued_at)
     }
 
     /// The `WWW-Authenticate` values for a challenge to `peer`: SHA-256 first, then MD5
@@ -351,7 +356,8 @@ impl NonceKey {
         ) else {
             return DigestVerdict::Unproven;
         };
-        match self.check(&nonce, realm, now_unix, max_age_secs, req.peer) {
+        let (check, issued_at) = self.checked(&nonce, realm, now_unix, max_age_secs, req.peer);
+        match check {
             NonceCheck::Valid => {}
             NonceCheck::Invalid => return DigestVerdict::Unproven,
             // Old, or given to another address: a new challenge, whatever the response
@@ -404,7 +410,6 @@ impl NonceKey {
             h.write(req.txn.as_bytes());
             h.finish()
         };
-        let issued_at = Self::issued_at(&nonce).expect("checked above");
         let used = self
             .uses
             .lock()

@@ -811,11 +811,12 @@ impl Core {
             return;
         };
         let status = resp.status;
-        let bytes = match source.flow {
-            None => self.bounded_for_udp(id, resp, now, source.remote),
-            Some(_) => Bytes::from(resp.to_bytes()),
-        };
         let unproven = source.flow.is_none() && !self.udp_proven(source.remote, now);
+        let bytes = if unproven {
+            self.bounded_for_udp(id, resp)
+        } else {
+            Bytes::from(resp.to_bytes())
+        };
         let Some(st) = self.servers.get_mut(&id) else {
             return;
         };
@@ -1010,20 +1011,15 @@ impl Core {
             || self.cfg.trusted.contains(addr.ip())
     }
 
-    /// `resp` as a UDP peer that has not proven itself gets it: at most twice the size
+    /// `resp` as a UDP peer that has not proven itself ([`Core::udp_proven`], checked by
+    /// the caller) gets it: at most twice the size
     /// of its request (no amplification toward a spoofed source). Larger, it is cut to
     /// its status and the fields that tie it to the request (Via, From, To, Call-ID,
     /// CSeq, and the first challenge of a 401/407), without a body; counted.
-    fn bounded_for_udp(
-        &mut self,
-        id: u64,
-        resp: Response,
-        now: Instant,
-        remote: SocketAddr,
-    ) -> Bytes {
+    fn bounded_for_udp(&mut self, id: u64, resp: Response) -> Bytes {
         let bytes = Bytes::from(resp.to_bytes());
         // Any request is longer than 300 bytes: nothing to check below twice that.
-        if bytes.len() <= 600 || self.udp_proven(remote, now) {
+        if bytes.len() <= 600 {
             return bytes;
         }
         let request = self.servers.get(&id).map_or(0, |st| {
