@@ -1278,6 +1278,7 @@ fn bench_core() -> anyhow::Result<(sipwasm::core::Core, SocketAddr)> {
         registrar: registrar::RegistrarConfig::default(),
         relay: false,
         trusted: sipwasm::core::peers::TrustedPeers::default(),
+        limits: sipwasm::core::CoreLimits::default(),
     });
     Ok((core, udp))
 }

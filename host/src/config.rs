@@ -49,6 +49,9 @@ pub struct Config {
     /// SIP: registrar, proxy, transactions.
     #[serde(default)]
     pub sip: SipConfig,
+    /// Bounds on connections, request rates and transactions.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Plugins by name; listeners refer to them.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -273,6 +276,146 @@ fn default_send_queue() -> usize {
     64
 }
 
+/// `[limits]`: what one source, and everyone together, may hold of the server. Each
+/// hit is an answer (a close, a 503), a counter in `/metrics` and a log line at most
+/// once a minute per source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsConfig {
+    /// Most TCP/TLS/WebSocket connections open at once, accepted and outgoing; past it
+    /// a new connection is closed at once. 0: the open-file limit less
+    /// [`FD_RESERVE`] (files the server needs besides connections).
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Most connections from one source (an IPv4 address, an IPv6 /64) at once; 0: no
+    /// per-source limit.
+    #[serde(default = "default_connections_per_source")]
+    pub connections_per_source: usize,
+    /// A SIP-over-TCP/TLS connection must bring its first complete message (the TLS
+    /// handshake included) within this time of its accept, or it is closed.
+    #[serde(default = "default_first_message_timeout", with = "duration")]
+    pub first_message_timeout: Duration,
+    /// A WebSocket frame or fragmented message left unfinished this long closes its
+    /// connection (1008).
+    #[serde(default = "default_ws_partial_timeout", with = "duration")]
+    pub ws_partial_timeout: Duration,
+    /// Most server transactions in flight; past it new requests get 503 with
+    /// Retry-After (a retransmission of one in flight is still absorbed).
+    #[serde(default = "default_max_transactions")]
+    pub max_transactions: usize,
+    /// Requests per second one source may send, sustained (0 turns the limit off).
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// Requests one source may send at once above the sustained rate.
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+    /// A source past its rate is banned this long: ignored over UDP, answered 503 with
+    /// Retry-After on connections.
+    #[serde(default = "default_rate_ban", with = "duration")]
+    pub rate_ban: Duration,
+    /// Sources the per-source limits (connections, rate) never apply to, besides
+    /// `sip.trusted-peers`. Loopback by default: local processes (a reverse proxy,
+    /// a test client) speak for many users.
+    #[serde(default = "default_exempt", with = "cidrs")]
+    pub exempt: Vec<Cidr>,
+}
+
+/// Files kept free for everything but connections when `limits.max-connections` is
+/// derived from the open-file limit: listeners, UDP sockets, the store, plugin files,
+/// logs, and connections being accepted before they are counted.
+pub const FD_RESERVE: usize = 256;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 0,
+            connections_per_source: default_connections_per_source(),
+            first_message_timeout: default_first_message_timeout(),
+            ws_partial_timeout: default_ws_partial_timeout(),
+            max_transactions: default_max_transactions(),
+            rate: default_rate(),
+            rate_burst: default_rate_burst(),
+            rate_ban: default_rate_ban(),
+            exempt: default_exempt(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The connection cap in force: the configured one, or the open-file limit
+    /// (`nofile`) less [`FD_RESERVE`] (at least half of it when that is small).
+    pub fn connection_cap(&self, nofile: u64) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+        nofile.saturating_sub(FD_RESERVE).max(nofile / 2)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let secs = |d: Duration| d >= Duration::from_secs(1) && d <= Duration::from_secs(3600);
+        if !secs(self.first_message_timeout) {
+            return Err((
+                "limits.first-message-timeout".into(),
+                "must be between 1s and 1h".into(),
+            ));
+        }
+        if !secs(self.ws_partial_timeout) {
+            return Err((
+                "limits.ws-partial-timeout".into(),
+                "must be between 1s and 1h".into(),
+            ));
+        }
+        if self.max_transactions == 0 {
+            return Err((
+                "limits.max-transactions".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.rate > 0 && self.rate_burst < self.rate {
+            return Err((
+                "limits.rate-burst".into(),
+                "must be at least limits.rate (a second's worth of requests)".into(),
+            ));
+        }
+        if self.rate_ban < Duration::from_secs(1) || self.rate_ban > Duration::from_secs(86_400) {
+            return Err((
+                "limits.rate-ban".into(),
+                "must be between 1s and 1 day".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_connections_per_source() -> usize {
+    1000
+}
+fn default_first_message_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ws_partial_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_transactions() -> usize {
+    100_000
+}
+fn default_rate() -> u32 {
+    50
+}
+fn default_rate_burst() -> u32 {
+    200
+}
+fn default_rate_ban() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_exempt() -> Vec<Cidr> {
+    ["127.0.0.0/8", "::1"]
+        .iter()
+        .map(|c| c.parse().expect("valid block"))
+        .collect()
+}
+
 /// `[sip]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -490,6 +633,21 @@ pub struct PluginConfig {
     /// response (the whole call still ends at `deadline`).
     #[serde(default = "default_outbound_timeout", with = "duration")]
     pub outbound_timeout: Duration,
+    /// Instances (pool slots) the plugin may hold at once, busy and idle: its calls in
+    /// flight at most. Unset: an equal share of what `plugin-runtime.pool-instances`
+    /// leaves after the plugins that set it (filled in when the file is read), so one
+    /// slow plugin cannot take the slots of the others.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    /// Calls that may wait for one of its instances; past it (or after waiting its
+    /// `deadline`) a call fails as `busy` and its failure policy answers (`closed`:
+    /// 503 with Retry-After).
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: usize,
+    /// Outbound HTTP requests (`wasi:http`) the plugin may have open at once, over all
+    /// its instances; past it a request fails with `connection-limit-reached`.
+    #[serde(default = "default_max_outbound")]
+    pub max_outbound: usize,
     /// Handed to the plugin as JSON by `plugin-config()`.
     #[serde(default)]
     pub config: toml::Table,
@@ -509,6 +667,12 @@ fn default_instances() -> InstanceMode {
 }
 fn default_max_reuse() -> u64 {
     10_000
+}
+fn default_max_waiting() -> usize {
+    256
+}
+fn default_max_outbound() -> usize {
+    64
 }
 fn default_digest_algorithms() -> Vec<String> {
     vec!["MD5".into()]
@@ -628,6 +792,7 @@ impl Config {
         config
             .validate()
             .map_err(|(key, message)| err(key, message))?;
+        config.share_plugin_slots();
         for plugin in config.plugins.values_mut() {
             if let Some(p) = &plugin.path
                 && p.is_relative()
@@ -636,6 +801,69 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// The plugins' `max-instances` fit the pool together, and those unset get an
+    /// equal share of what is left (at least one slot each).
+    fn check_plugin_slots(&self) -> Result<(), (String, String)> {
+        let pool = u64::from(self.plugin_runtime.pool_instances);
+        let mut set = 0u64;
+        for (name, p) in &self.plugins {
+            if let Some(n) = p.max_instances {
+                if n == 0 {
+                    return Err((
+                        format!("plugins.{name}.max-instances"),
+                        "must be at least 1".into(),
+                    ));
+                }
+                set += u64::from(n);
+            }
+            if p.max_waiting > 100_000 {
+                return Err((
+                    format!("plugins.{name}.max-waiting"),
+                    "must be at most 100000".into(),
+                ));
+            }
+            if p.max_outbound == 0 {
+                return Err((
+                    format!("plugins.{name}.max-outbound"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        let unset = self
+            .plugins
+            .values()
+            .filter(|p| p.max_instances.is_none())
+            .count() as u64;
+        if set + unset > pool {
+            return Err((
+                "plugin-runtime.pool-instances".into(),
+                format!(
+                    "{pool} slots cannot hold the plugins' max-instances ({set}) plus one slot for each of the {unset} plugins without it; raise pool-instances or lower max-instances"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fills in the unset `max-instances`: an equal share of the pool slots the
+    /// plugins that set it leave.
+    fn share_plugin_slots(&mut self) {
+        let pool = self.plugin_runtime.pool_instances;
+        let set: u32 = self.plugins.values().filter_map(|p| p.max_instances).sum();
+        let unset = self
+            .plugins
+            .values()
+            .filter(|p| p.max_instances.is_none())
+            .count() as u32;
+        if unset == 0 {
+            return;
+        }
+        let share = ((pool - set) / unset).max(1);
+        for p in self.plugins.values_mut() {
+            p.max_instances.get_or_insert(share);
+        }
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -771,6 +999,7 @@ impl Config {
                 "T1 must be at least 10ms and at most T2 and T4".into(),
             ));
         }
+        self.limits.validate()?;
         if sip.max_bindings == 0 {
             return Err(("sip.max-bindings".into(), "must be at least 1".into()));
         }
@@ -954,6 +1183,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        self.check_plugin_slots()?;
         if r.watch_interval < Duration::from_millis(100) {
             return Err((
                 "plugin-runtime.watch-interval".into(),
@@ -1169,6 +1399,42 @@ path = "p.wasm"
             ("auth-failures-per-user = -1", "sip.auth-failures-per-user"),
         ] {
             let e = parse(&format!("{MINIMAL}\n[sip]\n{text}\n")).unwrap_err();
+            assert!(e.key.starts_with(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits_default_and_checked() {
+        let c = parse(MINIMAL).unwrap();
+        let l = &c.limits;
+        assert_eq!(l.connections_per_source, 1000);
+        assert_eq!(l.max_transactions, 100_000);
+        assert_eq!(l.first_message_timeout, Duration::from_secs(10));
+        assert_eq!(l.ws_partial_timeout, Duration::from_secs(30));
+        assert_eq!((l.rate, l.rate_burst), (50, 200));
+        assert_eq!(l.exempt.len(), 2);
+        // The connection cap follows the open-file limit unless set.
+        assert_eq!(l.connection_cap(20_000), 20_000 - FD_RESERVE);
+        assert_eq!(l.connection_cap(300), 150);
+        let c = parse(&format!(
+            "{MINIMAL}\n[limits]\nmax-connections = 500\nexempt = []\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.connection_cap(20_000), 500);
+        assert!(c.limits.exempt.is_empty());
+        for (text, key) in [
+            (
+                "first-message-timeout = \"0s\"",
+                "limits.first-message-timeout",
+            ),
+            ("ws-partial-timeout = \"2h\"", "limits.ws-partial-timeout"),
+            ("max-transactions = 0", "limits.max-transactions"),
+            ("rate = 100\nrate-burst = 10", "limits.rate-burst"),
+            ("rate-ban = \"0s\"", "limits.rate-ban"),
+            ("exempt = [\"10.0.0.1/8\"]", "limits.exempt"),
+            ("connections = 5", "limits.connections"),
+        ] {
+            let e = parse(&format!("{MINIMAL}\n[limits]\n{text}\n")).unwrap_err();
             assert!(e.key.starts_with(key), "{text}: {e}");
         }
     }

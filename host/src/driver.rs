@@ -366,6 +366,14 @@ impl Driven {
                         r.view.set(&b.aor, self.core.bindings(&b.aor));
                     }
                 }
+                Event::Refused { why, source } => {
+                    tracing::warn!(
+                        %source,
+                        reason = why.as_str(),
+                        "{} (logged at most once a minute per source)",
+                        why.describe()
+                    );
+                }
                 Event::FlowClosed(closed) => {
                     let Some(r) = &self.router else { continue };
                     let identity = self

@@ -12,16 +12,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::metrics::ConnLimit;
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, ListenTransport};
 use crate::core::auth::NonceKey;
+use crate::core::limits::RateConfig;
 use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
-use crate::core::{Core, CoreConfig, Myself, SipListener, Transport};
+use crate::core::{Core, CoreConfig, CoreLimits, Myself, SipListener, Transport};
 use crate::driver::{self, CoreCell, Router, route_hook};
 use crate::plugin::sip::SipRouter;
 use crate::plugin::{CompileCache, PluginRouter, Plugins};
 use crate::store::Store;
+use crate::transport::admission::Admission;
 use crate::transport::flow::FlowInfo;
 use crate::transport::ws::{self, Connection};
 use crate::transport::{Connector, FlowTable, Shared, SipLimits, tcp, tls, udp};
@@ -153,6 +156,14 @@ impl Server {
         }
         let (store, stored) = Store::open(&data_dir, std::time::Instant::now())?;
         let sip = &config.sip;
+        // Per-source limits spare the trusted peers and `limits.exempt`.
+        let exempt = crate::core::peers::TrustedPeers::new(
+            sip.trusted_peers
+                .iter()
+                .chain(&config.limits.exempt)
+                .copied()
+                .collect(),
+        );
         let mut core = Core::new(CoreConfig {
             myself,
             listeners: sip_listeners,
@@ -176,6 +187,15 @@ impl Server {
             },
             relay: sip.relay,
             trusted: crate::core::peers::TrustedPeers::new(sip.trusted_peers.clone()),
+            limits: CoreLimits {
+                rate: RateConfig {
+                    per_second: config.limits.rate,
+                    burst: config.limits.rate_burst,
+                    ban: config.limits.rate_ban,
+                },
+                rate_exempt: exempt.clone(),
+                max_transactions: config.limits.max_transactions,
+            },
         });
         let router = plugins.router().map(|slot| {
             tracing::info!(plugin = slot.name(), "SIP requests are routed by plugin");
@@ -191,6 +211,12 @@ impl Server {
                 r.view.set(&b.aor, core.bindings(&b.aor));
             }
         }
+        let connection_cap = config.limits.connection_cap(raise_nofile());
+        tracing::info!(
+            max = connection_cap,
+            per_source = config.limits.connections_per_source,
+            "connection limits"
+        );
         let (closed_tx, closed_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let flows = Arc::new(FlowTable::new(closed_tx, metrics.clone()));
@@ -200,7 +226,15 @@ impl Server {
             sip: SipLimits {
                 max_message_bytes: config.sip.max_message_bytes,
                 tcp_idle_timeout: config.sip.tcp_idle_timeout,
+                first_message_timeout: config.limits.first_message_timeout,
+                ws_partial_timeout: config.limits.ws_partial_timeout,
             },
+            admission: Arc::new(Admission::new(
+                connection_cap,
+                config.limits.connections_per_source,
+                exempt,
+                metrics.clone(),
+            )),
             udp: udp.iter().map(|u| (u.local, u.socket.clone())).collect(),
             connector: Connector::default(),
             server_header: config.server.server_header.clone(),
@@ -380,6 +414,11 @@ async fn accept_loop(l: BoundListener, shared: Arc<Shared>, live: Arc<AtomicUsiz
                 continue;
             }
         };
+        // Past a connection limit: closed at once (counted and logged by admission).
+        let Some(ticket) = shared.admission.admit(remote.ip()) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         live.fetch_add(1, Ordering::Relaxed);
         let guard = LiveGuard(live.clone());
@@ -397,7 +436,7 @@ async fn accept_loop(l: BoundListener, shared: Arc<Shared>, live: Arc<AtomicUsiz
             shared,
         ));
         tokio::spawn(async move {
-            let _guard = guard;
+            let _guard = (guard, ticket);
             fut.await;
         });
     }
@@ -412,7 +451,14 @@ async fn serve_accepted(
     plugin: Option<Arc<PluginRouter>>,
     shared: Arc<Shared>,
 ) {
-    let first_deadline = Instant::now() + shared.http.head_timeout;
+    // A web connection's first HTTP request, or a SIP connection's first message, must
+    // be complete by then (a TLS handshake counts against it).
+    let first_deadline = Instant::now()
+        + if plugin.is_some() {
+            shared.http.head_timeout
+        } else {
+            shared.sip.first_message_timeout
+        };
     let id = shared.flows.next_id();
     match (tls, plugin) {
         (None, Some(plugin)) => {
@@ -434,6 +480,7 @@ async fn serve_accepted(
                 local,
                 remote,
                 shared,
+                Some(first_deadline),
             ))
             .await;
         }
@@ -448,6 +495,9 @@ async fn serve_accepted(
                 }
                 Err(_) => {
                     tracing::debug!(connection = id, peer = %remote, "TLS handshake timed out");
+                    shared
+                        .admission
+                        .timed_out(ConnLimit::FirstMessage, remote.ip());
                     return;
                 }
             };
@@ -472,12 +522,42 @@ async fn serve_accepted(
                         local,
                         remote,
                         shared,
+                        Some(first_deadline),
                     ))
                     .await;
                 }
             }
         }
     }
+}
+
+/// Raises the soft open-file limit to the hard one (connections are files) and returns
+/// it; `limits.max-connections` derives from it unless set.
+fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    #[allow(unsafe_code, reason = "getrlimit/setrlimit, which std does not wrap")]
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        return 1 << 20;
+    }
+    lim.rlim_cur
 }
 
 /// The receive and send buffers UDP sockets ask for: room for thousands of datagrams,

@@ -132,7 +132,8 @@ fuzz_target!(|data: &[u8]| {
             timers: TimerConfig::default(),
             registrar: RegistrarConfig::default(),
             relay: false,
-            trusted: sipwasm::core::peers::TrustedPeers::default(),
+            trusted: sipwasm_fuzz::core::peers::TrustedPeers::default(),
+            limits: sipwasm_fuzz::core::CoreLimits::default(),
         }),
         now: Instant::now(),
     };

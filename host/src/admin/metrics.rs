@@ -16,6 +16,8 @@ macro_rules! counters {
             flows_open: AtomicI64,
             /// The SIP core's state, as of its last round.
             core: CoreGauges,
+            /// Connection limits' hits.
+            conns: ConnCounters,
             /// (plugin, what) -> count; `what` is `calls`, `instantiations` or a failure cause.
             plugins: Mutex<BTreeMap<(String, &'static str), u64>>,
         }
@@ -56,6 +58,41 @@ counters! {
     digest_failures, digest_failure, "sipwasm_digest_failures_total", "SIP requests whose Digest credentials a plugin found wrong.";
     digest_refused, digest_refused, "sipwasm_digest_refused_total", "Digest credentials refused unchecked: their source is banned for guessing.";
     digest_bans, digest_ban, "sipwasm_digest_bans_total", "Bans started for too many failed Digest responses (per user and address, or per address).";
+    udp_oversize, udp_oversize, "sipwasm_udp_oversize_total", "UDP datagrams dropped unread because they were larger than sip.max-message-bytes.";
+}
+
+/// Why a connection was refused or closed by a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnLimit {
+    /// `limits.max-connections` were open: refused at accept.
+    Total,
+    /// `limits.connections-per-source` were open from its source: refused at accept.
+    PerSource,
+    /// No complete SIP message within `limits.first-message-timeout`: closed.
+    FirstMessage,
+    /// A WebSocket frame or message unfinished for `limits.ws-partial-timeout`: closed.
+    WsPartial,
+}
+
+impl ConnLimit {
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Total => "max-connections",
+            Self::PerSource => "per-source",
+            Self::FirstMessage => "first-message",
+            Self::WsPartial => "ws-partial",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ConnCounters {
+    open: AtomicI64,
+    total: AtomicU64,
+    per_source: AtomicU64,
+    first_message: AtomicU64,
+    ws_partial: AtomicU64,
 }
 
 /// Gauges of the SIP core's state ([`CoreStats`]), stored after each of its rounds.
@@ -72,6 +109,8 @@ struct CoreGauges {
     refused_untrusted_path: AtomicU64,
     refused_relay: AtomicU64,
     refused_registrar_full: AtomicU64,
+    refused_rate_limit: AtomicU64,
+    refused_transactions_full: AtomicU64,
     trimmed_answers: AtomicU64,
 }
 
@@ -95,6 +134,8 @@ impl Metrics {
             (&g.refused_untrusted_path, s.refused.untrusted_path),
             (&g.refused_relay, s.refused.relay),
             (&g.refused_registrar_full, s.refused.registrar_full),
+            (&g.refused_rate_limit, s.refused.rate_limit),
+            (&g.refused_transactions_full, s.refused.transactions_full),
             (&g.trimmed_answers, s.refused.trimmed_answer),
         ] {
             counter.store(value, Relaxed);
@@ -115,7 +156,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client), registrar-full (a new binding past sip.max-bindings: 503)."
+            "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client), registrar-full (a new binding past sip.max-bindings: 503), rate-limit (a source past limits.rate, or banned for it: 503 on connections, ignored over UDP), transactions-full (a new request while limits.max-transactions were in flight: 503)."
         );
         let _ = writeln!(out, "# TYPE sipwasm_sip_refused_total counter");
         for (reason, counter) in [
@@ -123,6 +164,8 @@ impl Metrics {
             ("untrusted-path", &g.refused_untrusted_path),
             ("relay", &g.refused_relay),
             ("registrar-full", &g.refused_registrar_full),
+            ("rate-limit", &g.refused_rate_limit),
+            ("transactions-full", &g.refused_transactions_full),
         ] {
             let _ = writeln!(
                 out,
@@ -175,6 +218,71 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name} {}", gauge.load(Relaxed));
+        }
+    }
+
+    /// A connection limit was hit.
+    pub fn conn_limit(&self, what: ConnLimit) {
+        let c = &self.conns;
+        match what {
+            ConnLimit::Total => &c.total,
+            ConnLimit::PerSource => &c.per_source,
+            ConnLimit::FirstMessage => &c.first_message,
+            ConnLimit::WsPartial => &c.ws_partial,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// How often a connection limit was hit.
+    pub fn conn_limits(&self, what: ConnLimit) -> u64 {
+        let c = &self.conns;
+        match what {
+            ConnLimit::Total => &c.total,
+            ConnLimit::PerSource => &c.per_source,
+            ConnLimit::FirstMessage => &c.first_message,
+            ConnLimit::WsPartial => &c.ws_partial,
+        }
+        .load(Relaxed)
+    }
+
+    /// Connections open now changed by `delta`.
+    pub fn connections_open(&self, delta: i64) {
+        self.conns.open.fetch_add(delta, Relaxed);
+    }
+
+    fn render_conns(&self, out: &mut String) {
+        let c = &self.conns;
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_connections_open TCP, TLS and WebSocket connections open now (accepted and outgoing), as limits.max-connections counts them."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_connections_open gauge");
+        let _ = writeln!(out, "sipwasm_connections_open {}", c.open.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_connections_refused_total Connections closed at accept by a limit: max-connections (limits.max-connections open), per-source (limits.connections-per-source open from its address or IPv6 /64)."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_connections_refused_total counter");
+        for what in [ConnLimit::Total, ConnLimit::PerSource] {
+            let _ = writeln!(
+                out,
+                "sipwasm_connections_refused_total{{reason=\"{}\"}} {}",
+                what.as_str(),
+                self.conn_limits(what)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_connections_timed_out_total Connections closed by a time limit: first-message (no complete SIP message within limits.first-message-timeout of the accept), ws-partial (a WebSocket frame or message unfinished for limits.ws-partial-timeout)."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_connections_timed_out_total counter");
+        for what in [ConnLimit::FirstMessage, ConnLimit::WsPartial] {
+            let _ = writeln!(
+                out,
+                "sipwasm_connections_timed_out_total{{reason=\"{}\"}} {}",
+                what.as_str(),
+                self.conn_limits(what)
+            );
         }
     }
 
@@ -233,6 +341,7 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE sipwasm_flows_open gauge");
         let _ = writeln!(out, "sipwasm_flows_open {}", self.flows_open());
         self.render_core(&mut out);
+        self.render_conns(&mut out);
         let m = self.plugins.lock().expect("metrics lock");
         let _ = writeln!(out, "# HELP sipwasm_plugin_calls_total Plugin calls.");
         let _ = writeln!(out, "# TYPE sipwasm_plugin_calls_total counter");

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod flowtoken;
 pub mod gruu;
 pub mod guess_guard;
+pub mod limits;
 pub mod location;
 pub mod myself;
 pub mod peers;
@@ -224,6 +225,62 @@ pub struct Refused {
     /// Answers cut to twice their request's size for a UDP peer that had not proven
     /// it receives what we send (not refused: counted here with the rest).
     pub trimmed_answer: u64,
+    /// Requests from a source past `sip.rate-limit` or banned for it (503 on
+    /// connections, ignored over UDP).
+    pub rate_limit: u64,
+    /// New requests refused with 503 because `sip.max-transactions` were in flight.
+    pub transactions_full: u64,
+}
+
+/// Why a request was refused: its counter in [`Refused`] and its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// [`Refused::forged_route`].
+    ForgedRoute,
+    /// [`Refused::untrusted_path`].
+    UntrustedPath,
+    /// [`Refused::relay`].
+    Relay,
+    /// [`Refused::registrar_full`].
+    RegistrarFull,
+    /// [`Refused::rate_limit`].
+    RateLimit,
+    /// [`Refused::transactions_full`].
+    TransactionsFull,
+}
+
+impl Refusal {
+    /// The `reason` label in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ForgedRoute => "forged-route",
+            Self::UntrustedPath => "untrusted-path",
+            Self::Relay => "relay",
+            Self::RegistrarFull => "registrar-full",
+            Self::RateLimit => "rate-limit",
+            Self::TransactionsFull => "transactions-full",
+        }
+    }
+
+    /// What the log line says.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::ForgedRoute => {
+                "in-dialog request with a Route entry not signed for its dialog refused (403)"
+            }
+            Self::UntrustedPath => {
+                "REGISTER with a Path from a peer not in sip.trusted-peers refused (403)"
+            }
+            Self::Relay => {
+                "request for a next hop elsewhere from an untrusted client refused (403)"
+            }
+            Self::RegistrarFull => "new binding refused: sip.max-bindings reached (503)",
+            Self::RateLimit => {
+                "source past sip.rate-limit: banned (503 on connections, ignored over UDP)"
+            }
+            Self::TransactionsFull => "new request refused: sip.max-transactions in flight (503)",
+        }
+    }
 }
 
 /// What the routing plugin decided for a request (already validated by the host).
@@ -285,6 +342,14 @@ pub enum Event {
     /// A flow that carried SIP closed (exactly once per flow), after its bindings were
     /// removed.
     FlowClosed(ClosedFlow),
+    /// A request was refused (counted in [`CoreStats::refused`]); emitted at most once
+    /// a minute per source and reason, for the log.
+    Refused {
+        /// Why.
+        why: Refusal,
+        /// Who sent it.
+        source: SocketAddr,
+    },
 }
 
 /// A listener the core can send from and names itself by.
@@ -315,6 +380,34 @@ pub struct CoreConfig {
     pub relay: bool,
     /// Peers whose headers may steer requests (Path, Route): edge proxies, gateways.
     pub trusted: peers::TrustedPeers,
+    /// Per-source rate and transactions in flight.
+    pub limits: CoreLimits,
+}
+
+/// The core's share of `[limits]`.
+#[derive(Debug, Clone)]
+pub struct CoreLimits {
+    /// The per-source request rate limit (`limits.rate`, `rate-burst`, `rate-ban`).
+    pub rate: limits::RateConfig,
+    /// Sources the rate limit never applies to: the trusted peers and `limits.exempt`.
+    pub rate_exempt: peers::TrustedPeers,
+    /// Most server transactions in flight; past it new requests get 503.
+    pub max_transactions: usize,
+}
+
+impl Default for CoreLimits {
+    /// No rate limit; `limits.max-transactions`' default.
+    fn default() -> Self {
+        Self {
+            rate: limits::RateConfig {
+                per_second: 0,
+                burst: 0,
+                ban: std::time::Duration::from_secs(60),
+            },
+            rate_exempt: peers::TrustedPeers::default(),
+            max_transactions: 100_000,
+        }
+    }
 }
 
 /// An HMAC keyed with the core's secret (never printed).
@@ -383,11 +476,19 @@ pub struct Core {
     udp_verified: HashMap<SocketAddr, Instant>,
     /// When [`Core::udp_verified`] was last swept of aged entries.
     udp_verified_swept: Option<Instant>,
+    /// Requests per source (`sip.rate-limit`).
+    pike: limits::RateLimiter,
+    /// Refusals' log lines, once a minute per source.
+    log_gate: limits::LogGate,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
 /// ones are not remembered until old ones age out (they get bounded answers meanwhile).
 const UDP_VERIFIED_MAX: usize = 65_536;
+
+/// Retry-After (seconds) on the 503 for a request refused because
+/// `sip.max-transactions` are in flight: about as long as most of them take to end.
+const TRANSACTIONS_FULL_RETRY: u32 = 5;
 
 /// How long a UDP address stays known as reachable.
 const UDP_VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -406,6 +507,7 @@ impl Core {
         let tag_keys = foldhash::quality::FixedState::with_seed(u64::from_be_bytes(
             seed[..8].try_into().expect("eight bytes"),
         ));
+        let pike = limits::RateLimiter::new(cfg.limits.rate, cfg.limits.rate_exempt.clone());
         Self {
             mac,
             tag_keys,
@@ -433,6 +535,8 @@ impl Core {
             refused: Refused::default(),
             udp_verified: HashMap::new(),
             udp_verified_swept: None,
+            pike,
+            log_gate: limits::LogGate::new(),
         }
     }
 
@@ -603,9 +707,60 @@ impl Core {
         }
     }
 
+    /// Counts a refusal of a request from `source`, and lets its log line out at most
+    /// once a minute per source and reason.
+    fn refuse(&mut self, why: Refusal, source: SocketAddr, now: Instant) {
+        let r = &mut self.refused;
+        *match why {
+            Refusal::ForgedRoute => &mut r.forged_route,
+            Refusal::UntrustedPath => &mut r.untrusted_path,
+            Refusal::Relay => &mut r.relay,
+            Refusal::RegistrarFull => &mut r.registrar_full,
+            Refusal::RateLimit => &mut r.rate_limit,
+            Refusal::TransactionsFull => &mut r.transactions_full,
+        } += 1;
+        if self.log_gate.allow(why.as_str(), source.ip(), now) {
+            self.events.push_back(Event::Refused { why, source });
+        }
+    }
+
+    /// Whether a request from `source` is within its source's rate. If not, it is
+    /// counted, and answered 503 with Retry-After on a connection (never an ACK, which
+    /// gets no answer) or ignored over UDP (an answer would only feed a flood, or a
+    /// spoofed victim).
+    fn within_rate(&mut self, now: Instant, source: &Source, req: &Request) -> bool {
+        let limits::Verdict::Banned { retry_after, .. } = self.pike.check(source.remote.ip(), now)
+        else {
+            return true;
+        };
+        self.refuse(Refusal::RateLimit, source.remote, now);
+        if source.transport != Transport::Udp && req.method != Method::Ack {
+            let retry = (HeaderName::RetryAfter, retry_after.to_string());
+            let bytes = self.response_bytes(req, 503, &[retry]);
+            self.send(source.reply_target(), bytes);
+        }
+        false
+    }
+
+    /// Whether a new server transaction may start; if not, the request is answered 503
+    /// with Retry-After (stateless: nothing is kept for it) and counted.
+    fn room_for_transaction(&mut self, now: Instant, source: &Source, req: &Request) -> bool {
+        if self.servers.len() < self.cfg.limits.max_transactions {
+            return true;
+        }
+        self.refuse(Refusal::TransactionsFull, source.remote, now);
+        let retry = (HeaderName::RetryAfter, TRANSACTIONS_FULL_RETRY.to_string());
+        let bytes = self.response_bytes(req, 503, &[retry]);
+        self.send(source.reply_target(), bytes);
+        false
+    }
+
     // ------------------------------------------------------------ server side
 
     fn on_request(&mut self, now: Instant, source: Source, mut req: Request) {
+        if self.pike.is_on() && !self.within_rate(now, &source, &req) {
+            return;
+        }
         stamp_received(&mut req, source.remote);
         match req.method {
             Method::Ack => return self.on_ack(now, source, req),
@@ -625,7 +780,11 @@ impl Core {
             return;
         }
         if self.hook.is_some() && !self.in_our_dialog(&req) {
-            // Out of dialog: the routing plugin decides first.
+            // Out of dialog: the routing plugin decides first (unless the transaction
+            // could not be kept anyway: then the plugin is not asked).
+            if !self.room_for_transaction(now, &source, &req) {
+                return;
+            }
             let id = self.new_id();
             let hook = self.hook.as_mut().expect("checked above");
             if let Some(decision) = (hook.0)(id, &source, &req) {
@@ -669,6 +828,9 @@ impl Core {
                 self.send(source.reply_target(), bytes);
             }
             proxy::Route::Forward(branches, hash) => {
+                if !self.room_for_transaction(now, &source, &req) {
+                    return;
+                }
                 let id = self.new_id();
                 self.server_keys.insert(key.clone(), id);
                 self.servers
@@ -1233,6 +1395,7 @@ pub fn local_reply(
         registrar: RegistrarConfig::default(),
         relay: false,
         trusted: peers::TrustedPeers::default(),
+        limits: CoreLimits::default(),
     });
     let mut resp = core.make_response(req, status, extra);
     if let Some(reason) = reason {

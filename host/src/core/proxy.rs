@@ -11,7 +11,9 @@ use super::flowtoken::FlowTokens;
 use super::location::Binding;
 use super::registrar::{self, Change, aor_of};
 use super::transaction::{ClientEvent, ClientTx};
-use super::{ALLOW, Core, Event, FlowId, SUPPORTED, Source, Target, Transport, split_tokens};
+use super::{
+    ALLOW, Core, Event, FlowId, Refusal, SUPPORTED, Source, Target, Transport, split_tokens,
+};
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request, Response, reason_phrase};
 use crate::sip::typed::{NameAddr, Via};
@@ -222,8 +224,8 @@ impl Core {
 
     /// 403 for a request whose signed Route entries do not fit it (forged, edited, or
     /// replayed from another dialog), counted.
-    fn forged_route(&mut self) -> Route {
-        self.refused.forged_route += 1;
+    fn forged_route(&mut self, source: &Source, now: Instant) -> Route {
+        self.refuse(Refusal::ForgedRoute, source.remote, now);
         Route::Answer(403, vec![warning("Route Not Of This Dialog")])
     }
 
@@ -309,7 +311,7 @@ impl Core {
             match RrEntry::of(sip, &self.tokens) {
                 Ok(Some(entry)) => dialog.push(entry),
                 Ok(None) => {}
-                Err(()) => return self.forged_route(),
+                Err(()) => return self.forged_route(source, now),
             }
         }
         // The last entry of ours faces where the request goes: its token is the
@@ -319,7 +321,7 @@ impl Core {
             // Only requests inside the dialog (with a To tag) may use its route: an
             // out-of-dialog request naming it would reach a party without the router.
             if req.tag_of_to().is_none() {
-                return self.forged_route();
+                return self.forged_route(source, now);
             }
             // Requests toward the callee come from the caller (its tag is their From
             // tag), requests toward the caller carry its tag in To.
@@ -329,10 +331,10 @@ impl Core {
             };
             let call_id = req.call_id().unwrap_or("");
             let Some(tag) = tag else {
-                return self.forged_route();
+                return self.forged_route(source, now);
             };
             if !dialog.iter().all(|e| e.signed_for(self, call_id, tag)) {
-                return self.forged_route();
+                return self.forged_route(source, now);
             }
             // A strict router next (RFC 3261 16.6 step 6): its URI becomes the
             // Request-URI, the target the last Route value; it is reached at the token.
@@ -390,7 +392,7 @@ impl Core {
             .map(str::to_string);
         if let Some(next) = next {
             if !may_steer {
-                self.refused.relay += 1;
+                self.refuse(Refusal::Relay, source.remote, now);
                 return Route::Answer(403, vec![warning("Not Relaying For You")]);
             }
             let Ok(na) = NameAddr::parse(&next) else {
@@ -423,7 +425,7 @@ impl Core {
         }
         // Other domains: only for those who may steer.
         if !may_steer {
-            self.refused.relay += 1;
+            self.refuse(Refusal::Relay, source.remote, now);
             return Route::Answer(403, vec![warning("Not Relaying For You")]);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
@@ -644,7 +646,7 @@ impl Core {
         // peer may say so. From anyone else it would make the server send to an
         // address the client chose (the egress rule of the README's security model).
         if req.headers.get(&HeaderName::Path).is_some() && !self.is_trusted(source) {
-            self.refused.untrusted_path += 1;
+            self.refuse(Refusal::UntrustedPath, source.remote, now);
             return Route::Answer(403, vec![warning("Path Accepted Only From Trusted Peers")]);
         }
         // A UDP phone refreshing its registration by the Call-ID only it and we know
@@ -688,7 +690,7 @@ impl Core {
         }
         self.arm_expiry();
         if outcome.status == 503 {
-            self.refused.registrar_full += 1;
+            self.refuse(Refusal::RegistrarFull, source.remote, now);
         }
         let mut headers = outcome.headers;
         if outcome.status == 200 && !self.date.is_empty() {

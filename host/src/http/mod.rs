@@ -8,6 +8,7 @@ pub mod handshake;
 pub mod head;
 pub mod reader;
 pub mod response;
+pub mod ws_frames;
 
 pub use answer::{Answer, AnswerContext, Decision, RequestFacts, Upgrade, answer};
 pub use handshake::{HandshakeCheck, HandshakeError, UpgradeOffer};

@@ -58,6 +58,10 @@ pub enum PluginFailure {
     /// No instance could be made (pool exhausted, start function failed).
     #[error("instantiation failed: {0}")]
     Instantiate(String),
+    /// All of the plugin's instances were busy, and `max-waiting` calls already
+    /// waited for one, or this call waited its whole deadline.
+    #[error("busy: {0}")]
+    Busy(&'static str),
 }
 
 impl PluginFailure {
@@ -69,6 +73,7 @@ impl PluginFailure {
             Self::OutOfMemory(_) => "memory",
             Self::InvalidDecision(_) => "invalid",
             Self::Instantiate(_) => "instantiate",
+            Self::Busy(_) => "busy",
         }
     }
 }
@@ -118,6 +123,8 @@ struct Instance {
     store: Store<HostState>,
     exports: Exports,
     calls: u64,
+    /// Its place among the plugin's `max-instances` (freed when it is dropped).
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Idle instances kept per plugin at most (each holds a pool slot).
@@ -136,6 +143,11 @@ pub struct Plugin {
     /// epoch trap normally fires within one tick).
     grace: Duration,
     idle: Mutex<Vec<Instance>>,
+    /// `max-instances` permits; each live instance holds one.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Calls waiting for a slot now, at most `max_waiting`.
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -171,7 +183,12 @@ impl Plugin {
                 nonce: context.nonce.clone(),
                 guess_guard: context.guess_guard.clone(),
                 metrics: metrics.clone(),
-                outbound: outbound::OutboundHooks::new(name, allowed.into(), cfg.outbound_timeout),
+                outbound: outbound::OutboundHooks::new(
+                    name,
+                    allowed.into(),
+                    cfg.outbound_timeout,
+                    cfg.max_outbound,
+                ),
             }),
             pre,
             failure: cfg.failure,
@@ -181,6 +198,11 @@ impl Plugin {
             max_reuse: cfg.max_reuse,
             grace: epoch_tick * 3 + Duration::from_millis(20),
             idle: Mutex::new(Vec::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                cfg.max_instances.unwrap_or(1).max(1) as usize,
+            )),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max_waiting: cfg.max_waiting,
             metrics,
         }
     }
@@ -228,9 +250,15 @@ impl Plugin {
                     "plugin failed: {failure}; policy {:?}",
                     self.failure
                 );
-                match self.failure {
-                    FailurePolicy::Closed => Decision::Reply(Response::error(500, "")),
-                    FailurePolicy::Open => builtin_policy(check),
+                match (self.failure, &failure) {
+                    // Overload is not the plugin's fault: come back in a moment.
+                    (FailurePolicy::Closed, PluginFailure::Busy(_)) => {
+                        let mut r = Response::error(503, "");
+                        r.headers.push(("Retry-After".into(), "1".into()));
+                        Decision::Reply(r)
+                    }
+                    (FailurePolicy::Closed, _) => Decision::Reply(Response::error(500, "")),
+                    (FailurePolicy::Open, _) => builtin_policy(check),
                 }
             }
         }
@@ -310,7 +338,10 @@ impl Plugin {
         };
         let mut instance = match reused {
             Some(i) => i,
-            None => self.instantiate(deadline_at).await?,
+            None => {
+                let slot = self.slot().await?;
+                self.instantiate(deadline_at, slot).await?
+            }
         };
         instance.store.data_mut().begin_call(deadline_at);
         instance.store.set_epoch_deadline(1);
@@ -340,7 +371,38 @@ impl Plugin {
         Ok(value)
     }
 
-    async fn instantiate(&self, deadline_at: Instant) -> Result<Instance, PluginFailure> {
+    /// A free slot for a new instance: at once, or after waiting at most the call's
+    /// deadline behind at most `max-waiting` other calls.
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PluginFailure> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let queued = self.waiting.fetch_update(Relaxed, Relaxed, |n| {
+            (n < self.max_waiting).then_some(n + 1)
+        });
+        if queued.is_err() {
+            return Err(PluginFailure::Busy("max-waiting calls wait already"));
+        }
+        struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _leave = Leave(&self.waiting);
+        match tokio::time::timeout(self.deadline, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(PluginFailure::Busy("closed")),
+            Err(_) => Err(PluginFailure::Busy("no instance free within the deadline")),
+        }
+    }
+
+    async fn instantiate(
+        &self,
+        deadline_at: Instant,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Instance, PluginFailure> {
         let mut store = Store::new(
             self.pre.engine(),
             HostState::new(self.shared.clone(), self.memory_limit),
@@ -372,6 +434,7 @@ impl Plugin {
                     store,
                     exports,
                     calls: 0,
+                    _slot: slot,
                 })
             }
             Err(e) => {

@@ -98,15 +98,44 @@ pub(crate) struct OutboundHooks {
     plugin: Arc<str>,
     allowed: Arc<[AllowedHost]>,
     timeout: Duration,
+    /// Outbound requests open now over all the plugin's instances (a request is open
+    /// until its connection task ends: the response body read or dropped).
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    max_open: usize,
+}
+
+/// One open outbound request's place; freed when dropped.
+struct OpenRequest(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl OutboundHooks {
-    pub(crate) fn new(plugin: &str, allowed: Arc<[AllowedHost]>, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        plugin: &str,
+        allowed: Arc<[AllowedHost]>,
+        timeout: Duration,
+        max_open: usize,
+    ) -> Self {
         Self {
             plugin: plugin.into(),
             allowed,
             timeout,
+            open: Arc::default(),
+            max_open,
         }
+    }
+
+    /// A place for one more open request, unless `max-outbound` are open.
+    fn take_place(&self) -> Option<OpenRequest> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.open
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.max_open).then_some(n + 1))
+            .ok()
+            .map(|_| OpenRequest(self.open.clone()))
     }
 
     /// Whether a request to this URI may go out.
@@ -158,6 +187,16 @@ impl WasiHttpHooks for OutboundHooks {
             );
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        // Open requests hold sockets and buffers: they count against the plugin's
+        // limit until their connection ends.
+        let Some(place) = self.take_place() else {
+            tracing::warn!(
+                plugin = &*self.plugin,
+                limit = self.max_open,
+                "outbound request refused: max-outbound requests open"
+            );
+            return Box::new(async { Err(HttpError::ConnectionLimitReached) });
+        };
         // The guest may ask for shorter timeouts, never longer ones.
         let cap =
             |asked: Option<Duration>| Some(asked.map_or(self.timeout, |a| a.min(self.timeout)));
@@ -172,6 +211,11 @@ impl WasiHttpHooks for OutboundHooks {
             use http_body_util::BodyExt;
             let (res, io) =
                 wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            // The place is held by the connection task (it ends with the body).
+            let io = async move {
+                let _place = place;
+                io.await
+            };
             Ok((
                 res.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
@@ -189,7 +233,7 @@ mod tests {
             .iter()
             .map(|s| AllowedHost::parse(s).unwrap())
             .collect();
-        OutboundHooks::new("t", allowed.into(), Duration::from_secs(1))
+        OutboundHooks::new("t", allowed.into(), Duration::from_secs(1), 2)
     }
 
     #[test]

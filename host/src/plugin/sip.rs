@@ -89,13 +89,19 @@ impl SipRouter {
                 Ok(d) => d,
                 Err(failure) => {
                     plugin.report_failure(&failure, "a SIP request");
-                    match plugin.failure_policy() {
-                        FailurePolicy::Closed => RouteDecision::Reply {
+                    match (plugin.failure_policy(), &failure) {
+                        // Overload is not the plugin's fault: come back in a moment.
+                        (FailurePolicy::Closed, PluginFailure::Busy(_)) => RouteDecision::Reply {
+                            status: 503,
+                            reason: None,
+                            headers: vec![(HeaderName::RetryAfter, "1".into())],
+                        },
+                        (FailurePolicy::Closed, _) => RouteDecision::Reply {
                             status: 500,
                             reason: None,
                             headers: Vec::new(),
                         },
-                        FailurePolicy::Open => RouteDecision::Continue,
+                        (FailurePolicy::Open, _) => RouteDecision::Continue,
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! The tokio shell: listeners, connections, flows, datagrams. Sockets live here and
 //! nowhere in `sip/` or `core/`.
 
+pub mod admission;
 pub mod flow;
 pub mod tcp;
 pub mod tls;
@@ -29,6 +30,10 @@ pub struct SipLimits {
     pub max_message_bytes: usize,
     /// A TCP/TLS connection with no traffic for this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// An accepted TCP/TLS connection must bring a complete SIP message this soon.
+    pub first_message_timeout: Duration,
+    /// A WebSocket frame or message may stay unfinished this long.
+    pub ws_partial_timeout: Duration,
 }
 
 /// What every connection task shares.
@@ -58,6 +63,8 @@ pub struct Shared {
     pub udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     /// Outgoing connections being opened.
     pub connector: Connector,
+    /// Connection counts and caps.
+    pub admission: Arc<admission::Admission>,
 }
 
 /// Messages waiting for outgoing connections that are being opened, so that a burst of

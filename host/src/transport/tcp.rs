@@ -14,6 +14,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Shared;
 use super::flow::FlowInfo;
+use crate::admin::metrics::ConnLimit;
 use crate::core::{FlowId, Incoming, Input, Source, Target, Transport};
 use crate::driver::FlowCredit;
 use crate::sip::framing::{Frame, next_frame_from};
@@ -22,8 +23,13 @@ use crate::transport::ws::WRITES_IN_A_ROW;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves one SIP stream connection as a flow until it closes. `first` is written
-/// before anything else (the request that made us connect).
+/// Serves one SIP stream connection as a flow until it closes. An accepted connection
+/// is closed unless a complete SIP message arrives by `first_deadline` (keepalives do
+/// not count).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per kind of stream"
+)]
 pub async fn serve_stream<S>(
     mut stream: S,
     id: FlowId,
@@ -31,6 +37,7 @@ pub async fn serve_stream<S>(
     local: SocketAddr,
     remote: SocketAddr,
     shared: Arc<Shared>,
+    mut first_deadline: Option<Instant>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -56,8 +63,9 @@ pub async fn serve_stream<S>(
     // Messages written since reading last had a turn.
     let mut writes = 0;
     let mut last_activity = Instant::now();
-    // Moved only when it fires (traffic just updates `last_activity`).
-    let idle = sleep_until(last_activity + shared.sip.tcp_idle_timeout);
+    // Moved only when it fires (traffic just updates `last_activity`); first due at the
+    // first-message deadline, if there is one.
+    let idle = sleep_until(first_deadline.unwrap_or(last_activity + shared.sip.tcp_idle_timeout));
     tokio::pin!(idle);
     'outer: loop {
         tokio::select! {
@@ -122,6 +130,7 @@ pub async fn serve_stream<S>(
                             }
                             match parsed {
                                 Ok(message) => {
+                                    first_deadline = None;
                                     shared.metrics.sip_in();
                                     let source = Source { transport, local, remote, flow: Some(id) };
                                     let input = Input::Message(Box::new(Incoming { source, message }));
@@ -162,6 +171,10 @@ pub async fn serve_stream<S>(
             // Nothing to read after a run of writes: writing goes on.
             () = std::future::ready(()), if writes >= WRITES_IN_A_ROW => writes = 0,
             _ = &mut idle => {
+                if first_deadline.is_some_and(|d| d <= Instant::now()) {
+                    shared.admission.timed_out(ConnLimit::FirstMessage, remote.ip());
+                    break;
+                }
                 let deadline = last_activity + shared.sip.tcp_idle_timeout;
                 if deadline > Instant::now() {
                     idle.as_mut().reset(deadline);
@@ -205,6 +218,10 @@ pub async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAd
         tracing::warn!(%remote, %transport, "outgoing connections are TCP only; message dropped");
         return failed(&shared);
     }
+    // Outgoing connections count against limits.max-connections too.
+    let Some(ticket) = shared.admission.outgoing() else {
+        return failed(&shared);
+    };
     let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -222,5 +239,6 @@ pub async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAd
         Err(_) => return failed(&shared),
     };
     let id = shared.flows.next_id();
-    serve_stream(stream, id, transport, local, remote, shared).await;
+    let _ticket = ticket;
+    serve_stream(stream, id, transport, local, remote, shared, None).await;
 }

@@ -8,11 +8,16 @@ use std::sync::Arc;
 use tokio::net::UdpSocket;
 
 use super::Shared;
+use crate::core::limits::LogGate;
 use crate::core::{Incoming, Input, Source, Transport};
 
 /// Receives on `socket` until shutdown.
 pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 65_536];
+    // One byte more than the largest message allowed: a datagram that fills it is too
+    // large (the kernel truncates what does not fit, and says how much it copied).
+    let max = shared.sip.max_message_bytes.min(65_535);
+    let mut buf = vec![0u8; max + 1];
+    let mut oversize_log = LogGate::new();
     let mut shutdown = shared.shutdown.clone();
     loop {
         let received = tokio::select! {
@@ -42,6 +47,19 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
                 continue;
             }
         };
+        if n > max {
+            // sip.max-message-bytes holds over UDP too: dropped unread (an answer would
+            // go to a source anyone can forge), counted, logged once a minute a source.
+            shared.metrics.udp_oversize();
+            if oversize_log.allow("udp-oversize", remote.ip(), std::time::Instant::now()) {
+                tracing::warn!(
+                    peer = %remote,
+                    limit = max,
+                    "UDP datagram larger than sip.max-message-bytes dropped (logged at most once a minute per source)"
+                );
+            }
+            continue;
+        }
         let data = &buf[..n];
         if data.iter().all(|&b| b == b'\r' || b == b'\n' || b == 0) {
             shared.metrics.keepalive();

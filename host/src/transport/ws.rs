@@ -7,9 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -18,6 +22,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::Shared;
 use super::flow::FlowInfo;
+use crate::admin::metrics::ConnLimit;
 use crate::core::{FlowId, Incoming, Input, Source, Transport};
 use crate::driver::FlowCredit;
 use crate::http::answer::{Answer, AnswerContext, Decision, RequestFacts, answer};
@@ -25,6 +30,7 @@ use crate::http::handshake::{self, HandshakeCheck};
 use crate::http::head::{HeadLimits, Version};
 use crate::http::reader::{ReadError, read_request};
 use crate::http::response::Response;
+use crate::http::ws_frames::FrameTracker;
 use crate::plugin::{HttpRequest, Peer, PeerTransport, PluginRouter, Websocket};
 
 /// How long a write to a client may take before the connection is dropped.
@@ -279,6 +285,7 @@ where
     ws_config.max_write_buffer_size = cfg.max_message_bytes * 4;
     ws_config.max_message_size = Some(cfg.max_message_bytes);
     ws_config.max_frame_size = Some(cfg.max_message_bytes);
+    let stream = Watched::new(stream, &leftover, shared.sip.ws_partial_timeout);
     let mut ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
 
@@ -364,6 +371,18 @@ where
                     }
                 }
             }
+            Event::In(Some(Err(_))) if ws.get_ref().timed_out => {
+                tracing::debug!(flow = id, peer = %remote, "closing with 1008: a frame or message left unfinished");
+                shared
+                    .admission
+                    .timed_out(ConnLimit::WsPartial, remote.ip());
+                let frame = CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: Utf8Bytes::from_static("frame or message left unfinished"),
+                };
+                let _ = timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+                break;
+            }
             Event::In(Some(Err(e))) => {
                 if let Some((code, reason)) = close_code_for(&e) {
                     tracing::debug!(flow = id, peer = %remote, "closing with {}: {e}", u16::from(code));
@@ -436,6 +455,92 @@ where
         }
     }
     tracing::debug!(flow = id, peer = %remote, "WebSocket flow closed");
+}
+
+/// A client's stream with its frame boundaries followed ([`FrameTracker`]): once a
+/// frame or a fragmented message has been left unfinished for `limit`, reading fails
+/// with `TimedOut` and [`Watched::timed_out`] is set. The deadline is counted from
+/// when the unfinished part began; more bytes of it do not move it (a message trickled
+/// in byte by byte must still be complete in time).
+struct Watched<S> {
+    inner: S,
+    tracker: FrameTracker,
+    limit: Duration,
+    /// Armed while something is unfinished (boxed: only such flows pay for it).
+    deadline: Option<Pin<Box<Sleep>>>,
+    timed_out: bool,
+}
+
+impl<S> Watched<S> {
+    /// Wraps `inner`; `leftover` are bytes already read after the handshake.
+    fn new(inner: S, leftover: &[u8], limit: Duration) -> Self {
+        let mut w = Self {
+            inner,
+            tracker: FrameTracker::new(),
+            limit,
+            deadline: None,
+            timed_out: false,
+        };
+        w.follow(leftover);
+        w
+    }
+
+    fn follow(&mut self, bytes: &[u8]) {
+        self.tracker.feed(bytes);
+        match (self.tracker.pending(), self.deadline.is_some()) {
+            (true, false) => self.deadline = Some(Box::pin(sleep(self.limit))),
+            (false, true) => self.deadline = None,
+            _ => {}
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.follow(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some(d) = this.deadline.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    this.timed_out = true;
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "frame or message left unfinished",
+                    )));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn send<S>(ws: &mut WebSocketStream<S>, msg: Message) -> bool

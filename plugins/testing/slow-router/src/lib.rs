@@ -2,6 +2,8 @@
 //! `X-Delay-Ms: N` is decided `continue` after N milliseconds of the plugin's own
 //! clock (at most 1,500: the tests give it a 2 s deadline); anything else at once. It
 //! lets a test close a connection while its REGISTER is still being decided.
+//! `X-Sleep-Ms: N` sleeps N milliseconds (at most 1,500) instead of spinning: the call
+//! holds its instance without using the CPU, as a plugin waiting on a slow service does.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,9 @@ impl Guest for SlowRouter {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
             .min(1_500);
+        if let Some(sleep) = req.header("X-Sleep-Ms").and_then(|v| v.parse::<u64>().ok()) {
+            std::thread::sleep(Duration::from_millis(sleep.min(1_500)));
+        }
         let until = Instant::now() + Duration::from_millis(delay);
         // Bounded by the clock and by the host's deadline.
         while Instant::now() < until {

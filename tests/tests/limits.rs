@@ -1,0 +1,358 @@
+//! Every resource bounded (issue 19): each limit hit against the real binary with a
+//! small configured value, answered as the README says (a close, a 503, a dropped
+//! datagram), counted in /metrics. The long campaigns are `sipwasm-bench attack`.
+
+use std::time::{Duration, Instant};
+
+use sipwasm::sip::headers::HeaderName;
+use sipwasm_tests::sip::{SDP, Ua};
+use sipwasm_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+
+/// Sends OPTIONS over a raw stream and reads until its status line; `None` when the
+/// connection closed first.
+async fn options_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    branch: &str,
+) -> Option<u16> {
+    s.write_all(options(branch, "TCP").as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    within("an answer to OPTIONS", async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_string();
+                return head.get(8..11).and_then(|c| c.parse().ok());
+            }
+        }
+    })
+    .await
+}
+
+/// Whether the server closes `s` within `wait` (reads until end of stream).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut chunk = [0u8; 1024];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+async fn connect_from(ip: &str, to: std::net::SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    within("connect", socket.connect(to)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_past_the_per_source_cap_is_closed_at_once() {
+    let s = Server::standard("[limits]\nconnections-per-source = 3\nexempt = []\n");
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut c = TcpStream::connect(s.sip).await.unwrap();
+        assert_eq!(options_over(&mut c, &format!("cap{i}")).await, Some(200));
+        held.push(c);
+    }
+    // The fourth from this address, to SIP over TCP or to the WebSocket listener: closed
+    // before anything is read.
+    let mut fourth = TcpStream::connect(s.sip).await.unwrap();
+    assert_eq!(options_over(&mut fourth, "cap3").await, None);
+    let mut web = TcpStream::connect(s.ws).await.unwrap();
+    let _ = web.write_all(handshake("localhost", "").as_bytes()).await;
+    assert!(closed_within(&mut web, Duration::from_secs(2)).await);
+    // Another source is not affected.
+    let mut other = connect_from("127.0.0.2", s.sip).await;
+    assert_eq!(options_over(&mut other, "cap-other").await, Some(200));
+    assert_eq!(
+        s.metric("sipwasm_connections_refused_total{reason=\"per-source\"}")
+            .await,
+        2
+    );
+    assert!(s.logs().contains("limits.connections-per-source"));
+    // A connection closed frees its place.
+    drop(held.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut again = TcpStream::connect(s.sip).await.unwrap();
+        if options_over(&mut again, "cap-again").await == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_without_a_sip_message_is_closed_at_the_first_message_deadline() {
+    let s = Server::standard("[limits]\nfirst-message-timeout = \"1s\"\n");
+    let started = Instant::now();
+    // Silent over TCP; only keepalives over TCP; silent over TLS (no handshake at all).
+    let mut silent = TcpStream::connect(s.sip).await.unwrap();
+    let mut pinging = TcpStream::connect(s.sip).await.unwrap();
+    let mut tls_silent = TcpStream::connect(s.tls).await.unwrap();
+    // One that sends its first message in time stays open past the deadline.
+    let mut talker = TcpStream::connect(s.sip).await.unwrap();
+    assert_eq!(options_over(&mut talker, "first1").await, Some(200));
+    let pings = async {
+        for _ in 0..8 {
+            if pinging.write_all(b"\r\n\r\n").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        closed_within(&mut pinging, Duration::from_secs(5)).await
+    };
+    let (a, b, c) = tokio::join!(
+        closed_within(&mut silent, Duration::from_secs(5)),
+        pings,
+        closed_within(&mut tls_silent, Duration::from_secs(5)),
+    );
+    assert!(
+        a && b && c,
+        "silent {a}, keepalives only {b}, TLS silent {c}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(options_over(&mut talker, "first2").await, Some(200));
+    assert_eq!(
+        s.metric("sipwasm_connections_timed_out_total{reason=\"first-message\"}")
+            .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_frame_or_message_left_unfinished_closes_with_1008() {
+    let s = Server::standard("[limits]\nws-partial-timeout = \"1s\"\n");
+    let text = options("half", "WS");
+    // Half a frame, then nothing.
+    let frame = ws_frame(0x81, text.as_bytes(), Some(MASK));
+    let mut half = raw_ws(s.ws, &[]).await;
+    half.send(&frame[..frame.len() / 2]).await;
+    // The first fragment of a message, then only Pongs (which may come between
+    // fragments, and which keep a connection alive).
+    let mut fragment = raw_ws(s.ws, &[]).await;
+    fragment
+        .send(&ws_frame(0x01, &text.as_bytes()[..20], Some(MASK)))
+        .await;
+    let pongs = async {
+        for _ in 0..6 {
+            let pong = ws_frame(0x8A, b"", Some(MASK));
+            if fragment.stream.write_all(&pong).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        fragment.close_code().await
+    };
+    // A whole message sent in two parts 300 ms apart is fine.
+    let mut slow = raw_ws(s.ws, &[]).await;
+    let whole = ws_frame(0x81, options("slow", "WS").as_bytes(), Some(MASK));
+    slow.send(&whole[..10]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow.send(&whole[10..]).await;
+    let answer = slow.frame().await.expect("an answer");
+    assert!(
+        String::from_utf8_lossy(&answer.payload).starts_with("SIP/2.0 200"),
+        "{answer:?}"
+    );
+    let (a, b) = tokio::join!(half.close_code(), pongs);
+    assert_eq!((a, b), (Some(1008), Some(1008)));
+    assert_eq!(
+        s.metric("sipwasm_connections_timed_out_total{reason=\"ws-partial\"}")
+            .await,
+        2
+    );
+    // The slow sender is still served.
+    slow.send(&ws_frame(
+        0x81,
+        options("slow2", "WS").as_bytes(),
+        Some(MASK),
+    ))
+    .await;
+    assert_eq!(slow.frame().await.map(|f| f.opcode), Some(1));
+}
+
+#[tokio::test]
+async fn a_source_past_its_rate_gets_503_on_connections_and_is_ignored_over_udp() {
+    let s =
+        Server::standard("[limits]\nrate = 5\nrate-burst = 10\nrate-ban = \"30s\"\nexempt = []\n");
+    let mut tcp = TcpStream::connect(s.sip).await.unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        statuses.push(options_over(&mut tcp, &format!("rate{i}")).await.unwrap());
+    }
+    assert_eq!(&statuses[..10], &[200; 10]);
+    assert_eq!(&statuses[10..], &[503, 503]);
+    // Retry-After says how long the ban lasts.
+    let mut ua = Ua::tcp(&s, "rated").await;
+    let (text, _) = ua.request("OPTIONS", "localhost", "", "");
+    ua.send(&text).await;
+    let r = ua.recv_final().await;
+    assert_eq!(r.status, 503);
+    let retry: u32 = r
+        .headers
+        .get(&HeaderName::RetryAfter)
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((25..=30).contains(&retry), "{retry}");
+    // Over UDP from the same address: no answer at all (a flood gets nothing back).
+    let mut udp = Ua::udp(&s, "rated-udp").await;
+    let (text, _) = udp.request("OPTIONS", "localhost", "", "");
+    udp.send(&text).await;
+    assert!(udp.quiet_for(Duration::from_millis(500)).await.is_none());
+    // Another address is served.
+    let mut other = Ua::udp_from(&s, "other", "127.0.0.3").await;
+    assert_eq!(other.register(600).await.status, 200);
+    assert_eq!(
+        s.metric("sipwasm_sip_refused_total{reason=\"rate-limit\"}")
+            .await,
+        4
+    );
+    assert!(s.logs().contains("reason=\"rate-limit\"") || s.logs().contains("reason=rate-limit"));
+}
+
+#[tokio::test]
+async fn past_max_transactions_new_requests_get_503_never_silence() {
+    let s = Server::standard("[limits]\nmax-transactions = 2\n");
+    // A phone that never answers its INVITEs.
+    let mut bob = Ua::udp(&s, "tx-bob").await;
+    assert_eq!(bob.register(600).await.status, 200);
+    let mut caller = Ua::udp(&s, "tx-caller").await;
+    for _ in 0..2 {
+        let (invite, _) = caller.request("INVITE", "tx-bob", "", SDP);
+        caller.send(&invite).await;
+        caller.recv_status(100).await;
+        bob.recv_request("INVITE").await;
+    }
+    let (invite, _) = caller.request("INVITE", "tx-bob", "", SDP);
+    caller.send(&invite).await;
+    let r = caller.recv_final().await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.headers.get(&HeaderName::RetryAfter).is_some());
+    assert_eq!(
+        s.metric("sipwasm_sip_refused_total{reason=\"transactions-full\"}")
+            .await,
+        1
+    );
+    // A REGISTER is answered statelessly and still works.
+    let mut carol = Ua::udp(&s, "tx-carol").await;
+    assert_eq!(carol.register(600).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_udp_datagram_over_max_message_bytes_is_dropped_and_counted() {
+    let s = Server::standard("[sip]\nmax-message-bytes = 2048\n");
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let big = options("big", "UDP").replace(
+        "Content-Length: 0\r\n",
+        &format!("X-Padding: {}\r\nContent-Length: 0\r\n", "a".repeat(3000)),
+    );
+    socket.send_to(big.as_bytes(), s.sip).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let quiet = tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await;
+    assert!(quiet.is_err(), "no answer to an oversize datagram");
+    socket
+        .send_to(options("small", "UDP").as_bytes(), s.sip)
+        .await
+        .unwrap();
+    let (n, _) = within("an answer", socket.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert!(buf[..n].starts_with(b"SIP/2.0 200"));
+    assert_eq!(s.metric("sipwasm_udp_oversize_total").await, 1);
+}
+
+/// One slow plugin cannot starve the others: a router whose calls wait on something
+/// slow holds at most its `max-instances` pool slots, at most `max-waiting` calls wait
+/// for them and the rest are answered 503 with Retry-After at once (never silence),
+/// while the handshake plugin still gets instances from the same small pool.
+#[tokio::test]
+async fn a_slow_plugin_holds_only_its_own_slots_and_the_overflow_gets_503() {
+    let s = Server::start(
+        r#"
+[server]
+domains = ["localhost", "127.0.0.1"]
+data-dir = "{data}"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{sip}"
+
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:{ws}"
+plugin = "seed"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[plugin-runtime]
+pool-instances = 4
+
+[sip]
+router = "slow"
+
+[plugins.seed]
+path = "{plugins}/seed_policy.wasm"
+deadline = "2s"
+[plugins.seed.config]
+web-ports = [{ws}]
+
+[plugins.slow]
+path = "{plugins}/slow_router.wasm"
+deadline = "1500ms"
+max-instances = 2
+max-waiting = 2
+"#,
+    );
+    // Ten calls at once that each wait 700 ms inside the router.
+    let mut uas = Vec::new();
+    for i in 0..10 {
+        let mut ua = Ua::udp(&s, &format!("slow{i}")).await;
+        let (text, _) = ua.request("OPTIONS", "sip:127.0.0.1", "X-Sleep-Ms: 700\r\n", "");
+        ua.send(&text).await;
+        uas.push(ua);
+    }
+    // Meanwhile the handshake plugin gets its instances: browsers connect at once.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let mut browsers = Vec::new();
+    for _ in 0..3 {
+        browsers.push(ws_connect_to(&s).await);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "handshakes waited for the router: {:?}",
+        started.elapsed()
+    );
+    // Every request is answered: two at once, two after waiting, six refused as busy.
+    let mut statuses = Vec::new();
+    for ua in &mut uas {
+        let r = ua.recv_final().await;
+        if r.status == 503 {
+            assert_eq!(r.headers.get(&HeaderName::RetryAfter), Some("1"), "{r:?}");
+        }
+        statuses.push(r.status);
+    }
+    statuses.sort_unstable();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let busy = statuses.iter().filter(|s| **s == 503).count();
+    assert_eq!(ok + busy, 10, "{statuses:?}");
+    assert!((2..=4).contains(&ok), "{statuses:?}");
+    assert_eq!(
+        s.metric("sipwasm_plugin_failures_total{plugin=\"slow\",cause=\"busy\"}")
+            .await,
+        busy as u64
+    );
+}
