@@ -342,6 +342,16 @@ impl Server {
             .unwrap();
     }
 
+    /// Kills the server with SIGKILL (no shutdown at all, as a crash), waits for it to
+    /// be gone, and starts it again on the same ports and data directory.
+    pub fn kill_and_restart(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "killed: {status}");
+        self.spawn();
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let child = self.child.as_mut().unwrap();
