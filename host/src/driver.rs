@@ -366,6 +366,7 @@ impl Driven {
                         r.view.set(&b.aor, self.core.bindings(&b.aor));
                     }
                 }
+                Event::Banned { source, until } => shared.udp_bans.ban(source, until),
                 Event::Refused { why, source } => {
                     tracing::warn!(
                         %source,

@@ -237,6 +237,7 @@ impl Server {
             )),
             udp: udp.iter().map(|u| (u.local, u.socket.clone())).collect(),
             connector: Connector::default(),
+            udp_bans: udp::Bans::default(),
             server_header: config.server.server_header.clone(),
             flows,
             core: CoreCell::new(core, store, router),

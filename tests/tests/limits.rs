@@ -214,11 +214,13 @@ async fn a_source_past_its_rate_gets_503_on_connections_and_is_ignored_over_udp(
     // Another address is served.
     let mut other = Ua::udp_from(&s, "other", "127.0.0.3").await;
     assert_eq!(other.register(600).await.status, 200);
+    // Three refused by the core (503s); the datagram dropped unparsed by the shell.
     assert_eq!(
         s.metric("sipwasm_sip_refused_total{reason=\"rate-limit\"}")
             .await,
-        4
+        3
     );
+    assert_eq!(s.metric("sipwasm_udp_banned_dropped_total").await, 1);
     assert!(s.logs().contains("reason=\"rate-limit\"") || s.logs().contains("reason=rate-limit"));
 }
 

@@ -59,6 +59,7 @@ counters! {
     digest_refused, digest_refused, "sipwasm_digest_refused_total", "Digest credentials refused unchecked: their source is banned for guessing.";
     digest_bans, digest_ban, "sipwasm_digest_bans_total", "Bans started for too many failed Digest responses (per user and address, or per address).";
     udp_oversize, udp_oversize, "sipwasm_udp_oversize_total", "UDP datagrams dropped unread because they were larger than sip.max-message-bytes.";
+    udp_banned, udp_banned, "sipwasm_udp_banned_dropped_total", "UDP datagrams from sources banned for going past limits.rate, dropped before parsing.";
 }
 
 /// Why a connection was refused or closed by a limit.

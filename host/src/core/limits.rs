@@ -161,6 +161,11 @@ impl RateLimiter {
         self.cfg.per_second > 0
     }
 
+    /// Until when `ip`'s source is banned, if it is.
+    pub fn banned_until(&self, ip: IpAddr) -> Option<Instant> {
+        self.buckets.get(&source_key(ip))?.banned_until
+    }
+
     /// Sources tracked now.
     pub fn tracked(&self) -> usize {
         self.buckets.len()

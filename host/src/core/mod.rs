@@ -342,6 +342,14 @@ pub enum Event {
     /// A flow that carried SIP closed (exactly once per flow), after its bindings were
     /// removed.
     FlowClosed(ClosedFlow),
+    /// A source went past `limits.rate` and is banned until `until` (its requests are
+    /// refused by the core meanwhile; the shell may drop its UDP datagrams unparsed).
+    Banned {
+        /// The source ([`limits::source_key`]).
+        source: std::net::IpAddr,
+        /// When the ban ends.
+        until: Instant,
+    },
     /// A request was refused (counted in [`CoreStats::refused`]); emitted at most once
     /// a minute per source and reason, for the log.
     Refused {
@@ -729,10 +737,18 @@ impl Core {
     /// gets no answer) or ignored over UDP (an answer would only feed a flood, or a
     /// spoofed victim).
     fn within_rate(&mut self, now: Instant, source: &Source, req: &Request) -> bool {
-        let limits::Verdict::Banned { retry_after, .. } = self.pike.check(source.remote.ip(), now)
+        let limits::Verdict::Banned { retry_after, newly } =
+            self.pike.check(source.remote.ip(), now)
         else {
             return true;
         };
+        if newly && let Some(until) = self.pike.banned_until(source.remote.ip()) {
+            // The shell drops the source's datagrams before parsing them meanwhile.
+            self.events.push_back(Event::Banned {
+                source: limits::source_key(source.remote.ip()),
+                until,
+            });
+        }
         self.refuse(Refusal::RateLimit, source.remote, now);
         if source.transport != Transport::Udp && req.method != Method::Ack {
             let retry = (HeaderName::RetryAfter, retry_after.to_string());

@@ -65,6 +65,8 @@ pub struct Shared {
     pub connector: Connector,
     /// Connection counts and caps.
     pub admission: Arc<admission::Admission>,
+    /// Sources banned by `limits.rate`, whose UDP datagrams are dropped unparsed.
+    pub udp_bans: udp::Bans,
 }
 
 /// Messages waiting for outgoing connections that are being opened, so that a burst of
