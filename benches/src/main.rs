@@ -10,7 +10,8 @@
 //! sipwasm-bench calls [--kamailio]        calls between sipp phones: server CPU per call
 //! sipwasm-bench router                    what a sip-router plugin adds to a request
 //! sipwasm-bench core                      the SIP core alone, in process
-//! sipwasm-bench all [--kamailio]          all of the above
+//! sipwasm-bench attack                    the attack campaign: six attacks, legitimate clients
+//! sipwasm-bench all [--kamailio]          all of the above (but the attack campaign)
 //! ```
 //!
 //! Servers and load share this machine's cores; this measures rates, never asserts them.
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+mod attack;
 mod calls;
 mod sipload;
 
@@ -143,6 +145,19 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         iterations: u64,
     },
+    /// The attack campaign: each attack for `seconds` against a fresh server while a
+    /// legitimate WebSocket client and UDP phone exchange messages; their success
+    /// rate and p99, the server's peak RSS and CPU, and RSS `after` seconds later.
+    Attack {
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 60)]
+        after: u64,
+        /// Run one attack only (slowloris, register-flood, invite-flood, torture,
+        /// handshakes, slow-router).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Everything.
     All {
         #[arg(long)]
@@ -178,6 +193,11 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Cmd::Core { iterations } => core_only(iterations),
+            Cmd::Attack {
+                seconds,
+                after,
+                only,
+            } => attack::campaign(&args.sipwasm, seconds, after, only.as_deref()).await,
             Cmd::Worst { rounds } => worst(rounds),
             Cmd::Router {
                 iterations,

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// Addresses of the server under test.
 #[derive(Debug, Clone, Copy)]
@@ -229,7 +229,7 @@ fn status_of(text: &str) -> Option<u16> {
 }
 
 /// Copies the header lines a response needs from a request (RFC 3261 8.2.6).
-fn ok_for(request: &str) -> String {
+pub(crate) fn ok_for(request: &str) -> String {
     let mut out = String::from("SIP/2.0 200 OK\r\n");
     for line in request.split("\r\n").skip(1) {
         if line.is_empty() {

@@ -4,6 +4,8 @@
 //! lets a test close a connection while its REGISTER is still being decided.
 //! `X-Sleep-Ms: N` sleeps N milliseconds (at most 1,500) instead of spinning: the call
 //! holds its instance without using the CPU, as a plugin waiting on a slow service does.
+//! With `always-ms = N` in its config every request spins N milliseconds (the attack
+//! bench makes every call hit the deadline that way).
 
 use std::time::{Duration, Instant};
 
@@ -11,12 +13,20 @@ use sipwasm_plugin::sip::{ClosedFlow, Guest, SipDecision, SipRequest, SipRequest
 
 struct SlowRouter;
 
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+struct Config {
+    #[serde(default)]
+    always_ms: u64,
+}
+
 impl Guest for SlowRouter {
     fn on_sip_request(req: SipRequest) -> SipDecision {
         let delay = req
             .header("X-Delay-Ms")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
+            .max(sipwasm_plugin::config::<Config>().unwrap_or_default().always_ms)
             .min(1_500);
         if let Some(sleep) = req.header("X-Sleep-Ms").and_then(|v| v.parse::<u64>().ok()) {
             std::thread::sleep(Duration::from_millis(sleep.min(1_500)));
