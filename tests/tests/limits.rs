@@ -221,7 +221,13 @@ async fn a_source_past_its_rate_gets_503_on_connections_and_is_ignored_over_udp(
         3
     );
     assert_eq!(s.metric("sipwasm_udp_banned_dropped_total").await, 1);
-    assert!(s.logs().contains("reason=\"rate-limit\"") || s.logs().contains("reason=rate-limit"));
+    // Logged once for this source however often it was refused.
+    assert_eq!(
+        s.logs().matches("source past limits.rate").count(),
+        1,
+        "{}",
+        s.logs()
+    );
 }
 
 #[tokio::test]
@@ -467,4 +473,28 @@ async fn after_kill_9_every_udp_binding_answered_a_second_before_is_back() {
         phones.send_to(ok.as_bytes(), from).await.unwrap();
         assert_eq!(sender.recv_final().await.status, 200);
     }
+}
+
+/// A plugin that fails on every call, from one source, is logged once a minute for that
+/// source (every failure is counted): a flood must not flood the log too.
+#[tokio::test]
+async fn a_plugin_failing_on_every_call_is_logged_once_a_minute_per_source() {
+    let s = Server::standard("");
+    for _ in 0..5 {
+        let r = http_once(s.ws2, b"GET /trap HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        assert_eq!(r.status, 500);
+    }
+    assert_eq!(
+        s.metric("sipwasm_plugin_failures_total{plugin=\"misbehave\",cause=\"trap\"}")
+            .await,
+        5
+    );
+    assert_eq!(
+        s.logs()
+            .matches("plugin failed on an HTTP request: trap")
+            .count(),
+        1,
+        "{}",
+        s.logs()
+    );
 }

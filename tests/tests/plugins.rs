@@ -25,11 +25,16 @@ async fn trap_gets_500_and_the_next_request_works() {
     let r = get(s.ws2, "/trap").await;
     assert_eq!(r.status, 500);
     assert_still_serving(&s).await;
-    assert!(s.wait_for_log("plugin failed: trap").await, "{}", s.logs());
+    assert!(
+        s.wait_for_log("plugin failed on an HTTP request: trap")
+            .await,
+        "{}",
+        s.logs()
+    );
     let line = s
         .logs()
         .lines()
-        .find(|l| l.contains("plugin failed: trap"))
+        .find(|l| l.contains("plugin failed on an HTTP request: trap"))
         .unwrap()
         .to_string();
     assert!(

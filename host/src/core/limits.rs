@@ -89,7 +89,7 @@ impl LogGate {
     }
 }
 
-/// `sip.rate-limit`: requests per second per source, the burst above it, and the ban.
+/// `limits.rate`: requests per second per source, the burst above it, and the ban.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateConfig {
     /// Sustained requests per second one source may send; 0 turns the limit off.

@@ -225,10 +225,10 @@ pub struct Refused {
     /// Answers cut to twice their request's size for a UDP peer that had not proven
     /// it receives what we send (not refused: counted here with the rest).
     pub trimmed_answer: u64,
-    /// Requests from a source past `sip.rate-limit` or banned for it (503 on
+    /// Requests from a source past `limits.rate` or banned for it (503 on
     /// connections, ignored over UDP).
     pub rate_limit: u64,
-    /// New requests refused with 503 because `sip.max-transactions` were in flight.
+    /// New requests refused with 503 because `limits.max-transactions` were in flight.
     pub transactions_full: u64,
 }
 
@@ -276,9 +276,9 @@ impl Refusal {
             }
             Self::RegistrarFull => "new binding refused: sip.max-bindings reached (503)",
             Self::RateLimit => {
-                "source past sip.rate-limit: banned (503 on connections, ignored over UDP)"
+                "source past limits.rate: banned (503 on connections, ignored over UDP)"
             }
-            Self::TransactionsFull => "new request refused: sip.max-transactions in flight (503)",
+            Self::TransactionsFull => "new request refused: limits.max-transactions in flight (503)",
         }
     }
 }
@@ -484,7 +484,7 @@ pub struct Core {
     udp_verified: HashMap<SocketAddr, Instant>,
     /// When [`Core::udp_verified`] was last swept of aged entries.
     udp_verified_swept: Option<Instant>,
-    /// Requests per source (`sip.rate-limit`).
+    /// Requests per source (`limits.rate`).
     pike: limits::RateLimiter,
     /// Refusals' log lines, once a minute per source.
     log_gate: limits::LogGate,
@@ -495,7 +495,7 @@ pub struct Core {
 const UDP_VERIFIED_MAX: usize = 65_536;
 
 /// Retry-After (seconds) on the 503 for a request refused because
-/// `sip.max-transactions` are in flight: about as long as most of them take to end.
+/// `limits.max-transactions` are in flight: about as long as most of them take to end.
 const TRANSACTIONS_FULL_RETRY: u32 = 5;
 
 /// How long a UDP address stays known as reachable.

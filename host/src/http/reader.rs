@@ -66,9 +66,16 @@ where
         }
     }
     let deadline = first_deadline.unwrap_or_else(|| Instant::now() + complete_within);
+    // What the last parse saw: the head is parsed again only once a read completes a
+    // line (or passes the size limit), so a head trickled in byte by byte costs
+    // linear time, not a parse per byte.
+    let mut parsed_upto = 0;
     let (head, head_len) = loop {
-        if let Some(done) = head::parse(buf, limits)? {
-            break done;
+        if worth_parsing(buf, parsed_upto, limits.max_head_bytes) {
+            if let Some(done) = head::parse(buf, limits)? {
+                break done;
+            }
+            parsed_upto = buf.len();
         }
         match timeout_at(deadline, read_some(stream, buf, limits.max_head_bytes)).await {
             Err(_) => return Err(ReadError::Timeout),
@@ -95,6 +102,16 @@ where
     Ok(Request { head, body })
 }
 
+/// Whether `buf`, of which the first `parsed_upto` bytes were parsed already (an
+/// incomplete head), is worth parsing again: it is new (nothing parsed yet), a line was
+/// completed since, or it passed the size limit (to be refused). A head only becomes
+/// complete, or wrong, at the end of a line.
+fn worth_parsing(buf: &[u8], parsed_upto: usize, max_head: usize) -> bool {
+    parsed_upto == 0
+        || buf.len() > max_head
+        || memchr::memchr(b'\n', &buf[parsed_upto.min(buf.len())..]).is_some()
+}
+
 /// Reads what is available, at most about `want` more bytes (at least 1 KiB at a time).
 async fn read_some<S: AsyncRead + Unpin>(
     stream: &mut S,
@@ -108,4 +125,28 @@ async fn read_some<S: AsyncRead + Unpin>(
     let n = stream.read(&mut buf[start..]).await;
     buf.truncate(start + *n.as_ref().unwrap_or(&0));
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worth_parsing;
+
+    #[test]
+    fn a_trickled_head_is_parsed_once_per_line_not_per_byte() {
+        let head = b"GET / HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\n\r\n";
+        let mut parses = 0;
+        let mut parsed_upto = 0;
+        for n in 1..=head.len() {
+            if worth_parsing(&head[..n], parsed_upto, 16 * 1024) {
+                parses += 1;
+                parsed_upto = n;
+            }
+        }
+        // The first byte, then once per line end (four of them).
+        assert_eq!(parses, 5);
+        assert!(
+            worth_parsing(&[b'a'; 20], 10, 16),
+            "past the limit: refuse it"
+        );
+    }
 }

@@ -148,6 +148,8 @@ pub struct Plugin {
     /// Calls waiting for a slot now, at most `max_waiting`.
     waiting: std::sync::atomic::AtomicUsize,
     max_waiting: usize,
+    /// Failure log lines, once a minute per cause and source.
+    log_gate: Mutex<crate::core::limits::LogGate>,
     metrics: Arc<Metrics>,
 }
 
@@ -203,6 +205,7 @@ impl Plugin {
             )),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             max_waiting: cfg.max_waiting,
+            log_gate: Mutex::new(crate::core::limits::LogGate::new()),
             metrics,
         }
     }
@@ -225,13 +228,29 @@ impl Plugin {
         self.failure
     }
 
-    /// Counts and logs a failed call.
-    pub(crate) fn report_failure(&self, failure: &PluginFailure, what: &str) {
+    /// Counts a failed call, and logs it at most once a minute per cause and source
+    /// (a flood that makes every call fail must not flood the log too).
+    pub(crate) fn report_failure(
+        &self,
+        failure: &PluginFailure,
+        what: &str,
+        source: Option<std::net::IpAddr>,
+    ) {
         self.metrics.plugin_failure(self.name(), failure.cause());
+        let ip = source.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        if !self
+            .log_gate
+            .lock()
+            .expect("log gate lock")
+            .allow(failure.cause(), ip, Instant::now())
+        {
+            return;
+        }
         tracing::warn!(
             plugin = self.name(),
             cause = failure.cause(),
-            "plugin failed on {what}: {failure}; policy {:?}",
+            source = ?source,
+            "plugin failed on {what}: {failure}; policy {:?} (logged at most once a minute per cause and source)",
             self.failure
         );
     }
@@ -242,14 +261,8 @@ impl Plugin {
         match self.call(&request).await {
             Ok(d) => d,
             Err(failure) => {
-                self.metrics.plugin_failure(self.name(), failure.cause());
-                tracing::warn!(
-                    plugin = self.name(),
-                    cause = failure.cause(),
-                    connection = request.connection_id,
-                    "plugin failed: {failure}; policy {:?}",
-                    self.failure
-                );
+                let peer = request.peer.remote_addr.parse().ok();
+                self.report_failure(&failure, "an HTTP request", peer);
                 match (self.failure, &failure) {
                     // Overload is not the plugin's fault: come back in a moment.
                     (FailurePolicy::Closed, PluginFailure::Busy(_)) => {

@@ -102,6 +102,8 @@ pub(crate) struct OutboundHooks {
     /// until its connection task ends: the response body read or dropped).
     open: Arc<std::sync::atomic::AtomicUsize>,
     max_open: usize,
+    /// Refusals' log lines, once a minute per reason.
+    log: Arc<std::sync::Mutex<crate::core::limits::LogGate>>,
 }
 
 /// One open outbound request's place; freed when dropped.
@@ -126,7 +128,17 @@ impl OutboundHooks {
             timeout,
             open: Arc::default(),
             max_open,
+            log: Arc::default(),
         }
+    }
+
+    /// Whether to log a refusal for `why` now (once a minute per reason).
+    fn log_now(&self, why: &'static str) -> bool {
+        self.log.lock().expect("log gate lock").allow(
+            why,
+            std::net::IpAddr::from([0, 0, 0, 0]),
+            std::time::Instant::now(),
+        )
     }
 
     /// A place for one more open request, unless `max-outbound` are open.
@@ -179,22 +191,26 @@ impl WasiHttpHooks for OutboundHooks {
         drop(fut);
         let uri = request.uri().clone();
         if !self.permits(&uri) {
-            tracing::warn!(
-                plugin = &*self.plugin,
-                "outbound request to {}://{} refused: not in allowed-outbound-hosts",
-                uri.scheme_str().unwrap_or("?"),
-                uri.authority().map_or("?", |a| a.as_str())
-            );
+            if self.log_now("denied") {
+                tracing::warn!(
+                    plugin = &*self.plugin,
+                    "outbound request to {}://{} refused: not in allowed-outbound-hosts (logged at most once a minute)",
+                    uri.scheme_str().unwrap_or("?"),
+                    uri.authority().map_or("?", |a| a.as_str())
+                );
+            }
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         // Open requests hold sockets and buffers: they count against the plugin's
         // limit until their connection ends.
         let Some(place) = self.take_place() else {
-            tracing::warn!(
-                plugin = &*self.plugin,
-                limit = self.max_open,
-                "outbound request refused: max-outbound requests open"
-            );
+            if self.log_now("max-outbound") {
+                tracing::warn!(
+                    plugin = &*self.plugin,
+                    limit = self.max_open,
+                    "outbound request refused: max-outbound requests open (logged at most once a minute)"
+                );
+            }
             return Box::new(async { Err(HttpError::ConnectionLimitReached) });
         };
         // The guest may ask for shorter timeouts, never longer ones.

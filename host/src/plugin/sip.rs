@@ -79,6 +79,7 @@ impl SipRouter {
         let request = sip_request(req, source, identity);
         let facts = RequestFacts::of(req).counted_against(source.remote.ip());
         let (nonce, algorithms) = (self.nonce.clone(), self.algorithms.clone());
+        let peer = source.remote.ip();
         async move {
             let outcome = match plugin.call_sip_request(&request, &facts).await {
                 Ok(d) => validate(d, &facts, &nonce, unix_now(), &algorithms)
@@ -88,7 +89,7 @@ impl SipRouter {
             match outcome {
                 Ok(d) => d,
                 Err(failure) => {
-                    plugin.report_failure(&failure, "a SIP request");
+                    plugin.report_failure(&failure, "a SIP request", Some(peer));
                     match (plugin.failure_policy(), &failure) {
                         // Overload is not the plugin's fault: come back in a moment.
                         (FailurePolicy::Closed, PluginFailure::Busy(_)) => RouteDecision::Reply {
@@ -140,7 +141,7 @@ impl SipRouter {
             aors: closed.aors.clone(),
         };
         if let Err(failure) = plugin.call_flow_closed(&flow).await {
-            plugin.report_failure(&failure, "a closed flow");
+            plugin.report_failure(&failure, "a closed flow", Some(closed.remote.ip()));
         }
     }
 }
