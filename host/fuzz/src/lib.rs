@@ -13,5 +13,11 @@ pub mod sip;
 #[path = "../../src/http/head.rs"]
 pub mod http_head;
 
+#[path = "../../src/http/response.rs"]
+pub mod http_response;
+
+#[path = "../../src/http/ws_frames.rs"]
+pub mod ws_frames;
+
 #[path = "../../src/core/mod.rs"]
 pub mod core;
