@@ -182,6 +182,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 struct Sample {
     sent: Instant,
     answer: Option<(u16, Duration)>,
+    /// Sent by the UDP phone (else by the WebSocket client).
+    udp: bool,
 }
 
 #[derive(Default)]
@@ -191,11 +193,25 @@ struct Legit {
 }
 
 impl Legit {
-    fn record(&self, sent: Instant, answer: Option<(u16, Duration)>) {
+    fn record(&self, sent: Instant, answer: Option<(u16, Duration)>, udp: bool) {
         self.samples
             .lock()
             .expect("samples")
-            .push(Sample { sent, answer });
+            .push(Sample { sent, answer, udp });
+    }
+
+    /// Answered / sent within `from..to`, by the WebSocket client and by the UDP phone.
+    fn by_client(&self, from: Instant, to: Instant) -> String {
+        let s = self.samples.lock().expect("samples");
+        let count = |udp: bool| {
+            let w: Vec<&Sample> = s
+                .iter()
+                .filter(|x| x.udp == udp && x.sent >= from && x.sent < to)
+                .collect();
+            (w.iter().filter(|x| x.answer.is_some()).count(), w.len())
+        };
+        let (ws, udp) = (count(false), count(true));
+        format!("WS {}/{}, UDP {}/{}", ws.0, ws.1, udp.0, udp.1)
     }
 
     /// Of the transactions sent within `from..to`: (answered 200, answered at all,
@@ -261,7 +277,7 @@ type Pending = HashMap<String, (Instant, String, Instant, u32)>;
 
 /// Handles one message a legitimate client received; returns the answer to send back
 /// (for a request).
-fn on_received(text: &str, pending: &mut Pending, legit: &Legit) -> Option<String> {
+fn on_received(text: &str, pending: &mut Pending, legit: &Legit, udp: bool) -> Option<String> {
     if let Some(status) = status_of(text) {
         if status < 200 {
             return None;
@@ -269,7 +285,7 @@ fn on_received(text: &str, pending: &mut Pending, legit: &Legit) -> Option<Strin
         if let Some(call_id) = header(text, "Call-ID")
             && let Some((sent, ..)) = pending.remove(call_id)
         {
-            legit.record(sent, Some((status, sent.elapsed())));
+            legit.record(sent, Some((status, sent.elapsed())), udp);
         }
         return None;
     }
@@ -279,11 +295,12 @@ fn on_received(text: &str, pending: &mut Pending, legit: &Legit) -> Option<Strin
 
 /// Fails what waited too long; returns what to retransmit (UDP only).
 fn expire(pending: &mut Pending, legit: &Legit, retransmit: bool) -> Vec<String> {
+    let udp = retransmit;
     let now = Instant::now();
     let mut again = Vec::new();
     pending.retain(|_, (sent, text, last, sends)| {
         if now.duration_since(*sent) > LEGIT_TIMEOUT {
-            legit.record(*sent, None);
+            legit.record(*sent, None, udp);
             return false;
         }
         // Timer E as a phone does it: 0.5 s, then doubling.
@@ -343,7 +360,7 @@ async fn legit_ws(server: SocketAddr, legit: Arc<Legit>) -> anyhow::Result<()> {
                     Some(Ok(_)) => continue,
                     _ => bail!("the legitimate WebSocket client was disconnected"),
                 };
-                if let Some(answer) = on_received(&text, &mut pending, &legit) {
+                if let Some(answer) = on_received(&text, &mut pending, &legit, false) {
                     ws.send(Message::text(answer)).await?;
                 }
             }
@@ -388,7 +405,7 @@ async fn legit_udp(server: SocketAddr, legit: Arc<Legit>) -> anyhow::Result<()> 
             r = socket.recv_from(&mut buf) => {
                 let (len, from) = r?;
                 let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-                if let Some(answer) = on_received(&text, &mut pending, &legit) {
+                if let Some(answer) = on_received(&text, &mut pending, &legit, true) {
                     socket.send_to(answer.as_bytes(), from).await?;
                 }
             }
@@ -747,6 +764,7 @@ struct Row {
     legit_ok: usize,
     legit_answered: usize,
     legit_sent: usize,
+    clients: String,
     p99_ms: f64,
     rss_before: u64,
     rss_peak: u64,
@@ -785,12 +803,13 @@ pub(crate) async fn campaign(
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {}/{} ({:.1}%) | {} | {:.1} ms | {:.0} MiB | {:.0}% | {:.0} → {:.0} MiB{} | {} |",
+            "| {} | {} | {}/{} ({:.1}%; {}) | {} | {:.1} ms | {:.0} MiB | {:.0}% | {:.0} → {:.0} MiB{} | {} |",
             r.name,
             r.sent,
             r.legit_answered,
             r.legit_sent,
             100.0 * r.legit_answered as f64 / r.legit_sent.max(1) as f64,
+            r.clients,
             r.legit_ok,
             r.p99_ms,
             r.rss_peak as f64 / 1024.0,
@@ -849,6 +868,7 @@ async fn one(bin: &Path, name: &'static str, seconds: u64, after: u64) -> anyhow
     let cpu_after = cpu_ticks(pid);
     let _ = sampler.await;
     let (legit_ok, legit_answered, legit_sent, p99_ms) = legit.between(attack_start, attack_end);
+    let clients = legit.by_client(attack_start, attack_end);
     // Quiet: the timers run (connections closed, registrations expired, transactions
     // ended); the legitimate clients go on.
     tokio::time::sleep(Duration::from_secs(after)).await;
@@ -877,6 +897,7 @@ async fn one(bin: &Path, name: &'static str, seconds: u64, after: u64) -> anyhow
         legit_ok,
         legit_answered,
         legit_sent,
+        clients,
         p99_ms,
         rss_before,
         rss_peak: peak.load(Ordering::Relaxed),

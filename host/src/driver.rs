@@ -384,7 +384,9 @@ impl Driven {
                         .map(|i| i.identity.clone())
                         .unwrap_or_default();
                     let plugin = r.plugin.clone();
-                    tokio::spawn(async move { plugin.flow_closed(&closed, &identity).await });
+                    tokio::spawn(crate::plugin::exec::offload(async move {
+                        plugin.flow_closed(&closed, &identity).await
+                    }));
                 }
             }
         }
@@ -478,9 +480,13 @@ fn send_transmits(core: &mut Core, shared: &Arc<Shared>) {
 
 /// The core's routing hook: asks the plugin in place, on the task running the core. A
 /// plugin answers in microseconds, and a hop to another task would cost more than the
-/// call; a call still running at its first epoch tick (it yields there) moves to a task
-/// of its own and its decision comes back as an input, so a slow plugin holds the core
-/// for one tick at most. `shared` is weak: the core lives in it.
+/// call; a call still running at its first epoch tick (it yields there) moves to the
+/// plugin runtime ([`crate::plugin::exec`]) and its decision comes back as an input, so
+/// a slow plugin holds the core for one tick at most, once: after that its calls go
+/// to the plugin runtime at once until it is quick again ([`InPlace`]). `shared` is
+/// weak: the core lives in it.
+///
+/// [`InPlace`]: crate::plugin::sip::InPlace
 pub fn route_hook(plugin: SipRouter, shared: Weak<Shared>) -> crate::core::RouteHook {
     crate::core::RouteHook(Box::new(move |id, source, req| {
         let shared = shared.upgrade()?;
@@ -492,9 +498,12 @@ pub fn route_hook(plugin: SipRouter, shared: Weak<Shared>) -> crate::core::Route
         match plugin.decide_in_place(source, req, &identity) {
             Ok(decision) => Some(decision),
             Err(call) => {
-                tracing::debug!(id, "routing call deferred to a task");
+                tracing::debug!(id, "routing call deferred to the plugin runtime");
+                let in_place = plugin.in_place().clone();
                 tokio::spawn(async move {
-                    let decision = call.await;
+                    let started = std::time::Instant::now();
+                    let decision = crate::plugin::exec::offload(call).await;
+                    in_place.deferred_took(started.elapsed());
                     shared
                         .core
                         .submit(&shared, Input::Routed { id, decision }, None)

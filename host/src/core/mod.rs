@@ -278,7 +278,9 @@ impl Refusal {
             Self::RateLimit => {
                 "source past limits.rate: banned (503 on connections, ignored over UDP)"
             }
-            Self::TransactionsFull => "new request refused: limits.max-transactions in flight (503)",
+            Self::TransactionsFull => {
+                "new request refused: limits.max-transactions in flight (503)"
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod bindings;
 pub mod decision;
 pub mod engine;
+pub mod exec;
 mod host_impl;
 mod limits;
 pub mod outbound;

@@ -46,6 +46,49 @@ pub struct SipRouter {
     nonce: NonceKey,
     /// Digest algorithms offered in challenges, in order.
     algorithms: Arc<[String]>,
+    /// Whether calls are polled in place first ([`SipRouter::decide_in_place`]), and
+    /// how many deferred calls in a row were quick.
+    in_place: Arc<InPlace>,
+}
+
+/// Calls are polled on the SIP core's task first only while the plugin answers at
+/// once: a call that is not done at its first poll held the core for up to an epoch
+/// tick, so from then on calls go straight to the plugin runtime, until
+/// [`InPlace::QUICK_STREAK`] of them in a row were done within [`InPlace::QUICK`].
+#[derive(Debug, Default)]
+pub struct InPlace {
+    deferring: std::sync::atomic::AtomicBool,
+    quick: std::sync::atomic::AtomicU32,
+}
+
+impl InPlace {
+    /// A deferred call this quick counts toward polling in place again.
+    pub const QUICK: std::time::Duration = std::time::Duration::from_millis(1);
+    /// Quick deferred calls in a row after which calls are polled in place again.
+    pub const QUICK_STREAK: u32 = 64;
+
+    /// Whether to poll the next call in place.
+    pub fn in_place(&self) -> bool {
+        !self.deferring.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A call was not done at its first poll in place.
+    pub fn was_slow(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.deferring.store(true, Relaxed);
+        self.quick.store(0, Relaxed);
+    }
+
+    /// A deferred call took `took`.
+    pub fn deferred_took(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if took > Self::QUICK {
+            self.quick.store(0, Relaxed);
+        } else if self.quick.fetch_add(1, Relaxed) + 1 >= Self::QUICK_STREAK {
+            self.deferring.store(false, Relaxed);
+            self.quick.store(0, Relaxed);
+        }
+    }
 }
 
 impl SipRouter {
@@ -56,6 +99,7 @@ impl SipRouter {
             slot,
             nonce,
             algorithms: algorithms.into(),
+            in_place: Arc::default(),
         }
     }
 
@@ -113,18 +157,27 @@ impl SipRouter {
     /// at once (the usual case: the epoch deadline bounds running Wasm, and a call
     /// yields at its first epoch tick), else the call to finish elsewhere. Polling it
     /// again registers its timers and wakers there.
+    /// While the plugin has been slow lately ([`InPlace`]) the call is not polled here
+    /// at all.
     pub fn decide_in_place(
         &self,
         source: &Source,
         req: &Request,
         identity: &[(String, String)],
     ) -> Result<RouteDecision, PendingDecision> {
-        let mut call: PendingDecision = Box::pin(self.call(source, req, identity));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match call.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(decision) => Ok(decision),
-            std::task::Poll::Pending => Err(call),
+        let call: PendingDecision = Box::pin(self.call(source, req, identity));
+        if !self.in_place.in_place() {
+            return Err(call);
         }
+        super::exec::poll_once(call).map_err(|call| {
+            self.in_place.was_slow();
+            Box::pin(call) as PendingDecision
+        })
+    }
+
+    /// Whether calls are polled in place now, and the record of deferred ones.
+    pub fn in_place(&self) -> &Arc<InPlace> {
+        &self.in_place
     }
 
     /// Tells the plugin a flow closed. A failure is logged and counted.
@@ -409,6 +462,27 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_slow_call_sends_the_next_ones_off_the_core_until_a_streak_of_quick_ones() {
+        use super::InPlace;
+        use std::time::Duration;
+        let p = InPlace::default();
+        assert!(p.in_place());
+        p.was_slow();
+        assert!(!p.in_place());
+        for _ in 0..InPlace::QUICK_STREAK - 1 {
+            p.deferred_took(Duration::from_micros(50));
+        }
+        // A slow one breaks the streak.
+        p.deferred_took(Duration::from_millis(40));
+        for _ in 0..InPlace::QUICK_STREAK - 1 {
+            p.deferred_took(Duration::from_micros(50));
+        }
+        assert!(!p.in_place());
+        p.deferred_took(Duration::from_micros(50));
+        assert!(p.in_place(), "quick again: polled in place");
+    }
+
     use super::*;
     use crate::sip::message::Message;
 

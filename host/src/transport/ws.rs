@@ -139,8 +139,13 @@ where
         // does not affect this call). No plugin for the path: 404 from the host.
         let decision = match router.route(&wit_request.target) {
             Some(slot) => {
+                // Polled here once; if not done, finished on the plugin runtime.
                 let current = slot.current();
-                Box::pin(current.decide(wit_request, &check)).await
+                let check = check.clone();
+                crate::plugin::exec::bounded(
+                    async move { current.decide(wit_request, &check).await },
+                )
+                .await
             }
             None => Decision::Reply(Response::error(404, "")),
         };
