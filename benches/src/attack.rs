@@ -769,6 +769,7 @@ struct Row {
     rss_before: u64,
     rss_peak: u64,
     rss_after: u64,
+    rss_settled: u64,
     cpu_percent: f64,
     survived: bool,
     refused: String,
@@ -778,6 +779,7 @@ pub(crate) async fn campaign(
     bin: &Path,
     seconds: u64,
     after: u64,
+    settle: u64,
     only: Option<&str>,
 ) -> anyhow::Result<()> {
     if !bin.exists() {
@@ -791,19 +793,19 @@ pub(crate) async fn campaign(
         if only.is_some_and(|o| o != *name) {
             continue;
         }
-        eprintln!("attack {name}: {what} for {seconds} s, then {after} s of quiet");
-        rows.push(one(bin, name, seconds, after).await?);
+        eprintln!("attack {name}: {what} for {seconds} s, then {settle} s of quiet");
+        rows.push(one(bin, name, seconds, after, settle).await?);
     }
     println!(
         "## Attack campaign ({seconds} s each; legitimate WS + UDP clients, a MESSAGE every 100 ms each)\n"
     );
     println!(
-        "| attack | attack messages/connections | legitimate answered | of which 200 | legitimate p99 | server peak RSS | server CPU | RSS before → {after} s after | refused (metrics) |"
+        "| attack | attack messages/connections | legitimate answered | of which 200 | legitimate p99 | server peak RSS | server CPU | RSS before → {after} s → {settle} s after | refused (metrics) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {}/{} ({:.1}%; {}) | {} | {:.1} ms | {:.0} MiB | {:.0}% | {:.0} → {:.0} MiB{} | {} |",
+            "| {} | {} | {}/{} ({:.1}%; {}) | {} | {:.1} ms | {:.0} MiB | {:.0}% | {:.0} → {:.0} → {:.0} MiB{} | {} |",
             r.name,
             r.sent,
             r.legit_answered,
@@ -816,6 +818,7 @@ pub(crate) async fn campaign(
             r.cpu_percent,
             r.rss_before as f64 / 1024.0,
             r.rss_after as f64 / 1024.0,
+            r.rss_settled as f64 / 1024.0,
             if r.survived { "" } else { " (CRASHED)" },
             r.refused
         );
@@ -823,7 +826,13 @@ pub(crate) async fn campaign(
     Ok(())
 }
 
-async fn one(bin: &Path, name: &'static str, seconds: u64, after: u64) -> anyhow::Result<Row> {
+async fn one(
+    bin: &Path,
+    name: &'static str,
+    seconds: u64,
+    after: u64,
+    settle: u64,
+) -> anyhow::Result<Row> {
     let mut server = Server::start(bin, name == "slow-router").await?;
     let pid = server.pid();
     let legit = Arc::new(Legit::default());
@@ -873,6 +882,10 @@ async fn one(bin: &Path, name: &'static str, seconds: u64, after: u64) -> anyhow
     // ended); the legitimate clients go on.
     tokio::time::sleep(Duration::from_secs(after)).await;
     let rss_after = rss_kib(pid);
+    // Every timer has run by then: registrations (60 s) expired, transactions (64×T1)
+    // ended, connections closed.
+    tokio::time::sleep(Duration::from_secs(settle.saturating_sub(after))).await;
+    let rss_settled = rss_kib(pid);
     let refused = [
         ("conn", "sipwasm_connections_refused_total"),
         ("timeouts", "sipwasm_connections_timed_out_total"),
@@ -902,6 +915,7 @@ async fn one(bin: &Path, name: &'static str, seconds: u64, after: u64) -> anyhow
         rss_before,
         rss_peak: peak.load(Ordering::Relaxed),
         rss_after,
+        rss_settled,
         cpu_percent: (cpu_after - cpu_before) as f64 / secs,
         survived,
         refused: parts.join(", "),

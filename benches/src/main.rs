@@ -153,6 +153,9 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 60)]
         after: u64,
+        /// Seconds after the attack of the last RSS reading (every timer has run).
+        #[arg(long, default_value_t = 120)]
+        settle: u64,
         /// Run one attack only (slowloris, register-flood, invite-flood, torture,
         /// handshakes, slow-router).
         #[arg(long)]
@@ -196,8 +199,9 @@ fn main() -> anyhow::Result<()> {
             Cmd::Attack {
                 seconds,
                 after,
+                settle,
                 only,
-            } => attack::campaign(&args.sipwasm, seconds, after, only.as_deref()).await,
+            } => attack::campaign(&args.sipwasm, seconds, after, settle.max(after), only.as_deref()).await,
             Cmd::Worst { rounds } => worst(rounds),
             Cmd::Router {
                 iterations,

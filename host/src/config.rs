@@ -635,8 +635,9 @@ pub struct PluginConfig {
     pub outbound_timeout: Duration,
     /// Instances (pool slots) the plugin may hold at once, busy and idle: its calls in
     /// flight at most. Unset: an equal share of what `plugin-runtime.pool-instances`
-    /// leaves after the plugins that set it (filled in when the file is read), so one
-    /// slow plugin cannot take the slots of the others.
+    /// leaves after the plugins that set it, at most eight per thread of the plugin
+    /// runtime (filled in when the file is read), so one slow plugin cannot take the
+    /// slots of the others, nor keep many calls spinning on a thread.
     #[serde(default)]
     pub max_instances: Option<u32>,
     /// Calls that may wait for one of its instances; past it (or after waiting its
@@ -860,7 +861,15 @@ impl Config {
         if unset == 0 {
             return;
         }
-        let share = ((pool - set) / unset).max(1);
+        // At most eight calls in flight per thread of the plugin runtime: a call that
+        // spins to its deadline holds its thread's time slices, and with more of them
+        // per thread each call's wall-clock deadline would pass long before its trap is
+        // scheduled (set max-instances for plugins that mostly wait on outbound HTTP).
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .saturating_sub(1)
+            .max(1) as u32;
+        let share = ((pool - set) / unset).clamp(1, 8 * threads);
         for p in self.plugins.values_mut() {
             p.max_instances.get_or_insert(share);
         }

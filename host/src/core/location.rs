@@ -116,6 +116,26 @@ impl Location {
         Self::default()
     }
 
+    /// Room in the table of AoRs (for tests of [`Location::shrink`]).
+    #[cfg(test)]
+    pub fn aor_capacity(&self) -> usize {
+        self.by_aor.capacity()
+    }
+
+    /// Gives back the spare capacity of tables that shrank to under a quarter of it
+    /// (a flood of registrations that expired leaves them sized for the flood);
+    /// returns whether any table is still large enough to look at again later.
+    pub fn shrink(&mut self) -> bool {
+        let mut large = false;
+        large |= shrink_map(&mut self.by_aor);
+        large |= shrink_map(&mut self.by_flow);
+        large |= shrink_map(&mut self.by_gruu_key);
+        large |= shrink_map(&mut self.by_flow_contact);
+        large |= shrink_map(&mut self.aor_of);
+        large |= shrink_map(&mut self.by_udp);
+        large
+    }
+
     /// A fresh binding id.
     pub fn next_id(&mut self) -> u64 {
         self.next_id += 1;
@@ -413,4 +433,18 @@ mod tests {
         );
         assert!(loc.by_flow_contact.is_empty());
     }
+}
+
+/// Tables smaller than this are never shrunk (not worth the rehash).
+pub(crate) const SHRINK_FROM: usize = 4096;
+
+/// Shrinks `map` to fit when it holds under a quarter of its capacity; whether its
+/// capacity is still at least [`SHRINK_FROM`].
+pub(crate) fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) -> bool {
+    if map.capacity() >= SHRINK_FROM && map.len() * 4 < map.capacity() {
+        map.shrink_to_fit();
+    }
+    map.capacity() >= SHRINK_FROM
 }

@@ -433,6 +433,12 @@ impl fmt::Debug for Keyed {
 /// How long a user whose bindings are gone stays "known" (480 instead of 404).
 const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// Most AoRs remembered as recently registered ([`KNOWN_FOR`]).
+const KNOWN_MAX: usize = 65_536;
+
+/// How often [`Core::housekeeping`] runs at most.
+const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Option tags we support.
 pub const SUPPORTED: &[&str] = &["outbound", "path", "gruu"];
 /// Methods we route.
@@ -678,24 +684,54 @@ impl Core {
                         self.mark_known(&b.aor, now);
                         self.events.push_back(Event::BindingRemoved(b));
                     }
-                    if self
-                        .last_prune
-                        .is_none_or(|p| now.saturating_duration_since(p).as_secs() >= 60)
-                    {
-                        self.last_prune = Some(now);
-                        self.known_aors
-                            .retain(|_, t| now.saturating_duration_since(*t) < KNOWN_FOR);
-                    }
                     self.arm_expiry();
                 }
+                TimerRef::Housekeeping => {}
             }
+        }
+        if self
+            .last_prune
+            .is_none_or(|p| now.saturating_duration_since(p) >= HOUSEKEEPING_EVERY)
+        {
+            self.housekeeping(now);
+        }
+    }
+
+    /// At most once a minute: aged AoRs forgotten, and every table that a flood grew
+    /// and that emptied again gives its spare capacity back (hash tables never shrink
+    /// on their own). While some table is still large, again in a minute.
+    fn housekeeping(&mut self, now: Instant) {
+        use self::location::shrink_map;
+        self.last_prune = Some(now);
+        self.known_aors
+            .retain(|_, t| now.saturating_duration_since(*t) < KNOWN_FOR);
+        let mut large = self.location.shrink();
+        large |= shrink_map(&mut self.known_aors);
+        large |= shrink_map(&mut self.servers);
+        large |= shrink_map(&mut self.server_keys);
+        large |= shrink_map(&mut self.clients);
+        large |= shrink_map(&mut self.client_keys);
+        large |= shrink_map(&mut self.ctxs);
+        large |= shrink_map(&mut self.flows);
+        large |= shrink_map(&mut self.udp_verified);
+        if self.transmits.capacity() > location::SHRINK_FROM && self.transmits.is_empty() {
+            self.transmits.shrink_to_fit();
+        }
+        if large {
+            self.timers
+                .arm(now + HOUSEKEEPING_EVERY, TimerRef::Housekeeping);
         }
     }
 
     /// Records that `aor` has (or just had) a binding.
     fn mark_known(&mut self, aor: &str, now: Instant) {
+        let full = self.known_aors.len() >= KNOWN_MAX;
         match self.known_aors.get_mut(aor) {
             Some(t) => *t = now,
+            // Bounded: past it an AoR that loses its last binding is not remembered
+            // (its callers get 404 rather than 480), so a flood of AoRs that register
+            // and go cannot hold memory for the whole day.
+            None if full => {}
             None => {
                 self.known_aors.insert(aor.to_string(), now);
             }

@@ -2112,3 +2112,35 @@ fn past_max_transactions_new_requests_get_503_and_retransmissions_are_still_abso
             .any(|(_, m)| matches!(m, Message::Response(r) if r.status == 100))
     );
 }
+
+#[test]
+fn tables_a_flood_of_registrations_grew_give_their_room_back_once_it_expired() {
+    let mut sim = Sim::new();
+    for i in 0..(KNOWN_MAX / 8) {
+        sim.register_udp(&format!("flood{i}"));
+    }
+    assert!(sim.core.location.aor_capacity() >= KNOWN_MAX / 8);
+    // Every binding expires (default 3600 s); the housekeeping that follows shrinks.
+    sim.advance(Duration::from_secs(3601));
+    assert_eq!(sim.core.stats().bindings, 0);
+    assert!(
+        sim.core.location.aor_capacity() < location::SHRINK_FROM,
+        "{}",
+        sim.core.location.aor_capacity()
+    );
+    assert_eq!(
+        sim.core.known_aors.len(),
+        KNOWN_MAX / 8,
+        "remembered for 480s"
+    );
+    // The memory of gone AoRs is bounded too.
+    for i in 0..(KNOWN_MAX / 8) {
+        sim.core
+            .mark_known(&format!("sip:more{i}@localhost"), sim.now);
+    }
+    for i in 0..KNOWN_MAX {
+        sim.core
+            .mark_known(&format!("sip:extra{i}@localhost"), sim.now);
+    }
+    assert_eq!(sim.core.known_aors.len(), KNOWN_MAX);
+}

@@ -46,6 +46,9 @@ pub enum TimerRef {
     Client(u64),
     /// Registration expiry sweep.
     Expiry,
+    /// Once a minute while tables are large: aged entries pruned, spare capacity
+    /// given back.
+    Housekeeping,
 }
 
 /// Deadlines of everything, earliest first.
