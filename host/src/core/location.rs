@@ -307,6 +307,20 @@ impl Location {
     }
 }
 
+/// Tables smaller than this are never shrunk (not worth the rehash).
+pub(crate) const SHRINK_FROM: usize = 4096;
+
+/// Shrinks `map` to fit when it holds under a quarter of its capacity; whether its
+/// capacity is still at least [`SHRINK_FROM`].
+pub(crate) fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) -> bool {
+    if map.capacity() >= SHRINK_FROM && map.len() * 4 < map.capacity() {
+        map.shrink_to_fit();
+    }
+    map.capacity() >= SHRINK_FROM
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -433,18 +447,4 @@ mod tests {
         );
         assert!(loc.by_flow_contact.is_empty());
     }
-}
-
-/// Tables smaller than this are never shrunk (not worth the rehash).
-pub(crate) const SHRINK_FROM: usize = 4096;
-
-/// Shrinks `map` to fit when it holds under a quarter of its capacity; whether its
-/// capacity is still at least [`SHRINK_FROM`].
-pub(crate) fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
-    map: &mut std::collections::HashMap<K, V, S>,
-) -> bool {
-    if map.capacity() >= SHRINK_FROM && map.len() * 4 < map.capacity() {
-        map.shrink_to_fit();
-    }
-    map.capacity() >= SHRINK_FROM
 }
