@@ -42,6 +42,8 @@ fuzz_target!(|data: &[u8]| {
         .filter(|h| h.name.eq_ignore_ascii_case(name))
         .collect();
     assert_eq!(ours.len(), 1, "{:?}", String::from_utf8_lossy(&bytes));
-    assert_eq!(ours[0].value, value.trim().as_bytes());
+    // HTTP trims only spaces and tabs around a value (RFC 9110 OWS), not all of
+    // Unicode's white space (a value ending in U+205F keeps it).
+    assert_eq!(ours[0].value, value.trim_matches([' ', '\t']).as_bytes());
     assert_eq!(&bytes[n..], body.as_bytes(), "the body is exactly what was given");
 });

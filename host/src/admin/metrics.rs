@@ -222,8 +222,7 @@ impl Metrics {
         }
     }
 
-    /// A connection limit was hit.
-    pub fn conn_limit(&self, what: ConnLimit) {
+    fn conn_counter(&self, what: ConnLimit) -> &AtomicU64 {
         let c = &self.conns;
         match what {
             ConnLimit::Total => &c.total,
@@ -231,19 +230,16 @@ impl Metrics {
             ConnLimit::FirstMessage => &c.first_message,
             ConnLimit::WsPartial => &c.ws_partial,
         }
-        .fetch_add(1, Relaxed);
+    }
+
+    /// A connection limit was hit.
+    pub fn conn_limit(&self, what: ConnLimit) {
+        self.conn_counter(what).fetch_add(1, Relaxed);
     }
 
     /// How often a connection limit was hit.
     pub fn conn_limits(&self, what: ConnLimit) -> u64 {
-        let c = &self.conns;
-        match what {
-            ConnLimit::Total => &c.total,
-            ConnLimit::PerSource => &c.per_source,
-            ConnLimit::FirstMessage => &c.first_message,
-            ConnLimit::WsPartial => &c.ws_partial,
-        }
-        .load(Relaxed)
+        self.conn_counter(what).load(Relaxed)
     }
 
     /// Connections open now changed by `delta`.
