@@ -26,7 +26,11 @@ impl Guest for SlowRouter {
             .header("X-Delay-Ms")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
-            .max(sipwasm_plugin::config::<Config>().unwrap_or_default().always_ms)
+            .max(
+                sipwasm_plugin::config::<Config>()
+                    .unwrap_or_default()
+                    .always_ms,
+            )
             .min(1_500);
         if let Some(sleep) = req.header("X-Sleep-Ms").and_then(|v| v.parse::<u64>().ok()) {
             std::thread::sleep(Duration::from_millis(sleep.min(1_500)));
