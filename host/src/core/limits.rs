@@ -124,8 +124,8 @@ struct Bucket {
 }
 
 /// Most sources tracked at once. Past it, sources not tracked yet pass unchecked until
-/// the sweep frees room (and are counted in [`RateLimiter::untracked`]). Each entry is
-/// about 64 bytes, so the table stays under ~100 MiB even when full.
+/// the sweep frees room. Each entry is about 64 bytes, so the table stays under
+/// ~100 MiB even when full.
 pub const MAX_TRACKED: usize = 1_000_000;
 
 /// A token bucket per source ([`source_key`]): `burst` requests at once, refilled at
@@ -140,8 +140,6 @@ pub struct RateLimiter {
     exempt: TrustedPeers,
     buckets: HashMap<IpAddr, Bucket>,
     swept: Option<Instant>,
-    /// Requests from sources that could not be tracked (table full).
-    pub untracked: u64,
 }
 
 impl RateLimiter {
@@ -152,7 +150,6 @@ impl RateLimiter {
             exempt,
             buckets: HashMap::new(),
             swept: None,
-            untracked: 0,
         }
     }
 
@@ -183,10 +180,7 @@ impl RateLimiter {
         let len = self.buckets.len();
         let b = match self.buckets.get_mut(&key) {
             Some(b) => b,
-            None if len >= MAX_TRACKED => {
-                self.untracked += 1;
-                return Verdict::Pass;
-            }
+            None if len >= MAX_TRACKED => return Verdict::Pass,
             None => self.buckets.entry(key).or_insert(Bucket {
                 milli_tokens: full,
                 refilled: now,

@@ -66,11 +66,6 @@ impl Admission {
         }
     }
 
-    /// The cap on all connections.
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
@@ -124,15 +119,17 @@ impl Admission {
         }
     }
 
-    fn refused(&self, what: ConnLimit, ip: Option<IpAddr>) {
+    /// Counts a hit of `what` from `ip`; whether its log line may go out now.
+    fn hit(&self, what: ConnLimit, ip: IpAddr) -> bool {
         self.metrics.conn_limit(what);
-        let source = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        if self
-            .log
+        self.log
             .lock()
             .expect("admission lock")
-            .allow(what.as_str(), source, Instant::now())
-        {
+            .allow(what.as_str(), ip, Instant::now())
+    }
+
+    fn refused(&self, what: ConnLimit, ip: Option<IpAddr>) {
+        if self.hit(what, ip.unwrap_or(IpAddr::from([0, 0, 0, 0]))) {
             match (what, ip) {
                 (ConnLimit::PerSource, Some(ip)) => tracing::warn!(
                     source = %ip,
@@ -151,13 +148,7 @@ impl Admission {
     /// Logs (rate-limited per source) that `what` closed a connection from `ip`, and
     /// counts it.
     pub fn timed_out(&self, what: ConnLimit, ip: IpAddr) {
-        self.metrics.conn_limit(what);
-        if self
-            .log
-            .lock()
-            .expect("admission lock")
-            .allow(what.as_str(), ip, Instant::now())
-        {
+        if self.hit(what, ip) {
             let why = match what {
                 ConnLimit::WsPartial => {
                     "WebSocket connection closed: a frame or message left unfinished for limits.ws-partial-timeout"
