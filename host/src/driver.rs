@@ -366,7 +366,6 @@ impl Driven {
                         r.view.set(&b.aor, self.core.bindings(&b.aor));
                     }
                 }
-                Event::Banned { source, until } => shared.udp_bans.ban(source, until),
                 Event::Refused { why, source } => {
                     tracing::warn!(
                         %source,

@@ -188,12 +188,6 @@ impl Server {
             relay: sip.relay,
             trusted: crate::core::peers::TrustedPeers::new(sip.trusted_peers.clone()),
             limits: CoreLimits {
-                rate: RateConfig {
-                    per_second: config.limits.rate,
-                    burst: config.limits.rate_burst,
-                    ban: config.limits.rate_ban,
-                },
-                rate_exempt: exempt.clone(),
                 max_transactions: config.limits.max_transactions,
             },
         });
@@ -232,12 +226,20 @@ impl Server {
             admission: Arc::new(Admission::new(
                 connection_cap,
                 config.limits.connections_per_source,
-                exempt,
+                exempt.clone(),
                 metrics.clone(),
             )),
             udp: udp.iter().map(|u| (u.local, u.socket.clone())).collect(),
             connector: Connector::default(),
-            udp_bans: udp::Bans::default(),
+            gate: crate::transport::gate::SourceGate::new(
+                RateConfig {
+                    per_second: config.limits.rate,
+                    burst: config.limits.rate_burst,
+                    ban: config.limits.rate_ban,
+                },
+                exempt,
+                metrics.clone(),
+            ),
             server_header: config.server.server_header.clone(),
             flows,
             core: CoreCell::new(core, store, router),

@@ -4,11 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::SinkExt as _;
 use sipwasm::sip::headers::HeaderName;
 use sipwasm_tests::sip::{SDP, Ua};
 use sipwasm_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio_tungstenite::tungstenite::Message;
 
 /// Sends OPTIONS over a raw stream and reads until its status line; `None` when the
 /// connection closed first.
@@ -16,7 +18,15 @@ async fn options_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     s: &mut S,
     branch: &str,
 ) -> Option<u16> {
-    s.write_all(options(branch, "TCP").as_bytes()).await.ok()?;
+    status_over(s, &options(branch, "TCP")).await
+}
+
+/// Sends `text` over `s`; the status of the answer.
+async fn status_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    text: &str,
+) -> Option<u16> {
+    s.write_all(text.as_bytes()).await.ok()?;
     let mut got = Vec::new();
     within("an answer to OPTIONS", async {
         loop {
@@ -214,11 +224,11 @@ async fn a_source_past_its_rate_gets_503_on_connections_and_is_ignored_over_udp(
     // Another address is served.
     let mut other = Ua::udp_from(&s, "other", "127.0.0.3").await;
     assert_eq!(other.register(600).await.status, 200);
-    // Three refused by the core (503s); the datagram dropped unparsed by the shell.
+    // Four refused before parsing: three 503s, and the datagram dropped.
     assert_eq!(
         s.metric("sipwasm_sip_refused_total{reason=\"rate-limit\"}")
             .await,
-        3
+        4
     );
     assert_eq!(s.metric("sipwasm_udp_banned_dropped_total").await, 1);
     // Logged once for this source however often it was refused.
@@ -228,6 +238,38 @@ async fn a_source_past_its_rate_gets_503_on_connections_and_is_ignored_over_udp(
         "{}",
         s.logs()
     );
+}
+
+#[tokio::test]
+async fn malformed_requests_count_against_the_rate_and_a_banned_source_is_refused_unparsed() {
+    let s =
+        Server::standard("[limits]\nrate = 5\nrate-burst = 10\nrate-ban = \"30s\"\nexempt = []\n");
+    let mut tcp = TcpStream::connect(s.sip).await.unwrap();
+    // Ten requests that fail to parse: each answered 400, each counted.
+    for i in 0..10 {
+        let bad =
+            options(&format!("bad{i}"), "TCP").replace("Max-Forwards: 70", "Max-Forwards: lots");
+        assert_eq!(status_over(&mut tcp, &bad).await, Some(400));
+    }
+    // So the next request, well-formed, is past the burst: 503, and so is a malformed
+    // one, refused before parsing (no 400, no parse error counted).
+    assert_eq!(options_over(&mut tcp, "good").await, Some(503));
+    let bad = options("bad-banned", "TCP").replace("Max-Forwards: 70", "Max-Forwards: lots");
+    assert_eq!(status_over(&mut tcp, &bad).await, Some(503));
+    assert_eq!(s.metric("sipwasm_sip_parse_errors_total").await, 10);
+    assert_eq!(
+        s.metric("sipwasm_sip_refused_total{reason=\"rate-limit\"}")
+            .await,
+        2
+    );
+    // Over WebSocket from the same address: refused too (one source, every transport).
+    let mut ws = ws_connect_to(&s).await;
+    ws.send(Message::text(options("ws-banned", "WS")))
+        .await
+        .unwrap();
+    let reply = next_data(&mut ws).await.unwrap();
+    assert!(reply.starts_with("SIP/2.0 503 "), "{reply}");
+    assert!(reply.contains("\r\nRetry-After: "), "{reply}");
 }
 
 #[tokio::test]

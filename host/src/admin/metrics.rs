@@ -59,7 +59,7 @@ counters! {
     digest_refused, digest_refused, "sipwasm_digest_refused_total", "Digest credentials refused unchecked: their source is banned for guessing.";
     digest_bans, digest_ban, "sipwasm_digest_bans_total", "Bans started for too many failed Digest responses (per user and address, or per address).";
     udp_oversize, udp_oversize, "sipwasm_udp_oversize_total", "UDP datagrams dropped unread because they were larger than sip.max-message-bytes.";
-    udp_banned, udp_banned, "sipwasm_udp_banned_dropped_total", "UDP datagrams from sources banned for going past limits.rate, dropped before parsing.";
+    udp_banned, udp_banned, "sipwasm_udp_banned_dropped_total", "UDP requests from sources past limits.rate (or banned for it), dropped before parsing (also counted in sipwasm_sip_refused_total{reason=\"rate-limit\"}).";
 }
 
 /// Why a connection was refused or closed by a limit.
@@ -116,6 +116,17 @@ struct CoreGauges {
 }
 
 impl Metrics {
+    /// A request refused by `limits.rate` (counted at the door, before parsing, by
+    /// [`crate::transport::gate::SourceGate`]).
+    pub fn sip_rate_limited(&self) {
+        self.core.refused_rate_limit.fetch_add(1, Relaxed);
+    }
+
+    /// Requests refused by `limits.rate` so far.
+    pub fn sip_rate_limited_count(&self) -> u64 {
+        self.core.refused_rate_limit.load(Relaxed)
+    }
+
     /// Records the SIP core's state.
     pub fn set_core(&self, s: CoreStats) {
         let g = &self.core;
@@ -135,7 +146,6 @@ impl Metrics {
             (&g.refused_untrusted_path, s.refused.untrusted_path),
             (&g.refused_relay, s.refused.relay),
             (&g.refused_registrar_full, s.refused.registrar_full),
-            (&g.refused_rate_limit, s.refused.rate_limit),
             (&g.refused_transactions_full, s.refused.transactions_full),
             (&g.trimmed_answers, s.refused.trimmed_answer),
         ] {
@@ -157,7 +167,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client), registrar-full (a new binding past sip.max-bindings: 503), rate-limit (a source past limits.rate, or banned for it: 503 on connections, ignored over UDP), transactions-full (a new request while limits.max-transactions were in flight: 503)."
+            "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client), registrar-full (a new binding past sip.max-bindings: 503), rate-limit (a request from a source past limits.rate, or banned for it, refused before parsing: 503 on connections, dropped over UDP), transactions-full (a new request while limits.max-transactions were in flight: 503)."
         );
         let _ = writeln!(out, "# TYPE sipwasm_sip_refused_total counter");
         for (reason, counter) in [

@@ -225,9 +225,6 @@ pub struct Refused {
     /// Answers cut to twice their request's size for a UDP peer that had not proven
     /// it receives what we send (not refused: counted here with the rest).
     pub trimmed_answer: u64,
-    /// Requests from a source past `limits.rate` or banned for it (503 on
-    /// connections, ignored over UDP).
-    pub rate_limit: u64,
     /// New requests refused with 503 because `limits.max-transactions` were in flight.
     pub transactions_full: u64,
 }
@@ -243,8 +240,6 @@ pub enum Refusal {
     Relay,
     /// [`Refused::registrar_full`].
     RegistrarFull,
-    /// [`Refused::rate_limit`].
-    RateLimit,
     /// [`Refused::transactions_full`].
     TransactionsFull,
 }
@@ -257,7 +252,6 @@ impl Refusal {
             Self::UntrustedPath => "untrusted-path",
             Self::Relay => "relay",
             Self::RegistrarFull => "registrar-full",
-            Self::RateLimit => "rate-limit",
             Self::TransactionsFull => "transactions-full",
         }
     }
@@ -275,9 +269,6 @@ impl Refusal {
                 "request for a next hop elsewhere from an untrusted client refused (403)"
             }
             Self::RegistrarFull => "new binding refused: sip.max-bindings reached (503)",
-            Self::RateLimit => {
-                "source past limits.rate: banned (503 on connections, ignored over UDP)"
-            }
             Self::TransactionsFull => {
                 "new request refused: limits.max-transactions in flight (503)"
             }
@@ -344,14 +335,6 @@ pub enum Event {
     /// A flow that carried SIP closed (exactly once per flow), after its bindings were
     /// removed.
     FlowClosed(ClosedFlow),
-    /// A source went past `limits.rate` and is banned until `until` (its requests are
-    /// refused by the core meanwhile; the shell may drop its UDP datagrams unparsed).
-    Banned {
-        /// The source ([`limits::source_key`]).
-        source: std::net::IpAddr,
-        /// When the ban ends.
-        until: Instant,
-    },
     /// A request was refused (counted in [`CoreStats::refused`]); emitted at most once
     /// a minute per source and reason, for the log.
     Refused {
@@ -394,27 +377,18 @@ pub struct CoreConfig {
     pub limits: CoreLimits,
 }
 
-/// The core's share of `[limits]`.
+/// The core's share of `[limits]` (`limits.rate` is counted in the shell, before
+/// parsing: [`crate::transport::gate`]).
 #[derive(Debug, Clone)]
 pub struct CoreLimits {
-    /// The per-source request rate limit (`limits.rate`, `rate-burst`, `rate-ban`).
-    pub rate: limits::RateConfig,
-    /// Sources the rate limit never applies to: the trusted peers and `limits.exempt`.
-    pub rate_exempt: peers::TrustedPeers,
     /// Most server transactions in flight; past it new requests get 503.
     pub max_transactions: usize,
 }
 
 impl Default for CoreLimits {
-    /// No rate limit; `limits.max-transactions`' default.
+    /// `limits.max-transactions`' default.
     fn default() -> Self {
         Self {
-            rate: limits::RateConfig {
-                per_second: 0,
-                burst: 0,
-                ban: std::time::Duration::from_secs(60),
-            },
-            rate_exempt: peers::TrustedPeers::default(),
             max_transactions: 100_000,
         }
     }
@@ -492,8 +466,6 @@ pub struct Core {
     udp_verified: HashMap<SocketAddr, Instant>,
     /// When [`Core::udp_verified`] was last swept of aged entries.
     udp_verified_swept: Option<Instant>,
-    /// Requests per source (`limits.rate`).
-    pike: limits::RateLimiter,
     /// Refusals' log lines, once a minute per source.
     log_gate: limits::LogGate,
 }
@@ -523,7 +495,6 @@ impl Core {
         let tag_keys = foldhash::quality::FixedState::with_seed(u64::from_be_bytes(
             seed[..8].try_into().expect("eight bytes"),
         ));
-        let pike = limits::RateLimiter::new(cfg.limits.rate, cfg.limits.rate_exempt.clone());
         Self {
             mac,
             tag_keys,
@@ -551,7 +522,6 @@ impl Core {
             refused: Refused::default(),
             udp_verified: HashMap::new(),
             udp_verified_swept: None,
-            pike,
             log_gate: limits::LogGate::new(),
         }
     }
@@ -762,38 +732,11 @@ impl Core {
             Refusal::UntrustedPath => &mut r.untrusted_path,
             Refusal::Relay => &mut r.relay,
             Refusal::RegistrarFull => &mut r.registrar_full,
-            Refusal::RateLimit => &mut r.rate_limit,
             Refusal::TransactionsFull => &mut r.transactions_full,
         } += 1;
         if self.log_gate.allow(why.as_str(), source.ip(), now) {
             self.events.push_back(Event::Refused { why, source });
         }
-    }
-
-    /// Whether a request from `source` is within its source's rate. If not, it is
-    /// counted, and answered 503 with Retry-After on a connection (never an ACK, which
-    /// gets no answer) or ignored over UDP (an answer would only feed a flood, or a
-    /// spoofed victim).
-    fn within_rate(&mut self, now: Instant, source: &Source, req: &Request) -> bool {
-        let limits::Verdict::Banned { retry_after, newly } =
-            self.pike.check(source.remote.ip(), now)
-        else {
-            return true;
-        };
-        if newly && let Some(until) = self.pike.banned_until(source.remote.ip()) {
-            // The shell drops the source's datagrams before parsing them meanwhile.
-            self.events.push_back(Event::Banned {
-                source: limits::source_key(source.remote.ip()),
-                until,
-            });
-        }
-        self.refuse(Refusal::RateLimit, source.remote, now);
-        if source.transport != Transport::Udp && req.method != Method::Ack {
-            let retry = (HeaderName::RetryAfter, retry_after.to_string());
-            let bytes = self.response_bytes(req, 503, &[retry]);
-            self.send(source.reply_target(), bytes);
-        }
-        false
     }
 
     /// Whether a new server transaction may start; if not, the request is answered 503
@@ -812,9 +755,6 @@ impl Core {
     // ------------------------------------------------------------ server side
 
     fn on_request(&mut self, now: Instant, source: Source, mut req: Request) {
-        if self.pike.is_on() && !self.within_rate(now, &source, &req) {
-            return;
-        }
         stamp_received(&mut req, source.remote);
         match req.method {
             Method::Ack => return self.on_ack(now, source, req),

@@ -2003,70 +2003,9 @@ fn nothing_is_retransmitted_toward_an_unproven_udp_address() {
 }
 
 #[test]
-fn a_source_past_its_rate_is_banned_503_on_connections_and_ignored_over_udp() {
-    let mut sim = Sim::with_limits(CoreLimits {
-        rate: limits::RateConfig {
-            per_second: 5,
-            burst: 10,
-            ban: Duration::from_secs(30),
-        },
-        rate_exempt: peers::TrustedPeers::new(vec!["127.0.0.2".parse().unwrap()]),
-        max_transactions: 100_000,
-    });
-    let opts = |n: u32| {
-        format!(
-            "OPTIONS sip:localhost SIP/2.0\r\nVia: SIP/2.0/WS x.invalid;branch=z9hG4bKr{n};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:a@localhost>;tag=1\r\nTo: <sip:localhost>\r\nCall-ID: r{n}\r\n\
-             CSeq: 1 OPTIONS\r\n\r\n"
-        )
-    };
-    for n in 0..10 {
-        assert_eq!(status(&sim.feed(browser(1), &opts(n))[0].1), 200);
-    }
-    // The eleventh at once: 503 with the ban's length, counted, logged once.
-    let out = sim.feed(browser(1), &opts(10));
-    assert_eq!(status(&out[0].1), 503);
-    assert_eq!(
-        response(&out[0].1).headers.get(&HeaderName::RetryAfter),
-        Some("30")
-    );
-    let out = sim.feed(browser(2), &opts(11));
-    assert_eq!(
-        status(&out[0].1),
-        503,
-        "another connection from the same address"
-    );
-    // Over UDP the same source (127.0.0.1) is ignored: no answer at all.
-    let udp = opts(12).replace("SIP/2.0/WS x.invalid", "SIP/2.0/UDP 127.0.0.1:5070");
-    assert!(sim.feed(udp_phone(), &udp).is_empty());
-    assert_eq!(sim.core.stats().refused.rate_limit, 3);
-    let logged: Vec<_> = std::iter::from_fn(|| sim.core.poll_event())
-        .filter(|e| {
-            matches!(
-                e,
-                Event::Refused {
-                    why: Refusal::RateLimit,
-                    ..
-                }
-            )
-        })
-        .collect();
-    assert_eq!(logged.len(), 1, "one log line a minute per source");
-    // An exempt source (here the trusted edge) is never limited.
-    for n in 0..50 {
-        let from_edge = opts(100 + n).replace("SIP/2.0/WS x.invalid", "SIP/2.0/UDP 127.0.0.2:5070");
-        assert_eq!(status(&sim.feed(edge(), &from_edge)[0].1), 200);
-    }
-    // Once the ban is over the source is served again.
-    sim.advance(Duration::from_secs(30));
-    assert_eq!(status(&sim.feed(browser(1), &opts(13))[0].1), 200);
-}
-
-#[test]
 fn past_max_transactions_new_requests_get_503_and_retransmissions_are_still_absorbed() {
     let mut sim = Sim::with_limits(CoreLimits {
         max_transactions: 2,
-        ..CoreLimits::default()
     });
     sim.register_udp("bob");
     // Two INVITEs to a phone that never answers hold two transactions.

@@ -101,6 +101,41 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
 /// it must be a request (not an ACK) with Via, Call-ID and CSeq lines to copy (RFC 3261
 /// 8.2.6). The reason phrase names the bad header. `None` means drop it silently.
 pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<u8>> {
+    answer_unparsed(buf, server, &[], |version| {
+        // RFC 3261 8.2.2: another version gets 505; anything else broken gets 400.
+        Some(if version == "SIP/2.0" {
+            (format!("SIP/2.0 400 {}", err.reason_phrase()), "bad400")
+        } else {
+            ("SIP/2.0 505 Version Not Supported".to_string(), "bad505")
+        })
+    })
+}
+
+/// The `status` answer to a request refused before it was parsed (a source past its
+/// rate), built from its head alone as [`error_response`] is, with `extra` header
+/// lines (`Retry-After`). `None` for anything that gets no answer: a response, an ACK,
+/// a request without the lines to copy, or another SIP version.
+pub fn refusal_response(
+    buf: &[u8],
+    status: u16,
+    reason: &str,
+    extra: &[(HeaderName, String)],
+    server: &str,
+) -> Option<Vec<u8>> {
+    answer_unparsed(buf, server, extra, |version| {
+        (version == "SIP/2.0").then(|| (format!("SIP/2.0 {status} {reason}"), "refused"))
+    })
+}
+
+/// An answer to a request from its head alone, unparsed: the status line `status`
+/// gives for the request's SIP version (with the To tag to add when there is none; no
+/// answer when it gives none), then the Via, From, To, Call-ID and CSeq lines copied, `extra`, `Server`.
+fn answer_unparsed(
+    buf: &[u8],
+    server: &str,
+    extra: &[(HeaderName, String)],
+    status: impl FnOnce(&str) -> Option<(String, &'static str)>,
+) -> Option<Vec<u8>> {
     let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
     let buf = &buf[start..];
     let head_end = find_head_end(buf)
@@ -118,12 +153,7 @@ pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<
     {
         return None;
     }
-    // RFC 3261 8.2.2: another version gets 505; anything else broken gets 400.
-    let status_line = if version == "SIP/2.0" {
-        format!("SIP/2.0 400 {}", err.reason_phrase())
-    } else {
-        "SIP/2.0 505 Version Not Supported".to_string()
-    };
+    let (status_line, tag) = status(version)?;
     // Unfold, then keep the lines a response copies.
     let mut fields: Vec<(HeaderName, String)> = Vec::new();
     for line in lines {
@@ -162,9 +192,9 @@ pub fn error_response(buf: &[u8], err: &ParseError, server: &str) -> Option<Vec<
         return None;
     }
     let mut out = format!("{status_line}\r\n").into_bytes();
-    for (n, v) in &fields {
+    for (n, v) in fields.iter().chain(extra) {
         let v = if *n == HeaderName::To && !v.contains(";tag=") {
-            format!("{v};tag=bad400")
+            format!("{v};tag={tag}")
         } else {
             v.clone()
         };

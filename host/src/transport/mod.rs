@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod flow;
+pub mod gate;
 pub mod tcp;
 pub mod tls;
 pub mod udp;
@@ -65,8 +66,8 @@ pub struct Shared {
     pub connector: Connector,
     /// Connection counts and caps.
     pub admission: Arc<admission::Admission>,
-    /// Sources banned by `limits.rate`, whose UDP datagrams are dropped unparsed.
-    pub udp_bans: udp::Bans,
+    /// `limits.rate`, counted before parsing.
+    pub gate: gate::SourceGate,
 }
 
 /// Messages waiting for outgoing connections that are being opened, so that a burst of

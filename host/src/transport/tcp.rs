@@ -116,6 +116,19 @@ pub async fn serve_stream<S>(
                                 break 'outer;
                             }
                             let frame = &buf[start..start + n];
+                            if let Err(refusal) = shared.gate.admit_on_connection(remote.ip(), frame, &shared.server_header) {
+                                // Past limits.rate: refused unparsed (a complete message
+                                // came, so the first-message deadline is met).
+                                start += n;
+                                scanned = 0;
+                                first_deadline = None;
+                                if let Some(reply) = refusal
+                                    && !write(&mut stream, &reply).await
+                                {
+                                    break 'outer;
+                                }
+                                continue;
+                            }
                             let parsed = crate::sip::parse(frame);
                             let reply = parsed
                                 .as_ref()

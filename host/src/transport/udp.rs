@@ -7,53 +7,9 @@ use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 
-use super::Shared;
+use super::{Shared, gate};
 use crate::core::limits::LogGate;
 use crate::core::{Incoming, Input, Source, Transport};
-
-/// Sources banned by `limits.rate` (the core decides, the driver records it here): their
-/// datagrams are dropped before they are parsed, so a flood of large messages from a
-/// banned source costs a receive and a look-up each, not a parse. Holds only sources
-/// banned now (at most the rate limiter's tracked sources).
-#[derive(Debug, Default)]
-pub struct Bans {
-    banned: std::sync::Mutex<std::collections::HashMap<IpAddr, std::time::Instant>>,
-    /// How many entries, read without the lock (zero almost always).
-    count: std::sync::atomic::AtomicUsize,
-}
-
-impl Bans {
-    /// `source` (a [`crate::core::limits::source_key`]) is banned until `until`.
-    pub fn ban(&self, source: IpAddr, until: std::time::Instant) {
-        let mut b = self.banned.lock().expect("bans lock");
-        let now = std::time::Instant::now();
-        if b.len() >= 4096 {
-            b.retain(|_, u| *u > now);
-        }
-        b.insert(source, until);
-        self.count
-            .store(b.len(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Whether a datagram from `ip` is to be dropped unparsed.
-    fn drops(&self, ip: IpAddr) -> bool {
-        if self.count.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            return false;
-        }
-        let mut b = self.banned.lock().expect("bans lock");
-        let key = crate::core::limits::source_key(ip);
-        match b.get(&key) {
-            Some(until) if *until > std::time::Instant::now() => true,
-            Some(_) => {
-                b.remove(&key);
-                self.count
-                    .store(b.len(), std::sync::atomic::Ordering::Relaxed);
-                false
-            }
-            None => false,
-        }
-    }
-}
 
 /// Receives on `socket` until shutdown.
 pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
@@ -104,10 +60,6 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
             }
             continue;
         }
-        if shared.udp_bans.drops(remote.ip()) {
-            shared.metrics.udp_banned();
-            continue;
-        }
         let data = &buf[..n];
         if data.iter().all(|&b| b == b'\r' || b == b'\n' || b == 0) {
             shared.metrics.keepalive();
@@ -116,6 +68,11 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
         if let Some(reply) = stun_binding_response(data, remote) {
             shared.metrics.keepalive();
             let _ = socket.try_send_to(&reply, remote);
+            continue;
+        }
+        if shared.gate.admit(remote.ip(), data) != gate::Admit::Pass {
+            // Dropped unparsed: an answer would feed the flood, or a spoofed victim.
+            shared.metrics.udp_banned();
             continue;
         }
         match crate::sip::parse(data) {

@@ -346,6 +346,23 @@ where
                     }
                     continue;
                 }
+                if let Err(refusal) =
+                    shared
+                        .gate
+                        .admit_on_connection(remote.ip(), &data, &shared.server_header)
+                {
+                    // Past limits.rate: refused unparsed.
+                    if let Some(reply) = refusal
+                        && !send(
+                            &mut ws,
+                            Message::text(String::from_utf8_lossy(&reply).into_owned()),
+                        )
+                        .await
+                    {
+                        break;
+                    }
+                    continue;
+                }
                 match crate::sip::parse(&data) {
                     Ok(message) => {
                         shared.metrics.sip_in();

@@ -1,0 +1,191 @@
+//! `limits.rate` at the door: every request is counted against its source before it is
+//! parsed, on every transport, so a source past its rate (or banned for it) costs a
+//! look-up per message, not a parse and a place in the core's queue, and a flood of
+//! malformed requests is limited like any other. Over UDP a refused request is dropped
+//! (an answer would feed the flood, or a spoofed victim); on a connection it gets a 503
+//! with `Retry-After`, built from its head without parsing it. Responses are not
+//! counted (the core drops those that match nothing).
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::admin::metrics::Metrics;
+use crate::core::limits::{LogGate, RateConfig, RateLimiter, Verdict};
+use crate::core::peers::TrustedPeers;
+use crate::sip::HeaderName;
+
+/// The per-source request rate limit shared by every listener.
+#[derive(Debug)]
+pub struct SourceGate {
+    on: bool,
+    exempt: TrustedPeers,
+    limiter: Mutex<RateLimiter>,
+    log: Mutex<LogGate>,
+    metrics: Arc<Metrics>,
+}
+
+/// What the gate says about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Go on: parse it and hand it to the core.
+    Pass,
+    /// Refused: the source is banned for this many more seconds (at least 1).
+    Refused {
+        /// Whole seconds until the ban ends.
+        retry_after: u32,
+    },
+}
+
+impl SourceGate {
+    /// A gate for `cfg` (`per_second` 0: off); `exempt` (trusted peers and
+    /// `limits.exempt`) are never limited.
+    pub fn new(cfg: RateConfig, exempt: TrustedPeers, metrics: Arc<Metrics>) -> Self {
+        Self {
+            on: cfg.per_second > 0,
+            limiter: Mutex::new(RateLimiter::new(cfg, exempt.clone())),
+            exempt,
+            log: Mutex::new(LogGate::new()),
+            metrics,
+        }
+    }
+
+    /// Counts the message `data` from `ip` if it is a request (CRLF keepalives are
+    /// taken out before this; responses pass uncounted). A refusal is counted in
+    /// `/metrics` and logged at most once a minute per source.
+    pub fn admit(&self, ip: IpAddr, data: &[u8]) -> Admit {
+        if !self.on || is_response(data) || self.exempt.contains(ip) {
+            return Admit::Pass;
+        }
+        let now = Instant::now();
+        let verdict = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(ip, now);
+        let Verdict::Banned { retry_after, .. } = verdict else {
+            return Admit::Pass;
+        };
+        self.metrics.sip_rate_limited();
+        if self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow("rate-limit", ip, now)
+        {
+            tracing::warn!(
+                source = %ip,
+                "source past limits.rate: banned (503 on connections, ignored over UDP; logged at most once a minute per source)"
+            );
+        }
+        Admit::Refused { retry_after }
+    }
+
+    /// [`Self::admit`] for a message that came on a connection: the 503 to send back
+    /// when it is refused (`None` when it passes, and when a refused message gets no
+    /// answer: an ACK, or a request without the lines to copy).
+    pub fn admit_on_connection(
+        &self,
+        ip: IpAddr,
+        data: &[u8],
+        server: &str,
+    ) -> Result<(), Option<Vec<u8>>> {
+        match self.admit(ip, data) {
+            Admit::Pass => Ok(()),
+            Admit::Refused { retry_after } => Err(crate::sip::refusal_response(
+                data,
+                503,
+                "Service Unavailable",
+                &[(HeaderName::RetryAfter, retry_after.to_string())],
+                server,
+            )),
+        }
+    }
+}
+
+/// Whether `data` is a SIP response (its first line, after any CRLF, starts `SIP/`).
+fn is_response(data: &[u8]) -> bool {
+    let start = data
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(data.len());
+    data[start..].starts_with(b"SIP/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:localhost SIP/2.0\r\nVia: SIP/2.0/TCP x.invalid;branch=z9hG4bK1\r\n\
+        From: <sip:a@localhost>;tag=1\r\nTo: <sip:localhost>\r\nCall-ID: r1\r\nCSeq: 1 OPTIONS\r\n\r\n";
+
+    fn gate(exempt: &str) -> SourceGate {
+        let cfg = RateConfig {
+            per_second: 5,
+            burst: 10,
+            ban: Duration::from_secs(30),
+        };
+        SourceGate::new(
+            cfg,
+            TrustedPeers::new(vec![exempt.parse().unwrap()]),
+            Arc::default(),
+        )
+    }
+
+    #[test]
+    fn past_the_burst_a_source_is_refused_with_a_503_built_from_the_head() {
+        let g = gate("127.0.0.2");
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..10 {
+            assert_eq!(g.admit_on_connection(ip, OPTIONS, "sipwasm"), Ok(()));
+        }
+        let refused = g
+            .admit_on_connection(ip, OPTIONS, "sipwasm")
+            .unwrap_err()
+            .expect("an answer");
+        let text = String::from_utf8(refused).unwrap();
+        assert!(
+            text.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nRetry-After: 30\r\n"), "{text}");
+        assert!(
+            text.contains("\r\nTo: <sip:localhost>;tag=refused\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nCall-ID: r1\r\n"), "{text}");
+        // Malformed requests count too, and are refused the same way (no parse).
+        assert!(matches!(
+            g.admit(ip, b"INVITE garbage\r\n\r\n"),
+            Admit::Refused { .. }
+        ));
+        // An ACK is refused with no answer; a response is never counted.
+        let ack = b"ACK sip:x SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK2\r\nCSeq: 1 ACK\r\n\r\n";
+        assert_eq!(g.admit_on_connection(ip, ack, "s"), Err(None));
+        assert_eq!(g.admit(ip, b"SIP/2.0 200 OK\r\n\r\n"), Admit::Pass);
+        assert_eq!(g.metrics.sip_rate_limited_count(), 3);
+        // Another source, and an exempt one, are served.
+        assert_eq!(g.admit("192.0.2.8".parse().unwrap(), OPTIONS), Admit::Pass);
+        let edge: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..50 {
+            assert_eq!(g.admit(edge, OPTIONS), Admit::Pass);
+        }
+    }
+
+    #[test]
+    fn off_when_the_rate_is_zero() {
+        let g = SourceGate::new(
+            RateConfig {
+                per_second: 0,
+                burst: 0,
+                ban: Duration::from_secs(60),
+            },
+            TrustedPeers::default(),
+            Arc::default(),
+        );
+        for _ in 0..1000 {
+            assert_eq!(g.admit("192.0.2.9".parse().unwrap(), OPTIONS), Admit::Pass);
+        }
+    }
+}
