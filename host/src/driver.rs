@@ -482,8 +482,10 @@ fn send_transmits(core: &mut Core, shared: &Arc<Shared>) {
 /// call; a call still running at its first epoch tick (it yields there) moves to the
 /// plugin runtime ([`crate::plugin::exec`]) and its decision comes back as an input, so
 /// a slow plugin holds the core for one tick at most, once: after that its calls go
-/// to the plugin runtime at once until it is quick again ([`InPlace`]). `shared` is
-/// weak: the core lives in it.
+/// to the plugin runtime at once until it is quick again ([`InPlace`]). A call the
+/// plugin has no place for (every instance busy) waits for one on a task here, not on
+/// the plugin runtime, so when the plugin is saturated the calls past `max-waiting`
+/// get their 503 at once. `shared` is weak: the core lives in it.
 ///
 /// [`InPlace`]: crate::plugin::sip::InPlace
 pub fn route_hook(plugin: SipRouter, shared: Weak<Shared>) -> crate::core::RouteHook {
@@ -496,12 +498,12 @@ pub fn route_hook(plugin: SipRouter, shared: Weak<Shared>) -> crate::core::Route
             .unwrap_or_default();
         match plugin.decide_in_place(source, req, &identity) {
             Ok(decision) => Some(decision),
-            Err(call) => {
-                tracing::debug!(id, "routing call deferred to the plugin runtime");
+            Err(deferred) => {
+                tracing::debug!(id, "routing call deferred");
                 let in_place = plugin.in_place().clone();
                 tokio::spawn(async move {
                     let started = std::time::Instant::now();
-                    let decision = crate::plugin::exec::offload(call).await;
+                    let decision = deferred.finish().await;
                     in_place.deferred_took(started.elapsed());
                     shared
                         .core

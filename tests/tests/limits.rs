@@ -407,6 +407,85 @@ max-waiting = 2
     );
 }
 
+/// A router that spins to its deadline on every call keeps the plugin runtime busy;
+/// calls it has no room for are refused from the core's side (their wait for a slot
+/// never runs on that runtime), so every 503 is out before the running call's 500.
+#[tokio::test]
+async fn calls_a_saturated_router_has_no_room_for_get_their_503_before_it_finishes() {
+    let s = Server::start(
+        r#"
+[server]
+domains = ["localhost", "127.0.0.1"]
+data-dir = "{data}"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{sip}"
+
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:{ws}"
+plugin = "seed"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[limits]
+exempt = []
+
+[plugins.seed]
+path = "{plugins}/seed_policy.wasm"
+[plugins.seed.config]
+web-ports = [{ws}]
+
+[sip]
+router = "slow"
+
+[plugins.slow]
+path = "{plugins}/slow_router.wasm"
+deadline = "400ms"
+max-instances = 1
+max-waiting = 0
+[plugins.slow.config]
+always-ms = 1500
+"#,
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = socket.local_addr().unwrap();
+    const CALLS: usize = 100;
+    for i in 0..CALLS {
+        let text =
+            options(&format!("sat{i}"), "UDP").replace("df7jal23ls0d.invalid", &me.to_string());
+        socket.send_to(text.as_bytes(), s.sip).await.unwrap();
+    }
+    // Final statuses in the order they arrive.
+    let mut order = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while order.len() < CALLS {
+        let (n, _) = within("every call answered", socket.recv_from(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 12, "a response");
+        let status: u16 = String::from_utf8_lossy(&buf[8..11]).parse().unwrap();
+        if status >= 200 {
+            order.push(status);
+        }
+    }
+    let first_500 = order
+        .iter()
+        .position(|&c| c == 500)
+        .expect("the running call's 500");
+    assert!(
+        order[first_500..].iter().all(|&c| c == 500),
+        "a 503 came after the running call ended: {order:?}"
+    );
+    assert_eq!(
+        order.iter().filter(|&&c| c == 503).count(),
+        CALLS - 1,
+        "{order:?}"
+    );
+}
+
 /// What survives a crash: `kill -9` in the middle of a REGISTER load over UDP, then a
 /// restart. Every binding answered 200 more than the documented write-behind bound
 /// (1 s) before the kill is back: counted, and a sample of them reached by MESSAGE.

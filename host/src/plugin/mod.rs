@@ -128,6 +128,20 @@ struct Instance {
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// A place for one call, taken before any Wasm runs ([`Plugin::reserve`]).
+pub(crate) struct Reserved {
+    place: Place,
+    /// The call's deadline, counted from when it asked for the place.
+    deadline_at: Instant,
+}
+
+enum Place {
+    /// An idle instance, reused.
+    Idle(Instance),
+    /// A free slot for a new instance.
+    Slot(tokio::sync::OwnedSemaphorePermit),
+}
+
 /// Idle instances kept per plugin at most (each holds a pool slot).
 const MAX_IDLE: usize = 16;
 
@@ -304,7 +318,20 @@ impl Plugin {
         request: &bindings::SipRequest,
         facts: &sip::RequestFacts,
     ) -> Result<bindings::GuestSipDecision, PluginFailure> {
-        let mut instance = self.begin().await?;
+        let reserved = self.reserve().await?;
+        self.call_sip_request_in(reserved, request, facts).await
+    }
+
+    /// [`Self::call_sip_request`] in a place already [reserved](Self::reserve): the
+    /// part that runs Wasm, for the plugin runtime, while waiting for the place is
+    /// done where the call was made.
+    pub(crate) async fn call_sip_request_in(
+        &self,
+        reserved: Reserved,
+        request: &bindings::SipRequest,
+        facts: &sip::RequestFacts,
+    ) -> Result<bindings::GuestSipDecision, PluginFailure> {
+        let mut instance = self.start(reserved).await?;
         let Instance { store, exports, .. } = &mut instance;
         let Exports::Sip(exports) = exports else {
             return Err(self.wrong_world(World::SipRouter));
@@ -344,18 +371,53 @@ impl Plugin {
 
     /// An instance (reused or fresh) armed with this call's deadline.
     async fn begin(&self) -> Result<Instance, PluginFailure> {
-        self.metrics.plugin_call(self.name());
+        let reserved = self.reserve().await?;
+        self.start(reserved).await
+    }
+
+    /// A place for a call now, if there is one: an idle instance, or a free slot for a
+    /// new one. Runs no Wasm.
+    pub(crate) fn try_reserve(&self) -> Option<Reserved> {
         let deadline_at = Instant::now() + self.deadline;
-        let reused = match self.mode {
-            InstanceMode::Reuse => self.idle.lock().expect("idle list lock").pop(),
-            InstanceMode::Fresh => None,
-        };
-        let mut instance = match reused {
-            Some(i) => i,
-            None => {
-                let slot = self.slot().await?;
-                self.instantiate(deadline_at, slot).await?
-            }
+        if self.mode == InstanceMode::Reuse
+            && let Some(i) = self.idle.lock().expect("idle list lock").pop()
+        {
+            return Some(Reserved {
+                place: Place::Idle(i),
+                deadline_at,
+            });
+        }
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Reserved {
+            place: Place::Slot(slot),
+            deadline_at,
+        })
+    }
+
+    /// A place for a call: at once, or after waiting at most the call's deadline
+    /// behind at most `max-waiting` other calls ([`PluginFailure::Busy`] otherwise).
+    /// Runs no Wasm, so it can wait where the call was made while the plugin runtime
+    /// runs Wasm; the time waited counts against the call's deadline.
+    pub(crate) async fn reserve(&self) -> Result<Reserved, PluginFailure> {
+        if let Some(r) = self.try_reserve() {
+            return Ok(r);
+        }
+        let deadline_at = Instant::now() + self.deadline;
+        let slot = self.slot().await?;
+        Ok(Reserved {
+            place: Place::Slot(slot),
+            deadline_at,
+        })
+    }
+
+    /// The instance for a reserved place (instantiated in its slot if need be), armed
+    /// with the call's deadline.
+    async fn start(&self, reserved: Reserved) -> Result<Instance, PluginFailure> {
+        self.metrics.plugin_call(self.name());
+        let Reserved { place, deadline_at } = reserved;
+        let mut instance = match place {
+            Place::Idle(i) => i,
+            Place::Slot(slot) => self.instantiate(deadline_at, slot).await?,
         };
         instance.store.data_mut().begin_call(deadline_at);
         instance.store.set_epoch_deadline(1);
@@ -392,11 +454,16 @@ impl Plugin {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(p);
         }
+        // Failed before running: counted as a call like any other.
+        let busy = |why| {
+            self.metrics.plugin_call(self.name());
+            Err(PluginFailure::Busy(why))
+        };
         let queued = self.waiting.fetch_update(Relaxed, Relaxed, |n| {
             (n < self.max_waiting).then_some(n + 1)
         });
         if queued.is_err() {
-            return Err(PluginFailure::Busy("max-waiting calls wait already"));
+            return busy("max-waiting calls wait already");
         }
         struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
         impl Drop for Leave<'_> {
@@ -407,8 +474,8 @@ impl Plugin {
         let _leave = Leave(&self.waiting);
         match tokio::time::timeout(self.deadline, self.slots.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(PluginFailure::Busy("closed")),
-            Err(_) => Err(PluginFailure::Busy("no instance free within the deadline")),
+            Ok(Err(_)) => busy("closed"),
+            Err(_) => busy("no instance free within the deadline"),
         }
     }
 

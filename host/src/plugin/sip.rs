@@ -51,6 +51,83 @@ pub struct SipRouter {
     in_place: Arc<InPlace>,
 }
 
+/// A routing call to finish away from the SIP core's task.
+pub enum Deferred {
+    /// It has its place and started running Wasm: finish it on the plugin runtime.
+    Running(PendingDecision),
+    /// The plugin had no place for it: wait for one where the call was made (no Wasm
+    /// runs meanwhile, and a call the plugin has no room for gets its 503 from there,
+    /// however busy the plugin runtime is), then run it on the plugin runtime.
+    Waiting(Box<RouteCall>),
+}
+
+impl Deferred {
+    /// The decision: waits for a place here, runs the Wasm on the plugin runtime.
+    pub async fn finish(self) -> RouteDecision {
+        match self {
+            Self::Running(running) => super::exec::offload(running).await,
+            Self::Waiting(call) => match call.plugin.reserve().await {
+                Ok(reserved) => super::exec::offload(call.run(reserved)).await,
+                Err(failure) => call.failed(&failure),
+            },
+        }
+    }
+}
+
+/// One routing call, prepared ([`SipRouter::prepare`]).
+pub struct RouteCall {
+    plugin: Arc<super::Plugin>,
+    request: bindings::SipRequest,
+    facts: RequestFacts,
+    nonce: NonceKey,
+    algorithms: Arc<[String]>,
+    peer: IpAddr,
+}
+
+impl RouteCall {
+    /// Waits for a place and runs, wherever it is polled.
+    pub async fn finish(self) -> RouteDecision {
+        match self.plugin.reserve().await {
+            Ok(reserved) => self.run(reserved).await,
+            Err(failure) => self.failed(&failure),
+        }
+    }
+
+    /// Runs in the place reserved for it.
+    async fn run(self, reserved: super::Reserved) -> RouteDecision {
+        let outcome = match self
+            .plugin
+            .call_sip_request_in(reserved, &self.request, &self.facts)
+            .await
+        {
+            Ok(d) => validate(d, &self.facts, &self.nonce, unix_now(), &self.algorithms)
+                .map_err(PluginFailure::InvalidDecision),
+            Err(e) => Err(e),
+        };
+        outcome.unwrap_or_else(|failure| self.failed(&failure))
+    }
+
+    /// The failure policy's decision for a call that failed.
+    fn failed(&self, failure: &PluginFailure) -> RouteDecision {
+        self.plugin
+            .report_failure(failure, "a SIP request", Some(self.peer));
+        match (self.plugin.failure_policy(), failure) {
+            // Overload is not the plugin's fault: come back in a moment.
+            (FailurePolicy::Closed, PluginFailure::Busy(_)) => RouteDecision::Reply {
+                status: 503,
+                reason: None,
+                headers: vec![(HeaderName::RetryAfter, "1".into())],
+            },
+            (FailurePolicy::Closed, _) => RouteDecision::Reply {
+                status: 500,
+                reason: None,
+                headers: Vec::new(),
+            },
+            (FailurePolicy::Open, _) => RouteDecision::Continue,
+        }
+    }
+}
+
 /// Calls are polled on the SIP core's task first only while the plugin answers at
 /// once: a call that is not done at its first poll held the core for up to an epoch
 /// tick, so from then on calls go straight to the plugin runtime, until
@@ -108,70 +185,59 @@ impl SipRouter {
         self.slot.name()
     }
 
-    /// Starts asking the plugin about a new out-of-dialog request. The future owns
-    /// what it needs (the request as the plugin sees it), so it can be polled in place
-    /// and, if it has to wait, moved to a task. It resolves to the plugin's decision,
-    /// checked, with the failure policy applied: `closed` answers 500, `open` continues
-    /// with the default routing.
+    /// Prepares asking the plugin about a new out-of-dialog request: the call owns
+    /// what it needs (the request as the plugin sees it), so it can run in place or be
+    /// moved to a task. Its outcome is the plugin's decision, checked, with the failure
+    /// policy applied: `closed` answers 500 (503 when the plugin is busy), `open`
+    /// continues with the default routing.
+    pub fn prepare(
+        &self,
+        source: &Source,
+        req: &Request,
+        identity: &[(String, String)],
+    ) -> RouteCall {
+        RouteCall {
+            plugin: self.slot.current(),
+            request: sip_request(req, source, identity),
+            facts: RequestFacts::of(req).counted_against(source.remote.ip()),
+            nonce: self.nonce.clone(),
+            algorithms: self.algorithms.clone(),
+            peer: source.remote.ip(),
+        }
+    }
+
+    /// The whole call as one future (waiting for a place, then running).
     pub fn call(
         &self,
         source: &Source,
         req: &Request,
         identity: &[(String, String)],
     ) -> impl std::future::Future<Output = RouteDecision> + Send + 'static {
-        let plugin = self.slot.current();
-        let request = sip_request(req, source, identity);
-        let facts = RequestFacts::of(req).counted_against(source.remote.ip());
-        let (nonce, algorithms) = (self.nonce.clone(), self.algorithms.clone());
-        let peer = source.remote.ip();
-        async move {
-            let outcome = match plugin.call_sip_request(&request, &facts).await {
-                Ok(d) => validate(d, &facts, &nonce, unix_now(), &algorithms)
-                    .map_err(PluginFailure::InvalidDecision),
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(d) => d,
-                Err(failure) => {
-                    plugin.report_failure(&failure, "a SIP request", Some(peer));
-                    match (plugin.failure_policy(), &failure) {
-                        // Overload is not the plugin's fault: come back in a moment.
-                        (FailurePolicy::Closed, PluginFailure::Busy(_)) => RouteDecision::Reply {
-                            status: 503,
-                            reason: None,
-                            headers: vec![(HeaderName::RetryAfter, "1".into())],
-                        },
-                        (FailurePolicy::Closed, _) => RouteDecision::Reply {
-                            status: 500,
-                            reason: None,
-                            headers: Vec::new(),
-                        },
-                        (FailurePolicy::Open, _) => RouteDecision::Continue,
-                    }
-                }
-            }
-        }
+        self.prepare(source, req, identity).finish()
     }
 
-    /// [`SipRouter::call`] polled once, in place: the decision when the plugin made it
-    /// at once (the usual case: the epoch deadline bounds running Wasm, and a call
-    /// yields at its first epoch tick), else the call to finish elsewhere. Polling it
-    /// again registers its timers and wakers there.
-    /// While the plugin has been slow lately ([`InPlace`]) the call is not polled here
-    /// at all.
+    /// [`SipRouter::call`] polled once, in place, when the plugin has a place for it
+    /// now: the decision when the plugin made it at once (the usual case: the epoch
+    /// deadline bounds running Wasm, and a call yields at its first epoch tick), else
+    /// the call to finish elsewhere ([`Deferred`]). While the plugin has been slow
+    /// lately ([`InPlace`]) the call is not polled here at all.
     pub fn decide_in_place(
         &self,
         source: &Source,
         req: &Request,
         identity: &[(String, String)],
-    ) -> Result<RouteDecision, PendingDecision> {
-        let call: PendingDecision = Box::pin(self.call(source, req, identity));
+    ) -> Result<RouteDecision, Deferred> {
+        let call = self.prepare(source, req, identity);
+        let Some(reserved) = call.plugin.try_reserve() else {
+            return Err(Deferred::Waiting(Box::new(call)));
+        };
+        let running: PendingDecision = Box::pin(call.run(reserved));
         if !self.in_place.in_place() {
-            return Err(call);
+            return Err(Deferred::Running(running));
         }
-        super::exec::poll_once(call).map_err(|call| {
+        super::exec::poll_once(running).map_err(|running| {
             self.in_place.was_slow();
-            Box::pin(call) as PendingDecision
+            Deferred::Running(running as PendingDecision)
         })
     }
 
