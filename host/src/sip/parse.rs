@@ -129,7 +129,9 @@ pub fn refusal_response(
 
 /// An answer to a request from its head alone, unparsed: the status line `status`
 /// gives for the request's SIP version (with the To tag to add when there is none; no
-/// answer when it gives none), then the Via, From, To, Call-ID and CSeq lines copied, `extra`, `Server`.
+/// answer when it gives none), then the Via, From, To, Call-ID and CSeq lines copied,
+/// `extra`, `Server`. Works on the bytes: the head is split with `memchr` and only the
+/// copied lines are decoded, so refusing a flood of 64 KB heads costs a scan each.
 fn answer_unparsed(
     buf: &[u8],
     server: &str,
@@ -141,9 +143,19 @@ fn answer_unparsed(
     let head_end = find_head_end(buf)
         .map(|(e, _)| e)
         .unwrap_or(buf.len().min(65_535));
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let first = lines.next()?.trim_end();
+    let head = &buf[..head_end];
+    let mut rest = Some(head);
+    let mut lines = std::iter::from_fn(move || {
+        let text = rest?;
+        let (line, next) = match memchr::memchr(b'\n', text) {
+            Some(i) => (&text[..i], Some(&text[i + 1..])),
+            None => (text, None),
+        };
+        rest = next;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    });
+    let first = String::from_utf8_lossy(lines.next()?);
+    let first = first.trim_end();
     let method = first.split(' ').next()?;
     let version = first.rsplit(' ').next()?;
     if method.is_empty()
@@ -154,20 +166,26 @@ fn answer_unparsed(
         return None;
     }
     let (status_line, tag) = status(version)?;
-    // Unfold, then keep the lines a response copies.
+    // Unfold, then keep the lines a response copies (a continuation belongs to the
+    // line before it, kept or not).
     let mut fields: Vec<(HeaderName, String)> = Vec::new();
+    let mut last_kept = false;
     for line in lines {
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, v)) = fields.last_mut() {
+        if line.starts_with(b" ") || line.starts_with(b"\t") {
+            if last_kept && let Some((_, v)) = fields.last_mut() {
                 v.push(' ');
-                v.push_str(line.trim_ascii());
+                v.push_str(&String::from_utf8_lossy(line.trim_ascii()));
             }
             continue;
         }
-        let Some((name, value)) = line.split_once(':') else {
+        last_kept = false;
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
-        let name = HeaderName::parse(name.trim_ascii());
+        let Ok(name) = std::str::from_utf8(line[..colon].trim_ascii()) else {
+            continue;
+        };
+        let name = HeaderName::parse(name);
         if matches!(
             name,
             HeaderName::Via
@@ -176,7 +194,9 @@ fn answer_unparsed(
                 | HeaderName::CallId
                 | HeaderName::CSeq
         ) {
-            fields.push((name, value.trim_ascii().to_string()));
+            let value = String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned();
+            fields.push((name, value));
+            last_kept = true;
         }
     }
     // Without a Via the answer has nowhere to go; without a CSeq the client cannot
@@ -191,16 +211,22 @@ fn answer_unparsed(
     {
         return None;
     }
-    let mut out = format!("{status_line}\r\n").into_bytes();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(status_line.as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (n, v) in fields.iter().chain(extra) {
-        let v = if *n == HeaderName::To && !v.contains(";tag=") {
-            format!("{v};tag={tag}")
-        } else {
-            v.clone()
-        };
-        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        out.extend_from_slice(n.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        if *n == HeaderName::To && !v.contains(";tag=") {
+            out.extend_from_slice(b";tag=");
+            out.extend_from_slice(tag.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("Server: {server}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    out.extend_from_slice(b"Server: ");
+    out.extend_from_slice(server.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
     Some(out)
 }
 
@@ -496,6 +522,24 @@ mod tests {
         assert!(error_response(ack.as_bytes(), &e, "t").is_none());
         assert!(error_response(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", &e, "t").is_none());
         assert!(error_response(b"\x16\x03garbage", &e, "t").is_none());
+        // A folded line belongs to its own header: the continuation of a header not
+        // copied is not glued onto the copied one before it.
+        let folded = bad.replace(
+            "Call-ID: a84b4c76e66710\r\n",
+            "Call-ID: a84b4c76e66710\r\nSubject: one\r\n two\r\n",
+        );
+        let text = String::from_utf8(error_response(folded.as_bytes(), &e, "t").unwrap()).unwrap();
+        assert!(text.contains("Call-ID: a84b4c76e66710\r\n"), "{text}");
+        let folded_via = bad.replace(
+            ";branch=z9hG4bKhjhs8ass877\r\n",
+            "\r\n ;branch=z9hG4bKhjhs8ass877\r\n",
+        );
+        let text =
+            String::from_utf8(error_response(folded_via.as_bytes(), &e, "t").unwrap()).unwrap();
+        assert!(
+            text.contains(".invalid ;branch=z9hG4bKhjhs8ass877\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,21 +11,38 @@ use super::{Shared, gate};
 use crate::core::limits::LogGate;
 use crate::core::{Incoming, Input, Source, Transport};
 
-/// Receives on `socket` until shutdown.
+/// Datagrams read per system call ([`Batch`]).
+const BATCH: usize = 8;
+
+/// Receives on `socket` until shutdown, [`BATCH`] datagrams per system call
+/// (`recvmmsg`): under a flood the socket is drained at a fraction of the cost of one
+/// `recvfrom` each, so the kernel's buffer keeps room for the legitimate datagrams.
 pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
     // One byte more than the largest message allowed: a datagram that fills it is too
-    // large (the kernel truncates what does not fit, and says how much it copied).
+    // large (the kernel truncates what does not fit, and says how long it was).
     let max = shared.sip.max_message_bytes.min(65_535);
-    let mut buf = vec![0u8; max + 1];
+    let mut batch = Batch::new(max + 1);
     let mut oversize_log = LogGate::new();
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let received = tokio::select! {
-            r = socket.recv_from(&mut buf) => r,
+        // An ICMP error queued for the socket makes it ready with ERROR, not READABLE:
+        // waited for too, so that the receive that reports it is made. (One interest
+        // at a time: tokio's readiness mask of a combined interest is empty.)
+        let interest = tokio::select! {
+            r = socket.readable() => match r {
+                Ok(()) => tokio::io::Interest::READABLE,
+                Err(_) => return,
+            },
+            r = socket.ready(tokio::io::Interest::ERROR) => match r {
+                Ok(_) => tokio::io::Interest::ERROR,
+                Err(_) => return,
+            },
             _ = shutdown.changed() => return,
         };
-        let (n, remote) = match received {
-            Ok(r) => r,
+        let received = socket.try_io(interest, || batch.receive(&socket));
+        let count = match received {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // An ICMP error for an earlier send (port or host unreachable): the
                 // addresses it concerns wait in the socket's error queue. Transactions
@@ -47,57 +64,167 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
                 continue;
             }
         };
-        if n > max {
-            // sip.max-message-bytes holds over UDP too: dropped unread (an answer would
-            // go to a source anyone can forge), counted, logged once a minute a source.
-            shared.metrics.udp_oversize();
-            if oversize_log.allow("udp-oversize", remote.ip(), std::time::Instant::now()) {
-                tracing::warn!(
-                    peer = %remote,
-                    limit = max,
-                    "UDP datagram larger than sip.max-message-bytes dropped (logged at most once a minute per source)"
-                );
+        for i in 0..count {
+            let Some((data, remote, truncated)) = batch.datagram(i) else {
+                continue;
+            };
+            if truncated || data.len() > max {
+                // sip.max-message-bytes holds over UDP too: dropped unread (an answer
+                // would go to a source anyone can forge), counted, logged once a minute
+                // a source.
+                shared.metrics.udp_oversize();
+                if oversize_log.allow("udp-oversize", remote.ip(), std::time::Instant::now()) {
+                    tracing::warn!(
+                        peer = %remote,
+                        limit = max,
+                        "UDP datagram larger than sip.max-message-bytes dropped (logged at most once a minute per source)"
+                    );
+                }
+                continue;
             }
-            continue;
-        }
-        let data = &buf[..n];
-        if data.iter().all(|&b| b == b'\r' || b == b'\n' || b == 0) {
-            shared.metrics.keepalive();
-            continue;
-        }
-        if let Some(reply) = stun_binding_response(data, remote) {
-            shared.metrics.keepalive();
-            let _ = socket.try_send_to(&reply, remote);
-            continue;
-        }
-        if shared.gate.admit(remote.ip(), data) != gate::Admit::Pass {
-            // Dropped unparsed: an answer would feed the flood, or a spoofed victim.
-            shared.metrics.udp_banned();
-            continue;
-        }
-        match crate::sip::parse(data) {
-            Ok(message) => {
-                shared.metrics.sip_in();
-                let source = Source {
-                    transport: Transport::Udp,
-                    local,
-                    remote,
-                    flow: None,
-                };
-                let input = Input::Message(Box::new(Incoming { source, message }));
+            if let Some(input) = datagram(&socket, local, &shared, data, remote) {
                 shared.core.hand_off(input).await;
             }
-            Err(e) => {
-                shared.metrics.sip_parse_error();
-                match crate::sip::error_response(data, &e, &shared.server_header) {
-                    Some(reply) => {
-                        tracing::debug!(peer = %remote, "malformed SIP request answered with 400: {e}");
-                        let _ = socket.try_send_to(&reply, remote);
-                    }
-                    None => tracing::debug!(peer = %remote, "unparsable SIP datagram dropped: {e}"),
-                }
-            }
         }
+    }
+}
+
+/// What one datagram is: a keepalive (answered here), a request from a source past its
+/// rate (dropped), something unparsable (answered 400 when it can be), or a message for
+/// the core.
+fn datagram(
+    socket: &UdpSocket,
+    local: SocketAddr,
+    shared: &Shared,
+    data: &[u8],
+    remote: SocketAddr,
+) -> Option<Input> {
+    if data.iter().all(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        shared.metrics.keepalive();
+        return None;
+    }
+    if let Some(reply) = stun_binding_response(data, remote) {
+        shared.metrics.keepalive();
+        let _ = socket.try_send_to(&reply, remote);
+        return None;
+    }
+    if shared.gate.admit(remote.ip(), data) != gate::Admit::Pass {
+        // Dropped unparsed: an answer would feed the flood, or a spoofed victim.
+        shared.metrics.udp_banned();
+        return None;
+    }
+    match crate::sip::parse(data) {
+        Ok(message) => {
+            shared.metrics.sip_in();
+            let source = Source {
+                transport: Transport::Udp,
+                local,
+                remote,
+                flow: None,
+            };
+            Some(Input::Message(Box::new(Incoming { source, message })))
+        }
+        Err(e) => {
+            shared.metrics.sip_parse_error();
+            match crate::sip::error_response(data, &e, &shared.server_header) {
+                Some(reply) => {
+                    tracing::debug!(peer = %remote, "malformed SIP request answered with 400: {e}");
+                    let _ = socket.try_send_to(&reply, remote);
+                }
+                None => tracing::debug!(peer = %remote, "unparsable SIP datagram dropped: {e}"),
+            }
+            None
+        }
+    }
+}
+
+/// Buffers for one `recvmmsg` call: [`BATCH`] datagrams of up to `size` bytes each,
+/// with their source addresses.
+struct Batch {
+    buffers: Vec<Vec<u8>>,
+    addresses: Vec<libc::sockaddr_storage>,
+    lengths: Vec<(usize, libc::socklen_t, bool)>,
+}
+
+impl Batch {
+    fn new(size: usize) -> Self {
+        Self {
+            buffers: (0..BATCH).map(|_| vec![0u8; size]).collect(),
+            // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+            #[allow(unsafe_code, reason = "zeroed C struct for recvmmsg")]
+            addresses: vec![unsafe { std::mem::zeroed() }; BATCH],
+            lengths: vec![(0, 0, false); BATCH],
+        }
+    }
+
+    /// Reads up to [`BATCH`] datagrams without blocking; how many.
+    fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd as _;
+        let mut iovecs: Vec<libc::iovec> = self
+            .buffers
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .zip(self.addresses.iter_mut())
+            .map(|(iov, addr)| {
+                // SAFETY: msghdr is plain old data; all zeroes is a valid value.
+                #[allow(unsafe_code, reason = "zeroed C struct for recvmmsg")]
+                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+                h.msg_name = std::ptr::from_mut(addr).cast();
+                h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h.msg_iov = std::ptr::from_mut(iov);
+                h.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: h,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        // SAFETY: every header points at a live iovec (into a live buffer of its stated
+        // length) and a live sockaddr_storage of its stated size, all of which outlive
+        // the call; the kernel writes at most that much into each.
+        #[allow(unsafe_code, reason = "recvmmsg, which neither std nor socket2 wraps")]
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (i, h) in headers.iter().take(n).enumerate() {
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.lengths[i] = (h.msg_len as usize, h.msg_hdr.msg_namelen, truncated);
+        }
+        Ok(n)
+    }
+
+    /// The `i`th datagram of the last [`Self::receive`]: its bytes, its source, and
+    /// whether it was longer than the buffer.
+    fn datagram(&self, i: usize) -> Option<(&[u8], SocketAddr, bool)> {
+        let (len, namelen, truncated) = *self.lengths.get(i)?;
+        let mut storage = socket2::SockAddrStorage::zeroed();
+        // SAFETY: SockAddrStorage is a transparent sockaddr_storage, into which the
+        // kernel's address is copied whole; `namelen` bytes of it are the address it
+        // wrote (at most the storage's size).
+        #[allow(unsafe_code, reason = "reading the address recvmmsg wrote")]
+        let addr = unsafe {
+            *storage.view_as::<libc::sockaddr_storage>() = self.addresses[i];
+            socket2::SockAddr::new(storage, namelen)
+        };
+        let remote = addr.as_socket()?;
+        let len = len.min(self.buffers[i].len());
+        Some((&self.buffers[i][..len], remote, truncated))
     }
 }
 
