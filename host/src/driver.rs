@@ -199,6 +199,31 @@ impl CoreCell {
     /// core in place there cost half the UDP REGISTER rate).
     pub async fn hand_off(&self, input: Input) {
         let counted = self.place().await;
+        self.queue_for_driver(input, counted);
+    }
+
+    /// [`Self::hand_off`] at once if fewer than `below` inputs hold places in the
+    /// queue; the input back otherwise (the caller sheds it or waits).
+    pub fn try_hand_off(&self, input: Input, below: usize) -> Option<Input> {
+        if self.queued() >= below {
+            return Some(input);
+        }
+        match self.space.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                self.queue_for_driver(input, true);
+                None
+            }
+            Err(_) => Some(input),
+        }
+    }
+
+    /// Inputs holding places in the queue now.
+    pub fn queued(&self) -> usize {
+        CORE_INBOX.saturating_sub(self.space.available_permits())
+    }
+
+    fn queue_for_driver(&self, input: Input, counted: bool) {
         let tell = {
             let mut q = lock(&self.queue);
             q.work.push_back(Work::Input {

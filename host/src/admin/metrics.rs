@@ -59,6 +59,7 @@ counters! {
     digest_refused, digest_refused, "sipwasm_digest_refused_total", "Digest credentials refused unchecked: their source is banned for guessing.";
     digest_bans, digest_ban, "sipwasm_digest_bans_total", "Bans started for too many failed Digest responses (per user and address, or per address).";
     udp_oversize, udp_oversize, "sipwasm_udp_oversize_total", "UDP datagrams dropped unread because they were larger than sip.max-message-bytes.";
+    udp_shed, udp_shed, "sipwasm_udp_shed_total", "UDP datagrams dropped because the SIP core was behind (more than 1,024 inputs queued) and their source was new since it fell behind; sources seen before wait for their turn.";
     udp_banned, udp_banned, "sipwasm_udp_banned_dropped_total", "UDP requests from sources past limits.rate (or banned for it), dropped before parsing (also counted in sipwasm_sip_refused_total{reason=\"rate-limit\"}).";
 }
 

@@ -50,6 +50,11 @@ impl SourceGate {
         }
     }
 
+    /// Whether `ip` is never limited (a trusted peer, or in `limits.exempt`).
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        self.exempt.contains(ip)
+    }
+
     /// Counts the message `data` from `ip` if it is a request (CRLF keepalives are
     /// taken out before this; responses pass uncounted). A refusal is counted in
     /// `/metrics` and logged at most once a minute per source.

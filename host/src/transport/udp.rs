@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
@@ -23,6 +24,8 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
     let max = shared.sip.max_message_bytes.min(65_535);
     let mut batch = Batch::new(max + 1);
     let mut oversize_log = LogGate::new();
+    let mut shed_log = LogGate::new();
+    let mut sources = Sources::default();
     let mut shutdown = shared.shutdown.clone();
     loop {
         // An ICMP error queued for the socket makes it ready with ERROR, not READABLE:
@@ -82,10 +85,91 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
                 }
                 continue;
             }
-            if let Some(input) = datagram(&socket, local, &shared, data, remote) {
+            let Some(input) = datagram(&socket, local, &shared, data, remote) else {
+                continue;
+            };
+            let now = Instant::now();
+            let first_seen = sources.seen(remote.ip(), now);
+            let Some(input) = shared.core.try_hand_off(input, SHED_ABOVE) else {
+                continue;
+            };
+            // The core is behind: sources that were here before it fell behind wait
+            // for a place; newcomers are shed until it catches up.
+            if sources.established(first_seen, now) || shared.gate.is_exempt(remote.ip()) {
                 shared.core.hand_off(input).await;
+            } else {
+                shared.metrics.udp_shed();
+                if shed_log.allow("udp-shed", remote.ip(), now) {
+                    tracing::warn!(
+                        peer = %remote,
+                        "SIP core overloaded: datagram from a source new since the overload began dropped (logged at most once a minute per source)"
+                    );
+                }
             }
         }
+    }
+}
+
+/// Past this many inputs queued for the core (about 20–50 ms of its work), the core is
+/// behind: datagrams from sources new since then are dropped (they retransmit, as
+/// phones do) so that those from sources already here keep a short queue. Shedding
+/// at random (the kernel's full buffer) would hit both alike.
+pub const SHED_ABOVE: usize = 1024;
+
+/// How long before an overload a source must have been first seen to be established.
+const ESTABLISHED: Duration = Duration::from_secs(2);
+
+/// An overload ends once the core has not been found behind for this long.
+const CALM: Duration = Duration::from_secs(5);
+
+/// Most sources remembered (about 48 bytes each); past it, sources not remembered
+/// count as new.
+const MAX_SOURCES: usize = 262_144;
+
+/// Forgotten after this long without a datagram.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// When each recent source ([`crate::core::limits::source_key`]) was first and last
+/// seen on this socket, and since when the core has been behind.
+#[derive(Default)]
+struct Sources {
+    seen: foldhash::HashMap<IpAddr, (Instant, Instant)>,
+    swept: Option<Instant>,
+    /// When the current overload began, and when the core was last found behind.
+    overload: Option<(Instant, Instant)>,
+}
+
+impl Sources {
+    /// Notes a datagram from `ip`; when its source was first seen.
+    fn seen(&mut self, ip: IpAddr, now: Instant) -> Instant {
+        if self
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(60))
+        {
+            self.swept = Some(now);
+            self.seen
+                .retain(|_, (_, last)| now.saturating_duration_since(*last) < FORGET_AFTER);
+        }
+        let key = crate::core::limits::source_key(ip);
+        if let Some((first, last)) = self.seen.get_mut(&key) {
+            *last = now;
+            return *first;
+        }
+        if self.seen.len() < MAX_SOURCES {
+            self.seen.insert(key, (now, now));
+        }
+        now
+    }
+
+    /// The core is behind now: whether a source first seen at `first` was here well
+    /// before the overload began (which is now, unless one is still going on).
+    fn established(&mut self, first: Instant, now: Instant) -> bool {
+        let began = match self.overload {
+            Some((began, last)) if now.saturating_duration_since(last) < CALM => began,
+            _ => now,
+        };
+        self.overload = Some((began, now));
+        first + ESTABLISHED <= began
     }
 }
 
@@ -332,6 +416,38 @@ pub fn stun_binding_response(data: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn under_overload_sources_from_before_it_are_established_newcomers_are_not() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let phone: IpAddr = "192.0.2.1".parse().unwrap();
+        let flood: IpAddr = "198.51.100.7".parse().unwrap();
+        let mut sources = Sources::default();
+        assert_eq!(sources.seen(phone, at(0)), at(0));
+        // The flood's sources arrive at 10 s and the core falls behind at once.
+        let first = sources.seen(flood, at(10));
+        assert!(!sources.established(first, at(10)));
+        assert!(
+            sources.established(at(0), at(10)),
+            "the phone was here before"
+        );
+        // Twenty seconds into the flood (the core found behind all along) the
+        // newcomers are still new to this overload.
+        for s in 11..30 {
+            let first = sources.seen(flood, at(s));
+            assert!(!sources.established(first, at(s)));
+        }
+        let first = sources.seen(flood, at(30));
+        assert_eq!(first, at(10));
+        assert!(!sources.established(first, at(30)));
+        // Calm for longer than CALM: a later overload takes them as established.
+        assert!(sources.established(first, at(30) + CALM + Duration::from_secs(1)));
+        // IPv6 sources count per /64.
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        assert_eq!(sources.seen(a, at(40)), sources.seen(b, at(41)));
+    }
 
     #[test]
     fn stun_binding() {
