@@ -305,6 +305,7 @@ impl CoreCell {
                     break;
                 }
                 let room = RUN_BUDGET - handled;
+                state.core.set_backlog(q.work.len());
                 if q.work.len() <= room {
                     std::mem::swap(&mut q.work, &mut batch);
                 } else {

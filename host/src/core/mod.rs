@@ -222,6 +222,9 @@ pub struct Refused {
     pub relay: u64,
     /// REGISTERs refused because the registrar holds `sip.max-bindings` already.
     pub registrar_full: u64,
+    /// REGISTERs for an address-of-record with no bindings refused with 503 because
+    /// the core was behind ([`BUSY_BACKLOG`]).
+    pub overload: u64,
     /// Answers cut to twice their request's size for a UDP peer that had not proven
     /// it receives what we send (not refused: counted here with the rest).
     pub trimmed_answer: u64,
@@ -242,6 +245,8 @@ pub enum Refusal {
     RegistrarFull,
     /// [`Refused::transactions_full`].
     TransactionsFull,
+    /// [`Refused::overload`].
+    Overload,
 }
 
 impl Refusal {
@@ -253,6 +258,7 @@ impl Refusal {
             Self::Relay => "relay",
             Self::RegistrarFull => "registrar-full",
             Self::TransactionsFull => "transactions-full",
+            Self::Overload => "overload",
         }
     }
 
@@ -271,6 +277,9 @@ impl Refusal {
             Self::RegistrarFull => "new binding refused: sip.max-bindings reached (503)",
             Self::TransactionsFull => {
                 "new request refused: limits.max-transactions in flight (503)"
+            }
+            Self::Overload => {
+                "REGISTER for a new address-of-record refused: the SIP core is behind (503)"
             }
         }
     }
@@ -468,6 +477,8 @@ pub struct Core {
     udp_verified_swept: Option<Instant>,
     /// Refusals' log lines, once a minute per source.
     log_gate: limits::LogGate,
+    /// Inputs waiting for the core when the current batch began ([`Core::set_backlog`]).
+    backlog: usize,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
@@ -477,6 +488,15 @@ const UDP_VERIFIED_MAX: usize = 65_536;
 /// Retry-After (seconds) on the 503 for a request refused because
 /// `limits.max-transactions` are in flight: about as long as most of them take to end.
 const TRANSACTIONS_FULL_RETRY: u32 = 5;
+
+/// Inputs waiting for the core past which it is behind (about 20–50 ms of its work):
+/// a REGISTER for an address-of-record with no bindings then gets 503 with
+/// [`OVERLOAD_RETRY`] (refreshes, removals and everything else go on). The UDP shell
+/// sheds newcomers' datagrams past the same mark.
+pub const BUSY_BACKLOG: usize = 1024;
+
+/// `Retry-After` of a registration refused while the core is behind.
+const OVERLOAD_RETRY: u32 = 10;
 
 /// How long a UDP address stays known as reachable.
 const UDP_VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -523,12 +543,20 @@ impl Core {
             udp_verified: HashMap::new(),
             udp_verified_swept: None,
             log_gate: limits::LogGate::new(),
+            backlog: 0,
         }
     }
 
     /// A fresh HMAC-SHA256 under the secret.
     fn hmac(&self) -> Hmac<Sha256> {
         self.mac.0.clone()
+    }
+
+    /// How many inputs wait for the core now (the shell says so before each batch).
+    /// Past [`BUSY_BACKLOG`] the core is behind, and sheds the work it can refuse
+    /// most cheaply and with least harm: registrations of new addresses-of-record.
+    pub fn set_backlog(&mut self, waiting: usize) {
+        self.backlog = waiting;
     }
 
     /// The current wall-clock time as an HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`),
@@ -733,6 +761,7 @@ impl Core {
             Refusal::Relay => &mut r.relay,
             Refusal::RegistrarFull => &mut r.registrar_full,
             Refusal::TransactionsFull => &mut r.transactions_full,
+            Refusal::Overload => &mut r.overload,
         } += 1;
         if self.log_gate.allow(why.as_str(), source.ip(), now) {
             self.events.push_back(Event::Refused { why, source });

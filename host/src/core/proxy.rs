@@ -663,6 +663,18 @@ impl Core {
         {
             self.mark_udp_verified(remote, now);
         }
+        // Behind: a new address-of-record waits (503, cheaply) so that the phones
+        // already registered keep moving; refreshes and removals go on.
+        if self.backlog > super::BUSY_BACKLOG
+            && let Some(aor) = aor_of(&to.uri)
+            && self.location.lookup(&aor).is_empty()
+        {
+            self.refuse(Refusal::Overload, source.remote, now);
+            return Route::Answer(
+                503,
+                vec![(HeaderName::RetryAfter, super::OVERLOAD_RETRY.to_string())],
+            );
+        }
         let mut changes = Vec::with_capacity(2);
         let outcome = registrar::register(
             &mut self.location,

@@ -2083,3 +2083,34 @@ fn tables_a_flood_of_registrations_grew_give_their_room_back_once_it_expired() {
     }
     assert_eq!(sim.core.known_aors.len(), KNOWN_MAX);
 }
+
+#[test]
+fn behind_the_core_refuses_new_addresses_of_record_and_serves_registered_ones() {
+    let mut sim = Sim::new();
+    sim.register_udp("bob");
+    sim.core.set_backlog(BUSY_BACKLOG + 1);
+    let register = |user: &str, cseq: u32| {
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKov{user}{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@localhost>;tag=ru\r\nTo: <sip:{user}@localhost>\r\n\
+             Call-ID: reg-{user}-udp\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:5070>\r\n\r\n"
+        )
+    };
+    // A new address-of-record waits: 503 with Retry-After, nothing bound, counted.
+    let out = sim.feed(udp_phone(), &register("newcomer", 1));
+    assert_eq!(status(&out[0].1), 503);
+    assert_eq!(
+        response(&out[0].1).headers.get(&HeaderName::RetryAfter),
+        Some("10")
+    );
+    assert!(sim.core.bindings("sip:newcomer@localhost").is_empty());
+    assert_eq!(sim.core.bindings("sip:bob@localhost").len(), 1);
+    assert_eq!(sim.core.stats().refused.overload, 1);
+    // The registered phone refreshes as before.
+    let out = sim.feed(udp_phone(), &register("bob", 2));
+    assert_eq!(status(&out[0].1), 200);
+    // Caught up: the newcomer registers.
+    sim.core.set_backlog(0);
+    let out = sim.feed(udp_phone(), &register("newcomer", 3));
+    assert_eq!(status(&out[0].1), 200);
+}

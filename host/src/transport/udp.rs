@@ -114,7 +114,7 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
 /// behind: datagrams from sources new since then are dropped (they retransmit, as
 /// phones do) so that those from sources already here keep a short queue. Shedding
 /// at random (the kernel's full buffer) would hit both alike.
-pub const SHED_ABOVE: usize = 1024;
+pub const SHED_ABOVE: usize = crate::core::BUSY_BACKLOG;
 
 /// How long before an overload a source must have been first seen to be established.
 const ESTABLISHED: Duration = Duration::from_secs(2);
