@@ -372,10 +372,12 @@ impl Driven {
                 Work::Timeout => self.core.handle_timeout(now),
             }
         }
+        // Counted before the answers go out: a client that reads /metrics after its
+        // answer sees it counted.
+        shared.metrics.set_core(self.core.stats());
         send_transmits(&mut self.core, shared);
         // The answers are in the send queues: the connections may bring more.
         self.credits.clear();
-        shared.metrics.set_core(self.core.stats());
         while let Some(event) = self.core.poll_event() {
             match event {
                 Event::BindingSaved(b) => {

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use crate::admin::metrics::Metrics;
@@ -61,7 +60,7 @@ pub struct Shared {
     /// How long shutdown waits for close handshakes.
     pub grace: Duration,
     /// UDP sockets by local address.
-    pub udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    pub udp: HashMap<SocketAddr, Arc<udp::UdpPort>>,
     /// Outgoing connections being opened.
     pub connector: Connector,
     /// Connection counts and caps.

@@ -1,24 +1,87 @@
-//! SIP over UDP: one task per listener socket. Datagrams in, parsed messages to the
-//! core; keepalives (CRLF, STUN binding requests per RFC 5626 section 4.4.2) answered
-//! here.
+//! SIP over UDP: one thread reads each listener socket. Datagrams in, parsed messages
+//! to the core; keepalives (CRLF, STUN binding requests per RFC 5626 section 4.4.2)
+//! answered here.
+//!
+//! The reader is a thread of its own, not a task: under a flood it is scheduled by the
+//! kernel as soon as datagrams wait, rather than when a runtime worker comes back to it
+//! (behind the SIP core's turn, on the same worker), so the socket's buffer keeps room
+//! for the legitimate datagrams. The socket is registered with the async runtime for
+//! writability only, so datagrams arriving do not wake the runtime for nothing.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 
 use super::{Shared, gate};
 use crate::core::limits::LogGate;
 use crate::core::{Incoming, Input, Source, Transport};
 
+/// A UDP listener's socket: read by its reader thread ([`spawn_reader`]), written from
+/// anywhere.
+#[derive(Debug)]
+pub struct UdpPort {
+    io: AsyncFd<std::net::UdpSocket>,
+}
+
+impl UdpPort {
+    /// Binds `address` (non-blocking, registered for writability).
+    pub fn bind(address: SocketAddr) -> std::io::Result<Self> {
+        let socket = std::net::UdpSocket::bind(address)?;
+        socket.set_nonblocking(true)?;
+        // SAFETY: the socket owns a valid descriptor, which is neither replaced nor
+        // closed while the AsyncFd holds it (it is dropped with it).
+        #[allow(unsafe_code, reason = "tokio's AsyncFd registration (I/O safety)")]
+        let io = unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::WRITABLE)? };
+        Ok(Self { io })
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &std::net::UdpSocket {
+        self.io.get_ref()
+    }
+
+    /// Sends now, or fails with `WouldBlock` when the send buffer is full.
+    pub fn try_send_to(&self, payload: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        self.socket().send_to(payload, to)
+    }
+
+    /// Sends, waiting for room in the send buffer.
+    pub async fn send_to(&self, payload: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        loop {
+            let mut ready = self.io.writable().await?;
+            if let Ok(r) = ready.try_io(|s| s.get_ref().send_to(payload, to)) {
+                return r;
+            }
+        }
+    }
+}
+
 /// Datagrams read per system call ([`Batch`]).
 const BATCH: usize = 8;
 
-/// Receives on `socket` until shutdown, [`BATCH`] datagrams per system call
-/// (`recvmmsg`): under a flood the socket is drained at a fraction of the cost of one
-/// `recvfrom` each, so the kernel's buffer keeps room for the legitimate datagrams.
-pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
+/// How long the reader waits for a datagram before it looks for shutdown.
+const POLL_MS: libc::c_int = 100;
+
+/// Starts the thread that reads `port` until shutdown.
+pub fn spawn_reader(
+    port: Arc<UdpPort>,
+    local: SocketAddr,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("sipwasm-udp".into())
+        .spawn(move || read(&port, local, &shared, &runtime))
+        .map(drop)
+}
+
+/// Reads `port`, [`BATCH`] datagrams per system call (`recvmmsg`): under a flood the
+/// socket is drained at a fraction of the cost of one `recvfrom` each.
+fn read(port: &UdpPort, local: SocketAddr, shared: &Arc<Shared>, runtime: &tokio::runtime::Handle) {
+    let socket = port.socket();
     // One byte more than the largest message allowed: a datagram that fills it is too
     // large (the kernel truncates what does not fit, and says how long it was).
     let max = shared.sip.max_message_bytes.min(65_535);
@@ -26,33 +89,24 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
     let mut oversize_log = LogGate::new();
     let mut shed_log = LogGate::new();
     let mut sources = Sources::default();
-    let mut shutdown = shared.shutdown.clone();
     loop {
-        // An ICMP error queued for the socket makes it ready with ERROR, not READABLE:
-        // waited for too, so that the receive that reports it is made. (One interest
-        // at a time: tokio's readiness mask of a combined interest is empty.)
-        let interest = tokio::select! {
-            r = socket.readable() => match r {
-                Ok(()) => tokio::io::Interest::READABLE,
-                Err(_) => return,
-            },
-            r = socket.ready(tokio::io::Interest::ERROR) => match r {
-                Ok(_) => tokio::io::Interest::ERROR,
-                Err(_) => return,
-            },
-            _ = shutdown.changed() => return,
-        };
-        let received = socket.try_io(interest, || batch.receive(&socket));
-        let count = match received {
+        if *shared.shutdown.borrow() {
+            return;
+        }
+        let count = match batch.receive(socket) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                wait_readable(socket);
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 // An ICMP error for an earlier send (port or host unreachable): the
                 // addresses it concerns wait in the socket's error queue. Transactions
                 // sending there stop retransmitting (a spoofed source's victim, a phone
                 // gone away) and their branches fail at once.
                 tracing::debug!(%local, "UDP receive error: {e}");
-                let queued = unreachable(&socket);
+                let queued = unreachable(socket);
                 // Port unreachable only: the peer said no one listens there. Others
                 // (fragmentation needed, time exceeded, a network unreachable for a
                 // moment) leave the transactions to their timers.
@@ -62,11 +116,12 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
                 for remote in queued {
                     shared.metrics.udp_unreachable();
                     let target = crate::core::Target::Udp { local, remote };
-                    shared.core.hand_off(Input::SendFailed(target)).await;
+                    runtime.block_on(shared.core.hand_off(Input::SendFailed(target)));
                 }
                 continue;
             }
         };
+        let now = Instant::now();
         for i in 0..count {
             let Some((data, remote, truncated)) = batch.datagram(i) else {
                 continue;
@@ -76,7 +131,7 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
                 // would go to a source anyone can forge), counted, logged once a minute
                 // a source.
                 shared.metrics.udp_oversize();
-                if oversize_log.allow("udp-oversize", remote.ip(), std::time::Instant::now()) {
+                if oversize_log.allow("udp-oversize", remote.ip(), now) {
                     tracing::warn!(
                         peer = %remote,
                         limit = max,
@@ -85,10 +140,9 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
                 }
                 continue;
             }
-            let Some(input) = datagram(&socket, local, &shared, data, remote) else {
+            let Some(input) = datagram(port, local, shared, data, remote) else {
                 continue;
             };
-            let now = Instant::now();
             let first_seen = sources.seen(remote.ip(), now);
             let Some(input) = shared.core.try_hand_off(input, SHED_ABOVE) else {
                 continue;
@@ -96,7 +150,7 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
             // The core is behind: sources that were here before it fell behind wait
             // for a place; newcomers are shed until it catches up.
             if sources.established(first_seen, now) || shared.gate.is_exempt(remote.ip()) {
-                shared.core.hand_off(input).await;
+                runtime.block_on(shared.core.hand_off(input));
             } else {
                 shared.metrics.udp_shed();
                 if shed_log.allow("udp-shed", remote.ip(), now) {
@@ -107,6 +161,20 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
                 }
             }
         }
+    }
+}
+
+/// Waits until `socket` has a datagram or an error to read, [`POLL_MS`] at most.
+fn wait_readable(socket: &std::net::UdpSocket) {
+    let mut fd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, live for the call, for a descriptor the socket owns.
+    #[allow(unsafe_code, reason = "poll(2) on the reader's own socket")]
+    unsafe {
+        libc::poll(&raw mut fd, 1, POLL_MS);
     }
 }
 
@@ -177,7 +245,7 @@ impl Sources {
 /// rate (dropped), something unparsable (answered 400 when it can be), or a message for
 /// the core.
 fn datagram(
-    socket: &UdpSocket,
+    socket: &UdpPort,
     local: SocketAddr,
     shared: &Shared,
     data: &[u8],
@@ -242,8 +310,7 @@ impl Batch {
     }
 
     /// Reads up to [`BATCH`] datagrams without blocking; how many.
-    fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
-        use std::os::fd::AsRawFd as _;
+    fn receive(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
         let mut iovecs: Vec<libc::iovec> = self
             .buffers
             .iter_mut()
@@ -317,8 +384,7 @@ impl Batch {
 /// next receive and leaves the address it concerns in the socket's error queue, which
 /// [`run`] reads. Best effort: a kernel that refuses leaves retransmissions to run out
 /// on their timers, as before.
-pub fn report_icmp_errors(socket: &UdpSocket, local: SocketAddr) {
-    use std::os::fd::AsRawFd as _;
+pub fn report_icmp_errors(socket: &std::net::UdpSocket, local: SocketAddr) {
     let (level, name) = if local.is_ipv4() {
         (libc::IPPROTO_IP, libc::IP_RECVERR)
     } else {
@@ -350,7 +416,7 @@ const ERRORS_PER_WAKE: usize = 64;
 
 /// The destinations of queued ICMP errors (`MSG_ERRQUEUE`: the address each refused
 /// datagram was sent to), without blocking.
-fn unreachable(socket: &UdpSocket) -> Vec<SocketAddr> {
+fn unreachable(socket: &std::net::UdpSocket) -> Vec<SocketAddr> {
     let s = socket2::SockRef::from(socket);
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
     let mut out = Vec::new();
