@@ -208,10 +208,23 @@ impl Legit {
                 .iter()
                 .filter(|x| x.udp == udp && x.sent >= from && x.sent < to)
                 .collect();
-            (w.iter().filter(|x| x.answer.is_some()).count(), w.len())
+            let mut times: Vec<Duration> = w.iter().filter_map(|x| x.answer.map(|a| a.1)).collect();
+            times.sort();
+            let idx = ((w.len() as f64 * 0.99).ceil() as usize).saturating_sub(1);
+            let p99 = times
+                .get(idx)
+                .map_or(f64::INFINITY, |d| d.as_secs_f64() * 1e3);
+            (
+                w.iter().filter(|x| x.answer.is_some()).count(),
+                w.len(),
+                p99,
+            )
         };
         let (ws, udp) = (count(false), count(true));
-        format!("WS {}/{}, UDP {}/{}", ws.0, ws.1, udp.0, udp.1)
+        format!(
+            "WS {}/{} p99 {:.0} ms, UDP {}/{} p99 {:.0} ms",
+            ws.0, ws.1, ws.2, udp.0, udp.1, udp.2
+        )
     }
 
     /// Of the transactions sent within `from..to`: (answered 200, answered at all,

@@ -95,7 +95,7 @@ impl Binding {
 /// All bindings.
 #[derive(Debug, Default)]
 pub struct Location {
-    by_aor: HashMap<String, Vec<Binding>>,
+    by_aor: super::sharded::Sharded<String, Vec<Binding>>,
     by_flow: HashMap<FlowId, Vec<(String, u64)>>,
     /// Bindings by the instance part of their temporary GRUU keys
     /// ([`super::gruu::index_key`]).
@@ -104,7 +104,7 @@ pub struct Location {
     /// browser's `.invalid` Contact finds its connection without a scan.
     by_flow_contact: HashMap<String, Vec<(String, u64)>>,
     expiries: BTreeSet<(Instant, u64)>,
-    aor_of: HashMap<u64, String>,
+    aor_of: super::sharded::Sharded<u64, String>,
     /// How many bindings are reached by datagram at each address.
     by_udp: HashMap<std::net::SocketAddr, usize>,
     next_id: u64,
@@ -127,11 +127,11 @@ impl Location {
     /// returns whether any table is still large enough to look at again later.
     pub fn shrink(&mut self) -> bool {
         let mut large = false;
-        large |= shrink_map(&mut self.by_aor);
+        large |= self.by_aor.shrink();
         large |= shrink_map(&mut self.by_flow);
         large |= shrink_map(&mut self.by_gruu_key);
         large |= shrink_map(&mut self.by_flow_contact);
-        large |= shrink_map(&mut self.aor_of);
+        large |= self.aor_of.shrink();
         large |= shrink_map(&mut self.by_udp);
         large
     }

@@ -20,6 +20,7 @@ pub mod myself;
 pub mod peers;
 mod proxy;
 pub mod registrar;
+mod sharded;
 pub mod transaction;
 pub mod worst;
 
