@@ -29,7 +29,9 @@ pub struct Store {
     writer: Option<std::thread::JoinHandle<()>>,
     /// What was last sent for writing, per binding: a hash of (AoR, contact) to a hash
     /// of the other stored fields and the expiry written.
-    written: foldhash::HashMap<u64, (u64, u64)>,
+    written: crate::core::sharded::Sharded<u64, (u64, u64)>,
+    /// Bindings removed so far (every 4,096, `written` gives back spare room).
+    removals: u64,
     /// Seeded per process.
     hasher: foldhash::quality::RandomState,
 }
@@ -202,6 +204,7 @@ impl Store {
                 tx: Some(tx),
                 writer: Some(writer),
                 written: Default::default(),
+                removals: 0,
                 hasher: foldhash::quality::RandomState::default(),
             },
             loaded,
@@ -265,6 +268,11 @@ impl Store {
     pub fn removed(&mut self, b: &Binding) {
         if matches!(b.reach, Reach::Udp { .. }) {
             self.written.remove(&hashes(&self.hasher, b).0);
+            // A flood's registrations expired: give back the room they took.
+            self.removals += 1;
+            if self.removals.is_multiple_of(4096) {
+                self.written.shrink();
+            }
             self.send(Op::Remove(b.aor.clone(), b.contact.clone()));
         }
     }

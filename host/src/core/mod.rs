@@ -20,7 +20,7 @@ pub mod myself;
 pub mod peers;
 mod proxy;
 pub mod registrar;
-mod sharded;
+pub(crate) mod sharded;
 pub mod transaction;
 pub mod worst;
 
@@ -456,13 +456,13 @@ pub struct Core {
     routing: HashSet<u64>,
     /// Asks the routing plugin in place (see [`RouteHook`]).
     hook: Option<RouteHook>,
-    servers: HashMap<u64, ServerTx>,
-    server_keys: HashMap<ServerKey, u64>,
-    clients: HashMap<u64, ClientTx>,
-    client_keys: HashMap<(String, Method), u64>,
+    servers: sharded::Sharded<u64, ServerTx>,
+    server_keys: sharded::Sharded<ServerKey, u64>,
+    clients: sharded::Sharded<u64, ClientTx>,
+    client_keys: sharded::Sharded<(String, Method), u64>,
     /// Client transactions of CANCELs we sent (their responses are absorbed).
     cancels: HashSet<u64>,
-    ctxs: HashMap<u64, ProxyCtx>,
+    ctxs: sharded::Sharded<u64, ProxyCtx>,
     timers: Timers,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -530,12 +530,12 @@ impl Core {
             flows: HashMap::new(),
             routing: HashSet::new(),
             hook: None,
-            servers: HashMap::new(),
-            server_keys: HashMap::new(),
-            clients: HashMap::new(),
-            client_keys: HashMap::new(),
+            servers: sharded::Sharded::default(),
+            server_keys: sharded::Sharded::default(),
+            clients: sharded::Sharded::default(),
+            client_keys: sharded::Sharded::default(),
             cancels: HashSet::new(),
-            ctxs: HashMap::new(),
+            ctxs: sharded::Sharded::default(),
             timers: Timers::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -706,11 +706,11 @@ impl Core {
             .retain(|_, t| now.saturating_duration_since(*t) < KNOWN_FOR);
         let mut large = self.location.shrink();
         large |= shrink_map(&mut self.known_aors);
-        large |= shrink_map(&mut self.servers);
-        large |= shrink_map(&mut self.server_keys);
-        large |= shrink_map(&mut self.clients);
-        large |= shrink_map(&mut self.client_keys);
-        large |= shrink_map(&mut self.ctxs);
+        large |= self.servers.shrink();
+        large |= self.server_keys.shrink();
+        large |= self.clients.shrink();
+        large |= self.client_keys.shrink();
+        large |= self.ctxs.shrink();
         large |= shrink_map(&mut self.flows);
         large |= shrink_map(&mut self.udp_verified);
         if self.transmits.capacity() > location::SHRINK_FROM && self.transmits.is_empty() {

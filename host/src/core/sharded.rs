@@ -86,6 +86,10 @@ impl<K: Eq + Hash, V> Sharded<K, V> {
         self.shards.iter().all(HashMap::is_empty)
     }
 
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flat_map(HashMap::iter)
+    }
+
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(HashMap::values)
     }
@@ -103,6 +107,18 @@ impl<K: Eq + Hash, V> Sharded<K, V> {
             }
         }
         self.capacity() >= super::location::SHRINK_FROM
+    }
+}
+
+impl<K, Q, V> std::ops::Index<&Q> for Sharded<K, V>
+where
+    K: Eq + Hash + Borrow<Q>,
+    Q: Hash + Eq + ?Sized,
+{
+    type Output = V;
+
+    fn index(&self, key: &Q) -> &V {
+        self.get(key).expect("no entry for the key")
     }
 }
 
