@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -41,7 +41,7 @@ struct BoundListener {
 
 /// A bound UDP listener.
 struct BoundUdp {
-    socket: Arc<udp::UdpPort>,
+    socket: Arc<UdpSocket>,
     local: SocketAddr,
 }
 
@@ -75,16 +75,16 @@ impl Server {
 
         enum Socket {
             Stream(TcpListener),
-            Datagram(Arc<udp::UdpPort>),
+            Datagram(Arc<UdpSocket>),
         }
         let mut sockets = Vec::new();
         for (i, l) in config.listen.iter().enumerate() {
             let what = || format!("listen[{i}] ({} {}): cannot bind", l.transport, l.address);
             let (socket, local) = if l.transport == ListenTransport::Udp {
-                let s = udp::UdpPort::bind(l.address).with_context(what)?;
-                let local = s.socket().local_addr()?;
-                raise_udp_buffers(s.socket(), local);
-                udp::report_icmp_errors(s.socket(), local);
+                let s = UdpSocket::bind(l.address).await.with_context(what)?;
+                let local = s.local_addr()?;
+                raise_udp_buffers(&s, local);
+                udp::report_icmp_errors(&s, local);
                 (Socket::Datagram(Arc::new(s)), local)
             } else {
                 let s = TcpListener::bind(l.address).await.with_context(what)?;
@@ -326,8 +326,7 @@ impl Server {
             tracing::info!(transport = "udp", address = %u.local, "listening");
             // One receiver per socket: measured faster than several sharing it (they
             // contend for the socket and wake each other for nothing).
-            udp::spawn_reader(u.socket, u.local, shared.clone())
-                .context("cannot start a UDP reader thread")?;
+            tokio::spawn(udp::run(u.socket, u.local, shared.clone()));
         }
         for l in listeners {
             match &l.plugin {
@@ -571,7 +570,7 @@ fn raise_nofile() -> u64 {
 const UDP_BUFFER: usize = 4 << 20;
 
 /// Asks for [`UDP_BUFFER`] both ways; says so when the kernel grants less.
-fn raise_udp_buffers(socket: &std::net::UdpSocket, local: SocketAddr) {
+fn raise_udp_buffers(socket: &UdpSocket, local: SocketAddr) {
     let s = socket2::SockRef::from(socket);
     if let Err(e) = s
         .set_recv_buffer_size(UDP_BUFFER)

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use crate::admin::metrics::Metrics;
@@ -60,7 +61,7 @@ pub struct Shared {
     /// How long shutdown waits for close handshakes.
     pub grace: Duration,
     /// UDP sockets by local address.
-    pub udp: HashMap<SocketAddr, Arc<udp::UdpPort>>,
+    pub udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     /// Outgoing connections being opened.
     pub connector: Connector,
     /// Connection counts and caps.

@@ -1,87 +1,24 @@
-//! SIP over UDP: one thread reads each listener socket. Datagrams in, parsed messages
-//! to the core; keepalives (CRLF, STUN binding requests per RFC 5626 section 4.4.2)
-//! answered here.
-//!
-//! The reader is a thread of its own, not a task: under a flood it is scheduled by the
-//! kernel as soon as datagrams wait, rather than when a runtime worker comes back to it
-//! (behind the SIP core's turn, on the same worker), so the socket's buffer keeps room
-//! for the legitimate datagrams. The socket is registered with the async runtime for
-//! writability only, so datagrams arriving do not wake the runtime for nothing.
+//! SIP over UDP: one task per listener socket. Datagrams in, parsed messages to the
+//! core; keepalives (CRLF, STUN binding requests per RFC 5626 section 4.4.2) answered
+//! here.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
+use tokio::net::UdpSocket;
 
 use super::{Shared, gate};
 use crate::core::limits::LogGate;
 use crate::core::{Incoming, Input, Source, Transport};
 
-/// A UDP listener's socket: read by its reader thread ([`spawn_reader`]), written from
-/// anywhere.
-#[derive(Debug)]
-pub struct UdpPort {
-    io: AsyncFd<std::net::UdpSocket>,
-}
-
-impl UdpPort {
-    /// Binds `address` (non-blocking, registered for writability).
-    pub fn bind(address: SocketAddr) -> std::io::Result<Self> {
-        let socket = std::net::UdpSocket::bind(address)?;
-        socket.set_nonblocking(true)?;
-        // SAFETY: the socket owns a valid descriptor, which is neither replaced nor
-        // closed while the AsyncFd holds it (it is dropped with it).
-        #[allow(unsafe_code, reason = "tokio's AsyncFd registration (I/O safety)")]
-        let io = unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::WRITABLE)? };
-        Ok(Self { io })
-    }
-
-    /// The socket.
-    pub fn socket(&self) -> &std::net::UdpSocket {
-        self.io.get_ref()
-    }
-
-    /// Sends now, or fails with `WouldBlock` when the send buffer is full.
-    pub fn try_send_to(&self, payload: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-        self.socket().send_to(payload, to)
-    }
-
-    /// Sends, waiting for room in the send buffer.
-    pub async fn send_to(&self, payload: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-        loop {
-            let mut ready = self.io.writable().await?;
-            if let Ok(r) = ready.try_io(|s| s.get_ref().send_to(payload, to)) {
-                return r;
-            }
-        }
-    }
-}
-
 /// Datagrams read per system call ([`Batch`]).
 const BATCH: usize = 8;
 
-/// How long the reader waits for a datagram before it looks for shutdown.
-const POLL_MS: libc::c_int = 100;
-
-/// Starts the thread that reads `port` until shutdown.
-pub fn spawn_reader(
-    port: Arc<UdpPort>,
-    local: SocketAddr,
-    shared: Arc<Shared>,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Handle::current();
-    std::thread::Builder::new()
-        .name("sipwasm-udp".into())
-        .spawn(move || read(&port, local, &shared, &runtime))
-        .map(drop)
-}
-
-/// Reads `port`, [`BATCH`] datagrams per system call (`recvmmsg`): under a flood the
-/// socket is drained at a fraction of the cost of one `recvfrom` each.
-fn read(port: &UdpPort, local: SocketAddr, shared: &Arc<Shared>, runtime: &tokio::runtime::Handle) {
-    let socket = port.socket();
+/// Receives on `socket` until shutdown, [`BATCH`] datagrams per system call
+/// (`recvmmsg`): under a flood the socket is drained at a fraction of the cost of one
+/// `recvfrom` each, so the kernel's buffer keeps room for the legitimate datagrams.
+pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
     // One byte more than the largest message allowed: a datagram that fills it is too
     // large (the kernel truncates what does not fit, and says how long it was).
     let max = shared.sip.max_message_bytes.min(65_535);
@@ -89,24 +26,42 @@ fn read(port: &UdpPort, local: SocketAddr, shared: &Arc<Shared>, runtime: &tokio
     let mut oversize_log = LogGate::new();
     let mut shed_log = LogGate::new();
     let mut sources = Sources::default();
+    let mut shutdown = shared.shutdown.clone();
+    // Read while there is something to read; wait for readiness only once the socket
+    // said it had nothing.
+    let mut interest = tokio::io::Interest::READABLE;
     loop {
-        if *shared.shutdown.borrow() {
-            return;
-        }
-        let count = match batch.receive(socket) {
+        // Reading without waiting must still leave the worker to other tasks now and
+        // then (a flood that is dropped here awaits nothing else).
+        tokio::task::consume_budget().await;
+        let received = socket.try_io(interest, || batch.receive(&socket));
+        let count = match received {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                wait_readable(socket);
+                // An ICMP error queued for the socket makes it ready with ERROR, not
+                // READABLE: waited for too, so that the receive that reports it is
+                // made. (One interest at a time: tokio's readiness mask of a combined
+                // interest is empty.)
+                interest = tokio::select! {
+                    r = socket.readable() => match r {
+                        Ok(()) => tokio::io::Interest::READABLE,
+                        Err(_) => return,
+                    },
+                    r = socket.ready(tokio::io::Interest::ERROR) => match r {
+                        Ok(_) => tokio::io::Interest::ERROR,
+                        Err(_) => return,
+                    },
+                    _ = shutdown.changed() => return,
+                };
                 continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 // An ICMP error for an earlier send (port or host unreachable): the
                 // addresses it concerns wait in the socket's error queue. Transactions
                 // sending there stop retransmitting (a spoofed source's victim, a phone
                 // gone away) and their branches fail at once.
                 tracing::debug!(%local, "UDP receive error: {e}");
-                let queued = unreachable(socket);
+                let queued = unreachable(&socket);
                 // Port unreachable only: the peer said no one listens there. Others
                 // (fragmentation needed, time exceeded, a network unreachable for a
                 // moment) leave the transactions to their timers.
@@ -116,12 +71,11 @@ fn read(port: &UdpPort, local: SocketAddr, shared: &Arc<Shared>, runtime: &tokio
                 for remote in queued {
                     shared.metrics.udp_unreachable();
                     let target = crate::core::Target::Udp { local, remote };
-                    runtime.block_on(shared.core.hand_off(Input::SendFailed(target)));
+                    shared.core.hand_off(Input::SendFailed(target)).await;
                 }
                 continue;
             }
         };
-        let now = Instant::now();
         for i in 0..count {
             let Some((data, remote, truncated)) = batch.datagram(i) else {
                 continue;
@@ -131,7 +85,7 @@ fn read(port: &UdpPort, local: SocketAddr, shared: &Arc<Shared>, runtime: &tokio
                 // would go to a source anyone can forge), counted, logged once a minute
                 // a source.
                 shared.metrics.udp_oversize();
-                if oversize_log.allow("udp-oversize", remote.ip(), now) {
+                if oversize_log.allow("udp-oversize", remote.ip(), std::time::Instant::now()) {
                     tracing::warn!(
                         peer = %remote,
                         limit = max,
@@ -140,9 +94,10 @@ fn read(port: &UdpPort, local: SocketAddr, shared: &Arc<Shared>, runtime: &tokio
                 }
                 continue;
             }
-            let Some(input) = datagram(port, local, shared, data, remote) else {
+            let Some(input) = datagram(&socket, local, &shared, data, remote) else {
                 continue;
             };
+            let now = Instant::now();
             let first_seen = sources.seen(remote.ip(), now);
             let Some(input) = shared.core.try_hand_off(input, SHED_ABOVE) else {
                 continue;
@@ -150,7 +105,7 @@ fn read(port: &UdpPort, local: SocketAddr, shared: &Arc<Shared>, runtime: &tokio
             // The core is behind: sources that were here before it fell behind wait
             // for a place; newcomers are shed until it catches up.
             if sources.established(first_seen, now) || shared.gate.is_exempt(remote.ip()) {
-                runtime.block_on(shared.core.hand_off(input));
+                shared.core.hand_off(input).await;
             } else {
                 shared.metrics.udp_shed();
                 if shed_log.allow("udp-shed", remote.ip(), now) {
@@ -161,20 +116,6 @@ fn read(port: &UdpPort, local: SocketAddr, shared: &Arc<Shared>, runtime: &tokio
                 }
             }
         }
-    }
-}
-
-/// Waits until `socket` has a datagram or an error to read, [`POLL_MS`] at most.
-fn wait_readable(socket: &std::net::UdpSocket) {
-    let mut fd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, live for the call, for a descriptor the socket owns.
-    #[allow(unsafe_code, reason = "poll(2) on the reader's own socket")]
-    unsafe {
-        libc::poll(&raw mut fd, 1, POLL_MS);
     }
 }
 
@@ -245,7 +186,7 @@ impl Sources {
 /// rate (dropped), something unparsable (answered 400 when it can be), or a message for
 /// the core.
 fn datagram(
-    socket: &UdpPort,
+    socket: &UdpSocket,
     local: SocketAddr,
     shared: &Shared,
     data: &[u8],
@@ -291,59 +232,69 @@ fn datagram(
 }
 
 /// Buffers for one `recvmmsg` call: [`BATCH`] datagrams of up to `size` bytes each,
-/// with their source addresses.
+/// with their source addresses; the system call's vectors are kept too (no allocation
+/// per call), their pointers set afresh before each.
 struct Batch {
     buffers: Vec<Vec<u8>>,
     addresses: Vec<libc::sockaddr_storage>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
     lengths: Vec<(usize, libc::socklen_t, bool)>,
 }
+
+// SAFETY: the raw pointers in `iovecs` and `headers` point into the batch's own
+// buffers and are rewritten before every use; nothing is shared.
+#[allow(
+    unsafe_code,
+    reason = "raw pointers of recvmmsg's vectors, owned data only"
+)]
+unsafe impl Send for Batch {}
 
 impl Batch {
     fn new(size: usize) -> Self {
         Self {
             buffers: (0..BATCH).map(|_| vec![0u8; size]).collect(),
-            // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
-            #[allow(unsafe_code, reason = "zeroed C struct for recvmmsg")]
+            // SAFETY: these C structs are plain old data; all zeroes is a valid value.
+            #[allow(unsafe_code, reason = "zeroed C structs for recvmmsg")]
             addresses: vec![unsafe { std::mem::zeroed() }; BATCH],
+            iovecs: (0..BATCH)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            #[allow(unsafe_code, reason = "zeroed C structs for recvmmsg")]
+            headers: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
             lengths: vec![(0, 0, false); BATCH],
         }
     }
 
     /// Reads up to [`BATCH`] datagrams without blocking; how many.
-    fn receive(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
-        let mut iovecs: Vec<libc::iovec> = self
-            .buffers
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .zip(self.addresses.iter_mut())
-            .map(|(iov, addr)| {
-                // SAFETY: msghdr is plain old data; all zeroes is a valid value.
-                #[allow(unsafe_code, reason = "zeroed C struct for recvmmsg")]
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = std::ptr::from_mut(addr).cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_iov = std::ptr::from_mut(iov);
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
-            .collect();
+    fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd as _;
+        for i in 0..BATCH {
+            let buffer = &mut self.buffers[i];
+            self.iovecs[i] = libc::iovec {
+                iov_base: buffer.as_mut_ptr().cast(),
+                iov_len: buffer.len(),
+            };
+            let h = &mut self.headers[i];
+            h.msg_hdr.msg_name = std::ptr::from_mut(&mut self.addresses[i]).cast();
+            h.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = std::ptr::from_mut(&mut self.iovecs[i]);
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
         // SAFETY: every header points at a live iovec (into a live buffer of its stated
-        // length) and a live sockaddr_storage of its stated size, all of which outlive
-        // the call; the kernel writes at most that much into each.
+        // length) and a live sockaddr_storage of its stated size, all owned by `self`
+        // and untouched during the call; the kernel writes at most that much into each.
         #[allow(unsafe_code, reason = "recvmmsg, which neither std nor socket2 wraps")]
         let n = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
-                headers.as_mut_ptr(),
+                self.headers.as_mut_ptr(),
                 BATCH as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -353,7 +304,7 @@ impl Batch {
             return Err(std::io::Error::last_os_error());
         }
         let n = n as usize;
-        for (i, h) in headers.iter().take(n).enumerate() {
+        for (i, h) in self.headers.iter().take(n).enumerate() {
             let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             self.lengths[i] = (h.msg_len as usize, h.msg_hdr.msg_namelen, truncated);
         }
@@ -384,7 +335,8 @@ impl Batch {
 /// next receive and leaves the address it concerns in the socket's error queue, which
 /// [`run`] reads. Best effort: a kernel that refuses leaves retransmissions to run out
 /// on their timers, as before.
-pub fn report_icmp_errors(socket: &std::net::UdpSocket, local: SocketAddr) {
+pub fn report_icmp_errors(socket: &UdpSocket, local: SocketAddr) {
+    use std::os::fd::AsRawFd as _;
     let (level, name) = if local.is_ipv4() {
         (libc::IPPROTO_IP, libc::IP_RECVERR)
     } else {
@@ -416,7 +368,7 @@ const ERRORS_PER_WAKE: usize = 64;
 
 /// The destinations of queued ICMP errors (`MSG_ERRQUEUE`: the address each refused
 /// datagram was sent to), without blocking.
-fn unreachable(socket: &std::net::UdpSocket) -> Vec<SocketAddr> {
+fn unreachable(socket: &UdpSocket) -> Vec<SocketAddr> {
     let s = socket2::SockRef::from(socket);
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
     let mut out = Vec::new();
