@@ -272,6 +272,39 @@ async fn malformed_requests_count_against_the_rate_and_a_banned_source_is_refuse
     assert!(reply.contains("\r\nRetry-After: "), "{reply}");
 }
 
+/// A banned source that keeps sending on its connection is read slowly: each refused
+/// request holds its connection 10 ms, so it costs at most 100 refusals a second.
+#[tokio::test]
+async fn a_banned_connection_is_read_at_most_a_hundred_messages_a_second() {
+    let s =
+        Server::standard("[limits]\nrate = 5\nrate-burst = 10\nrate-ban = \"30s\"\nexempt = []\n");
+    let mut tcp = TcpStream::connect(s.sip).await.unwrap();
+    for i in 0..11 {
+        options_over(&mut tcp, &format!("pre{i}")).await.unwrap();
+    }
+    // Thirty requests in one write, past the ban: thirty 503s, over at least 0.3 s.
+    let burst: String = (0..30)
+        .map(|i| options(&format!("tar{i}"), "TCP"))
+        .collect();
+    let started = Instant::now();
+    tcp.write_all(burst.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    within("thirty answers", async {
+        while got.windows(12).filter(|w| w == b"SIP/2.0 503 ").count() < 30 {
+            let mut chunk = [0u8; 8192];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn past_max_transactions_new_requests_get_503_never_silence() {
     let s = Server::standard("[limits]\nmax-transactions = 2\n");

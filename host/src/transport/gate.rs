@@ -15,6 +15,12 @@ use crate::core::limits::{LogGate, RateConfig, RateLimiter, Verdict};
 use crate::core::peers::TrustedPeers;
 use crate::sip::HeaderName;
 
+/// How long a connection pauses after each request refused for its source's rate
+/// before its next message is read: a banned source's connection is served at most
+/// 100 messages a second (TCP's flow control holds the rest back on its side), so a
+/// source that keeps sending past its ban costs little, however fast it sends.
+pub const REFUSED_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The per-source request rate limit shared by every listener.
 #[derive(Debug)]
 pub struct SourceGate {

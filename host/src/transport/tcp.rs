@@ -127,6 +127,7 @@ pub async fn serve_stream<S>(
                                 {
                                     break 'outer;
                                 }
+                                tokio::time::sleep(super::gate::REFUSED_PAUSE).await;
                                 continue;
                             }
                             let parsed = crate::sip::parse(frame);

@@ -361,6 +361,7 @@ where
                     {
                         break;
                     }
+                    tokio::time::sleep(super::gate::REFUSED_PAUSE).await;
                     continue;
                 }
                 match crate::sip::parse(&data) {
