@@ -356,41 +356,50 @@ async fn a_udp_datagram_over_max_message_bytes_is_dropped_and_counted() {
     assert_eq!(s.metric("sipwasm_udp_oversize_total").await, 1);
 }
 
+/// A server whose `sip.router` is the `slow-router` test plugin and whose web listener
+/// is decided by the seed policy; `extra` configures the router (`[plugins.slow]`) and
+/// anything else.
+fn with_slow_router(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+domains = ["localhost", "127.0.0.1"]
+data-dir = "{{data}}"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{{sip}}"
+
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:{{ws}}"
+plugin = "seed"
+
+[admin]
+listen = "127.0.0.1:{{admin}}"
+
+[sip]
+router = "slow"
+
+[plugins.seed]
+path = "{{plugins}}/seed_policy.wasm"
+deadline = "2s"
+[plugins.seed.config]
+web-ports = [{{ws}}]
+
+{extra}"#
+    )
+}
+
 /// One slow plugin cannot starve the others: a router whose calls wait on something
 /// slow holds at most its `max-instances` pool slots, at most `max-waiting` calls wait
 /// for them and the rest are answered 503 with Retry-After at once (never silence),
 /// while the handshake plugin still gets instances from the same small pool.
 #[tokio::test]
 async fn a_slow_plugin_holds_only_its_own_slots_and_the_overflow_gets_503() {
-    let s = Server::start(
-        r#"
-[server]
-domains = ["localhost", "127.0.0.1"]
-data-dir = "{data}"
-
-[[listen]]
-transport = "udp"
-address = "127.0.0.1:{sip}"
-
-[[listen]]
-transport = "ws"
-address = "127.0.0.1:{ws}"
-plugin = "seed"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[plugin-runtime]
+    let s = Server::start(&with_slow_router(
+        r#"[plugin-runtime]
 pool-instances = 4
-
-[sip]
-router = "slow"
-
-[plugins.seed]
-path = "{plugins}/seed_policy.wasm"
-deadline = "2s"
-[plugins.seed.config]
-web-ports = [{ws}]
 
 [plugins.slow]
 path = "{plugins}/slow_router.wasm"
@@ -398,7 +407,7 @@ deadline = "1500ms"
 max-instances = 2
 max-waiting = 2
 "#,
-    );
+    ));
     // Ten calls at once that each wait 700 ms inside the router.
     let mut uas = Vec::new();
     for i in 0..10 {
@@ -445,34 +454,9 @@ max-waiting = 2
 /// never runs on that runtime), so every 503 is out before the running call's 500.
 #[tokio::test]
 async fn calls_a_saturated_router_has_no_room_for_get_their_503_before_it_finishes() {
-    let s = Server::start(
-        r#"
-[server]
-domains = ["localhost", "127.0.0.1"]
-data-dir = "{data}"
-
-[[listen]]
-transport = "udp"
-address = "127.0.0.1:{sip}"
-
-[[listen]]
-transport = "ws"
-address = "127.0.0.1:{ws}"
-plugin = "seed"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[limits]
+    let s = Server::start(&with_slow_router(
+        r#"[limits]
 exempt = []
-
-[plugins.seed]
-path = "{plugins}/seed_policy.wasm"
-[plugins.seed.config]
-web-ports = [{ws}]
-
-[sip]
-router = "slow"
 
 [plugins.slow]
 path = "{plugins}/slow_router.wasm"
@@ -482,7 +466,7 @@ max-waiting = 0
 [plugins.slow.config]
 always-ms = 1500
 "#,
-    );
+    ));
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = socket.local_addr().unwrap();
     const CALLS: usize = 100;
