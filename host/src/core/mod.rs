@@ -492,7 +492,7 @@ const TRANSACTIONS_FULL_RETRY: u32 = 5;
 
 /// Inputs waiting for the core past which it is behind (about 20–50 ms of its work):
 /// a REGISTER for an address-of-record with no bindings then gets 503 with
-/// [`OVERLOAD_RETRY`] (refreshes, removals and everything else go on). The UDP shell
+/// `Retry-After: 10` (refreshes, removals and everything else go on). The UDP shell
 /// sheds newcomers' datagrams past the same mark.
 pub const BUSY_BACKLOG: usize = 1024;
 

@@ -15,7 +15,7 @@ use crate::core::{Incoming, Input, Source, Transport};
 /// Datagrams read per system call ([`Batch`]).
 const BATCH: usize = 8;
 
-/// Receives on `socket` until shutdown, [`BATCH`] datagrams per system call
+/// Receives on `socket` until shutdown, up to 8 datagrams per system call
 /// (`recvmmsg`): under a flood the socket is drained at a fraction of the cost of one
 /// `recvfrom` each, so the kernel's buffer keeps room for the legitimate datagrams.
 pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
