@@ -891,6 +891,23 @@ async fn one(
     let _ = sampler.await;
     let (legit_ok, legit_answered, legit_sent, p99_ms) = legit.between(attack_start, attack_end);
     let clients = legit.by_client(attack_start, attack_end);
+    if let Ok(path) = std::env::var("ATTACK_TRACE") {
+        // Every legitimate transaction: seconds since the attack began (negative
+        // before), 1 for the UDP phone (0 for the WebSocket client), milliseconds to
+        // its answer (-1: none). Where the p99 comes from: a stall or a queue.
+        let s = legit.samples.lock().expect("samples");
+        let mut out = String::new();
+        for x in s.iter() {
+            let t = if x.sent >= attack_start {
+                x.sent.duration_since(attack_start).as_secs_f64()
+            } else {
+                -attack_start.duration_since(x.sent).as_secs_f64()
+            };
+            let ms = x.answer.map_or(-1.0, |a| a.1.as_secs_f64() * 1e3);
+            out += &format!("{t:.3} {} {ms:.1}\n", u8::from(x.udp));
+        }
+        std::fs::write(&path, out).with_context(|| format!("writing {path}"))?;
+    }
     // Quiet: the timers run (connections closed, registrations expired, transactions
     // ended); the legitimate clients go on.
     tokio::time::sleep(Duration::from_secs(after)).await;

@@ -148,6 +148,8 @@ enum Cmd {
     /// The attack campaign: each attack for `seconds` against a fresh server while a
     /// legitimate WebSocket client and UDP phone exchange messages; their success
     /// rate and p99, the server's peak RSS and CPU, and RSS `after` seconds later.
+    /// With `ATTACK_TRACE=FILE` in the environment, every legitimate transaction's send
+    /// time and latency go to FILE (the last attack run's), to tell a stall from a queue.
     Attack {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
