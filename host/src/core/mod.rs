@@ -448,7 +448,7 @@ pub struct Core {
     date: String,
     /// When each AoR last had a binding: within [`KNOWN_FOR`] of that, a request for
     /// it gets 480 (temporarily unavailable) rather than 404. Pruned as it ages.
-    known_aors: HashMap<String, Instant>,
+    known_aors: sharded::Sharded<String, Instant>,
     last_prune: Option<Instant>,
     /// Flows that carried SIP: transport, our end, the peer's end.
     flows: HashMap<FlowId, (Transport, SocketAddr, SocketAddr)>,
@@ -525,7 +525,7 @@ impl Core {
             branch_prefix,
             location: Location::new(),
             date: String::new(),
-            known_aors: HashMap::new(),
+            known_aors: sharded::Sharded::default(),
             last_prune: None,
             flows: HashMap::new(),
             routing: HashSet::new(),
@@ -705,7 +705,7 @@ impl Core {
         self.known_aors
             .retain(|_, t| now.saturating_duration_since(*t) < KNOWN_FOR);
         let mut large = self.location.shrink();
-        large |= shrink_map(&mut self.known_aors);
+        large |= self.known_aors.shrink();
         large |= self.servers.shrink();
         large |= self.server_keys.shrink();
         large |= self.clients.shrink();
