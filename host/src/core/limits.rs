@@ -170,6 +170,12 @@ impl RateLimiter {
 
     /// Counts one request from `ip` at `now`.
     pub fn check(&mut self, ip: IpAddr, now: Instant) -> Verdict {
+        self.check_weighted(ip, now, 1)
+    }
+
+    /// Counts a request from `ip` at `now` as `weight` requests (at most the burst, so
+    /// that any message can pass a fresh bucket).
+    pub fn check_weighted(&mut self, ip: IpAddr, now: Instant, weight: u32) -> Verdict {
         if !self.is_on() || self.exempt.contains(ip) {
             return Verdict::Pass;
         }
@@ -205,8 +211,9 @@ impl RateLimiter {
             .saturating_mul(u128::from(cfg.per_second));
         b.milli_tokens = (u128::from(b.milli_tokens) + refill).min(u128::from(full)) as u64;
         b.refilled = now;
-        if b.milli_tokens >= 1000 {
-            b.milli_tokens -= 1000;
+        let cost = u64::from(weight.clamp(1, cfg.burst.max(1))) * 1000;
+        if b.milli_tokens >= cost {
+            b.milli_tokens -= cost;
             return Verdict::Pass;
         }
         let until = now + cfg.ban;
