@@ -232,6 +232,11 @@ impl Server {
         server
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     /// Starts the server, picking new ports and retrying when one was taken between
     /// choosing it and binding it.
     pub fn start(template: &str) -> Self {

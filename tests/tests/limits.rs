@@ -64,6 +64,20 @@ async fn connect_from(ip: &str, to: std::net::SocketAddr) -> TcpStream {
     within("connect", socket.connect(to)).await.unwrap()
 }
 
+/// The server turns transparent huge pages off for itself: with them, an idle server
+/// held 76 MiB instead of 31 and memory freed after a flood stayed (a 2 MB page is
+/// kept whole while one object on it lives).
+#[tokio::test]
+async fn the_server_runs_without_transparent_huge_pages() {
+    let s = Server::standard("");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+}
+
 #[tokio::test]
 async fn a_connection_past_the_per_source_cap_is_closed_at_once() {
     let s = Server::standard("[limits]\nconnections-per-source = 3\nexempt = []\n");
