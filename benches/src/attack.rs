@@ -916,6 +916,22 @@ async fn one(
     // ended, connections closed.
     tokio::time::sleep(Duration::from_secs(settle.saturating_sub(after))).await;
     let rss_settled = rss_kib(pid);
+    if std::env::var_os("ATTACK_STATE").is_some() {
+        // What the server still holds once the timers ran: its gauges, and its memory
+        // by kind.
+        for gauge in [
+            "sipwasm_sip_transactions",
+            "sipwasm_proxy_requests",
+            "sipwasm_sip_timers",
+            "sipwasm_registrar_bindings",
+            "sipwasm_flows_open",
+        ] {
+            eprintln!("{gauge} {}", server.metric(gauge).await);
+        }
+        if let Ok(m) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            eprintln!("{m}");
+        }
+    }
     let refused = [
         ("conn", "sipwasm_connections_refused_total"),
         ("timeouts", "sipwasm_connections_timed_out_total"),

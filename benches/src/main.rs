@@ -149,7 +149,8 @@ enum Cmd {
     /// legitimate WebSocket client and UDP phone exchange messages; their success
     /// rate and p99, the server's peak RSS and CPU, and RSS `after` seconds later.
     /// With `ATTACK_TRACE=FILE` in the environment, every legitimate transaction's send
-    /// time and latency go to FILE (the last attack run's), to tell a stall from a queue.
+    /// time and latency go to FILE (the last attack run's), to tell a stall from a queue;
+    /// with `ATTACK_STATE=1`, what the server still holds at the end (gauges, memory).
     Attack {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
