@@ -2114,3 +2114,44 @@ fn behind_the_core_refuses_new_addresses_of_record_and_serves_registered_ones() 
     let out = sim.feed(udp_phone(), &register("newcomer", 3));
     assert_eq!(status(&out[0].1), 200);
 }
+
+/// The INVITE flood of the attack campaign: INVITEs from many UDP sources to a phone
+/// that never answers, some sources gone (ICMP unreachable) by the time their 408
+/// comes. Once the timers ran, nothing is left.
+#[test]
+fn an_invite_flood_to_a_silent_phone_leaves_nothing_once_the_timers_ran() {
+    let mut sim = Sim::new();
+    sim.register_udp("pat");
+    for i in 0..300u32 {
+        let from: SocketAddr = format!("127.0.20.{}:{}", 1 + i % 250, 6000 + i)
+            .parse()
+            .unwrap();
+        let source = Source {
+            remote: from,
+            ..udp_phone()
+        };
+        let text = format!(
+            "INVITE sip:pat@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKfl{i};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:x{i}@localhost>;tag=i{i}\r\nTo: <sip:pat@localhost>\r\n\
+             Call-ID: fl-{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{from}>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+        );
+        sim.feed(source, &text);
+        sim.advance(Duration::from_millis(7));
+    }
+    // Timer B: the 408s go out; a third of the callers' ports are closed by then.
+    let out = sim.advance(Duration::from_secs(33));
+    let mut gone = 0;
+    for (t, m) in &out {
+        if let (Target::Udp { remote, .. }, Message::Response(r)) = (t, m)
+            && r.status == 408
+            && remote.port() % 3 == 0
+        {
+            sim.core.handle(sim.now, Input::SendFailed(*t));
+            gone += 1;
+        }
+    }
+    assert!(gone > 50, "{gone}");
+    sim.drain();
+    sim.assert_idle_after_timers(1, 1);
+}
