@@ -81,6 +81,9 @@ struct Driven {
     closing: Vec<Arc<FlowInfo>>,
     /// The second the core's Date was made for.
     date_second: u64,
+    /// When the allocator was last asked to give freed memory back
+    /// ([`crate::memory::give_back`]).
+    gave_back: std::time::Instant,
     /// The queue's previous buffer, swapped in to keep its capacity.
     spare: VecDeque<Work>,
     /// Credits of the inputs of this turn, given back after its sends.
@@ -151,6 +154,7 @@ impl CoreCell {
                 router,
                 closing: Vec::new(),
                 date_second: 0,
+                gave_back: std::time::Instant::now(),
                 spare: VecDeque::new(),
                 credits: Vec::new(),
             }),
@@ -355,6 +359,11 @@ impl Driven {
     /// Handles `batch` (emptied), sends what the core produced and acts on its events.
     fn turn(&mut self, batch: &mut VecDeque<Work>, shared: &Arc<Shared>) {
         refresh_date(&mut self.core, &mut self.date_second);
+        let now = std::time::Instant::now();
+        if now.saturating_duration_since(self.gave_back) >= GIVE_BACK_EVERY {
+            self.gave_back = now;
+            crate::memory::give_back();
+        }
         for work in batch.drain(..) {
             let now = std::time::Instant::now();
             match work {
@@ -420,6 +429,9 @@ impl Driven {
         self.closing.clear();
     }
 }
+
+/// How often the allocator is asked to give freed memory back to the system.
+const GIVE_BACK_EVERY: Duration = Duration::from_secs(60);
 
 /// The driver task: the core's timers, closed flows, and a queue left over by a task
 /// that used its budget. Runs until the server aborts it when stopping.

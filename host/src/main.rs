@@ -13,24 +13,6 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turns transparent huge pages off for this process (mimalloc asks for them on its
-/// arenas). Measured in the attack campaign: with them the idle server held 76 MiB
-/// instead of 31, a million registrations 868 MiB instead of 790 (a 2 MB page stays
-/// whole while one object on it lives, and is cleared whole when first touched, in
-/// the core's turn), and the side-by-side rates were the same within noise.
-#[allow(unsafe_code, reason = "prctl, which std does not wrap")]
-fn no_transparent_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and touches no memory of ours.
-    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if r != 0 {
-        // Kernels before 3.15: the server works the same, with more memory.
-        eprintln!(
-            "sipwasm: transparent huge pages left on: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// SIP server for browsers and phones whose policy runs in sandboxed WebAssembly plugins.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -91,7 +73,7 @@ enum PluginCommand {
 }
 
 fn main() -> ExitCode {
-    no_transparent_huge_pages();
+    sipwasm::memory::tune();
     let args = Args::parse();
     if args.print_default_config {
         print!("{DEFAULT_CONFIG}");
@@ -137,6 +119,7 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(sipwasm::memory::on_thread_park)
         .build()
     {
         Ok(r) => r,

@@ -26,6 +26,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
             .worker_threads(threads())
             .thread_name("sipwasm-plugin")
             .enable_all()
+            .on_thread_park(crate::memory::on_thread_park)
             .build()
             .expect("the plugin runtime starts")
     })
