@@ -777,7 +777,7 @@ impl Core {
         }
         self.refuse(Refusal::TransactionsFull, source.remote, now);
         let retry = (HeaderName::RetryAfter, TRANSACTIONS_FULL_RETRY.to_string());
-        let bytes = self.response_bytes(req, 503, &[retry]);
+        let bytes = self.response_bytes(req, 503, None, &[retry]);
         self.send(source.reply_target(), bytes);
         false
     }
@@ -847,8 +847,12 @@ impl Core {
             // What ends here is answered statelessly, as a registrar or an `sl` reply:
             // a retransmission gets the same answer again, and no state is kept for
             // the 32 s a UDP transaction would otherwise linger.
-            proxy::Route::Answer(status, extra) => {
-                let bytes = self.response_bytes(&req, status, &extra);
+            proxy::Route::Answer {
+                status,
+                reason,
+                headers,
+            } => {
+                let bytes = self.response_bytes(&req, status, reason.as_deref(), &headers);
                 self.send(source.reply_target(), bytes);
             }
             proxy::Route::Forward(branches, hash) => {
@@ -883,8 +887,15 @@ impl Core {
         }
         let (source, mut req) = (st.source, st.request.clone());
         match self.route_decided(now, &source, &mut req, decision) {
-            Ok(proxy::Route::Answer(status, extra)) => {
-                let resp = self.make_response(&req, status, &extra);
+            Ok(proxy::Route::Answer {
+                status,
+                reason,
+                headers,
+            }) => {
+                let mut resp = self.make_response(&req, status, &headers);
+                if let Some(reason) = reason {
+                    resp.reason = reason;
+                }
                 self.answer_routed(id, resp, now);
             }
             Ok(proxy::Route::Forward(branches, hash)) => {
@@ -970,11 +981,11 @@ impl Core {
         let invite =
             ServerKey::of(&req, &Method::Invite).and_then(|k| self.server_keys.get(&k).copied());
         let Some(st_id) = invite else {
-            let bytes = self.response_bytes(&req, 481, &[]);
+            let bytes = self.response_bytes(&req, 481, None, &[]);
             self.send(source.reply_target(), bytes);
             return;
         };
-        let bytes = self.response_bytes(&req, 200, &[]);
+        let bytes = self.response_bytes(&req, 200, None, &[]);
         self.send(source.reply_target(), bytes);
         if self.routing.remove(&st_id) {
             // Still with the routing plugin: nothing was forwarded, end it here.
@@ -1071,12 +1082,18 @@ impl Core {
 
     /// `make_response(req, status, extra).to_bytes()`, written directly: the
     /// registrar's and every stateless answer's path.
-    fn response_bytes(&self, req: &Request, status: u16, extra: &[(HeaderName, String)]) -> Bytes {
+    fn response_bytes(
+        &self,
+        req: &Request,
+        status: u16,
+        reason: Option<&str>,
+        extra: &[(HeaderName, String)],
+    ) -> Bytes {
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"SIP/2.0 ");
         out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
         out.push(b' ');
-        out.extend_from_slice(reason_phrase(status).as_bytes());
+        out.extend_from_slice(reason.unwrap_or(reason_phrase(status)).as_bytes());
         out.extend_from_slice(b"\r\n");
         self.response_fields(req, status, extra, |n, v| {
             // As the serializer: Content-Length is its own to write.

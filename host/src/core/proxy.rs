@@ -186,10 +186,28 @@ const MAX_OWN_ROUTES: usize = 8;
 /// Where routing decided a request goes.
 pub(super) enum Route {
     /// Answer it here.
-    Answer(u16, Vec<(HeaderName, String)>),
+    Answer {
+        /// The status.
+        status: u16,
+        /// The reason phrase when not the status's usual one ("Too Many Contacts").
+        reason: Option<String>,
+        /// Header fields to add.
+        headers: Vec<(HeaderName, String)>,
+    },
     /// Forward to these candidates (one branch each; each with alternatives), with the
     /// request's loop-detection hash (computed on the request as it arrived).
     Forward(Vec<Vec<Candidate>>, String),
+}
+
+impl Route {
+    /// An answer with the status's usual reason phrase.
+    pub(super) fn answer(status: u16, headers: Vec<(HeaderName, String)>) -> Self {
+        Self::Answer {
+            status,
+            reason: None,
+            headers,
+        }
+    }
 }
 
 impl Core {
@@ -226,7 +244,7 @@ impl Core {
     /// replayed from another dialog), counted.
     fn forged_route(&mut self, source: &Source, now: Instant) -> Route {
         self.refuse(Refusal::ForgedRoute, source.remote, now);
-        Route::Answer(403, vec![warning("Route Not Of This Dialog")])
+        Route::answer(403, vec![warning("Route Not Of This Dialog")])
     }
 
     /// Decides what happens to a new request: answer it here, or forward it.
@@ -240,7 +258,7 @@ impl Core {
             && let Some(last) = req.headers.take_last_value(&HeaderName::Route)
         {
             let Ok(target) = NameAddr::parse(&last) else {
-                return Route::Answer(400, vec![]);
+                return Route::answer(400, vec![]);
             };
             let ours = std::mem::replace(&mut req.uri, target.uri);
             req.headers
@@ -262,7 +280,7 @@ impl Core {
         if max_forwards == 0
             && !(for_server && matches!(req.method, Method::Options | Method::Register))
         {
-            return Route::Answer(483, vec![]);
+            return Route::answer(483, vec![]);
         }
         // Proxy-Require (16.3 step 5).
         if let Some(refusal) = bad_extension(req, &HeaderName::ProxyRequire) {
@@ -278,7 +296,7 @@ impl Core {
             self.loop_hash(req)
         };
         if !ends_here && self.looped(req, &hash) {
-            return Route::Answer(482, vec![]);
+            return Route::answer(482, vec![]);
         }
 
         // Our own Route entries (16.4): pop them. A route set names us once per side of
@@ -298,13 +316,13 @@ impl Core {
                 break;
             };
             let Ok(na) = NameAddr::parse(&first) else {
-                return Route::Answer(400, vec![]);
+                return Route::answer(400, vec![]);
             };
             if !self.is_local_uri(&na.uri) {
                 break;
             }
             if popped == MAX_OWN_ROUTES {
-                return Route::Answer(482, vec![]);
+                return Route::answer(482, vec![]);
             }
             req.headers.remove_first_value(&HeaderName::Route);
             let sip = na.uri.as_sip().expect("local URIs are SIP URIs");
@@ -366,16 +384,16 @@ impl Core {
             return match dest.token {
                 RrToken::Flow(flow) => match self.flows.get(&flow) {
                     Some(&(transport, _, _)) => candidate(Target::Flow(flow), transport),
-                    None => Route::Answer(430, vec![]),
+                    None => Route::answer(430, vec![]),
                 },
                 RrToken::Udp(remote) => match self.listener(Transport::Udp, remote.is_ipv4()) {
                     Some(local) => candidate(Target::Udp { local, remote }, Transport::Udp),
-                    None => Route::Answer(500, vec![]),
+                    None => Route::answer(500, vec![]),
                 },
                 RrToken::Connect(transport, remote) => {
                     match self.listener(transport, remote.is_ipv4()) {
                         Some(_) => candidate(Target::Connect { transport, remote }, transport),
-                        None => Route::Answer(500, vec![]),
+                        None => Route::answer(500, vec![]),
                     }
                 }
             };
@@ -393,10 +411,10 @@ impl Core {
         if let Some(next) = next {
             if !may_steer {
                 self.refuse(Refusal::Relay, source.remote, now);
-                return Route::Answer(403, vec![warning("Not Relaying For You")]);
+                return Route::answer(403, vec![warning("Not Relaying For You")]);
             }
             let Ok(na) = NameAddr::parse(&next) else {
-                return Route::Answer(400, vec![]);
+                return Route::answer(400, vec![]);
             };
             // A next hop without `lr` is a strict router (RFC 3261 16.6 step 6): it gets
             // its own URI as the Request-URI and the target as the last Route value.
@@ -410,12 +428,12 @@ impl Core {
             };
             return match self.candidate_for(&na.uri, ruri, vec![]) {
                 Ok(c) => Route::Forward(vec![vec![c]], hash),
-                Err(status) => Route::Answer(status, vec![]),
+                Err(status) => Route::answer(status, vec![]),
             };
         }
         if req.uri.as_sip().is_none() {
             // tel:, urn:, or a scheme nobody knows: nothing here routes those.
-            return Route::Answer(416, vec![]);
+            return Route::answer(416, vec![]);
         }
         if to_us {
             return self.local_request(now, source, req, hash);
@@ -426,11 +444,11 @@ impl Core {
         // Other domains: only for those who may steer.
         if !may_steer {
             self.refuse(Refusal::Relay, source.remote, now);
-            return Route::Answer(403, vec![warning("Not Relaying For You")]);
+            return Route::answer(403, vec![warning("Not Relaying For You")]);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
             Ok(c) => Route::Forward(vec![vec![c]], hash),
-            Err(status) => Route::Answer(status, vec![]),
+            Err(status) => Route::answer(status, vec![]),
         }
     }
 
@@ -466,7 +484,7 @@ impl Core {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(70);
         if max_forwards == 0 {
-            return Route::Answer(483, vec![]);
+            return Route::answer(483, vec![]);
         }
         if let Some(refusal) = bad_extension(req, &HeaderName::ProxyRequire) {
             return refusal;
@@ -474,7 +492,7 @@ impl Core {
         req.uri = target;
         let hash = self.loop_hash(req);
         if self.looped(req, &hash) {
-            return Route::Answer(482, vec![]);
+            return Route::answer(482, vec![]);
         }
         if self.is_local_uri(&req.uri) {
             return self.local_request(now, source, req, hash);
@@ -484,7 +502,7 @@ impl Core {
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
             Ok(c) => Route::Forward(vec![vec![c]], hash),
-            Err(status) => Route::Answer(status, vec![]),
+            Err(status) => Route::answer(status, vec![]),
         }
     }
 
@@ -502,7 +520,7 @@ impl Core {
         }
         if uri.user.is_none() {
             return match req.method {
-                Method::Options => Route::Answer(
+                Method::Options => Route::answer(
                     200,
                     vec![
                         (HeaderName::Allow, ALLOW.into()),
@@ -510,7 +528,7 @@ impl Core {
                         (HeaderName::Supported, SUPPORTED.join(", ")),
                     ],
                 ),
-                _ => Route::Answer(404, vec![]),
+                _ => Route::answer(404, vec![]),
             };
         }
         // GRUUs (RFC 5627): a temporary one names an instance registered under one
@@ -527,12 +545,12 @@ impl Core {
                 .cloned()
                 .collect();
             if reached.is_empty() {
-                return Route::Answer(404, vec![]);
+                return Route::answer(404, vec![]);
             }
             reached
         } else {
             let Some(aor) = aor_of(&req.uri) else {
-                return Route::Answer(404, vec![]);
+                return Route::answer(404, vec![]);
             };
             let all = self.location.lookup(&aor);
             match uri.param("gr") {
@@ -550,7 +568,7 @@ impl Core {
                     .get(&a)
                     .is_some_and(|t| now.saturating_duration_since(*t) < super::KNOWN_FOR)
             });
-            return Route::Answer(if known { 480 } else { 404 }, vec![]);
+            return Route::answer(if known { 480 } else { 404 }, vec![]);
         }
         let mut groups = group_by_instance(bindings);
         // Highest q first; most recent first within equal q.
@@ -616,7 +634,7 @@ impl Core {
             }
         }
         if branches.is_empty() {
-            return Route::Answer(480, vec![]);
+            return Route::answer(480, vec![]);
         }
         Route::Forward(branches, hash)
     }
@@ -630,14 +648,14 @@ impl Core {
         if let Some(flow) = source.flow
             && !self.flows.contains_key(&flow)
         {
-            return Route::Answer(430, vec![]);
+            return Route::answer(430, vec![]);
         }
         let Some(to) = req.get_to().ok().filter(|t| {
             t.uri
                 .as_sip()
                 .is_some_and(|u| self.cfg.myself.is_my_host(u))
         }) else {
-            return Route::Answer(404, vec![]);
+            return Route::answer(404, vec![]);
         };
         if let Some(refusal) = bad_extension(req, &HeaderName::Require) {
             return refusal;
@@ -647,7 +665,7 @@ impl Core {
         // address the client chose (the egress rule of the README's security model).
         if req.headers.get(&HeaderName::Path).is_some() && !self.is_trusted(source) {
             self.refuse(Refusal::UntrustedPath, source.remote, now);
-            return Route::Answer(403, vec![warning("Path Accepted Only From Trusted Peers")]);
+            return Route::answer(403, vec![warning("Path Accepted Only From Trusted Peers")]);
         }
         // A UDP phone refreshing its registration by the Call-ID only it and we know
         // has shown that it receives what we send to its address.
@@ -670,7 +688,7 @@ impl Core {
             && self.location.lookup(&aor).is_empty()
         {
             self.refuse(Refusal::Overload, source.remote, now);
-            return Route::Answer(
+            return Route::answer(
                 503,
                 vec![(HeaderName::RetryAfter, super::OVERLOAD_RETRY.to_string())],
             );
@@ -713,7 +731,11 @@ impl Core {
         {
             self.bound_answer(req, remote, &to, &mut headers);
         }
-        Route::Answer(outcome.status, headers)
+        Route::Answer {
+            status: outcome.status,
+            reason: outcome.reason,
+            headers,
+        }
     }
 
     /// No amplification toward a spoofed source: a registrar's 200 to a UDP address that
@@ -743,7 +765,7 @@ impl Core {
         // since (at most `;received=` with an IPv6 address and `=65535`: 55 bytes).
         let request = req.to_bytes().len().saturating_sub(STAMPED_AT_MOST);
         let budget = 2 * request;
-        let mut size = self.response_bytes(req, 200, headers).len();
+        let mut size = self.response_bytes(req, 200, None, headers).len();
         if size <= budget {
             return;
         }
@@ -1461,7 +1483,7 @@ fn bad_extension(req: &Request, header: &HeaderName) -> Option<Route> {
         .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
         .collect();
     (!unsupported.is_empty())
-        .then(|| Route::Answer(420, vec![(HeaderName::Unsupported, unsupported.join(", "))]))
+        .then(|| Route::answer(420, vec![(HeaderName::Unsupported, unsupported.join(", "))]))
 }
 
 /// Groups bindings by instance (RFC 5626: one branch per instance, its flows most

@@ -1552,7 +1552,7 @@ fn direct_response_bytes_equal_the_serialized_response() {
             ),
             (699, vec![]),
         ] {
-            let direct = sim.core.response_bytes(&req, status, &extra);
+            let direct = sim.core.response_bytes(&req, status, None, &extra);
             let built = sim.core.make_response(&req, status, &extra).to_bytes();
             assert_eq!(
                 String::from_utf8_lossy(&direct),
@@ -2154,4 +2154,34 @@ fn an_invite_flood_to_a_silent_phone_leaves_nothing_once_the_timers_ran() {
     assert!(gone > 50, "{gone}");
     sim.drain();
     sim.assert_idle_after_timers(1, 1);
+}
+
+/// The registrar's own reason phrases reach the client ("Out of order CSeq"), on the stateless answer and on the one given after the routing plugin
+/// said continue; before, only the status came through, with its usual phrase.
+#[test]
+fn the_registrars_reason_phrases_reach_the_client() {
+    let register = |branch: &str, cseq: &str| {
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:rp@localhost>;tag=rp\r\nTo: <sip:rp@localhost>\r\n\
+             Call-ID: reg-rp\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:rp@127.0.0.1:5070>\r\n\r\n"
+        )
+    };
+    let mut sim = Sim::new();
+    let out = sim.feed(udp_phone(), &register("rp1", "5"));
+    assert_eq!(status(&out[0].1), 200);
+    let out = sim.feed(udp_phone(), &register("rp2", "4"));
+    let r = response(&out[0].1);
+    assert_eq!((r.status, r.reason.as_str()), (500, "Out of order CSeq"));
+    // Through a routing plugin that lets it through.
+    let mut sim = Sim::with_router();
+    sim.feed(udp_phone(), &register("rp3", "5"));
+    let q = sim.route_queries();
+    let out = sim.routed(q[0].id, RouteDecision::Continue);
+    assert_eq!(status(&out[0].1), 200, "{out:?}");
+    sim.feed(udp_phone(), &register("rp4", "4"));
+    let q = sim.route_queries();
+    let out = sim.routed(q[0].id, RouteDecision::Continue);
+    let r = response(&out[0].1);
+    assert_eq!((r.status, r.reason.as_str()), (500, "Out of order CSeq"));
 }
