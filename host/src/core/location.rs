@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 
 // Seeded per process (keys come from the network), faster than SipHash.
 use foldhash::HashMap;
+
+use super::sharded::{Sharded, shrink_map};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -95,16 +97,16 @@ impl Binding {
 /// All bindings.
 #[derive(Debug, Default)]
 pub struct Location {
-    by_aor: super::sharded::Sharded<String, Vec<Binding>>,
+    by_aor: Sharded<String, Vec<Binding>>,
     by_flow: HashMap<FlowId, Vec<(String, u64)>>,
     /// Bindings by the instance part of their temporary GRUU keys
     /// ([`super::gruu::index_key`]).
-    by_gruu_key: super::sharded::Sharded<String, Vec<(String, u64)>>,
+    by_gruu_key: Sharded<String, Vec<(String, u64)>>,
     /// Bindings on a flow by their Contact text: a request whose Request-URI is a
     /// browser's `.invalid` Contact finds its connection without a scan.
-    by_flow_contact: super::sharded::Sharded<String, Vec<(String, u64)>>,
+    by_flow_contact: Sharded<String, Vec<(String, u64)>>,
     expiries: BTreeSet<(Instant, u64)>,
-    aor_of: super::sharded::Sharded<u64, String>,
+    aor_of: Sharded<u64, String>,
     /// How many bindings are reached by datagram at each address.
     by_udp: HashMap<std::net::SocketAddr, usize>,
     next_id: u64,
@@ -310,29 +312,15 @@ impl Location {
     }
 }
 
-/// Tables smaller than this are never shrunk (not worth the rehash).
-pub(crate) const SHRINK_FROM: usize = 4096;
-
-/// Shrinks `map` to fit when it holds under a quarter of its capacity; whether its
-/// capacity is still at least [`SHRINK_FROM`].
 /// Appends `x` to the list under `key`, a list of one (`vec!` makes room for just
 /// that) if there was none.
-fn push_one<T>(map: &mut super::sharded::Sharded<String, Vec<T>>, key: &str, x: T) {
+fn push_one<T>(map: &mut Sharded<String, Vec<T>>, key: &str, x: T) {
     match map.get_mut(key) {
         Some(list) => list.push(x),
         None => {
             map.insert(key.to_string(), vec![x]);
         }
     }
-}
-
-pub(crate) fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
-    map: &mut std::collections::HashMap<K, V, S>,
-) -> bool {
-    if map.capacity() >= SHRINK_FROM && map.len() * 4 < map.capacity() {
-        map.shrink_to_fit();
-    }
-    map.capacity() >= SHRINK_FROM
 }
 
 #[cfg(test)]

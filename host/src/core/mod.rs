@@ -700,7 +700,7 @@ impl Core {
     /// and that emptied again gives its spare capacity back (hash tables never shrink
     /// on their own). While some table is still large, again in a minute.
     fn housekeeping(&mut self, now: Instant) {
-        use self::location::shrink_map;
+        use self::sharded::shrink_map;
         self.last_prune = Some(now);
         self.known_aors
             .retain(|_, t| now.saturating_duration_since(*t) < KNOWN_FOR);
@@ -713,7 +713,7 @@ impl Core {
         large |= self.ctxs.shrink();
         large |= shrink_map(&mut self.flows);
         large |= shrink_map(&mut self.udp_verified);
-        if self.transmits.capacity() > location::SHRINK_FROM && self.transmits.is_empty() {
+        if self.transmits.capacity() > sharded::SHRINK_FROM && self.transmits.is_empty() {
             self.transmits.shrink_to_fit();
         }
         if large {

@@ -15,6 +15,21 @@ use foldhash::HashMap;
 /// Shards; a power of two.
 const SHARDS: usize = 64;
 
+/// Tables smaller than this are never shrunk (not worth the rehash).
+pub(crate) const SHRINK_FROM: usize = 4096;
+
+/// Shrinks `map` to fit when it holds under a quarter of its capacity; whether its
+/// capacity is still at least [`SHRINK_FROM`]: for the core's tables that are not
+/// sharded.
+pub(crate) fn shrink_map<K: Eq + Hash, V, S: BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) -> bool {
+    if map.capacity() >= SHRINK_FROM && map.len() * 4 < map.capacity() {
+        map.shrink_to_fit();
+    }
+    map.capacity() >= SHRINK_FROM
+}
+
 /// Shards smaller than this grow when full, as any `HashMap` does: their doublings
 /// cost microseconds.
 const STAGGER_FROM: usize = 1024;
@@ -123,15 +138,15 @@ impl<K: Eq + Hash, V> Sharded<K, V> {
         self.shards.iter().map(HashMap::capacity).sum()
     }
 
-    /// [`super::location::shrink_map`] for each shard that is large enough to look
+    /// [`shrink_map`] for each shard that is large enough to look
     /// at; whether the table as a whole still is.
     pub(crate) fn shrink(&mut self) -> bool {
         for s in &mut self.shards {
-            if s.capacity() >= super::location::SHRINK_FROM / SHARDS && s.len() * 4 < s.capacity() {
+            if s.capacity() >= SHRINK_FROM / SHARDS && s.len() * 4 < s.capacity() {
                 s.shrink_to_fit();
             }
         }
-        self.capacity() >= super::location::SHRINK_FROM
+        self.capacity() >= SHRINK_FROM
     }
 }
 

@@ -2063,7 +2063,7 @@ fn tables_a_flood_of_registrations_grew_give_their_room_back_once_it_expired() {
     sim.advance(Duration::from_secs(3601));
     assert_eq!(sim.core.stats().bindings, 0);
     assert!(
-        sim.core.location.aor_capacity() < location::SHRINK_FROM,
+        sim.core.location.aor_capacity() < sharded::SHRINK_FROM,
         "{}",
         sim.core.location.aor_capacity()
     );
