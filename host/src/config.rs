@@ -645,6 +645,16 @@ pub struct PluginConfig {
     /// 503 with Retry-After).
     #[serde(default = "default_max_waiting")]
     pub max_waiting: usize,
+    /// Calls at their deadline within a second (from at least four source addresses,
+    /// and nine in ten of its calls then) after which the plugin is suspended: its
+    /// failure policy answers at once (503 with `Retry-After` for `closed`) until one
+    /// probe call is in time again. 0: never suspended.
+    #[serde(default = "default_suspend_after")]
+    pub suspend_after: u32,
+    /// The first suspension; each probe at its deadline again doubles it, up to a
+    /// minute.
+    #[serde(default = "default_suspend_for", with = "duration")]
+    pub suspend_for: Duration,
     /// Outbound HTTP requests (`wasi:http`) the plugin may have open at once, over all
     /// its instances; past it a request fails with `connection-limit-reached`.
     #[serde(default = "default_max_outbound")]
@@ -671,6 +681,12 @@ fn default_max_reuse() -> u64 {
 }
 fn default_max_waiting() -> usize {
     256
+}
+fn default_suspend_after() -> u32 {
+    20
+}
+fn default_suspend_for() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_max_outbound() -> usize {
     64
@@ -823,6 +839,14 @@ impl Config {
                 return Err((
                     format!("plugins.{name}.max-waiting"),
                     "must be at most 100000".into(),
+                ));
+            }
+            if p.suspend_for < Duration::from_secs(1)
+                || p.suspend_for > crate::plugin::breaker::MAX_SUSPENSION
+            {
+                return Err((
+                    format!("plugins.{name}.suspend-for"),
+                    "must be between 1s and 60s".into(),
                 ));
             }
             if p.max_outbound == 0 {
@@ -1515,6 +1539,15 @@ path = "p.wasm"
         let e = parse(&format!("{MINIMAL}deadline = \"50\"\n")).unwrap_err();
         assert_eq!(e.key, "plugins.p.deadline");
         assert!(e.message.contains("no unit"), "{e}");
+
+        let e = parse(&format!("{MINIMAL}suspend-for = \"500ms\"\n")).unwrap_err();
+        assert_eq!(e.key, "plugins.p.suspend-for");
+        assert!(e.message.contains("between 1s and 60s"), "{e}");
+        let c = parse(&format!("{MINIMAL}suspend-after = 0\n")).unwrap();
+        assert_eq!(c.plugins["p"].suspend_after, 0);
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.plugins["p"].suspend_after, 20);
+        assert_eq!(c.plugins["p"].suspend_for, Duration::from_secs(5));
 
         let e = parse(&format!("{MINIMAL}colour = 1\n")).unwrap_err();
         assert_eq!(e.key, "plugins.p.colour");

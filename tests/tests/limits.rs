@@ -517,6 +517,121 @@ always-ms = 1500
     );
 }
 
+/// OPTIONS from `from` (one call for the router, `X-Delay-Ms: delay` when given); the
+/// final status and its Retry-After.
+async fn options_from(
+    s: &Server,
+    from: &str,
+    branch: &str,
+    delay: Option<u64>,
+) -> (u16, Option<String>) {
+    let socket = UdpSocket::bind((from, 0)).await.unwrap();
+    let me = socket.local_addr().unwrap();
+    let mut text = options(branch, "UDP").replace("df7jal23ls0d.invalid", &me.to_string());
+    if let Some(ms) = delay {
+        text = text.replace(
+            "Content-Length",
+            &format!("X-Delay-Ms: {ms}\r\nContent-Length"),
+        );
+    }
+    socket.send_to(text.as_bytes(), s.sip).await.unwrap();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, _) = within("an answer", socket.recv_from(&mut buf))
+            .await
+            .unwrap();
+        let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+        let status: u16 = reply[8..11].parse().unwrap();
+        if status >= 200 {
+            let retry = reply
+                .lines()
+                .find_map(|l| l.strip_prefix("Retry-After: "))
+                .map(str::to_string);
+            return (status, retry);
+        }
+    }
+}
+
+/// A router whose calls keep running into their deadline is suspended: its failure
+/// policy answers at once (503 with the rest of the suspension in Retry-After) instead
+/// of after the deadline, until one probe call is in time again; calls at their
+/// deadline from a single address never suspend it for everyone.
+#[tokio::test]
+async fn a_router_at_its_deadline_is_suspended_and_probed_back() {
+    let s = Server::start(&with_slow_router(
+        r#"[limits]
+exempt = []
+
+[plugins.slow]
+path = "{plugins}/slow_router.wasm"
+deadline = "200ms"
+max-instances = 8
+suspend-after = 6
+suspend-for = "2s"
+"#,
+    ));
+    // Sixteen calls at their deadline from one address: 500 (or 503 busy), and the
+    // plugin serves the next call.
+    let slow = |from: &'static str, tag: String| {
+        let s = &s;
+        async move { options_from(s, from, &tag, Some(1_500)).await }
+    };
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        calls.push(slow("127.0.0.21", format!("one{i}")));
+    }
+    for (status, _) in futures_util::future::join_all(calls).await {
+        assert!(status == 500 || status == 503, "{status}");
+    }
+    assert_eq!(
+        options_from(&s, "127.0.0.40", "after-one", None).await.0,
+        200
+    );
+    assert_eq!(
+        s.metric("sipwasm_plugin_suspensions_total{plugin=\"slow\"}")
+            .await,
+        0
+    );
+    // The same from eight addresses: suspended.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    const FROM: [&str; 8] = [
+        "127.0.0.31",
+        "127.0.0.32",
+        "127.0.0.33",
+        "127.0.0.34",
+        "127.0.0.35",
+        "127.0.0.36",
+        "127.0.0.37",
+        "127.0.0.38",
+    ];
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        calls.push(slow(FROM[i % 8], format!("many{i}")));
+    }
+    for (status, _) in futures_util::future::join_all(calls).await {
+        assert!(status == 500 || status == 503, "{status}");
+    }
+    assert_eq!(
+        s.metric("sipwasm_plugin_suspensions_total{plugin=\"slow\"}")
+            .await,
+        1
+    );
+    // A call that would be in time gets the failure policy at once meanwhile.
+    let (status, retry) = options_from(&s, "127.0.0.40", "suspended", None).await;
+    assert_eq!(status, 503);
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert!(
+        s.metric("sipwasm_plugin_failures_total{plugin=\"slow\",cause=\"suspended\"}")
+            .await
+            >= 1
+    );
+    // After the suspension one call probes the plugin: in time, so it is back.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(options_from(&s, "127.0.0.40", "probe", None).await.0, 200);
+    assert_eq!(options_from(&s, "127.0.0.41", "back", None).await.0, 200);
+}
+
 /// What survives a crash: `kill -9` in the middle of a REGISTER load over UDP, then a
 /// restart. Every binding answered 200 more than the documented write-behind bound
 /// (1 s) before the kill is back: counted, and a sample of them reached by MESSAGE.

@@ -338,6 +338,11 @@ impl Metrics {
         self.plugin_count(plugin, cause);
     }
 
+    /// A plugin was suspended ([`crate::plugin::breaker`]).
+    pub fn plugin_suspension(&self, plugin: &str) {
+        self.plugin_count(plugin, "suspensions");
+    }
+
     /// How many failures with `cause` a plugin had.
     pub fn plugin_failures(&self, plugin: &str, cause: &'static str) -> u64 {
         let m = self.plugins.lock().expect("metrics lock");
@@ -373,12 +378,24 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP sipwasm_plugin_suspensions_total Times a plugin was suspended because \
+             its calls kept running into their deadline."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_plugin_suspensions_total counter");
+        for ((p, _), n) in m.iter().filter(|((_, w), _)| *w == "suspensions") {
+            let _ = writeln!(
+                out,
+                "sipwasm_plugin_suspensions_total{{plugin=\"{p}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP sipwasm_plugin_failures_total Plugin calls that failed, by cause."
         );
         let _ = writeln!(out, "# TYPE sipwasm_plugin_failures_total counter");
         for ((p, cause), n) in m
             .iter()
-            .filter(|((_, w), _)| *w != "calls" && *w != "instantiations")
+            .filter(|((_, w), _)| !matches!(*w, "calls" | "instantiations" | "suspensions"))
         {
             let _ = writeln!(
                 out,

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod bindings;
+pub mod breaker;
 pub mod decision;
 pub mod engine;
 pub mod exec;
@@ -63,10 +64,15 @@ pub enum PluginFailure {
     /// waited for one, or this call waited its whole deadline.
     #[error("busy: {0}")]
     Busy(&'static str),
+    /// The plugin is suspended for this long still: nearly all its calls ran into
+    /// their deadline lately ([`breaker`]).
+    #[error("suspended for {0:?} more: its calls kept running into their deadline")]
+    Suspended(Duration),
 }
 
 impl PluginFailure {
-    /// A short label for metrics: `trap`, `timeout`, `memory`, `invalid`, `instantiate`.
+    /// A short label for metrics: `trap`, `timeout`, `memory`, `invalid`,
+    /// `instantiate`, `busy`, `suspended`.
     pub fn cause(&self) -> &'static str {
         match self {
             Self::Trap(_) => "trap",
@@ -75,6 +81,7 @@ impl PluginFailure {
             Self::InvalidDecision(_) => "invalid",
             Self::Instantiate(_) => "instantiate",
             Self::Busy(_) => "busy",
+            Self::Suspended(_) => "suspended",
         }
     }
 }
@@ -124,6 +131,8 @@ struct Instance {
     store: Store<HostState>,
     exports: Exports,
     calls: u64,
+    /// Whom the current call is for (the [`breaker`] counts source addresses).
+    caller: Option<std::net::IpAddr>,
     /// Its place among the plugin's `max-instances` (freed when it is dropped).
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -133,6 +142,8 @@ pub(crate) struct Reserved {
     place: Place,
     /// The call's deadline, counted from when it asked for the place.
     deadline_at: Instant,
+    /// Whom the call is for.
+    caller: Option<std::net::IpAddr>,
 }
 
 enum Place {
@@ -165,6 +176,8 @@ pub struct Plugin {
     max_waiting: usize,
     /// Failure log lines, once a minute per cause and source.
     log_gate: Mutex<crate::core::limits::LogGate>,
+    /// Whether the plugin is suspended (its calls keep running into their deadline).
+    breaker: Mutex<breaker::Breaker>,
     metrics: Arc<Metrics>,
 }
 
@@ -221,6 +234,11 @@ impl Plugin {
             waiting: std::sync::atomic::AtomicUsize::new(0),
             max_waiting: cfg.max_waiting,
             log_gate: Mutex::new(crate::core::limits::LogGate::new()),
+            breaker: Mutex::new(breaker::Breaker::new(
+                cfg.suspend_after,
+                cfg.suspend_for,
+                cfg.deadline,
+            )),
             metrics,
         }
     }
@@ -279,10 +297,15 @@ impl Plugin {
                 let peer = request.peer.remote_addr.parse().ok();
                 self.report_failure(&failure, "an HTTP request", peer);
                 match (self.failure, &failure) {
-                    // Overload is not the plugin's fault: come back in a moment.
-                    (FailurePolicy::Closed, PluginFailure::Busy(_)) => {
+                    // Overload is not the plugin's fault, and a suspension ends: come
+                    // back in a moment.
+                    (
+                        FailurePolicy::Closed,
+                        PluginFailure::Busy(_) | PluginFailure::Suspended(_),
+                    ) => {
                         let mut r = Response::error(503, "");
-                        r.headers.push(("Retry-After".into(), "1".into()));
+                        r.headers
+                            .push(("Retry-After".into(), retry_after(&failure).to_string()));
                         Decision::Reply(r)
                     }
                     (FailurePolicy::Closed, _) => Decision::Reply(Response::error(500, "")),
@@ -294,7 +317,7 @@ impl Plugin {
 
     /// One call: an instance (reused or fresh), the deadline, the decision checked.
     pub async fn call(&self, request: &HttpRequest) -> Result<Decision, PluginFailure> {
-        let mut instance = self.begin().await?;
+        let mut instance = self.begin(request.peer.remote_addr.parse().ok()).await?;
         let Instance { store, exports, .. } = &mut instance;
         let Exports::Http(exports) = exports else {
             return Err(self.wrong_world(World::HttpHandler));
@@ -318,7 +341,9 @@ impl Plugin {
         request: &bindings::SipRequest,
         facts: &sip::RequestFacts,
     ) -> Result<bindings::GuestSipDecision, PluginFailure> {
-        let reserved = self.reserve().await?;
+        let reserved = self
+            .reserve(request.source.remote_addr.parse().ok())
+            .await?;
         self.call_sip_request_in(reserved, request, facts).await
     }
 
@@ -348,7 +373,7 @@ impl Plugin {
 
     /// `on-flow-closed` of a `sip-router` plugin.
     pub async fn call_flow_closed(&self, flow: &bindings::ClosedFlow) -> Result<(), PluginFailure> {
-        let mut instance = self.begin().await?;
+        let mut instance = self.begin(flow.flow.remote_addr.parse().ok()).await?;
         let Instance { store, exports, .. } = &mut instance;
         let Exports::Sip(exports) = exports else {
             return Err(self.wrong_world(World::SipRouter));
@@ -370,14 +395,53 @@ impl Plugin {
     }
 
     /// An instance (reused or fresh) armed with this call's deadline.
-    async fn begin(&self) -> Result<Instance, PluginFailure> {
-        let reserved = self.reserve().await?;
+    async fn begin(&self, caller: Option<std::net::IpAddr>) -> Result<Instance, PluginFailure> {
+        let reserved = self.reserve(caller).await?;
         self.start(reserved).await
     }
 
-    /// A place for a call now, if there is one: an idle instance, or a free slot for a
-    /// new one. Runs no Wasm.
-    pub(crate) fn try_reserve(&self) -> Option<Reserved> {
+    /// Whether a call may run: [`PluginFailure::Suspended`] while the plugin is
+    /// suspended (counted as a call, since the failure policy answers it); `true` for
+    /// the probe after a suspension.
+    fn admit(&self) -> Result<bool, PluginFailure> {
+        let admit = self
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .admit(Instant::now());
+        match admit {
+            breaker::Admit::Run => Ok(false),
+            breaker::Admit::Probe => Ok(true),
+            breaker::Admit::Suspended(left) => {
+                self.metrics.plugin_call(self.name());
+                Err(PluginFailure::Suspended(left))
+            }
+        }
+    }
+
+    /// A place for a call for `caller` now, if there is one (`Ok(None)`: there is
+    /// none free now): an idle instance, or a free slot for a new one. Runs no Wasm.
+    pub(crate) fn try_reserve(
+        &self,
+        caller: Option<std::net::IpAddr>,
+    ) -> Result<Option<Reserved>, PluginFailure> {
+        let probe = self.admit()?;
+        let place = self.try_place(caller);
+        if probe && place.is_none() {
+            // It waits for a place elsewhere and asks again there.
+            self.cancel_probe();
+        }
+        Ok(place)
+    }
+
+    fn cancel_probe(&self) {
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .cancel_probe(Instant::now());
+    }
+
+    fn try_place(&self, caller: Option<std::net::IpAddr>) -> Option<Reserved> {
         let deadline_at = Instant::now() + self.deadline;
         if self.mode == InstanceMode::Reuse
             && let Some(i) = self.idle.lock().expect("idle list lock").pop()
@@ -385,40 +449,108 @@ impl Plugin {
             return Some(Reserved {
                 place: Place::Idle(i),
                 deadline_at,
+                caller,
             });
         }
         let slot = self.slots.clone().try_acquire_owned().ok()?;
         Some(Reserved {
             place: Place::Slot(slot),
             deadline_at,
+            caller,
         })
     }
 
-    /// A place for a call: at once, or after waiting at most the call's deadline
-    /// behind at most `max-waiting` other calls ([`PluginFailure::Busy`] otherwise).
-    /// Runs no Wasm, so it can wait where the call was made while the plugin runtime
-    /// runs Wasm; the time waited counts against the call's deadline.
-    pub(crate) async fn reserve(&self) -> Result<Reserved, PluginFailure> {
-        if let Some(r) = self.try_reserve() {
+    /// A place for a call for `caller`: at once, or after waiting at most the call's
+    /// deadline behind at most `max-waiting` other calls ([`PluginFailure::Busy`]
+    /// otherwise; [`PluginFailure::Suspended`] while the plugin is suspended, also when
+    /// it was suspended during the wait). Runs no Wasm, so it can wait where the call
+    /// was made while the plugin runtime runs Wasm; the time waited counts against the
+    /// call's deadline.
+    pub(crate) async fn reserve(
+        &self,
+        caller: Option<std::net::IpAddr>,
+    ) -> Result<Reserved, PluginFailure> {
+        let probe = self.admit()?;
+        if let Some(r) = self.try_place(caller) {
             return Ok(r);
         }
         let deadline_at = Instant::now() + self.deadline;
-        let slot = self.slot().await?;
+        let slot = match self.slot().await {
+            Ok(slot) => slot,
+            Err(busy) => {
+                if probe {
+                    self.cancel_probe();
+                }
+                return Err(busy);
+            }
+        };
+        if !probe
+            && let Some(left) = self
+                .breaker
+                .lock()
+                .expect("breaker lock")
+                .suspended_for(Instant::now())
+        {
+            self.metrics.plugin_call(self.name());
+            return Err(PluginFailure::Suspended(left));
+        }
         Ok(Reserved {
             place: Place::Slot(slot),
             deadline_at,
+            caller,
         })
+    }
+
+    /// A call for `caller` that ran finished, at its deadline or not: the [`breaker`]
+    /// counts it, and a suspension or a return is logged and counted.
+    fn finished(&self, caller: Option<std::net::IpAddr>, timed_out: bool) {
+        let change =
+            self.breaker
+                .lock()
+                .expect("breaker lock")
+                .finished(Instant::now(), timed_out, caller);
+        match change {
+            None => {}
+            Some(breaker::Change::Suspended(length)) => {
+                self.metrics.plugin_suspension(self.name());
+                tracing::warn!(
+                    plugin = self.name(),
+                    "plugin suspended for {length:?}: its calls keep running into their \
+                     deadline of {:?}; meanwhile its failure policy ({:?}) answers at once, \
+                     then one call probes it",
+                    self.deadline,
+                    self.failure
+                );
+            }
+            Some(breaker::Change::Resumed) => {
+                tracing::info!(
+                    plugin = self.name(),
+                    "plugin back: a probe call was in time"
+                );
+            }
+        }
     }
 
     /// The instance for a reserved place (instantiated in its slot if need be), armed
     /// with the call's deadline.
     async fn start(&self, reserved: Reserved) -> Result<Instance, PluginFailure> {
         self.metrics.plugin_call(self.name());
-        let Reserved { place, deadline_at } = reserved;
+        let Reserved {
+            place,
+            deadline_at,
+            caller,
+        } = reserved;
         let mut instance = match place {
             Place::Idle(i) => i,
-            Place::Slot(slot) => self.instantiate(deadline_at, slot).await?,
+            Place::Slot(slot) => match self.instantiate(deadline_at, slot).await {
+                Ok(i) => i,
+                Err(failure) => {
+                    self.finished(caller, matches!(failure, PluginFailure::Timeout(_)));
+                    return Err(failure);
+                }
+            },
         };
+        instance.caller = caller;
         instance.store.data_mut().begin_call(deadline_at);
         instance.store.set_epoch_deadline(1);
         Ok(instance)
@@ -433,10 +565,15 @@ impl Plugin {
     ) -> Result<T, PluginFailure> {
         instance.store.data().output.end_call();
         let value = match result {
-            Err(_) => return Err(PluginFailure::Timeout(self.deadline)),
-            Ok(Err(e)) => return Err(classify(&e, instance.store.data(), self.deadline)),
-            Ok(Ok(v)) => v,
+            Err(_) => Err(PluginFailure::Timeout(self.deadline)),
+            Ok(Err(e)) => Err(classify(&e, instance.store.data(), self.deadline)),
+            Ok(Ok(v)) => Ok(v),
         };
+        self.finished(
+            instance.caller,
+            matches!(value, Err(PluginFailure::Timeout(_))),
+        );
+        let value = value?;
         instance.calls += 1;
         if self.mode == InstanceMode::Reuse && instance.calls < self.max_reuse {
             let mut idle = self.idle.lock().expect("idle list lock");
@@ -515,6 +652,7 @@ impl Plugin {
                     store,
                     exports,
                     calls: 0,
+                    caller: None,
                     _slot: slot,
                 })
             }
@@ -531,6 +669,15 @@ impl Plugin {
     /// Drops idle instances (e.g. before the plugin is replaced).
     pub fn clear_idle(&self) {
         self.idle.lock().expect("idle list lock").clear();
+    }
+}
+
+/// The `Retry-After` seconds for a call the failure policy answered 503: the rest of
+/// a suspension (at least 1), else 1.
+pub(crate) fn retry_after(failure: &PluginFailure) -> u64 {
+    match failure {
+        PluginFailure::Suspended(left) => left.as_secs_f64().ceil().max(1.0) as u64,
+        _ => 1,
     }
 }
 

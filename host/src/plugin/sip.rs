@@ -66,7 +66,7 @@ impl Deferred {
     pub async fn finish(self) -> RouteDecision {
         match self {
             Self::Running(running) => super::exec::offload(running).await,
-            Self::Waiting(call) => match call.plugin.reserve().await {
+            Self::Waiting(call) => match call.plugin.reserve(Some(call.peer)).await {
                 Ok(reserved) => super::exec::offload(call.run(reserved)).await,
                 Err(failure) => call.failed(&failure),
             },
@@ -87,7 +87,7 @@ pub struct RouteCall {
 impl RouteCall {
     /// Waits for a place and runs, wherever it is polled.
     pub async fn finish(self) -> RouteDecision {
-        match self.plugin.reserve().await {
+        match self.plugin.reserve(Some(self.peer)).await {
             Ok(reserved) => self.run(reserved).await,
             Err(failure) => self.failed(&failure),
         }
@@ -112,12 +112,18 @@ impl RouteCall {
         self.plugin
             .report_failure(failure, "a SIP request", Some(self.peer));
         match (self.plugin.failure_policy(), failure) {
-            // Overload is not the plugin's fault: come back in a moment.
-            (FailurePolicy::Closed, PluginFailure::Busy(_)) => RouteDecision::Reply {
-                status: 503,
-                reason: None,
-                headers: vec![(HeaderName::RetryAfter, "1".into())],
-            },
+            // Overload is not the plugin's fault, and a suspension ends: come back in
+            // a moment.
+            (FailurePolicy::Closed, PluginFailure::Busy(_) | PluginFailure::Suspended(_)) => {
+                RouteDecision::Reply {
+                    status: 503,
+                    reason: None,
+                    headers: vec![(
+                        HeaderName::RetryAfter,
+                        super::retry_after(failure).to_string(),
+                    )],
+                }
+            }
             (FailurePolicy::Closed, _) => RouteDecision::Reply {
                 status: 500,
                 reason: None,
@@ -228,8 +234,10 @@ impl SipRouter {
         identity: &[(String, String)],
     ) -> Result<RouteDecision, Deferred> {
         let call = self.prepare(source, req, identity);
-        let Some(reserved) = call.plugin.try_reserve() else {
-            return Err(Deferred::Waiting(Box::new(call)));
+        let reserved = match call.plugin.try_reserve(Some(call.peer)) {
+            Ok(Some(reserved)) => reserved,
+            Ok(None) => return Err(Deferred::Waiting(Box::new(call))),
+            Err(failure) => return Ok(call.failed(&failure)),
         };
         let running: PendingDecision = Box::pin(call.run(reserved));
         if !self.in_place.in_place() {
