@@ -768,6 +768,64 @@ async fn slow_router(server: &Server, until: Instant, done: &Done) -> anyhow::Re
     Ok(())
 }
 
+/// The server's memory by kind (`ATTACK_STATE=1`): resident anonymous and file-backed
+/// pages, from `/proc/PID/smaps_rollup`, and the largest anonymous mappings.
+fn print_memory(pid: u32, when: &str) {
+    let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return;
+    };
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "memory {when}: Rss {}, Anonymous {}, file-backed (Pss_File) {}",
+        field("Rss:"),
+        field("Anonymous:"),
+        field("Pss_File:")
+    );
+    // The largest anonymous mappings: allocator arenas, thread stacks, plugin pools.
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return;
+    };
+    let mut maps: Vec<(u64, u64, String)> = Vec::new();
+    let mut current: Option<(String, u64)> = None;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let mut parts = line.split_whitespace();
+            let range = parts.next().unwrap_or("").to_string();
+            let name = parts.nth(4).unwrap_or("[anon]").to_string();
+            let size = range
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+                })
+                .unwrap_or(0);
+            current = Some((format!("{range} {name}"), size / 1024));
+        } else if let Some(kib) = line.strip_prefix("Anonymous:")
+            && let Some((name, size)) = &current
+        {
+            let kib: u64 = kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            if kib > 0 {
+                maps.push((kib, *size, name.clone()));
+            }
+        }
+    }
+    maps.sort_unstable_by_key(|m| std::cmp::Reverse(m.0));
+    for (kib, size, name) in maps.iter().take(10) {
+        eprintln!("  {kib:>8} kB anonymous of {size:>10} kB  {name}");
+    }
+}
+
 // ------------------------------------------------------------ the campaign
 
 /// One attack's figures.
@@ -854,6 +912,9 @@ async fn one(
     // Registered and warm before the attack.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_before = rss_kib(pid);
+    if std::env::var_os("ATTACK_STATE").is_some() {
+        print_memory(pid, "before the attack");
+    }
     let cpu_before = cpu_ticks(pid);
     let attack_start = Instant::now();
     let until = attack_start + Duration::from_secs(seconds);
@@ -928,9 +989,7 @@ async fn one(
         ] {
             eprintln!("{gauge} {}", server.metric(gauge).await);
         }
-        if let Ok(m) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
-            eprintln!("{m}");
-        }
+        print_memory(pid, "once the timers ran");
     }
     let refused = [
         ("conn", "sipwasm_connections_refused_total"),

@@ -360,7 +360,8 @@ impl Driven {
     fn turn(&mut self, batch: &mut VecDeque<Work>, shared: &Arc<Shared>) {
         refresh_date(&mut self.core, &mut self.date_second);
         let now = std::time::Instant::now();
-        if now.saturating_duration_since(self.gave_back) >= GIVE_BACK_EVERY {
+        let give_back = now.saturating_duration_since(self.gave_back) >= GIVE_BACK_EVERY;
+        if give_back {
             self.gave_back = now;
             crate::memory::give_back();
         }
@@ -380,6 +381,11 @@ impl Driven {
                 }
                 Work::Timeout => self.core.handle_timeout(now),
             }
+        }
+        if give_back && batch.capacity() > RUN_BUDGET {
+            // The queue's two buffers take turns as the batch: a burst of inputs that
+            // grew them past a turn's budget is given back within two minutes.
+            batch.shrink_to(RUN_BUDGET);
         }
         // Counted before the answers go out: a client that reads /metrics after its
         // answer sees it counted.

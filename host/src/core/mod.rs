@@ -713,6 +713,7 @@ impl Core {
         large |= self.ctxs.shrink();
         large |= shrink_map(&mut self.flows);
         large |= shrink_map(&mut self.udp_verified);
+        large |= self.timers.shrink();
         if self.transmits.capacity() > sharded::SHRINK_FROM && self.transmits.is_empty() {
             self.transmits.shrink_to_fit();
         }

@@ -112,6 +112,27 @@ impl Timers {
         self.heap.len()
     }
 
+    /// Room held: the larger of the heap's and the index's capacity.
+    pub fn capacity(&self) -> usize {
+        self.heap.capacity().max(self.armed.capacity())
+    }
+
+    /// Gives back the room a flood of owners grew the heap and its index to, once
+    /// most of them are gone (stale entries dropped first); neither shrinks on its own.
+    /// Whether they are still large. O(entries), so for housekeeping only.
+    pub fn shrink(&mut self) -> bool {
+        use super::sharded::{SHRINK_FROM, shrink_map};
+        if self.heap.capacity() >= SHRINK_FROM {
+            let armed = &self.armed;
+            self.heap.retain(|Reverse((t, r))| armed.get(r) == Some(t));
+            if self.heap.len() * 4 < self.heap.capacity() {
+                self.heap.shrink_to_fit();
+            }
+        }
+        let large = shrink_map(&mut self.armed);
+        large || self.heap.capacity() >= SHRINK_FROM
+    }
+
     /// Whether nothing is armed.
     pub fn is_empty(&self) -> bool {
         self.armed.is_empty()
