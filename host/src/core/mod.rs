@@ -447,7 +447,11 @@ pub struct Core {
     /// the core reads no clock. Empty until then.
     date: String,
     /// When each AoR last had a binding: within [`KNOWN_FOR`] of that, a request for
-    /// it gets 480 (temporarily unavailable) rather than 404. Pruned as it ages.
+    /// it gets 480 (temporarily unavailable) rather than 404. An AoR enters when it
+    /// refreshes a registration, when its client removes a binding (unregisters, or
+    /// its connection closes) and when restored from the store at start; a
+    /// registration left to expire without a refresh, which is what a REGISTER flood
+    /// leaves, takes no place. Pruned as it ages; at most [`KNOWN_MAX`].
     known_aors: sharded::Sharded<String, Instant>,
     last_prune: Option<Instant>,
     /// Flows that carried SIP: transport, our end, the peer's end.
@@ -586,7 +590,7 @@ impl Core {
         {
             b.aor = aor;
         }
-        self.known_aors.insert(b.aor.clone(), now);
+        self.mark_known(&b.aor, now);
         self.location.upsert(b.clone());
         self.arm_expiry();
         Some(b)
@@ -680,7 +684,7 @@ impl Core {
                 TimerRef::Client(id) => self.client_timer(id, now),
                 TimerRef::Expiry => {
                     for b in self.location.expire(now) {
-                        self.mark_known(&b.aor, now);
+                        self.touch_known(&b.aor, now);
                         self.events.push_back(Event::BindingRemoved(b));
                     }
                     self.arm_expiry();
@@ -723,7 +727,15 @@ impl Core {
         }
     }
 
-    /// Records that `aor` has (or just had) a binding.
+    /// Records that `aor` has (or just had) a binding, if it is remembered already
+    /// ([`Core::mark_known`]).
+    fn touch_known(&mut self, aor: &str, now: Instant) {
+        if let Some(t) = self.known_aors.get_mut(aor) {
+            *t = now;
+        }
+    }
+
+    /// Remembers that `aor` has (or just had) a binding its client kept up.
     fn mark_known(&mut self, aor: &str, now: Instant) {
         let full = self.known_aors.len() >= KNOWN_MAX;
         match self.known_aors.get_mut(aor) {

@@ -708,8 +708,15 @@ impl Core {
         );
         for c in changes {
             match c {
-                Change::Saved(b) => {
+                // Remembered once refreshed or removed by its client; a new one
+                // only if it is already (a registration left to expire unrefreshed,
+                // which is what a REGISTER flood leaves, takes no place).
+                Change::Refreshed(b) => {
                     self.mark_known(&b.aor, now);
+                    self.events.push_back(Event::BindingSaved(b));
+                }
+                Change::Saved(b) => {
+                    self.touch_known(&b.aor, now);
                     self.events.push_back(Event::BindingSaved(b));
                 }
                 Change::Removed(b) => {

@@ -49,8 +49,10 @@ impl Default for RegistrarConfig {
 /// A change to persist.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// Added or refreshed.
+    /// Added (or changed by another binding's registration: its temporary GRUU).
     Saved(Binding),
+    /// Registered again by the client that has it: a refresh, kept in place.
+    Refreshed(Binding),
     /// Removed (unregistered, expired, flow closed).
     Removed(Binding),
 }
@@ -495,6 +497,7 @@ pub fn register(
         if s.expires == 0 {
             continue;
         }
+        let refreshed = kept.is_some();
         let id = kept.map_or_else(|| loc.next_id(), |(id, _, _)| id);
         let temp_gruu = match (&s.instance, supports("gruu")) {
             (Some(inst), true) => Some(temp_gruu_key(
@@ -543,7 +546,11 @@ pub fn register(
             temp_gruu,
             user_agent: user_agent.clone(),
         };
-        changes.push(Change::Saved(b.clone()));
+        changes.push(if refreshed {
+            Change::Refreshed(b.clone())
+        } else {
+            Change::Saved(b.clone())
+        });
         loc.upsert(b);
     }
     let echoed: &[String] = if path_supported { &path } else { &[] };
@@ -1115,7 +1122,7 @@ mod tests {
         let saved: Vec<&str> = changes
             .iter()
             .filter_map(|c| match c {
-                Change::Saved(b) => Some(b.contact.as_str()),
+                Change::Saved(b) | Change::Refreshed(b) => Some(b.contact.as_str()),
                 Change::Removed(_) => None,
             })
             .collect();
@@ -1484,7 +1491,7 @@ mod tests {
         assert_eq!(loc.len(), 1);
         // The old text leaves the store; the binding is saved under the new one.
         assert!(
-            matches!(&changes[..], [Change::Removed(old), Change::Saved(new)]
+            matches!(&changes[..], [Change::Removed(old), Change::Refreshed(new)]
             if old.contact.contains("phone.example.org") && new.contact.contains("PHONE"))
         );
         let o = run(

@@ -2070,8 +2070,8 @@ fn tables_a_flood_of_registrations_grew_give_their_room_back_once_it_expired() {
 
     assert_eq!(
         sim.core.known_aors.len(),
-        KNOWN_MAX / 8,
-        "remembered for 480s"
+        0,
+        "left to expire unrefreshed: not remembered"
     );
     // The memory of gone AoRs is bounded too.
     for i in 0..(KNOWN_MAX / 8) {
@@ -2083,6 +2083,48 @@ fn tables_a_flood_of_registrations_grew_give_their_room_back_once_it_expired() {
             .mark_known(&format!("sip:extra{i}@localhost"), sim.now);
     }
     assert_eq!(sim.core.known_aors.len(), KNOWN_MAX);
+}
+
+/// A REGISTER flood of AoRs that register once and expire took all of the known AoRs'
+/// places (65,536) for a day: an AoR that registered after it got 404 instead of 480
+/// once it went offline. Registrations left to expire unrefreshed are not remembered
+/// now; a refreshed one is, and so is one its client removed.
+#[test]
+fn registrations_left_to_expire_unrefreshed_are_not_remembered() {
+    let mut sim = Sim::new();
+    for i in 0..KNOWN_MAX {
+        sim.register_udp(&format!("oneshot{i}"));
+    }
+    let register = |user: &str, cseq: u32, expires: u32| {
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKkn{user}{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@localhost>;tag=kn\r\nTo: <sip:{user}@localhost>\r\n\
+             Call-ID: kn-{user}\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{user}@127.0.0.1:5070>;expires={expires}\r\n\r\n"
+        )
+    };
+    // Carol registers after the flood and refreshes; Dan registers and unregisters.
+    for (user, cseq, expires) in [
+        ("carol", 1, 3600),
+        ("carol", 2, 3600),
+        ("dan", 1, 3600),
+        ("dan", 2, 0),
+    ] {
+        let out = sim.feed(udp_phone(), &register(user, cseq, expires));
+        assert_eq!(status(&out[0].1), 200, "{out:?}");
+    }
+    // Every binding expires (3600 s).
+    for _ in 0..4 {
+        sim.advance(Duration::from_secs(1000));
+    }
+    assert_eq!(sim.core.stats().bindings, 0);
+    assert_eq!(sim.core.known_aors.len(), 2, "carol and dan only");
+    let out = sim.feed(udp_phone(), &invite_from_udp("carol", "kn1"));
+    assert_eq!(status(&out.last().unwrap().1), 480);
+    let out = sim.feed(udp_phone(), &invite_from_udp("dan", "kn2"));
+    assert_eq!(status(&out.last().unwrap().1), 480);
+    let out = sim.feed(udp_phone(), &invite_from_udp("oneshot7", "kn3"));
+    assert_eq!(status(&out.last().unwrap().1), 404);
 }
 
 #[test]
