@@ -82,6 +82,18 @@ pub fn on_thread_park() {
     collect();
 }
 
+/// Gives the C allocator's free memory back (glibc's `malloc_trim`): SQLite
+/// allocates there, not on mimalloc.
+#[allow(unsafe_code, reason = "malloc_trim, which std does not wrap")]
+pub fn trim_c_heap() {
+    // SAFETY: malloc_trim takes a size and touches only the C allocator's own free
+    // lists.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[allow(unsafe_code, reason = "mi_collect: a flag, no memory of ours")]
 fn collect() {
     // SAFETY: mi_collect walks mimalloc's own heap and arenas only.

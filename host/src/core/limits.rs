@@ -247,6 +247,8 @@ impl RateLimiter {
                 u128::from(b.milli_tokens) + refill < full
             }
         });
+        // A flood from many sources grew the table: its room goes back once they left.
+        super::sharded::shrink_map(&mut self.buckets);
     }
 }
 
@@ -290,6 +292,27 @@ mod tests {
         );
         assert_eq!(source_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
         assert_eq!(source_key(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
+
+    /// The bucket table a flood from many sources grew gives its room back once they
+    /// left (it kept room for 8,192 after the attack bench's REGISTER flood).
+    #[test]
+    fn the_buckets_of_sources_that_left_give_their_room_back() {
+        let mut r = limiter(10, 20, &[]);
+        let t0 = Instant::now();
+        for i in 0..5_000u32 {
+            let [a, b, c, d] = (0x0a00_0000 + i).to_be_bytes();
+            r.check(IpAddr::from([a, b, c, d]), t0);
+        }
+        assert!(r.buckets.capacity() >= 5_000);
+        // Their buckets refill in two seconds; the next sweep drops them.
+        r.check(ip("192.0.2.1"), t0 + Duration::from_secs(3));
+        assert_eq!(r.tracked(), 1);
+        assert!(
+            r.buckets.capacity() < crate::core::sharded::SHRINK_FROM,
+            "{}",
+            r.buckets.capacity()
+        );
     }
 
     #[test]
