@@ -210,6 +210,28 @@ impl Sim {
         assert!(self.core.cancels.is_empty());
     }
 
+    /// `n` INVITEs to `user` over UDP, `every` apart, from 250 addresses 127.0.`net`.x
+    /// (a port each): callers that never answer what comes back.
+    fn invite_flood(&mut self, user: &str, n: u32, net: u8, every: Duration) {
+        for i in 0..n {
+            let from: SocketAddr = format!("127.0.{net}.{}:{}", 1 + i % 250, 6000 + i)
+                .parse()
+                .unwrap();
+            let source = Source {
+                remote: from,
+                ..udp_phone()
+            };
+            let text = format!(
+                "INVITE sip:{user}@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKfl{net}x{i};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:x{i}@localhost>;tag=i{i}\r\nTo: <sip:{user}@localhost>\r\n\
+                 Call-ID: fl-{net}-{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{from}>\r\n\
+                 Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+            );
+            self.feed(source, &text);
+            self.advance(every);
+        }
+    }
+
     fn register_udp(&mut self, user: &str) {
         let out = self.feed(
             udp_phone(),
@@ -2165,23 +2187,7 @@ fn behind_the_core_refuses_new_addresses_of_record_and_serves_registered_ones() 
 fn an_invite_flood_to_a_silent_phone_leaves_nothing_once_the_timers_ran() {
     let mut sim = Sim::new();
     sim.register_udp("pat");
-    for i in 0..300u32 {
-        let from: SocketAddr = format!("127.0.20.{}:{}", 1 + i % 250, 6000 + i)
-            .parse()
-            .unwrap();
-        let source = Source {
-            remote: from,
-            ..udp_phone()
-        };
-        let text = format!(
-            "INVITE sip:pat@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKfl{i};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:x{i}@localhost>;tag=i{i}\r\nTo: <sip:pat@localhost>\r\n\
-             Call-ID: fl-{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{from}>\r\n\
-             Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
-        );
-        sim.feed(source, &text);
-        sim.advance(Duration::from_millis(7));
-    }
+    sim.invite_flood("pat", 300, 20, Duration::from_millis(7));
     // Timer B: the 408s go out; a third of the callers' ports are closed by then.
     let out = sim.advance(Duration::from_secs(33));
     let mut gone = 0;
@@ -2206,23 +2212,7 @@ fn an_invite_flood_to_a_silent_phone_leaves_nothing_once_the_timers_ran() {
 fn the_timers_a_flood_armed_give_their_room_back_once_they_ran() {
     let mut sim = Sim::new();
     sim.register_udp("pat");
-    for i in 0..5_000u32 {
-        let from: SocketAddr = format!("127.0.21.{}:{}", 1 + i % 250, 7000 + i % 5_000)
-            .parse()
-            .unwrap();
-        let source = Source {
-            remote: from,
-            ..udp_phone()
-        };
-        let text = format!(
-            "INVITE sip:pat@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKtf{i};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:x{i}@localhost>;tag=i{i}\r\nTo: <sip:pat@localhost>\r\n\
-             Call-ID: tf-{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{from}>\r\n\
-             Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
-        );
-        sim.feed(source, &text);
-        sim.advance(Duration::from_millis(1));
-    }
+    sim.invite_flood("pat", 5_000, 21, Duration::from_millis(1));
     let grown = sim.core.timers.capacity();
     assert!(grown >= sharded::SHRINK_FROM, "{grown}");
     // Their retransmissions and timeouts (in steps: `advance` runs a bounded number).
