@@ -708,9 +708,9 @@ impl Core {
         );
         for c in changes {
             match c {
-                // Remembered once refreshed or removed by its client; a new one
-                // only if it is already (a registration left to expire unrefreshed,
-                // which is what a REGISTER flood leaves, takes no place).
+                // An AoR is remembered once its client refreshes or removes a
+                // binding; a new binding only renews an AoR remembered already (one
+                // left to expire unrefreshed, as a REGISTER flood's are, takes no place).
                 Change::Refreshed(b) => {
                     self.mark_known(&b.aor, now);
                     self.events.push_back(Event::BindingSaved(b));
