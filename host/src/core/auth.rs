@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::proxy::hex;
+use super::hex::hex;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod flowtoken;
 pub mod gruu;
 pub mod guess_guard;
+pub(crate) mod hex;
 pub mod limits;
 pub mod location;
 pub mod myself;

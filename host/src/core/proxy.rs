@@ -8,6 +8,7 @@ use bytes::Bytes;
 use hmac::Mac;
 
 use super::flowtoken::FlowTokens;
+use super::hex::hex;
 use super::location::Binding;
 use super::registrar::{self, Change, aor_of};
 use super::transaction::{ClientEvent, ClientTx};
@@ -1509,15 +1510,4 @@ fn group_by_instance(mut bindings: Vec<Binding>) -> Vec<Vec<Binding>> {
         }
     }
     groups
-}
-
-/// Lower-case hex of `bytes`.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
 }
