@@ -5,6 +5,7 @@
 pub mod framing;
 pub mod headers;
 pub mod message;
+pub mod method;
 pub mod parse;
 pub(crate) mod scan;
 pub mod serialize;

@@ -5,7 +5,7 @@ use std::fmt;
 use super::headers::{
     Params, check_params, find_param, find_unquoted, param, parse_params, write_params,
 };
-use super::message::Method;
+use super::method::Method;
 use super::scan;
 use super::uri::{Host, HostRef, Uri, UriRef, split_host_port_ref};
 
