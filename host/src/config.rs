@@ -682,6 +682,10 @@ fn default_max_reuse() -> u64 {
 fn default_max_waiting() -> usize {
     256
 }
+/// The longest a plugin stays suspended, however many probes failed (and so the
+/// longest `suspend-for`).
+pub const MAX_SUSPENSION: Duration = Duration::from_secs(60);
+
 fn default_suspend_after() -> u32 {
     20
 }
@@ -841,9 +845,7 @@ impl Config {
                     "must be at most 100000".into(),
                 ));
             }
-            if p.suspend_for < Duration::from_secs(1)
-                || p.suspend_for > crate::plugin::breaker::MAX_SUSPENSION
-            {
+            if p.suspend_for < Duration::from_secs(1) || p.suspend_for > MAX_SUSPENSION {
                 return Err((
                     format!("plugins.{name}.suspend-for"),
                     "must be between 1s and 60s".into(),

@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 pub const WINDOW: Duration = Duration::from_secs(1);
 /// Source addresses (IPv4, IPv6 /64) the calls at their deadline must come from.
 pub const SOURCES: usize = 4;
-/// The longest suspension, however many probes failed.
-pub const MAX_SUSPENSION: Duration = Duration::from_secs(60);
+pub use crate::config::MAX_SUSPENSION;
 
 /// Whether a call may run now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
