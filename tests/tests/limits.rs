@@ -102,7 +102,12 @@ async fn a_connection_past_the_per_source_cap_is_closed_at_once() {
             .await,
         2
     );
-    assert!(s.logs().contains("limits.connections-per-source"));
+    // The log line is written by the server's logging thread: wait for it.
+    assert!(
+        s.wait_for_log("limits.connections-per-source").await,
+        "{}",
+        s.logs()
+    );
     // A connection closed frees its place.
     drop(held.pop());
     let deadline = Instant::now() + WAIT;
@@ -779,8 +784,12 @@ fn rss_kib(pid: u32) -> u64 {
 /// The memory an INVITE flood took goes back to the system once its transactions have
 /// ended and a minute passed (huge pages off, freed memory purged after 10 ms, every
 /// thread's heap collected once a minute: see `sipwasm::memory`): the server gives
-/// back at least a third of what the flood added (49–58% in runs here, with other
-/// tests beside it; before, none of it: 97 → 151 → 161 MiB).
+/// back at least a third of what the flood added (before, none of it: 97 → 151 → 161
+/// MiB). What stays is about the same whatever the flood's size (some 25 MiB in a
+/// debug build: pages kept by a few objects still live on them, issue 19), so the
+/// flood is made large enough that a slow machine, where fewer of its transactions are
+/// alive at once, still shows it: with 12,000 INVITEs a clean-clone CI run with other
+/// load beside it peaked 38 MiB above the idle server and gave back 31%.
 #[tokio::test]
 async fn memory_an_invite_flood_took_is_given_back_once_its_transactions_end() {
     // Timer B 6.4 s: the flood's transactions are all alive at once, then end.
@@ -806,7 +815,7 @@ async fn memory_an_invite_flood_took_is_given_back_once_its_transactions_end() {
     let from = callers.local_addr().unwrap();
     let sdp = "v=0\r\n".to_string() + &"a=x-pad:0123456789abcdef0123456789abcdef\r\n".repeat(20);
     let mut peak = before;
-    for i in 0..12_000u32 {
+    for i in 0..24_000u32 {
         let invite = format!(
             "INVITE sip:silent@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKmem{i};rport\r\n\
              Max-Forwards: 70\r\nFrom: <sip:c{i}@localhost>;tag=c{i}\r\nTo: <sip:silent@localhost>\r\n\
@@ -847,6 +856,7 @@ async fn memory_an_invite_flood_took_is_given_back_once_its_transactions_end() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = rss_kib(s.pid());
+    eprintln!("RSS {before} KiB before, {peak} at the flood's peak, {after} after");
     assert!(
         after < before + (peak - before) * 2 / 3,
         "RSS {before} KiB before, {peak} at the flood's peak, {after} after its transactions ended"
