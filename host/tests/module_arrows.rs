@@ -159,32 +159,27 @@ fn modules_import_one_way_only() {
             continue;
         }
         let code = code(f);
+        // Sibling files `name` imports: through `crate::dir::file`, or `super::file`.
+        let mut siblings: Vec<&str> = Vec::new();
         for (first, second) in paths_after(&code, "crate::") {
             if first != module && !first.is_empty() {
                 top.entry(module.clone())
                     .or_default()
                     .insert(first.to_string());
-            } else if let Some(name) = &name
-                && files_of[&module].contains(second)
-                && second != name
-            {
-                within
-                    .entry(module.clone())
-                    .or_default()
-                    .entry(name.clone())
-                    .or_default()
-                    .insert(second.to_string());
+            } else {
+                siblings.push(second);
             }
         }
         if let Some(name) = &name {
-            for (first, _) in paths_after(&code, "super::") {
-                if files_of[&module].contains(first) && first != name {
+            siblings.extend(paths_after(&code, "super::").into_iter().map(|(f, _)| f));
+            for s in siblings {
+                if files_of[&module].contains(s) && s != name {
                     within
                         .entry(module.clone())
                         .or_default()
                         .entry(name.clone())
                         .or_default()
-                        .insert(first.to_string());
+                        .insert(s.to_string());
                 }
             }
         }
