@@ -84,6 +84,17 @@ impl PluginFailure {
             Self::Suspended(_) => "suspended",
         }
     }
+
+    /// For a failure that is not the plugin's fault, or that ends by itself (busy,
+    /// suspended), the seconds to come back in: the `closed` policy answers it 503
+    /// with that `Retry-After` (the rest of a suspension, at least 1), not 500.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Busy(_) => Some(1),
+            Self::Suspended(left) => Some(left.as_secs_f64().ceil().max(1.0) as u64),
+            _ => None,
+        }
+    }
 }
 
 /// The world a plugin implements.
@@ -296,16 +307,10 @@ impl Plugin {
             Err(failure) => {
                 let peer = request.peer.remote_addr.parse().ok();
                 self.report_failure(&failure, "an HTTP request", peer);
-                match (self.failure, &failure) {
-                    // Overload is not the plugin's fault, and a suspension ends: come
-                    // back in a moment.
-                    (
-                        FailurePolicy::Closed,
-                        PluginFailure::Busy(_) | PluginFailure::Suspended(_),
-                    ) => {
+                match (self.failure, failure.retry_after()) {
+                    (FailurePolicy::Closed, Some(secs)) => {
                         let mut r = Response::error(503, "");
-                        r.headers
-                            .push(("Retry-After".into(), retry_after(&failure).to_string()));
+                        r.headers.push(("Retry-After".into(), secs.to_string()));
                         Decision::Reply(r)
                     }
                     (FailurePolicy::Closed, _) => Decision::Reply(Response::error(500, "")),
@@ -669,15 +674,6 @@ impl Plugin {
     /// Drops idle instances (e.g. before the plugin is replaced).
     pub fn clear_idle(&self) {
         self.idle.lock().expect("idle list lock").clear();
-    }
-}
-
-/// The `Retry-After` seconds for a call the failure policy answered 503: the rest of
-/// a suspension (at least 1), else 1.
-pub(crate) fn retry_after(failure: &PluginFailure) -> u64 {
-    match failure {
-        PluginFailure::Suspended(left) => left.as_secs_f64().ceil().max(1.0) as u64,
-        _ => 1,
     }
 }
 

@@ -111,19 +111,12 @@ impl RouteCall {
     fn failed(&self, failure: &PluginFailure) -> RouteDecision {
         self.plugin
             .report_failure(failure, "a SIP request", Some(self.peer));
-        match (self.plugin.failure_policy(), failure) {
-            // Overload is not the plugin's fault, and a suspension ends: come back in
-            // a moment.
-            (FailurePolicy::Closed, PluginFailure::Busy(_) | PluginFailure::Suspended(_)) => {
-                RouteDecision::Reply {
-                    status: 503,
-                    reason: None,
-                    headers: vec![(
-                        HeaderName::RetryAfter,
-                        super::retry_after(failure).to_string(),
-                    )],
-                }
-            }
+        match (self.plugin.failure_policy(), failure.retry_after()) {
+            (FailurePolicy::Closed, Some(secs)) => RouteDecision::Reply {
+                status: 503,
+                reason: None,
+                headers: vec![(HeaderName::RetryAfter, secs.to_string())],
+            },
             (FailurePolicy::Closed, _) => RouteDecision::Reply {
                 status: 500,
                 reason: None,
