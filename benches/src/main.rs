@@ -356,7 +356,7 @@ async fn load_plugins(text: &str, local: SocketAddr) -> anyhow::Result<sipwasm::
         &["localhost".to_string()],
         &[local],
     ));
-    let metrics = Arc::new(sipwasm::admin::metrics::Metrics::default());
+    let metrics = Arc::new(sipwasm::metrics::Metrics::default());
     tokio::task::spawn_blocking(move || {
         sipwasm::plugin::Plugins::load(&config, myself, metrics, None)
     })

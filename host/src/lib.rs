@@ -10,7 +10,7 @@
 //!
 //! The sans-IO rule: `sip/`, `core/` and `http/` (except `http/reader.rs`) take bytes
 //! and time and return values; they never touch tokio, sockets or the clock. Only
-//! `transport/`, `plugin/`, `admin/`, `driver.rs`, `server.rs`, `memory.rs` and `main.rs`
+//! `transport/`, `plugin/`, `admin.rs`, `driver.rs`, `server.rs`, `memory.rs` and `main.rs`
 //! do I/O.
 
 pub mod admin;
@@ -19,6 +19,7 @@ pub mod core;
 pub mod driver;
 pub mod http;
 pub mod memory;
+pub mod metrics;
 pub mod plugin;
 pub mod server;
 pub mod sip;

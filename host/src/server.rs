@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::metrics::ConnLimit;
-use crate::admin::metrics::Metrics;
+use crate::metrics::ConnLimit;
+use crate::metrics::Metrics;
 use crate::config::{Config, ListenTransport};
 use crate::core::auth::NonceKey;
 use crate::core::limits::RateConfig;
@@ -304,9 +304,9 @@ impl Server {
         if let Some((admin, token, hosts)) = admin {
             let addr = admin.local_addr()?;
             tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows, POST /plugins/reload)");
-            tokio::spawn(crate::admin::api::serve(
+            tokio::spawn(crate::admin::serve(
                 admin,
-                crate::admin::api::AdminState {
+                crate::admin::AdminState {
                     metrics: shared.metrics.clone(),
                     flows: shared.flows.clone(),
                     plugins: plugins.clone(),

@@ -19,10 +19,6 @@ const KNOWN: &[(&str, &str)] = &[
     // `transport/mod.rs` holds the driver's `CoreCell` and the streams take its
     // `FlowCredit`, while the driver dispatches over `transport::Shared`.
     ("transport", "driver"),
-    // `admin::metrics` is counted in from below, while the admin API reaches the
-    // plugins and the flows: the metrics belong below both.
-    ("plugin", "admin"),
-    ("transport", "admin"),
 ];
 
 /// The code of `path` that imports: unit tests and comments left out.

@@ -12,7 +12,7 @@ use super::bindings::{
 use super::limits::{Deadline, MemoryCap};
 use super::output::{GuestOutput, LineLevel, LogSink, Stream};
 use super::registrar_view::RegistrarView;
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::core::Myself;
 use crate::core::auth::{DigestVerdict, NonceKey, digest_param};
 use crate::core::guess_guard::{BanStarted, GuessGuard};

@@ -35,7 +35,7 @@ pub use self::registrar_view::RegistrarView;
 pub use self::registry::{
     BUILTIN_NAMES, CompileCache, PluginRouter, PluginSlot, Plugins, builtin_bytes,
 };
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::config::{FailurePolicy, InstanceMode, PluginConfig};
 pub use crate::http::answer::{Decision, Upgrade};
 use crate::http::handshake::HandshakeCheck;

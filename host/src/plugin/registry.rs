@@ -9,7 +9,7 @@ use wasmtime::component::Component;
 
 use super::registrar_view::RegistrarView;
 use super::{Plugin, Pre, World, bindings, engine, linker, world_of};
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::config::Config;
 use crate::core::Myself;
 

@@ -12,7 +12,7 @@ use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
 use super::{Plugins, World, bindings, engine, linker};
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::config::{Config, PluginRuntimeConfig};
 use crate::core::Myself;
 use crate::core::auth::NonceKey;

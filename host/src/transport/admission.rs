@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use foldhash::{HashMap, HashMapExt as _};
 
-use crate::admin::metrics::{ConnLimit, Metrics};
+use crate::metrics::{ConnLimit, Metrics};
 use crate::core::limits::{LogGate, source_key};
 use crate::core::peers::TrustedPeers;
 

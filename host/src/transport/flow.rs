@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::core::{FlowId, Transport};
 
 /// What is known about a flow.

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::core::limits::{LogGate, RateConfig, RateLimiter, Verdict};
 use crate::core::peers::TrustedPeers;
 use crate::sip::HeaderName;

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::config::{HttpConfig, WebSocketConfig};
 use crate::core::auth::NonceKey;
 use crate::core::{FlowId, Target, Transmit, Transport};

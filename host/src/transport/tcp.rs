@@ -14,7 +14,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Shared;
 use super::flow::FlowInfo;
-use crate::admin::metrics::ConnLimit;
+use crate::metrics::ConnLimit;
 use crate::core::{FlowId, Incoming, Input, Source, Target, Transport};
 use crate::driver::FlowCredit;
 use crate::sip::framing::{Frame, next_frame_from};

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::Shared;
 use super::flow::FlowInfo;
-use crate::admin::metrics::ConnLimit;
+use crate::metrics::ConnLimit;
 use crate::core::{FlowId, Incoming, Input, Source, Transport};
 use crate::driver::FlowCredit;
 use crate::http::answer::{Answer, AnswerContext, Decision, RequestFacts, answer};

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::http::head::HeadLimits;
 use crate::http::reader::read_request;
 use crate::http::response::Response;
