@@ -14,6 +14,7 @@
 //! do I/O.
 
 pub mod admin;
+pub mod builtin;
 pub mod config;
 pub mod core;
 pub mod driver;

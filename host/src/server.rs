@@ -12,8 +12,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::ConnLimit;
-use crate::metrics::Metrics;
 use crate::config::{Config, ListenTransport};
 use crate::core::auth::NonceKey;
 use crate::core::limits::RateConfig;
@@ -21,6 +19,8 @@ use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
 use crate::core::{Core, CoreConfig, CoreLimits, Myself, SipListener, Transport};
 use crate::driver::{self, CoreCell, Router, route_hook};
+use crate::metrics::ConnLimit;
+use crate::metrics::Metrics;
 use crate::plugin::sip::SipRouter;
 use crate::plugin::{CompileCache, PluginRouter, Plugins};
 use crate::store::Store;

@@ -156,7 +156,7 @@ fn default_config_prints_and_checks() {
 
 fn builtin_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.wasm"));
-    std::fs::write(&path, sipwasm::plugin::builtin_bytes(name).unwrap()).unwrap();
+    std::fs::write(&path, sipwasm::builtin::bytes(name).unwrap()).unwrap();
     path
 }
 

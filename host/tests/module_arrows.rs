@@ -13,9 +13,6 @@ use std::path::{Path, PathBuf};
 
 /// Imports between top-level modules that close circles today, to be removed.
 const KNOWN: &[(&str, &str)] = &[
-    // `config` checks plugin names and outbound hosts with the plugin's own code,
-    // while the plugin host reads its configuration.
-    ("config", "plugin"),
     // `transport/mod.rs` holds the driver's `CoreCell` and the streams take its
     // `FlowCredit`, while the driver dispatches over `transport::Shared`.
     ("transport", "driver"),

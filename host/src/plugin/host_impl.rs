@@ -12,10 +12,10 @@ use super::bindings::{
 use super::limits::{Deadline, MemoryCap};
 use super::output::{GuestOutput, LineLevel, LogSink, Stream};
 use super::registrar_view::RegistrarView;
-use crate::metrics::Metrics;
 use crate::core::Myself;
 use crate::core::auth::{DigestVerdict, NonceKey, digest_param};
 use crate::core::guess_guard::{BanStarted, GuessGuard};
+use crate::metrics::Metrics;
 
 /// What every instance of one plugin shares.
 #[derive(Debug)]

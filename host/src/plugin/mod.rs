@@ -32,14 +32,12 @@ use wasmtime::component::Linker;
 pub use self::bindings::{HttpRequest, Peer, PeerTransport, Websocket};
 use self::host_impl::{HostState, PluginShared};
 pub use self::registrar_view::RegistrarView;
-pub use self::registry::{
-    BUILTIN_NAMES, CompileCache, PluginRouter, PluginSlot, Plugins, builtin_bytes,
-};
-use crate::metrics::Metrics;
+pub use self::registry::{CompileCache, PluginRouter, PluginSlot, Plugins};
 use crate::config::{FailurePolicy, InstanceMode, PluginConfig};
 pub use crate::http::answer::{Decision, Upgrade};
 use crate::http::handshake::HandshakeCheck;
 use crate::http::response::Response;
+use crate::metrics::Metrics;
 
 /// Why a plugin call produced no usable decision.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,10 +208,10 @@ impl Plugin {
         metrics: Arc<Metrics>,
     ) -> Self {
         let config_json = serde_json::to_string(&cfg.config).expect("a TOML table is valid JSON");
-        let allowed: Vec<outbound::AllowedHost> = cfg
+        let allowed: Vec<crate::config::AllowedHost> = cfg
             .allowed_outbound_hosts
             .iter()
-            .filter_map(|e| outbound::AllowedHost::parse(e).ok())
+            .filter_map(|e| crate::config::AllowedHost::parse(e).ok())
             .collect();
         Self {
             shared: Arc::new(PluginShared {

@@ -9,9 +9,9 @@ use wasmtime::component::Component;
 
 use super::registrar_view::RegistrarView;
 use super::{Plugin, Pre, World, bindings, engine, linker, world_of};
-use crate::metrics::Metrics;
 use crate::config::Config;
 use crate::core::Myself;
+use crate::metrics::Metrics;
 
 /// What the host functions of every plugin reach.
 #[derive(Debug, Clone)]
@@ -24,21 +24,6 @@ pub(crate) struct HostContext {
     pub(crate) nonce: crate::core::auth::NonceKey,
     /// Counts failed Digest responses and refuses their sources past the limits.
     pub(crate) guess_guard: Arc<crate::core::guess_guard::GuessGuard>,
-}
-
-/// Plugins compiled into the server binary, usable as `builtin = "NAME"`.
-pub const BUILTIN_NAMES: &[&str] = &["seed-policy", "welcome"];
-
-/// The component bytes of a built-in plugin.
-pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
-    match name {
-        "seed-policy" => Some(include_bytes!(concat!(
-            env!("OUT_DIR"),
-            "/seed_policy.wasm"
-        ))),
-        "welcome" => Some(include_bytes!(concat!(env!("OUT_DIR"), "/welcome.wasm"))),
-        _ => None,
-    }
 }
 
 /// Where compiled plugins are kept between runs, and the key that signs them.
@@ -521,7 +506,7 @@ impl Inner {
             Source::File(path) => std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("plugin {name}: cannot read {}: {e}", path.display()))?
                 .into(),
-            Source::Builtin(b) => builtin_bytes(b)
+            Source::Builtin(b) => crate::builtin::bytes(b)
                 .ok_or_else(|| anyhow::anyhow!("plugin {name}: unknown builtin {b:?}"))?
                 .into(),
         };

@@ -12,13 +12,13 @@ use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
 use super::{Plugins, World, bindings, engine, linker};
-use crate::metrics::Metrics;
 use crate::config::{Config, PluginRuntimeConfig};
 use crate::core::Myself;
 use crate::core::auth::NonceKey;
 use crate::http::answer::{Answer, AnswerContext, RequestFacts, answer};
 use crate::http::handshake::{self, HandshakeCheck};
 use crate::http::head::{self, HeadLimits};
+use crate::metrics::Metrics;
 
 fn kind(item: &ComponentItem) -> &'static str {
     match item {

@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use foldhash::{HashMap, HashMapExt as _};
 
-use crate::metrics::{ConnLimit, Metrics};
 use crate::core::limits::{LogGate, source_key};
 use crate::core::peers::TrustedPeers;
+use crate::metrics::{ConnLimit, Metrics};
 
 /// Counts open connections and admits new ones.
 #[derive(Debug)]

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::metrics::Metrics;
 use crate::core::{FlowId, Transport};
+use crate::metrics::Metrics;
 
 /// What is known about a flow.
 #[derive(Debug, Clone)]

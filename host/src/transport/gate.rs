@@ -10,9 +10,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::metrics::Metrics;
 use crate::core::limits::{LogGate, RateConfig, RateLimiter, Verdict};
 use crate::core::peers::TrustedPeers;
+use crate::metrics::Metrics;
 use crate::sip::HeaderName;
 
 /// How long a connection pauses after each request refused for its source's rate

@@ -18,10 +18,10 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
 use crate::config::{HttpConfig, WebSocketConfig};
 use crate::core::auth::NonceKey;
 use crate::core::{FlowId, Target, Transmit, Transport};
+use crate::metrics::Metrics;
 pub use flow::{FlowGuard, FlowInfo, FlowTable, SendError};
 
 /// SIP transport limits.

@@ -14,9 +14,9 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Shared;
 use super::flow::FlowInfo;
-use crate::metrics::ConnLimit;
 use crate::core::{FlowId, Incoming, Input, Source, Target, Transport};
 use crate::driver::FlowCredit;
+use crate::metrics::ConnLimit;
 use crate::sip::framing::{Frame, next_frame_from};
 use crate::transport::ws::WRITES_IN_A_ROW;
 

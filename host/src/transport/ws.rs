@@ -22,7 +22,6 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::Shared;
 use super::flow::FlowInfo;
-use crate::metrics::ConnLimit;
 use crate::core::{FlowId, Incoming, Input, Source, Transport};
 use crate::driver::FlowCredit;
 use crate::http::answer::{Answer, AnswerContext, Decision, RequestFacts, answer};
@@ -31,6 +30,7 @@ use crate::http::head::{HeadLimits, Version};
 use crate::http::reader::{ReadError, read_request};
 use crate::http::response::Response;
 use crate::http::ws_frames::FrameTracker;
+use crate::metrics::ConnLimit;
 use crate::plugin::{HttpRequest, Peer, PeerTransport, PluginRouter, Websocket};
 
 /// How long a write to a client may take before the connection is dropped.

@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 use crate::core::peers::Cidr;
 
+mod allowed_host;
+pub use self::allowed_host::AllowedHost;
+
 /// The configuration the server runs with when started without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
@@ -1139,12 +1142,12 @@ impl Config {
                 (None, None) => {
                     return Err((key("path"), "set path (a .wasm file) or builtin".into()));
                 }
-                (None, Some(b)) if !crate::plugin::BUILTIN_NAMES.contains(&b.as_str()) => {
+                (None, Some(b)) if !crate::builtin::NAMES.contains(&b.as_str()) => {
                     return Err((
                         key("builtin"),
                         format!(
                             "unknown builtin {b:?}; builtins: {}",
-                            crate::plugin::BUILTIN_NAMES.join(", ")
+                            crate::builtin::NAMES.join(", ")
                         ),
                     ));
                 }
@@ -1160,8 +1163,7 @@ impl Config {
                 return Err((key("max-reuse"), "must be at least 1".into()));
             }
             for entry in &p.allowed_outbound_hosts {
-                crate::plugin::outbound::AllowedHost::parse(entry)
-                    .map_err(|e| (key("allowed-outbound-hosts"), e))?;
+                AllowedHost::parse(entry).map_err(|e| (key("allowed-outbound-hosts"), e))?;
             }
             if p.outbound_timeout.is_zero() || p.outbound_timeout > Duration::from_secs(60) {
                 return Err((
