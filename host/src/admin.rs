@@ -14,11 +14,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::driver::flow::FlowTable;
 use crate::http::head::HeadLimits;
 use crate::http::reader::read_request;
 use crate::http::response::Response;
 use crate::metrics::Metrics;
-use crate::transport::FlowTable;
 
 /// What the admin API serves.
 #[derive(Debug, Clone)]

@@ -18,6 +18,8 @@ use crate::core::limits::RateConfig;
 use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
 use crate::core::{Core, CoreConfig, CoreLimits, Myself, SipListener, Transport};
+use crate::driver::flow::{FlowInfo, FlowTable};
+use crate::driver::outlet::{ConnectRequest, Connector, Outlet};
 use crate::driver::{self, CoreCell, Router, route_hook};
 use crate::metrics::ConnLimit;
 use crate::metrics::Metrics;
@@ -25,9 +27,8 @@ use crate::plugin::sip::SipRouter;
 use crate::plugin::{CompileCache, PluginRouter, Plugins};
 use crate::store::Store;
 use crate::transport::admission::Admission;
-use crate::transport::flow::FlowInfo;
 use crate::transport::ws::{self, Connection};
-use crate::transport::{Connector, FlowTable, Shared, SipLimits, tcp, tls, udp};
+use crate::transport::{Shared, SipLimits, tcp, tls, udp};
 
 /// A bound stream listener (ws, wss, tcp, tls).
 struct BoundListener {
@@ -55,6 +56,7 @@ pub struct Server {
     admin: Option<(TcpListener, Arc<str>, Arc<[String]>)>,
     shared: Arc<Shared>,
     closed_rx: mpsc::UnboundedReceiver<Arc<FlowInfo>>,
+    connect_rx: mpsc::UnboundedReceiver<ConnectRequest>,
     shutdown_tx: watch::Sender<bool>,
     grace: Duration,
 }
@@ -214,6 +216,13 @@ impl Server {
         let (closed_tx, closed_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let flows = Arc::new(FlowTable::new(closed_tx, metrics.clone()));
+        let (connect_tx, connect_rx) = mpsc::unbounded_channel();
+        let outlet = Outlet {
+            flows: flows.clone(),
+            udp: udp.iter().map(|u| (u.local, u.socket.clone())).collect(),
+            connector: Connector::new(connect_tx),
+            metrics: metrics.clone(),
+        };
         let shared = Arc::new(Shared {
             http: config.http.clone(),
             websocket: config.websocket.clone(),
@@ -229,8 +238,6 @@ impl Server {
                 exempt.clone(),
                 metrics.clone(),
             )),
-            udp: udp.iter().map(|u| (u.local, u.socket.clone())).collect(),
-            connector: Connector::default(),
             gate: crate::transport::gate::SourceGate::new(
                 RateConfig {
                     per_second: config.limits.rate,
@@ -242,13 +249,13 @@ impl Server {
             ),
             server_header: config.server.server_header.clone(),
             flows,
-            core: CoreCell::new(core, store, router),
+            core: Arc::new(CoreCell::new(core, store, router, outlet)),
             nonce: NonceKey::new(secret),
             metrics,
             shutdown: shutdown_rx,
             grace: config.server.shutdown_grace,
         });
-        let weak = Arc::downgrade(&shared);
+        let weak = Arc::downgrade(&shared.core);
         shared.core.with_core(|core, router| {
             if let Some(r) = router {
                 core.set_route_hook(route_hook(r.plugin.clone(), weak));
@@ -271,6 +278,7 @@ impl Server {
             admin,
             shared,
             closed_rx,
+            connect_rx,
             shutdown_tx,
             grace: config.server.shutdown_grace,
         })
@@ -296,11 +304,13 @@ impl Server {
             admin,
             shared,
             closed_rx,
+            connect_rx,
             shutdown_tx,
             grace,
         } = self;
         let live = Arc::new(AtomicUsize::new(0));
-        let driver = tokio::spawn(driver::drive(shared.clone(), closed_rx));
+        let driver = tokio::spawn(driver::drive(shared.core.clone(), closed_rx));
+        tokio::spawn(tcp::open_when_asked(shared.clone(), connect_rx));
         if let Some((admin, token, hosts)) = admin {
             let addr = admin.local_addr()?;
             tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows, POST /plugins/reload)");

@@ -3,20 +3,9 @@
 //! (`core/gruu.rs` and `core/proxy.rs`, say). An import is any `crate::…` path (and,
 //! inside a directory, `super::…` and `self::…`) in code outside unit tests and
 //! comments.
-//!
-//! The imports that still close circles (issue 20) are listed in [`KNOWN`]: without
-//! them the arrows must all run one way. The test fails on any other circle, and on a
-//! listed import that is gone (so the list only shrinks).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// Imports between top-level modules that close circles today, to be removed.
-const KNOWN: &[(&str, &str)] = &[
-    // `transport/mod.rs` holds the driver's `CoreCell` and the streams take its
-    // `FlowCredit`, while the driver dispatches over `transport::Shared`.
-    ("transport", "driver"),
-];
 
 /// The code of `path` that imports: unit tests and comments left out.
 fn code(path: &Path) -> String {
@@ -177,16 +166,6 @@ fn modules_import_one_way_only() {
             }
         }
     }
-    let gone: Vec<String> = KNOWN
-        .iter()
-        .filter(|(from, to)| !top.get(*from).is_some_and(|t| t.contains(*to)))
-        .map(|(from, to)| format!("{from} → {to}"))
-        .collect();
-    for (from, to) in KNOWN {
-        if let Some(t) = top.get_mut(*from) {
-            t.remove(*to);
-        }
-    }
     let mut found: Vec<String> = circles(&top).iter().map(|c| c.join(" ↔ ")).collect();
     for (dir, edges) in &within {
         for c in circles(edges) {
@@ -197,9 +176,5 @@ fn modules_import_one_way_only() {
     assert!(
         found.is_empty(),
         "modules that import each other (directly or round a circle): {found:?}"
-    );
-    assert!(
-        gone.is_empty(),
-        "these imports are gone: take them off KNOWN in this test: {gone:?}"
     );
 }

@@ -12,13 +12,13 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::Shared;
-use super::flow::FlowInfo;
+use super::{Shared, WRITES_IN_A_ROW};
 use crate::core::{FlowId, Incoming, Input, Source, Target, Transport};
 use crate::driver::FlowCredit;
+use crate::driver::flow::FlowInfo;
+use crate::driver::outlet::ConnectRequest;
 use crate::metrics::ConnLimit;
 use crate::sip::framing::{Frame, next_frame_from};
-use crate::transport::ws::WRITES_IN_A_ROW;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,8 +53,10 @@ pub async fn serve_stream<S>(
     };
     let _guard = shared.flows.register(info, tx);
     shared
+        .core
+        .outlet()
         .connector
-        .flush_pending(&shared, transport, remote, id);
+        .flush_pending(&shared.flows, transport, remote, id);
     tracing::debug!(flow = id, peer = %remote, %transport, "SIP stream flow open");
     let max = shared.sip.max_message_bytes;
     let mut buf: Vec<u8> = Vec::new();
@@ -149,7 +151,7 @@ pub async fn serve_stream<S>(
                                     let source = Source { transport, local, remote, flow: Some(id) };
                                     let input = Input::Message(Box::new(Incoming { source, message }));
                                     let credit = credit.take().await;
-                                    shared.core.submit(&shared, input, credit).await;
+                                    shared.core.submit(input, credit).await;
                                     // Write what is due before handling the next
                                     // message of this read: a burst of requests must
                                     // not overflow the flow's send queue with answers.
@@ -219,14 +221,37 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> bool {
     matches!(timeout(WRITE_TIMEOUT, io).await, Ok(Ok(())))
 }
 
+/// Opens the connections the core's outlet asks for (`Target::Connect` with no flow
+/// to the peer), each on its own task, until the server stops.
+pub async fn open_when_asked(
+    shared: Arc<Shared>,
+    mut requests: mpsc::UnboundedReceiver<ConnectRequest>,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            r = requests.recv() => match r {
+                Some((transport, remote)) => {
+                    tokio::spawn(connect(shared.clone(), transport, remote));
+                }
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Opens a connection for `Target::Connect`, then serves it; reports failure to the core.
-pub async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr) {
+async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr) {
     let failed = |shared: &Arc<Shared>| {
-        shared.connector.drop_pending(transport, remote);
-        shared.core.submit_now(
-            shared,
-            Input::SendFailed(Target::Connect { transport, remote }),
-        );
+        shared
+            .core
+            .outlet()
+            .connector
+            .drop_pending(transport, remote);
+        shared
+            .core
+            .submit_now(Input::SendFailed(Target::Connect { transport, remote }));
     };
     if transport != Transport::Tcp {
         tracing::warn!(%remote, %transport, "outgoing connections are TCP only; message dropped");

@@ -20,10 +20,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::Shared;
-use super::flow::FlowInfo;
+use super::{Shared, WRITES_IN_A_ROW};
 use crate::core::{FlowId, Incoming, Input, Source, Transport};
 use crate::driver::FlowCredit;
+use crate::driver::flow::FlowInfo;
 use crate::http::answer::{Answer, AnswerContext, Decision, RequestFacts, answer};
 use crate::http::handshake::{self, HandshakeCheck};
 use crate::http::head::{HeadLimits, Version};
@@ -264,9 +264,6 @@ fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
     }
 }
 
-/// Messages a flow writes in a row before reading gets a turn (WebSocket and TCP/TLS flows).
-pub(crate) const WRITES_IN_A_ROW: u32 = 16;
-
 /// What woke the flow loop.
 enum Event {
     In(Option<Result<Message, WsError>>),
@@ -375,7 +372,7 @@ where
                         };
                         let input = Input::Message(Box::new(Incoming { source, message }));
                         let credit = credit.take().await;
-                        shared.core.submit(&shared, input, credit).await;
+                        shared.core.submit(input, credit).await;
                     }
                     Err(e) => {
                         shared.metrics.sip_parse_error();

@@ -19,12 +19,15 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
+pub mod flow;
+pub mod outlet;
+
+use self::flow::FlowInfo;
+use self::outlet::Outlet;
 use crate::core::{Core, Event, Input};
 use crate::plugin::RegistrarView;
 use crate::plugin::sip::SipRouter;
 use crate::store::Store;
-use crate::transport::flow::FlowInfo;
-use crate::transport::{Shared, dispatch};
 
 /// Inputs queued for the core before the tasks that bring more wait.
 pub const CORE_INBOX: usize = 4096;
@@ -122,6 +125,8 @@ pub struct CoreCell {
     deadline: Mutex<Deadline>,
     /// Wakes the driver task: an earlier deadline, or a queue left over.
     wake: Notify,
+    /// Where what the core produced is sent.
+    outlet: Outlet,
 }
 
 impl std::fmt::Debug for CoreCell {
@@ -139,8 +144,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CoreCell {
-    /// The core with the store it reports bindings to and the routing plugin, if any.
-    pub fn new(mut core: Core, store: Store, router: Option<Router>) -> Self {
+    /// The core with the store it reports bindings to, the routing plugin, if any,
+    /// and where it sends.
+    pub fn new(mut core: Core, store: Store, router: Option<Router>, outlet: Outlet) -> Self {
         let deadline = Deadline {
             next: core.poll_timeout(),
             armed: None,
@@ -160,7 +166,14 @@ impl CoreCell {
             }),
             deadline: Mutex::new(deadline),
             wake: Notify::new(),
+            outlet,
         }
+    }
+
+    /// Where the core's messages are sent: the flows, UDP sockets and connections
+    /// being opened.
+    pub fn outlet(&self) -> &Outlet {
+        &self.outlet
     }
 
     /// Calls `f` on the core: set-up before the server starts (the routing hook), the
@@ -180,21 +193,13 @@ impl CoreCell {
     /// Hands `input` to the core, waiting while [`CORE_INBOX`] inputs are queued, and
     /// runs the core when no other task is. A connection's input comes with its
     /// [`FlowCredit`].
-    pub async fn submit(
-        &self,
-        shared: &Arc<Shared>,
-        input: Input,
-        credit: Option<OwnedSemaphorePermit>,
-    ) {
+    pub async fn submit(&self, input: Input, credit: Option<OwnedSemaphorePermit>) {
         let counted = self.place().await;
-        self.push(
-            shared,
-            Work::Input {
-                input,
-                counted,
-                credit,
-            },
-        );
+        self.push(Work::Input {
+            input,
+            counted,
+            credit,
+        });
     }
 
     /// Hands `input` to the core like [`Self::submit`], but leaves running the core to
@@ -251,20 +256,17 @@ impl CoreCell {
 
     /// Hands `input` to the core at once, past the bound: for the few inputs that must
     /// not wait or be lost (a connection that could not be opened).
-    pub fn submit_now(&self, shared: &Arc<Shared>, input: Input) {
-        self.push(
-            shared,
-            Work::Input {
-                input,
-                counted: false,
-                credit: None,
-            },
-        );
+    pub fn submit_now(&self, input: Input) {
+        self.push(Work::Input {
+            input,
+            counted: false,
+            credit: None,
+        });
     }
 
     /// Queues `work` and runs the core if no one is; true when this call ran it (and so
     /// handled `work`, or left it to the driver task with what was queued before it).
-    fn push(&self, shared: &Arc<Shared>, work: Work) -> bool {
+    fn push(&self, work: Work) -> bool {
         {
             let mut q = lock(&self.queue);
             q.work.push_back(work);
@@ -273,12 +275,12 @@ impl CoreCell {
             }
             q.running = true;
         }
-        self.run(shared);
+        self.run();
         true
     }
 
     /// Runs the core if no one is and something is queued.
-    fn run_if_idle(&self, shared: &Arc<Shared>) {
+    fn run_if_idle(&self) {
         {
             let mut q = lock(&self.queue);
             if q.running || q.work.is_empty() {
@@ -286,11 +288,11 @@ impl CoreCell {
             }
             q.running = true;
         }
-        self.run(shared);
+        self.run();
     }
 
     /// One turn at the core; the caller has set `Queue::running`.
-    fn run(&self, shared: &Arc<Shared>) {
+    fn run(&self) {
         let mut state = lock(&self.state);
         let mut handled = 0;
         loop {
@@ -326,7 +328,7 @@ impl CoreCell {
             // The core is the only code here that could panic; caught, the loop always
             // comes back to clear `running` above.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                state.turn(&mut batch, shared)
+                state.turn(&mut batch, &self.outlet)
             }));
             if outcome.is_err() {
                 // A bug (the fuzz targets look for these): the batch's other inputs are
@@ -357,7 +359,7 @@ impl CoreCell {
 
 impl Driven {
     /// Handles `batch` (emptied), sends what the core produced and acts on its events.
-    fn turn(&mut self, batch: &mut VecDeque<Work>, shared: &Arc<Shared>) {
+    fn turn(&mut self, batch: &mut VecDeque<Work>, outlet: &Outlet) {
         refresh_date(&mut self.core, &mut self.date_second);
         let now = std::time::Instant::now();
         let give_back = now.saturating_duration_since(self.gave_back) >= GIVE_BACK_EVERY;
@@ -389,8 +391,8 @@ impl Driven {
         }
         // Counted before the answers go out: a client that reads /metrics after its
         // answer sees it counted.
-        shared.metrics.set_core(self.core.stats());
-        send_transmits(&mut self.core, shared);
+        outlet.metrics.set_core(self.core.stats());
+        send_transmits(&mut self.core, outlet);
         // The answers are in the send queues: the connections may bring more.
         self.credits.clear();
         while let Some(event) = self.core.poll_event() {
@@ -441,14 +443,13 @@ const GIVE_BACK_EVERY: Duration = Duration::from_secs(60);
 
 /// The driver task: the core's timers, closed flows, and a queue left over by a task
 /// that used its budget. Runs until the server aborts it when stopping.
-pub async fn drive(shared: Arc<Shared>, mut closed: mpsc::UnboundedReceiver<Arc<FlowInfo>>) {
-    let cell = &shared.core;
+pub async fn drive(cell: Arc<CoreCell>, mut closed: mpsc::UnboundedReceiver<Arc<FlowInfo>>) {
     // One timer, moved only when the core's next deadline changes.
     let far = || Instant::now() + Duration::from_secs(24 * 3600);
     let sleep = tokio::time::sleep_until(far());
     tokio::pin!(sleep);
     // Bindings restored from the store count from the start.
-    cell.with_core(|core, _| shared.metrics.set_core(core.stats()));
+    cell.with_core(|core, _| cell.outlet.metrics.set_core(core.stats()));
     // The timer fired and another task is handling it: wait for that task's word.
     let mut fired = false;
     // The deadline the timer is set for (`None`: far away); moved only when it changes,
@@ -471,7 +472,7 @@ pub async fn drive(shared: Arc<Shared>, mut closed: mpsc::UnboundedReceiver<Arc<
         tokio::select! {
             () = cell.wake.notified() => {
                 fired = false;
-                cell.run_if_idle(&shared);
+                cell.run_if_idle();
             }
             () = &mut sleep => {
                 lock(&cell.deadline).armed = None;
@@ -479,11 +480,11 @@ pub async fn drive(shared: Arc<Shared>, mut closed: mpsc::UnboundedReceiver<Arc<
                 sleep.as_mut().reset(far());
                 // When another task runs it, that task says when the next deadline
                 // is (`armed` is none, so it wakes this task).
-                fired = !cell.push(&shared, Work::Timeout);
+                fired = !cell.push(Work::Timeout);
             }
             info = closed.recv() => match info {
                 Some(info) => {
-                    cell.push(&shared, Work::Closed(info));
+                    cell.push(Work::Closed(info));
                 }
                 None => return,
             },
@@ -506,11 +507,11 @@ fn refresh_date(core: &mut Core, second: &mut u64) {
 
 /// Sends everything the core queued. Sending can fail at once (a flow that is gone):
 /// the core is told, which may produce more to send. Bounded rounds.
-fn send_transmits(core: &mut Core, shared: &Arc<Shared>) {
+fn send_transmits(core: &mut Core, outlet: &Outlet) {
     for _ in 0..8 {
         let mut failed = Vec::new();
         while let Some(t) = core.poll_transmit() {
-            if let Some(target) = dispatch(shared, t) {
+            if let Some(target) = outlet.dispatch(t) {
                 failed.push(target);
             }
         }
@@ -531,15 +532,15 @@ fn send_transmits(core: &mut Core, shared: &Arc<Shared>) {
 /// to the plugin runtime at once until it is quick again ([`InPlace`]). A call the
 /// plugin has no place for (every instance busy) waits for one on a task here, not on
 /// the plugin runtime, so when the plugin is saturated the calls past `max-waiting`
-/// get their 503 at once. `shared` is weak: the core lives in it.
+/// get their 503 at once. `cell` is weak: the core lives in it.
 ///
 /// [`InPlace`]: crate::plugin::sip::InPlace
-pub fn route_hook(plugin: SipRouter, shared: Weak<Shared>) -> crate::core::RouteHook {
+pub fn route_hook(plugin: SipRouter, cell: Weak<CoreCell>) -> crate::core::RouteHook {
     crate::core::RouteHook(Box::new(move |id, source, req| {
-        let shared = shared.upgrade()?;
+        let cell = cell.upgrade()?;
         let identity = source
             .flow
-            .and_then(|f| shared.flows.get(f))
+            .and_then(|f| cell.outlet.flows.get(f))
             .map(|info| info.identity.clone())
             .unwrap_or_default();
         match plugin.decide_in_place(source, req, &identity) {
@@ -551,10 +552,7 @@ pub fn route_hook(plugin: SipRouter, shared: Weak<Shared>) -> crate::core::Route
                     let started = std::time::Instant::now();
                     let decision = deferred.finish().await;
                     in_place.deferred_took(started.elapsed());
-                    shared
-                        .core
-                        .submit(&shared, Input::Routed { id, decision }, None)
-                        .await;
+                    cell.submit(Input::Routed { id, decision }, None).await;
                 });
                 None
             }

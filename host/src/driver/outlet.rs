@@ -1,0 +1,148 @@
+//! Where what the core produced goes: a flow's send queue, a UDP socket, or a
+//! connection still to be opened. The driver owns it; the transports fill it (flows,
+//! sockets) and open the connections it asks for, so they depend on the driver and
+//! the driver on none of them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::flow::{FlowTable, SendError};
+use crate::core::{FlowId, Target, Transmit, Transport};
+use crate::metrics::Metrics;
+
+/// A connection for the transports to open: `Target::Connect` found no flow to the
+/// peer. Sent once per peer while messages wait for it.
+pub type ConnectRequest = (Transport, SocketAddr);
+
+/// The sending side of the server, as the driver sees it.
+#[derive(Debug)]
+pub struct Outlet {
+    /// Live flows (shared with the transports, which add and remove them).
+    pub flows: Arc<FlowTable>,
+    /// UDP sockets by local address.
+    pub udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    /// Outgoing connections being opened.
+    pub connector: Connector,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Outlet {
+    /// Sends what the core produced. Returns the target when it is already known to
+    /// be unreachable (the caller tells the core).
+    pub fn dispatch(&self, t: Transmit) -> Option<Target> {
+        match t.target {
+            Target::Flow(id) => match self.flows.send(id, t.payload) {
+                Ok(()) => None,
+                Err(SendError::NoFlow) => Some(t.target),
+                Err(SendError::Full) => {
+                    tracing::debug!(flow = id, "send queue full; message dropped");
+                    self.metrics.sip_send_queue_full();
+                    None
+                }
+            },
+            Target::Udp { local, remote } => {
+                let Some(socket) = self.udp.get(&local) else {
+                    return Some(t.target);
+                };
+                match socket.try_send_to(&t.payload, remote) {
+                    Ok(_) => self.metrics.sip_out(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let socket = socket.clone();
+                        tokio::spawn(async move {
+                            let _ = socket.send_to(&t.payload, remote).await;
+                        });
+                    }
+                    Err(e) => tracing::debug!(%remote, "UDP send failed: {e}"),
+                }
+                None
+            }
+            Target::Connect { transport, remote } => {
+                if let Some(id) = self.flows.find(transport, remote)
+                    && self.flows.send(id, t.payload.clone()).is_ok()
+                {
+                    return None;
+                }
+                if !self.connector.queue(transport, remote, t.payload) {
+                    return None;
+                }
+                // The transports stop listening only when the server stops.
+                match self.connector.requests.send((transport, remote)) {
+                    Ok(()) => None,
+                    Err(_) => {
+                        self.connector.drop_pending(transport, remote);
+                        Some(t.target)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Messages waiting for outgoing connections that are being opened, so that a burst
+/// of messages to one peer opens one connection.
+#[derive(Debug)]
+pub struct Connector {
+    pending: Mutex<HashMap<ConnectRequest, Vec<Bytes>>>,
+    /// To the transports' task that opens connections.
+    requests: mpsc::UnboundedSender<ConnectRequest>,
+}
+
+impl Connector {
+    /// A connector whose connections are opened by whoever reads `requests`' other
+    /// end.
+    pub fn new(requests: mpsc::UnboundedSender<ConnectRequest>) -> Self {
+        Self {
+            pending: Mutex::default(),
+            requests,
+        }
+    }
+
+    /// Queues `payload`; true when a connection must be opened (first message).
+    fn queue(&self, transport: Transport, remote: SocketAddr, payload: Bytes) -> bool {
+        let mut p = self.pending.lock().expect("connector lock");
+        match p.get_mut(&(transport, remote)) {
+            Some(q) => {
+                q.push(payload);
+                false
+            }
+            None => {
+                p.insert((transport, remote), vec![payload]);
+                true
+            }
+        }
+    }
+
+    /// The connection is up as flow `id` of `flows`: send what waited for it.
+    pub fn flush_pending(
+        &self,
+        flows: &FlowTable,
+        transport: Transport,
+        remote: SocketAddr,
+        id: FlowId,
+    ) {
+        let queued = self
+            .pending
+            .lock()
+            .expect("connector lock")
+            .remove(&(transport, remote));
+        for payload in queued.into_iter().flatten() {
+            if let Err(e) = flows.send(id, payload) {
+                tracing::debug!(flow = id, "queued message not sent: {e}");
+            }
+        }
+    }
+
+    /// The connection failed: forget what waited for it.
+    pub fn drop_pending(&self, transport: Transport, remote: SocketAddr) {
+        self.pending
+            .lock()
+            .expect("connector lock")
+            .remove(&(transport, remote));
+    }
+}
