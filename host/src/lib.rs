@@ -14,10 +14,12 @@
 //! do I/O.
 
 pub mod admin;
+pub mod auth;
 pub mod builtin;
 pub mod config;
 pub mod core;
 pub mod driver;
+pub(crate) mod hex;
 pub mod http;
 pub mod memory;
 pub mod metrics;

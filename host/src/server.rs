@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::NonceKey;
 use crate::config::{Config, ListenTransport};
-use crate::core::auth::NonceKey;
 use crate::core::limits::RateConfig;
 use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;

@@ -1,5 +1,7 @@
 //! The sans-IO rule, enforced: `sip/`, `core/` and the parsing half of `http/` take
-//! bytes and time and return values. They never name tokio, sockets or the clock.
+//! bytes and time and return values. They never name tokio, sockets, files, threads,
+//! locks, the clock or the system's randomness (a secret comes in with the
+//! configuration).
 
 use std::path::Path;
 
@@ -11,6 +13,13 @@ const FORBIDDEN: &[&str] = &[
     "Instant::now",
     "SystemTime::now",
     "thread::sleep",
+    "std::thread",
+    "Mutex",
+    "RwLock",
+    "Condvar",
+    "std::sync::atomic",
+    "getrandom",
+    "rand::",
 ];
 
 fn check_dir(dir: &Path, skip: &[&str], offences: &mut Vec<String>) {

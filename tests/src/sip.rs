@@ -331,35 +331,21 @@ impl Ua {
         (text, dialog)
     }
 
-    /// A response to `req`: Vias, Record-Routes, From, To (tagged), Call-ID, CSeq copied.
+    /// A response to `req`: the fields a response copies
+    /// ([`Response::for_request`], To tagged), the Record-Routes and Contact of a
+    /// dialog-forming answer.
     pub fn response(&self, req: &Request, status: u16, extra: &str, body: &str) -> String {
-        let mut s = format!(
-            "SIP/2.0 {status} {}\r\n",
-            sipwasm::sip::message::reason_phrase(status)
-        );
-        for v in req.headers.get_all(&HeaderName::Via) {
-            s.push_str(&format!("Via: {v}\r\n"));
+        let tag = format!("ans{}", self.user);
+        let r = Response::for_request(req, status, Some(&tag));
+        let mut s = format!("SIP/2.0 {status} {}\r\n", r.reason);
+        for h in r.headers.iter() {
+            s.push_str(&format!("{}: {}\r\n", h.name.as_str(), h.value));
         }
         if (101..300).contains(&status) {
             for rr in req.headers.get_all(&HeaderName::RecordRoute) {
                 s.push_str(&format!("Record-Route: {rr}\r\n"));
             }
         }
-        s.push_str(&format!(
-            "From: {}\r\n",
-            req.headers.get(&HeaderName::From).unwrap()
-        ));
-        let to = req.headers.get(&HeaderName::To).unwrap();
-        if to.contains("tag=") || status == 100 {
-            s.push_str(&format!("To: {to}\r\n"));
-        } else {
-            s.push_str(&format!("To: {to};tag=ans{}\r\n", self.user));
-        }
-        s.push_str(&format!("Call-ID: {}\r\n", req.call_id().unwrap()));
-        s.push_str(&format!(
-            "CSeq: {}\r\n",
-            req.headers.get(&HeaderName::CSeq).unwrap()
-        ));
         if (101..300).contains(&status) {
             s.push_str(&format!("Contact: <{}>\r\n", self.contact()));
         }

@@ -5,7 +5,7 @@
 //! nonce of ours can be).
 
 use libfuzzer_sys::fuzz_target;
-use sipwasm_fuzz::core::auth::{DigestRequest, DigestVerdict, NonceKey, digest_param};
+use sipwasm_fuzz::auth::{DigestRequest, DigestVerdict, NonceKey, digest_param};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

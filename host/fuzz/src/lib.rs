@@ -19,5 +19,11 @@ pub mod http_response;
 #[path = "../../src/http/ws_frames.rs"]
 pub mod ws_frames;
 
+#[path = "../../src/hex.rs"]
+pub mod hex;
+
+#[path = "../../src/auth/mod.rs"]
+pub mod auth;
+
 #[path = "../../src/core/mod.rs"]
 pub mod core;

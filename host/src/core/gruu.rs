@@ -22,7 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::hex::hex;
+use crate::hex::hex;
 
 /// Bytes of each half of a key (instance part, call part).
 const PART: usize = 8;

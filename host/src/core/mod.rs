@@ -10,11 +10,8 @@
 //! with flow tokens (RFC 5626) so in-dialog requests reach browser connections,
 //! CANCEL, best-response selection, loop detection.
 
-pub mod auth;
 pub mod flowtoken;
 pub mod gruu;
-pub mod guess_guard;
-pub(crate) mod hex;
 pub mod limits;
 pub mod location;
 pub mod myself;
@@ -1084,14 +1081,15 @@ impl Core {
         status: u16,
         extra: &[(HeaderName, String)],
     ) -> Response {
-        let mut headers = Headers::with_capacity(8 + extra.len());
-        self.response_fields(req, status, extra, |n, v| headers.push(n.clone(), v));
-        Response {
-            status,
-            reason: reason_phrase(status).to_string(),
-            headers,
-            body: Bytes::new(),
+        let mut resp = Response::for_request(req, status, self.to_tag_for(req, status).as_deref());
+        for (n, v) in extra {
+            resp.headers.push(n.clone(), v.as_str());
         }
+        if status != 100 {
+            resp.headers
+                .push(HeaderName::Server, self.cfg.server_header.as_str());
+        }
+        resp
     }
 
     /// `make_response(req, status, extra).to_bytes()`, written directly: the
@@ -1121,7 +1119,8 @@ impl Core {
         Bytes::from(out)
     }
 
-    /// The header fields of a response to `req`, in order.
+    /// The header fields of a response to `req`, in order: those copied from the
+    /// request ([`crate::sip::reply::copied_fields`]), `extra`, then Server.
     fn response_fields(
         &self,
         req: &Request,
@@ -1129,36 +1128,19 @@ impl Core {
         extra: &[(HeaderName, String)],
         mut emit: impl FnMut(&HeaderName, &str),
     ) {
-        for v in req.headers.get_all(&HeaderName::Via) {
-            emit(&HeaderName::Via, v);
-        }
-        if let Some(from) = req.headers.get(&HeaderName::From) {
-            emit(&HeaderName::From, from);
-        }
-        if let Some(to) = req.headers.get(&HeaderName::To) {
-            if req.tag_of_to().is_some() || status == 100 {
-                emit(&HeaderName::To, to);
-            } else {
-                let tag = self.make_to_tag(req);
-                let mut value = String::with_capacity(to.len() + 5 + tag.len());
-                for part in [to, ";tag=", &tag] {
-                    value.push_str(part);
-                }
-                emit(&HeaderName::To, &value);
-            }
-        }
-        if let Some(c) = req.call_id() {
-            emit(&HeaderName::CallId, c);
-        }
-        if let Some(c) = req.headers.get(&HeaderName::CSeq) {
-            emit(&HeaderName::CSeq, c);
-        }
+        let tag = self.to_tag_for(req, status);
+        crate::sip::reply::copied_fields(req, status, tag.as_deref(), &mut emit);
         for (n, v) in extra {
             emit(n, v);
         }
         if status != 100 {
             emit(&HeaderName::Server, &self.cfg.server_header);
         }
+    }
+
+    /// The To tag a response with `status` to `req` adds, if it adds one.
+    fn to_tag_for(&self, req: &Request, status: u16) -> Option<String> {
+        crate::sip::reply::needs_to_tag(req, status).then(|| self.make_to_tag(req))
     }
 
     /// A To tag that is the same for retransmissions of one request, without state: a
@@ -1428,35 +1410,6 @@ impl Core {
             }
         }
     }
-}
-
-/// A final response to `req` as the core builds its own answers (Via, From, To with a
-/// tag, Call-ID, CSeq copied; `extra` headers; a Server header), for tools that show
-/// what the server would send. The To tag here is random, not the server's stable one.
-pub fn local_reply(
-    req: &Request,
-    status: u16,
-    reason: Option<String>,
-    extra: &[(HeaderName, String)],
-) -> Response {
-    let mut secret = [0u8; 32];
-    let _ = getrandom::fill(&mut secret);
-    let core = Core::new(CoreConfig {
-        myself: Arc::new(Myself::new(&[], &[])),
-        listeners: Vec::new(),
-        server_header: format!("sipwasm/{}", env!("CARGO_PKG_VERSION")),
-        secret,
-        timers: TimerConfig::default(),
-        registrar: RegistrarConfig::default(),
-        relay: false,
-        trusted: peers::TrustedPeers::default(),
-        limits: CoreLimits::default(),
-    });
-    let mut resp = core.make_response(req, status, extra);
-    if let Some(reason) = reason {
-        resp.reason = reason;
-    }
-    resp
 }
 
 /// The ACK for a non-2xx final response (RFC 3261 17.1.1.3): same R-URI, top Via,

@@ -8,13 +8,13 @@ use bytes::Bytes;
 use hmac::Mac;
 
 use super::flowtoken::FlowTokens;
-use super::hex::hex;
 use super::location::Binding;
 use super::registrar::{self, Change, aor_of};
 use super::transaction::{ClientEvent, ClientTx};
 use super::{
     ALLOW, Core, Event, FlowId, Refusal, SUPPORTED, Source, Target, Transport, split_tokens,
 };
+use crate::hex::hex;
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request, Response, reason_phrase};
 use crate::sip::typed::{NameAddr, Via};

@@ -284,31 +284,22 @@ fn request(m: &Message) -> &Request {
     }
 }
 
-/// A response to `req` as a UA would send it: same Vias, From, Call-ID, CSeq; To with
-/// a tag; extra headers.
+/// A response to `req` as a UA would send it: the fields a response copies
+/// ([`Response::for_request`], To tagged `callee`), the Record-Routes of a dialog-forming
+/// answer (RFC 3261 12.1.1), extra headers.
 fn answer(req: &Request, status: u16, extra: &str) -> String {
-    let mut s = format!("SIP/2.0 {status} {}\r\n", reason_phrase(status));
-    for v in req.headers.get_all(&HeaderName::Via) {
-        s.push_str(&format!("Via: {v}\r\n"));
+    let r = Response::for_request(req, status, Some("callee"));
+    let mut s = format!("SIP/2.0 {status} {}\r\n", r.reason);
+    for h in r.headers.iter() {
+        s.push_str(&format!("{}: {}\r\n", h.name.as_str(), h.value));
     }
-    for rr in req.headers.get_all(&HeaderName::RecordRoute) {
-        s.push_str(&format!("Record-Route: {rr}\r\n"));
+    if (101..300).contains(&status) {
+        for rr in req.headers.get_all(&HeaderName::RecordRoute) {
+            s.push_str(&format!("Record-Route: {rr}\r\n"));
+        }
     }
-    s.push_str(&format!(
-        "From: {}\r\n",
-        req.headers.get(&HeaderName::From).unwrap()
-    ));
-    let to = req.headers.get(&HeaderName::To).unwrap();
-    if to.contains("tag=") {
-        s.push_str(&format!("To: {to}\r\n"));
-    } else {
-        s.push_str(&format!("To: {to};tag=callee\r\n"));
-    }
-    s.push_str(&format!("Call-ID: {}\r\n", req.call_id().unwrap()));
-    s.push_str(&format!(
-        "CSeq: {}\r\n{extra}\r\n",
-        req.headers.get(&HeaderName::CSeq).unwrap()
-    ));
+    s.push_str(extra);
+    s.push_str("\r\n");
     s
 }
 

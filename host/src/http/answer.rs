@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use super::handshake::{self, HandshakeCheck, HandshakeError};
 use super::head::Version;
 use super::response::{HeaderList, Response};
-use crate::core::auth::NonceKey;
+use crate::auth::NonceKey;
 
 /// A validated decision.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! before the host acts on it. A decision that breaks a rule is a plugin failure.
 
 use super::bindings::GuestDecision;
-use crate::core::auth::realm_is_valid;
+use crate::auth::realm_is_valid;
 use crate::http::answer::{Decision, Upgrade};
 use crate::http::handshake::SIP_SUBPROTOCOL;
 use crate::http::response::{HeaderList, Response, reason_is_valid, validate_header};

@@ -12,9 +12,9 @@ use super::bindings::{
 use super::limits::{Deadline, MemoryCap};
 use super::output::{GuestOutput, LineLevel, LogSink, Stream};
 use super::registrar_view::RegistrarView;
+use crate::auth::guess_guard::{BanStarted, GuessGuard};
+use crate::auth::{DigestVerdict, NonceKey, digest_param};
 use crate::core::Myself;
-use crate::core::auth::{DigestVerdict, NonceKey, digest_param};
-use crate::core::guess_guard::{BanStarted, GuessGuard};
 use crate::metrics::Metrics;
 
 /// What every instance of one plugin shares.
@@ -136,7 +136,7 @@ impl DigestImports for HostState {
             self.shared.metrics.digest_refused();
             return DigestVerdictWit::Invalid;
         }
-        let request = crate::core::auth::DigestRequest {
+        let request = crate::auth::DigestRequest {
             method: &call.method,
             uri: &call.uri,
             peer: call.peer,

@@ -21,9 +21,9 @@ pub(crate) struct HostContext {
     pub(crate) registrar: Arc<RegistrarView>,
     /// Digest nonces: keyed with the server secret (the compile cache's), so the
     /// challenges the SIP driver makes verify here.
-    pub(crate) nonce: crate::core::auth::NonceKey,
+    pub(crate) nonce: crate::auth::NonceKey,
     /// Counts failed Digest responses and refuses their sources past the limits.
-    pub(crate) guess_guard: Arc<crate::core::guess_guard::GuessGuard>,
+    pub(crate) guess_guard: Arc<crate::auth::guess_guard::GuessGuard>,
 }
 
 /// Where compiled plugins are kept between runs, and the key that signs them.
@@ -336,7 +336,7 @@ impl Plugins {
             context: HostContext {
                 myself,
                 registrar: Arc::new(RegistrarView::default()),
-                nonce: crate::core::auth::NonceKey::new(match cache {
+                nonce: crate::auth::NonceKey::new(match cache {
                     Some(c) => c.secret,
                     None => {
                         let mut s = [0u8; 32];
@@ -345,8 +345,8 @@ impl Plugins {
                         s
                     }
                 }),
-                guess_guard: Arc::new(crate::core::guess_guard::GuessGuard::new(
-                    crate::core::guess_guard::GuessLimits {
+                guess_guard: Arc::new(crate::auth::guess_guard::GuessGuard::new(
+                    crate::auth::guess_guard::GuessLimits {
                         per_user: config.sip.auth_failures_per_user,
                         per_address: config.sip.auth_failures_per_address,
                         window: config.sip.auth_failure_window,
@@ -407,7 +407,7 @@ impl Plugins {
     }
 
     /// The key of the Digest nonces plugins verify (challenges must use it).
-    pub fn nonce_key(&self) -> crate::core::auth::NonceKey {
+    pub fn nonce_key(&self) -> crate::auth::NonceKey {
         self.inner.context.nonce.clone()
     }
 

@@ -12,9 +12,9 @@ use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
 use super::{Plugins, World, bindings, engine, linker};
+use crate::auth::NonceKey;
 use crate::config::{Config, PluginRuntimeConfig};
 use crate::core::Myself;
-use crate::core::auth::NonceKey;
 use crate::http::answer::{Answer, AnswerContext, RequestFacts, answer};
 use crate::http::handshake::{self, HandshakeCheck};
 use crate::http::head::{self, HeadLimits};
@@ -320,11 +320,37 @@ async fn run_sip(
             reason,
             headers,
         } => {
-            let resp = crate::core::local_reply(&message, status, reason, &headers);
+            let resp = shown_reply(&message, status, reason, &headers);
             let mut out = String::from_utf8_lossy(&resp.to_bytes()).into_owned();
             out.push_str("---\nthen: this response goes back on the flow the request came in on\n");
             out
         }
     };
     Ok(text)
+}
+
+/// The response the core would send for a plugin's `reply` (copied fields, the
+/// plugin's header fields, Server), for the tool to show. The To tag is random here,
+/// not the running server's stable one.
+fn shown_reply(
+    req: &crate::sip::Request,
+    status: u16,
+    reason: Option<String>,
+    extra: &[(crate::sip::HeaderName, String)],
+) -> crate::sip::Response {
+    let mut raw = [0u8; 8];
+    let _ = getrandom::fill(&mut raw);
+    let tag = crate::hex::hex(&raw);
+    let mut resp = crate::sip::Response::for_request(req, status, Some(&tag));
+    for (n, v) in extra {
+        resp.headers.push(n.clone(), v.as_str());
+    }
+    resp.headers.push(
+        crate::sip::HeaderName::Server,
+        format!("sipwasm/{}", env!("CARGO_PKG_VERSION")),
+    );
+    if let Some(reason) = reason {
+        resp.reason = reason;
+    }
+    resp
 }

@@ -7,6 +7,7 @@ pub mod headers;
 pub mod message;
 pub mod method;
 pub mod parse;
+pub mod reply;
 pub(crate) mod scan;
 pub mod serialize;
 pub mod typed;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::auth::NonceKey;
 use crate::config::{HttpConfig, WebSocketConfig};
-use crate::core::auth::NonceKey;
 use crate::driver::CoreCell;
 use crate::driver::flow::FlowTable;
 use crate::metrics::Metrics;

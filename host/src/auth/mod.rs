@@ -1,6 +1,10 @@
 //! HTTP/SIP Digest challenges (RFC 7616, RFC 3261 section 22): nonces made and checked
 //! by the host with a secret key, so no per-nonce state is kept (sans-IO: the caller
-//! passes the time).
+//! passes the time); and [`guess_guard`], which throttles password guessing. Used by
+//! the plugin host (web logins, the SIP router's challenges) and the HTTP answers;
+//! the SIP core knows nothing of credentials.
+
+pub mod guess_guard;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -9,7 +13,7 @@ use std::net::IpAddr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::hex::hex;
+use crate::hex::hex;
 
 type HmacSha256 = Hmac<Sha256>;
 
