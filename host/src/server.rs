@@ -20,7 +20,7 @@ use crate::core::transaction::TimerConfig;
 use crate::core::{Core, CoreConfig, CoreLimits, Myself, SipListener, Transport};
 use crate::driver::flow::{FlowInfo, FlowTable};
 use crate::driver::outlet::{ConnectRequest, Connector, Outlet};
-use crate::driver::{self, CoreCell, Router, route_hook};
+use crate::driver::{self, CoreCell, Router};
 use crate::metrics::ConnLimit;
 use crate::metrics::Metrics;
 use crate::plugin::sip::SipRouter;
@@ -249,17 +249,11 @@ impl Server {
             ),
             server_header: config.server.server_header.clone(),
             flows,
-            core: Arc::new(CoreCell::new(core, store, router, outlet)),
+            core: CoreCell::new(core, store, router, outlet),
             nonce: NonceKey::new(secret),
             metrics,
             shutdown: shutdown_rx,
             grace: config.server.shutdown_grace,
-        });
-        let weak = Arc::downgrade(&shared.core);
-        shared.core.with_core(|core, router| {
-            if let Some(r) = router {
-                core.set_route_hook(route_hook(r.plugin.clone(), weak));
-            }
         });
         if restored > 0 {
             tracing::info!(

@@ -173,10 +173,10 @@ pub enum Input {
     FlowClosed(FlowId),
     /// A message to this target could not be sent (connection refused, flow gone).
     SendFailed(Target),
-    /// The routing plugin's decision on request `id`, for which the [`RouteHook`]
-    /// returned `None`.
+    /// The routing plugin's decision on request `id`, which the driver left for later
+    /// ([`Core::route_later`]).
     Routed {
-        /// The id the hook was given.
+        /// The query's id ([`RouteQuery::id`]).
         id: u64,
         /// What to do.
         decision: RouteDecision,
@@ -302,20 +302,26 @@ pub enum RouteDecision {
     Relay(crate::sip::uri::Uri),
 }
 
-/// Asked by the core, synchronously, about each new out-of-dialog request once set
-/// with [`Core::set_route_hook`]: the id its decision will carry, where it came from,
-/// the request (with `received`/`rport` stamped). `Some` is the decision now; `None`
-/// means it will come later as [`Input::Routed`] with that id (the core keeps the
-/// request in a transaction meanwhile, so retransmissions are absorbed).
-pub struct RouteHook(pub Box<RouteFn>);
+/// A new out-of-dialog request for the routing plugin ([`Core::route_query`]), once
+/// routing is on ([`Core::set_routing`]): the id its decision carries, where it came
+/// from, the request (with `received`/`rport` stamped).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteQuery<'a> {
+    /// The id [`Core::route`], [`Core::route_later`] and [`Input::Routed`] take.
+    pub id: u64,
+    /// Where it came from.
+    pub source: &'a Source,
+    /// The request.
+    pub request: &'a Request,
+}
 
-/// The function inside a [`RouteHook`].
-pub type RouteFn = dyn FnMut(u64, &Source, &Request) -> Option<RouteDecision> + Send;
-
-impl fmt::Debug for RouteHook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RouteHook(..)")
-    }
+/// A request waiting for its routing decision, not yet in a transaction.
+#[derive(Debug)]
+struct Query {
+    id: u64,
+    key: ServerKey,
+    source: Source,
+    req: Request,
 }
 
 /// A flow that carried SIP closed.
@@ -456,8 +462,10 @@ pub struct Core {
     flows: HashMap<FlowId, (Transport, SocketAddr, SocketAddr)>,
     /// Server transactions waiting for the routing plugin's decision.
     routing: HashSet<u64>,
-    /// Asks the routing plugin in place (see [`RouteHook`]).
-    hook: Option<RouteHook>,
+    /// Whether new out-of-dialog requests go to the routing plugin first.
+    routed: bool,
+    /// The request whose routing decision is asked for now ([`Core::route_query`]).
+    query: Option<Query>,
     servers: sharded::Sharded<u64, ServerTx>,
     server_keys: sharded::Sharded<ServerKey, u64>,
     clients: sharded::Sharded<u64, ClientTx>,
@@ -531,7 +539,8 @@ impl Core {
             last_prune: None,
             flows: HashMap::new(),
             routing: HashSet::new(),
-            hook: None,
+            routed: false,
+            query: None,
             servers: sharded::Sharded::default(),
             server_keys: sharded::Sharded::default(),
             clients: sharded::Sharded::default(),
@@ -569,9 +578,68 @@ impl Core {
         self.date = http_date;
     }
 
-    /// Installs the hook that asks the routing plugin in place.
-    pub fn set_route_hook(&mut self, hook: RouteHook) {
-        self.hook = Some(hook);
+    /// Turns routing by plugin on: each new out-of-dialog request then waits for a
+    /// decision. The core asks for it with [`Core::route_query`] after the input that
+    /// brought the request; the driver answers at once with [`Core::route`], or says it
+    /// will come later ([`Core::route_later`], then [`Input::Routed`]).
+    pub fn set_routing(&mut self, on: bool) {
+        self.routed = on;
+    }
+
+    /// The request waiting for its routing decision, if the last input brought one.
+    /// Left unanswered until the next input (or timeout), it is waited for as with
+    /// [`Core::route_later`].
+    pub fn route_query(&self) -> Option<RouteQuery<'_>> {
+        self.query.as_ref().map(|q| RouteQuery {
+            id: q.id,
+            source: &q.source,
+            request: &q.req,
+        })
+    }
+
+    /// The decision on the request of [`Core::route_query`], made now: the request
+    /// goes on as it would have without waiting. A decision for another id is taken
+    /// as [`Input::Routed`].
+    pub fn route(&mut self, now: Instant, id: u64, decision: RouteDecision) {
+        let Some(q) = self.query.take_if(|q| q.id == id) else {
+            return self.on_routed(now, id, decision);
+        };
+        let Query {
+            key,
+            source,
+            mut req,
+            ..
+        } = q;
+        match self.route_decided(now, &source, &mut req, decision) {
+            Ok(route) => self.take_route(now, source, key, req, route),
+            Err(resp) => self.send(source.reply_target(), Bytes::from(resp.to_bytes())),
+        }
+    }
+
+    /// The decision on the request of [`Core::route_query`] will come later, as
+    /// [`Input::Routed`]: the request waits in a transaction, so retransmissions are
+    /// absorbed (and an INVITE gets its 100).
+    pub fn route_later(&mut self, now: Instant, id: u64) {
+        if let Some(q) = self.query.take_if(|q| q.id == id) {
+            self.wait_for_route(now, q);
+        }
+    }
+
+    /// Puts a query no one answered in place into a transaction to wait.
+    fn wait_for_route(&mut self, now: Instant, q: Query) {
+        let Query {
+            id,
+            key,
+            source,
+            req,
+        } = q;
+        let trying = (req.method == Method::Invite).then(|| self.make_response(&req, 100, &[]));
+        self.server_keys.insert(key.clone(), id);
+        self.servers.insert(id, ServerTx::new(id, key, req, source));
+        if let Some(trying) = trying {
+            self.respond(id, trying, now);
+        }
+        self.routing.insert(id);
     }
 
     /// Restores a binding (from persistent storage at start) and returns it as kept
@@ -602,6 +670,9 @@ impl Core {
     /// Processes one input. Afterwards drain [`Core::poll_transmit`] and
     /// [`Core::poll_event`], and re-check [`Core::poll_timeout`].
     pub fn handle(&mut self, now: Instant, input: Input) {
+        if let Some(q) = self.query.take() {
+            self.wait_for_route(now, q);
+        }
         match input {
             Input::Message(incoming) => {
                 let Incoming { source, message } = *incoming;
@@ -675,6 +746,9 @@ impl Core {
 
     /// Runs everything due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(q) = self.query.take() {
+            self.wait_for_route(now, q);
+        }
         // Bounded: each pop removes an entry; re-arming only adds later deadlines.
         while let Some((_, r)) = self.timers.pop_due(now) {
             match r {
@@ -814,31 +888,19 @@ impl Core {
             }
             return;
         }
-        if self.hook.is_some() && !self.in_our_dialog(&req) {
+        if self.routed && !self.in_our_dialog(&req) {
             // Out of dialog: the routing plugin decides first (unless the transaction
             // could not be kept anyway: then the plugin is not asked).
             if !self.room_for_transaction(now, &source, &req) {
                 return;
             }
             let id = self.new_id();
-            let hook = self.hook.as_mut().expect("checked above");
-            if let Some(decision) = (hook.0)(id, &source, &req) {
-                // Decided in place: on as without a router.
-                return match self.route_decided(now, &source, &mut req, decision) {
-                    Ok(route) => self.take_route(now, source, key, req, route),
-                    Err(resp) => self.send(source.reply_target(), Bytes::from(resp.to_bytes())),
-                };
-            }
-            // The decision comes later: the transaction exists meanwhile, so
-            // retransmissions are absorbed (and INVITE gets its 100).
-            self.server_keys.insert(key.clone(), id);
-            self.servers
-                .insert(id, ServerTx::new(id, key, req.clone(), source));
-            if req.method == Method::Invite {
-                let trying = self.make_response(&req, 100, &[]);
-                self.respond(id, trying, now);
-            }
-            self.routing.insert(id);
+            self.query = Some(Query {
+                id,
+                key,
+                source,
+                req,
+            });
             return;
         }
         let route = self.decide(now, &source, &mut req);

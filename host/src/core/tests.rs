@@ -14,11 +14,16 @@ const TCP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr:
 struct Sim {
     core: Core,
     now: Instant,
-    /// What the routing hook of [`Sim::with_router`] was asked.
-    asked: std::sync::Arc<std::sync::Mutex<Vec<Routed>>>,
+    /// The routing queries of [`Sim::with_router`] left for later.
+    asked: Vec<Routed>,
+    /// Decides routing queries in place when it returns a decision (as the driver
+    /// does with a quick plugin); `None`: every query is left for later.
+    in_place: Option<fn(&Request) -> Option<RouteDecision>>,
+    /// Routing queries the core made.
+    queries: usize,
 }
 
-/// A request the routing hook was asked about (its decision comes later).
+/// A request the router was asked about (its decision comes later).
 struct Routed {
     id: u64,
     request: Request,
@@ -69,29 +74,38 @@ impl Sim {
     /// answers later, through [`Sim::routed`].
     fn with_router() -> Self {
         let mut sim = Self::new();
-        let asked = sim.asked.clone();
-        sim.core
-            .set_route_hook(RouteHook(Box::new(move |id, _source, req| {
-                asked.lock().unwrap().push(Routed {
-                    id,
-                    request: req.clone(),
-                });
-                None
-            })));
+        sim.core.set_routing(true);
         sim
     }
 
-    /// The requests the routing hook was asked about since the last call.
+    /// The requests the router was asked about since the last call.
     fn route_queries(&mut self) -> Vec<Routed> {
-        std::mem::take(&mut *self.asked.lock().unwrap())
+        std::mem::take(&mut self.asked)
     }
 
-    /// Runs `f` with the routing hook taken away (as a core without a router).
+    /// Runs `f` with routing off (as a core without a router).
     fn without_router<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
-        let hook = self.core.hook.take();
+        self.core.set_routing(false);
         let out = f(self);
-        self.core.hook = hook;
+        self.core.set_routing(true);
         out
+    }
+
+    /// Answers the core's routing query, if it has one, as the driver does: in place
+    /// when [`Sim::in_place`] decides, else later (recorded for [`Sim::routed`]).
+    fn ask_router(&mut self) {
+        let Some(q) = self.core.route_query() else {
+            return;
+        };
+        let (id, request) = (q.id, q.request.clone());
+        self.queries += 1;
+        match self.in_place.and_then(|decide| decide(&request)) {
+            Some(decision) => self.core.route(self.now, id, decision),
+            None => {
+                self.asked.push(Routed { id, request });
+                self.core.route_later(self.now, id);
+            }
+        }
     }
 
     /// Answers routing query `id`; returns what the core sends.
@@ -134,7 +148,9 @@ impl Sim {
                 limits,
             }),
             now: Instant::now(),
-            asked: Default::default(),
+            asked: Vec::new(),
+            in_place: None,
+            queries: 0,
         }
     }
 
@@ -146,6 +162,7 @@ impl Sim {
             self.now,
             Input::Message(Box::new(Incoming { source, message })),
         );
+        self.ask_router();
         self.drain()
     }
 
@@ -1492,23 +1509,19 @@ fn a_closed_flow_is_reported_once_with_the_aors_it_lost() {
 }
 
 #[test]
-fn a_route_hook_decides_in_place_or_later() {
-    let mut sim = Sim::new();
-    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = asked.clone();
-    sim.core
-        .set_route_hook(RouteHook(Box::new(move |id, _source, req| {
-            seen.lock().unwrap().push((id, req.uri.to_string()));
-            match req.uri.as_sip().and_then(|u| u.user.clone()).as_deref() {
-                Some("666") => Some(RouteDecision::Reply {
-                    status: 403,
-                    reason: Some("Blocked".into()),
-                    headers: vec![],
-                }),
-                Some("later") => None,
-                _ => Some(RouteDecision::Continue),
-            }
-        })));
+fn a_routing_query_is_answered_in_place_or_later() {
+    let mut sim = Sim::with_router();
+    sim.in_place = Some(
+        |req| match req.uri.as_sip().and_then(|u| u.user.clone()).as_deref() {
+            Some("666") => Some(RouteDecision::Reply {
+                status: 403,
+                reason: Some("Blocked".into()),
+                headers: vec![],
+            }),
+            Some("later") => None,
+            _ => Some(RouteDecision::Continue),
+        },
+    );
     // In place: answered at once, no event, no 100 for a reply decided in place.
     let out = sim.feed(udp_phone(), &invite_from_udp("666", "h1"));
     let statuses: Vec<u16> = out.iter().map(|(_, m)| status(m)).collect();
@@ -1521,9 +1534,10 @@ fn a_route_hook_decides_in_place_or_later() {
     let out = sim.feed(udp_phone(), &invite_from_udp("later", "h3"));
     assert_eq!(status(&out[0].1), 100);
     assert!(sim.core.poll_event().is_none());
-    let id = asked.lock().unwrap().last().unwrap().0;
+    let later = sim.route_queries();
+    assert_eq!(later.len(), 1);
     let out = sim.routed(
-        id,
+        later[0].id,
         RouteDecision::Reply {
             status: 486,
             reason: None,
@@ -1531,7 +1545,43 @@ fn a_route_hook_decides_in_place_or_later() {
         },
     );
     assert_eq!(status(&out[0].1), 486);
-    assert_eq!(asked.lock().unwrap().len(), 3);
+    assert_eq!(sim.queries, 3);
+}
+
+/// A driver that takes no notice of a routing query: the request waits for its
+/// decision all the same (in a transaction, from the next input on), and a
+/// retransmission meanwhile is absorbed rather than asked about again.
+#[test]
+fn a_routing_query_left_unanswered_waits_for_its_decision() {
+    let mut sim = Sim::new();
+    sim.core.set_routing(true);
+    let text = invite_from_udp("carol", "u1");
+    let message = || {
+        Input::Message(Box::new(Incoming {
+            source: udp_phone(),
+            message: parse(text.as_bytes()).unwrap(),
+        }))
+    };
+    sim.core.handle(sim.now, message());
+    let id = sim.core.route_query().expect("asked").id;
+    assert!(sim.drain().is_empty(), "nothing sent before the decision");
+    // The retransmission: the first request now waits in its transaction (100), and
+    // the retransmission gets that 100 again instead of a query of its own.
+    sim.core.handle(sim.now, message());
+    assert!(sim.core.route_query().is_none());
+    let statuses: Vec<u16> = sim.drain().iter().map(|(_, m)| status(m)).collect();
+    assert_eq!(statuses, vec![100, 100]);
+    assert_eq!(sim.core.stats().routing, 1);
+    let out = sim.routed(
+        id,
+        RouteDecision::Reply {
+            status: 480,
+            reason: None,
+            headers: vec![],
+        },
+    );
+    assert_eq!(status(&out[0].1), 480);
+    assert_eq!(sim.core.stats().routing, 0);
 }
 
 #[test]

@@ -91,6 +91,8 @@ struct Driven {
     spare: VecDeque<Work>,
     /// Credits of the inputs of this turn, given back after its sends.
     credits: Vec<OwnedSemaphorePermit>,
+    /// The cell this is in, for the routing decisions that come later ([`ask_router`]).
+    cell: Weak<CoreCell>,
 }
 
 /// How many of a connection's messages may be in the core at once: half its send
@@ -144,14 +146,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CoreCell {
-    /// The core with the store it reports bindings to, the routing plugin, if any,
-    /// and where it sends.
-    pub fn new(mut core: Core, store: Store, router: Option<Router>, outlet: Outlet) -> Self {
+    /// The core with the store it reports bindings to, the routing plugin, if any
+    /// (routing is turned on in the core with it), and where it sends.
+    pub fn new(mut core: Core, store: Store, router: Option<Router>, outlet: Outlet) -> Arc<Self> {
+        core.set_routing(router.is_some());
         let deadline = Deadline {
             next: core.poll_timeout(),
             armed: None,
         };
-        Self {
+        Arc::new_cyclic(|cell| Self {
             queue: Mutex::new(Queue::default()),
             space: Semaphore::new(CORE_INBOX),
             state: Mutex::new(Driven {
@@ -163,11 +166,12 @@ impl CoreCell {
                 gave_back: std::time::Instant::now(),
                 spare: VecDeque::new(),
                 credits: Vec::new(),
+                cell: cell.clone(),
             }),
             deadline: Mutex::new(deadline),
             wake: Notify::new(),
             outlet,
-        }
+        })
     }
 
     /// Where the core's messages are sent: the flows, UDP sockets and connections
@@ -373,6 +377,9 @@ impl Driven {
                 Work::Input { input, credit, .. } => {
                     self.credits.extend(credit);
                     self.core.handle(now, input);
+                    if let Some(router) = &self.router {
+                        ask_router(&mut self.core, router, outlet, &self.cell);
+                    }
                 }
                 Work::Closed(info) => {
                     let id = info.id;
@@ -524,7 +531,8 @@ fn send_transmits(core: &mut Core, outlet: &Outlet) {
     }
 }
 
-/// The core's routing hook: asks the plugin in place, on the task running the core. A
+/// Asks the routing plugin about the request the core just took, if it is waiting for
+/// a decision ([`Core::route_query`]), in place: on the task running the core. A
 /// plugin answers in microseconds, and a hop to another task would cost more than the
 /// call; a call still running at its first epoch tick (it yields there) moves to the
 /// plugin runtime ([`crate::plugin::exec`]) and its decision comes back as an input, so
@@ -532,30 +540,38 @@ fn send_transmits(core: &mut Core, outlet: &Outlet) {
 /// to the plugin runtime at once until it is quick again ([`InPlace`]). A call the
 /// plugin has no place for (every instance busy) waits for one on a task here, not on
 /// the plugin runtime, so when the plugin is saturated the calls past `max-waiting`
-/// get their 503 at once. `cell` is weak: the core lives in it.
+/// get their 503 at once.
 ///
 /// [`InPlace`]: crate::plugin::sip::InPlace
-pub fn route_hook(plugin: SipRouter, cell: Weak<CoreCell>) -> crate::core::RouteHook {
-    crate::core::RouteHook(Box::new(move |id, source, req| {
-        let cell = cell.upgrade()?;
-        let identity = source
-            .flow
-            .and_then(|f| cell.outlet.flows.get(f))
-            .map(|info| info.identity.clone())
-            .unwrap_or_default();
-        match plugin.decide_in_place(source, req, &identity) {
-            Ok(decision) => Some(decision),
-            Err(deferred) => {
-                tracing::debug!(id, "routing call deferred");
-                let in_place = plugin.in_place().clone();
-                tokio::spawn(async move {
-                    let started = std::time::Instant::now();
-                    let decision = deferred.finish().await;
-                    in_place.deferred_took(started.elapsed());
+fn ask_router(core: &mut Core, router: &Router, outlet: &Outlet, cell: &Weak<CoreCell>) {
+    let Some(q) = core.route_query() else {
+        return;
+    };
+    let id = q.id;
+    let identity = q
+        .source
+        .flow
+        .and_then(|f| outlet.flows.get(f))
+        .map(|info| info.identity.clone())
+        .unwrap_or_default();
+    match router
+        .plugin
+        .decide_in_place(q.source, q.request, &identity)
+    {
+        Ok(decision) => core.route(std::time::Instant::now(), id, decision),
+        Err(deferred) => {
+            tracing::debug!(id, "routing call deferred");
+            core.route_later(std::time::Instant::now(), id);
+            let in_place = router.plugin.in_place().clone();
+            let cell = cell.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let decision = deferred.finish().await;
+                in_place.deferred_took(started.elapsed());
+                if let Some(cell) = cell.upgrade() {
                     cell.submit(Input::Routed { id, decision }, None).await;
-                });
-                None
-            }
+                }
+            });
         }
-    }))
+    }
 }
