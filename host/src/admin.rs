@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 
 /// What the admin API serves.
 #[derive(Debug, Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Live flows.
@@ -80,7 +80,11 @@ fn bearer_ok(headers: &[(String, String)], token: &str) -> bool {
 }
 
 /// Serves the admin API until shutdown.
-pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

@@ -1,24 +1,72 @@
-//! sipwasm: a SIP server for browsers (SIP over WebSocket, RFC 7118) and phones, whose
-//! admission and policy decisions are made by sandboxed WebAssembly component plugins.
+//! sipwasm: a SIP server for browsers (SIP over WebSocket, RFC 7118) and phones (UDP,
+//! TCP, TLS), whose admission and policy decisions are made by sandboxed WebAssembly
+//! component plugins.
+//!
+//! # How a message goes through
 //!
 //! ```text
-//! TCP/TLS accept ─▶ http::reader (limits) ─▶ http::head ─▶ http::handshake::inspect
-//!                     └▶ plugin::Plugin::decide ─▶ reply | challenge | upgrade
-//!                          upgrade ─▶ 101 ─▶ transport::ws flow (flow table)
-//! WS message ─▶ sip::parse ─▶ core::Core::handle ─▶ poll_transmit ─▶ flow send
+//!  browser                                               phone
+//!    │ TCP/TLS                                             │ UDP / TCP / TLS
+//!    ▼                                                     ▼
+//!  transport::ws ── http::reader ─▶ http::head ─▶ http::handshake
+//!    │                                 │
+//!    │              plugin (http-handler: reply | challenge | upgrade)
+//!    │ 101 upgrade                     │
+//!    ▼                                 ▼
+//!  WebSocket flow ──────────┐   transport::{udp, tcp} ── sip::framing
+//!                           ▼           │
+//!                    sip::parse ◀───────┘
+//!                           │ Input
+//!                           ▼
+//!             driver::CoreCell ──▶ core::Core::handle (sans-IO: registrar,
+//!                           │          transactions, proxy, location)
+//!      route_query ◀────────┤
+//!      plugin (sip-router)  │ poll_transmit / poll_event
+//!      ──▶ route ──────────▶│
+//!                           ▼
+//!             driver::outlet ──▶ flow send queue / UDP socket / new connection
+//!                           │
+//!                           ▼ BindingSaved / Removed
+//!                         store (SQLite, its own thread)
 //! ```
 //!
-//! The sans-IO rule: `sip/`, `core/` and `http/` (except `http/reader.rs`) take bytes
-//! and time and return values; they never touch tokio, sockets or the clock. Only
-//! `transport/`, `plugin/`, `admin.rs`, `driver.rs`, `server.rs`, `memory.rs` and `main.rs`
-//! do I/O.
+//! # Modules, lowest first
+//!
+//! Each imports only modules above it in this list (`host/tests/module_arrows.rs`
+//! fails on a circle); the first five are sans-IO: bytes and time in, values out
+//! (`host/tests/sans_io.rs`).
+//!
+//! - [`sip`]: SIP messages: parse, framing, headers, URIs, serialization, the
+//!   response for a request.
+//! - `hex`: lower-case hex.
+//! - [`core`]: the SIP core: transactions, registrar, location, proxy, flow tokens,
+//!   limits. One object driven by inputs, asked for what to send.
+//! - [`auth`]: Digest nonces and responses, password-guessing bans.
+//! - [`http`]: HTTP request heads, the WebSocket handshake, responses (and `reader.rs`,
+//!   the one async reader).
+//! - [`config`]: the configuration file, its defaults and checks.
+//! - [`builtin`]: the plugins compiled into the binary.
+//! - [`metrics`]: counters and gauges.
+//! - `store`: the SQLite location store for UDP bindings.
+//! - [`plugin`]: the wasmtime host: engine, pools, limits, host imports, decisions.
+//! - `driver`: runs the core for the tasks that bring it inputs; the flow table; the
+//!   outlet that sends what it produced.
+//! - `transport`: sockets: UDP, TCP/TLS streams, web connections and WebSocket flows,
+//!   admission and rate gates.
+//! - `admin`: the admin API.
+//! - [`memory`]: how freed memory goes back to the system.
+//! - [`server`]: the wiring.
+//!
+//! Modules in code font are the crate's own; the others are public for the binary,
+//! the end-to-end tests, the benchmarks and the fuzz targets (which compile the
+//! sans-IO files on their own, `host/fuzz`).
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod auth;
 pub mod builtin;
 pub mod config;
 pub mod core;
-pub mod driver;
+pub(crate) mod driver;
 pub(crate) mod hex;
 pub mod http;
 pub mod memory;
@@ -26,5 +74,5 @@ pub mod metrics;
 pub mod plugin;
 pub mod server;
 pub mod sip;
-pub mod store;
-pub mod transport;
+pub(crate) mod store;
+pub(crate) mod transport;

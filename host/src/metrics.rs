@@ -119,7 +119,7 @@ struct CoreGauges {
 
 impl Metrics {
     /// A request refused by `limits.rate` (counted at the door, before parsing, by
-    /// [`crate::transport::gate::SourceGate`]).
+    /// `transport::gate::SourceGate`).
     pub fn sip_rate_limited(&self) {
         self.core.refused_rate_limit.fetch_add(1, Relaxed);
     }

@@ -22,7 +22,7 @@ enum Op {
 
 /// Writes bindings to SQLite on its own thread.
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct Store {
     /// To the writer; `None` once [`Store::close`] ran.
     tx: Option<mpsc::Sender<Op>>,
     /// The writer thread, joined by [`Store::close`].
@@ -97,7 +97,7 @@ impl Store {
     /// (`location.sqlite.corrupt-<unix time>`, with its journal files) with an error
     /// naming both paths, and the server starts with an empty store: a damaged disk
     /// file costs the registrations it held, not the service.
-    pub fn open(dir: &Path, now: Instant) -> anyhow::Result<(Self, Vec<Binding>)> {
+    pub(crate) fn open(dir: &Path, now: Instant) -> anyhow::Result<(Self, Vec<Binding>)> {
         let path = dir.join("location.sqlite");
         let conn = match prepare(&path) {
             Ok(conn) => conn,
@@ -212,7 +212,7 @@ impl Store {
     }
 
     /// Records a saved binding (UDP ones only; others live and die with their flow).
-    pub fn saved(&mut self, b: &Binding, now: Instant) {
+    pub(crate) fn saved(&mut self, b: &Binding, now: Instant) {
         if !matches!(b.reach, Reach::Udp { .. }) {
             return;
         }
@@ -234,7 +234,7 @@ impl Store {
 
     /// Writes everything queued and stops the writer (at shutdown): every answered
     /// REGISTER is on disk when this returns.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         drop(self.tx.take());
         if let Some(w) = self.writer.take() {
             if w.join().is_err() {
@@ -265,7 +265,7 @@ impl Store {
     }
 
     /// Records a removed binding.
-    pub fn removed(&mut self, b: &Binding) {
+    pub(crate) fn removed(&mut self, b: &Binding) {
         if matches!(b.reach, Reach::Udp { .. }) {
             self.written.remove(&hashes(&self.hasher, b).0);
             // A flood's registrations expired: give back the room they took.

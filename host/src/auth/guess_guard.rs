@@ -24,7 +24,7 @@ const MAX_USER_BYTES: usize = 128;
 
 /// Limits of a [`GuessGuard`]; a limit of 0 turns that count off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuessLimits {
+pub(crate) struct GuessLimits {
     /// Failures for one username from one address within `window` that start a ban.
     pub per_user: u32,
     /// Failures from one address, all usernames together, within `window`.
@@ -37,7 +37,7 @@ pub struct GuessLimits {
 
 /// What a failure started.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BanStarted {
+pub(crate) enum BanStarted {
     /// Credentials for this username from this address are refused.
     User(IpAddr, String),
     /// Every credential from this address is refused.
@@ -66,7 +66,7 @@ impl Track {
 
 /// Counts failed Digest responses and refuses the sources of too many.
 #[derive(Debug)]
-pub struct GuessGuard {
+pub(crate) struct GuessGuard {
     limits: GuessLimits,
     tracks: Mutex<HashMap<Key, Track>>,
 }
@@ -97,7 +97,7 @@ fn user_key(user: &str) -> String {
 
 impl GuessGuard {
     /// A guard with `limits`.
-    pub fn new(limits: GuessLimits) -> Self {
+    pub(crate) fn new(limits: GuessLimits) -> Self {
         Self {
             limits,
             tracks: Mutex::new(HashMap::new()),
@@ -105,7 +105,7 @@ impl GuessGuard {
     }
 
     /// Its limits.
-    pub fn limits(&self) -> GuessLimits {
+    pub(crate) fn limits(&self) -> GuessLimits {
         self.limits
     }
 
@@ -119,7 +119,7 @@ impl GuessGuard {
     }
 
     /// Whether credentials for `user` from `addr` are refused at `now`.
-    pub fn refused(&self, addr: IpAddr, user: &str, now: Instant) -> bool {
+    pub(crate) fn refused(&self, addr: IpAddr, user: &str, now: Instant) -> bool {
         let tracks = self.tracks.lock().expect("guess guard lock");
         self.keys(addr, user)
             .into_iter()
@@ -128,7 +128,7 @@ impl GuessGuard {
     }
 
     /// Counts a failed response for `user` from `addr`; returns the bans it started.
-    pub fn failed(&self, addr: IpAddr, user: &str, now: Instant) -> Vec<BanStarted> {
+    pub(crate) fn failed(&self, addr: IpAddr, user: &str, now: Instant) -> Vec<BanStarted> {
         let mut started = Vec::new();
         let mut tracks = self.tracks.lock().expect("guess guard lock");
         for (key, limit) in self.keys(addr, user).into_iter().flatten() {
@@ -165,7 +165,7 @@ impl GuessGuard {
 
     /// Counts a successful response for `user` from `addr`: that username's count from
     /// that address starts over (the address's count does not).
-    pub fn succeeded(&self, addr: IpAddr, user: &str) {
+    pub(crate) fn succeeded(&self, addr: IpAddr, user: &str) {
         if self.limits.per_user == 0 {
             return;
         }

@@ -392,7 +392,7 @@ pub struct CoreConfig {
 }
 
 /// The core's share of `[limits]` (`limits.rate` is counted in the shell, before
-/// parsing: [`crate::transport::gate`]).
+/// parsing: `transport::gate`).
 #[derive(Debug, Clone)]
 pub struct CoreLimits {
     /// Most server transactions in flight; past it new requests get 503.

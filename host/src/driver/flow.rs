@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 
 /// What is known about a flow.
 #[derive(Debug, Clone)]
-pub struct FlowInfo {
+pub(crate) struct FlowInfo {
     /// Its id (also the HTTP connection id the plugin saw).
     pub id: FlowId,
     /// WS, WSS, TCP or TLS.
@@ -32,7 +32,7 @@ pub struct FlowInfo {
 
 /// Why a message could not be queued on a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The flow is gone.
     #[error("no such flow")]
     NoFlow,
@@ -54,7 +54,7 @@ struct Flows {
 }
 
 /// All live flows.
-pub struct FlowTable {
+pub(crate) struct FlowTable {
     flows: Mutex<Flows>,
     next_id: AtomicU64,
     closed_tx: mpsc::UnboundedSender<Arc<FlowInfo>>,
@@ -71,7 +71,10 @@ impl std::fmt::Debug for FlowTable {
 
 impl FlowTable {
     /// A table that reports each closed flow on `closed_tx`, once.
-    pub fn new(closed_tx: mpsc::UnboundedSender<Arc<FlowInfo>>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        closed_tx: mpsc::UnboundedSender<Arc<FlowInfo>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             flows: Mutex::new(Flows::default()),
             next_id: AtomicU64::new(1),
@@ -81,12 +84,12 @@ impl FlowTable {
     }
 
     /// A fresh id for a new connection.
-    pub fn next_id(&self) -> FlowId {
+    pub(crate) fn next_id(&self) -> FlowId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Adds a flow; it stays until the returned guard drops.
-    pub fn register(self: &Arc<Self>, info: FlowInfo, tx: mpsc::Sender<Bytes>) -> FlowGuard {
+    pub(crate) fn register(self: &Arc<Self>, info: FlowInfo, tx: mpsc::Sender<Bytes>) -> FlowGuard {
         let id = info.id;
         let mut flows = self.flows.lock().expect("flow table lock");
         flows.by_peer.insert((info.transport, info.remote), id);
@@ -106,7 +109,7 @@ impl FlowTable {
     }
 
     /// Queues `payload` on flow `id` without waiting.
-    pub fn send(&self, id: FlowId, payload: Bytes) -> Result<(), SendError> {
+    pub(crate) fn send(&self, id: FlowId, payload: Bytes) -> Result<(), SendError> {
         let flows = self.flows.lock().expect("flow table lock");
         let entry = flows.by_id.get(&id).ok_or(SendError::NoFlow)?;
         entry.tx.try_send(payload).map_err(|e| match e {
@@ -116,7 +119,7 @@ impl FlowTable {
     }
 
     /// A flow's info.
-    pub fn get(&self, id: FlowId) -> Option<Arc<FlowInfo>> {
+    pub(crate) fn get(&self, id: FlowId) -> Option<Arc<FlowInfo>> {
         self.flows
             .lock()
             .expect("flow table lock")
@@ -126,7 +129,7 @@ impl FlowTable {
     }
 
     /// A live stream connection to `remote` over `transport`, for reuse.
-    pub fn find(&self, transport: Transport, remote: SocketAddr) -> Option<FlowId> {
+    pub(crate) fn find(&self, transport: Transport, remote: SocketAddr) -> Option<FlowId> {
         self.flows
             .lock()
             .expect("flow table lock")
@@ -136,7 +139,7 @@ impl FlowTable {
     }
 
     /// Every live flow, by id.
-    pub fn list(&self) -> Vec<Arc<FlowInfo>> {
+    pub(crate) fn list(&self) -> Vec<Arc<FlowInfo>> {
         let mut v: Vec<_> = self
             .flows
             .lock()
@@ -150,13 +153,8 @@ impl FlowTable {
     }
 
     /// Number of live flows.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.flows.lock().expect("flow table lock").by_id.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn remove(&self, id: FlowId) {
@@ -179,16 +177,9 @@ impl FlowTable {
 
 /// Keeps a flow registered; dropping it removes the flow and reports the closure.
 #[derive(Debug)]
-pub struct FlowGuard {
+pub(crate) struct FlowGuard {
     table: Arc<FlowTable>,
     id: FlowId,
-}
-
-impl FlowGuard {
-    /// The flow's id.
-    pub fn id(&self) -> FlowId {
-        self.id
-    }
 }
 
 impl Drop for FlowGuard {

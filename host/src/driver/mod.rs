@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
-pub mod flow;
-pub mod outlet;
+pub(crate) mod flow;
+pub(crate) mod outlet;
 
 use self::flow::FlowInfo;
 use self::outlet::Outlet;
@@ -30,7 +30,7 @@ use crate::plugin::sip::SipRouter;
 use crate::store::Store;
 
 /// Inputs queued for the core before the tasks that bring more wait.
-pub const CORE_INBOX: usize = 4096;
+pub(crate) const CORE_INBOX: usize = 4096;
 
 /// Inputs one task handles in one turn at the core before it leaves the rest to the
 /// driver task (batches are cut to it): a connection task does not serve the whole
@@ -38,7 +38,7 @@ pub const CORE_INBOX: usize = 4096;
 const RUN_BUDGET: usize = 256;
 
 /// The `sip.router` plugin and the registrar view its `lookup` reads.
-pub struct Router {
+pub(crate) struct Router {
     /// The plugin.
     pub plugin: SipRouter,
     /// What its `lookup` reads; refreshed per AoR when bindings change.
@@ -101,23 +101,23 @@ struct Driven {
 /// registering many lines) is read at the pace it is answered instead of having
 /// answers dropped; the other half is room for what other flows send it meanwhile.
 #[derive(Debug)]
-pub struct FlowCredit(Arc<Semaphore>);
+pub(crate) struct FlowCredit(Arc<Semaphore>);
 
 impl FlowCredit {
     /// Credit for a flow whose send queue holds `send_queue` messages.
-    pub fn new(send_queue: usize) -> Self {
+    pub(crate) fn new(send_queue: usize) -> Self {
         Self(Arc::new(Semaphore::new((send_queue / 2).max(1))))
     }
 
     /// Waits until fewer than the allowed messages are in the core; the permit goes
     /// with the next input.
-    pub async fn take(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn take(&self) -> Option<OwnedSemaphorePermit> {
         self.0.clone().acquire_owned().await.ok()
     }
 }
 
 /// The SIP core with its queue: see the module documentation.
-pub struct CoreCell {
+pub(crate) struct CoreCell {
     queue: Mutex<Queue>,
     /// Places in the queue for inputs from connections; returned as they are handled.
     space: Semaphore,
@@ -148,7 +148,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CoreCell {
     /// The core with the store it reports bindings to, the routing plugin, if any
     /// (routing is turned on in the core with it), and where it sends.
-    pub fn new(mut core: Core, store: Store, router: Option<Router>, outlet: Outlet) -> Arc<Self> {
+    pub(crate) fn new(
+        mut core: Core,
+        store: Store,
+        router: Option<Router>,
+        outlet: Outlet,
+    ) -> Arc<Self> {
         core.set_routing(router.is_some());
         let deadline = Deadline {
             next: core.poll_timeout(),
@@ -176,7 +181,7 @@ impl CoreCell {
 
     /// Where the core's messages are sent: the flows, UDP sockets and connections
     /// being opened.
-    pub fn outlet(&self) -> &Outlet {
+    pub(crate) fn outlet(&self) -> &Outlet {
         &self.outlet
     }
 
@@ -184,11 +189,11 @@ impl CoreCell {
     /// driver task's first look.
     /// Writes what the location store has queued and stops its writer (at shutdown,
     /// once nothing runs the core any more).
-    pub fn close_store(&self) {
+    pub(crate) fn close_store(&self) {
         lock(&self.state).store.close();
     }
 
-    pub fn with_core<R>(&self, f: impl FnOnce(&mut Core, Option<&Router>) -> R) -> R {
+    pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut Core, Option<&Router>) -> R) -> R {
         let mut state = lock(&self.state);
         let state = &mut *state;
         f(&mut state.core, state.router.as_ref())
@@ -197,7 +202,7 @@ impl CoreCell {
     /// Hands `input` to the core, waiting while [`CORE_INBOX`] inputs are queued, and
     /// runs the core when no other task is. A connection's input comes with its
     /// [`FlowCredit`].
-    pub async fn submit(&self, input: Input, credit: Option<OwnedSemaphorePermit>) {
+    pub(crate) async fn submit(&self, input: Input, credit: Option<OwnedSemaphorePermit>) {
         let counted = self.place().await;
         self.push(Work::Input {
             input,
@@ -210,14 +215,14 @@ impl CoreCell {
     /// the driver task: for the one task that reads a UDP socket for every peer, which
     /// goes on receiving while the core works on another CPU (measured: running the
     /// core in place there cost half the UDP REGISTER rate).
-    pub async fn hand_off(&self, input: Input) {
+    pub(crate) async fn hand_off(&self, input: Input) {
         let counted = self.place().await;
         self.queue_for_driver(input, counted);
     }
 
     /// [`Self::hand_off`] at once if fewer than `below` inputs hold places in the
     /// queue; the input back otherwise (the caller sheds it or waits).
-    pub fn try_hand_off(&self, input: Input, below: usize) -> Option<Input> {
+    pub(crate) fn try_hand_off(&self, input: Input, below: usize) -> Option<Input> {
         if self.queued() >= below {
             return Some(input);
         }
@@ -232,7 +237,7 @@ impl CoreCell {
     }
 
     /// Inputs holding places in the queue now.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         CORE_INBOX.saturating_sub(self.space.available_permits())
     }
 
@@ -260,7 +265,7 @@ impl CoreCell {
 
     /// Hands `input` to the core at once, past the bound: for the few inputs that must
     /// not wait or be lost (a connection that could not be opened).
-    pub fn submit_now(&self, input: Input) {
+    pub(crate) fn submit_now(&self, input: Input) {
         self.push(Work::Input {
             input,
             counted: false,
@@ -450,7 +455,7 @@ const GIVE_BACK_EVERY: Duration = Duration::from_secs(60);
 
 /// The driver task: the core's timers, closed flows, and a queue left over by a task
 /// that used its budget. Runs until the server aborts it when stopping.
-pub async fn drive(cell: Arc<CoreCell>, mut closed: mpsc::UnboundedReceiver<Arc<FlowInfo>>) {
+pub(crate) async fn drive(cell: Arc<CoreCell>, mut closed: mpsc::UnboundedReceiver<Arc<FlowInfo>>) {
     // One timer, moved only when the core's next deadline changes.
     let far = || Instant::now() + Duration::from_secs(24 * 3600);
     let sleep = tokio::time::sleep_until(far());

@@ -17,11 +17,11 @@ use crate::metrics::Metrics;
 
 /// A connection for the transports to open: `Target::Connect` found no flow to the
 /// peer. Sent once per peer while messages wait for it.
-pub type ConnectRequest = (Transport, SocketAddr);
+pub(crate) type ConnectRequest = (Transport, SocketAddr);
 
 /// The sending side of the server, as the driver sees it.
 #[derive(Debug)]
-pub struct Outlet {
+pub(crate) struct Outlet {
     /// Live flows (shared with the transports, which add and remove them).
     pub flows: Arc<FlowTable>,
     /// UDP sockets by local address.
@@ -35,7 +35,7 @@ pub struct Outlet {
 impl Outlet {
     /// Sends what the core produced. Returns the target when it is already known to
     /// be unreachable (the caller tells the core).
-    pub fn dispatch(&self, t: Transmit) -> Option<Target> {
+    pub(crate) fn dispatch(&self, t: Transmit) -> Option<Target> {
         match t.target {
             Target::Flow(id) => match self.flows.send(id, t.payload) {
                 Ok(()) => None,
@@ -87,7 +87,7 @@ impl Outlet {
 /// Messages waiting for outgoing connections that are being opened, so that a burst
 /// of messages to one peer opens one connection.
 #[derive(Debug)]
-pub struct Connector {
+pub(crate) struct Connector {
     pending: Mutex<HashMap<ConnectRequest, Vec<Bytes>>>,
     /// To the transports' task that opens connections.
     requests: mpsc::UnboundedSender<ConnectRequest>,
@@ -96,7 +96,7 @@ pub struct Connector {
 impl Connector {
     /// A connector whose connections are opened by whoever reads `requests`' other
     /// end.
-    pub fn new(requests: mpsc::UnboundedSender<ConnectRequest>) -> Self {
+    pub(crate) fn new(requests: mpsc::UnboundedSender<ConnectRequest>) -> Self {
         Self {
             pending: Mutex::default(),
             requests,
@@ -119,7 +119,7 @@ impl Connector {
     }
 
     /// The connection is up as flow `id` of `flows`: send what waited for it.
-    pub fn flush_pending(
+    pub(crate) fn flush_pending(
         &self,
         flows: &FlowTable,
         transport: Transport,
@@ -139,7 +139,7 @@ impl Connector {
     }
 
     /// The connection failed: forget what waited for it.
-    pub fn drop_pending(&self, transport: Transport, remote: SocketAddr) {
+    pub(crate) fn drop_pending(&self, transport: Transport, remote: SocketAddr) {
         self.pending
             .lock()
             .expect("connector lock")

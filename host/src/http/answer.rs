@@ -37,7 +37,7 @@ pub struct Upgrade {
 
 /// Facts about the request the answer depends on.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestFacts {
+pub(crate) struct RequestFacts {
     /// HTTP version.
     pub version: Version,
     /// The client asked to close after the response.
@@ -48,7 +48,7 @@ pub struct RequestFacts {
 
 /// The bytes to send and what the connection does after them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// A response; keep reading requests afterwards when `keep_alive`.
     Respond {
         /// The serialized response.
@@ -75,7 +75,7 @@ pub enum Answer {
 
 /// Everything [`answer`] needs besides the decision.
 #[derive(Debug, Clone, Copy)]
-pub struct AnswerContext<'a> {
+pub(crate) struct AnswerContext<'a> {
     /// `Server` header value.
     pub server: &'a str,
     /// For `Date`.
@@ -87,7 +87,7 @@ pub struct AnswerContext<'a> {
 }
 
 /// Turns a decision into bytes (RFC 9112 responses, RFC 6455 101, RFC 7616 401).
-pub fn answer(
+pub(crate) fn answer(
     decision: Decision,
     check: HandshakeCheck,
     facts: RequestFacts,

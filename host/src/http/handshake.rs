@@ -12,7 +12,7 @@ use super::response::{HeaderList, push_header};
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// The subprotocol of SIP over WebSocket (RFC 7118 section 4.1).
-pub const SIP_SUBPROTOCOL: &str = "sip";
+pub(crate) const SIP_SUBPROTOCOL: &str = "sip";
 
 /// A request that is a valid WebSocket opening handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl HandshakeError {
 /// A request asks for a WebSocket when it carries `Upgrade: websocket`, a
 /// `Sec-WebSocket-Key` or a `Sec-WebSocket-Version`; such a request must then satisfy
 /// every rule, or it is [`HandshakeCheck::Invalid`].
-pub fn inspect(head: &RequestHead) -> HandshakeCheck {
+pub(crate) fn inspect(head: &RequestHead) -> HandshakeCheck {
     let asks = head.has_token("Upgrade", "websocket")
         || head.header("Sec-WebSocket-Key").is_some()
         || head.header("Sec-WebSocket-Version").is_some();
@@ -168,7 +168,7 @@ fn key_is_valid(key: &str) -> bool {
 }
 
 /// `Sec-WebSocket-Accept` for a client key: base64(SHA-1(key + GUID)).
-pub fn accept_key(key: &str) -> String {
+pub(crate) fn accept_key(key: &str) -> String {
     let mut sha = Sha1::new();
     sha.update(key.as_bytes());
     sha.update(WS_GUID.as_bytes());
@@ -177,7 +177,7 @@ pub fn accept_key(key: &str) -> String {
 
 /// The 101 response completing the handshake, with `extra` headers (already
 /// validated) after the host's own.
-pub fn switching_protocols(
+pub(crate) fn switching_protocols(
     offer: &UpgradeOffer,
     subprotocol: &str,
     server: &str,

@@ -10,7 +10,7 @@ use super::head::{self, HeadError, HeadLimits, RequestHead};
 
 /// Why no request could be read.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// The client closed the connection cleanly between requests.
     #[error("connection closed")]
     Closed,
@@ -30,7 +30,7 @@ pub enum ReadError {
 
 /// A complete request.
 #[derive(Debug)]
-pub struct Request {
+pub(crate) struct Request {
     /// The head.
     pub head: RequestHead,
     /// The body (`Content-Length` bytes).
@@ -44,7 +44,7 @@ pub struct Request {
 /// Nothing must be pending for longer than `idle_until` before the first byte arrives,
 /// and the whole request must be in by `complete_within` after its first byte (or by
 /// `first_deadline` when given, e.g. counted from the TCP accept).
-pub async fn read_request<S>(
+pub(crate) async fn read_request<S>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     limits: &HeadLimits,

@@ -17,7 +17,7 @@ use crate::metrics::{ConnLimit, Metrics};
 
 /// Counts open connections and admits new ones.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     cap: usize,
     per_source: usize,
     exempt: TrustedPeers,
@@ -29,7 +29,7 @@ pub struct Admission {
 
 /// An admitted connection; dropping it frees its place.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Arc<Admission>,
     /// The source it counts against (none: outgoing or exempt).
     source: Option<IpAddr>,
@@ -54,7 +54,12 @@ impl Drop for Ticket {
 
 impl Admission {
     /// At most `cap` connections, `per_source` from one source (0: no such limit).
-    pub fn new(cap: usize, per_source: usize, exempt: TrustedPeers, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        cap: usize,
+        per_source: usize,
+        exempt: TrustedPeers,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             cap,
             per_source,
@@ -67,12 +72,13 @@ impl Admission {
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
     /// Takes a place for an outgoing connection, if the cap allows.
-    pub fn outgoing(self: &Arc<Self>) -> Option<Ticket> {
+    pub(crate) fn outgoing(self: &Arc<Self>) -> Option<Ticket> {
         if !self.take_global() {
             self.refused(ConnLimit::Total, None);
             return None;
@@ -81,7 +87,7 @@ impl Admission {
     }
 
     /// Takes a place for a connection accepted from `ip`, if both limits allow.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
         if !self.take_global() {
             self.refused(ConnLimit::Total, Some(ip));
             return None;
@@ -147,7 +153,7 @@ impl Admission {
 
     /// Logs (rate-limited per source) that `what` closed a connection from `ip`, and
     /// counts it.
-    pub fn timed_out(&self, what: ConnLimit, ip: IpAddr) {
+    pub(crate) fn timed_out(&self, what: ConnLimit, ip: IpAddr) {
         if self.hit(what, ip) {
             let why = match what {
                 ConnLimit::WsPartial => {

@@ -19,18 +19,18 @@ use crate::sip::HeaderName;
 /// before its next message is read: a banned source's connection is served at most
 /// 100 messages a second (TCP's flow control holds the rest back on its side), so a
 /// source that keeps sending past its ban costs little, however fast it sends.
-pub const REFUSED_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+pub(crate) const REFUSED_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A request counts against `limits.rate` once per started this many bytes: framing,
 /// parsing and handling a message cost roughly in proportion to its size, so a burst
 /// of 64 KB worst cases is as long as a burst of ordinary requests, not sixteen times
 /// longer (64 sources' bursts of torture messages held both CPUs for 0.6 s). Requests
 /// of phones and browsers, WebRTC offers included, are under it.
-pub const BYTES_PER_REQUEST: usize = 4096;
+pub(crate) const BYTES_PER_REQUEST: usize = 4096;
 
 /// The per-source request rate limit shared by every listener.
 #[derive(Debug)]
-pub struct SourceGate {
+pub(crate) struct SourceGate {
     on: bool,
     exempt: TrustedPeers,
     limiter: Mutex<RateLimiter>,
@@ -40,7 +40,7 @@ pub struct SourceGate {
 
 /// What the gate says about a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+pub(crate) enum Admit {
     /// Go on: parse it and hand it to the core.
     Pass,
     /// Refused: the source is banned for this many more seconds (at least 1).
@@ -53,7 +53,7 @@ pub enum Admit {
 impl SourceGate {
     /// A gate for `cfg` (`per_second` 0: off); `exempt` (trusted peers and
     /// `limits.exempt`) are never limited.
-    pub fn new(cfg: RateConfig, exempt: TrustedPeers, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(cfg: RateConfig, exempt: TrustedPeers, metrics: Arc<Metrics>) -> Self {
         Self {
             on: cfg.per_second > 0,
             limiter: Mutex::new(RateLimiter::new(cfg, exempt.clone())),
@@ -64,14 +64,14 @@ impl SourceGate {
     }
 
     /// Whether `ip` is never limited (a trusted peer, or in `limits.exempt`).
-    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_exempt(&self, ip: IpAddr) -> bool {
         self.exempt.contains(ip)
     }
 
     /// Counts the message `data` from `ip` if it is a request (CRLF keepalives are
     /// taken out before this; responses pass uncounted). A refusal is counted in
     /// `/metrics` and logged at most once a minute per source.
-    pub fn admit(&self, ip: IpAddr, data: &[u8]) -> Admit {
+    pub(crate) fn admit(&self, ip: IpAddr, data: &[u8]) -> Admit {
         if !self.on || is_response(data) || self.exempt.contains(ip) {
             return Admit::Pass;
         }
@@ -102,7 +102,7 @@ impl SourceGate {
     /// [`Self::admit`] for a message that came on a connection: the 503 to send back
     /// when it is refused (`None` when it passes, and when a refused message gets no
     /// answer: an ACK, or a request without the lines to copy).
-    pub fn admit_on_connection(
+    pub(crate) fn admit_on_connection(
         &self,
         ip: IpAddr,
         data: &[u8],

@@ -1,12 +1,12 @@
 //! The tokio shell: listeners, connections, flows, datagrams. Sockets live here and
 //! nowhere in `sip/` or `core/`.
 
-pub mod admission;
-pub mod gate;
-pub mod tcp;
-pub mod tls;
-pub mod udp;
-pub mod ws;
+pub(crate) mod admission;
+pub(crate) mod gate;
+pub(crate) mod tcp;
+pub(crate) mod tls;
+pub(crate) mod udp;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ const WRITES_IN_A_ROW: u32 = 16;
 
 /// SIP transport limits.
 #[derive(Debug, Clone)]
-pub struct SipLimits {
+pub(crate) struct SipLimits {
     /// Largest SIP message on any transport.
     pub max_message_bytes: usize,
     /// A TCP/TLS connection with no traffic for this long is closed.
@@ -38,7 +38,7 @@ pub struct SipLimits {
 
 /// What every connection task shares.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// HTTP limits.
     pub http: HttpConfig,
     /// WebSocket settings.

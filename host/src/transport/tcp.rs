@@ -30,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     clippy::too_many_arguments,
     reason = "one call site per kind of stream"
 )]
-pub async fn serve_stream<S>(
+pub(crate) async fn serve_stream<S>(
     mut stream: S,
     id: FlowId,
     transport: Transport,
@@ -223,7 +223,7 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> bool {
 
 /// Opens the connections the core's outlet asks for (`Target::Connect` with no flow
 /// to the peer), each on its own task, until the server stops.
-pub async fn open_when_asked(
+pub(crate) async fn open_when_asked(
     shared: Arc<Shared>,
     mut requests: mpsc::UnboundedReceiver<ConnectRequest>,
 ) {

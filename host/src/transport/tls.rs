@@ -13,13 +13,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 const SELF_SIGNED_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
 /// Where the generated certificate and key live.
-pub fn self_signed_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn self_signed_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
     let dir = data_dir.join("tls");
     (dir.join("localhost.crt"), dir.join("localhost.key"))
 }
 
 /// Builds the rustls server configuration for a listener.
-pub fn server_config(
+pub(crate) fn server_config(
     cert: Option<&Path>,
     key: Option<&Path>,
     data_dir: &Path,

@@ -18,7 +18,7 @@ const BATCH: usize = 8;
 /// Receives on `socket` until shutdown, up to 8 datagrams per system call
 /// (`recvmmsg`): under a flood the socket is drained at a fraction of the cost of one
 /// `recvfrom` each, so the kernel's buffer keeps room for the legitimate datagrams.
-pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
     // One byte more than the largest message allowed: a datagram that fills it is too
     // large (the kernel truncates what does not fit, and says how long it was).
     let max = shared.sip.max_message_bytes.min(65_535);
@@ -123,7 +123,7 @@ pub async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
 /// behind: datagrams from sources new since then are dropped (they retransmit, as
 /// phones do) so that those from sources already here keep a short queue. Shedding
 /// at random (the kernel's full buffer) would hit both alike.
-pub const SHED_ABOVE: usize = crate::core::BUSY_BACKLOG;
+pub(crate) const SHED_ABOVE: usize = crate::core::BUSY_BACKLOG;
 
 /// How long before an overload a source must have been first seen to be established.
 const ESTABLISHED: Duration = Duration::from_secs(2);
@@ -335,7 +335,7 @@ impl Batch {
 /// next receive and leaves the address it concerns in the socket's error queue, which
 /// [`run`] reads. Best effort: a kernel that refuses leaves retransmissions to run out
 /// on their timers, as before.
-pub fn report_icmp_errors(socket: &UdpSocket, local: SocketAddr) {
+pub(crate) fn report_icmp_errors(socket: &UdpSocket, local: SocketAddr) {
     use std::os::fd::AsRawFd as _;
     let (level, name) = if local.is_ipv4() {
         (libc::IPPROTO_IP, libc::IP_RECVERR)
@@ -391,7 +391,7 @@ const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 
 /// The response to a STUN Binding request (RFC 5389), carrying the source address in
 /// XOR-MAPPED-ADDRESS; `None` when `data` is not one.
-pub fn stun_binding_response(data: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+pub(crate) fn stun_binding_response(data: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
     if data.len() < 20 || data[0..2] != [0x00, 0x01] || data[4..8] != STUN_MAGIC {
         return None;
     }

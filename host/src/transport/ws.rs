@@ -40,7 +40,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_secs(1);
 
 /// One accepted connection on a web listener.
-pub struct Connection<S> {
+pub(crate) struct Connection<S> {
     /// The stream (TCP or TLS).
     pub stream: S,
     /// Connection (and later flow) id.
@@ -56,8 +56,11 @@ pub struct Connection<S> {
 }
 
 /// Serves a web connection to the end.
-pub async fn serve<S>(mut conn: Connection<S>, router: Arc<PluginRouter>, shared: Arc<Shared>)
-where
+pub(crate) async fn serve<S>(
+    mut conn: Connection<S>,
+    router: Arc<PluginRouter>,
+    shared: Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let limits = HeadLimits {
