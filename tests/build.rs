@@ -6,7 +6,14 @@
 fn main() {
     let dir = sipwasm_plugin_build::build(
         &[],
-        &["sdk", "seed-policy", "welcome", "call-policy", "testing"],
+        &[
+            "sdk",
+            "seed-policy",
+            "welcome",
+            "call-policy",
+            "origin-gate",
+            "testing",
+        ],
     );
     println!("cargo:rustc-env=SIPWASM_TEST_PLUGINS={}", dir.display());
     let js =
