@@ -212,8 +212,53 @@ fn unquote(s: &str) -> &str {
         .unwrap_or(s)
 }
 
+/// What a REGISTER says about its AoR as a whole, read once.
+struct Head<'a> {
+    aor: String,
+    call_id: &'a str,
+    cseq: u32,
+    /// Its `Supported` option tags.
+    supported: Vec<String>,
+    /// Its `Expires`, if well-formed.
+    expires: Option<u32>,
+    /// Its Contact values (`*` included).
+    contacts: Vec<&'a str>,
+}
+
+impl Head<'_> {
+    fn supports(&self, tag: &str) -> bool {
+        self.supported.iter().any(|s| s.eq_ignore_ascii_case(tag))
+    }
+}
+
+/// Which binding a Contact of the request names — the one test every step uses: an
+/// Outbound Contact names the binding of its instance and reg-id (RFC 5626 section
+/// 6), any other the binding with the same URI (RFC 3261 10.3 step 7).
+struct SameBinding {
+    /// Outbound is in use for this REGISTER (see [`outbound_in_use`]).
+    outbound: bool,
+    bound: Bound,
+}
+
+impl SameBinding {
+    /// Whether `s` registers over Outbound.
+    fn outbound(&self, s: &ContactSpec) -> bool {
+        self.outbound && s.instance.is_some() && s.reg_id.is_some()
+    }
+
+    /// Whether Contact `s` names binding `b`.
+    fn names(&self, b: &Binding, s: &ContactSpec) -> bool {
+        if self.outbound(s) {
+            b.instance == s.instance && b.reg_id == s.reg_id
+        } else {
+            self.bound.same(b, s)
+        }
+    }
+}
+
 /// Processes a REGISTER at `now` (see [`Registration`]). `gruus` makes temporary
-/// GRUUs.
+/// GRUUs. The request is checked whole before anything changes (RFC 3261 10.3: a
+/// refused REGISTER changes no binding), then each Contact is applied in order.
 pub fn register(
     loc: &mut Location,
     Registration { req, to, source }: Registration<'_>,
@@ -222,115 +267,129 @@ pub fn register(
     gruus: &TempGruus,
     changes: &mut Vec<Change>,
 ) -> Outcome {
-    let Some(aor) = aor_of(&to.uri) else {
-        return Outcome::err(404, "Not Found: AoR without user");
+    let head = match read_head(req, to, cfg) {
+        Ok(h) => h,
+        Err(refused) => return refused,
     };
-    let Ok(cseq) = req.cseq() else {
-        return Outcome::err(400, "Bad CSeq");
+    if head.contacts.iter().any(|c| c.trim() == "*") {
+        return remove_all(loc, &head, now, cfg, gruus, changes);
+    }
+    let checked = read_contacts(loc, &head, cfg, gruus).and_then(|specs| {
+        let path = path_of(req, &head, cfg)?;
+        let outbound = outbound_in_use(req, &head, &path, &specs)?;
+        let same = SameBinding {
+            outbound,
+            bound: Bound::default(),
+        };
+        check_room(loc, &head.aor, &specs, &same, cfg)?;
+        check_order(loc, &head, &specs, &same)?;
+        Ok((specs, path, same))
+    });
+    let (specs, path, same) = match checked {
+        Ok(c) => c,
+        Err(refused) => return refused,
     };
-    let call_id = req.call_id().unwrap_or("").to_string();
-    let supported: Vec<String> = split_tokens(&req.headers, &HeaderName::Supported);
-    let supports = |tag: &str| supported.iter().any(|s| s.eq_ignore_ascii_case(tag));
-    // A malformed Expires is as good as none (RFC 3261 20.10 treats a malformed
-    // `expires` as the default; a `Contact: *` then lacks its `Expires: 0`).
-    let header_expires = req
-        .headers
-        .get(&HeaderName::Expires)
-        .and_then(delta_seconds);
+    let update = Update {
+        head: &head,
+        same: &same,
+        reach: match source.flow {
+            Some(id) => Reach::Flow(id),
+            None => Reach::Udp {
+                local: source.local,
+                remote: source.remote,
+            },
+        },
+        source,
+        path: &path,
+        user_agent: req.headers.get(&HeaderName::UserAgent).map(str::to_string),
+        now,
+        gruus,
+    };
+    let mut used_outbound = false;
+    for s in specs {
+        used_outbound |= same.outbound(&s);
+        update.apply(loc, s, changes);
+    }
+    let echoed: &[String] = if head.supports("path") { &path } else { &[] };
+    let gruu = head.supports("gruu").then_some(gruus);
+    ok(loc, &head.aor, now, cfg, gruu, used_outbound, echoed)
+}
+
+/// The AoR, Call-ID, CSeq, options, Expires and Contacts of `req`, or why it is
+/// refused before any of its Contacts is parsed.
+fn read_head<'a>(
+    req: &'a Request,
+    to: &NameAddr,
+    cfg: &RegistrarConfig,
+) -> Result<Head<'a>, Outcome> {
+    let aor = aor_of(&to.uri).ok_or_else(|| Outcome::err(404, "Not Found: AoR without user"))?;
+    let cseq = req.cseq().map_err(|_| Outcome::err(400, "Bad CSeq"))?;
     let contacts: Vec<&str> = req.headers.values(&HeaderName::Contact).collect();
     // Every Contact is parsed and compared with the others and with every binding: bound
     // how many there are before any of that. More than the AoR may hold plus as many
     // removals cannot all be meant (only duplicates could make them fit).
     if contacts.len() > cfg.max_contacts.saturating_mul(2) {
-        return Outcome::err(403, "Too Many Contacts");
+        return Err(Outcome::err(403, "Too Many Contacts"));
     }
+    Ok(Head {
+        aor,
+        call_id: req.call_id().unwrap_or(""),
+        cseq: cseq.seq,
+        supported: split_tokens(&req.headers, &HeaderName::Supported),
+        // A malformed Expires is as good as none (RFC 3261 20.10 treats a malformed
+        // `expires` as the default; a `Contact: *` then lacks its `Expires: 0`).
+        expires: req
+            .headers
+            .get(&HeaderName::Expires)
+            .and_then(delta_seconds),
+        contacts,
+    })
+}
 
-    // Contact: * removes everything, and only with Expires: 0 (RFC 3261 10.3 step 6).
-    if contacts.iter().any(|c| c.trim() == "*") {
-        if contacts.len() != 1 || header_expires != Some(0) {
-            return Outcome::err(400, "Contact * needs Expires: 0 and no other Contact");
-        }
-        let ids: Vec<(u64, String, u32)> = loc
-            .lookup(&aor)
-            .iter()
-            .map(|b| (b.id, b.call_id.clone(), b.cseq))
-            .collect();
-        // A stale request aborts the whole update (10.3 step 6): check before removing.
-        if ids
-            .iter()
-            .any(|(_, cid, seq)| *cid == call_id && *seq > cseq.seq)
-        {
-            return Outcome::err(500, "Out of order CSeq");
-        }
-        for (id, _, _) in ids {
-            if let Some(b) = loc.remove_id(&aor, id) {
-                changes.push(Change::Removed(b));
-            }
-        }
-        let gruu = supports("gruu").then_some(gruus);
-        return ok(loc, &aor, now, cfg, gruu, false, &[]);
+/// `Contact: *` removes every binding of the AoR, and only with `Expires: 0` (RFC
+/// 3261 10.3 step 6).
+fn remove_all(
+    loc: &mut Location,
+    head: &Head<'_>,
+    now: Instant,
+    cfg: &RegistrarConfig,
+    gruus: &TempGruus,
+    changes: &mut Vec<Change>,
+) -> Outcome {
+    if head.contacts.len() != 1 || head.expires != Some(0) {
+        return Outcome::err(400, "Contact * needs Expires: 0 and no other Contact");
     }
+    let bindings = loc.lookup(&head.aor);
+    // A stale request aborts the whole update (10.3 step 6): checked before removing.
+    if bindings
+        .iter()
+        .any(|b| b.call_id == head.call_id && b.cseq > head.cseq)
+    {
+        return Outcome::err(500, "Out of order CSeq");
+    }
+    let ids: Vec<u64> = bindings.iter().map(|b| b.id).collect();
+    for id in ids {
+        if let Some(b) = loc.remove_id(&head.aor, id) {
+            changes.push(Change::Removed(b));
+        }
+    }
+    let gruu = head.supports("gruu").then_some(gruus);
+    ok(loc, &head.aor, now, cfg, gruu, false, &[])
+}
 
-    let mut specs = Vec::with_capacity(contacts.len());
-    for c in &contacts {
-        let Ok(na) = NameAddr::parse(c) else {
-            return Outcome::err(400, "Bad Contact");
-        };
-        if loops_back(&na.uri, &aor, loc, gruus) {
-            return Outcome::err(403, "Contact Is the AoR or One of Its GRUUs");
-        }
-        // Malformed values count as the default (RFC 3261 20.10 says 3600, which is
-        // `default-expires` unless the operator changed it).
-        let expires = match param(&na.params, "expires") {
-            Some(v) => v.and_then(delta_seconds).unwrap_or(cfg.default_expires),
-            None => header_expires.unwrap_or(cfg.default_expires),
-        };
-        let q = match param(&na.params, "q") {
-            Some(Some(v)) => match parse_q(v) {
-                Some(q) => Some(q),
-                None => return Outcome::err(400, "Bad Contact q"),
-            },
-            Some(None) => return Outcome::err(400, "Bad Contact q"),
-            None => None,
-        };
-        let instance = param(&na.params, "+sip.instance").flatten().map(|v| {
-            unquote(v)
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_string()
-        });
-        let reg_id = match param(&na.params, "reg-id") {
-            Some(Some(v)) => match v.parse::<u32>() {
-                Ok(n) if n > 0 => Some(n),
-                _ => return Outcome::err(400, "Bad Contact reg-id"),
-            },
-            Some(None) => return Outcome::err(400, "Bad Contact reg-id"),
-            None => None,
-        };
-        // Too brief is refused only under an hour (RFC 3261 10.3 step 7): a longer
-        // request below a `min-expires` set above an hour is granted the minimum.
-        if expires != 0 && expires < cfg.min_expires && expires < 3600 {
-            return Outcome {
-                status: 423,
-                reason: None,
-                headers: vec![(HeaderName::MinExpires, cfg.min_expires.to_string())],
-            };
-        }
-        specs.push(ContactSpec {
-            uri: na.uri.to_string(),
-            parsed: na.uri,
-            expires: match expires {
-                0 => 0,
-                e => e.clamp(cfg.min_expires, cfg.max_expires),
-            },
-            q,
-            instance,
-            reg_id,
-            params: other_params(&na.params),
-        });
+/// The Contacts of the request, parsed and checked, one per binding: the same Contact
+/// twice (compared as bindings are) is one binding, as the last copy says, and counts
+/// once against `max-contacts`.
+fn read_contacts(
+    loc: &Location,
+    head: &Head<'_>,
+    cfg: &RegistrarConfig,
+    gruus: &TempGruus,
+) -> Result<Vec<ContactSpec>, Outcome> {
+    let mut specs = Vec::with_capacity(head.contacts.len());
+    for c in &head.contacts {
+        specs.push(read_contact(loc, head, c, cfg, gruus)?);
     }
-    // The same Contact twice in one REGISTER (compared as bindings are) is one binding,
-    // as the last copy says, and counts once against `max-contacts`.
     let mut unique: Vec<ContactSpec> = Vec::with_capacity(specs.len());
     for s in specs.into_iter().rev() {
         if !unique
@@ -340,31 +399,103 @@ pub fn register(
             unique.push(s);
         }
     }
-    unique.reverse();
-    let specs = unique;
+    let mut specs = unique;
+    specs.reverse();
+    Ok(specs)
+}
 
-    // A Path the UA did not ask for was put there by a proxy on the way: refused
-    // unless the operator stores it anyway (RFC 3327 5.3); then it is kept and used,
-    // but the 200 only repeats it to a UA that knows the extension.
+/// One Contact value of the request.
+fn read_contact(
+    loc: &Location,
+    head: &Head<'_>,
+    contact: &str,
+    cfg: &RegistrarConfig,
+    gruus: &TempGruus,
+) -> Result<ContactSpec, Outcome> {
+    let na = NameAddr::parse(contact).map_err(|_| Outcome::err(400, "Bad Contact"))?;
+    if loops_back(&na.uri, &head.aor, loc, gruus) {
+        return Err(Outcome::err(403, "Contact Is the AoR or One of Its GRUUs"));
+    }
+    // Malformed values count as the default (RFC 3261 20.10 says 3600, which is
+    // `default-expires` unless the operator changed it).
+    let expires = match param(&na.params, "expires") {
+        Some(v) => v.and_then(delta_seconds).unwrap_or(cfg.default_expires),
+        None => head.expires.unwrap_or(cfg.default_expires),
+    };
+    let q = match param(&na.params, "q") {
+        Some(v) => Some(
+            v.and_then(parse_q)
+                .ok_or_else(|| Outcome::err(400, "Bad Contact q"))?,
+        ),
+        None => None,
+    };
+    let instance = param(&na.params, "+sip.instance").flatten().map(|v| {
+        unquote(v)
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_string()
+    });
+    let reg_id = match param(&na.params, "reg-id") {
+        Some(v) => Some(
+            v.and_then(|v| v.parse::<u32>().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| Outcome::err(400, "Bad Contact reg-id"))?,
+        ),
+        None => None,
+    };
+    // Too brief is refused only under an hour (RFC 3261 10.3 step 7): a longer
+    // request below a `min-expires` set above an hour is granted the minimum.
+    if expires != 0 && expires < cfg.min_expires && expires < 3600 {
+        return Err(Outcome {
+            status: 423,
+            reason: None,
+            headers: vec![(HeaderName::MinExpires, cfg.min_expires.to_string())],
+        });
+    }
+    Ok(ContactSpec {
+        uri: na.uri.to_string(),
+        parsed: na.uri,
+        expires: match expires {
+            0 => 0,
+            e => e.clamp(cfg.min_expires, cfg.max_expires),
+        },
+        q,
+        instance,
+        reg_id,
+        params: other_params(&na.params),
+    })
+}
+
+/// The request's Path. A Path the UA did not ask for was put there by a proxy on the
+/// way: refused unless the operator stores it anyway (RFC 3327 5.3); then it is kept
+/// and used, but the 200 only repeats it to a UA that knows the extension.
+fn path_of(req: &Request, head: &Head<'_>, cfg: &RegistrarConfig) -> Result<Vec<String>, Outcome> {
     let path: Vec<String> = req
         .headers
         .values(&HeaderName::Path)
         .map(str::to_string)
         .collect();
-    let path_supported = supports("path");
-    if !path.is_empty() && !path_supported && !cfg.store_path_without_support {
-        return Outcome {
+    if !path.is_empty() && !head.supports("path") && !cfg.store_path_without_support {
+        return Err(Outcome {
             status: 420,
             reason: None,
             headers: vec![(HeaderName::Unsupported, "path".into())],
-        };
+        });
     }
+    Ok(path)
+}
 
-    // Outbound needs an instance, a reg-id and the client's Supported: outbound, and
-    // a first hop that keeps the flow: us (a single Via), or an edge proxy that says
-    // so with `ob` on the first Path URI (RFC 5626 section 6). A client asking for
-    // Outbound through a first hop that cannot do it gets 439; without Supported:
-    // outbound its reg-id is ignored.
+/// Whether this REGISTER uses Outbound. That needs an instance, a reg-id and the
+/// client's `Supported: outbound`, and a first hop that keeps the flow: us (a single
+/// Via), or an edge proxy that says so with `ob` on the first Path URI (RFC 5626
+/// section 6). A client asking for Outbound through a first hop that cannot do it gets
+/// 439; without `Supported: outbound` its reg-id is ignored.
+fn outbound_in_use(
+    req: &Request,
+    head: &Head<'_>,
+    path: &[String],
+    specs: &[ContactSpec],
+) -> Result<bool, Outcome> {
     let wants_outbound = |s: &ContactSpec| s.instance.is_some() && s.reg_id.is_some();
     let first_hop_keeps_flows = || {
         req.headers.values(&HeaderName::Via).nth(1).is_none()
@@ -373,95 +504,107 @@ pub fn register(
                 .and_then(|p| NameAddr::parse(p).ok())
                 .is_some_and(|p| p.uri.as_sip().is_some_and(|u| u.param("ob").is_some()))
     };
-    let outbound_ok = supports("outbound") && first_hop_keeps_flows();
-    if supports("outbound") && !outbound_ok && specs.iter().any(wants_outbound) {
-        return Outcome {
+    let outbound = head.supports("outbound") && first_hop_keeps_flows();
+    if head.supports("outbound") && !outbound && specs.iter().any(wants_outbound) {
+        return Err(Outcome {
             status: 439,
             reason: None,
             headers: Vec::new(),
-        };
+        });
     }
     // A reg-id registers one instance over one flow: it cannot come with other
     // Contacts being registered (RFC 5626 section 6 says to refuse that with 400).
     let registering: Vec<&ContactSpec> = specs.iter().filter(|s| s.expires > 0).collect();
-    if outbound_ok && registering.len() > 1 && registering.iter().any(|s| wants_outbound(s)) {
-        return Outcome::err(400, "A reg-id Contact must be the only one registered");
+    if outbound && registering.len() > 1 && registering.iter().any(|s| wants_outbound(s)) {
+        return Err(Outcome::err(
+            400,
+            "A reg-id Contact must be the only one registered",
+        ));
     }
-    let reach = match source.flow {
-        Some(id) => Reach::Flow(id),
-        None => Reach::Udp {
-            local: source.local,
-            remote: source.remote,
-        },
-    };
-    let user_agent = req.headers.get(&HeaderName::UserAgent).map(str::to_string);
-    let mut used_outbound = false;
+    Ok(outbound)
+}
 
-    // Bound what one AoR can hold: bindings kept plus bindings added.
-    let bound = Bound::default();
-    let is_outbound = |s: &ContactSpec| outbound_ok && wants_outbound(s);
-    let replaced = |b: &Binding| {
-        specs.iter().any(|s| {
-            if is_outbound(s) {
-                b.instance == s.instance && b.reg_id == s.reg_id
-            } else {
-                bound.same(b, s)
-            }
-        })
-    };
-    let kept = loc.lookup(&aor).iter().filter(|b| !replaced(b)).count();
+/// Bounds what one AoR holds (bindings kept plus bindings added, `max-contacts`) and
+/// the registrar as a whole (bindings this REGISTER would add, not refresh,
+/// `max-bindings`).
+fn check_room(
+    loc: &Location,
+    aor: &str,
+    specs: &[ContactSpec],
+    same: &SameBinding,
+    cfg: &RegistrarConfig,
+) -> Result<(), Outcome> {
+    let bindings = loc.lookup(aor);
+    let kept = bindings
+        .iter()
+        .filter(|b| !specs.iter().any(|s| same.names(b, s)))
+        .count();
     let added = specs.iter().filter(|s| s.expires > 0).count();
     if kept + added > cfg.max_contacts {
-        return Outcome::err(403, "Too Many Contacts");
+        return Err(Outcome::err(403, "Too Many Contacts"));
     }
-    // The registrar as a whole: bindings this REGISTER would add (not refresh).
-    let before = loc.lookup(&aor).len();
+    let before = bindings.len();
     if loc.len() - before + kept + added > cfg.max_bindings && kept + added > before {
-        return Outcome {
+        return Err(Outcome {
             status: 503,
             reason: Some("Registrar Full".into()),
             headers: vec![(HeaderName::RetryAfter, "60".into())],
-        };
+        });
     }
+    Ok(())
+}
 
-    // Check ordering for all contacts before changing anything.
-    for s in &specs {
-        let outbound = is_outbound(s);
-        for b in loc.lookup(&aor) {
-            let same = if outbound {
-                b.instance == s.instance && b.reg_id == s.reg_id
-            } else {
-                bound.same(b, s)
-            };
-            // An equal CSeq is a retransmission (requests ending here are answered
-            // statelessly): applying it again gives the same bindings and answer.
-            if same && b.call_id == call_id && b.cseq > cseq.seq {
-                return Outcome::err(500, "Out of order CSeq");
-            }
-        }
-    }
-    for s in specs {
-        let outbound = is_outbound(&s);
-        used_outbound |= outbound;
-        let existing: Vec<u64> = loc
-            .lookup(&aor)
+/// Refuses the whole REGISTER when a Contact names a binding a later request of the
+/// same Call-ID made (RFC 3261 10.3 step 7). An equal CSeq is a retransmission
+/// (requests ending here are answered statelessly): applying it again gives the same
+/// bindings and answer.
+fn check_order(
+    loc: &Location,
+    head: &Head<'_>,
+    specs: &[ContactSpec],
+    same: &SameBinding,
+) -> Result<(), Outcome> {
+    let stale = specs.iter().any(|s| {
+        loc.lookup(&head.aor)
             .iter()
-            .filter(|b| {
-                if outbound {
-                    b.instance == s.instance && b.reg_id == s.reg_id
-                } else {
-                    bound.same(b, &s)
-                }
-            })
+            .any(|b| same.names(b, s) && b.call_id == head.call_id && b.cseq > head.cseq)
+    });
+    if stale {
+        return Err(Outcome::err(500, "Out of order CSeq"));
+    }
+    Ok(())
+}
+
+/// What every Contact of one checked REGISTER is applied with.
+struct Update<'a> {
+    head: &'a Head<'a>,
+    same: &'a SameBinding,
+    source: &'a Source,
+    reach: Reach,
+    path: &'a [String],
+    user_agent: Option<String>,
+    now: Instant,
+    gruus: &'a TempGruus,
+}
+
+impl Update<'_> {
+    /// Registers, refreshes or removes the binding Contact `s` names, recording what
+    /// changed.
+    fn apply(&self, loc: &mut Location, s: ContactSpec, changes: &mut Vec<Change>) {
+        let aor = &self.head.aor;
+        let existing: Vec<u64> = loc
+            .lookup(aor)
+            .iter()
+            .filter(|b| self.same.names(b, &s))
             .map(|b| b.id)
             .collect();
         // A refresh of the one binding this contact has, over the same way in (most
         // REGISTERs) keeps that binding's id, so the location updates it in place.
         let kept = match existing[..] {
             [id] if s.expires != 0 => loc
-                .lookup(&aor)
+                .lookup(aor)
                 .iter()
-                .find(|b| b.id == id && bound.same(b, &s) && b.reach == reach)
+                .find(|b| b.id == id && self.same.bound.same(b, &s) && b.reach == self.reach)
                 .map(|b| (id, b.temp_gruu.clone(), b.call_id.clone())),
             _ => None,
         };
@@ -469,7 +612,7 @@ pub fn register(
         // key), the binding stays under the new one.
         if let Some((id, _, _)) = kept
             && let Some(old) = loc
-                .lookup(&aor)
+                .lookup(aor)
                 .iter()
                 .find(|b| b.id == id && b.contact != s.uri)
         {
@@ -481,13 +624,13 @@ pub fn register(
             Some((_, key, old_call_id)) => previous = Some((key.clone(), old_call_id.clone())),
             None => {
                 for id in existing {
-                    if let Some(b) = loc.remove_id(&aor, id) {
+                    if let Some(b) = loc.remove_id(aor, id) {
                         if previous.is_none() {
                             previous = Some((b.temp_gruu.clone(), b.call_id.clone()));
                         }
                         // Replaced by another contact (a new flow of the same instance),
                         // or unregistered: either way this one is gone.
-                        if s.expires == 0 || !bound.same(&b, &s) {
+                        if s.expires == 0 || !self.same.bound.same(&b, &s) {
                             changes.push(Change::Removed(b));
                         }
                     }
@@ -495,17 +638,18 @@ pub fn register(
             }
         }
         if s.expires == 0 {
-            continue;
+            return;
         }
+        let outbound = self.same.outbound(&s);
         let refreshed = kept.is_some();
         let id = kept.map_or_else(|| loc.next_id(), |(id, _, _)| id);
-        let temp_gruu = match (&s.instance, supports("gruu")) {
+        let temp_gruu = match (&s.instance, self.head.supports("gruu")) {
             (Some(inst), true) => Some(temp_gruu_key(
                 loc,
-                (&aor, inst, id),
+                (aor, inst, id),
                 previous,
-                (&call_id, outbound),
-                gruus,
+                (self.head.call_id, outbound),
+                self.gruus,
             )),
             _ => None,
         };
@@ -513,7 +657,7 @@ pub fn register(
         // bindings take it too, so that the new ones reach all of them.
         if let (Some(inst), Some(key)) = (&s.instance, &temp_gruu) {
             let stale: Vec<Binding> = loc
-                .lookup(&aor)
+                .lookup(aor)
                 .iter()
                 .filter(|o| {
                     o.id != id
@@ -533,18 +677,18 @@ pub fn register(
             aor: aor.clone(),
             contact: s.uri,
             q: s.q,
-            expires_at: now + Duration::from_secs(u64::from(s.expires)),
-            updated: now,
-            call_id: call_id.clone(),
-            cseq: cseq.seq,
+            expires_at: self.now + Duration::from_secs(u64::from(s.expires)),
+            updated: self.now,
+            call_id: self.head.call_id.to_string(),
+            cseq: self.head.cseq,
             instance: s.instance,
             reg_id: if outbound { s.reg_id } else { None },
-            path: path.clone(),
+            path: self.path.to_vec(),
             params: s.params,
-            reach,
-            transport: source.transport,
+            reach: self.reach,
+            transport: self.source.transport,
             temp_gruu,
-            user_agent: user_agent.clone(),
+            user_agent: self.user_agent.clone(),
         };
         changes.push(if refreshed {
             Change::Refreshed(b.clone())
@@ -553,9 +697,6 @@ pub fn register(
         });
         loc.upsert(b);
     }
-    let echoed: &[String] = if path_supported { &path } else { &[] };
-    let gruu = supports("gruu").then_some(gruus);
-    ok(loc, &aor, now, cfg, gruu, used_outbound, echoed)
 }
 
 /// Whether a Contact would send requests for `aor` back to it: the AoR itself (no port
