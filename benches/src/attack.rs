@@ -74,7 +74,11 @@ impl Drop for Server {
 impl Server {
     async fn start(bin: &Path, router: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let (sip, ws, admin) = (crate::free_port(), crate::free_port(), crate::free_port());
+        let (sip, ws, admin) = (
+            crate::process::free_port(),
+            crate::process::free_port(),
+            crate::process::free_port(),
+        );
         let routing = if router {
             let wasm = dir.path().join("slow_router.wasm");
             std::fs::write(&wasm, SLOW_ROUTER)?;
@@ -110,7 +114,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
-        crate::wait_until_listening(ws_addr, &mut child, "sipwasm").await?;
+        crate::process::wait_until_listening(ws_addr, &mut child, "sipwasm").await?;
         Ok(Self {
             child,
             udp: SocketAddr::from(([127, 0, 0, 1], sip)),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::process::Command;
 
+use crate::process::{process_tree, start_kamailio_sip, start_sipwasm};
 use crate::sipload::{Cpu, Ticks};
 
 /// What one run measured.
@@ -109,7 +110,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let calls = u64::from(rate) * seconds;
-    let port = crate::free_port().to_string();
+    let port = crate::process::free_port().to_string();
     // The callee registers, then answers every call.
     let (registered, _) = run_sipp(
         udp,
@@ -171,3 +172,43 @@ pub(crate) async fn run(
         cpu: after.per(before, ok as usize),
     })
 }
+
+pub(crate) async fn calls(
+    bin: &Path,
+    kamailio: Option<&Path>,
+    rate: u32,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let ours = {
+        let (t, udp) = start_sipwasm(bin, "reuse", true).await?;
+        run(udp, &process_tree(t.child.id()), rate, seconds).await?
+    };
+    let theirs = match kamailio {
+        Some(cfg) => {
+            let (t, udp) = start_kamailio_sip(cfg, None).await?;
+            Some(run(udp, &process_tree(t.child.id()), rate, seconds).await?)
+        }
+        None => None,
+    };
+    println!(
+        "## Calls through the proxy ({rate} calls/s for {seconds} s, sipp to sipp over UDP)\n"
+    );
+    println!("| server | calls completed | failed | server CPU µs per call (user + system) |");
+    println!("|---|---|---|---|");
+    for (name, o) in [("sipwasm", Some(ours)), ("kamailio 5.6", theirs)] {
+        let Some(o) = o else { continue };
+        println!("| {name} | {} | {} | {} |", o.ok, o.failed, o.cpu);
+    }
+    if let Some(k) = theirs
+        && ours.cpu.total() > 0.0
+    {
+        println!(
+            "\nKamailio ÷ sipwasm, CPU per call: {:.2}x",
+            k.cpu.total() / ours.cpu.total()
+        );
+    }
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- sip-router

@@ -444,7 +444,7 @@ async fn run_for(
     seconds: u64,
 ) -> anyhow::Result<Result> {
     // The server and its descendants (Kamailio forks its workers), listed once.
-    let server = t.pid.map(crate::process_tree);
+    let server = t.pid.map(crate::process::process_tree);
     let server_ticks = || server.as_deref().map(Ticks::of_all);
     gate.wait().await;
     let started = Instant::now();
