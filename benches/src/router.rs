@@ -36,8 +36,11 @@ pub(crate) async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyho
         format!("[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:5060\"\n{router_config}");
     let plugins = load_plugins(&text, "127.0.0.1:5060".parse()?).await?;
     let slot = plugins.router().context("the router plugin")?;
-    let router =
-        sipwasm::plugin::sip::SipRouter::new(slot, plugins.nonce_key(), &["MD5".to_string()]);
+    let router = sipwasm::plugin::sip_router::SipRouter::new(
+        slot,
+        plugins.nonce_key(),
+        &["MD5".to_string()],
+    );
     let register = "REGISTER sip:localhost SIP/2.0\r\n\
         Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK776asdhds;rport=40000;received=127.0.0.1\r\n\
         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=1928301774\r\nTo: <sip:alice@localhost>\r\n\
@@ -77,7 +80,7 @@ pub(crate) async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyho
 
     // The SIP core with and without the router, one REGISTER at a time with the core
     // idle in between (what one client sees, without the network).
-    let core_path = async |hook: Option<sipwasm::plugin::sip::SipRouter>| {
+    let core_path = async |hook: Option<sipwasm::plugin::sip_router::SipRouter>| {
         use sipwasm::core::*;
         let (mut core, udp) = bench_core()?;
         core.set_routing(hook.is_some());

@@ -23,7 +23,7 @@ use crate::driver::outlet::{ConnectRequest, Connector, Outlet};
 use crate::driver::{self, CoreCell, Router};
 use crate::metrics::ConnLimit;
 use crate::metrics::Metrics;
-use crate::plugin::sip::SipRouter;
+use crate::plugin::sip_router::SipRouter;
 use crate::plugin::{CompileCache, PluginRouter, Plugins};
 use crate::store::Store;
 use crate::transport::admission::Admission;

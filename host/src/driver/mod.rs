@@ -26,7 +26,7 @@ use self::flow::FlowInfo;
 use self::outlet::Outlet;
 use crate::core::{Core, Event, Input};
 use crate::plugin::RegistrarView;
-use crate::plugin::sip::SipRouter;
+use crate::plugin::sip_router::SipRouter;
 use crate::store::Store;
 
 /// Inputs queued for the core before the tasks that bring more wait.
@@ -547,7 +547,7 @@ fn send_transmits(core: &mut Core, outlet: &Outlet) {
 /// the plugin runtime, so when the plugin is saturated the calls past `max-waiting`
 /// get their 503 at once.
 ///
-/// [`InPlace`]: crate::plugin::sip::InPlace
+/// [`InPlace`]: crate::plugin::sip_router::InPlace
 fn ask_router(core: &mut Core, router: &Router, outlet: &Outlet, cell: &Weak<CoreCell>) {
     let Some(q) = core.route_query() else {
         return;

@@ -49,7 +49,7 @@ pub(crate) struct HostState {
     pub(crate) output: Arc<LogSink>,
     /// What the `digest` imports need of the request being decided, during
     /// `on-sip-request` and `on-http-request`.
-    pub(crate) digest_request: Option<super::sip::RequestFacts>,
+    pub(crate) digest_request: Option<super::sip_router::DigestFacts>,
 }
 
 impl HostState {
@@ -147,8 +147,8 @@ impl DigestImports for HostState {
             &request,
             &realm,
             &password,
-            super::sip::unix_now(),
-            super::sip::NONCE_MAX_AGE_SECS,
+            super::sip_router::unix_now(),
+            super::sip_router::NONCE_MAX_AGE_SECS,
         );
         match (&verdict, counted) {
             (DigestVerdict::Invalid, Some((peer, user))) if !call.failure_counted => {

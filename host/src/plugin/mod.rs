@@ -19,7 +19,7 @@ pub mod outbound;
 mod output;
 mod registrar_view;
 mod registry;
-pub mod sip;
+pub mod sip_router;
 pub mod tools;
 
 use std::sync::Arc;
@@ -326,7 +326,7 @@ impl Plugin {
             return Err(self.wrong_world(World::HttpHandler));
         };
         // The request's credentials, for the plugin's `digest` imports.
-        store.data_mut().digest_request = Some(sip::RequestFacts::of_http(request));
+        store.data_mut().digest_request = Some(sip_router::DigestFacts::of_http(request));
         let result = within(
             self.deadline + self.grace,
             exports.call_on_http_request(&mut *store, request),
@@ -342,7 +342,7 @@ impl Plugin {
     pub async fn call_sip_request(
         &self,
         request: &bindings::SipRequest,
-        facts: &sip::RequestFacts,
+        facts: &sip_router::DigestFacts,
     ) -> Result<bindings::GuestSipDecision, PluginFailure> {
         let reserved = self
             .reserve(request.source.remote_addr.parse().ok())
@@ -357,7 +357,7 @@ impl Plugin {
         &self,
         reserved: Reserved,
         request: &bindings::SipRequest,
-        facts: &sip::RequestFacts,
+        facts: &sip_router::DigestFacts,
     ) -> Result<bindings::GuestSipDecision, PluginFailure> {
         let mut instance = self.start(reserved).await?;
         let Instance { store, exports, .. } = &mut instance;

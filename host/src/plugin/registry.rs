@@ -129,12 +129,12 @@ impl CompileCache {
 
 /// Where a plugin's component comes from.
 #[derive(Debug, Clone)]
-enum Source {
+enum ComponentSource {
     File(std::path::PathBuf),
     Builtin(String),
 }
 
-impl Source {
+impl ComponentSource {
     fn describe(&self) -> String {
         match self {
             Self::File(p) => p.display().to_string(),
@@ -149,7 +149,7 @@ impl Source {
 #[derive(Debug)]
 pub struct PluginSlot {
     name: String,
-    source: Source,
+    source: ComponentSource,
     /// The world every version must implement.
     world: World,
     current: std::sync::RwLock<Arc<Plugin>>,
@@ -366,13 +366,13 @@ impl Plugins {
         };
         for (name, cfg) in &config.plugins {
             let source = match (&cfg.path, &cfg.builtin) {
-                (Some(path), _) => Source::File(path.clone()),
-                (None, Some(b)) => Source::Builtin(b.clone()),
+                (Some(path), _) => ComponentSource::File(path.clone()),
+                (None, Some(b)) => ComponentSource::Builtin(b.clone()),
                 (None, None) => anyhow::bail!("plugin {name}: neither path nor builtin"),
             };
             let state = match &source {
-                Source::File(p) => file_state(p),
-                Source::Builtin(_) => None,
+                ComponentSource::File(p) => file_state(p),
+                ComponentSource::Builtin(_) => None,
             };
             let wanted = uses.get(name.as_str());
             let plugin = inner
@@ -429,8 +429,8 @@ impl Plugins {
             .slot(name)
             .ok_or_else(|| anyhow::anyhow!("no plugin named {name}"))?;
         let state = match &slot.source {
-            Source::File(p) => file_state(p),
-            Source::Builtin(_) => return Ok(()),
+            ComponentSource::File(p) => file_state(p),
+            ComponentSource::Builtin(_) => return Ok(()),
         };
         let plugin = self.inner.compile(name, &slot.source, Some(slot.world))?;
         let old = std::mem::replace(
@@ -452,7 +452,7 @@ impl Plugins {
     pub fn reload_all(&self) -> Vec<(String, Result<(), String>)> {
         let mut out = Vec::new();
         for (name, slot) in &self.inner.slots {
-            if matches!(slot.source, Source::File(_)) {
+            if matches!(slot.source, ComponentSource::File(_)) {
                 let r = self.reload(name).map_err(|e| format!("{e:#}"));
                 if let Err(e) = &r {
                     tracing::error!(
@@ -470,7 +470,7 @@ impl Plugins {
     /// periodically (blocking: it may compile).
     pub fn reload_changed(&self) {
         for (name, slot) in &self.inner.slots {
-            let Source::File(path) = &slot.source else {
+            let ComponentSource::File(path) = &slot.source else {
                 continue;
             };
             let now = file_state(path);
@@ -498,15 +498,15 @@ impl Inner {
     fn compile(
         &self,
         name: &str,
-        source: &Source,
+        source: &ComponentSource,
         wanted: Option<World>,
     ) -> anyhow::Result<Plugin> {
         let described = source.describe();
         let bytes: std::borrow::Cow<'static, [u8]> = match source {
-            Source::File(path) => std::fs::read(path)
+            ComponentSource::File(path) => std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("plugin {name}: cannot read {}: {e}", path.display()))?
                 .into(),
-            Source::Builtin(b) => crate::builtin::bytes(b)
+            ComponentSource::Builtin(b) => crate::builtin::bytes(b)
                 .ok_or_else(|| anyhow::anyhow!("plugin {name}: unknown builtin {b:?}"))?
                 .into(),
         };

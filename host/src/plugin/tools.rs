@@ -305,7 +305,7 @@ async fn run_sip(
         flow: tls.then_some(1),
     };
     let _ = crate::core::stamp_received(&mut message, source.remote);
-    let router = super::sip::SipRouter::new(slot, nonce, &["MD5".to_string()]);
+    let router = super::sip_router::SipRouter::new(slot, nonce, &["MD5".to_string()]);
     let decision = router.call(&source, &message, &[]).await;
     let text = match decision {
         RouteDecision::Continue => {

@@ -268,7 +268,7 @@ fn close_code_for(e: &WsError) -> Option<(CloseCode, &'static str)> {
 }
 
 /// What woke the flow loop.
-enum Event {
+enum Wake {
     In(Option<Result<Message, WsError>>),
     Out(Option<Bytes>),
     /// Nothing to read after [`WRITES_IN_A_ROW`] writes: writing goes on.
@@ -317,19 +317,19 @@ where
             // after a run of writes reading gets a turn (a flow others keep sending
             // to still reads its client's answers).
             biased;
-            _ = shutdown.changed() => Event::Shutdown,
-            o = rx.recv(), if writes < WRITES_IN_A_ROW => Event::Out(o),
-            m = ws.next() => Event::In(m),
-            () = std::future::ready(()), if writes >= WRITES_IN_A_ROW => Event::NothingToRead,
-            _ = &mut timer => Event::Timer,
+            _ = shutdown.changed() => Wake::Shutdown,
+            o = rx.recv(), if writes < WRITES_IN_A_ROW => Wake::Out(o),
+            m = ws.next() => Wake::In(m),
+            () = std::future::ready(()), if writes >= WRITES_IN_A_ROW => Wake::NothingToRead,
+            _ = &mut timer => Wake::Timer,
         };
         writes = match event {
-            Event::Out(_) => writes + 1,
+            Wake::Out(_) => writes + 1,
             _ => 0,
         };
         match event {
-            Event::In(None) => break,
-            Event::In(Some(Ok(msg))) => {
+            Wake::In(None) => break,
+            Wake::In(Some(Ok(msg))) => {
                 last_heard = Instant::now();
                 let data: Bytes = match msg {
                     Message::Text(t) => Bytes::from(t),
@@ -394,7 +394,7 @@ where
                     }
                 }
             }
-            Event::In(Some(Err(_))) if ws.get_ref().timed_out => {
+            Wake::In(Some(Err(_))) if ws.get_ref().timed_out => {
                 tracing::debug!(flow = id, peer = %remote, "closing with 1008: a frame or message left unfinished");
                 shared
                     .admission
@@ -406,7 +406,7 @@ where
                 let _ = timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
                 break;
             }
-            Event::In(Some(Err(e))) => {
+            Wake::In(Some(Err(e))) => {
                 if let Some((code, reason)) = close_code_for(&e) {
                     tracing::debug!(flow = id, peer = %remote, "closing with {}: {e}", u16::from(code));
                     shared.metrics.ws_close_error();
@@ -420,7 +420,7 @@ where
                 }
                 break;
             }
-            Event::Out(Some(payload)) => {
+            Wake::Out(Some(payload)) => {
                 // One UTF-8 check (a clone of `Bytes` only counts a reference).
                 let msg = match Utf8Bytes::try_from(payload.clone()) {
                     Ok(text) => Message::Text(text),
@@ -431,9 +431,9 @@ where
                 }
                 shared.metrics.sip_out();
             }
-            Event::Out(None) => break,
-            Event::NothingToRead => {}
-            Event::Timer => {
+            Wake::Out(None) => break,
+            Wake::NothingToRead => {}
+            Wake::Timer => {
                 let now = Instant::now();
                 match ping_sent {
                     // Heard from the client since the ping: all is well.
@@ -459,7 +459,7 @@ where
                     }
                 }
             }
-            Event::Shutdown => {
+            Wake::Shutdown => {
                 let frame = CloseFrame {
                     code: CloseCode::Away,
                     reason: Utf8Bytes::from_static("server shutting down"),

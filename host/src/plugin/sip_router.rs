@@ -78,7 +78,7 @@ impl Deferred {
 pub struct RouteCall {
     plugin: Arc<super::Plugin>,
     request: bindings::SipRequest,
-    facts: RequestFacts,
+    facts: DigestFacts,
     nonce: NonceKey,
     algorithms: Arc<[String]>,
     peer: IpAddr,
@@ -198,7 +198,7 @@ impl SipRouter {
         RouteCall {
             plugin: self.slot.current(),
             request: sip_request(req, source, identity),
-            facts: RequestFacts::of(req).counted_against(source.remote.ip()),
+            facts: DigestFacts::of(req).counted_against(source.remote.ip()),
             nonce: self.nonce.clone(),
             algorithms: self.algorithms.clone(),
             peer: source.remote.ip(),
@@ -339,7 +339,7 @@ fn sip_address(uri: &crate::sip::uri::Uri) -> Option<bindings::SipAddress> {
 
 /// What checking a decision, and the plugin's `digest` imports, need of its request.
 #[derive(Debug, Clone)]
-pub struct RequestFacts {
+pub struct DigestFacts {
     /// The method (part of the Digest response).
     pub(crate) method: String,
     /// A REGISTER (challenged with 401, else 407).
@@ -359,7 +359,7 @@ pub struct RequestFacts {
     pub(crate) failure_counted: bool,
 }
 
-impl RequestFacts {
+impl DigestFacts {
     /// The facts of `req`.
     pub fn of(req: &Request) -> Self {
         let register = req.method == Method::Register;
@@ -426,7 +426,7 @@ impl RequestFacts {
 /// becomes its 401/407 here (the nonce is made with `now_unix`).
 pub fn validate(
     d: GuestSipDecision,
-    req: &RequestFacts,
+    req: &DigestFacts,
     nonce: &NonceKey,
     now_unix: u64,
     algorithms: &[String],
@@ -587,7 +587,7 @@ mod tests {
     fn replies_are_checked() {
         let k = NonceKey::new([1; 32]);
         let req = invite("");
-        let check = |d| validate(d, &RequestFacts::of(&req), &k, 10, &algs());
+        let check = |d| validate(d, &DigestFacts::of(&req), &k, 10, &algs());
         let ok = check(reply(403, &[("Warning", "399 x \"blocked\"")]));
         assert!(matches!(ok, Ok(RouteDecision::Reply { status: 403, .. })));
         assert!(check(reply(180, &[])).is_err());
@@ -611,7 +611,7 @@ mod tests {
         let req = invite("");
         let ok = validate(
             GuestSipDecision::Relay("sip:9001@127.0.0.1:5070".into()),
-            &RequestFacts::of(&req),
+            &DigestFacts::of(&req),
             &k,
             10,
             &algs(),
@@ -621,7 +621,7 @@ mod tests {
             assert!(
                 validate(
                     GuestSipDecision::Relay(bad.into()),
-                    &RequestFacts::of(&req),
+                    &DigestFacts::of(&req),
                     &k,
                     10,
                     &algs()
@@ -637,7 +637,7 @@ mod tests {
         let k = NonceKey::new([1; 32]);
         let d = validate(
             GuestSipDecision::Challenge("sipwasm".into()),
-            &RequestFacts::of(&invite("")),
+            &DigestFacts::of(&invite("")),
             &k,
             1000,
             &algs(),
@@ -662,7 +662,7 @@ mod tests {
         ));
         let d = validate(
             GuestSipDecision::Challenge("sipwasm".into()),
-            &RequestFacts::of(&retry),
+            &DigestFacts::of(&retry),
             &k,
             1000 + NONCE_MAX_AGE_SECS + 1,
             &algs(),
@@ -679,7 +679,7 @@ mod tests {
         );
         let d = validate(
             GuestSipDecision::Challenge("sipwasm".into()),
-            &RequestFacts::of(&register),
+            &DigestFacts::of(&register),
             &k,
             5,
             &algs(),
@@ -689,7 +689,7 @@ mod tests {
         assert!(
             validate(
                 GuestSipDecision::Challenge("a\r\nb".into()),
-                &RequestFacts::of(&register),
+                &DigestFacts::of(&register),
                 &k,
                 5,
                 &algs()
