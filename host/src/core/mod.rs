@@ -40,7 +40,7 @@ use self::location::{Binding, Location};
 pub use self::myself::Myself;
 use self::proxy::ProxyCtx;
 use self::registrar::RegistrarConfig;
-use self::transaction::{ClientTx, ServerKey, ServerTx, TimerConfig, TimerRef, Timers};
+use self::transaction::{ClientTx, ServerKey, ServerTx, TimerConfig, TimerRef, Timers, TxTable};
 use crate::sip::headers::{HeaderName, Headers, first_value, params_of};
 use crate::sip::message::{Essentials, Message, Method, Request, Response, reason_phrase};
 use crate::sip::typed::{Via, ViaRef};
@@ -466,10 +466,8 @@ pub struct Core {
     routed: bool,
     /// The request whose routing decision is asked for now ([`Core::route_query`]).
     query: Option<Query>,
-    servers: sharded::Sharded<u64, ServerTx>,
-    server_keys: sharded::Sharded<ServerKey, u64>,
-    clients: sharded::Sharded<u64, ClientTx>,
-    client_keys: sharded::Sharded<(String, Method), u64>,
+    servers: TxTable<ServerTx>,
+    clients: TxTable<ClientTx>,
     /// Client transactions of CANCELs we sent (their responses are absorbed).
     cancels: HashSet<u64>,
     ctxs: sharded::Sharded<u64, ProxyCtx>,
@@ -541,10 +539,8 @@ impl Core {
             routing: HashSet::new(),
             routed: false,
             query: None,
-            servers: sharded::Sharded::default(),
-            server_keys: sharded::Sharded::default(),
-            clients: sharded::Sharded::default(),
-            client_keys: sharded::Sharded::default(),
+            servers: TxTable::default(),
+            clients: TxTable::default(),
             cancels: HashSet::new(),
             ctxs: sharded::Sharded::default(),
             timers: Timers::default(),
@@ -634,7 +630,6 @@ impl Core {
             req,
         } = q;
         let trying = (req.method == Method::Invite).then(|| self.make_response(&req, 100, &[]));
-        self.server_keys.insert(key.clone(), id);
         self.servers.insert(id, ServerTx::new(id, key, req, source));
         if let Some(trying) = trying {
             self.respond(id, trying, now);
@@ -783,9 +778,7 @@ impl Core {
         let mut large = self.location.shrink();
         large |= self.known_aors.shrink();
         large |= self.servers.shrink();
-        large |= self.server_keys.shrink();
         large |= self.clients.shrink();
-        large |= self.client_keys.shrink();
         large |= self.ctxs.shrink();
         large |= shrink_map(&mut self.flows);
         large |= shrink_map(&mut self.udp_verified);
@@ -880,8 +873,8 @@ impl Core {
         let Some(key) = ServerKey::of(&req, &req.method) else {
             return;
         };
-        if let Some(&id) = self.server_keys.get(&key) {
-            let st = &self.servers[&id];
+        if let Some(id) = self.servers.find(&key) {
+            let st = self.servers.get(id).expect("indexed");
             if let Some(bytes) = st.on_retransmission() {
                 let target = st.source.reply_target();
                 self.send(target, bytes);
@@ -933,7 +926,6 @@ impl Core {
                     return;
                 }
                 let id = self.new_id();
-                self.server_keys.insert(key.clone(), id);
                 self.servers
                     .insert(id, ServerTx::new(id, key, req.clone(), source));
                 if req.method == Method::Invite {
@@ -951,7 +943,7 @@ impl Core {
         if !self.routing.remove(&id) {
             return;
         }
-        let Some(st) = self.servers.get(&id) else {
+        let Some(st) = self.servers.get(id) else {
             return;
         };
         if st.last.as_ref().is_some_and(|(status, _)| *status >= 200) {
@@ -1010,12 +1002,12 @@ impl Core {
     fn answer_routed(&mut self, id: u64, resp: Response, now: Instant) {
         let invite = self
             .servers
-            .get(&id)
+            .get(id)
             .is_some_and(|st| st.request.method == Method::Invite);
         if invite {
             return self.respond(id, resp, now);
         }
-        if let Some(st) = self.servers.get(&id) {
+        if let Some(st) = self.servers.get(id) {
             let target = st.source.reply_target();
             self.send(target, Bytes::from(resp.to_bytes()));
         }
@@ -1024,10 +1016,10 @@ impl Core {
 
     fn on_ack(&mut self, now: Instant, source: Source, req: Request) {
         if let Some(key) = ServerKey::of(&req, &Method::Invite)
-            && let Some(&id) = self.server_keys.get(&key)
+            && let Some(id) = self.servers.find(&key)
         {
             let t = self.cfg.timers;
-            let st = self.servers.get_mut(&id).expect("indexed");
+            let st = self.servers.get_mut(id).expect("indexed");
             if st.on_ack(now, &t) {
                 self.arm_server(id);
                 return;
@@ -1051,8 +1043,7 @@ impl Core {
     }
 
     fn on_cancel(&mut self, now: Instant, source: Source, req: Request) {
-        let invite =
-            ServerKey::of(&req, &Method::Invite).and_then(|k| self.server_keys.get(&k).copied());
+        let invite = ServerKey::of(&req, &Method::Invite).and_then(|k| self.servers.find(&k));
         let Some(st_id) = invite else {
             let bytes = self.response_bytes(&req, 481, None, &[]);
             self.send(source.reply_target(), bytes);
@@ -1062,13 +1053,13 @@ impl Core {
         self.send(source.reply_target(), bytes);
         if self.routing.remove(&st_id) {
             // Still with the routing plugin: nothing was forwarded, end it here.
-            if let Some(invite) = self.servers.get(&st_id).map(|s| s.request.clone()) {
+            if let Some(invite) = self.servers.get(st_id).map(|s| s.request.clone()) {
                 let terminated = self.make_response(&invite, 487, &[]);
                 self.respond(st_id, terminated, now);
             }
             return;
         }
-        let ctx = self.servers.get(&st_id).and_then(|s| s.ctx);
+        let ctx = self.servers.get(st_id).and_then(|s| s.ctx);
         if let Some(ctx) = ctx {
             self.cancel_ctx(now, ctx);
         }
@@ -1077,7 +1068,7 @@ impl Core {
     /// Sends `resp` through server transaction `id`.
     fn respond(&mut self, id: u64, resp: Response, now: Instant) {
         let t = self.cfg.timers;
-        let Some(source) = self.servers.get(&id).map(|st| st.source) else {
+        let Some(source) = self.servers.get(id).map(|st| st.source) else {
             return;
         };
         let status = resp.status;
@@ -1087,7 +1078,7 @@ impl Core {
         } else {
             Bytes::from(resp.to_bytes())
         };
-        let Some(st) = self.servers.get_mut(&id) else {
+        let Some(st) = self.servers.get_mut(id) else {
             return;
         };
         st.quiet = unproven;
@@ -1099,7 +1090,7 @@ impl Core {
     }
 
     fn arm_server(&mut self, id: u64) {
-        if let Some(st) = self.servers.get(&id) {
+        if let Some(st) = self.servers.get(id) {
             if st.state == transaction::ServerState::Terminated {
                 self.remove_server(id);
             } else if let Some(d) = st.deadline() {
@@ -1111,8 +1102,7 @@ impl Core {
     fn remove_server(&mut self, id: u64) {
         self.timers.disarm(TimerRef::Server(id));
         self.routing.remove(&id);
-        if let Some(st) = self.servers.remove(&id) {
-            self.server_keys.remove(&st.key);
+        if let Some(st) = self.servers.remove(id) {
             if let Some(ctx) = st.ctx {
                 self.ctxs.remove(&ctx);
             }
@@ -1121,7 +1111,7 @@ impl Core {
 
     fn server_timer(&mut self, id: u64, now: Instant) {
         let t = self.cfg.timers;
-        let Some(st) = self.servers.get_mut(&id) else {
+        let Some(st) = self.servers.get_mut(id) else {
             return;
         };
         if st.deadline().is_none_or(|d| d > now) {
@@ -1283,7 +1273,7 @@ impl Core {
         if bytes.len() <= 600 {
             return bytes;
         }
-        let request = self.servers.get(&id).map_or(0, |st| {
+        let request = self.servers.get(id).map_or(0, |st| {
             st.request
                 .to_bytes()
                 .len()
@@ -1346,9 +1336,9 @@ impl Core {
         let Ok(cseq) = resp.cseq() else {
             return;
         };
-        let Some(&id) = self
-            .client_keys
-            .get(&(branch.to_string(), cseq.method.clone()))
+        let Some(id) = self
+            .clients
+            .find(&(branch.to_string(), cseq.method.clone()))
         else {
             return;
         };
@@ -1356,14 +1346,14 @@ impl Core {
         if let Some(&ClientTx {
             target: Target::Udp { remote, .. },
             ..
-        }) = self.clients.get(&id)
+        }) = self.clients.get(id)
             && source.flow.is_none()
             && remote == source.remote
         {
             self.mark_udp_verified(remote, now);
         }
         let t = self.cfg.timers;
-        let ct = self.clients.get_mut(&id).expect("indexed");
+        let ct = self.clients.get_mut(id).expect("indexed");
         let (event, ack) = ct.on_response(resp.clone(), now, &t);
         if ack {
             let ack = build_ack(&ct.request, &resp);
@@ -1377,7 +1367,7 @@ impl Core {
             return;
         }
         if let Some(event) = event {
-            let owner = self.clients.get(&id).map(|c| c.owner);
+            let owner = self.clients.get(id).map(|c| c.owner);
             if let Some((ctx, branch)) = owner {
                 self.on_branch_event(now, ctx, branch, event);
             }
@@ -1385,7 +1375,7 @@ impl Core {
     }
 
     fn arm_client(&mut self, id: u64) {
-        if let Some(ct) = self.clients.get(&id) {
+        if let Some(ct) = self.clients.get(id) {
             if ct.state == transaction::ClientState::Terminated {
                 self.remove_client(id);
             } else if let Some(d) = ct.deadline() {
@@ -1396,16 +1386,14 @@ impl Core {
 
     fn remove_client(&mut self, id: u64) {
         self.timers.disarm(TimerRef::Client(id));
-        if let Some(ct) = self.clients.remove(&id) {
-            self.client_keys
-                .remove(&(ct.branch.clone(), ct.request.method.clone()));
+        if self.clients.remove(id).is_some() {
             self.cancels.remove(&id);
         }
     }
 
     fn client_timer(&mut self, id: u64, now: Instant) {
         let t = self.cfg.timers;
-        let Some(ct) = self.clients.get_mut(&id) else {
+        let Some(ct) = self.clients.get_mut(id) else {
             return;
         };
         if ct.deadline().is_none_or(|d| d > now) {
@@ -1438,7 +1426,7 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            let Some(ct) = self.clients.get_mut(&id) else {
+            let Some(ct) = self.clients.get_mut(id) else {
                 continue;
             };
             let event = ct.on_transport_error();

@@ -1019,7 +1019,7 @@ impl Core {
             cancelled: false,
         };
         self.ctxs.insert(ctx_id, ctx);
-        if let Some(s) = self.servers.get_mut(&st) {
+        if let Some(s) = self.servers.get_mut(st) {
             s.ctx = Some(ctx_id);
         }
         for candidates in branches {
@@ -1115,7 +1115,7 @@ impl Core {
             matches!(c.target, Target::Udp { remote, .. } if !self.udp_proven(remote, now));
         let ct = ClientTx::new(
             id,
-            branch.clone(),
+            branch,
             req,
             bytes.clone(),
             c.target,
@@ -1124,9 +1124,7 @@ impl Core {
             now,
             &t,
         );
-        let method = ct.request.method.clone();
         self.clients.insert(id, ct);
-        self.client_keys.insert((branch, method), id);
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             // A new candidate (the next flow of an instance) starts afresh.
             let b = &mut ctx.branches[idx];
@@ -1230,7 +1228,7 @@ impl Core {
             self.remove_client(ct);
         }
         // A synthetic response, built from the request we could not deliver.
-        let req = self.servers.get(&st).map(|s| s.request.clone());
+        let req = self.servers.get(st).map(|s| s.request.clone());
         if let Some(req) = req {
             let mut resp = self.make_response(&req, status, &[]);
             // It answers our branch: give it our Via on top so forwarding strips it.
@@ -1373,7 +1371,7 @@ impl Core {
         let Some(ct_id) = self.ctxs.get(&ctx_id).and_then(|c| c.branches[idx].ct) else {
             return;
         };
-        let Some(ct) = self.clients.get(&ct_id) else {
+        let Some(ct) = self.clients.get(ct_id) else {
             return;
         };
         let invite = &ct.request;
@@ -1400,8 +1398,9 @@ impl Core {
         };
         let (branch, target, reliable) = (ct.branch.clone(), ct.target, ct.reliable);
         if self
-            .client_keys
-            .contains_key(&(branch.clone(), Method::Cancel))
+            .clients
+            .find(&(branch.clone(), Method::Cancel))
+            .is_some()
         {
             return;
         }
@@ -1410,7 +1409,7 @@ impl Core {
         let t = self.cfg.timers;
         let cct = ClientTx::new(
             id,
-            branch.clone(),
+            branch,
             cancel,
             bytes.clone(),
             target,
@@ -1420,13 +1419,12 @@ impl Core {
             &t,
         );
         self.clients.insert(id, cct);
-        self.client_keys.insert((branch, Method::Cancel), id);
         self.cancels.insert(id);
         self.send(target, bytes);
         self.arm_client(id);
         // Without a final answer 64*T1 after the CANCEL, the INVITE is given up
         // (RFC 3261 9.1): the branch then ends as cancelled.
-        if let Some(inv) = self.clients.get_mut(&ct_id) {
+        if let Some(inv) = self.clients.get_mut(ct_id) {
             inv.give_up_at(now + 64 * t.t1);
         }
         self.arm_client(ct_id);

@@ -223,7 +223,7 @@ impl Sim {
                 ..CoreStats::default()
             }
         );
-        assert!(self.core.server_keys.is_empty() && self.core.client_keys.is_empty());
+        assert!(self.core.servers.is_empty() && self.core.clients.is_empty());
         assert!(self.core.cancels.is_empty());
     }
 

@@ -13,6 +13,103 @@ use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request};
 use crate::sip::typed::ViaRef;
 
+use super::sharded::Sharded;
+
+/// What finds a transaction from a message (RFC 3261 17.1.3, 17.2.3): the server
+/// side's [`ServerKey`], the client side's branch and method.
+pub(crate) trait Matched {
+    /// The key type.
+    type Key: Eq + std::hash::Hash;
+    /// This transaction's key.
+    fn matching_key(&self) -> Self::Key;
+}
+
+impl Matched for ServerTx {
+    type Key = ServerKey;
+    fn matching_key(&self) -> ServerKey {
+        self.key.clone()
+    }
+}
+
+impl Matched for ClientTx {
+    type Key = (String, Method);
+    fn matching_key(&self) -> (String, Method) {
+        (self.branch.clone(), self.request.method.clone())
+    }
+}
+
+/// The transactions of one side by id, and their ids by matching key: one table for
+/// server and client transactions alike, so that a transaction and its key enter and
+/// leave together.
+#[derive(Debug)]
+pub(crate) struct TxTable<T: Matched> {
+    by_id: Sharded<u64, T>,
+    by_key: Sharded<T::Key, u64>,
+}
+
+impl<T: Matched> Default for TxTable<T> {
+    fn default() -> Self {
+        Self {
+            by_id: Sharded::default(),
+            by_key: Sharded::default(),
+        }
+    }
+}
+
+impl<T: Matched> TxTable<T> {
+    /// Adds transaction `tx` as `id`, found by its key from now on.
+    pub(crate) fn insert(&mut self, id: u64, tx: T) {
+        self.by_key.insert(tx.matching_key(), id);
+        self.by_id.insert(id, tx);
+    }
+
+    /// Removes transaction `id` and its key.
+    pub(crate) fn remove(&mut self, id: u64) -> Option<T> {
+        let tx = self.by_id.remove(&id)?;
+        self.by_key.remove(&tx.matching_key());
+        Some(tx)
+    }
+
+    /// The id of the transaction a message with `key` matches.
+    pub(crate) fn find<Q>(&self, key: &Q) -> Option<u64>
+    where
+        T::Key: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        self.by_key.get(key).copied()
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&T> {
+        self.by_id.get(&id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut T> {
+        self.by_id.get_mut(&id)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Every transaction with its id.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &T)> {
+        self.by_id.iter()
+    }
+
+    /// Whether no transaction, and no key, is left.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_id.is_empty() && self.by_key.is_empty()
+    }
+
+    /// Gives a flood's spare capacity back ([`Sharded::shrink`]); whether the table is
+    /// still large.
+    pub(crate) fn shrink(&mut self) -> bool {
+        let ids = self.by_id.shrink();
+        self.by_key.shrink() | ids
+    }
+}
+
 /// Timer values (RFC 3261 section 17.1.1.1 and table 4).
 #[derive(Debug, Clone, Copy)]
 pub struct TimerConfig {
