@@ -11,6 +11,7 @@
 //! CANCEL, best-response selection, loop detection.
 
 pub mod flowtoken;
+mod forking;
 pub mod gruu;
 pub mod limits;
 pub mod location;
@@ -36,9 +37,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use self::flowtoken::FlowTokens;
+use self::forking::ProxyCtx;
 use self::location::{Binding, Location};
 pub use self::myself::Myself;
-use self::proxy::ProxyCtx;
 use self::registrar::RegistrarConfig;
 use self::transaction::{ClientTx, ServerKey, ServerTx, TimerConfig, TimerRef, Timers, TxTable};
 use crate::sip::headers::{HeaderName, Headers, first_value, params_of};

@@ -1,22 +1,21 @@
-//! Request routing and response contexts of the stateful proxy (RFC 3261 section 16).
+//! Where the stateful proxy sends a request (RFC 3261 section 16): routing
+//! decisions, Record-Route, loop detection, the registrar and local requests. The
+//! response contexts it starts are in `forking.rs`.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
 use hmac::Mac;
 
 use super::flowtoken::FlowTokens;
 use super::location::Binding;
 use super::registrar::{self, Change, aor_of};
-use super::transaction::{ClientEvent, ClientTx};
 use super::{
     ALLOW, Core, Event, FlowId, Refusal, SUPPORTED, Source, Target, Transport, split_tokens,
 };
 use crate::hex::hex;
 use crate::sip::headers::HeaderName;
-use crate::sip::message::{Essentials, Method, Request, Response, reason_phrase};
+use crate::sip::message::{Essentials, Method, Request};
 use crate::sip::typed::{NameAddr, Via};
 use crate::sip::uri::{Host, SipUri, Uri};
 
@@ -24,46 +23,15 @@ use crate::sip::uri::{Host, SipUri, Uri};
 #[derive(Debug, Clone)]
 pub(super) struct Candidate {
     /// The Request-URI to send.
-    uri: Uri,
+    pub(super) uri: Uri,
     /// Where to send it.
-    target: Target,
+    pub(super) target: Target,
     /// Over which transport.
-    transport: Transport,
+    pub(super) transport: Transport,
     /// Route headers to put first (a binding's Path).
-    path: Vec<String>,
+    pub(super) path: Vec<String>,
 }
 
-/// A branch of a response context.
-#[derive(Debug)]
-pub(super) struct Branch {
-    ct: Option<u64>,
-    /// Alternatives when the current one fails at the flow level (RFC 5626 section 7).
-    rest: VecDeque<Candidate>,
-    provisional: bool,
-    cancel_pending: bool,
-    done: bool,
-    /// Ended by a timeout rather than a response.
-    timed_out: bool,
-    response: Option<Response>,
-}
-
-/// A response context: one server transaction, several client transactions.
-#[derive(Debug)]
-pub(super) struct ProxyCtx {
-    st: u64,
-    invite: bool,
-    /// The request after route processing, before per-branch changes.
-    template: Request,
-    source: Source,
-    record_route: bool,
-    /// Loop-detection hash of the request as it arrived (16.6 step 8).
-    loop_hash: String,
-    branches: Vec<Branch>,
-    final_sent: bool,
-    cancelled: bool,
-}
-
-/// What a Record-Route entry of ours names in its user part: where requests of the
 /// dialog sent toward that entry's side go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RrToken {
@@ -172,10 +140,6 @@ fn request_uri_of_contact(contact: &str) -> Option<Uri> {
     }
     Some(uri)
 }
-
-/// Most challenges of other branches added to the best 401/407 (a UA answers one per
-/// realm it knows; more only grows the answer).
-const MAX_AGGREGATED: usize = 16;
 
 /// What `stamp_received` adds to a request's top Via at most (`;received=` and an IPv6
 /// address, an `rport` value), rounded up.
@@ -822,7 +786,7 @@ impl Core {
     }
 
     /// Whether a URI names this server (host and, if given, port).
-    fn is_local_uri(&self, uri: &Uri) -> bool {
+    pub(super) fn is_local_uri(&self, uri: &Uri) -> bool {
         uri.as_sip()
             .is_some_and(|u| self.cfg.myself.is_myself_uri(u))
     }
@@ -910,7 +874,7 @@ impl Core {
     }
 
     /// Our address on the side of `target` (for Via and Record-Route).
-    fn local_for(&self, target: &Target, transport: Transport) -> Option<SocketAddr> {
+    pub(super) fn local_for(&self, target: &Target, transport: Transport) -> Option<SocketAddr> {
         match *target {
             Target::Udp { local, .. } => Some(local),
             Target::Flow(f) => self.flows.get(&f).map(|(_, l, _)| *l),
@@ -980,504 +944,6 @@ impl Core {
             local.port(),
             side.letter()
         )
-    }
-
-    pub(super) fn start_ctx(
-        &mut self,
-        now: Instant,
-        st: u64,
-        source: Source,
-        mut req: Request,
-        branches: Vec<Vec<Candidate>>,
-        loop_hash: String,
-    ) {
-        let initial = req.tag_of_to().is_none();
-        let record_route = initial
-            && matches!(
-                req.method,
-                Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
-            );
-        // Max-Forwards - 1 (16.6 step 3), once for all branches.
-        let mf = req
-            .headers
-            .get(&HeaderName::MaxForwards)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(70);
-        req.headers.remove_all(&HeaderName::MaxForwards);
-        req.headers
-            .push_front(HeaderName::MaxForwards, mf.saturating_sub(1).to_string());
-        let ctx_id = self.new_id();
-        let ctx = ProxyCtx {
-            st,
-            invite: req.method == Method::Invite,
-            template: req,
-            source,
-            record_route,
-            loop_hash,
-            branches: Vec::new(),
-            final_sent: false,
-            cancelled: false,
-        };
-        self.ctxs.insert(ctx_id, ctx);
-        if let Some(s) = self.servers.get_mut(st) {
-            s.ctx = Some(ctx_id);
-        }
-        for candidates in branches {
-            let mut rest: VecDeque<Candidate> = candidates.into();
-            let first = rest.pop_front().expect("non-empty branch");
-            let ctx = self.ctxs.get_mut(&ctx_id).expect("just inserted");
-            ctx.branches.push(Branch {
-                ct: None,
-                rest,
-                provisional: false,
-                cancel_pending: false,
-                done: false,
-                timed_out: false,
-                response: None,
-            });
-            let idx = ctx.branches.len() - 1;
-            self.start_branch(now, ctx_id, idx, first);
-        }
-    }
-
-    fn start_branch(&mut self, now: Instant, ctx_id: u64, idx: usize, c: Candidate) {
-        let Some(ctx) = self.ctxs.get(&ctx_id) else {
-            return;
-        };
-        let mut req = ctx.template.clone();
-        let source = ctx.source;
-        let record_route = ctx.record_route;
-        req.uri = c.uri.clone();
-        let Some(local) = self.local_for(&c.target, c.transport) else {
-            self.on_branch_failed(now, ctx_id, idx, false);
-            return;
-        };
-        if record_route {
-            // Two entries, one per side (16.6 step 4, RFC 5658): the top one faces the
-            // callee, the other the caller. Each names where requests toward its side
-            // go, as a token: the connection, or the UDP address the caller sends from
-            // (a phone behind NAT is reached there, not at a private Contact, RFC 5626
-            // 5.2, as `nathelper` does) or the callee was reached at. And each is
-            // signed for this dialog's Call-ID and caller tag and for its side, so
-            // that a captured entry routes nothing else (see `decide`).
-            let out_token = match c.target {
-                Target::Flow(f) => RrToken::Flow(f),
-                Target::Udp { remote, .. } => RrToken::Udp(remote),
-                Target::Connect { transport, remote } => RrToken::Connect(transport, remote),
-            };
-            let in_token = match source.flow {
-                Some(f) => RrToken::Flow(f),
-                None => RrToken::Udp(source.remote),
-            };
-            let call_id = req.call_id().unwrap_or("").to_string();
-            let caller_tag = req.tag_of_from().unwrap_or("").to_string();
-            let dialog = (call_id.as_str(), caller_tag.as_str());
-            let out_rr = self.rr_uri(c.transport, local, out_token, dialog, Side::Callee);
-            let in_rr = self.rr_uri(
-                source.transport,
-                source.local,
-                in_token,
-                dialog,
-                Side::Caller,
-            );
-            req.headers.push_front(HeaderName::RecordRoute, in_rr);
-            req.headers.push_front(HeaderName::RecordRoute, out_rr);
-        }
-        for p in c.path.iter().rev() {
-            req.headers.push_front(HeaderName::Route, p.clone());
-        }
-        let branch = format!(
-            "{}.{}.{}",
-            self.branch_prefix,
-            ctx.loop_hash,
-            self.next_id + 1
-        );
-        let rport = if c.transport == Transport::Udp {
-            ";rport"
-        } else {
-            ""
-        };
-        let via = format!(
-            "SIP/2.0/{} {}:{};branch={branch}{rport}",
-            c.transport.via_token(),
-            Host::from(local.ip()),
-            local.port()
-        );
-        req.headers.push_front(HeaderName::Via, via);
-        let bytes = Bytes::from(req.to_bytes());
-        let id = self.new_id();
-        let t = self.cfg.timers;
-        // Toward a UDP address that has not shown it receives our packets (a dialog's
-        // party reached at an address it only claimed, a next hop never heard from),
-        // a request goes once: retransmissions would multiply what reaches a spoofed
-        // source's victim. Registered phones and trusted peers are proven.
-        let unproven =
-            matches!(c.target, Target::Udp { remote, .. } if !self.udp_proven(remote, now));
-        let ct = ClientTx::new(
-            id,
-            branch,
-            req,
-            bytes.clone(),
-            c.target,
-            c.transport.is_reliable() || unproven,
-            (ctx_id, idx),
-            now,
-            &t,
-        );
-        self.clients.insert(id, ct);
-        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
-            // A new candidate (the next flow of an instance) starts afresh.
-            let b = &mut ctx.branches[idx];
-            b.ct = Some(id);
-            b.provisional = false;
-            b.cancel_pending = false;
-            b.response = None;
-        }
-        self.send(c.target, bytes);
-        self.arm_client(id);
-    }
-
-    /// A client transaction of a branch reports.
-    pub(super) fn on_branch_event(
-        &mut self,
-        now: Instant,
-        ctx_id: u64,
-        idx: usize,
-        event: ClientEvent,
-    ) {
-        let resp = match event {
-            ClientEvent::Timeout => return self.on_branch_failed_with(now, ctx_id, idx, 408),
-            ClientEvent::Response(r) => r,
-        };
-        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
-            return;
-        };
-        let status = resp.status;
-        match status {
-            100..=199 => {
-                // Any provisional, 100 included, allows a CANCEL (RFC 3261 9.1).
-                let b = &mut ctx.branches[idx];
-                b.provisional = true;
-                let cancel = b.cancel_pending;
-                b.cancel_pending = false;
-                let forward = !ctx.final_sent;
-                if cancel {
-                    self.send_cancel(now, ctx_id, idx);
-                }
-                // 100 is hop by hop; other provisionals go up.
-                if forward && status > 100 {
-                    self.forward_response(now, ctx_id, resp);
-                }
-            }
-            200..=299 => {
-                ctx.branches[idx].done = true;
-                ctx.final_sent = true;
-                let invite = ctx.invite;
-                self.forward_response(now, ctx_id, resp);
-                if invite {
-                    self.cancel_ctx(now, ctx_id);
-                }
-            }
-            _ => {
-                // A flow that failed: try the next flow of that instance (RFC 5626 7).
-                if status == 430 && !ctx.branches[idx].rest.is_empty() && !ctx.cancelled {
-                    let next = ctx.branches[idx].rest.pop_front().expect("non-empty");
-                    return self.start_branch(now, ctx_id, idx, next);
-                }
-                let b = &mut ctx.branches[idx];
-                b.done = true;
-                b.response = Some(resp);
-                if status >= 600 && ctx.invite {
-                    self.cancel_ctx(now, ctx_id);
-                }
-                self.maybe_finish(now, ctx_id);
-            }
-        }
-    }
-
-    /// A branch could not be reached (flow gone, connection refused, no route).
-    pub(super) fn on_branch_failed(&mut self, now: Instant, ctx_id: u64, idx: usize, flow: bool) {
-        self.on_branch_failed_with(now, ctx_id, idx, if flow { 430 } else { 503 });
-    }
-
-    fn on_branch_failed_with(&mut self, now: Instant, ctx_id: u64, idx: usize, status: u16) {
-        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
-            return;
-        };
-        if ctx.branches[idx].done {
-            return;
-        }
-        if status != 408
-            && !ctx.cancelled
-            && let Some(next) = ctx.branches[idx].rest.pop_front()
-        {
-            return self.start_branch(now, ctx_id, idx, next);
-        }
-        let st = ctx.st;
-        // A cancelled INVITE whose branch never answered ends as cancelled.
-        let status = if ctx.cancelled && ctx.invite && status == 408 {
-            487
-        } else {
-            status
-        };
-        let b = &mut ctx.branches[idx];
-        b.done = true;
-        b.timed_out = status == 408;
-        // Whatever client transaction the branch still has is of no use now.
-        if let Some(ct) = b.ct.take() {
-            self.remove_client(ct);
-        }
-        // A synthetic response, built from the request we could not deliver.
-        let req = self.servers.get(st).map(|s| s.request.clone());
-        if let Some(req) = req {
-            let mut resp = self.make_response(&req, status, &[]);
-            // It answers our branch: give it our Via on top so forwarding strips it.
-            resp.headers
-                .push_front(HeaderName::Via, "SIP/2.0/UDP synthetic.invalid");
-            if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
-                ctx.branches[idx].response = Some(resp);
-            }
-        }
-        self.maybe_finish(now, ctx_id);
-    }
-
-    pub(super) fn on_timer_c(&mut self, now: Instant, ctx_id: u64, idx: usize) {
-        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
-            return;
-        };
-        let b = &mut ctx.branches[idx];
-        if b.done {
-            return;
-        }
-        if b.provisional {
-            // 16.8: CANCEL the branch; its 487 (or nothing) ends it.
-            self.send_cancel(now, ctx_id, idx);
-        } else {
-            self.on_branch_failed_with(now, ctx_id, idx, 408);
-        }
-    }
-
-    /// All branches done and nothing final sent yet: send the best response (16.7 step 6).
-    fn maybe_finish(&mut self, now: Instant, ctx_id: u64) {
-        let Some(ctx) = self.ctxs.get(&ctx_id) else {
-            return;
-        };
-        if ctx.final_sent || !ctx.branches.iter().all(|b| b.done) {
-            return;
-        }
-        if !ctx.invite && ctx.branches.iter().all(|b| b.timed_out) {
-            // RFC 4320 4.2: no 408 to a non-INVITE request; the client has timed out
-            // by now anyway. The transaction just ends.
-            let st = ctx.st;
-            self.remove_server(st);
-            return;
-        }
-        let responses: Vec<&Response> = ctx
-            .branches
-            .iter()
-            .filter_map(|b| b.response.as_ref())
-            .collect();
-        let best = responses
-            .iter()
-            .find(|r| r.status >= 600)
-            .or_else(|| {
-                responses
-                    .iter()
-                    // A timeout or a failed flow says least about the callee.
-                    .min_by_key(|r| (r.status / 100, matches!(r.status, 408 | 430), r.status))
-            })
-            .map(|r| (*r).clone());
-        let Some(mut best) = best else {
-            return;
-        };
-        if best.status == 401 || best.status == 407 {
-            // Aggregate the challenges of the other branches (16.7 step 7), up to
-            // MAX_AGGREGATED of them: each callee's own are relayed whole, but the
-            // answer does not grow with the number of branches times what each sent.
-            let mut added = 0;
-            'responses: for r in &responses {
-                if std::ptr::eq(*r, &best) {
-                    continue;
-                }
-                for name in [HeaderName::WwwAuthenticate, HeaderName::ProxyAuthenticate] {
-                    for v in r.headers.get_all(&name) {
-                        if added == MAX_AGGREGATED {
-                            break 'responses;
-                        }
-                        if !best.headers.get_all(&name).any(|x| x == v) {
-                            best.headers.push(name.clone(), v);
-                            added += 1;
-                        }
-                    }
-                }
-            }
-        }
-        if best.status == 503 {
-            best.status = 500;
-            best.reason = "Server Internal Error".into();
-        }
-        // A failed flow of a registered user is ours to handle, not the caller's (RFC
-        // 5626 11.5: endpoints do not see 430): the user is unavailable. A flow token
-        // in a dialog's route set keeps its 430.
-        if best.status == 430 && self.is_local_uri(&ctx.template.uri) {
-            best.status = 480;
-            best.reason = reason_phrase(480).into();
-        }
-        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
-            ctx.final_sent = true;
-        }
-        self.forward_response(now, ctx_id, best);
-    }
-
-    /// Sends a branch's response upstream: our Via off, through the server transaction.
-    fn forward_response(&mut self, now: Instant, ctx_id: u64, mut resp: Response) {
-        let Some(ctx) = self.ctxs.get(&ctx_id) else {
-            return;
-        };
-        let st = ctx.st;
-        resp.headers.remove_first_value(&HeaderName::Via);
-        self.respond(st, resp, now);
-    }
-
-    /// CANCELs every pending branch (after a CANCEL, a 2xx or a 6xx).
-    pub(super) fn cancel_ctx(&mut self, now: Instant, ctx_id: u64) {
-        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
-            return;
-        };
-        if !ctx.invite {
-            return;
-        }
-        ctx.cancelled = true;
-        let mut to_cancel = Vec::new();
-        for (i, b) in ctx.branches.iter_mut().enumerate() {
-            if b.done {
-                continue;
-            }
-            if b.provisional {
-                to_cancel.push(i);
-            } else {
-                // 16.10: no CANCEL before a provisional response; send it when one comes.
-                b.cancel_pending = true;
-            }
-        }
-        for i in to_cancel {
-            self.send_cancel(now, ctx_id, i);
-        }
-    }
-
-    /// CANCEL for branch `idx` (9.1): same R-URI, top Via, Call-ID, From, To, Route and
-    /// CSeq number as the INVITE it cancels.
-    fn send_cancel(&mut self, now: Instant, ctx_id: u64, idx: usize) {
-        let Some(ct_id) = self.ctxs.get(&ctx_id).and_then(|c| c.branches[idx].ct) else {
-            return;
-        };
-        let Some(ct) = self.clients.get(ct_id) else {
-            return;
-        };
-        let invite = &ct.request;
-        let mut headers = crate::sip::headers::Headers::new();
-        if let Some(v) = invite.headers.values(&HeaderName::Via).next() {
-            headers.push(HeaderName::Via, v);
-        }
-        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
-            if let Some(v) = invite.headers.get(&name) {
-                headers.push(name, v);
-            }
-        }
-        let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
-        headers.push(HeaderName::CSeq, format!("{seq} CANCEL"));
-        for r in invite.headers.get_all(&HeaderName::Route) {
-            headers.push(HeaderName::Route, r);
-        }
-        headers.push(HeaderName::MaxForwards, "70");
-        let cancel = Request {
-            method: Method::Cancel,
-            uri: invite.uri.clone(),
-            headers,
-            body: Bytes::new(),
-        };
-        let (branch, target, reliable) = (ct.branch.clone(), ct.target, ct.reliable);
-        if self
-            .clients
-            .find(&(branch.clone(), Method::Cancel))
-            .is_some()
-        {
-            return;
-        }
-        let bytes = Bytes::from(cancel.to_bytes());
-        let id = self.new_id();
-        let t = self.cfg.timers;
-        let cct = ClientTx::new(
-            id,
-            branch,
-            cancel,
-            bytes.clone(),
-            target,
-            reliable,
-            (ctx_id, idx),
-            now,
-            &t,
-        );
-        self.clients.insert(id, cct);
-        self.cancels.insert(id);
-        self.send(target, bytes);
-        self.arm_client(id);
-        // Without a final answer 64*T1 after the CANCEL, the INVITE is given up
-        // (RFC 3261 9.1): the branch then ends as cancelled.
-        if let Some(inv) = self.clients.get_mut(ct_id) {
-            inv.give_up_at(now + 64 * t.t1);
-        }
-        self.arm_client(ct_id);
-    }
-
-    /// Forwards a request without a transaction (an ACK for a 2xx).
-    pub(super) fn forward_stateless(&mut self, now: Instant, source: Source, mut req: Request) {
-        let route = self.decide(now, &source, &mut req);
-        let Route::Forward(branches, _) = route else {
-            return;
-        };
-        let Some(c) = branches
-            .into_iter()
-            .next()
-            .and_then(|b| b.into_iter().next())
-        else {
-            return;
-        };
-        let Some(local) = self.local_for(&c.target, c.transport) else {
-            return;
-        };
-        req.uri = c.uri.clone();
-        let mf = req
-            .headers
-            .get(&HeaderName::MaxForwards)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(70);
-        req.headers.remove_all(&HeaderName::MaxForwards);
-        req.headers
-            .push_front(HeaderName::MaxForwards, mf.saturating_sub(1).to_string());
-        // A stable branch for retransmissions of the same ACK.
-        let incoming = req
-            .headers
-            .values(&HeaderName::Via)
-            .next()
-            .and_then(|v| Via::parse(v).ok())
-            .and_then(|v| v.branch().map(str::to_string))
-            .unwrap_or_default();
-        let mut m = self.hmac();
-        m.update(incoming.as_bytes());
-        let hex = hex(&m.finalize().into_bytes()[..8]);
-        let via = format!(
-            "SIP/2.0/{} {}:{};branch={}.ack.{hex}",
-            c.transport.via_token(),
-            Host::from(local.ip()),
-            local.port(),
-            self.branch_prefix
-        );
-        for p in c.path.iter().rev() {
-            req.headers.push_front(HeaderName::Route, p.clone());
-        }
-        req.headers.push_front(HeaderName::Via, via);
-        self.send(c.target, Bytes::from(req.to_bytes()));
     }
 }
 
