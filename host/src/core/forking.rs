@@ -52,8 +52,6 @@ pub(super) struct ProxyCtx {
     cancelled: bool,
 }
 
-/// What a Record-Route entry of ours names in its user part: where requests of the
-
 impl Core {
     pub(super) fn start_ctx(
         &mut self,

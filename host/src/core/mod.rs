@@ -1103,10 +1103,8 @@ impl Core {
     fn remove_server(&mut self, id: u64) {
         self.timers.disarm(TimerRef::Server(id));
         self.routing.remove(&id);
-        if let Some(st) = self.servers.remove(id) {
-            if let Some(ctx) = st.ctx {
-                self.ctxs.remove(&ctx);
-            }
+        if let Some(ctx) = self.servers.remove(id).and_then(|st| st.ctx) {
+            self.ctxs.remove(&ctx);
         }
     }
 

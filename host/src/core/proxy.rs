@@ -32,6 +32,7 @@ pub(super) struct Candidate {
     pub(super) path: Vec<String>,
 }
 
+/// What a Record-Route entry of ours names in its user part: where requests of the
 /// dialog sent toward that entry's side go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RrToken {
