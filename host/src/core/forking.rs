@@ -15,7 +15,7 @@ use super::{Core, Source, Target, Transport};
 use crate::hex::hex;
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request, Response, reason_phrase};
-use crate::sip::typed::Via;
+use crate::sip::typed::{MaxForwards, Via};
 use crate::sip::uri::Host;
 
 /// Most challenges of other branches added to the best 401/407 (a UA answers one per
@@ -69,14 +69,7 @@ impl Core {
                 Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
             );
         // Max-Forwards - 1 (16.6 step 3), once for all branches.
-        let mf = req
-            .headers
-            .get(&HeaderName::MaxForwards)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(70);
-        req.headers.remove_all(&HeaderName::MaxForwards);
-        req.headers
-            .push_front(HeaderName::MaxForwards, mf.saturating_sub(1).to_string());
+        MaxForwards::of(&req).after_hop().set_in(&mut req);
         let ctx_id = self.new_id();
         let ctx = ProxyCtx {
             st,
@@ -518,14 +511,7 @@ impl Core {
             return;
         };
         req.uri = c.uri.clone();
-        let mf = req
-            .headers
-            .get(&HeaderName::MaxForwards)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(70);
-        req.headers.remove_all(&HeaderName::MaxForwards);
-        req.headers
-            .push_front(HeaderName::MaxForwards, mf.saturating_sub(1).to_string());
+        MaxForwards::of(&req).after_hop().set_in(&mut req);
         // A stable branch for retransmissions of the same ACK.
         let incoming = req
             .headers

@@ -16,7 +16,7 @@ use super::{
 use crate::hex::hex;
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request};
-use crate::sip::typed::{NameAddr, Via};
+use crate::sip::typed::{MaxForwards, NameAddr, Via};
 use crate::sip::uri::{Host, SipUri, Uri};
 
 /// One place a branch can try.
@@ -231,11 +231,7 @@ impl Core {
                 .push_front(HeaderName::Route, format!("<{ours}>"));
         }
         // Max-Forwards (RFC 3261 16.3 step 3).
-        let max_forwards = req
-            .headers
-            .get(&HeaderName::MaxForwards)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(70);
+        let max_forwards = MaxForwards::of(req);
         let to_us = self.is_local_uri(&req.uri);
         // For the server itself: the registrar, or our URI without a user part.
         let for_server = to_us
@@ -243,7 +239,7 @@ impl Core {
                 || req.uri.as_sip().is_some_and(|u| u.user.is_none()));
         // Only what ends here may arrive with none left: an OPTIONS to a user would be
         // forwarded (16.3 step 3 allows the exception "for the server itself").
-        if max_forwards == 0
+        if max_forwards.exhausted()
             && !(for_server && matches!(req.method, Method::Options | Method::Register))
         {
             return Route::answer(483, vec![]);
@@ -444,12 +440,7 @@ impl Core {
         req: &mut Request,
         target: Uri,
     ) -> Route {
-        let max_forwards = req
-            .headers
-            .get(&HeaderName::MaxForwards)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(70);
-        if max_forwards == 0 {
+        if MaxForwards::of(req).exhausted() {
             return Route::answer(483, vec![]);
         }
         if let Some(refusal) = bad_extension(req, &HeaderName::ProxyRequire) {

@@ -16,5 +16,5 @@ pub mod uri;
 pub use headers::{HeaderName, Headers};
 pub use message::{Essentials, Message, Method, Request, Response};
 pub use parse::{ParseError, error_response, parse, refusal_response};
-pub use typed::{CSeq, NameAddr, Via};
+pub use typed::{CSeq, MaxForwards, NameAddr, Via};
 pub use uri::{Host, SipUri, Uri};

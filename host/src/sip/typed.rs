@@ -155,6 +155,43 @@ fn split_ws(s: &str) -> Option<(&str, &str)> {
     None
 }
 
+/// Max-Forwards (RFC 3261 section 20.22): hops a request may still take, 0 to 255 (the
+/// parser refuses other values); 70, the value RFC 3261 recommends, when absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxForwards(u8);
+
+impl MaxForwards {
+    /// A new request's.
+    pub const INITIAL: Self = Self(70);
+
+    /// The request's.
+    pub fn of(req: &super::message::Request) -> Self {
+        req.headers
+            .get(&super::headers::HeaderName::MaxForwards)
+            .and_then(|v| v.trim().parse::<u8>().ok())
+            .map_or(Self::INITIAL, Self)
+    }
+
+    /// No hop left: a proxy answers 483 instead of forwarding (RFC 3261 16.3 step 3).
+    pub fn exhausted(self) -> bool {
+        self.0 == 0
+    }
+
+    /// What the next hop gets (RFC 3261 16.6 step 3).
+    #[must_use]
+    pub fn after_hop(self) -> Self {
+        Self(self.0.saturating_sub(1))
+    }
+
+    /// Writes it into `req`, first among its header fields, in place of any other.
+    pub fn set_in(self, req: &mut super::message::Request) {
+        let name = super::headers::HeaderName::MaxForwards;
+        req.headers.remove_all(&name);
+        req.headers
+            .push_front(name, itoa::Buffer::new().format(self.0).to_string());
+    }
+}
+
 /// `CSeq: 4711 INVITE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CSeq {
@@ -305,6 +342,34 @@ pub fn tag_param(value: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn max_forwards_hops_down_to_zero_and_defaults_to_70() {
+        let req = |mf: &str| match crate::sip::parse(
+            format!(
+                "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n{mf}\
+                 From: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+        {
+            crate::sip::Message::Request(r) => r,
+            crate::sip::Message::Response(_) => unreachable!(),
+        };
+        assert_eq!(MaxForwards::of(&req("")), MaxForwards::INITIAL);
+        let mut r = req("Max-Forwards: 0001\r\n");
+        let mf = MaxForwards::of(&r);
+        assert!(!mf.exhausted() && mf.after_hop().exhausted());
+        mf.after_hop().set_in(&mut r);
+        assert_eq!(
+            r.headers
+                .get_all(&crate::sip::HeaderName::MaxForwards)
+                .collect::<Vec<_>>(),
+            ["0"]
+        );
+        assert_eq!(MaxForwards::of(&r).after_hop(), MaxForwards::of(&r));
+    }
+
     use super::*;
 
     #[test]
