@@ -15,7 +15,7 @@ use super::{Core, Source, Target, Transport};
 use crate::hex::hex;
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request, Response, reason_phrase};
-use crate::sip::typed::{MaxForwards, Via};
+use crate::sip::typed::Via;
 use crate::sip::uri::Host;
 
 /// Most challenges of other branches added to the best 401/407 (a UA answers one per
@@ -69,7 +69,7 @@ impl Core {
                 Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
             );
         // Max-Forwards - 1 (16.6 step 3), once for all branches.
-        MaxForwards::of(&req).after_hop().set_in(&mut req);
+        req.set_max_forwards(req.max_forwards().after_hop());
         let ctx_id = self.new_id();
         let ctx = ProxyCtx {
             st,
@@ -497,7 +497,7 @@ impl Core {
     /// Forwards a request without a transaction (an ACK for a 2xx).
     pub(super) fn forward_stateless(&mut self, now: Instant, source: Source, mut req: Request) {
         let route = self.decide(now, &source, &mut req);
-        let Route::Forward(branches, _) = route else {
+        let Route::Forward { branches, .. } = route else {
             return;
         };
         let Some(c) = branches
@@ -511,7 +511,7 @@ impl Core {
             return;
         };
         req.uri = c.uri.clone();
-        MaxForwards::of(&req).after_hop().set_in(&mut req);
+        req.set_max_forwards(req.max_forwards().after_hop());
         // A stable branch for retransmissions of the same ACK.
         let incoming = req
             .headers

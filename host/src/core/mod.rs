@@ -922,7 +922,10 @@ impl Core {
                 let bytes = self.response_bytes(&req, status, reason.as_deref(), &headers);
                 self.send(source.reply_target(), bytes);
             }
-            proxy::Route::Forward(branches, hash) => {
+            proxy::Route::Forward {
+                branches,
+                loop_hash: hash,
+            } => {
                 if !self.room_for_transaction(now, &source, &req) {
                     return;
                 }
@@ -964,7 +967,10 @@ impl Core {
                 }
                 self.answer_routed(id, resp, now);
             }
-            Ok(proxy::Route::Forward(branches, hash)) => {
+            Ok(proxy::Route::Forward {
+                branches,
+                loop_hash: hash,
+            }) => {
                 self.start_ctx(now, id, source, req, branches, hash);
             }
             Err(resp) => self.answer_routed(id, resp, now),

@@ -16,7 +16,7 @@ use super::{
 use crate::hex::hex;
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request};
-use crate::sip::typed::{MaxForwards, NameAddr, Via};
+use crate::sip::typed::{NameAddr, Via};
 use crate::sip::uri::{Host, SipUri, Uri};
 
 /// One place a branch can try.
@@ -160,9 +160,24 @@ pub(super) enum Route {
         /// Header fields to add.
         headers: Vec<(HeaderName, String)>,
     },
-    /// Forward to these candidates (one branch each; each with alternatives), with the
-    /// request's loop-detection hash (computed on the request as it arrived).
-    Forward(Vec<Vec<Candidate>>, String),
+    /// Forward statefully.
+    Forward {
+        /// One branch each; each with its alternatives (an instance's flows).
+        branches: Vec<Vec<Candidate>>,
+        /// The request's loop-detection hash, computed on it as it arrived (RFC 3261
+        /// 16.6 step 8).
+        loop_hash: String,
+    },
+}
+
+impl Route {
+    /// Forward to one place.
+    fn to(c: Candidate, loop_hash: String) -> Self {
+        Self::Forward {
+            branches: vec![vec![c]],
+            loop_hash,
+        }
+    }
 }
 
 impl Route {
@@ -231,7 +246,7 @@ impl Core {
                 .push_front(HeaderName::Route, format!("<{ours}>"));
         }
         // Max-Forwards (RFC 3261 16.3 step 3).
-        let max_forwards = MaxForwards::of(req);
+        let max_forwards = req.max_forwards();
         let to_us = self.is_local_uri(&req.uri);
         // For the server itself: the registrar, or our URI without a user part.
         let for_server = to_us
@@ -333,13 +348,13 @@ impl Core {
             }
             let uri = req.uri.clone();
             let candidate = |target, transport| {
-                Route::Forward(
-                    vec![vec![Candidate {
+                Route::to(
+                    Candidate {
                         uri,
                         target,
                         transport,
                         path: vec![],
-                    }]],
+                    },
                     hash,
                 )
             };
@@ -389,7 +404,7 @@ impl Core {
                 req.uri.clone()
             };
             return match self.candidate_for(&na.uri, ruri, vec![]) {
-                Ok(c) => Route::Forward(vec![vec![c]], hash),
+                Ok(c) => Route::to(c, hash),
                 Err(status) => Route::answer(status, vec![]),
             };
         }
@@ -401,7 +416,7 @@ impl Core {
             return self.local_request(now, source, req, hash);
         }
         if let Some(c) = self.flow_of_contact(&req.uri) {
-            return Route::Forward(vec![vec![c]], hash);
+            return Route::to(c, hash);
         }
         // Other domains: only for those who may steer.
         if !may_steer {
@@ -409,7 +424,7 @@ impl Core {
             return Route::answer(403, vec![warning("Not Relaying For You")]);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
-            Ok(c) => Route::Forward(vec![vec![c]], hash),
+            Ok(c) => Route::to(c, hash),
             Err(status) => Route::answer(status, vec![]),
         }
     }
@@ -440,7 +455,7 @@ impl Core {
         req: &mut Request,
         target: Uri,
     ) -> Route {
-        if MaxForwards::of(req).exhausted() {
+        if req.max_forwards().exhausted() {
             return Route::answer(483, vec![]);
         }
         if let Some(refusal) = bad_extension(req, &HeaderName::ProxyRequire) {
@@ -455,10 +470,10 @@ impl Core {
             return self.local_request(now, source, req, hash);
         }
         if let Some(c) = self.flow_of_contact(&req.uri) {
-            return Route::Forward(vec![vec![c]], hash);
+            return Route::to(c, hash);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
-            Ok(c) => Route::Forward(vec![vec![c]], hash),
+            Ok(c) => Route::to(c, hash),
             Err(status) => Route::answer(status, vec![]),
         }
     }
@@ -593,7 +608,10 @@ impl Core {
         if branches.is_empty() {
             return Route::answer(480, vec![]);
         }
-        Route::Forward(branches, hash)
+        Route::Forward {
+            branches,
+            loop_hash: hash,
+        }
     }
 
     fn register(&mut self, now: Instant, source: &Source, req: &Request) -> Route {

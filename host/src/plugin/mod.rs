@@ -10,6 +10,7 @@
 
 pub mod bindings;
 pub mod breaker;
+mod cache;
 pub mod decision;
 pub mod engine;
 pub mod exec;
@@ -19,6 +20,7 @@ pub mod outbound;
 mod output;
 mod registrar_view;
 mod registry;
+mod routes;
 pub mod sip_router;
 pub mod tools;
 
@@ -30,9 +32,11 @@ use wasmtime::Store;
 use wasmtime::component::Linker;
 
 pub use self::bindings::{HttpRequest, Peer, PeerTransport, Websocket};
+pub use self::cache::CompileCache;
 use self::host_impl::{HostState, PluginShared};
 pub use self::registrar_view::RegistrarView;
-pub use self::registry::{CompileCache, PluginRouter, PluginSlot, Plugins};
+pub use self::registry::{PluginSlot, Plugins};
+pub use self::routes::PluginRouter;
 use crate::config::{FailurePolicy, InstanceMode, PluginConfig};
 pub use crate::http::answer::{Decision, Upgrade};
 use crate::http::handshake::HandshakeCheck;

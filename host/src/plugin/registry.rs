@@ -1,12 +1,14 @@
-//! Loading plugins: bytes (a file or a built-in), compilation, checking against the
-//! world each is used as (`http-handler` by listeners, `sip-router` by `sip.router`),
-//! and the by-name table listeners and the SIP driver use.
+//! Loading plugins: bytes (a file or a built-in), compilation (through the compile
+//! cache, `cache.rs`), checking against the world each is used as (`http-handler` by
+//! listeners, `sip-router` by `sip.router`), reloads, and the by-name table listeners
+//! (`routes.rs`) and the SIP driver use.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use wasmtime::component::Component;
 
+use super::cache::CompileCache;
 use super::registrar_view::RegistrarView;
 use super::{Plugin, Pre, World, bindings, engine, linker, world_of};
 use crate::config::Config;
@@ -24,107 +26,6 @@ pub(crate) struct HostContext {
     pub(crate) nonce: crate::auth::NonceKey,
     /// Counts failed Digest responses and refuses their sources past the limits.
     pub(crate) guess_guard: Arc<crate::auth::guess_guard::GuessGuard>,
-}
-
-/// Where compiled plugins are kept between runs, and the key that signs them.
-#[derive(Clone)]
-pub struct CompileCache {
-    /// The directory (inside the data directory).
-    pub dir: std::path::PathBuf,
-    /// The server secret: a cached file is used only if its MAC verifies, so only
-    /// files this server wrote are ever deserialized.
-    pub secret: [u8; 32],
-}
-
-impl std::fmt::Debug for CompileCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompileCache")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CompileCache {
-    fn mac(&self, bytes: &[u8]) -> [u8; 32] {
-        use hmac::{Hmac, Mac};
-        let mut m = Hmac::<sha2::Sha256>::new_from_slice(&self.secret).expect("any key length");
-        m.update(b"compiled-plugin");
-        m.update(bytes);
-        m.finalize().into_bytes().into()
-    }
-
-    /// The cache file for a component under an engine.
-    fn path(&self, engine: &wasmtime::Engine, component: &[u8]) -> std::path::PathBuf {
-        use sha2::Digest;
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
-        let mut sha = sha2::Sha256::new();
-        sha.update(h.finish().to_be_bytes());
-        sha.update(env!("CARGO_PKG_VERSION").as_bytes());
-        sha.update(component);
-        let digest = sha.finalize();
-        let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(format!("{name}.cwasm"))
-    }
-
-    /// A compiled component from the cache, if one this server wrote is there.
-    fn load(&self, engine: &wasmtime::Engine, component: &[u8]) -> Option<Component> {
-        let file = std::fs::read(self.path(engine, component)).ok()?;
-        if file.len() < 32 {
-            return None;
-        }
-        let (mac, compiled) = file.split_at(32);
-        let expected = self.mac(compiled);
-        if mac
-            .iter()
-            .zip(expected.iter())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            != 0
-        {
-            tracing::warn!(file = %self.path(engine, component).display(), "cached plugin with a bad MAC ignored");
-            return None;
-        }
-        // SAFETY: wasmtime requires that deserialized bytes come from `serialize` of a
-        // compatible engine. The MAC above proves this server wrote these bytes (with
-        // its secret) from `Component::serialize`, and the file name includes the
-        // engine's compatibility hash and this server's version.
-        #[allow(
-            unsafe_code,
-            reason = "deserializing our own MAC-verified compiled component"
-        )]
-        let component = unsafe { Component::deserialize(engine, compiled) };
-        component.ok()
-    }
-
-    /// Stores a compiled component (best effort: a failure only costs a recompile).
-    fn store(&self, engine: &wasmtime::Engine, component_bytes: &[u8], component: &Component) {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let Ok(compiled) = component.serialize() else {
-            return;
-        };
-        if std::fs::create_dir_all(&self.dir).is_err() {
-            return;
-        }
-        let path = self.path(engine, component_bytes);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&self.mac(&compiled))?;
-                f.write_all(&compiled)
-            });
-        if written.is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        } else {
-            let _ = std::fs::remove_file(&tmp);
-        }
-    }
 }
 
 /// Where a plugin's component comes from.
@@ -177,67 +78,6 @@ impl PluginSlot {
 
 /// A file's modified time and length.
 type FileState = (std::time::SystemTime, u64);
-
-/// Which plugin decides a request on a web listener: by the longest matching path
-/// prefix, else the listener's default plugin.
-#[derive(Debug)]
-pub struct PluginRouter {
-    default: Option<Arc<PluginSlot>>,
-    /// Longest prefix first.
-    routes: Vec<(String, Arc<PluginSlot>)>,
-}
-
-impl PluginRouter {
-    /// A router from a listener's `plugin` and `routes`.
-    pub fn new(
-        plugins: &Plugins,
-        default: Option<&str>,
-        routes: &std::collections::BTreeMap<String, String>,
-    ) -> Self {
-        let mut routes: Vec<(String, Arc<PluginSlot>)> = routes
-            .iter()
-            .map(|(prefix, name)| {
-                (
-                    prefix.clone(),
-                    plugins.slot(name).expect("validated: route plugins exist"),
-                )
-            })
-            .collect();
-        routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        Self {
-            default: default.map(|d| plugins.slot(d).expect("validated: listener plugins exist")),
-            routes,
-        }
-    }
-
-    /// The plugin for a request target (`/ws?x=1`), if any.
-    pub fn route(&self, target: &str) -> Option<&Arc<PluginSlot>> {
-        let path = target.split(['?', '#']).next().unwrap_or("");
-        self.routes
-            .iter()
-            .find(|(prefix, _)| {
-                path == prefix
-                    || prefix.ends_with('/') && path.starts_with(prefix.as_str())
-                    || path.starts_with(prefix.as_str())
-                        && path.as_bytes().get(prefix.len()) == Some(&b'/')
-            })
-            .map(|(_, slot)| slot)
-            .or(self.default.as_ref())
-    }
-
-    /// The names of the plugins it can pick, for the log.
-    pub fn describe(&self) -> String {
-        let mut parts: Vec<String> = self
-            .routes
-            .iter()
-            .map(|(p, s)| format!("{p} -> {}", s.name()))
-            .collect();
-        if let Some(d) = &self.default {
-            parts.push(format!("* -> {}", d.name()));
-        }
-        parts.join(", ")
-    }
-}
 
 fn file_state(path: &std::path::Path) -> Option<FileState> {
     let meta = std::fs::metadata(path).ok()?;

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::headers::{HeaderName, Headers};
-use super::typed::{CSeq, NameAddr, Via};
+use super::typed::{CSeq, MaxForwards, NameAddr, Via};
 use super::uri::Uri;
 
 pub use super::method::Method;
@@ -19,6 +19,22 @@ pub struct Request {
     pub headers: Headers,
     /// Body.
     pub body: Bytes,
+}
+
+impl Request {
+    /// Its Max-Forwards (70 when absent).
+    pub fn max_forwards(&self) -> MaxForwards {
+        MaxForwards::from_value(self.headers.get(&HeaderName::MaxForwards))
+    }
+
+    /// Sets its Max-Forwards: first among its header fields, in place of any other.
+    pub fn set_max_forwards(&mut self, mf: MaxForwards) {
+        self.headers.remove_all(&HeaderName::MaxForwards);
+        self.headers.push_front(
+            HeaderName::MaxForwards,
+            itoa::Buffer::new().format(mf.hops()).to_string(),
+        );
+    }
 }
 
 /// A SIP response.

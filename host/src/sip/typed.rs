@@ -164,10 +164,10 @@ impl MaxForwards {
     /// A new request's.
     pub const INITIAL: Self = Self(70);
 
-    /// The request's.
-    pub fn of(req: &super::message::Request) -> Self {
-        req.headers
-            .get(&super::headers::HeaderName::MaxForwards)
+    /// From a Max-Forwards value (`None`: the header is absent; see
+    /// [`super::message::Request::max_forwards`]).
+    pub fn from_value(value: Option<&str>) -> Self {
+        value
             .and_then(|v| v.trim().parse::<u8>().ok())
             .map_or(Self::INITIAL, Self)
     }
@@ -183,12 +183,9 @@ impl MaxForwards {
         Self(self.0.saturating_sub(1))
     }
 
-    /// Writes it into `req`, first among its header fields, in place of any other.
-    pub fn set_in(self, req: &mut super::message::Request) {
-        let name = super::headers::HeaderName::MaxForwards;
-        req.headers.remove_all(&name);
-        req.headers
-            .push_front(name, itoa::Buffer::new().format(self.0).to_string());
+    /// The number of hops.
+    pub fn hops(self) -> u8 {
+        self.0
     }
 }
 
@@ -356,18 +353,18 @@ mod tests {
             crate::sip::Message::Request(r) => r,
             crate::sip::Message::Response(_) => unreachable!(),
         };
-        assert_eq!(MaxForwards::of(&req("")), MaxForwards::INITIAL);
+        assert_eq!(req("").max_forwards(), MaxForwards::INITIAL);
         let mut r = req("Max-Forwards: 0001\r\n");
-        let mf = MaxForwards::of(&r);
+        let mf = r.max_forwards();
         assert!(!mf.exhausted() && mf.after_hop().exhausted());
-        mf.after_hop().set_in(&mut r);
+        r.set_max_forwards(mf.after_hop());
         assert_eq!(
             r.headers
                 .get_all(&crate::sip::HeaderName::MaxForwards)
                 .collect::<Vec<_>>(),
             ["0"]
         );
-        assert_eq!(MaxForwards::of(&r).after_hop(), MaxForwards::of(&r));
+        assert_eq!(r.max_forwards().after_hop(), r.max_forwards());
     }
 
     use super::*;
