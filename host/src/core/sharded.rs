@@ -18,13 +18,20 @@ const SHARDS: usize = 64;
 /// Tables smaller than this are never shrunk (not worth the rehash).
 pub(crate) const SHRINK_FROM: usize = 4096;
 
-/// Shrinks `map` to fit when it holds under a quarter of its capacity; whether its
-/// capacity is still at least [`SHRINK_FROM`]: for the core's tables that are not
-/// sharded.
+/// Tables whose entries take less room than this are never shrunk: they sit in the
+/// allocator's small size classes, whose 64 KiB pages a flood's leftovers cannot
+/// hold much of. Above it (mimalloc's large classes, pages of megabytes) a table a
+/// flood grew and left nearly empty would keep a whole page in memory.
+pub(crate) const SHRINK_FROM_BYTES: usize = 16 * 1024;
+
+/// Shrinks `map` to fit when it holds under a quarter of its capacity and its entries
+/// take [`SHRINK_FROM_BYTES`] or more; whether its capacity is still at least
+/// [`SHRINK_FROM`]: for the tables that are not sharded.
 pub(crate) fn shrink_map<K: Eq + Hash, V, S: BuildHasher>(
     map: &mut std::collections::HashMap<K, V, S>,
 ) -> bool {
-    if map.capacity() >= SHRINK_FROM && map.len() * 4 < map.capacity() {
+    let bytes = map.capacity() * std::mem::size_of::<(K, V)>();
+    if bytes >= SHRINK_FROM_BYTES && map.len() * 4 < map.capacity() {
         map.shrink_to_fit();
     }
     map.capacity() >= SHRINK_FROM

@@ -158,6 +158,7 @@ impl Sources {
             self.swept = Some(now);
             self.seen
                 .retain(|_, (_, last)| now.saturating_duration_since(*last) < FORGET_AFTER);
+            crate::core::sharded::shrink_map(&mut self.seen);
         }
         let key = crate::core::limits::source_key(ip);
         if let Some((first, last)) = self.seen.get_mut(&key) {
