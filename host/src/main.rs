@@ -10,8 +10,9 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the SIP path allocates many small, short-lived strings; glibc's malloc
 /// spent a third of the core's time on them (see the README's benchmark section).
+/// Blocks over 64 KiB get mappings of their own (`sipwasm::memory`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sipwasm::memory::Allocator = sipwasm::memory::Allocator;
 
 /// SIP server for browsers and phones whose policy runs in sandboxed WebAssembly plugins.
 #[derive(Parser, Debug)]
