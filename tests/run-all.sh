@@ -21,6 +21,9 @@ command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
 command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
 command -v svcrack >/dev/null 2>&1 || missing+=(sipvicious)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# rtpengine (Debian's rtpengine-daemon, run in userspace by the media tests) relays
+# media between WebRTC and plain RTP.
+command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
 if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"

@@ -21,6 +21,7 @@ pub(crate) fn bench_core() -> anyhow::Result<(sipwasm::core::Core, SocketAddr)> 
         relay: false,
         trusted: sipwasm::core::peers::TrustedPeers::default(),
         limits: sipwasm::core::CoreLimits::default(),
+        media: sipwasm::media::Settings::default(),
     });
     Ok((core, udp))
 }

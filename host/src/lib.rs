@@ -33,12 +33,13 @@
 //! # Modules, lowest first
 //!
 //! Each imports only modules above it in this list (`host/tests/module_arrows.rs`
-//! fails on a circle); the first five are sans-IO: bytes and time in, values out
+//! fails on a circle); the first six are sans-IO: bytes and time in, values out
 //! (`host/tests/sans_io.rs`).
 //!
 //! - [`sip`]: SIP messages: parse, framing, headers, URIs, serialization, the
 //!   response for a request.
 //! - `hex`: lower-case hex.
+//! - [`media`]: rtpengine's ng protocol (bencode, commands, replies, flag sets).
 //! - [`core`]: the SIP core: transactions, registrar, location, proxy, flow tokens,
 //!   limits. One object driven by inputs, asked for what to send.
 //! - [`auth`]: Digest nonces and responses, password-guessing bans.
@@ -69,6 +70,7 @@ pub mod core;
 pub(crate) mod driver;
 pub(crate) mod hex;
 pub mod http;
+pub mod media;
 pub mod memory;
 pub mod metrics;
 pub mod plugin;

@@ -20,6 +20,8 @@ macro_rules! counters {
             conns: ConnCounters,
             /// (plugin, what) -> count; `what` is `calls`, `instantiations` or a failure cause.
             plugins: Mutex<BTreeMap<(String, &'static str), u64>>,
+            /// Requests to the media engines and their round trips.
+            media: Mutex<MediaStats>,
         }
 
         impl Metrics {
@@ -39,6 +41,25 @@ macro_rules! counters {
             }
         }
     };
+}
+
+/// Upper bounds (ms) of the media round-trip histogram's buckets.
+const MEDIA_BUCKETS_MS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0, 2000.0];
+
+/// The media engines' requests and round trips.
+#[derive(Debug, Default)]
+struct MediaStats {
+    /// (engine, command, outcome) -> count.
+    requests: BTreeMap<(String, &'static str, &'static str), u64>,
+    latency: BTreeMap<String, Histogram>,
+}
+
+/// A latency histogram over [`MEDIA_BUCKETS_MS`] (cumulative buckets).
+#[derive(Debug, Default, Clone, Copy)]
+struct Histogram {
+    buckets: [u64; 10],
+    count: u64,
+    sum_seconds: f64,
 }
 
 counters! {
@@ -104,6 +125,7 @@ struct CoreGauges {
     client_transactions: AtomicU64,
     proxied: AtomicU64,
     routing: AtomicU64,
+    media_waiting: AtomicU64,
     timers: AtomicU64,
     bindings: AtomicU64,
     aors: AtomicU64,
@@ -137,6 +159,7 @@ impl Metrics {
             (&g.client_transactions, s.client_transactions),
             (&g.proxied, s.proxied),
             (&g.routing, s.routing),
+            (&g.media_waiting, s.media_waiting),
             (&g.timers, s.timers),
             (&g.bindings, s.bindings),
             (&g.aors, s.aors),
@@ -213,6 +236,11 @@ impl Metrics {
                 "sipwasm_routing_pending",
                 "Requests waiting for the routing plugin's decision.",
                 &g.routing,
+            ),
+            (
+                "sipwasm_media_waiting",
+                "SIP messages waiting for a media engine's SDP.",
+                &g.media_waiting,
             ),
             (
                 "sipwasm_sip_timers",
@@ -349,6 +377,92 @@ impl Metrics {
         m.get(&(plugin.to_string(), cause)).copied().unwrap_or(0)
     }
 
+    /// An ng request to media engine `engine` ended with `outcome` after `took`.
+    pub fn media_request(
+        &self,
+        engine: &str,
+        command: &'static str,
+        outcome: &'static str,
+        took: std::time::Duration,
+    ) {
+        let mut m = self.media.lock().expect("metrics lock");
+        *m.requests
+            .entry((engine.to_string(), command, outcome))
+            .or_default() += 1;
+        let h = m.latency.entry(engine.to_string()).or_default();
+        let ms = took.as_secs_f64() * 1000.0;
+        for (i, le) in MEDIA_BUCKETS_MS.iter().enumerate() {
+            if ms <= *le {
+                h.buckets[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum_seconds += took.as_secs_f64();
+    }
+
+    /// How many ng requests to `engine` ended with `outcome`.
+    pub fn media_requests(
+        &self,
+        engine: &str,
+        command: &'static str,
+        outcome: &'static str,
+    ) -> u64 {
+        let m = self.media.lock().expect("metrics lock");
+        m.requests
+            .get(&(engine.to_string(), command, outcome))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn render_media(&self, out: &mut String) {
+        let m = self.media.lock().expect("metrics lock");
+        if m.requests.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_media_requests_total Requests to the media engines (rtpengine ng), \
+             by engine, command and outcome (ok, error, load-limit, timeout, local)."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_media_requests_total counter");
+        for ((e, c, o), n) in &m.requests {
+            let _ = writeln!(
+                out,
+                "sipwasm_media_requests_total{{engine=\"{e}\",command=\"{c}\",outcome=\"{o}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_media_request_seconds Time from an ng request to its reply (or \
+             the last try's timeout), by engine."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_media_request_seconds histogram");
+        for (e, h) in &m.latency {
+            for (le, n) in MEDIA_BUCKETS_MS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "sipwasm_media_request_seconds_bucket{{engine=\"{e}\",le=\"{}\"}} {n}",
+                    le / 1000.0
+                );
+            }
+            let _ = writeln!(
+                out,
+                "sipwasm_media_request_seconds_bucket{{engine=\"{e}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "sipwasm_media_request_seconds_sum{{engine=\"{e}\"}} {}",
+                h.sum_seconds
+            );
+            let _ = writeln!(
+                out,
+                "sipwasm_media_request_seconds_count{{engine=\"{e}\"}} {}",
+                h.count
+            );
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -358,6 +472,7 @@ impl Metrics {
         let _ = writeln!(out, "sipwasm_flows_open {}", self.flows_open());
         self.render_core(&mut out);
         self.render_conns(&mut out);
+        self.render_media(&mut out);
         let m = self.plugins.lock().expect("metrics lock");
         let _ = writeln!(out, "# HELP sipwasm_plugin_calls_total Plugin calls.");
         let _ = writeln!(out, "# TYPE sipwasm_plugin_calls_total counter");

@@ -19,6 +19,7 @@ use crate::core::registrar::RegistrarConfig;
 use crate::core::transaction::TimerConfig;
 use crate::core::{Core, CoreConfig, CoreLimits, Myself, SipListener, Transport};
 use crate::driver::flow::{FlowInfo, FlowTable};
+use crate::driver::media::Engines;
 use crate::driver::outlet::{ConnectRequest, Connector, Outlet};
 use crate::driver::{self, CoreCell, Router};
 use crate::metrics::ConnLimit;
@@ -59,6 +60,8 @@ pub struct Server {
     connect_rx: mpsc::UnboundedReceiver<ConnectRequest>,
     shutdown_tx: watch::Sender<bool>,
     grace: Duration,
+    /// The media engines, pinged while the server runs.
+    media: Option<Arc<Engines>>,
 }
 
 impl Server {
@@ -192,6 +195,7 @@ impl Server {
             limits: CoreLimits {
                 max_transactions: config.limits.max_transactions,
             },
+            media: config.media.settings(),
         });
         let router = plugins.router().map(|slot| {
             tracing::info!(plugin = slot.name(), "SIP requests are routed by plugin");
@@ -213,6 +217,17 @@ impl Server {
             per_source = config.limits.connections_per_source,
             "connection limits"
         );
+        let media = if config.media.engines.is_empty() {
+            None
+        } else {
+            let engines = Engines::open(&config.media, metrics.clone()).await?;
+            tracing::info!(
+                engines = engines.len(),
+                mode = ?config.media.mode(),
+                "media relay through rtpengine"
+            );
+            Some(Arc::new(engines))
+        };
         let (closed_tx, closed_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let flows = Arc::new(FlowTable::new(closed_tx, metrics.clone()));
@@ -249,7 +264,7 @@ impl Server {
             ),
             server_header: config.server.server_header.clone(),
             flows,
-            core: CoreCell::new(core, store, router, outlet),
+            core: CoreCell::new(core, store, router, outlet, media.clone()),
             nonce: NonceKey::new(secret),
             metrics,
             shutdown: shutdown_rx,
@@ -275,6 +290,7 @@ impl Server {
             connect_rx,
             shutdown_tx,
             grace: config.server.shutdown_grace,
+            media,
         })
     }
 
@@ -301,9 +317,13 @@ impl Server {
             connect_rx,
             shutdown_tx,
             grace,
+            media,
         } = self;
         let live = Arc::new(AtomicUsize::new(0));
         let driver = tokio::spawn(driver::drive(shared.core.clone(), closed_rx));
+        let prober = media.map(|engines| {
+            tokio::spawn(driver::probe_media(Arc::downgrade(&shared.core), engines))
+        });
         tokio::spawn(tcp::open_when_asked(shared.clone(), connect_rx));
         if let Some((admin, token, hosts)) = admin {
             let addr = admin.local_addr()?;
@@ -349,6 +369,9 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         driver.abort();
+        if let Some(p) = prober {
+            p.abort();
+        }
         // Every answered REGISTER is on disk before the process ends.
         let cell = shared.clone();
         let _ = tokio::task::spawn_blocking(move || cell.core.close_store()).await;

@@ -833,5 +833,6 @@ pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 pub mod js;
 pub mod linphone;
 pub mod phone;
+pub mod rtpengine;
 pub mod sip;
 pub mod sipp;

@@ -155,14 +155,12 @@ fn the_configuration_table_lists_every_key_and_no_other() {
         stale.is_empty(),
         "keys in docs/configuration.md the server does not read: {stale:?}"
     );
-    // And each documented key, set to a value of the wrong kind, is refused for its
-    // value, not as unknown (the probe above read the lists; this reads the keys).
+    // And each documented key, set to a value of the wrong kind (a list of lists:
+    // no key, scalar, list or table, takes one), is refused for its value, not as
+    // unknown (the probe above read the lists; this reads the keys).
     for key in &documented {
         let (section, field) = key.rsplit_once('.').unwrap();
-        let e = config_error(&format!(
-            "{}{field} = {{ __probe = 1 }}\n",
-            table_of(section)
-        ));
+        let e = config_error(&format!("{}{field} = [[1]]\n", table_of(section)));
         assert!(!e.contains("unknown field"), "{key}: {e}");
     }
 }

@@ -3,8 +3,10 @@
 //! and a TCP connection, with a user registered on each kind of flow. The input is cut
 //! into messages at NUL bytes; the first byte of each picks the source (low two bits),
 //! how many seconds pass before it (next five) and whether its connection closes
-//! instead (top bit). The core never panics, everything it sends parses as SIP, and
-//! once every timer has run no transaction, response context or routing query is left.
+//! instead (top bit). Every call's media goes through one of two engines, whose
+//! answers (a rewritten SDP, no answer, a refusal) take turns. The core never panics,
+//! everything it sends parses as SIP, and once every timer has run no transaction,
+//! response context, routing query or media wait is left.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use sipwasm_fuzz::core::transaction::TimerConfig;
 use sipwasm_fuzz::core::{
     Core, CoreConfig, FlowId, Incoming, Input, Myself, SipListener, Source, Transport,
 };
+use sipwasm_fuzz::media::{MediaOutcome, Mode, Settings};
 use sipwasm_fuzz::sip;
 
 const UDP: &str = "127.0.0.1:5060";
@@ -56,15 +59,33 @@ struct Run {
 
 impl Run {
     fn drain(&mut self) {
-        while let Some(t) = self.core.poll_transmit() {
-            if let Err(e) = sip::parse(&t.payload) {
-                panic!(
-                    "the core sent a message that does not parse ({e}):\n{}",
-                    String::from_utf8_lossy(&t.payload)
-                );
+        for _ in 0..1000 {
+            while let Some(t) = self.core.poll_transmit() {
+                if let Err(e) = sip::parse(&t.payload) {
+                    panic!(
+                        "the core sent a message that does not parse ({e}):\n{}",
+                        String::from_utf8_lossy(&t.payload)
+                    );
+                }
             }
+            while self.core.poll_event().is_some() {}
+            let Some(req) = self.core.poll_media() else {
+                return;
+            };
+            if req.id == 0 {
+                continue;
+            }
+            let outcome = match req.id % 3 {
+                0 => MediaOutcome::Sdp(
+                    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                      m=audio 30000 RTP/AVP 0\r\n"
+                        .to_vec(),
+                ),
+                1 => MediaOutcome::Unavailable("no answer".into()),
+                _ => MediaOutcome::Refused("Failed to parse SDP".into()),
+            };
+            self.core.handle(self.now, Input::Media { id: req.id, outcome });
         }
-        while self.core.poll_event().is_some() {}
     }
 
     fn advance(&mut self, d: Duration) {
@@ -134,9 +155,14 @@ fuzz_target!(|data: &[u8]| {
             relay: false,
             trusted: sipwasm_fuzz::core::peers::TrustedPeers::default(),
             limits: sipwasm_fuzz::core::CoreLimits::default(),
+            media: Settings {
+                mode: Mode::Always,
+                ..Settings::default()
+            },
         }),
         now: Instant::now(),
     };
+    run.core.set_media_engines(vec![1, 1]);
     // Someone to call on each kind of flow.
     run.feed(source(0), register("phone", 0, "sip:phone@127.0.0.1:5070").as_bytes());
     run.feed(source(1), register("web", 1, "sip:w1@w1.invalid;transport=ws").as_bytes());
@@ -171,4 +197,5 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(stats.client_transactions, 0, "{stats:?}");
     assert_eq!(stats.proxied, 0, "{stats:?}");
     assert_eq!(stats.routing, 0, "{stats:?}");
+    assert_eq!(stats.media_waiting, 0, "{stats:?}");
 });

@@ -25,5 +25,8 @@ pub mod hex;
 #[path = "../../src/auth/mod.rs"]
 pub mod auth;
 
+#[path = "../../src/media/mod.rs"]
+pub mod media;
+
 #[path = "../../src/core/mod.rs"]
 pub mod core;

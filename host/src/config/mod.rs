@@ -16,9 +16,11 @@ use serde::Deserialize;
 use crate::core::peers::Cidr;
 
 mod allowed_host;
+mod media;
 mod validate;
 
 pub use self::allowed_host::AllowedHost;
+pub use self::media::{Engine, EngineEntry, FlagsConfig, MediaConfig, MediaMode};
 
 /// The configuration the server runs with when started without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -66,6 +68,9 @@ pub struct Config {
     /// The admin listener (metrics); off when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// The media relay (rtpengine); calls stay direct without engines.
+    #[serde(default)]
+    pub media: MediaConfig,
 }
 
 /// `[server]`

@@ -18,6 +18,7 @@ impl Config {
         self.check_http()?;
         self.check_websocket()?;
         self.check_runtime()?;
+        self.media.check()?;
         Ok(())
     }
 

@@ -9,7 +9,8 @@ use bytes::Bytes;
 
 use hmac::Mac;
 
-use super::proxy::{Candidate, Route, RrToken, Side};
+use super::media::{BranchMedia, CtxMedia, Held};
+use super::proxy::{Candidate, Forwarding, Route, RrToken, Side};
 use super::transaction::{ClientEvent, ClientTx};
 use super::{Core, Source, Target, Transport};
 use crate::hex::hex;
@@ -30,26 +31,40 @@ pub(super) struct Branch {
     rest: VecDeque<Candidate>,
     provisional: bool,
     cancel_pending: bool,
-    done: bool,
+    pub(super) done: bool,
     /// Ended by a timeout rather than a response.
     timed_out: bool,
     response: Option<Response>,
+    /// Its media leg, when the call's media goes through an engine.
+    pub(super) media: Option<BranchMedia>,
+}
+
+impl Branch {
+    /// A new attempt (the branch's first, or its next flow): no client transaction yet.
+    pub(super) fn clear_attempt(&mut self) {
+        self.ct = None;
+        self.provisional = false;
+        self.cancel_pending = false;
+        self.response = None;
+    }
 }
 
 /// A response context: one server transaction, several client transactions.
 #[derive(Debug)]
 pub(super) struct ProxyCtx {
     st: u64,
-    invite: bool,
+    pub(super) invite: bool,
     /// The request after route processing, before per-branch changes.
-    template: Request,
-    source: Source,
+    pub(super) template: Request,
+    pub(super) source: Source,
     record_route: bool,
     /// Loop-detection hash of the request as it arrived (16.6 step 8).
     loop_hash: String,
-    branches: Vec<Branch>,
+    pub(super) branches: Vec<Branch>,
     final_sent: bool,
-    cancelled: bool,
+    pub(super) cancelled: bool,
+    /// The call's media engine, if its media is relayed.
+    pub(super) media: CtxMedia,
 }
 
 impl Core {
@@ -59,10 +74,19 @@ impl Core {
         st: u64,
         source: Source,
         mut req: Request,
-        branches: Vec<Vec<Candidate>>,
-        loop_hash: String,
+        forwarding: Forwarding,
     ) {
+        let Forwarding {
+            branches,
+            loop_hash,
+            media,
+        } = forwarding;
         let initial = req.tag_of_to().is_none();
+        if let Some(engine) = media
+            && req.method == Method::Bye
+        {
+            self.media_dialog_ended(engine, &req);
+        }
         let record_route = initial
             && matches!(
                 req.method,
@@ -81,6 +105,7 @@ impl Core {
             branches: Vec::new(),
             final_sent: false,
             cancelled: false,
+            media: CtxMedia::new(media),
         };
         self.ctxs.insert(ctx_id, ctx);
         if let Some(s) = self.servers.get_mut(st) {
@@ -98,23 +123,41 @@ impl Core {
                 done: false,
                 timed_out: false,
                 response: None,
+                media: None,
             });
             let idx = ctx.branches.len() - 1;
             self.start_branch(now, ctx_id, idx, first);
         }
     }
 
-    fn start_branch(&mut self, now: Instant, ctx_id: u64, idx: usize, c: Candidate) {
+    pub(super) fn start_branch(&mut self, now: Instant, ctx_id: u64, idx: usize, c: Candidate) {
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
         let mut req = ctx.template.clone();
         let source = ctx.source;
         let record_route = ctx.record_route;
+        let loop_hash = ctx.loop_hash.clone();
         req.uri = c.uri.clone();
         let Some(local) = self.local_for(&c.target, c.transport) else {
             self.on_branch_failed(now, ctx_id, idx, false);
             return;
+        };
+        // Whether its media goes through an engine, and which.
+        let Ok(engine) = self.branch_engine(ctx_id, &source, &c) else {
+            let call_id = req.call_id().unwrap_or("").to_string();
+            self.events.push_back(super::Event::MediaFailed {
+                call_id,
+                command: "offer",
+                why: "no media engine is up".into(),
+            });
+            return self.on_branch_failed_because(
+                now,
+                ctx_id,
+                idx,
+                500,
+                Some("Media Relay Unavailable"),
+            );
         };
         if record_route {
             // Two entries, one per side (16.6 step 4, RFC 5658): the top one faces the
@@ -136,13 +179,14 @@ impl Core {
             let call_id = req.call_id().unwrap_or("").to_string();
             let caller_tag = req.tag_of_from().unwrap_or("").to_string();
             let dialog = (call_id.as_str(), caller_tag.as_str());
-            let out_rr = self.rr_uri(c.transport, local, out_token, dialog, Side::Callee);
+            let out_rr = self.rr_uri(c.transport, local, out_token, dialog, Side::Callee, engine);
             let in_rr = self.rr_uri(
                 source.transport,
                 source.local,
                 in_token,
                 dialog,
                 Side::Caller,
+                engine,
             );
             req.headers.push_front(HeaderName::RecordRoute, in_rr);
             req.headers.push_front(HeaderName::RecordRoute, out_rr);
@@ -150,12 +194,7 @@ impl Core {
         for p in c.path.iter().rev() {
             req.headers.push_front(HeaderName::Route, p.clone());
         }
-        let branch = format!(
-            "{}.{}.{}",
-            self.branch_prefix,
-            ctx.loop_hash,
-            self.next_id + 1
-        );
+        let branch = format!("{}.{loop_hash}.{}", self.branch_prefix, self.next_id + 1);
         let rport = if c.transport == Transport::Udp {
             ";rport"
         } else {
@@ -168,8 +207,40 @@ impl Core {
             local.port()
         );
         req.headers.push_front(HeaderName::Via, via);
-        let bytes = Bytes::from(req.to_bytes());
         let id = self.new_id();
+        if let Some(engine) = engine
+            && let Some(command) =
+                self.branch_media_begin(ctx_id, idx, engine, &branch, &req, c.transport)
+        {
+            let held = Held {
+                engine,
+                c,
+                ct: id,
+                branch,
+                req,
+            };
+            return self.hold_branch(ctx_id, idx, engine, command, held);
+        }
+        self.send_branch(now, ctx_id, idx, c, id, branch, req);
+    }
+
+    /// Sends branch `idx`'s request (built, its SDP rewritten if relayed) in client
+    /// transaction `id`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the branch's request and its parts"
+    )]
+    pub(super) fn send_branch(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        idx: usize,
+        c: Candidate,
+        id: u64,
+        branch: String,
+        req: Request,
+    ) {
+        let bytes = Bytes::from(req.to_bytes());
         let t = self.cfg.timers;
         // Toward a UDP address that has not shown it receives our packets (a dialog's
         // party reached at an address it only claimed, a next hop never heard from),
@@ -192,10 +263,8 @@ impl Core {
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             // A new candidate (the next flow of an instance) starts afresh.
             let b = &mut ctx.branches[idx];
+            b.clear_attempt();
             b.ct = Some(id);
-            b.provisional = false;
-            b.cancel_pending = false;
-            b.response = None;
         }
         self.send(c.target, bytes);
         self.arm_client(id);
@@ -203,6 +272,20 @@ impl Core {
 
     /// A client transaction of a branch reports.
     pub(super) fn on_branch_event(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        idx: usize,
+        event: ClientEvent,
+    ) {
+        // A relayed branch's SDP goes to the engine first; what follows it waits.
+        if let Some(event) = self.media_gate(ctx_id, idx, event) {
+            self.on_branch_event_now(now, ctx_id, idx, event);
+        }
+    }
+
+    /// [`Core::on_branch_event`], its SDP rewritten.
+    pub(super) fn on_branch_event_now(
         &mut self,
         now: Instant,
         ctx_id: u64,
@@ -255,6 +338,7 @@ impl Core {
                     self.cancel_ctx(now, ctx_id);
                 }
                 self.maybe_finish(now, ctx_id);
+                self.media_branch_failed(ctx_id, idx);
             }
         }
     }
@@ -265,6 +349,19 @@ impl Core {
     }
 
     fn on_branch_failed_with(&mut self, now: Instant, ctx_id: u64, idx: usize, status: u16) {
+        self.on_branch_failed_because(now, ctx_id, idx, status, None);
+    }
+
+    /// A branch ended without a response of its own: a synthetic `status` stands for
+    /// it, with `why` as its reason phrase and Warning when given.
+    pub(super) fn on_branch_failed_because(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        idx: usize,
+        status: u16,
+        why: Option<&str>,
+    ) {
         let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
             return;
         };
@@ -294,7 +391,11 @@ impl Core {
         // A synthetic response, built from the request we could not deliver.
         let req = self.servers.get(st).map(|s| s.request.clone());
         if let Some(req) = req {
-            let mut resp = self.make_response(&req, status, &[]);
+            let warning = why.map(|w| (HeaderName::Warning, format!("399 sipwasm \"{w}\"")));
+            let mut resp = self.make_response(&req, status, warning.as_slice());
+            if let Some(why) = why {
+                resp.reason = why.to_string();
+            }
             // It answers our branch: give it our Via on top so forwarding strips it.
             resp.headers
                 .push_front(HeaderName::Via, "SIP/2.0/UDP synthetic.invalid");
@@ -303,6 +404,7 @@ impl Core {
             }
         }
         self.maybe_finish(now, ctx_id);
+        self.media_branch_failed(ctx_id, idx);
     }
 
     pub(super) fn on_timer_c(&mut self, now: Instant, ctx_id: u64, idx: usize) {
@@ -389,6 +491,9 @@ impl Core {
         }
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             ctx.final_sent = true;
+        }
+        if best.status >= 300 {
+            self.media_call_failed(ctx_id);
         }
         self.forward_response(now, ctx_id, best);
     }
@@ -497,7 +602,10 @@ impl Core {
     /// Forwards a request without a transaction (an ACK for a 2xx).
     pub(super) fn forward_stateless(&mut self, now: Instant, source: Source, mut req: Request) {
         let route = self.decide(now, &source, &mut req);
-        let Route::Forward { branches, .. } = route else {
+        let Route::Forward(Forwarding {
+            branches, media, ..
+        }) = route
+        else {
             return;
         };
         let Some(c) = branches
@@ -534,6 +642,12 @@ impl Core {
             req.headers.push_front(HeaderName::Route, p.clone());
         }
         req.headers.push_front(HeaderName::Via, via);
+        if let Some(engine) = media {
+            match self.media_ack(engine, c.target, c.transport, req) {
+                Some(r) => req = r,
+                None => return,
+            }
+        }
         self.send(c.target, Bytes::from(req.to_bytes()));
     }
 }

@@ -15,6 +15,7 @@ mod forking;
 pub mod gruu;
 pub mod limits;
 pub mod location;
+mod media;
 pub mod myself;
 pub mod peers;
 mod proxy;
@@ -182,6 +183,15 @@ pub enum Input {
         /// What to do.
         decision: RouteDecision,
     },
+    /// What came of a media request ([`Core::poll_media`]).
+    Media {
+        /// The request's id ([`crate::media::MediaRequest::id`]).
+        id: u64,
+        /// The engine's SDP, or why there is none.
+        outcome: crate::media::MediaOutcome,
+    },
+    /// The media engines' weights, 0 for those down ([`Core::set_media_engines`]).
+    MediaEngines(Vec<u32>),
 }
 
 /// How much state the core holds ([`Core::stats`]): gauges of the admin API, and what
@@ -197,6 +207,8 @@ pub struct CoreStats {
     pub proxied: usize,
     /// Requests waiting for the routing plugin's decision.
     pub routing: usize,
+    /// Messages waiting for a media engine's SDP.
+    pub media_waiting: usize,
     /// Timers armed: transaction timers, and the registration expiry sweep while
     /// there are bindings.
     pub timers: usize,
@@ -358,6 +370,16 @@ pub enum Event {
         /// Who sent it.
         source: SocketAddr,
     },
+    /// A media engine could not rewrite a call's SDP (or none was up): the call failed
+    /// (500, 488) or went on with its SDP as it came.
+    MediaFailed {
+        /// The call.
+        call_id: String,
+        /// `offer` or `answer`.
+        command: &'static str,
+        /// What the engine said, or that it did not answer.
+        why: String,
+    },
 }
 
 /// A listener the core can send from and names itself by.
@@ -390,6 +412,8 @@ pub struct CoreConfig {
     pub trusted: peers::TrustedPeers,
     /// Per-source rate and transactions in flight.
     pub limits: CoreLimits,
+    /// The media relay: which calls, with which flags.
+    pub media: crate::media::Settings,
 }
 
 /// The core's share of `[limits]` (`limits.rate` is counted in the shell, before
@@ -489,6 +513,8 @@ pub struct Core {
     log_gate: limits::LogGate,
     /// Inputs waiting for the core when the current batch began ([`Core::set_backlog`]).
     backlog: usize,
+    /// The media relay's state.
+    media: media::MediaCore,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
@@ -525,6 +551,7 @@ impl Core {
         let tag_keys = foldhash::quality::FixedState::with_seed(u64::from_be_bytes(
             seed[..8].try_into().expect("eight bytes"),
         ));
+        let media = media::MediaCore::new(cfg.media.clone());
         Self {
             mac,
             tag_keys,
@@ -553,6 +580,7 @@ impl Core {
             udp_verified_swept: None,
             log_gate: limits::LogGate::new(),
             backlog: 0,
+            media,
         }
     }
 
@@ -704,6 +732,8 @@ impl Core {
             }
             Input::SendFailed(target) => self.fail_target(now, target),
             Input::Routed { id, decision } => self.on_routed(now, id, decision),
+            Input::Media { id, outcome } => self.on_media(now, id, outcome),
+            Input::MediaEngines(weights) => self.set_media_engines(weights),
         }
     }
 
@@ -727,6 +757,7 @@ impl Core {
             client_transactions: self.clients.len(),
             proxied: self.ctxs.len(),
             routing: self.routing.len(),
+            media_waiting: self.media_waiting(),
             timers: self.timers.armed(),
             bindings: self.location.len(),
             aors: self.location.aors(),
@@ -922,10 +953,7 @@ impl Core {
                 let bytes = self.response_bytes(&req, status, reason.as_deref(), &headers);
                 self.send(source.reply_target(), bytes);
             }
-            proxy::Route::Forward {
-                branches,
-                loop_hash: hash,
-            } => {
+            proxy::Route::Forward(forwarding) => {
                 if !self.room_for_transaction(now, &source, &req) {
                     return;
                 }
@@ -937,7 +965,7 @@ impl Core {
                     let trying = self.make_response(&req, 100, &[]);
                     self.respond(id, trying, now);
                 }
-                self.start_ctx(now, id, source, req, branches, hash);
+                self.start_ctx(now, id, source, req, forwarding);
             }
         }
     }
@@ -967,11 +995,8 @@ impl Core {
                 }
                 self.answer_routed(id, resp, now);
             }
-            Ok(proxy::Route::Forward {
-                branches,
-                loop_hash: hash,
-            }) => {
-                self.start_ctx(now, id, source, req, branches, hash);
+            Ok(proxy::Route::Forward(forwarding)) => {
+                self.start_ctx(now, id, source, req, forwarding);
             }
             Err(resp) => self.answer_routed(id, resp, now),
         }

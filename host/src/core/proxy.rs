@@ -73,7 +73,12 @@ struct RrEntry {
     mac: String,
     user: String,
     token: RrToken,
+    /// The media engine of the dialog (`mr=`), when its media is relayed.
+    media: Option<usize>,
 }
+
+/// Highest media engine index a Record-Route entry may name.
+const MAX_MEDIA_ENGINE: usize = 999;
 
 impl RrEntry {
     /// The signed entry `uri` is; `Ok(None)` for an entry of ours without a signature
@@ -102,17 +107,26 @@ impl RrEntry {
             }
             _ => return Err(()),
         };
+        let media = match uri.param("mr") {
+            None => None,
+            Some(v) => Some(
+                v.and_then(|v| v.parse::<usize>().ok())
+                    .filter(|e| *e <= MAX_MEDIA_ENGINE)
+                    .ok_or(())?,
+            ),
+        };
         Ok(Some(Self {
             side,
             mac: sw[1..].to_string(),
             user: user.to_string(),
             token,
+            media,
         }))
     }
 
     /// Whether the entry was made for the dialog with this Call-ID and caller tag.
     fn signed_for(&self, core: &Core, call_id: &str, caller_tag: &str) -> bool {
-        let expected = core.rr_mac(call_id, caller_tag, self.side, &self.user);
+        let expected = core.rr_mac(call_id, caller_tag, self.side, &self.user, self.media);
         // Compared in constant time: the MAC is what an attacker would guess at.
         expected.len() == self.mac.len()
             && expected
@@ -161,22 +175,30 @@ pub(super) enum Route {
         headers: Vec<(HeaderName, String)>,
     },
     /// Forward statefully.
-    Forward {
-        /// One branch each; each with its alternatives (an instance's flows).
-        branches: Vec<Vec<Candidate>>,
-        /// The request's loop-detection hash, computed on it as it arrived (RFC 3261
-        /// 16.6 step 8).
-        loop_hash: String,
-    },
+    Forward(Forwarding),
+}
+
+/// Where a request is forwarded.
+#[derive(Debug)]
+pub(super) struct Forwarding {
+    /// One branch each; each with its alternatives (an instance's flows).
+    pub(super) branches: Vec<Vec<Candidate>>,
+    /// The request's loop-detection hash, computed on it as it arrived (RFC 3261 16.6
+    /// step 8).
+    pub(super) loop_hash: String,
+    /// Inside a dialog whose media goes through an engine: which one (our Record-Route
+    /// entries say so).
+    pub(super) media: Option<usize>,
 }
 
 impl Route {
     /// Forward to one place.
     fn to(c: Candidate, loop_hash: String) -> Self {
-        Self::Forward {
+        Self::Forward(Forwarding {
             branches: vec![vec![c]],
             loop_hash,
-        }
+            media: None,
+        })
     }
 }
 
@@ -347,16 +369,18 @@ impl Core {
                 req.headers.push(HeaderName::Route, format!("<{target}>"));
             }
             let uri = req.uri.clone();
+            let media = dest.media;
             let candidate = |target, transport| {
-                Route::to(
-                    Candidate {
+                Route::Forward(Forwarding {
+                    branches: vec![vec![Candidate {
                         uri,
                         target,
                         transport,
                         path: vec![],
-                    },
-                    hash,
-                )
+                    }]],
+                    loop_hash: hash,
+                    media,
+                })
             };
             return match dest.token {
                 RrToken::Flow(flow) => match self.flows.get(&flow) {
@@ -608,10 +632,11 @@ impl Core {
         if branches.is_empty() {
             return Route::answer(480, vec![]);
         }
-        Route::Forward {
+        Route::Forward(Forwarding {
             branches,
             loop_hash: hash,
-        }
+            media: None,
+        })
     }
 
     fn register(&mut self, now: Instant, source: &Source, req: &Request) -> Route {
@@ -913,9 +938,16 @@ impl Core {
     /// The MAC of a Record-Route entry of ours (`sw=` after the side's letter): the
     /// dialog's Call-ID and caller tag (the From tag of the request that created it),
     /// the side the entry faces and its user part (the token naming where requests
-    /// toward that side go). Each field is length-prefixed, so no two differ only in
-    /// where one ends.
-    fn rr_mac(&self, call_id: &str, caller_tag: &str, side: Side, user: &str) -> String {
+    /// toward that side go), and the media engine of a relayed dialog. Each field is
+    /// length-prefixed, so no two differ only in where one ends.
+    fn rr_mac(
+        &self,
+        call_id: &str,
+        caller_tag: &str,
+        side: Side,
+        user: &str,
+        media: Option<usize>,
+    ) -> String {
         let mut m = self.hmac();
         m.update(b"record-route/2");
         for field in [call_id.as_bytes(), caller_tag.as_bytes(), user.as_bytes()] {
@@ -923,6 +955,10 @@ impl Core {
             m.update(field);
         }
         m.update(&[side.letter() as u8]);
+        if let Some(engine) = media {
+            m.update(b"media");
+            m.update(&(engine as u64).to_be_bytes());
+        }
         hex(&m.finalize().into_bytes()[..8])
     }
 
@@ -934,6 +970,7 @@ impl Core {
         token: RrToken,
         (call_id, caller_tag): (&str, &str),
         side: Side,
+        media: Option<usize>,
     ) -> String {
         let host = Host::from(local.ip());
         let user = match token {
@@ -948,9 +985,10 @@ impl Core {
             .uri_param()
             .map(|p| format!(";transport={p}"))
             .unwrap_or_default();
-        let mac = self.rr_mac(call_id, caller_tag, side, &user);
+        let mac = self.rr_mac(call_id, caller_tag, side, &user, media);
+        let mr = media.map(|e| format!(";mr={e}")).unwrap_or_default();
         format!(
-            "<sip:{user}@{host}:{}{tp};lr;sw={}{mac}>",
+            "<sip:{user}@{host}:{}{tp};lr{mr};sw={}{mac}>",
             local.port(),
             side.letter()
         )

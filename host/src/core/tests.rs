@@ -118,7 +118,39 @@ impl Sim {
         Self::with_limits(CoreLimits::default())
     }
 
+    /// A core that relays media in `mode` through two engines, both up.
+    fn with_media(mode: crate::media::Mode) -> Self {
+        let mut sim = Self::with_settings(
+            CoreLimits::default(),
+            crate::media::Settings {
+                mode,
+                ..crate::media::Settings::default()
+            },
+        );
+        sim.core.set_media_engines(vec![1, 1]);
+        sim
+    }
+
+    /// The media requests the core made since the last call.
+    fn media(&mut self) -> Vec<crate::media::MediaRequest> {
+        std::iter::from_fn(|| self.core.poll_media()).collect()
+    }
+
+    /// What came of media request `id`; returns what the core sends.
+    fn media_done(
+        &mut self,
+        id: u64,
+        outcome: crate::media::MediaOutcome,
+    ) -> Vec<(Target, Message)> {
+        self.core.handle(self.now, Input::Media { id, outcome });
+        self.drain()
+    }
+
     fn with_limits(limits: CoreLimits) -> Self {
+        Self::with_settings(limits, crate::media::Settings::default())
+    }
+
+    fn with_settings(limits: CoreLimits, media: crate::media::Settings) -> Self {
         let listeners = vec![
             SipListener {
                 transport: Transport::Udp,
@@ -146,6 +178,7 @@ impl Sim {
                 // The edge proxy of `edge()`.
                 trusted: peers::TrustedPeers::new(vec!["127.0.0.2".parse().unwrap()]),
                 limits,
+                media,
             }),
             now: Instant::now(),
             asked: Vec::new(),
@@ -1174,6 +1207,7 @@ fn forged_or_stale_flow_tokens() {
         proxy::RrToken::Flow(999),
         ("st", "2"),
         proxy::Side::Caller,
+        None,
     );
     let stale = FlowTokens::new([5; 32]).encode(999);
     assert!(entry.contains(&stale));
@@ -2296,4 +2330,443 @@ fn the_registrars_reason_phrases_reach_the_client() {
     let out = sim.routed(q[0].id, RouteDecision::Continue);
     let r = response(&out[0].1);
     assert_eq!((r.status, r.reason.as_str()), (500, "Out of order CSeq"));
+}
+
+// ------------------------------------------------------------------ media relay
+
+mod media_relay {
+    use super::*;
+    use crate::media::ng::{Command, Leg};
+    use crate::media::{MediaOutcome, Mode};
+
+    const BROWSER_SDP: &str =
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+    const PHONE_SDP: &str =
+        "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+    fn with_sdp(sdp: &str) -> String {
+        format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    }
+
+    /// An INVITE from browser flow 9 (alice, tag `a`) to `user`, with `sdp` if any.
+    fn browser_invite(user: &str, call: &str, sdp: Option<&str>) -> String {
+        let body = sdp.map(with_sdp).unwrap_or_else(|| "\r\n".into());
+        format!(
+            "INVITE sip:{user}@localhost SIP/2.0\r\nVia: SIP/2.0/WS a9.invalid;branch=z9hG4bK{call}\r\nMax-Forwards: 70\r\n\
+             From: <sip:alice@localhost>;tag=a\r\nTo: <sip:{user}@localhost>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:alice@a9.invalid;transport=ws;ob>\r\n{body}"
+        )
+    }
+
+    /// A response to `req` carrying `sdp`.
+    fn answer_with_sdp(req: &Request, status: u16, contact: &str, sdp: &str) -> String {
+        let mut a = answer(req, status, &format!("Contact: <{contact}>\r\n"));
+        // `answer` ends with the blank line: the body goes after it.
+        a.truncate(a.len() - 2);
+        a + &with_sdp(sdp)
+    }
+
+    fn body(m: &Message) -> &[u8] {
+        match m {
+            Message::Request(r) => &r.body,
+            Message::Response(r) => &r.body,
+        }
+    }
+
+    fn top_branch(req: &Request) -> String {
+        Via::parse(req.headers.values(&HeaderName::Via).next().unwrap())
+            .unwrap()
+            .branch()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn a_browser_calls_a_phone_through_the_engine_offer_answer_and_bye() {
+        let mut sim = Sim::with_media(Mode::Bridge);
+        sim.register_udp("carol");
+        let out = sim.feed(
+            browser(9),
+            &browser_invite("carol", "m1", Some(BROWSER_SDP)),
+        );
+        // Only the 100: the INVITE waits for the engine.
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(status(&out[0].1), 100);
+        let asked = sim.media();
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        let Command::Offer { leg, sdp, flags } = &asked[0].command else {
+            panic!("{asked:?}")
+        };
+        assert_eq!((leg.call_id.as_str(), leg.from_tag.as_str()), ("m1", "a"));
+        assert_eq!(leg.to_tag, None);
+        assert!(
+            leg.via_branch
+                .as_deref()
+                .is_some_and(|b| b.starts_with("z9hG4bKsw"))
+        );
+        assert_eq!(sdp.as_slice(), BROWSER_SDP.as_bytes());
+        assert_eq!(
+            flags.transport_protocol.as_deref(),
+            Some("RTP/AVP"),
+            "toward the phone"
+        );
+        assert_eq!(flags.ice.as_deref(), Some("remove"));
+        let engine = asked[0].engine;
+        assert!(sim.core.stats().media_waiting == 1);
+
+        let out = sim.media_done(
+            asked[0].id,
+            MediaOutcome::Sdp(PHONE_SDP.as_bytes().to_vec()),
+        );
+        let (target, inv) = forwarded(&out);
+        assert_eq!(target, udp_phone_target());
+        assert_eq!(
+            inv.body.as_ref(),
+            PHONE_SDP.as_bytes(),
+            "the engine's SDP goes to the phone"
+        );
+        assert_eq!(top_branch(inv), *leg.via_branch.as_ref().unwrap());
+        let rr = record_route(inv);
+        assert!(
+            rr.iter().all(|r| r.contains(&format!(";mr={engine};"))),
+            "{rr:?}"
+        );
+        let inv = inv.clone();
+
+        // Ringing without SDP passes at once; the 200's SDP goes to the engine.
+        let out = sim.feed(udp_phone(), &answer(&inv, 180, ""));
+        assert_eq!(status(&out[0].1), 180);
+        let ok = answer_with_sdp(&inv, 200, "sip:carol@127.0.0.1:5070", "v=0 phone\r\n");
+        let out = sim.feed(udp_phone(), &ok);
+        assert!(out.is_empty(), "the 200 waits for the engine: {out:?}");
+        let asked = sim.media();
+        let Command::Answer { leg, flags, .. } = &asked[0].command else {
+            panic!("{asked:?}")
+        };
+        assert_eq!(
+            (leg.from_tag.as_str(), leg.to_tag.as_deref()),
+            ("a", Some("callee")),
+            "the offerer's tag first"
+        );
+        assert_eq!(
+            flags.transport_protocol.as_deref(),
+            Some("UDP/TLS/RTP/SAVPF"),
+            "toward the browser"
+        );
+        assert_eq!(asked[0].engine, engine, "the call stays on its engine");
+        let out = sim.media_done(
+            asked[0].id,
+            MediaOutcome::Sdp(b"v=0 for the browser\r\n".to_vec()),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].0, status(&out[0].1)), (Target::Flow(9), 200));
+        assert_eq!(body(&out[0].1), b"v=0 for the browser\r\n");
+        // A retransmitted 200 gets the same SDP without asking again.
+        let out = sim.feed(udp_phone(), &ok);
+        assert_eq!(body(&out[0].1), b"v=0 for the browser\r\n");
+        assert!(sim.media().is_empty());
+
+        // The phone hangs up: the call's media goes.
+        let bye = format!(
+            "BYE sip:alice@a9.invalid;transport=ws;ob SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKmb1;rport\r\n\
+             Max-Forwards: 70\r\nRoute: {}\r\nRoute: {}\r\nFrom: <sip:carol@localhost>;tag=callee\r\n\
+             To: <sip:alice@localhost>;tag=a\r\nCall-ID: m1\r\nCSeq: 1 BYE\r\n\r\n",
+            rr[0], rr[1]
+        );
+        let out = sim.feed(udp_phone(), &bye);
+        assert_eq!(out[0].0, Target::Flow(9), "the BYE goes on at once");
+        let asked = sim.media();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(
+            asked[0].command,
+            Command::DeleteCall {
+                call_id: "m1".into()
+            }
+        );
+        assert_eq!(
+            (asked[0].id, asked[0].engine),
+            (0, engine),
+            "nothing waits for a delete"
+        );
+        sim.assert_idle_after_timers(1, 1);
+    }
+
+    #[test]
+    fn phone_to_phone_and_browser_to_browser_stay_direct_in_bridge_mode() {
+        let mut sim = Sim::with_media(Mode::Bridge);
+        sim.register_ws("bob", 3);
+        let out = sim.feed(browser(9), &browser_invite("bob", "m2", Some(BROWSER_SDP)));
+        let (_, inv) = forwarded(&out);
+        assert_eq!(inv.body.as_ref(), BROWSER_SDP.as_bytes());
+        assert!(record_route(inv).iter().all(|r| !r.contains(";mr=")));
+        assert!(sim.media().is_empty());
+        // In `always` mode the same call goes through an engine.
+        let mut sim = Sim::with_media(Mode::Always);
+        sim.register_ws("bob", 3);
+        sim.feed(browser(9), &browser_invite("bob", "m3", Some(BROWSER_SDP)));
+        let asked = sim.media();
+        assert!(
+            matches!(&asked[..], [r] if matches!(&r.command, Command::Offer { flags, .. } if flags.ice.as_deref() == Some("force"))),
+            "{asked:?}"
+        );
+    }
+
+    #[test]
+    fn forking_keeps_each_branch_apart_and_deletes_only_the_loser() {
+        let mut sim = Sim::with_media(Mode::Bridge);
+        sim.register_ws("hank", 21);
+        sim.register_ws("hank", 22);
+        sim.feed(udp_phone(), &invite_from_udp("hank", "mf"));
+        let asked = sim.media();
+        assert_eq!(asked.len(), 2, "one offer per branch: {asked:?}");
+        let branches: Vec<String> = asked
+            .iter()
+            .map(|r| match &r.command {
+                Command::Offer { leg, .. } => leg.via_branch.clone().unwrap(),
+                c => panic!("{c:?}"),
+            })
+            .collect();
+        assert_ne!(branches[0], branches[1]);
+        assert_eq!(asked[0].engine, asked[1].engine, "one call, one engine");
+        let mut invites = Vec::new();
+        for r in &asked {
+            let out = sim.media_done(r.id, MediaOutcome::Sdp(b"v=0 webrtc\r\n".to_vec()));
+            let (t, inv) = forwarded(&out);
+            invites.push((t, inv.clone()));
+        }
+        let flow = |t: Target| match t {
+            Target::Flow(f) => f,
+            t => panic!("{t:?}"),
+        };
+        let (ta, a) = &invites[0];
+        let (tb, b) = &invites[1];
+        sim.feed(browser(flow(*ta)), &answer(a, 180, ""));
+        // The other answers: its SDP goes to the engine as that branch's answer.
+        let out = sim.feed(
+            browser(flow(*tb)),
+            &answer_with_sdp(b, 200, "sip:h@x.invalid;transport=ws", BROWSER_SDP),
+        );
+        assert!(out.is_empty());
+        let asked = sim.media();
+        let Command::Answer { leg, .. } = &asked[0].command else {
+            panic!("{asked:?}")
+        };
+        assert_eq!(leg.via_branch.as_ref(), Some(&top_branch(b)));
+        let out = sim.media_done(
+            asked[0].id,
+            MediaOutcome::Sdp(PHONE_SDP.as_bytes().to_vec()),
+        );
+        assert!(
+            out.iter()
+                .any(|(_, m)| matches!(m, Message::Response(r) if r.status == 200))
+        );
+        let cancel = out
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Cancel => Some(r.clone()),
+                _ => None,
+            })
+            .expect("the ringing branch is cancelled");
+        sim.feed(browser(flow(*ta)), &answer(&cancel, 200, ""));
+        sim.feed(browser(flow(*ta)), &answer(a, 487, ""));
+        let asked = sim.media();
+        assert_eq!(
+            asked.iter().map(|r| &r.command).collect::<Vec<_>>(),
+            vec![&Command::Delete {
+                leg: Leg {
+                    call_id: "call-mf".into(),
+                    from_tag: "p1".into(),
+                    to_tag: None,
+                    via_branch: Some(top_branch(a)),
+                }
+            }],
+            "only the losing branch's leg goes, never the call"
+        );
+        sim.assert_idle_after_timers(2, 1);
+    }
+
+    #[test]
+    fn an_engine_that_does_not_answer_passes_the_call_to_the_other_then_500() {
+        let mut sim = Sim::with_media(Mode::Bridge);
+        sim.register_udp("carol");
+        sim.feed(
+            browser(9),
+            &browser_invite("carol", "m4", Some(BROWSER_SDP)),
+        );
+        let first = sim.media();
+        let out = sim.media_done(first[0].id, MediaOutcome::Unavailable("no answer".into()));
+        assert!(out.is_empty());
+        let second = sim.media();
+        assert_eq!(second.len(), 1);
+        assert_ne!(
+            second[0].engine, first[0].engine,
+            "the other engine gets the call"
+        );
+        let out = sim.media_done(second[0].id, MediaOutcome::Unavailable("no answer".into()));
+        let r = response(&out[0].1);
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (500, "Media Relay Unavailable")
+        );
+        assert!(
+            r.headers
+                .get(&HeaderName::Warning)
+                .is_some_and(|w| w.contains("Media Relay"))
+        );
+        assert!(sim.media().is_empty(), "no leg to delete");
+        // With no engine up, a new call fails at once.
+        sim.core.set_media_engines(vec![0, 0]);
+        let out = sim.feed(
+            browser(9),
+            &browser_invite("carol", "m5", Some(BROWSER_SDP)),
+        );
+        assert!(
+            out.iter()
+                .any(|(_, m)| matches!(m, Message::Response(r) if r.status == 500)),
+            "{out:?}"
+        );
+        // A refused SDP is a 488.
+        sim.core.set_media_engines(vec![1, 1]);
+        sim.feed(
+            browser(9),
+            &browser_invite("carol", "m6", Some(BROWSER_SDP)),
+        );
+        let asked = sim.media();
+        let out = sim.media_done(
+            asked[0].id,
+            MediaOutcome::Refused("Failed to parse SDP".into()),
+        );
+        assert_eq!(status(&out[0].1), 488);
+        sim.assert_idle_after_timers(1, 1);
+    }
+
+    #[test]
+    fn cancel_while_the_engine_works_ends_the_call_and_its_leg() {
+        let mut sim = Sim::with_media(Mode::Bridge);
+        sim.register_udp("carol");
+        sim.feed(
+            browser(9),
+            &browser_invite("carol", "m7", Some(BROWSER_SDP)),
+        );
+        let asked = sim.media();
+        let cancel = "CANCEL sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/WS a9.invalid;branch=z9hG4bKm7\r\nMax-Forwards: 70\r\n\
+                      From: <sip:alice@localhost>;tag=a\r\nTo: <sip:carol@localhost>\r\nCall-ID: m7\r\nCSeq: 1 CANCEL\r\n\r\n";
+        let out = sim.feed(browser(9), cancel);
+        assert_eq!(status(&out[0].1), 200);
+        let out = sim.media_done(
+            asked[0].id,
+            MediaOutcome::Sdp(PHONE_SDP.as_bytes().to_vec()),
+        );
+        assert!(
+            out.iter().all(|(t, _)| *t != udp_phone_target()),
+            "nothing reaches the phone: {out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|(_, m)| matches!(m, Message::Response(r) if r.status == 487))
+        );
+        let asked = sim.media();
+        assert!(
+            matches!(&asked[..], [r] if matches!(r.command, Command::Delete { .. } | Command::DeleteCall { .. })),
+            "{asked:?}"
+        );
+        sim.assert_idle_after_timers(1, 1);
+    }
+
+    #[test]
+    fn a_late_offer_is_offered_from_the_200_and_answered_from_the_ack() {
+        let mut sim = Sim::with_media(Mode::Bridge);
+        sim.register_udp("carol");
+        let out = sim.feed(browser(9), &browser_invite("carol", "m8", None));
+        let (_, inv) = forwarded(&out);
+        assert!(sim.media().is_empty(), "no SDP, nothing to ask yet");
+        let rr = record_route(inv);
+        assert!(rr[0].contains(";mr="), "the dialog is relayed: {rr:?}");
+        let inv = inv.clone();
+        sim.feed(
+            udp_phone(),
+            &answer_with_sdp(&inv, 200, "sip:carol@127.0.0.1:5070", PHONE_SDP),
+        );
+        let asked = sim.media();
+        let Command::Offer { leg, flags, .. } = &asked[0].command else {
+            panic!("{asked:?}")
+        };
+        assert_eq!(
+            (leg.from_tag.as_str(), leg.to_tag.as_deref()),
+            ("callee", Some("a"))
+        );
+        assert_eq!(
+            flags.ice.as_deref(),
+            Some("force"),
+            "the offer goes to the browser"
+        );
+        sim.media_done(
+            asked[0].id,
+            MediaOutcome::Sdp(b"v=0 webrtc offer\r\n".to_vec()),
+        );
+        let ack = format!(
+            "ACK sip:carol@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/WS a9.invalid;branch=z9hG4bKm8ack\r\nMax-Forwards: 70\r\n\
+             Route: {}\r\nRoute: {}\r\nFrom: <sip:alice@localhost>;tag=a\r\nTo: <sip:carol@localhost>;tag=callee\r\n\
+             Call-ID: m8\r\nCSeq: 1 ACK\r\n{}",
+            rr[1],
+            rr[0],
+            with_sdp(BROWSER_SDP)
+        );
+        let out = sim.feed(browser(9), &ack);
+        assert!(out.is_empty(), "the ACK waits for the engine");
+        let asked = sim.media();
+        let Command::Answer { leg, flags, .. } = &asked[0].command else {
+            panic!("{asked:?}")
+        };
+        assert_eq!(
+            (leg.from_tag.as_str(), leg.to_tag.as_deref()),
+            ("callee", Some("a"))
+        );
+        assert_eq!(
+            flags.ice.as_deref(),
+            Some("remove"),
+            "the answer goes to the phone"
+        );
+        let out = sim.media_done(
+            asked[0].id,
+            MediaOutcome::Sdp(PHONE_SDP.as_bytes().to_vec()),
+        );
+        assert_eq!(out[0].0, udp_phone_target());
+        assert_eq!(body(&out[0].1), PHONE_SDP.as_bytes());
+        sim.assert_idle_after_timers(1, 1);
+    }
+
+    #[test]
+    fn a_route_whose_engine_was_changed_is_refused() {
+        let mut sim = Sim::with_media(Mode::Bridge);
+        sim.register_udp("carol");
+        sim.feed(
+            browser(9),
+            &browser_invite("carol", "m9", Some(BROWSER_SDP)),
+        );
+        let asked = sim.media();
+        let out = sim.media_done(
+            asked[0].id,
+            MediaOutcome::Sdp(PHONE_SDP.as_bytes().to_vec()),
+        );
+        let (_, inv) = forwarded(&out);
+        let rr = record_route(inv);
+        let engine = asked[0].engine;
+        let forged: Vec<String> = rr
+            .iter()
+            .map(|r| r.replace(&format!(";mr={engine};"), &format!(";mr={};", 1 - engine)))
+            .collect();
+        let bye = format!(
+            "BYE sip:alice@a9.invalid;transport=ws;ob SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKmb9;rport\r\n\
+             Max-Forwards: 70\r\nRoute: {}\r\nRoute: {}\r\nFrom: <sip:carol@localhost>;tag=callee\r\n\
+             To: <sip:alice@localhost>;tag=a\r\nCall-ID: m9\r\nCSeq: 1 BYE\r\n\r\n",
+            forged[0], forged[1]
+        );
+        let out = sim.feed(udp_phone(), &bye);
+        assert_eq!(status(&out[0].1), 403, "{out:?}");
+        assert!(sim.media().is_empty());
+    }
 }

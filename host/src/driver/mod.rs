@@ -20,9 +20,11 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 pub(crate) mod flow;
+pub(crate) mod media;
 pub(crate) mod outlet;
 
 use self::flow::FlowInfo;
+use self::media::Engines;
 use self::outlet::Outlet;
 use crate::core::{Core, Event, Input};
 use crate::plugin::RegistrarView;
@@ -93,6 +95,8 @@ struct Driven {
     credits: Vec<OwnedSemaphorePermit>,
     /// The cell this is in, for the routing decisions that come later ([`ask_router`]).
     cell: Weak<CoreCell>,
+    /// The media engines, when `[media]` names any.
+    media: Option<Arc<Engines>>,
 }
 
 /// How many of a connection's messages may be in the core at once: half its send
@@ -153,8 +157,12 @@ impl CoreCell {
         store: Store,
         router: Option<Router>,
         outlet: Outlet,
+        media: Option<Arc<Engines>>,
     ) -> Arc<Self> {
         core.set_routing(router.is_some());
+        if let Some(m) = &media {
+            core.set_media_engines(m.up());
+        }
         let deadline = Deadline {
             next: core.poll_timeout(),
             armed: None,
@@ -172,6 +180,7 @@ impl CoreCell {
                 spare: VecDeque::new(),
                 credits: Vec::new(),
                 cell: cell.clone(),
+                media,
             }),
             deadline: Mutex::new(deadline),
             wake: Notify::new(),
@@ -407,6 +416,7 @@ impl Driven {
         send_transmits(&mut self.core, outlet);
         // The answers are in the send queues: the connections may bring more.
         self.credits.clear();
+        ask_media(&mut self.core, self.media.as_ref(), &self.cell);
         while let Some(event) = self.core.poll_event() {
             match event {
                 Event::BindingSaved(b) => {
@@ -431,6 +441,13 @@ impl Driven {
                         why.describe()
                     );
                 }
+                Event::MediaFailed {
+                    call_id,
+                    command,
+                    why,
+                } => {
+                    tracing::warn!(%call_id, command, %why, "media relay failed for a call");
+                }
                 Event::FlowClosed(closed) => {
                     let Some(r) = &self.router else { continue };
                     let identity = self
@@ -447,6 +464,55 @@ impl Driven {
             }
         }
         self.closing.clear();
+    }
+}
+
+/// Sends the core's media requests to the engines, each on a task of its own; the
+/// outcomes come back as inputs ([`Input::Media`]), after the engines' weights when a
+/// request found its engine down ([`Input::MediaEngines`]). A delete waits for nothing.
+fn ask_media(core: &mut Core, engines: Option<&Arc<Engines>>, cell: &Weak<CoreCell>) {
+    while let Some(req) = core.poll_media() {
+        let Some(engines) = engines else {
+            // No engines: the core asks none (it relays nothing without them).
+            continue;
+        };
+        let (engines, cell) = (engines.clone(), cell.clone());
+        tokio::spawn(async move {
+            let before = engines.up();
+            let outcome = engines.outcome(req.engine, &req.command).await;
+            let after = engines.up();
+            let Some(cell) = cell.upgrade() else { return };
+            if before != after {
+                cell.submit(Input::MediaEngines(after), None).await;
+            }
+            if req.id != 0 {
+                cell.submit(
+                    Input::Media {
+                        id: req.id,
+                        outcome,
+                    },
+                    None,
+                )
+                .await;
+            }
+        });
+    }
+}
+
+/// Pings the engines that are down once their rest is over (every second), and tells
+/// the core when one is back. Runs until the server stops.
+pub(crate) async fn probe_media(cell: Weak<CoreCell>, engines: Arc<Engines>) {
+    engines.ping_all().await;
+    if let Some(c) = cell.upgrade() {
+        c.submit(Input::MediaEngines(engines.up()), None).await;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if engines.probe().await {
+            let Some(c) = cell.upgrade() else { return };
+            c.submit(Input::MediaEngines(engines.up()), None).await;
+        }
     }
 }
 

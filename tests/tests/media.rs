@@ -1,0 +1,299 @@
+//! The media relay against a real rtpengine (Debian's, userspace, on loopback): a
+//! browser's WebRTC offer reaches a phone as plain RTP and the phone's answer reaches
+//! the browser as DTLS-SRTP with ICE; the engine forwards the phone's RTP; every way a
+//! call ends leaves no session in the engine; a dead engine fails new calls cleanly.
+
+use std::time::Duration;
+
+use sipwasm::sip::{Essentials, Request};
+use sipwasm_tests::rtpengine::{Rtpengine, rtp_packets};
+use sipwasm_tests::sip::Ua;
+use sipwasm_tests::{Server, within};
+use tokio::net::UdpSocket;
+
+/// An offer as Chromium makes it for one audio track (ICE, DTLS-SRTP, rtcp-mux, BUNDLE).
+const BROWSER_OFFER: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0\r\n\
+a=msid-semantic: WMS\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=candidate:1 1 udp 2113937151 127.0.0.1 50999 typ host generation 0\r\n\
+a=ice-ufrag:Xk3a\r\n\
+a=ice-pwd:8Dq2TtZkFQm3hWv0aYy1p9Lc\r\n\
+a=ice-options:trickle\r\n\
+a=fingerprint:sha-256 6B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=sendrecv\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n";
+
+/// A desk phone's answer: PCMU over RTP/AVP to `port`.
+fn phone_answer(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+    )
+}
+
+fn server_with(engines: &[String], extra: &str) -> Server {
+    let list = engines
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Server::standard(&format!("[media]\nengines = [{list}]\n{extra}"))
+}
+
+fn body(req_or_resp: &[u8]) -> String {
+    String::from_utf8_lossy(req_or_resp).into_owned()
+}
+
+/// The audio port an SDP's `m=audio` line names.
+fn audio_port(sdp: &str) -> u16 {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no m=audio port in:\n{sdp}"))
+}
+
+/// alice (WebSocket) calls carol (UDP) with the browser's offer; returns carol's
+/// INVITE, alice's dialog start and the call's Call-ID.
+async fn browser_calls_phone(
+    alice: &mut Ua,
+    carol: &mut Ua,
+) -> (Request, sipwasm_tests::sip::Dialog, String) {
+    let (invite, dialog) = alice.request("INVITE", "carol", "", BROWSER_OFFER);
+    alice.send(&invite).await;
+    let inv = carol.recv_request("INVITE").await;
+    let call_id = inv.call_id().unwrap().to_string();
+    (inv, dialog, call_id)
+}
+
+#[tokio::test]
+async fn a_browser_and_a_phone_meet_through_rtpengine_and_the_call_leaves_nothing() {
+    let engine = Rtpengine::start().await;
+    let server = server_with(&[engine.engine()], "");
+    let mut carol = Ua::udp(&server, "carol").await;
+    assert_eq!(carol.register(300).await.status, 200);
+    let mut alice = Ua::ws(&server, "alice").await;
+    assert_eq!(alice.register(300).await.status, 200);
+
+    let (inv, dialog, call_id) = browser_calls_phone(&mut alice, &mut carol).await;
+    let offer = body(&inv.body);
+    assert!(
+        offer.contains(" RTP/AVP "),
+        "the phone gets plain RTP:\n{offer}"
+    );
+    assert!(offer.contains("c=IN IP4 127.0.0.1"), "{offer}");
+    for webrtc in [
+        "a=ice-ufrag",
+        "a=fingerprint",
+        "a=setup",
+        "a=rtcp-mux",
+        "a=crypto",
+    ] {
+        assert!(
+            !offer.contains(webrtc),
+            "{webrtc} reached the phone:\n{offer}"
+        );
+    }
+    let engine_port_for_phone = audio_port(&offer);
+
+    // The phone answers; the browser gets DTLS-SRTP with ICE from the engine.
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    carol.send(&carol.response(&inv, 180, "", "")).await;
+    carol
+        .send(&carol.response(&inv, 200, "", &phone_answer(rtp_port)))
+        .await;
+    alice.recv_status(180).await;
+    let ok = alice.recv_status(200).await;
+    let answer = body(&ok.body);
+    for webrtc in [
+        "UDP/TLS/RTP/SAVPF",
+        "a=ice-ufrag",
+        "a=ice-pwd",
+        "a=fingerprint:sha-256",
+        "a=rtcp-mux",
+        "a=candidate",
+        "a=setup:",
+    ] {
+        assert!(
+            answer.contains(webrtc),
+            "no {webrtc} for the browser:\n{answer}"
+        );
+    }
+    assert!(
+        !answer.contains(&format!(" {rtp_port} ")),
+        "the phone's port is hidden:\n{answer}"
+    );
+    let q = engine
+        .query(&call_id)
+        .await
+        .expect("the engine holds the call");
+    assert_eq!(rtp_packets(&q), 0);
+
+    // The phone's RTP reaches the engine at the port the engine gave it.
+    let packet = {
+        let mut p = vec![0x80, 0x00, 0x00, 0x01, 0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78];
+        p.extend_from_slice(&[0xff; 160]);
+        p
+    };
+    for seq in 0..20u8 {
+        let mut p = packet.clone();
+        p[3] = seq;
+        rtp.send_to(&p, ("127.0.0.1", engine_port_for_phone))
+            .await
+            .unwrap();
+    }
+    let mut counted = 0;
+    for _ in 0..50 {
+        counted = rtp_packets(&engine.query(&call_id).await.expect("still there"));
+        if counted >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        counted >= 20,
+        "the engine received {counted} of the phone's 20 packets"
+    );
+
+    // ACK and BYE from the browser: the phone hangs up on its side, the engine forgets.
+    let mut d = alice.dialog_as_caller(dialog, &ok);
+    let ack = alice.in_dialog(&mut d, "ACK", Some(1));
+    alice.send(&ack).await;
+    carol.recv_request("ACK").await;
+    let bye = alice.in_dialog(&mut d, "BYE", None);
+    alice.send(&bye).await;
+    let bye_in = carol.recv_request("BYE").await;
+    carol.send(&carol.response(&bye_in, 200, "", "")).await;
+    assert_eq!(alice.recv_final().await.status, 200);
+    engine.wait_gone(&call_id).await;
+    assert!(
+        server
+            .metrics()
+            .await
+            .contains("sipwasm_media_requests_total{engine=")
+    );
+}
+
+#[tokio::test]
+async fn cancel_and_a_refusal_leave_no_session_in_the_engine() {
+    let engine = Rtpengine::start().await;
+    let server = server_with(&[engine.engine()], "");
+    let mut carol = Ua::udp(&server, "carol").await;
+    carol.register(300).await;
+    let mut alice = Ua::ws(&server, "alice").await;
+    alice.register(300).await;
+
+    // CANCEL while it rings.
+    let (invite, _) = alice.request("INVITE", "carol", "", BROWSER_OFFER);
+    alice.send(&invite).await;
+    let inv = carol.recv_request("INVITE").await;
+    let call_id = inv.call_id().unwrap().to_string();
+    carol.send(&carol.response(&inv, 180, "", "")).await;
+    alice.recv_status(180).await;
+    assert!(engine.query(&call_id).await.is_some());
+    let cancel = cancel_of(&invite);
+    alice.send(&cancel).await;
+    let c = carol.recv_request("CANCEL").await;
+    carol.send(&carol.response(&c, 200, "", "")).await;
+    carol.send(&carol.response(&inv, 487, "", "")).await;
+    carol.recv_request("ACK").await;
+    let fin = alice.recv_final().await;
+    // The CANCEL's own 200 may come first.
+    let fin = if fin.status == 200 {
+        alice.recv_final().await
+    } else {
+        fin
+    };
+    assert_eq!(fin.status, 487);
+    engine.wait_gone(&call_id).await;
+
+    // Busy.
+    let (_, _, call_id) = {
+        let (invite, dialog) = alice.request("INVITE", "carol", "", BROWSER_OFFER);
+        alice.send(&invite).await;
+        let inv = carol.recv_request("INVITE").await;
+        carol.send(&carol.response(&inv, 486, "", "")).await;
+        carol.recv_request("ACK").await;
+        assert_eq!(alice.recv_final().await.status, 486);
+        (inv.clone(), dialog, inv.call_id().unwrap().to_string())
+    };
+    engine.wait_gone(&call_id).await;
+}
+
+/// The CANCEL for an INVITE we wrote (same Via, From, To, Call-ID, CSeq number).
+fn cancel_of(invite: &str) -> String {
+    let mut out = String::new();
+    let mut lines = invite.split("\r\n");
+    let first = lines.next().unwrap();
+    out.push_str(&first.replacen("INVITE", "CANCEL", 1));
+    out.push_str("\r\n");
+    for l in lines {
+        let name = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "to" | "call-id" | "max-forwards" => {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+            "cseq" => out.push_str(&l.replace("INVITE", "CANCEL").replace("\r", "")),
+            _ => {}
+        }
+        if name == "cseq" {
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+#[tokio::test]
+async fn a_dead_engine_gets_no_calls_and_with_none_left_a_call_gets_500() {
+    let mut live = Rtpengine::start().await;
+    // An engine that is not there: nothing listens on its port.
+    let dead = format!("udp:127.0.0.1:{}", sipwasm_tests::free_port());
+    let server = server_with(
+        &[dead.clone(), live.engine()],
+        "timeout = \"100ms\"\ntries = 2\n",
+    );
+    assert!(
+        within(
+            "the dead engine is noticed",
+            server.wait_for_log("media engine does not answer ping")
+        )
+        .await
+    );
+    let mut carol = Ua::udp(&server, "carol").await;
+    carol.register(300).await;
+    let mut alice = Ua::ws(&server, "alice").await;
+    alice.register(300).await;
+    // Every call goes to the live one.
+    for _ in 0..3 {
+        let (inv, _, call_id) = browser_calls_phone(&mut alice, &mut carol).await;
+        assert!(live.query(&call_id).await.is_some());
+        carol.send(&carol.response(&inv, 486, "", "")).await;
+        carol.recv_request("ACK").await;
+        assert_eq!(alice.recv_final().await.status, 486);
+        live.wait_gone(&call_id).await;
+    }
+    // Without any engine: 500 at once, with a reason, and nothing waits.
+    live.kill();
+    let (invite, _) = alice.request("INVITE", "carol", "", BROWSER_OFFER);
+    alice.send(&invite).await;
+    let fin = alice.recv_final().await;
+    assert_eq!(fin.status, 500, "{fin:?}");
+    assert_eq!(fin.reason, "Media Relay Unavailable");
+    assert!(carol.quiet_for(Duration::from_millis(300)).await.is_none());
+    assert!(server.wait_for_log("media relay failed for a call").await);
+    assert_eq!(server.metric("sipwasm_media_waiting").await, 0);
+}
