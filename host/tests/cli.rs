@@ -71,19 +71,22 @@ fn invalid_configs_are_refused_naming_file_and_key() {
             "media.engines[0]",
         ),
         (
-            format!("{VALID}[media]\nengines = [{{ address = \"udp:127.0.0.1:2223\", weight = 0 }}]\n"),
+            format!(
+                "{VALID}[media]\nengines = [{{ address = \"udp:127.0.0.1:2223\", weight = 0 }}]\n"
+            ),
             "media.engines[0].weight",
         ),
+        (format!("{VALID}[media]\nmode = \"always\"\n"), "media.mode"),
         (
-            format!("{VALID}[media]\nmode = \"always\"\n"),
-            "media.mode",
-        ),
-        (
-            format!("{VALID}[media]\nengines = [\"udp:127.0.0.1:2223\"]\n[media.toward-webrtc]\nice = \"forced\"\n"),
+            format!(
+                "{VALID}[media]\nengines = [\"udp:127.0.0.1:2223\"]\n[media.toward-webrtc]\nice = \"forced\"\n"
+            ),
             "media.toward-webrtc.ice",
         ),
         (
-            format!("{VALID}[media]\nengines = [\"udp:127.0.0.1:2223\"]\n[media.toward-plain]\nrtcp-mux = [\"demux\", \"sometimes\"]\n"),
+            format!(
+                "{VALID}[media]\nengines = [\"udp:127.0.0.1:2223\"]\n[media.toward-plain]\nrtcp-mux = [\"demux\", \"sometimes\"]\n"
+            ),
             "media.toward-plain.rtcp-mux[1]",
         ),
         (

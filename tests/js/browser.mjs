@@ -5,12 +5,16 @@
 //
 //   node browser.mjs --lib jssip|sipjs --url ws://127.0.0.1:8080 --user alice [--domain localhost]
 //                    [--instance <uuid>] [--password <digest password>] [--chromium /usr/bin/chromium]
+//                    [--audio-file tone.wav]
 //
 // The page comes from a small HTTP server on 127.0.0.1 (so it has an http:// Origin, as a
 // web app does): the page, stacks.mjs, SIP.js's ES modules, and JsSIP bundled for the
 // browser with esbuild. Chromium gathers no ICE candidates
 // (`--force-webrtc-ip-handling-policy=disable_non_proxied_udp`): media would otherwise
 // flow over the machine's non-loopback address, and signalling is what is tested.
+// With `--audio-file`, media is tested too: the fake microphone plays that WAV file, and
+// Chromium offers loopback candidates as well (`--allow-loopback-in-peer-connection`);
+// the media relay answers from 127.0.0.1, so the pair that connects is on loopback.
 
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
@@ -98,7 +102,13 @@ const browser = await chromium.launch({
     "--no-sandbox",
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
-    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    ...(args["audio-file"]
+      ? [
+          `--use-file-for-fake-audio-capture=${args["audio-file"]}`,
+          "--allow-loopback-in-peer-connection",
+          "--autoplay-policy=no-user-gesture-required",
+        ]
+      : ["--force-webrtc-ip-handling-policy=disable_non_proxied_udp"]),
     "--disable-gpu",
     // A wss:// test server has a self-signed certificate.
     ...(args.url?.startsWith("wss://") ? ["--ignore-certificate-errors"] : []),

@@ -38,7 +38,19 @@ export async function jssipAgent(env) {
   });
   const watch = (s) => {
     s.on("progress", (e) => emit("progress", { status: e.response?.status_code ?? 180 }));
-    s.on("accepted", () => emit("accepted"));
+    s.on("accepted", () => {
+      // Play what comes in, as a web phone does: Chromium measures the audio energy of
+      // what it renders.
+      const pc = s.connection;
+      if (pc && typeof Audio !== "undefined") {
+        const audio = new Audio();
+        audio.srcObject = new MediaStream(pc.getReceivers().map((r) => r.track));
+        // Refused without `--autoplay-policy=no-user-gesture-required` (the
+        // signalling-only page): nothing to hear there anyway.
+        audio.play().catch(() => {});
+      }
+      emit("accepted");
+    });
     s.on("confirmed", () => emit("confirmed"));
     s.on("ended", (e) => emit("ended", { by: e.originator, cause: e.cause }));
     s.on("failed", (e) => emit("failed", { by: e.originator, status: e.message?.status_code ?? 0, cause: e.cause }));
@@ -60,6 +72,22 @@ export async function jssipAgent(env) {
     // "resumed" when the re-INVITE has its 2xx (JsSIP refuses a new one before that).
     hold: () => session.hold({}, () => emit("held")) || emit("error", { message: "hold refused" }),
     unhold: () => session.unhold({}, () => emit("resumed")) || emit("error", { message: "unhold refused" }),
+    // What the call's media did so far (RTCPeerConnection.getStats): audio received
+    // (packets, energy), sent, and the DTLS state of the transport.
+    stats: async () => {
+      const pc = session?.connection;
+      if (!pc) return emit("stats", { none: true });
+      const out = { packetsReceived: 0, totalAudioEnergy: 0, packetsSent: 0, dtlsState: null, iceState: pc.iceConnectionState };
+      (await pc.getStats()).forEach((r) => {
+        if (r.type === "inbound-rtp" && r.kind === "audio") {
+          out.packetsReceived += r.packetsReceived ?? 0;
+          out.totalAudioEnergy += r.totalAudioEnergy ?? 0;
+        }
+        if (r.type === "outbound-rtp" && r.kind === "audio") out.packetsSent += r.packetsSent ?? 0;
+        if (r.type === "transport") out.dtlsState = r.dtlsState ?? out.dtlsState;
+      });
+      emit("stats", out);
+    },
     message: (c) =>
       ua.sendMessage(`sip:${c.target}@${domain}`, c.body ?? "", {
         eventHandlers: {

@@ -87,6 +87,29 @@ impl Agent {
         Self::spawn("browser.mjs", &url, lib, user, &["--chromium", CHROMIUM]).await
     }
 
+    /// [`Agent::start_in_chromium`] with real media: Chromium's fake microphone plays
+    /// `wav`, and its peer connections may use loopback candidates (the media relay's).
+    pub async fn start_in_chromium_with_audio(
+        server: &Server,
+        lib: Lib,
+        user: &str,
+        wav: &Path,
+    ) -> Self {
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} missing: run ./tests/run-all.sh (it installs Debian's chromium)"
+        );
+        let wav = wav.to_str().expect("a UTF-8 path");
+        Self::spawn(
+            "browser.mjs",
+            &ws_url(server),
+            lib,
+            user,
+            &["--chromium", CHROMIUM, "--audio-file", wav],
+        )
+        .await
+    }
+
     async fn spawn(script: &str, url: &str, lib: Lib, user: &str, extra: &[&str]) -> Self {
         let dir = js_dir();
         assert!(

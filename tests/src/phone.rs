@@ -79,9 +79,10 @@ fn sip_ports(local: &str) -> u16 {
     panic!("no free pair of loopback ports for baresip");
 }
 
-/// One second of a 440 Hz tone, 8 kHz mono 16-bit PCM, as a WAV file.
-fn tone_wav() -> Vec<u8> {
-    let samples: Vec<i16> = (0..8000)
+/// `secs` seconds of a 440 Hz tone, 8 kHz mono 16-bit PCM, as a WAV file. (baresip's
+/// `aufile` source ends the call when its file ends: a phone plays 30 s.)
+pub fn tone_wav(secs: u32) -> Vec<u8> {
+    let samples: Vec<i16> = (0..8000 * secs)
         .map(|i| {
             let t = f64::from(i) / 8000.0;
             (6000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
@@ -127,7 +128,7 @@ impl Phone {
         let sip_port = sip_ports(local);
         let ctrl_port = free_port();
         let tone = dir.path().join("tone.wav");
-        std::fs::write(&tone, tone_wav()).unwrap();
+        std::fs::write(&tone, tone_wav(30)).unwrap();
         let config = format!(
             "poll_method epoll\n\
              net_interface {local}\n\

@@ -297,3 +297,128 @@ async fn a_dead_engine_gets_no_calls_and_with_none_left_a_call_gets_500() {
     assert!(server.wait_for_log("media relay failed for a call").await);
     assert_eq!(server.metric("sipwasm_media_waiting").await, 0);
 }
+
+/// The call-ids rtpengine holds now (`list`).
+async fn engine_calls(engine: &Rtpengine) -> Vec<String> {
+    use sipwasm::media::ng::Value;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dict = Value::Dict(vec![(b"command".to_vec(), Value::str("list"))]);
+    sock.send_to(&sipwasm::media::ng::request("list1", &dict), engine.ng)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let n = within("rtpengine list", sock.recv(&mut buf)).await.unwrap();
+    let (_, reply) = sipwasm::media::ng::split_reply(&buf[..n]).unwrap();
+    match reply.get("calls") {
+        Some(Value::List(calls)) => calls.iter().filter_map(Value::as_text).collect(),
+        other => panic!("list: {other:?}"),
+    }
+}
+
+/// Packets the engine received per stream of a call, by the tag of the party that sent
+/// them (`tags.TAG.medias[].streams[].stats.packets`, RTP streams).
+fn packets_by_tag(q: &sipwasm::media::ng::Value) -> Vec<(String, i64)> {
+    use sipwasm::media::ng::Value;
+    let Some(Value::Dict(tags)) = q.get("tags") else {
+        return Vec::new();
+    };
+    tags.iter()
+        .map(|(tag, t)| {
+            let mut n = 0;
+            if let Some(Value::List(medias)) = t.get("medias") {
+                for m in medias {
+                    if let Some(Value::List(streams)) = m.get("streams") {
+                        for s in streams {
+                            n += s
+                                .get("stats")
+                                .and_then(|st| st.get("packets"))
+                                .and_then(Value::as_int)
+                                .unwrap_or(0);
+                        }
+                    }
+                }
+            }
+            (String::from_utf8_lossy(tag).into_owned(), n)
+        })
+        .collect()
+}
+
+/// A real browser (JsSIP in headless Chromium, its fake microphone playing a tone) calls
+/// a real phone (baresip over UDP, playing a tone): DTLS connects, the phone's audio
+/// reaches the browser (packets and audio energy in `getStats()`), the browser's reaches
+/// the engine for the phone (its per-party counters), hold and resume keep it, and the
+/// phone's hang-up leaves no session.
+#[tokio::test]
+async fn chromium_and_baresip_hear_each_other_through_rtpengine() {
+    use sipwasm_tests::js::{Agent, Lib};
+    use sipwasm_tests::phone::{Phone, Transport, tone_wav};
+    let engine = Rtpengine::start().await;
+    let server = server_with(&[engine.engine()], "");
+    let mut phone = Phone::start(&server, "bob", Transport::Udp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("browser-tone.wav");
+    std::fs::write(&wav, tone_wav(30)).unwrap();
+    let mut browser = Agent::start_in_chromium_with_audio(&server, Lib::JsSip, "alice", &wav).await;
+    browser.register().await;
+
+    browser
+        .cmd(serde_json::json!({"cmd": "call", "target": "bob"}))
+        .await;
+    phone.expect("CALL_INCOMING").await;
+    phone.cmd("accept", "").await;
+    phone.expect("CALL_ESTABLISHED").await;
+    browser.expect("accepted").await;
+    let calls = engine_calls(&engine).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call_id = calls[0].clone();
+
+    // Audio arrives in the browser (packets and energy) over a connected DTLS transport.
+    let heard = |stats: &serde_json::Value| {
+        stats["packetsReceived"].as_u64().unwrap_or(0) >= 50
+            && stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
+            && stats["dtlsState"] == "connected"
+    };
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..40 {
+        browser.cmd(serde_json::json!({"cmd": "stats"})).await;
+        stats = browser.expect("stats").await;
+        if heard(&stats) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(heard(&stats), "the browser hears nothing: {stats}");
+    // Both parties' RTP reaches the engine (the browser's is what the engine forwards to
+    // the phone, which plays it).
+    let q = engine.query(&call_id).await.expect("the call");
+    let per_tag = packets_by_tag(&q);
+    assert!(
+        per_tag.len() == 2 && per_tag.iter().all(|(_, n)| *n > 20),
+        "packets per party: {per_tag:?}"
+    );
+
+    // Hold and resume from the browser: re-INVITEs through the engine; audio goes on.
+    browser.cmd(serde_json::json!({"cmd": "hold"})).await;
+    browser.expect("held").await;
+    browser.cmd(serde_json::json!({"cmd": "unhold"})).await;
+    browser.expect("resumed").await;
+    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
+    let before = browser.expect("stats").await["packetsReceived"]
+        .as_u64()
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
+    let after = browser.expect("stats").await["packetsReceived"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        after >= before + 20,
+        "no audio after resume: {before} -> {after}"
+    );
+
+    // The phone hangs up; the engine forgets the call.
+    phone.cmd("hangup", "").await;
+    phone.expect("CALL_CLOSED").await;
+    browser.expect("ended").await;
+    engine.wait_gone(&call_id).await;
+}
