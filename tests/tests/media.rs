@@ -315,6 +315,31 @@ async fn engine_calls(engine: &Rtpengine) -> Vec<String> {
     }
 }
 
+/// The engine's local ports for a call's streams (`tags.*.medias[].streams[].local port`).
+fn local_ports(q: &sipwasm::media::ng::Value) -> Vec<u16> {
+    use sipwasm::media::ng::Value;
+    let mut ports = Vec::new();
+    let Some(Value::Dict(tags)) = q.get("tags") else {
+        return ports;
+    };
+    for (_, t) in tags {
+        let Some(Value::List(medias)) = t.get("medias") else {
+            continue;
+        };
+        for m in medias {
+            let Some(Value::List(streams)) = m.get("streams") else {
+                continue;
+            };
+            for s in streams {
+                if let Some(p) = s.get("local port").and_then(Value::as_int) {
+                    ports.push(p as u16);
+                }
+            }
+        }
+    }
+    ports
+}
+
 /// Packets the engine received per stream of a call, by the tag of the party that sent
 /// them (`tags.TAG.medias[].streams[].stats.packets`, RTP streams).
 fn packets_by_tag(q: &sipwasm::media::ng::Value) -> Vec<(String, i64)> {
@@ -346,7 +371,8 @@ fn packets_by_tag(q: &sipwasm::media::ng::Value) -> Vec<(String, i64)> {
 /// A real browser (JsSIP in headless Chromium, its fake microphone playing a tone) calls
 /// a real phone (baresip over UDP, playing a tone): DTLS connects, the phone's audio
 /// reaches the browser (packets and audio energy in `getStats()`), the browser's reaches
-/// the engine for the phone (its per-party counters), hold and resume keep it, and the
+/// the engine for the phone (its per-party counters), hold and resume from either side
+/// keep it, and the
 /// phone's hang-up leaves no session.
 #[tokio::test]
 async fn chromium_and_baresip_hear_each_other_through_rtpengine() {
@@ -416,9 +442,97 @@ async fn chromium_and_baresip_hear_each_other_through_rtpengine() {
         "no audio after resume: {before} -> {after}"
     );
 
+    // Hold and resume from the phone: its re-INVITEs reach the browser through the
+    // engine as WebRTC offers; audio goes on.
+    phone.cmd("hold", "").await;
+    let hold = browser.expect("hold").await;
+    assert_eq!(hold["by"], "remote", "{hold}");
+    phone.cmd("resume", "").await;
+    let unhold = browser.expect("unhold").await;
+    assert_eq!(unhold["by"], "remote", "{unhold}");
+    let before = after;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
+    let after = browser.expect("stats").await["packetsReceived"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        after >= before + 20,
+        "no audio after the phone resumed: {before} -> {after}"
+    );
+
     // The phone hangs up; the engine forgets the call.
     phone.cmd("hangup", "").await;
     phone.expect("CALL_CLOSED").await;
     browser.expect("ended").await;
+    engine.wait_gone(&call_id).await;
+}
+
+/// A browser's call forks to two phones of one user: each branch gets its own leg in
+/// the engine (its own ports); the one that answers keeps its media, the one that was
+/// cancelled loses its leg and only its leg.
+#[tokio::test]
+async fn forking_to_two_phones_keeps_the_winner_and_deletes_the_loser() {
+    let engine = Rtpengine::start().await;
+    let server = server_with(&[engine.engine()], "");
+    let mut desk = Ua::udp(&server, "carol").await;
+    assert_eq!(desk.register(300).await.status, 200);
+    let mut mobile = Ua::udp(&server, "carol").await;
+    assert_eq!(mobile.register(300).await.status, 200);
+    let mut alice = Ua::ws(&server, "alice").await;
+    alice.register(300).await;
+
+    let (invite, dialog) = alice.request("INVITE", "carol", "", BROWSER_OFFER);
+    alice.send(&invite).await;
+    let to_desk = desk.recv_request("INVITE").await;
+    let to_mobile = mobile.recv_request("INVITE").await;
+    let call_id = to_desk.call_id().unwrap().to_string();
+    let (desk_port, mobile_port) = (
+        audio_port(&body(&to_desk.body)),
+        audio_port(&body(&to_mobile.body)),
+    );
+    assert_ne!(desk_port, mobile_port, "each branch has its own leg");
+    mobile.send(&mobile.response(&to_mobile, 180, "", "")).await;
+    alice.recv_status(180).await;
+
+    // The desk phone answers; the mobile's branch is cancelled.
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    desk.send(&desk.response(&to_desk, 200, "", &phone_answer(rtp_port)))
+        .await;
+    let ok = alice.recv_status(200).await;
+    let cancel = mobile.recv_request("CANCEL").await;
+    mobile.send(&mobile.response(&cancel, 200, "", "")).await;
+    mobile.send(&mobile.response(&to_mobile, 487, "", "")).await;
+    mobile.recv_request("ACK").await;
+    let mut d = alice.dialog_as_caller(dialog, &ok);
+    let ack = alice.in_dialog(&mut d, "ACK", Some(1));
+    alice.send(&ack).await;
+    desk.recv_request("ACK").await;
+
+    // The mobile's leg goes (the engine holds its port no more), the desk's stays and
+    // carries the call.
+    let packet = [0x80u8, 0, 0, 1, 0, 0, 0, 160, 0xab, 0xcd, 0xef, 0x01];
+    let mut seen = (0, Vec::new());
+    for _ in 0..50 {
+        rtp.send_to(&packet, ("127.0.0.1", desk_port))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let q = engine.query(&call_id).await.expect("the call goes on");
+        seen = (rtp_packets(&q), local_ports(&q));
+        if seen.0 >= 10 && !seen.1.contains(&mobile_port) {
+            break;
+        }
+    }
+    assert!(
+        seen.0 >= 10 && seen.1.contains(&desk_port) && !seen.1.contains(&mobile_port),
+        "packets through the desk's leg and the engine's ports ({desk_port} desk, \
+         {mobile_port} mobile): {seen:?}"
+    );
+    let bye = alice.in_dialog(&mut d, "BYE", None);
+    alice.send(&bye).await;
+    let bye_in = desk.recv_request("BYE").await;
+    desk.send(&desk.response(&bye_in, 200, "", "")).await;
     engine.wait_gone(&call_id).await;
 }
