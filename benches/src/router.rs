@@ -57,14 +57,17 @@ pub(crate) async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyho
         flow: None,
     };
     for _ in 0..500 {
-        anyhow::ensure!(router.call(&source, &request, &[]).await == RouteDecision::Continue);
+        anyhow::ensure!(router.call(&source, &request, &[]).await == RouteDecision::Continue(None));
     }
     let mut call = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let t = Instant::now();
         let d = router.call(&source, &request, &[]).await;
         call.push(t.elapsed());
-        anyhow::ensure!(d == RouteDecision::Continue, "unexpected decision {d:?}");
+        anyhow::ensure!(
+            d == RouteDecision::Continue(None),
+            "unexpected decision {d:?}"
+        );
     }
     // The same with the core idle between requests (as with one client): caches and
     // branch predictors are colder.
@@ -74,7 +77,10 @@ pub(crate) async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyho
         let t = Instant::now();
         let d = router.call(&source, &request, &[]).await;
         idle.push(t.elapsed());
-        anyhow::ensure!(d == RouteDecision::Continue, "unexpected decision {d:?}");
+        anyhow::ensure!(
+            d == RouteDecision::Continue(None),
+            "unexpected decision {d:?}"
+        );
     }
     let (idle50, idle99) = median_p99(&mut idle);
 

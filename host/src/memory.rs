@@ -121,7 +121,7 @@ const MAX_OWN_MAPPINGS: usize = 16_384;
 /// Blocks that have their own mapping now.
 static OWN_MAPPINGS: AtomicUsize = AtomicUsize::new(0);
 
-/// The server's allocator: mimalloc, with blocks over [`OWN_MAPPING_ABOVE`] in mappings
+/// The server's allocator: mimalloc, with blocks over 64 KiB in mappings
 /// of their own (see the module's notes).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Allocator;

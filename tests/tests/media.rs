@@ -536,3 +536,68 @@ async fn forking_to_two_phones_keeps_the_winner_and_deletes_the_loser() {
     desk.send(&desk.response(&bye_in, 200, "", "")).await;
     engine.wait_gone(&call_id).await;
 }
+
+/// The server with an engine and call-policy as the router, whose `[media]` settings
+/// (TOML inline table) choose the media of the calls it lets through.
+fn routed_server(engine: &Rtpengine, media: &str) -> Server {
+    Server::standard(&format!(
+        r#"
+[sip]
+router = "router"
+
+[plugins.router]
+path = "{{plugins}}/call_policy.wasm"
+deadline = "2s"
+
+[plugins.router.config]
+media = {media}
+
+[media]
+engines = ["{}"]
+"#,
+        engine.engine()
+    ))
+}
+
+/// The routing plugin decides a call's media (`media.choose`): a call it keeps direct
+/// passes its SDP untouched although the mode would relay it; a call it relays gets its
+/// flags on top of the configured ones (here: only PCMA toward the phone).
+#[tokio::test]
+async fn the_routing_plugin_chooses_a_calls_media() {
+    let engine = Rtpengine::start().await;
+    // Direct.
+    let server = routed_server(&engine, r#"{ relay = "direct" }"#);
+    let mut carol = Ua::udp(&server, "carol").await;
+    carol.register(300).await;
+    let mut alice = Ua::ws(&server, "alice").await;
+    alice.register(300).await;
+    let (inv, _, call_id) = browser_calls_phone(&mut alice, &mut carol).await;
+    assert_eq!(body(&inv.body), BROWSER_OFFER, "the SDP goes as it came");
+    assert!(engine.query(&call_id).await.is_none());
+    carol.send(&carol.response(&inv, 486, "", "")).await;
+    carol.recv_request("ACK").await;
+    assert_eq!(alice.recv_final().await.status, 486);
+    drop((alice, carol, server));
+
+    // Relayed, with the plugin's codec flags toward the phone.
+    let server = routed_server(
+        &engine,
+        r#"{ relay = "relay", toward-plain = ["codec-strip-all", "codec-offer-PCMA"] }"#,
+    );
+    let mut carol = Ua::udp(&server, "carol").await;
+    carol.register(300).await;
+    let mut alice = Ua::ws(&server, "alice").await;
+    alice.register(300).await;
+    let (inv, _, call_id) = browser_calls_phone(&mut alice, &mut carol).await;
+    let offer = body(&inv.body);
+    let m_line = offer.lines().find(|l| l.starts_with("m=audio")).unwrap();
+    assert!(
+        m_line.ends_with(" RTP/AVP 8"),
+        "only PCMA for the phone: {m_line}"
+    );
+    assert!(engine.query(&call_id).await.is_some());
+    carol.send(&carol.response(&inv, 486, "", "")).await;
+    carol.recv_request("ACK").await;
+    assert_eq!(alice.recv_final().await.status, 486);
+    engine.wait_gone(&call_id).await;
+}

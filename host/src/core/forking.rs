@@ -80,6 +80,7 @@ impl Core {
             branches,
             loop_hash,
             media,
+            choice,
         } = forwarding;
         let initial = req.tag_of_to().is_none();
         if let Some(engine) = media
@@ -105,7 +106,7 @@ impl Core {
             branches: Vec::new(),
             final_sent: false,
             cancelled: false,
-            media: CtxMedia::new(media),
+            media: CtxMedia::new(media, choice),
         };
         self.ctxs.insert(ctx_id, ctx);
         if let Some(s) = self.servers.get_mut(st) {

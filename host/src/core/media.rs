@@ -21,8 +21,8 @@ use bytes::Bytes;
 use super::proxy::Candidate;
 use super::transaction::ClientEvent;
 use super::{Core, Event, Source, Target, Transport};
-use crate::media::ng::{Command, Leg};
-use crate::media::{MediaOutcome, MediaRequest, Settings, has_sdp, pick_engine};
+use crate::media::ng::{Command, Flags, Leg};
+use crate::media::{Choice, MediaOutcome, MediaRequest, Settings, has_sdp, pick_engine};
 use crate::sip::message::{Essentials, Method, Request};
 
 /// The core's media state: the settings, the engines up, what is asked and what waits.
@@ -72,14 +72,31 @@ pub(super) struct CtxMedia {
     tried: Vec<usize>,
     /// An engine has this call (an offer or answer succeeded): no moving it any more.
     committed: bool,
+    /// The routing plugin's choice for a new call.
+    choice: Option<Box<Choice>>,
 }
 
 impl CtxMedia {
-    pub(super) fn new(dialog: Option<usize>) -> Self {
+    pub(super) fn new(dialog: Option<usize>, choice: Option<Box<Choice>>) -> Self {
         Self {
             dialog,
+            choice,
             ..Self::default()
         }
+    }
+
+    /// The flags for SDP going to a WebSocket side (`web`) or not: the configured ones
+    /// and the plugin's.
+    fn flags(&self, settings: &Settings, web: bool) -> Flags {
+        let mut flags = settings.toward(web).clone();
+        if let Some(c) = &self.choice {
+            for f in c.extra(web) {
+                if !flags.flags.contains(f) {
+                    flags.flags.push(f.clone());
+                }
+            }
+        }
+        flags
     }
 }
 
@@ -177,13 +194,15 @@ impl Core {
             return Ok(Some(e));
         }
         let new_call = ctx.invite && ctx.template.tag_of_to().is_none();
-        if !new_call
-            || !self
+        let relays = match ctx.media.choice.as_ref().and_then(|c| c.relay) {
+            Some(chosen) => chosen,
+            None => self
                 .media
                 .settings
                 .mode
-                .relays(is_web(source.transport), is_web(c.transport))
-        {
+                .relays(is_web(source.transport), is_web(c.transport)),
+        };
+        if !new_call || !relays {
             return Ok(None);
         }
         if let Some(e) = ctx.media.engine {
@@ -238,7 +257,11 @@ impl Core {
         if !sdp {
             return None;
         }
-        let flags = self.media.settings.toward(is_web(to)).clone();
+        let flags = self
+            .ctxs
+            .get(&ctx_id)?
+            .media
+            .flags(&self.media.settings, is_web(to));
         match req.method {
             Method::Invite | Method::Update => Some(Command::Offer {
                 leg: Leg {
@@ -334,7 +357,7 @@ impl Core {
             return Some(ClientEvent::Response(resp));
         }
         let to_tag = resp.tag_of_to().unwrap_or("").to_string();
-        let flags = self.media.settings.toward(m.from_web).clone();
+        let flags = ctx.media.flags(&self.media.settings, m.from_web);
         let leg = |from_tag: String, to_tag: String| Leg {
             call_id: m.call_id.clone(),
             from_tag,

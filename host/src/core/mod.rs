@@ -300,8 +300,9 @@ impl Refusal {
 /// What the routing plugin decided for a request (already validated by the host).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteDecision {
-    /// The default registrar/proxy behaviour.
-    Continue,
+    /// The default registrar/proxy behaviour; for a new call, with the plugin's choice
+    /// of its media, if it made one.
+    Continue(Option<Box<crate::media::Choice>>),
     /// Answer with this final response.
     Reply {
         /// 200..=699.
@@ -311,8 +312,22 @@ pub enum RouteDecision {
         /// Extra headers.
         headers: Vec<(HeaderName, String)>,
     },
-    /// Forward statefully to this URI, which becomes the Request-URI.
-    Relay(crate::sip::uri::Uri),
+    /// Forward statefully to this URI, which becomes the Request-URI (with the plugin's
+    /// choice of the call's media, if any).
+    Relay(crate::sip::uri::Uri, Option<Box<crate::media::Choice>>),
+}
+
+impl RouteDecision {
+    /// The decision with the plugin's choice of the call's media (kept by `Continue`
+    /// and `Relay` only: an answer made here has no media).
+    #[must_use]
+    pub fn with_media(self, choice: Option<crate::media::Choice>) -> Self {
+        match self {
+            Self::Continue(_) => Self::Continue(choice.map(Box::new)),
+            Self::Relay(uri, _) => Self::Relay(uri, choice.map(Box::new)),
+            reply @ Self::Reply { .. } => reply,
+        }
+    }
 }
 
 /// A new out-of-dialog request for the routing plugin ([`Core::route_query`]), once
@@ -1011,8 +1026,10 @@ impl Core {
         decision: RouteDecision,
     ) -> Result<proxy::Route, Response> {
         match decision {
-            RouteDecision::Continue => Ok(self.decide(now, source, req)),
-            RouteDecision::Relay(target) => Ok(self.relay_to(now, source, req, target)),
+            RouteDecision::Continue(media) => Ok(self.decide(now, source, req).with_media(media)),
+            RouteDecision::Relay(target, media) => {
+                Ok(self.relay_to(now, source, req, target).with_media(media))
+            }
             RouteDecision::Reply {
                 status,
                 reason,

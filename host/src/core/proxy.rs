@@ -189,6 +189,18 @@ pub(super) struct Forwarding {
     /// Inside a dialog whose media goes through an engine: which one (our Record-Route
     /// entries say so).
     pub(super) media: Option<usize>,
+    /// The routing plugin's choice of a new call's media.
+    pub(super) choice: Option<Box<crate::media::Choice>>,
+}
+
+impl Route {
+    /// With the routing plugin's choice of the call's media (for a forwarded request).
+    pub(super) fn with_media(mut self, choice: Option<Box<crate::media::Choice>>) -> Self {
+        if let Self::Forward(f) = &mut self {
+            f.choice = choice;
+        }
+        self
+    }
 }
 
 impl Route {
@@ -198,6 +210,7 @@ impl Route {
             branches: vec![vec![c]],
             loop_hash,
             media: None,
+            choice: None,
         })
     }
 }
@@ -380,6 +393,7 @@ impl Core {
                     }]],
                     loop_hash: hash,
                     media,
+                    choice: None,
                 })
             };
             return match dest.token {
@@ -636,6 +650,7 @@ impl Core {
             branches,
             loop_hash: hash,
             media: None,
+            choice: None,
         })
     }
 

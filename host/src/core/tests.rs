@@ -1428,17 +1428,20 @@ fn the_router_sees_new_requests_once_and_its_decisions_are_applied() {
             .unwrap()
             .contains("rport=5070")
     );
-    let out = sim.routed(q[0].id, RouteDecision::Continue);
+    let out = sim.routed(q[0].id, RouteDecision::Continue(None));
     assert_eq!(status(&out[0].1), 200);
     assert_eq!(sim.core.bindings("sip:al@localhost").len(), 1);
     // A late or repeated decision for it changes nothing.
-    assert!(sim.routed(q[0].id, RouteDecision::Continue).is_empty());
+    assert!(
+        sim.routed(q[0].id, RouteDecision::Continue(None))
+            .is_empty()
+    );
     // Answered here, it was answered statelessly as without a router: a later
     // retransmission is a new question (the registrar's answer is the same).
     assert!(sim.feed(udp_phone(), reg).is_empty());
     let again = sim.route_queries();
     assert_eq!(again.len(), 1);
-    let out = sim.routed(again[0].id, RouteDecision::Continue);
+    let out = sim.routed(again[0].id, RouteDecision::Continue(None));
     assert_eq!(status(&out[0].1), 200);
 
     // A reply with its own reason and headers; To gets our tag.
@@ -1477,7 +1480,10 @@ fn the_router_sees_new_requests_once_and_its_decisions_are_applied() {
     let q = sim.route_queries();
     let out = sim.routed(
         q[0].id,
-        RouteDecision::Relay(crate::sip::uri::Uri::parse("sip:9001@127.0.0.1:5090").unwrap()),
+        RouteDecision::Relay(
+            crate::sip::uri::Uri::parse("sip:9001@127.0.0.1:5090").unwrap(),
+            None,
+        ),
     );
     let (target, m) = &out[0];
     assert_eq!(
@@ -1495,7 +1501,10 @@ fn the_router_sees_new_requests_once_and_its_decisions_are_applied() {
     let q = sim.route_queries();
     let out = sim.routed(
         q[0].id,
-        RouteDecision::Relay(crate::sip::uri::Uri::parse("sip:bob@localhost").unwrap()),
+        RouteDecision::Relay(
+            crate::sip::uri::Uri::parse("sip:bob@localhost").unwrap(),
+            None,
+        ),
     );
     assert_eq!(out[0].0, Target::Flow(3));
 }
@@ -1517,7 +1526,10 @@ fn cancel_while_the_router_decides_ends_the_invite_with_487() {
         "CANCEL is not shown to the plugin"
     );
     // The decision that comes afterwards forwards nothing.
-    assert!(sim.routed(q[0].id, RouteDecision::Continue).is_empty());
+    assert!(
+        sim.routed(q[0].id, RouteDecision::Continue(None))
+            .is_empty()
+    );
     sim.assert_idle_after_timers(0, 0);
 }
 
@@ -1553,7 +1565,7 @@ fn a_routing_query_is_answered_in_place_or_later() {
                 headers: vec![],
             }),
             Some("later") => None,
-            _ => Some(RouteDecision::Continue),
+            _ => Some(RouteDecision::Continue(None)),
         },
     );
     // In place: answered at once, no event, no 100 for a reply decided in place.
@@ -1744,7 +1756,7 @@ fn a_to_tag_without_our_route_does_not_get_past_the_router() {
     sim.feed(udp_phone(), &invite_from_udp("bob", "tt4"));
     let q = sim.route_queries();
     assert_eq!(q.len(), 1);
-    let out = sim.routed(q[0].id, RouteDecision::Continue);
+    let out = sim.routed(q[0].id, RouteDecision::Continue(None));
     let (_, fwd) = forwarded(&out);
     let rr = record_route(fwd);
     assert!(!rr.is_empty());
@@ -1818,7 +1830,7 @@ fn a_register_decided_after_its_flow_closed_binds_nothing() {
     // The WebSocket closes while the routing plugin decides.
     sim.core.handle(sim.now, Input::FlowClosed(9));
     sim.drain();
-    sim.routed(q[0].id, RouteDecision::Continue);
+    sim.routed(q[0].id, RouteDecision::Continue(None));
     assert!(sim.core.bindings("sip:late@localhost").is_empty());
     assert_eq!(sim.core.stats().bindings, 0);
     while let Some(e) = sim.core.poll_event() {
@@ -2323,11 +2335,11 @@ fn the_registrars_reason_phrases_reach_the_client() {
     let mut sim = Sim::with_router();
     sim.feed(udp_phone(), &register("rp3", "5"));
     let q = sim.route_queries();
-    let out = sim.routed(q[0].id, RouteDecision::Continue);
+    let out = sim.routed(q[0].id, RouteDecision::Continue(None));
     assert_eq!(status(&out[0].1), 200, "{out:?}");
     sim.feed(udp_phone(), &register("rp4", "4"));
     let q = sim.route_queries();
-    let out = sim.routed(q[0].id, RouteDecision::Continue);
+    let out = sim.routed(q[0].id, RouteDecision::Continue(None));
     let r = response(&out[0].1);
     assert_eq!((r.status, r.reason.as_str()), (500, "Out of order CSeq"));
 }
@@ -2769,5 +2781,78 @@ mod media_relay {
         let out = sim.feed(udp_phone(), &bye);
         assert_eq!(status(&out[0].1), 403, "{out:?}");
         assert!(sim.media().is_empty());
+    }
+}
+
+mod media_choice {
+    use super::*;
+    use crate::media::ng::Command;
+    use crate::media::{Choice, Mode};
+
+    fn offer(call: &str) -> String {
+        format!(
+            "INVITE sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/WS a9.invalid;branch=z9hG4bK{call}\r\nMax-Forwards: 70\r\n\
+             From: <sip:alice@localhost>;tag=a\r\nTo: <sip:carol@localhost>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:alice@a9.invalid;transport=ws;ob>\r\nContent-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+        )
+    }
+
+    /// A routed core relaying in bridge mode, carol registered over UDP.
+    fn sim() -> Sim {
+        let mut sim = Sim::with_media(Mode::Bridge);
+        sim.core.set_routing(true);
+        sim.without_router(|sim| sim.register_udp("carol"));
+        sim
+    }
+
+    #[test]
+    fn the_routing_plugin_keeps_a_call_direct_or_relays_it_with_its_flags() {
+        // Direct: a browser calling a phone, which the mode would relay.
+        let mut sim = sim();
+        sim.feed(browser(9), &offer("mc1"));
+        let q = sim.route_queries();
+        let direct = Choice {
+            relay: Some(false),
+            ..Choice::default()
+        };
+        let out = sim.routed(q[0].id, RouteDecision::Continue(Some(Box::new(direct))));
+        let (_, inv) = forwarded(&out);
+        assert_eq!(inv.body.as_ref(), b"v=0\n", "the SDP goes as it came");
+        assert!(record_route(inv).iter().all(|r| !r.contains(";mr=")));
+        assert!(sim.media().is_empty());
+
+        // Relayed with the plugin's flags added to the configured ones.
+        sim.feed(browser(9), &offer("mc2"));
+        let q = sim.route_queries();
+        let relay = Choice {
+            relay: Some(true),
+            toward_webrtc: vec!["codec-offer-opus".into()],
+            toward_plain: vec!["codec-strip-all".into(), "codec-offer-PCMA".into()],
+        };
+        sim.routed(q[0].id, RouteDecision::Continue(Some(Box::new(relay))));
+        let asked = sim.media();
+        let Command::Offer { flags, .. } = &asked[0].command else {
+            panic!("{asked:?}")
+        };
+        assert_eq!(flags.transport_protocol.as_deref(), Some("RTP/AVP"));
+        assert_eq!(flags.flags, vec!["codec-strip-all", "codec-offer-PCMA"]);
+    }
+
+    #[test]
+    fn a_choice_to_relay_needs_an_engine_up() {
+        let mut sim = sim();
+        sim.core.set_media_engines(vec![0, 0]);
+        sim.feed(browser(9), &offer("mc3"));
+        let q = sim.route_queries();
+        let relay = Choice {
+            relay: Some(true),
+            ..Choice::default()
+        };
+        let out = sim.routed(q[0].id, RouteDecision::Continue(Some(Box::new(relay))));
+        assert!(
+            out.iter()
+                .any(|(_, m)| matches!(m, Message::Response(r) if r.status == 500)),
+            "{out:?}"
+        );
     }
 }

@@ -68,6 +68,44 @@ impl Settings {
     }
 }
 
+/// A routing plugin's choice for one call's media (`media.choose` of the plugin
+/// contract).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Choice {
+    /// `Some(true)`: through an engine whatever the two sides are; `Some(false)`:
+    /// direct; `None`: as [`Mode`] says.
+    pub relay: Option<bool>,
+    /// `flags` items added for SDP going to a WebSocket side.
+    pub toward_webrtc: Vec<String>,
+    /// `flags` items added for SDP going to a UDP, TCP or TLS side.
+    pub toward_plain: Vec<String>,
+}
+
+impl Choice {
+    /// Most flags per side.
+    pub const MAX_FLAGS: usize = 16;
+    /// Longest flag.
+    pub const MAX_FLAG_BYTES: usize = 64;
+
+    /// Whether `flag` is one rtpengine could take: letters, digits and `-_./=`.
+    pub fn is_flag(flag: &str) -> bool {
+        !flag.is_empty()
+            && flag.len() <= Self::MAX_FLAG_BYTES
+            && flag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=".contains(&b))
+    }
+
+    /// The extra flags for SDP going to a side on a WebSocket (`web`) or not.
+    pub fn extra(&self, web: bool) -> &[String] {
+        if web {
+            &self.toward_webrtc
+        } else {
+            &self.toward_plain
+        }
+    }
+}
+
 /// A request of the core for engine `engine` ([`crate::core::Core::poll_media`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaRequest {

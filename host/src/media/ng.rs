@@ -39,7 +39,7 @@ pub enum NgError {
     Unexpected(usize),
     /// An integer or length out of range, or with leading zeros.
     BadNumber(usize),
-    /// Nested deeper than [`MAX_DEPTH`].
+    /// Nested deeper than 32 levels.
     TooDeep,
     /// Bytes after the value.
     Trailing(usize),

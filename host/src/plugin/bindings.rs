@@ -35,6 +35,9 @@ mod generated {
 
 pub use generated::HttpHandler;
 pub use generated::HttpHandlerPre;
+pub use generated::sip::sipwasm::plugin::media::{
+    Host as MediaImports, MediaChoice as GuestMediaChoice, Relay as GuestRelay,
+};
 pub use generated::sip::sipwasm::plugin::registrar::Host as RegistrarImports;
 pub use generated::sip::sipwasm::plugin::sip_types::{
     ClosedFlow, Contact, Flow, Host as SipTypesImports, SipAddress,

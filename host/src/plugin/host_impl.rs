@@ -6,8 +6,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{
-    Contact, DigestImports, DigestVerdictWit, HostImports, Level, RegistrarImports,
-    SipTypesImports, TypesImports,
+    Contact, DigestImports, DigestVerdictWit, GuestMediaChoice, GuestRelay, HostImports, Level,
+    MediaImports, RegistrarImports, SipTypesImports, TypesImports,
 };
 use super::limits::{Deadline, MemoryCap};
 use super::output::{GuestOutput, LineLevel, LogSink, Stream};
@@ -50,6 +50,8 @@ pub(crate) struct HostState {
     /// What the `digest` imports need of the request being decided, during
     /// `on-sip-request` and `on-http-request`.
     pub(crate) digest_request: Option<super::sip_router::DigestFacts>,
+    /// The `media.choose` of the `on-sip-request` call under way.
+    pub(crate) media_choice: Option<crate::media::Choice>,
 }
 
 impl HostState {
@@ -74,6 +76,7 @@ impl HostState {
             shared,
             output,
             digest_request: None,
+            media_choice: None,
         }
     }
 
@@ -192,6 +195,47 @@ impl DigestImports for HostState {
 }
 
 impl SipTypesImports for HostState {}
+
+impl MediaImports for HostState {
+    fn choose(&mut self, choice: GuestMediaChoice) -> Result<(), String> {
+        let invite = self
+            .digest_request
+            .as_ref()
+            .is_some_and(|r| r.method == "INVITE");
+        if !invite {
+            return Err("no INVITE is being decided: a media choice is made in \
+                        on-sip-request for a new call"
+                .into());
+        }
+        for (side, flags) in [
+            ("toward-webrtc", &choice.toward_webrtc),
+            ("toward-plain", &choice.toward_plain),
+        ] {
+            if flags.len() > crate::media::Choice::MAX_FLAGS {
+                return Err(format!(
+                    "{side}: {} flags, at most {}",
+                    flags.len(),
+                    crate::media::Choice::MAX_FLAGS
+                ));
+            }
+            if let Some(bad) = flags.iter().find(|f| !crate::media::Choice::is_flag(f)) {
+                return Err(format!(
+                    "{side}: {bad:?} is not a flag (letters, digits and -_./=, 64 bytes at most)"
+                ));
+            }
+        }
+        self.media_choice = Some(crate::media::Choice {
+            relay: match choice.relay {
+                GuestRelay::Configured => None,
+                GuestRelay::Relay => Some(true),
+                GuestRelay::Direct => Some(false),
+            },
+            toward_webrtc: choice.toward_webrtc,
+            toward_plain: choice.toward_plain,
+        });
+        Ok(())
+    }
+}
 
 impl RegistrarImports for HostState {
     fn lookup(&mut self, aor: String) -> Vec<Contact> {

@@ -347,7 +347,7 @@ impl Plugin {
         &self,
         request: &bindings::SipRequest,
         facts: &sip_router::DigestFacts,
-    ) -> Result<bindings::GuestSipDecision, PluginFailure> {
+    ) -> Result<(bindings::GuestSipDecision, Option<crate::media::Choice>), PluginFailure> {
         let reserved = self
             .reserve(request.source.remote_addr.parse().ok())
             .await?;
@@ -362,20 +362,22 @@ impl Plugin {
         reserved: Reserved,
         request: &bindings::SipRequest,
         facts: &sip_router::DigestFacts,
-    ) -> Result<bindings::GuestSipDecision, PluginFailure> {
+    ) -> Result<(bindings::GuestSipDecision, Option<crate::media::Choice>), PluginFailure> {
         let mut instance = self.start(reserved).await?;
         let Instance { store, exports, .. } = &mut instance;
         let Exports::Sip(exports) = exports else {
             return Err(self.wrong_world(World::SipRouter));
         };
         store.data_mut().digest_request = Some(facts.clone());
+        store.data_mut().media_choice = None;
         let result = within(
             self.deadline + self.grace,
             exports.call_on_sip_request(&mut *store, request),
         )
         .await;
         store.data_mut().digest_request = None;
-        self.end(instance, result)
+        let media = store.data_mut().media_choice.take();
+        self.end(instance, result).map(|d| (d, media))
     }
 
     /// `on-flow-closed` of a `sip-router` plugin.

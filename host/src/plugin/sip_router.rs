@@ -100,7 +100,8 @@ impl RouteCall {
             .call_sip_request_in(reserved, &self.request, &self.facts)
             .await
         {
-            Ok(d) => validate(d, &self.facts, &self.nonce, unix_now(), &self.algorithms)
+            Ok((d, media)) => validate(d, &self.facts, &self.nonce, unix_now(), &self.algorithms)
+                .map(|d| d.with_media(media))
                 .map_err(PluginFailure::InvalidDecision),
             Err(e) => Err(e),
         };
@@ -122,7 +123,7 @@ impl RouteCall {
                 reason: None,
                 headers: Vec::new(),
             },
-            (FailurePolicy::Open, _) => RouteDecision::Continue,
+            (FailurePolicy::Open, _) => RouteDecision::Continue(None),
         }
     }
 }
@@ -432,7 +433,7 @@ pub fn validate(
     algorithms: &[String],
 ) -> Result<RouteDecision, String> {
     match d {
-        GuestSipDecision::Continue => Ok(RouteDecision::Continue),
+        GuestSipDecision::Continue => Ok(RouteDecision::Continue(None)),
         GuestSipDecision::Reply(r) => {
             if !(200..=699).contains(&r.status) {
                 return Err(format!(
@@ -487,7 +488,7 @@ pub fn validate(
                     "relay target {target:?} is not a sip: or sips: URI"
                 ));
             }
-            Ok(RouteDecision::Relay(uri))
+            Ok(RouteDecision::Relay(uri, None))
         }
         GuestSipDecision::Challenge(realm) => {
             if !realm_is_valid(&realm) {
@@ -616,7 +617,7 @@ mod tests {
             10,
             &algs(),
         );
-        assert!(matches!(ok, Ok(RouteDecision::Relay(_))));
+        assert!(matches!(ok, Ok(RouteDecision::Relay(_, None))));
         for bad in ["tel:+15551234", "not a uri", ""] {
             assert!(
                 validate(

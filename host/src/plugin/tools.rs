@@ -308,12 +308,14 @@ async fn run_sip(
     let router = super::sip_router::SipRouter::new(slot, nonce, &["MD5".to_string()]);
     let decision = router.call(&source, &message, &[]).await;
     let text = match decision {
-        RouteDecision::Continue => {
-            "continue: the registrar and proxy handle it as without a router\n".to_string()
-        }
-        RouteDecision::Relay(uri) => format!(
+        RouteDecision::Continue(media) => format!(
+            "continue: the registrar and proxy handle it as without a router{}\n",
+            shown_media(media.as_deref())
+        ),
+        RouteDecision::Relay(uri, media) => format!(
             "relay: forwarded statefully to {uri}, its new Request-URI (Max-Forwards, loop \
-             detection and Record-Route apply)\n"
+             detection and Record-Route apply){}\n",
+            shown_media(media.as_deref())
         ),
         RouteDecision::Reply {
             status,
@@ -353,4 +355,24 @@ fn shown_reply(
         resp.reason = reason;
     }
     resp
+}
+
+/// The plugin's media choice, as `plugin run` prints it after the decision.
+fn shown_media(choice: Option<&crate::media::Choice>) -> String {
+    let Some(c) = choice else {
+        return String::new();
+    };
+    let relay = match c.relay {
+        Some(true) => "relayed through a media engine",
+        Some(false) => "direct",
+        None => "as media.mode says",
+    };
+    let mut out = format!("; media: {relay}");
+    if !c.toward_webrtc.is_empty() {
+        out.push_str(&format!(", toward WebRTC flags {:?}", c.toward_webrtc));
+    }
+    if !c.toward_plain.is_empty() {
+        out.push_str(&format!(", toward plain RTP flags {:?}", c.toward_plain));
+    }
+    out
 }

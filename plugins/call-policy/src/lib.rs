@@ -6,6 +6,7 @@
 //!   valid credentials                            -> challenge (401/407), 403 if wrong
 //! INVITE/MESSAGE to a blocked number            -> 403 Blocked
 //! a Request-URI user with a relay prefix        -> relay to sip:<user>@<address>
+//! an INVITE that goes on, with `media` set      -> that media choice for the call
 //! OPTIONS sip:whereis@<our domain>, X-Lookup: A -> 200 with one Contact per binding of A
 //! anything else                                 -> continue (registrar, proxy)
 //! ```
@@ -18,6 +19,11 @@
 //! ```toml
 //! blocked = ["+15550100", "666"]            # Request-URI user parts refused with 403
 //! relay = { "9" = "127.0.0.1:5070" }        # user prefix -> next hop (host:port[;transport=tcp])
+//!
+//! [media]                                   # the media of the calls it lets through (optional)
+//! relay = "direct"                          # "configured" (media.mode), "relay" or "direct"
+//! toward-webrtc = ["codec-offer-opus"]      # rtpengine flags added toward browsers
+//! toward-plain = []                         # ... and toward phones
 //!
 //! [auth]                                    # Digest authentication (optional)
 //! realm = "sipwasm"
@@ -32,8 +38,8 @@ use serde::Deserialize;
 use sipwasm_plugin::Level;
 use sipwasm_plugin::host;
 use sipwasm_plugin::sip::{
-    ClosedFlow, Guest, SipDecision, SipRequest, SipRequestExt, SipTransport, Verdict, challenge,
-    digest, lookup, relay, reply,
+    ClosedFlow, Guest, MediaChoice, Relay, SipDecision, SipRequest, SipRequestExt, SipTransport,
+    Verdict, challenge, digest, lookup, media, relay, reply,
 };
 
 #[derive(Deserialize)]
@@ -45,6 +51,44 @@ struct Settings {
     relay: BTreeMap<String, String>,
     #[serde(default)]
     auth: Option<Auth>,
+    #[serde(default)]
+    media: Option<Media>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct Media {
+    #[serde(default = "configured")]
+    relay: String,
+    #[serde(default)]
+    toward_webrtc: Vec<String>,
+    #[serde(default)]
+    toward_plain: Vec<String>,
+}
+
+fn configured() -> String {
+    "configured".into()
+}
+
+/// Tells the host how the media of an INVITE that goes on goes; a choice the host
+/// refuses is logged (the call goes on as configured).
+fn choose_media(media: &Media, req: &SipRequest) {
+    if req.method != "INVITE" {
+        return;
+    }
+    let relay = match media.relay.as_str() {
+        "relay" => Relay::Relay,
+        "direct" => Relay::Direct,
+        _ => Relay::Configured,
+    };
+    let choice = MediaChoice {
+        relay,
+        toward_webrtc: media.toward_webrtc.clone(),
+        toward_plain: media.toward_plain.clone(),
+    };
+    if let Err(e) = media::choose(&choice) {
+        host::log(Level::Warn, &format!("media choice refused: {e}"));
+    }
 }
 
 #[derive(Deserialize)]
@@ -120,6 +164,10 @@ impl Guest for CallPolicy {
             && let Some(stop) = authenticate(auth, &req)
         {
             return stop;
+        }
+        if let Some(m) = &settings.media {
+            // Decided first: a reply below makes it moot.
+            choose_media(m, &req);
         }
         let Some(user) = req.ruri_user() else {
             return SipDecision::Continue;

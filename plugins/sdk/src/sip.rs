@@ -38,6 +38,7 @@ pub mod bindings {
 }
 
 pub use bindings::sipwasm::plugin::digest::{self, Verdict};
+pub use bindings::sipwasm::plugin::media::{self, MediaChoice, Relay};
 pub use bindings::sipwasm::plugin::registrar::{self, lookup};
 pub use bindings::sipwasm::plugin::sip_types::{
     ClosedFlow, Contact, Flow, SipAddress, SipDecision, SipReply, SipRequest, SipTransport,
