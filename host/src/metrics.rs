@@ -52,6 +52,8 @@ struct MediaStats {
     /// (engine, command, outcome) -> count.
     requests: BTreeMap<(String, &'static str, &'static str), u64>,
     latency: BTreeMap<String, Histogram>,
+    /// Sessions each engine said it holds, last time it was asked.
+    sessions: BTreeMap<String, i64>,
 }
 
 /// A latency histogram over [`MEDIA_BUCKETS_MS`] (cumulative buckets).
@@ -400,6 +402,12 @@ impl Metrics {
         h.sum_seconds += took.as_secs_f64();
     }
 
+    /// The sessions media engine `engine` holds (its `statistics`).
+    pub fn media_sessions(&self, engine: &str, sessions: i64) {
+        let mut m = self.media.lock().expect("metrics lock");
+        m.sessions.insert(engine.to_string(), sessions);
+    }
+
     /// How many ng requests to `engine` ended with `outcome`.
     pub fn media_requests(
         &self,
@@ -416,6 +424,17 @@ impl Metrics {
 
     fn render_media(&self, out: &mut String) {
         let m = self.media.lock().expect("metrics lock");
+        if !m.sessions.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP sipwasm_media_sessions Sessions each media engine holds (its own \
+                 count, asked every 10 s)."
+            );
+            let _ = writeln!(out, "# TYPE sipwasm_media_sessions gauge");
+            for (e, n) in &m.sessions {
+                let _ = writeln!(out, "sipwasm_media_sessions{{engine=\"{e}\"}} {n}");
+            }
+        }
         if m.requests.is_empty() {
             return;
         }

@@ -140,6 +140,17 @@ async fn a_browser_and_a_phone_meet_through_rtpengine_and_the_call_leaves_nothin
         .await
         .expect("the engine holds the call");
     assert_eq!(rtp_packets(&q), 0);
+    // The engine's own count of its sessions reaches /metrics (asked every 10 s).
+    let series = format!("sipwasm_media_sessions{{engine=\"{}\"}}", engine.ng);
+    let mut sessions = 0;
+    for _ in 0..30 {
+        sessions = sipwasm_tests::metric_in(&server.metrics().await, &series).unwrap_or(0);
+        if sessions >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(sessions, 1, "{series}");
 
     // The phone's RTP reaches the engine at the port the engine gave it.
     let packet = {

@@ -153,6 +153,22 @@ impl Engines {
             .collect()
     }
 
+    /// Asks each engine that is up how many sessions it holds, for
+    /// `sipwasm_media_sessions` (an engine that does not answer is left to the next
+    /// request or ping to find down).
+    pub(crate) async fn count_sessions(&self) {
+        for (i, e) in self.engines.iter().enumerate() {
+            if lock(&e.down_until).is_some() {
+                continue;
+            }
+            if let Ok(Reply::Ok { dict, .. }) = self.exchange(i, &Command::Statistics, 1).await
+                && let Some(n) = ng::sessions_of(&dict)
+            {
+                self.metrics.media_sessions(&e.label, n);
+            }
+        }
+    }
+
     /// Pings every engine that is down and whose rest is over; true when one came
     /// back up (the core should learn it).
     pub(crate) async fn probe(&self) -> bool {

@@ -500,15 +500,19 @@ fn ask_media(core: &mut Core, engines: Option<&Arc<Engines>>, cell: &Weak<CoreCe
 }
 
 /// Pings the engines that are down once their rest is over (every second), and tells
-/// the core when one is back. Runs until the server stops.
+/// the core when one is back; every 10 s asks those up how many sessions they hold.
+/// Runs until the server stops.
 pub(crate) async fn probe_media(cell: Weak<CoreCell>, engines: Arc<Engines>) {
     engines.ping_all().await;
     if let Some(c) = cell.upgrade() {
         c.submit(Input::MediaEngines(engines.up()), None).await;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    for n in 0u64.. {
         tick.tick().await;
+        if n % 10 == 0 {
+            engines.count_sessions().await;
+        }
         if engines.probe().await {
             let Some(c) = cell.upgrade() else { return };
             c.submit(Input::MediaEngines(engines.up()), None).await;

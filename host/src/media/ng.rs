@@ -309,6 +309,16 @@ impl Reply {
     }
 }
 
+/// The sessions an engine holds now, from its `statistics` reply
+/// (`statistics.currentstatistics.sessionsown`).
+pub fn sessions_of(statistics: &Value) -> Option<i64> {
+    statistics
+        .get("statistics")?
+        .get("currentstatistics")?
+        .get("sessionsown")?
+        .as_int()
+}
+
 /// How the media toward one side is written: the ng keys of an offer or answer whose
 /// SDP goes to that side.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -448,6 +458,8 @@ pub enum Command {
         /// The SIP Call-ID.
         call_id: String,
     },
+    /// The engine's own counters (its sessions).
+    Statistics,
 }
 
 impl Command {
@@ -459,6 +471,7 @@ impl Command {
             Self::Answer { .. } => "answer",
             Self::Delete { .. } | Self::DeleteCall { .. } => "delete",
             Self::Query { .. } => "query",
+            Self::Statistics => "statistics",
         }
     }
 
@@ -466,7 +479,7 @@ impl Command {
     pub fn dict(&self) -> Value {
         let mut d: Vec<(Vec<u8>, Value)> = vec![(b"command".to_vec(), Value::str(self.name()))];
         match self {
-            Self::Ping => {}
+            Self::Ping | Self::Statistics => {}
             Self::Offer { leg, sdp, flags } | Self::Answer { leg, sdp, flags } => {
                 leg.add_to(&mut d);
                 d.push((b"sdp".to_vec(), Value::Bytes(sdp.clone())));
