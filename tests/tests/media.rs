@@ -612,3 +612,81 @@ async fn the_routing_plugin_chooses_a_calls_media() {
     assert_eq!(alice.recv_final().await.status, 486);
     engine.wait_gone(&call_id).await;
 }
+
+/// Linphone as the phone: Chromium calls it through the engine; Linphone's tone (a WAV
+/// it plays into calls) reaches the browser with DTLS connected, RTP flows both ways
+/// through the engine, Linphone's hold and resume (re-INVITEs from the phone's side)
+/// keep the media, and its hang-up leaves no session.
+#[tokio::test]
+async fn chromium_calls_linphone_through_rtpengine() {
+    use sipwasm_tests::js::{Agent, Lib};
+    use sipwasm_tests::linphone::Linphone;
+    use sipwasm_tests::phone::{Transport, tone_wav};
+    let engine = Rtpengine::start().await;
+    let server = server_with(&[engine.engine()], "");
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("tone.wav");
+    std::fs::write(&wav, tone_wav(30)).unwrap();
+    let mut lin = Linphone::start(&server, "lin", Transport::Udp).await;
+    lin.cmd(&format!("play {}", wav.display())).await;
+    let mut browser = Agent::start_in_chromium_with_audio(&server, Lib::JsSip, "alice", &wav).await;
+    browser.register().await;
+
+    browser
+        .cmd(serde_json::json!({"cmd": "call", "target": "lin"}))
+        .await;
+    lin.answer_from("alice").await;
+    browser.expect("accepted").await;
+    let calls = engine_calls(&engine).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call_id = calls[0].clone();
+
+    let heard = |stats: &serde_json::Value| {
+        stats["packetsReceived"].as_u64().unwrap_or(0) >= 50
+            && stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
+            && stats["dtlsState"] == "connected"
+    };
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..40 {
+        browser.cmd(serde_json::json!({"cmd": "stats"})).await;
+        stats = browser.expect("stats").await;
+        if heard(&stats) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let per_tag = packets_by_tag(&engine.query(&call_id).await.expect("the call"));
+    assert!(
+        heard(&stats),
+        "the browser hears nothing from Linphone: {stats} {per_tag:?}"
+    );
+    assert!(
+        per_tag.len() == 2 && per_tag.iter().all(|(_, n)| *n > 20),
+        "packets per party: {per_tag:?}"
+    );
+
+    // Linphone holds and resumes: its re-INVITEs reach the browser through the engine.
+    lin.cmd("pause").await;
+    lin.expect("is now paused").await;
+    assert_eq!(browser.expect("hold").await["by"], "remote");
+    lin.cmd("resume").await;
+    lin.expect("Media streams established").await;
+    assert_eq!(browser.expect("unhold").await["by"], "remote");
+    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
+    let before = browser.expect("stats").await["packetsReceived"]
+        .as_u64()
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
+    let after = browser.expect("stats").await["packetsReceived"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        after >= before + 20,
+        "no media after the resume: {before} -> {after}"
+    );
+
+    lin.cmd("terminate").await;
+    browser.expect("ended").await;
+    engine.wait_gone(&call_id).await;
+}
