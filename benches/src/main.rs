@@ -138,6 +138,22 @@ enum Cmd {
         #[arg(long, default_value = "benches/kamailio/registrar.cfg")]
         kamailio_registrar_cfg: PathBuf,
     },
+    /// Calls with their media relayed through rtpengine (every call), beside the same
+    /// calls without it and Kamailio's rtpengine module driving the same rtpengine (needs
+    /// sipp and rtpengine: apt-get install sip-tester rtpengine-daemon)
+    Media {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// New calls per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Measure Kamailio too.
+        #[arg(long)]
+        kamailio: bool,
+        /// Kamailio's configuration with the rtpengine module.
+        #[arg(long, default_value = "benches/kamailio/media.cfg")]
+        kamailio_media_cfg: PathBuf,
+    },
     /// What a `sip-router` plugin (call-policy) adds to a request: the call in
     /// process, then REGISTER over UDP with and without it.
     Router {
@@ -199,6 +215,20 @@ fn main() -> anyhow::Result<()> {
                 calls::calls(
                     &args.sipwasm,
                     kamailio.then_some(&*kamailio_registrar_cfg),
+                    rate,
+                    seconds,
+                )
+                .await
+            }
+            Cmd::Media {
+                seconds,
+                rate,
+                kamailio,
+                kamailio_media_cfg,
+            } => {
+                calls::media(
+                    &args.sipwasm,
+                    kamailio.then_some(&*kamailio_media_cfg),
                     rate,
                     seconds,
                 )
@@ -311,6 +341,8 @@ fn main() -> anyhow::Result<()> {
                     sip(&args.sipwasm, reg.as_deref(), seconds, None, Some(place), 1).await?;
                 }
                 calls::calls(&args.sipwasm, reg.as_deref(), 1000, seconds).await?;
+                let media = kamailio.then(|| PathBuf::from("benches/kamailio/media.cfg"));
+                calls::media(&args.sipwasm, media.as_deref(), 600, seconds).await?;
                 router(&args.sipwasm, 20_000, seconds).await
             }
         }

@@ -263,6 +263,15 @@ pub(crate) async fn start_kamailio_sip(
     cfg: &Path,
     place: Option<Placement>,
 ) -> anyhow::Result<(Target, SocketAddr)> {
+    start_kamailio_sip_with(cfg, place, &[]).await
+}
+
+/// [`start_kamailio_sip`] with more `-A NAME=VALUE` preprocessor definitions.
+pub(crate) async fn start_kamailio_sip_with(
+    cfg: &Path,
+    place: Option<Placement>,
+    defines: &[String],
+) -> anyhow::Result<(Target, SocketAddr)> {
     let dir = tempfile::tempdir()?;
     let (ws, udp) = (free_port(), free_port());
     let cfg = std::fs::canonicalize(cfg).with_context(|| format!("{}", cfg.display()))?;
@@ -272,6 +281,7 @@ pub(crate) async fn start_kamailio_sip(
         .args(["-DD", "-E", "-m", "2048", "-M", "16"])
         .arg("-A")
         .arg(format!("WSPORT={ws}"))
+        .args(defines.iter().flat_map(|d| ["-A", d.as_str()]))
         .arg("-l")
         .arg(format!("tcp:127.0.0.1:{ws}"))
         .arg("-l")

@@ -44,7 +44,9 @@ macro_rules! counters {
 }
 
 /// Upper bounds (ms) of the media round-trip histogram's buckets.
-const MEDIA_BUCKETS_MS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0, 2000.0];
+const MEDIA_BUCKETS_MS: [f64; 13] = [
+    0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0, 2000.0,
+];
 
 /// The media engines' requests and round trips.
 #[derive(Debug, Default)]
@@ -59,7 +61,7 @@ struct MediaStats {
 /// A latency histogram over [`MEDIA_BUCKETS_MS`] (cumulative buckets).
 #[derive(Debug, Default, Clone, Copy)]
 struct Histogram {
-    buckets: [u64; 10],
+    buckets: [u64; 13],
     count: u64,
     sum_seconds: f64,
 }
