@@ -690,3 +690,56 @@ async fn chromium_calls_linphone_through_rtpengine() {
     browser.expect("ended").await;
     engine.wait_gone(&call_id).await;
 }
+
+/// The other way round: baresip calls the browser. The phone's plain offer reaches
+/// Chromium as a WebRTC offer (ICE, DTLS, rtcp-mux) through the engine, the browser
+/// answers, and each side's audio reaches the other through the engine.
+#[tokio::test]
+async fn baresip_calls_chromium_through_rtpengine() {
+    use sipwasm_tests::js::{Agent, Lib};
+    use sipwasm_tests::phone::{Phone, Transport, tone_wav};
+    let engine = Rtpengine::start().await;
+    let server = server_with(&[engine.engine()], "");
+    let mut phone = Phone::start(&server, "bob", Transport::Udp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("browser-tone.wav");
+    std::fs::write(&wav, tone_wav(30)).unwrap();
+    let mut browser = Agent::start_in_chromium_with_audio(&server, Lib::JsSip, "alice", &wav).await;
+    browser.register().await;
+
+    phone.dial("alice").await;
+    browser.expect("incoming").await;
+    browser.cmd(serde_json::json!({"cmd": "answer"})).await;
+    phone.expect("CALL_ESTABLISHED").await;
+    browser.expect("accepted").await;
+    let calls = engine_calls(&engine).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call_id = calls[0].clone();
+
+    let heard = |stats: &serde_json::Value| {
+        stats["packetsReceived"].as_u64().unwrap_or(0) >= 50
+            && stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
+            && stats["dtlsState"] == "connected"
+    };
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..40 {
+        browser.cmd(serde_json::json!({"cmd": "stats"})).await;
+        stats = browser.expect("stats").await;
+        if heard(&stats) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let per_tag = packets_by_tag(&engine.query(&call_id).await.expect("the call"));
+    assert!(
+        heard(&stats),
+        "the browser hears nothing: {stats} {per_tag:?}"
+    );
+    assert!(
+        per_tag.len() == 2 && per_tag.iter().all(|(_, n)| *n > 20),
+        "packets per party: {per_tag:?}"
+    );
+    browser.cmd(serde_json::json!({"cmd": "hangup"})).await;
+    phone.expect("CALL_CLOSED").await;
+    engine.wait_gone(&call_id).await;
+}
