@@ -387,16 +387,12 @@ fn packets_by_tag(q: &sipwasm::media::ng::Value) -> Vec<(String, i64)> {
 /// phone's hang-up leaves no session.
 #[tokio::test]
 async fn chromium_and_baresip_hear_each_other_through_rtpengine() {
-    use sipwasm_tests::js::{Agent, Lib};
-    use sipwasm_tests::phone::{Phone, Transport, tone_wav};
+    use sipwasm_tests::phone::{Phone, Transport};
     let engine = Rtpengine::start().await;
     let server = server_with(&[engine.engine()], "");
     let mut phone = Phone::start(&server, "bob", Transport::Udp).await;
     let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("browser-tone.wav");
-    std::fs::write(&wav, tone_wav(30)).unwrap();
-    let mut browser = Agent::start_in_chromium_with_audio(&server, Lib::JsSip, "alice", &wav).await;
-    browser.register().await;
+    let mut browser = browser_with_tone(&server, dir.path()).await;
 
     browser
         .cmd(serde_json::json!({"cmd": "call", "target": "bob"}))
@@ -405,72 +401,24 @@ async fn chromium_and_baresip_hear_each_other_through_rtpengine() {
     phone.cmd("accept", "").await;
     phone.expect("CALL_ESTABLISHED").await;
     browser.expect("accepted").await;
-    let calls = engine_calls(&engine).await;
-    assert_eq!(calls.len(), 1, "{calls:?}");
-    let call_id = calls[0].clone();
-
-    // Audio arrives in the browser (packets and energy) over a connected DTLS transport.
-    let heard = |stats: &serde_json::Value| {
-        stats["packetsReceived"].as_u64().unwrap_or(0) >= 50
-            && stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
-            && stats["dtlsState"] == "connected"
-    };
-    let mut stats = serde_json::Value::Null;
-    for _ in 0..40 {
-        browser.cmd(serde_json::json!({"cmd": "stats"})).await;
-        stats = browser.expect("stats").await;
-        if heard(&stats) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(heard(&stats), "the browser hears nothing: {stats}");
-    // Both parties' RTP reaches the engine (the browser's is what the engine forwards to
-    // the phone, which plays it).
-    let q = engine.query(&call_id).await.expect("the call");
-    let per_tag = packets_by_tag(&q);
-    assert!(
-        per_tag.len() == 2 && per_tag.iter().all(|(_, n)| *n > 20),
-        "packets per party: {per_tag:?}"
-    );
+    let call_id = the_call(&engine).await;
+    // Audio arrives in the browser over a connected DTLS transport; both parties' RTP
+    // reaches the engine (the browser's is what the engine forwards to the phone).
+    hear_each_other(&mut browser, &engine, &call_id).await;
 
     // Hold and resume from the browser: re-INVITEs through the engine; audio goes on.
     browser.cmd(serde_json::json!({"cmd": "hold"})).await;
     browser.expect("held").await;
     browser.cmd(serde_json::json!({"cmd": "unhold"})).await;
     browser.expect("resumed").await;
-    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
-    let before = browser.expect("stats").await["packetsReceived"]
-        .as_u64()
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
-    let after = browser.expect("stats").await["packetsReceived"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(
-        after >= before + 20,
-        "no audio after resume: {before} -> {after}"
-    );
-
+    audio_goes_on(&mut browser, "the browser resumed").await;
     // Hold and resume from the phone: its re-INVITEs reach the browser through the
     // engine as WebRTC offers; audio goes on.
     phone.cmd("hold", "").await;
-    let hold = browser.expect("hold").await;
-    assert_eq!(hold["by"], "remote", "{hold}");
+    assert_eq!(browser.expect("hold").await["by"], "remote");
     phone.cmd("resume", "").await;
-    let unhold = browser.expect("unhold").await;
-    assert_eq!(unhold["by"], "remote", "{unhold}");
-    let before = after;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
-    let after = browser.expect("stats").await["packetsReceived"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(
-        after >= before + 20,
-        "no audio after the phone resumed: {before} -> {after}"
-    );
+    assert_eq!(browser.expect("unhold").await["by"], "remote");
+    audio_goes_on(&mut browser, "the phone resumed").await;
 
     // The phone hangs up; the engine forgets the call.
     phone.cmd("hangup", "").await;
@@ -619,7 +567,6 @@ async fn the_routing_plugin_chooses_a_calls_media() {
 /// keep the media, and its hang-up leaves no session.
 #[tokio::test]
 async fn chromium_calls_linphone_through_rtpengine() {
-    use sipwasm_tests::js::{Agent, Lib};
     use sipwasm_tests::linphone::Linphone;
     use sipwasm_tests::phone::{Transport, tone_wav};
     let engine = Rtpengine::start().await;
@@ -629,41 +576,15 @@ async fn chromium_calls_linphone_through_rtpengine() {
     std::fs::write(&wav, tone_wav(30)).unwrap();
     let mut lin = Linphone::start(&server, "lin", Transport::Udp).await;
     lin.cmd(&format!("play {}", wav.display())).await;
-    let mut browser = Agent::start_in_chromium_with_audio(&server, Lib::JsSip, "alice", &wav).await;
-    browser.register().await;
+    let mut browser = browser_with_tone(&server, dir.path()).await;
 
     browser
         .cmd(serde_json::json!({"cmd": "call", "target": "lin"}))
         .await;
     lin.answer_from("alice").await;
     browser.expect("accepted").await;
-    let calls = engine_calls(&engine).await;
-    assert_eq!(calls.len(), 1, "{calls:?}");
-    let call_id = calls[0].clone();
-
-    let heard = |stats: &serde_json::Value| {
-        stats["packetsReceived"].as_u64().unwrap_or(0) >= 50
-            && stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
-            && stats["dtlsState"] == "connected"
-    };
-    let mut stats = serde_json::Value::Null;
-    for _ in 0..40 {
-        browser.cmd(serde_json::json!({"cmd": "stats"})).await;
-        stats = browser.expect("stats").await;
-        if heard(&stats) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let per_tag = packets_by_tag(&engine.query(&call_id).await.expect("the call"));
-    assert!(
-        heard(&stats),
-        "the browser hears nothing from Linphone: {stats} {per_tag:?}"
-    );
-    assert!(
-        per_tag.len() == 2 && per_tag.iter().all(|(_, n)| *n > 20),
-        "packets per party: {per_tag:?}"
-    );
+    let call_id = the_call(&engine).await;
+    hear_each_other(&mut browser, &engine, &call_id).await;
 
     // Linphone holds and resumes: its re-INVITEs reach the browser through the engine.
     lin.cmd("pause").await;
@@ -672,19 +593,7 @@ async fn chromium_calls_linphone_through_rtpengine() {
     lin.cmd("resume").await;
     lin.expect("Media streams established").await;
     assert_eq!(browser.expect("unhold").await["by"], "remote");
-    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
-    let before = browser.expect("stats").await["packetsReceived"]
-        .as_u64()
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
-    let after = browser.expect("stats").await["packetsReceived"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(
-        after >= before + 20,
-        "no media after the resume: {before} -> {after}"
-    );
+    audio_goes_on(&mut browser, "Linphone resumed").await;
 
     lin.cmd("terminate").await;
     browser.expect("ended").await;
@@ -696,50 +605,89 @@ async fn chromium_calls_linphone_through_rtpengine() {
 /// answers, and each side's audio reaches the other through the engine.
 #[tokio::test]
 async fn baresip_calls_chromium_through_rtpengine() {
-    use sipwasm_tests::js::{Agent, Lib};
-    use sipwasm_tests::phone::{Phone, Transport, tone_wav};
+    use sipwasm_tests::phone::{Phone, Transport};
     let engine = Rtpengine::start().await;
     let server = server_with(&[engine.engine()], "");
     let mut phone = Phone::start(&server, "bob", Transport::Udp).await;
     let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("browser-tone.wav");
-    std::fs::write(&wav, tone_wav(30)).unwrap();
-    let mut browser = Agent::start_in_chromium_with_audio(&server, Lib::JsSip, "alice", &wav).await;
-    browser.register().await;
+    let mut browser = browser_with_tone(&server, dir.path()).await;
 
     phone.dial("alice").await;
     browser.expect("incoming").await;
     browser.cmd(serde_json::json!({"cmd": "answer"})).await;
     phone.expect("CALL_ESTABLISHED").await;
     browser.expect("accepted").await;
-    let calls = engine_calls(&engine).await;
-    assert_eq!(calls.len(), 1, "{calls:?}");
-    let call_id = calls[0].clone();
+    let call_id = the_call(&engine).await;
+    hear_each_other(&mut browser, &engine, &call_id).await;
+    browser.cmd(serde_json::json!({"cmd": "hangup"})).await;
+    phone.expect("CALL_CLOSED").await;
+    engine.wait_gone(&call_id).await;
+}
 
-    let heard = |stats: &serde_json::Value| {
-        stats["packetsReceived"].as_u64().unwrap_or(0) >= 50
-            && stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
-            && stats["dtlsState"] == "connected"
+/// Chromium (JsSIP) registered as alice, its fake microphone playing a 440 Hz tone from
+/// a file in `dir`.
+async fn browser_with_tone(server: &Server, dir: &std::path::Path) -> sipwasm_tests::js::Agent {
+    use sipwasm_tests::js::{Agent, Lib};
+    let wav = dir.join("browser-tone.wav");
+    std::fs::write(&wav, sipwasm_tests::phone::tone_wav(30)).unwrap();
+    let mut browser = Agent::start_in_chromium_with_audio(server, Lib::JsSip, "alice", &wav).await;
+    browser.register().await;
+    browser
+}
+
+/// The browser's media stats now (`stats` command).
+async fn stats(browser: &mut sipwasm_tests::js::Agent) -> serde_json::Value {
+    browser.cmd(serde_json::json!({"cmd": "stats"})).await;
+    browser.expect("stats").await
+}
+
+/// Waits (bounded) until the browser has received 50 packets of audio with energy over a
+/// connected DTLS transport, and both parties' RTP has reached the engine; panics
+/// naming what was missing.
+async fn hear_each_other(
+    browser: &mut sipwasm_tests::js::Agent,
+    engine: &Rtpengine,
+    call_id: &str,
+) {
+    let heard = |s: &serde_json::Value| {
+        s["packetsReceived"].as_u64().unwrap_or(0) >= 50
+            && s["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
+            && s["dtlsState"] == "connected"
     };
-    let mut stats = serde_json::Value::Null;
+    let mut now = serde_json::Value::Null;
     for _ in 0..40 {
-        browser.cmd(serde_json::json!({"cmd": "stats"})).await;
-        stats = browser.expect("stats").await;
-        if heard(&stats) {
+        now = stats(browser).await;
+        if heard(&now) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let per_tag = packets_by_tag(&engine.query(&call_id).await.expect("the call"));
-    assert!(
-        heard(&stats),
-        "the browser hears nothing: {stats} {per_tag:?}"
-    );
+    let per_tag = packets_by_tag(&engine.query(call_id).await.expect("the call"));
+    assert!(heard(&now), "the browser hears nothing: {now} {per_tag:?}");
     assert!(
         per_tag.len() == 2 && per_tag.iter().all(|(_, n)| *n > 20),
         "packets per party: {per_tag:?}"
     );
-    browser.cmd(serde_json::json!({"cmd": "hangup"})).await;
-    phone.expect("CALL_CLOSED").await;
-    engine.wait_gone(&call_id).await;
+}
+
+/// Asserts the browser receives at least 20 packets within a second (audio goes on).
+async fn audio_goes_on(browser: &mut sipwasm_tests::js::Agent, after_what: &str) {
+    let before = stats(browser).await["packetsReceived"]
+        .as_u64()
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = stats(browser).await["packetsReceived"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        after >= before + 20,
+        "no audio after {after_what}: {before} -> {after}"
+    );
+}
+
+/// The only call the engine holds.
+async fn the_call(engine: &Rtpengine) -> String {
+    let calls = engine_calls(engine).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    calls[0].clone()
 }
