@@ -326,55 +326,54 @@ async fn engine_calls(engine: &Rtpengine) -> Vec<String> {
     }
 }
 
-/// The engine's local ports for a call's streams (`tags.*.medias[].streams[].local port`).
-fn local_ports(q: &sipwasm::media::ng::Value) -> Vec<u16> {
+/// Each stream of a call's `query` reply with the tag of the party it belongs to
+/// (`tags.TAG.medias[].streams[]`).
+fn streams(q: &sipwasm::media::ng::Value) -> Vec<(String, &sipwasm::media::ng::Value)> {
     use sipwasm::media::ng::Value;
-    let mut ports = Vec::new();
     let Some(Value::Dict(tags)) = q.get("tags") else {
-        return ports;
+        return Vec::new();
     };
-    for (_, t) in tags {
+    let mut out = Vec::new();
+    for (tag, t) in tags {
+        let tag = String::from_utf8_lossy(tag).into_owned();
         let Some(Value::List(medias)) = t.get("medias") else {
             continue;
         };
         for m in medias {
-            let Some(Value::List(streams)) = m.get("streams") else {
-                continue;
-            };
-            for s in streams {
-                if let Some(p) = s.get("local port").and_then(Value::as_int) {
-                    ports.push(p as u16);
-                }
+            if let Some(Value::List(streams)) = m.get("streams") {
+                out.extend(streams.iter().map(|s| (tag.clone(), s)));
             }
         }
     }
-    ports
+    out
 }
 
-/// Packets the engine received per stream of a call, by the tag of the party that sent
-/// them (`tags.TAG.medias[].streams[].stats.packets`, RTP streams).
+/// The engine's local ports for a call's streams.
+fn local_ports(q: &sipwasm::media::ng::Value) -> Vec<u16> {
+    streams(q)
+        .into_iter()
+        .filter_map(|(_, s)| s.get("local port")?.as_int())
+        .map(|p| p as u16)
+        .collect()
+}
+
+/// Packets the engine received per party of a call (its streams' `stats.packets`), by
+/// the party's tag.
 fn packets_by_tag(q: &sipwasm::media::ng::Value) -> Vec<(String, i64)> {
     use sipwasm::media::ng::Value;
     let Some(Value::Dict(tags)) = q.get("tags") else {
         return Vec::new();
     };
+    let all = streams(q);
     tags.iter()
-        .map(|(tag, t)| {
-            let mut n = 0;
-            if let Some(Value::List(medias)) = t.get("medias") {
-                for m in medias {
-                    if let Some(Value::List(streams)) = m.get("streams") {
-                        for s in streams {
-                            n += s
-                                .get("stats")
-                                .and_then(|st| st.get("packets"))
-                                .and_then(Value::as_int)
-                                .unwrap_or(0);
-                        }
-                    }
-                }
-            }
-            (String::from_utf8_lossy(tag).into_owned(), n)
+        .map(|(tag, _)| {
+            let tag = String::from_utf8_lossy(tag).into_owned();
+            let n = all
+                .iter()
+                .filter(|(t, _)| *t == tag)
+                .filter_map(|(_, s)| s.get("stats")?.get("packets")?.as_int())
+                .sum();
+            (tag, n)
         })
         .collect()
 }

@@ -166,12 +166,7 @@ impl FlagsConfig {
             for (i, item) in v.iter().flatten().enumerate() {
                 let bad = match allowed {
                     Some(allowed) => !allowed.contains(&item.as_str()),
-                    None => {
-                        item.is_empty()
-                            || !item
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b"-_./=".contains(&b))
-                    }
+                    None => !crate::media::is_flag_word(item),
                 };
                 if bad {
                     let what = match allowed {

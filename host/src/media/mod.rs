@@ -87,13 +87,10 @@ impl Choice {
     /// Longest flag.
     pub const MAX_FLAG_BYTES: usize = 64;
 
-    /// Whether `flag` is one rtpengine could take: letters, digits and `-_./=`.
+    /// Whether `flag` is one a plugin may add: [`is_flag_word`], at most
+    /// [`Choice::MAX_FLAG_BYTES`].
     pub fn is_flag(flag: &str) -> bool {
-        !flag.is_empty()
-            && flag.len() <= Self::MAX_FLAG_BYTES
-            && flag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./=".contains(&b))
+        flag.len() <= Self::MAX_FLAG_BYTES && is_flag_word(flag)
     }
 
     /// The extra flags for SDP going to a side on a WebSocket (`web`) or not.
@@ -127,6 +124,15 @@ pub enum MediaOutcome {
     Unavailable(String),
     /// The engine refused (an SDP it cannot read, an unknown call).
     Refused(String),
+}
+
+/// Whether `flag` is a word rtpengine could take as a flag: letters, digits and `-_./=`,
+/// not empty (the configuration's flags and a plugin's).
+pub fn is_flag_word(flag: &str) -> bool {
+    !flag.is_empty()
+        && flag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=".contains(&b))
 }
 
 /// Whether a message's body is an SDP (`Content-Type: application/sdp`, any
