@@ -84,7 +84,10 @@ pub(crate) fn core_only(iterations: u64) -> anyhow::Result<()> {
             flow: None,
         };
         let now = std::time::Instant::now();
-        core.handle(now, Input::Message(Box::new(Incoming { source, message })));
+        core.handle(
+            now,
+            Input::Message(Box::new(Incoming::new(source, message))),
+        );
         while let Some(t) = core.poll_transmit() {
             sent += t.payload.len() as u64;
         }

@@ -111,7 +111,7 @@ pub(crate) async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyho
             };
             core.handle(
                 std::time::Instant::now(),
-                Input::Message(Box::new(Incoming { source, message })),
+                Input::Message(Box::new(Incoming::new(source, message))),
             );
             // As the driver asks the router: in place; a call that meets an epoch tick
             // is finished as the server finishes it (on a task, its decision then an

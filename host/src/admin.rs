@@ -230,6 +230,7 @@ fn flows_json(flows: &FlowTable) -> String {
                 "remote": f.remote.to_string(),
                 "local": f.local.to_string(),
                 "identity": f.identity.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+                "identity_enforced": f.enforced,
                 "opened_unix": opened,
             })
         })

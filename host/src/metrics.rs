@@ -140,6 +140,7 @@ struct CoreGauges {
     refused_rate_limit: AtomicU64,
     refused_transactions_full: AtomicU64,
     refused_overload: AtomicU64,
+    refused_identity: AtomicU64,
     trimmed_answers: AtomicU64,
 }
 
@@ -177,6 +178,7 @@ impl Metrics {
             (&g.refused_registrar_full, s.refused.registrar_full),
             (&g.refused_transactions_full, s.refused.transactions_full),
             (&g.refused_overload, s.refused.overload),
+            (&g.refused_identity, s.refused.identity),
             (&g.trimmed_answers, s.refused.trimmed_answer),
         ] {
             counter.store(value, Relaxed);
@@ -197,7 +199,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client), registrar-full (a new binding past sip.max-bindings: 503), rate-limit (a request from a source past limits.rate, or banned for it, refused before parsing: 503 on connections, dropped over UDP), transactions-full (a new request while limits.max-transactions were in flight: 503), overload (a REGISTER for an address-of-record with no bindings while the core was behind: 503)."
+            "# HELP sipwasm_sip_refused_total SIP requests refused for what they tried to make the server do, by reason: forged-route (a Route entry of ours not signed for this dialog), untrusted-path (a Path from a peer not in sip.trusted-peers), relay (a next hop elsewhere from an untrusted client), registrar-full (a new binding past sip.max-bindings: 503), rate-limit (a request from a source past limits.rate, or banned for it, refused before parsing: 503 on connections, dropped over UDP), transactions-full (a new request while limits.max-transactions were in flight: 503), overload (a REGISTER for an address-of-record with no bindings while the core was behind: 503), identity (on a connection whose listener enforces its identity, a REGISTER for another address-of-record or a new request From another user: 403)."
         );
         let _ = writeln!(out, "# TYPE sipwasm_sip_refused_total counter");
         for (reason, counter) in [
@@ -208,6 +210,7 @@ impl Metrics {
             ("rate-limit", &g.refused_rate_limit),
             ("transactions-full", &g.refused_transactions_full),
             ("overload", &g.refused_overload),
+            ("identity", &g.refused_identity),
         ] {
             let _ = writeln!(
                 out,

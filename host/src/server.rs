@@ -147,10 +147,12 @@ impl Server {
             } else {
                 None
             };
-            let plugin = l
-                .transport
-                .is_web()
-                .then(|| Arc::new(PluginRouter::new(&plugins, l.plugin.as_deref(), &l.routes)));
+            let plugin = l.transport.is_web().then(|| {
+                Arc::new(
+                    PluginRouter::new(&plugins, l.plugin.as_deref(), &l.routes)
+                        .enforcing_identity(l.identity == crate::config::IdentityMode::Enforce),
+                )
+            });
             listeners.push(BoundListener {
                 listener,
                 local,

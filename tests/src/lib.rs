@@ -594,9 +594,16 @@ pub async fn ws_connect_to(server: &Server) -> Ws<TcpStream> {
     let stream = within("connect", TcpStream::connect(server.ws))
         .await
         .unwrap();
-    try_ws_handshake(stream, "ws", server.ws)
+    try_ws_handshake(stream, "ws", server.ws, "/")
         .await
         .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", server.logs()))
+}
+
+/// A SIP WebSocket to `path` (with its query) on `addr`, or what the handshake got
+/// instead of 101 (`Http(Response { status: 500, .. })`...).
+pub async fn ws_connect_path(addr: SocketAddr, path: &str) -> Result<Ws<TcpStream>, String> {
+    let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+    try_ws_handshake(stream, "ws", addr, path).await
 }
 
 /// The value of a metric line (`name{labels}` exactly as rendered) in a `/metrics`
@@ -644,7 +651,7 @@ async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     scheme: &str,
     addr: SocketAddr,
 ) -> Ws<S> {
-    try_ws_handshake(stream, scheme, addr)
+    try_ws_handshake(stream, scheme, addr, "/")
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -654,8 +661,9 @@ async fn try_ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     scheme: &str,
     addr: SocketAddr,
+    path: &str,
 ) -> Result<Ws<S>, String> {
-    let url = format!("{scheme}://localhost:{}/", addr.port());
+    let url = format!("{scheme}://localhost:{}{path}", addr.port());
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());

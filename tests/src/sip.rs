@@ -89,6 +89,16 @@ impl Ua {
         Self::new(Conn::Ws(Box::new(ws)), user, "WS", host)
     }
 
+    /// A browser-like UA over WebSocket to `path` on listener `addr` (a plugin that
+    /// logs it in by its path or query).
+    pub async fn ws_at(addr: SocketAddr, path: &str, user: &str) -> Self {
+        let ws = crate::ws_connect_path(addr, path)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let host = format!("{user}-{}.invalid", rand_tag());
+        Self::new(Conn::Ws(Box::new(ws)), user, "WS", host)
+    }
+
     /// A phone-like UA over UDP.
     pub async fn udp(server: &Server, user: &str) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -107,7 +107,7 @@ impl Run {
         if let Ok(message) = sip::parse(bytes) {
             self.core.handle(
                 self.now,
-                Input::Message(Box::new(Incoming { source, message })),
+                Input::Message(Box::new(Incoming::new(source, message))),
             );
             self.drain();
         }

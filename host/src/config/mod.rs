@@ -112,6 +112,17 @@ fn default_shutdown_grace() -> Duration {
     Duration::from_secs(2)
 }
 
+/// `[[listen]] identity`: what a WebSocket flow's identity binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityMode {
+    /// Attached to the flow, seen by the routing plugin and the control API.
+    #[default]
+    Attach,
+    /// Attached and enforced on every REGISTER and new request of the flow.
+    Enforce,
+}
+
 /// The transport a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -180,6 +191,13 @@ pub struct ListenConfig {
     /// `plugin` as well, `plugin` serves paths no prefix matches.
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
+    /// Whether the identity the plugin attaches at upgrade binds the flow's SIP (ws and
+    /// wss only): `attach` (the default) shows it to the routing plugin and the control
+    /// API; `enforce` also refuses (403) a REGISTER for another address-of-record and a
+    /// new request From another user, without asking the routing plugin, and refuses
+    /// an upgrade whose identity names no `user`.
+    #[serde(default)]
+    pub identity: IdentityMode,
     /// PEM certificate chain (tls and wss only). When both are absent a self-signed
     /// certificate for localhost is generated in the data directory.
     pub tls_cert: Option<PathBuf>,

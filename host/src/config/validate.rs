@@ -76,6 +76,15 @@ impl Config {
             {
                 return Err((key("plugin"), format!("no plugin named {p:?} in [plugins]")));
             }
+            if l.identity == super::IdentityMode::Enforce && !l.transport.is_web() {
+                return Err((
+                    key("identity"),
+                    format!(
+                        "only ws and wss listeners have an identity to enforce (a plugin attaches it at upgrade), not {}",
+                        l.transport
+                    ),
+                ));
+            }
             for (prefix, p) in &l.routes {
                 if !prefix.starts_with('/') {
                     return Err((

@@ -13,6 +13,7 @@
 pub mod flowtoken;
 mod forking;
 pub mod gruu;
+pub mod identity;
 pub mod limits;
 pub mod location;
 mod media;
@@ -164,6 +165,20 @@ pub struct Incoming {
     pub source: Source,
     /// The message.
     pub message: Message,
+    /// The identity its flow proved, when its listener enforces it
+    /// ([`identity::Identity`]); `None` on every other flow.
+    pub identity: Option<Arc<identity::Identity>>,
+}
+
+impl Incoming {
+    /// A message from a flow with no enforced identity.
+    pub fn new(source: Source, message: Message) -> Self {
+        Self {
+            source,
+            message,
+            identity: None,
+        }
+    }
 }
 
 /// Inputs of the core.
@@ -240,6 +255,9 @@ pub struct Refused {
     /// Answers cut to twice their request's size for a UDP peer that had not proven
     /// it receives what we send (not refused: counted here with the rest).
     pub trimmed_answer: u64,
+    /// New requests refused with 403 on a flow whose listener enforces its identity:
+    /// a REGISTER for another address-of-record, or a From of another user.
+    pub identity: u64,
     /// New requests refused with 503 because `limits.max-transactions` were in flight.
     pub transactions_full: u64,
 }
@@ -259,6 +277,8 @@ pub enum Refusal {
     TransactionsFull,
     /// [`Refused::overload`].
     Overload,
+    /// [`Refused::identity`].
+    Identity,
 }
 
 impl Refusal {
@@ -271,6 +291,7 @@ impl Refusal {
             Self::RegistrarFull => "registrar-full",
             Self::TransactionsFull => "transactions-full",
             Self::Overload => "overload",
+            Self::Identity => "identity",
         }
     }
 
@@ -292,6 +313,9 @@ impl Refusal {
             }
             Self::Overload => {
                 "REGISTER for a new address-of-record refused: the SIP core is behind (503)"
+            }
+            Self::Identity => {
+                "request for or from another user on a connection with an enforced identity refused (403)"
             }
         }
     }
@@ -714,13 +738,17 @@ impl Core {
         }
         match input {
             Input::Message(incoming) => {
-                let Incoming { source, message } = *incoming;
+                let Incoming {
+                    source,
+                    message,
+                    identity,
+                } = *incoming;
                 if let Some(f) = source.flow {
                     self.flows
                         .insert(f, (source.transport, source.local, source.remote));
                 }
                 match message {
-                    Message::Request(req) => self.on_request(now, source, req),
+                    Message::Request(req) => self.on_request(now, source, req, identity),
                     Message::Response(resp) => self.on_response(now, &source, resp),
                 }
             }
@@ -888,6 +916,7 @@ impl Core {
             Refusal::RegistrarFull => &mut r.registrar_full,
             Refusal::TransactionsFull => &mut r.transactions_full,
             Refusal::Overload => &mut r.overload,
+            Refusal::Identity => &mut r.identity,
         } += 1;
         if self.log_gate.allow(why.as_str(), source.ip(), now) {
             self.events.push_back(Event::Refused { why, source });
@@ -909,7 +938,13 @@ impl Core {
 
     // ------------------------------------------------------------ server side
 
-    fn on_request(&mut self, now: Instant, source: Source, mut req: Request) {
+    fn on_request(
+        &mut self,
+        now: Instant,
+        source: Source,
+        mut req: Request,
+        identity: Option<Arc<identity::Identity>>,
+    ) {
         stamp_received(&mut req, source.remote);
         match req.method {
             Method::Ack => return self.on_ack(now, source, req),
@@ -926,6 +961,16 @@ impl Core {
                 let target = st.source.reply_target();
                 self.send(target, bytes);
             }
+            return;
+        }
+        if let Some(id) = identity
+            && let Err(mismatch) = id.check(&req)
+        {
+            // Before the routing plugin: the flow's identity is the host's to hold.
+            self.refuse(Refusal::Identity, source.remote, now);
+            let warning = proxy::warning(mismatch.describe());
+            let bytes = self.response_bytes(&req, 403, None, &[warning]);
+            self.send(source.reply_target(), bytes);
             return;
         }
         if self.routed && !self.in_our_dialog(&req) {

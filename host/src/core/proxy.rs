@@ -138,7 +138,7 @@ impl RrEntry {
 }
 
 /// A `Warning` (RFC 3261 20.43) that says in words why a request was refused.
-fn warning(text: &str) -> (HeaderName, String) {
+pub(super) fn warning(text: &str) -> (HeaderName, String) {
     (HeaderName::Warning, format!("399 sipwasm \"{text}\""))
 }
 

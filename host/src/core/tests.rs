@@ -193,7 +193,7 @@ impl Sim {
             .unwrap_or_else(|e| panic!("test message does not parse: {e}\n{text}"));
         self.core.handle(
             self.now,
-            Input::Message(Box::new(Incoming { source, message })),
+            Input::Message(Box::new(Incoming::new(source, message))),
         );
         self.ask_router();
         self.drain()
@@ -1603,10 +1603,10 @@ fn a_routing_query_left_unanswered_waits_for_its_decision() {
     sim.core.set_routing(true);
     let text = invite_from_udp("carol", "u1");
     let message = || {
-        Input::Message(Box::new(Incoming {
-            source: udp_phone(),
-            message: parse(text.as_bytes()).unwrap(),
-        }))
+        Input::Message(Box::new(Incoming::new(
+            udp_phone(),
+            parse(text.as_bytes()).unwrap(),
+        )))
     };
     sim.core.handle(sim.now, message());
     let id = sim.core.route_query().expect("asked").id;
@@ -1866,10 +1866,10 @@ fn udp_answers_are_bounded_for_unproven_sources_and_forks_go_once_per_address() 
                  Call-ID: q1\r\nCSeq: 1 REGISTER\r\n\r\n";
     sim.core.handle(
         sim.now,
-        Input::Message(Box::new(Incoming {
-            source: stranger,
-            message: parse(query.as_bytes()).unwrap(),
-        })),
+        Input::Message(Box::new(Incoming::new(
+            stranger,
+            parse(query.as_bytes()).unwrap(),
+        ))),
     );
     let answer = sim.core.poll_transmit().expect("answered");
     let request_size = parse(query.as_bytes()).unwrap().to_bytes().len();
@@ -1991,7 +1991,7 @@ fn relayed_answers_to_unproven_udp_callers_are_bounded() {
             let message = parse(invite.as_bytes()).unwrap();
             sim.core.handle(
                 sim.now,
-                Input::Message(Box::new(Incoming { source, message })),
+                Input::Message(Box::new(Incoming::new(source, message))),
             );
             sim.drain()
         };
@@ -2004,10 +2004,10 @@ fn relayed_answers_to_unproven_udp_callers_are_bounded() {
         );
         sim.core.handle(
             sim.now,
-            Input::Message(Box::new(Incoming {
-                source: browser(8),
-                message: parse(ok.as_bytes()).unwrap(),
-            })),
+            Input::Message(Box::new(Incoming::new(
+                browser(8),
+                parse(ok.as_bytes()).unwrap(),
+            ))),
         );
         let sent: Vec<Transmit> = std::iter::from_fn(|| sim.core.poll_transmit()).collect();
         let to_caller = sent
@@ -2077,10 +2077,7 @@ fn nothing_is_retransmitted_toward_an_unproven_udp_address() {
         let message = parse(text.as_bytes()).unwrap();
         sim.core.handle(
             sim.now,
-            Input::Message(Box::new(Incoming {
-                source: stranger,
-                message,
-            })),
+            Input::Message(Box::new(Incoming::new(stranger, message))),
         );
         sim.drain()
     };
@@ -2855,4 +2852,59 @@ mod media_choice {
             "{out:?}"
         );
     }
+}
+
+#[test]
+fn an_enforced_identity_holds_on_its_flow_before_the_router_is_asked() {
+    let mut sim = Sim::with_router();
+    sim.in_place = Some(|_| Some(RouteDecision::Continue(None)));
+    let alice = Some(Arc::new(
+        super::identity::Identity::from_attributes(&[("user".into(), "alice".into())]).unwrap(),
+    ));
+    let feed = |sim: &mut Sim, text: String| {
+        let message = parse(text.as_bytes()).unwrap();
+        let mut incoming = Incoming::new(browser(3), message);
+        incoming.identity = alice.clone();
+        sim.core.handle(sim.now, Input::Message(Box::new(incoming)));
+        sim.ask_router();
+        sim.drain()
+    };
+    let register = |user: &str, branch: &str| {
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/WS b3.invalid;branch=z9hG4bK{branch}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=r3\r\nTo: <sip:{user}@localhost>\r\n\
+             Call-ID: reg-3\r\nCSeq: 1 REGISTER\r\n\
+             Contact: <sip:a3@b3.invalid;transport=ws>;expires=600\r\n\r\n"
+        )
+    };
+    let message = |from: &str, branch: &str| {
+        format!(
+            "MESSAGE sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/WS b3.invalid;branch=z9hG4bK{branch}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{from}@localhost>;tag=m3\r\nTo: <sip:carol@localhost>\r\n\
+             Call-ID: m-{branch}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // As someone else: 403 with the reason in a Warning, and the router not asked.
+    let out = feed(&mut sim, register("bob", "r1"));
+    assert_eq!(status(&out[0].1), 403, "{out:?}");
+    assert!(
+        response(&out[0].1)
+            .headers
+            .get(&HeaderName::Warning)
+            .is_some_and(|w| w.contains("To Is Not This Connection's User")),
+        "{out:?}"
+    );
+    let out = feed(&mut sim, message("bob", "m1"));
+    assert_eq!(status(&out[0].1), 403, "{out:?}");
+    assert_eq!(sim.queries, 0, "the routing plugin was not asked");
+    assert_eq!(sim.core.stats().refused.identity, 2);
+    assert!(sim.core.bindings("sip:bob@localhost").is_empty());
+    // As itself: the router decides as for any flow.
+    let out = feed(&mut sim, register("alice", "r2"));
+    assert_eq!(status(&out[0].1), 200, "{out:?}");
+    assert_eq!(sim.core.bindings("sip:alice@localhost").len(), 1);
+    let out = feed(&mut sim, message("alice", "m2"));
+    assert_eq!(status(&out[0].1), 404, "carol is not registered: {out:?}");
+    assert_eq!(sim.queries, 2);
+    assert_eq!(sim.core.stats().refused.identity, 2);
 }

@@ -237,10 +237,9 @@ pub fn prepare(
         };
         let message = crate::sip::parse(text.as_bytes())
             .map_err(|e| format!("{}: the message does not parse: {e}", case.name))?;
-        Ok::<_, String>(super::Input::Message(Box::new(super::Incoming {
-            source: src,
-            message,
-        })))
+        Ok::<_, String>(super::Input::Message(Box::new(super::Incoming::new(
+            src, message,
+        ))))
     };
     for (from, text) in &case.setup {
         let input = input_of(*from, text, &forwarded)?;

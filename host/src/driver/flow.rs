@@ -26,6 +26,9 @@ pub(crate) struct FlowInfo {
     pub local: SocketAddr,
     /// Attributes the plugin attached at upgrade.
     pub identity: Vec<(String, String)>,
+    /// Whether its listener enforces that identity on the flow's SIP
+    /// ([`crate::core::identity`]).
+    pub enforced: bool,
     /// When the flow was established.
     pub opened: SystemTime,
 }
@@ -205,6 +208,7 @@ mod tests {
                 remote: "127.0.0.1:1".parse().unwrap(),
                 local: "127.0.0.1:2".parse().unwrap(),
                 identity: vec![],
+                enforced: false,
                 opened: SystemTime::UNIX_EPOCH,
             },
             tx,

@@ -12,6 +12,10 @@ pub struct PluginRouter {
     default: Option<Arc<PluginSlot>>,
     /// Longest prefix first.
     routes: Vec<(String, Arc<PluginSlot>)>,
+    /// The listener's `identity = "enforce"`.
+    enforce_identity: bool,
+    /// Log lines for upgrades refused for want of a `user`, once a minute per source.
+    unproven_log: std::sync::Mutex<crate::core::limits::LogGate>,
 }
 
 impl PluginRouter {
@@ -34,7 +38,30 @@ impl PluginRouter {
         Self {
             default: default.map(|d| plugins.slot(d).expect("validated: listener plugins exist")),
             routes,
+            enforce_identity: false,
+            unproven_log: std::sync::Mutex::new(crate::core::limits::LogGate::new()),
         }
+    }
+
+    /// The same, for a listener that enforces the identity its plugins attach.
+    #[must_use]
+    pub fn enforcing_identity(mut self, enforce: bool) -> Self {
+        self.enforce_identity = enforce;
+        self
+    }
+
+    /// Whether the listener enforces the identity its plugins attach at upgrade.
+    pub fn enforces_identity(&self) -> bool {
+        self.enforce_identity
+    }
+
+    /// Whether to log now that an upgrade from `peer` named no user (at most once a
+    /// minute per source).
+    pub fn log_unproven(&self, peer: std::net::IpAddr) -> bool {
+        self.unproven_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow("unproven", peer, std::time::Instant::now())
     }
 
     /// The plugin for a request target (`/ws?x=1`), if any.
@@ -61,6 +88,9 @@ impl PluginRouter {
             .collect();
         if let Some(d) = &self.default {
             parts.push(format!("* -> {}", d.name()));
+        }
+        if self.enforce_identity {
+            parts.push("identity enforced".into());
         }
         parts.join(", ")
     }

@@ -462,6 +462,12 @@ impl fmt::Display for Uri {
     }
 }
 
+/// Whether a user part holds byte `c` as is: unreserved and user-unreserved (RFC 3261
+/// 25.1); every other byte is escaped.
+pub fn is_user_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&c)
+}
+
 /// Appends `user` with each escape of a character a user part may hold as it is
 /// unescaped, and the other escapes in upper-case hex: `%61lice` is `alice` and
 /// `%2b1555` is `+1555` (RFC 3261 10.3 step 5; 19.1.4 makes them equal), `a%40b`
@@ -470,8 +476,7 @@ pub fn push_canonical_user(out: &mut String, user: &str) {
     fn hex(b: u8) -> Option<u8> {
         (b as char).to_digit(16).map(|d| d as u8)
     }
-    // unreserved and user-unreserved (RFC 3261 25.1): what a user part holds as is.
-    let plain = |c: u8| c.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&c);
+    let plain = is_user_char;
     let b = user.as_bytes();
     let mut i = 0;
     while i < b.len() {

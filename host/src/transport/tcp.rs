@@ -49,6 +49,7 @@ pub(crate) async fn serve_stream<S>(
         remote,
         local,
         identity: Vec::new(),
+        enforced: false,
         opened: SystemTime::now(),
     };
     let _guard = shared.flows.register(info, tx);
@@ -149,7 +150,7 @@ pub(crate) async fn serve_stream<S>(
                                     first_deadline = None;
                                     shared.metrics.sip_in();
                                     let source = Source { transport, local, remote, flow: Some(id) };
-                                    let input = Input::Message(Box::new(Incoming { source, message }));
+                                    let input = Input::Message(Box::new(Incoming::new(source, message)));
                                     let credit = credit.take().await;
                                     shared.core.submit(input, credit).await;
                                     // Write what is due before handling the next

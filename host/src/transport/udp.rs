@@ -216,7 +216,7 @@ fn datagram(
                 remote,
                 flow: None,
             };
-            Some(Input::Message(Box::new(Incoming { source, message })))
+            Some(Input::Message(Box::new(Incoming::new(source, message))))
         }
         Err(e) => {
             shared.metrics.sip_parse_error();

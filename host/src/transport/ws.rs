@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::{Shared, WRITES_IN_A_ROW};
+use crate::core::identity::Identity;
 use crate::core::{FlowId, Incoming, Input, Source, Transport};
 use crate::driver::FlowCredit;
 use crate::driver::flow::FlowInfo;
@@ -177,6 +178,29 @@ pub(crate) async fn serve<S>(
                 return;
             }
             Answer::Upgrade { bytes, identity } => {
+                let enforced = if router.enforces_identity() {
+                    match Identity::from_attributes(&identity) {
+                        Some(proven) => Some(Arc::new(proven)),
+                        None => {
+                            // The plugin (or its fail-open policy) let in someone it
+                            // did not name: nothing to hold the flow to, so no flow.
+                            shared.metrics.handshake_rejected();
+                            if router.log_unproven(conn.remote.ip()) {
+                                tracing::warn!(
+                                    connection = conn.id,
+                                    peer = %conn.remote,
+                                    "WebSocket upgrade refused (500): the listener enforces identity and the plugin attached no `user` (logged at most once a minute per source)"
+                                );
+                            }
+                            let resp = Response::error(500, "");
+                            send_and_close(&mut conn.stream, &resp, &shared, version, is_head)
+                                .await;
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
                 if !write(&mut conn.stream, &bytes).await {
                     return;
                 }
@@ -190,12 +214,13 @@ pub(crate) async fn serve<S>(
                     remote: conn.remote,
                     local: conn.local,
                     identity,
+                    enforced: enforced.is_some(),
                     opened: SystemTime::now(),
                 };
                 // Only bytes the client sent after the head remain; drop the spare
                 // capacity of the request buffer before the flow holds it for hours.
                 buf.shrink_to_fit();
-                Box::pin(run_flow(conn.stream, buf, info, shared)).await;
+                Box::pin(run_flow(conn.stream, buf, info, enforced, shared)).await;
                 return;
             }
         }
@@ -278,8 +303,13 @@ enum Wake {
 }
 
 /// Runs an upgraded connection as a SIP flow until it ends.
-async fn run_flow<S>(stream: S, leftover: Vec<u8>, info: FlowInfo, shared: Arc<Shared>)
-where
+async fn run_flow<S>(
+    stream: S,
+    leftover: Vec<u8>,
+    info: FlowInfo,
+    enforced: Option<Arc<Identity>>,
+    shared: Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let cfg = &shared.websocket;
@@ -297,9 +327,22 @@ where
     let (tx, mut rx) = mpsc::channel::<Bytes>(cfg.send_queue);
     let credit = FlowCredit::new(cfg.send_queue);
     let (id, remote, local, transport) = (info.id, info.remote, info.local, info.transport);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let identity: Vec<String> = info
+            .identity
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        tracing::debug!(
+            flow = id,
+            peer = %remote,
+            identity = %identity.join(" "),
+            enforced = enforced.is_some(),
+            "WebSocket flow open"
+        );
+    }
     let _guard = shared.flows.register(info, tx);
     shared.metrics.ws_upgrade();
-    tracing::debug!(flow = id, peer = %remote, "WebSocket flow open");
 
     let mut shutdown = shared.shutdown.clone();
     // Messages written since reading last had a turn.
@@ -373,7 +416,11 @@ where
                             remote,
                             flow: Some(id),
                         };
-                        let input = Input::Message(Box::new(Incoming { source, message }));
+                        let input = Input::Message(Box::new(Incoming {
+                            source,
+                            message,
+                            identity: enforced.clone(),
+                        }));
                         let credit = credit.take().await;
                         shared.core.submit(input, credit).await;
                     }

@@ -19,6 +19,8 @@
 //! /stderr        prints to stdout and stderr, then replies 200
 //! /throw         prints an error to stderr, then traps
 //! /denied        calls `wasi:keyvalue/store.get`, which the host does not grant
+//! /as?U[@D]      upgrades WebSocket requests with identity user=U (and domain=D)
+//! /anonymous     upgrades WebSocket requests with no identity
 //! anything else  upgrades WebSocket requests (identity user=test), else 200 "ok"
 //! ```
 
@@ -113,6 +115,24 @@ impl Guest for Misbehave {
                 identity: vec![],
             }),
             "/status-101" => reply(101, vec![], vec![]),
+            "/as" => {
+                let mut identity = Vec::new();
+                let (user, domain) = query.split_once('@').unwrap_or((query, ""));
+                identity.push(("user".to_string(), user.to_string()));
+                if !domain.is_empty() {
+                    identity.push(("domain".to_string(), domain.to_string()));
+                }
+                Decision::Upgrade(Upgrade {
+                    subprotocol: "sip".into(),
+                    headers: vec![],
+                    identity,
+                })
+            }
+            "/anonymous" => Decision::Upgrade(Upgrade {
+                subprotocol: "sip".into(),
+                headers: vec![],
+                identity: vec![],
+            }),
             "/challenge" => Decision::Challenge(Challenge {
                 realm: "test".into(),
             }),

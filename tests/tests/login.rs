@@ -1,0 +1,164 @@
+//! Browser login end to end: the identity a plugin proves at the WebSocket upgrade,
+//! enforced on the flow's SIP by the host (`[[listen]] identity = "enforce"`).
+
+use sipwasm::sip::headers::HeaderName;
+use sipwasm_tests::sip::Ua;
+use sipwasm_tests::*;
+
+/// The standard server with its `ws3` listener served by `misbehave` (whose `/as?U`
+/// logs the connection in as U) with its identity enforced, `ws2` the same plugin
+/// with the identity only attached, and call-policy as the routing plugin.
+fn server() -> Server {
+    let template = STANDARD.replace(
+        "address = \"127.0.0.1:{ws3}\"\nplugin = \"welcome\"",
+        "address = \"127.0.0.1:{ws3}\"\nplugin = \"misbehave\"\nidentity = \"enforce\"",
+    );
+    assert_ne!(template, STANDARD, "the ws3 listener is in STANDARD");
+    Server::start(&format!(
+        r#"{template}
+[sip]
+router = "router"
+
+[plugins.router]
+path = "{{plugins}}/call_policy.wasm"
+# A debug build under parallel tests: see the seed plugin in `STANDARD`.
+deadline = "2s"
+"#
+    ))
+}
+
+fn warning(r: &sipwasm::sip::Response) -> String {
+    r.headers
+        .get(&HeaderName::Warning)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_enforced_flow_registers_and_sends_only_as_its_user() {
+    let s = server();
+    let routed = "sipwasm_plugin_calls_total{plugin=\"router\"}";
+    let mut carol = Ua::udp(&s, "carol").await;
+    assert_eq!(carol.register(600).await.status, 200);
+
+    let mut alice = Ua::ws_at(s.ws3, "/as?alice", "alice").await;
+    assert_eq!(alice.register(600).await.status, 200, "{}", s.logs());
+    let before = s.metric(routed).await;
+    assert!(before >= 2, "REGISTERs are routed: {before}");
+
+    // As bob, on alice's connection: refused by the host, the router not asked.
+    alice.user = "bob".into();
+    let r = alice.register(600).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        warning(&r).contains("To Is Not This Connection's User"),
+        "{r:?}"
+    );
+    let (msg, _) = alice.request("MESSAGE", "carol", "", "from bob, honest");
+    alice.send(&msg).await;
+    let r = alice.recv_final().await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        warning(&r).contains("From Is Not This Connection's User"),
+        "{r:?}"
+    );
+    assert!(
+        carol
+            .quiet_for(std::time::Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert_eq!(
+        s.metric(routed).await,
+        before,
+        "the routing plugin was not consulted"
+    );
+    assert_eq!(
+        s.metric("sipwasm_sip_refused_total{reason=\"identity\"}")
+            .await,
+        2
+    );
+    // Nothing of bob was registered: a message to him finds no one.
+    let (to_bob, _) = carol.request("MESSAGE", "bob", "", "hi bob");
+    carol.send(&to_bob).await;
+    assert_eq!(carol.recv_final().await.status, 404);
+
+    // As herself: routed and delivered as from any flow.
+    alice.user = "alice".into();
+    let (msg, _) = alice.request("MESSAGE", "carol", "", "from alice");
+    alice.send(&msg).await;
+    let got = carol.recv_request("MESSAGE").await;
+    assert_eq!(&got.body[..], b"from alice");
+    let ok = carol.response(&got, 200, "", "");
+    carol.send(&ok).await;
+    assert_eq!(alice.recv_final().await.status, 200);
+    assert!(s.metric(routed).await > before);
+
+    // The control API shows whose flow it is and that the listener holds it to that.
+    let flows = s.admin_request("GET", "/flows").await;
+    let list: serde_json::Value = serde_json::from_slice(&flows.body).unwrap();
+    let flow = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["identity"] == serde_json::json!([["user", "alice"]]))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(flow["identity_enforced"], true, "{flow}");
+    assert!(
+        s.logs().contains("identity=user=alice enforced=true"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_domain_in_the_identity_binds_the_host_part_too() {
+    let s = server();
+    let mut other = Ua::ws_at(s.ws3, "/as?dave@example.org", "dave").await;
+    let r = other.register(600).await;
+    assert_eq!(
+        r.status, 403,
+        "sip:dave@localhost is not dave@example.org: {r:?}"
+    );
+    let mut here = Ua::ws_at(s.ws3, "/as?dave@LOCALHOST", "dave").await;
+    assert_eq!(here.register(600).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_upgrade_without_a_user_is_refused_where_identity_is_enforced() {
+    let s = server();
+    let refused = ws_connect_path(s.ws3, "/anonymous").await.map(|_| ());
+    let err = refused.expect_err("no flow without a user");
+    assert!(err.contains("500"), "{err}");
+    assert!(
+        s.wait_for_log("the listener enforces identity and the plugin attached no `user`")
+            .await
+    );
+    // Where it is only attached, anyone may be anyone (the routing plugin decides).
+    let mut anon = Ua::ws_at(s.ws2, "/anonymous", "erin").await;
+    assert_eq!(anon.register(600).await.status, 200);
+    let mut as_alice = Ua::ws_at(s.ws2, "/as?alice", "frank").await;
+    assert_eq!(as_alice.register(600).await.status, 200);
+    assert_eq!(
+        s.metric("sipwasm_sip_refused_total{reason=\"identity\"}")
+            .await,
+        0
+    );
+}
+
+#[test]
+fn identity_enforcement_needs_a_websocket_listener() {
+    let err = refused_config(
+        r#"
+[server]
+data-dir = "{data}"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{sip}"
+identity = "enforce"
+"#,
+    );
+    assert!(err.contains("listen[0].identity"), "{err}");
+    assert!(err.contains("only ws and wss listeners"), "{err}");
+}
