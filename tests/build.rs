@@ -12,6 +12,7 @@ fn main() {
             "welcome",
             "call-policy",
             "origin-gate",
+            "token-login",
             "testing",
         ],
     );

@@ -56,7 +56,13 @@ pub(crate) async fn load_plugins(
     ));
     let metrics = Arc::new(sipwasm::metrics::Metrics::default());
     tokio::task::spawn_blocking(move || {
-        sipwasm::plugin::Plugins::load(&config, myself, metrics, None)
+        sipwasm::plugin::Plugins::load(
+            &config,
+            myself,
+            metrics,
+            None,
+            &sipwasm::keys::KeyRing::default(),
+        )
     })
     .await?
 }

@@ -70,6 +70,7 @@ pub mod core;
 pub(crate) mod driver;
 pub(crate) mod hex;
 pub mod http;
+pub mod keys;
 pub mod media;
 pub mod memory;
 pub mod metrics;

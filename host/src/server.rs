@@ -112,6 +112,8 @@ impl Server {
         let myself = Arc::new(Myself::new(&config.server.domains, &addrs));
         let metrics = Arc::new(Metrics::default());
 
+        // Before the plugins: a key file that is missing or broken stops the start.
+        let keys = crate::keys::KeyRing::load(&config.keys, &data_dir)?;
         let plugins = {
             let (config, myself, metrics) = (config.clone(), myself.clone(), metrics.clone());
             let cache = CompileCache {
@@ -119,7 +121,7 @@ impl Server {
                 secret,
             };
             tokio::task::spawn_blocking(move || {
-                Plugins::load(&config, myself, metrics, Some(&cache))
+                Plugins::load(&config, myself, metrics, Some(&cache), &keys)
             })
             .await??
         };
@@ -622,7 +624,7 @@ fn raise_udp_buffers(socket: &UdpSocket, local: SocketAddr) {
 
 /// Creates the data directory (and its parents) readable by this user only: it holds
 /// the server secret, the admin token, TLS keys and the registrations.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -643,7 +645,7 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes a new file only this user can read, flushed to disk before it counts as made.
-fn create_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn create_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()

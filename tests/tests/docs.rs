@@ -73,9 +73,11 @@ fn config_error(text: &str) -> String {
 /// names no list of fields there).
 fn accepted_fields(table: &str) -> Option<BTreeSet<String>> {
     let e = config_error(&format!("{table}__probe = 1\n"));
+    // serde says "expected one of `a`, `b`", or "expected `a`" for a table of one.
     let list = e
         .split("unknown field `__probe`, expected one of ")
-        .nth(1)?;
+        .nth(1)
+        .or_else(|| e.split("unknown field `__probe`, expected ").nth(1))?;
     Some(
         list.split(", ")
             .map_while(|f| f.strip_prefix('`').and_then(|f| f.split('`').next()))
@@ -90,6 +92,7 @@ fn table_of(section: &str) -> String {
         "" => String::new(),
         "listen" => "[[listen]]\n".into(),
         "plugins" => "[plugins.probe]\n".into(),
+        "keys" => "[keys.probe]\n".into(),
         s => format!("[{s}]\n"),
     }
 }

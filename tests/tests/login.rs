@@ -162,3 +162,155 @@ identity = "enforce"
     assert!(err.contains("listen[0].identity"), "{err}");
     assert!(err.contains("only ws and wss listeners"), "{err}");
 }
+
+/// The standard server with `ws3` served by token-login (granted `[keys.login]`, which
+/// the server makes in its data directory) with its identity enforced, and `ws2` by
+/// the same plugin without the grant.
+fn token_server() -> Server {
+    let template = STANDARD.replace(
+        "address = \"127.0.0.1:{ws3}\"\nplugin = \"welcome\"",
+        "address = \"127.0.0.1:{ws3}\"\nplugin = \"token\"\nidentity = \"enforce\"",
+    );
+    let template = template.replace(
+        "address = \"127.0.0.1:{ws2}\"\nplugin = \"misbehave\"",
+        "address = \"127.0.0.1:{ws2}\"\nplugin = \"ungranted\"",
+    );
+    Server::start(&format!(
+        r#"{template}
+[keys.login]
+
+[plugins.token]
+path = "{{plugins}}/token_login.wasm"
+keys = ["login"]
+deadline = "2s"
+
+[plugins.ungranted]
+path = "{{plugins}}/token_login.wasm"
+deadline = "2s"
+"#
+    ))
+}
+
+/// A token as an operator's web application mints one: `EXPIRY:USER:` and the
+/// unpadded base64url HMAC-SHA-256 of `EXPIRY:USER` under the key file's bytes.
+fn mint(s: &Server, user: &str, expiry: u64) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let hex = std::fs::read_to_string(s.data_dir.path().join("keys/login.key")).unwrap();
+    let key: Vec<u8> = (0..hex.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    let signed = format!("{expiry}:{user}");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(signed.as_bytes());
+    let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signed}:{mac}")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The handshake's answer for `?token=…` (percent-encoded as a browser's URL would).
+async fn upgrade_with(addr: std::net::SocketAddr, token: &str) -> HttpReply {
+    let q: String = token
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let raw = handshake("localhost", "").replacen("GET / ", &format!("GET /?token={q} "), 1);
+    http_once(addr, raw.as_bytes()).await
+}
+
+#[tokio::test]
+async fn token_login_lets_in_the_user_a_valid_token_names_and_no_one_else() {
+    let s = token_server();
+    let token = mint(&s, "alice", now() + 300);
+    let r = upgrade_with(s.ws3, &token).await;
+    assert_eq!(r.status, 101, "{r:?}\n{}", s.logs());
+
+    // Logged in as alice, held to alice.
+    let q = token.replace(':', "%3A");
+    let mut alice = Ua::ws_at(s.ws3, &format!("/?token={q}"), "alice").await;
+    assert_eq!(alice.register(600).await.status, 200);
+    alice.user = "bob".into();
+    assert_eq!(alice.register(600).await.status, 403);
+    let flows = s.admin_request("GET", "/flows").await;
+    let text = String::from_utf8_lossy(&flows.body);
+    assert!(
+        text.contains(r#"["user","alice"],["login","token"]"#),
+        "{text}"
+    );
+
+    // Refused, each with what is wrong in words.
+    let (_, alice_mac) = token.rsplit_once(':').unwrap();
+    let expiry = now() + 300;
+    for (token, body) in [
+        (String::new(), "Token Required"),
+        (format!("{expiry}:bob:{alice_mac}"), "Invalid Token"),
+        (mint(&s, "alice", now() - 1), "Token Expired"),
+        (mint(&s, "alice", now() + 3 * 86_400), "Invalid Token"),
+        (format!("{expiry}:alice:not*base64"), "Invalid Token"),
+        ("alice".to_string(), "Invalid Token"),
+        (format!("soon:alice:{alice_mac}"), "Invalid Token"),
+    ] {
+        let r = upgrade_with(s.ws3, &token).await;
+        assert_eq!(r.status, 403, "{token}: {r:?}");
+        assert_eq!(String::from_utf8_lossy(&r.body).trim(), body, "{token}");
+    }
+    // A tampered MAC (one bit) is as good as none.
+    let mut flipped = token.into_bytes();
+    let last = flipped.len() - 1;
+    flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+    let r = upgrade_with(s.ws3, &String::from_utf8(flipped).unwrap()).await;
+    assert_eq!(r.status, 403);
+
+    // The same plugin without the key granted lets no one in, even with a good token.
+    let good = mint(&s, "alice", now() + 300);
+    let r = upgrade_with(s.ws2, &good).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(String::from_utf8_lossy(&r.body).trim(), "Invalid Token");
+}
+
+#[test]
+fn keys_are_checked_at_start() {
+    let err = refused_config(
+        r#"
+[server]
+data-dir = "{data}"
+
+[[listen]]
+transport = "ws"
+address = "127.0.0.1:{ws}"
+plugin = "p"
+
+[plugins.p]
+builtin = "seed-policy"
+keys = ["login"]
+"#,
+    );
+    assert!(err.contains("plugins.p.keys"), "{err}");
+    assert!(err.contains("no key named \"login\""), "{err}");
+
+    let err = refused_config(
+        r#"
+[server]
+data-dir = "{data}"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{sip}"
+
+[keys.login]
+file = "{data}/nonesuch.key"
+"#,
+    );
+    assert!(err.contains("keys.login.file"), "{err}");
+    assert!(err.contains("nonesuch.key"), "{err}");
+}

@@ -71,6 +71,18 @@ pub struct Config {
     /// The media relay (rtpengine); calls stay direct without engines.
     #[serde(default)]
     pub media: MediaConfig,
+    /// Named secret keys plugins sign and verify with (`crate::keys`).
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyConfig>,
+}
+
+/// `[keys.NAME]`: where a key is kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeyConfig {
+    /// A file holding the key in hex (at least 32 bytes). Absent: `keys/NAME.key` in
+    /// the data directory, made with 32 random bytes on first start.
+    pub file: Option<PathBuf>,
 }
 
 /// `[server]`
@@ -687,6 +699,10 @@ pub struct PluginConfig {
     /// its instances; past it a request fails with `connection-limit-reached`.
     #[serde(default = "default_max_outbound")]
     pub max_outbound: usize,
+    /// The keys of `[keys]` the plugin may sign and verify with (the `keys` import);
+    /// none by default.
+    #[serde(default)]
+    pub keys: Vec<String>,
     /// Handed to the plugin as JSON by `plugin-config()`.
     #[serde(default)]
     pub config: toml::Table,

@@ -19,6 +19,30 @@ impl Config {
         self.check_websocket()?;
         self.check_runtime()?;
         self.media.check()?;
+        self.check_keys()?;
+        Ok(())
+    }
+
+    /// `[keys.NAME]` names (each becomes a file name) and each plugin's grants.
+    fn check_keys(&self) -> Result<(), Invalid> {
+        for name in self.keys.keys() {
+            if !crate::keys::name_is_valid(name) {
+                return Err((
+                    format!("keys.{name}"),
+                    "a key name is 1 to 64 letters, digits, - and _".into(),
+                ));
+            }
+        }
+        for (plugin, p) in &self.plugins {
+            for k in &p.keys {
+                if !self.keys.contains_key(k) {
+                    return Err((
+                        format!("plugins.{plugin}.keys"),
+                        format!("no key named {k:?} in [keys]"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -28,6 +28,7 @@ mod generated {
                 "sipwasm:plugin/host": super::sipwasm::plugin::host,
                 "sipwasm:plugin/types": super::sipwasm::plugin::types,
                 "sipwasm:plugin/digest": super::sipwasm::plugin::digest,
+                "sipwasm:plugin/keys": super::sipwasm::plugin::keys,
             },
         });
     }
@@ -46,6 +47,7 @@ pub use generated::sip::sipwasm::plugin::sip_types::{
 pub use generated::sip::{SipRouter, SipRouterPre};
 pub use generated::sipwasm::plugin::digest::{Host as DigestImports, Verdict as DigestVerdictWit};
 pub use generated::sipwasm::plugin::host::{Host as HostImports, Level};
+pub use generated::sipwasm::plugin::keys::Host as KeysImports;
 pub use generated::sipwasm::plugin::types::{
     Challenge as GuestChallenge, Decision as GuestDecision, Host as TypesImports, HttpRequest,
     Peer, Response as GuestResponse, Transport as PeerTransport, Upgrade as GuestUpgrade,

@@ -6,8 +6,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{
-    Contact, DigestImports, DigestVerdictWit, GuestMediaChoice, GuestRelay, HostImports, Level,
-    MediaImports, RegistrarImports, SipTypesImports, TypesImports,
+    Contact, DigestImports, DigestVerdictWit, GuestMediaChoice, GuestRelay, HostImports,
+    KeysImports, Level, MediaImports, RegistrarImports, SipTypesImports, TypesImports,
 };
 use super::limits::{Deadline, MemoryCap};
 use super::output::{GuestOutput, LineLevel, LogSink, Stream};
@@ -34,6 +34,8 @@ pub(crate) struct PluginShared {
     pub(crate) guess_guard: Arc<GuessGuard>,
     /// Counters.
     pub(crate) metrics: Arc<Metrics>,
+    /// The keys of `[keys]` the plugin is granted (`plugins.NAME.keys`).
+    pub(crate) keys: crate::keys::KeyRing,
 }
 
 /// The data of a plugin's store.
@@ -110,6 +112,16 @@ impl wasmtime_wasi_http::WasiHttpView for HostState {
 }
 
 impl TypesImports for HostState {}
+
+impl KeysImports for HostState {
+    fn hmac_sign(&mut self, key: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
+        self.shared.keys.sign(&key, &data).map(Vec::from)
+    }
+
+    fn hmac_verify(&mut self, key: String, data: Vec<u8>, mac: Vec<u8>) -> bool {
+        self.shared.keys.verify(&key, &data, &mac)
+    }
+}
 
 impl DigestImports for HostState {
     fn username(&mut self, realm: String) -> Option<String> {

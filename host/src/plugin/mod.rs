@@ -226,6 +226,7 @@ impl Plugin {
                 nonce: context.nonce.clone(),
                 guess_guard: context.guess_guard.clone(),
                 metrics: metrics.clone(),
+                keys: context.keys.granted(&cfg.keys),
                 outbound: outbound::OutboundHooks::new(
                     name,
                     allowed.into(),

@@ -26,6 +26,8 @@ pub(crate) struct HostContext {
     pub(crate) nonce: crate::auth::NonceKey,
     /// Counts failed Digest responses and refuses their sources past the limits.
     pub(crate) guess_guard: Arc<crate::auth::guess_guard::GuessGuard>,
+    /// Every key of `[keys]`; each plugin gets those it is granted.
+    pub(crate) keys: crate::keys::KeyRing,
 }
 
 /// Where a plugin's component comes from.
@@ -121,6 +123,7 @@ impl Plugins {
         myself: Arc<Myself>,
         metrics: Arc<Metrics>,
         cache: Option<&CompileCache>,
+        keys: &crate::keys::KeyRing,
     ) -> anyhow::Result<Self> {
         let max_memory = config
             .plugins
@@ -185,6 +188,7 @@ impl Plugins {
                         s
                     }
                 }),
+                keys: keys.clone(),
                 guess_guard: Arc::new(crate::auth::guess_guard::GuessGuard::new(
                     crate::auth::guess_guard::GuessLimits {
                         per_user: config.sip.auth_failures_per_user,

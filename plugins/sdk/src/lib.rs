@@ -33,9 +33,13 @@ pub mod bindings {
     });
 }
 
+pub mod base64url;
 pub mod sip;
 
 pub use bindings::sipwasm::plugin::host::{self, Level};
+/// The server's named keys (`[keys]`), granted by `plugins.NAME.keys`: sign and verify
+/// HMAC-SHA-256 without holding the key.
+pub use bindings::sipwasm::plugin::keys;
 pub use bindings::sipwasm::plugin::types::{
     Challenge, Decision, HttpRequest, Peer, Response, Transport, Upgrade, Websocket,
 };

@@ -33,6 +33,7 @@ pub mod bindings {
         with: {
             "sipwasm:plugin/host@0.2.0": crate::bindings::sipwasm::plugin::host,
             "sipwasm:plugin/types@0.2.0": crate::bindings::sipwasm::plugin::types,
+            "sipwasm:plugin/keys@0.2.0": crate::bindings::sipwasm::plugin::keys,
         },
     });
 }
