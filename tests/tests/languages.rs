@@ -222,3 +222,43 @@ async fn python_seed_policy_passes_the_table() {
     );
     seed_policy_table(&s, "Python").await;
 }
+
+/// Runs `program args` in the repository root; its output on failure.
+fn run_in_repo(program: &str, args: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(&root)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The JavaScript SDK's own tests (its host-free part, under Node).
+#[test]
+fn the_javascript_sdk_passes_its_tests() {
+    run_in_repo("node", &["--test", "plugins/js/sipwasm/"]);
+}
+
+/// The Python SDK's own tests (its host-free part, under the machine's python3).
+#[test]
+fn the_python_sdk_passes_its_tests() {
+    run_in_repo(
+        "python3",
+        &[
+            "-m",
+            "unittest",
+            "discover",
+            "-s",
+            "plugins/python",
+            "-t",
+            "plugins/python",
+        ],
+    );
+}

@@ -163,10 +163,10 @@ identity = "enforce"
     assert!(err.contains("only ws and wss listeners"), "{err}");
 }
 
-/// The standard server with `ws3` served by token-login (granted `[keys.login]`, which
-/// the server makes in its data directory) with its identity enforced, and `ws2` by
-/// the same plugin without the grant.
-fn token_server() -> Server {
+/// The standard server with `ws3` served by the token-login at `path` (granted
+/// `[keys.login]`, which the server makes in its data directory) with its identity
+/// enforced, and `ws2` by the same plugin without the grant.
+fn token_server(path: &str) -> Server {
     let template = STANDARD.replace(
         "address = \"127.0.0.1:{ws3}\"\nplugin = \"welcome\"",
         "address = \"127.0.0.1:{ws3}\"\nplugin = \"token\"\nidentity = \"enforce\"",
@@ -175,18 +175,21 @@ fn token_server() -> Server {
         "address = \"127.0.0.1:{ws2}\"\nplugin = \"misbehave\"",
         "address = \"127.0.0.1:{ws2}\"\nplugin = \"ungranted\"",
     );
+    // The Python interpreter needs more than the default 32 MiB; a debug build under
+    // parallel tests more than 50 ms (see the seed plugin in `STANDARD`).
+    let limits = "deadline = \"2s\"\nmemory-limit = \"96MiB\"";
     Server::start(&format!(
         r#"{template}
 [keys.login]
 
 [plugins.token]
-path = "{{plugins}}/token_login.wasm"
+path = "{path}"
 keys = ["login"]
-deadline = "2s"
+{limits}
 
 [plugins.ungranted]
-path = "{{plugins}}/token_login.wasm"
-deadline = "2s"
+path = "{path}"
+{limits}
 "#
     ))
 }
@@ -228,9 +231,10 @@ async fn upgrade_with(addr: std::net::SocketAddr, token: &str) -> HttpReply {
     http_once(addr, raw.as_bytes()).await
 }
 
-#[tokio::test]
-async fn token_login_lets_in_the_user_a_valid_token_names_and_no_one_else() {
-    let s = token_server();
+/// What every token-login (Rust, JavaScript, Python) must do: let in the user a valid
+/// token names, held to that user, and no one else, saying why.
+async fn token_login_table(path: &str) {
+    let s = token_server(path);
     let token = mint(&s, "alice", now() + 300);
     let r = upgrade_with(s.ws3, &token).await;
     assert_eq!(r.status, 101, "{r:?}\n{}", s.logs());
@@ -276,6 +280,21 @@ async fn token_login_lets_in_the_user_a_valid_token_names_and_no_one_else() {
     let r = upgrade_with(s.ws2, &good).await;
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(String::from_utf8_lossy(&r.body).trim(), "Invalid Token");
+}
+
+#[tokio::test]
+async fn token_login_in_rust() {
+    token_login_table("{plugins}/token_login.wasm").await;
+}
+
+#[tokio::test]
+async fn token_login_in_javascript() {
+    token_login_table("{foreign}/token_login_js.wasm").await;
+}
+
+#[tokio::test]
+async fn token_login_in_python() {
+    token_login_table("{foreign}/token_login_py.wasm").await;
 }
 
 #[test]

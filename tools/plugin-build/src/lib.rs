@@ -98,7 +98,12 @@ pub fn build_js(source: &str, world: &str, out: &str) -> PathBuf {
     let js = manifest_dir.join("../plugins/js");
     let wit = manifest_dir.join("../wit");
     let out_dir = build_env("OUT_DIR");
-    for path in [js.join(source), js.join("package-lock.json"), wit.clone()] {
+    for path in [
+        js.join(source),
+        js.join("sipwasm"),
+        js.join("package-lock.json"),
+        wit.clone(),
+    ] {
         println!("cargo:rerun-if-changed={}", path.display());
     }
     let jco = js.join("node_modules/.bin/jco");
@@ -124,7 +129,8 @@ pub fn build_js(source: &str, world: &str, out: &str) -> PathBuf {
     target
 }
 
-/// Builds a Python plugin from the module `app` in `plugins/python/<dir>` with
+/// Builds a Python plugin from the module `app` in `plugins/python/<dir>` (with the SDK
+/// package `plugins/python/sipwasm` on its path) with
 /// componentize-py into `OUT_DIR/<out>`, for the world `world` of `wit/`.
 /// componentize-py is `SIPWASM_COMPONENTIZE_PY` if set, else the one in the virtualenv
 /// `target/plugin-tools/python` that the test command sets up from
@@ -136,6 +142,7 @@ pub fn build_python(dir: &str, world: &str, out: &str) -> PathBuf {
     let out_dir = build_env("OUT_DIR");
     for path in [
         python.join(dir),
+        python.join("sipwasm"),
         python.join("requirements.txt"),
         wit.clone(),
     ] {
@@ -154,6 +161,9 @@ pub fn build_python(dir: &str, world: &str, out: &str) -> PathBuf {
         .arg(&wit)
         .args(["-w", world, "componentize", "app", "-p"])
         .arg(python.join(dir))
+        // The SDK package, `sipwasm`.
+        .arg("-p")
+        .arg(&python)
         .arg("-o")
         .arg(&target);
     // Bytecode caches would land in the source tree.
