@@ -62,6 +62,7 @@ pub(crate) async fn load_plugins(
             metrics,
             None,
             &sipwasm::keys::KeyRing::default(),
+            std::sync::Arc::new(sipwasm::users::UserStore::empty()),
         )
     })
     .await?

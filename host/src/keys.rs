@@ -8,7 +8,7 @@
 //! 32 random bytes), where the web application that mints tokens reads it too.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
@@ -67,13 +67,13 @@ pub fn name_is_valid(name: &str) -> bool {
 impl KeyRing {
     /// Loads each configured key from its file, or from `data_dir/keys/NAME.key`,
     /// making that one when it does not exist yet.
-    pub fn load(
-        configured: &BTreeMap<String, crate::config::KeyConfig>,
+    pub fn load<'a>(
+        configured: impl IntoIterator<Item = (&'a str, Option<&'a Path>)>,
         data_dir: &Path,
     ) -> Result<Self, KeyError> {
         let mut keys = BTreeMap::new();
-        for (name, cfg) in configured {
-            let key = match &cfg.file {
+        for (name, file) in configured {
+            let key = match file {
                 Some(path) => read_key(path).map_err(|message| KeyError {
                     key: format!("keys.{name}.file"),
                     message,
@@ -86,7 +86,7 @@ impl KeyRing {
                     })?
                 }
             };
-            keys.insert(name.clone(), Arc::from(key));
+            keys.insert(name.to_string(), Arc::from(key));
         }
         Ok(Self { keys })
     }
@@ -184,15 +184,15 @@ fn decode(hex: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The key in `path`, made (32 random bytes, mode 0600) when there is none.
-fn load_or_make(path: &PathBuf) -> Result<Vec<u8>, String> {
+fn load_or_make(path: &Path) -> Result<Vec<u8>, String> {
     match std::fs::metadata(path) {
         Ok(_) => read_key(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let dir = path.parent().expect("keys/NAME.key has a parent");
-            crate::server::create_private_dir(dir).map_err(|e| format!("{e:#}"))?;
+            crate::files::create_private_dir(dir).map_err(|e| format!("{e:#}"))?;
             let mut key = [0u8; MIN_KEY_BYTES];
             getrandom::fill(&mut key).map_err(|e| format!("no randomness for a key: {e}"))?;
-            crate::server::create_private_file(path, crate::hex::hex(&key).as_bytes())
+            crate::files::create_private_file(path, crate::hex::hex(&key).as_bytes())
                 .map_err(|e| format!("{e:#}"))?;
             tracing::info!(file = %path.display(), "key made");
             Ok(key.to_vec())
@@ -264,17 +264,16 @@ mod tests {
     fn a_missing_key_is_made_private_and_then_kept() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let cfg: BTreeMap<String, crate::config::KeyConfig> =
-            [("login".to_string(), crate::config::KeyConfig { file: None })].into();
-        let first = KeyRing::load(&cfg, dir.path()).unwrap();
+        let cfg = [("login", None)];
+        let first = KeyRing::load(cfg, dir.path()).unwrap();
         let path = dir.path().join("keys/login.key");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = KeyRing::load(&cfg, dir.path()).unwrap();
+        let again = KeyRing::load(cfg, dir.path()).unwrap();
         assert_eq!(first.keys["login"], again.keys["login"]);
         // A broken file is named with its configuration key.
         std::fs::write(&path, "not hex").unwrap();
-        let err = KeyRing::load(&cfg, dir.path()).unwrap_err();
+        let err = KeyRing::load(cfg, dir.path()).unwrap_err();
         assert_eq!(err.key, "keys.login");
         assert!(err.message.contains("login.key"), "{err}");
     }

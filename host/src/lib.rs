@@ -45,6 +45,9 @@
 //! - [`auth`]: Digest nonces and responses, password-guessing bans.
 //! - [`http`]: HTTP request heads, the WebSocket handshake, responses (and `reader.rs`,
 //!   the one async reader).
+//! - `files`: private files and directories in the data directory.
+//! - [`keys`]: the named keys plugins sign and verify with (`[keys]`).
+//! - [`users`]: the user store (HA1 per realm) logins are checked against.
 //! - [`config`]: the configuration file, its defaults and checks.
 //! - [`builtin`]: the plugins compiled into the binary.
 //! - [`metrics`]: counters and gauges.
@@ -68,6 +71,7 @@ pub mod builtin;
 pub mod config;
 pub mod core;
 pub(crate) mod driver;
+pub(crate) mod files;
 pub(crate) mod hex;
 pub mod http;
 pub mod keys;
@@ -79,3 +83,4 @@ pub mod server;
 pub mod sip;
 pub(crate) mod store;
 pub(crate) mod transport;
+pub mod users;

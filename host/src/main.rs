@@ -43,6 +43,33 @@ enum Command {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The user store logins are checked against (`[users]`: HA1 digests, no
+    /// passwords). Reads `--config` (or the embedded default) for its file and realm.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Adds a user or sets a new password: asked twice on a terminal, else the first
+    /// line of standard input (`echo secret | sipwasm user add alice`).
+    Add {
+        /// The user name (the user part of its SIP address).
+        name: String,
+        /// The realm (default: `users.realm`, else the first of `server.domains`).
+        #[arg(long)]
+        realm: Option<String>,
+    },
+    /// Removes a user from a realm.
+    Remove {
+        /// The user name.
+        name: String,
+        /// The realm (default as for `add`).
+        #[arg(long)]
+        realm: Option<String>,
+    },
+    /// Lists the users: name, realm, digests kept.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +145,9 @@ fn main() -> ExitCode {
     if let Some(d) = args.data_dir {
         config.server.data_dir = Some(d);
     }
+    if let Some(Command::User(cmd)) = &args.command {
+        return user_command(cmd, &config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(sipwasm::memory::on_thread_park)
@@ -141,6 +171,52 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sipwasm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn user_command(cmd: &UserCommand, config: &Config) -> ExitCode {
+    let file = config.users_file();
+    let realm_of = |r: &Option<String>| r.clone().unwrap_or_else(|| config.users_realm());
+    let result = match cmd {
+        UserCommand::Add { name, realm } => {
+            let realm = realm_of(realm);
+            sipwasm::users::read_password(&format!("Password for {name} in {realm}: "))
+                .and_then(|pw| sipwasm::users::add(&file, name, &realm, &pw))
+                .map(|replaced| {
+                    let what = if replaced {
+                        "password changed"
+                    } else {
+                        "added"
+                    };
+                    eprintln!("{name} in realm {realm}: {what} ({})", file.display());
+                })
+        }
+        UserCommand::Remove { name, realm } => {
+            let realm = realm_of(realm);
+            match sipwasm::users::remove(&file, name, &realm) {
+                Ok(true) => {
+                    eprintln!("{name} in realm {realm}: removed ({})", file.display());
+                    Ok(())
+                }
+                Ok(false) => Err(format!(
+                    "no user {name} in realm {realm} in {}",
+                    file.display()
+                )),
+                Err(e) => Err(e),
+            }
+        }
+        UserCommand::List => sipwasm::users::list(&file).map(|lines| {
+            for l in lines {
+                println!("{l}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sipwasm: {e}");
             ExitCode::FAILURE
         }
     }

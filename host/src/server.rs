@@ -22,6 +22,7 @@ use crate::driver::flow::{FlowInfo, FlowTable};
 use crate::driver::media::Engines;
 use crate::driver::outlet::{ConnectRequest, Connector, Outlet};
 use crate::driver::{self, CoreCell, Router};
+use crate::files::{create_private_dir, create_private_file};
 use crate::metrics::ConnLimit;
 use crate::metrics::Metrics;
 use crate::plugin::sip_router::SipRouter;
@@ -113,15 +114,26 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
 
         // Before the plugins: a key file that is missing or broken stops the start.
-        let keys = crate::keys::KeyRing::load(&config.keys, &data_dir)?;
+        let keys = crate::keys::KeyRing::load(
+            config
+                .keys
+                .iter()
+                .map(|(name, k)| (name.as_str(), k.file.as_deref())),
+            &data_dir,
+        )?;
+        let users = Arc::new(
+            crate::users::UserStore::open(&config.users_file())
+                .map_err(|e| anyhow::anyhow!("users.file: {e}"))?,
+        );
         let plugins = {
             let (config, myself, metrics) = (config.clone(), myself.clone(), metrics.clone());
+            let users = users.clone();
             let cache = CompileCache {
                 dir: data_dir.join("cache"),
                 secret,
             };
             tokio::task::spawn_blocking(move || {
-                Plugins::load(&config, myself, metrics, Some(&cache), &keys)
+                Plugins::load(&config, myself, metrics, Some(&cache), &keys, users)
             })
             .await??
         };
@@ -620,44 +632,6 @@ fn raise_udp_buffers(socket: &UdpSocket, local: SocketAddr) {
             "UDP receive buffer capped by the kernel; raise net.core.rmem_max to absorb bursts"
         );
     }
-}
-
-/// Creates the data directory (and its parents) readable by this user only: it holds
-/// the server secret, the admin token, TLS keys and the registrations.
-pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    // One made by an earlier version, or by hand, is closed too.
-    let mode = std::fs::metadata(dir)
-        .with_context(|| format!("cannot read data directory {}", dir.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
-            .with_context(|| format!("cannot make data directory {} private", dir.display()))?;
-        tracing::info!(dir = %dir.display(), "data directory made private (mode 0700)");
-    }
-    Ok(())
-}
-
-/// Writes a new file only this user can read, flushed to disk before it counts as made.
-pub(crate) fn create_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(contents)?;
-    f.sync_all()
-        .with_context(|| format!("cannot flush {}", path.display()))?;
-    Ok(())
 }
 
 /// The admin API's bearer token when the configuration names none: made on first run

@@ -90,7 +90,8 @@ pub struct Server {
     /// The data directory (holds the generated certificate).
     pub data_dir: tempfile::TempDir,
     logs: Arc<Mutex<String>>,
-    config_path: PathBuf,
+    /// The configuration file it runs with.
+    pub config_path: PathBuf,
     listeners: usize,
 }
 

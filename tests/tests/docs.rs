@@ -73,14 +73,14 @@ fn config_error(text: &str) -> String {
 /// names no list of fields there).
 fn accepted_fields(table: &str) -> Option<BTreeSet<String>> {
     let e = config_error(&format!("{table}__probe = 1\n"));
-    // serde says "expected one of `a`, `b`", or "expected `a`" for a table of one.
-    let list = e
-        .split("unknown field `__probe`, expected one of ")
-        .nth(1)
-        .or_else(|| e.split("unknown field `__probe`, expected ").nth(1))?;
+    // serde says "expected one of `a`, `b`, `c`", "expected `a` or `b`" or "expected
+    // `a)`": the code spans of the rest of that line.
+    let list = e.split("unknown field `__probe`, expected ").nth(1)?;
+    let line = list.lines().next().unwrap_or("");
     Some(
-        list.split(", ")
-            .map_while(|f| f.strip_prefix('`').and_then(|f| f.split('`').next()))
+        line.split('`')
+            .skip(1)
+            .step_by(2)
             .map(str::to_string)
             .collect(),
     )

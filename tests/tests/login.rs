@@ -333,3 +333,172 @@ file = "{data}/nonesuch.key"
     assert!(err.contains("keys.login.file"), "{err}");
     assert!(err.contains("nonesuch.key"), "{err}");
 }
+
+/// Runs `sipwasm --config CONFIG user ARGS` with `stdin` as its input.
+fn user_cmd(config: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(sipwasm_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("user")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn md5_hex(s: &str) -> String {
+    use md5::Digest as _;
+    md5::Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `Authorization` answer to a challenge (RFC 2617, qop=auth, MD5).
+fn digest_answer(challenge: &str, user: &str, password: &str, nc: u32) -> String {
+    let param = |name: &str| {
+        let start = challenge.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        challenge[start..][..challenge[start..].find('"').unwrap()].to_string()
+    };
+    let (realm, nonce) = (param("realm"), param("nonce"));
+    let ha1 = md5_hex(&format!("{user}:{realm}:{password}"));
+    let ha2 = md5_hex("REGISTER:sip:localhost");
+    let nc = format!("{nc:08x}");
+    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:c0ffee:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"sip:localhost\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\""
+    )
+}
+
+#[tokio::test]
+async fn sip_digest_is_checked_against_the_user_store() {
+    // call-policy's [auth] without `users`: the store decides.
+    let s = Server::standard(
+        r#"
+[sip]
+router = "router"
+
+[plugins.router]
+path = "{plugins}/call_policy.wasm"
+deadline = "2s"
+[plugins.router.config.auth]
+realm = "localhost"
+methods = ["REGISTER"]
+"#,
+    );
+    // Added while the server runs: picked up within a second.
+    let (ok, _, err) = user_cmd(&s.config_path, &["add", "alice"], "alice-secret\n");
+    assert!(ok, "{err}");
+    assert!(err.contains("alice in realm localhost: added"), "{err}");
+    let store = std::fs::read_to_string(s.data_dir.path().join("users")).unwrap();
+    assert!(
+        !store.contains("alice-secret"),
+        "no password in the store: {store}"
+    );
+    assert!(
+        store.contains(&format!(
+            "alice:localhost:{}:",
+            md5_hex("alice:localhost:alice-secret")
+        )),
+        "{store}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let mut alice = Ua::udp(&s, "alice").await;
+    let register = |ua: &mut Ua, auth: &str| {
+        ua.register_text(600).replace(
+            "Content-Length: 0\r\n",
+            &format!("Authorization: {auth}\r\nContent-Length: 0\r\n"),
+        )
+    };
+    let r = alice.register(600).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenge = r
+        .headers
+        .get(&HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
+    let text = register(&mut alice, &digest_answer(&challenge, "alice", "guess", 1));
+    alice.send(&text).await;
+    let r = alice.recv_final().await;
+    assert_eq!((r.status, r.reason.as_str()), (403, "Wrong Credentials"));
+    let text = register(
+        &mut alice,
+        &digest_answer(&challenge, "alice", "alice-secret", 2),
+    );
+    alice.send(&text).await;
+    assert_eq!(alice.recv_final().await.status, 200);
+    // Someone the store does not know: refused as a wrong password is.
+    let mut zed = Ua::udp(&s, "zed").await;
+    let text = register(&mut zed, &digest_answer(&challenge, "zed", "whatever", 3));
+    zed.send(&text).await;
+    let r = zed.recv_final().await;
+    assert_eq!((r.status, r.reason.as_str()), (403, "Wrong Credentials"));
+
+    // A new password replaces the old; removing the user ends it.
+    let (ok, _, err) = user_cmd(&s.config_path, &["add", "alice"], "new-secret\n");
+    assert!(ok && err.contains("password changed"), "{err}");
+    let (ok, out, _) = user_cmd(&s.config_path, &["list"], "");
+    assert!(
+        ok && out.contains("alice\tlocalhost\tMD5, SHA-256"),
+        "{out}"
+    );
+    let (ok, _, err) = user_cmd(&s.config_path, &["remove", "alice"], "");
+    assert!(ok, "{err}");
+    let (ok, _, err) = user_cmd(&s.config_path, &["remove", "alice"], "");
+    assert!(
+        !ok && err.contains("no user alice in realm localhost"),
+        "{err}"
+    );
+    let (ok, _, err) = user_cmd(&s.config_path, &["add", "a:b"], "pw\n");
+    assert!(!ok && err.contains("no `:`"), "{err}");
+}
+
+#[test]
+fn a_malformed_user_store_is_refused_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(
+        &users,
+        format!(
+            "# ok\nalice:localhost:{}\nbob:localhost:nothex\n",
+            md5_hex("alice:localhost:pw")
+        ),
+    )
+    .unwrap();
+    let err = refused_config(&format!(
+        r#"
+[server]
+data-dir = "{{data}}"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{{sip}}"
+
+[users]
+file = "{}"
+"#,
+        users.display()
+    ));
+    assert!(err.contains("users.file"), "{err}");
+    assert!(
+        err.contains("users line 3: the MD5 HA1 is not 32 hex digits"),
+        "{err}"
+    );
+}

@@ -271,7 +271,8 @@ impl NonceKey {
 }
 
 /// Equal bytes, compared in constant time.
-fn same(a: &[u8], b: &[u8]) -> bool {
+/// Whether `a` and `b` are equal, compared in constant time (for equal lengths).
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -345,6 +346,27 @@ impl NonceKey {
         now_unix: u64,
         max_age_secs: u64,
     ) -> DigestVerdict {
+        self.verify_with(
+            credentials,
+            req,
+            realm,
+            Secret::Password(password),
+            now_unix,
+            max_age_secs,
+        )
+    }
+
+    /// [`NonceKey::verify`] against a password or a stored HA1 ([`Secret`]); an HA1
+    /// for another algorithm than the credentials' is [`DigestVerdict::Unproven`].
+    pub fn verify_with<'a>(
+        &self,
+        credentials: impl IntoIterator<Item = &'a str>,
+        req: &DigestRequest<'_>,
+        realm: &str,
+        secret: Secret<'_>,
+        now_unix: u64,
+        max_age_secs: u64,
+    ) -> DigestVerdict {
         let Some(c) = credentials
             .into_iter()
             .find(|v| digest_param(v, "realm").as_deref() == Some(realm))
@@ -380,7 +402,20 @@ impl NonceKey {
         } else {
             return DigestVerdict::Unproven;
         };
-        let ha1 = hash(&format!("{username}:{realm}:{password}"));
+        let ha1 = match secret {
+            Secret::Password(password) => hash(&format!("{username}:{realm}:{password}")),
+            Secret::Ha1 { md5, sha256 } => {
+                let stored = if algorithm.eq_ignore_ascii_case("MD5") {
+                    Some(md5)
+                } else {
+                    sha256
+                };
+                match stored {
+                    Some(h) => h.to_ascii_lowercase(),
+                    None => return DigestVerdict::Unproven,
+                }
+            }
+        };
         let ha2 = hash(&format!("{}:{uri}", req.method));
         let (expected, nc) = match field("qop") {
             Some(q) if q.eq_ignore_ascii_case("auth") => {
@@ -424,6 +459,21 @@ impl NonceKey {
             Use::Replayed => DigestVerdict::Stale,
         }
     }
+}
+
+/// What a Digest response is checked against.
+#[derive(Debug, Clone, Copy)]
+pub enum Secret<'a> {
+    /// The password itself.
+    Password(&'a str),
+    /// `H(username:realm:password)` as a user store keeps it, in hex: MD5, and SHA-256
+    /// when stored.
+    Ha1 {
+        /// MD5.
+        md5: &'a str,
+        /// SHA-256.
+        sha256: Option<&'a str>,
+    },
 }
 
 /// What Digest credentials say.
@@ -574,6 +624,46 @@ mod tests {
             "Digest username=\"alice\", realm=\"sipwasm\", nonce=\"{nonce}\", uri=\"{uri}\", \
              response=\"{response}\", algorithm=MD5, qop=auth, nc={nc:08x}, cnonce=\"0a4f113b\""
         )
+    }
+
+    #[test]
+    fn a_stored_ha1_verifies_as_the_password_does() {
+        let k = NonceKey::new([9; 32]);
+        let alice = ip("192.0.2.1");
+        let req = DigestRequest {
+            method: "REGISTER",
+            uri: "sip:localhost",
+            peer: alice,
+            txn: "c1 1",
+        };
+        let ha1 = md5("alice:sipwasm:secret");
+        let stored = Secret::Ha1 {
+            md5: &ha1,
+            sha256: None,
+        };
+        let nonce = k.issue("sipwasm", 1_000, alice);
+        let c = creds("REGISTER", "sip:localhost", &nonce, 1);
+        assert_eq!(
+            k.verify_with([c.as_str()], &req, "sipwasm", stored, 1_010, 300),
+            DigestVerdict::Valid
+        );
+        let wrong = md5("alice:sipwasm:guess");
+        let nonce = k.issue("sipwasm", 1_000, alice);
+        let c = creds("REGISTER", "sip:localhost", &nonce, 1);
+        let guessed = Secret::Ha1 {
+            md5: &wrong,
+            sha256: None,
+        };
+        assert_eq!(
+            k.verify_with([c.as_str()], &req, "sipwasm", guessed, 1_010, 300),
+            DigestVerdict::Invalid
+        );
+        // SHA-256 credentials against a store line with MD5 only: not evidence.
+        let sha = c.replace("algorithm=MD5", "algorithm=SHA-256");
+        assert_eq!(
+            k.verify_with([sha.as_str()], &req, "sipwasm", stored, 1_010, 300),
+            DigestVerdict::Unproven
+        );
     }
 
     /// RFC 2617 section 3.5's example, adapted to a nonce of ours.

@@ -74,6 +74,42 @@ pub struct Config {
     /// Named secret keys plugins sign and verify with (`crate::keys`).
     #[serde(default)]
     pub keys: BTreeMap<String, KeyConfig>,
+    /// The user store logins are checked against (`crate::users`).
+    #[serde(default)]
+    pub users: UsersConfig,
+}
+
+/// `[users]`: the user store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UsersConfig {
+    /// The store file (`user:realm:md5-ha1:sha256-ha1` lines). Default: `users` in the
+    /// data directory.
+    pub file: Option<PathBuf>,
+    /// The realm `sipwasm user add` writes when given none. Default: the first of
+    /// `server.domains`.
+    pub realm: Option<String>,
+}
+
+impl Config {
+    /// The user store's file.
+    pub fn users_file(&self) -> PathBuf {
+        self.users
+            .file
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("users"))
+    }
+
+    /// The realm users are added to by default.
+    pub fn users_realm(&self) -> String {
+        self.users.realm.clone().unwrap_or_else(|| {
+            self.server
+                .domains
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
 }
 
 /// `[keys.NAME]`: where a key is kept.

@@ -23,8 +23,17 @@ impl Config {
         Ok(())
     }
 
-    /// `[keys.NAME]` names (each becomes a file name) and each plugin's grants.
+    /// `[keys.NAME]` names (each becomes a file name) and each plugin's grants; the
+    /// user store's realm.
     fn check_keys(&self) -> Result<(), Invalid> {
+        if let Some(r) = &self.users.realm
+            && !crate::users::name_is_valid(r)
+        {
+            return Err((
+                "users.realm".into(),
+                "a realm is 1 to 256 characters, no `:` and no control characters".into(),
+            ));
+        }
         for name in self.keys.keys() {
             if !crate::keys::name_is_valid(name) {
                 return Err((

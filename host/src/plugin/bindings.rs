@@ -29,6 +29,7 @@ mod generated {
                 "sipwasm:plugin/types": super::sipwasm::plugin::types,
                 "sipwasm:plugin/digest": super::sipwasm::plugin::digest,
                 "sipwasm:plugin/keys": super::sipwasm::plugin::keys,
+                "sipwasm:plugin/credentials": super::sipwasm::plugin::credentials,
             },
         });
     }
@@ -45,6 +46,7 @@ pub use generated::sip::sipwasm::plugin::sip_types::{
     SipDecision as GuestSipDecision, SipReply as GuestSipReply, SipRequest, SipTransport,
 };
 pub use generated::sip::{SipRouter, SipRouterPre};
+pub use generated::sipwasm::plugin::credentials::Host as CredentialsImports;
 pub use generated::sipwasm::plugin::digest::{Host as DigestImports, Verdict as DigestVerdictWit};
 pub use generated::sipwasm::plugin::host::{Host as HostImports, Level};
 pub use generated::sipwasm::plugin::keys::Host as KeysImports;

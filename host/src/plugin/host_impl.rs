@@ -6,14 +6,14 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{
-    Contact, DigestImports, DigestVerdictWit, GuestMediaChoice, GuestRelay, HostImports,
-    KeysImports, Level, MediaImports, RegistrarImports, SipTypesImports, TypesImports,
+    Contact, CredentialsImports, DigestImports, DigestVerdictWit, GuestMediaChoice, GuestRelay,
+    HostImports, KeysImports, Level, MediaImports, RegistrarImports, SipTypesImports, TypesImports,
 };
 use super::limits::{Deadline, MemoryCap};
 use super::output::{GuestOutput, LineLevel, LogSink, Stream};
 use super::registrar_view::RegistrarView;
 use crate::auth::guess_guard::{BanStarted, GuessGuard};
-use crate::auth::{DigestVerdict, NonceKey, digest_param};
+use crate::auth::{DigestVerdict, NonceKey, Secret, digest_param};
 use crate::core::Myself;
 use crate::metrics::Metrics;
 
@@ -36,6 +36,8 @@ pub(crate) struct PluginShared {
     pub(crate) metrics: Arc<Metrics>,
     /// The keys of `[keys]` the plugin is granted (`plugins.NAME.keys`).
     pub(crate) keys: crate::keys::KeyRing,
+    /// The user store `check-password` and `verify-stored` read.
+    pub(crate) users: Arc<crate::users::UserStore>,
 }
 
 /// The data of a plugin's store.
@@ -123,27 +125,49 @@ impl KeysImports for HostState {
     }
 }
 
-impl DigestImports for HostState {
-    fn username(&mut self, realm: String) -> Option<String> {
+impl HostState {
+    /// The username of the request's credentials for `realm`.
+    fn credentials_user(&self, realm: &str) -> Option<String> {
         let call = self.digest_request.as_ref()?;
         call.credentials
             .iter()
-            .find(|c| digest_param(c, "realm").as_deref() == Some(realm.as_str()))
+            .find(|c| digest_param(c, "realm").as_deref() == Some(realm))
             .and_then(|c| digest_param(c, "username"))
     }
 
-    fn verify(&mut self, realm: String, password: String) -> DigestVerdictWit {
-        let Some(call) = self.digest_request.as_mut() else {
+    /// Counts a failed guess of `user`'s password from `peer`, logging the bans it
+    /// starts.
+    fn count_failure(&self, peer: std::net::IpAddr, user: &str) {
+        let guard = &self.shared.guess_guard;
+        self.shared.metrics.digest_failure();
+        for ban in guard.failed(peer, user, std::time::Instant::now()) {
+            self.shared.metrics.digest_ban();
+            let limits = guard.limits();
+            match ban {
+                BanStarted::User(addr, user) => tracing::warn!(
+                    %addr, %user,
+                    "{} failed Digest responses for this user from this address within {:?}: its credentials from there are refused for {:?}",
+                    limits.per_user, limits.window, limits.ban
+                ),
+                BanStarted::Address(addr) => tracing::warn!(
+                    %addr,
+                    "{} failed Digest responses from this address within {:?}: all its credentials are refused for {:?}",
+                    limits.per_address, limits.window, limits.ban
+                ),
+            }
+        }
+    }
+
+    /// Checks the request's credentials for `realm` against `secret`, with the
+    /// password-guessing limits (a banned source is refused unchecked; a wrong answer
+    /// counts once per request).
+    fn verify_digest(&mut self, realm: &str, secret: Secret<'_>) -> DigestVerdictWit {
+        let user = self.credentials_user(realm);
+        let Some(call) = self.digest_request.as_ref() else {
             return DigestVerdictWit::Missing;
         };
-        // The username the credentials for this realm give, for the guessing limits.
-        let user = call
-            .credentials
-            .iter()
-            .find(|c| digest_param(c, "realm").as_deref() == Some(realm.as_str()))
-            .and_then(|c| digest_param(c, "username"));
-        let guard = &self.shared.guess_guard;
         let counted = call.peer.zip(user);
+        let guard = &self.shared.guess_guard;
         if let Some((peer, user)) = &counted
             && guard.refused(*peer, user, std::time::Instant::now())
         {
@@ -157,38 +181,14 @@ impl DigestImports for HostState {
             peer: call.peer,
             txn: &call.txn,
         };
-        let verdict = self.shared.nonce.verify(
+        let verdict = self.shared.nonce.verify_with(
             call.credentials.iter().map(String::as_str),
             &request,
-            &realm,
-            &password,
+            realm,
+            secret,
             super::sip_router::unix_now(),
             super::sip_router::NONCE_MAX_AGE_SECS,
         );
-        match (&verdict, counted) {
-            (DigestVerdict::Invalid, Some((peer, user))) if !call.failure_counted => {
-                call.failure_counted = true;
-                self.shared.metrics.digest_failure();
-                for ban in guard.failed(peer, &user, std::time::Instant::now()) {
-                    self.shared.metrics.digest_ban();
-                    let limits = guard.limits();
-                    match ban {
-                        BanStarted::User(addr, user) => tracing::warn!(
-                            %addr, %user,
-                            "{} failed Digest responses for this user from this address within {:?}: its credentials from there are refused for {:?}",
-                            limits.per_user, limits.window, limits.ban
-                        ),
-                        BanStarted::Address(addr) => tracing::warn!(
-                            %addr,
-                            "{} failed Digest responses from this address within {:?}: all its credentials are refused for {:?}",
-                            limits.per_address, limits.window, limits.ban
-                        ),
-                    }
-                }
-            }
-            (DigestVerdict::Valid, Some((peer, user))) => guard.succeeded(peer, &user),
-            _ => {}
-        }
         if verdict != DigestVerdict::Valid {
             tracing::debug!(
                 ?verdict,
@@ -197,12 +197,86 @@ impl DigestImports for HostState {
                 "Digest credentials not accepted"
             );
         }
+        match (&verdict, counted) {
+            (DigestVerdict::Invalid, Some((peer, user))) => {
+                let call = self.digest_request.as_mut().expect("checked above");
+                if !call.failure_counted {
+                    call.failure_counted = true;
+                    self.count_failure(peer, &user);
+                }
+            }
+            (DigestVerdict::Valid, Some((peer, user))) => guard.succeeded(peer, &user),
+            _ => {}
+        }
         match verdict {
             DigestVerdict::Valid => DigestVerdictWit::Valid,
             DigestVerdict::Stale => DigestVerdictWit::Stale,
             DigestVerdict::Invalid | DigestVerdict::Unproven => DigestVerdictWit::Invalid,
             DigestVerdict::Missing => DigestVerdictWit::Missing,
         }
+    }
+}
+
+impl DigestImports for HostState {
+    fn username(&mut self, realm: String) -> Option<String> {
+        self.credentials_user(&realm)
+    }
+
+    fn verify(&mut self, realm: String, password: String) -> DigestVerdictWit {
+        self.verify_digest(&realm, Secret::Password(&password))
+    }
+
+    fn verify_stored(&mut self, realm: String) -> DigestVerdictWit {
+        let Some(user) = self.credentials_user(&realm) else {
+            return DigestVerdictWit::Missing;
+        };
+        match self.shared.users.lookup(&realm, &user) {
+            Some(ha1) => self.verify_digest(
+                &realm,
+                Secret::Ha1 {
+                    md5: &ha1.md5,
+                    sha256: ha1.sha256.as_deref(),
+                },
+            ),
+            // No such user: checked against digests no password makes, so that an
+            // unknown name answers as a wrong password does (and counts as a guess).
+            None => self.verify_digest(
+                &realm,
+                Secret::Ha1 {
+                    md5: NO_USER_HA1,
+                    sha256: Some(NO_USER_HA1),
+                },
+            ),
+        }
+    }
+}
+
+/// An HA1 no password has (not hex): what an unknown user's response is checked
+/// against.
+const NO_USER_HA1: &str = "-";
+
+impl CredentialsImports for HostState {
+    fn check_password(&mut self, realm: String, user: String, password: String) -> bool {
+        let peer = self.digest_request.as_ref().and_then(|c| c.peer);
+        let guard = &self.shared.guess_guard;
+        if let Some(peer) = peer
+            && guard.refused(peer, &user, std::time::Instant::now())
+        {
+            self.shared.metrics.digest_refused();
+            return false;
+        }
+        let stored = self.shared.users.lookup(&realm, &user);
+        // An unknown user costs the same hashing as a known one.
+        let given = crate::users::Ha1::of(&user, &realm, &password);
+        let right = stored.is_some_and(|h| h.matches_digests(&given));
+        if let Some(peer) = peer {
+            if right {
+                guard.succeeded(peer, &user);
+            } else {
+                self.count_failure(peer, &user);
+            }
+        }
+        right
     }
 }
 

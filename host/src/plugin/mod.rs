@@ -227,6 +227,7 @@ impl Plugin {
                 guess_guard: context.guess_guard.clone(),
                 metrics: metrics.clone(),
                 keys: context.keys.granted(&cfg.keys),
+                users: context.users.clone(),
                 outbound: outbound::OutboundHooks::new(
                     name,
                     allowed.into(),

@@ -28,6 +28,8 @@ pub(crate) struct HostContext {
     pub(crate) guess_guard: Arc<crate::auth::guess_guard::GuessGuard>,
     /// Every key of `[keys]`; each plugin gets those it is granted.
     pub(crate) keys: crate::keys::KeyRing,
+    /// The user store.
+    pub(crate) users: Arc<crate::users::UserStore>,
 }
 
 /// Where a plugin's component comes from.
@@ -124,6 +126,7 @@ impl Plugins {
         metrics: Arc<Metrics>,
         cache: Option<&CompileCache>,
         keys: &crate::keys::KeyRing,
+        users: Arc<crate::users::UserStore>,
     ) -> anyhow::Result<Self> {
         let max_memory = config
             .plugins
@@ -189,6 +192,7 @@ impl Plugins {
                     }
                 }),
                 keys: keys.clone(),
+                users,
                 guess_guard: Arc::new(crate::auth::guess_guard::GuessGuard::new(
                     crate::auth::guess_guard::GuessLimits {
                         per_user: config.sip.auth_failures_per_user,

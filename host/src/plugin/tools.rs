@@ -167,7 +167,16 @@ pub async fn run(opts: RunOptions<'_>) -> anyhow::Result<String> {
         tokio::task::spawn_blocking(move || {
             // No keys: a plugin that signs or verifies is told it is granted none.
             let keys = crate::keys::KeyRing::default();
-            Plugins::load(&config, myself, Arc::new(Metrics::default()), None, &keys)
+            // No users either: check-password is false, verify-stored invalid.
+            let users = Arc::new(crate::users::UserStore::empty());
+            Plugins::load(
+                &config,
+                myself,
+                Arc::new(Metrics::default()),
+                None,
+                &keys,
+                users,
+            )
         })
         .await??
     };

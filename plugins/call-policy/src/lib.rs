@@ -28,8 +28,11 @@
 //! [auth]                                    # Digest authentication (optional)
 //! realm = "sipwasm"
 //! methods = ["REGISTER", "INVITE", "MESSAGE"]
-//! users = { alice = "secret" }              # a REGISTER must be for the user's own AoR
+//! users = { alice = "secret" }              # optional: without it, the server's user
+//!                                           # store (`sipwasm user add`) is checked
 //! ```
+//!
+//! A REGISTER must be for the authenticated user's own address-of-record.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -96,7 +99,9 @@ fn choose_media(media: &Media, req: &SipRequest) {
 struct Auth {
     realm: String,
     methods: Vec<String>,
-    users: BTreeMap<String, String>,
+    /// Passwords in the configuration; `None`: the server's user store.
+    #[serde(default)]
+    users: Option<BTreeMap<String, String>>,
 }
 
 /// `None` when the request may go on; else the decision that stops it.
@@ -111,14 +116,21 @@ fn authenticate(auth: &Auth, req: &SipRequest) -> Option<SipDecision> {
     let Some(user) = digest::username(&auth.realm) else {
         return Some(challenge(&auth.realm));
     };
-    let Some(password) = auth.users.get(&user) else {
-        host::log(
-            Level::Warn,
-            &format!("unknown user {user:?} in realm {}", auth.realm),
-        );
-        return Some(reply(403).reason("Unknown User").into());
+    let verdict = match &auth.users {
+        Some(users) => {
+            let Some(password) = users.get(&user) else {
+                host::log(
+                    Level::Warn,
+                    &format!("unknown user {user:?} in realm {}", auth.realm),
+                );
+                return Some(reply(403).reason("Unknown User").into());
+            };
+            digest::verify(&auth.realm, password)
+        }
+        // The store answers an unknown user as a wrong password.
+        None => digest::verify_stored(&auth.realm),
     };
-    match digest::verify(&auth.realm, password) {
+    match verdict {
         Verdict::Valid => {}
         Verdict::Stale | Verdict::Missing => return Some(challenge(&auth.realm)),
         Verdict::Invalid => {

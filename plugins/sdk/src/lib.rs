@@ -36,6 +36,9 @@ pub mod bindings {
 pub mod base64url;
 pub mod sip;
 
+/// The server's user store (`sipwasm user add`): `check_password(realm, user,
+/// password)` for a login form.
+pub use bindings::sipwasm::plugin::credentials;
 pub use bindings::sipwasm::plugin::host::{self, Level};
 /// The server's named keys (`[keys]`), granted by `plugins.NAME.keys`: sign and verify
 /// HMAC-SHA-256 without holding the key.

@@ -34,6 +34,7 @@ pub mod bindings {
             "sipwasm:plugin/host@0.2.0": crate::bindings::sipwasm::plugin::host,
             "sipwasm:plugin/types@0.2.0": crate::bindings::sipwasm::plugin::types,
             "sipwasm:plugin/keys@0.2.0": crate::bindings::sipwasm::plugin::keys,
+            "sipwasm:plugin/credentials@0.2.0": crate::bindings::sipwasm::plugin::credentials,
         },
     });
 }
