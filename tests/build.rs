@@ -13,6 +13,7 @@ fn main() {
             "call-policy",
             "origin-gate",
             "token-login",
+            "cookie-login",
             "testing",
         ],
     );

@@ -607,6 +607,16 @@ pub async fn ws_connect_path(addr: SocketAddr, path: &str) -> Result<Ws<TcpStrea
     try_ws_handshake(stream, "ws", addr, path).await
 }
 
+/// [`ws_connect_path`] with extra handshake headers (a `Cookie`, an `Origin`).
+pub async fn ws_connect_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws<TcpStream>, String> {
+    let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+    try_ws_handshake_with(stream, "ws", addr, path, headers).await
+}
+
 /// The value of a metric line (`name{labels}` exactly as rendered) in a `/metrics`
 /// text, to read several from one snapshot.
 pub fn metric_in(metrics: &str, series: &str) -> Option<u64> {
@@ -664,10 +674,27 @@ async fn try_ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     addr: SocketAddr,
     path: &str,
 ) -> Result<Ws<S>, String> {
+    try_ws_handshake_with(stream, scheme, addr, path, &[]).await
+}
+
+/// [`try_ws_handshake`] with extra request headers (a `Cookie`, an `Origin`).
+async fn try_ws_handshake_with<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    scheme: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws<S>, String> {
     let url = format!("{scheme}://localhost:{}{path}", addr.port());
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
     let (ws, resp) = within(
         "WebSocket handshake",
         tokio_tungstenite::client_async(req, stream),

@@ -99,6 +99,20 @@ impl Ua {
         Self::new(Conn::Ws(Box::new(ws)), user, "WS", host)
     }
 
+    /// [`Ua::ws_at`] with extra handshake headers (a session `Cookie`).
+    pub async fn ws_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        user: &str,
+    ) -> Self {
+        let ws = crate::ws_connect_with(addr, path, headers)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let host = format!("{user}-{}.invalid", rand_tag());
+        Self::new(Conn::Ws(Box::new(ws)), user, "WS", host)
+    }
+
     /// A phone-like UA over UDP.
     pub async fn udp(server: &Server, user: &str) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();

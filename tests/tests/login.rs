@@ -502,3 +502,191 @@ file = "{}"
         "{err}"
     );
 }
+
+/// The standard server with `ws3` served by cookie-login (granted `[keys.login]`)
+/// with its identity enforced, and alice (password `alice-secret`) in the user store.
+async fn cookie_server() -> Server {
+    let template = STANDARD.replace(
+        "address = \"127.0.0.1:{ws3}\"\nplugin = \"welcome\"",
+        "address = \"127.0.0.1:{ws3}\"\nplugin = \"cookie\"\nidentity = \"enforce\"",
+    );
+    let s = Server::start(&format!(
+        r#"{template}
+[keys.login]
+
+[plugins.cookie]
+path = "{{plugins}}/cookie_login.wasm"
+keys = ["login"]
+deadline = "2s"
+"#
+    ));
+    let (ok, _, err) = user_cmd(&s.config_path, &["add", "alice"], "alice-secret\n");
+    assert!(ok, "{err}");
+    // The store is looked at again once a second at most.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    s
+}
+
+/// A plain HTTP request to `addr` with `Host: localhost:PORT` and `extra` header lines.
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &str,
+) -> HttpReply {
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\n{extra}Content-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        addr.port(),
+        body.len()
+    );
+    http_once(addr, raw.as_bytes()).await
+}
+
+const FORM: &str = "Content-Type: application/x-www-form-urlencoded\r\n";
+
+/// A session cookie value as cookie-login makes one, under the server's key.
+fn session_cookie(s: &Server, user: &str, expiry: u64) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let hex = std::fs::read_to_string(s.data_dir.path().join("keys/login.key")).unwrap();
+    let key: Vec<u8> = (0..hex.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("cookie:{expiry}:{user}").as_bytes());
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{expiry}.{}.{}",
+        b64.encode(user),
+        b64.encode(mac.finalize().into_bytes())
+    )
+}
+
+#[tokio::test]
+async fn cookie_login_through_the_form_then_the_websocket() {
+    let s = cookie_server().await;
+    let origin = format!("Origin: http://localhost:{}\r\n", s.ws3.port());
+
+    let form = http(s.ws3, "GET", "/login?next=/phone", "", "").await;
+    assert_eq!(form.status, 200, "{form:?}");
+    let page = String::from_utf8_lossy(&form.body).into_owned();
+    assert!(
+        page.contains("<form method=\"post\" action=\"/login\">"),
+        "{page}"
+    );
+    assert!(page.contains("value=\"/phone\""), "{page}");
+
+    // Wrong password, unknown user: the form again, no cookie.
+    for body in ["user=alice&password=guess", "user=nobody&password=x"] {
+        let r = http(s.ws3, "POST", "/login", &format!("{FORM}{origin}"), body).await;
+        assert_eq!(r.status, 403, "{body}: {r:?}");
+        assert!(String::from_utf8_lossy(&r.body).contains("Wrong user or password."));
+        assert!(r.header("Set-Cookie").is_none());
+    }
+    // Another site's page posting the form: refused (login CSRF).
+    let r = http(
+        s.ws3,
+        "POST",
+        "/login",
+        &format!("{FORM}Origin: http://evil.example\r\n"),
+        "user=alice&password=alice-secret",
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // The right password: to `next`, with the session cookie.
+    let r = http(
+        s.ws3,
+        "POST",
+        "/login",
+        &format!("{FORM}{origin}"),
+        "user=alice&password=alice-secret&next=%2Fphone",
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r:?}\n{}", s.logs());
+    assert_eq!(r.header("Location"), Some("/phone"));
+    let set = r.header("Set-Cookie").unwrap().to_string();
+    for attr in ["Path=/", "Max-Age=43200", "HttpOnly", "SameSite=Strict"] {
+        assert!(set.contains(attr), "{attr}: {set}");
+    }
+    assert!(!set.contains("Secure"), "plain http: {set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("sipwasm_session="), "{cookie}");
+    // `next` stays on this server.
+    let r = http(
+        s.ws3,
+        "POST",
+        "/login",
+        FORM,
+        "user=alice&password=alice-secret&next=%2F%2Fevil.example",
+    )
+    .await;
+    assert_eq!(r.header("Location"), Some("/"));
+
+    // The WebSocket with the cookie is alice's, held to alice.
+    let mut alice = Ua::ws_with(s.ws3, "/", &[("Cookie", &cookie)], "alice").await;
+    assert_eq!(alice.register(600).await.status, 200);
+    alice.user = "bob".into();
+    assert_eq!(alice.register(600).await.status, 403);
+    let flows = String::from_utf8_lossy(&s.admin_request("GET", "/flows").await.body).into_owned();
+    assert!(
+        flows.contains(r#"["user","alice"],["login","cookie"]"#),
+        "{flows}"
+    );
+
+    // Without it, with a tampered or an expired one, or from another site's page: 403.
+    let value = cookie.trim_start_matches("sipwasm_session=");
+    let tampered = format!("sipwasm_session={}", value.replacen("YWxpY2U", "Ym9i", 1));
+    assert_ne!(tampered, cookie, "the user part is alice's");
+    let expired = format!("sipwasm_session={}", session_cookie(&s, "alice", now() - 1));
+    let forged_life = format!(
+        "sipwasm_session={}",
+        session_cookie(&s, "alice", now() + 86_400 * 30)
+    );
+    let good_again = format!(
+        "sipwasm_session={}",
+        session_cookie(&s, "alice", now() + 60)
+    );
+    for (headers, status) in [
+        (vec![], 403),
+        (vec![("Cookie", tampered.as_str())], 403),
+        (vec![("Cookie", expired.as_str())], 403),
+        (vec![("Cookie", forged_life.as_str())], 403),
+        (
+            vec![
+                ("Cookie", cookie.as_str()),
+                ("Origin", "http://evil.example"),
+            ],
+            403,
+        ),
+        (vec![("Cookie", good_again.as_str())], 101),
+    ] {
+        let extra: String = headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect();
+        let raw = handshake(&format!("localhost:{}", s.ws3.port()), &extra);
+        let r = http_once(s.ws3, raw.as_bytes()).await;
+        assert_eq!(r.status, status, "{headers:?}: {r:?}");
+    }
+
+    // Logging out clears the cookie.
+    let r = http(
+        s.ws3,
+        "POST",
+        "/logout",
+        &format!("Cookie: {cookie}\r\n"),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("Location"), Some("/login"));
+    let cleared = r.header("Set-Cookie").unwrap();
+    assert!(
+        cleared.starts_with("sipwasm_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+}

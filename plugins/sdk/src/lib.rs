@@ -58,6 +58,9 @@ pub trait RequestExt {
     fn path(&self) -> &str;
     /// A query parameter, percent-decoded (`+` as space).
     fn query(&self, key: &str) -> Option<String>;
+    /// A field of an `application/x-www-form-urlencoded` body (an HTML form's POST),
+    /// percent-decoded (`+` as space); `None` for another content type.
+    fn form(&self, key: &str) -> Option<String>;
     /// A cookie from the `Cookie` headers.
     fn cookie(&self, name: &str) -> Option<&str>;
     /// Whether the request is a valid WebSocket handshake (checked by the host).
@@ -108,10 +111,20 @@ impl RequestExt for HttpRequest {
             .split('#')
             .next()
             .unwrap_or("");
-        query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k) == key).then(|| percent_decode(v))
-        })
+        field(query, key)
+    }
+
+    fn form(&self, key: &str) -> Option<String> {
+        let form = self.header("Content-Type").is_some_and(|t| {
+            t.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
+        if !form {
+            return None;
+        }
+        field(std::str::from_utf8(&self.body).ok()?, key)
     }
 
     fn cookie(&self, name: &str) -> Option<&str> {
@@ -136,6 +149,14 @@ impl RequestExt for HttpRequest {
     fn host_is_ours(&self) -> bool {
         self.header("Host").is_some_and(host::is_myself)
     }
+}
+
+/// The value of `key` in `a=1&b=2` text (a query or a form body), percent-decoded.
+fn field(pairs: &str, key: &str) -> Option<String> {
+    pairs.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == key).then(|| percent_decode(v))
+    })
 }
 
 fn percent_decode(s: &str) -> String {
