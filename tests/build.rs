@@ -14,6 +14,7 @@ fn main() {
             "origin-gate",
             "token-login",
             "cookie-login",
+            "softphone",
             "testing",
         ],
     );

@@ -37,6 +37,8 @@ npm ci --prefix tests/js --no-audit --no-fund --silent
 # componentize-py (Python), pinned, installed into the tree (plugins/js/node_modules and a
 # virtualenv under target/), never system-wide.
 npm ci --prefix plugins/js --no-audit --no-fund --silent
+# JsSIP and esbuild for the softphone page built into the server (pinned).
+npm ci --prefix plugins/softphone --no-audit --no-fund --silent
 venv=target/plugin-tools/python
 [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r plugins/python/requirements.txt

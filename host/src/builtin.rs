@@ -4,7 +4,7 @@
 //! `host/build.rs`. Imports nothing of the crate.
 
 /// The names a plugin's `builtin` key may take.
-pub const NAMES: &[&str] = &["seed-policy", "welcome"];
+pub const NAMES: &[&str] = &["seed-policy", "welcome", "cookie-login", "softphone"];
 
 /// The component bytes of the built-in plugin `name`.
 pub fn bytes(name: &str) -> Option<&'static [u8]> {
@@ -14,6 +14,11 @@ pub fn bytes(name: &str) -> Option<&'static [u8]> {
             "/seed_policy.wasm"
         ))),
         "welcome" => Some(include_bytes!(concat!(env!("OUT_DIR"), "/welcome.wasm"))),
+        "cookie-login" => Some(include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/cookie_login.wasm"
+        ))),
+        "softphone" => Some(include_bytes!(concat!(env!("OUT_DIR"), "/softphone.wasm"))),
         _ => None,
     }
 }

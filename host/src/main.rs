@@ -159,11 +159,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let embedded = args.config.is_none();
     let result = runtime.block_on(async move {
         let server = Server::bind(config).await?;
         if args.check {
             tracing::info!("configuration and plugins are valid");
             return Ok(());
+        }
+        if embedded {
+            tracing::info!(
+                "try it: open http://localhost:8080/ and http://127.0.0.1:8080/ in two \
+                 browser tabs (two addresses keep two logins), log in as two names (any \
+                 name on this machine), then call or message one from the other"
+            );
         }
         server.run(stop_signal()).await
     });

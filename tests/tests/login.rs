@@ -690,3 +690,73 @@ async fn cookie_login_through_the_form_then_the_websocket() {
         "{cleared}"
     );
 }
+
+/// The README's first command's server (the embedded default, on free ports), as a
+/// newcomer tries it: two visitors in headless Chromium open the page, log in through
+/// the form, register, message and call each other with audio both ways
+/// (`tests/js/tryit.mjs`).
+#[tokio::test]
+async fn the_try_it_page_on_the_embedded_default() {
+    let out = std::process::Command::new(sipwasm_bin())
+        .arg("--print-default-config")
+        .output()
+        .unwrap();
+    let default = String::from_utf8(out.stdout).unwrap();
+    let template = default
+        .replace("127.0.0.1:8080", "127.0.0.1:{ws}")
+        .replace("127.0.0.1:8443", "127.0.0.1:{wss}")
+        .replace("127.0.0.1:5060", "127.0.0.1:{sip}")
+        .replace("127.0.0.1:5061", "127.0.0.1:{tls}")
+        .replacen("[server]\n", "[server]\ndata-dir = \"{data}\"\n", 1);
+    assert!(
+        template.contains("{ws}") && template.contains("{data}"),
+        "{template}"
+    );
+    let s = Server::start(&template);
+    let port = s.ws.port();
+    // Any name logs in from this machine, but not through a reverse proxy here.
+    let open = http(s.ws, "POST", "/login", FORM, "user=zoe&password=").await;
+    assert_eq!(open.status, 303, "{open:?}");
+    let proxied = http(
+        s.ws,
+        "POST",
+        "/login",
+        &format!("{FORM}X-Forwarded-For: 203.0.113.9\r\n"),
+        "user=zoe&password=",
+    )
+    .await;
+    assert_eq!(proxied.status, 403, "{proxied:?}");
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let run = tokio::process::Command::new("node")
+        .arg(js.join("tryit.mjs"))
+        .args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--other-url", &format!("http://localhost:{port}")])
+        .args(["--chromium", "/usr/bin/chromium"])
+        .current_dir(&js)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(180), run)
+        .await
+        .expect("the try-it run ends within 3 minutes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(r#"{"ev":"done"}"#),
+        "{stdout}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.logs()
+    );
+    for step in [
+        "registered",
+        "message",
+        "call_connected",
+        "audio",
+        "hung_up",
+        "impersonation_refused",
+    ] {
+        assert!(
+            stdout.contains(&format!("\"ev\":\"{step}\"")),
+            "{step}: {stdout}"
+        );
+    }
+}

@@ -1139,7 +1139,17 @@ path = "p.wasm"
     fn embedded_default_is_valid() {
         let c = Config::embedded_default();
         assert_eq!(c.listen.len(), 5);
-        assert!(c.plugins.contains_key("seed-policy"));
+        assert_eq!(c.plugins["login"].builtin.as_deref(), Some("cookie-login"));
+        assert_eq!(c.plugins["login"].keys, ["login"]);
+        assert_eq!(c.plugins["softphone"].builtin.as_deref(), Some("softphone"));
+        assert!(c.keys.contains_key("login"));
+        let web: Vec<_> = c.listen.iter().filter(|l| l.transport.is_web()).collect();
+        assert_eq!(web.len(), 2);
+        for l in web {
+            assert_eq!(l.identity, IdentityMode::Enforce);
+            assert_eq!(l.routes["/ws"], "login");
+            assert_eq!(l.routes["/"], "softphone");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!                       303 to `next` (a path of ours, default /) with the session
 //!                       cookie; 403 and the form again otherwise
 //! GET|POST /logout   -> 303 to /login, the cookie cleared
+//! GET  /login/session -> 200 {"user": …, "domain": …} with a valid cookie, else 401
+//!                       (what a page of ours asks before it opens its WebSocket)
 //! WebSocket upgrade  -> with a valid cookie: identity user=USER, login=cookie;
 //!                       else 403 (Host not ours, Origin not allowed: 403 too)
 //! anything else      -> 404
@@ -55,6 +57,8 @@ struct Settings {
     domain: Option<String>,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    #[serde(default)]
+    open_on_loopback: bool,
 }
 
 fn default_key() -> String {
@@ -130,12 +134,19 @@ fn safe_next(next: Option<String>) -> String {
     }
 }
 
-fn form_page(status: u16, message: &str, next: &str) -> Decision {
-    let note = if message.is_empty() {
+fn form_page(status: u16, message: &str, next: &str, open: bool) -> Decision {
+    let mut note = if message.is_empty() {
         String::new()
     } else {
         format!("<p role=\"alert\">{}</p>", escape_html(message))
     };
+    if open {
+        note.push_str(
+            "<p>Try-it mode on this machine: any name logs in, the password is not \
+             checked.</p>",
+        );
+    }
+    let required = if open { "" } else { " required" };
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -143,7 +154,7 @@ fn form_page(status: u16, message: &str, next: &str) -> Decision {
          <form method=\"post\" action=\"/login\">\
          <input type=\"hidden\" name=\"next\" value=\"{}\">\
          <p><label>User <input name=\"user\" autocomplete=\"username\" required></label></p>\
-         <p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
+         <p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\"{required}></label></p>\
          <p><button type=\"submit\">Log in</button></p></form></main></body></html>\n",
         escape_html(next)
     );
@@ -180,6 +191,26 @@ fn same_origin(req: &HttpRequest, settings: &Settings) -> bool {
     })
 }
 
+/// Whether the client is on this machine (127.0.0.0/8, ::1, or v4-mapped loopback)
+/// and not behind a reverse proxy there: a request that carries `Forwarded`,
+/// `X-Forwarded-For` or `X-Real-IP` came from elsewhere, whatever the peer address.
+fn on_loopback(req: &HttpRequest) -> bool {
+    let proxied = ["Forwarded", "X-Forwarded-For", "X-Real-IP"]
+        .iter()
+        .any(|h| req.header(h).is_some());
+    !proxied
+        && req
+            .peer
+            .remote_addr
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| match ip {
+                std::net::IpAddr::V4(v4) => v4.is_loopback(),
+                std::net::IpAddr::V6(v6) => {
+                    v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+                }
+            })
+}
+
 fn cookie_header(settings: &Settings, value: &str, max_age: u64, secure: bool) -> String {
     format!(
         "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
@@ -197,18 +228,26 @@ fn log_in(req: &HttpRequest, settings: &Settings) -> Decision {
         ));
         return reply(403).text("Forbidden\n").close().into();
     }
+    let open = settings.open_on_loopback && on_loopback(req);
     let (Some(user), Some(password)) = (req.form("user"), req.form("password")) else {
-        return form_page(400, "Enter a user and a password.", &next);
+        return form_page(400, "Enter a user and a password.", &next, open);
     };
-    if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
-        return form_page(403, "Wrong user or password.", &next);
+    // A name a SIP URI's user part can carry as it is (the page registers with it).
+    let usable = |c: char| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c);
+    if user.is_empty() || user.len() > 64 || !user.chars().all(usable) {
+        return form_page(
+            403,
+            "Wrong user or password (a name is letters, digits and -_.!~*'()&=+$,;?/).",
+            &next,
+            open,
+        );
     }
-    if !credentials::check_password(&settings.realm, &user, &password) {
+    if !open && !credentials::check_password(&settings.realm, &user, &password) {
         sipwasm_plugin::warn(&format!(
             "login refused for {user:?} from {}",
             req.peer.remote_addr
         ));
-        return form_page(403, "Wrong user or password.", &next);
+        return form_page(403, "Wrong user or password.", &next, open);
     }
     let expiry = now() + settings.session_lifetime;
     let value = match mint(settings, &user, expiry) {
@@ -227,6 +266,32 @@ fn log_in(req: &HttpRequest, settings: &Settings) -> Decision {
             &cookie_header(settings, &value, settings.session_lifetime, secure),
         )
         .header("Cache-Control", "no-store")
+        .into()
+}
+
+/// Who the cookie says the visitor is, for a page of ours: `{"user", "domain"}` (the
+/// domain configured, else the host the page was loaded from), or 401.
+fn session(req: &HttpRequest, settings: &Settings) -> Decision {
+    let user = req
+        .cookie(&settings.cookie)
+        .and_then(|v| check(v, settings, now()));
+    let Some(user) = user else {
+        return reply(401)
+            .header("Cache-Control", "no-store")
+            .json(&serde_json::json!({ "error": "not logged in" }))
+            .into();
+    };
+    let domain = settings.domain.clone().unwrap_or_else(|| {
+        let host = req.header("Host").unwrap_or("localhost");
+        // `[::1]:8080` -> `[::1]`, `example.org:8080` -> `example.org`.
+        match host.rfind(':') {
+            Some(i) if !host[i..].contains(']') => host[..i].to_string(),
+            _ => host.to_string(),
+        }
+    });
+    reply(200)
+        .header("Cache-Control", "no-store")
+        .json(&serde_json::json!({ "user": user, "domain": domain }))
         .into()
 }
 
@@ -277,7 +342,13 @@ impl Guest for CookieLogin {
             };
         }
         match (req.method.as_str(), req.path()) {
-            ("GET" | "HEAD", "/login") => form_page(200, "", &safe_next(req.query("next"))),
+            ("GET" | "HEAD", "/login") => form_page(
+                200,
+                "",
+                &safe_next(req.query("next")),
+                settings.open_on_loopback && on_loopback(&req),
+            ),
+            ("GET", "/login/session") => session(&req, settings),
             ("POST", "/login") => log_in(&req, settings),
             ("GET" | "POST", "/logout") => {
                 let secure = req.peer.transport == Transport::Tls;
