@@ -57,12 +57,15 @@ pub(crate) async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyho
         flow: None,
     };
     for _ in 0..500 {
-        anyhow::ensure!(router.call(&source, &request, &[]).await == RouteDecision::Continue(None));
+        anyhow::ensure!(
+            router.call(&source, &request, Default::default()).await
+                == RouteDecision::Continue(None)
+        );
     }
     let mut call = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let t = Instant::now();
-        let d = router.call(&source, &request, &[]).await;
+        let d = router.call(&source, &request, Default::default()).await;
         call.push(t.elapsed());
         anyhow::ensure!(
             d == RouteDecision::Continue(None),
@@ -75,7 +78,7 @@ pub(crate) async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyho
     for _ in 0..iterations / 10 {
         tokio::time::sleep(Duration::from_micros(100)).await;
         let t = Instant::now();
-        let d = router.call(&source, &request, &[]).await;
+        let d = router.call(&source, &request, Default::default()).await;
         idle.push(t.elapsed());
         anyhow::ensure!(
             d == RouteDecision::Continue(None),
@@ -119,7 +122,7 @@ pub(crate) async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyho
             // calls back in place once it is quick again.
             if let (Some(router), Some(q)) = (&hook, core.route_query()) {
                 let id = q.id;
-                match router.decide_in_place(q.source, q.request, &[]) {
+                match router.decide_in_place(q.source, q.request, Default::default()) {
                     Ok(d) => core.route(std::time::Instant::now(), id, d),
                     Err(deferred) => {
                         deferred_calls += 1;

@@ -760,3 +760,40 @@ async fn the_try_it_page_on_the_embedded_default() {
         );
     }
 }
+
+/// A request on a connection the host holds to its user needs no Digest: call-policy
+/// with [auth] asks `digest.proven-user` first. Elsewhere the challenge stands.
+#[tokio::test]
+async fn an_enforced_login_needs_no_digest() {
+    let template = STANDARD.replace(
+        "address = \"127.0.0.1:{ws3}\"\nplugin = \"welcome\"",
+        "address = \"127.0.0.1:{ws3}\"\nplugin = \"misbehave\"\nidentity = \"enforce\"",
+    );
+    let s = Server::start(&format!(
+        r#"{template}
+[sip]
+router = "router"
+
+[plugins.router]
+path = "{{plugins}}/call_policy.wasm"
+deadline = "2s"
+[plugins.router.config.auth]
+realm = "localhost"
+methods = ["REGISTER", "MESSAGE"]
+"#
+    ));
+    let mut held = Ua::ws_at(s.ws3, "/as?alice", "alice").await;
+    assert_eq!(
+        held.register(600).await.status,
+        200,
+        "no challenge on a held connection"
+    );
+    let mut attached = Ua::ws_at(s.ws2, "/as?alice", "alice").await;
+    assert_eq!(
+        attached.register(600).await.status,
+        401,
+        "identity only attached: challenged"
+    );
+    let mut phone = Ua::udp(&s, "alice").await;
+    assert_eq!(phone.register(600).await.status, 401);
+}

@@ -623,16 +623,18 @@ fn ask_router(core: &mut Core, router: &Router, outlet: &Outlet, cell: &Weak<Cor
         return;
     };
     let id = q.id;
-    let identity = q
-        .source
-        .flow
-        .and_then(|f| outlet.flows.get(f))
-        .map(|info| info.identity.clone())
-        .unwrap_or_default();
-    match router
-        .plugin
-        .decide_in_place(q.source, q.request, &identity)
-    {
+    let info = q.source.flow.and_then(|f| outlet.flows.get(f));
+    let identity = info.as_ref().map_or(&[][..], |i| i.identity.as_slice());
+    let proven_user = info
+        .as_ref()
+        .filter(|i| i.enforced)
+        .and_then(|i| i.identity.iter().find(|(k, _)| k == "user"))
+        .map(|(_, v)| v.as_str());
+    let flow = crate::plugin::sip_router::FlowFacts {
+        identity,
+        proven_user,
+    };
+    match router.plugin.decide_in_place(q.source, q.request, flow) {
         Ok(decision) => core.route(std::time::Instant::now(), id, decision),
         Err(deferred) => {
             tracing::debug!(id, "routing call deferred");

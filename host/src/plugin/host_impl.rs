@@ -226,6 +226,10 @@ impl DigestImports for HostState {
         self.verify_digest(&realm, Secret::Password(&password))
     }
 
+    fn proven_user(&mut self) -> Option<String> {
+        self.digest_request.as_ref()?.proven_user.clone()
+    }
+
     fn verify_stored(&mut self, realm: String) -> DigestVerdictWit {
         let Some(user) = self.credentials_user(&realm) else {
             return DigestVerdictWit::Missing;

@@ -190,16 +190,13 @@ impl SipRouter {
     /// moved to a task. Its outcome is the plugin's decision, checked, with the failure
     /// policy applied: `closed` answers 500 (503 when the plugin is busy), `open`
     /// continues with the default routing.
-    pub fn prepare(
-        &self,
-        source: &Source,
-        req: &Request,
-        identity: &[(String, String)],
-    ) -> RouteCall {
+    pub fn prepare(&self, source: &Source, req: &Request, flow: FlowFacts<'_>) -> RouteCall {
         RouteCall {
             plugin: self.slot.current(),
-            request: sip_request(req, source, identity),
-            facts: DigestFacts::of(req).counted_against(source.remote.ip()),
+            request: sip_request(req, source, flow.identity),
+            facts: DigestFacts::of(req)
+                .counted_against(source.remote.ip())
+                .proven_by(flow.proven_user),
             nonce: self.nonce.clone(),
             algorithms: self.algorithms.clone(),
             peer: source.remote.ip(),
@@ -211,9 +208,9 @@ impl SipRouter {
         &self,
         source: &Source,
         req: &Request,
-        identity: &[(String, String)],
+        flow: FlowFacts<'_>,
     ) -> impl std::future::Future<Output = RouteDecision> + Send + 'static {
-        self.prepare(source, req, identity).finish()
+        self.prepare(source, req, flow).finish()
     }
 
     /// [`SipRouter::call`] polled once, in place, when the plugin has a place for it
@@ -225,9 +222,9 @@ impl SipRouter {
         &self,
         source: &Source,
         req: &Request,
-        identity: &[(String, String)],
+        flow: FlowFacts<'_>,
     ) -> Result<RouteDecision, Deferred> {
-        let call = self.prepare(source, req, identity);
+        let call = self.prepare(source, req, flow);
         let reserved = match call.plugin.try_reserve(Some(call.peer)) {
             Ok(Some(reserved)) => reserved,
             Ok(None) => return Err(Deferred::Waiting(Box::new(call))),
@@ -338,6 +335,15 @@ fn sip_address(uri: &crate::sip::uri::Uri) -> Option<bindings::SipAddress> {
     })
 }
 
+/// What the router is told of the connection a request came on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlowFacts<'a> {
+    /// The attributes its http-handler plugin attached at upgrade (WebSocket flows).
+    pub identity: &'a [(String, String)],
+    /// The user the host holds it to (a listener with `identity = "enforce"`).
+    pub proven_user: Option<&'a str>,
+}
+
 /// What checking a decision, and the plugin's `digest` imports, need of its request.
 #[derive(Debug, Clone)]
 pub struct DigestFacts {
@@ -358,6 +364,9 @@ pub struct DigestFacts {
     /// Whether a failed Digest check of this request was counted already (a plugin may
     /// check one request against several passwords: one request, one failure).
     pub(crate) failure_counted: bool,
+    /// The user the request's connection is held to (`identity = "enforce"`), which
+    /// `digest.proven-user` tells the plugin.
+    pub(crate) proven_user: Option<String>,
 }
 
 impl DigestFacts {
@@ -384,6 +393,7 @@ impl DigestFacts {
                 req.headers.values(&HeaderName::Via).next().unwrap_or("")
             ),
             failure_counted: false,
+            proven_user: None,
         }
     }
 
@@ -411,6 +421,15 @@ impl DigestFacts {
                 SERIAL.fetch_add(1, Ordering::Relaxed)
             ),
             failure_counted: false,
+            proven_user: None,
+        }
+    }
+
+    /// The same facts, for a request on a connection held to `user`.
+    pub fn proven_by(self, user: Option<&str>) -> Self {
+        Self {
+            proven_user: user.map(str::to_string),
+            ..self
         }
     }
 

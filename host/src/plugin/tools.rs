@@ -317,7 +317,13 @@ async fn run_sip(
     };
     let _ = crate::core::stamp_received(&mut message, source.remote);
     let router = super::sip_router::SipRouter::new(slot, nonce, &["MD5".to_string()]);
-    let decision = router.call(&source, &message, &[]).await;
+    let decision = router
+        .call(
+            &source,
+            &message,
+            crate::plugin::sip_router::FlowFacts::default(),
+        )
+        .await;
     let text = match decision {
         RouteDecision::Continue(media) => format!(
             "continue: the registrar and proxy handle it as without a router{}\n",

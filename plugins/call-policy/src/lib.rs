@@ -32,7 +32,9 @@
 //!                                           # store (`sipwasm user add`) is checked
 //! ```
 //!
-//! A REGISTER must be for the authenticated user's own address-of-record.
+//! A REGISTER must be for the authenticated user's own address-of-record. A request on
+//! a connection the host holds to its user (`identity = "enforce"` on a WebSocket
+//! listener whose plugin logged the user in) needs no challenge.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -111,6 +113,12 @@ fn authenticate(auth: &Auth, req: &SipRequest) -> Option<SipDecision> {
         .iter()
         .any(|m| m.eq_ignore_ascii_case(&req.method))
     {
+        return None;
+    }
+    // A connection the host holds to its user (a login at the WebSocket upgrade, with
+    // `identity = "enforce"`): proven already, and the host refuses anything on it for
+    // or from anyone else.
+    if digest::proven_user().is_some() {
         return None;
     }
     let Some(user) = digest::username(&auth.realm) else {
