@@ -24,6 +24,8 @@ fn main() {
     sipwasm_plugin_build::build_js("token-login.js", "http-handler", "token_login_js.wasm");
     sipwasm_plugin_build::build_python("seed-policy", "http-handler", "seed_policy_py.wasm");
     sipwasm_plugin_build::build_python("token-login", "http-handler", "token_login_py.wasm");
+    sipwasm_plugin_build::build_js("call-policy.js", "sip-router", "call_policy_js.wasm");
+    sipwasm_plugin_build::build_python("call-policy", "sip-router", "call_policy_py.wasm");
     let foreign = js.parent().expect("OUT_DIR");
     println!(
         "cargo:rustc-env=SIPWASM_TEST_FOREIGN_PLUGINS={}",

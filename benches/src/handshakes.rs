@@ -56,7 +56,17 @@ pub(crate) async fn handshake_rate(
     seconds: u64,
     concurrency: usize,
 ) -> anyhow::Result<(f64, u64)> {
-    let request: Arc<[u8]> = handshake_request(target.addr).into_bytes().into();
+    handshake_rate_with(target, handshake_request(target.addr), seconds, concurrency).await
+}
+
+/// [`handshake_rate`] with `request` as every client's handshake.
+pub(crate) async fn handshake_rate_with(
+    target: &Target,
+    request: String,
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let request: Arc<[u8]> = request.into_bytes().into();
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

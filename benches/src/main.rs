@@ -5,6 +5,7 @@
 //! ```text
 //! sipwasm-bench decision                  plugin decision time, reused and fresh instances
 //! sipwasm-bench handshakes [--kamailio]   WebSocket handshakes per second through the policy
+//! sipwasm-bench logins                    the same through token-login in Rust, JS, Python
 //! sipwasm-bench idle [--kamailio]         memory per idle WebSocket connection
 //! sipwasm-bench sip [--kamailio]          SIP load: REGISTER over WS and UDP, MESSAGE WS to WS
 //! sipwasm-bench calls [--kamailio]        calls between sipp phones: server CPU per call
@@ -25,6 +26,7 @@ mod decision;
 mod handshakes;
 mod idle;
 mod in_process;
+mod logins;
 mod process;
 mod router;
 mod sip;
@@ -37,6 +39,7 @@ use crate::decision::decision;
 use crate::handshakes::handshakes;
 use crate::idle::idle;
 use crate::in_process::{core_only, worst};
+use crate::logins::logins;
 use crate::process::Placement;
 use crate::router::router;
 use crate::sip::{SCENARIOS, sip, sip_scenarios_with};
@@ -71,6 +74,14 @@ enum Cmd {
         /// Measure Kamailio too.
         #[arg(long)]
         kamailio: bool,
+    },
+    /// WebSocket handshakes per second through token-login (Rust, JavaScript,
+    /// Python), each with a valid token, beside seed-policy.
+    Logins {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
     },
     /// Memory per idle WebSocket connection.
     Idle {
@@ -259,6 +270,10 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Cmd::Logins {
+                seconds,
+                concurrency,
+            } => logins(&args.sipwasm, seconds, concurrency).await,
             Cmd::Idle {
                 connections,
                 kamailio,

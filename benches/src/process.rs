@@ -15,7 +15,8 @@ pub(crate) struct Target {
     pub(crate) name: String,
     pub(crate) addr: SocketAddr,
     pub(crate) child: Child,
-    _dir: tempfile::TempDir,
+    /// Its data directory (removed when it stops).
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Drop for Target {
@@ -179,7 +180,7 @@ pub(crate) async fn start_sipwasm_with(
         name: format!("sipwasm ({instances} instances)"),
         addr,
         child,
-        _dir: dir,
+        dir,
     };
     Ok((target, SocketAddr::from(([127, 0, 0, 1], udp_port))))
 }
@@ -208,7 +209,7 @@ pub(crate) async fn start_kamailio(cfg: &Path, shm_mb: usize) -> anyhow::Result<
         name: "kamailio 5.6 (websocket + xhttp)".into(),
         addr,
         child,
-        _dir: dir,
+        dir,
     })
 }
 
@@ -303,7 +304,7 @@ pub(crate) async fn start_kamailio_sip_with(
             name: "kamailio 5.6".into(),
             addr,
             child,
-            _dir: dir,
+            dir,
         },
         SocketAddr::from(([127, 0, 0, 1], udp)),
     ))

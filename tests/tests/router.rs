@@ -11,13 +11,18 @@ use sipwasm_tests::*;
 /// The standard server with call-policy as the router: 666 blocked, users starting
 /// with 9 relayed to `next_hop`, `extra` appended to its settings.
 fn server(next_hop: &str, extra: &str) -> Server {
+    server_with("{plugins}/call_policy.wasm", next_hop, extra)
+}
+
+/// [`server`] with the call-policy at `path` (Rust, JavaScript or Python).
+fn server_with(path: &str, next_hop: &str, extra: &str) -> Server {
     Server::standard(&format!(
         r#"
 [sip]
 router = "router"
 
 [plugins.router]
-path = "{{plugins}}/call_policy.wasm"
+path = "{path}"
 # A debug build under parallel tests: see the seed plugin in `STANDARD`.
 deadline = "2s"
 {extra}
@@ -645,4 +650,68 @@ async fn a_spoofed_source_cannot_lock_out_its_victim() {
     alice.send(&text).await;
     assert_eq!(alice.recv_final().await.status, 200);
     assert_eq!(s.metric("sipwasm_digest_bans_total").await, 0);
+}
+
+/// What every call-policy (Rust, JavaScript, Python) does with the same settings:
+/// blocked numbers get 403, others the registrar and proxy, a prefix is relayed to its
+/// next hop, and a closed connection is logged with the bindings it lost.
+async fn call_policy_table(path: &str) {
+    let hop = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let next_hop = hop.local_addr().unwrap().to_string();
+    // The Python interpreter needs more than the default 32 MiB.
+    let s = server_with(path, &next_hop, "memory-limit = \"96MiB\"");
+    let mut phone = Ua::udp(&s, "alice").await;
+    assert_eq!(phone.register(600).await.status, 200, "REGISTER continues");
+    let mut browser = Ua::ws(&s, "bob").await;
+    assert_eq!(browser.register(600).await.status, 200);
+
+    for method in ["INVITE", "MESSAGE"] {
+        let body = if method == "INVITE" { SDP } else { "hi" };
+        let (req, _) = phone.request(method, "666", "", body);
+        phone.send(&req).await;
+        let r = phone.recv_final().await;
+        assert_eq!((r.status, r.reason.as_str()), (403, "Blocked"), "{method}");
+    }
+    let (msg, _) = phone.request("MESSAGE", "bob", "", "hello bob");
+    phone.send(&msg).await;
+    let got = browser.recv_request("MESSAGE").await;
+    assert_eq!(&got.body[..], b"hello bob");
+    browser.send(&browser.response(&got, 200, "", "")).await;
+    assert_eq!(phone.recv_final().await.status, 200);
+
+    // Relayed: the next hop gets it with the user at its address.
+    let (msg, _) = phone.request("MESSAGE", "9001", "", "to the trunk");
+    phone.send(&msg).await;
+    let mut buf = vec![0u8; 4096];
+    let n = within("the relayed MESSAGE", hop.recv(&mut buf))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        text.starts_with(&format!("MESSAGE sip:9001@{next_hop} SIP/2.0")),
+        "{text}"
+    );
+
+    // The browser disappears without unregistering.
+    drop(browser);
+    assert!(
+        s.wait_for_log("bindings lost: [sip:bob@localhost]").await,
+        "{}",
+        s.logs()
+    );
+}
+
+#[tokio::test]
+async fn call_policy_in_rust_passes_the_table() {
+    call_policy_table("{plugins}/call_policy.wasm").await;
+}
+
+#[tokio::test]
+async fn call_policy_in_javascript_passes_the_table() {
+    call_policy_table("{foreign}/call_policy_js.wasm").await;
+}
+
+#[tokio::test]
+async fn call_policy_in_python_passes_the_table() {
+    call_policy_table("{foreign}/call_policy_py.wasm").await;
 }

@@ -37,14 +37,13 @@
 //! listener whose plugin logged the user in) needs no challenge.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use serde::Deserialize;
 use sipwasm_plugin::Level;
 use sipwasm_plugin::host;
 use sipwasm_plugin::sip::{
-    ClosedFlow, Guest, MediaChoice, Relay, SipDecision, SipRequest, SipRequestExt, SipTransport,
-    Verdict, challenge, digest, lookup, media, relay, reply,
+    ClosedFlow, MediaChoice, Relay, SipDecision, SipRequest, SipRequestExt, SipTransport, Verdict,
+    challenge, digest, lookup, media, relay, reply,
 };
 
 #[derive(Deserialize)]
@@ -153,12 +152,6 @@ fn authenticate(auth: &Auth, req: &SipRequest) -> Option<SipDecision> {
     None
 }
 
-/// Read once per instance: the host hands every call of an instance the same table.
-fn settings() -> &'static Result<Settings, String> {
-    static SETTINGS: OnceLock<Result<Settings, String>> = OnceLock::new();
-    SETTINGS.get_or_init(sipwasm_plugin::config)
-}
-
 fn transport_name(t: SipTransport) -> &'static str {
     match t {
         SipTransport::Udp => "udp",
@@ -169,89 +162,80 @@ fn transport_name(t: SipTransport) -> &'static str {
     }
 }
 
-struct CallPolicy;
-
-impl Guest for CallPolicy {
-    fn on_sip_request(req: SipRequest) -> SipDecision {
-        let settings = match settings() {
-            Ok(s) => s,
-            Err(e) => {
-                host::log(Level::Error, e);
-                return reply(500).reason("Plugin Misconfigured").into();
-            }
-        };
-        if let Some(auth) = &settings.auth
-            && let Some(stop) = authenticate(auth, &req)
-        {
-            return stop;
-        }
-        if let Some(m) = &settings.media {
-            // Decided first: a reply below makes it moot.
-            choose_media(m, &req);
-        }
-        let Some(user) = req.ruri_user() else {
-            return SipDecision::Continue;
-        };
-        if user == "whereis" && req.method == "OPTIONS" && req.ruri_is_ours() {
-            let Some(aor) = req.header("X-Lookup") else {
-                return reply(400).reason("X-Lookup Missing").into();
-            };
-            let mut found = reply(200);
-            for c in lookup(aor) {
-                let value = format!(
-                    "<{}>;expires={};transport-used={}",
-                    c.uri,
-                    c.expires,
-                    transport_name(c.transport)
-                );
-                found = found.header("Contact", &value);
-            }
-            return found.into();
-        }
-        if matches!(req.method.as_str(), "INVITE" | "MESSAGE")
-            && settings.blocked.iter().any(|b| b == user)
-        {
-            host::log(
-                Level::Info,
-                &format!(
-                    "blocked {} to {user} from {}:{}",
-                    req.method, req.source.remote_addr, req.source.remote_port
-                ),
-            );
-            return reply(403).reason("Blocked").into();
-        }
-        // The longest matching prefix wins.
-        if let Some((_, next_hop)) = settings
-            .relay
-            .iter()
-            .filter(|(prefix, _)| user.starts_with(prefix.as_str()))
-            .max_by_key(|(prefix, _)| prefix.len())
-        {
-            return relay(format!("sip:{user}@{next_hop}"));
-        }
-        SipDecision::Continue
+/// Decides a new request.
+fn route(req: SipRequest, settings: &Settings) -> SipDecision {
+    if let Some(auth) = &settings.auth
+        && let Some(stop) = authenticate(auth, &req)
+    {
+        return stop;
     }
-
-    fn on_flow_closed(closed: ClosedFlow) {
-        let f = &closed.flow;
-        let who = f
-            .identity
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
+    if let Some(m) = &settings.media {
+        // Decided first: a reply below makes it moot.
+        choose_media(m, &req);
+    }
+    let Some(user) = req.ruri_user() else {
+        return SipDecision::Continue;
+    };
+    if user == "whereis" && req.method == "OPTIONS" && req.ruri_is_ours() {
+        let Some(aor) = req.header("X-Lookup") else {
+            return reply(400).reason("X-Lookup Missing").into();
+        };
+        let mut found = reply(200);
+        for c in lookup(aor) {
+            let value = format!(
+                "<{}>;expires={};transport-used={}",
+                c.uri,
+                c.expires,
+                transport_name(c.transport)
+            );
+            found = found.header("Contact", &value);
+        }
+        return found.into();
+    }
+    if matches!(req.method.as_str(), "INVITE" | "MESSAGE")
+        && settings.blocked.iter().any(|b| b == user)
+    {
         host::log(
             Level::Info,
             &format!(
-                "flow closed: {} {}:{} connection {} identity [{who}] bindings lost: [{}]",
-                transport_name(f.transport),
-                f.remote_addr,
-                f.remote_port,
-                f.connection_id.map_or("-".to_string(), |c| c.to_string()),
-                closed.aors.join(", ")
+                "blocked {} to {user} from {}:{}",
+                req.method, req.source.remote_addr, req.source.remote_port
             ),
         );
+        return reply(403).reason("Blocked").into();
     }
+    // The longest matching prefix wins.
+    if let Some((_, next_hop)) = settings
+        .relay
+        .iter()
+        .filter(|(prefix, _)| user.starts_with(prefix.as_str()))
+        .max_by_key(|(prefix, _)| prefix.len())
+    {
+        return relay(format!("sip:{user}@{next_hop}"));
+    }
+    SipDecision::Continue
 }
 
-sipwasm_plugin::sip::export!(CallPolicy with_types_in sipwasm_plugin::sip::bindings);
+/// Logs a connection that carried SIP and closed, with the AoRs that lost bindings.
+fn closed(closed: ClosedFlow, _settings: &Settings) {
+    let f = &closed.flow;
+    let who = f
+        .identity
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    host::log(
+        Level::Info,
+        &format!(
+            "flow closed: {} {}:{} connection {} identity [{who}] bindings lost: [{}]",
+            transport_name(f.transport),
+            f.remote_addr,
+            f.remote_port,
+            f.connection_id.map_or("-".to_string(), |c| c.to_string()),
+            closed.aors.join(", ")
+        ),
+    );
+}
+
+sipwasm_plugin::sip::router!(route, closed = closed, config = Settings);

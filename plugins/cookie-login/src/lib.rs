@@ -34,12 +34,9 @@
 //! allowed-origins = ["https://app.example.org"] # other origins whose pages may log in
 //! ```
 
-use std::sync::OnceLock;
-
 use serde::Deserialize;
 use sipwasm_plugin::{
-    Decision, Guest, HttpRequest, RequestExt, Transport, base64url, credentials, keys, reply,
-    upgrade,
+    Decision, HttpRequest, RequestExt, Transport, base64url, credentials, keys, reply, upgrade,
 };
 
 #[derive(Deserialize)]
@@ -72,12 +69,6 @@ fn default_lifetime() -> u64 {
 }
 fn default_cookie() -> String {
     "sipwasm_session".into()
-}
-
-/// Read once per instance: the host hands every call of an instance the same table.
-fn settings() -> &'static Result<Settings, String> {
-    static SETTINGS: OnceLock<Result<Settings, String>> = OnceLock::new();
-    SETTINGS.get_or_init(sipwasm_plugin::config)
 }
 
 fn now() -> u64 {
@@ -295,72 +286,62 @@ fn session(req: &HttpRequest, settings: &Settings) -> Decision {
         .into()
 }
 
-struct CookieLogin;
-
-impl Guest for CookieLogin {
-    fn on_http_request(req: HttpRequest) -> Decision {
-        let settings = match settings() {
-            Ok(s) => s,
-            Err(e) => {
-                sipwasm_plugin::error(e);
-                return reply(500).close().into();
+/// Decides a request.
+fn decide(req: HttpRequest, settings: &Settings) -> Decision {
+    if let Some(host) = req.header("Host")
+        && !req.host_is_ours()
+    {
+        sipwasm_plugin::warn(&format!("bad Host {host:?}"));
+        return reply(403).close().into();
+    }
+    if req.is_websocket() {
+        if !settings.allowed_origins.is_empty() || req.header("Origin").is_some() {
+            // A page elsewhere may not use the visitor's cookie (cross-site
+            // WebSocket hijacking): its Origin must be ours or allowed.
+            if !same_origin(&req, settings) {
+                sipwasm_plugin::warn("WebSocket from another origin refused");
+                return reply(403).close().into();
             }
-        };
-        if let Some(host) = req.header("Host")
-            && !req.host_is_ours()
+        }
+        return match req
+            .cookie(&settings.cookie)
+            .and_then(|v| check(v, settings, now()))
         {
-            sipwasm_plugin::warn(&format!("bad Host {host:?}"));
-            return reply(403).close().into();
-        }
-        if req.is_websocket() {
-            if !settings.allowed_origins.is_empty() || req.header("Origin").is_some() {
-                // A page elsewhere may not use the visitor's cookie (cross-site
-                // WebSocket hijacking): its Origin must be ours or allowed.
-                if !same_origin(&req, settings) {
-                    sipwasm_plugin::warn("WebSocket from another origin refused");
-                    return reply(403).close().into();
+            Some(user) => {
+                let mut up = upgrade()
+                    .identity("user", &user)
+                    .identity("login", "cookie");
+                if let Some(d) = &settings.domain {
+                    up = up.identity("domain", d);
                 }
+                up.into()
             }
-            return match req
-                .cookie(&settings.cookie)
-                .and_then(|v| check(v, settings, now()))
-            {
-                Some(user) => {
-                    let mut up = upgrade()
-                        .identity("user", &user)
-                        .identity("login", "cookie");
-                    if let Some(d) = &settings.domain {
-                        up = up.identity("domain", d);
-                    }
-                    up.into()
-                }
-                None => reply(403)
-                    .reason("Login Required")
-                    .text("Login Required\n")
-                    .close()
-                    .into(),
-            };
+            None => reply(403)
+                .reason("Login Required")
+                .text("Login Required\n")
+                .close()
+                .into(),
+        };
+    }
+    match (req.method.as_str(), req.path()) {
+        ("GET" | "HEAD", "/login") => form_page(
+            200,
+            "",
+            &safe_next(req.query("next")),
+            settings.open_on_loopback && on_loopback(&req),
+        ),
+        ("GET", "/login/session") => session(&req, settings),
+        ("POST", "/login") => log_in(&req, settings),
+        ("GET" | "POST", "/logout") => {
+            let secure = req.peer.transport == Transport::Tls;
+            reply(303)
+                .header("Location", "/login")
+                .header("Set-Cookie", &cookie_header(settings, "", 0, secure))
+                .header("Cache-Control", "no-store")
+                .into()
         }
-        match (req.method.as_str(), req.path()) {
-            ("GET" | "HEAD", "/login") => form_page(
-                200,
-                "",
-                &safe_next(req.query("next")),
-                settings.open_on_loopback && on_loopback(&req),
-            ),
-            ("GET", "/login/session") => session(&req, settings),
-            ("POST", "/login") => log_in(&req, settings),
-            ("GET" | "POST", "/logout") => {
-                let secure = req.peer.transport == Transport::Tls;
-                reply(303)
-                    .header("Location", "/login")
-                    .header("Set-Cookie", &cookie_header(settings, "", 0, secure))
-                    .header("Cache-Control", "no-store")
-                    .into()
-            }
-            _ => reply(404).text("Not Found\n").into(),
-        }
+        _ => reply(404).text("Not Found\n").into(),
     }
 }
 
-sipwasm_plugin::export!(CookieLogin with_types_in sipwasm_plugin::bindings);
+sipwasm_plugin::http_plugin!(decide, config = Settings);

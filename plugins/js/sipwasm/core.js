@@ -172,11 +172,12 @@ const KINDS = {
   boolean: (v) => typeof v === 'boolean',
   strings: (v) => Array.isArray(v) && v.every((x) => typeof x === 'string'),
   integers: (v) => Array.isArray(v) && v.every((x) => Number.isInteger(x)),
+  table: (v) => typeof v === 'object' && v !== null && !Array.isArray(v),
 };
 
 /**
  * Reads a plugin `config` table (JSON text) against `schema`, `{ key: { kind,
- * default } }` with kind one of string, integer, boolean, strings, integers (a key
+ * default } }` with kind one of string, integer, boolean, strings, integers, table (a key
  * without a default is required). Unknown keys and wrong kinds throw, naming the key.
  */
 export function parseConfig(json, schema) {
@@ -235,4 +236,45 @@ export function base64urlDecode(text) {
     if (spare !== 0) return undefined;
   }
   return new Uint8Array(out);
+}
+
+// ---------------------------------------------------------------- sip-router
+
+/** The default registrar and proxy behaviour. */
+export const CONTINUE = Object.freeze({ tag: 'continue' });
+
+/** A final response (200..=699); the host writes Via, From, To, Call-ID, CSeq... */
+export function sipReply(status, { reason, headers = [] } = {}) {
+  return { tag: 'reply', val: { status, reason, headers } };
+}
+
+/** Forward statefully to `uri`, which becomes the Request-URI. */
+export function relay(uri) {
+  return { tag: 'relay', val: uri };
+}
+
+/** 401 (REGISTER) or 407 with a Digest challenge of the host's. */
+export function sipChallenge(realm) {
+  return { tag: 'challenge', val: realm };
+}
+
+/** The Request-URI's user part (the number dialled), as the host parsed it. */
+export function ruriUser(req) {
+  return req.target?.user ?? undefined;
+}
+
+/** The From URI's user part, as the host parsed it (a display name never counts). */
+export function userInFrom(req) {
+  return req.from?.user ?? undefined;
+}
+
+/** The To URI's user part (for REGISTER, the address-of-record's user). */
+export function userInTo(req) {
+  return req.to?.user ?? undefined;
+}
+
+/** An identity attribute the login plugin attached to the request's WebSocket flow. */
+export function identity(req, key) {
+  const found = req.source.identity.find(([k]) => k === key);
+  return found ? found[1] : undefined;
 }

@@ -64,6 +64,7 @@ _KINDS = {
     "strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "integers": lambda v: isinstance(v, list)
     and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+    "table": lambda v: isinstance(v, dict),
 }
 
 _REQUIRED = object()

@@ -1,27 +1,32 @@
 //! Write sipwasm policy plugins in Rust.
 //!
 //! The crate carries the bindings of `wit/plugin.wit` (world `http-handler`, and
-//! `sip-router` in [`sip`]) and the
-//! helpers a policy reads well with: header lookup (case-insensitive, every value),
-//! path, query and cookie parsing, the WebSocket verdict, and builders for the three
-//! decisions. A plugin is a `cdylib` that implements [`Guest`] and calls [`export!`]:
+//! `sip-router` in [`sip`]) and the helpers a policy reads well with: header lookup
+//! (case-insensitive, every value), path, query, form and cookie parsing, the WebSocket
+//! verdict, builders for the three decisions, typed configuration, base64url, and the
+//! host's keys and user store. A plugin is a `cdylib` with one function, exported by
+//! [`http_plugin!`]:
 //!
 //! ```ignore
-//! use sipwasm_plugin::{Decision, Guest, HttpRequest, reply, upgrade};
+//! use sipwasm_plugin::{Decision, HttpRequest, RequestExt, reply, upgrade};
 //!
-//! struct Policy;
+//! #[derive(serde::Deserialize)]
+//! struct Settings { greeting: String }
 //!
-//! impl Guest for Policy {
-//!     fn on_http_request(req: HttpRequest) -> Decision {
-//!         if req.is_websocket() && req.host_is_ours() {
-//!             return upgrade().identity("origin", req.header("Origin").unwrap_or("")).into();
-//!         }
-//!         reply(404).text("Not Found\n").into()
+//! fn decide(req: HttpRequest, settings: &Settings) -> Decision {
+//!     if req.is_websocket() && req.host_is_ours() {
+//!         return upgrade().identity("origin", req.header("Origin").unwrap_or("")).into();
 //!     }
+//!     reply(200).text(&settings.greeting).into()
 //! }
 //!
-//! sipwasm_plugin::export!(Policy with_types_in sipwasm_plugin::bindings);
+//! sipwasm_plugin::http_plugin!(decide, config = Settings);
 //! ```
+//!
+//! The configuration is read once per instance; a table that does not fit `Settings`
+//! is logged and every request gets 500 (`http_plugin!(decide)` takes a function of
+//! the request alone). The lower level stays available: implement [`Guest`] and call
+//! [`export!`] with `with_types_in sipwasm_plugin::bindings`.
 
 /// The generated bindings (`wit_bindgen::generate!` over the host's `wit/`).
 pub mod bindings {
@@ -308,4 +313,46 @@ pub fn warn(message: &str) {
 /// Logs at error level.
 pub fn error(message: &str) {
     host::log(Level::Error, message);
+}
+
+/// Exports an http-handler plugin made of one function: `http_plugin!(decide)` for
+/// `fn decide(HttpRequest) -> Decision`, or `http_plugin!(decide, config = Settings)`
+/// for `fn decide(HttpRequest, &Settings) -> Decision`, with `Settings` read from the
+/// plugin's `config` table once per instance (serde; a table that does not fit is
+/// logged and answered 500, closing the connection).
+#[macro_export]
+macro_rules! http_plugin {
+    ($decide:path) => {
+        struct __SipwasmHttpPlugin;
+
+        impl $crate::Guest for __SipwasmHttpPlugin {
+            fn on_http_request(req: $crate::HttpRequest) -> $crate::Decision {
+                $decide(req)
+            }
+        }
+
+        $crate::export!(__SipwasmHttpPlugin with_types_in $crate::bindings);
+    };
+    ($decide:path, config = $settings:ty) => {
+        struct __SipwasmHttpPlugin;
+
+        impl $crate::Guest for __SipwasmHttpPlugin {
+            fn on_http_request(req: $crate::HttpRequest) -> $crate::Decision {
+                // Read once per instance: the host hands every call of an instance
+                // the same table.
+                static SETTINGS: ::std::sync::OnceLock<
+                    ::std::result::Result<$settings, ::std::string::String>,
+                > = ::std::sync::OnceLock::new();
+                match SETTINGS.get_or_init($crate::config::<$settings>) {
+                    Ok(settings) => $decide(req, settings),
+                    Err(e) => {
+                        $crate::error(&format!("bad plugin config: {e}"));
+                        $crate::reply(500).close().into()
+                    }
+                }
+            }
+        }
+
+        $crate::export!(__SipwasmHttpPlugin with_types_in $crate::bindings);
+    };
 }

@@ -1,24 +1,25 @@
 //! SIP routing plugins (world `sip-router`): the bindings, request helpers and
-//! decision builders. A router is a `cdylib` that implements [`Guest`] and calls
-//! [`export!`](crate::sip::export):
+//! decision builders. A router is a `cdylib` with a function per export, exported by
+//! [`router!`](crate::sip::router):
 //!
 //! ```ignore
-//! use sipwasm_plugin::sip::{ClosedFlow, Guest, SipDecision, SipRequest, SipRequestExt, reply};
+//! use sipwasm_plugin::sip::{SipDecision, SipRequest, SipRequestExt, reply};
 //!
-//! struct Router;
-//!
-//! impl Guest for Router {
-//!     fn on_sip_request(req: SipRequest) -> SipDecision {
-//!         if req.method == "INVITE" && req.ruri_user() == Some("666") {
-//!             return reply(403).reason("Blocked").into();
-//!         }
-//!         SipDecision::Continue
+//! fn route(req: SipRequest) -> SipDecision {
+//!     if req.method == "INVITE" && req.ruri_user() == Some("666") {
+//!         return reply(403).reason("Blocked").into();
 //!     }
-//!     fn on_flow_closed(_flow: ClosedFlow) {}
+//!     SipDecision::Continue
 //! }
 //!
-//! sipwasm_plugin::sip::export!(Router with_types_in sipwasm_plugin::sip::bindings);
+//! sipwasm_plugin::sip::router!(route);
 //! ```
+//!
+//! `router!(route, closed = on_closed, config = Settings)` adds a function for
+//! connections that closed (`fn(ClosedFlow, &Settings)`) and typed configuration
+//! (`fn route(SipRequest, &Settings)`), read once per instance. The request's From, To
+//! and Request-URI come parsed by the host (`SipRequestExt::user_in_from`, `to_aor`...):
+//! the canonical identities the registrar and the host's checks use.
 
 /// The generated bindings of the `sip-router` world; the interfaces it shares with
 /// `http-handler` are those of [`crate::bindings`].
@@ -202,3 +203,80 @@ mod tests {
         assert_eq!(req.ruri_user(), None);
     }
 }
+
+/// Exports a sip-router plugin made of functions:
+///
+/// - `router!(route)`: `fn route(SipRequest) -> SipDecision`, connections that close
+///   ignored;
+/// - `router!(route, closed = on_closed)`: and `fn on_closed(ClosedFlow)`;
+/// - `router!(route, config = Settings)` and `router!(route, closed = on_closed,
+///   config = Settings)`: the same functions with `&Settings` last, read from the
+///   plugin's `config` table once per instance (a table that does not fit is logged,
+///   and requests get the plugin's failure policy through a 500).
+#[macro_export]
+macro_rules! __sipwasm_router {
+    ($route:path) => {
+        $crate::sip::router!(@export
+            |req| $route(req),
+            |_flow| ()
+        );
+    };
+    ($route:path, closed = $closed:path) => {
+        $crate::sip::router!(@export
+            |req| $route(req),
+            |flow| $closed(flow)
+        );
+    };
+    ($route:path, config = $settings:ty) => {
+        $crate::sip::router!(@with_config $settings,
+            |req, s| $route(req, s),
+            |_flow, _s| ()
+        );
+    };
+    ($route:path, closed = $closed:path, config = $settings:ty) => {
+        $crate::sip::router!(@with_config $settings,
+            |req, s| $route(req, s),
+            |flow, s| $closed(flow, s)
+        );
+    };
+    (@with_config $settings:ty, |$req:ident, $s:ident| $on_req:expr, |$flow:ident, $s2:ident| $on_closed:expr) => {
+        fn __sipwasm_settings() -> &'static ::std::result::Result<$settings, ::std::string::String> {
+            // Read once per instance: the host hands every call of an instance the
+            // same table.
+            static SETTINGS: ::std::sync::OnceLock<
+                ::std::result::Result<$settings, ::std::string::String>,
+            > = ::std::sync::OnceLock::new();
+            SETTINGS.get_or_init($crate::config::<$settings>)
+        }
+        $crate::sip::router!(@export
+            |$req| match __sipwasm_settings() {
+                Ok($s) => $on_req,
+                Err(e) => {
+                    $crate::error(&format!("bad plugin config: {e}"));
+                    $crate::sip::reply(500).reason("Plugin Misconfigured").into()
+                }
+            },
+            |$flow| match __sipwasm_settings() {
+                Ok($s2) => $on_closed,
+                Err(e) => $crate::error(&format!("bad plugin config: {e}")),
+            }
+        );
+    };
+    (@export |$req:ident| $on_req:expr, |$flow:ident| $on_closed:expr) => {
+        struct __SipwasmRouter;
+
+        impl $crate::sip::Guest for __SipwasmRouter {
+            fn on_sip_request($req: $crate::sip::SipRequest) -> $crate::sip::SipDecision {
+                $on_req
+            }
+
+            fn on_flow_closed($flow: $crate::sip::ClosedFlow) {
+                $on_closed
+            }
+        }
+
+        $crate::sip::export!(__SipwasmRouter with_types_in $crate::sip::bindings);
+    };
+}
+
+pub use crate::__sipwasm_router as router;

@@ -16,10 +16,8 @@
 //! allowed-origins = ["https://app.example.org"] # default: any Origin
 //! ```
 
-use std::sync::OnceLock;
-
 use serde::Deserialize;
-use sipwasm_plugin::{Decision, Guest, HttpRequest, RequestExt, Websocket, reply, upgrade};
+use sipwasm_plugin::{Decision, HttpRequest, RequestExt, Websocket, reply, upgrade};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -34,60 +32,44 @@ fn default_web_ports() -> Vec<u16> {
     vec![80, 443]
 }
 
-/// Read once per instance: the host hands every call of an instance the same table.
-fn settings() -> &'static Result<Settings, String> {
-    static SETTINGS: OnceLock<Result<Settings, String>> = OnceLock::new();
-    SETTINGS.get_or_init(sipwasm_plugin::config)
-}
-
 fn refuse(why: &str) -> Decision {
     sipwasm_plugin::warn(why);
     reply(403).close().into()
 }
 
-struct SeedPolicy;
-
-impl Guest for SeedPolicy {
-    fn on_http_request(req: HttpRequest) -> Decision {
-        let settings = match settings() {
-            Ok(s) => s,
-            Err(e) => {
-                sipwasm_plugin::error(e);
-                return reply(500).close().into();
-            }
-        };
-        if !settings.web_ports.contains(&req.peer.local_port) {
-            return refuse(&format!(
-                "HTTP request received on port {}",
-                req.peer.local_port
-            ));
-        }
-        if matches!(req.websocket, Websocket::None) {
-            return reply(404).text("Not Found\n").into();
-        }
-        // A missing Host is a handshake error: the host answers 400.
-        if let Some(host) = req.header("Host")
-            && !req.host_is_ours()
-        {
-            return refuse(&format!("bad Host {host:?}"));
-        }
-        let origin = req.header("Origin");
-        if !settings.allowed_origins.is_empty() {
-            match origin {
-                Some(o)
-                    if settings
-                        .allowed_origins
-                        .iter()
-                        .any(|a| a.eq_ignore_ascii_case(o)) => {}
-                Some(o) => return refuse(&format!("Origin {o:?} not allowed")),
-                None => return refuse("no Origin"),
-            }
-        }
+/// Decides a request.
+fn decide(req: HttpRequest, settings: &Settings) -> Decision {
+    if !settings.web_ports.contains(&req.peer.local_port) {
+        return refuse(&format!(
+            "HTTP request received on port {}",
+            req.peer.local_port
+        ));
+    }
+    if matches!(req.websocket, Websocket::None) {
+        return reply(404).text("Not Found\n").into();
+    }
+    // A missing Host is a handshake error: the host answers 400.
+    if let Some(host) = req.header("Host")
+        && !req.host_is_ours()
+    {
+        return refuse(&format!("bad Host {host:?}"));
+    }
+    let origin = req.header("Origin");
+    if !settings.allowed_origins.is_empty() {
         match origin {
-            Some(o) => upgrade().identity("origin", o).into(),
-            None => upgrade().into(),
+            Some(o)
+                if settings
+                    .allowed_origins
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o)) => {}
+            Some(o) => return refuse(&format!("Origin {o:?} not allowed")),
+            None => return refuse("no Origin"),
         }
+    }
+    match origin {
+        Some(o) => upgrade().identity("origin", o).into(),
+        None => upgrade().into(),
     }
 }
 
-sipwasm_plugin::export!(SeedPolicy with_types_in sipwasm_plugin::bindings);
+sipwasm_plugin::http_plugin!(decide, config = Settings);

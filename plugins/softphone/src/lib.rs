@@ -16,7 +16,7 @@
 //! Serve it beside a login plugin on one listener (the embedded default does):
 //! `routes = { "/" = "softphone", "/login" = "login", "/logout" = "login", "/ws" = "login" }`.
 
-use sipwasm_plugin::{Decision, Guest, HttpRequest, RequestExt, reply};
+use sipwasm_plugin::{Decision, HttpRequest, RequestExt, reply};
 
 const PAGE: &str = include_str!("../web/index.html");
 const SCRIPT: &str = include_str!("../web/softphone.js");
@@ -36,43 +36,40 @@ fn asset(content_type: &str, body: &str, cache: &str) -> Decision {
         .into()
 }
 
-struct Softphone;
-
-impl Guest for Softphone {
-    fn on_http_request(req: HttpRequest) -> Decision {
-        if let Some(host) = req.header("Host")
-            && !req.host_is_ours()
-        {
-            sipwasm_plugin::warn(&format!("bad Host {host:?}"));
-            return reply(403).close().into();
-        }
-        if req.is_websocket() {
-            return reply(403)
-                .text("The SIP WebSocket is /ws, after logging in at /login\n")
-                .close()
-                .into();
-        }
-        if !matches!(req.method.as_str(), "GET" | "HEAD") {
-            return reply(405).header("Allow", "GET, HEAD").into();
-        }
-        match req.path() {
-            "/" | "/index.html" => reply(200)
-                .header("Cache-Control", "no-store")
-                .header("Content-Security-Policy", CSP)
-                .header("X-Content-Type-Options", "nosniff")
-                .header("Referrer-Policy", "no-referrer")
-                .html(PAGE)
-                .into(),
-            "/softphone.js" => asset("text/javascript; charset=utf-8", SCRIPT, "no-cache"),
-            "/softphone.css" => asset("text/css; charset=utf-8", STYLE, "no-cache"),
-            "/jssip.js" => asset(
-                "text/javascript; charset=utf-8",
-                JSSIP,
-                "public, max-age=86400",
-            ),
-            _ => reply(404).text("Not Found\n").into(),
-        }
+/// Serves a request.
+fn serve(req: HttpRequest) -> Decision {
+    if let Some(host) = req.header("Host")
+        && !req.host_is_ours()
+    {
+        sipwasm_plugin::warn(&format!("bad Host {host:?}"));
+        return reply(403).close().into();
+    }
+    if req.is_websocket() {
+        return reply(403)
+            .text("The SIP WebSocket is /ws, after logging in at /login\n")
+            .close()
+            .into();
+    }
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        return reply(405).header("Allow", "GET, HEAD").into();
+    }
+    match req.path() {
+        "/" | "/index.html" => reply(200)
+            .header("Cache-Control", "no-store")
+            .header("Content-Security-Policy", CSP)
+            .header("X-Content-Type-Options", "nosniff")
+            .header("Referrer-Policy", "no-referrer")
+            .html(PAGE)
+            .into(),
+        "/softphone.js" => asset("text/javascript; charset=utf-8", SCRIPT, "no-cache"),
+        "/softphone.css" => asset("text/css; charset=utf-8", STYLE, "no-cache"),
+        "/jssip.js" => asset(
+            "text/javascript; charset=utf-8",
+            JSSIP,
+            "public, max-age=86400",
+        ),
+        _ => reply(404).text("Not Found\n").into(),
     }
 }
 
-sipwasm_plugin::export!(Softphone with_types_in sipwasm_plugin::bindings);
+sipwasm_plugin::http_plugin!(serve);

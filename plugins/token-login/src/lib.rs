@@ -33,10 +33,8 @@
 //! allowed-origins = ["https://app.example.org"] # default: any Origin
 //! ```
 
-use std::sync::OnceLock;
-
 use serde::Deserialize;
-use sipwasm_plugin::{Decision, Guest, HttpRequest, RequestExt, base64url, keys, reply, upgrade};
+use sipwasm_plugin::{Decision, HttpRequest, RequestExt, base64url, keys, reply, upgrade};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -57,12 +55,6 @@ fn default_key() -> String {
 
 fn default_max_lifetime() -> u64 {
     86_400
-}
-
-/// Read once per instance: the host hands every call of an instance the same table.
-fn settings() -> &'static Result<Settings, String> {
-    static SETTINGS: OnceLock<Result<Settings, String>> = OnceLock::new();
-    SETTINGS.get_or_init(sipwasm_plugin::config)
 }
 
 /// Why a token does not log anyone in.
@@ -109,59 +101,49 @@ fn refuse(reason: &str, why: &str, peer: &str) -> Decision {
         .into()
 }
 
-struct TokenLogin;
-
-impl Guest for TokenLogin {
-    fn on_http_request(req: HttpRequest) -> Decision {
-        let settings = match settings() {
-            Ok(s) => s,
-            Err(e) => {
-                sipwasm_plugin::error(e);
-                return reply(500).close().into();
+/// Decides a request.
+fn decide(req: HttpRequest, settings: &Settings) -> Decision {
+    let peer = req.peer.remote_addr.clone();
+    if !req.is_websocket() {
+        return reply(404).text("Not Found\n").into();
+    }
+    if let Some(host) = req.header("Host")
+        && !req.host_is_ours()
+    {
+        return refuse("Forbidden", &format!("bad Host {host:?}"), &peer);
+    }
+    if !settings.allowed_origins.is_empty() {
+        let allowed = req.header("Origin").is_some_and(|o| {
+            settings
+                .allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(o))
+        });
+        if !allowed {
+            return refuse("Forbidden", "Origin not allowed", &peer);
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let token = req.query("token").unwrap_or_default();
+    let checked = if token.is_empty() {
+        Err(Refusal::Missing)
+    } else {
+        check(&token, settings, now)
+    };
+    match checked {
+        Ok(user) => {
+            let mut up = upgrade().identity("user", &user).identity("login", "token");
+            if let Some(d) = &settings.domain {
+                up = up.identity("domain", d);
             }
-        };
-        let peer = req.peer.remote_addr.clone();
-        if !req.is_websocket() {
-            return reply(404).text("Not Found\n").into();
+            up.into()
         }
-        if let Some(host) = req.header("Host")
-            && !req.host_is_ours()
-        {
-            return refuse("Forbidden", &format!("bad Host {host:?}"), &peer);
-        }
-        if !settings.allowed_origins.is_empty() {
-            let allowed = req.header("Origin").is_some_and(|o| {
-                settings
-                    .allowed_origins
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(o))
-            });
-            if !allowed {
-                return refuse("Forbidden", "Origin not allowed", &peer);
-            }
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let token = req.query("token").unwrap_or_default();
-        let checked = if token.is_empty() {
-            Err(Refusal::Missing)
-        } else {
-            check(&token, settings, now)
-        };
-        match checked {
-            Ok(user) => {
-                let mut up = upgrade().identity("user", &user).identity("login", "token");
-                if let Some(d) = &settings.domain {
-                    up = up.identity("domain", d);
-                }
-                up.into()
-            }
-            Err(Refusal::Missing) => refuse("Token Required", "no token", &peer),
-            Err(Refusal::Expired) => refuse("Token Expired", "token expired", &peer),
-            Err(Refusal::Invalid(why)) => refuse("Invalid Token", why, &peer),
-        }
+        Err(Refusal::Missing) => refuse("Token Required", "no token", &peer),
+        Err(Refusal::Expired) => refuse("Token Expired", "token expired", &peer),
+        Err(Refusal::Invalid(why)) => refuse("Invalid Token", why, &peer),
     }
 }
 
-sipwasm_plugin::export!(TokenLogin with_types_in sipwasm_plugin::bindings);
+sipwasm_plugin::http_plugin!(decide, config = Settings);
