@@ -196,7 +196,7 @@ fn plugin_check_reports_the_world_and_refuses_junk() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("on-http-request (function)"), "{text}");
     assert!(
-        text.contains("sipwasm:plugin/types@0.2.0 (interface)"),
+        text.contains("sipwasm:plugin/types@0.2.1 (interface)"),
         "{text}"
     );
     assert!(text.contains("this host can run it"), "{text}");

@@ -204,6 +204,17 @@ async fn rust_seed_policy_passes_the_table() {
     seed_policy_table(&s, "Rust").await;
 }
 
+/// A component built against `sipwasm:plugin@0.2.0` (the built-in seed-policy of
+/// commit 2cecc01, before the `keys` and `credentials` imports were added) runs on
+/// this host unchanged: the contract grew by imports only.
+#[tokio::test]
+async fn a_component_built_against_0_2_0_still_passes_the_table() {
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/components/seed_policy-0.2.0.wasm");
+    let s = server(&old.display().to_string(), "");
+    seed_policy_table(&s, "Rust, built against 0.2.0").await;
+}
+
 #[tokio::test]
 async fn javascript_seed_policy_passes_the_table() {
     // A fresh QuickJS instance takes milliseconds to start: room for a loaded machine.

@@ -118,7 +118,7 @@ pub fn check(path: &Path) -> anyhow::Result<CheckReport> {
         Ok(()) => {
             let _ = writeln!(
                 text,
-                "world: sipwasm:plugin/{}@0.2.0 — this host can run it",
+                "world: sipwasm:plugin/{}@0.2.1 — this host can run it",
                 world.name()
             );
         }

@@ -4,8 +4,8 @@
 //
 //   import { query, reply, upgrade, config, hmacVerify } from './sipwasm/plugin.js';
 
-import { log, isMyself, pluginConfig } from 'sipwasm:plugin/host@0.2.0';
-import { hmacSign as hostSign, hmacVerify as hostVerify } from 'sipwasm:plugin/keys@0.2.0';
+import { log, isMyself, pluginConfig } from 'sipwasm:plugin/host@0.2.1';
+import { hmacSign as hostSign, hmacVerify as hostVerify } from 'sipwasm:plugin/keys@0.2.1';
 import { header, parseConfig, utf8 } from './core.js';
 
 export * from './core.js';

@@ -32,10 +32,10 @@ pub mod bindings {
         pub_export_macro: true,
         default_bindings_module: "sipwasm_plugin::sip::bindings",
         with: {
-            "sipwasm:plugin/host@0.2.0": crate::bindings::sipwasm::plugin::host,
-            "sipwasm:plugin/types@0.2.0": crate::bindings::sipwasm::plugin::types,
-            "sipwasm:plugin/keys@0.2.0": crate::bindings::sipwasm::plugin::keys,
-            "sipwasm:plugin/credentials@0.2.0": crate::bindings::sipwasm::plugin::credentials,
+            "sipwasm:plugin/host@0.2.1": crate::bindings::sipwasm::plugin::host,
+            "sipwasm:plugin/types@0.2.1": crate::bindings::sipwasm::plugin::types,
+            "sipwasm:plugin/keys@0.2.1": crate::bindings::sipwasm::plugin::keys,
+            "sipwasm:plugin/credentials@0.2.1": crate::bindings::sipwasm::plugin::credentials,
         },
     });
 }

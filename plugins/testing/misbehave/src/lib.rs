@@ -31,7 +31,7 @@ wit_bindgen::generate!({
         package sipwasm:misbehave;
 
         world misbehave {
-            include sipwasm:plugin/http-handler@0.2.0;
+            include sipwasm:plugin/http-handler@0.2.1;
             import wasi:keyvalue/store@0.2.0-draft;
         }
 
