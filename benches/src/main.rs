@@ -348,6 +348,7 @@ fn main() -> anyhow::Result<()> {
                 let k = kamailio.then_some(&*args.kamailio_cfg);
                 decision(20_000).await?;
                 handshakes(&args.sipwasm, k, seconds, 32).await?;
+                logins(&args.sipwasm, seconds, 32).await?;
                 idle(&args.sipwasm, k, connections).await?;
                 let reg = kamailio.then(|| PathBuf::from("benches/kamailio/registrar.cfg"));
                 sip(&args.sipwasm, reg.as_deref(), seconds, None, None, 1).await?;

@@ -1,24 +1,20 @@
-//! `origin-gate`: the example plugin of the README ("A plugin in 20 lines"), which
+//! `origin-gate`: the example plugin of the README ("A plugin in 15 lines"), which
 //! shows this file from its first `use` on (a test keeps the two the same). Upgrades
 //! WebSocket requests for our host from the web origin `https://app.example.org`,
 //! refuses other WebSocket requests with 403, answers anything else 404.
 
-use sipwasm_plugin::{Decision, Guest, HttpRequest, RequestExt, reply, upgrade};
+use sipwasm_plugin::{Decision, HttpRequest, RequestExt, reply, upgrade};
 
-struct OriginGate;
-
-impl Guest for OriginGate {
-    fn on_http_request(req: HttpRequest) -> Decision {
-        if !req.is_websocket() {
-            return reply(404).text("Not Found\n").into();
+fn decide(req: HttpRequest) -> Decision {
+    if !req.is_websocket() {
+        return reply(404).text("Not Found\n").into();
+    }
+    match req.header("Origin") {
+        Some(origin) if origin == "https://app.example.org" && req.host_is_ours() => {
+            upgrade().identity("origin", origin).into()
         }
-        match req.header("Origin") {
-            Some(origin) if origin == "https://app.example.org" && req.host_is_ours() => {
-                upgrade().identity("origin", origin).into()
-            }
-            _ => reply(403).close().into(),
-        }
+        _ => reply(403).close().into(),
     }
 }
 
-sipwasm_plugin::export!(OriginGate with_types_in sipwasm_plugin::bindings);
+sipwasm_plugin::http_plugin!(decide);
