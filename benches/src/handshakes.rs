@@ -134,17 +134,27 @@ pub(crate) async fn handshakes(
             handshake_rate(&t, seconds, concurrency).await?,
         ));
     }
-    println!(
-        "## WebSocket handshakes per second ({concurrency} clients, {seconds} s, connect + policy + 101 + close)\n"
+    print_rates(
+        &format!(
+            "WebSocket handshakes per second ({concurrency} clients, {seconds} s, connect + policy + 101 + close)"
+        ),
+        "server",
+        "vs sipwasm",
+        &rows,
     );
-    println!("| server | handshakes/s | errors | vs sipwasm |");
+    Ok(())
+}
+
+/// A table of handshake rates, each against the first row's.
+pub(crate) fn print_rates(title: &str, what: &str, versus: &str, rows: &[(String, (f64, u64))]) {
+    println!("## {title}\n");
+    println!("| {what} | handshakes/s | errors | {versus} |");
     println!("|---|---|---|---|");
     let base = rows[0].1.0;
-    for (name, (rate, errors)) in &rows {
+    for (name, (rate, errors)) in rows {
         println!("| {name} | {rate:.0} | {errors} | {:.2}x |", rate / base);
     }
     println!();
-    Ok(())
 }
 
 // ---------------------------------------------------------------- idle memory

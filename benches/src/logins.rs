@@ -3,13 +3,9 @@
 //! parses it and the host checks its HMAC), beside seed-policy (no login), in the same
 //! run, against the same server build.
 
-use std::path::Path;
-use std::process::Stdio;
-
-use anyhow::Context as _;
-
 use crate::handshakes::handshake_rate_with;
-use crate::process::{Target, free_port, wait_until_listening};
+use crate::process::{Target, free_port, start_sipwasm_config};
+use std::path::Path;
 
 /// The token-login components built by `build.rs`.
 const PLUGINS: &[(&str, &str)] = &[
@@ -30,31 +26,11 @@ const PLUGINS: &[(&str, &str)] = &[
 /// Starts the server with one ws listener decided by `plugin_toml` (a `[plugins.p]`
 /// body) and a generated `[keys.login]`.
 async fn start(bin: &Path, name: &str, port: u16, plugin_toml: &str) -> anyhow::Result<Target> {
-    let dir = tempfile::tempdir()?;
-    let config = format!(
-        "[server]\ndata-dir = \"{}\"\n[[listen]]\ntransport = \"ws\"\n\
-         address = \"127.0.0.1:{port}\"\nplugin = \"p\"\n[keys.login]\n[plugins.p]\n{plugin_toml}\n",
-        dir.path().display()
+    let body = format!(
+        "[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{port}\"\nplugin = \"p\"\n\
+         [keys.login]\n[plugins.p]\n{plugin_toml}\n"
     );
-    let path = dir.path().join("bench.toml");
-    std::fs::write(&path, config)?;
-    let mut child = std::process::Command::new(bin)
-        .arg("--config")
-        .arg(&path)
-        .args(["--log", "warn"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until_listening(addr, &mut child, "sipwasm").await?;
-    Ok(Target {
-        name: name.into(),
-        addr,
-        child,
-        dir,
-    })
+    start_sipwasm_config(bin, name, port, &body, None).await
 }
 
 /// A token for `user` valid for an hour, under the server's generated key.
@@ -116,15 +92,13 @@ pub(crate) async fn logins(bin: &Path, seconds: u64, concurrency: usize) -> anyh
             handshake_rate_with(&t, request, seconds, concurrency).await?,
         ));
     }
-    println!(
-        "## WebSocket logins per second ({concurrency} clients, {seconds} s: connect, a token checked, 101, close)\n"
+    crate::handshakes::print_rates(
+        &format!(
+            "WebSocket logins per second ({concurrency} clients, {seconds} s: connect, a token checked, 101, close)"
+        ),
+        "plugin",
+        "vs seed-policy",
+        &rows,
     );
-    println!("| plugin | handshakes/s | errors | vs seed-policy |");
-    println!("|---|---|---|---|");
-    let base = rows[0].1.0;
-    for (name, (rate, errors)) in &rows {
-        println!("| {name} | {rate:.0} | {errors} | {:.2}x |", rate / base);
-    }
-    println!();
     Ok(())
 }

@@ -144,6 +144,31 @@ pub(crate) async fn start_sipwasm_with(
     extra: &str,
     place: Option<Placement>,
 ) -> anyhow::Result<(Target, SocketAddr)> {
+    let (port, udp_port) = (free_port(), free_port());
+    let udp_listen = if udp {
+        format!("[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{udp_port}\"\n")
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{port}\"\n\
+         plugin = \"seed-policy\"\n{udp_listen}[plugins.seed-policy]\nbuiltin = \"seed-policy\"\n\
+         instances = \"{instances}\"\n[plugins.seed-policy.config]\nweb-ports = [{port}]\n{extra}\n"
+    );
+    let name = format!("sipwasm ({instances} instances)");
+    let target = start_sipwasm_config(bin, &name, port, &body, place).await?;
+    Ok((target, SocketAddr::from(([127, 0, 0, 1], udp_port))))
+}
+
+/// Starts sipwasm with `body` as its configuration after a `[server]` table naming a
+/// fresh data directory; it is up once its ws listener on `port` accepts.
+pub(crate) async fn start_sipwasm_config(
+    bin: &Path,
+    name: &str,
+    port: u16,
+    body: &str,
+    place: Option<Placement>,
+) -> anyhow::Result<Target> {
     if !bin.exists() {
         bail!(
             "{} not found: run `cargo build --release -p sipwasm` first",
@@ -151,18 +176,7 @@ pub(crate) async fn start_sipwasm_with(
         );
     }
     let dir = tempfile::tempdir()?;
-    let (port, udp_port) = (free_port(), free_port());
-    let udp_listen = if udp {
-        format!("[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{udp_port}\"\n")
-    } else {
-        String::new()
-    };
-    let config = format!(
-        "[server]\ndata-dir = \"{}\"\n[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{port}\"\n\
-         plugin = \"seed-policy\"\n{udp_listen}[plugins.seed-policy]\nbuiltin = \"seed-policy\"\n\
-         instances = \"{instances}\"\n[plugins.seed-policy.config]\nweb-ports = [{port}]\n{extra}\n",
-        dir.path().display()
-    );
+    let config = format!("[server]\ndata-dir = \"{}\"\n{body}", dir.path().display());
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config)?;
     let mut child = Placement::command(place, bin)
@@ -176,13 +190,12 @@ pub(crate) async fn start_sipwasm_with(
         .with_context(|| format!("start {}", bin.display()))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_until_listening(addr, &mut child, "sipwasm").await?;
-    let target = Target {
-        name: format!("sipwasm ({instances} instances)"),
+    Ok(Target {
+        name: name.into(),
         addr,
         child,
         dir,
-    };
-    Ok((target, SocketAddr::from(([127, 0, 0, 1], udp_port))))
+    })
 }
 
 pub(crate) async fn start_kamailio(cfg: &Path, shm_mb: usize) -> anyhow::Result<Target> {

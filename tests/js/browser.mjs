@@ -22,7 +22,7 @@ import { createInterface } from "node:readline";
 import { dirname, join, normalize } from "node:path";
 import { fileURLToPath } from "node:url";
 import esbuild from "esbuild";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const args = Object.fromEntries(
@@ -95,24 +95,10 @@ const http = createServer(async (req, res) => {
 await new Promise((ok) => http.listen(0, "127.0.0.1", ok));
 const origin = `http://127.0.0.1:${http.address().port}`;
 
-const browser = await chromium.launch({
-  executablePath: args.chromium ?? "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    ...(args["audio-file"]
-      ? [
-          `--use-file-for-fake-audio-capture=${args["audio-file"]}`,
-          "--allow-loopback-in-peer-connection",
-          "--autoplay-policy=no-user-gesture-required",
-        ]
-      : ["--force-webrtc-ip-handling-policy=disable_non_proxied_udp"]),
-    "--disable-gpu",
-    // A wss:// test server has a self-signed certificate.
-    ...(args.url?.startsWith("wss://") ? ["--ignore-certificate-errors"] : []),
-  ],
+const browser = await launchChromium({
+  executablePath: args.chromium,
+  audioFile: args["audio-file"],
+  ignoreCertificateErrors: Boolean(args.url?.startsWith("wss://")),
 });
 const quit = async (code) => {
   await browser.close().catch(() => {});

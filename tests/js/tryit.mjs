@@ -8,7 +8,7 @@
 //   node tryit.mjs --url http://127.0.0.1:8080 --other-url http://localhost:8080
 //                  [--chromium /usr/bin/chromium] [--a alice --b bob] [--password pw]
 
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => {
@@ -25,18 +25,7 @@ const fail = async (message) => {
 process.on("unhandledRejection", (e) => fail(String((e && e.stack) || e)));
 
 const [nameA, nameB] = [args.a ?? "alice", args.b ?? "bob"];
-const browser = await chromium.launch({
-  executablePath: args.chromium ?? "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-gpu",
-  ],
-});
+const browser = await launchChromium({ executablePath: args.chromium, media: true });
 
 // Polls `fn` in the page until it returns something truthy, for at most `ms`.
 const until = async (page, what, fn, arg, ms = 20000) => {

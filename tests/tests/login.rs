@@ -5,17 +5,21 @@ use sipwasm::sip::headers::HeaderName;
 use sipwasm_tests::sip::Ua;
 use sipwasm_tests::*;
 
-/// The standard server with its `ws3` listener served by `misbehave` (whose `/as?U`
-/// logs the connection in as U) with its identity enforced, `ws2` the same plugin
-/// with the identity only attached, and call-policy as the routing plugin.
-fn server() -> Server {
+/// `STANDARD` with its `ws3` listener served by `plugin` with its identity enforced
+/// (instead of welcome), then `extra`.
+fn standard_with_ws3(plugin: &str, extra: &str) -> String {
     let template = STANDARD.replace(
         "address = \"127.0.0.1:{ws3}\"\nplugin = \"welcome\"",
-        "address = \"127.0.0.1:{ws3}\"\nplugin = \"misbehave\"\nidentity = \"enforce\"",
+        &format!("address = \"127.0.0.1:{{ws3}}\"\nplugin = \"{plugin}\"\nidentity = \"enforce\""),
     );
     assert_ne!(template, STANDARD, "the ws3 listener is in STANDARD");
-    Server::start(&format!(
-        r#"{template}
+    format!("{template}\n{extra}")
+}
+
+/// The routing plugin of these tests: call-policy, with `extra` settings lines.
+fn call_policy_router(extra: &str) -> String {
+    format!(
+        r#"
 [sip]
 router = "router"
 
@@ -23,8 +27,16 @@ router = "router"
 path = "{{plugins}}/call_policy.wasm"
 # A debug build under parallel tests: see the seed plugin in `STANDARD`.
 deadline = "2s"
+{extra}
 "#
-    ))
+    )
+}
+
+/// The standard server with its `ws3` listener served by `misbehave` (whose `/as?U`
+/// logs the connection in as U) with its identity enforced, `ws2` the same plugin
+/// with the identity only attached, and call-policy as the routing plugin.
+fn server() -> Server {
+    Server::start(&standard_with_ws3("misbehave", &call_policy_router("")))
 }
 
 fn warning(r: &sipwasm::sip::Response) -> String {
@@ -167,48 +179,57 @@ identity = "enforce"
 /// `[keys.login]`, which the server makes in its data directory) with its identity
 /// enforced, and `ws2` by the same plugin without the grant.
 fn token_server(path: &str) -> Server {
-    let template = STANDARD.replace(
-        "address = \"127.0.0.1:{ws3}\"\nplugin = \"welcome\"",
-        "address = \"127.0.0.1:{ws3}\"\nplugin = \"token\"\nidentity = \"enforce\"",
-    );
-    let template = template.replace(
-        "address = \"127.0.0.1:{ws2}\"\nplugin = \"misbehave\"",
-        "address = \"127.0.0.1:{ws2}\"\nplugin = \"ungranted\"",
-    );
-    // The Python interpreter needs more than the default 32 MiB; a debug build under
-    // parallel tests more than 50 ms (see the seed plugin in `STANDARD`).
-    let limits = "deadline = \"2s\"\nmemory-limit = \"96MiB\"";
-    Server::start(&format!(
-        r#"{template}
+    let template = standard_with_ws3(
+        "token",
+        &format!(
+            r#"
 [keys.login]
 
 [plugins.token]
 path = "{path}"
 keys = ["login"]
-{limits}
+{LIMITS}
 
 [plugins.ungranted]
 path = "{path}"
-{limits}
+{LIMITS}
 "#
+        ),
+    );
+    Server::start(&template.replace(
+        "address = \"127.0.0.1:{ws2}\"\nplugin = \"misbehave\"",
+        "address = \"127.0.0.1:{ws2}\"\nplugin = \"ungranted\"",
     ))
+}
+
+/// The Python interpreter needs more than the default 32 MiB; a debug build under
+/// parallel tests more than 50 ms (see the seed plugin in `STANDARD`).
+const LIMITS: &str = "deadline = \"2s\"\nmemory-limit = \"96MiB\"";
+
+/// The server's generated `[keys.login]`, from its data directory.
+fn login_key(s: &Server) -> Vec<u8> {
+    let hex = std::fs::read_to_string(s.data_dir.path().join("keys/login.key")).unwrap();
+    let hex = hex.trim();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Unpadded base64url of HMAC-SHA-256(`key`, `text`).
+fn mac_b64(key: &[u8], text: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(text.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
 }
 
 /// A token as an operator's web application mints one: `EXPIRY:USER:` and the
 /// unpadded base64url HMAC-SHA-256 of `EXPIRY:USER` under the key file's bytes.
 fn mint(s: &Server, user: &str, expiry: u64) -> String {
-    use base64::Engine as _;
-    use hmac::Mac as _;
-    let hex = std::fs::read_to_string(s.data_dir.path().join("keys/login.key")).unwrap();
-    let key: Vec<u8> = (0..hex.trim().len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
-        .collect();
     let signed = format!("{expiry}:{user}");
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(signed.as_bytes());
-    let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{signed}:{mac}")
+    format!("{signed}:{}", mac_b64(&login_key(s), &signed))
 }
 
 fn now() -> u64 {
@@ -389,19 +410,9 @@ fn digest_answer(challenge: &str, user: &str, password: &str, nc: u32) -> String
 #[tokio::test]
 async fn sip_digest_is_checked_against_the_user_store() {
     // call-policy's [auth] without `users`: the store decides.
-    let s = Server::standard(
-        r#"
-[sip]
-router = "router"
-
-[plugins.router]
-path = "{plugins}/call_policy.wasm"
-deadline = "2s"
-[plugins.router.config.auth]
-realm = "localhost"
-methods = ["REGISTER"]
-"#,
-    );
+    let s = Server::standard(&call_policy_router(
+        "[plugins.router.config.auth]\nrealm = \"localhost\"\nmethods = [\"REGISTER\"]",
+    ));
     // Added while the server runs: picked up within a second.
     let (ok, _, err) = user_cmd(&s.config_path, &["add", "alice"], "alice-secret\n");
     assert!(ok, "{err}");
@@ -506,19 +517,16 @@ file = "{}"
 /// The standard server with `ws3` served by cookie-login (granted `[keys.login]`)
 /// with its identity enforced, and alice (password `alice-secret`) in the user store.
 async fn cookie_server() -> Server {
-    let template = STANDARD.replace(
-        "address = \"127.0.0.1:{ws3}\"\nplugin = \"welcome\"",
-        "address = \"127.0.0.1:{ws3}\"\nplugin = \"cookie\"\nidentity = \"enforce\"",
-    );
-    let s = Server::start(&format!(
-        r#"{template}
+    let s = Server::start(&standard_with_ws3(
+        "cookie",
+        r#"
 [keys.login]
 
 [plugins.cookie]
-path = "{{plugins}}/cookie_login.wasm"
+path = "{plugins}/cookie_login.wasm"
 keys = ["login"]
 deadline = "2s"
-"#
+"#,
     ));
     let (ok, _, err) = user_cmd(&s.config_path, &["add", "alice"], "alice-secret\n");
     assert!(ok, "{err}");
@@ -549,20 +557,9 @@ const FORM: &str = "Content-Type: application/x-www-form-urlencoded\r\n";
 /// A session cookie value as cookie-login makes one, under the server's key.
 fn session_cookie(s: &Server, user: &str, expiry: u64) -> String {
     use base64::Engine as _;
-    use hmac::Mac as _;
-    let hex = std::fs::read_to_string(s.data_dir.path().join("keys/login.key")).unwrap();
-    let key: Vec<u8> = (0..hex.trim().len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
-        .collect();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("cookie:{expiry}:{user}").as_bytes());
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!(
-        "{expiry}.{}.{}",
-        b64.encode(user),
-        b64.encode(mac.finalize().into_bytes())
-    )
+    let mac = mac_b64(&login_key(s), &format!("cookie:{expiry}:{user}"));
+    let user = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(user);
+    format!("{expiry}.{user}.{mac}")
 }
 
 #[tokio::test]
@@ -765,22 +762,11 @@ async fn the_try_it_page_on_the_embedded_default() {
 /// with [auth] asks `digest.proven-user` first. Elsewhere the challenge stands.
 #[tokio::test]
 async fn an_enforced_login_needs_no_digest() {
-    let template = STANDARD.replace(
-        "address = \"127.0.0.1:{ws3}\"\nplugin = \"welcome\"",
-        "address = \"127.0.0.1:{ws3}\"\nplugin = \"misbehave\"\nidentity = \"enforce\"",
-    );
-    let s = Server::start(&format!(
-        r#"{template}
-[sip]
-router = "router"
-
-[plugins.router]
-path = "{{plugins}}/call_policy.wasm"
-deadline = "2s"
-[plugins.router.config.auth]
-realm = "localhost"
-methods = ["REGISTER", "MESSAGE"]
-"#
+    let s = Server::start(&standard_with_ws3(
+        "misbehave",
+        &call_policy_router(
+            "[plugins.router.config.auth]\nrealm = \"localhost\"\nmethods = [\"REGISTER\", \"MESSAGE\"]",
+        ),
     ));
     let mut held = Ua::ws_at(s.ws3, "/as?alice", "alice").await;
     assert_eq!(
