@@ -476,6 +476,14 @@ impl HttpConn<TcpStream> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> HttpConn<S> {
+    /// Raw HTTP over a stream opened elsewhere (a TLS one from [`tls_connect`]).
+    pub fn over(stream: S) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Sends raw bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");

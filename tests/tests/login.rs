@@ -517,7 +517,14 @@ file = "{}"
 /// The standard server with `ws3` served by cookie-login (granted `[keys.login]`)
 /// with its identity enforced, and alice (password `alice-secret`) in the user store.
 async fn cookie_server() -> Server {
-    let s = Server::start(&standard_with_ws3(
+    // The wss listener too, for the cookie's `Secure` over https.
+    let with_wss = |t: String| {
+        t.replace(
+            "address = \"127.0.0.1:{wss}\"\nplugin = \"seed\"",
+            "address = \"127.0.0.1:{wss}\"\nplugin = \"cookie\"\nidentity = \"enforce\"",
+        )
+    };
+    let s = Server::start(&with_wss(standard_with_ws3(
         "cookie",
         r#"
 [keys.login]
@@ -527,7 +534,7 @@ path = "{plugins}/cookie_login.wasm"
 keys = ["login"]
 deadline = "2s"
 "#,
-    ));
+    )));
     let (ok, _, err) = user_cmd(&s.config_path, &["add", "alice"], "alice-secret\n");
     assert!(ok, "{err}");
     // The store is looked at again once a second at most.
@@ -669,6 +676,23 @@ async fn cookie_login_through_the_form_then_the_websocket() {
         let r = http_once(s.ws3, raw.as_bytes()).await;
         assert_eq!(r.status, status, "{headers:?}: {r:?}");
     }
+
+    // Over https the cookie is `Secure` too.
+    let mut tls = HttpConn::over(tls_connect(s.wss, &s.certificate()).await);
+    let body = "user=alice&password=alice-secret";
+    tls.send(
+        format!(
+            "POST /login HTTP/1.1\r\nHost: localhost:{}\r\n{FORM}Content-Length: {}\r\n\r\n{body}",
+            s.wss.port(),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = tls.response().await.expect("an answer over https");
+    assert_eq!(r.status, 303, "{r:?}");
+    let secure = r.header("Set-Cookie").unwrap();
+    assert!(secure.contains("; Secure"), "{secure}");
 
     // Logging out clears the cookie.
     let r = http(
