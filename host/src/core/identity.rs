@@ -5,9 +5,11 @@
 //! request must come From that user. Anything else gets 403 before the routing plugin
 //! is asked: a browser logged in as alice cannot register as bob, nor call as him.
 //!
-//! In-dialog requests are not checked here: their From is whatever the dialog's
-//! parties agreed (a callee's From is the original To, which retargeting may have
-//! changed), and our signed Record-Route entries already bind them to their dialog.
+//! Requests inside one of our dialogs are not checked (the core tells them by our
+//! signed Record-Route entry, `Core::in_our_dialog`): their From is whatever the
+//! dialog's parties agreed (a callee's From is the original To, which retargeting may
+//! have changed), and that signed entry already binds them to their dialog. A To tag
+//! alone proves nothing: such a request is checked as a new one.
 
 use crate::sip::message::{Essentials as _, Method, Request};
 use crate::sip::uri::Uri;
@@ -77,18 +79,15 @@ impl Identity {
         user == self.user && self.domain.as_deref().is_none_or(|d| d == host)
     }
 
-    /// What is wrong with `req` on a flow of this identity, if anything. Requests in a
-    /// dialog (a To tag) pass; so does a request whose From or To does not parse (the
+    /// What is wrong with `req`, a request outside our dialogs on a flow of this
+    /// identity, if anything. A request whose From or To does not parse passes (the
     /// core answers it 400 as for any flow).
     pub fn check(&self, req: &Request) -> Result<(), Mismatch> {
-        if req.method == Method::Register {
-            if let Ok(to) = req.get_to()
-                && !self.is(&to.uri)
-            {
-                return Err(Mismatch::To);
-            }
-        } else if req.tag_of_to().is_some() {
-            return Ok(());
+        if req.method == Method::Register
+            && let Ok(to) = req.get_to()
+            && !self.is(&to.uri)
+        {
+            return Err(Mismatch::To);
         }
         match req.get_from() {
             Ok(from) if !self.is(&from.uri) => Err(Mismatch::From),
@@ -208,15 +207,16 @@ mod tests {
     }
 
     #[test]
-    fn requests_in_a_dialog_are_not_checked() {
+    fn a_to_tag_alone_does_not_exempt_a_request() {
         let id = alice(None);
-        // A callee's BYE: its From is the call's To, which may be any alias.
-        let bye = request(
-            "BYE",
-            "<sip:+15551234@example.com>;tag=2",
+        // Whether a request is inside one of our dialogs is the core's to say (by its
+        // signed Route entry); here it is checked as any request outside them.
+        let forged = request(
+            "MESSAGE",
+            "<sip:bob@example.com>;tag=2",
             "<sip:carol@example.com>;tag=1",
         );
-        assert_eq!(id.check(&bye), Ok(()));
+        assert_eq!(id.check(&forged), Err(Mismatch::From));
     }
 
     #[test]

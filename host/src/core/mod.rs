@@ -964,6 +964,7 @@ impl Core {
             return;
         }
         if let Some(id) = identity
+            && !self.in_our_dialog(&req)
             && let Err(mismatch) = id.check(&req)
         {
             // Before the routing plugin: the flow's identity is the host's to hold.

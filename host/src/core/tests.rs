@@ -2896,8 +2896,15 @@ fn an_enforced_identity_holds_on_its_flow_before_the_router_is_asked() {
     );
     let out = feed(&mut sim, message("bob", "m1"));
     assert_eq!(status(&out[0].1), 403, "{out:?}");
+    // A To tag it made up does not make a request part of a dialog of ours.
+    let tagged = message("bob", "m0").replace(
+        "To: <sip:carol@localhost>",
+        "To: <sip:carol@localhost>;tag=forged",
+    );
+    let out = feed(&mut sim, tagged);
+    assert_eq!(status(&out[0].1), 403, "{out:?}");
     assert_eq!(sim.queries, 0, "the routing plugin was not asked");
-    assert_eq!(sim.core.stats().refused.identity, 2);
+    assert_eq!(sim.core.stats().refused.identity, 3);
     assert!(sim.core.bindings("sip:bob@localhost").is_empty());
     // As itself: the router decides as for any flow.
     let out = feed(&mut sim, register("alice", "r2"));
@@ -2906,5 +2913,5 @@ fn an_enforced_identity_holds_on_its_flow_before_the_router_is_asked() {
     let out = feed(&mut sim, message("alice", "m2"));
     assert_eq!(status(&out[0].1), 404, "carol is not registered: {out:?}");
     assert_eq!(sim.queries, 2);
-    assert_eq!(sim.core.stats().refused.identity, 2);
+    assert_eq!(sim.core.stats().refused.identity, 3);
 }
