@@ -392,12 +392,25 @@ fn md5_hex(s: &str) -> String {
 
 /// The `Authorization` answer to a challenge (RFC 2617, qop=auth, MD5).
 fn digest_answer(challenge: &str, user: &str, password: &str, nc: u32) -> String {
-    let param = |name: &str| {
-        let start = challenge.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
-        challenge[start..][..challenge[start..].find('"').unwrap()].to_string()
-    };
-    let (realm, nonce) = (param("realm"), param("nonce"));
-    let ha1 = md5_hex(&format!("{user}:{realm}:{password}"));
+    let realm = param(challenge, "realm");
+    digest_answer_ha1(
+        challenge,
+        user,
+        &md5_hex(&format!("{user}:{realm}:{password}")),
+        nc,
+    )
+}
+
+/// A parameter of a challenge value.
+fn param(challenge: &str, name: &str) -> String {
+    let start = challenge.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+    challenge[start..][..challenge[start..].find('"').unwrap()].to_string()
+}
+
+/// [`digest_answer`] from a given HA1 (what a client that knows it, or guesses it,
+/// can answer).
+fn digest_answer_ha1(challenge: &str, user: &str, ha1: &str, nc: u32) -> String {
+    let (realm, nonce) = (param(challenge, "realm"), param(challenge, "nonce"));
     let ha2 = md5_hex("REGISTER:sip:localhost");
     let nc = format!("{nc:08x}");
     let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:c0ffee:auth:{ha2}"));
@@ -461,6 +474,17 @@ async fn sip_digest_is_checked_against_the_user_store() {
     zed.send(&text).await;
     let r = zed.recv_final().await;
     assert_eq!((r.status, r.reason.as_str()), (403, "Wrong Credentials"));
+    // Nor does any HA1 an attacker may guess the host uses for unknown users.
+    for (i, ha1) in ["-", "", "0"].into_iter().enumerate() {
+        let mut ghost = Ua::udp(&s, "ghost").await;
+        let text = register(
+            &mut ghost,
+            &digest_answer_ha1(&challenge, "ghost", ha1, 4 + i as u32),
+        );
+        ghost.send(&text).await;
+        let r = ghost.recv_final().await;
+        assert_eq!(r.status, 403, "HA1 {ha1:?}: {r:?}");
+    }
 
     // A new password replaces the old; removing the user ends it.
     let (ok, _, err) = user_cmd(&s.config_path, &["add", "alice"], "new-secret\n");

@@ -242,22 +242,37 @@ impl DigestImports for HostState {
                     sha256: ha1.sha256.as_deref(),
                 },
             ),
-            // No such user: checked against digests no password makes, so that an
-            // unknown name answers as a wrong password does (and counts as a guess).
-            None => self.verify_digest(
-                &realm,
-                Secret::Ha1 {
-                    md5: NO_USER_HA1,
-                    sha256: Some(NO_USER_HA1),
-                },
-            ),
+            // No such user: checked against a random secret of this process (the same
+            // work as for a known user), and never valid: an unknown name answers as
+            // a wrong password does, and counts as a guess.
+            None => {
+                let ha1 = unknown_user_ha1();
+                match self.verify_digest(
+                    &realm,
+                    Secret::Ha1 {
+                        md5: ha1,
+                        sha256: Some(ha1),
+                    },
+                ) {
+                    DigestVerdictWit::Valid => DigestVerdictWit::Invalid,
+                    other => other,
+                }
+            }
         }
     }
 }
 
-/// An HA1 no password has (not hex): what an unknown user's response is checked
-/// against.
-const NO_USER_HA1: &str = "-";
+/// What an unknown user's response is checked against: 32 random bytes in hex, made
+/// once per process (no client can compute a response to it).
+fn unknown_user_ha1() -> &'static str {
+    static HA1: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HA1.get_or_init(|| {
+        let mut r = [0u8; 32];
+        // Without randomness the digests of a password no one has: still unknown.
+        let _ = getrandom::fill(&mut r);
+        crate::hex::hex(&r)
+    })
+}
 
 impl CredentialsImports for HostState {
     fn check_password(&mut self, realm: String, user: String, password: String) -> bool {
