@@ -117,10 +117,13 @@ fn escape_html(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// A path of ours to go to after login (no scheme, no host: `//evil` is refused).
+/// A path of ours to go to after login: it starts with one `/` and holds only what a
+/// path and query may hold as they are (no white space or control character, which
+/// browsers strip from a `Location`: `/\t/evil` would become `//evil`; no `\`).
 fn safe_next(next: Option<String>) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"/._~!$&'()*+,;=:@%?-".contains(&b);
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && n.bytes().all(plain) => n,
         _ => "/".into(),
     }
 }

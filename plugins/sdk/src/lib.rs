@@ -171,17 +171,14 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
+            // Two hex digits, no sign (`from_str_radix` alone takes `%+9`).
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("ASCII hex digits");
+                out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+                i += 2;
             }
             b => out.push(b),
         }
@@ -355,4 +352,16 @@ macro_rules! http_plugin {
 
         $crate::export!(__SipwasmHttpPlugin with_types_in $crate::bindings);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding_takes_two_hex_digits_only() {
+        assert_eq!(super::percent_decode("a%20b+c%2Fd"), "a b c/d");
+        // A sign is not a digit: `%+9` is no tab (the `+` is a space, as in forms).
+        assert_eq!(super::percent_decode("%+9x"), "% 9x");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(super::percent_decode("%E2%82%AC"), "€");
+    }
 }
