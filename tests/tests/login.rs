@@ -74,6 +74,18 @@ async fn an_enforced_flow_registers_and_sends_only_as_its_user() {
         warning(&r).contains("From Is Not This Connection's User"),
         "{r:?}"
     );
+    // Nor as alice of a domain that is not ours.
+    alice.user = "alice".into();
+    let (msg, _) = alice.request("MESSAGE", "carol", "", "from elsewhere");
+    let msg = msg.replace(
+        "From: <sip:alice@localhost>",
+        "From: <sip:alice@other.example>",
+    );
+    assert!(msg.contains("From: <sip:alice@other.example>"), "{msg}");
+    alice.send(&msg).await;
+    let r = alice.recv_final().await;
+    assert_eq!(r.status, 403, "{r:?}");
+    alice.user = "bob".into();
     assert!(
         carol
             .quiet_for(std::time::Duration::from_millis(300))
@@ -88,7 +100,7 @@ async fn an_enforced_flow_registers_and_sends_only_as_its_user() {
     assert_eq!(
         s.metric("sipwasm_sip_refused_total{reason=\"identity\"}")
             .await,
-        2
+        3
     );
     // Nothing of bob was registered: a message to him finds no one.
     let (to_bob, _) = carol.request("MESSAGE", "bob", "", "hi bob");

@@ -11,6 +11,7 @@
 //! have changed), and that signed entry already binds them to their dialog. A To tag
 //! alone proves nothing: such a request is checked as a new one.
 
+use super::Myself;
 use crate::sip::message::{Essentials as _, Method, Request};
 use crate::sip::uri::Uri;
 
@@ -66,9 +67,10 @@ impl Identity {
         &self.user
     }
 
-    /// Whether `uri` is this identity's address: a SIP or SIPS URI with its user
-    /// (and its domain, when the identity names one).
-    fn is(&self, uri: &Uri) -> bool {
+    /// Whether `uri` is this identity's address: a SIP or SIPS URI with its user, and
+    /// its domain when the identity names one, else one of ours (`myself`): alice of
+    /// one of our domains is not alice of another, nor of anywhere else.
+    fn is(&self, uri: &Uri, myself: &Myself) -> bool {
         let Some(aor) = super::registrar::aor_of(uri) else {
             return false;
         };
@@ -76,21 +78,25 @@ impl Identity {
         let Some((user, host)) = aor["sip:".len()..].rsplit_once('@') else {
             return false;
         };
-        user == self.user && self.domain.as_deref().is_none_or(|d| d == host)
+        user == self.user
+            && match self.domain.as_deref() {
+                Some(d) => d == host,
+                None => uri.as_sip().is_some_and(|u| myself.is_my_host(u)),
+            }
     }
 
     /// What is wrong with `req`, a request outside our dialogs on a flow of this
     /// identity, if anything. A request whose From or To does not parse passes (the
     /// core answers it 400 as for any flow).
-    pub fn check(&self, req: &Request) -> Result<(), Mismatch> {
+    pub fn check(&self, req: &Request, myself: &Myself) -> Result<(), Mismatch> {
         if req.method == Method::Register
             && let Ok(to) = req.get_to()
-            && !self.is(&to.uri)
+            && !self.is(&to.uri, myself)
         {
             return Err(Mismatch::To);
         }
         match req.get_from() {
-            Ok(from) if !self.is(&from.uri) => Err(Mismatch::From),
+            Ok(from) if !self.is(&from.uri, myself) => Err(Mismatch::From),
             _ => Ok(()),
         }
     }
@@ -129,6 +135,11 @@ mod tests {
         }
     }
 
+    /// Our domains in these tests.
+    fn ours() -> Myself {
+        Myself::new(&["example.com".to_string()], &[])
+    }
+
     fn alice(domain: Option<&str>) -> Identity {
         let mut attrs = vec![("user".to_string(), "alice".to_string())];
         if let Some(d) = domain {
@@ -145,20 +156,20 @@ mod tests {
             "<sip:alice@example.com>;tag=1",
             "<sip:alice@example.com>",
         );
-        assert_eq!(id.check(&own), Ok(()));
+        assert_eq!(id.check(&own, &ours()), Ok(()));
         let other = request(
             "REGISTER",
             "<sip:alice@example.com>;tag=1",
             "<sip:bob@example.com>",
         );
-        assert_eq!(id.check(&other), Err(Mismatch::To));
+        assert_eq!(id.check(&other, &ours()), Err(Mismatch::To));
         // A third-party registration from another user is refused by its From.
         let third = request(
             "REGISTER",
             "<sip:bob@example.com>;tag=1",
             "<sip:alice@example.com>",
         );
-        assert_eq!(id.check(&third), Err(Mismatch::From));
+        assert_eq!(id.check(&third, &ours()), Err(Mismatch::From));
     }
 
     #[test]
@@ -170,23 +181,23 @@ mod tests {
             "<sips:%61lice@EXAMPLE.com>;tag=1",
             "<sip:bob@example.com>",
         );
-        assert_eq!(id.check(&escaped), Ok(()));
+        assert_eq!(id.check(&escaped, &ours()), Ok(()));
         // The user part is case-sensitive.
         let upper = request(
             "MESSAGE",
             "<sip:Alice@example.com>;tag=1",
             "<sip:bob@example.com>",
         );
-        assert_eq!(id.check(&upper), Err(Mismatch::From));
+        assert_eq!(id.check(&upper, &ours()), Err(Mismatch::From));
         // No user part, or not a SIP URI: not alice.
         let bare = request(
             "MESSAGE",
             "<sip:example.com>;tag=1",
             "<sip:bob@example.com>",
         );
-        assert_eq!(id.check(&bare), Err(Mismatch::From));
+        assert_eq!(id.check(&bare, &ours()), Err(Mismatch::From));
         let tel = request("MESSAGE", "<tel:+15551234>;tag=1", "<sip:bob@example.com>");
-        assert_eq!(id.check(&tel), Err(Mismatch::From));
+        assert_eq!(id.check(&tel, &ours()), Err(Mismatch::From));
     }
 
     #[test]
@@ -197,13 +208,38 @@ mod tests {
             "<sip:alice@example.com>;tag=1",
             "<sip:bob@example.com>",
         );
-        assert_eq!(id.check(&ok), Ok(()));
+        assert_eq!(id.check(&ok, &ours()), Ok(()));
         let elsewhere = request(
             "INVITE",
             "<sip:alice@other.org>;tag=1",
             "<sip:bob@example.com>",
         );
-        assert_eq!(id.check(&elsewhere), Err(Mismatch::From));
+        assert_eq!(id.check(&elsewhere, &ours()), Err(Mismatch::From));
+    }
+
+    #[test]
+    fn without_a_domain_attribute_only_our_domains_are_the_users() {
+        let id = alice(None);
+        let two = Myself::new(&["example.com".into(), "example.net".into()], &[]);
+        let ours = request(
+            "MESSAGE",
+            "<sip:alice@example.net>;tag=1",
+            "<sip:bob@example.com>",
+        );
+        assert_eq!(id.check(&ours, &two), Ok(()));
+        // Anywhere else is not this alice.
+        let theirs = request(
+            "MESSAGE",
+            "<sip:alice@other.org>;tag=1",
+            "<sip:bob@example.com>",
+        );
+        assert_eq!(id.check(&theirs, &two), Err(Mismatch::From));
+        let reg = request(
+            "REGISTER",
+            "<sip:alice@other.org>;tag=1",
+            "<sip:alice@other.org>",
+        );
+        assert_eq!(id.check(&reg, &two), Err(Mismatch::To));
     }
 
     #[test]
@@ -216,7 +252,7 @@ mod tests {
             "<sip:bob@example.com>;tag=2",
             "<sip:carol@example.com>;tag=1",
         );
-        assert_eq!(id.check(&forged), Err(Mismatch::From));
+        assert_eq!(id.check(&forged, &ours()), Err(Mismatch::From));
     }
 
     #[test]
@@ -238,6 +274,6 @@ mod tests {
             "<sip:a%20b%25@example.com>;tag=1",
             "<sip:x@example.com>",
         );
-        assert_eq!(spaced.check(&req), Ok(()));
+        assert_eq!(spaced.check(&req, &ours()), Ok(()));
     }
 }

@@ -965,7 +965,7 @@ impl Core {
         }
         if let Some(id) = identity
             && !self.in_our_dialog(&req)
-            && let Err(mismatch) = id.check(&req)
+            && let Err(mismatch) = id.check(&req, &self.cfg.myself)
         {
             // Before the routing plugin: the flow's identity is the host's to hold.
             self.refuse(Refusal::Identity, source.remote, now);
