@@ -946,6 +946,15 @@ impl Core {
         identity: Option<Arc<identity::Identity>>,
     ) {
         stamp_received(&mut req, source.remote);
+        if req.method == Method::Ack
+            && let Some(id) = &identity
+            && !self.in_our_dialog(&req)
+            && id.check(&req, &self.cfg.myself).is_err()
+        {
+            // An ACK gets no answer: one that is not this user's goes nowhere.
+            self.refuse(Refusal::Identity, source.remote, now);
+            return;
+        }
         match req.method {
             Method::Ack => return self.on_ack(now, source, req),
             Method::Cancel => return self.on_cancel(now, source, req),

@@ -2905,13 +2905,23 @@ fn an_enforced_identity_holds_on_its_flow_before_the_router_is_asked() {
     assert_eq!(status(&out[0].1), 403, "{out:?}");
     assert_eq!(sim.queries, 0, "the routing plugin was not asked");
     assert_eq!(sim.core.stats().refused.identity, 3);
+    // Nor an ACK (which gets no answer) From someone else toward a registered user.
+    sim.register_ws("carol", 9);
+    let ack = "ACK sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/WS b3.invalid;branch=z9hG4bKa1\r\n\
+               Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=m3\r\n\
+               To: <sip:carol@localhost>;tag=forged\r\nCall-ID: a-1\r\nCSeq: 1 ACK\r\n\
+               Content-Length: 0\r\n\r\n";
+    let out = feed(&mut sim, ack.to_string());
+    assert!(out.is_empty(), "the ACK went nowhere: {out:?}");
+    assert_eq!(sim.core.stats().refused.identity, 4);
     assert!(sim.core.bindings("sip:bob@localhost").is_empty());
     // As itself: the router decides as for any flow.
     let out = feed(&mut sim, register("alice", "r2"));
     assert_eq!(status(&out[0].1), 200, "{out:?}");
     assert_eq!(sim.core.bindings("sip:alice@localhost").len(), 1);
     let out = feed(&mut sim, message("alice", "m2"));
-    assert_eq!(status(&out[0].1), 404, "carol is not registered: {out:?}");
-    assert_eq!(sim.queries, 2);
-    assert_eq!(sim.core.stats().refused.identity, 3);
+    assert_eq!(out[0].0, Target::Flow(9), "to carol: {out:?}");
+    assert_eq!(request(&out[0].1).method, Method::Message);
+    assert_eq!(sim.queries, 3, "carol's REGISTER and alice's two requests");
+    assert_eq!(sim.core.stats().refused.identity, 4);
 }
