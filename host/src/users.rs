@@ -140,8 +140,8 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 struct Loaded {
     users: Users,
-    /// The file's modification time and length when read (`None`: no file).
-    stamp: Option<(SystemTime, u64)>,
+    /// The file's [`stamp`] when read (`None`: no file).
+    stamp: Option<(u64, SystemTime, u64)>,
     looked: Instant,
 }
 
@@ -159,9 +159,13 @@ impl std::fmt::Debug for UserStore {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// What tells a new version of the file: its inode (every `write` renames a new file
+/// into place, so even a same-size change within one clock tick is seen), modification
+/// time and length (an editor that rewrites in place).
+fn stamp(path: &Path) -> Option<(u64, SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.ino(), m.modified().ok()?, m.len()))
 }
 
 impl UserStore {
@@ -273,7 +277,8 @@ pub fn write(path: &Path, users: &Users) -> Result<(), String> {
         text.push_str(&l);
         text.push('\n');
     }
-    let tmp = path.with_extension("tmp");
+    // One temporary file per process: two writers never share one.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -308,6 +313,7 @@ pub fn add(path: &Path, user: &str, realm: &str, password: &str) -> Result<bool,
     {
         crate::files::create_private_dir(dir).map_err(|e| format!("{e:#}"))?;
     }
+    let _lock = Lock::take(path)?;
     let mut users = read(path)?;
     let replaced = users
         .insert(
@@ -321,6 +327,7 @@ pub fn add(path: &Path, user: &str, realm: &str, password: &str) -> Result<bool,
 
 /// `sipwasm user remove`: removes `user` from `realm`. False when it was not there.
 pub fn remove(path: &Path, user: &str, realm: &str) -> Result<bool, String> {
+    let _lock = Lock::take(path)?;
     let mut users = read(path)?;
     let removed = users
         .remove(&(user.to_string(), realm.to_string()))
@@ -347,6 +354,36 @@ pub fn list(path: &Path) -> Result<Vec<String>, String> {
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// An exclusive lock on `<store>.lock` while a `sipwasm user` command reads, changes
+/// and writes the store: two at once would lose one's change.
+struct Lock {
+    /// Held open: the lock goes when it closes.
+    _file: std::fs::File,
+}
+
+impl Lock {
+    #[allow(unsafe_code, reason = "flock, which std does not wrap")]
+    fn take(path: &Path) -> Result<Self, String> {
+        use std::os::fd::AsRawFd as _;
+        let lock = path.with_extension("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|e| format!("cannot open {}: {e}", lock.display()))?;
+        // SAFETY: flock on a descriptor this File owns; released when it closes.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(format!(
+                "cannot lock {}: {}",
+                lock.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Self { _file: f })
+    }
 }
 
 /// A password from the terminal with echo off (asked twice), or the first line of
@@ -492,10 +529,25 @@ mod tests {
                 .unwrap()
                 .matches("alice", "r", "pw")
         );
+        // A new password (a line of the same length) written at once is seen too.
+        users.insert(("alice".into(), "r".into()), Ha1::of("alice", "r", "p2"));
+        write(&path, &users).unwrap();
+        store.loaded.write().unwrap().looked = Instant::now() - LOOK_EVERY;
+        assert!(
+            store
+                .lookup("r", "alice")
+                .unwrap()
+                .matches("alice", "r", "p2")
+        );
         // A broken version leaves the last good one in use.
         std::fs::write(&path, "broken\n").unwrap();
         store.loaded.write().unwrap().looked = Instant::now() - LOOK_EVERY;
-        assert!(store.lookup("r", "alice").is_some());
+        assert!(
+            store
+                .lookup("r", "alice")
+                .unwrap()
+                .matches("alice", "r", "p2")
+        );
         assert!(UserStore::open(&path).unwrap_err().contains("line 1"));
     }
 }
