@@ -240,6 +240,13 @@ impl UserStore {
         l.users.get(&(user.to_string(), realm.to_string())).cloned()
     }
 
+    /// Whether any user of `realm` is in the store now.
+    pub fn has_users(&self, realm: &str) -> bool {
+        self.refresh();
+        let l = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        l.users.keys().any(|(_, r)| r == realm)
+    }
+
     /// Users in the store now.
     pub fn len(&self) -> usize {
         self.refresh();

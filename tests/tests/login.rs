@@ -823,6 +823,23 @@ async fn the_try_it_page_on_the_embedded_default() {
             "{step}: {stdout}"
         );
     }
+
+    // Once the store has a user of the realm, the try-it mode is over: names need
+    // their password, even from this machine.
+    let (ok, _, err) = user_cmd(&s.config_path, &["add", "admin"], "admin-secret\n");
+    assert!(ok, "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let closed = http(s.ws, "POST", "/login", FORM, "user=zoe&password=").await;
+    assert_eq!(closed.status, 403, "{closed:?}");
+    let admin = http(
+        s.ws,
+        "POST",
+        "/login",
+        FORM,
+        "user=admin&password=admin-secret",
+    )
+    .await;
+    assert_eq!(admin.status, 303, "{admin:?}");
 }
 
 /// A request on a connection the host holds to its user needs no Digest: call-policy

@@ -275,6 +275,10 @@ fn unknown_user_ha1() -> &'static str {
 }
 
 impl CredentialsImports for HostState {
+    fn has_users(&mut self, realm: String) -> bool {
+        self.shared.users.has_users(&realm)
+    }
+
     fn check_password(&mut self, realm: String, user: String, password: String) -> bool {
         let peer = self.digest_request.as_ref().and_then(|c| c.peer);
         let guard = &self.shared.guess_guard;

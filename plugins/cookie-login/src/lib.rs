@@ -205,6 +205,13 @@ fn on_loopback(req: &HttpRequest) -> bool {
             })
 }
 
+/// Whether the try-it mode lets this client in without a password: `open-on-loopback`,
+/// a client on loopback not through a proxy, and no user of the realm in the store
+/// yet (an operator who adds users turns it off).
+fn open_login(req: &HttpRequest, settings: &Settings) -> bool {
+    settings.open_on_loopback && on_loopback(req) && !credentials::has_users(&settings.realm)
+}
+
 fn cookie_header(settings: &Settings, value: &str, max_age: u64, secure: bool) -> String {
     format!(
         "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
@@ -222,7 +229,7 @@ fn log_in(req: &HttpRequest, settings: &Settings) -> Decision {
         ));
         return reply(403).text("Forbidden\n").close().into();
     }
-    let open = settings.open_on_loopback && on_loopback(req);
+    let open = open_login(req, settings);
     let (Some(user), Some(password)) = (req.form("user"), req.form("password")) else {
         return form_page(400, "Enter a user and a password.", &next, open);
     };
@@ -331,7 +338,7 @@ fn decide(req: HttpRequest, settings: &Settings) -> Decision {
             200,
             "",
             &safe_next(req.query("next")),
-            settings.open_on_loopback && on_loopback(&req),
+            open_login(&req, settings),
         ),
         ("GET", "/login/session") => session(&req, settings),
         ("POST", "/login") => log_in(&req, settings),
