@@ -24,6 +24,9 @@ command -v svcrack >/dev/null 2>&1 || missing+=(sipvicious)
 # rtpengine (Debian's rtpengine-daemon, run in userspace by the media tests) relays
 # media between WebRTC and plain RTP.
 command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
+# dnsmasq (Debian's dnsmasq-base) serves the NAPTR, SRV and A records the DNS tests
+# resolve next hops by, on a free loopback port.
+[ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"

@@ -51,6 +51,8 @@
 //! - [`config`]: the configuration file, its defaults and checks.
 //! - [`builtin`]: the plugins compiled into the binary.
 //! - [`metrics`]: counters and gauges.
+//! - `dns`: next hops named by a host name, resolved as RFC 3263 says (hickory),
+//!   cached by TTL.
 //! - `store`: the SQLite location store for UDP bindings.
 //! - [`plugin`]: the wasmtime host: engine, pools, limits, host imports, decisions.
 //! - `driver`: runs the core for the tasks that bring it inputs; the flow table; the
@@ -70,6 +72,7 @@ pub mod auth;
 pub mod builtin;
 pub mod config;
 pub mod core;
+pub(crate) mod dns;
 pub(crate) mod driver;
 pub(crate) mod files;
 pub(crate) mod hex;

@@ -85,6 +85,9 @@ counters! {
     digest_bans, digest_ban, "sipwasm_digest_bans_total", "Bans started for too many failed Digest responses (per user and address, or per address).";
     udp_oversize, udp_oversize, "sipwasm_udp_oversize_total", "UDP datagrams dropped unread because they were larger than sip.max-message-bytes.";
     udp_shed, udp_shed, "sipwasm_udp_shed_total", "UDP datagrams dropped because the SIP core was behind (more than 1,024 inputs queued) and their source was new since it fell behind; sources seen before wait for their turn.";
+    dns_cached, dns_cached, "sipwasm_dns_cached_total", "Next hops named by a host name answered from the resolver's cache (RFC 3263 results, kept for their records' TTL).";
+    dns_lookups, dns_lookup, "sipwasm_dns_lookups_total", "Next hops' names looked up in DNS (NAPTR, SRV, A/AAAA), cache misses.";
+    dns_failures, dns_failure, "sipwasm_dns_failures_total", "Names looked up that gave no target (no such name, no records, no answer); their requests got 500.";
     udp_banned, udp_banned, "sipwasm_udp_banned_dropped_total", "UDP requests from sources past limits.rate (or banned for it), dropped before parsing (also counted in sipwasm_sip_refused_total{reason=\"rate-limit\"}).";
 }
 

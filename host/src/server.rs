@@ -195,6 +195,7 @@ impl Server {
                 t2: sip.t2,
                 t4: sip.t4,
                 c: sip.timer_c,
+                failover: sip.failover_after,
             },
             registrar: RegistrarConfig {
                 min_expires: sip.min_expires,
@@ -244,6 +245,8 @@ impl Server {
             );
             Some(Arc::new(engines))
         };
+        let dns = Arc::new(crate::dns::Dns::new(&config.dns));
+        let tls_client = crate::transport::tls::client_config(&config.tls_client)?;
         let (closed_tx, closed_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let flows = Arc::new(FlowTable::new(closed_tx, metrics.clone()));
@@ -269,6 +272,8 @@ impl Server {
                 exempt.clone(),
                 metrics.clone(),
             )),
+            tls_client,
+            dns: dns.clone(),
             gate: crate::transport::gate::SourceGate::new(
                 RateConfig {
                     per_second: config.limits.rate,
@@ -280,7 +285,7 @@ impl Server {
             ),
             server_header: config.server.server_header.clone(),
             flows,
-            core: CoreCell::new(core, store, router, outlet, media.clone()),
+            core: CoreCell::new(core, store, router, outlet, media.clone(), dns.clone()),
             nonce: NonceKey::new(secret),
             metrics,
             shutdown: shutdown_rx,

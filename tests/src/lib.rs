@@ -874,6 +874,7 @@ pub async fn raw_ws(addr: SocketAddr, after_head: &[u8]) -> HttpConn<TcpStream> 
 
 /// A mask for client frames in tests.
 pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+pub mod dnsmasq;
 pub mod js;
 pub mod linphone;
 pub mod phone;

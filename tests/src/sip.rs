@@ -318,12 +318,12 @@ impl Ua {
         )
     }
 
-    /// An out-of-dialog request to `sip:to@localhost` (or a full URI).
+    /// An out-of-dialog request to `sip:to@localhost` (or a full `sip:`/`sips:` URI).
     pub fn request(&mut self, method: &str, to: &str, extra: &str, body: &str) -> (String, Dialog) {
         let via = self.via();
         let n = self.next();
         let tag = format!("t{}{n}", rand_tag());
-        let uri = if to.starts_with("sip:") {
+        let uri = if to.starts_with("sip:") || to.starts_with("sips:") {
             to.to_string()
         } else {
             format!("sip:{to}@localhost")

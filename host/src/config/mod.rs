@@ -16,10 +16,12 @@ use serde::Deserialize;
 use crate::core::peers::Cidr;
 
 mod allowed_host;
+mod dns;
 mod media;
 mod validate;
 
 pub use self::allowed_host::AllowedHost;
+pub use self::dns::{DnsConfig, TlsClientConfig};
 pub use self::media::{Engine, EngineEntry, FlagsConfig, MediaConfig, MediaMode};
 
 /// The configuration the server runs with when started without `--config`.
@@ -77,6 +79,12 @@ pub struct Config {
     /// The user store logins are checked against (`crate::users`).
     #[serde(default)]
     pub users: UsersConfig,
+    /// How next hops named by a host name are resolved (RFC 3263).
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// TLS connections the server opens to next hops.
+    #[serde(default)]
+    pub tls_client: TlsClientConfig,
 }
 
 /// `[users]`: the user store.
@@ -571,6 +579,11 @@ pub struct SipConfig {
     /// Proxy INVITE timer C.
     #[serde(default = "default_timer_c", with = "duration")]
     pub timer_c: Duration,
+    /// How long a target of a next hop's name (RFC 3263) has to answer at all before
+    /// the next target is tried (only while one is left; the last one gets the whole
+    /// transaction timeout).
+    #[serde(default = "default_failover_after", with = "duration")]
+    pub failover_after: Duration,
 }
 
 impl Default for SipConfig {
@@ -598,6 +611,7 @@ impl Default for SipConfig {
             t2: default_t2(),
             t4: default_t4(),
             timer_c: default_timer_c(),
+            failover_after: default_failover_after(),
         }
     }
 }
@@ -641,6 +655,10 @@ fn default_t4() -> Duration {
 /// RFC 3261 16.6 step 11: larger than 3 minutes.
 fn default_timer_c() -> Duration {
     Duration::from_secs(181)
+}
+
+fn default_failover_after() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// What happens to a request when its plugin traps, times out, runs out of memory or

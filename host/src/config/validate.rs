@@ -19,6 +19,8 @@ impl Config {
         self.check_websocket()?;
         self.check_runtime()?;
         self.media.check()?;
+        self.dns.check()?;
+        self.tls_client.check()?;
         self.check_keys()?;
         Ok(())
     }
@@ -220,6 +222,12 @@ impl Config {
         }
         if sip.timer_c < Duration::from_secs(1) {
             return Err(("sip.timer-c".into(), "must be at least 1s".into()));
+        }
+        if sip.failover_after < Duration::from_millis(100) || sip.failover_after > 64 * sip.t1 {
+            return Err((
+                "sip.failover-after".into(),
+                "must be between 100ms and 64*T1 (the transaction timeout)".into(),
+            ));
         }
         for (key, d) in [
             ("sip.auth-failure-window", sip.auth_failure_window),

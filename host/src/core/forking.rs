@@ -10,7 +10,8 @@ use bytes::Bytes;
 use hmac::Mac;
 
 use super::media::{BranchMedia, CtxMedia, Held};
-use super::proxy::{Candidate, Forwarding, Route, RrToken, Side};
+use super::proxy::{Candidate, Forwarding, Next, Route, RrToken, Side};
+use super::resolve::{NamedHop, ResolveOutcome, ResolveRequest};
 use super::transaction::{ClientEvent, ClientTx};
 use super::{Core, Source, Target, Transport};
 use crate::hex::hex;
@@ -27,8 +28,12 @@ const MAX_AGGREGATED: usize = 16;
 #[derive(Debug)]
 pub(super) struct Branch {
     ct: Option<u64>,
-    /// Alternatives when the current one fails at the flow level (RFC 5626 section 7).
-    rest: VecDeque<Candidate>,
+    /// Alternatives when the current one fails at the flow level (RFC 5626 section 7),
+    /// or the other targets of a name (RFC 3263).
+    rest: VecDeque<Next>,
+    /// Its alternatives are targets of a name: a timeout (no answer within
+    /// `sip.failover-after`) or a 503 moves on to the next too (RFC 3263 4.3).
+    failover: bool,
     provisional: bool,
     cancel_pending: bool,
     pub(super) done: bool,
@@ -113,12 +118,13 @@ impl Core {
             s.ctx = Some(ctx_id);
         }
         for candidates in branches {
-            let mut rest: VecDeque<Candidate> = candidates.into();
+            let mut rest: VecDeque<Next> = candidates.into();
             let first = rest.pop_front().expect("non-empty branch");
             let ctx = self.ctxs.get_mut(&ctx_id).expect("just inserted");
             ctx.branches.push(Branch {
                 ct: None,
                 rest,
+                failover: false,
                 provisional: false,
                 cancel_pending: false,
                 done: false,
@@ -131,7 +137,13 @@ impl Core {
         }
     }
 
-    pub(super) fn start_branch(&mut self, now: Instant, ctx_id: u64, idx: usize, c: Candidate) {
+    pub(super) fn start_branch(&mut self, now: Instant, ctx_id: u64, idx: usize, next: Next) {
+        let c = match next {
+            Next::At(c) => c,
+            Next::Named { uri, hop, path } => {
+                return self.resolve_branch(ctx_id, idx, uri, hop, path);
+            }
+        };
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
@@ -260,13 +272,19 @@ impl Core {
             now,
             &t,
         );
-        self.clients.insert(id, ct);
+        let mut ct = ct;
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             // A new candidate (the next flow of an instance) starts afresh.
             let b = &mut ctx.branches[idx];
             b.clear_attempt();
             b.ct = Some(id);
+            // Another target of the name waits: this one has `failover-after` to
+            // answer at all.
+            if b.failover && !b.rest.is_empty() {
+                ct.answer_by(now + t.failover);
+            }
         }
+        self.clients.insert(id, ct);
         self.send(c.target, bytes);
         self.arm_client(id);
     }
@@ -327,8 +345,12 @@ impl Core {
                 }
             }
             _ => {
-                // A flow that failed: try the next flow of that instance (RFC 5626 7).
-                if status == 430 && !ctx.branches[idx].rest.is_empty() && !ctx.cancelled {
+                // A flow that failed: try the next flow of that instance (RFC 5626 7);
+                // a target of a name that is unavailable: the next target (RFC 3263
+                // 4.3).
+                let b = &ctx.branches[idx];
+                let moves_on = status == 430 || (status == 503 && b.failover);
+                if moves_on && !b.rest.is_empty() && !ctx.cancelled {
                     let next = ctx.branches[idx].rest.pop_front().expect("non-empty");
                     return self.start_branch(now, ctx_id, idx, next);
                 }
@@ -346,7 +368,14 @@ impl Core {
 
     /// A branch could not be reached (flow gone, connection refused, no route).
     pub(super) fn on_branch_failed(&mut self, now: Instant, ctx_id: u64, idx: usize, flow: bool) {
-        self.on_branch_failed_with(now, ctx_id, idx, if flow { 430 } else { 503 });
+        // A target of a name is no flow of anyone's: unreachable is 503 there (RFC
+        // 3261 16.9), which moves on to the next target, or ends as 500.
+        let named = self
+            .ctxs
+            .get(&ctx_id)
+            .is_some_and(|c| c.branches[idx].failover);
+        let status = if flow && !named { 430 } else { 503 };
+        self.on_branch_failed_with(now, ctx_id, idx, status);
     }
 
     fn on_branch_failed_with(&mut self, now: Instant, ctx_id: u64, idx: usize, status: u16) {
@@ -369,7 +398,7 @@ impl Core {
         if ctx.branches[idx].done {
             return;
         }
-        if status != 408
+        if (status != 408 || ctx.branches[idx].failover)
             && !ctx.cancelled
             && let Some(next) = ctx.branches[idx].rest.pop_front()
         {
@@ -609,13 +638,36 @@ impl Core {
         else {
             return;
         };
-        let Some(c) = branches
+        let Some(next) = branches
             .into_iter()
             .next()
             .and_then(|b| b.into_iter().next())
         else {
             return;
         };
+        match next {
+            Next::At(c) => self.send_stateless(c, req, media),
+            Next::Named { uri, hop, path } => {
+                let id = self.new_id();
+                self.resolves.push_back(ResolveRequest {
+                    id,
+                    hop: hop.clone(),
+                });
+                self.resolving.insert(
+                    id,
+                    Awaiting::Ack {
+                        req: Box::new(req),
+                        uri,
+                        path,
+                        media,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Sends a request forwarded without a transaction to `c`.
+    fn send_stateless(&mut self, c: Candidate, mut req: Request, media: Option<usize>) {
         let Some(local) = self.local_for(&c.target, c.transport) else {
             return;
         };
@@ -650,5 +702,125 @@ impl Core {
             }
         }
         self.send(c.target, Bytes::from(req.to_bytes()));
+    }
+}
+
+/// What waits for a name to be resolved ([`Core::resolving`]).
+#[derive(Debug)]
+pub(super) enum Awaiting {
+    /// A branch of a response context.
+    Branch {
+        ctx: u64,
+        idx: usize,
+        /// Its Request-URI and Path, for each target.
+        uri: crate::sip::uri::Uri,
+        path: Vec<String>,
+    },
+    /// An ACK for a 2xx forwarded without a transaction.
+    Ack {
+        req: Box<Request>,
+        uri: crate::sip::uri::Uri,
+        path: Vec<String>,
+        media: Option<usize>,
+    },
+}
+
+impl Core {
+    /// The next name to resolve, if any.
+    pub fn poll_resolve(&mut self) -> Option<ResolveRequest> {
+        self.resolves.pop_front()
+    }
+
+    /// Branch `idx` waits for `hop` to be resolved.
+    fn resolve_branch(
+        &mut self,
+        ctx_id: u64,
+        idx: usize,
+        uri: crate::sip::uri::Uri,
+        hop: NamedHop,
+        path: Vec<String>,
+    ) {
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        ctx.branches[idx].clear_attempt();
+        let id = self.new_id();
+        self.resolves.push_back(ResolveRequest { id, hop });
+        self.resolving.insert(
+            id,
+            Awaiting::Branch {
+                ctx: ctx_id,
+                idx,
+                uri,
+                path,
+            },
+        );
+    }
+
+    /// The shell resolved a name: the branch waiting on it tries its targets in
+    /// order, the first now, the others when one fails (RFC 3263 4.3).
+    pub(super) fn on_resolved(&mut self, now: Instant, id: u64, outcome: ResolveOutcome) {
+        let Some(waiting) = self.resolving.remove(&id) else {
+            return;
+        };
+        let targets = match outcome {
+            ResolveOutcome::Targets(t) => t,
+            ResolveOutcome::Failed(_) => Vec::new(),
+        };
+        match waiting {
+            Awaiting::Ack {
+                req,
+                uri,
+                path,
+                media,
+            } => {
+                let first = targets.iter().find_map(|t| {
+                    self.candidate_at(uri.clone(), t.transport, t.addr, path.clone())
+                });
+                if let Some(c) = first {
+                    self.send_stateless(c, *req, media);
+                }
+            }
+            Awaiting::Branch {
+                ctx: ctx_id,
+                idx,
+                uri,
+                path,
+            } => {
+                let Some(ctx) = self.ctxs.get(&ctx_id) else {
+                    return;
+                };
+                if ctx.branches[idx].done {
+                    return;
+                }
+                if ctx.cancelled {
+                    // Cancelled while resolving: ends as cancelled (487 for INVITE).
+                    return self.on_branch_failed_because(now, ctx_id, idx, 408, None);
+                }
+                let resolved = !targets.is_empty();
+                let mut candidates: VecDeque<Next> = targets
+                    .iter()
+                    .filter_map(|t| {
+                        self.candidate_at(uri.clone(), t.transport, t.addr, path.clone())
+                    })
+                    .map(Next::At)
+                    .collect();
+                let Some(first) = candidates.pop_front() else {
+                    let why = if resolved {
+                        "No Listener For The Target's Transport"
+                    } else {
+                        "Unresolvable Destination"
+                    };
+                    return self.on_branch_failed_because(now, ctx_id, idx, 500, Some(why));
+                };
+                let ctx = self.ctxs.get_mut(&ctx_id).expect("checked above");
+                let b = &mut ctx.branches[idx];
+                b.failover = true;
+                while let Some(c) = candidates.pop_back() {
+                    b.rest.push_front(c);
+                }
+                self.start_branch(now, ctx_id, idx, first);
+            }
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::proxy::Candidate;
+use super::proxy::{Candidate, Next};
 use super::transaction::ClientEvent;
 use super::{Core, Event, Source, Target, Transport};
 use crate::media::ng::{Command, Flags, Leg};
@@ -481,7 +481,7 @@ impl Core {
                         ctx.media.engine = None;
                     }
                     ctx.branches[idx].media = None;
-                    return self.start_branch(now, ctx_id, idx, c);
+                    return self.start_branch(now, ctx_id, idx, Next::At(c));
                 }
                 self.on_branch_failed_because(
                     now,

@@ -21,6 +21,7 @@ pub mod myself;
 pub mod peers;
 mod proxy;
 pub mod registrar;
+pub mod resolve;
 pub(crate) mod sharded;
 pub mod transaction;
 pub mod worst;
@@ -207,6 +208,13 @@ pub enum Input {
     },
     /// The media engines' weights, 0 for those down ([`Core::set_media_engines`]).
     MediaEngines(Vec<u32>),
+    /// What a name the core asked for resolved to ([`Core::poll_resolve`]).
+    Resolved {
+        /// The request's id ([`resolve::ResolveRequest::id`]).
+        id: u64,
+        /// Its targets in order, or why there are none.
+        outcome: resolve::ResolveOutcome,
+    },
 }
 
 /// How much state the core holds ([`Core::stats`]): gauges of the admin API, and what
@@ -554,6 +562,10 @@ pub struct Core {
     backlog: usize,
     /// The media relay's state.
     media: media::MediaCore,
+    /// Names to resolve for the shell ([`Core::poll_resolve`]).
+    resolves: VecDeque<resolve::ResolveRequest>,
+    /// What waits for each of them.
+    resolving: HashMap<u64, forking::Awaiting>,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
@@ -620,6 +632,8 @@ impl Core {
             log_gate: limits::LogGate::new(),
             backlog: 0,
             media,
+            resolves: VecDeque::new(),
+            resolving: HashMap::new(),
         }
     }
 
@@ -777,6 +791,7 @@ impl Core {
             Input::Routed { id, decision } => self.on_routed(now, id, decision),
             Input::Media { id, outcome } => self.on_media(now, id, outcome),
             Input::MediaEngines(weights) => self.set_media_engines(weights),
+            Input::Resolved { id, outcome } => self.on_resolved(now, id, outcome),
         }
     }
 

@@ -10,6 +10,7 @@ use hmac::Mac;
 use super::flowtoken::FlowTokens;
 use super::location::Binding;
 use super::registrar::{self, Change, aor_of};
+use super::resolve::NamedHop;
 use super::{
     ALLOW, Core, Event, FlowId, Refusal, SUPPORTED, Source, Target, Transport, split_tokens,
 };
@@ -30,6 +31,23 @@ pub(super) struct Candidate {
     pub(super) transport: Transport,
     /// Route headers to put first (a binding's Path).
     pub(super) path: Vec<String>,
+}
+
+/// Where a branch goes next: a place, or a name to resolve first (RFC 3263).
+#[derive(Debug, Clone)]
+pub(super) enum Next {
+    /// A place.
+    At(Candidate),
+    /// A host name: the branch waits for the shell to resolve it, then tries what
+    /// it resolved to in turn.
+    Named {
+        /// The Request-URI to send.
+        uri: Uri,
+        /// What to resolve.
+        hop: NamedHop,
+        /// Route headers to put first (a binding's Path).
+        path: Vec<String>,
+    },
 }
 
 /// What a Record-Route entry of ours names in its user part: where requests of the
@@ -182,7 +200,7 @@ pub(super) enum Route {
 #[derive(Debug)]
 pub(super) struct Forwarding {
     /// One branch each; each with its alternatives (an instance's flows).
-    pub(super) branches: Vec<Vec<Candidate>>,
+    pub(super) branches: Vec<Vec<Next>>,
     /// The request's loop-detection hash, computed on it as it arrived (RFC 3261 16.6
     /// step 8).
     pub(super) loop_hash: String,
@@ -205,7 +223,7 @@ impl Route {
 
 impl Route {
     /// Forward to one place.
-    fn to(c: Candidate, loop_hash: String) -> Self {
+    fn to(c: Next, loop_hash: String) -> Self {
         Self::Forward(Forwarding {
             branches: vec![vec![c]],
             loop_hash,
@@ -385,12 +403,12 @@ impl Core {
             let media = dest.media;
             let candidate = |target, transport| {
                 Route::Forward(Forwarding {
-                    branches: vec![vec![Candidate {
+                    branches: vec![vec![Next::At(Candidate {
                         uri,
                         target,
                         transport,
                         path: vec![],
-                    }]],
+                    })]],
                     loop_hash: hash,
                     media,
                     choice: None,
@@ -454,7 +472,7 @@ impl Core {
             return self.local_request(now, source, req, hash);
         }
         if let Some(c) = self.flow_of_contact(&req.uri) {
-            return Route::to(c, hash);
+            return Route::to(Next::At(c), hash);
         }
         // Other domains: only for those who may steer.
         if !may_steer {
@@ -508,7 +526,7 @@ impl Core {
             return self.local_request(now, source, req, hash);
         }
         if let Some(c) = self.flow_of_contact(&req.uri) {
-            return Route::to(c, hash);
+            return Route::to(Next::At(c), hash);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
             Ok(c) => Route::to(c, hash),
@@ -589,14 +607,14 @@ impl Core {
         // request once, not once each.
         let mut targets: Vec<Target> = Vec::new();
         for g in groups {
-            let candidates: Vec<Candidate> = g
+            let candidates: Vec<Next> = g
                 .iter()
                 .filter_map(|b| {
                     let uri = request_uri_of_contact(&b.contact)?;
                     // Through an edge proxy: to the first Path URI, as a Route set's
-                    // first hop is reached (RFC 3327 5.3, 3261 16.6 step 7), when it is
-                    // an address (there is no DNS here; a name, or a Path URI we cannot
-                    // send to, falls back to where the REGISTER came from; so does one
+                    // first hop is reached (RFC 3327 5.3, 3261 16.6 step 7), an
+                    // address or a name resolved by RFC 3263 (a Path URI we cannot
+                    // send to falls back to where the REGISTER came from; so does one
                     // naming us, which would loop). A binding on a connection stays on
                     // it: the edge opened it to be reused.
                     if let super::location::Reach::Udp { .. } = b.reach
@@ -619,16 +637,17 @@ impl Core {
                             .unwrap_or(b.transport),
                         super::location::Reach::Udp { .. } => Transport::Udp,
                     };
-                    Some(Candidate {
+                    Some(Next::At(Candidate {
                         uri,
                         target: b.reach.target(),
                         transport,
                         path: b.path.clone(),
-                    })
+                    }))
                 })
-                .filter(|c| {
+                .filter(|n| {
                     // Direct UDP registrations only: bindings behind an edge (a Path,
                     // one connection) share its address and are its to fork.
+                    let Next::At(c) = n else { return true };
                     if !(c.path.is_empty() && matches!(c.target, Target::Udp { .. })) {
                         return true;
                     }
@@ -855,59 +874,87 @@ impl Core {
         })
     }
 
-    /// Where a request addressed by `next_hop` goes: literal addresses only (no DNS).
-    /// What cannot be reached is 500, not 503: a 503 tells RFC 3263 clients this server
-    /// is down, and they would fail over and stay away (16.7 step 6 says the same of
-    /// 503s from downstream).
-    fn candidate_for(
-        &self,
-        next_hop: &Uri,
-        ruri: Uri,
-        path: Vec<String>,
-    ) -> Result<Candidate, u16> {
+    /// Where a request addressed by `next_hop` goes: its address, or its host name to
+    /// resolve (RFC 3263, in the shell). What cannot be reached is 500, not 503: a 503
+    /// tells RFC 3263 clients this server is down, and they would fail over and stay
+    /// away (16.7 step 6 says the same of 503s from downstream).
+    fn candidate_for(&self, next_hop: &Uri, ruri: Uri, path: Vec<String>) -> Result<Next, u16> {
         let Some(u) = next_hop.as_sip() else {
             return Err(416);
         };
-        let Some(ip) = u.host.ip() else {
-            // No DNS: names other than ours cannot be reached.
-            return Err(if self.flow_of_contact(next_hop).is_some() {
-                480
-            } else {
-                500
-            });
-        };
         let param = u.param("transport").flatten().map(str::to_ascii_lowercase);
+        // A sips: URI goes over TLS only (RFC 3261 26.2.2; `transport=tcp` there means
+        // TLS over TCP, RFC 3263 4.1).
         let transport = match param.as_deref() {
-            None if u.secure => Transport::Tls,
-            None | Some("udp") => Transport::Udp,
-            Some("tcp") => Transport::Tcp,
-            Some("tls") => Transport::Tls,
+            None if u.secure => Some(Transport::Tls),
+            None => None,
+            Some("udp") if u.secure => return Err(500),
+            Some("udp") => Some(Transport::Udp),
+            Some("tcp") if u.secure => Some(Transport::Tls),
+            Some("tcp") => Some(Transport::Tcp),
+            Some("tls") => Some(Transport::Tls),
+            // A WebSocket client is reached on its flow only (flow_of_contact).
             Some("ws") | Some("wss") => return Err(480),
             Some(_) => return Err(500),
         };
+        let Some(ip) = u.host.ip() else {
+            let host = u
+                .host
+                .to_string()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            // `.invalid` never resolves (RFC 6761 6.4): a WebSocket client's Contact.
+            if host == "invalid" || host.ends_with(".invalid") {
+                return Err(480);
+            }
+            return Ok(Next::Named {
+                uri: ruri,
+                hop: NamedHop {
+                    host,
+                    port: u.port,
+                    // With a port, RFC 3263 4.1 takes UDP for sip: (TLS for sips:).
+                    transport: transport.or(u.port.map(|_| Transport::Udp)),
+                    secure: u.secure,
+                },
+                path,
+            });
+        };
+        let transport = transport.unwrap_or(Transport::Udp);
         let port = u.port.unwrap_or(if transport == Transport::Tls {
             5061
         } else {
             5060
         });
         let remote = SocketAddr::new(ip, port);
+        self.candidate_at(ruri, transport, remote, path)
+            .map(Next::At)
+            .ok_or(500)
+    }
+
+    /// A candidate at an address, when we have a listener of its transport to send
+    /// from (and name in Via).
+    pub(super) fn candidate_at(
+        &self,
+        uri: Uri,
+        transport: Transport,
+        remote: SocketAddr,
+        path: Vec<String>,
+    ) -> Option<Candidate> {
         let target = match transport {
             Transport::Udp => {
-                let local = self
-                    .listener(Transport::Udp, remote.is_ipv4())
-                    .ok_or(500u16)?;
+                let local = self.listener(Transport::Udp, remote.is_ipv4())?;
                 Target::Udp { local, remote }
             }
             t => {
-                self.listener(t, remote.is_ipv4()).ok_or(500u16)?;
+                self.listener(t, remote.is_ipv4())?;
                 Target::Connect {
                     transport: t,
                     remote,
                 }
             }
         };
-        Ok(Candidate {
-            uri: ruri,
+        Some(Candidate {
+            uri,
             target,
             transport,
             path,

@@ -689,8 +689,8 @@ fn every_record_route_entry_names_where_its_side_is_reached() {
 
     // An edge that registers from one address but names another in its Path (a
     // multi-homed edge, or one behind a balancer) is reached where its Path says, over
-    // the transport it names; a Path naming a host (no DNS here) falls back to where
-    // the REGISTER came from.
+    // the transport it names; a Path naming a host is resolved (RFC 3263, in the
+    // shell) and reached at what it resolves to.
     for (n, path, want) in [
         (
             1,
@@ -708,7 +708,14 @@ fn every_record_route_entry_names_where_its_side_is_reached() {
                 remote: "127.0.0.3:5091".parse().unwrap(),
             },
         ),
-        (3, "<sip:edge.example.org;lr>", edge_target),
+        (
+            3,
+            "<sip:edge.example.org;lr>",
+            Target::Udp {
+                local: UDP,
+                remote: "127.0.0.4:5070".parse().unwrap(),
+            },
+        ),
         // One naming us (a misconfigured edge) would loop.
         (4, "<sip:127.0.0.1:5060;lr>", edge_target),
     ] {
@@ -722,7 +729,17 @@ fn every_record_route_entry_names_where_its_side_is_reached() {
             .replace("far@", &format!("far{n}@"))
             .replace("call-p2", &format!("call-p2-{n}"))
             .replace("z9hG4bKpinv", &format!("z9hG4bKpinv{n}"));
-        let out = sim.feed(browser(4), &invite);
+        let mut out = sim.feed(browser(4), &invite);
+        if let Some(r) = sim.core.poll_resolve() {
+            assert_eq!(r.hop.host, "edge.example.org", "{path}");
+            let outcome = resolve::ResolveOutcome::Targets(vec![resolve::ResolvedTarget {
+                transport: Transport::Udp,
+                addr: "127.0.0.4:5070".parse().unwrap(),
+            }]);
+            sim.core
+                .handle(sim.now, Input::Resolved { id: r.id, outcome });
+            out.extend(sim.drain());
+        }
         let (target, fwd) = forwarded(&out);
         assert_eq!(target, want, "{path}");
         assert_eq!(fwd.headers.get(&HeaderName::Route), Some(path));
@@ -2924,4 +2941,257 @@ fn an_enforced_identity_holds_on_its_flow_before_the_router_is_asked() {
     assert_eq!(request(&out[0].1).method, Method::Message);
     assert_eq!(sim.queries, 3, "carol's REGISTER and alice's two requests");
     assert_eq!(sim.core.stats().refused.identity, 4);
+}
+
+mod named_next_hops {
+    //! Next hops named by a host name (RFC 3263): the branch waits for the shell's
+    //! answer, then tries the targets in turn.
+    use super::*;
+    use crate::core::resolve::{ResolveOutcome, ResolvedTarget};
+
+    fn target(transport: Transport, addr: &str) -> ResolvedTarget {
+        ResolvedTarget {
+            transport,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    fn udp_to(addr: &str) -> Target {
+        Target::Udp {
+            local: UDP,
+            remote: addr.parse().unwrap(),
+        }
+    }
+
+    fn from(addr: &str) -> Source {
+        Source {
+            transport: Transport::Udp,
+            local: UDP,
+            remote: addr.parse().unwrap(),
+            flow: None,
+        }
+    }
+
+    /// A phone's INVITE that the router relays to `uri`; returns the resolve request.
+    fn relayed(sim: &mut Sim, call: &str, uri: &str) -> crate::core::resolve::ResolveRequest {
+        let out = sim.feed(udp_phone(), &invite_from_udp("9001", call));
+        assert_eq!(status(&out[0].1), 100);
+        let q = sim.route_queries();
+        let out = sim.routed(
+            q[0].id,
+            RouteDecision::Relay(crate::sip::uri::Uri::parse(uri).unwrap(), None),
+        );
+        assert!(
+            out.is_empty(),
+            "nothing is sent before the name resolves: {out:?}"
+        );
+        let r = sim.core.poll_resolve().expect("a name to resolve");
+        assert!(sim.core.poll_resolve().is_none());
+        r
+    }
+
+    fn resolved(sim: &mut Sim, id: u64, outcome: ResolveOutcome) -> Vec<(Target, Message)> {
+        sim.core.handle(sim.now, Input::Resolved { id, outcome });
+        sim.drain()
+    }
+
+    #[test]
+    fn targets_are_tried_in_turn_on_503_silence_and_transport_errors() {
+        let mut sim = Sim::with_router();
+        let r = relayed(&mut sim, "dns1", "sip:9001@PBX.Example.Test.");
+        assert_eq!(r.hop.host, "pbx.example.test");
+        assert_eq!(
+            (r.hop.port, r.hop.transport, r.hop.secure),
+            (None, None, false)
+        );
+        let out = resolved(
+            &mut sim,
+            r.id,
+            ResolveOutcome::Targets(vec![
+                target(Transport::Udp, "127.0.0.1:6001"),
+                target(Transport::Udp, "127.0.0.1:6002"),
+                target(Transport::Tcp, "127.0.0.1:6003"),
+            ]),
+        );
+        let (t, inv) = forwarded(&out);
+        assert_eq!(t, udp_to("127.0.0.1:6001"));
+        // The Request-URI keeps the name (RFC 3263 is about where, not what).
+        assert_eq!(inv.uri.to_string(), "sip:9001@PBX.Example.Test.");
+        // 503 from the first: ACKed, and the second gets the INVITE; the caller sees
+        // nothing of it.
+        let reply = answer(inv, 503, "");
+        let out = sim.feed(from("127.0.0.1:6001"), &reply);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].0, udp_to("127.0.0.1:6001"));
+        assert_eq!(request(&out[0].1).method, Method::Ack);
+        let (t, inv2) = forwarded(&out[1..]);
+        assert_eq!(t, udp_to("127.0.0.1:6002"));
+        assert_eq!(inv2.method, Method::Invite);
+        // The second says nothing at all (and, never heard from, gets no
+        // retransmissions: no amplification toward an address we do not know
+        // receives); after failover-after (5 s) the third.
+        let out = sim.advance(Duration::from_millis(4900));
+        assert!(out.is_empty(), "{out:?}");
+        let out = sim.advance(Duration::from_millis(200));
+        let (t, inv3) = forwarded(&out);
+        assert_eq!(
+            t,
+            Target::Connect {
+                transport: Transport::Tcp,
+                remote: "127.0.0.1:6003".parse().unwrap()
+            }
+        );
+        assert!(
+            inv3.headers
+                .values(&HeaderName::Via)
+                .next()
+                .unwrap()
+                .starts_with("SIP/2.0/TCP")
+        );
+        // The last cannot be reached: the caller gets 500 (not the 503 that would
+        // send RFC 3263 clients away from us).
+        sim.core.handle(
+            sim.now,
+            Input::SendFailed(Target::Connect {
+                transport: Transport::Tcp,
+                remote: "127.0.0.1:6003".parse().unwrap(),
+            }),
+        );
+        let out = sim.drain();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, udp_phone_target());
+        assert_eq!(status(&out[0].1), 500);
+    }
+
+    #[test]
+    fn the_last_target_gets_the_whole_transaction_time() {
+        let mut sim = Sim::with_router();
+        let r = relayed(&mut sim, "dns2", "sip:9001@one.example.test");
+        let out = resolved(
+            &mut sim,
+            r.id,
+            ResolveOutcome::Targets(vec![target(Transport::Udp, "127.0.0.1:6001")]),
+        );
+        assert_eq!(forwarded(&out).0, udp_to("127.0.0.1:6001"));
+        // No failover timer with nothing to fail over to: only retransmissions.
+        let out = sim.advance(Duration::from_secs(10));
+        assert!(out.iter().all(|(_, m)| request(m).method == Method::Invite));
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_gets_500_at_once() {
+        let mut sim = Sim::with_router();
+        let r = relayed(&mut sim, "dns3", "sip:9001@nowhere.example.test");
+        let out = resolved(
+            &mut sim,
+            r.id,
+            ResolveOutcome::Failed("nowhere.example.test.: no such name".into()),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        let resp = response(&out[0].1);
+        assert_eq!(
+            (resp.status, resp.reason.as_str()),
+            (500, "Unresolvable Destination")
+        );
+        assert_eq!(
+            resp.headers.get(&HeaderName::parse("Warning")),
+            Some("399 sipwasm \"Unresolvable Destination\"")
+        );
+        assert_eq!(sim.core.stats().client_transactions, 0);
+    }
+
+    #[test]
+    fn names_that_never_resolve_are_not_asked() {
+        // A WebSocket client's Contact host (RFC 6761: .invalid) and a sips: URI over
+        // UDP are refused without a lookup.
+        let mut sim = Sim::with_router();
+        for (n, uri) in [
+            "sip:9001@abc.invalid",
+            "sips:9001@pbx.example.test;transport=udp",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let out = sim.feed(udp_phone(), &invite_from_udp("9001", &format!("inv{n}")));
+            assert_eq!(status(&out[0].1), 100);
+            let q = sim.route_queries();
+            let out = sim.routed(
+                q[0].id,
+                RouteDecision::Relay(crate::sip::uri::Uri::parse(uri).unwrap(), None),
+            );
+            assert!(matches!(status(&out[0].1), 480 | 500), "{uri}: {out:?}");
+            assert!(sim.core.poll_resolve().is_none(), "{uri}");
+        }
+    }
+
+    #[test]
+    fn sips_asks_for_tls_and_a_port_fixes_udp() {
+        let mut sim = Sim::with_router();
+        let r = relayed(&mut sim, "dns4", "sips:9001@pbx.example.test");
+        assert_eq!(
+            (r.hop.port, r.hop.transport, r.hop.secure),
+            (None, Some(Transport::Tls), true)
+        );
+        let r = relayed(&mut sim, "dns5", "sip:9001@pbx.example.test:5080");
+        assert_eq!(
+            (r.hop.port, r.hop.transport),
+            (Some(5080), Some(Transport::Udp))
+        );
+        let r = relayed(&mut sim, "dns6", "sip:9001@pbx.example.test;transport=TCP");
+        assert_eq!((r.hop.port, r.hop.transport), (None, Some(Transport::Tcp)));
+    }
+
+    #[test]
+    fn cancel_while_resolving_ends_the_call_and_sends_nothing_after() {
+        let mut sim = Sim::with_router();
+        let r = relayed(&mut sim, "dns7", "sip:9001@slow.example.test");
+        let cancel = "CANCEL sip:9001@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKdns7;rport\r\n\
+                      Max-Forwards: 70\r\nFrom: <sip:phone@localhost>;tag=p1\r\nTo: <sip:9001@localhost>\r\n\
+                      Call-ID: call-dns7\r\nCSeq: 1 CANCEL\r\n\r\n";
+        let out = sim.feed(udp_phone(), cancel);
+        assert_eq!(status(&out[0].1), 200);
+        let out = resolved(
+            &mut sim,
+            r.id,
+            ResolveOutcome::Targets(vec![target(Transport::Udp, "127.0.0.1:6001")]),
+        );
+        let statuses: Vec<u16> = out.iter().map(|(_, m)| status(m)).collect();
+        assert_eq!(statuses, vec![487], "{out:?}");
+        // A late answer for a request that is gone does nothing.
+        assert!(resolved(&mut sim, r.id, ResolveOutcome::Failed("late".into())).is_empty());
+    }
+
+    #[test]
+    fn a_trusted_peers_route_to_a_name_takes_requests_and_their_acks_there() {
+        let mut sim = Sim::new();
+        let message = "MESSAGE sip:carol@far.example.org SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bKdm1\r\n\
+                       Max-Forwards: 70\r\nRoute: <sip:proxy.example.org;lr>\r\nFrom: <sip:edge@localhost>;tag=e1\r\n\
+                       To: <sip:carol@far.example.org>\r\nCall-ID: dm1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        assert!(sim.feed(edge(), message).is_empty());
+        let r = sim.core.poll_resolve().expect("the Route's host");
+        assert_eq!(r.hop.host, "proxy.example.org");
+        let out = resolved(
+            &mut sim,
+            r.id,
+            ResolveOutcome::Targets(vec![target(Transport::Udp, "127.0.0.1:6010")]),
+        );
+        let (t, m) = forwarded(&out);
+        assert_eq!(t, udp_to("127.0.0.1:6010"));
+        let out = sim.feed(from("127.0.0.1:6010"), &answer(m, 200, ""));
+        assert_eq!(status(&out[0].1), 200);
+        // An ACK for a 2xx, forwarded without a transaction, waits for its name too.
+        let ack = "ACK sip:carol@far.example.org SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bKda1\r\n\
+                   Max-Forwards: 70\r\nRoute: <sip:proxy2.example.org;lr>\r\nFrom: <sip:edge@localhost>;tag=e1\r\n\
+                   To: <sip:carol@far.example.org>;tag=c1\r\nCall-ID: da1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n";
+        assert!(sim.feed(edge(), ack).is_empty());
+        let r = sim.core.poll_resolve().expect("the ACK's Route host");
+        let out = resolved(
+            &mut sim,
+            r.id,
+            ResolveOutcome::Targets(vec![target(Transport::Udp, "127.0.0.1:6011")]),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, udp_to("127.0.0.1:6011"));
+        assert_eq!(request(&out[0].1).method, Method::Ack);
+    }
 }

@@ -121,6 +121,9 @@ pub struct TimerConfig {
     pub t4: Duration,
     /// Proxy INVITE timer C (> 3 min).
     pub c: Duration,
+    /// How long a target of a name has to answer at all before the next target is
+    /// tried (`sip.failover-after`; only while another target waits).
+    pub failover: Duration,
 }
 
 impl Default for TimerConfig {
@@ -130,6 +133,7 @@ impl Default for TimerConfig {
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
             c: Duration::from_secs(181),
+            failover: Duration::from_secs(5),
         }
     }
 }
@@ -512,6 +516,9 @@ pub struct ClientTx {
     end: Option<Instant>,
     /// Proxy timer C (INVITE).
     pub timer_c: Option<Instant>,
+    /// No response at all by then: give up, so that the next target is tried
+    /// ([`ClientTx::answer_by`]).
+    answer_by: Option<Instant>,
 }
 
 impl ClientTx {
@@ -545,6 +552,7 @@ impl ClientTx {
             timeout: Some(now + 64 * t.t1),
             end: None,
             timer_c: invite.then_some(now + t.c),
+            answer_by: None,
         }
     }
 
@@ -559,6 +567,7 @@ impl ClientTx {
             self.timeout,
             self.end,
             self.timer_c,
+            self.answer_by,
         ]
         .into_iter()
         .flatten()
@@ -574,6 +583,8 @@ impl ClientTx {
         t: &TimerConfig,
     ) -> (Option<ClientEvent>, bool) {
         let status = resp.status;
+        // The target answers: it has the transaction's own timers from now on.
+        self.answer_by = None;
         match (self.invite(), self.state) {
             (_, ClientState::Terminated) => (None, false),
             (true, ClientState::Completed) => (None, status >= 300),
@@ -632,6 +643,13 @@ impl ClientTx {
         }
     }
 
+    /// Gives up at `at` unless a response (a provisional one will do) came by then.
+    pub fn answer_by(&mut self, at: Instant) {
+        if self.state == ClientState::Calling {
+            self.answer_by = Some(at);
+        }
+    }
+
     /// The request could not be sent: fail like a timeout.
     pub fn on_transport_error(&mut self) -> Option<ClientEvent> {
         match self.state {
@@ -649,6 +667,7 @@ impl ClientTx {
         self.timeout = None;
         self.end = None;
         self.timer_c = None;
+        self.answer_by = None;
     }
 
     /// Runs due timers: returns bytes to retransmit, an event for the owner, and
@@ -662,7 +681,9 @@ impl ClientTx {
             self.terminate();
             return (None, None, false);
         }
-        if self.timeout.is_some_and(|e| e <= now) {
+        let unanswered =
+            self.state == ClientState::Calling && self.answer_by.is_some_and(|a| a <= now);
+        if unanswered || self.timeout.is_some_and(|e| e <= now) {
             self.terminate();
             return (None, Some(ClientEvent::Timeout), false);
         }

@@ -26,7 +26,10 @@ pub(crate) mod outlet;
 use self::flow::FlowInfo;
 use self::media::Engines;
 use self::outlet::Outlet;
+use crate::core::resolve::ResolveOutcome;
 use crate::core::{Core, Event, Input};
+use crate::dns::Dns;
+use crate::metrics::Metrics;
 use crate::plugin::RegistrarView;
 use crate::plugin::sip_router::SipRouter;
 use crate::store::Store;
@@ -97,6 +100,8 @@ struct Driven {
     cell: Weak<CoreCell>,
     /// The media engines, when `[media]` names any.
     media: Option<Arc<Engines>>,
+    /// Resolves the next hops named by a host name.
+    dns: Arc<Dns>,
 }
 
 /// How many of a connection's messages may be in the core at once: half its send
@@ -158,6 +163,7 @@ impl CoreCell {
         router: Option<Router>,
         outlet: Outlet,
         media: Option<Arc<Engines>>,
+        dns: Arc<Dns>,
     ) -> Arc<Self> {
         core.set_routing(router.is_some());
         if let Some(m) = &media {
@@ -181,6 +187,7 @@ impl CoreCell {
                 credits: Vec::new(),
                 cell: cell.clone(),
                 media,
+                dns,
             }),
             deadline: Mutex::new(deadline),
             wake: Notify::new(),
@@ -405,6 +412,7 @@ impl Driven {
                 Work::Timeout => self.core.handle_timeout(now),
             }
         }
+        ask_dns(&mut self.core, &self.dns, &self.cell, &outlet.metrics);
         if give_back && batch.capacity() > RUN_BUDGET {
             // The queue's two buffers take turns as the batch: a burst of inputs that
             // grew them past a turn's budget is given back within two minutes.
@@ -464,6 +472,59 @@ impl Driven {
             }
         }
         self.closing.clear();
+    }
+}
+
+/// Answers the core's names to resolve: from the cache in this turn (so their
+/// messages go out with it), or by a lookup on a task of its own whose outcomes come
+/// back as inputs ([`Input::Resolved`]); one lookup per name however many wait.
+fn ask_dns(core: &mut Core, dns: &Arc<Dns>, cell: &Weak<CoreCell>, metrics: &Arc<Metrics>) {
+    while let Some(req) = core.poll_resolve() {
+        let now = std::time::Instant::now();
+        if let Some(outcome) = dns.cached(&req.hop, now) {
+            metrics.dns_cached();
+            core.handle(
+                now,
+                Input::Resolved {
+                    id: req.id,
+                    outcome,
+                },
+            );
+            continue;
+        }
+        match dns.wait(&req.hop, req.id) {
+            Ok(false) => {}
+            Ok(true) => {
+                metrics.dns_lookup();
+                let (dns, cell, metrics) = (dns.clone(), cell.clone(), metrics.clone());
+                tokio::spawn(async move {
+                    let answers = dns.look_up(&req.hop).await;
+                    if answers
+                        .first()
+                        .is_some_and(|(_, o)| matches!(o, ResolveOutcome::Failed(_)))
+                    {
+                        metrics.dns_failure();
+                    }
+                    let Some(cell) = cell.upgrade() else { return };
+                    for (id, outcome) in answers {
+                        cell.submit(Input::Resolved { id, outcome }, None).await;
+                    }
+                });
+            }
+            Err(()) => {
+                metrics.dns_failure();
+                let outcome = ResolveOutcome::Failed(
+                    "too many names being looked up at once (dns.max-lookups)".into(),
+                );
+                core.handle(
+                    now,
+                    Input::Resolved {
+                        id: req.id,
+                        outcome,
+                    },
+                );
+            }
+        }
     }
 }
 

@@ -63,4 +63,8 @@ pub(crate) struct Shared {
     pub admission: Arc<admission::Admission>,
     /// `limits.rate`, counted before parsing.
     pub gate: gate::SourceGate,
+    /// The TLS connections the server opens: its rustls configuration.
+    pub tls_client: Arc<rustls::ClientConfig>,
+    /// The names TLS targets were resolved from (their certificates must match).
+    pub dns: Arc<crate::dns::Dns>,
 }

@@ -19,6 +19,7 @@ use crate::driver::flow::FlowInfo;
 use crate::driver::outlet::ConnectRequest;
 use crate::metrics::ConnLimit;
 use crate::sip::framing::{Frame, next_frame_from};
+use rustls_pki_types::ServerName;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -254,8 +255,8 @@ async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr) 
             .core
             .submit_now(Input::SendFailed(Target::Connect { transport, remote }));
     };
-    if transport != Transport::Tcp {
-        tracing::warn!(%remote, %transport, "outgoing connections are TCP only; message dropped");
+    if !matches!(transport, Transport::Tcp | Transport::Tls) {
+        tracing::warn!(%remote, %transport, "outgoing connections are TCP or TLS; message dropped");
         return failed(&shared);
     }
     // Outgoing connections count against limits.max-connections too.
@@ -280,5 +281,32 @@ async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr) 
     };
     let id = shared.flows.next_id();
     let _ticket = ticket;
+    if transport == Transport::Tcp {
+        return serve_stream(stream, id, transport, local, remote, shared, None).await;
+    }
+    // TLS: the certificate must be valid for the name the target was resolved from
+    // (RFC 5922: the URI's host), or for its address when the URI gave one.
+    let name = match shared.dns.tls_name(remote) {
+        Some(n) => ServerName::try_from(n.to_string()),
+        None => Ok(ServerName::IpAddress(remote.ip().into())),
+    };
+    let Ok(name) = name else {
+        tracing::warn!(%remote, "TLS next hop without a valid name to check; message dropped");
+        return failed(&shared);
+    };
+    let connector = tokio_rustls::TlsConnector::from(shared.tls_client.clone());
+    let shown = format!("{name:?}");
+    let stream = match timeout(CONNECT_TIMEOUT, connector.connect(name, stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            // A wrong certificate is the operator's to know about, not a debug line.
+            tracing::warn!(%remote, name = %shown, "TLS to next hop failed: {e}");
+            return failed(&shared);
+        }
+        Err(_) => {
+            tracing::warn!(%remote, name = %shown, "TLS handshake with next hop timed out");
+            return failed(&shared);
+        }
+    };
     serve_stream(stream, id, transport, local, remote, shared, None).await;
 }

@@ -1,11 +1,13 @@
-//! TLS for `wss` listeners: configured PEM files, or a self-signed certificate for
-//! localhost generated once into the data directory.
+//! TLS for `wss` and `tls` listeners: configured PEM files, or a self-signed
+//! certificate for localhost generated once into the data directory. And for the
+//! connections the server opens (`[tls-client]`): the system's certificate
+//! authorities or a configured file, an optional client certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use rustls::ServerConfig;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -45,6 +47,68 @@ pub(crate) fn server_config(
         .with_single_cert(certs, key)
         .context("certificate and key do not form a valid pair")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The rustls configuration of the TLS connections the server opens. A file that
+/// cannot be read, or holds nothing usable, stops the start naming its key.
+pub(crate) fn client_config(
+    cfg: &crate::config::TlsClientConfig,
+) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("tls-client.ca-file: cannot read {}", path.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("tls-client.ca-file: bad PEM in {}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                anyhow::bail!(
+                    "tls-client.ca-file: no usable certificate in {}",
+                    path.display()
+                );
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                tracing::warn!(
+                    errors = ?found.errors,
+                    "no system certificate authorities: TLS next hops will be refused unless \
+                     tls-client.ca-file names the ones to trust"
+                );
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots);
+    let config = match (&cfg.client_cert, &cfg.client_key) {
+        (Some(cert), Some(key)) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("tls-client.client-cert: cannot read {}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| {
+                    format!("tls-client.client-cert: bad PEM in {}", cert.display())
+                })?;
+            if certs.is_empty() {
+                anyhow::bail!(
+                    "tls-client.client-cert: no certificate in {}",
+                    cert.display()
+                );
+            }
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("tls-client.client-key: cannot read {}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .context("tls-client.client-cert and client-key do not form a valid pair")?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 

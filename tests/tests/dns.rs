@@ -1,0 +1,415 @@
+//! Next hops named by DNS (RFC 3263) against a real DNS server: Debian's dnsmasq on a
+//! free loopback port with NAPTR, SRV and A records for the test's zone, the server
+//! pointed at it with `dns.servers`, and answering peers that count what reaches them
+//! (sockets of the test, and sipp as a phone).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sipwasm::sip::message::{Message, Response};
+use sipwasm_tests::dnsmasq::Dnsmasq;
+use sipwasm_tests::sip::Ua;
+use sipwasm_tests::sipp::{Sipp, SippRun};
+use sipwasm_tests::*;
+use tokio::net::UdpSocket;
+
+/// A UDP peer that answers every request with `status` (or never, for `None`) and
+/// counts what it got by method.
+struct Peer {
+    addr: SocketAddr,
+    got: Arc<Mutex<HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Peer {
+    async fn udp(status: Option<u16>) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let got: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let counts = got.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            // Bounded: the test drops it (and aborts this) long before.
+            for _ in 0..100_000 {
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                let Ok(Message::Request(req)) = sipwasm::sip::parse(&buf[..n]) else {
+                    continue;
+                };
+                *counts
+                    .lock()
+                    .unwrap()
+                    .entry(req.method.as_str().to_string())
+                    .or_default() += 1;
+                if let Some(status) = status
+                    && req.method.as_str() != "ACK"
+                {
+                    let resp = Response::for_request(&req, status, Some("peer"));
+                    let _ = socket.send_to(&resp.to_bytes(), from).await;
+                }
+            }
+        });
+        Self { addr, got, task }
+    }
+
+    fn got(&self, method: &str) -> usize {
+        self.got.lock().unwrap().get(method).copied().unwrap_or(0)
+    }
+
+    /// Stops answering and closes its socket (the port then answers ICMP
+    /// unreachable).
+    async fn close(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// The server with `[dns]` pointed at `dns`, relaying requests for other domains.
+fn server(dns: &Dnsmasq, extra: &str) -> Server {
+    Server::standard(&format!(
+        "[sip]\nrelay = true\nfailover-after = \"1s\"\n{extra}\n[dns]\nservers = [\"{}\"]\n",
+        dns.addr
+    ))
+}
+
+/// A MESSAGE from `ua` to `uri`; its final status and how long it took.
+async fn message(ua: &mut Ua, uri: &str) -> (u16, Duration) {
+    let (text, _) = ua.request("MESSAGE", uri, "", "hi");
+    let start = Instant::now();
+    ua.send(&text).await;
+    let r = ua.recv_final().await;
+    (r.status, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_priority_and_weight_are_honoured_and_the_backup_takes_over() {
+    let (heavy, light, backup) = (
+        Peer::udp(Some(200)).await,
+        Peer::udp(Some(200)).await,
+        Peer::udp(Some(200)).await,
+    );
+    let dns = Dnsmasq::start(
+        "w.test",
+        &[
+            format!(
+                "--srv-host=_sip._udp.w.test,heavy.w.test,{},10,80",
+                heavy.addr.port()
+            ),
+            format!(
+                "--srv-host=_sip._udp.w.test,light.w.test,{},10,20",
+                light.addr.port()
+            ),
+            format!(
+                "--srv-host=_sip._udp.w.test,backup.w.test,{},20,50",
+                backup.addr.port()
+            ),
+            "--host-record=heavy.w.test,127.0.0.1".into(),
+            "--host-record=light.w.test,127.0.0.1".into(),
+            "--host-record=backup.w.test,127.0.0.1".into(),
+        ],
+        300,
+    );
+    let s = server(&dns, "");
+    let mut ua = Ua::udp(&s, "alice").await;
+    // sip:svc@w.test: no port, no transport: NAPTR (none here), then SRV for each
+    // transport, UDP first.
+    for n in 0..1000 {
+        let (status, _) = message(&mut ua, "sip:svc@w.test").await;
+        assert_eq!(status, 200, "MESSAGE {n}");
+    }
+    let (h, l) = (heavy.got("MESSAGE"), light.got("MESSAGE"));
+    assert_eq!(
+        h + l,
+        1000,
+        "priority 10 takes them all (backup got {})",
+        backup.got("MESSAGE")
+    );
+    assert_eq!(backup.got("MESSAGE"), 0);
+    // Weights 80:20, drawn per request: 800 expected, 4 standard deviations either side.
+    assert!((750..=850).contains(&h), "heavy {h}, light {l}");
+    // The name was looked up once and its answer kept for its TTL.
+    assert_eq!(dns.queries("SRV", "_sip._udp.w.test"), 1, "{}", dns.logs());
+    assert!(s.metric("sipwasm_dns_cached_total").await >= 999);
+    assert_eq!(s.metric("sipwasm_dns_lookups_total").await, 1);
+
+    // Both priority-10 servers gone (their ports answer ICMP unreachable): the backup
+    // answers, without the caller waiting.
+    heavy.close().await;
+    light.close().await;
+    let (status, took) = message(&mut ua, "sip:svc@w.test").await;
+    assert_eq!(status, 200);
+    assert_eq!(backup.got("MESSAGE"), 1);
+    assert!(
+        took < Duration::from_millis(900),
+        "failover by ICMP took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_and_503_move_on_to_the_next_target() {
+    let silent = Peer::udp(None).await;
+    let busy = Peer::udp(Some(503)).await;
+    let good = Peer::udp(Some(200)).await;
+    let dns = Dnsmasq::start(
+        "f.test",
+        &[
+            format!(
+                "--srv-host=_sip._udp.f.test,silent.f.test,{},10,0",
+                silent.addr.port()
+            ),
+            format!(
+                "--srv-host=_sip._udp.f.test,busy.f.test,{},20,0",
+                busy.addr.port()
+            ),
+            format!(
+                "--srv-host=_sip._udp.f.test,good.f.test,{},30,0",
+                good.addr.port()
+            ),
+            "--host-record=silent.f.test,127.0.0.1".into(),
+            "--host-record=busy.f.test,127.0.0.1".into(),
+            "--host-record=good.f.test,127.0.0.1".into(),
+        ],
+        300,
+    );
+    let s = server(&dns, "");
+    let mut ua = Ua::udp(&s, "alice").await;
+    let (status, took) = message(&mut ua, "sip:svc@f.test").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            silent.got("MESSAGE"),
+            busy.got("MESSAGE"),
+            good.got("MESSAGE")
+        ),
+        (1, 1, 1)
+    );
+    // failover-after is 1 s here: the silent one cost about that, the 503 nothing.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // A call goes the same way: the INVITE too, and its 503 is ACKed.
+    let (invite, _) = ua.request("INVITE", "sip:svc@f.test", "", sipwasm_tests::sip::SDP);
+    ua.send(&invite).await;
+    let r = ua.recv_final().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(busy.got("ACK"), 1, "the 503 is ACKed hop by hop");
+    assert_eq!(good.got("INVITE"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naptr_chooses_tcp_and_a_sipp_phone_answers_there() {
+    let port = free_port();
+    let dns = Dnsmasq::start(
+        "n.test",
+        &[
+            // TCP ordered before UDP: TCP it is, though UDP would work too.
+            "--naptr-record=n.test,10,50,S,SIP+D2T,,_sip._tcp.n.test".into(),
+            "--naptr-record=n.test,20,50,S,SIP+D2U,,_sip._udp.n.test".into(),
+            format!("--srv-host=_sip._tcp.n.test,pbx.n.test,{port},10,10"),
+            format!(
+                "--srv-host=_sip._udp.n.test,pbx.n.test,{},10,10",
+                free_port()
+            ),
+            "--host-record=pbx.n.test,127.0.0.1".into(),
+        ],
+        300,
+    );
+    let s = server(&dns, "");
+    let phone = Sipp::start(
+        &s,
+        SippRun {
+            scenario: "uas_answer.xml",
+            service: "pbxphone",
+            transport: "t1",
+            port,
+            fill: &[],
+            keys: &[],
+            load: None,
+        },
+    );
+    // sipp needs a moment to listen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ua = Ua::udp(&s, "alice").await;
+    let ok = ua.call_and_hang_up("sip:pbxphone@n.test").await;
+    assert_eq!(ok.status, 200);
+    phone.success().await;
+    assert_eq!(dns.queries("NAPTR", "n.test"), 1, "{}", dns.logs());
+    assert_eq!(dns.queries("SRV", "_sip._tcp.n.test"), 1, "{}", dns.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_resolve_is_answered_at_once() {
+    let dns = Dnsmasq::start(
+        "u.test",
+        &["--host-record=only-a.u.test,127.0.0.1".into()],
+        300,
+    );
+    let s = server(&dns, "");
+    let mut ua = Ua::udp(&s, "alice").await;
+    // No such name (NXDOMAIN from the zone's server): 500, quickly, with the reason.
+    let (text, _) = ua.request("MESSAGE", "sip:x@nowhere.u.test", "", "hi");
+    let start = Instant::now();
+    ua.send(&text).await;
+    let r = ua.recv_final().await;
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (500, "Unresolvable Destination")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        s.wait_for_log("next hop did not resolve").await,
+        "{}",
+        s.logs()
+    );
+    // Again: from the negative cache, without asking DNS.
+    let before = dns.queries("NAPTR", "nowhere.u.test");
+    let (status, _) = message(&mut ua, "sip:x@nowhere.u.test").await;
+    assert_eq!(status, 500);
+    assert_eq!(dns.queries("NAPTR", "nowhere.u.test"), before);
+    // A name with an address but no SIP records: its address on port 5060 is tried
+    // (nobody listens there: ICMP, so 500 too, at once).
+    let (status, took) = message(&mut ua, "sip:x@only-a.u.test:1").await;
+    assert_eq!(status, 500);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(s.metric("sipwasm_dns_failures_total").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_server_that_never_answers_costs_the_dns_timeout_not_a_hang() {
+    // Nothing listens on this port: every query times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let s = Server::standard(&format!(
+        "[sip]\nrelay = true\n[dns]\nservers = [\"{}\"]\ntimeout = \"300ms\"\nattempts = 1\n",
+        silent.local_addr().unwrap()
+    ));
+    let mut ua = Ua::udp(&s, "alice").await;
+    let (status, took) = message(&mut ua, "sip:x@dark.example.test").await;
+    assert_eq!(status, 500);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop(silent);
+}
+
+/// A test certificate authority and certificates it issued, as PEM files.
+struct TestCa {
+    dir: tempfile::TempDir,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sipwasm test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), issuer.pem()).unwrap();
+        Self { dir, issuer }
+    }
+
+    fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A certificate for `names`: its (cert, key) files.
+    fn issue(&self, label: &str, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{label}.crt")),
+            self.dir.path().join(format!("{label}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// A second server that serves `domain` over TLS only, with `cert`.
+fn tls_peer(domain: &str, cert: &std::path::Path, key: &std::path::Path) -> Server {
+    Server::start(&format!(
+        r#"
+[server]
+domains = ["{domain}"]
+data-dir = "{{data}}"
+shutdown-grace = "1s"
+
+[[listen]]
+transport = "tls"
+address = "127.0.0.1:{{tls}}"
+tls-cert = "{}"
+tls-key = "{}"
+"#,
+        cert.display(),
+        key.display()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sips_reaches_a_tls_peer_whose_certificate_names_the_domain_and_no_other() {
+    let ca = TestCa::new();
+    // The certificate names the URI's domain (RFC 5922), not the SRV target's host.
+    let (good_cert, good_key) = ca.issue("good", &["s.test"]);
+    let (bad_cert, bad_key) = ca.issue("bad", &["other.test"]);
+    let good = tls_peer("s.test", &good_cert, &good_key);
+    let bad = tls_peer("o.test", &bad_cert, &bad_key);
+    let dns = Dnsmasq::start(
+        "test",
+        &[
+            format!(
+                "--srv-host=_sips._tcp.s.test,pbx.s.test,{},10,10",
+                good.tls.port()
+            ),
+            format!(
+                "--srv-host=_sips._tcp.o.test,pbx.o.test,{},10,10",
+                bad.tls.port()
+            ),
+            "--host-record=pbx.s.test,127.0.0.1".into(),
+            "--host-record=pbx.o.test,127.0.0.1".into(),
+        ],
+        300,
+    );
+    let s = server(
+        &dns,
+        &format!("[tls-client]\nca-file = \"{}\"\n", ca.ca_file().display()),
+    );
+    let mut ua = Ua::tls(&s, "alice").await;
+    // OPTIONS to the peer's domain: it answers for itself, over the TLS connection
+    // the server opened; a second one reuses that connection.
+    for n in 0..2 {
+        let (text, _) = ua.request("OPTIONS", "sips:s.test", "", "");
+        ua.send(&text).await;
+        let r = ua.recv_final().await;
+        assert_eq!(r.status, 200, "OPTIONS {n}: {r:?}\n{}", s.logs());
+    }
+    let opened = s.logs().matches("SIP stream flow open").count();
+    assert_eq!(
+        good.logs().matches("SIP stream flow open").count(),
+        1,
+        "one connection from the server, reused"
+    );
+    // The other domain's certificate names another: refused, the caller gets 500.
+    let (text, _) = ua.request("OPTIONS", "sips:o.test", "", "");
+    ua.send(&text).await;
+    let r = ua.recv_final().await;
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(
+        s.wait_for_log("TLS to next hop failed").await,
+        "{}",
+        s.logs()
+    );
+    assert!(s.logs().matches("SIP stream flow open").count() <= opened + 1);
+}
