@@ -23,6 +23,7 @@ use std::path::PathBuf;
 mod attack;
 mod calls;
 mod decision;
+mod dns;
 mod handshakes;
 mod idle;
 mod in_process;
@@ -77,6 +78,17 @@ enum Cmd {
     },
     /// WebSocket handshakes per second through token-login (Rust, JavaScript,
     /// Python), each with a valid token, beside seed-policy.
+    /// MESSAGE relay to a next hop named by DNS (dnsmasq, SRV) against its literal
+    /// address, in alternating rounds on one server.
+    Dns {
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// UDP clients, each with one MESSAGE in flight.
+        #[arg(long, default_value_t = 25)]
+        clients: usize,
+    },
     Logins {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -274,6 +286,11 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 concurrency,
             } => logins(&args.sipwasm, seconds, concurrency).await,
+            Cmd::Dns {
+                seconds,
+                rounds,
+                clients,
+            } => dns::dns(&args.sipwasm, seconds, rounds, clients).await,
             Cmd::Idle {
                 connections,
                 kamailio,

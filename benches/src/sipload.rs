@@ -214,7 +214,7 @@ fn register_text(transport: &str, host: &str, user: &str, call_id: &str, cseq: u
 }
 
 /// A per-run prefix so Call-IDs never repeat across runs against one server.
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     use std::sync::atomic::AtomicU64;
     static RUN: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
@@ -224,7 +224,7 @@ fn run_id() -> String {
     format!("{nanos:x}-{}", RUN.fetch_add(1, Ordering::Relaxed))
 }
 
-fn status_of(text: &str) -> Option<u16> {
+pub(crate) fn status_of(text: &str) -> Option<u16> {
     text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
 }
 
@@ -432,11 +432,11 @@ pub(crate) async fn message_ws(t: SipTarget, pairs: usize, seconds: u64) -> anyh
     result
 }
 
-type Task = tokio::task::JoinHandle<anyhow::Result<(Vec<u32>, u64)>>;
+pub(crate) type Task = tokio::task::JoinHandle<anyhow::Result<(Vec<u32>, u64)>>;
 
 /// Lets the clients go, stops them after `seconds`, and collects what they measured,
 /// with the CPU time the server and this process spent meanwhile.
-async fn run_for(
+pub(crate) async fn run_for(
     t: SipTarget,
     tasks: Vec<Task>,
     gate: Arc<tokio::sync::Barrier>,

@@ -30,8 +30,16 @@ use crate::core::resolve::{NamedHop, ResolveOutcome, ResolvedTarget};
 /// Most targets one name gives a request (each tried in turn on failure).
 const MAX_TARGETS: usize = 16;
 
-/// Most SRV records of one name looked up further (A/AAAA).
-const MAX_SRV: usize = 16;
+/// Most SRV records of one name looked up further (A/AAAA): with one NAPTR and at
+/// most three SRV queries, a resolution asks at most 1 + 3 + 2 × 8 + 2 queries.
+const MAX_SRV: usize = 8;
+
+/// Shortest time a resolution is kept, whatever TTL its records have: records of
+/// TTL 0 do not turn each request into a resolution.
+const MIN_TTL: Duration = Duration::from_secs(5);
+
+/// Most requests waiting for one name; more get a failure at once.
+const MAX_WAITING_PER_NAME: usize = 10_000;
 
 /// Most names whose failure is remembered for the once-a-minute log line.
 const MAX_LOGGED: usize = 1024;
@@ -104,6 +112,7 @@ impl Plan {
                     let t = ResolvedTarget {
                         transport: g.transport,
                         addr: SocketAddr::new(*ip, s.port),
+                        name: 0,
                     };
                     if !out.contains(&t) {
                         out.push(t);
@@ -162,9 +171,12 @@ pub(crate) struct Dns {
     waiting: Mutex<HashMap<NamedHop, Vec<u64>>>,
     /// When each failed name was last logged.
     logged: Mutex<HashMap<String, Instant>>,
-    /// The name each TLS target was reached by: its certificate must be valid for
-    /// it (RFC 5922: the URI's host, not the SRV target's).
-    tls_names: Mutex<HashMap<SocketAddr, Arc<str>>>,
+    /// The names TLS targets were resolved from, by key ([`ResolvedTarget::name`]):
+    /// a certificate must be valid for its target's (RFC 5922: the URI's host, not
+    /// the SRV target's).
+    tls_names: Mutex<HashMap<u64, Arc<str>>>,
+    /// Keys the names' hashes: they cannot be aimed at one another.
+    name_keys: foldhash::quality::FixedState,
     rng: Mutex<u64>,
     cache_size: usize,
     max_ttl: Duration,
@@ -205,6 +217,9 @@ impl Dns {
             waiting: Mutex::default(),
             logged: Mutex::default(),
             tls_names: Mutex::default(),
+            name_keys: foldhash::quality::FixedState::with_seed(
+                u64::from_le_bytes(seed).rotate_left(17),
+            ),
             rng: Mutex::new(u64::from_le_bytes(seed) | 1),
             cache_size: cfg.cache_size,
             max_ttl: cfg.max_ttl,
@@ -245,11 +260,16 @@ impl Dns {
     fn outcome_of(&self, hop: &NamedHop, entry: &Entry) -> ResolveOutcome {
         match entry {
             Entry::Found { plan, .. } => {
-                let targets = plan.order(|| self.random());
+                let mut targets = plan.order(|| self.random());
                 if targets.is_empty() {
                     return ResolveOutcome::Failed("no address".into());
                 }
-                self.note_tls_names(hop, &targets);
+                if targets.iter().any(|t| t.transport == Transport::Tls) {
+                    let key = self.note_tls_name(&hop.host);
+                    for t in targets.iter_mut().filter(|t| t.transport == Transport::Tls) {
+                        t.name = key;
+                    }
+                }
                 ResolveOutcome::Targets(targets)
             }
             Entry::Failed { why, .. } => ResolveOutcome::Failed(why.to_string()),
@@ -262,6 +282,9 @@ impl Dns {
     pub(crate) fn wait(&self, hop: &NamedHop, id: u64) -> Result<bool, ()> {
         let mut w = lock(&self.waiting);
         if let Some(ids) = w.get_mut(hop) {
+            if ids.len() >= MAX_WAITING_PER_NAME {
+                return Err(());
+            }
             ids.push(id);
             return Ok(false);
         }
@@ -278,11 +301,15 @@ impl Dns {
         let entry = match tokio::time::timeout(self.deadline, self.resolve(hop)).await {
             Ok(Ok((plan, until))) if !plan.groups.is_empty() => Entry::Found {
                 plan: Arc::new(plan),
-                until: until.min(Instant::now() + self.max_ttl),
+                until: until
+                    .min(Instant::now() + self.max_ttl)
+                    .max(Instant::now() + MIN_TTL),
             },
             Ok(Ok((_, until))) => Entry::Failed {
                 why: "no SIP server or address for it".into(),
-                until: until.min(Instant::now() + self.negative_ttl),
+                until: until
+                    .min(Instant::now() + self.negative_ttl)
+                    .max(Instant::now() + MIN_TTL.min(self.negative_ttl)),
             },
             Ok(Err(why)) => Entry::Failed {
                 why: why.into(),
@@ -315,29 +342,34 @@ impl Dns {
             .collect()
     }
 
-    /// Remembers `hop`'s host as the name of its TLS targets.
-    fn note_tls_names(&self, hop: &NamedHop, targets: &[ResolvedTarget]) {
-        if !targets.iter().any(|t| t.transport == Transport::Tls) {
-            return;
-        }
+    /// The requests waiting for `hop`, taken without a lookup (the one under way was
+    /// dropped before it ended): they get a failure rather than wait for good.
+    pub(crate) fn abandon(&self, hop: &NamedHop) -> Vec<u64> {
+        lock(&self.waiting).remove(hop).unwrap_or_default()
+    }
+
+    /// The key of `host` as the name TLS targets must prove, remembered for
+    /// [`Dns::tls_name`]; never 0.
+    fn note_tls_name(&self, host: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        let key = self.name_keys.hash_one(host).max(1);
         let mut names = lock(&self.tls_names);
-        for t in targets.iter().filter(|t| t.transport == Transport::Tls) {
-            if names.get(&t.addr).is_some_and(|n| **n == *hop.host) {
-                continue;
-            }
+        if !names.contains_key(&key) {
             if names.len() >= MAX_TLS_NAMES
                 && let Some(k) = names.keys().next().copied()
             {
+                // A dialog still naming the one let go cannot open a new connection
+                // to it (it would prove nothing), and fails instead.
                 names.remove(&k);
             }
-            names.insert(t.addr, hop.host.as_str().into());
+            names.insert(key, host.into());
         }
+        key
     }
 
-    /// The name a TLS connection to `addr` must prove (the host of the URI that
-    /// resolved to it), if a name did; a literal address proves itself.
-    pub(crate) fn tls_name(&self, addr: SocketAddr) -> Option<Arc<str>> {
-        lock(&self.tls_names).get(&addr).cloned()
+    /// The name a TLS connection to a target of key `key` must prove, if still known.
+    pub(crate) fn tls_name(&self, key: u64) -> Option<Arc<str>> {
+        lock(&self.tls_names).get(&key).cloned()
     }
 
     fn log_failure(&self, hop: &NamedHop, why: &str) {
@@ -461,9 +493,11 @@ impl Dns {
                     transport: *transport,
                     servers,
                 });
+                // The first transport (in NAPTR's order, or UDP, TCP, TLS without
+                // NAPTR) that has servers is the one (RFC 3263 4.1); its servers are
+                // the failover.
+                break;
             }
-            // With the URI's transport, or NAPTR's choice, the first transport that
-            // has servers is the one; without NAPTR, all that have them, in order.
         }
         if plan.groups.is_empty() {
             // No SRV records (4.2): the name's own addresses, on the default port, with
@@ -559,6 +593,13 @@ async fn naptr(
         return Ok(None);
     }
     records.sort_by_key(|r| (r.0, r.1));
+    // The best record of each transport only: more are no more transports.
+    let mut seen = Vec::new();
+    records.retain(|r| {
+        let new = !seen.contains(&r.2);
+        seen.push(r.2);
+        new
+    });
     Ok(Some(
         records.into_iter().map(|(_, _, t, n)| (t, n)).collect(),
     ))
@@ -691,11 +732,13 @@ mod tests {
             vec![
                 ResolvedTarget {
                     transport: Transport::Tcp,
-                    addr: "127.0.0.1:5060".parse().unwrap()
+                    addr: "127.0.0.1:5060".parse().unwrap(),
+                    name: 0,
                 },
                 ResolvedTarget {
                     transport: Transport::Udp,
-                    addr: "127.0.0.1:5060".parse().unwrap()
+                    addr: "127.0.0.1:5060".parse().unwrap(),
+                    name: 0,
                 },
             ]
         );

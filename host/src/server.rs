@@ -532,6 +532,7 @@ async fn serve_accepted(
                 remote,
                 shared,
                 Some(first_deadline),
+                None,
             ))
             .await;
         }
@@ -574,6 +575,7 @@ async fn serve_accepted(
                         remote,
                         shared,
                         Some(first_deadline),
+                        None,
                     ))
                     .await;
                 }

@@ -94,33 +94,61 @@ impl FlowTokens {
     }
 
     fn encode_addr(&self, kind: AddrKind, addr: SocketAddr) -> String {
-        let mut raw = Vec::with_capacity(18 + MAC_LEN);
+        self.encode_addr_named(kind, addr, None)
+    }
+
+    /// An address token, with 8 more bytes for a name key when there is one (under
+    /// the same MAC).
+    fn encode_addr_named(&self, kind: AddrKind, addr: SocketAddr, name: Option<u64>) -> String {
+        let mut raw = Vec::with_capacity(26 + MAC_LEN);
         match addr.ip() {
             IpAddr::V4(ip) => raw.extend_from_slice(&ip.octets()),
             IpAddr::V6(ip) => raw.extend_from_slice(&ip.octets()),
         }
         raw.extend_from_slice(&addr.port().to_be_bytes());
+        if let Some(n) = name {
+            raw.extend_from_slice(&n.to_be_bytes());
+        }
         let mac = self.addr_mac(kind, &raw);
         raw.extend_from_slice(&mac);
         format!("{}{}", kind.prefix(), B64.encode(raw))
     }
 
     fn decode_addr(&self, kind: AddrKind, token: &str) -> Option<SocketAddr> {
+        match self.decode_addr_named(kind, token)? {
+            (addr, 0) => Some(addr),
+            _ => None,
+        }
+    }
+
+    /// The address a token names and its name key (0 without one).
+    fn decode_addr_named(&self, kind: AddrKind, token: &str) -> Option<(SocketAddr, u64)> {
         let raw = B64.decode(token.strip_prefix(kind.prefix())?).ok()?;
-        let addr_len = raw.len().checked_sub(MAC_LEN)?;
-        let (addr, mac) = raw.split_at(addr_len);
-        let ip = match addr.len() {
-            6 => IpAddr::from(<[u8; 4]>::try_from(&addr[..4]).ok()?),
-            18 => IpAddr::from(<[u8; 16]>::try_from(&addr[..16]).ok()?),
+        let body_len = raw.len().checked_sub(MAC_LEN)?;
+        let (body, mac) = raw.split_at(body_len);
+        let (ip, rest) = match body.len() {
+            6 | 14 => (
+                IpAddr::from(<[u8; 4]>::try_from(&body[..4]).ok()?),
+                &body[4..],
+            ),
+            18 | 26 => (
+                IpAddr::from(<[u8; 16]>::try_from(&body[..16]).ok()?),
+                &body[16..],
+            ),
             _ => return None,
         };
-        let port = u16::from_be_bytes([addr[addr.len() - 2], addr[addr.len() - 1]]);
+        let port = u16::from_be_bytes([rest[0], rest[1]]);
+        let name = match rest.len() {
+            2 => 0,
+            10 => u64::from_be_bytes(rest[2..10].try_into().ok()?),
+            _ => return None,
+        };
         let diff = self
-            .addr_mac(kind, addr)
+            .addr_mac(kind, body)
             .iter()
             .zip(mac)
             .fold(0u8, |a, (x, y)| a | (x ^ y));
-        (diff == 0).then_some(SocketAddr::new(ip, port))
+        (diff == 0 && (rest.len() == 2 || name != 0)).then_some((SocketAddr::new(ip, port), name))
     }
 
     /// The token for the UDP peer `addr`: its address and port, signed.
@@ -135,23 +163,36 @@ impl FlowTokens {
 
     /// The token for a peer the server connects to over TCP (`fc…`) or TLS (`fs…`): a
     /// next hop it chose itself (a trusted peer, a plugin's relay), not a connection of
-    /// the peer's. `None` for other transports.
-    pub fn encode_connect(&self, transport: Transport, addr: SocketAddr) -> Option<String> {
+    /// the peer's; over TLS with the key of the name its certificate must prove (0:
+    /// its address). `None` for other transports.
+    pub fn encode_connect(
+        &self,
+        transport: Transport,
+        addr: SocketAddr,
+        name: u64,
+    ) -> Option<String> {
         let kind = match transport {
             Transport::Tcp => AddrKind::Tcp,
             Transport::Tls => AddrKind::Tls,
             _ => return None,
         };
-        Some(self.encode_addr(kind, addr))
+        let name = (transport == Transport::Tls && name != 0).then_some(name);
+        Some(self.encode_addr_named(kind, addr, name))
     }
 
-    /// The transport and address a `fc` or `fs` token names, if ours and intact.
-    pub fn decode_connect(&self, token: &str) -> Option<(Transport, SocketAddr)> {
-        match token.get(..2)? {
-            "fc" => Some((Transport::Tcp, self.decode_addr(AddrKind::Tcp, token)?)),
-            "fs" => Some((Transport::Tls, self.decode_addr(AddrKind::Tls, token)?)),
-            _ => None,
+    /// The transport, address and name key a `fc` or `fs` token names, if ours and
+    /// intact.
+    pub fn decode_connect(&self, token: &str) -> Option<(Transport, SocketAddr, u64)> {
+        let (transport, kind) = match token.get(..2)? {
+            "fc" => (Transport::Tcp, AddrKind::Tcp),
+            "fs" => (Transport::Tls, AddrKind::Tls),
+            _ => return None,
+        };
+        let (addr, name) = self.decode_addr_named(kind, token)?;
+        if transport == Transport::Tcp && name != 0 {
+            return None;
         }
+        Some((transport, addr, name))
     }
 
     /// The flow a token names, if the token is ours and intact.
@@ -214,14 +255,30 @@ mod tests {
         assert_eq!(t.decode_udp(&t.encode(7)), None);
         // Connect tokens: their own kind, transport kept.
         let a: SocketAddr = "192.0.2.9:5061".parse().unwrap();
-        let tls = t.encode_connect(Transport::Tls, a).unwrap();
-        assert_eq!(t.decode_connect(&tls), Some((Transport::Tls, a)));
-        let tcp = t.encode_connect(Transport::Tcp, a).unwrap();
-        assert_eq!(t.decode_connect(&tcp), Some((Transport::Tcp, a)));
+        let tls = t.encode_connect(Transport::Tls, a, 0).unwrap();
+        assert_eq!(t.decode_connect(&tls), Some((Transport::Tls, a, 0)));
+        let tcp = t.encode_connect(Transport::Tcp, a, 0).unwrap();
+        assert_eq!(t.decode_connect(&tcp), Some((Transport::Tcp, a, 0)));
+        // A TLS peer's name key travels in its token, under the MAC; TCP has none.
+        let named = t.encode_connect(Transport::Tls, a, 0xfeed_beef).unwrap();
+        assert_eq!(
+            t.decode_connect(&named),
+            Some((Transport::Tls, a, 0xfeed_beef))
+        );
+        assert_eq!(t.encode_connect(Transport::Tcp, a, 7), Some(tcp.clone()));
+        let mut raw = B64.decode(&named[2..]).unwrap();
+        raw[8] ^= 1;
+        assert_eq!(
+            t.decode_connect(&format!("fs{}", B64.encode(&raw))),
+            None,
+            "name key edited"
+        );
+        // A UDP token (no name room) is not a connect token with a name either.
+        assert_eq!(t.decode_udp(&named.replacen("fs", "fu", 1)), None);
         let relabelled = format!("fc{}", &tls[2..]);
         assert_eq!(t.decode_connect(&relabelled), None, "TLS token as TCP");
         assert_eq!(t.decode_udp(&format!("fu{}", &tcp[2..])), None);
-        assert_eq!(t.encode_connect(Transport::Udp, a), None);
+        assert_eq!(t.encode_connect(Transport::Udp, a, 0), None);
         assert_eq!(t.decode_udp("fu"), None);
         assert_eq!(t.decode_udp("fuAAAA"), None);
     }

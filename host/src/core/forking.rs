@@ -183,7 +183,11 @@ impl Core {
             let out_token = match c.target {
                 Target::Flow(f) => RrToken::Flow(f),
                 Target::Udp { remote, .. } => RrToken::Udp(remote),
-                Target::Connect { transport, remote } => RrToken::Connect(transport, remote),
+                Target::Connect {
+                    transport,
+                    remote,
+                    name,
+                } => RrToken::Connect(transport, remote, name),
             };
             let in_token = match source.flow {
                 Some(f) => RrToken::Flow(f),
@@ -648,6 +652,12 @@ impl Core {
         match next {
             Next::At(c) => self.send_stateless(c, req, media),
             Next::Named { uri, hop, path } => {
+                // ACKs waiting for a name hold no transaction: bounded apart. One
+                // dropped here comes again with the 2xx its UAS retransmits.
+                if self.acks_resolving >= MAX_ACKS_RESOLVING {
+                    return;
+                }
+                self.acks_resolving += 1;
                 let id = self.new_id();
                 self.resolves.push_back(ResolveRequest {
                     id,
@@ -704,6 +714,9 @@ impl Core {
         self.send(c.target, Bytes::from(req.to_bytes()));
     }
 }
+
+/// Most ACKs (for 2xx, forwarded without a transaction) waiting for a name at once.
+pub(super) const MAX_ACKS_RESOLVING: usize = 1024;
 
 /// What waits for a name to be resolved ([`Core::resolving`]).
 #[derive(Debug)]
@@ -774,8 +787,9 @@ impl Core {
                 path,
                 media,
             } => {
+                self.acks_resolving -= 1;
                 let first = targets.iter().find_map(|t| {
-                    self.candidate_at(uri.clone(), t.transport, t.addr, path.clone())
+                    self.candidate_at(uri.clone(), t.transport, t.addr, t.name, path.clone())
                 });
                 if let Some(c) = first {
                     self.send_stateless(c, *req, media);
@@ -801,7 +815,7 @@ impl Core {
                 let mut candidates: VecDeque<Next> = targets
                     .iter()
                     .filter_map(|t| {
-                        self.candidate_at(uri.clone(), t.transport, t.addr, path.clone())
+                        self.candidate_at(uri.clone(), t.transport, t.addr, t.name, path.clone())
                     })
                     .map(Next::At)
                     .collect();

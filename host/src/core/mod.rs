@@ -147,6 +147,10 @@ pub enum Target {
         transport: Transport,
         /// Destination.
         remote: SocketAddr,
+        /// Over TLS, the name the peer's certificate must prove, as the shell's key
+        /// for it ([`resolve::ResolvedTarget::name`]); 0: the address itself (a URI
+        /// that gave one), and always 0 over TCP.
+        name: u64,
     },
 }
 
@@ -566,6 +570,8 @@ pub struct Core {
     resolves: VecDeque<resolve::ResolveRequest>,
     /// What waits for each of them.
     resolving: HashMap<u64, forking::Awaiting>,
+    /// How many of them are ACKs ([`forking::MAX_ACKS_RESOLVING`]).
+    acks_resolving: usize,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
@@ -634,6 +640,7 @@ impl Core {
             media,
             resolves: VecDeque::new(),
             resolving: HashMap::new(),
+            acks_resolving: 0,
         }
     }
 

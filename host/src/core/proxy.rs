@@ -58,8 +58,9 @@ pub(super) enum RrToken {
     Flow(FlowId),
     /// A UDP peer's real address.
     Udp(SocketAddr),
-    /// A next hop the server connects to over TCP or TLS.
-    Connect(Transport, SocketAddr),
+    /// A next hop the server connects to over TCP or TLS (with, over TLS, the key of
+    /// the name its certificate must prove; 0 for its address).
+    Connect(Transport, SocketAddr, u64),
 }
 
 /// The party of a dialog a Record-Route entry of ours faces.
@@ -120,8 +121,8 @@ impl RrEntry {
             Some("ft") => RrToken::Flow(tokens.decode(user).ok_or(())?),
             Some("fu") => RrToken::Udp(tokens.decode_udp(user).ok_or(())?),
             Some("fc" | "fs") => {
-                let (t, a) = tokens.decode_connect(user).ok_or(())?;
-                RrToken::Connect(t, a)
+                let (t, a, name) = tokens.decode_connect(user).ok_or(())?;
+                RrToken::Connect(t, a, name)
             }
             _ => return Err(()),
         };
@@ -423,9 +424,16 @@ impl Core {
                     Some(local) => candidate(Target::Udp { local, remote }, Transport::Udp),
                     None => Route::answer(500, vec![]),
                 },
-                RrToken::Connect(transport, remote) => {
+                RrToken::Connect(transport, remote, name) => {
                     match self.listener(transport, remote.is_ipv4()) {
-                        Some(_) => candidate(Target::Connect { transport, remote }, transport),
+                        Some(_) => candidate(
+                            Target::Connect {
+                                transport,
+                                remote,
+                                name,
+                            },
+                            transport,
+                        ),
                         None => Route::answer(500, vec![]),
                     }
                 }
@@ -926,18 +934,19 @@ impl Core {
             5060
         });
         let remote = SocketAddr::new(ip, port);
-        self.candidate_at(ruri, transport, remote, path)
+        self.candidate_at(ruri, transport, remote, 0, path)
             .map(Next::At)
             .ok_or(500)
     }
 
     /// A candidate at an address, when we have a listener of its transport to send
-    /// from (and name in Via).
+    /// from (and name in Via); `name` as in [`Target::Connect`].
     pub(super) fn candidate_at(
         &self,
         uri: Uri,
         transport: Transport,
         remote: SocketAddr,
+        name: u64,
         path: Vec<String>,
     ) -> Option<Candidate> {
         let target = match transport {
@@ -950,6 +959,7 @@ impl Core {
                 Target::Connect {
                     transport: t,
                     remote,
+                    name: if t == Transport::Tls { name } else { 0 },
                 }
             }
         };
@@ -1038,9 +1048,9 @@ impl Core {
         let user = match token {
             RrToken::Flow(f) => self.tokens.encode(f),
             RrToken::Udp(a) => self.tokens.encode_udp(a),
-            RrToken::Connect(t, a) => self
+            RrToken::Connect(t, a, name) => self
                 .tokens
-                .encode_connect(t, a)
+                .encode_connect(t, a, name)
                 .expect("connect tokens are made for TCP and TLS targets"),
         };
         let tp = transport

@@ -52,6 +52,9 @@ pub struct ResolvedTarget {
     pub transport: Transport,
     /// Where.
     pub addr: SocketAddr,
+    /// Over TLS, the shell's key for the name the certificate must prove (the host
+    /// of the URI that was resolved, RFC 5922); 0 over UDP and TCP.
+    pub name: u64,
 }
 
 /// What came of a [`ResolveRequest`].

@@ -706,6 +706,7 @@ fn every_record_route_entry_names_where_its_side_is_reached() {
             Target::Connect {
                 transport: Transport::Tcp,
                 remote: "127.0.0.3:5091".parse().unwrap(),
+                name: 0,
             },
         ),
         (
@@ -735,6 +736,7 @@ fn every_record_route_entry_names_where_its_side_is_reached() {
             let outcome = resolve::ResolveOutcome::Targets(vec![resolve::ResolvedTarget {
                 transport: Transport::Udp,
                 addr: "127.0.0.4:5070".parse().unwrap(),
+                name: 0,
             }]);
             sim.core
                 .handle(sim.now, Input::Resolved { id: r.id, outcome });
@@ -2953,6 +2955,7 @@ mod named_next_hops {
         ResolvedTarget {
             transport,
             addr: addr.parse().unwrap(),
+            name: 0,
         }
     }
 
@@ -3038,7 +3041,8 @@ mod named_next_hops {
             t,
             Target::Connect {
                 transport: Transport::Tcp,
-                remote: "127.0.0.1:6003".parse().unwrap()
+                remote: "127.0.0.1:6003".parse().unwrap(),
+                name: 0,
             }
         );
         assert!(
@@ -3055,6 +3059,7 @@ mod named_next_hops {
             Input::SendFailed(Target::Connect {
                 transport: Transport::Tcp,
                 remote: "127.0.0.1:6003".parse().unwrap(),
+                name: 0,
             }),
         );
         let out = sim.drain();

@@ -31,6 +31,10 @@ pub(crate) struct FlowInfo {
     pub enforced: bool,
     /// When the flow was established.
     pub opened: SystemTime,
+    /// A connection the server opened to a next hop: over TLS, the key of the name
+    /// its certificate proved (0: its address; see [`crate::core::Target::Connect`]).
+    /// `None` for connections peers opened.
+    pub outgoing: Option<u64>,
 }
 
 /// Why a message could not be queued on a flow.
@@ -131,14 +135,25 @@ impl FlowTable {
             .map(|e| e.info.clone())
     }
 
-    /// A live stream connection to `remote` over `transport`, for reuse.
-    pub(crate) fn find(&self, transport: Transport, remote: SocketAddr) -> Option<FlowId> {
-        self.flows
-            .lock()
-            .expect("flow table lock")
-            .by_peer
-            .get(&(transport, remote))
-            .copied()
+    /// A flow that may carry what goes to `Target::Connect { transport, remote, name }`:
+    /// over TCP any flow with that peer; over TLS only one the server opened and whose
+    /// certificate proved `name` (a connection a peer opened from that address proved
+    /// nothing, nor did one checked for another name).
+    pub(crate) fn find_for_connect(
+        &self,
+        transport: Transport,
+        remote: SocketAddr,
+        name: u64,
+    ) -> Option<FlowId> {
+        let flows = self.flows.lock().expect("flow table lock");
+        let id = *flows.by_peer.get(&(transport, remote))?;
+        if transport == Transport::Tls {
+            let info = &flows.by_id.get(&id)?.info;
+            if info.outgoing != Some(name) {
+                return None;
+            }
+        }
+        Some(id)
     }
 
     /// Every live flow, by id.
@@ -210,6 +225,7 @@ mod tests {
                 identity: vec![],
                 enforced: false,
                 opened: SystemTime::UNIX_EPOCH,
+                outgoing: None,
             },
             tx,
         );
@@ -225,5 +241,39 @@ mod tests {
         table.remove(id);
         assert_eq!(crx.try_recv().unwrap().id, id);
         assert!(crx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_tls_target_reuses_only_a_connection_that_proved_its_name() {
+        let (ctx, _crx) = mpsc::unbounded_channel();
+        let table = Arc::new(FlowTable::new(ctx, Arc::new(Metrics::default())));
+        let peer: SocketAddr = "192.0.2.7:5061".parse().unwrap();
+        let flow = |id, transport, outgoing| FlowInfo {
+            id,
+            transport,
+            remote: peer,
+            local: "127.0.0.1:2".parse().unwrap(),
+            identity: vec![],
+            enforced: false,
+            opened: SystemTime::UNIX_EPOCH,
+            outgoing,
+        };
+        // A connection the peer's address opened to us proves no name.
+        let (tx, _rx) = mpsc::channel(1);
+        let inbound = table.register(flow(1, Transport::Tls, None), tx);
+        assert_eq!(table.find_for_connect(Transport::Tls, peer, 0), None);
+        assert_eq!(table.find_for_connect(Transport::Tls, peer, 5), None);
+        drop(inbound);
+        table.remove(1);
+        // Ours, checked for name 5: for name 5 only.
+        let (tx, _rx) = mpsc::channel(1);
+        let _ours = table.register(flow(2, Transport::Tls, Some(5)), tx);
+        assert_eq!(table.find_for_connect(Transport::Tls, peer, 5), Some(2));
+        assert_eq!(table.find_for_connect(Transport::Tls, peer, 6), None);
+        assert_eq!(table.find_for_connect(Transport::Tls, peer, 0), None);
+        // TCP proves nothing either way: any flow with the peer is reused.
+        let (tx, _rx) = mpsc::channel(1);
+        let _tcp = table.register(flow(3, Transport::Tcp, None), tx);
+        assert_eq!(table.find_for_connect(Transport::Tcp, peer, 0), Some(3));
     }
 }

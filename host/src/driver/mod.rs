@@ -498,7 +498,15 @@ fn ask_dns(core: &mut Core, dns: &Arc<Dns>, cell: &Weak<CoreCell>, metrics: &Arc
                 metrics.dns_lookup();
                 let (dns, cell, metrics) = (dns.clone(), cell.clone(), metrics.clone());
                 tokio::spawn(async move {
+                    // Should this task end before its answers are in, the requests
+                    // waiting get a failure instead of waiting for good.
+                    let guard = Abandoned {
+                        dns: &dns,
+                        hop: &req.hop,
+                        cell: &cell,
+                    };
                     let answers = dns.look_up(&req.hop).await;
+                    std::mem::forget(guard);
                     if answers
                         .first()
                         .is_some_and(|(_, o)| matches!(o, ResolveOutcome::Failed(_)))
@@ -524,6 +532,25 @@ fn ask_dns(core: &mut Core, dns: &Arc<Dns>, cell: &Weak<CoreCell>, metrics: &Arc
                     },
                 );
             }
+        }
+    }
+}
+
+/// Fails the requests waiting for a lookup that was dropped before it ended.
+struct Abandoned<'a> {
+    dns: &'a Dns,
+    hop: &'a crate::core::resolve::NamedHop,
+    cell: &'a Weak<CoreCell>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let Some(cell) = self.cell.upgrade() else {
+            return;
+        };
+        for id in self.dns.abandon(self.hop) {
+            let outcome = ResolveOutcome::Failed("the lookup ended early".into());
+            cell.submit_now(Input::Resolved { id, outcome });
         }
     }
 }

@@ -16,8 +16,8 @@ use crate::core::{FlowId, Target, Transmit, Transport};
 use crate::metrics::Metrics;
 
 /// A connection for the transports to open: `Target::Connect` found no flow to the
-/// peer. Sent once per peer while messages wait for it.
-pub(crate) type ConnectRequest = (Transport, SocketAddr);
+/// peer (transport, address, name key). Sent once per peer while messages wait for it.
+pub(crate) type ConnectRequest = (Transport, SocketAddr, u64);
 
 /// The sending side of the server, as the driver sees it.
 #[derive(Debug)]
@@ -62,20 +62,25 @@ impl Outlet {
                 }
                 None
             }
-            Target::Connect { transport, remote } => {
-                if let Some(id) = self.flows.find(transport, remote)
+            Target::Connect {
+                transport,
+                remote,
+                name,
+            } => {
+                if let Some(id) = self.flows.find_for_connect(transport, remote, name)
                     && self.flows.send(id, t.payload.clone()).is_ok()
                 {
                     return None;
                 }
-                if !self.connector.queue(transport, remote, t.payload) {
+                let peer = (transport, remote, name);
+                if !self.connector.queue(peer, t.payload) {
                     return None;
                 }
                 // The transports stop listening only when the server stops.
-                match self.connector.requests.send((transport, remote)) {
+                match self.connector.requests.send(peer) {
                     Ok(()) => None,
                     Err(_) => {
-                        self.connector.drop_pending(transport, remote);
+                        self.connector.drop_pending(peer);
                         Some(t.target)
                     }
                 }
@@ -104,33 +109,23 @@ impl Connector {
     }
 
     /// Queues `payload`; true when a connection must be opened (first message).
-    fn queue(&self, transport: Transport, remote: SocketAddr, payload: Bytes) -> bool {
+    fn queue(&self, peer: ConnectRequest, payload: Bytes) -> bool {
         let mut p = self.pending.lock().expect("connector lock");
-        match p.get_mut(&(transport, remote)) {
+        match p.get_mut(&peer) {
             Some(q) => {
                 q.push(payload);
                 false
             }
             None => {
-                p.insert((transport, remote), vec![payload]);
+                p.insert(peer, vec![payload]);
                 true
             }
         }
     }
 
     /// The connection is up as flow `id` of `flows`: send what waited for it.
-    pub(crate) fn flush_pending(
-        &self,
-        flows: &FlowTable,
-        transport: Transport,
-        remote: SocketAddr,
-        id: FlowId,
-    ) {
-        let queued = self
-            .pending
-            .lock()
-            .expect("connector lock")
-            .remove(&(transport, remote));
+    pub(crate) fn flush_pending(&self, flows: &FlowTable, peer: ConnectRequest, id: FlowId) {
+        let queued = self.pending.lock().expect("connector lock").remove(&peer);
         for payload in queued.into_iter().flatten() {
             if let Err(e) = flows.send(id, payload) {
                 tracing::debug!(flow = id, "queued message not sent: {e}");
@@ -139,10 +134,7 @@ impl Connector {
     }
 
     /// The connection failed: forget what waited for it.
-    pub(crate) fn drop_pending(&self, transport: Transport, remote: SocketAddr) {
-        self.pending
-            .lock()
-            .expect("connector lock")
-            .remove(&(transport, remote));
+    pub(crate) fn drop_pending(&self, peer: ConnectRequest) {
+        self.pending.lock().expect("connector lock").remove(&peer);
     }
 }

@@ -39,6 +39,7 @@ pub(crate) async fn serve_stream<S>(
     remote: SocketAddr,
     shared: Arc<Shared>,
     mut first_deadline: Option<Instant>,
+    outgoing: Option<u64>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -52,13 +53,16 @@ pub(crate) async fn serve_stream<S>(
         identity: Vec::new(),
         enforced: false,
         opened: SystemTime::now(),
+        outgoing,
     };
     let _guard = shared.flows.register(info, tx);
-    shared
-        .core
-        .outlet()
-        .connector
-        .flush_pending(&shared.flows, transport, remote, id);
+    if let Some(name) = outgoing {
+        shared
+            .core
+            .outlet()
+            .connector
+            .flush_pending(&shared.flows, (transport, remote, name), id);
+    }
     tracing::debug!(flow = id, peer = %remote, %transport, "SIP stream flow open");
     let max = shared.sip.max_message_bytes;
     let mut buf: Vec<u8> = Vec::new();
@@ -233,8 +237,8 @@ pub(crate) async fn open_when_asked(
     loop {
         tokio::select! {
             r = requests.recv() => match r {
-                Some((transport, remote)) => {
-                    tokio::spawn(connect(shared.clone(), transport, remote));
+                Some((transport, remote, name)) => {
+                    tokio::spawn(connect(shared.clone(), transport, remote, name));
                 }
                 None => return,
             },
@@ -244,16 +248,18 @@ pub(crate) async fn open_when_asked(
 }
 
 /// Opens a connection for `Target::Connect`, then serves it; reports failure to the core.
-async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr) {
+async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr, name: u64) {
     let failed = |shared: &Arc<Shared>| {
         shared
             .core
             .outlet()
             .connector
-            .drop_pending(transport, remote);
-        shared
-            .core
-            .submit_now(Input::SendFailed(Target::Connect { transport, remote }));
+            .drop_pending((transport, remote, name));
+        shared.core.submit_now(Input::SendFailed(Target::Connect {
+            transport,
+            remote,
+            name,
+        }));
     };
     if !matches!(transport, Transport::Tcp | Transport::Tls) {
         tracing::warn!(%remote, %transport, "outgoing connections are TCP or TLS; message dropped");
@@ -282,21 +288,32 @@ async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr) 
     let id = shared.flows.next_id();
     let _ticket = ticket;
     if transport == Transport::Tcp {
-        return serve_stream(stream, id, transport, local, remote, shared, None).await;
+        return serve_stream(stream, id, transport, local, remote, shared, None, Some(0)).await;
     }
     // TLS: the certificate must be valid for the name the target was resolved from
     // (RFC 5922: the URI's host), or for its address when the URI gave one.
-    let name = match shared.dns.tls_name(remote) {
-        Some(n) => ServerName::try_from(n.to_string()),
-        None => Ok(ServerName::IpAddress(remote.ip().into())),
+    let server_name = if name == 0 {
+        Ok(ServerName::IpAddress(remote.ip().into()))
+    } else {
+        match shared.dns.tls_name(name) {
+            Some(n) => ServerName::try_from(n.to_string()).map_err(|e| e.to_string()),
+            None => Err(
+                "its name is no longer known (resolved before a restart, or \
+                         evicted): the connection would prove nothing"
+                    .to_string(),
+            ),
+        }
     };
-    let Ok(name) = name else {
-        tracing::warn!(%remote, "TLS next hop without a valid name to check; message dropped");
-        return failed(&shared);
+    let server_name = match server_name {
+        Ok(n) => n,
+        Err(why) => {
+            tracing::warn!(%remote, "TLS next hop not reached: {why}");
+            return failed(&shared);
+        }
     };
     let connector = tokio_rustls::TlsConnector::from(shared.tls_client.clone());
-    let shown = format!("{name:?}");
-    let stream = match timeout(CONNECT_TIMEOUT, connector.connect(name, stream)).await {
+    let shown = format!("{server_name:?}");
+    let stream = match timeout(CONNECT_TIMEOUT, connector.connect(server_name, stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             // A wrong certificate is the operator's to know about, not a debug line.
@@ -308,5 +325,15 @@ async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr) 
             return failed(&shared);
         }
     };
-    serve_stream(stream, id, transport, local, remote, shared, None).await;
+    serve_stream(
+        stream,
+        id,
+        transport,
+        local,
+        remote,
+        shared,
+        None,
+        Some(name),
+    )
+    .await;
 }

@@ -216,6 +216,7 @@ pub(crate) async fn serve<S>(
                     identity,
                     enforced: enforced.is_some(),
                     opened: SystemTime::now(),
+                    outgoing: None,
                 };
                 // Only bytes the client sent after the head remain; drop the spare
                 // capacity of the request buffer before the flow holds it for hours.
