@@ -574,6 +574,56 @@ impl Core {
         let Some(ct_id) = self.ctxs.get(&ctx_id).and_then(|c| c.branches[idx].ct) else {
             return;
         };
+        self.cancel_client(now, ctx_id, idx, ct_id);
+    }
+
+    /// Whether client transaction `id` is branch `idx`'s attempt now, not one given up
+    /// for the next target.
+    pub(super) fn is_current(&self, ctx_id: u64, idx: usize, id: u64) -> bool {
+        self.ctxs
+            .get(&ctx_id)
+            .and_then(|c| c.branches.get(idx))
+            .is_some_and(|b| b.ct == Some(id))
+    }
+
+    /// An attempt given up for the next target (silent for `sip.failover-after`)
+    /// answers after all: a provisional gets its INVITE cancelled (it rings no more),
+    /// a 2xx goes up as every 2xx does (RFC 3261 16.7 step 5: the caller's UA ends
+    /// the extra dialog); anything else ends there (the transaction ACKs a final
+    /// failure itself).
+    pub(super) fn on_abandoned_event(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        ct_id: u64,
+        event: ClientEvent,
+    ) {
+        let ClientEvent::Response(resp) = event else {
+            return;
+        };
+        let Some(idx) = self.clients.get(ct_id).map(|c| c.owner.1) else {
+            return;
+        };
+        match resp.status {
+            100..=199 => self.cancel_client(now, ctx_id, idx, ct_id),
+            200..=299 => {
+                let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+                    return;
+                };
+                ctx.final_sent = true;
+                let invite = ctx.invite;
+                self.forward_response(now, ctx_id, resp);
+                // The call is answered: the target tried after it is cancelled.
+                if invite {
+                    self.cancel_ctx(now, ctx_id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// CANCEL for client transaction `ct_id` of branch `idx`.
+    fn cancel_client(&mut self, now: Instant, ctx_id: u64, idx: usize, ct_id: u64) {
         let Some(ct) = self.clients.get(ct_id) else {
             return;
         };

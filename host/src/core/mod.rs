@@ -1493,7 +1493,11 @@ impl Core {
         if let Some(event) = event {
             let owner = self.clients.get(id).map(|c| c.owner);
             if let Some((ctx, branch)) = owner {
-                self.on_branch_event(now, ctx, branch, event);
+                if self.is_current(ctx, branch, id) {
+                    self.on_branch_event(now, ctx, branch, event);
+                } else {
+                    self.on_abandoned_event(now, ctx, id, event);
+                }
             }
         }
     }
@@ -1533,6 +1537,10 @@ impl Core {
         if is_cancel {
             return;
         }
+        // An attempt given up for the next target has no say in its branch.
+        if !self.is_current(owner.0, owner.1, id) {
+            return;
+        }
         if timer_c {
             self.on_timer_c(now, owner.0, owner.1);
         }
@@ -1560,7 +1568,7 @@ impl Core {
             if is_cancel {
                 continue;
             }
-            if event.is_some() {
+            if event.is_some() && self.is_current(owner.0, owner.1, id) {
                 // A connection gone or a UDP address that answered ICMP unreachable:
                 // the contact cannot be reached there now (430, 480 to the caller).
                 let gone = matches!(target, Target::Flow(_) | Target::Udp { .. });

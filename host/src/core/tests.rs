@@ -3068,6 +3068,80 @@ mod named_next_hops {
         assert_eq!(status(&out[0].1), 500);
     }
 
+    /// A phone's INVITE relayed to a name with two UDP targets; the first stays
+    /// silent past failover-after and the second gets the INVITE. Returns the two
+    /// INVITEs as sent.
+    fn first_target_silent(sim: &mut Sim, call: &str) -> (Request, Request) {
+        let r = relayed(sim, call, "sip:9001@two.example.test");
+        let out = resolved(
+            sim,
+            r.id,
+            ResolveOutcome::Targets(vec![
+                target(Transport::Udp, "127.0.0.1:6001"),
+                target(Transport::Udp, "127.0.0.1:6002"),
+            ]),
+        );
+        let first = forwarded(&out).1.clone();
+        let out = sim.advance(Duration::from_millis(5100));
+        let (t, second) = forwarded(&out);
+        assert_eq!(t, udp_to("127.0.0.1:6002"));
+        (first, second.clone())
+    }
+
+    #[test]
+    fn a_target_given_up_that_rings_late_is_cancelled() {
+        let mut sim = Sim::with_router();
+        let (first, second) = first_target_silent(&mut sim, "late1");
+        // The first rings after all: it gets a CANCEL, the caller sees nothing of it.
+        let out = sim.feed(from("127.0.0.1:6001"), &answer(&first, 180, ""));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, udp_to("127.0.0.1:6001"));
+        assert_eq!(request(&out[0].1).method, Method::Cancel);
+        // Its 487 is ACKed there and goes no further.
+        let out = sim.feed(from("127.0.0.1:6001"), &answer(&first, 487, ""));
+        assert!(
+            out.iter()
+                .all(|(t, m)| *t == udp_to("127.0.0.1:6001") && request(m).method == Method::Ack),
+            "{out:?}"
+        );
+        // The second answers the call.
+        let out = sim.feed(from("127.0.0.1:6002"), &answer(&second, 200, ""));
+        assert_eq!(out[0].0, udp_phone_target());
+        assert_eq!(status(&out[0].1), 200);
+    }
+
+    #[test]
+    fn a_target_given_up_that_answers_late_answers_the_call() {
+        let mut sim = Sim::with_router();
+        let (first, second) = first_target_silent(&mut sim, "late2");
+        let out = sim.feed(from("127.0.0.1:6002"), &answer(&second, 180, ""));
+        assert_eq!(status(&out[0].1), 180);
+        // The first answers after all: its 200 goes up (every 2xx does), and the
+        // second, ringing, is cancelled.
+        let out = sim.feed(from("127.0.0.1:6001"), &answer(&first, 200, ""));
+        let statuses: Vec<_> = out
+            .iter()
+            .map(|(t, m)| match m {
+                Message::Response(r) => (*t, r.status.to_string()),
+                Message::Request(r) => (*t, r.method.as_str().to_string()),
+            })
+            .collect();
+        assert!(
+            statuses.contains(&(udp_phone_target(), "200".into())),
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.contains(&(udp_to("127.0.0.1:6002"), "CANCEL".into())),
+            "{statuses:?}"
+        );
+        // Nothing given up answers for it any more: a silent timeout ends quietly.
+        let out = sim.advance(Duration::from_secs(40));
+        assert!(
+            out.iter().all(|(t, _)| *t != udp_phone_target()),
+            "nothing more for the caller: {out:?}"
+        );
+    }
+
     #[test]
     fn the_last_target_gets_the_whole_transaction_time() {
         let mut sim = Sim::with_router();

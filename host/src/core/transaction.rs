@@ -681,9 +681,15 @@ impl ClientTx {
             self.terminate();
             return (None, None, false);
         }
-        let unanswered =
-            self.state == ClientState::Calling && self.answer_by.is_some_and(|a| a <= now);
-        if unanswered || self.timeout.is_some_and(|e| e <= now) {
+        if self.state == ClientState::Calling && self.answer_by.is_some_and(|a| a <= now) {
+            // Given up for the next target, but kept until its own timeout: a late
+            // answer still matches it (a provisional gets the INVITE cancelled, a 2xx
+            // goes up). No more retransmissions.
+            self.answer_by = None;
+            self.retransmit = None;
+            return (None, Some(ClientEvent::Timeout), false);
+        }
+        if self.timeout.is_some_and(|e| e <= now) {
             self.terminate();
             return (None, Some(ClientEvent::Timeout), false);
         }
