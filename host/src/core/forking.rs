@@ -70,6 +70,9 @@ pub(super) struct ProxyCtx {
     pub(super) cancelled: bool,
     /// The call's media engine, if its media is relayed.
     pub(super) media: CtxMedia,
+    /// When it started: a non-INVITE request tries no new target once its client
+    /// would have given up (64×T1).
+    started: Instant,
 }
 
 impl Core {
@@ -112,6 +115,7 @@ impl Core {
             final_sent: false,
             cancelled: false,
             media: CtxMedia::new(media, choice),
+            started: now,
         };
         self.ctxs.insert(ctx_id, ctx);
         if let Some(s) = self.servers.get_mut(st) {
@@ -402,8 +406,12 @@ impl Core {
         if ctx.branches[idx].done {
             return;
         }
+        // A non-INVITE request's client gives up after 64×T1 (Timer F): no target is
+        // tried after that.
+        let in_time = ctx.invite || now < ctx.started + 64 * self.cfg.timers.t1;
         if (status != 408 || ctx.branches[idx].failover)
             && !ctx.cancelled
+            && in_time
             && let Some(next) = ctx.branches[idx].rest.pop_front()
         {
             return self.start_branch(now, ctx_id, idx, next);

@@ -3143,6 +3143,33 @@ mod named_next_hops {
     }
 
     #[test]
+    fn a_message_tries_no_target_after_its_client_gave_up() {
+        let mut sim = Sim::with_router();
+        let msg = "MESSAGE sip:9001@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKmsgf;rport\r\n\
+                   Max-Forwards: 70\r\nFrom: <sip:phone@localhost>;tag=p1\r\nTo: <sip:9001@localhost>\r\n\
+                   Call-ID: msgf\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        assert!(sim.feed(udp_phone(), msg).is_empty());
+        let q = sim.route_queries();
+        sim.routed(
+            q[0].id,
+            RouteDecision::Relay(
+                crate::sip::uri::Uri::parse("sip:9001@many.example.test").unwrap(),
+                None,
+            ),
+        );
+        let r = sim.core.poll_resolve().unwrap();
+        let targets = (0..16)
+            .map(|i| target(Transport::Udp, &format!("127.0.0.1:{}", 6100 + i)))
+            .collect();
+        let mut sent = resolved(&mut sim, r.id, ResolveOutcome::Targets(targets)).len();
+        // All silent: one every 5 s while the client still waits (Timer F, 32 s),
+        // none after; the transaction then ends without a 408 (RFC 4320).
+        sent += sim.advance(Duration::from_secs(60)).len();
+        assert_eq!(sent, 7, "targets tried at 0, 5, ... 30 s");
+        assert_eq!(sim.core.stats().server_transactions, 0);
+    }
+
+    #[test]
     fn the_last_target_gets_the_whole_transaction_time() {
         let mut sim = Sim::with_router();
         let r = relayed(&mut sim, "dns2", "sip:9001@one.example.test");
