@@ -50,7 +50,21 @@ impl Outlet {
                 let Some(socket) = self.udp.get(&local) else {
                     return Some(t.target);
                 };
-                match socket.try_send_to(&t.payload, remote) {
+                let mut sent = socket.try_send_to(&t.payload, remote);
+                // An ICMP error of an earlier datagram (to another address, say a port
+                // nobody listens on) is reported by the socket's next call, this one:
+                // the error is consumed by that report (the receive loop reads which
+                // address it was about from the error queue), and this datagram is
+                // still to be sent.
+                for _ in 0..4 {
+                    match &sent {
+                        Err(e) if is_reported_icmp(e) => {
+                            sent = socket.try_send_to(&t.payload, remote);
+                        }
+                        _ => break,
+                    }
+                }
+                match sent {
                     Ok(_) => self.metrics.sip_out(),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         let socket = socket.clone();
@@ -87,6 +101,16 @@ impl Outlet {
             }
         }
     }
+}
+
+/// Whether a send failed only because the socket reported an ICMP error of an
+/// earlier datagram (`IP_RECVERR`: unreachable port, host or network).
+fn is_reported_icmp(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
+    matches!(
+        e.kind(),
+        ConnectionRefused | HostUnreachable | NetworkUnreachable
+    )
 }
 
 /// Messages waiting for outgoing connections that are being opened, so that a burst
