@@ -22,6 +22,7 @@ pub(crate) fn bench_core() -> anyhow::Result<(sipwasm::core::Core, SocketAddr)> 
         trusted: sipwasm::core::peers::TrustedPeers::default(),
         limits: sipwasm::core::CoreLimits::default(),
         media: sipwasm::media::Settings::default(),
+        gateways: Vec::new(),
     });
     Ok((core, udp))
 }

@@ -163,6 +163,20 @@ async fn route(method: &str, path: &str, state: &AdminState) -> Response {
             state.metrics.render().into_bytes(),
         ),
         ("GET", "/flows") => ok("application/json", flows_json(&state.flows).into_bytes()),
+        ("GET", "/gateways") => {
+            let list: Vec<serde_json::Value> = state
+                .metrics
+                .gateways()
+                .into_iter()
+                .map(
+                    |(set, target, up)| serde_json::json!({"set": set, "target": target, "up": up}),
+                )
+                .collect();
+            ok(
+                "application/json",
+                serde_json::Value::Array(list).to_string().into_bytes(),
+            )
+        }
         ("POST", "/plugins/reload") => {
             let plugins = state.plugins.clone();
             match tokio::task::spawn_blocking(move || plugins.reload_all()).await {

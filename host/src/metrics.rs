@@ -22,6 +22,8 @@ macro_rules! counters {
             plugins: Mutex<BTreeMap<(String, &'static str), u64>>,
             /// Requests to the media engines and their round trips.
             media: Mutex<MediaStats>,
+            /// (gateway set, member URI) -> up.
+            gateways: Mutex<BTreeMap<(String, String), bool>>,
         }
 
         impl Metrics {
@@ -491,9 +493,45 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// A gateway member's state (from its probes; up at start).
+    pub fn set_gateway(&self, set: &str, target: &str, up: bool) {
+        self.gateways
+            .lock()
+            .expect("metrics lock")
+            .insert((set.to_string(), target.to_string()), up);
+    }
+
+    /// Every gateway member: (set, member URI, up).
+    pub fn gateways(&self) -> Vec<(String, String, bool)> {
+        self.gateways
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|((s, t), up)| (s.clone(), t.clone(), *up))
+            .collect()
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         self.render_counters(&mut out);
+        {
+            let g = self.gateways.lock().expect("metrics lock");
+            if !g.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "# HELP sipwasm_gateway_up Gateway set members up (1) or down (0) by their OPTIONS probes."
+                );
+                let _ = writeln!(out, "# TYPE sipwasm_gateway_up gauge");
+                for ((set, target), up) in g.iter() {
+                    let target = target.replace('\\', "\\\\").replace('"', "\\\"");
+                    let _ = writeln!(
+                        out,
+                        "sipwasm_gateway_up{{set=\"{set}\",target=\"{target}\"}} {}",
+                        u8::from(*up)
+                    );
+                }
+            }
+        }
         let _ = writeln!(out, "# HELP sipwasm_flows_open SIP flows open now.");
         let _ = writeln!(out, "# TYPE sipwasm_flows_open gauge");
         let _ = writeln!(out, "sipwasm_flows_open {}", self.flows_open());

@@ -213,7 +213,19 @@ impl Server {
                 max_transactions: config.limits.max_transactions,
             },
             media: config.media.settings(),
+            gateways: config
+                .gateways
+                .iter()
+                .map(crate::config::GatewaySetConfig::to_core)
+                .collect(),
         });
+        // Every gateway member is up until its probes say otherwise.
+        for g in &config.gateways {
+            for t in g.to_core().members {
+                metrics.set_gateway(&g.name, &t.uri.to_string(), true);
+            }
+        }
+        core.start_probes(std::time::Instant::now());
         let router = plugins.router().map(|slot| {
             tracing::info!(plugin = slot.name(), "SIP requests are routed by plugin");
             Router {

@@ -47,7 +47,11 @@ export function onSipRequest(req) {
   const prefix = Object.keys(s.relay)
     .filter((p) => user.startsWith(p))
     .sort((a, b) => b.length - a.length)[0];
-  if (prefix !== undefined) return relay(`sip:${user}@${s.relay[prefix]}`);
+  if (prefix !== undefined) {
+    const hop = s.relay[prefix];
+    // A gateway set of the server: the host puts the user at the member it picks.
+    return relay(hop.startsWith('gw:') ? hop : `sip:${user}@${hop}`);
+  }
   return CONTINUE;
 }
 

@@ -877,6 +877,7 @@ pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 pub mod dnsmasq;
 pub mod js;
 pub mod linphone;
+pub mod peer;
 pub mod phone;
 pub mod rtpengine;
 pub mod sip;

@@ -3,69 +3,15 @@
 //! pointed at it with `dns.servers`, and answering peers that count what reaches them
 //! (sockets of the test, and sipp as a phone).
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sipwasm::sip::message::{Message, Response};
 use sipwasm_tests::dnsmasq::Dnsmasq;
+use sipwasm_tests::peer::{Peer, eventually};
 use sipwasm_tests::sip::Ua;
 use sipwasm_tests::sipp::{Sipp, SippRun};
 use sipwasm_tests::*;
 use tokio::net::UdpSocket;
-
-/// A UDP peer that answers every request with `status` (or never, for `None`) and
-/// counts what it got by method.
-struct Peer {
-    addr: SocketAddr,
-    got: Arc<Mutex<HashMap<String, usize>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Peer {
-    async fn udp(status: Option<u16>) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
-        let got: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let counts = got.clone();
-        let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; 65536];
-            // Bounded: the test drops it (and aborts this) long before.
-            for _ in 0..100_000 {
-                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-                    return;
-                };
-                let Ok(Message::Request(req)) = sipwasm::sip::parse(&buf[..n]) else {
-                    continue;
-                };
-                *counts
-                    .lock()
-                    .unwrap()
-                    .entry(req.method.as_str().to_string())
-                    .or_default() += 1;
-                if let Some(status) = status
-                    && req.method.as_str() != "ACK"
-                {
-                    let resp = Response::for_request(&req, status, Some("peer"));
-                    let _ = socket.send_to(&resp.to_bytes(), from).await;
-                }
-            }
-        });
-        Self { addr, got, task }
-    }
-
-    fn got(&self, method: &str) -> usize {
-        self.got.lock().unwrap().get(method).copied().unwrap_or(0)
-    }
-
-    /// Stops answering and closes its socket (the port then answers ICMP
-    /// unreachable).
-    async fn close(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
 
 /// The server with `[dns]` pointed at `dns`, relaying requests for other domains.
 fn server(dns: &Dnsmasq, extra: &str) -> Server {
@@ -79,17 +25,6 @@ fn server_with(dns: &Dnsmasq, failover: &str, extra: &str) -> Server {
         "[sip]\nrelay = true\nfailover-after = \"{failover}\"\n{extra}\n[dns]\nservers = [\"{}\"]\n",
         dns.addr
     ))
-}
-
-/// Polls `f` until it holds, for at most 10 s.
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within 10 s");
 }
 
 /// A MESSAGE from `ua` to `uri`; its final status and how long it took.

@@ -91,6 +91,7 @@ fn table_of(section: &str) -> String {
     match section {
         "" => String::new(),
         "listen" => "[[listen]]\n".into(),
+        "gateways" => "[[gateways]]\n".into(),
         "plugins" => "[plugins.probe]\n".into(),
         "keys" => "[keys.probe]\n".into(),
         s => format!("[{s}]\n"),
@@ -113,7 +114,7 @@ fn server_keys() -> BTreeSet<String> {
 }
 
 /// The keys of the table in `docs/configuration.md`: the first column's code spans,
-/// `sip.t1`, `t2` (the section carries over), `[[listen]] tls-cert`,
+/// `sip.t1`, `t2` (the section carries over), `[[listen]] tls-cert`, `[[gateways]] name`,
 /// `plugins.NAME.path` / `builtin`.
 fn documented_keys() -> BTreeSet<String> {
     let doc = read("docs/configuration.md");
@@ -123,8 +124,11 @@ fn documented_keys() -> BTreeSet<String> {
         let spans: Vec<&str> = first.split('`').skip(1).step_by(2).collect();
         let mut section = String::new();
         for (i, span) in spans.iter().enumerate() {
-            let key = if let Some(k) = span.strip_prefix("[[listen]] ") {
-                section = "listen".into();
+            let key = if let Some((table, k)) = span
+                .strip_prefix("[[")
+                .and_then(|rest| rest.split_once("]] "))
+            {
+                section = table.into();
                 k
             } else if i == 0 {
                 let (s, k) = span.rsplit_once('.').expect("a first key names its table");

@@ -159,6 +159,7 @@ fuzz_target!(|data: &[u8]| {
                 mode: Mode::Always,
                 ..Settings::default()
             },
+            gateways: Vec::new(),
         }),
         now: Instant::now(),
     };

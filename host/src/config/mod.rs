@@ -17,11 +17,14 @@ use crate::core::peers::Cidr;
 
 mod allowed_host;
 mod dns;
+mod gateways;
 mod media;
 mod validate;
 
 pub use self::allowed_host::AllowedHost;
 pub use self::dns::{DnsConfig, TlsClientConfig};
+pub(crate) use self::gateways::name_is_valid as gateway_name_is_valid;
+pub use self::gateways::{GatewayAlgorithm, GatewaySetConfig, GatewayTarget};
 pub use self::media::{Engine, EngineEntry, FlagsConfig, MediaConfig, MediaMode};
 
 /// The configuration the server runs with when started without `--config`.
@@ -85,6 +88,9 @@ pub struct Config {
     /// TLS connections the server opens to next hops.
     #[serde(default)]
     pub tls_client: TlsClientConfig,
+    /// Gateway sets routing plugins relay to by name (`relay("gw:NAME")`).
+    #[serde(default)]
+    pub gateways: Vec<GatewaySetConfig>,
 }
 
 /// `[users]`: the user store.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use hmac::Mac;
 
 use super::media::{BranchMedia, CtxMedia, Held};
-use super::proxy::{Candidate, Forwarding, Next, Route, RrToken, Side};
+use super::proxy::{Candidate, Failover, Forwarding, Next, Route, RrToken, Side};
 use super::resolve::{NamedHop, ResolveOutcome, ResolveRequest};
 use super::transaction::{ClientEvent, ClientTx};
 use super::{Core, Source, Target, Transport};
@@ -31,9 +31,8 @@ pub(super) struct Branch {
     /// Alternatives when the current one fails at the flow level (RFC 5626 section 7),
     /// or the other targets of a name (RFC 3263).
     rest: VecDeque<Next>,
-    /// Its alternatives are targets of a name: a timeout (no answer within
-    /// `sip.failover-after`) or a 503 moves on to the next too (RFC 3263 4.3).
-    failover: bool,
+    /// What moves it on to its next alternative besides a failed flow.
+    failover: Failover,
     provisional: bool,
     cancel_pending: bool,
     pub(super) done: bool,
@@ -89,6 +88,7 @@ impl Core {
             loop_hash,
             media,
             choice,
+            failover,
         } = forwarding;
         let initial = req.tag_of_to().is_none();
         if let Some(engine) = media
@@ -128,7 +128,7 @@ impl Core {
             ctx.branches.push(Branch {
                 ct: None,
                 rest,
-                failover: false,
+                failover,
                 provisional: false,
                 cancel_pending: false,
                 done: false,
@@ -288,7 +288,7 @@ impl Core {
             b.ct = Some(id);
             // Another target of the name waits: this one has `failover-after` to
             // answer at all.
-            if b.failover && !b.rest.is_empty() {
+            if b.failover != Failover::Flows && !b.rest.is_empty() {
                 ct.answer_by(now + t.failover);
             }
         }
@@ -357,7 +357,11 @@ impl Core {
                 // a target of a name that is unavailable: the next target (RFC 3263
                 // 4.3).
                 let b = &ctx.branches[idx];
-                let moves_on = status == 430 || (status == 503 && b.failover);
+                let moves_on = match b.failover {
+                    Failover::Flows => status == 430,
+                    Failover::Unavailable => matches!(status, 430 | 503),
+                    Failover::ServerErrors => status == 430 || status == 408 || status >= 500,
+                };
                 if moves_on && !b.rest.is_empty() && !ctx.cancelled {
                     let next = ctx.branches[idx].rest.pop_front().expect("non-empty");
                     return self.start_branch(now, ctx_id, idx, next);
@@ -381,7 +385,7 @@ impl Core {
         let named = self
             .ctxs
             .get(&ctx_id)
-            .is_some_and(|c| c.branches[idx].failover);
+            .is_some_and(|c| c.branches[idx].failover != Failover::Flows);
         let status = if flow && !named { 430 } else { 503 };
         self.on_branch_failed_with(now, ctx_id, idx, status);
     }
@@ -409,7 +413,7 @@ impl Core {
         // A non-INVITE request's client gives up after 64×T1 (Timer F): no target is
         // tried after that.
         let in_time = ctx.invite || now < ctx.started + 64 * self.cfg.timers.t1;
-        if (status != 408 || ctx.branches[idx].failover)
+        if (status != 408 || ctx.branches[idx].failover != Failover::Flows)
             && !ctx.cancelled
             && in_time
             && let Some(next) = ctx.branches[idx].rest.pop_front()
@@ -787,6 +791,8 @@ pub(super) enum Awaiting {
         uri: crate::sip::uri::Uri,
         path: Vec<String>,
     },
+    /// A gateway member's probe.
+    Probe { set: usize, member: usize },
     /// An ACK for a 2xx forwarded without a transaction.
     Ack {
         req: Box<Request>,
@@ -800,6 +806,13 @@ impl Core {
     /// The next name to resolve, if any.
     pub fn poll_resolve(&mut self) -> Option<ResolveRequest> {
         self.resolves.pop_front()
+    }
+
+    /// Member `member` of gateway set `set` waits for its name before its probe.
+    pub(super) fn resolve_probe(&mut self, set: usize, member: usize, hop: NamedHop) {
+        let id = self.new_id();
+        self.resolves.push_back(ResolveRequest { id, hop });
+        self.resolving.insert(id, Awaiting::Probe { set, member });
     }
 
     /// Branch `idx` waits for `hop` to be resolved.
@@ -839,6 +852,21 @@ impl Core {
             ResolveOutcome::Failed(_) => Vec::new(),
         };
         match waiting {
+            Awaiting::Probe { set, member } => {
+                let first = targets.iter().find_map(|t| {
+                    self.candidate_at(
+                        t_uri(&self.gateways, set, member),
+                        t.transport,
+                        t.addr,
+                        t.name,
+                        vec![],
+                    )
+                });
+                match first {
+                    Some(c) => self.send_probe(now, set, member, c),
+                    None => self.probe_done(set, member, false),
+                }
+            }
             Awaiting::Ack {
                 req,
                 uri,
@@ -887,7 +915,7 @@ impl Core {
                 };
                 let ctx = self.ctxs.get_mut(&ctx_id).expect("checked above");
                 let b = &mut ctx.branches[idx];
-                b.failover = true;
+                b.failover = b.failover.max(Failover::Unavailable);
                 while let Some(c) = candidates.pop_back() {
                     b.rest.push_front(c);
                 }
@@ -895,4 +923,9 @@ impl Core {
             }
         }
     }
+}
+
+/// A gateway member's URI, as the Request-URI of its probe.
+fn t_uri(g: &super::gateways::Gateways, set: usize, member: usize) -> crate::sip::uri::Uri {
+    crate::sip::uri::Uri::Sip(g.set(set).members[member].uri.clone())
 }

@@ -12,6 +12,7 @@
 
 pub mod flowtoken;
 mod forking;
+pub mod gateways;
 pub mod gruu;
 pub mod identity;
 pub mod limits;
@@ -421,6 +422,8 @@ pub enum Event {
         /// Who sent it.
         source: SocketAddr,
     },
+    /// A member of a gateway set went down or came back up (its probes).
+    GatewayState(gateways::GatewayChange),
     /// A media engine could not rewrite a call's SDP (or none was up): the call failed
     /// (500, 488) or went on with its SDP as it came.
     MediaFailed {
@@ -465,6 +468,8 @@ pub struct CoreConfig {
     pub limits: CoreLimits,
     /// The media relay: which calls, with which flags.
     pub media: crate::media::Settings,
+    /// Gateway sets routing plugins relay to by name (`relay("gw:NAME")`).
+    pub gateways: Vec<gateways::GatewaySet>,
 }
 
 /// The core's share of `[limits]` (`limits.rate` is counted in the shell, before
@@ -572,6 +577,12 @@ pub struct Core {
     resolving: HashMap<u64, forking::Awaiting>,
     /// How many of them are ACKs ([`forking::MAX_ACKS_RESOLVING`]).
     acks_resolving: usize,
+    /// The gateway sets and their members' health.
+    gateways: gateways::Gateways,
+    /// Probes in flight: client transaction → (set, member).
+    probes: HashMap<u64, (usize, usize)>,
+    /// Members with a probe in flight (sent, or its name being resolved).
+    probing: HashSet<(usize, usize)>,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
@@ -609,6 +620,10 @@ impl Core {
             seed[..8].try_into().expect("eight bytes"),
         ));
         let media = media::MediaCore::new(cfg.media.clone());
+        let gateways = gateways::Gateways::new(
+            cfg.gateways.clone(),
+            u64::from_le_bytes(cfg.secret[8..16].try_into().expect("8 bytes")),
+        );
         Self {
             mac,
             tag_keys,
@@ -641,6 +656,9 @@ impl Core {
             resolves: VecDeque::new(),
             resolving: HashMap::new(),
             acks_resolving: 0,
+            gateways,
+            probes: HashMap::new(),
+            probing: HashSet::new(),
         }
     }
 
@@ -854,6 +872,7 @@ impl Core {
                     self.arm_expiry();
                 }
                 TimerRef::Housekeeping => {}
+                TimerRef::Probe(set) => self.probe_set(now, set),
             }
         }
         if self
@@ -1486,8 +1505,9 @@ impl Core {
         }
         // Decided before arm_client, which forgets a terminated CANCEL transaction.
         let is_cancel = self.cancels.contains(&id);
+        let probe = self.probe_event(now, id, event.as_ref());
         self.arm_client(id);
-        if is_cancel {
+        if is_cancel || probe {
             return;
         }
         if let Some(event) = event {
@@ -1516,6 +1536,11 @@ impl Core {
         self.timers.disarm(TimerRef::Client(id));
         if self.clients.remove(id).is_some() {
             self.cancels.remove(&id);
+            // A probe that ends without an outcome (it cannot: a final answer or a
+            // timeout comes first) would otherwise hold its member's slot.
+            if let Some(p) = self.probes.remove(&id) {
+                self.probing.remove(&p);
+            }
         }
     }
 
@@ -1533,8 +1558,9 @@ impl Core {
             self.send(target, bytes);
         }
         let is_cancel = self.cancels.contains(&id);
+        let probe = self.probe_event(now, id, event.as_ref());
         self.arm_client(id);
-        if is_cancel {
+        if is_cancel || probe {
             return;
         }
         // An attempt given up for the next target has no say in its branch.
@@ -1564,8 +1590,9 @@ impl Core {
             let event = ct.on_transport_error();
             let owner = ct.owner;
             let is_cancel = self.cancels.contains(&id);
+            let probe = self.probe_event(now, id, event.as_ref());
             self.arm_client(id);
-            if is_cancel {
+            if is_cancel || probe {
                 continue;
             }
             if event.is_some() && self.is_current(owner.0, owner.1, id) {

@@ -11,6 +11,7 @@ use super::flowtoken::FlowTokens;
 use super::location::Binding;
 use super::registrar::{self, Change, aor_of};
 use super::resolve::NamedHop;
+use super::transaction::TimerRef;
 use super::{
     ALLOW, Core, Event, FlowId, Refusal, SUPPORTED, Source, Target, Transport, split_tokens,
 };
@@ -31,6 +32,18 @@ pub(super) struct Candidate {
     pub(super) transport: Transport,
     /// Route headers to put first (a binding's Path).
     pub(super) path: Vec<String>,
+}
+
+/// What moves a branch on to its next alternative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Failover {
+    /// A failed flow only (430, a connection gone: RFC 5626 section 7).
+    Flows,
+    /// Targets of a name (RFC 3263 4.3): also a 503, a transport error, or silence
+    /// for `sip.failover-after`.
+    Unavailable,
+    /// Members of a gateway set: also a 408 and any 5xx.
+    ServerErrors,
 }
 
 /// Where a branch goes next: a place, or a name to resolve first (RFC 3263).
@@ -210,6 +223,8 @@ pub(super) struct Forwarding {
     pub(super) media: Option<usize>,
     /// The routing plugin's choice of a new call's media.
     pub(super) choice: Option<Box<crate::media::Choice>>,
+    /// What moves a branch to its next alternative.
+    pub(super) failover: Failover,
 }
 
 impl Route {
@@ -230,6 +245,7 @@ impl Route {
             loop_hash,
             media: None,
             choice: None,
+            failover: Failover::Flows,
         })
     }
 }
@@ -413,6 +429,7 @@ impl Core {
                     loop_hash: hash,
                     media,
                     choice: None,
+                    failover: Failover::Flows,
                 })
             };
             return match dest.token {
@@ -524,6 +541,11 @@ impl Core {
         }
         if let Some(refusal) = bad_extension(req, &HeaderName::ProxyRequire) {
             return refusal;
+        }
+        if let Uri::Other(t) = &target
+            && let Some(name) = t.strip_prefix("gw:")
+        {
+            return self.relay_to_gateways(req, name);
         }
         req.uri = target;
         let hash = self.loop_hash(req);
@@ -678,6 +700,7 @@ impl Core {
             loop_hash: hash,
             media: None,
             choice: None,
+            failover: Failover::Flows,
         })
     }
 
@@ -1094,4 +1117,182 @@ fn group_by_instance(mut bindings: Vec<Binding>) -> Vec<Vec<Binding>> {
         }
     }
     groups
+}
+
+impl Core {
+    /// `relay("gw:NAME")`: the members of set NAME that are up, in the order its
+    /// algorithm gives, each with the Request-URI's user at the member's host, port
+    /// and parameters; the branch moves on at a 408, a 5xx, a transport error or
+    /// silence.
+    fn relay_to_gateways(&mut self, req: &mut Request, name: &str) -> Route {
+        let Some(set) = self.gateways.find(name) else {
+            return Route::Answer {
+                status: 500,
+                reason: Some("No Such Gateway Set".into()),
+                headers: vec![warning(&format!("No Gateway Set {name}"))],
+            };
+        };
+        let hash = self.loop_hash(req);
+        if self.looped(req, &hash) {
+            return Route::answer(482, vec![]);
+        }
+        let order = self.gateways.order(set, req);
+        let user = req.uri.as_sip().and_then(|u| u.user.clone());
+        let candidates: Vec<Next> = order
+            .into_iter()
+            .filter_map(|m| {
+                let member = self.gateways.set(set).members[m].uri.clone();
+                let mut ruri = member.clone();
+                ruri.user.clone_from(&user);
+                self.candidate_for(&Uri::Sip(member), Uri::Sip(ruri), vec![])
+                    .ok()
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Route::Answer {
+                status: 500,
+                reason: Some("All Gateways Down".into()),
+                headers: vec![warning(&format!("All Gateways Of {name} Down"))],
+            };
+        }
+        Route::Forward(Forwarding {
+            branches: vec![candidates],
+            loop_hash: hash,
+            media: None,
+            choice: None,
+            failover: Failover::ServerErrors,
+        })
+    }
+
+    /// Starts probing the gateway sets that have probes (at start-up: every member
+    /// up until its probes say otherwise).
+    pub fn start_probes(&mut self, now: Instant) {
+        for set in 0..self.gateways.len() {
+            if self.gateways.set(set).probe_every.is_some() {
+                self.timers.arm(now, TimerRef::Probe(set));
+            }
+        }
+    }
+
+    /// An OPTIONS to each member of `set` without a probe in flight; again in
+    /// `probe-interval`.
+    pub(super) fn probe_set(&mut self, now: Instant, set: usize) {
+        let Some(every) = self.gateways.set(set).probe_every else {
+            return;
+        };
+        for m in 0..self.gateways.set(set).members.len() {
+            if self.probing.contains(&(set, m)) {
+                continue;
+            }
+            let uri = Uri::Sip(self.gateways.set(set).members[m].uri.clone());
+            match self.candidate_for(&uri, uri.clone(), vec![]) {
+                Ok(Next::At(c)) => self.send_probe(now, set, m, c),
+                Ok(Next::Named { hop, .. }) => {
+                    self.probing.insert((set, m));
+                    self.resolve_probe(set, m, hop);
+                }
+                Err(_) => self.probe_done(set, m, false),
+            }
+        }
+        self.timers.arm(now + every, TimerRef::Probe(set));
+    }
+
+    /// Sends member `m`'s probe to `c` (its address, or the first target its name
+    /// resolved to).
+    pub(super) fn send_probe(&mut self, now: Instant, set: usize, m: usize, c: Candidate) {
+        let Some(local) = self.local_for(&c.target, c.transport) else {
+            self.probing.remove(&(set, m));
+            return self.probe_done(set, m, false);
+        };
+        use std::hash::BuildHasher as _;
+        let id = self.new_id();
+        let tag = self.tag_keys.hash_one(("probe", id));
+        let host = Host::from(local.ip());
+        let mut headers = crate::sip::headers::Headers::new();
+        let rport = if c.transport == Transport::Udp {
+            ";rport"
+        } else {
+            ""
+        };
+        let branch = format!("{}.probe.{id}", self.branch_prefix);
+        headers.push(
+            HeaderName::Via,
+            format!(
+                "SIP/2.0/{} {host}:{};branch={branch}{rport}",
+                c.transport.via_token(),
+                local.port()
+            ),
+        );
+        headers.push(HeaderName::MaxForwards, "70");
+        headers.push(
+            HeaderName::From,
+            format!("<sip:sipwasm@{host}>;tag={tag:016x}"),
+        );
+        headers.push(HeaderName::To, format!("<{}>", c.uri));
+        headers.push(HeaderName::CallId, format!("probe-{tag:016x}-{id}"));
+        headers.push(HeaderName::CSeq, "1 OPTIONS");
+        headers.push(HeaderName::ContentLength, "0");
+        let req = Request {
+            method: Method::Options,
+            uri: c.uri.clone(),
+            headers,
+            body: bytes::Bytes::new(),
+        };
+        let bytes = bytes::Bytes::from(req.to_bytes());
+        let t = self.cfg.timers;
+        let unproven =
+            matches!(c.target, Target::Udp { remote, .. } if !self.udp_proven(remote, now));
+        let ct = super::transaction::ClientTx::new(
+            id,
+            branch,
+            req,
+            bytes.clone(),
+            c.target,
+            c.transport.is_reliable() || unproven,
+            (u64::MAX, 0),
+            now,
+            &t,
+        );
+        let mut ct = ct;
+        // A member silent for failover-after is as good as down for calls: the probe
+        // fails then, not at Timer F.
+        ct.answer_by(now + t.failover);
+        self.clients.insert(id, ct);
+        self.probes.insert(id, (set, m));
+        self.probing.insert((set, m));
+        self.send(c.target, bytes);
+        self.arm_client(id);
+    }
+
+    /// What a probe's client transaction reported, if `id` is a probe: a final answer
+    /// below 500 but 408 is alive; 408, 5xx, a timeout or a transport error is not.
+    /// True when `id` was a probe (nothing else is to be done with its event).
+    pub(super) fn probe_event(
+        &mut self,
+        _now: Instant,
+        id: u64,
+        event: Option<&super::transaction::ClientEvent>,
+    ) -> bool {
+        let Some(&(set, m)) = self.probes.get(&id) else {
+            return false;
+        };
+        let ok = match event {
+            None => return true,
+            Some(super::transaction::ClientEvent::Response(r)) if r.status < 200 => return true,
+            Some(super::transaction::ClientEvent::Response(r)) => r.status != 408 && r.status < 500,
+            Some(super::transaction::ClientEvent::Timeout) => false,
+        };
+        self.probes.remove(&id);
+        self.probing.remove(&(set, m));
+        self.probe_done(set, m, ok);
+        true
+    }
+
+    /// Counts a probe's outcome; tells the shell when the member changed state.
+    pub(super) fn probe_done(&mut self, set: usize, m: usize, ok: bool) {
+        self.probing.remove(&(set, m));
+        if let Some(change) = self.gateways.probed(set, m, ok) {
+            self.events.push_back(super::Event::GatewayState(change));
+        }
+    }
 }

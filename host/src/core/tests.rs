@@ -150,6 +150,16 @@ impl Sim {
         Self::with_settings(limits, crate::media::Settings::default())
     }
 
+    fn with_gateways(sets: Vec<gateways::GatewaySet>) -> Self {
+        let mut sim = Self::with_router();
+        let mut cfg = sim.core.cfg.clone();
+        cfg.gateways = sets;
+        sim.core = Core::new(cfg);
+        sim.core.set_routing(true);
+        sim.core.start_probes(sim.now);
+        sim
+    }
+
     fn with_settings(limits: CoreLimits, media: crate::media::Settings) -> Self {
         let listeners = vec![
             SipListener {
@@ -179,6 +189,7 @@ impl Sim {
                 trusted: peers::TrustedPeers::new(vec!["127.0.0.2".parse().unwrap()]),
                 limits,
                 media,
+                gateways: Vec::new(),
             }),
             now: Instant::now(),
             asked: Vec::new(),
@@ -3299,5 +3310,188 @@ mod named_next_hops {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, udp_to("127.0.0.1:6011"));
         assert_eq!(request(&out[0].1).method, Method::Ack);
+    }
+}
+
+mod gateway_sets {
+    //! `[[gateways]]`: relays to a set by name, failover, probes.
+    use super::*;
+    use crate::core::gateways::{Algorithm, GatewaySet, MemberSpec};
+
+    fn member(port: u16) -> MemberSpec {
+        let Ok(crate::sip::uri::Uri::Sip(uri)) =
+            crate::sip::uri::Uri::parse(&format!("sip:127.0.0.1:{port}"))
+        else {
+            unreachable!()
+        };
+        MemberSpec {
+            uri,
+            weight: 1,
+            priority: 0,
+        }
+    }
+
+    fn pstn(ports: &[u16], probes: bool) -> GatewaySet {
+        GatewaySet {
+            name: "pstn".into(),
+            members: ports.iter().map(|&p| member(p)).collect(),
+            algorithm: Algorithm::RoundRobin,
+            probe_every: probes.then_some(Duration::from_secs(1)),
+            down_after: 2,
+            up_after: 1,
+        }
+    }
+
+    fn at(port: u16) -> SocketAddr {
+        format!("127.0.0.1:{port}").parse().unwrap()
+    }
+
+    fn peer(port: u16) -> Source {
+        Source {
+            transport: Transport::Udp,
+            local: UDP,
+            remote: at(port),
+            flow: None,
+        }
+    }
+
+    /// The probes in `out`, answered with `status` by their members.
+    fn answer_probes(sim: &mut Sim, out: &[(Target, Message)], status: u16) -> usize {
+        let probes: Vec<(SocketAddr, Request)> = out
+            .iter()
+            .filter_map(|(t, m)| match (t, m) {
+                (Target::Udp { remote, .. }, Message::Request(r))
+                    if r.method == Method::Options =>
+                {
+                    Some((*remote, r.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (from, r) in &probes {
+            sim.feed(peer(from.port()), &answer(r, status, ""));
+        }
+        probes.len()
+    }
+
+    #[test]
+    fn members_are_probed_every_interval_and_go_down_and_up() {
+        let mut sim = Sim::with_gateways(vec![pstn(&[7001, 7002, 7003], true)]);
+        let out = sim.advance(Duration::from_millis(10));
+        assert_eq!(answer_probes(&mut sim, &out, 200), 3);
+        for round in 0..3 {
+            let out = sim.advance(Duration::from_secs(1));
+            assert_eq!(answer_probes(&mut sim, &out, 200), 3, "round {round}");
+        }
+        // 7002 stops answering (ICMP): down after two failed probes.
+        for _ in 0..2 {
+            let out = sim.advance(Duration::from_secs(1));
+            let probes: Vec<_> = out
+                .iter()
+                .filter(|(t, _)| {
+                    *t != Target::Udp {
+                        local: UDP,
+                        remote: at(7002),
+                    }
+                })
+                .cloned()
+                .collect();
+            answer_probes(&mut sim, &probes, 200);
+            sim.core.handle(
+                sim.now,
+                Input::SendFailed(Target::Udp {
+                    local: UDP,
+                    remote: at(7002),
+                }),
+            );
+            sim.drain();
+        }
+        let mut changes = Vec::new();
+        while let Some(e) = sim.core.poll_event() {
+            if let Event::GatewayState(c) = e {
+                changes.push(c);
+            }
+        }
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(
+            (changes[0].target.as_str(), changes[0].up),
+            ("sip:127.0.0.1:7002", false)
+        );
+    }
+
+    #[test]
+    fn a_relay_to_a_set_goes_round_and_moves_on_at_5xx_408_and_silence() {
+        let mut sim = Sim::with_gateways(vec![pstn(&[7001, 7002, 7003], false)]);
+        let relay = |sim: &mut Sim, call: &str| {
+            let out = sim.feed(udp_phone(), &invite_from_udp("9001", call));
+            assert_eq!(status(&out[0].1), 100);
+            let q = sim.route_queries();
+            sim.routed(
+                q[0].id,
+                RouteDecision::Relay(crate::sip::uri::Uri::Other("gw:pstn".into()), None),
+            )
+        };
+        let out = relay(&mut sim, "gw1");
+        let (t, inv) = forwarded(&out);
+        assert_eq!(
+            t,
+            Target::Udp {
+                local: UDP,
+                remote: at(7001)
+            }
+        );
+        assert_eq!(inv.uri.to_string(), "sip:9001@127.0.0.1:7001");
+        let inv = inv.clone();
+        // 500: the next member, the caller sees nothing.
+        let out = sim.feed(peer(7001), &answer(&inv, 500, ""));
+        let (t, inv2) = forwarded(&out[1..]);
+        assert_eq!(
+            t,
+            Target::Udp {
+                local: UDP,
+                remote: at(7002)
+            }
+        );
+        let inv2 = inv2.clone();
+        // 408 from it: the third.
+        let out = sim.feed(peer(7002), &answer(&inv2, 408, ""));
+        let (t, inv3) = forwarded(&out[1..]);
+        assert_eq!(
+            t,
+            Target::Udp {
+                local: UDP,
+                remote: at(7003)
+            }
+        );
+        let out = sim.feed(peer(7003), &answer(inv3, 486, ""));
+        let statuses: Vec<u16> = out
+            .iter()
+            .filter(|(t, _)| *t == udp_phone_target())
+            .map(|(_, m)| status(m))
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![486],
+            "a 4xx is the callee's answer: no more members"
+        );
+        // The next call starts at the next member (round robin).
+        let out = relay(&mut sim, "gw2");
+        assert_eq!(
+            forwarded(&out).0,
+            Target::Udp {
+                local: UDP,
+                remote: at(7002)
+            }
+        );
+        // An unknown set: 500.
+        let out = sim.feed(udp_phone(), &invite_from_udp("9001", "gw3"));
+        let q = sim.route_queries();
+        let _ = out;
+        let out = sim.routed(
+            q[0].id,
+            RouteDecision::Relay(crate::sip::uri::Uri::Other("gw:nope".into()), None),
+        );
+        let r = response(&out[0].1);
+        assert_eq!((r.status, r.reason.as_str()), (500, "No Such Gateway Set"));
     }
 }

@@ -150,6 +150,8 @@ pub enum TimerRef {
     /// Once a minute while tables are large: aged entries pruned, spare capacity
     /// given back.
     Housekeeping,
+    /// The probes of gateway set `n`.
+    Probe(usize),
 }
 
 /// Deadlines of everything, earliest first.

@@ -449,6 +449,16 @@ impl Driven {
                         why.describe()
                     );
                 }
+                Event::GatewayState(change) => {
+                    outlet
+                        .metrics
+                        .set_gateway(&change.set, &change.target, change.up);
+                    if change.up {
+                        tracing::info!(set = %change.set, target = %change.target, "gateway up (answers its probes)");
+                    } else {
+                        tracing::warn!(set = %change.set, target = %change.target, "gateway down (its probes failed); skipped until it answers again");
+                    }
+                }
                 Event::MediaFailed {
                     call_id,
                     command,

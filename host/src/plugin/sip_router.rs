@@ -500,6 +500,14 @@ pub fn validate(
             })
         }
         GuestSipDecision::Relay(target) => {
+            // A gateway set by name (`[[gateways]]`); the core answers 500 for a name
+            // no set has.
+            if let Some(name) = target.trim().strip_prefix("gw:") {
+                if !crate::config::gateway_name_is_valid(name) {
+                    return Err(format!("relay target {target:?} is not a gateway set name"));
+                }
+                return Ok(RouteDecision::Relay(Uri::Other(format!("gw:{name}")), None));
+            }
             let uri = Uri::parse(target.trim())
                 .map_err(|e| format!("relay target {target:?} is not a URI: {e}"))?;
             if uri.as_sip().is_none() {

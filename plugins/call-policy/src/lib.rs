@@ -18,7 +18,8 @@
 //!
 //! ```toml
 //! blocked = ["+15550100", "666"]            # Request-URI user parts refused with 403
-//! relay = { "9" = "127.0.0.1:5070" }        # user prefix -> next hop (host:port[;transport=tcp])
+//! relay = { "9" = "127.0.0.1:5070" }        # user prefix -> next hop (host:port[;transport=tcp],
+//!                                           # or "gw:NAME": a [[gateways]] set of the server)
 //!
 //! [media]                                   # the media of the calls it lets through (optional)
 //! relay = "direct"                          # "configured" (media.mode), "relay" or "direct"
@@ -211,6 +212,10 @@ fn route(req: SipRequest, settings: &Settings) -> SipDecision {
         .filter(|(prefix, _)| user.starts_with(prefix.as_str()))
         .max_by_key(|(prefix, _)| prefix.len())
     {
+        // A gateway set (`[[gateways]]`): the host puts the user at the member it picks.
+        if next_hop.starts_with("gw:") {
+            return relay(next_hop.clone());
+        }
         return relay(format!("sip:{user}@{next_hop}"));
     }
     SipDecision::Continue

@@ -48,7 +48,8 @@ class WitWorld(wit_world.WitWorld):
         prefixes = [p for p in s["relay"] if user.startswith(p)]
         if prefixes:
             hop = s["relay"][max(prefixes, key=len)]
-            return relay(f"sip:{user}@{hop}")
+            # A gateway set of the server: the host puts the user at the member it picks.
+            return relay(hop if hop.startswith("gw:") else f"sip:{user}@{hop}")
         return CONTINUE
 
     def on_flow_closed(self, flow: ClosedFlow) -> None:
