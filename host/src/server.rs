@@ -360,7 +360,7 @@ impl Server {
         tokio::spawn(tcp::open_when_asked(shared.clone(), connect_rx));
         if let Some((admin, token, hosts)) = admin {
             let addr = admin.local_addr()?;
-            tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows, POST /plugins/reload)");
+            tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows, GET /gateways, POST /plugins/reload)");
             tokio::spawn(crate::admin::serve(
                 admin,
                 crate::admin::AdminState {

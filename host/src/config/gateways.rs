@@ -131,14 +131,24 @@ pub(super) fn check(sets: &[GatewaySetConfig]) -> Result<(), Invalid> {
         for (j, t) in g.targets.iter().enumerate() {
             let (uri, weight, _) = t.parts();
             let parsed = crate::sip::uri::Uri::parse(uri);
+            let transport_ok = |u: &crate::sip::uri::SipUri| match u.param("transport") {
+                None => true,
+                Some(Some(t)) => match t.to_ascii_lowercase().as_str() {
+                    "udp" => !u.secure,
+                    "tcp" | "tls" => true,
+                    _ => false,
+                },
+                Some(None) => false,
+            };
             match parsed.as_ref().ok().and_then(|u| u.as_sip()) {
-                Some(u) if u.user.is_none() && u.headers.is_none() => {}
+                Some(u) if u.user.is_none() && u.headers.is_none() && transport_ok(u) => {}
                 _ => {
                     return Err((
                         format!("gateways[{i}].targets[{j}]"),
                         format!(
-                            "`{uri}` is not a sip: or sips: URI without a user part \
-                             (sip:host[:port][;transport=udp|tcp|tls])"
+                            "`{uri}` is not a sip: or sips: URI without a user part, \
+                             over UDP, TCP or TLS (sip:host[:port][;transport=udp|tcp|tls]; \
+                             sips: not over UDP)"
                         ),
                     ));
                 }

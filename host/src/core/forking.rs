@@ -360,7 +360,9 @@ impl Core {
                 let moves_on = match b.failover {
                     Failover::Flows => status == 430,
                     Failover::Unavailable => matches!(status, 430 | 503),
-                    Failover::ServerErrors => status == 430 || status == 408 || status >= 500,
+                    Failover::ServerErrors => {
+                        status == 430 || status == 408 || (500..600).contains(&status)
+                    }
                 };
                 if moves_on && !b.rest.is_empty() && !ctx.cancelled {
                     let next = ctx.branches[idx].rest.pop_front().expect("non-empty");

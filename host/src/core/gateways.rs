@@ -309,8 +309,15 @@ mod tests {
             )],
             7,
         );
-        let a = h.order(0, &req("same"))[0];
-        assert_eq!(h.order(0, &req("same"))[0], a);
+        // The same header value (X-Account: acct-same) under other Call-IDs: the same
+        // member.
+        let mut one = req("same");
+        let a = h.order(0, &one)[0];
+        for n in 0..20 {
+            one.headers.remove_first_value(&HeaderName::CallId);
+            one.headers.push(HeaderName::CallId, format!("other-{n}"));
+            assert_eq!(h.order(0, &one)[0], a);
+        }
     }
 
     #[test]

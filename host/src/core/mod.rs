@@ -1485,6 +1485,10 @@ impl Core {
         else {
             return;
         };
+        // A probe's answer from elsewhere than its member is not its member's.
+        if self.probes.contains_key(&id) && !self.probe_answered_from(id, source) {
+            return;
+        }
         // An answer from where we sent the request: that address receives our packets.
         if let Some(&ClientTx {
             target: Target::Udp { remote, .. },

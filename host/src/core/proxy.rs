@@ -1136,14 +1136,34 @@ impl Core {
         if self.looped(req, &hash) {
             return Route::answer(482, vec![]);
         }
+        // The user the member gets: a SIP URI's, or a tel: URI's number (as
+        // `user=phone`, RFC 3261 19.1.6).
+        let (user, secure, phone) = match &req.uri {
+            Uri::Sip(u) => (u.user.clone(), u.secure, false),
+            Uri::Other(t) if t.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("tel:")) => {
+                let number = t[4..].split(';').next().unwrap_or("");
+                if number.is_empty() {
+                    return Route::answer(416, vec![]);
+                }
+                (Some(number.to_string()), false, true)
+            }
+            Uri::Other(_) => return Route::answer(416, vec![]),
+        };
         let order = self.gateways.order(set, req);
-        let user = req.uri.as_sip().and_then(|u| u.user.clone());
         let candidates: Vec<Next> = order
             .into_iter()
             .filter_map(|m| {
                 let member = self.gateways.set(set).members[m].uri.clone();
+                // A sips: request goes over TLS all the way (RFC 3261 26.2.2): only
+                // to sips: members.
+                if secure && !member.secure {
+                    return None;
+                }
                 let mut ruri = member.clone();
                 ruri.user.clone_from(&user);
+                if phone && ruri.param("user").is_none() {
+                    ruri.params.push(("user".into(), Some("phone".into())));
+                }
                 self.candidate_for(&Uri::Sip(member), Uri::Sip(ruri), vec![])
                     .ok()
             })
@@ -1214,7 +1234,13 @@ impl Core {
         } else {
             ""
         };
-        let branch = format!("{}.probe.{id}", self.branch_prefix);
+        // Unguessable: a probe's answer decides a member's state, so a forged one must
+        // not match (the id is a counter; the MAC is over it under the secret).
+        let mut mac = self.hmac();
+        mac.update(b"gateway-probe");
+        mac.update(&id.to_be_bytes());
+        let mac = hex(&mac.finalize().into_bytes()[..8]);
+        let branch = format!("{}.probe.{id}.{mac}", self.branch_prefix);
         headers.push(
             HeaderName::Via,
             format!(
@@ -1284,8 +1310,28 @@ impl Core {
         };
         self.probes.remove(&id);
         self.probing.remove(&(set, m));
+        // Given up (no answer in failover-after) or answered: nothing more of it
+        // matters, late answers included.
+        self.remove_client(id);
         self.probe_done(set, m, ok);
         true
+    }
+
+    /// Whether a response to probe `id` came from where the probe went (its address
+    /// over UDP, the connection's peer otherwise; the port may differ over UDP).
+    pub(super) fn probe_answered_from(&self, id: u64, source: &Source) -> bool {
+        let Some(ct) = self.clients.get(id) else {
+            return false;
+        };
+        match ct.target {
+            Target::Udp { remote, .. } => {
+                source.flow.is_none() && source.remote.ip() == remote.ip()
+            }
+            Target::Connect {
+                transport, remote, ..
+            } => source.transport == transport && source.remote.ip() == remote.ip(),
+            Target::Flow(f) => source.flow == Some(f),
+        }
     }
 
     /// Counts a probe's outcome; tells the shell when the member changed state.

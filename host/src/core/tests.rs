@@ -3396,7 +3396,7 @@ mod gateway_sets {
                 })
                 .cloned()
                 .collect();
-            answer_probes(&mut sim, &probes, 200);
+            assert_eq!(answer_probes(&mut sim, &probes, 200), 2);
             sim.core.handle(
                 sim.now,
                 Input::SendFailed(Target::Udp {
@@ -3417,6 +3417,38 @@ mod gateway_sets {
             (changes[0].target.as_str(), changes[0].up),
             ("sip:127.0.0.1:7002", false)
         );
+        // Answers again: up after one (up-after = 1); a 404 is alive too.
+        let out = sim.advance(Duration::from_secs(1));
+        assert_eq!(answer_probes(&mut sim, &out, 404), 3);
+        let mut ups = Vec::new();
+        while let Some(e) = sim.core.poll_event() {
+            if let Event::GatewayState(c) = e {
+                ups.push((c.target, c.up));
+            }
+        }
+        assert_eq!(ups, vec![("sip:127.0.0.1:7002".to_string(), true)]);
+    }
+
+    #[test]
+    fn a_probe_answer_from_elsewhere_counts_for_nothing() {
+        let mut sim = Sim::with_gateways(vec![pstn(&[7001], true)]);
+        for _ in 0..4 {
+            let out = sim.advance(Duration::from_secs(1));
+            // Someone else answers 503 in the member's name (with the branch it
+            // could only have seen on the wire): ignored.
+            for (_, m) in &out {
+                if let Message::Request(r) = m {
+                    let mut elsewhere = peer(7999);
+                    elsewhere.remote.set_ip("127.0.0.9".parse().unwrap());
+                    sim.feed(elsewhere, &answer(r, 503, ""));
+                }
+            }
+            // The member itself answers.
+            assert_eq!(answer_probes(&mut sim, &out, 200), 1);
+        }
+        while let Some(e) = sim.core.poll_event() {
+            assert!(!matches!(e, Event::GatewayState(_)), "{e:?}");
+        }
     }
 
     #[test]
@@ -3474,13 +3506,51 @@ mod gateway_sets {
             vec![486],
             "a 4xx is the callee's answer: no more members"
         );
-        // The next call starts at the next member (round robin).
+        // A 6xx too (a member that declines for everyone): no next member.
+        let out = relay(&mut sim, "gw6");
+        let (t, inv) = forwarded(&out);
+        let (t, inv) = (t, inv.clone());
+        let member = match t {
+            Target::Udp { remote, .. } => remote.port(),
+            other => panic!("{other:?}"),
+        };
+        let out = sim.feed(peer(member), &answer(&inv, 603, ""));
+        let to_caller: Vec<u16> = out
+            .iter()
+            .filter(|(t, _)| *t == udp_phone_target())
+            .map(|(_, m)| status(m))
+            .collect();
+        assert_eq!(to_caller, vec![603]);
+        assert!(
+            out.iter()
+                .all(|(_, m)| !matches!(m, Message::Request(r) if r.method == Method::Invite)),
+            "{out:?}"
+        );
+        // A tel: Request-URI: its number is the user, as user=phone.
+        let tel = invite_from_udp("9001", "gwtel").replacen(
+            "INVITE sip:9001@localhost",
+            "INVITE tel:+15550100",
+            1,
+        );
+        sim.feed(udp_phone(), &tel);
+        let q = sim.route_queries();
+        let out = sim.routed(
+            q[0].id,
+            RouteDecision::Relay(crate::sip::uri::Uri::Other("gw:pstn".into()), None),
+        );
+        let (_, inv) = forwarded(&out);
+        let ruri = inv.uri.to_string();
+        assert!(
+            ruri.starts_with("sip:+15550100@127.0.0.1:700") && ruri.ends_with(";user=phone"),
+            "{ruri}"
+        );
+        // The fourth call starts at the first member again (round robin).
         let out = relay(&mut sim, "gw2");
         assert_eq!(
             forwarded(&out).0,
             Target::Udp {
                 local: UDP,
-                remote: at(7002)
+                remote: at(7001)
             }
         );
         // An unknown set: 500.

@@ -691,7 +691,7 @@ fn send_transmits(core: &mut Core, outlet: &Outlet) {
     for _ in 0..8 {
         let mut failed = Vec::new();
         while let Some(t) = core.poll_transmit() {
-            if let Some(target) = outlet.dispatch(t) {
+            if let Some(target) = outlet.dispatch(t, &mut failed) {
                 failed.push(target);
             }
         }

@@ -34,8 +34,9 @@ pub(crate) struct Outlet {
 
 impl Outlet {
     /// Sends what the core produced. Returns the target when it is already known to
-    /// be unreachable (the caller tells the core).
-    pub(crate) fn dispatch(&self, t: Transmit) -> Option<Target> {
+    /// be unreachable (the caller tells the core); UDP destinations an ICMP error
+    /// reported meanwhile go to `unreachable`.
+    pub(crate) fn dispatch(&self, t: Transmit, unreachable: &mut Vec<Target>) -> Option<Target> {
         match t.target {
             Target::Flow(id) => match self.flows.send(id, t.payload) {
                 Ok(()) => None,
@@ -59,6 +60,15 @@ impl Outlet {
                 for _ in 0..4 {
                     match &sent {
                         Err(e) if is_reported_icmp(e) => {
+                            // This call took the report the receive loop would have
+                            // had: read what it was about here (a port nobody listens
+                            // on), or its transactions would never hear of it.
+                            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                                for r in self::unreachable(socket) {
+                                    self.metrics.udp_unreachable();
+                                    unreachable.push(Target::Udp { local, remote: r });
+                                }
+                            }
                             sent = socket.try_send_to(&t.payload, remote);
                         }
                         _ => break,
@@ -161,4 +171,28 @@ impl Connector {
     pub(crate) fn drop_pending(&self, peer: ConnectRequest) {
         self.pending.lock().expect("connector lock").remove(&peer);
     }
+}
+
+/// Most error-queue entries read per receive error (the rest wait for the next one).
+const ERRORS_PER_WAKE: usize = 64;
+
+/// The destinations of queued ICMP errors (`MSG_ERRQUEUE`: the address each refused
+/// datagram was sent to), without blocking.
+pub(crate) fn unreachable(socket: &UdpSocket) -> Vec<SocketAddr> {
+    let s = socket2::SockRef::from(socket);
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+    let mut out = Vec::new();
+    for _ in 0..ERRORS_PER_WAKE {
+        match s.recv_from_with_flags(&mut buf, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) {
+            Ok((_, addr)) => {
+                if let Some(a) = addr.as_socket()
+                    && !out.contains(&a)
+                {
+                    out.push(a);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    out
 }

@@ -61,7 +61,7 @@ pub(crate) async fn run(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<S
                 // sending there stop retransmitting (a spoofed source's victim, a phone
                 // gone away) and their branches fail at once.
                 tracing::debug!(%local, "UDP receive error: {e}");
-                let queued = unreachable(&socket);
+                let queued = crate::driver::outlet::unreachable(&socket);
                 // Port unreachable only: the peer said no one listens there. Others
                 // (fragmentation needed, time exceeded, a network unreachable for a
                 // moment) leave the transactions to their timers.
@@ -362,30 +362,6 @@ pub(crate) fn report_icmp_errors(socket: &UdpSocket, local: SocketAddr) {
     if rc != 0 {
         tracing::info!(%local, "ICMP errors not reported for this UDP socket: {}", std::io::Error::last_os_error());
     }
-}
-
-/// Most error-queue entries read per receive error (the rest wait for the next one).
-const ERRORS_PER_WAKE: usize = 64;
-
-/// The destinations of queued ICMP errors (`MSG_ERRQUEUE`: the address each refused
-/// datagram was sent to), without blocking.
-fn unreachable(socket: &UdpSocket) -> Vec<SocketAddr> {
-    let s = socket2::SockRef::from(socket);
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
-    let mut out = Vec::new();
-    for _ in 0..ERRORS_PER_WAKE {
-        match s.recv_from_with_flags(&mut buf, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) {
-            Ok((_, addr)) => {
-                if let Some(a) = addr.as_socket()
-                    && !out.contains(&a)
-                {
-                    out.push(a);
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    out
 }
 
 const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
