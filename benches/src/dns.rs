@@ -145,11 +145,18 @@ pub(crate) async fn dns(
     let (sink_addr, sink_task) = sink().await?;
     let dns_port = free_port();
     let _dnsmasq = dnsmasq(dns_port, sink_addr)?;
+    // A TCP listener to know it is up by (a ws one would need a plugin). Relayed
+    // MESSAGEs over UDP keep their server transaction for Timer J (64×T1) and their
+    // client one for Timer K (T4): at tens of thousands a second, with the default
+    // 500 ms and 5 s, more than limits.max-transactions; on loopback, T1 = 20 ms and
+    // T4 = 200 ms (both next hops alike).
     let (ws, udp) = (free_port(), free_port());
     let body = format!(
-        "[[listen]]\ntransport = \"ws\"\naddress = \"127.0.0.1:{ws}\"\n\
+        "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{ws}\"\n\
          [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{udp}\"\n\
-         [sip]\nrelay = true\n[dns]\nservers = [\"127.0.0.1:{dns_port}\"]\n"
+         [dns]\nservers = [\"127.0.0.1:{dns_port}\"]\n\
+         [sip]\nrelay = true\n\
+         t1 = \"20ms\"\nt4 = \"200ms\"\nfailover-after = \"1s\"\n"
     );
     let server = start_sipwasm_config(bin, "sipwasm", ws, &body, None).await?;
     let t = SipTarget {

@@ -422,3 +422,134 @@ async fn sips_reaches_a_tls_peer_whose_certificate_names_the_domain_and_no_other
     ua.send(&text).await;
     assert_eq!(ua.recv_final().await.status, 200);
 }
+
+/// A TLS peer that demands a client certificate chained to `ca` and answers each
+/// SIP request on the connection with 200; the names its clients' certificates gave.
+async fn mutual_tls_peer(
+    ca: &TestCa,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca.ca_file()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clients: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = clients.clone();
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let presented = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.len())
+                .unwrap_or(0);
+            seen.lock()
+                .unwrap()
+                .push(format!("{presented} certificate(s)"));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // One request at a time: up to its blank line (OPTIONS carry no body).
+            for _ in 0..64 {
+                let Ok(n) = tls.read(&mut chunk).await else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    if let Ok(Message::Request(req)) = sipwasm::sip::parse(&head) {
+                        let resp = Response::for_request(&req, 200, Some("mtls"));
+                        let _ = tls.write_all(&resp.to_bytes()).await;
+                    }
+                }
+            }
+        }
+    });
+    (addr, clients)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_that_demands_a_client_certificate_gets_the_configured_one() {
+    let ca = TestCa::new();
+    let (trunk_cert, trunk_key) = ca.issue("trunk", &["m.test"]);
+    let (client_cert, client_key) = ca.issue("client", &["sipwasm.example"]);
+    let (addr, clients) = mutual_tls_peer(&ca, &trunk_cert, &trunk_key).await;
+    let dns = Dnsmasq::start(
+        "m.test",
+        &[
+            format!(
+                "--srv-host=_sips._tcp.m.test,trunk.m.test,{},10,10",
+                addr.port()
+            ),
+            "--host-record=trunk.m.test,127.0.0.1".into(),
+        ],
+        300,
+    );
+    let s = server(
+        &dns,
+        &format!(
+            "[tls-client]\nca-file = \"{}\"\nclient-cert = \"{}\"\nclient-key = \"{}\"\n",
+            ca.ca_file().display(),
+            client_cert.display(),
+            client_key.display()
+        ),
+    );
+    let mut ua = Ua::tls(&s, "alice").await;
+    let (text, _) = ua.request("OPTIONS", "sips:m.test", "", "");
+    ua.send(&text).await;
+    let r = ua.recv_final().await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.logs());
+    assert_eq!(
+        *clients.lock().unwrap(),
+        vec!["1 certificate(s)".to_string()]
+    );
+}
+
+#[test]
+fn a_client_certificate_without_its_key_is_a_config_error() {
+    let err = refused_config(
+        "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n[tls-client]\nclient-cert = \"/nonexistent.pem\"\n",
+    );
+    assert!(err.contains("tls-client.client-key"), "{err}");
+    // And files that cannot be read stop the start, naming the key.
+    let err = refused_config(
+        "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n[tls-client]\nca-file = \"/nonexistent/ca.pem\"\n",
+    );
+    assert!(err.contains("tls-client.ca-file"), "{err}");
+}
