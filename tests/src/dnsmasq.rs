@@ -67,22 +67,7 @@ impl Dnsmasq {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start {BIN}: {e}"));
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped");
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let mut l = logs.lock().unwrap();
-                    if l.len() < 4 << 20 {
-                        l.push_str(&line);
-                        l.push('\n');
-                    }
-                }
-            });
-        }
+        let logs = crate::capture_stderr(&mut child);
         let mut me = Self { child, addr, logs };
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))

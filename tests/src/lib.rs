@@ -159,6 +159,26 @@ answer = 42
 path = "{plugins}/welcome.wasm"
 "#;
 
+/// Collects what `child` writes on its (piped) stderr, line by line, up to 4 MB, on a
+/// thread of its own: the logs of a helper daemon a test started.
+pub fn capture_stderr(child: &mut std::process::Child) -> Arc<Mutex<String>> {
+    let logs = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().expect("stderr piped");
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut l = sink.lock().unwrap();
+            if l.len() < 4 << 20 {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    logs
+}
+
 /// `template` with `{ws}`, `{wss}`, `{ws2}`, `{ws3}`, `{admin}`, `{sip}`, `{tls}` set to `ports`
 /// (in that order), `{plugins}` and `{foreign}` to the plugin directories and `{data}`
 /// to `data`.

@@ -66,22 +66,7 @@ impl Rtpengine {
             .unwrap_or_else(|e| {
                 panic!("start {bin} (Debian's rtpengine-daemon; tests/run-all.sh installs it): {e}")
             });
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped");
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let mut l = logs.lock().unwrap();
-                    if l.len() < 4 << 20 {
-                        l.push_str(&line);
-                        l.push('\n');
-                    }
-                }
-            });
-        }
+        let logs = crate::capture_stderr(&mut child);
         let me = Self {
             child: Some(child),
             ng,

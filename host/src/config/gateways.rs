@@ -112,8 +112,15 @@ pub(crate) fn name_is_valid(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+impl super::Config {
+    /// The checks of `[[gateways]]`.
+    pub(super) fn check_gateways(&self) -> Result<(), Invalid> {
+        check(&self.gateways)
+    }
+}
+
 /// The checks of `[[gateways]]`.
-pub(super) fn check(sets: &[GatewaySetConfig]) -> Result<(), Invalid> {
+fn check(sets: &[GatewaySetConfig]) -> Result<(), Invalid> {
     for (i, g) in sets.iter().enumerate() {
         let key = |k: &str| format!("gateways[{i}].{k}");
         if !name_is_valid(&g.name) {

@@ -21,7 +21,7 @@ impl Config {
         self.media.check()?;
         self.dns.check()?;
         self.tls_client.check()?;
-        super::gateways::check(&self.gateways)?;
+        self.check_gateways()?;
         self.check_keys()?;
         Ok(())
     }
