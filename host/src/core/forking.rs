@@ -13,7 +13,7 @@ use super::media::{BranchMedia, CtxMedia, Held};
 use super::proxy::{Candidate, Failover, Forwarding, Next, Route, RrToken, Side};
 use super::resolve::{NamedHop, ResolveOutcome, ResolveRequest};
 use super::transaction::{ClientEvent, ClientTx};
-use super::{Core, Source, Target, Transport};
+use super::{Core, Source, Target};
 use crate::hex::hex;
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{Essentials, Method, Request, Response, reason_phrase};
@@ -216,18 +216,8 @@ impl Core {
             req.headers.push_front(HeaderName::Route, p.clone());
         }
         let branch = format!("{}.{loop_hash}.{}", self.branch_prefix, self.next_id + 1);
-        let rport = if c.transport == Transport::Udp {
-            ";rport"
-        } else {
-            ""
-        };
-        let via = format!(
-            "SIP/2.0/{} {}:{};branch={branch}{rport}",
-            c.transport.via_token(),
-            Host::from(local.ip()),
-            local.port()
-        );
-        req.headers.push_front(HeaderName::Via, via);
+        req.headers
+            .push_front(HeaderName::Via, Self::our_via(c.transport, local, &branch));
         let id = self.new_id();
         if let Some(engine) = engine
             && let Some(command) =
@@ -262,25 +252,17 @@ impl Core {
         req: Request,
     ) {
         let bytes = Bytes::from(req.to_bytes());
-        let t = self.cfg.timers;
-        // Toward a UDP address that has not shown it receives our packets (a dialog's
-        // party reached at an address it only claimed, a next hop never heard from),
-        // a request goes once: retransmissions would multiply what reaches a spoofed
-        // source's victim. Registered phones and trusted peers are proven.
-        let unproven =
-            matches!(c.target, Target::Udp { remote, .. } if !self.udp_proven(remote, now));
-        let ct = ClientTx::new(
+        let failover = self.cfg.timers.failover;
+        let mut ct = self.client_tx(
+            now,
             id,
             branch,
             req,
             bytes.clone(),
             c.target,
-            c.transport.is_reliable() || unproven,
+            c.transport,
             (ctx_id, idx),
-            now,
-            &t,
         );
-        let mut ct = ct;
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             // A new candidate (the next flow of an instance) starts afresh.
             let b = &mut ctx.branches[idx];
@@ -289,7 +271,7 @@ impl Core {
             // Another target of the name waits: this one has `failover-after` to
             // answer at all.
             if b.failover != Failover::Flows && !b.rest.is_empty() {
-                ct.answer_by(now + t.failover);
+                ct.answer_by(now + failover);
             }
         }
         self.clients.insert(id, ct);
@@ -857,7 +839,7 @@ impl Core {
             Awaiting::Probe { set, member } => {
                 let first = targets.iter().find_map(|t| {
                     self.candidate_at(
-                        t_uri(&self.gateways, set, member),
+                        self.gateways.member_uri(set, member),
                         t.transport,
                         t.addr,
                         t.name,
@@ -925,9 +907,4 @@ impl Core {
             }
         }
     }
-}
-
-/// A gateway member's URI, as the Request-URI of its probe.
-fn t_uri(g: &super::gateways::Gateways, set: usize, member: usize) -> crate::sip::uri::Uri {
-    crate::sip::uri::Uri::Sip(g.set(set).members[member].uri.clone())
 }

@@ -106,6 +106,11 @@ impl Gateways {
         &self.sets[set].0
     }
 
+    /// Member `m` of `set`'s URI (a probe's Request-URI).
+    pub(super) fn member_uri(&self, set: usize, m: usize) -> crate::sip::uri::Uri {
+        crate::sip::uri::Uri::Sip(self.sets[set].0.members[m].uri.clone())
+    }
+
     pub(super) fn len(&self) -> usize {
         self.sets.len()
     }

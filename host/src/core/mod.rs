@@ -1526,6 +1526,57 @@ impl Core {
         }
     }
 
+    /// Our Via for a request sent over `transport` from `local` (with `rport` over UDP,
+    /// RFC 3581).
+    pub(super) fn our_via(transport: Transport, local: SocketAddr, branch: &str) -> String {
+        let rport = if transport == Transport::Udp {
+            ";rport"
+        } else {
+            ""
+        };
+        format!(
+            "SIP/2.0/{} {}:{};branch={branch}{rport}",
+            transport.via_token(),
+            crate::sip::uri::Host::from(local.ip()),
+            local.port()
+        )
+    }
+
+    /// A client transaction sending `req` (serialized: `bytes`) to `target` for
+    /// `owner`. Toward a UDP address that has not shown it receives our packets (a
+    /// dialog's party reached at an address it only claimed, a next hop never heard
+    /// from), a request goes once: retransmissions would multiply what reaches a
+    /// spoofed source's victim. Registered phones and trusted peers are proven.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of a client transaction"
+    )]
+    pub(super) fn client_tx(
+        &self,
+        now: Instant,
+        id: u64,
+        branch: String,
+        req: Request,
+        bytes: Bytes,
+        target: Target,
+        transport: Transport,
+        owner: (u64, usize),
+    ) -> ClientTx {
+        let unproven =
+            matches!(target, Target::Udp { remote, .. } if !self.udp_proven(remote, now));
+        ClientTx::new(
+            id,
+            branch,
+            req,
+            bytes,
+            target,
+            transport.is_reliable() || unproven,
+            owner,
+            now,
+            &self.cfg.timers,
+        )
+    }
+
     fn arm_client(&mut self, id: u64) {
         if let Some(ct) = self.clients.get(id) {
             if ct.state == transaction::ClientState::Terminated {

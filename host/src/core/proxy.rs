@@ -1204,7 +1204,7 @@ impl Core {
             if self.probing.contains(&(set, m)) {
                 continue;
             }
-            let uri = Uri::Sip(self.gateways.set(set).members[m].uri.clone());
+            let uri = self.gateways.member_uri(set, m);
             match self.candidate_for(&uri, uri.clone(), vec![]) {
                 Ok(Next::At(c)) => self.send_probe(now, set, m, c),
                 Ok(Next::Named { hop, .. }) => {
@@ -1229,11 +1229,6 @@ impl Core {
         let tag = self.tag_keys.hash_one(("probe", id));
         let host = Host::from(local.ip());
         let mut headers = crate::sip::headers::Headers::new();
-        let rport = if c.transport == Transport::Udp {
-            ";rport"
-        } else {
-            ""
-        };
         // Unguessable: a probe's answer decides a member's state, so a forged one must
         // not match (the id is a counter; the MAC is over it under the secret).
         let mut mac = self.hmac();
@@ -1241,14 +1236,7 @@ impl Core {
         mac.update(&id.to_be_bytes());
         let mac = hex(&mac.finalize().into_bytes()[..8]);
         let branch = format!("{}.probe.{id}.{mac}", self.branch_prefix);
-        headers.push(
-            HeaderName::Via,
-            format!(
-                "SIP/2.0/{} {host}:{};branch={branch}{rport}",
-                c.transport.via_token(),
-                local.port()
-            ),
-        );
+        headers.push(HeaderName::Via, Self::our_via(c.transport, local, &branch));
         headers.push(HeaderName::MaxForwards, "70");
         headers.push(
             HeaderName::From,
@@ -1265,24 +1253,19 @@ impl Core {
             body: bytes::Bytes::new(),
         };
         let bytes = bytes::Bytes::from(req.to_bytes());
-        let t = self.cfg.timers;
-        let unproven =
-            matches!(c.target, Target::Udp { remote, .. } if !self.udp_proven(remote, now));
-        let ct = super::transaction::ClientTx::new(
+        let mut ct = self.client_tx(
+            now,
             id,
             branch,
             req,
             bytes.clone(),
             c.target,
-            c.transport.is_reliable() || unproven,
+            c.transport,
             (u64::MAX, 0),
-            now,
-            &t,
         );
-        let mut ct = ct;
         // A member silent for failover-after is as good as down for calls: the probe
         // fails then, not at Timer F.
-        ct.answer_by(now + t.failover);
+        ct.answer_by(now + self.cfg.timers.failover);
         self.clients.insert(id, ct);
         self.probes.insert(id, (set, m));
         self.probing.insert((set, m));
