@@ -25,6 +25,7 @@ use hickory_resolver::{Name, ResolveError, TokioResolver};
 
 use crate::config::DnsConfig;
 use crate::core::Transport;
+use crate::core::limits::LogGate;
 use crate::core::resolve::{NamedHop, ResolveOutcome, ResolvedTarget};
 
 /// Most targets one name gives a request (each tried in turn on failure).
@@ -40,9 +41,6 @@ const MIN_TTL: Duration = Duration::from_secs(5);
 
 /// Most requests waiting for one name; more get a failure at once.
 const MAX_WAITING_PER_NAME: usize = 10_000;
-
-/// Most names whose failure is remembered for the once-a-minute log line.
-const MAX_LOGGED: usize = 1024;
 
 /// Most TLS targets whose name is remembered for the certificate check.
 const MAX_TLS_NAMES: usize = 16_384;
@@ -170,7 +168,7 @@ pub(crate) struct Dns {
     /// Names being looked up, with the requests waiting for each.
     waiting: Mutex<HashMap<NamedHop, Vec<u64>>>,
     /// When each failed name was last logged.
-    logged: Mutex<HashMap<String, Instant>>,
+    logged: Mutex<LogGate<String>>,
     /// The names TLS targets were resolved from, by key ([`ResolvedTarget::name`]):
     /// a certificate must be valid for its target's (RFC 5922: the URI's host, not
     /// the SRV target's).
@@ -373,21 +371,9 @@ impl Dns {
     }
 
     fn log_failure(&self, hop: &NamedHop, why: &str) {
-        let now = Instant::now();
-        let mut logged = lock(&self.logged);
-        if logged
-            .get(&hop.host)
-            .is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(60))
-        {
+        if !lock(&self.logged).allow_key(hop.host.clone(), Instant::now()) {
             return;
         }
-        if logged.len() >= MAX_LOGGED {
-            logged.retain(|_, t| now.saturating_duration_since(*t) < Duration::from_secs(60));
-            if logged.len() >= MAX_LOGGED {
-                return;
-            }
-        }
-        logged.insert(hop.host.clone(), now);
         tracing::warn!(next_hop = %hop, "next hop did not resolve: {why}; its requests get 500 (logged at most once a minute per name)");
     }
 

@@ -25,23 +25,31 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
 }
 
 /// Lets a limit's log line through at most once per [`LogGate::EVERY`] per source
-/// (the counters in `/metrics` count every hit). Bounded: past
-/// [`LogGate::MAX_SOURCES`] sources remembered, one line a minute covers the rest.
+/// (the counters in `/metrics` count every hit), or per key of another kind (a name
+/// that did not resolve). Bounded: past [`LogGate::MAX_SOURCES`] keys remembered, one
+/// line a minute covers the rest.
 #[derive(Debug)]
-pub struct LogGate {
-    last: HashMap<(&'static str, IpAddr), Instant>,
+pub struct LogGate<K = (&'static str, IpAddr)> {
+    last: HashMap<K, Instant>,
     /// The last line for sources not remembered (the table was full).
     overflow: Option<Instant>,
     swept: Option<Instant>,
 }
 
-impl Default for LogGate {
+impl<K: Eq + std::hash::Hash> Default for LogGate<K> {
     fn default() -> Self {
         Self::new()
     }
 }
 
 impl LogGate {
+    /// Whether to log `what` for `source` now (and if so, remembers it).
+    pub fn allow(&mut self, what: &'static str, source: IpAddr, now: Instant) -> bool {
+        self.allow_key((what, source_key(source)), now)
+    }
+}
+
+impl<K: Eq + std::hash::Hash> LogGate<K> {
     /// How often one source's line for one limit may be logged.
     pub const EVERY: Duration = Duration::from_secs(60);
     /// Most (limit, source) pairs remembered.
@@ -56,9 +64,8 @@ impl LogGate {
         }
     }
 
-    /// Whether to log `what` for `source` now (and if so, remembers it).
-    pub fn allow(&mut self, what: &'static str, source: IpAddr, now: Instant) -> bool {
-        let key = (what, source_key(source));
+    /// Whether to log the line of `key` now (and if so, remembers it).
+    pub fn allow_key(&mut self, key: K, now: Instant) -> bool {
         if let Some(at) = self.last.get_mut(&key) {
             if now.saturating_duration_since(*at) < Self::EVERY {
                 return false;
@@ -431,7 +438,7 @@ mod tests {
         assert!(g.allow("rate", a, t0 + Duration::from_secs(60)));
         // Past the table's size one line a minute covers every new source.
         let mut g = LogGate::new();
-        for i in 0..LogGate::MAX_SOURCES as u32 {
+        for i in 0..LogGate::<(&str, IpAddr)>::MAX_SOURCES as u32 {
             assert!(g.allow("x", IpAddr::V4((0x0a00_0000 + i).into()), t0));
         }
         assert!(g.allow("x", ip("192.0.2.9"), t0));
