@@ -185,6 +185,17 @@ impl Server {
                 .copied()
                 .collect(),
         );
+        let gateways: Vec<_> = config
+            .gateways
+            .iter()
+            .map(crate::config::GatewaySetConfig::to_core)
+            .collect();
+        // Every gateway member is up until its probes say otherwise.
+        for g in &gateways {
+            for m in &g.members {
+                metrics.set_gateway(&g.name, &m.uri.to_string(), true);
+            }
+        }
         let mut core = Core::new(CoreConfig {
             myself,
             listeners: sip_listeners,
@@ -213,18 +224,8 @@ impl Server {
                 max_transactions: config.limits.max_transactions,
             },
             media: config.media.settings(),
-            gateways: config
-                .gateways
-                .iter()
-                .map(crate::config::GatewaySetConfig::to_core)
-                .collect(),
+            gateways,
         });
-        // Every gateway member is up until its probes say otherwise.
-        for g in &config.gateways {
-            for t in g.to_core().members {
-                metrics.set_gateway(&g.name, &t.uri.to_string(), true);
-            }
-        }
         core.start_probes(std::time::Instant::now());
         let router = plugins.router().map(|slot| {
             tracing::info!(plugin = slot.name(), "SIP requests are routed by plugin");

@@ -510,13 +510,16 @@ fn ask_dns(core: &mut Core, dns: &Arc<Dns>, cell: &Weak<CoreCell>, metrics: &Arc
                 tokio::spawn(async move {
                     // Should this task end before its answers are in, the requests
                     // waiting get a failure instead of waiting for good.
-                    let guard = Abandoned {
+                    let mut guard = Abandoned {
                         dns: &dns,
                         hop: &req.hop,
                         cell: &cell,
+                        armed: true,
                     };
                     let answers = dns.look_up(&req.hop).await;
-                    std::mem::forget(guard);
+                    // Those requests have their answers; later ones for the name are
+                    // another lookup's.
+                    guard.armed = false;
                     if answers
                         .first()
                         .is_some_and(|(_, o)| matches!(o, ResolveOutcome::Failed(_)))
@@ -551,10 +554,15 @@ struct Abandoned<'a> {
     dns: &'a Dns,
     hop: &'a crate::core::resolve::NamedHop,
     cell: &'a Weak<CoreCell>,
+    /// Until the lookup ended.
+    armed: bool,
 }
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let Some(cell) = self.cell.upgrade() else {
             return;
         };
