@@ -31,7 +31,14 @@ impl Peer {
 
     /// On `addr`, answering with `status` (never with `None`).
     pub async fn udp_at(addr: SocketAddr, status: Option<u16>) -> Self {
-        let socket = UdpSocket::bind(addr).await.unwrap();
+        Self::try_udp_at(addr, status)
+            .await
+            .unwrap_or_else(|| panic!("bind {addr}"))
+    }
+
+    /// [`Peer::udp_at`], or `None` when `addr` is taken.
+    pub async fn try_udp_at(addr: SocketAddr, status: Option<u16>) -> Option<Self> {
+        let socket = UdpSocket::bind(addr).await.ok()?;
         let addr = socket.local_addr().unwrap();
         let seen: Arc<Mutex<Seen>> = Arc::default();
         let counts = seen.clone();
@@ -59,7 +66,7 @@ impl Peer {
                 }
             }
         });
-        Self { addr, seen, task }
+        Some(Self { addr, seen, task })
     }
 
     /// Requests of `method` it got.

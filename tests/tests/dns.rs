@@ -11,7 +11,6 @@ use sipwasm_tests::peer::{Peer, eventually};
 use sipwasm_tests::sip::Ua;
 use sipwasm_tests::sipp::{Sipp, SippRun};
 use sipwasm_tests::*;
-use tokio::net::UdpSocket;
 
 /// The server with `[dns]` pointed at `dns`, relaying requests for other domains.
 fn server(dns: &Dnsmasq, extra: &str) -> Server {
@@ -237,26 +236,16 @@ async fn a_name_that_does_not_resolve_is_answered_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_without_sip_records_is_reached_at_its_address_on_5060() {
     // A peer on port 5060 of a loopback address of its own (the first free one).
-    let mut peer = None;
+    let mut free = None;
     for last in 200..=250u8 {
         let addr = std::net::SocketAddr::from(([127, 0, 0, last], 5060));
-        if let Ok(sock) = UdpSocket::bind(addr).await {
-            peer = Some(sock);
+        if let Some(p) = Peer::try_udp_at(addr, Some(200)).await {
+            free = Some(p);
             break;
         }
     }
-    let sock = peer.expect("a free 127.0.0.x:5060");
-    let at = sock.local_addr().unwrap();
-    let answering = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        let (n, from) = sock.recv_from(&mut buf).await.unwrap();
-        let Ok(Message::Request(req)) = sipwasm::sip::parse(&buf[..n]) else {
-            panic!("not a request");
-        };
-        let resp = Response::for_request(&req, 200, Some("peer"));
-        sock.send_to(&resp.to_bytes(), from).await.unwrap();
-        req.method.as_str().to_string()
-    });
+    let peer = free.expect("a free 127.0.0.x:5060");
+    let at = peer.addr;
     let dns = Dnsmasq::start(
         "a.test",
         &[format!("--host-record=pbx.a.test,{}", at.ip())],
@@ -267,7 +256,7 @@ async fn a_name_without_sip_records_is_reached_at_its_address_on_5060() {
     // No NAPTR, no SRV (RFC 3263 4.2): the name's address, UDP, port 5060.
     let (status, _) = message(&mut ua, "sip:x@pbx.a.test").await;
     assert_eq!(status, 200);
-    assert_eq!(within("peer", answering).await.unwrap(), "MESSAGE");
+    assert_eq!(peer.got("MESSAGE"), 1);
     for kind in ["NAPTR", "SRV", "A"] {
         let asked = if kind == "SRV" {
             dns.queries(kind, "_sip._udp.pbx.a.test")
