@@ -8,13 +8,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use tokio::net::UdpSocket;
 
 use crate::process::{free_port, start_sipwasm_config};
-use crate::sipload::{self, SipTarget, Task, ok_for, run_for, run_id, status_of};
+use crate::sipload::{self, SipTarget, Task, ok_for, run_for, run_id, udp_final};
 
 /// Debian's dnsmasq, stopped by its pid when dropped.
 struct Dnsmasq(Child);
@@ -108,26 +108,10 @@ async fn relay(
                      Content-Length: 2\r\n\r\nhi"
                 );
                 let sent = Instant::now();
-                sock.send_to(text.as_bytes(), t.udp).await?;
-                loop {
-                    match tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await {
-                        Ok(Ok((len, _))) => {
-                            let reply = String::from_utf8_lossy(&buf[..len]);
-                            if !reply.contains(&format!("dnsbench-{run}-{i}-{n}")) {
-                                continue;
-                            }
-                            match status_of(&reply) {
-                                Some(100) => continue,
-                                Some(200) => lat.push(sent.elapsed().as_micros() as u32),
-                                _ => errors += 1,
-                            }
-                            break;
-                        }
-                        _ => {
-                            errors += 1;
-                            break;
-                        }
-                    }
+                let marker = format!("dnsbench-{run}-{i}-{n}");
+                match udp_final(&sock, t.udp, &text, &marker, &mut buf).await? {
+                    Some(200) => lat.push(sent.elapsed().as_micros() as u32),
+                    _ => errors += 1,
                 }
             }
             Ok::<_, anyhow::Error>((lat, errors))

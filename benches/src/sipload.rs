@@ -224,7 +224,7 @@ pub(crate) fn run_id() -> String {
     format!("{nanos:x}-{}", RUN.fetch_add(1, Ordering::Relaxed))
 }
 
-pub(crate) fn status_of(text: &str) -> Option<u16> {
+fn status_of(text: &str) -> Option<u16> {
     text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
 }
 
@@ -320,34 +320,45 @@ pub(crate) async fn register_udp(
                 cseq += 1;
                 let text = register_text("UDP", &host, &user, &call_id, cseq);
                 let sent = Instant::now();
-                sock.send_to(text.as_bytes(), t.udp).await?;
-                // A lost datagram would stall this client: give up on it after 1 s.
-                loop {
-                    match tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf))
-                        .await
-                    {
-                        Ok(Ok((n, _))) => {
-                            let reply = String::from_utf8_lossy(&buf[..n]);
-                            if !reply.contains(&format!("CSeq: {cseq} REGISTER")) {
-                                continue;
-                            }
-                            match status_of(&reply) {
-                                Some(200) => lat.push(sent.elapsed().as_micros() as u32),
-                                _ => errors += 1,
-                            }
-                            break;
-                        }
-                        _ => {
-                            errors += 1;
-                            break;
-                        }
-                    }
+                let marker = format!("CSeq: {cseq} REGISTER");
+                match udp_final(&sock, t.udp, &text, &marker, &mut buf).await? {
+                    Some(200) => lat.push(sent.elapsed().as_micros() as u32),
+                    _ => errors += 1,
                 }
             }
             Ok::<_, anyhow::Error>((lat, errors))
         }));
     }
     run_for(t, tasks, gate, stop, seconds).await
+}
+
+/// Sends `text` from `sock` to `to` and waits for its final response: the first
+/// datagram holding `marker` that is not provisional. Its status; `None` when it is
+/// unreadable or none came within 1 s of the last datagram (a lost datagram would stall
+/// the client).
+pub(crate) async fn udp_final(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    text: &str,
+    marker: &str,
+    buf: &mut [u8],
+) -> anyhow::Result<Option<u16>> {
+    sock.send_to(text.as_bytes(), to).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), sock.recv_from(buf)).await {
+            Ok(Ok((n, _))) => {
+                let reply = String::from_utf8_lossy(&buf[..n]);
+                if !reply.contains(marker) {
+                    continue;
+                }
+                match status_of(&reply) {
+                    Some(s) if s < 200 => continue,
+                    status => return Ok(status),
+                }
+            }
+            _ => return Ok(None),
+        }
+    }
 }
 
 /// MESSAGE from `pairs` sender connections to as many registered receiver connections.
