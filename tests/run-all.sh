@@ -27,6 +27,9 @@ command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
 # dnsmasq (Debian's dnsmasq-base) serves the NAPTR, SRV and A records the DNS tests
 # resolve next hops by, on a free loopback port.
 [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+# Redis (Debian's redis-server 7.0) is the shared location store of the cluster tests,
+# started by them on a free loopback port with persistence off.
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"

@@ -23,6 +23,7 @@ pub(crate) fn bench_core() -> anyhow::Result<(sipwasm::core::Core, SocketAddr)> 
         limits: sipwasm::core::CoreLimits::default(),
         media: sipwasm::media::Settings::default(),
         gateways: Vec::new(),
+        cluster: None,
     });
     Ok((core, udp))
 }

@@ -182,6 +182,7 @@ impl Server {
             sip.trusted_peers
                 .iter()
                 .chain(&config.limits.exempt)
+                .chain(config.cluster.iter().flat_map(|c| &c.peers))
                 .copied()
                 .collect(),
         );
@@ -219,12 +220,24 @@ impl Server {
                     == crate::config::PathPolicy::Store,
             },
             relay: sip.relay,
-            trusted: crate::core::peers::TrustedPeers::new(sip.trusted_peers.clone()),
+            trusted: crate::core::peers::TrustedPeers::new(
+                sip.trusted_peers
+                    .iter()
+                    .chain(config.cluster.iter().flat_map(|c| &c.peers))
+                    .copied()
+                    .collect(),
+            ),
             limits: CoreLimits {
                 max_transactions: config.limits.max_transactions,
             },
             media: config.media.settings(),
             gateways,
+            cluster: config
+                .cluster
+                .as_ref()
+                .map(|c| crate::core::cluster::ClusterSettings {
+                    route_host: c.route_host(),
+                }),
         });
         core.start_probes(std::time::Instant::now());
         let router = plugins.router().map(|slot| {
@@ -259,6 +272,11 @@ impl Server {
             Some(Arc::new(engines))
         };
         let dns = Arc::new(crate::dns::Dns::new(&config.dns));
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(crate::cluster::Cluster::new)
+            .transpose()?;
         let tls_client = crate::transport::tls::client_config(&config.tls_client)?;
         let (closed_tx, closed_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -298,12 +316,34 @@ impl Server {
             ),
             server_header: config.server.server_header.clone(),
             flows,
-            core: CoreCell::new(core, store, router, outlet, media.clone(), dns.clone()),
+            core: CoreCell::new(
+                core,
+                store,
+                router,
+                outlet,
+                media.clone(),
+                dns.clone(),
+                cluster.clone(),
+            ),
             nonce: NonceKey::new(secret),
             metrics,
             shutdown: shutdown_rx,
             grace: config.server.shutdown_grace,
         });
+        if let Some(c) = &cluster {
+            plugins.registrar_view().attach_cluster(c.clone());
+            // The store's news (eviction, data lost) for the core, in order.
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+            c.start(tx);
+            let cell = Arc::downgrade(&shared.core);
+            tokio::spawn(async move {
+                while let Some(input) = rx.recv().await {
+                    let Some(cell) = cell.upgrade() else { return };
+                    cell.submit(input, None).await;
+                }
+            });
+            tracing::info!(node = c.node(), "cluster: location shared on Redis");
+        }
         if restored > 0 {
             tracing::info!(
                 bindings = restored,

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::sip::{SDP, Ua};
 use crate::{Server, within};
+use sipwasm::sip::message::Request;
 
 /// Which browser stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +34,7 @@ pub struct Agent {
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn ws_url(server: &Server) -> String {
-    format!("ws://127.0.0.1:{}", server.ws.port())
+    format!("ws://{}", server.ws)
 }
 
 fn js_dir() -> PathBuf {
@@ -199,4 +201,63 @@ impl Agent {
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// A call from `caller` to `callee`, answered; one of them hangs up after the ACK.
+pub async fn browser_call(caller: &mut Agent, callee: &mut Agent, callee_hangs_up: bool) {
+    caller
+        .cmd(json!({"cmd": "call", "target": callee.user}))
+        .await;
+    callee.expect("incoming").await;
+    callee.cmd(json!({"cmd": "answer"})).await;
+    caller.expect("accepted").await;
+    callee.expect("accepted").await;
+    // Let the ACK get through before hanging up.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (hanger, other) = if callee_hangs_up {
+        (callee, caller)
+    } else {
+        (caller, callee)
+    };
+    hanger.cmd(json!({"cmd": "hangup"})).await;
+    other.expect("ended").await;
+    hanger.expect("ended").await;
+}
+
+/// The browser calls the phone, which rings, answers and hangs up; returns the
+/// INVITE as the phone got it.
+pub async fn browser_calls_phone(browser: &mut Agent, phone: &mut Ua) -> Request {
+    browser
+        .cmd(json!({"cmd": "call", "target": phone.user}))
+        .await;
+    let inv = phone.recv_request("INVITE").await;
+    phone.send(&phone.response(&inv, 180, "", "")).await;
+    assert_eq!(browser.expect("progress").await["status"], 180);
+    phone.send(&phone.response(&inv, 200, "", SDP)).await;
+    browser.expect("accepted").await;
+    phone.recv_request("ACK").await;
+    let mut d = phone.dialog_as_callee(&inv);
+    let bye = phone.in_dialog(&mut d, "BYE", None);
+    phone.send(&bye).await;
+    assert_eq!(phone.recv_final().await.status, 200);
+    browser.expect("ended").await;
+    inv
+}
+
+/// The phone calls the browser, which answers and hangs up.
+pub async fn phone_calls_browser(phone: &mut Ua, browser: &mut Agent) {
+    let (invite, dialog) = phone.request("INVITE", &browser.user, "", SDP);
+    phone.send(&invite).await;
+    browser.expect("incoming").await;
+    browser.cmd(json!({"cmd": "answer"})).await;
+    let ok = phone.recv_status(200).await;
+    let mut d = phone.dialog_as_caller(dialog, &ok);
+    let ack = phone.in_dialog(&mut d, "ACK", Some(1));
+    phone.send(&ack).await;
+    browser.expect("accepted").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    browser.cmd(json!({"cmd": "hangup"})).await;
+    let bye = phone.recv_request("BYE").await;
+    phone.send(&phone.response(&bye, 200, "", "")).await;
+    browser.expect("ended").await;
 }

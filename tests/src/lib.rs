@@ -162,12 +162,17 @@ path = "{plugins}/welcome.wasm"
 /// Collects what `child` writes on its (piped) stderr, line by line, up to 4 MB, on a
 /// thread of its own: the logs of a helper daemon a test started.
 pub fn capture_stderr(child: &mut std::process::Child) -> Arc<Mutex<String>> {
+    capture_lines(child.stderr.take().expect("stderr piped"))
+}
+
+/// Collects what `from` yields, line by line, up to 4 MB, on a thread of its own (a
+/// daemon's piped stdout or stderr).
+pub fn capture_lines(from: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
     let logs = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().expect("stderr piped");
     let sink = logs.clone();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines() {
+        for line in std::io::BufReader::new(from).lines() {
             let Ok(line) = line else { break };
             let mut l = sink.lock().unwrap();
             if l.len() < 4 << 20 {
@@ -227,14 +232,15 @@ impl Server {
     /// `{admin}`, `{sip}`, `{tls}` become free ports, `{plugins}` the directory of the Rust plugins,
     /// `{foreign}` that of the JavaScript and Python ones, and `{data}` a
     /// fresh data directory. Returns once every listener is up.
-    fn start_once(template: &str) -> Self {
+    fn start_once(template: &str, ip: [u8; 4]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
-        let text = fill_template(template, &ports, data_dir.path());
+        let ip_text = std::net::Ipv4Addr::from(ip).to_string();
+        let text = fill_template(template, &ports, data_dir.path()).replace("{ip}", &ip_text);
         let config_path = data_dir.path().join("sipwasm.toml");
         std::fs::write(&config_path, &text).unwrap();
         let listeners = text.matches("[[listen]]").count();
-        let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+        let addr = |i: usize| SocketAddr::from((ip, ports[i]));
         let mut server = Self {
             child: None,
             ws: addr(0),
@@ -261,8 +267,14 @@ impl Server {
     /// Starts the server, picking new ports and retrying when one was taken between
     /// choosing it and binding it.
     pub fn start(template: &str) -> Self {
+        Self::start_at([127, 0, 0, 1], template)
+    }
+
+    /// [`Server::start`] with its listeners on another loopback address: `{ip}` in
+    /// `template` becomes it, and the server's addresses name it.
+    pub fn start_at(ip: [u8; 4], template: &str) -> Self {
         for _ in 0..4 {
-            match std::panic::catch_unwind(|| Self::start_once(template)) {
+            match std::panic::catch_unwind(|| Self::start_once(template, ip)) {
                 Ok(s) => return s,
                 Err(e) => {
                     let text = e.downcast_ref::<String>().cloned().unwrap_or_default();
@@ -272,7 +284,7 @@ impl Server {
                 }
             }
         }
-        Self::start_once(template)
+        Self::start_once(template, ip)
     }
 
     /// Starts the process with the stored configuration and waits until it listens.
@@ -899,6 +911,7 @@ pub mod js;
 pub mod linphone;
 pub mod peer;
 pub mod phone;
+pub mod redis;
 pub mod rtpengine;
 pub mod sip;
 pub mod sipp;

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use sipwasm::sip::headers::HeaderName;
-use sipwasm_tests::js::{Agent, Lib};
+use sipwasm_tests::js::{Agent, Lib, browser_call, browser_calls_phone, phone_calls_browser};
 use sipwasm_tests::sip::{SDP, Ua};
 use sipwasm_tests::*;
 
@@ -38,26 +38,6 @@ async fn jssip_and_sipjs_register_and_exchange_messages() {
     assert_eq!(alice.expect("message_failed").await["status"], 480);
 }
 
-async fn browser_call(caller: &mut Agent, callee: &mut Agent, callee_hangs_up: bool) {
-    caller
-        .cmd(json!({"cmd": "call", "target": callee.user}))
-        .await;
-    callee.expect("incoming").await;
-    callee.cmd(json!({"cmd": "answer"})).await;
-    caller.expect("accepted").await;
-    callee.expect("accepted").await;
-    // Let the ACK get through before hanging up.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let (hanger, other) = if callee_hangs_up {
-        (callee, caller)
-    } else {
-        (caller, callee)
-    };
-    hanger.cmd(json!({"cmd": "hangup"})).await;
-    other.expect("ended").await;
-    hanger.expect("ended").await;
-}
-
 #[tokio::test]
 async fn calls_between_jssip_and_sipjs_each_side_hanging_up() {
     let s = Server::standard("");
@@ -79,38 +59,9 @@ async fn jssip_calls_a_udp_phone_and_the_phone_calls_back() {
     let mut phone = Ua::udp(&s, "deskphone").await;
     assert_eq!(phone.register(600).await.status, 200);
 
-    // Browser → phone, the phone hangs up.
-    browser
-        .cmd(json!({"cmd": "call", "target": "deskphone"}))
-        .await;
-    let inv = phone.recv_request("INVITE").await;
+    let inv = browser_calls_phone(&mut browser, &mut phone).await;
     assert_eq!(inv.headers.values(&HeaderName::RecordRoute).count(), 2);
-    phone.send(&phone.response(&inv, 180, "", "")).await;
-    assert_eq!(browser.expect("progress").await["status"], 180);
-    phone.send(&phone.response(&inv, 200, "", SDP)).await;
-    browser.expect("accepted").await;
-    phone.recv_request("ACK").await;
-    let mut d = phone.dialog_as_callee(&inv);
-    let bye = phone.in_dialog(&mut d, "BYE", None);
-    phone.send(&bye).await;
-    assert_eq!(phone.recv_final().await.status, 200);
-    browser.expect("ended").await;
-
-    // Phone → browser, the browser hangs up.
-    let (invite, dialog) = phone.request("INVITE", "webuser", "", SDP);
-    phone.send(&invite).await;
-    browser.expect("incoming").await;
-    browser.cmd(json!({"cmd": "answer"})).await;
-    let ok = phone.recv_status(200).await;
-    let mut d = phone.dialog_as_caller(dialog, &ok);
-    let ack = phone.in_dialog(&mut d, "ACK", Some(1));
-    phone.send(&ack).await;
-    browser.expect("accepted").await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    browser.cmd(json!({"cmd": "hangup"})).await;
-    let bye = phone.recv_request("BYE").await;
-    phone.send(&phone.response(&bye, 200, "", "")).await;
-    browser.expect("ended").await;
+    phone_calls_browser(&mut phone, &mut browser).await;
 }
 
 #[tokio::test]

@@ -160,6 +160,7 @@ fuzz_target!(|data: &[u8]| {
                 ..Settings::default()
             },
             gateways: Vec::new(),
+            cluster: None,
         }),
         now: Instant::now(),
     };

@@ -16,12 +16,14 @@ use serde::Deserialize;
 use crate::core::peers::Cidr;
 
 mod allowed_host;
+mod cluster;
 mod dns;
 mod gateways;
 mod media;
 mod validate;
 
 pub use self::allowed_host::AllowedHost;
+pub use self::cluster::ClusterConfig;
 pub use self::dns::{DnsConfig, TlsClientConfig};
 pub(crate) use self::gateways::name_is_valid as gateway_name_is_valid;
 pub use self::gateways::{GatewayAlgorithm, GatewaySetConfig, GatewayTarget};
@@ -91,6 +93,10 @@ pub struct Config {
     /// Gateway sets routing plugins relay to by name (`relay("gw:NAME")`).
     #[serde(default)]
     pub gateways: Vec<GatewaySetConfig>,
+    /// Several nodes sharing one location service on Redis; one node alone when
+    /// absent.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[users]`: the user store.
@@ -1158,6 +1164,49 @@ plugin = "p"
 [plugins.p]
 path = "p.wasm"
 "#;
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        let base =
+            format!("{MINIMAL}\n[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.2:5060\"\n");
+        let cluster = |body: &str| {
+            format!(
+                "{base}[cluster]\nnode-id = \"a\"\nredis = \"redis://10.0.0.9:6379\"\n\
+                 address = \"127.0.0.2:5060\"\npeers = [\"127.0.0.0/8\"]\n{body}"
+            )
+        };
+        let c = parse(&cluster("")).unwrap();
+        let k = c.cluster.unwrap();
+        assert_eq!(k.route_host(), "127.0.0.2:5060;transport=tcp");
+        assert_eq!(
+            (k.heartbeat, k.dead_after),
+            (Duration::from_secs(1), Duration::from_secs(3))
+        );
+        for (body, key) in [
+            ("transport = \"udp\"\n", "cluster.address"),
+            ("dead-after = \"1s\"\n", "cluster.dead-after"),
+            ("heartbeat = \"10ms\"\n", "cluster.heartbeat"),
+            ("timeout = \"1h\"\n", "cluster.timeout"),
+            ("transport = \"ws\"\n", "cluster.transport"),
+        ] {
+            let e = parse(&cluster(body)).unwrap_err();
+            assert_eq!(e.key, key, "{body}: {e}");
+        }
+        let e = parse(&cluster("").replace("node-id = \"a\"", "node-id = \"a b\"")).unwrap_err();
+        assert_eq!(e.key, "cluster.node-id");
+        let e = parse(&cluster("").replace("redis://10.0.0.9:6379", "10.0.0.9:6379")).unwrap_err();
+        assert_eq!(e.key, "cluster.redis");
+        let e = parse(&cluster("").replace("[\"127.0.0.0/8\"]", "[]")).unwrap_err();
+        assert_eq!(e.key, "cluster.peers");
+        let e = parse(&cluster("").replace(
+            "address = \"127.0.0.2:5060\"\npeers",
+            "address = \"127.0.0.2:5070\"\npeers",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "cluster.address");
+        let e = parse(&cluster("colour = 1\n")).unwrap_err();
+        assert_eq!(e.key, "cluster.colour");
+    }
 
     #[test]
     fn embedded_default_is_valid() {

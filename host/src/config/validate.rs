@@ -22,6 +22,9 @@ impl Config {
         self.dns.check()?;
         self.tls_client.check()?;
         self.check_gateways()?;
+        if let Some(c) = &self.cluster {
+            c.check(&self.listen)?;
+        }
         self.check_keys()?;
         Ok(())
     }

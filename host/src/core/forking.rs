@@ -366,11 +366,16 @@ impl Core {
     pub(super) fn on_branch_failed(&mut self, now: Instant, ctx_id: u64, idx: usize, flow: bool) {
         // A target of a name is no flow of anyone's: unreachable is 503 there (RFC
         // 3261 16.9), which moves on to the next target, or ends as 500.
-        let named = self
-            .ctxs
-            .get(&ctx_id)
-            .is_some_and(|c| c.branches[idx].failover != Failover::Flows);
-        let status = if flow && !named { 430 } else { 503 };
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        let named = ctx.branches[idx].failover != Failover::Flows;
+        // A registered user's binding that cannot be reached, on a flow or through
+        // the node of the cluster holding it (its connection refused): that flow
+        // failed (RFC 5626 section 7), and the user is unavailable (480) when it
+        // was the last.
+        let user = self.is_local_uri(&ctx.template.uri);
+        let status = if (flow || user) && !named { 430 } else { 503 };
         self.on_branch_failed_with(now, ctx_id, idx, status);
     }
 

@@ -25,15 +25,25 @@ pub enum Reach {
         /// The registering client's source address.
         remote: SocketAddr,
     },
+    /// Through another node of the cluster, which holds its flow: by the binding's
+    /// first Path entry, that node's route to it ([`super::cluster`]).
+    Node,
 }
 
 impl Reach {
-    /// The transmit target.
-    pub fn target(&self) -> Target {
+    /// The transmit target; `None` for a binding held by another node (reached by its
+    /// Path).
+    pub fn target(&self) -> Option<Target> {
         match *self {
-            Self::Flow(id) => Target::Flow(id),
-            Self::Udp { local, remote } => Target::Udp { local, remote },
+            Self::Flow(id) => Some(Target::Flow(id)),
+            Self::Udp { local, remote } => Some(Target::Udp { local, remote }),
+            Self::Node => None,
         }
+    }
+
+    /// Whether this node holds the binding (its flow or its UDP address).
+    pub fn is_local(&self) -> bool {
+        !matches!(self, Self::Node)
     }
 }
 
@@ -89,7 +99,7 @@ impl Binding {
     pub fn on_flow(&self) -> Option<FlowId> {
         match self.reach {
             Reach::Flow(id) => Some(id),
-            Reach::Udp { .. } => None,
+            Reach::Udp { .. } | Reach::Node => None,
         }
     }
 }
@@ -110,6 +120,9 @@ pub struct Location {
     /// How many bindings are reached by datagram at each address.
     by_udp: HashMap<std::net::SocketAddr, usize>,
     next_id: u64,
+    /// Bindings counted in [`Location::len`] beyond those held: the rest of the
+    /// registrar, for a copy of one AoR's bindings ([`Location::scratch`]).
+    elsewhere: usize,
 }
 
 impl Location {
@@ -136,6 +149,32 @@ impl Location {
         large |= self.aor_of.shrink();
         large |= shrink_map(&mut self.by_udp);
         large
+    }
+
+    /// A copy of `aor`'s bindings with `remote` (held by other nodes of the cluster)
+    /// added, for the registrar to decide a REGISTER on before anything is written:
+    /// it counts the rest of this registrar in [`Location::len`], and its new
+    /// bindings' ids come after every id given so far.
+    pub fn scratch(&self, aor: &str, remote: Vec<Binding>) -> Self {
+        let mut copy = Self {
+            next_id: self.next_id,
+            elsewhere: self.len() - self.lookup(aor).len(),
+            ..Self::default()
+        };
+        for b in self.lookup(aor) {
+            copy.upsert(b.clone());
+        }
+        for mut b in remote {
+            b.id = copy.next_id();
+            b.aor = aor.to_string();
+            copy.upsert(b);
+        }
+        copy
+    }
+
+    /// Whether `aor` has a binding with id `id`.
+    pub fn has(&self, aor: &str, id: u64) -> bool {
+        self.lookup(aor).iter().any(|b| b.id == id)
     }
 
     /// A fresh binding id.
@@ -293,7 +332,7 @@ impl Location {
 
     /// Number of bindings.
     pub fn len(&self) -> usize {
-        self.aor_of.len()
+        self.aor_of.len() + self.elsewhere
     }
 
     /// Whether there are none.

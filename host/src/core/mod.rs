@@ -10,6 +10,7 @@
 //! with flow tokens (RFC 5626) so in-dialog requests reach browser connections,
 //! CANCEL, best-response selection, loop detection.
 
+pub mod cluster;
 pub mod flowtoken;
 mod forking;
 pub mod gateways;
@@ -213,6 +214,22 @@ pub enum Input {
     },
     /// The media engines' weights, 0 for those down ([`Core::set_media_engines`]).
     MediaEngines(Vec<u32>),
+    /// The shared store's answer to an ask of [`Core::poll_cluster`].
+    Cluster {
+        /// The ask's id ([`cluster::ClusterRequest::id`]).
+        id: u64,
+        /// The answer.
+        answer: cluster::ClusterAnswer,
+    },
+    /// Another node of the cluster replaced or removed a binding of this node.
+    ClusterEvicted {
+        /// Its address-of-record.
+        aor: String,
+        /// Its store key ([`cluster::store_key`]).
+        key: String,
+    },
+    /// The shared store lost its data: this node's bindings are written again.
+    ClusterRepublish,
     /// What a name the core asked for resolved to ([`Core::poll_resolve`]).
     Resolved {
         /// The request's id ([`resolve::ResolveRequest::id`]).
@@ -237,6 +254,8 @@ pub struct CoreStats {
     pub routing: usize,
     /// Messages waiting for a media engine's SDP.
     pub media_waiting: usize,
+    /// Requests waiting for the cluster's shared store.
+    pub cluster_waiting: usize,
     /// Timers armed: transaction timers, and the registration expiry sweep while
     /// there are bindings.
     pub timers: usize,
@@ -470,6 +489,8 @@ pub struct CoreConfig {
     pub media: crate::media::Settings,
     /// Gateway sets routing plugins relay to by name (`relay("gw:NAME")`).
     pub gateways: Vec<gateways::GatewaySet>,
+    /// Several nodes sharing one location service (`[cluster]`).
+    pub cluster: Option<cluster::ClusterSettings>,
 }
 
 /// The core's share of `[limits]` (`limits.rate` is counted in the shell, before
@@ -583,6 +604,8 @@ pub struct Core {
     probes: HashMap<u64, (usize, usize)>,
     /// Members with a probe in flight (sent, or its name being resolved).
     probing: HashSet<(usize, usize)>,
+    /// Requests waiting for the cluster's shared store, and its asks.
+    cluster: cluster::ClusterState,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
@@ -659,6 +682,7 @@ impl Core {
             gateways,
             probes: HashMap::new(),
             probing: HashSet::new(),
+            cluster: cluster::ClusterState::default(),
         }
     }
 
@@ -794,7 +818,9 @@ impl Core {
             Input::FlowClosed(flow) => {
                 let known = self.flows.remove(&flow);
                 let mut aors = Vec::new();
-                for b in self.location.remove_flow(flow) {
+                let gone = self.location.remove_flow(flow);
+                self.forget_in_cluster(&gone);
+                for b in gone {
                     self.mark_known(&b.aor, now);
                     aors.push(b.aor.clone());
                     self.events.push_back(Event::BindingRemoved(b));
@@ -817,6 +843,9 @@ impl Core {
             Input::Media { id, outcome } => self.on_media(now, id, outcome),
             Input::MediaEngines(weights) => self.set_media_engines(weights),
             Input::Resolved { id, outcome } => self.on_resolved(now, id, outcome),
+            Input::Cluster { id, answer } => self.on_cluster(now, id, answer),
+            Input::ClusterEvicted { aor, key } => self.on_evicted(now, &aor, &key),
+            Input::ClusterRepublish => self.republish(),
         }
     }
 
@@ -841,6 +870,7 @@ impl Core {
             proxied: self.ctxs.len(),
             routing: self.routing.len(),
             media_waiting: self.media_waiting(),
+            cluster_waiting: self.cluster_waiting(),
             timers: self.timers.armed(),
             bindings: self.location.len(),
             aors: self.location.aors(),
@@ -865,7 +895,9 @@ impl Core {
                 TimerRef::Server(id) => self.server_timer(id, now),
                 TimerRef::Client(id) => self.client_timer(id, now),
                 TimerRef::Expiry => {
-                    for b in self.location.expire(now) {
+                    let gone = self.location.expire(now);
+                    self.forget_in_cluster(&gone);
+                    for b in gone {
                         self.touch_known(&b.aor, now);
                         self.events.push_back(Event::BindingRemoved(b));
                     }
@@ -1024,7 +1056,7 @@ impl Core {
             self.send(source.reply_target(), bytes);
             return;
         }
-        if self.routed && !self.in_our_dialog(&req) {
+        if self.routed && !self.in_our_dialog(&req) && !self.sent_by_cluster_node(&source, &req) {
             // Out of dialog: the routing plugin decides first (unless the transaction
             // could not be kept anyway: then the plugin is not asked).
             if !self.room_for_transaction(now, &source, &req) {
@@ -1078,6 +1110,19 @@ impl Core {
                 }
                 self.start_ctx(now, id, source, req, forwarding);
             }
+            proxy::Route::Cluster(wait) => {
+                if !self.room_for_transaction(now, &source, &req) {
+                    return;
+                }
+                let id = self.new_id();
+                let trying =
+                    (req.method == Method::Invite).then(|| self.make_response(&req, 100, &[]));
+                self.servers.insert(id, ServerTx::new(id, key, req, source));
+                if let Some(trying) = trying {
+                    self.respond(id, trying, now);
+                }
+                self.wait_for_cluster(id, wait);
+            }
         }
     }
 
@@ -1109,6 +1154,7 @@ impl Core {
             Ok(proxy::Route::Forward(forwarding)) => {
                 self.start_ctx(now, id, source, req, forwarding);
             }
+            Ok(proxy::Route::Cluster(wait)) => self.wait_for_cluster(id, wait),
             Err(resp) => self.answer_routed(id, resp, now),
         }
     }

@@ -208,6 +208,26 @@ pub(super) enum Route {
     },
     /// Forward statefully.
     Forward(Forwarding),
+    /// Wait for the cluster's shared store (`[cluster]`): the AoR's bindings on
+    /// other nodes.
+    Cluster(Wait),
+}
+
+/// What a request for the store becomes in [`Route::Cluster`] ([`super::cluster`]).
+#[derive(Debug)]
+pub(super) enum Wait {
+    /// A request for a user: its bindings on other nodes are looked up.
+    Call {
+        /// The AoR.
+        aor: String,
+        /// The loop hash.
+        hash: String,
+    },
+    /// A REGISTER (checked as far as it can be without the AoR's bindings).
+    Register {
+        /// The AoR.
+        aor: String,
+    },
 }
 
 /// Where a request is forwarded.
@@ -353,6 +373,9 @@ impl Core {
         // few more are tolerated, but not thousands in one datagram (each pop rewrites
         // the line).
         let mut dialog: Vec<RrEntry> = Vec::new();
+        // Another node of the cluster forwarding to a binding this node holds: the
+        // flow (or UDP address) our route entry names.
+        let mut from_node: Option<RrToken> = None;
         for popped in 0.. {
             let Some(first) = req
                 .headers
@@ -373,11 +396,54 @@ impl Core {
             }
             req.headers.remove_first_value(&HeaderName::Route);
             let sip = na.uri.as_sip().expect("local URIs are SIP URIs");
+            if sip.param("swc").is_some() {
+                let user = sip.user.as_deref().unwrap_or("");
+                let token = match user.get(..2) {
+                    Some("ft") => self.tokens.decode(user).map(RrToken::Flow),
+                    Some("fu") => self.tokens.decode_udp(user).map(RrToken::Udp),
+                    _ => None,
+                };
+                // Only the nodes (trusted peers) route by these, once per request.
+                match token {
+                    Some(t)
+                        if self.clustered() && self.is_trusted(source) && from_node.is_none() =>
+                    {
+                        from_node = Some(t);
+                        continue;
+                    }
+                    _ => return self.forged_route(source, now),
+                }
+            }
             match RrEntry::of(sip, &self.tokens) {
                 Ok(Some(entry)) => dialog.push(entry),
                 Ok(None) => {}
                 Err(()) => return self.forged_route(source, now),
             }
+        }
+        if dialog.is_empty()
+            && let Some(token) = from_node
+        {
+            let uri = req.uri.clone();
+            let to = |target, transport| {
+                Route::to(
+                    Next::At(Candidate {
+                        uri,
+                        target,
+                        transport,
+                        path: vec![],
+                    }),
+                    hash,
+                )
+            };
+            if let RrToken::Connect(..) = token {
+                return self.forged_route(source, now);
+            }
+            // The flow gone: 430, and the node that asked tries the AoR's other
+            // bindings (RFC 5626 section 5.3).
+            return match self.token_destination(token) {
+                Ok((target, transport)) => to(target, transport),
+                Err(status) => Route::answer(status, vec![]),
+            };
         }
         // The last entry of ours faces where the request goes: its token is the
         // destination, whatever the Request-URI says (an in-dialog request reaches the
@@ -432,28 +498,9 @@ impl Core {
                     failover: Failover::Flows,
                 })
             };
-            return match dest.token {
-                RrToken::Flow(flow) => match self.flows.get(&flow) {
-                    Some(&(transport, _, _)) => candidate(Target::Flow(flow), transport),
-                    None => Route::answer(430, vec![]),
-                },
-                RrToken::Udp(remote) => match self.listener(Transport::Udp, remote.is_ipv4()) {
-                    Some(local) => candidate(Target::Udp { local, remote }, Transport::Udp),
-                    None => Route::answer(500, vec![]),
-                },
-                RrToken::Connect(transport, remote, name) => {
-                    match self.listener(transport, remote.is_ipv4()) {
-                        Some(_) => candidate(
-                            Target::Connect {
-                                transport,
-                                remote,
-                                name,
-                            },
-                            transport,
-                        ),
-                        None => Route::answer(500, vec![]),
-                    }
-                }
+            return match self.token_destination(dest.token) {
+                Ok((target, transport)) => candidate(target, transport),
+                Err(status) => Route::answer(status, vec![]),
             };
         }
         // Out of any dialog of ours, only the operator's trusted peers (or a server set
@@ -564,7 +611,8 @@ impl Core {
         }
     }
 
-    /// Requests whose Request-URI is ours: the registrar, OPTIONS, or a user.
+    /// Requests whose Request-URI is ours: the registrar, OPTIONS, or a user. In a
+    /// cluster, a user's bindings on other nodes are looked up first.
     fn local_request(
         &mut self,
         now: Instant,
@@ -572,10 +620,30 @@ impl Core {
         req: &Request,
         hash: String,
     ) -> Route {
-        let uri = req.uri.as_sip().expect("local URIs are SIP URIs");
         if req.method == Method::Register {
             return self.register(now, source, req);
         }
+        if self.clustered()
+            && req.uri.as_sip().is_some_and(|u| u.user.is_some())
+            && let Some(aor) = aor_of(&req.uri)
+        {
+            return Route::Cluster(Wait::Call { aor, hash });
+        }
+        self.local_request_with(now, req, hash, &[], false)
+    }
+
+    /// [`Core::local_request`] with the bindings other nodes of the cluster hold
+    /// (`remote`), and whether the store knew the AoR at all (`known`: 480 rather
+    /// than 404 when no binding is left).
+    pub(super) fn local_request_with(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        hash: String,
+        remote: &[Binding],
+        known_elsewhere: bool,
+    ) -> Route {
+        let uri = req.uri.as_sip().expect("local URIs are SIP URIs");
         if uri.user.is_none() {
             return match req.method {
                 Method::Options => Route::answer(
@@ -610,22 +678,22 @@ impl Core {
             let Some(aor) = aor_of(&req.uri) else {
                 return Route::answer(404, vec![]);
             };
-            let all = self.location.lookup(&aor);
+            let all = self.location.lookup(&aor).iter().chain(remote);
             match uri.param("gr") {
                 Some(Some(instance)) => all
-                    .iter()
                     .filter(|b| b.instance.as_deref() == Some(instance))
                     .cloned()
                     .collect(),
-                _ => all.to_vec(),
+                _ => all.cloned().collect(),
             }
         };
         if bindings.is_empty() {
-            let known = aor_of(&req.uri).is_some_and(|a| {
-                self.known_aors
-                    .get(&a)
-                    .is_some_and(|t| now.saturating_duration_since(*t) < super::KNOWN_FOR)
-            });
+            let known = known_elsewhere
+                || aor_of(&req.uri).is_some_and(|a| {
+                    self.known_aors
+                        .get(&a)
+                        .is_some_and(|t| now.saturating_duration_since(*t) < super::KNOWN_FOR)
+                });
             return Route::answer(if known { 480 } else { 404 }, vec![]);
         }
         let mut groups = group_by_instance(bindings);
@@ -647,15 +715,15 @@ impl Core {
                     // send to falls back to where the REGISTER came from; so does one
                     // naming us, which would loop). A binding on a connection stays on
                     // it: the edge opened it to be reused.
-                    if let super::location::Reach::Udp { .. } = b.reach
-                        && let Some(c) = b
-                            .path
-                            .first()
-                            .and_then(|p| NameAddr::parse(p).ok())
-                            .filter(|p| !self.is_local_uri(&p.uri))
-                            .and_then(|p| {
-                                self.candidate_for(&p.uri, uri.clone(), b.path.clone()).ok()
-                            })
+                    if matches!(
+                        b.reach,
+                        super::location::Reach::Udp { .. } | super::location::Reach::Node
+                    ) && let Some(c) = b
+                        .path
+                        .first()
+                        .and_then(|p| NameAddr::parse(p).ok())
+                        .filter(|p| !self.is_local_uri(&p.uri))
+                        .and_then(|p| self.candidate_for(&p.uri, uri.clone(), b.path.clone()).ok())
                     {
                         return Some(c);
                     }
@@ -666,10 +734,12 @@ impl Core {
                             .map(|(t, _, _)| *t)
                             .unwrap_or(b.transport),
                         super::location::Reach::Udp { .. } => Transport::Udp,
+                        // Its node's route did not lead anywhere.
+                        super::location::Reach::Node => return None,
                     };
                     Some(Next::At(Candidate {
                         uri,
-                        target: b.reach.target(),
+                        target: b.reach.target()?,
                         transport,
                         path: b.path.clone(),
                     }))
@@ -758,6 +828,11 @@ impl Core {
                 vec![(HeaderName::RetryAfter, super::OVERLOAD_RETRY.to_string())],
             );
         }
+        if self.clustered()
+            && let Some(aor) = aor_of(&to.uri)
+        {
+            return Route::Cluster(Wait::Register { aor });
+        }
         let mut changes = Vec::with_capacity(2);
         let outcome = registrar::register(
             &mut self.location,
@@ -771,6 +846,19 @@ impl Core {
             &self.gruus,
             &mut changes,
         );
+        self.registered(now, source, req, outcome, changes)
+    }
+
+    /// The answer to a REGISTER the registrar decided (`outcome`), after what it
+    /// changed (`changes`, already applied) is told.
+    pub(super) fn registered(
+        &mut self,
+        now: Instant,
+        source: &Source,
+        req: &Request,
+        outcome: registrar::Outcome,
+        changes: Vec<Change>,
+    ) -> Route {
         for c in changes {
             match c {
                 // An AoR is remembered once its client refreshes or removes a
@@ -798,10 +886,11 @@ impl Core {
         if outcome.status == 200 && !self.date.is_empty() {
             headers.push((HeaderName::Date, self.date.clone()));
         }
-        if let Some(remote) = udp_remote
-            && !self.udp_proven(remote, now)
+        if source.flow.is_none()
+            && !self.udp_proven(source.remote, now)
+            && let Ok(to) = req.get_to()
         {
-            self.bound_answer(req, remote, &to, &mut headers);
+            self.bound_answer(req, source.remote, &to, &mut headers);
         }
         Route::Answer {
             status: outcome.status,
@@ -877,6 +966,52 @@ impl Core {
         if left_out && size + line(&note) <= budget {
             headers.push(note);
         }
+    }
+
+    /// Where a token of one of our route entries sends a request: its flow (430 when
+    /// it is gone), or its address from our listener of its transport (500 when
+    /// there is none).
+    fn token_destination(&self, token: RrToken) -> Result<(Target, Transport), u16> {
+        match token {
+            RrToken::Flow(flow) => match self.flows.get(&flow) {
+                Some(&(transport, _, _)) => Ok((Target::Flow(flow), transport)),
+                None => Err(430),
+            },
+            RrToken::Udp(remote) => match self.listener(Transport::Udp, remote.is_ipv4()) {
+                Some(local) => Ok((Target::Udp { local, remote }, Transport::Udp)),
+                None => Err(500),
+            },
+            RrToken::Connect(transport, remote, name) => {
+                match self.listener(transport, remote.is_ipv4()) {
+                    Some(_) => Ok((
+                        Target::Connect {
+                            transport,
+                            remote,
+                            name,
+                        },
+                        transport,
+                    )),
+                    None => Err(500),
+                }
+            }
+        }
+    }
+
+    /// Whether `req` comes from another node of the cluster for a binding this node
+    /// holds (its top Route is our cluster route entry): the node it came through
+    /// asked its routing plugin already.
+    pub(super) fn sent_by_cluster_node(&self, source: &Source, req: &Request) -> bool {
+        self.clustered()
+            && self.is_trusted(source)
+            && req
+                .headers
+                .values(&HeaderName::Route)
+                .next()
+                .and_then(|r| NameAddr::parse(r).ok())
+                .is_some_and(|na| {
+                    self.is_local_uri(&na.uri)
+                        && na.uri.as_sip().is_some_and(|u| u.param("swc").is_some())
+                })
     }
 
     /// Whether `source` is one of the operator's trusted peers (`sip.trusted-peers`),

@@ -190,6 +190,7 @@ impl Sim {
                 limits,
                 media,
                 gateways: Vec::new(),
+                cluster: None,
             }),
             now: Instant::now(),
             asked: Vec::new(),
@@ -3563,5 +3564,387 @@ mod gateway_sets {
         );
         let r = response(&out[0].1);
         assert_eq!((r.status, r.reason.as_str()), (500, "No Such Gateway Set"));
+    }
+}
+
+/// The cluster's location service (`[cluster]`), its store answered by the test.
+mod cluster {
+    use super::*;
+    use crate::core::cluster::{ClusterAnswer, ClusterAsk, ClusterRequest, ClusterSettings};
+    use crate::core::location::Reach;
+
+    fn clustered() -> Sim {
+        let mut sim = Sim::new();
+        let mut cfg = sim.core.cfg.clone();
+        cfg.cluster = Some(ClusterSettings {
+            route_host: "127.0.0.1:5060;transport=tcp".into(),
+        });
+        sim.core = Core::new(cfg);
+        sim
+    }
+
+    fn asks(sim: &mut Sim) -> Vec<ClusterRequest> {
+        std::iter::from_fn(|| sim.core.poll_cluster()).collect()
+    }
+
+    fn answer(sim: &mut Sim, id: u64, answer: ClusterAnswer) -> Vec<(Target, Message)> {
+        sim.core.handle(sim.now, Input::Cluster { id, answer });
+        sim.drain()
+    }
+
+    fn register_udp(cseq: u32, expires: u32) -> String {
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKcl{cseq}x{expires};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:pat@localhost>;tag=ru\r\nTo: <sip:pat@localhost>\r\n\
+             Call-ID: reg-pat\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:pat@127.0.0.1:5070>;expires={expires}\r\n\r\n"
+        )
+    }
+
+    /// A binding another node holds: its route first in its Path.
+    fn remote(contact: &str, call_id: &str, cseq: u32, route: &str) -> Binding {
+        let now = Instant::now();
+        Binding {
+            id: 0,
+            aor: "sip:pat@localhost".into(),
+            contact: contact.into(),
+            q: None,
+            expires_at: now + Duration::from_secs(600),
+            updated: now,
+            call_id: call_id.into(),
+            cseq,
+            instance: None,
+            reg_id: None,
+            path: vec![route.into()],
+            params: String::new(),
+            reach: Reach::Node,
+            transport: Transport::Udp,
+            temp_gruu: None,
+            user_agent: None,
+        }
+    }
+
+    #[test]
+    fn a_register_is_decided_on_every_nodes_bindings_and_written_if_nothing_moved() {
+        let mut sim = clustered();
+        assert!(sim.feed(udp_phone(), &register_udp(7, 600)).is_empty());
+        let a = asks(&mut sim);
+        let [
+            ClusterRequest {
+                id,
+                ask: ClusterAsk::Lookup { aor },
+            },
+        ] = &a[..]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(aor, "sip:pat@localhost");
+        assert!(
+            answer(
+                &mut sim,
+                *id,
+                ClusterAnswer::Found {
+                    version: 3,
+                    bindings: vec![],
+                    known: false
+                }
+            )
+            .is_empty()
+        );
+        let a = asks(&mut sim);
+        let [
+            ClusterRequest {
+                id,
+                ask:
+                    ClusterAsk::Commit {
+                        version,
+                        save,
+                        remove,
+                        ..
+                    },
+            },
+        ] = &a[..]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(*version, 3);
+        assert!(remove.is_empty());
+        assert_eq!(save.len(), 1);
+        // The store keeps this node's route to the phone (its address, signed) first.
+        let route = &save[0].path[0];
+        assert!(
+            route.starts_with("<sip:fu")
+                && route.ends_with("@127.0.0.1:5060;transport=tcp;lr;swc>"),
+            "{route}"
+        );
+        // Nothing is bound here until the store took it.
+        assert!(sim.core.bindings("sip:pat@localhost").is_empty());
+        // Another node wrote the AoR meanwhile: decided again, on what it wrote (the
+        // same phone with a later CSeq): 500, and nothing written.
+        let out = answer(&mut sim, *id, ClusterAnswer::Conflict);
+        assert!(out.is_empty());
+        let a = asks(&mut sim);
+        let [
+            ClusterRequest {
+                id,
+                ask: ClusterAsk::Lookup { .. },
+            },
+        ] = &a[..]
+        else {
+            panic!("{a:?}")
+        };
+        let theirs = remote(
+            "sip:pat@127.0.0.1:5070",
+            "reg-pat",
+            9,
+            "<sip:fuX@10.0.0.3:5060;lr;swc>",
+        );
+        let out = answer(
+            &mut sim,
+            *id,
+            ClusterAnswer::Found {
+                version: 4,
+                bindings: vec![theirs],
+                known: true,
+            },
+        );
+        assert_eq!(status(&out[0].1), 500, "{out:?}");
+        assert!(asks(&mut sim).is_empty());
+        assert!(sim.core.bindings("sip:pat@localhost").is_empty());
+
+        // A later CSeq moves the binding here: written with the other node's copy
+        // removed (the store tells that node), then bound here.
+        sim.feed(udp_phone(), &register_udp(10, 600));
+        let id = asks(&mut sim)[0].id;
+        let theirs = remote(
+            "sip:pat@127.0.0.1:5070",
+            "reg-pat",
+            9,
+            "<sip:fuX@10.0.0.3:5060;lr;swc>",
+        );
+        let (id, save) = found_then_commit(&mut sim, id, 4, vec![theirs]);
+        assert_eq!((save.len(), save[0].cseq), (1, 10));
+        let out = answer(&mut sim, id, ClusterAnswer::Committed);
+        assert_eq!(status(&out[0].1), 200);
+        let bound = sim.core.bindings("sip:pat@localhost");
+        assert_eq!(bound.len(), 1);
+        assert!(
+            bound[0].reach.is_local() && bound[0].path.is_empty(),
+            "{bound:?}"
+        );
+    }
+
+    #[test]
+    fn without_the_store_a_register_gets_503_and_registers_for_one_aor_wait_their_turn() {
+        let mut sim = clustered();
+        sim.feed(udp_phone(), &register_udp(1, 600));
+        sim.feed(udp_phone(), &register_udp(2, 600));
+        // One at a time per AoR.
+        let a = asks(&mut sim);
+        assert_eq!(a.len(), 1, "{a:?}");
+        let out = answer(&mut sim, a[0].id, ClusterAnswer::Unavailable);
+        let r = response(&out[0].1);
+        assert_eq!(r.status, 503);
+        let retry: u32 = r
+            .headers
+            .get(&HeaderName::RetryAfter)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((10..=30).contains(&retry), "{retry}");
+        // Then the next one's turn.
+        let a = asks(&mut sim);
+        assert!(
+            matches!(
+                &a[..],
+                [ClusterRequest {
+                    ask: ClusterAsk::Lookup { .. },
+                    ..
+                }]
+            ),
+            "{a:?}"
+        );
+        // A retransmission of a REGISTER waiting is absorbed, not asked again.
+        sim.feed(udp_phone(), &register_udp(2, 600));
+        assert!(asks(&mut sim).is_empty());
+    }
+
+    #[test]
+    fn a_call_for_a_user_on_another_node_goes_there_with_its_route() {
+        let mut sim = clustered();
+        let out = sim.feed(udp_phone(), &invite_from_udp("pat", "cl1"));
+        // 100 Trying while the store is asked.
+        assert_eq!(status(&out[0].1), 100);
+        let a = asks(&mut sim);
+        let [
+            ClusterRequest {
+                id,
+                ask: ClusterAsk::Lookup { aor },
+            },
+        ] = &a[..]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(aor, "sip:pat@localhost");
+        let route = "<sip:ftABC@127.0.0.9:5070;transport=tcp;lr;swc>";
+        let theirs = remote("sip:pat@x.invalid;transport=ws", "c", 1, route);
+        let out = answer(
+            &mut sim,
+            *id,
+            ClusterAnswer::Found {
+                version: 1,
+                bindings: vec![theirs],
+                known: true,
+            },
+        );
+        let (target, inv) = forwarded(&out);
+        assert_eq!(
+            target,
+            Target::Connect {
+                transport: Transport::Tcp,
+                remote: "127.0.0.9:5070".parse().unwrap(),
+                name: 0,
+            }
+        );
+        assert_eq!(inv.uri.to_string(), "sip:pat@x.invalid;transport=ws");
+        assert_eq!(inv.headers.values(&HeaderName::Route).next(), Some(route));
+        // That node's connection refused: the user is unavailable (480), not 500.
+        sim.core.handle(sim.now, Input::SendFailed(target));
+        let out = sim.drain();
+        let last = out
+            .iter()
+            .rev()
+            .find(|(_, m)| matches!(m, Message::Response(_)))
+            .unwrap();
+        assert_eq!(status(&last.1), 480, "{out:?}");
+
+        // The store unreachable: the user may be elsewhere, 480 (not 404).
+        sim.feed(udp_phone(), &invite_from_udp("pat", "cl2"));
+        let id = asks(&mut sim)[0].id;
+        let out = answer(&mut sim, id, ClusterAnswer::Unavailable);
+        assert_eq!(status(&out[0].1), 480, "{out:?}");
+    }
+
+    #[test]
+    fn a_node_route_delivers_on_the_flow_only_from_a_cluster_peer() {
+        let mut sim = clustered();
+        sim.core.set_routing(false);
+        // A browser registered here; its REGISTER written to the store.
+        sim.feed(browser(4), "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/WS b4.invalid;branch=z9hG4bKr4\r\n\
+            Max-Forwards: 70\r\nFrom: <sip:web@localhost>;tag=r4\r\nTo: <sip:web@localhost>\r\n\
+            Call-ID: reg-web-4\r\nCSeq: 1 REGISTER\r\nContact: <sip:w@b4.invalid;transport=ws>;expires=600\r\n\r\n");
+        let id = asks(&mut sim)[0].id;
+        let (id, save) = found_then_commit(&mut sim, id, 0, vec![]);
+        let route = save[0].path[0].clone();
+        assert_eq!(
+            status(&answer(&mut sim, id, ClusterAnswer::Committed)[0].1),
+            200
+        );
+        let message = |branch: &str| {
+            format!(
+                "MESSAGE sip:w@b4.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK{branch}\r\n\
+                 Route: {route}\r\nMax-Forwards: 69\r\nFrom: <sip:x@localhost>;tag=x\r\nTo: <sip:web@localhost>\r\n\
+                 Call-ID: {branch}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        // From another node (a trusted peer): on the browser's flow, no lookup.
+        let out = sim.feed(edge(), &message("n1"));
+        let (target, m) = forwarded(&out);
+        assert_eq!(target, Target::Flow(4));
+        assert_eq!(m.uri.to_string(), "sip:w@b4.invalid;transport=ws");
+        assert!(asks(&mut sim).is_empty());
+        // From anyone else: refused.
+        let stranger = Source {
+            remote: "192.0.2.7:5060".parse().unwrap(),
+            ..udp_phone()
+        };
+        let out = sim.feed(stranger, &message("n2"));
+        assert_eq!(status(&out[0].1), 403);
+        // The flow gone: 430 to the node, which tries elsewhere; the store is told.
+        sim.core.handle(sim.now, Input::FlowClosed(4));
+        let a = asks(&mut sim);
+        assert!(
+            matches!(
+                &a[..],
+                [ClusterRequest {
+                    id: 0,
+                    ask: ClusterAsk::Forget { .. }
+                }]
+            ),
+            "{a:?}"
+        );
+        let out = sim.feed(edge(), &message("n3"));
+        assert_eq!(status(&out[0].1), 430);
+    }
+
+    /// Answers lookup `id` with `bindings` at `version`; the core's next ask must be
+    /// the commit it decided: its id and the bindings it writes.
+    fn found_then_commit(
+        sim: &mut Sim,
+        id: u64,
+        version: u64,
+        bindings: Vec<Binding>,
+    ) -> (u64, Vec<Binding>) {
+        let known = !bindings.is_empty();
+        let found = ClusterAnswer::Found {
+            version,
+            bindings,
+            known,
+        };
+        assert!(answer(sim, id, found).is_empty());
+        match &asks(sim)[..] {
+            [
+                ClusterRequest {
+                    id,
+                    ask: ClusterAsk::Commit { save, .. },
+                },
+            ] => (*id, save.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The phone's REGISTER with CSeq `cseq`, the store empty and taking it: 200.
+    fn register_here(sim: &mut Sim, cseq: u32) {
+        sim.feed(udp_phone(), &register_udp(cseq, 600));
+        let id = asks(sim)[0].id;
+        let found = ClusterAnswer::Found {
+            version: 0,
+            bindings: vec![],
+            known: false,
+        };
+        answer(sim, id, found);
+        let id = asks(sim)[0].id;
+        let out = answer(sim, id, ClusterAnswer::Committed);
+        assert_eq!(status(&out[0].1), 200, "{out:?}");
+    }
+
+    #[test]
+    fn a_binding_another_node_took_over_is_dropped_here() {
+        let mut sim = clustered();
+        register_here(&mut sim, 1);
+        assert_eq!(sim.core.bindings("sip:pat@localhost").len(), 1);
+        sim.core.handle(
+            sim.now,
+            Input::ClusterEvicted {
+                aor: "sip:pat@localhost".into(),
+                key: "sip:pat@127.0.0.1:5070".into(),
+            },
+        );
+        assert!(sim.core.bindings("sip:pat@localhost").is_empty());
+        // Not told back to the store (it no longer has it as ours).
+        assert!(asks(&mut sim).is_empty());
+        // After the store lost its data, every binding of this node is written again.
+        register_here(&mut sim, 2);
+        sim.core.handle(sim.now, Input::ClusterRepublish);
+        let a = asks(&mut sim);
+        let [
+            ClusterRequest {
+                id: 0,
+                ask: ClusterAsk::Publish { aor, save },
+            },
+        ] = &a[..]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!((aor.as_str(), save.len()), ("sip:pat@localhost", 1));
     }
 }

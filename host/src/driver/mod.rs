@@ -26,6 +26,7 @@ pub(crate) mod outlet;
 use self::flow::FlowInfo;
 use self::media::Engines;
 use self::outlet::Outlet;
+use crate::cluster::Cluster;
 use crate::core::resolve::ResolveOutcome;
 use crate::core::{Core, Event, Input};
 use crate::dns::Dns;
@@ -102,6 +103,8 @@ struct Driven {
     media: Option<Arc<Engines>>,
     /// Resolves the next hops named by a host name.
     dns: Arc<Dns>,
+    /// The cluster's shared location store, when `[cluster]` is set.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// How many of a connection's messages may be in the core at once: half its send
@@ -164,6 +167,7 @@ impl CoreCell {
         outlet: Outlet,
         media: Option<Arc<Engines>>,
         dns: Arc<Dns>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         core.set_routing(router.is_some());
         if let Some(m) = &media {
@@ -188,6 +192,7 @@ impl CoreCell {
                 cell: cell.clone(),
                 media,
                 dns,
+                cluster,
             }),
             deadline: Mutex::new(deadline),
             wake: Notify::new(),
@@ -413,6 +418,9 @@ impl Driven {
             }
         }
         ask_dns(&mut self.core, &self.dns, &self.cell, &outlet.metrics);
+        if let Some(cluster) = &self.cluster {
+            ask_cluster(&mut self.core, cluster, &self.cell);
+        }
         if give_back && batch.capacity() > RUN_BUDGET {
             // The queue's two buffers take turns as the batch: a burst of inputs that
             // grew them past a turn's budget is given back within two minutes.
@@ -546,6 +554,24 @@ fn ask_dns(core: &mut Core, dns: &Arc<Dns>, cell: &Weak<CoreCell>, metrics: &Arc
                 );
             }
         }
+    }
+}
+
+/// Sends the core's asks to the cluster's store, each on a task of its own (bounded
+/// in time by `cluster.timeout`); the answers come back as inputs
+/// ([`Input::Cluster`]). Asks with id 0 want no answer.
+fn ask_cluster(core: &mut Core, cluster: &Arc<Cluster>, cell: &Weak<CoreCell>) {
+    while let Some(req) = core.poll_cluster() {
+        let (cluster, cell) = (cluster.clone(), cell.clone());
+        tokio::spawn(async move {
+            let answer = cluster.answer(req.ask).await;
+            if req.id == 0 {
+                return;
+            }
+            let Some(cell) = cell.upgrade() else { return };
+            cell.submit(Input::Cluster { id: req.id, answer }, None)
+                .await;
+        });
     }
 }
 

@@ -24,6 +24,8 @@ mod generated {
             world: "sip-router",
             path: "../wit",
             exports: { default: async },
+            // In a cluster a lookup asks the shared store.
+            imports: { "sipwasm:plugin/registrar.lookup": async },
             with: {
                 "sipwasm:plugin/host": super::sipwasm::plugin::host,
                 "sipwasm:plugin/types": super::sipwasm::plugin::types,

@@ -347,10 +347,9 @@ impl MediaImports for HostState {
 }
 
 impl RegistrarImports for HostState {
-    fn lookup(&mut self, aor: String) -> Vec<Contact> {
-        self.shared
-            .registrar
-            .lookup(&aor, std::time::Instant::now())
+    /// Asynchronous: in a cluster it asks the store (within `cluster.timeout`).
+    async fn lookup(&mut self, aor: String) -> Vec<Contact> {
+        self.shared.registrar.lookup_everywhere(&aor).await
     }
 }
 

@@ -249,17 +249,23 @@ pub(crate) async fn open_when_asked(
 
 /// Opens a connection for `Target::Connect`, then serves it; reports failure to the core.
 async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr, name: u64) {
+    // Requests sent on the connection and still waiting when it closes will get no
+    // answer on another: they fail now (a peer that died with them in flight), not at
+    // their timeout. Those answered are not touched.
+    let gone = |shared: &Arc<Shared>| {
+        shared.core.submit_now(Input::SendFailed(Target::Connect {
+            transport,
+            remote,
+            name,
+        }));
+    };
     let failed = |shared: &Arc<Shared>| {
         shared
             .core
             .outlet()
             .connector
             .drop_pending((transport, remote, name));
-        shared.core.submit_now(Input::SendFailed(Target::Connect {
-            transport,
-            remote,
-            name,
-        }));
+        gone(shared);
     };
     if !matches!(transport, Transport::Tcp | Transport::Tls) {
         tracing::warn!(%remote, %transport, "outgoing connections are TCP or TLS; message dropped");
@@ -288,7 +294,18 @@ async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr, 
     let id = shared.flows.next_id();
     let _ticket = ticket;
     if transport == Transport::Tcp {
-        return serve_stream(stream, id, transport, local, remote, shared, None, Some(0)).await;
+        serve_stream(
+            stream,
+            id,
+            transport,
+            local,
+            remote,
+            shared.clone(),
+            None,
+            Some(0),
+        )
+        .await;
+        return gone(&shared);
     }
     // TLS: the certificate must be valid for the name the target was resolved from
     // (RFC 5922: the URI's host), or for its address when the URI gave one.
@@ -331,9 +348,10 @@ async fn connect(shared: Arc<Shared>, transport: Transport, remote: SocketAddr, 
         transport,
         local,
         remote,
-        shared,
+        shared.clone(),
         None,
         Some(name),
     )
     .await;
+    gone(&shared);
 }

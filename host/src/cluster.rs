@@ -1,0 +1,688 @@
+//! The cluster's shared location store on Redis: the shell's side of
+//! [`crate::core::cluster`].
+//!
+//! **Model.** Redis 7.0 has no per-field expiry, so each address-of-record is two keys
+//! with one hash tag (one slot in Redis Cluster): `sw:{AOR}:b`, a hash of binding
+//! records (JSON, by [`store_key`]) plus the AoR's version (`#v`), and `sw:{AOR}:x`, a
+//! sorted set of the same keys scored by their expiry (Unix milliseconds). Every script
+//! reads Redis's own clock (`TIME`) and drops the expired entries before it reads or
+//! decides; both keys expire at the latest binding's expiry plus a grace, so an AoR
+//! no one touches again leaves nothing behind. So expiry is exact when read, and
+//! memory is bounded without a sweeper.
+//!
+//! **Liveness.** Each node writes `sw:node:ID` = its boot epoch every
+//! `cluster.heartbeat`, expiring after `cluster.dead-after`, and keeps a map of the
+//! live nodes' epochs (`sw:nodes` lists the node ids). A lookup skips bindings whose
+//! node is not live with the epoch they were written in: a dead node's callers get
+//! 480 at once. The live nodes purge a dead node's bindings (by its index
+//! `sw:node:ID:aors`, one node at a time under a lock). The heartbeat is written with
+//! `SET … GET`: when the previous value is gone although this node wrote it, Redis
+//! lost its data (or this node stalled past `dead-after` and was purged), and the
+//! node writes all its bindings again.
+//!
+//! **Replacement.** A script that overwrites or removes another node's binding
+//! publishes its key on `sw:evict:ID`; that node drops its copy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt as _;
+use redis::AsyncCommands as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::config::ClusterConfig;
+use crate::core::cluster::{ClusterAnswer, ClusterAsk, store_key};
+use crate::core::location::{Binding, Reach};
+use crate::core::{Input, Transport};
+
+/// Drops the AoR's expired bindings, then returns Redis's time (ms) and the hash.
+const LOOKUP: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, k in ipairs(old) do redis.call('HDEL', KEYS[1], k) end
+if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
+return {now, redis.call('HGETALL', KEYS[1])}
+";
+
+/// Writes and removes bindings of one AoR if its version is still `ARGV[1]`, telling
+/// other nodes whose bindings it overwrote or removed; with `-1` (publishing again
+/// after the store lost its data) whatever the version, and never over another node's
+/// binding.
+/// ARGV: version, node, AoR, grace (ms), count of writes, then (key, record, expiry)
+/// per write, then the keys to remove. Returns the new version, or -1.
+const COMMIT: &str = r"
+local v = tonumber(redis.call('HGET', KEYS[1], '#v') or '0')
+if ARGV[1] ~= '-1' and tonumber(ARGV[1]) ~= v then return -1 end
+local function tell(k)
+  local old = redis.call('HGET', KEYS[1], k)
+  if old then
+    local ok, o = pcall(cjson.decode, old)
+    if ok and o.n ~= ARGV[2] then
+      redis.call('PUBLISH', 'sw:evict:' .. o.n, ARGV[3] .. '\n' .. k)
+    end
+  end
+end
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
+  local mine = true
+  if ARGV[1] == '-1' then
+    local old = redis.call('HGET', KEYS[1], ARGV[i])
+    if old then
+      local ok, o = pcall(cjson.decode, old)
+      mine = not ok or o.n == ARGV[2]
+    end
+  else
+    tell(ARGV[i])
+  end
+  if mine then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
+  end
+  i = i + 3
+end
+while i <= #ARGV do
+  tell(ARGV[i])
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  i = i + 1
+end
+redis.call('HSET', KEYS[1], '#v', v + 1)
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #last == 0 then
+  local t = redis.call('TIME')
+  redis.call('PEXPIREAT', KEYS[1], tonumber(t[1]) * 1000 + tonumber(ARGV[4]))
+  return v + 1
+end
+local at = tonumber(last[2]) + tonumber(ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], at)
+redis.call('PEXPIREAT', KEYS[2], at)
+return v + 1
+";
+
+/// Removes bindings of one AoR that node `ARGV[1]` wrote (in epoch `ARGV[2]`, any when
+/// empty): the keys `ARGV[3..]`, or all of them when `ARGV[3]` is `*`. Returns how many.
+const FORGET: &str = r"
+local keys = {}
+if ARGV[3] == '*' then
+  local all = redis.call('HKEYS', KEYS[1])
+  for _, k in ipairs(all) do if k ~= '#v' then table.insert(keys, k) end end
+else
+  for i = 3, #ARGV do table.insert(keys, ARGV[i]) end
+end
+local n = 0
+for _, k in ipairs(keys) do
+  local rec = redis.call('HGET', KEYS[1], k)
+  if rec then
+    local ok, o = pcall(cjson.decode, rec)
+    if ok and o.n == ARGV[1] and (ARGV[2] == '' or o.e == ARGV[2]) then
+      redis.call('HDEL', KEYS[1], k)
+      redis.call('ZREM', KEYS[2], k)
+      n = n + 1
+    end
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[1], '#v', 1)
+end
+return n
+";
+
+/// How long an AoR's keys outlive its last binding's expiry (or its removal): so
+/// long a call to it is 480 (known, unavailable) on every node rather than 404, as a
+/// single node remembers it.
+const GRACE_MS: u64 = 24 * 3600 * 1000;
+
+/// A binding as the store keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    /// Contact.
+    c: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    q: Option<u16>,
+    /// Expiry, Unix ms.
+    x: u64,
+    /// Last refresh, Unix ms.
+    u: u64,
+    /// Call-ID.
+    i: String,
+    /// CSeq.
+    s: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inst: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<u32>,
+    /// Other Contact parameters.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pa: String,
+    /// Path, the owner's route first.
+    p: Vec<String>,
+    /// Transport it was registered over.
+    t: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    g: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ua: Option<String>,
+    /// Owning node.
+    n: String,
+    /// Its boot epoch.
+    e: String,
+}
+
+fn transport_token(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+        Transport::Ws => "ws",
+        Transport::Wss => "wss",
+    }
+}
+
+fn transport_of(t: &str) -> Transport {
+    match t {
+        "udp" => Transport::Udp,
+        "tls" => Transport::Tls,
+        "ws" => Transport::Ws,
+        "wss" => Transport::Wss,
+        _ => Transport::Tcp,
+    }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The two keys of an AoR.
+fn keys(aor: &str) -> (String, String) {
+    (format!("sw:{{{aor}}}:b"), format!("sw:{{{aor}}}:x"))
+}
+
+/// Counters of the store's use (metrics).
+#[derive(Debug, Default)]
+pub(crate) struct ClusterCounters {
+    /// Asks answered.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Asks that failed or timed out.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Times this node wrote all its bindings again.
+    pub republished: std::sync::atomic::AtomicU64,
+    /// Live nodes (this one included) at the last heartbeat.
+    pub nodes: std::sync::atomic::AtomicU64,
+}
+
+/// The connection to the store and what this node knows of the others.
+pub(crate) struct Cluster {
+    cfg: ClusterConfig,
+    /// This node's boot epoch (Unix ms at start, and random bits).
+    epoch: String,
+    con: ConnectionManager,
+    client: redis::Client,
+    lookup: redis::Script,
+    commit: redis::Script,
+    forget: redis::Script,
+    /// Live nodes and their epochs, as of the last heartbeat.
+    live: Mutex<HashMap<String, String>>,
+    pub(crate) counters: ClusterCounters,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.cfg.node_id)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects lazily: a node starts with Redis down, and its REGISTERs get 503
+    /// until Redis answers.
+    pub(crate) fn new(cfg: &ClusterConfig) -> anyhow::Result<Arc<Self>> {
+        let client = redis::Client::open(cfg.redis.as_str())
+            .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout));
+        let con = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+        let mut random = [0u8; 4];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("random epoch: {e}"))?;
+        let epoch = format!(
+            "{}-{}",
+            unix_ms(SystemTime::now()),
+            crate::hex::hex(&random)
+        );
+        Ok(Arc::new(Self {
+            cfg: cfg.clone(),
+            epoch,
+            con,
+            client,
+            lookup: redis::Script::new(LOOKUP),
+            commit: redis::Script::new(COMMIT),
+            forget: redis::Script::new(FORGET),
+            live: Mutex::new(HashMap::new()),
+            counters: ClusterCounters::default(),
+        }))
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    /// Answers one ask (`None` for those that want no answer), within
+    /// `cluster.timeout`: past it, or on any error, [`ClusterAnswer::Unavailable`].
+    pub(crate) async fn answer(&self, ask: ClusterAsk) -> ClusterAnswer {
+        let result = tokio::time::timeout(self.cfg.timeout, self.run(ask)).await;
+        let answer = match result {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cluster store");
+                ClusterAnswer::Unavailable
+            }
+            Err(_) => ClusterAnswer::Unavailable,
+        };
+        let counter = match answer {
+            ClusterAnswer::Unavailable => &self.counters.failed,
+            _ => &self.counters.ok,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        answer
+    }
+
+    /// The bindings of `aor` (normalized) other live nodes hold, for a routing
+    /// plugin's `lookup`; none when the store does not answer in time.
+    pub(crate) async fn others(&self, aor: &str) -> Vec<Binding> {
+        let ask = ClusterAsk::Lookup {
+            aor: aor.to_string(),
+        };
+        match self.answer(ask).await {
+            ClusterAnswer::Found { bindings, .. } => bindings,
+            _ => Vec::new(),
+        }
+    }
+
+    async fn run(&self, ask: ClusterAsk) -> redis::RedisResult<ClusterAnswer> {
+        let mut con = self.con.clone();
+        match ask {
+            ClusterAsk::Lookup { aor } => {
+                let (b, x) = keys(&aor);
+                let (now_ms, fields): (u64, Vec<(String, String)>) =
+                    self.lookup.key(&b).key(&x).invoke_async(&mut con).await?;
+                let records: Vec<(String, Record)> = fields
+                    .iter()
+                    .filter(|(k, _)| k != "#v")
+                    .filter_map(|(k, v)| Some((k.clone(), serde_json::from_str(v).ok()?)))
+                    .collect();
+                self.learn_owners(&mut con, &records).await?;
+                Ok(self.found(now_ms, &fields, records))
+            }
+            ClusterAsk::Commit {
+                aor,
+                version,
+                save,
+                remove,
+            } => {
+                let v = self
+                    .write(&mut con, &aor, &version.to_string(), &save, &remove)
+                    .await?;
+                Ok(if v < 0 {
+                    ClusterAnswer::Conflict
+                } else {
+                    ClusterAnswer::Committed
+                })
+            }
+            ClusterAsk::Publish { aor, save } => {
+                self.write(&mut con, &aor, "-1", &save, &[]).await?;
+                Ok(ClusterAnswer::Committed)
+            }
+            ClusterAsk::Forget { aor, remove } => {
+                let (b, x) = keys(&aor);
+                let mut call = self.forget.key(&b);
+                call.key(&x).arg(&self.cfg.node_id).arg(&self.epoch);
+                for k in &remove {
+                    call.arg(k);
+                }
+                let _: i64 = call.invoke_async(&mut con).await?;
+                Ok(ClusterAnswer::Committed)
+            }
+        }
+    }
+
+    /// Runs [`COMMIT`] (and indexes the AoR under this node for the purge).
+    async fn write(
+        &self,
+        con: &mut ConnectionManager,
+        aor: &str,
+        version: &str,
+        save: &[Binding],
+        remove: &[String],
+    ) -> redis::RedisResult<i64> {
+        let (b, x) = keys(aor);
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut call = self.commit.key(&b);
+        call.key(&x)
+            .arg(version)
+            .arg(&self.cfg.node_id)
+            .arg(aor)
+            .arg(GRACE_MS)
+            .arg(save.len());
+        for binding in save {
+            let expires = unix_ms(wall + binding.expires_at.saturating_duration_since(now));
+            let updated = unix_ms(
+                wall.checked_sub(now.saturating_duration_since(binding.updated))
+                    .unwrap_or(wall),
+            );
+            let record = Record {
+                c: binding.contact.clone(),
+                q: binding.q,
+                x: expires,
+                u: updated,
+                i: binding.call_id.clone(),
+                s: binding.cseq,
+                inst: binding.instance.clone(),
+                r: binding.reg_id,
+                pa: binding.params.clone(),
+                p: binding.path.clone(),
+                t: transport_token(binding.transport).into(),
+                g: binding.temp_gruu.clone(),
+                ua: binding.user_agent.clone(),
+                n: self.cfg.node_id.clone(),
+                e: self.epoch.clone(),
+            };
+            let json = serde_json::to_string(&record).map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Client, "record", e.to_string()))
+            })?;
+            call.arg(store_key(binding)).arg(json).arg(expires);
+        }
+        for k in remove {
+            call.arg(k);
+        }
+        let v: i64 = call.invoke_async(con).await?;
+        if v >= 0 && !save.is_empty() {
+            let _: () = con
+                .sadd(format!("sw:node:{}:aors", self.cfg.node_id), aor)
+                .await?;
+        }
+        Ok(v)
+    }
+
+    /// Asks Redis about the owners of `records` this node does not know as live in
+    /// their epoch (a node that started since the last heartbeat): one `MGET`, only
+    /// then.
+    async fn learn_owners(
+        &self,
+        con: &mut ConnectionManager,
+        records: &[(String, Record)],
+    ) -> redis::RedisResult<()> {
+        let mut unknown: Vec<&str> = {
+            let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+            records
+                .iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.n != self.cfg.node_id && live.get(&r.n) != Some(&r.e))
+                .map(|r| r.n.as_str())
+                .collect()
+        };
+        unknown.sort_unstable();
+        unknown.dedup();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let beats: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(
+                unknown
+                    .iter()
+                    .map(|n| format!("sw:node:{n}"))
+                    .collect::<Vec<_>>(),
+            )
+            .query_async(con)
+            .await?;
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        for (n, beat) in unknown.into_iter().zip(beats) {
+            match beat {
+                Some(e) => live.insert(n.to_string(), e),
+                None => live.remove(n),
+            };
+        }
+        Ok(())
+    }
+
+    /// The other live nodes' bindings among an AoR's records.
+    fn found(
+        &self,
+        now_ms: u64,
+        fields: &[(String, String)],
+        records: Vec<(String, Record)>,
+    ) -> ClusterAnswer {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let version = fields
+            .iter()
+            .find(|(k, _)| k == "#v")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        // The hash outlives its bindings by a day (its version stays).
+        let known = !fields.is_empty();
+        let mut bindings = Vec::new();
+        for (_, r) in records {
+            if r.n == self.cfg.node_id || live.get(&r.n) != Some(&r.e) || r.x <= now_ms {
+                continue;
+            }
+            bindings.push(Binding {
+                id: 0,
+                aor: String::new(),
+                contact: r.c,
+                q: r.q,
+                expires_at: now + Duration::from_millis(r.x - now_ms),
+                updated: now
+                    .checked_sub(Duration::from_millis(now_ms.saturating_sub(r.u)))
+                    .unwrap_or(now),
+                call_id: r.i,
+                cseq: r.s,
+                instance: r.inst,
+                reg_id: r.r,
+                path: r.p,
+                params: r.pa,
+                reach: Reach::Node,
+                transport: transport_of(&r.t),
+                temp_gruu: r.g,
+                user_agent: r.ua,
+            });
+        }
+        ClusterAnswer::Found {
+            version,
+            bindings,
+            known,
+        }
+    }
+
+    /// Starts the heartbeat and the eviction listener, which send the core their
+    /// inputs on `core`; they end when it is closed.
+    pub(crate) fn start(self: &Arc<Self>, core: mpsc::Sender<Input>) {
+        let me = self.clone();
+        let c = core.clone();
+        tokio::spawn(async move { me.heartbeats(c).await });
+        let me = self.clone();
+        tokio::spawn(async move { me.evictions(core).await });
+    }
+
+    async fn heartbeats(self: Arc<Self>, core: mpsc::Sender<Input>) {
+        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut written = false;
+        loop {
+            tick.tick().await;
+            if core.is_closed() {
+                return;
+            }
+            match tokio::time::timeout(self.cfg.heartbeat.max(self.cfg.timeout), self.beat()).await
+            {
+                Ok(Ok(previous)) => {
+                    // The first heartbeat publishes what this node restored from its
+                    // data directory; a later one that finds its own gone, everything.
+                    let lost = previous.as_deref() != Some(self.epoch.as_str());
+                    if let Some(p) = previous.as_deref()
+                        && p != self.epoch
+                        && !written
+                    {
+                        // This node's previous life: its bindings are gone with it.
+                        let (me, old) = (self.clone(), p.to_string());
+                        tokio::spawn(async move { me.purge(&me.cfg.node_id.clone(), &old).await });
+                    } else if let Some(p) = previous.as_deref()
+                        && p != self.epoch
+                    {
+                        tracing::error!(
+                            node = %self.cfg.node_id,
+                            "another process heartbeats as this cluster.node-id"
+                        );
+                    }
+                    if lost && written {
+                        tracing::warn!(
+                            "the cluster store lost this node's heartbeat (restarted empty, or \
+                             this node stalled past cluster.dead-after): writing its bindings again"
+                        );
+                        self.counters
+                            .republished
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if lost {
+                        let _ = core.send(Input::ClusterRepublish).await;
+                    }
+                    written = true;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cluster heartbeat"),
+                Err(_) => tracing::debug!("cluster heartbeat timed out"),
+            }
+        }
+    }
+
+    /// Writes this node's heartbeat (returning what it replaced), learns the live
+    /// nodes, and purges the dead ones.
+    async fn beat(&self) -> redis::RedisResult<Option<String>> {
+        let mut con = self.con.clone();
+        let ttl = u64::try_from(self.cfg.dead_after.as_millis()).unwrap_or(u64::MAX);
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(format!("sw:node:{}", self.cfg.node_id))
+            .arg(&self.epoch)
+            .arg("PX")
+            .arg(ttl)
+            .arg("GET")
+            .query_async(&mut con)
+            .await?;
+        let _: () = con.sadd("sw:nodes", &self.cfg.node_id).await?;
+        let ids: Vec<String> = con.smembers("sw:nodes").await?;
+        let beats: Vec<Option<String>> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            redis::cmd("MGET")
+                .arg(
+                    ids.iter()
+                        .map(|i| format!("sw:node:{i}"))
+                        .collect::<Vec<_>>(),
+                )
+                .query_async(&mut con)
+                .await?
+        };
+        let mut live = HashMap::new();
+        let mut dead = Vec::new();
+        for (id, beat) in ids.into_iter().zip(beats) {
+            match beat {
+                Some(e) => {
+                    live.insert(id, e);
+                }
+                None => dead.push(id),
+            }
+        }
+        self.counters
+            .nodes
+            .store(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = live;
+        for id in dead {
+            let lock: Option<String> = redis::cmd("SET")
+                .arg(format!("sw:purge:{id}"))
+                .arg(&self.cfg.node_id)
+                .arg("NX")
+                .arg("PX")
+                .arg(10_000)
+                .query_async(&mut con)
+                .await?;
+            if lock.is_some() {
+                let n = self.purge(&id, "").await;
+                tracing::info!(node = %id, bindings = n, "cluster node dead: its bindings purged");
+                let _: () = con.srem("sw:nodes", &id).await?;
+            }
+        }
+        Ok(previous)
+    }
+
+    /// Removes node `id`'s bindings (of `epoch`, any when empty); returns how many.
+    async fn purge(&self, id: &str, epoch: &str) -> u64 {
+        let mut con = self.con.clone();
+        let index = format!("sw:node:{id}:aors");
+        let mut removed = 0u64;
+        let aors: Vec<String> = match con.smembers(&index).await {
+            Ok(a) => a,
+            Err(_) => return 0,
+        };
+        for aor in &aors {
+            let (b, x) = keys(aor);
+            let n: redis::RedisResult<u64> = self
+                .forget
+                .key(&b)
+                .key(&x)
+                .arg(id)
+                .arg(epoch)
+                .arg("*")
+                .invoke_async(&mut con)
+                .await;
+            removed += n.unwrap_or(0);
+        }
+        if epoch.is_empty() {
+            let _: redis::RedisResult<()> = con.del(&index).await;
+        }
+        removed
+    }
+
+    /// Listens on `sw:evict:ID` for bindings of this node other nodes replaced or
+    /// removed; reconnects after a heartbeat when the connection drops.
+    async fn evictions(self: Arc<Self>, core: mpsc::Sender<Input>) {
+        let channel = format!("sw:evict:{}", self.cfg.node_id);
+        loop {
+            if core.is_closed() {
+                return;
+            }
+            if let Ok(mut pubsub) = self.client.get_async_pubsub().await
+                && pubsub.subscribe(&channel).await.is_ok()
+            {
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    let Some((aor, key)) = payload.split_once('\n') else {
+                        continue;
+                    };
+                    let evicted = Input::ClusterEvicted {
+                        aor: aor.to_string(),
+                        key: key.to_string(),
+                    };
+                    if core.send(evicted).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(self.cfg.heartbeat).await;
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `[cluster]`: several sipwasm nodes sharing one location service on Redis.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::validate::Invalid;
+use super::{ListenConfig, ListenTransport, duration};
+use crate::core::peers::Cidr;
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster: letters, digits, `.`, `_`, `-`.
+    pub node_id: String,
+    /// The Redis server (`redis://HOST:PORT` or `redis://HOST:PORT/DB`, with
+    /// `user:password@` when it asks for them).
+    pub redis: String,
+    /// Where the other nodes send SIP for the bindings this node holds: the address of
+    /// one of this node's `[[listen]]` sockets (`transport`), as they reach it.
+    pub address: SocketAddr,
+    /// `tcp` (the default) or `udp`: how nodes send SIP to each other.
+    #[serde(default = "default_transport")]
+    pub transport: ListenTransport,
+    /// The other nodes' addresses (`IP` or `IP/PREFIX`): only they may route a
+    /// request to this node's flows. They are trusted peers (`sip.trusted-peers`).
+    #[serde(with = "super::cidrs")]
+    pub peers: Vec<Cidr>,
+    /// How often this node says it is alive (and learns which nodes are).
+    #[serde(default = "default_heartbeat", with = "duration")]
+    pub heartbeat: Duration,
+    /// How long after its last heartbeat a node counts as dead: its bindings are
+    /// skipped at once and purged by the others.
+    #[serde(default = "default_dead_after", with = "duration")]
+    pub dead_after: Duration,
+    /// How long a request waits for Redis before it goes on without it (a REGISTER
+    /// then gets 503 with `Retry-After`; a call reaches this node's bindings only).
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_transport() -> ListenTransport {
+    ListenTransport::Tcp
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_dead_after() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_millis(300)
+}
+
+impl ClusterConfig {
+    /// The checks of `[cluster]` (`listen`: the server's listeners).
+    pub(super) fn check(&self, listen: &[ListenConfig]) -> Result<(), Invalid> {
+        let id_ok = !self.node_id.is_empty()
+            && self.node_id.len() <= 64
+            && self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !id_ok {
+            return Err((
+                "cluster.node-id".into(),
+                "must be 1 to 64 letters, digits, `.`, `_` or `-`".into(),
+            ));
+        }
+        let scheme_ok = self.redis.starts_with("redis://")
+            && self.redis.len() > "redis://".len()
+            && !self.redis.contains(char::is_whitespace);
+        if !scheme_ok {
+            return Err((
+                "cluster.redis".into(),
+                "must be a redis://HOST:PORT URL".into(),
+            ));
+        }
+        if !matches!(self.transport, ListenTransport::Tcp | ListenTransport::Udp) {
+            return Err(("cluster.transport".into(), "must be `tcp` or `udp`".into()));
+        }
+        let listened = listen.iter().any(|l| {
+            l.transport == self.transport
+                && l.address.port() == self.address.port()
+                && (l.address.ip() == self.address.ip() || l.address.ip().is_unspecified())
+        });
+        if !listened {
+            return Err((
+                "cluster.address".into(),
+                format!(
+                    "no [[listen]] socket of transport {} serves {}",
+                    self.transport_token(),
+                    self.address
+                ),
+            ));
+        }
+        if self.address.ip().is_unspecified() {
+            return Err((
+                "cluster.address".into(),
+                "must be an address the other nodes can reach, not 0.0.0.0 or ::".into(),
+            ));
+        }
+        if self.peers.is_empty() {
+            return Err((
+                "cluster.peers".into(),
+                "must name the other nodes' addresses".into(),
+            ));
+        }
+        if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(60) {
+            return Err((
+                "cluster.heartbeat".into(),
+                "must be between 100ms and 60s".into(),
+            ));
+        }
+        if self.dead_after < 2 * self.heartbeat {
+            return Err((
+                "cluster.dead-after".into(),
+                "must be at least twice cluster.heartbeat".into(),
+            ));
+        }
+        if self.timeout < Duration::from_millis(10) || self.timeout > Duration::from_secs(10) {
+            return Err((
+                "cluster.timeout".into(),
+                "must be between 10ms and 10s".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `tcp` or `udp`.
+    pub fn transport_token(&self) -> &'static str {
+        match self.transport {
+            ListenTransport::Udp => "udp",
+            _ => "tcp",
+        }
+    }
+
+    /// Host, port and transport of this node's route entries.
+    pub fn route_host(&self) -> String {
+        let host = match self.address {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        format!(
+            "{host}:{};transport={}",
+            self.address.port(),
+            self.transport_token()
+        )
+    }
+}
