@@ -37,6 +37,7 @@ use crate::config::ClusterConfig;
 use crate::core::cluster::{ClusterAnswer, ClusterAsk, store_key};
 use crate::core::location::{Binding, Reach};
 use crate::core::{Input, Transport};
+use crate::metrics::Metrics;
 
 /// Drops the AoR's expired bindings, then returns Redis's time (ms) and the hash.
 const LOOKUP: &str = r"
@@ -202,19 +203,6 @@ fn keys(aor: &str) -> (String, String) {
     (format!("sw:{{{aor}}}:b"), format!("sw:{{{aor}}}:x"))
 }
 
-/// Counters of the store's use (metrics).
-#[derive(Debug, Default)]
-pub(crate) struct ClusterCounters {
-    /// Asks answered.
-    pub ok: std::sync::atomic::AtomicU64,
-    /// Asks that failed or timed out.
-    pub failed: std::sync::atomic::AtomicU64,
-    /// Times this node wrote all its bindings again.
-    pub republished: std::sync::atomic::AtomicU64,
-    /// Live nodes (this one included) at the last heartbeat.
-    pub nodes: std::sync::atomic::AtomicU64,
-}
-
 /// The connection to the store and what this node knows of the others.
 pub(crate) struct Cluster {
     cfg: ClusterConfig,
@@ -227,7 +215,7 @@ pub(crate) struct Cluster {
     forget: redis::Script,
     /// Live nodes and their epochs, as of the last heartbeat.
     live: Mutex<HashMap<String, String>>,
-    pub(crate) counters: ClusterCounters,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -242,7 +230,7 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Connects lazily: a node starts with Redis down, and its REGISTERs get 503
     /// until Redis answers.
-    pub(crate) fn new(cfg: &ClusterConfig) -> anyhow::Result<Arc<Self>> {
+    pub(crate) fn new(cfg: &ClusterConfig, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
         let client = redis::Client::open(cfg.redis.as_str())
             .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
         let config = ConnectionManagerConfig::new()
@@ -270,7 +258,7 @@ impl Cluster {
             commit: redis::Script::new(COMMIT),
             forget: redis::Script::new(FORGET),
             live: Mutex::new(HashMap::new()),
-            counters: ClusterCounters::default(),
+            metrics,
         }))
     }
 
@@ -291,11 +279,10 @@ impl Cluster {
             }
             Err(_) => ClusterAnswer::Unavailable,
         };
-        let counter = match answer {
-            ClusterAnswer::Unavailable => &self.counters.failed,
-            _ => &self.counters.ok,
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match answer {
+            ClusterAnswer::Unavailable => self.metrics.cluster_failure(),
+            _ => self.metrics.cluster_answered(),
+        }
         answer
     }
 
@@ -552,9 +539,7 @@ impl Cluster {
                             "the cluster store lost this node's heartbeat (restarted empty, or \
                              this node stalled past cluster.dead-after): writing its bindings again"
                         );
-                        self.counters
-                            .republished
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.metrics.cluster_republish();
                     }
                     if lost {
                         let _ = core.send(Input::ClusterRepublish).await;
@@ -604,9 +589,7 @@ impl Cluster {
                 None => dead.push(id),
             }
         }
-        self.counters
-            .nodes
-            .store(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.set_cluster_nodes(live.len() as u64);
         *self.live.lock().unwrap_or_else(PoisonError::into_inner) = live;
         for id in dead {
             let lock: Option<String> = redis::cmd("SET")
@@ -673,6 +656,7 @@ impl Cluster {
                     let Some((aor, key)) = payload.split_once('\n') else {
                         continue;
                     };
+                    self.metrics.cluster_eviction();
                     let evicted = Input::ClusterEvicted {
                         aor: aor.to_string(),
                         key: key.to_string(),

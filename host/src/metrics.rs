@@ -24,6 +24,8 @@ macro_rules! counters {
             media: Mutex<MediaStats>,
             /// (gateway set, member URI) -> up.
             gateways: Mutex<BTreeMap<(String, String), bool>>,
+            /// Live nodes of the cluster; 0 without one.
+            cluster_nodes: AtomicU64,
         }
 
         impl Metrics {
@@ -90,6 +92,10 @@ counters! {
     dns_cached, dns_cached, "sipwasm_dns_cached_total", "Next hops named by a host name answered from the resolver's cache (RFC 3263 results, kept for their records' TTL).";
     dns_lookups, dns_lookup, "sipwasm_dns_lookups_total", "Next hops' names looked up in DNS (NAPTR, SRV, A/AAAA), cache misses.";
     dns_failures, dns_failure, "sipwasm_dns_failures_total", "Names looked up that gave no target (no such name, no records, no answer); their requests got 500.";
+    cluster_answered, cluster_answered, "sipwasm_cluster_store_requests_total", "Requests to the cluster's Redis answered in time (look-ups, writes).";
+    cluster_failures, cluster_failure, "sipwasm_cluster_store_failures_total", "Requests to the cluster's Redis that failed or took longer than cluster.timeout: a REGISTER then got 503, a call reached this node's bindings only.";
+    cluster_republished, cluster_republish, "sipwasm_cluster_republished_total", "Times this node wrote all its bindings to Redis again (Redis lost them, or this node was taken for dead).";
+    cluster_evictions, cluster_eviction, "sipwasm_cluster_evictions_total", "Bindings of this node that another node replaced or removed (a browser's new flow there).";
     udp_banned, udp_banned, "sipwasm_udp_banned_dropped_total", "UDP requests from sources past limits.rate (or banned for it), dropped before parsing (also counted in sipwasm_sip_refused_total{reason=\"rate-limit\"}).";
 }
 
@@ -135,6 +141,7 @@ struct CoreGauges {
     proxied: AtomicU64,
     routing: AtomicU64,
     media_waiting: AtomicU64,
+    cluster_waiting: AtomicU64,
     timers: AtomicU64,
     bindings: AtomicU64,
     aors: AtomicU64,
@@ -170,6 +177,7 @@ impl Metrics {
             (&g.proxied, s.proxied),
             (&g.routing, s.routing),
             (&g.media_waiting, s.media_waiting),
+            (&g.cluster_waiting, s.cluster_waiting),
             (&g.timers, s.timers),
             (&g.bindings, s.bindings),
             (&g.aors, s.aors),
@@ -253,6 +261,11 @@ impl Metrics {
                 "sipwasm_media_waiting",
                 "SIP messages waiting for a media engine's SDP.",
                 &g.media_waiting,
+            ),
+            (
+                "sipwasm_cluster_waiting",
+                "Requests waiting for the cluster's Redis (a look-up or a REGISTER's write).",
+                &g.cluster_waiting,
             ),
             (
                 "sipwasm_sip_timers",
@@ -492,7 +505,6 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
     /// A gateway member's state (from its probes; up at start).
     pub fn set_gateway(&self, set: &str, target: &str, up: bool) {
         self.gateways
@@ -511,9 +523,24 @@ impl Metrics {
             .collect()
     }
 
+    /// Nodes of the cluster alive at this node's last heartbeat (itself included).
+    pub fn set_cluster_nodes(&self, n: u64) {
+        self.cluster_nodes.store(n, Relaxed);
+    }
+
+    /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         self.render_counters(&mut out);
+        let nodes = self.cluster_nodes.load(Relaxed);
+        if nodes > 0 {
+            let _ = writeln!(
+                out,
+                "# HELP sipwasm_cluster_nodes Nodes of the cluster alive at this node's last heartbeat, itself included."
+            );
+            let _ = writeln!(out, "# TYPE sipwasm_cluster_nodes gauge");
+            let _ = writeln!(out, "sipwasm_cluster_nodes {nodes}");
+        }
         {
             let g = self.gateways.lock().expect("metrics lock");
             if !g.is_empty() {

@@ -275,7 +275,7 @@ impl Server {
         let cluster = config
             .cluster
             .as_ref()
-            .map(crate::cluster::Cluster::new)
+            .map(|c| crate::cluster::Cluster::new(c, metrics.clone()))
             .transpose()?;
         let tls_client = crate::transport::tls::client_config(&config.tls_client)?;
         let (closed_tx, closed_rx) = mpsc::unbounded_channel();

@@ -124,6 +124,7 @@ async fn one_instance_registered_on_two_nodes_keeps_one_binding() {
         assert_eq!(r.status, 200);
         assert_eq!(r.headers.values(&HeaderName::Contact).count(), 1, "{r:?}");
     }
+    assert_eq!(a.metric("sipwasm_cluster_evictions_total").await, 1);
     let mut phone = Ua::udp(&a, "counter").await;
     let (m, _) = phone.request("MESSAGE", "mover", "", "which tab?");
     phone.send(&m).await;
@@ -187,6 +188,16 @@ async fn without_redis_registers_get_503_local_calls_go_on_and_a_restarted_redis
     let mut browser = Agent::start(&c, Lib::SipJs, "web", None).await;
     browser.register().await;
 
+    // Both nodes alive, as A's heartbeat (every 500 ms) sees them.
+    let mut nodes = 0;
+    for _ in 0..50 {
+        nodes = a.metric("sipwasm_cluster_nodes").await;
+        if nodes == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(nodes, 2);
     redis.stop();
     // A REGISTER cannot be decided against the other nodes: 503, Retry-After spread
     // between 10 and 30 s, answered within the store's timeout.
@@ -201,6 +212,7 @@ async fn without_redis_registers_get_503_local_calls_go_on_and_a_restarted_redis
         .unwrap_or_else(|| panic!("no Retry-After in {r:?}"));
     assert!((10..=30).contains(&retry), "{retry}");
     assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(a.metric("sipwasm_cluster_store_failures_total").await >= 1);
     // Calls between clients of one node go on.
     for _ in 0..3 {
         let (m, _) = p1.request("MESSAGE", "p2", "", "still here");
@@ -219,6 +231,9 @@ async fn without_redis_registers_get_503_local_calls_go_on_and_a_restarted_redis
     })
     .await;
     assert_eq!(redis.bindings(&AOR("p3"))[0].1["n"], "c");
+    for n in [&a, &c] {
+        assert_eq!(n.metric("sipwasm_cluster_republished_total").await, 1);
+    }
     // And across nodes again.
     let (m, _) = p1.request("MESSAGE", "web", "", "back");
     p1.send(&m).await;
