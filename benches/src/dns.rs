@@ -147,6 +147,7 @@ pub(crate) async fn dns(
         ws: server.addr,
         udp: SocketAddr::from(([127, 0, 0, 1], udp)),
         pid: Some(server.child.id()),
+        with: [0; 4],
     };
     let named = "sip:sink@bench.test".to_string();
     let literal = format!("sip:sink@{sink_addr}");

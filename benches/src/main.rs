@@ -10,6 +10,7 @@
 //! sipwasm-bench sip [--kamailio]          SIP load: REGISTER over WS and UDP, MESSAGE WS to WS
 //! sipwasm-bench calls [--kamailio]        calls between sipp phones: server CPU per call
 //! sipwasm-bench router                    what a sip-router plugin adds to a request
+//! sipwasm-bench cluster                   three nodes on Redis beside one node
 //! sipwasm-bench core                      the SIP core alone, in process
 //! sipwasm-bench attack                    the attack campaign: six attacks, legitimate clients
 //! sipwasm-bench all [--kamailio]          all of the above (but the attack campaign)
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 
 mod attack;
 mod calls;
+mod cluster;
 mod decision;
 mod dns;
 mod handshakes;
@@ -88,6 +90,21 @@ enum Cmd {
         /// UDP clients, each with one MESSAGE in flight.
         #[arg(long, default_value_t = 25)]
         clients: usize,
+    },
+    /// Three nodes sharing one location service on Redis beside one node alone:
+    /// REGISTER/s, cross-node MESSAGE/s, Redis memory per binding (needs
+    /// redis-server: apt-get install redis-server).
+    Cluster {
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// WebSocket clients (REGISTER), half as many MESSAGE pairs.
+        #[arg(long, default_value_t = 48)]
+        clients: usize,
+        /// Bindings added to measure Redis's memory per binding.
+        #[arg(long, default_value_t = 20_000)]
+        bindings: usize,
     },
     Logins {
         #[arg(long, default_value_t = 10)]
@@ -291,6 +308,12 @@ fn main() -> anyhow::Result<()> {
                 rounds,
                 clients,
             } => dns::dns(&args.sipwasm, seconds, rounds, clients).await,
+            Cmd::Cluster {
+                seconds,
+                rounds,
+                clients,
+                bindings,
+            } => cluster::cluster(&args.sipwasm, seconds, rounds, clients, bindings).await,
             Cmd::Idle {
                 connections,
                 kamailio,

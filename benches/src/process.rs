@@ -169,6 +169,19 @@ pub(crate) async fn start_sipwasm_config(
     body: &str,
     place: Option<Placement>,
 ) -> anyhow::Result<Target> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    start_sipwasm_at(bin, name, addr, body, place).await
+}
+
+/// [`start_sipwasm_config`] for a server whose ws listener is `addr` (another loopback
+/// address: a node of a cluster).
+pub(crate) async fn start_sipwasm_at(
+    bin: &Path,
+    name: &str,
+    addr: SocketAddr,
+    body: &str,
+    place: Option<Placement>,
+) -> anyhow::Result<Target> {
     if !bin.exists() {
         bail!(
             "{} not found: run `cargo build --release -p sipwasm` first",
@@ -188,7 +201,6 @@ pub(crate) async fn start_sipwasm_config(
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("start {}", bin.display()))?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_until_listening(addr, &mut child, "sipwasm").await?;
     Ok(Target {
         name: name.into(),

@@ -189,6 +189,7 @@ pub(crate) async fn router(bin: &Path, iterations: usize, seconds: u64) -> anyho
             ws: t.addr,
             udp,
             pid: Some(t.child.id()),
+            with: [0; 4],
         };
         let _ = sipload::register_udp(target, 50, 1).await?;
         let one = sipload::register_udp(target, 1, seconds).await?;

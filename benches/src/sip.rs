@@ -32,7 +32,12 @@ pub(crate) async fn sip_scenarios_with(
     pid: Option<u32>,
 ) -> anyhow::Result<Vec<Option<sipload::Result>>> {
     let n = clients.unwrap_or(50).max(1);
-    let t = sipload::SipTarget { ws, udp, pid };
+    let t = sipload::SipTarget {
+        ws,
+        udp,
+        pid,
+        with: [0; 4],
+    };
     // A second of warm-up first (connections, caches).
     let _ = sipload::register_ws(t, 50, 1).await?;
     let mut out = Vec::new();

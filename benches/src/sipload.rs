@@ -26,6 +26,9 @@ pub(crate) struct SipTarget {
     /// The server's process, when known: its CPU time (and its children's) is
     /// measured over each run.
     pub(crate) pid: Option<u32>,
+    /// Other processes serving with it, measured together (the other nodes of a
+    /// cluster and their Redis); 0 for none.
+    pub(crate) with: [u32; 4],
 }
 
 /// Rate and latency of one scenario.
@@ -199,7 +202,13 @@ async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     }
 }
 
-fn register_text(transport: &str, host: &str, user: &str, call_id: &str, cseq: u64) -> String {
+pub(crate) fn register_text(
+    transport: &str,
+    host: &str,
+    user: &str,
+    call_id: &str,
+    cseq: u64,
+) -> String {
     let contact_tp = if transport == "WS" {
         ";transport=ws"
     } else {
@@ -266,15 +275,26 @@ pub(crate) async fn register_ws(
     conns: usize,
     seconds: u64,
 ) -> anyhow::Result<Result> {
+    register_ws_as(t, "", conns, seconds).await
+}
+
+/// [`register_ws`] with the users' names starting with `prefix` (loads on several
+/// nodes of one cluster register users of their own).
+pub(crate) async fn register_ws_as(
+    t: SipTarget,
+    prefix: &str,
+    conns: usize,
+    seconds: u64,
+) -> anyhow::Result<Result> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let start_gate = Arc::new(tokio::sync::Barrier::new(conns + 1));
     let run = run_id();
     for i in 0..conns {
         let (stop, gate, run) = (stop.clone(), start_gate.clone(), run.clone());
+        let user = format!("{prefix}wsreg{i}");
         tasks.push(tokio::spawn(async move {
             let mut ws = ws_connect(t.ws).await?;
-            let user = format!("wsreg{i}");
             let host = format!("{user}.invalid");
             let call_id = format!("bench-ws-{run}-{i}");
             gate.wait().await;
@@ -363,6 +383,17 @@ pub(crate) async fn udp_final(
 
 /// MESSAGE from `pairs` sender connections to as many registered receiver connections.
 pub(crate) async fn message_ws(t: SipTarget, pairs: usize, seconds: u64) -> anyhow::Result<Result> {
+    message_ws_to(t, t.ws, pairs, seconds).await
+}
+
+/// [`message_ws`] with the receivers on `receivers` (another node of a cluster), the
+/// senders on `t.ws`.
+pub(crate) async fn message_ws_to(
+    t: SipTarget,
+    receivers_at: SocketAddr,
+    pairs: usize,
+    seconds: u64,
+) -> anyhow::Result<Result> {
     let stop = Arc::new(AtomicBool::new(false));
     // Receivers answer until every sender is done (stopping them with the senders would
     // fail the last MESSAGEs in flight with 430, rightly).
@@ -371,7 +402,7 @@ pub(crate) async fn message_ws(t: SipTarget, pairs: usize, seconds: u64) -> anyh
     let mut receivers = Vec::new();
     let run = run_id();
     for i in 0..pairs {
-        let mut ws = ws_connect(t.ws).await?;
+        let mut ws = ws_connect(receivers_at).await?;
         let user = format!("rcv{i}");
         let host = format!("{user}.invalid");
         ws.send(Message::text(register_text(
@@ -455,7 +486,11 @@ pub(crate) async fn run_for(
     seconds: u64,
 ) -> anyhow::Result<Result> {
     // The server and its descendants (Kamailio forks its workers), listed once.
-    let server = t.pid.map(crate::process::process_tree);
+    let server = t.pid.map(|p| {
+        let mut all = crate::process::process_tree(p);
+        all.extend(t.with.iter().filter(|p| **p != 0));
+        all
+    });
     let server_ticks = || server.as_deref().map(Ticks::of_all);
     gate.wait().await;
     let started = Instant::now();

@@ -4,18 +4,18 @@
 //! **Model.** Redis 7.0 has no per-field expiry, so each address-of-record is two keys
 //! with one hash tag (one slot in Redis Cluster): `sw:{AOR}:b`, a hash of binding
 //! records (JSON, by [`store_key`]) plus the AoR's version (`#v`), and `sw:{AOR}:x`, a
-//! sorted set of the same keys scored by their expiry (Unix milliseconds). Every script
-//! reads Redis's own clock (`TIME`) and drops the expired entries before it reads or
-//! decides; both keys expire at the latest binding's expiry plus a grace, so an AoR
-//! no one touches again leaves nothing behind. So expiry is exact when read, and
-//! memory is bounded without a sweeper.
+//! sorted set of the same keys scored by their expiry (Unix milliseconds). A read
+//! skips the expired records; every write (a Lua script, by Redis's own clock `TIME`)
+//! drops them first; both keys expire at the latest binding's expiry plus a day, so
+//! an AoR no one touches again leaves nothing behind. So expiry is exact when read,
+//! and memory is bounded without a sweeper.
 //!
-//! **Liveness.** Each node writes `sw:node:ID` = its boot epoch every
+//! **Liveness.** Each node writes `sw:{nodes}:beat:ID` = its boot epoch every
 //! `cluster.heartbeat`, expiring after `cluster.dead-after`, and keeps a map of the
-//! live nodes' epochs (`sw:nodes` lists the node ids). A lookup skips bindings whose
+//! live nodes' epochs (`sw:{nodes}:ids` lists the node ids). A lookup skips bindings whose
 //! node is not live with the epoch they were written in: a dead node's callers get
 //! 480 at once. The live nodes purge a dead node's bindings (by its index
-//! `sw:node:ID:aors`, one node at a time under a lock). The heartbeat is written with
+//! `sw:{nodes}:aors:ID`, one node at a time under a lock). The heartbeat is written with
 //! `SET … GET`: when the previous value is gone although this node wrote it, Redis
 //! lost its data (or this node stalled past `dead-after` and was purged), and the
 //! node writes all its bindings again.
@@ -39,25 +39,22 @@ use crate::core::location::{Binding, Reach};
 use crate::core::{Input, Transport};
 use crate::metrics::Metrics;
 
-/// Drops the AoR's expired bindings, then returns Redis's time (ms) and the hash.
-const LOOKUP: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-for _, k in ipairs(old) do redis.call('HDEL', KEYS[1], k) end
-if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
-return {now, redis.call('HGETALL', KEYS[1])}
-";
-
 /// Writes and removes bindings of one AoR if its version is still `ARGV[1]`, telling
 /// other nodes whose bindings it overwrote or removed; with `-1` (publishing again
 /// after the store lost its data) whatever the version, and never over another node's
 /// binding.
 /// ARGV: version, node, AoR, grace (ms), count of writes, then (key, record, expiry)
-/// per write, then the keys to remove. Returns the new version, or -1.
+/// per write, then the keys to remove. Returns the new version (-1 when refused) and
+/// how many of the keys it wrote were not there before.
 const COMMIT: &str = r"
 local v = tonumber(redis.call('HGET', KEYS[1], '#v') or '0')
-if ARGV[1] ~= '-1' and tonumber(ARGV[1]) ~= v then return -1 end
+if ARGV[1] ~= '-1' and tonumber(ARGV[1]) ~= v then return {-1, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, k in ipairs(expired) do redis.call('HDEL', KEYS[1], k) end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
+local added = 0
 local function tell(k)
   local old = redis.call('HGET', KEYS[1], k)
   if old then
@@ -80,7 +77,7 @@ for _ = 1, tonumber(ARGV[5]) do
     tell(ARGV[i])
   end
   if mine then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    added = added + redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
   end
   i = i + 3
@@ -94,14 +91,13 @@ end
 redis.call('HSET', KEYS[1], '#v', v + 1)
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 if #last == 0 then
-  local t = redis.call('TIME')
-  redis.call('PEXPIREAT', KEYS[1], tonumber(t[1]) * 1000 + tonumber(ARGV[4]))
-  return v + 1
+  redis.call('PEXPIREAT', KEYS[1], now + tonumber(ARGV[4]))
+  return {v + 1, added}
 end
 local at = tonumber(last[2]) + tonumber(ARGV[4])
 redis.call('PEXPIREAT', KEYS[1], at)
 redis.call('PEXPIREAT', KEYS[2], at)
-return v + 1
+return {v + 1, added}
 ";
 
 /// Removes bindings of one AoR that node `ARGV[1]` wrote (in epoch `ARGV[2]`, any when
@@ -198,9 +194,80 @@ fn unix_ms(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The ids of the nodes that wrote a heartbeat (the node keys share the hash tag
+/// `{nodes}`: one slot of a Redis Cluster, so one `MGET` reads them all).
+const NODES: &str = "sw:{nodes}:ids";
+
+/// A node's heartbeat: its boot epoch, expiring after `cluster.dead-after`.
+fn beat_key(node: &str) -> String {
+    format!("sw:{{nodes}}:beat:{node}")
+}
+
+/// The AoRs a node wrote bindings of (for the purge when it dies).
+fn aors_key(node: &str) -> String {
+    format!("sw:{{nodes}}:aors:{node}")
+}
+
 /// The two keys of an AoR.
 fn keys(aor: &str) -> (String, String) {
     (format!("sw:{{{aor}}}:b"), format!("sw:{{{aor}}}:x"))
+}
+
+/// Where the store is (`cluster.redis`, `cluster.sentinel-master`).
+enum Backend {
+    /// One Redis: a connection manager that reconnects by itself.
+    Single,
+    /// A Redis Cluster by its seed nodes (and the seeds, for pub/sub: a message
+    /// published on any node reaches the subscribers of every node).
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster::ClusterClient, Vec<redis::Client>),
+    /// The master the Sentinels watch, asked again after a failure.
+    #[cfg(feature = "redis-sentinel")]
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+/// A connection to the store, cheap to clone (each ask uses its own clone).
+#[derive(Clone)]
+enum Con {
+    /// To one Redis (or the Sentinels' master).
+    Manager(ConnectionManager),
+    /// To a Redis Cluster (commands routed by their keys' slot).
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Con {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Manager(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Manager(c) => c.req_packed_commands(cmd, offset, count),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Manager(c) => c.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// The connection to the store and what this node knows of the others.
@@ -208,9 +275,14 @@ pub(crate) struct Cluster {
     cfg: ClusterConfig,
     /// This node's boot epoch (Unix ms at start, and random bits).
     epoch: String,
-    con: ConnectionManager,
-    client: redis::Client,
-    lookup: redis::Script,
+    backend: Backend,
+    /// The connection; none until one was made (a Redis Cluster or the Sentinels not
+    /// reachable yet), made again after a Sentinel failover.
+    con: Mutex<Option<Con>>,
+    /// The server to subscribe to for evictions.
+    pubsub: Mutex<Option<redis::Client>>,
+    /// An ask failed: the heartbeat asks the Sentinels for the master again.
+    stale: std::sync::atomic::AtomicBool,
     commit: redis::Script,
     forget: redis::Script,
     /// Live nodes and their epochs, as of the last heartbeat.
@@ -231,17 +303,48 @@ impl Cluster {
     /// Connects lazily: a node starts with Redis down, and its REGISTERs get 503
     /// until Redis answers.
     pub(crate) fn new(cfg: &ClusterConfig, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(cfg.redis.as_str())
-            .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout));
-        let con = client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+        let bad = |e: redis::RedisError| anyhow::anyhow!("cluster.redis: {e}");
+        let urls = cfg.redis.list();
+        let (backend, con, pubsub) = match cfg.store_kind() {
+            crate::config::StoreKind::Single => {
+                let client = redis::Client::open(urls[0]).map_err(bad)?;
+                let con = Self::manager(&client, cfg.timeout).map_err(bad)?;
+                (Backend::Single, Some(con), Some(client))
+            }
+            #[cfg(feature = "redis-cluster")]
+            crate::config::StoreKind::Cluster => {
+                let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                    .connection_timeout(cfg.timeout)
+                    .response_timeout(cfg.timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(bad)?;
+                let seeds = urls
+                    .iter()
+                    .map(|u| redis::Client::open(*u))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                (Backend::Cluster(client, seeds), None, None)
+            }
+            #[cfg(feature = "redis-sentinel")]
+            crate::config::StoreKind::Sentinel => {
+                let master = cfg.sentinel_master.clone().unwrap_or_default();
+                let sentinel = redis::sentinel::SentinelClient::build(
+                    urls.clone(),
+                    master,
+                    None,
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(bad)?;
+                (
+                    Backend::Sentinel(tokio::sync::Mutex::new(sentinel)),
+                    None,
+                    None,
+                )
+            }
+            #[allow(unreachable_patterns, reason = "with every store feature built")]
+            _ => anyhow::bail!("cluster.redis: this build has no support for that kind of store"),
+        };
         let mut random = [0u8; 4];
         getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("random epoch: {e}"))?;
         let epoch = format!(
@@ -252,14 +355,92 @@ impl Cluster {
         Ok(Arc::new(Self {
             cfg: cfg.clone(),
             epoch,
-            con,
-            client,
-            lookup: redis::Script::new(LOOKUP),
+            backend,
+            con: Mutex::new(con),
+            pubsub: Mutex::new(pubsub),
+            stale: std::sync::atomic::AtomicBool::new(false),
             commit: redis::Script::new(COMMIT),
             forget: redis::Script::new(FORGET),
             live: Mutex::new(HashMap::new()),
             metrics,
         }))
+    }
+
+    /// A connection manager to `client` (lazy: made at its first command), retrying
+    /// little so that a request waits `cluster.timeout` at most.
+    fn manager(client: &redis::Client, timeout: Duration) -> redis::RedisResult<Con> {
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        client.get_connection_manager_lazy(config).map(Con::Manager)
+    }
+
+    /// The current connection.
+    fn con(&self) -> redis::RedisResult<Con> {
+        self.con
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Io, "not connected to the store yet"))
+            })
+    }
+
+    /// Whether there is a connection.
+    #[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+    fn connected(&self) -> bool {
+        self.con
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Makes the connection when there is none (a Redis Cluster, the Sentinels'
+    /// master), or asks the Sentinels for the master again after a failure.
+    async fn connect(&self) {
+        match &self.backend {
+            Backend::Single => {}
+            #[cfg(feature = "redis-cluster")]
+            Backend::Cluster(client, seeds) => {
+                if self.connected() {
+                    return;
+                }
+                match client.get_async_connection().await {
+                    Ok(c) => {
+                        *self.con.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(Con::Cluster(c));
+                        *self.pubsub.lock().unwrap_or_else(PoisonError::into_inner) =
+                            seeds.first().cloned();
+                    }
+                    Err(e) => tracing::debug!(error = %e, "Redis Cluster not reachable"),
+                }
+            }
+            #[cfg(feature = "redis-sentinel")]
+            Backend::Sentinel(sentinel) => {
+                let stale = self.stale.swap(false, std::sync::atomic::Ordering::Relaxed);
+                if self.connected() && !stale {
+                    return;
+                }
+                let master = sentinel.lock().await.async_get_client().await;
+                match master
+                    .and_then(|client| Ok((Self::manager(&client, self.cfg.timeout)?, client)))
+                {
+                    Ok((con, client)) => {
+                        let addr = client.get_connection_info().addr().to_string();
+                        tracing::info!(master = %addr, "cluster store: the Sentinels' master");
+                        *self.con.lock().unwrap_or_else(PoisonError::into_inner) = Some(con);
+                        *self.pubsub.lock().unwrap_or_else(PoisonError::into_inner) = Some(client);
+                    }
+                    Err(e) => {
+                        self.stale.store(true, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(error = %e, "no master from the Sentinels");
+                    }
+                }
+            }
+        }
     }
 
     /// This node's id.
@@ -275,6 +456,8 @@ impl Cluster {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "cluster store");
+                // A master that is one no more (READONLY), or gone: ask the Sentinels.
+                self.stale.store(true, std::sync::atomic::Ordering::Relaxed);
                 ClusterAnswer::Unavailable
             }
             Err(_) => ClusterAnswer::Unavailable,
@@ -299,12 +482,15 @@ impl Cluster {
     }
 
     async fn run(&self, ask: ClusterAsk) -> redis::RedisResult<ClusterAnswer> {
-        let mut con = self.con.clone();
+        let mut con = self.con()?;
         match ask {
             ClusterAsk::Lookup { aor } => {
-                let (b, x) = keys(&aor);
-                let (now_ms, fields): (u64, Vec<(String, String)>) =
-                    self.lookup.key(&b).key(&x).invoke_async(&mut con).await?;
+                let (b, _) = keys(&aor);
+                // A plain read: expired records are skipped here (by this node's
+                // clock) and dropped by the next write of the AoR, or with its keys.
+                let fields: Vec<(String, String)> =
+                    redis::cmd("HGETALL").arg(&b).query_async(&mut con).await?;
+                let now_ms = unix_ms(SystemTime::now());
                 let records: Vec<(String, Record)> = fields
                     .iter()
                     .filter(|(k, _)| k != "#v")
@@ -322,15 +508,16 @@ impl Cluster {
                 let v = self
                     .write(&mut con, &aor, &version.to_string(), &save, &remove)
                     .await?;
-                Ok(if v < 0 {
-                    ClusterAnswer::Conflict
-                } else {
-                    ClusterAnswer::Committed
+                Ok(match u64::try_from(v) {
+                    Ok(version) => ClusterAnswer::Committed { version },
+                    Err(_) => ClusterAnswer::Conflict,
                 })
             }
             ClusterAsk::Publish { aor, save } => {
-                self.write(&mut con, &aor, "-1", &save, &[]).await?;
-                Ok(ClusterAnswer::Committed)
+                let v = self.write(&mut con, &aor, "-1", &save, &[]).await?;
+                Ok(ClusterAnswer::Committed {
+                    version: u64::try_from(v).unwrap_or(0),
+                })
             }
             ClusterAsk::Forget { aor, remove } => {
                 let (b, x) = keys(&aor);
@@ -340,7 +527,7 @@ impl Cluster {
                     call.arg(k);
                 }
                 let _: i64 = call.invoke_async(&mut con).await?;
-                Ok(ClusterAnswer::Committed)
+                Ok(ClusterAnswer::Committed { version: 0 })
             }
         }
     }
@@ -348,7 +535,7 @@ impl Cluster {
     /// Runs [`COMMIT`] (and indexes the AoR under this node for the purge).
     async fn write(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut Con,
         aor: &str,
         version: &str,
         save: &[Binding],
@@ -395,11 +582,10 @@ impl Cluster {
         for k in remove {
             call.arg(k);
         }
-        let v: i64 = call.invoke_async(con).await?;
-        if v >= 0 && !save.is_empty() {
-            let _: () = con
-                .sadd(format!("sw:node:{}:aors", self.cfg.node_id), aor)
-                .await?;
+        let (v, added): (i64, u64) = call.invoke_async(con).await?;
+        // Indexed for the purge once, when new (not at every refresh).
+        if v >= 0 && added > 0 {
+            let _: () = con.sadd(aors_key(&self.cfg.node_id), aor).await?;
         }
         Ok(v)
     }
@@ -409,7 +595,7 @@ impl Cluster {
     /// then.
     async fn learn_owners(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut Con,
         records: &[(String, Record)],
     ) -> redis::RedisResult<()> {
         let mut unknown: Vec<&str> = {
@@ -427,12 +613,7 @@ impl Cluster {
             return Ok(());
         }
         let beats: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(
-                unknown
-                    .iter()
-                    .map(|n| format!("sw:node:{n}"))
-                    .collect::<Vec<_>>(),
-            )
+            .arg(unknown.iter().map(|n| beat_key(n)).collect::<Vec<_>>())
             .query_async(con)
             .await?;
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
@@ -513,6 +694,8 @@ impl Cluster {
             if core.is_closed() {
                 return;
             }
+            let _ = tokio::time::timeout(self.cfg.heartbeat.max(self.cfg.timeout), self.connect())
+                .await;
             match tokio::time::timeout(self.cfg.heartbeat.max(self.cfg.timeout), self.beat()).await
             {
                 Ok(Ok(previous)) => {
@@ -546,7 +729,10 @@ impl Cluster {
                     }
                     written = true;
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "cluster heartbeat"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cluster heartbeat");
+                    self.stale.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(_) => tracing::debug!("cluster heartbeat timed out"),
             }
         }
@@ -555,27 +741,23 @@ impl Cluster {
     /// Writes this node's heartbeat (returning what it replaced), learns the live
     /// nodes, and purges the dead ones.
     async fn beat(&self) -> redis::RedisResult<Option<String>> {
-        let mut con = self.con.clone();
+        let mut con = self.con()?;
         let ttl = u64::try_from(self.cfg.dead_after.as_millis()).unwrap_or(u64::MAX);
         let previous: Option<String> = redis::cmd("SET")
-            .arg(format!("sw:node:{}", self.cfg.node_id))
+            .arg(beat_key(&self.cfg.node_id))
             .arg(&self.epoch)
             .arg("PX")
             .arg(ttl)
             .arg("GET")
             .query_async(&mut con)
             .await?;
-        let _: () = con.sadd("sw:nodes", &self.cfg.node_id).await?;
-        let ids: Vec<String> = con.smembers("sw:nodes").await?;
+        let _: () = con.sadd(NODES, &self.cfg.node_id).await?;
+        let ids: Vec<String> = con.smembers(NODES).await?;
         let beats: Vec<Option<String>> = if ids.is_empty() {
             Vec::new()
         } else {
             redis::cmd("MGET")
-                .arg(
-                    ids.iter()
-                        .map(|i| format!("sw:node:{i}"))
-                        .collect::<Vec<_>>(),
-                )
+                .arg(ids.iter().map(|i| beat_key(i)).collect::<Vec<_>>())
                 .query_async(&mut con)
                 .await?
         };
@@ -593,7 +775,7 @@ impl Cluster {
         *self.live.lock().unwrap_or_else(PoisonError::into_inner) = live;
         for id in dead {
             let lock: Option<String> = redis::cmd("SET")
-                .arg(format!("sw:purge:{id}"))
+                .arg(format!("sw:{{nodes}}:purge:{id}"))
                 .arg(&self.cfg.node_id)
                 .arg("NX")
                 .arg("PX")
@@ -603,7 +785,7 @@ impl Cluster {
             if lock.is_some() {
                 let n = self.purge(&id, "").await;
                 tracing::info!(node = %id, bindings = n, "cluster node dead: its bindings purged");
-                let _: () = con.srem("sw:nodes", &id).await?;
+                let _: () = con.srem(NODES, &id).await?;
             }
         }
         Ok(previous)
@@ -611,8 +793,10 @@ impl Cluster {
 
     /// Removes node `id`'s bindings (of `epoch`, any when empty); returns how many.
     async fn purge(&self, id: &str, epoch: &str) -> u64 {
-        let mut con = self.con.clone();
-        let index = format!("sw:node:{id}:aors");
+        let Ok(mut con) = self.con() else {
+            return 0;
+        };
+        let index = aors_key(id);
         let mut removed = 0u64;
         let aors: Vec<String> = match con.smembers(&index).await {
             Ok(a) => a,
@@ -645,7 +829,13 @@ impl Cluster {
             if core.is_closed() {
                 return;
             }
-            if let Ok(mut pubsub) = self.client.get_async_pubsub().await
+            let client = self
+                .pubsub
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some(client) = client
+                && let Ok(mut pubsub) = client.get_async_pubsub().await
                 && pubsub.subscribe(&channel).await.is_ok()
             {
                 let mut messages = pubsub.into_on_message();

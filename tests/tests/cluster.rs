@@ -9,7 +9,7 @@ use serde_json::json;
 use sipwasm::sip::headers::HeaderName;
 use sipwasm_tests::js::{Agent, Lib, browser_call, browser_calls_phone, phone_calls_browser};
 use sipwasm_tests::peer::eventually;
-use sipwasm_tests::redis::Redis;
+use sipwasm_tests::redis::{Redis, RedisCluster, RedisSentinel};
 use sipwasm_tests::sip::Ua;
 use sipwasm_tests::*;
 
@@ -20,11 +20,15 @@ const C: [u8; 4] = [127, 0, 0, 4];
 /// A node of the standard server on `ip`, in a cluster on `redis`; `extra` TOML
 /// before `[cluster]`.
 fn node(redis: &Redis, ip: [u8; 4], id: &str, extra: &str) -> Server {
+    node_on(&format!("redis = \"{}\"", redis.url()), ip, id, extra)
+}
+
+/// [`node`] with its store given as `cluster.redis` (and `sentinel-master`) lines.
+fn node_on(store: &str, ip: [u8; 4], id: &str, extra: &str) -> Server {
     let template = format!(
-        "{}\n{extra}\n[cluster]\nnode-id = \"{id}\"\nredis = \"{}\"\naddress = \"{{ip}}:{{sip}}\"\n\
+        "{}\n{extra}\n[cluster]\nnode-id = \"{id}\"\n{store}\naddress = \"{{ip}}:{{sip}}\"\n\
          peers = [\"127.0.0.0/8\"]\nheartbeat = \"500ms\"\ndead-after = \"2s\"\n",
         STANDARD.replace("127.0.0.1:{", "{ip}:{"),
-        redis.url()
     );
     Server::start_at(ip, &template)
 }
@@ -373,7 +377,7 @@ async fn a_node_that_drops_its_connection_with_a_request_in_flight_fails_it_at_o
         "p": [format!("<sip:ftAAAA@{addr};transport=tcp;lr;swc>")],
         "t": "ws", "n": "ghost", "e": "e1",
     });
-    redis.cli(&["SET", "sw:node:ghost", "e1", "PX", "60000"]);
+    redis.cli(&["SET", "sw:{nodes}:beat:ghost", "e1", "PX", "60000"]);
     redis.cli(&[
         "HSET",
         "sw:{sip:ghostuser@localhost}:b",
@@ -414,4 +418,134 @@ async fn a_node_that_drops_its_connection_with_a_request_in_flight_fails_it_at_o
         got.contains(&format!("Route: <sip:ftAAAA@{addr};transport=tcp;lr;swc>")),
         "{got}"
     );
+}
+
+#[tokio::test]
+async fn a_restarted_node_publishes_its_udp_phones_again_without_them_registering() {
+    let redis = Redis::start();
+    let a = node(&redis, A, "a", "");
+    let mut b = node(&redis, B, "b", "");
+    let mut phone = Ua::udp(&b, "steady").await;
+    assert_eq!(phone.register(3600).await.status, 200);
+    let before = redis.bindings(&AOR("steady"));
+    assert_eq!(before.len(), 1, "{before:?}");
+    let epoch = before[0].1["e"].clone();
+    // B restarts (its data directory keeps UDP registrations): no REGISTER is needed,
+    // it writes the phone's binding again under its new boot epoch at once...
+    b.restart();
+    eventually("the phone's binding written again by B's new life", || {
+        redis
+            .bindings(&AOR("steady"))
+            .first()
+            .is_some_and(|(_, r)| r["n"] == "b" && r["e"] != epoch)
+    })
+    .await;
+    assert_eq!(redis.binding_keys(&AOR("steady")).len(), 1);
+    // ...and a caller on A reaches the phone through B.
+    let mut caller = Ua::udp(&a, "caller").await;
+    let (m, _) = caller.request("MESSAGE", "steady", "", "still there?");
+    caller.send(&m).await;
+    let req = phone.recv_request("MESSAGE").await;
+    phone.send(&phone.response(&req, 200, "", "")).await;
+    assert_eq!(caller.recv_final().await.status, 200);
+}
+
+#[tokio::test]
+async fn nodes_share_a_redis_cluster() {
+    let store = RedisCluster::start();
+    let list: Vec<String> = store.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let line = format!("redis = [{}]", list.join(", "));
+    let a = node_on(&line, A, "a", "");
+    let c = node_on(&line, C, "c", "");
+    let mut alice = Agent::start(&a, Lib::JsSip, "alice", None).await;
+    let mut carol = Agent::start(&c, Lib::SipJs, "carol", None).await;
+    alice.register().await;
+    carol.register().await;
+    // Phones on both nodes: their AoRs are spread over the cluster's masters.
+    let mut phones = Vec::new();
+    for i in 0..12 {
+        let mut p = Ua::udp(if i % 2 == 0 { &a } else { &c }, &format!("p{i}")).await;
+        assert_eq!(p.register(600).await.status, 200);
+        phones.push(p);
+    }
+    let holding = store
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["DBSIZE"]).trim().parse::<u64>().unwrap_or(0) > 0)
+        .count();
+    assert!(holding >= 2, "AoRs on {holding} of 3 masters");
+    assert_eq!(store.binding_keys(&AOR("carol")).len(), 1);
+    // Across nodes both ways, and to a phone on the other node.
+    alice
+        .cmd(json!({"cmd": "message", "target": "carol", "body": "over the cluster"}))
+        .await;
+    assert_eq!(carol.expect("message").await["body"], "over the cluster");
+    alice.expect("message_sent").await;
+    browser_call(&mut carol, &mut alice, true).await;
+    let (m, _) = phones[0].request("MESSAGE", "p1", "", "a to c");
+    phones[0].send(&m).await;
+    let req = phones[1].recv_request("MESSAGE").await;
+    let ok = phones[1].response(&req, 200, "", "");
+    phones[1].send(&ok).await;
+    assert_eq!(phones[0].recv_final().await.status, 200);
+}
+
+#[tokio::test]
+async fn the_store_follows_a_sentinel_failover() {
+    let mut store = RedisSentinel::start();
+    let line = format!(
+        "redis = \"{}\"\nsentinel-master = \"mymaster\"",
+        store.url()
+    );
+    let a = node_on(&line, A, "a", "");
+    let c = node_on(&line, C, "c", "");
+    let mut before = Ua::udp(&c, "before").await;
+    let mut r = before.register(600).await;
+    // The nodes find the master through the Sentinel at their first heartbeat.
+    for _ in 0..50 {
+        if r.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r = before.register(600).await;
+    }
+    assert_eq!(r.status, 200, "{r:?}");
+    let old = store.master_port();
+    assert_eq!(old, store.master.addr.port());
+    // Wait for the replica to have it, then the master dies.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store
+        .replica
+        .cli(&["HKEYS", &format!("sw:{{{}}}:b", AOR("before"))])
+        .trim()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "not replicated within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.master.stop();
+    let failed = Instant::now();
+    // REGISTERs get 503 until the Sentinel promoted the replica, then 200 again.
+    let mut after = Ua::udp(&a, "after").await;
+    let mut status = 0;
+    while failed.elapsed() < Duration::from_secs(30) {
+        status = after.register(600).await.status;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "no REGISTER went through within 30 s of the failover"
+    );
+    assert_eq!(store.master_port(), store.replica.addr.port());
+    // The binding written before the failover is still found: a call from A reaches
+    // the phone on C.
+    let (m, _) = after.request("MESSAGE", "before", "", "after the failover");
+    after.send(&m).await;
+    let req = before.recv_request("MESSAGE").await;
+    before.send(&before.response(&req, 200, "", "")).await;
+    assert_eq!(after.recv_final().await.status, 200);
 }

@@ -16,8 +16,13 @@ pub struct ClusterConfig {
     /// This node's name, unique in the cluster: letters, digits, `.`, `_`, `-`.
     pub node_id: String,
     /// The Redis server (`redis://HOST:PORT` or `redis://HOST:PORT/DB`, with
-    /// `user:password@` when it asks for them).
-    pub redis: String,
+    /// `user:password@` when it asks for them); a list of them for a Redis Cluster
+    /// (its seed nodes) or, with `sentinel-master`, the Sentinels.
+    pub redis: RedisUrls,
+    /// The name of the master the Sentinels of `redis` watch: the store is that
+    /// master, followed when they fail over.
+    #[serde(default)]
+    pub sentinel_master: Option<String>,
     /// Where the other nodes send SIP for the bindings this node holds: the address of
     /// one of this node's `[[listen]]` sockets (`transport`), as they reach it.
     pub address: SocketAddr,
@@ -39,6 +44,37 @@ pub struct ClusterConfig {
     /// then gets 503 with `Retry-After`; a call reaches this node's bindings only).
     #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
+}
+
+/// `cluster.redis`: one URL or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RedisUrls {
+    /// One server (or, with `sentinel-master`, one Sentinel).
+    One(String),
+    /// The seed nodes of a Redis Cluster (or, with `sentinel-master`, the Sentinels).
+    Many(Vec<String>),
+}
+
+impl RedisUrls {
+    /// The URLs.
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Self::One(u) => vec![u.as_str()],
+            Self::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// Which kind of store `[cluster]` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One Redis.
+    Single,
+    /// A Redis Cluster (a list of seed nodes).
+    Cluster,
+    /// The master a Redis Sentinel group watches.
+    Sentinel,
 }
 
 fn default_transport() -> ListenTransport {
@@ -72,13 +108,37 @@ impl ClusterConfig {
                 "must be 1 to 64 letters, digits, `.`, `_` or `-`".into(),
             ));
         }
-        let scheme_ok = self.redis.starts_with("redis://")
-            && self.redis.len() > "redis://".len()
-            && !self.redis.contains(char::is_whitespace);
-        if !scheme_ok {
+        let urls = self.redis.list();
+        let scheme_ok = |u: &&str| {
+            u.starts_with("redis://")
+                && u.len() > "redis://".len()
+                && !u.contains(char::is_whitespace)
+        };
+        if urls.is_empty() || !urls.iter().all(scheme_ok) {
             return Err((
                 "cluster.redis".into(),
-                "must be a redis://HOST:PORT URL".into(),
+                "must be a redis://HOST:PORT URL, or a list of them".into(),
+            ));
+        }
+        if let Some(m) = &self.sentinel_master
+            && (m.is_empty() || m.contains(char::is_whitespace))
+        {
+            return Err((
+                "cluster.sentinel-master".into(),
+                "must be the master's name as the Sentinels know it".into(),
+            ));
+        }
+        let built = match self.store_kind() {
+            StoreKind::Single => true,
+            StoreKind::Cluster => cfg!(feature = "redis-cluster"),
+            StoreKind::Sentinel => cfg!(feature = "redis-sentinel"),
+        };
+        if !built {
+            return Err((
+                "cluster.redis".into(),
+                "this build has no Redis Cluster or Sentinel support (cargo features \
+                 redis-cluster, redis-sentinel)"
+                    .into(),
             ));
         }
         if !matches!(self.transport, ListenTransport::Tcp | ListenTransport::Udp) {
@@ -130,6 +190,18 @@ impl ClusterConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Which kind of store `redis` names: with `sentinel-master` the Sentinels'
+    /// master, else a list of more than one URL a Redis Cluster, else one Redis.
+    pub fn store_kind(&self) -> StoreKind {
+        if self.sentinel_master.is_some() {
+            StoreKind::Sentinel
+        } else if matches!(&self.redis, RedisUrls::Many(v) if v.len() > 1) {
+            StoreKind::Cluster
+        } else {
+            StoreKind::Single
+        }
     }
 
     /// `tcp` or `udp`.

@@ -23,7 +23,7 @@ mod media;
 mod validate;
 
 pub use self::allowed_host::AllowedHost;
-pub use self::cluster::ClusterConfig;
+pub use self::cluster::{ClusterConfig, RedisUrls, StoreKind};
 pub use self::dns::{DnsConfig, TlsClientConfig};
 pub(crate) use self::gateways::name_is_valid as gateway_name_is_valid;
 pub use self::gateways::{GatewayAlgorithm, GatewaySetConfig, GatewayTarget};
@@ -1206,6 +1206,16 @@ path = "p.wasm"
         assert_eq!(e.key, "cluster.address");
         let e = parse(&cluster("colour = 1\n")).unwrap_err();
         assert_eq!(e.key, "cluster.colour");
+        let list = "redis = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]";
+        let c = parse(&cluster("").replace("redis = \"redis://10.0.0.9:6379\"", list)).unwrap();
+        assert_eq!(c.cluster.unwrap().store_kind(), StoreKind::Cluster);
+        let c = parse(&cluster("sentinel-master = \"mymaster\"\n")).unwrap();
+        assert_eq!(c.cluster.unwrap().store_kind(), StoreKind::Sentinel);
+        let e = parse(&cluster("sentinel-master = \"my master\"\n")).unwrap_err();
+        assert_eq!(e.key, "cluster.sentinel-master");
+        let e = parse(&cluster("").replace("redis = \"redis://10.0.0.9:6379\"", "redis = []"))
+            .unwrap_err();
+        assert_eq!(e.key, "cluster.redis");
     }
 
     #[test]

@@ -101,8 +101,11 @@ pub enum ClusterAnswer {
         /// Whether the store knew the AoR.
         known: bool,
     },
-    /// Written.
-    Committed,
+    /// Written: the AoR's version now.
+    Committed {
+        /// The version the write made.
+        version: u64,
+    },
     /// Not written: the AoR changed since it was read.
     Conflict,
     /// The store did not answer in time.
@@ -135,6 +138,8 @@ pub(super) enum Waiting {
         tries: u8,
         outcome: Outcome,
         changes: Vec<Change>,
+        /// The other nodes' bindings the decision kept.
+        remote: Vec<Binding>,
     },
 }
 
@@ -149,6 +154,11 @@ pub(super) struct ClusterState {
     /// a time per AoR on a node, so that its decision is made on what the one before
     /// wrote.
     busy: HashMap<String, VecDeque<u64>>,
+    /// What this node last wrote of an AoR it holds bindings of: the AoR's version
+    /// then, and the other nodes' bindings it was decided with. A refresh is decided
+    /// on it and written in one round trip; if the version moved meanwhile, the write
+    /// is refused and the AoR read again.
+    seen: HashMap<String, (u64, Vec<Binding>)>,
 }
 
 /// Seconds a REGISTER refused because the store is unreachable is told to wait: spread
@@ -173,7 +183,7 @@ impl Core {
     }
 
     /// Puts a request in a server transaction to wait for the store.
-    pub(super) fn wait_for_cluster(&mut self, id: u64, wait: Wait) {
+    pub(super) fn wait_for_cluster(&mut self, now: Instant, id: u64, wait: Wait) {
         match wait {
             Wait::Call { aor, hash } => {
                 self.cluster.waiting.insert(id, Waiting::Call(hash));
@@ -185,6 +195,31 @@ impl Core {
                     return;
                 }
                 self.cluster.busy.insert(aor.clone(), VecDeque::new());
+                self.start_register(now, id, aor);
+            }
+        }
+    }
+
+    /// Decides REGISTER `id` on what this node last wrote of the AoR, or reads the
+    /// AoR first.
+    fn start_register(&mut self, now: Instant, id: u64, aor: String) {
+        let seen = self.cluster.seen.get(&aor).map(|(version, remote)| {
+            let live: Vec<Binding> = remote
+                .iter()
+                .filter(|b| b.expires_at > now)
+                .cloned()
+                .collect();
+            (*version, live)
+        });
+        let request = self
+            .servers
+            .get(id)
+            .map(|st| (st.source, st.request.clone()));
+        match (seen, request) {
+            (Some((version, remote)), Some(request)) => {
+                self.decide_register(now, id, request, aor, 0, version, remote);
+            }
+            _ => {
                 self.cluster.waiting.insert(
                     id,
                     Waiting::Register {
@@ -198,24 +233,10 @@ impl Core {
     }
 
     /// The next REGISTER for `aor`, once the one before it is answered.
-    fn next_register(&mut self, aor: &str) {
+    fn next_register(&mut self, now: Instant, aor: &str) {
         let next = self.cluster.busy.get_mut(aor).and_then(VecDeque::pop_front);
         match next {
-            Some(id) => {
-                self.cluster.waiting.insert(
-                    id,
-                    Waiting::Register {
-                        aor: aor.to_string(),
-                        tries: 0,
-                    },
-                );
-                self.ask_cluster(
-                    id,
-                    ClusterAsk::Lookup {
-                        aor: aor.to_string(),
-                    },
-                );
-            }
+            Some(id) => self.start_register(now, id, aor.to_string()),
             None => {
                 self.cluster.busy.remove(aor);
             }
@@ -247,7 +268,7 @@ impl Core {
             }
             Waiting::Register { aor, tries } => {
                 let Some((source, req)) = live else {
-                    return self.next_register(&aor);
+                    return self.next_register(now, &aor);
                 };
                 match answer {
                     ClusterAnswer::Found {
@@ -263,18 +284,30 @@ impl Core {
                 tries,
                 outcome,
                 changes,
+                remote,
             } => {
                 let Some((source, req)) = live else {
-                    return self.next_register(&aor);
+                    return self.next_register(now, &aor);
                 };
                 match answer {
-                    ClusterAnswer::Committed => {
+                    ClusterAnswer::Committed { version } => {
                         self.apply_committed(now, &aor, changes);
+                        if self
+                            .location
+                            .lookup(&aor)
+                            .iter()
+                            .any(|b| b.reach.is_local())
+                        {
+                            self.cluster.seen.insert(aor.clone(), (version, remote));
+                        } else {
+                            self.cluster.seen.remove(&aor);
+                        }
                         let route = self.registered(now, &source, &req, outcome, Vec::new());
                         self.take_waited(now, id, source, req, route);
-                        self.next_register(&aor);
+                        self.next_register(now, &aor);
                     }
                     ClusterAnswer::Conflict if tries + 1 < MAX_TRIES => {
+                        self.cluster.seen.remove(&aor);
                         self.cluster.waiting.insert(
                             id,
                             Waiting::Register {
@@ -295,7 +328,7 @@ impl Core {
                         );
                         resp.reason = "Registration Changed Meanwhile".into();
                         self.answer_routed(id, resp, now);
-                        self.next_register(&aor);
+                        self.next_register(now, &aor);
                     }
                     _ => self.register_unavailable(now, id, &req, &aor),
                 }
@@ -306,6 +339,8 @@ impl Core {
     /// 503 with a spread `Retry-After`: the store did not answer, so a REGISTER cannot
     /// be decided against the other nodes' bindings.
     fn register_unavailable(&mut self, now: Instant, id: u64, req: &Request, aor: &str) {
+        // It may come back empty: read the AoR again then.
+        self.cluster.seen.remove(aor);
         let seed = self.new_id() ^ id;
         let resp = self.make_response(
             req,
@@ -316,7 +351,7 @@ impl Core {
             ],
         );
         self.answer_routed(id, resp, now);
-        self.next_register(aor);
+        self.next_register(now, aor);
     }
 
     /// Decides a REGISTER on a copy of the AoR with the other nodes' bindings, then
@@ -353,7 +388,7 @@ impl Core {
         if changes.is_empty() {
             let route = self.registered(now, &source, &req, outcome, Vec::new());
             self.take_waited(now, id, source, req, route);
-            return self.next_register(&aor);
+            return self.next_register(now, &aor);
         }
         let after = copy.lookup(&aor);
         let save: Vec<Binding> = after
@@ -362,6 +397,11 @@ impl Core {
             .map(|b| self.published(b))
             .collect();
         let kept: Vec<String> = after.iter().map(store_key).collect();
+        let remote: Vec<Binding> = after
+            .iter()
+            .filter(|b| !b.reach.is_local())
+            .cloned()
+            .collect();
         let mut remove: Vec<String> = before.into_iter().filter(|k| !kept.contains(k)).collect();
         remove.dedup();
         self.cluster.waiting.insert(
@@ -371,6 +411,7 @@ impl Core {
                 tries,
                 outcome,
                 changes,
+                remote,
             },
         );
         self.ask_cluster(
@@ -467,6 +508,14 @@ impl Core {
             }
         }
         for (aor, remove) in by_aor {
+            if !self
+                .location
+                .lookup(&aor)
+                .iter()
+                .any(|b| b.reach.is_local())
+            {
+                self.cluster.seen.remove(&aor);
+            }
             self.ask_cluster(0, ClusterAsk::Forget { aor, remove });
         }
     }
@@ -474,6 +523,7 @@ impl Core {
     /// Another node replaced or removed a binding of this node: it goes here too
     /// (the store no longer has it).
     pub(super) fn on_evicted(&mut self, now: Instant, aor: &str, key: &str) {
+        self.cluster.seen.remove(aor);
         let ids: Vec<u64> = self
             .location
             .lookup(aor)
@@ -493,6 +543,7 @@ impl Core {
     /// The store lost its data (restarted empty): every binding of this node is
     /// written again.
     pub(super) fn republish(&mut self) {
+        self.cluster.seen.clear();
         let mut by_aor: HashMap<String, Vec<Binding>> = HashMap::default();
         for b in self.location.all().filter(|b| b.reach.is_local()) {
             by_aor
@@ -503,6 +554,17 @@ impl Core {
         for (aor, save) in by_aor {
             self.ask_cluster(0, ClusterAsk::Publish { aor, save });
         }
+    }
+
+    /// Gives back the spare room of the cluster's tables (a burst of REGISTERs grew
+    /// them); whether one is still large.
+    pub(super) fn shrink_cluster(&mut self) -> bool {
+        use super::sharded::shrink_map;
+        let c = &mut self.cluster;
+        let mut large = shrink_map(&mut c.seen);
+        large |= shrink_map(&mut c.waiting);
+        large |= shrink_map(&mut c.busy);
+        large
     }
 
     /// Requests waiting for the store and AoRs being registered (for stats).

@@ -929,6 +929,7 @@ impl Core {
         large |= self.clients.shrink();
         large |= self.ctxs.shrink();
         large |= shrink_map(&mut self.flows);
+        large |= self.shrink_cluster();
         large |= shrink_map(&mut self.udp_verified);
         large |= self.timers.shrink();
         if self.transmits.capacity() > sharded::SHRINK_FROM && self.transmits.is_empty() {
@@ -1121,7 +1122,7 @@ impl Core {
                 if let Some(trying) = trying {
                     self.respond(id, trying, now);
                 }
-                self.wait_for_cluster(id, wait);
+                self.wait_for_cluster(now, id, wait);
             }
         }
     }
@@ -1154,7 +1155,7 @@ impl Core {
             Ok(proxy::Route::Forward(forwarding)) => {
                 self.start_ctx(now, id, source, req, forwarding);
             }
-            Ok(proxy::Route::Cluster(wait)) => self.wait_for_cluster(id, wait),
+            Ok(proxy::Route::Cluster(wait)) => self.wait_for_cluster(now, id, wait),
             Err(resp) => self.answer_routed(id, resp, now),
         }
     }

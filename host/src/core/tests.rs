@@ -3723,7 +3723,7 @@ mod cluster {
         );
         let (id, save) = found_then_commit(&mut sim, id, 4, vec![theirs]);
         assert_eq!((save.len(), save[0].cseq), (1, 10));
-        let out = answer(&mut sim, id, ClusterAnswer::Committed);
+        let out = answer(&mut sim, id, ClusterAnswer::Committed { version: 1 });
         assert_eq!(status(&out[0].1), 200);
         let bound = sim.core.bindings("sip:pat@localhost");
         assert_eq!(bound.len(), 1);
@@ -3836,7 +3836,7 @@ mod cluster {
         let (id, save) = found_then_commit(&mut sim, id, 0, vec![]);
         let route = save[0].path[0].clone();
         assert_eq!(
-            status(&answer(&mut sim, id, ClusterAnswer::Committed)[0].1),
+            status(&answer(&mut sim, id, ClusterAnswer::Committed { version: 1 })[0].1),
             200
         );
         let message = |branch: &str| {
@@ -3913,8 +3913,96 @@ mod cluster {
         };
         answer(sim, id, found);
         let id = asks(sim)[0].id;
-        let out = answer(sim, id, ClusterAnswer::Committed);
+        let out = answer(sim, id, ClusterAnswer::Committed { version: 1 });
         assert_eq!(status(&out[0].1), 200, "{out:?}");
+    }
+
+    #[test]
+    fn a_refresh_is_written_in_one_round_trip_until_the_aor_moved() {
+        let mut sim = clustered();
+        sim.feed(udp_phone(), &register_udp(1, 600));
+        let id = asks(&mut sim)[0].id;
+        let (id, _) = found_then_commit(&mut sim, id, 6, vec![]);
+        let out = answer(&mut sim, id, ClusterAnswer::Committed { version: 7 });
+        assert_eq!(status(&out[0].1), 200);
+        // The refresh: decided on what this node wrote (version 7), no lookup.
+        sim.feed(udp_phone(), &register_udp(2, 600));
+        let a = asks(&mut sim);
+        let [
+            ClusterRequest {
+                id,
+                ask: ClusterAsk::Commit { version: 7, .. },
+            },
+        ] = &a[..]
+        else {
+            panic!("{a:?}")
+        };
+        let out = answer(&mut sim, *id, ClusterAnswer::Committed { version: 8 });
+        assert_eq!(status(&out[0].1), 200);
+        // Another node wrote the AoR since: refused, read again, decided again.
+        sim.feed(udp_phone(), &register_udp(3, 600));
+        let id = asks(&mut sim)[0].id;
+        assert!(answer(&mut sim, id, ClusterAnswer::Conflict).is_empty());
+        let a = asks(&mut sim);
+        assert!(
+            matches!(
+                &a[..],
+                [ClusterRequest {
+                    ask: ClusterAsk::Lookup { .. },
+                    ..
+                }]
+            ),
+            "{a:?}"
+        );
+        let (id, _) = found_then_commit(&mut sim, a[0].id, 9, vec![]);
+        let out = answer(&mut sim, id, ClusterAnswer::Committed { version: 10 });
+        assert_eq!(status(&out[0].1), 200);
+        // Told that another node took the binding over: the next REGISTER reads first.
+        sim.core.handle(
+            sim.now,
+            Input::ClusterEvicted {
+                aor: "sip:pat@localhost".into(),
+                key: "sip:pat@127.0.0.1:5070".into(),
+            },
+        );
+        sim.feed(udp_phone(), &register_udp(4, 600));
+        let a = asks(&mut sim);
+        assert!(
+            matches!(
+                &a[..],
+                [ClusterRequest {
+                    ask: ClusterAsk::Lookup { .. },
+                    ..
+                }]
+            ),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn max_contacts_counts_the_bindings_of_every_node() {
+        let mut sim = clustered();
+        let mut cfg = sim.core.cfg.clone();
+        cfg.registrar.max_contacts = 1;
+        sim.core = Core::new(cfg);
+        sim.feed(udp_phone(), &register_udp(1, 600));
+        let id = asks(&mut sim)[0].id;
+        // The AoR has one binding already, another phone on another node.
+        let theirs = remote(
+            "sip:pat@192.0.2.9:5060",
+            "other",
+            1,
+            "<sip:fuY@10.0.0.3:5060;lr;swc>",
+        );
+        let found = ClusterAnswer::Found {
+            version: 1,
+            bindings: vec![theirs],
+            known: true,
+        };
+        let out = answer(&mut sim, id, found);
+        let r = response(&out[0].1);
+        assert_eq!((r.status, r.reason.as_str()), (403, "Too Many Contacts"));
+        assert!(asks(&mut sim).is_empty());
     }
 
     #[test]
