@@ -43,7 +43,9 @@ use crate::metrics::Metrics;
 /// other nodes whose bindings it overwrote or removed; with `-1` (publishing again
 /// after the store lost its data) whatever the version, and never over another node's
 /// binding.
-/// ARGV: version, node, AoR, grace (ms), count of writes, then (key, record, expiry)
+/// Its keys live until the latest binding's expiry plus the grace (ms), or longer if
+/// they were to already. ARGV: version, node, AoR, grace, count of writes, then (key,
+/// record, expiry)
 /// per write, then the keys to remove. Returns the new version (-1 when refused) and
 /// how many of the keys it wrote were not there before.
 const COMMIT: &str = r"
@@ -89,14 +91,18 @@ while i <= #ARGV do
   i = i + 1
 end
 redis.call('HSET', KEYS[1], '#v', v + 1)
+local function keep(key, at)
+  local cur = redis.call('PEXPIRETIME', key)
+  if cur == -1 or cur < at then redis.call('PEXPIREAT', key, at) end
+end
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 if #last == 0 then
-  redis.call('PEXPIREAT', KEYS[1], now + tonumber(ARGV[4]))
+  keep(KEYS[1], now + tonumber(ARGV[4]))
   return {v + 1, added}
 end
 local at = tonumber(last[2]) + tonumber(ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], at)
-redis.call('PEXPIREAT', KEYS[2], at)
+keep(KEYS[1], at)
+keep(KEYS[2], at)
 return {v + 1, added}
 ";
 
@@ -128,9 +134,15 @@ end
 return n
 ";
 
-/// How long an AoR's keys outlive its last binding's expiry (or its removal): so
-/// long a call to it is 480 (known, unavailable) on every node rather than 404, as a
-/// single node remembers it.
+/// AoRs of a dead node purged per `SPOP`.
+const PURGE_BATCH: usize = 100;
+
+/// How long the lock on a dead node's purge lasts unless renewed (after each batch).
+const PURGE_LOCK_MS: u64 = 10_000;
+
+/// How long the keys of an AoR remembered (its client refreshed or unregistered)
+/// outlive its last binding's expiry or removal: so long a call to it is 480 (known,
+/// unavailable) on every node rather than 404, as a single node remembers it.
 const GRACE_MS: u64 = 24 * 3600 * 1000;
 
 /// A binding as the store keeps it.
@@ -283,6 +295,10 @@ pub(crate) struct Cluster {
     pubsub: Mutex<Option<redis::Client>>,
     /// An ask failed: the heartbeat asks the Sentinels for the master again.
     stale: std::sync::atomic::AtomicBool,
+    /// The last heartbeat failed: asks fail at once (a REGISTER gets its 503, a call
+    /// goes on with this node's bindings, without waiting `cluster.timeout` each)
+    /// until a heartbeat goes through again.
+    down: std::sync::atomic::AtomicBool,
     commit: redis::Script,
     forget: redis::Script,
     /// Live nodes and their epochs, as of the last heartbeat.
@@ -359,6 +375,7 @@ impl Cluster {
             con: Mutex::new(con),
             pubsub: Mutex::new(pubsub),
             stale: std::sync::atomic::AtomicBool::new(false),
+            down: std::sync::atomic::AtomicBool::new(false),
             commit: redis::Script::new(COMMIT),
             forget: redis::Script::new(FORGET),
             live: Mutex::new(HashMap::new()),
@@ -451,6 +468,10 @@ impl Cluster {
     /// Answers one ask (`None` for those that want no answer), within
     /// `cluster.timeout`: past it, or on any error, [`ClusterAnswer::Unavailable`].
     pub(crate) async fn answer(&self, ask: ClusterAsk) -> ClusterAnswer {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            self.metrics.cluster_failure();
+            return ClusterAnswer::Unavailable;
+        }
         let result = tokio::time::timeout(self.cfg.timeout, self.run(ask)).await;
         let answer = match result {
             Ok(Ok(a)) => a,
@@ -504,22 +525,28 @@ impl Cluster {
                 version,
                 save,
                 remove,
+                remember,
             } => {
+                let grace = if remember { GRACE_MS } else { 0 };
                 let v = self
-                    .write(&mut con, &aor, &version.to_string(), &save, &remove)
+                    .write(&mut con, &aor, &version.to_string(), &save, &remove, grace)
                     .await?;
+                if v >= 0 && save.is_empty() {
+                    // This node holds none of the AoR now: off its index.
+                    let _: () = con.srem(aors_key(&self.cfg.node_id), &aor).await?;
+                }
                 Ok(match u64::try_from(v) {
                     Ok(version) => ClusterAnswer::Committed { version },
                     Err(_) => ClusterAnswer::Conflict,
                 })
             }
             ClusterAsk::Publish { aor, save } => {
-                let v = self.write(&mut con, &aor, "-1", &save, &[]).await?;
+                let v = self.write(&mut con, &aor, "-1", &save, &[], 0).await?;
                 Ok(ClusterAnswer::Committed {
                     version: u64::try_from(v).unwrap_or(0),
                 })
             }
-            ClusterAsk::Forget { aor, remove } => {
+            ClusterAsk::Forget { aor, remove, last } => {
                 let (b, x) = keys(&aor);
                 let mut call = self.forget.key(&b);
                 call.key(&x).arg(&self.cfg.node_id).arg(&self.epoch);
@@ -527,6 +554,9 @@ impl Cluster {
                     call.arg(k);
                 }
                 let _: i64 = call.invoke_async(&mut con).await?;
+                if last {
+                    let _: () = con.srem(aors_key(&self.cfg.node_id), &aor).await?;
+                }
                 Ok(ClusterAnswer::Committed { version: 0 })
             }
         }
@@ -540,6 +570,7 @@ impl Cluster {
         version: &str,
         save: &[Binding],
         remove: &[String],
+        grace: u64,
     ) -> redis::RedisResult<i64> {
         let (b, x) = keys(aor);
         let now = Instant::now();
@@ -549,7 +580,7 @@ impl Cluster {
             .arg(version)
             .arg(&self.cfg.node_id)
             .arg(aor)
-            .arg(GRACE_MS)
+            .arg(grace)
             .arg(save.len());
         for binding in save {
             let expires = unix_ms(wall + binding.expires_at.saturating_duration_since(now));
@@ -699,6 +730,9 @@ impl Cluster {
             match tokio::time::timeout(self.cfg.heartbeat.max(self.cfg.timeout), self.beat()).await
             {
                 Ok(Ok(previous)) => {
+                    if self.down.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!("cluster store reachable again");
+                    }
                     // The first heartbeat publishes what this node restored from its
                     // data directory; a later one that finds its own gone, everything.
                     let lost = previous.as_deref() != Some(self.epoch.as_str());
@@ -708,7 +742,7 @@ impl Cluster {
                     {
                         // This node's previous life: its bindings are gone with it.
                         let (me, old) = (self.clone(), p.to_string());
-                        tokio::spawn(async move { me.purge(&me.cfg.node_id.clone(), &old).await });
+                        tokio::spawn(async move { me.purge_earlier(&old).await });
                     } else if let Some(p) = previous.as_deref()
                         && p != self.epoch
                     {
@@ -732,15 +766,29 @@ impl Cluster {
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "cluster heartbeat");
                     self.stale.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.store_down();
                 }
-                Err(_) => tracing::debug!("cluster heartbeat timed out"),
+                Err(_) => {
+                    tracing::debug!("cluster heartbeat timed out");
+                    self.store_down();
+                }
             }
+        }
+    }
+
+    /// The store did not take a heartbeat: said once, until it does again.
+    fn store_down(&self) {
+        if !self.down.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "cluster store unreachable: REGISTERs get 503, calls reach this node's \
+                 bindings only, until a heartbeat goes through"
+            );
         }
     }
 
     /// Writes this node's heartbeat (returning what it replaced), learns the live
     /// nodes, and purges the dead ones.
-    async fn beat(&self) -> redis::RedisResult<Option<String>> {
+    async fn beat(self: &Arc<Self>) -> redis::RedisResult<Option<String>> {
         let mut con = self.con()?;
         let ttl = u64::try_from(self.cfg.dead_after.as_millis()).unwrap_or(u64::MAX);
         let previous: Option<String> = redis::cmd("SET")
@@ -779,29 +827,82 @@ impl Cluster {
                 .arg(&self.cfg.node_id)
                 .arg("NX")
                 .arg("PX")
-                .arg(10_000)
+                .arg(PURGE_LOCK_MS)
                 .query_async(&mut con)
                 .await?;
             if lock.is_some() {
-                let n = self.purge(&id, "").await;
-                tracing::info!(node = %id, bindings = n, "cluster node dead: its bindings purged");
-                let _: () = con.srem(NODES, &id).await?;
+                // On a task of its own: a dead node of a hundred thousand AoRs takes
+                // longer than a heartbeat.
+                let me = self.clone();
+                tokio::spawn(async move { me.purge_dead(&id).await });
             }
         }
         Ok(previous)
     }
 
-    /// Removes node `id`'s bindings (of `epoch`, any when empty); returns how many.
-    async fn purge(&self, id: &str, epoch: &str) -> u64 {
+    /// Removes dead node `id`'s bindings, taking its AoRs off its index as it goes
+    /// (a purge cut short goes on where it stopped), renewing its lock meanwhile;
+    /// then forgets the node.
+    async fn purge_dead(&self, id: &str) {
+        let Ok(mut con) = self.con() else { return };
+        let (index, lock) = (aors_key(id), format!("sw:{{nodes}}:purge:{id}"));
+        let mut removed = 0u64;
+        loop {
+            let batch: redis::RedisResult<Vec<String>> = redis::cmd("SPOP")
+                .arg(&index)
+                .arg(PURGE_BATCH)
+                .query_async(&mut con)
+                .await;
+            let Ok(batch) = batch else { return };
+            if batch.is_empty() {
+                break;
+            }
+            for aor in &batch {
+                let (b, x) = keys(aor);
+                let n: redis::RedisResult<u64> = self
+                    .forget
+                    .key(&b)
+                    .key(&x)
+                    .arg(id)
+                    .arg("")
+                    .arg("*")
+                    .invoke_async(&mut con)
+                    .await;
+                removed += n.unwrap_or(0);
+            }
+            let _: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&lock)
+                .arg(&self.cfg.node_id)
+                .arg("XX")
+                .arg("PX")
+                .arg(PURGE_LOCK_MS)
+                .query_async(&mut con)
+                .await;
+        }
+        let _: redis::RedisResult<()> = con.srem(NODES, id).await;
+        tracing::info!(node = %id, bindings = removed, "cluster node dead: its bindings purged");
+    }
+
+    /// Removes the bindings this node wrote in an earlier life (boot epoch `epoch`),
+    /// by its index, which this life shares; returns how many.
+    async fn purge_earlier(&self, epoch: &str) -> u64 {
         let Ok(mut con) = self.con() else {
             return 0;
         };
-        let index = aors_key(id);
+        let (id, index) = (self.cfg.node_id.as_str(), aors_key(&self.cfg.node_id));
         let mut removed = 0u64;
-        let aors: Vec<String> = match con.smembers(&index).await {
-            Ok(a) => a,
+        let mut iter = match con.sscan::<_, String>(&index).await {
+            Ok(i) => i,
             Err(_) => return 0,
         };
+        let mut aors = Vec::new();
+        while let Some(a) = iter.next_item().await {
+            match a {
+                Ok(a) => aors.push(a),
+                Err(_) => return 0,
+            }
+        }
+        drop(iter);
         for aor in &aors {
             let (b, x) = keys(aor);
             let n: redis::RedisResult<u64> = self
@@ -815,8 +916,11 @@ impl Cluster {
                 .await;
             removed += n.unwrap_or(0);
         }
-        if epoch.is_empty() {
-            let _: redis::RedisResult<()> = con.del(&index).await;
+        if removed > 0 {
+            tracing::info!(
+                bindings = removed,
+                "cluster: bindings of this node's earlier life purged"
+            );
         }
         removed
     }

@@ -147,6 +147,15 @@ async fn a_dead_node_is_skipped_at_once_purged_and_its_users_come_back_elsewhere
     let mut carol = Agent::start(&c, Lib::JsSip, "carol", None).await;
     carol.register().await;
     assert_eq!(redis.binding_keys(&AOR("carol")).len(), 1);
+    // And 250 phones more on C: its purge takes batches.
+    let mut phones = Vec::new();
+    for i in 0..250 {
+        let mut p = Ua::udp(&c, &format!("bulk{i}")).await;
+        assert_eq!(p.register(600).await.status, 200);
+        phones.push(p);
+    }
+    let index = |n: &str| redis.cli(&["SCARD", &format!("sw:{{nodes}}:aors:{n}")]);
+    assert_eq!(index("c").trim(), "251");
 
     c.signal("KILL");
     let killed = Instant::now();
@@ -161,10 +170,13 @@ async fn a_dead_node_is_skipped_at_once_purged_and_its_users_come_back_elsewhere
         killed.elapsed()
     );
     // Her binding is purged by A once C's heartbeat expired (dead-after 2 s).
-    eventually("carol's binding purged from Redis", || {
-        redis.binding_keys(&AOR("carol")).is_empty()
+    eventually("C's bindings purged from Redis", || {
+        redis.binding_keys(&AOR("carol")).is_empty() && index("c").trim() == "0"
     })
     .await;
+    for i in [0, 125, 249] {
+        assert!(redis.binding_keys(&AOR(&format!("bulk{i}"))).is_empty());
+    }
     assert!(
         killed.elapsed() < Duration::from_secs(5),
         "purged after {:?}",
@@ -202,6 +214,32 @@ async fn without_redis_registers_get_503_local_calls_go_on_and_a_restarted_redis
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(nodes, 2);
+    // A hung Redis (SIGSTOP: connections accepted, nothing answered): a REGISTER gets
+    // its 503 within cluster.timeout (300 ms), and at once once a heartbeat failed;
+    // back when it answers again.
+    redis.pause();
+    let mut hung = Ua::udp(&a, "hung").await;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r = hung.register(600).await;
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    redis.resume();
+    let mut status = 0;
+    for _ in 0..30 {
+        status = hung.register(600).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200, "REGISTER after Redis answered again");
     redis.stop();
     // A REGISTER cannot be decided against the other nodes: 503, Retry-After spread
     // between 10 and 30 s, answered within the store's timeout.
@@ -229,7 +267,7 @@ async fn without_redis_registers_get_503_local_calls_go_on_and_a_restarted_redis
     // Back, empty: every node writes its bindings again within seconds.
     redis.restart();
     eventually("every binding back in Redis", || {
-        ["p1", "p2", "p3", "web"]
+        ["p1", "p2", "p3", "web", "hung"]
             .iter()
             .all(|u| redis.binding_keys(&AOR(u)).len() == 1)
     })
@@ -548,4 +586,39 @@ async fn the_store_follows_a_sentinel_failover() {
     let req = before.recv_request("MESSAGE").await;
     before.send(&before.response(&req, 200, "", "")).await;
     assert_eq!(after.recv_final().await.status, 200);
+}
+
+#[tokio::test]
+async fn the_store_keeps_what_one_node_would_remember_and_no_more() {
+    let redis = Redis::start();
+    let a = node(&redis, A, "a", "");
+    let c = node(&redis, C, "c", "");
+    let ttl = |aor: &str| -> i64 {
+        let out = redis.cli(&["PTTL", &format!("sw:{{{aor}}}:b")]);
+        out.trim().parse().unwrap_or_else(|_| panic!("PTTL: {out}"))
+    };
+    let indexed = |aor: &str| redis.cli(&["SISMEMBER", "sw:{nodes}:aors:a", aor]).trim() == "1";
+    // Registered once and left to expire (as a REGISTER flood's AoRs are): its keys
+    // go with its binding.
+    let mut once = Ua::udp(&a, "once").await;
+    assert_eq!(once.register(120).await.status, 200);
+    let t = ttl(&AOR("once"));
+    assert!((1..=120_000).contains(&t), "{t}");
+    assert!(indexed(&AOR("once")));
+    // Refreshed, then unregistered: remembered for a day (480 on every node, as on
+    // one node), and off the node's index of AoRs to purge.
+    let mut gone = Ua::udp(&a, "gone").await;
+    assert_eq!(gone.register(120).await.status, 200);
+    assert_eq!(gone.register(120).await.status, 200);
+    assert_eq!(gone.register(0).await.status, 200);
+    assert!(redis.binding_keys(&AOR("gone")).is_empty());
+    let t = ttl(&AOR("gone"));
+    assert!(t > 23 * 3600 * 1000, "{t}");
+    assert!(!indexed(&AOR("gone")));
+    let mut caller = Ua::udp(&c, "caller").await;
+    for (user, status) in [("gone", 480), ("nobody", 404)] {
+        let (m, _) = caller.request("MESSAGE", user, "", "?");
+        caller.send(&m).await;
+        assert_eq!(caller.recv_final().await.status, status, "{user}");
+    }
 }

@@ -59,6 +59,11 @@ pub enum ClusterAsk {
         save: Vec<Binding>,
         /// Store keys ([`store_key`]) of bindings gone, whichever node held them.
         remove: Vec<String>,
+        /// Whether the AoR is remembered once its bindings are gone (480 rather than
+        /// 404 for a day, as a single node remembers an AoR whose client refreshed
+        /// or unregistered); an AoR registered once and left to expire, as a flood's
+        /// are, is not.
+        remember: bool,
     },
     /// Write this node's bindings whatever the version (after the store lost its
     /// data). No answer.
@@ -75,6 +80,9 @@ pub enum ClusterAsk {
         aor: String,
         /// Store keys ([`store_key`]).
         remove: Vec<String>,
+        /// Whether this node holds no binding of the AoR any more (it leaves the
+        /// node's index).
+        last: bool,
     },
 }
 
@@ -292,12 +300,7 @@ impl Core {
                 match answer {
                     ClusterAnswer::Committed { version } => {
                         self.apply_committed(now, &aor, changes);
-                        if self
-                            .location
-                            .lookup(&aor)
-                            .iter()
-                            .any(|b| b.reach.is_local())
-                        {
+                        if self.holds(&aor) {
                             self.cluster.seen.insert(aor.clone(), (version, remote));
                         } else {
                             self.cluster.seen.remove(&aor);
@@ -404,6 +407,12 @@ impl Core {
             .collect();
         let mut remove: Vec<String> = before.into_iter().filter(|k| !kept.contains(k)).collect();
         remove.dedup();
+        // As a single node remembers it (`Core::mark_known`): its client refreshed or
+        // removed a binding, or it was remembered already.
+        let remember = changes
+            .iter()
+            .any(|c| matches!(c, Change::Refreshed(_) | Change::Removed(_)))
+            || self.known_aors.contains_key(&aor);
         self.cluster.waiting.insert(
             id,
             Waiting::Commit {
@@ -421,6 +430,7 @@ impl Core {
                 version,
                 save,
                 remove,
+                remember,
             },
         );
     }
@@ -484,11 +494,13 @@ impl Core {
             }
         }
         if !gone.is_empty() {
+            let last = !self.holds(aor);
             self.ask_cluster(
                 0,
                 ClusterAsk::Forget {
                     aor: aor.to_string(),
                     remove: gone,
+                    last,
                 },
             );
         }
@@ -508,16 +520,17 @@ impl Core {
             }
         }
         for (aor, remove) in by_aor {
-            if !self
-                .location
-                .lookup(&aor)
-                .iter()
-                .any(|b| b.reach.is_local())
-            {
+            let last = !self.holds(&aor);
+            if last {
                 self.cluster.seen.remove(&aor);
             }
-            self.ask_cluster(0, ClusterAsk::Forget { aor, remove });
+            self.ask_cluster(0, ClusterAsk::Forget { aor, remove, last });
         }
+    }
+
+    /// Whether this node holds a binding of `aor`.
+    fn holds(&self, aor: &str) -> bool {
+        self.location.lookup(aor).iter().any(|b| b.reach.is_local())
     }
 
     /// Another node replaced or removed a binding of this node: it goes here too
