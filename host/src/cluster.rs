@@ -925,10 +925,52 @@ impl Cluster {
         removed
     }
 
+    /// Reads, for each AoR of this node's index, which of its bindings the store has
+    /// as this node's (this epoch), and tells the core ([`Input::ClusterHeld`]).
+    async fn verify(&self, core: &mpsc::Sender<Input>) {
+        let Ok(mut con) = self.con() else { return };
+        let aors: Vec<String> = {
+            let Ok(mut iter) = con.sscan::<_, String>(aors_key(&self.cfg.node_id)).await else {
+                return;
+            };
+            let mut all = Vec::new();
+            while let Some(Ok(a)) = iter.next_item().await {
+                all.push(a);
+            }
+            all
+        };
+        for aor in aors {
+            let (b, _) = keys(&aor);
+            let fields: redis::RedisResult<Vec<(String, String)>> =
+                redis::cmd("HGETALL").arg(&b).query_async(&mut con).await;
+            let Ok(fields) = fields else { return };
+            let mut version = 0;
+            let mut held = Vec::new();
+            for (k, v) in fields {
+                if k == "#v" {
+                    version = v.parse().unwrap_or(0);
+                } else if serde_json::from_str::<Record>(&v)
+                    .is_ok_and(|r| r.n == self.cfg.node_id && r.e == self.epoch)
+                {
+                    held.push(k);
+                }
+            }
+            let input = Input::ClusterHeld {
+                aor,
+                version,
+                keys: held,
+            };
+            if core.send(input).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Listens on `sw:evict:ID` for bindings of this node other nodes replaced or
     /// removed; reconnects after a heartbeat when the connection drops.
     async fn evictions(self: Arc<Self>, core: mpsc::Sender<Input>) {
         let channel = format!("sw:evict:{}", self.cfg.node_id);
+        let mut subscribed_before = false;
         loop {
             if core.is_closed() {
                 return;
@@ -942,6 +984,14 @@ impl Cluster {
                 && let Ok(mut pubsub) = client.get_async_pubsub().await
                 && pubsub.subscribe(&channel).await.is_ok()
             {
+                // Evictions published while this node was not listening are lost:
+                // what the store has as this node's is read again.
+                if subscribed_before {
+                    let me = self.clone();
+                    let core = core.clone();
+                    tokio::spawn(async move { me.verify(&core).await });
+                }
+                subscribed_before = true;
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {
                     let Ok(payload) = msg.get_payload::<String>() else {

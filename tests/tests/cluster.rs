@@ -622,3 +622,45 @@ async fn the_store_keeps_what_one_node_would_remember_and_no_more() {
         assert_eq!(caller.recv_final().await.status, status, "{user}");
     }
 }
+
+#[tokio::test]
+async fn a_node_that_missed_an_eviction_drops_the_binding_once_it_listens_again() {
+    let redis = Redis::start();
+    let a = node(&redis, A, "a", "");
+    let mut phone = Ua::udp(&a, "roamer").await;
+    assert_eq!(phone.register(600).await.status, 200);
+    // Another node ("b") took the binding over while A was not listening: the
+    // record is b's, and no eviction reaches A.
+    let (key, mut record) = redis.bindings(&AOR("roamer")).remove(0);
+    record["n"] = json!("b");
+    let hash = format!("sw:{{{}}}:b", AOR("roamer"));
+    redis.cli(&["HSET", &hash, &key, &record.to_string()]);
+    let contacts = |r: &sipwasm::sip::Response| r.headers.values(&HeaderName::Contact).count();
+    let mut asker = Ua::udp(&a, "asker").await;
+    let query = |asker: &mut Ua| {
+        let (q, _) = asker.request("REGISTER", "sip:localhost", "", "");
+        q.replace("To: <sip:localhost>", &format!("To: <{}>", AOR("roamer")))
+            .replace("Contact: <", "X-No-Contact: <")
+    };
+    let q = query(&mut asker);
+    asker.send(&q).await;
+    assert_eq!(
+        contacts(&asker.recv_final().await),
+        1,
+        "A still has its copy"
+    );
+    // A's subscription drops (as when its Redis connection is lost); listening again,
+    // it reads what the store has as its own and drops the rest.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let mut left = 1;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let q = query(&mut asker);
+        asker.send(&q).await;
+        left = contacts(&asker.recv_final().await);
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0, "A dropped the binding the store has as b's");
+}

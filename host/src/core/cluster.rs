@@ -536,14 +536,40 @@ impl Core {
     /// Another node replaced or removed a binding of this node: it goes here too
     /// (the store no longer has it).
     pub(super) fn on_evicted(&mut self, now: Instant, aor: &str, key: &str) {
-        self.cluster.seen.remove(aor);
+        self.drop_local(now, aor, |k| k == key);
+    }
+
+    /// What the store had as this node's bindings of `aor` (at `version`), read when
+    /// evictions may have been missed: this node's bindings it no longer has go. Not
+    /// while a REGISTER for the AoR is being decided here, nor when this node wrote the
+    /// AoR since (what was read is older than what is here).
+    pub(super) fn on_held(&mut self, now: Instant, aor: &str, version: u64, keys: &[String]) {
+        if self.cluster.busy.contains_key(aor)
+            || self
+                .cluster
+                .seen
+                .get(aor)
+                .is_some_and(|(v, _)| *v > version)
+        {
+            return;
+        }
+        self.drop_local(now, aor, |k| !keys.iter().any(|h| h == k));
+    }
+
+    /// Drops this node's bindings of `aor` whose store keys `gone` says, without
+    /// telling the store (it no longer has them as this node's).
+    fn drop_local(&mut self, now: Instant, aor: &str, gone: impl Fn(&str) -> bool) {
         let ids: Vec<u64> = self
             .location
             .lookup(aor)
             .iter()
-            .filter(|b| store_key(b) == key)
+            .filter(|b| b.reach.is_local() && gone(&store_key(b)))
             .map(|b| b.id)
             .collect();
+        if ids.is_empty() {
+            return;
+        }
+        self.cluster.seen.remove(aor);
         for id in ids {
             if let Some(b) = self.location.remove_id(aor, id) {
                 self.mark_known(aor, now);

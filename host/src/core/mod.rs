@@ -230,6 +230,17 @@ pub enum Input {
     },
     /// The shared store lost its data: this node's bindings are written again.
     ClusterRepublish,
+    /// What the shared store has as this node's bindings of an AoR, read after its
+    /// eviction notices may have been missed: the others are dropped here.
+    ClusterHeld {
+        /// The address-of-record.
+        aor: String,
+        /// The AoR's version when read.
+        version: u64,
+        /// Store keys ([`cluster::store_key`]) of the bindings the store has as this
+        /// node's.
+        keys: Vec<String>,
+    },
     /// What a name the core asked for resolved to ([`Core::poll_resolve`]).
     Resolved {
         /// The request's id ([`resolve::ResolveRequest::id`]).
@@ -846,6 +857,7 @@ impl Core {
             Input::Cluster { id, answer } => self.on_cluster(now, id, answer),
             Input::ClusterEvicted { aor, key } => self.on_evicted(now, &aor, &key),
             Input::ClusterRepublish => self.republish(),
+            Input::ClusterHeld { aor, version, keys } => self.on_held(now, &aor, version, &keys),
         }
     }
 

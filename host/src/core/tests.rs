@@ -3980,6 +3980,24 @@ mod cluster {
     }
 
     #[test]
+    fn what_the_store_holds_as_ours_drops_the_rest_unless_we_wrote_since() {
+        let mut sim = clustered();
+        register_here(&mut sim, 1);
+        let held = |version| Input::ClusterHeld {
+            aor: "sip:pat@localhost".into(),
+            version,
+            keys: vec![],
+        };
+        // Read before this node's write (version 1): older than what is here.
+        sim.core.handle(sim.now, held(0));
+        assert_eq!(sim.core.bindings("sip:pat@localhost").len(), 1);
+        // Read after it, and the store no longer has it as ours: it goes, untold.
+        sim.core.handle(sim.now, held(1));
+        assert!(sim.core.bindings("sip:pat@localhost").is_empty());
+        assert!(asks(&mut sim).is_empty());
+    }
+
+    #[test]
     fn max_contacts_counts_the_bindings_of_every_node() {
         let mut sim = clustered();
         let mut cfg = sim.core.cfg.clone();
