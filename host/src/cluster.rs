@@ -46,8 +46,9 @@ use crate::metrics::Metrics;
 /// Its keys live until the latest binding's expiry plus the grace (ms), or longer if
 /// they were to already. ARGV: version, node, AoR, grace, count of writes, then (key,
 /// record, expiry)
-/// per write, then the keys to remove. Returns the new version (-1 when refused) and
-/// how many of the keys it wrote were not there before.
+/// per write, then the keys to remove. Returns the new version (-1 when refused:
+/// versions grow with Redis's clock in ms, so they never repeat even after the AoR's
+/// keys were gone) and how many of the keys it wrote were not this node's before.
 const COMMIT: &str = r"
 local v = tonumber(redis.call('HGET', KEYS[1], '#v') or '0')
 if ARGV[1] ~= '-1' and tonumber(ARGV[1]) ~= v then return {-1, 0} end
@@ -56,41 +57,43 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, k in ipairs(expired) do redis.call('HDEL', KEYS[1], k) end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
-local added = 0
-local function tell(k)
-  local old = redis.call('HGET', KEYS[1], k)
-  if old then
-    local ok, o = pcall(cjson.decode, old)
-    if ok and o.n ~= ARGV[2] then
-      redis.call('PUBLISH', 'sw:evict:' .. o.n, ARGV[3] .. '\n' .. k)
-    end
+local function owner(rec)
+  if not rec then return nil end
+  local ok, o = pcall(cjson.decode, rec)
+  if ok then return o end
+  return {}
+end
+local function tell(k, o)
+  if o and o.n and o.n ~= ARGV[2] then
+    redis.call('PUBLISH', 'sw:evict:' .. o.n,
+      ARGV[3] .. '\n' .. k .. '\n' .. tostring(o.i) .. '\n' .. tostring(o.s))
   end
 end
+local added = 0
 local i = 6
 for _ = 1, tonumber(ARGV[5]) do
-  local mine = true
+  local o = owner(redis.call('HGET', KEYS[1], ARGV[i]))
+  local write = true
   if ARGV[1] == '-1' then
-    local old = redis.call('HGET', KEYS[1], ARGV[i])
-    if old then
-      local ok, o = pcall(cjson.decode, old)
-      mine = not ok or o.n == ARGV[2]
-    end
+    write = not o or o.n == ARGV[2]
   else
-    tell(ARGV[i])
+    tell(ARGV[i], o)
   end
-  if mine then
-    added = added + redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if write then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
+    if not o or o.n ~= ARGV[2] then added = added + 1 end
   end
   i = i + 3
 end
 while i <= #ARGV do
-  tell(ARGV[i])
+  tell(ARGV[i], owner(redis.call('HGET', KEYS[1], ARGV[i])))
   redis.call('HDEL', KEYS[1], ARGV[i])
   redis.call('ZREM', KEYS[2], ARGV[i])
   i = i + 1
 end
-redis.call('HSET', KEYS[1], '#v', v + 1)
+local nv = math.max(v + 1, now)
+redis.call('HSET', KEYS[1], '#v', nv)
 local function keep(key, at)
   local cur = redis.call('PEXPIRETIME', key)
   if cur == -1 or cur < at then redis.call('PEXPIREAT', key, at) end
@@ -98,38 +101,42 @@ end
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 if #last == 0 then
   keep(KEYS[1], now + tonumber(ARGV[4]))
-  return {v + 1, added}
+  return {nv, added}
 end
 local at = tonumber(last[2]) + tonumber(ARGV[4])
 keep(KEYS[1], at)
 keep(KEYS[2], at)
-return {v + 1, added}
+return {nv, added}
 ";
 
 /// Removes bindings of one AoR that node `ARGV[1]` wrote (in epoch `ARGV[2]`, any when
-/// empty): the keys `ARGV[3..]`, or all of them when `ARGV[3]` is `*`. Returns how many.
+/// empty): those of `ARGV[3..]` given as (key, Call-ID, CSeq) triples, each only if
+/// the record is still that registration, or all of them when `ARGV[3]` is `*`.
+/// Returns how many.
 const FORGET: &str = r"
-local keys = {}
-if ARGV[3] == '*' then
-  local all = redis.call('HKEYS', KEYS[1])
-  for _, k in ipairs(all) do if k ~= '#v' then table.insert(keys, k) end end
-else
-  for i = 3, #ARGV do table.insert(keys, ARGV[i]) end
-end
 local n = 0
-for _, k in ipairs(keys) do
+local function drop(k, cid, cseq)
   local rec = redis.call('HGET', KEYS[1], k)
-  if rec then
-    local ok, o = pcall(cjson.decode, rec)
-    if ok and o.n == ARGV[1] and (ARGV[2] == '' or o.e == ARGV[2]) then
-      redis.call('HDEL', KEYS[1], k)
-      redis.call('ZREM', KEYS[2], k)
-      n = n + 1
-    end
+  if not rec then return end
+  local ok, o = pcall(cjson.decode, rec)
+  if not ok or o.n ~= ARGV[1] or (ARGV[2] ~= '' and o.e ~= ARGV[2]) then return end
+  if cid and (o.i ~= cid or tonumber(o.s) ~= tonumber(cseq)) then return end
+  redis.call('HDEL', KEYS[1], k)
+  redis.call('ZREM', KEYS[2], k)
+  n = n + 1
+end
+if ARGV[3] == '*' then
+  for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if k ~= '#v' then drop(k, nil, nil) end
   end
+else
+  for i = 3, #ARGV, 3 do drop(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
 end
 if n > 0 then
-  redis.call('HINCRBY', KEYS[1], '#v', 1)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local v = tonumber(redis.call('HGET', KEYS[1], '#v') or '0')
+  redis.call('HSET', KEYS[1], '#v', math.max(v + 1, now))
 end
 return n
 ";
@@ -209,6 +216,9 @@ fn unix_ms(at: SystemTime) -> u64 {
 /// The ids of the nodes that wrote a heartbeat (the node keys share the hash tag
 /// `{nodes}`: one slot of a Redis Cluster, so one `MGET` reads them all).
 const NODES: &str = "sw:{nodes}:ids";
+
+/// Each node's last boot epoch (what a purge of it removes, once it is dead).
+const EPOCHS: &str = "sw:{nodes}:epochs";
 
 /// A node's heartbeat: its boot epoch, expiring after `cluster.dead-after`.
 fn beat_key(node: &str) -> String {
@@ -295,6 +305,9 @@ pub(crate) struct Cluster {
     pubsub: Mutex<Option<redis::Client>>,
     /// An ask failed: the heartbeat asks the Sentinels for the master again.
     stale: std::sync::atomic::AtomicBool,
+    /// A write of this node's bindings after the store lost them failed: they are
+    /// all written again at the next heartbeat.
+    republish_again: std::sync::atomic::AtomicBool,
     /// The last heartbeat failed: asks fail at once (a REGISTER gets its 503, a call
     /// goes on with this node's bindings, without waiting `cluster.timeout` each)
     /// until a heartbeat goes through again.
@@ -376,6 +389,7 @@ impl Cluster {
             pubsub: Mutex::new(pubsub),
             stale: std::sync::atomic::AtomicBool::new(false),
             down: std::sync::atomic::AtomicBool::new(false),
+            republish_again: std::sync::atomic::AtomicBool::new(false),
             commit: redis::Script::new(COMMIT),
             forget: redis::Script::new(FORGET),
             live: Mutex::new(HashMap::new()),
@@ -421,7 +435,7 @@ impl Cluster {
         match &self.backend {
             Backend::Single => {}
             #[cfg(feature = "redis-cluster")]
-            Backend::Cluster(client, seeds) => {
+            Backend::Cluster(client, _) => {
                 if self.connected() {
                     return;
                 }
@@ -429,8 +443,6 @@ impl Cluster {
                     Ok(c) => {
                         *self.con.lock().unwrap_or_else(PoisonError::into_inner) =
                             Some(Con::Cluster(c));
-                        *self.pubsub.lock().unwrap_or_else(PoisonError::into_inner) =
-                            seeds.first().cloned();
                     }
                     Err(e) => tracing::debug!(error = %e, "Redis Cluster not reachable"),
                 }
@@ -468,6 +480,16 @@ impl Cluster {
     /// Answers one ask (`None` for those that want no answer), within
     /// `cluster.timeout`: past it, or on any error, [`ClusterAnswer::Unavailable`].
     pub(crate) async fn answer(&self, ask: ClusterAsk) -> ClusterAnswer {
+        let publish = matches!(ask, ClusterAsk::Publish { .. });
+        let answer = self.answer_in_time(ask).await;
+        if publish && answer == ClusterAnswer::Unavailable {
+            self.republish_again
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        answer
+    }
+
+    async fn answer_in_time(&self, ask: ClusterAsk) -> ClusterAnswer {
         if self.down.load(std::sync::atomic::Ordering::Relaxed) {
             self.metrics.cluster_failure();
             return ClusterAnswer::Unavailable;
@@ -547,13 +569,15 @@ impl Cluster {
                 })
             }
             ClusterAsk::Forget { aor, remove, last } => {
-                let (b, x) = keys(&aor);
-                let mut call = self.forget.key(&b);
-                call.key(&x).arg(&self.cfg.node_id).arg(&self.epoch);
-                for k in &remove {
-                    call.arg(k);
+                if !remove.is_empty() {
+                    let (b, x) = keys(&aor);
+                    let mut call = self.forget.key(&b);
+                    call.key(&x).arg(&self.cfg.node_id).arg(&self.epoch);
+                    for (k, call_id, cseq) in &remove {
+                        call.arg(k).arg(call_id).arg(cseq);
+                    }
+                    let _: i64 = call.invoke_async(&mut con).await?;
                 }
-                let _: i64 = call.invoke_async(&mut con).await?;
                 if last {
                     let _: () = con.srem(aors_key(&self.cfg.node_id), &aor).await?;
                 }
@@ -738,13 +762,7 @@ impl Cluster {
                     let lost = previous.as_deref() != Some(self.epoch.as_str());
                     if let Some(p) = previous.as_deref()
                         && p != self.epoch
-                        && !written
-                    {
-                        // This node's previous life: its bindings are gone with it.
-                        let (me, old) = (self.clone(), p.to_string());
-                        tokio::spawn(async move { me.purge_earlier(&old).await });
-                    } else if let Some(p) = previous.as_deref()
-                        && p != self.epoch
+                        && written
                     {
                         tracing::error!(
                             node = %self.cfg.node_id,
@@ -758,7 +776,10 @@ impl Cluster {
                         );
                         self.metrics.cluster_republish();
                     }
-                    if lost {
+                    let again = self
+                        .republish_again
+                        .swap(false, std::sync::atomic::Ordering::Relaxed);
+                    if lost || again {
                         let _ = core.send(Input::ClusterRepublish).await;
                     }
                     written = true;
@@ -800,6 +821,20 @@ impl Cluster {
             .query_async(&mut con)
             .await?;
         let _: () = con.sadd(NODES, &self.cfg.node_id).await?;
+        let earlier: Option<String> = redis::cmd("HGET")
+            .arg(EPOCHS)
+            .arg(&self.cfg.node_id)
+            .query_async(&mut con)
+            .await?;
+        if earlier.as_deref() != Some(self.epoch.as_str()) {
+            let _: () = con.hset(EPOCHS, &self.cfg.node_id, &self.epoch).await?;
+            // This node's previous life, whose heartbeat may be gone already: its
+            // bindings are gone with it.
+            if let Some(old) = earlier {
+                let me = self.clone();
+                tokio::spawn(async move { me.purge_earlier(&old).await });
+            }
+        }
         let ids: Vec<String> = con.smembers(NODES).await?;
         let beats: Vec<Option<String>> = if ids.is_empty() {
             Vec::new()
@@ -840,12 +875,27 @@ impl Cluster {
         Ok(previous)
     }
 
-    /// Removes dead node `id`'s bindings, taking its AoRs off its index as it goes
-    /// (a purge cut short goes on where it stopped), renewing its lock meanwhile;
-    /// then forgets the node.
+    /// Removes dead node `id`'s bindings of the life that died (its last epoch: a
+    /// life that started since keeps its own), renewing the lock meanwhile. Its
+    /// index is set aside first and emptied as it goes (a purge cut short goes on
+    /// where it stopped); a new life starts an index of its own. Then the node is
+    /// forgotten, unless it is alive again.
     async fn purge_dead(&self, id: &str) {
         let Ok(mut con) = self.con() else { return };
-        let (index, lock) = (aors_key(id), format!("sw:{{nodes}}:purge:{id}"));
+        let lock = format!("sw:{{nodes}}:purge:{id}");
+        let index = format!("sw:{{nodes}}:purging:{id}");
+        let epoch: Option<String> = con.hget(EPOCHS, id).await.ok().flatten();
+        let Some(epoch) = epoch else {
+            // Never wrote an epoch (or purged already): nothing of it is live.
+            let _: redis::RedisResult<()> = con.srem(NODES, id).await;
+            return;
+        };
+        // A leftover of a purge cut short is taken as it is.
+        let _: redis::RedisResult<bool> = redis::cmd("RENAMENX")
+            .arg(aors_key(id))
+            .arg(&index)
+            .query_async(&mut con)
+            .await;
         let mut removed = 0u64;
         loop {
             let batch: redis::RedisResult<Vec<String>> = redis::cmd("SPOP")
@@ -864,7 +914,7 @@ impl Cluster {
                     .key(&b)
                     .key(&x)
                     .arg(id)
-                    .arg("")
+                    .arg(&epoch)
                     .arg("*")
                     .invoke_async(&mut con)
                     .await;
@@ -879,7 +929,11 @@ impl Cluster {
                 .query_async(&mut con)
                 .await;
         }
-        let _: redis::RedisResult<()> = con.srem(NODES, id).await;
+        let alive: Option<String> = con.get(beat_key(id)).await.ok().flatten();
+        if alive.is_none() {
+            let _: redis::RedisResult<()> = con.srem(NODES, id).await;
+            let _: redis::RedisResult<()> = con.hdel(EPOCHS, id).await;
+        }
         tracing::info!(node = %id, bindings = removed, "cluster node dead: its bindings purged");
     }
 
@@ -923,6 +977,22 @@ impl Cluster {
             );
         }
         removed
+    }
+
+    /// The server to subscribe to: in a Redis Cluster each seed in turn (a message
+    /// published on any node reaches the subscribers of all), else the store's.
+    fn pubsub_client(&self, attempt: usize) -> Option<redis::Client> {
+        #[cfg(feature = "redis-cluster")]
+        if let Backend::Cluster(_, seeds) = &self.backend
+            && !seeds.is_empty()
+        {
+            return seeds.get(attempt % seeds.len()).cloned();
+        }
+        let _ = attempt;
+        self.pubsub
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Reads, for each AoR of this node's index, which of its bindings the store has
@@ -971,15 +1041,13 @@ impl Cluster {
     async fn evictions(self: Arc<Self>, core: mpsc::Sender<Input>) {
         let channel = format!("sw:evict:{}", self.cfg.node_id);
         let mut subscribed_before = false;
+        let mut attempt = 0usize;
         loop {
             if core.is_closed() {
                 return;
             }
-            let client = self
-                .pubsub
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            let client = self.pubsub_client(attempt);
+            attempt += 1;
             if let Some(client) = client
                 && let Ok(mut pubsub) = client.get_async_pubsub().await
                 && pubsub.subscribe(&channel).await.is_ok()
@@ -997,13 +1065,18 @@ impl Cluster {
                     let Ok(payload) = msg.get_payload::<String>() else {
                         continue;
                     };
-                    let Some((aor, key)) = payload.split_once('\n') else {
+                    let mut parts = payload.splitn(4, '\n');
+                    let (Some(aor), Some(key), Some(call_id), Some(cseq)) =
+                        (parts.next(), parts.next(), parts.next(), parts.next())
+                    else {
                         continue;
                     };
                     self.metrics.cluster_eviction();
                     let evicted = Input::ClusterEvicted {
                         aor: aor.to_string(),
                         key: key.to_string(),
+                        call_id: call_id.to_string(),
+                        cseq: cseq.parse().unwrap_or(u32::MAX),
                     };
                     if core.send(evicted).await.is_err() {
                         return;

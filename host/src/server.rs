@@ -237,6 +237,7 @@ impl Server {
                 .as_ref()
                 .map(|c| crate::core::cluster::ClusterSettings {
                     route_host: c.route_host(),
+                    peers: crate::core::peers::TrustedPeers::new(c.peers.clone()),
                 }),
         });
         core.start_probes(std::time::Instant::now());

@@ -25,9 +25,14 @@ fn node(redis: &Redis, ip: [u8; 4], id: &str, extra: &str) -> Server {
 
 /// [`node`] with its store given as `cluster.redis` (and `sentinel-master`) lines.
 fn node_on(store: &str, ip: [u8; 4], id: &str, extra: &str) -> Server {
+    node_with_peers(store, "[\"127.0.0.0/8\"]", ip, id, extra)
+}
+
+/// [`node_on`] with `cluster.peers` = `peers`.
+fn node_with_peers(store: &str, peers: &str, ip: [u8; 4], id: &str, extra: &str) -> Server {
     let template = format!(
         "{}\n{extra}\n[cluster]\nnode-id = \"{id}\"\n{store}\naddress = \"{{ip}}:{{sip}}\"\n\
-         peers = [\"127.0.0.0/8\"]\nheartbeat = \"500ms\"\ndead-after = \"2s\"\n",
+         peers = {peers}\nheartbeat = \"500ms\"\ndead-after = \"2s\"\n",
         STANDARD.replace("127.0.0.1:{", "{ip}:{"),
     );
     Server::start_at(ip, &template)
@@ -39,10 +44,11 @@ const AOR: fn(&str) -> String = |u| format!("sip:{u}@localhost");
 async fn browsers_on_different_nodes_message_and_call_each_other() {
     let redis = Redis::start();
     let a = node(&redis, A, "a", "");
+    let b = node(&redis, B, "b", "");
     let c = node(&redis, C, "c", "");
     let mut alice = Agent::start(&a, Lib::JsSip, "alice", None).await;
     let mut carol = Agent::start(&c, Lib::JsSip, "carol", None).await;
-    let mut sam = Agent::start(&c, Lib::SipJs, "sam", None).await;
+    let mut sam = Agent::start(&b, Lib::SipJs, "sam", None).await;
     alice.register().await;
     carol.register().await;
     sam.register().await;
@@ -51,7 +57,7 @@ async fn browsers_on_different_nodes_message_and_call_each_other() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].1["n"], "c", "{records:?}");
 
-    // SIP.js on C messages JsSIP on A, and back.
+    // SIP.js on B messages JsSIP on A, and back.
     sam.cmd(json!({"cmd": "message", "target": "alice", "body": "from c"}))
         .await;
     assert_eq!(alice.expect("message").await["body"], "from c");
@@ -65,7 +71,7 @@ async fn browsers_on_different_nodes_message_and_call_each_other() {
     // JsSIP on A calls JsSIP on C; each side hangs up once.
     browser_call(&mut alice, &mut carol, false).await;
     browser_call(&mut alice, &mut carol, true).await;
-    // Unregistered on C: gone from Redis, and a message to it is 480 from A.
+    // Unregistered on B: gone from Redis, and a message to it is 480 from A.
     sam.cmd(json!({"cmd": "unregister"})).await;
     sam.expect("unregistered").await;
     assert!(redis.binding_keys(&AOR("sam")).is_empty());
@@ -663,4 +669,74 @@ async fn a_node_that_missed_an_eviction_drops_the_binding_once_it_listens_again(
         }
     }
     assert_eq!(left, 0, "A dropped the binding the store has as b's");
+}
+
+#[tokio::test]
+async fn only_the_other_nodes_may_route_by_a_nodes_route() {
+    let redis = Redis::start();
+    // The test's address is a trusted peer (a gateway, say), not a node.
+    let a = node_with_peers(
+        &format!("redis = \"{}\"", redis.url()),
+        "[\"127.0.0.3\", \"127.0.0.4\"]",
+        A,
+        "a",
+        "[sip]\ntrusted-peers = [\"127.0.0.1\"]\n",
+    );
+    let mut browser = Ua::ws(&a, "webby").await;
+    assert_eq!(browser.register(600).await.status, 200);
+    let records = redis.bindings(&AOR("webby"));
+    let route = records[0].1["p"][0].as_str().unwrap().to_string();
+    assert!(route.contains(";swc>"), "{route}");
+    // A request with that route from the gateway: refused, the browser never sees it.
+    let mut gateway = Ua::udp(&a, "gw").await;
+    let contact = records[0].1["c"].as_str().unwrap().to_string();
+    let (m, _) = gateway.request("MESSAGE", &contact, &format!("Route: {route}\r\n"), "hi");
+    gateway.send(&m).await;
+    let r = gateway.recv_final().await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        browser
+            .quiet_for(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_while_the_store_answers_late_stops_the_call_before_it_rings() {
+    let redis = Redis::start();
+    let a = node(&redis, A, "a", "");
+    let c = node(&redis, C, "c", "");
+    let mut callee = Ua::udp(&c, "callee").await;
+    assert_eq!(callee.register(600).await.status, 200);
+    let mut caller = Ua::udp(&a, "caller").await;
+    // Redis hangs for a moment: the INVITE waits for the look-up, the caller cancels
+    // meanwhile, then Redis answers (within cluster.timeout).
+    redis.pause();
+    let (invite, _) = caller.request("INVITE", "callee", "", sipwasm_tests::sip::SDP);
+    caller.send(&invite).await;
+    match caller.recv().await {
+        sipwasm::sip::Message::Response(r) => assert_eq!(r.status, 100),
+        other => panic!("{other:?}"),
+    }
+    let cancel = invite
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel =
+        cancel[..cancel.find("Content-Type").unwrap()].to_string() + "Content-Length: 0\r\n\r\n";
+    caller.send(&cancel).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    redis.resume();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(caller.recv_final().await.status);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [200, 487],
+        "the CANCEL's 200 and the INVITE's 487"
+    );
+    // The callee never rings.
+    assert!(callee.quiet_for(Duration::from_millis(800)).await.is_none());
 }

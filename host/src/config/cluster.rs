@@ -193,11 +193,11 @@ impl ClusterConfig {
     }
 
     /// Which kind of store `redis` names: with `sentinel-master` the Sentinels'
-    /// master, else a list of more than one URL a Redis Cluster, else one Redis.
+    /// master, else a list (of one seed or more) a Redis Cluster, else one Redis.
     pub fn store_kind(&self) -> StoreKind {
         if self.sentinel_master.is_some() {
             StoreKind::Sentinel
-        } else if matches!(&self.redis, RedisUrls::Many(v) if v.len() > 1) {
+        } else if matches!(&self.redis, RedisUrls::Many(_)) {
             StoreKind::Cluster
         } else {
             StoreKind::Single

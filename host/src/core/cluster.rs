@@ -36,6 +36,9 @@ pub struct ClusterSettings {
     /// (`10.0.0.2:5070;transport=tcp`): the host part of this node's routes to its
     /// flows.
     pub route_host: String,
+    /// The other nodes (`cluster.peers`): only they may route by this node's route
+    /// entries, past the routing plugin.
+    pub peers: super::peers::TrustedPeers,
 }
 
 /// What the core asks of the shared store.
@@ -74,12 +77,13 @@ pub enum ClusterAsk {
         save: Vec<Binding>,
     },
     /// Remove bindings this node held (expired, flow closed) if the store still has
-    /// them as this node's. No answer.
+    /// them as this node's, as they were (the same Call-ID and CSeq: not a newer
+    /// registration written since under the same key). No answer.
     Forget {
         /// The address-of-record.
         aor: String,
-        /// Store keys ([`store_key`]).
-        remove: Vec<String>,
+        /// Store keys ([`store_key`]) with the Call-ID and CSeq of each binding.
+        remove: Vec<Forgotten>,
         /// Whether this node holds no binding of the AoR any more (it leaves the
         /// node's index).
         last: bool,
@@ -120,13 +124,23 @@ pub enum ClusterAnswer {
     Unavailable,
 }
 
-/// The key of a binding in the store: its Contact, and its reg-id when it has one (the
-/// flows of one instance share a Contact).
+/// The key of a binding in the store: its Contact, and its instance and reg-id when
+/// it has them (the flows of one instance share a Contact; two devices behind
+/// different NATs may share a private one).
 pub fn store_key(b: &Binding) -> String {
-    match b.reg_id {
-        Some(r) => format!("{}#{r}", b.contact),
-        None => b.contact.clone(),
+    match (&b.instance, b.reg_id) {
+        (Some(i), Some(r)) => format!("{}#{i}#{r}", b.contact),
+        (Some(i), None) => format!("{}#{i}", b.contact),
+        (None, _) => b.contact.clone(),
     }
+}
+
+/// What a Forget removes of a binding: its key, Call-ID and CSeq.
+pub type Forgotten = (String, String, u32);
+
+/// What a Forget removes of a binding `b`.
+fn forgotten(b: &Binding) -> Forgotten {
+    (store_key(b), b.call_id.clone(), b.cseq)
 }
 
 /// Times a REGISTER is decided again after losing a race for its AoR before it gets
@@ -464,16 +478,18 @@ impl Core {
             }
             match c {
                 Change::Removed(b) => {
-                    self.location.remove_id(aor, b.id);
+                    // Gone already when its flow closed meanwhile (told then).
+                    if self.location.remove_id(aor, b.id).is_some() {
+                        self.events.push_back(Event::BindingRemoved(b));
+                    }
                     self.mark_known(aor, now);
-                    self.events.push_back(Event::BindingRemoved(b));
                 }
                 Change::Saved(mut b) | Change::Refreshed(mut b) => {
                     // Its flow closed while the store wrote it: it goes again.
                     if let Some(f) = b.on_flow()
                         && !self.flows.contains_key(&f)
                     {
-                        gone.push(store_key(&b));
+                        gone.push(forgotten(&b));
                         continue;
                     }
                     if !self.location.has(aor, b.id) {
@@ -512,11 +528,11 @@ impl Core {
         if !self.clustered() {
             return;
         }
-        let mut by_aor: Vec<(String, Vec<String>)> = Vec::new();
+        let mut by_aor: Vec<(String, Vec<Forgotten>)> = Vec::new();
         for b in gone.iter().filter(|b| b.reach.is_local()) {
             match by_aor.iter_mut().find(|(a, _)| *a == b.aor) {
-                Some((_, keys)) => keys.push(store_key(b)),
-                None => by_aor.push((b.aor.clone(), vec![store_key(b)])),
+                Some((_, keys)) => keys.push(forgotten(b)),
+                None => by_aor.push((b.aor.clone(), vec![forgotten(b)])),
             }
         }
         for (aor, remove) in by_aor {
@@ -535,8 +551,54 @@ impl Core {
 
     /// Another node replaced or removed a binding of this node: it goes here too
     /// (the store no longer has it).
-    pub(super) fn on_evicted(&mut self, now: Instant, aor: &str, key: &str) {
+    /// The binding the eviction names goes only if it is the registration the
+    /// evicting node overwrote (its Call-ID, a CSeq not above): a late eviction spares
+    /// a newer registration of the same Contact here.
+    pub(super) fn on_evicted(
+        &mut self,
+        now: Instant,
+        aor: &str,
+        key: &str,
+        call_id: &str,
+        cseq: u32,
+    ) {
+        let newer = self
+            .location
+            .lookup(aor)
+            .iter()
+            .any(|b| store_key(b) == key && (b.call_id != call_id || b.cseq > cseq));
+        if newer {
+            return;
+        }
         self.drop_local(now, aor, |k| k == key);
+        if !self.holds(aor) {
+            // Off this node's index.
+            self.ask_cluster(
+                0,
+                ClusterAsk::Forget {
+                    aor: aor.to_string(),
+                    remove: Vec::new(),
+                    last: true,
+                },
+            );
+        }
+    }
+
+    /// A CANCEL for an INVITE waiting for the store: it is not forwarded at all.
+    pub(super) fn cancel_cluster_wait(&mut self, id: u64) -> bool {
+        if matches!(self.cluster.waiting.get(&id), Some(Waiting::Call(_))) {
+            self.cluster.waiting.remove(&id);
+            return true;
+        }
+        false
+    }
+
+    /// Whether `addr` is another node of the cluster (`cluster.peers`).
+    pub(super) fn is_cluster_peer(&self, addr: std::net::IpAddr) -> bool {
+        self.cfg
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.peers.contains(addr))
     }
 
     /// What the store had as this node's bindings of `aor` (at `version`), read when

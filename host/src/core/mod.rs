@@ -227,6 +227,10 @@ pub enum Input {
         aor: String,
         /// Its store key ([`cluster::store_key`]).
         key: String,
+        /// The Call-ID of the registration it overwrote.
+        call_id: String,
+        /// Its CSeq.
+        cseq: u32,
     },
     /// The shared store lost its data: this node's bindings are written again.
     ClusterRepublish,
@@ -855,7 +859,12 @@ impl Core {
             Input::MediaEngines(weights) => self.set_media_engines(weights),
             Input::Resolved { id, outcome } => self.on_resolved(now, id, outcome),
             Input::Cluster { id, answer } => self.on_cluster(now, id, answer),
-            Input::ClusterEvicted { aor, key } => self.on_evicted(now, &aor, &key),
+            Input::ClusterEvicted {
+                aor,
+                key,
+                call_id,
+                cseq,
+            } => self.on_evicted(now, &aor, &key, &call_id, cseq),
             Input::ClusterRepublish => self.republish(),
             Input::ClusterHeld { aor, version, keys } => self.on_held(now, &aor, version, &keys),
         }
@@ -1255,8 +1264,9 @@ impl Core {
         };
         let bytes = self.response_bytes(&req, 200, None, &[]);
         self.send(source.reply_target(), bytes);
-        if self.routing.remove(&st_id) {
-            // Still with the routing plugin: nothing was forwarded, end it here.
+        if self.routing.remove(&st_id) || self.cancel_cluster_wait(st_id) {
+            // Still with the routing plugin or the cluster's store: nothing was
+            // forwarded, end it here.
             if let Some(invite) = self.servers.get(st_id).map(|s| s.request.clone()) {
                 let terminated = self.make_response(&invite, 487, &[]);
                 self.respond(st_id, terminated, now);
@@ -1698,6 +1708,19 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
+            // A connection that closed with requests in flight: those not answered at
+            // all fail now; one that rang waits (RFC 3261 18.2.2: its answer may come
+            // on a new connection), unless the peer is a node of this cluster (it died
+            // with the request, nothing else will answer).
+            if let Target::Connect { remote, .. } = target
+                && self
+                    .clients
+                    .get(id)
+                    .is_some_and(|c| c.state != transaction::ClientState::Calling)
+                && !self.is_cluster_peer(remote.ip())
+            {
+                continue;
+            }
             let Some(ct) = self.clients.get_mut(id) else {
                 continue;
             };

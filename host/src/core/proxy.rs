@@ -403,11 +403,10 @@ impl Core {
                     Some("fu") => self.tokens.decode_udp(user).map(RrToken::Udp),
                     _ => None,
                 };
-                // Only the nodes (trusted peers) route by these, once per request.
+                // Only the other nodes (`cluster.peers`) route by these, once per
+                // request.
                 match token {
-                    Some(t)
-                        if self.clustered() && self.is_trusted(source) && from_node.is_none() =>
-                    {
+                    Some(t) if self.is_cluster_peer(source.remote.ip()) && from_node.is_none() => {
                         from_node = Some(t);
                         continue;
                     }
@@ -1001,8 +1000,7 @@ impl Core {
     /// holds (its top Route is our cluster route entry): the node it came through
     /// asked its routing plugin already.
     pub(super) fn sent_by_cluster_node(&self, source: &Source, req: &Request) -> bool {
-        self.clustered()
-            && self.is_trusted(source)
+        self.is_cluster_peer(source.remote.ip())
             && req
                 .headers
                 .values(&HeaderName::Route)

@@ -3578,6 +3578,8 @@ mod cluster {
         let mut cfg = sim.core.cfg.clone();
         cfg.cluster = Some(ClusterSettings {
             route_host: "127.0.0.1:5060;transport=tcp".into(),
+            // The edge of `edge()` is a node too.
+            peers: peers::TrustedPeers::new(vec!["127.0.0.2".parse().unwrap()]),
         });
         sim.core = Core::new(cfg);
         sim
@@ -3902,6 +3904,25 @@ mod cluster {
         }
     }
 
+    impl Sim {
+        /// A browser on flow `flow` registers `web` (the store empty, taking it).
+        fn register_ws_clustered(&mut self, flow: FlowId) {
+            self.feed(
+                browser(flow),
+                &format!(
+                    "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/WS b{flow}.invalid;branch=z9hG4bKr{flow}\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:web@localhost>;tag=r{flow}\r\nTo: <sip:web@localhost>\r\n\
+                     Call-ID: reg-web-{flow}\r\nCSeq: 1 REGISTER\r\n\
+                     Contact: <sip:w@b{flow}.invalid;transport=ws>;expires=600\r\n\r\n"
+                ),
+            );
+            let id = asks(self)[0].id;
+            let (id, _) = found_then_commit(self, id, 0, vec![]);
+            let out = answer(self, id, ClusterAnswer::Committed { version: 1 });
+            assert_eq!(status(&out[0].1), 200);
+        }
+    }
+
     /// The phone's REGISTER with CSeq `cseq`, the store empty and taking it: 200.
     fn register_here(sim: &mut Sim, cseq: u32) {
         sim.feed(udp_phone(), &register_udp(cseq, 600));
@@ -3963,8 +3984,11 @@ mod cluster {
             Input::ClusterEvicted {
                 aor: "sip:pat@localhost".into(),
                 key: "sip:pat@127.0.0.1:5070".into(),
+                call_id: "reg-pat".into(),
+                cseq: 3,
             },
         );
+        asks(&mut sim);
         sim.feed(udp_phone(), &register_udp(4, 600));
         let a = asks(&mut sim);
         assert!(
@@ -3998,6 +4022,54 @@ mod cluster {
     }
 
     #[test]
+    fn a_cancel_while_the_store_is_asked_ends_the_call_before_it_is_forwarded() {
+        let mut sim = clustered();
+        sim.feed(udp_phone(), &invite_from_udp("pat", "cw1"));
+        let id = asks(&mut sim)[0].id;
+        let cancel = invite_from_udp("pat", "cw1")
+            .replace("INVITE sip:pat@localhost", "CANCEL sip:pat@localhost")
+            .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+            .replace(
+                "Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n",
+                "\r\n",
+            );
+        let out = sim.feed(udp_phone(), &cancel);
+        let statuses: Vec<u16> = out.iter().map(|(_, m)| status(m)).collect();
+        assert_eq!(statuses, [200, 487], "{out:?}");
+        // The store answers after: nothing is forwarded.
+        let route = "<sip:ftABC@127.0.0.9:5070;transport=tcp;lr;swc>";
+        let theirs = remote("sip:pat@x.invalid;transport=ws", "c", 1, route);
+        let found = ClusterAnswer::Found {
+            version: 1,
+            bindings: vec![theirs],
+            known: true,
+        };
+        assert!(answer(&mut sim, id, found).is_empty());
+    }
+
+    #[test]
+    fn a_trusted_peer_that_is_no_node_cannot_use_a_node_route() {
+        let mut sim = clustered();
+        let mut cfg = sim.core.cfg.clone();
+        if let Some(c) = &mut cfg.cluster {
+            c.peers = peers::TrustedPeers::new(vec!["127.0.0.3".parse().unwrap()]);
+        }
+        sim.core = Core::new(cfg);
+        sim.core.set_routing(false);
+        sim.register_ws_clustered(4);
+        let token = sim.core.tokens.encode(4);
+        let message = format!(
+            "MESSAGE sip:w@b4.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bKtp1\r\n\
+             Route: <sip:{token}@127.0.0.1:5060;transport=tcp;lr;swc>\r\nMax-Forwards: 69\r\n\
+             From: <sip:x@localhost>;tag=x\r\nTo: <sip:web@localhost>\r\nCall-ID: tp1\r\nCSeq: 1 MESSAGE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        // edge() is a trusted peer (sip.trusted-peers) but not in cluster.peers.
+        let out = sim.feed(edge(), &message);
+        assert_eq!(status(&out[0].1), 403, "{out:?}");
+    }
+
+    #[test]
     fn max_contacts_counts_the_bindings_of_every_node() {
         let mut sim = clustered();
         let mut cfg = sim.core.cfg.clone();
@@ -4028,16 +4100,24 @@ mod cluster {
         let mut sim = clustered();
         register_here(&mut sim, 1);
         assert_eq!(sim.core.bindings("sip:pat@localhost").len(), 1);
-        sim.core.handle(
-            sim.now,
-            Input::ClusterEvicted {
-                aor: "sip:pat@localhost".into(),
-                key: "sip:pat@127.0.0.1:5070".into(),
-            },
-        );
+        let evicted = |cseq| Input::ClusterEvicted {
+            aor: "sip:pat@localhost".into(),
+            key: "sip:pat@127.0.0.1:5070".into(),
+            call_id: "reg-pat".into(),
+            cseq,
+        };
+        // A late eviction, of a registration older than the one here: spared.
+        sim.core.handle(sim.now, evicted(0));
+        assert_eq!(sim.core.bindings("sip:pat@localhost").len(), 1);
+        sim.core.handle(sim.now, evicted(1));
         assert!(sim.core.bindings("sip:pat@localhost").is_empty());
-        // Not told back to the store (it no longer has it as ours).
-        assert!(asks(&mut sim).is_empty());
+        // Not removed from the store (it no longer has it as ours); the AoR only
+        // leaves this node's index.
+        let a = asks(&mut sim);
+        assert!(
+            matches!(&a[..], [ClusterRequest { id: 0, ask: ClusterAsk::Forget { remove, last: true, .. } }] if remove.is_empty()),
+            "{a:?}"
+        );
         // After the store lost its data, every binding of this node is written again.
         register_here(&mut sim, 2);
         sim.core.handle(sim.now, Input::ClusterRepublish);
