@@ -44,8 +44,8 @@ use crate::metrics::Metrics;
 /// after the store lost its data) whatever the version, and never over another node's
 /// binding.
 /// Its keys live until the latest binding's expiry plus the grace (ms), or longer if
-/// they were to already. ARGV: version, node, AoR, grace, count of writes, then (key,
-/// record, expiry)
+/// they were to already. ARGV: version, node, AoR, grace, count of writes, the node's
+/// epoch, then (key, record, expiry)
 /// per write, then the keys to remove. Returns the new version (-1 when refused:
 /// versions grow with Redis's clock in ms, so they never repeat even after the AoR's
 /// keys were gone) and how many of the keys it wrote were not this node's before.
@@ -64,13 +64,13 @@ local function owner(rec)
   return {}
 end
 local function tell(k, o)
-  if o and o.n and o.n ~= ARGV[2] then
+  if o and type(o.n) == 'string' and o.n ~= ARGV[2] then
     redis.call('PUBLISH', 'sw:evict:' .. o.n,
       ARGV[3] .. '\n' .. k .. '\n' .. tostring(o.i) .. '\n' .. tostring(o.s))
   end
 end
 local added = 0
-local i = 6
+local i = 7
 for _ = 1, tonumber(ARGV[5]) do
   local o = owner(redis.call('HGET', KEYS[1], ARGV[i]))
   local write = true
@@ -82,7 +82,7 @@ for _ = 1, tonumber(ARGV[5]) do
   if write then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
-    if not o or o.n ~= ARGV[2] then added = added + 1 end
+    if not o or o.n ~= ARGV[2] or o.e ~= ARGV[6] then added = added + 1 end
   end
   i = i + 3
 end
@@ -93,7 +93,7 @@ while i <= #ARGV do
   i = i + 1
 end
 local nv = math.max(v + 1, now)
-redis.call('HSET', KEYS[1], '#v', nv)
+redis.call('HSET', KEYS[1], '#v', string.format('%.0f', nv))
 local function keep(key, at)
   local cur = redis.call('PEXPIRETIME', key)
   if cur == -1 or cur < at then redis.call('PEXPIREAT', key, at) end
@@ -111,7 +111,8 @@ return {nv, added}
 
 /// Removes bindings of one AoR that node `ARGV[1]` wrote (in epoch `ARGV[2]`, any when
 /// empty): those of `ARGV[3..]` given as (key, Call-ID, CSeq) triples, each only if
-/// the record is still that registration, or all of them when `ARGV[3]` is `*`.
+/// the record is still that registration or an older one of its Call-ID (not one
+/// written since), or all of them when `ARGV[3]` is `*`.
 /// Returns how many.
 const FORGET: &str = r"
 local n = 0
@@ -120,7 +121,7 @@ local function drop(k, cid, cseq)
   if not rec then return end
   local ok, o = pcall(cjson.decode, rec)
   if not ok or o.n ~= ARGV[1] or (ARGV[2] ~= '' and o.e ~= ARGV[2]) then return end
-  if cid and (o.i ~= cid or tonumber(o.s) ~= tonumber(cseq)) then return end
+  if cid and (o.i ~= cid or (tonumber(o.s) or 0) > tonumber(cseq)) then return end
   redis.call('HDEL', KEYS[1], k)
   redis.call('ZREM', KEYS[2], k)
   n = n + 1
@@ -136,10 +137,31 @@ if n > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local v = tonumber(redis.call('HGET', KEYS[1], '#v') or '0')
-  redis.call('HSET', KEYS[1], '#v', math.max(v + 1, now))
+  redis.call('HSET', KEYS[1], '#v', string.format('%.0f', math.max(v + 1, now)))
 end
 return n
 ";
+
+/// The epoch of dead node `ARGV[1]` (its heartbeat `KEYS[1]` gone, its epoch in
+/// `KEYS[2]`), or nil when it is alive or its epoch unknown.
+const PURGE_EPOCH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+return redis.call('HGET', KEYS[2], ARGV[1])
+";
+
+/// Moves index `KEYS[1]` into `KEYS[2]` (joined to what is there), kept a day.
+const PURGE_ASIDE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SUNIONSTORE', KEYS[2], KEYS[2], KEYS[1])
+  redis.call('DEL', KEYS[1])
+end
+redis.call('PEXPIRE', KEYS[2], 86400000)
+return 0
+";
+
+/// AoRs remembered for a second write after the store lost them; past it (the store
+/// down for good) the next loss writes everything again anyway.
+const REPUBLISH_AGAIN_MAX: usize = 1 << 20;
 
 /// AoRs of a dead node purged per `SPOP`.
 const PURGE_BATCH: usize = 100;
@@ -217,7 +239,18 @@ fn unix_ms(at: SystemTime) -> u64 {
 /// `{nodes}`: one slot of a Redis Cluster, so one `MGET` reads them all).
 const NODES: &str = "sw:{nodes}:ids";
 
-/// Each node's last boot epoch (what a purge of it removes, once it is dead).
+/// A new epoch: Unix ms now and random bits.
+fn new_epoch() -> anyhow::Result<String> {
+    let mut random = [0u8; 4];
+    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("random epoch: {e}"))?;
+    Ok(format!(
+        "{}-{}",
+        unix_ms(SystemTime::now()),
+        crate::hex::hex(&random)
+    ))
+}
+
+/// Each node's last epoch (what a purge of it removes, once it is dead).
 const EPOCHS: &str = "sw:{nodes}:epochs";
 
 /// A node's heartbeat: its boot epoch, expiring after `cluster.dead-after`.
@@ -296,7 +329,7 @@ impl redis::aio::ConnectionLike for Con {
 pub(crate) struct Cluster {
     cfg: ClusterConfig,
     /// This node's boot epoch (Unix ms at start, and random bits).
-    epoch: String,
+    epoch: Mutex<String>,
     backend: Backend,
     /// The connection; none until one was made (a Redis Cluster or the Sentinels not
     /// reachable yet), made again after a Sentinel failover.
@@ -305,14 +338,16 @@ pub(crate) struct Cluster {
     pubsub: Mutex<Option<redis::Client>>,
     /// An ask failed: the heartbeat asks the Sentinels for the master again.
     stale: std::sync::atomic::AtomicBool,
-    /// A write of this node's bindings after the store lost them failed: they are
-    /// all written again at the next heartbeat.
-    republish_again: std::sync::atomic::AtomicBool,
+    /// AoRs whose bindings' write after the store lost them failed: written again
+    /// at the next heartbeat.
+    republish_again: Mutex<std::collections::HashSet<String>>,
     /// The last heartbeat failed: asks fail at once (a REGISTER gets its 503, a call
     /// goes on with this node's bindings, without waiting `cluster.timeout` each)
     /// until a heartbeat goes through again.
     down: std::sync::atomic::AtomicBool,
     commit: redis::Script,
+    purge_epoch: redis::Script,
+    purge_aside: redis::Script,
     forget: redis::Script,
     /// Live nodes and their epochs, as of the last heartbeat.
     live: Mutex<HashMap<String, String>>,
@@ -323,7 +358,7 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("node", &self.cfg.node_id)
-            .field("epoch", &self.epoch)
+            .field("epoch", &self.epoch())
             .finish_non_exhaustive()
     }
 }
@@ -374,23 +409,19 @@ impl Cluster {
             #[allow(unreachable_patterns, reason = "with every store feature built")]
             _ => anyhow::bail!("cluster.redis: this build has no support for that kind of store"),
         };
-        let mut random = [0u8; 4];
-        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("random epoch: {e}"))?;
-        let epoch = format!(
-            "{}-{}",
-            unix_ms(SystemTime::now()),
-            crate::hex::hex(&random)
-        );
+        let epoch = new_epoch()?;
         Ok(Arc::new(Self {
             cfg: cfg.clone(),
-            epoch,
+            epoch: Mutex::new(epoch),
             backend,
             con: Mutex::new(con),
             pubsub: Mutex::new(pubsub),
             stale: std::sync::atomic::AtomicBool::new(false),
             down: std::sync::atomic::AtomicBool::new(false),
-            republish_again: std::sync::atomic::AtomicBool::new(false),
+            republish_again: Mutex::default(),
             commit: redis::Script::new(COMMIT),
+            purge_epoch: redis::Script::new(PURGE_EPOCH),
+            purge_aside: redis::Script::new(PURGE_ASIDE),
             forget: redis::Script::new(FORGET),
             live: Mutex::new(HashMap::new()),
             metrics,
@@ -472,6 +503,14 @@ impl Cluster {
         }
     }
 
+    /// This node's epoch: its boot's, or the one it took when the store lost it.
+    fn epoch(&self) -> String {
+        self.epoch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// This node's id.
     pub(crate) fn node(&self) -> &str {
         &self.cfg.node_id
@@ -480,11 +519,22 @@ impl Cluster {
     /// Answers one ask (`None` for those that want no answer), within
     /// `cluster.timeout`: past it, or on any error, [`ClusterAnswer::Unavailable`].
     pub(crate) async fn answer(&self, ask: ClusterAsk) -> ClusterAnswer {
-        let publish = matches!(ask, ClusterAsk::Publish { .. });
+        let published = match &ask {
+            ClusterAsk::Publish { aor, .. } => Some(aor.clone()),
+            _ => None,
+        };
         let answer = self.answer_in_time(ask).await;
-        if publish && answer == ClusterAnswer::Unavailable {
-            self.republish_again
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(aor) = published
+            && answer == ClusterAnswer::Unavailable
+        {
+            let mut again = self
+                .republish_again
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Bounded: at most this node's AoRs; past that, everything again.
+            if again.len() < REPUBLISH_AGAIN_MAX {
+                again.insert(aor);
+            }
         }
         answer
     }
@@ -572,7 +622,7 @@ impl Cluster {
                 if !remove.is_empty() {
                     let (b, x) = keys(&aor);
                     let mut call = self.forget.key(&b);
-                    call.key(&x).arg(&self.cfg.node_id).arg(&self.epoch);
+                    call.key(&x).arg(&self.cfg.node_id).arg(self.epoch());
                     for (k, call_id, cseq) in &remove {
                         call.arg(k).arg(call_id).arg(cseq);
                     }
@@ -599,13 +649,15 @@ impl Cluster {
         let (b, x) = keys(aor);
         let now = Instant::now();
         let wall = SystemTime::now();
+        let epoch = self.epoch();
         let mut call = self.commit.key(&b);
         call.key(&x)
             .arg(version)
             .arg(&self.cfg.node_id)
             .arg(aor)
             .arg(grace)
-            .arg(save.len());
+            .arg(save.len())
+            .arg(&epoch);
         for binding in save {
             let expires = unix_ms(wall + binding.expires_at.saturating_duration_since(now));
             let updated = unix_ms(
@@ -627,7 +679,7 @@ impl Cluster {
                 g: binding.temp_gruu.clone(),
                 ua: binding.user_agent.clone(),
                 n: self.cfg.node_id.clone(),
-                e: self.epoch.clone(),
+                e: epoch.clone(),
             };
             let json = serde_json::to_string(&record).map_err(|e| {
                 redis::RedisError::from((redis::ErrorKind::Client, "record", e.to_string()))
@@ -759,9 +811,10 @@ impl Cluster {
                     }
                     // The first heartbeat publishes what this node restored from its
                     // data directory; a later one that finds its own gone, everything.
-                    let lost = previous.as_deref() != Some(self.epoch.as_str());
+                    let epoch = self.epoch();
+                    let lost = previous.as_deref() != Some(epoch.as_str());
                     if let Some(p) = previous.as_deref()
-                        && p != self.epoch
+                        && p != epoch
                         && written
                     {
                         tracing::error!(
@@ -775,12 +828,27 @@ impl Cluster {
                              this node stalled past cluster.dead-after): writing its bindings again"
                         );
                         self.metrics.cluster_republish();
+                        // A new life: another node may be purging the one it was taken
+                        // for dead in (by its epoch); what it writes now is this one's.
+                        if let Ok(e) = new_epoch() {
+                            *self.epoch.lock().unwrap_or_else(PoisonError::into_inner) = e;
+                            if let Err(e) = self.announce().await {
+                                tracing::debug!(error = %e, "cluster heartbeat");
+                            }
+                        }
                     }
-                    let again = self
-                        .republish_again
-                        .swap(false, std::sync::atomic::Ordering::Relaxed);
-                    if lost || again {
-                        let _ = core.send(Input::ClusterRepublish).await;
+                    let again: Vec<String> = std::mem::take(
+                        &mut *self
+                            .republish_again
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner),
+                    )
+                    .into_iter()
+                    .collect();
+                    if lost {
+                        let _ = core.send(Input::ClusterRepublish(None)).await;
+                    } else if !again.is_empty() {
+                        let _ = core.send(Input::ClusterRepublish(Some(again))).await;
                     }
                     written = true;
                 }
@@ -807,6 +875,21 @@ impl Cluster {
         }
     }
 
+    /// Writes this node's heartbeat and epoch now (after it took a new epoch).
+    async fn announce(&self) -> redis::RedisResult<()> {
+        let mut con = self.con()?;
+        let ttl = u64::try_from(self.cfg.dead_after.as_millis()).unwrap_or(u64::MAX);
+        let epoch = self.epoch();
+        let _: () = redis::cmd("SET")
+            .arg(beat_key(&self.cfg.node_id))
+            .arg(&epoch)
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut con)
+            .await?;
+        con.hset(EPOCHS, &self.cfg.node_id, &epoch).await
+    }
+
     /// Writes this node's heartbeat (returning what it replaced), learns the live
     /// nodes, and purges the dead ones.
     async fn beat(self: &Arc<Self>) -> redis::RedisResult<Option<String>> {
@@ -814,7 +897,7 @@ impl Cluster {
         let ttl = u64::try_from(self.cfg.dead_after.as_millis()).unwrap_or(u64::MAX);
         let previous: Option<String> = redis::cmd("SET")
             .arg(beat_key(&self.cfg.node_id))
-            .arg(&self.epoch)
+            .arg(self.epoch())
             .arg("PX")
             .arg(ttl)
             .arg("GET")
@@ -826,8 +909,9 @@ impl Cluster {
             .arg(&self.cfg.node_id)
             .query_async(&mut con)
             .await?;
-        if earlier.as_deref() != Some(self.epoch.as_str()) {
-            let _: () = con.hset(EPOCHS, &self.cfg.node_id, &self.epoch).await?;
+        let epoch = self.epoch();
+        if earlier.as_deref() != Some(epoch.as_str()) {
+            let _: () = con.hset(EPOCHS, &self.cfg.node_id, &epoch).await?;
             // This node's previous life, whose heartbeat may be gone already: its
             // bindings are gone with it.
             if let Some(old) = earlier {
@@ -883,19 +967,39 @@ impl Cluster {
     async fn purge_dead(&self, id: &str) {
         let Ok(mut con) = self.con() else { return };
         let lock = format!("sw:{{nodes}}:purge:{id}");
-        let index = format!("sw:{{nodes}}:purging:{id}");
-        let epoch: Option<String> = con.hget(EPOCHS, id).await.ok().flatten();
-        let Some(epoch) = epoch else {
-            // Never wrote an epoch (or purged already): nothing of it is live.
-            let _: redis::RedisResult<()> = con.srem(NODES, id).await;
-            return;
-        };
-        // A leftover of a purge cut short is taken as it is.
-        let _: redis::RedisResult<bool> = redis::cmd("RENAMENX")
-            .arg(aors_key(id))
-            .arg(&index)
-            .query_async(&mut con)
+        // Its epoch, read in one step with its heartbeat's absence (a node that is
+        // back, or whose epoch is unknown, is not purged).
+        let epoch: redis::RedisResult<Option<String>> = self
+            .purge_epoch
+            .key(beat_key(id))
+            .key(EPOCHS)
+            .arg(id)
+            .invoke_async(&mut con)
             .await;
+        let epoch = match epoch {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                let alive: Option<String> = con.get(beat_key(id)).await.ok().flatten();
+                if alive.is_none() {
+                    // Never wrote an epoch: nothing of it is live.
+                    let _: redis::RedisResult<()> = con.srem(NODES, id).await;
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        // Its index set aside for this death (joined to what a purge of it cut short
+        // left; kept a day at most): a life that starts meanwhile indexes its own.
+        let index = format!("sw:{{nodes}}:purging:{id}:{epoch}");
+        let aside: redis::RedisResult<()> = self
+            .purge_aside
+            .key(aors_key(id))
+            .key(&index)
+            .invoke_async(&mut con)
+            .await;
+        if aside.is_err() {
+            return;
+        }
         let mut removed = 0u64;
         loop {
             let batch: redis::RedisResult<Vec<String>> = redis::cmd("SPOP")
@@ -929,10 +1033,9 @@ impl Cluster {
                 .query_async(&mut con)
                 .await;
         }
-        let alive: Option<String> = con.get(beat_key(id)).await.ok().flatten();
-        if alive.is_none() {
+        let alive: redis::RedisResult<Option<String>> = con.get(beat_key(id)).await;
+        if let Ok(None) = alive {
             let _: redis::RedisResult<()> = con.srem(NODES, id).await;
-            let _: redis::RedisResult<()> = con.hdel(EPOCHS, id).await;
         }
         tracing::info!(node = %id, bindings = removed, "cluster node dead: its bindings purged");
     }
@@ -999,6 +1102,7 @@ impl Cluster {
     /// as this node's (this epoch), and tells the core ([`Input::ClusterHeld`]).
     async fn verify(&self, core: &mpsc::Sender<Input>) {
         let Ok(mut con) = self.con() else { return };
+        let epoch = self.epoch();
         let aors: Vec<String> = {
             let Ok(mut iter) = con.sscan::<_, String>(aors_key(&self.cfg.node_id)).await else {
                 return;
@@ -1015,20 +1119,23 @@ impl Cluster {
                 redis::cmd("HGETALL").arg(&b).query_async(&mut con).await;
             let Ok(fields) = fields else { return };
             let mut version = 0;
-            let mut held = Vec::new();
+            let (mut ours, mut others) = (Vec::new(), Vec::new());
             for (k, v) in fields {
                 if k == "#v" {
                     version = v.parse().unwrap_or(0);
                 } else if serde_json::from_str::<Record>(&v)
-                    .is_ok_and(|r| r.n == self.cfg.node_id && r.e == self.epoch)
+                    .is_ok_and(|r| r.n == self.cfg.node_id && r.e == epoch)
                 {
-                    held.push(k);
+                    ours.push(k);
+                } else {
+                    others.push(k);
                 }
             }
             let input = Input::ClusterHeld {
                 aor,
                 version,
-                keys: held,
+                ours,
+                others,
             };
             if core.send(input).await.is_err() {
                 return;

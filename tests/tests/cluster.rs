@@ -740,3 +740,36 @@ async fn a_cancel_while_the_store_answers_late_stops_the_call_before_it_rings() 
     // The callee never rings.
     assert!(callee.quiet_for(Duration::from_millis(800)).await.is_none());
 }
+
+#[tokio::test]
+async fn a_node_taken_for_dead_comes_back_in_a_new_life_with_its_bindings() {
+    let redis = Redis::start();
+    let a = node(&redis, A, "a", "");
+    let c = node(&redis, C, "c", "");
+    let mut phone = Ua::udp(&c, "sleeper").await;
+    assert_eq!(phone.register(600).await.status, 200);
+    let epoch = redis.bindings(&AOR("sleeper"))[0].1["e"].clone();
+    // C stalls past dead-after: A takes it for dead and purges its bindings.
+    c.signal("STOP");
+    eventually("C's binding purged while it stalls", || {
+        redis.binding_keys(&AOR("sleeper")).is_empty()
+    })
+    .await;
+    c.signal("CONT");
+    // C finds its heartbeat gone: it takes a new epoch (a purge of the old one, still
+    // going on somewhere, cannot touch what it writes now) and writes its bindings
+    // again, with no REGISTER from the phone.
+    eventually("the binding back, in C's new life", || {
+        redis
+            .bindings(&AOR("sleeper"))
+            .first()
+            .is_some_and(|(_, r)| r["n"] == "c" && r["e"] != epoch)
+    })
+    .await;
+    let mut caller = Ua::udp(&a, "caller").await;
+    let (m, _) = caller.request("MESSAGE", "sleeper", "", "awake?");
+    caller.send(&m).await;
+    let req = phone.recv_request("MESSAGE").await;
+    phone.send(&phone.response(&req, 200, "", "")).await;
+    assert_eq!(caller.recv_final().await.status, 200);
+}

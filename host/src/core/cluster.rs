@@ -601,11 +601,19 @@ impl Core {
             .is_some_and(|c| c.peers.contains(addr))
     }
 
-    /// What the store had as this node's bindings of `aor` (at `version`), read when
-    /// evictions may have been missed: this node's bindings it no longer has go. Not
-    /// while a REGISTER for the AoR is being decided here, nor when this node wrote the
-    /// AoR since (what was read is older than what is here).
-    pub(super) fn on_held(&mut self, now: Instant, aor: &str, version: u64, keys: &[String]) {
+    /// What the store had of `aor` (at `version`), read when evictions may have been
+    /// missed: this node's bindings the store has as another's go (taken over); those
+    /// it does not have at all are written again (lost, as by a failover to a
+    /// replica that lagged). Not while a REGISTER for the AoR is being decided here,
+    /// nor when this node wrote the AoR since (what was read is older).
+    pub(super) fn on_held(
+        &mut self,
+        now: Instant,
+        aor: &str,
+        version: u64,
+        ours: &[String],
+        others: &[String],
+    ) {
         if self.cluster.busy.contains_key(aor)
             || self
                 .cluster
@@ -615,7 +623,28 @@ impl Core {
         {
             return;
         }
-        self.drop_local(now, aor, |k| !keys.iter().any(|h| h == k));
+        self.drop_local(now, aor, |k| others.iter().any(|h| h == k));
+        let lost: Vec<Binding> = self
+            .location
+            .lookup(aor)
+            .iter()
+            .filter(|b| b.reach.is_local())
+            .filter(|b| {
+                let k = store_key(b);
+                !ours.contains(&k) && !others.contains(&k)
+            })
+            .map(|b| self.published(b))
+            .collect();
+        if !lost.is_empty() {
+            self.cluster.seen.remove(aor);
+            self.ask_cluster(
+                0,
+                ClusterAsk::Publish {
+                    aor: aor.to_string(),
+                    save: lost,
+                },
+            );
+        }
     }
 
     /// Drops this node's bindings of `aor` whose store keys `gone` says, without
@@ -642,11 +671,24 @@ impl Core {
     }
 
     /// The store lost its data (restarted empty): every binding of this node is
-    /// written again.
-    pub(super) fn republish(&mut self) {
-        self.cluster.seen.clear();
+    /// written again, or those of the AoRs `only` names (whose first write failed).
+    pub(super) fn republish(&mut self, only: Option<&[String]>) {
         let mut by_aor: HashMap<String, Vec<Binding>> = HashMap::default();
-        for b in self.location.all().filter(|b| b.reach.is_local()) {
+        let bindings: Vec<Binding> = match only {
+            None => {
+                self.cluster.seen.clear();
+                self.location.all().cloned().collect()
+            }
+            Some(aors) => {
+                for a in aors {
+                    self.cluster.seen.remove(a);
+                }
+                aors.iter()
+                    .flat_map(|a| self.location.lookup(a).iter().cloned())
+                    .collect()
+            }
+        };
+        for b in bindings.iter().filter(|b| b.reach.is_local()) {
             by_aor
                 .entry(b.aor.clone())
                 .or_default()

@@ -232,18 +232,22 @@ pub enum Input {
         /// Its CSeq.
         cseq: u32,
     },
-    /// The shared store lost its data: this node's bindings are written again.
-    ClusterRepublish,
-    /// What the shared store has as this node's bindings of an AoR, read after its
-    /// eviction notices may have been missed: the others are dropped here.
+    /// The shared store lost its data: this node's bindings are written again (those
+    /// of the AoRs listed, or all).
+    ClusterRepublish(Option<Vec<String>>),
+    /// What the shared store has of an AoR this node holds bindings of, read after
+    /// its eviction notices may have been missed: the bindings another node took
+    /// over are dropped here, those the store lost are written again.
     ClusterHeld {
         /// The address-of-record.
         aor: String,
         /// The AoR's version when read.
         version: u64,
         /// Store keys ([`cluster::store_key`]) of the bindings the store has as this
-        /// node's.
-        keys: Vec<String>,
+        /// node's (this epoch).
+        ours: Vec<String>,
+        /// Those it has as another node's (or another epoch's).
+        others: Vec<String>,
     },
     /// What a name the core asked for resolved to ([`Core::poll_resolve`]).
     Resolved {
@@ -865,8 +869,13 @@ impl Core {
                 call_id,
                 cseq,
             } => self.on_evicted(now, &aor, &key, &call_id, cseq),
-            Input::ClusterRepublish => self.republish(),
-            Input::ClusterHeld { aor, version, keys } => self.on_held(now, &aor, version, &keys),
+            Input::ClusterRepublish(only) => self.republish(only.as_deref()),
+            Input::ClusterHeld {
+                aor,
+                version,
+                ours,
+                others,
+            } => self.on_held(now, &aor, version, &ours, &others),
         }
     }
 

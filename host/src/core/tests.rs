@@ -4004,19 +4004,34 @@ mod cluster {
     }
 
     #[test]
-    fn what_the_store_holds_as_ours_drops_the_rest_unless_we_wrote_since() {
+    fn what_the_store_holds_as_another_nodes_goes_what_it_lost_is_written_again() {
         let mut sim = clustered();
         register_here(&mut sim, 1);
-        let held = |version| Input::ClusterHeld {
+        let key = "sip:pat@127.0.0.1:5070".to_string();
+        let held = |version, ours: Vec<String>, others: Vec<String>| Input::ClusterHeld {
             aor: "sip:pat@localhost".into(),
             version,
-            keys: vec![],
+            ours,
+            others,
         };
-        // Read before this node's write (version 1): older than what is here.
-        sim.core.handle(sim.now, held(0));
+        // Read before this node's last write (version 1): older than what is here.
+        sim.core.handle(sim.now, held(0, vec![], vec![key.clone()]));
         assert_eq!(sim.core.bindings("sip:pat@localhost").len(), 1);
-        // Read after it, and the store no longer has it as ours: it goes, untold.
-        sim.core.handle(sim.now, held(1));
+        // Still ours: nothing to do.
+        sim.core.handle(sim.now, held(1, vec![key.clone()], vec![]));
+        assert_eq!(sim.core.bindings("sip:pat@localhost").len(), 1);
+        assert!(asks(&mut sim).is_empty());
+        // The store lost it (a failover to a replica that lagged): written again.
+        sim.core.handle(sim.now, held(1, vec![], vec![]));
+        assert_eq!(sim.core.bindings("sip:pat@localhost").len(), 1);
+        let a = asks(&mut sim);
+        assert!(
+            matches!(&a[..], [ClusterRequest { id: 0, ask: ClusterAsk::Publish { save, .. } }] if save.len() == 1),
+            "{a:?}"
+        );
+        // Another node's now: it goes here, untold.
+        register_here(&mut sim, 2);
+        sim.core.handle(sim.now, held(1, vec![], vec![key]));
         assert!(sim.core.bindings("sip:pat@localhost").is_empty());
         assert!(asks(&mut sim).is_empty());
     }
@@ -4120,7 +4135,7 @@ mod cluster {
         );
         // After the store lost its data, every binding of this node is written again.
         register_here(&mut sim, 2);
-        sim.core.handle(sim.now, Input::ClusterRepublish);
+        sim.core.handle(sim.now, Input::ClusterRepublish(None));
         let a = asks(&mut sim);
         let [
             ClusterRequest {
