@@ -263,6 +263,17 @@ fn aors_key(node: &str) -> String {
     format!("sw:{{nodes}}:aors:{node}")
 }
 
+/// The members of set `key`, read with `SSCAN` (not one reply of a node's whole
+/// index); `None` when Redis fails on the way.
+async fn members(con: &mut Con, key: &str) -> Option<Vec<String>> {
+    let mut iter = con.sscan::<_, String>(key).await.ok()?;
+    let mut all = Vec::new();
+    while let Some(a) = iter.next_item().await {
+        all.push(a.ok()?);
+    }
+    Some(all)
+}
+
 /// The two keys of an AoR.
 fn keys(aor: &str) -> (String, String) {
     (format!("sw:{{{aor}}}:b"), format!("sw:{{{aor}}}:x"))
@@ -1012,17 +1023,7 @@ impl Cluster {
                 break;
             }
             for aor in &batch {
-                let (b, x) = keys(aor);
-                let n: redis::RedisResult<u64> = self
-                    .forget
-                    .key(&b)
-                    .key(&x)
-                    .arg(id)
-                    .arg(&epoch)
-                    .arg("*")
-                    .invoke_async(&mut con)
-                    .await;
-                removed += n.unwrap_or(0);
+                removed += self.forget_all(&mut con, aor, id, &epoch).await;
             }
             let _: redis::RedisResult<()> = redis::cmd("SET")
                 .arg(&lock)
@@ -1040,38 +1041,35 @@ impl Cluster {
         tracing::info!(node = %id, bindings = removed, "cluster node dead: its bindings purged");
     }
 
+    /// Removes every binding of `aor` that node `id` wrote in `epoch`; how many (none
+    /// when Redis fails: a purge goes on with the next AoR).
+    async fn forget_all(&self, con: &mut Con, aor: &str, id: &str, epoch: &str) -> u64 {
+        let (b, x) = keys(aor);
+        let n: redis::RedisResult<u64> = self
+            .forget
+            .key(&b)
+            .key(&x)
+            .arg(id)
+            .arg(epoch)
+            .arg("*")
+            .invoke_async(con)
+            .await;
+        n.unwrap_or(0)
+    }
+
     /// Removes the bindings this node wrote in an earlier life (boot epoch `epoch`),
     /// by its index, which this life shares; returns how many.
     async fn purge_earlier(&self, epoch: &str) -> u64 {
         let Ok(mut con) = self.con() else {
             return 0;
         };
-        let (id, index) = (self.cfg.node_id.as_str(), aors_key(&self.cfg.node_id));
-        let mut removed = 0u64;
-        let mut iter = match con.sscan::<_, String>(&index).await {
-            Ok(i) => i,
-            Err(_) => return 0,
+        let id = self.cfg.node_id.as_str();
+        let Some(aors) = members(&mut con, &aors_key(id)).await else {
+            return 0;
         };
-        let mut aors = Vec::new();
-        while let Some(a) = iter.next_item().await {
-            match a {
-                Ok(a) => aors.push(a),
-                Err(_) => return 0,
-            }
-        }
-        drop(iter);
+        let mut removed = 0u64;
         for aor in &aors {
-            let (b, x) = keys(aor);
-            let n: redis::RedisResult<u64> = self
-                .forget
-                .key(&b)
-                .key(&x)
-                .arg(id)
-                .arg(epoch)
-                .arg("*")
-                .invoke_async(&mut con)
-                .await;
-            removed += n.unwrap_or(0);
+            removed += self.forget_all(&mut con, aor, id, epoch).await;
         }
         if removed > 0 {
             tracing::info!(
@@ -1103,15 +1101,8 @@ impl Cluster {
     async fn verify(&self, core: &mpsc::Sender<Input>) {
         let Ok(mut con) = self.con() else { return };
         let epoch = self.epoch();
-        let aors: Vec<String> = {
-            let Ok(mut iter) = con.sscan::<_, String>(aors_key(&self.cfg.node_id)).await else {
-                return;
-            };
-            let mut all = Vec::new();
-            while let Some(Ok(a)) = iter.next_item().await {
-                all.push(a);
-            }
-            all
+        let Some(aors) = members(&mut con, &aors_key(&self.cfg.node_id)).await else {
+            return;
         };
         for aor in aors {
             let (b, _) = keys(&aor);
