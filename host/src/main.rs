@@ -16,7 +16,10 @@ static GLOBAL: sipwasm::memory::Allocator = sipwasm::memory::Allocator;
 
 /// SIP server for browsers and phones whose policy runs in sandboxed WebAssembly plugins.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SIPWASM_COMMIT"), ")"),
+    about
+)]
 struct Args {
     /// Configuration file (TOML). Without it the embedded default runs: ws on
     /// 127.0.0.1:8080, wss on 127.0.0.1:8443, the seed-policy plugin.

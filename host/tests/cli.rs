@@ -292,3 +292,22 @@ fn compiled_plugins_are_cached_and_only_our_own_files_are_used() {
     );
     assert!(log.contains("from_cache=false"), "{log}");
 }
+
+#[test]
+fn the_version_names_the_commit_built() {
+    let out = sipwasm().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        text,
+        format!("sipwasm {} (commit {head})", env!("CARGO_PKG_VERSION"))
+    );
+}
