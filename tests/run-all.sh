@@ -30,6 +30,8 @@ command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
 # Redis (Debian's redis-server 7.0) is the shared location store of the cluster tests,
 # started by them on a free loopback port with persistence off.
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+# sngrep (Debian's) receives the SIP capture the server sends over HEP.
+[ -x /usr/bin/sngrep ] || missing+=(sngrep)
 if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"

@@ -70,6 +70,7 @@
 pub(crate) mod admin;
 pub mod auth;
 pub mod builtin;
+pub(crate) mod capture;
 pub(crate) mod cluster;
 pub mod config;
 pub mod core;

@@ -288,6 +288,7 @@ impl Server {
             udp: udp.iter().map(|u| (u.local, u.socket.clone())).collect(),
             connector: Connector::new(connect_tx),
             metrics: metrics.clone(),
+            capture: crate::capture::Capture::open(&config.capture)?,
         };
         let shared = Arc::new(Shared {
             http: config.http.clone(),

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::core::peers::Cidr;
 
 mod allowed_host;
+mod capture;
 mod cluster;
 mod dns;
 mod gateways;
@@ -23,6 +24,7 @@ mod media;
 mod validate;
 
 pub use self::allowed_host::AllowedHost;
+pub use self::capture::CaptureConfig;
 pub use self::cluster::{ClusterConfig, RedisUrls, StoreKind};
 pub use self::dns::{DnsConfig, TlsClientConfig};
 pub(crate) use self::gateways::name_is_valid as gateway_name_is_valid;
@@ -97,6 +99,9 @@ pub struct Config {
     /// absent.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// SIP messages copied to Homer-compatible collectors (HEPv3).
+    #[serde(default)]
+    pub capture: CaptureConfig,
 }
 
 /// `[users]`: the user store.
@@ -1164,6 +1169,23 @@ plugin = "p"
 [plugins.p]
 path = "p.wasm"
 "#;
+
+    #[test]
+    fn capture_keys_are_checked() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[capture]\nhep = [\"udp:127.0.0.1:9060\"]\nsample = 0.5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.capture.collectors().len(), 1);
+        for (body, key) in [
+            ("hep = [\"tcp:127.0.0.1:9060\"]", "capture.hep"),
+            ("hep = [\"udp:nowhere\"]", "capture.hep"),
+            ("sample = 1.5", "capture.sample"),
+        ] {
+            let e = parse(&format!("{MINIMAL}\n[capture]\n{body}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{body}: {e}");
+        }
+    }
 
     #[test]
     fn cluster_keys_are_checked() {

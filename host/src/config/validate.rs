@@ -21,6 +21,7 @@ impl Config {
         self.media.check()?;
         self.dns.check()?;
         self.tls_client.check()?;
+        self.capture.check()?;
         self.check_gateways()?;
         if let Some(c) = &self.cluster {
             c.check(&self.listen)?;

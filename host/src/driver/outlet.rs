@@ -30,13 +30,52 @@ pub(crate) struct Outlet {
     pub connector: Connector,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// SIP capture (`[capture] hep`), when on.
+    pub capture: Option<Arc<crate::capture::Capture>>,
 }
 
 impl Outlet {
+    /// Captures a message that arrived (`[capture]`), when capture is on.
+    pub(crate) fn captured_in(
+        &self,
+        transport: Transport,
+        remote: SocketAddr,
+        local: SocketAddr,
+        sip: &[u8],
+    ) {
+        if let Some(c) = &self.capture {
+            c.message(transport, remote, local, sip);
+        }
+    }
+
+    /// Captures a message about to leave for `target`, when capture is on.
+    fn captured_out(&self, target: &Target, payload: &[u8]) {
+        let Some(c) = &self.capture else { return };
+        let (transport, local, remote) = match *target {
+            Target::Flow(id) => match self.flows.get(id) {
+                Some(f) => (f.transport, f.local, f.remote),
+                None => return,
+            },
+            Target::Udp { local, remote } => (Transport::Udp, local, remote),
+            Target::Connect {
+                transport, remote, ..
+            } => {
+                let unspecified: SocketAddr = if remote.is_ipv4() {
+                    ([0, 0, 0, 0], 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                (transport, unspecified, remote)
+            }
+        };
+        c.message(transport, local, remote, payload);
+    }
+
     /// Sends what the core produced. Returns the target when it is already known to
     /// be unreachable (the caller tells the core); UDP destinations an ICMP error
     /// reported meanwhile go to `unreachable`.
     pub(crate) fn dispatch(&self, t: Transmit, unreachable: &mut Vec<Target>) -> Option<Target> {
+        self.captured_out(&t.target, &t.payload);
         match t.target {
             Target::Flow(id) => match self.flows.send(id, t.payload) {
                 Ok(()) => None,

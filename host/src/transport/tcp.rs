@@ -154,6 +154,7 @@ pub(crate) async fn serve_stream<S>(
                                 Ok(message) => {
                                     first_deadline = None;
                                     shared.metrics.sip_in();
+                                    shared.core.outlet().captured_in(transport, remote, local, frame);
                                     let source = Source { transport, local, remote, flow: Some(id) };
                                     let input = Input::Message(Box::new(Incoming::new(source, message)));
                                     let credit = credit.take().await;

@@ -210,6 +210,10 @@ fn datagram(
     match crate::sip::parse(data) {
         Ok(message) => {
             shared.metrics.sip_in();
+            shared
+                .core
+                .outlet()
+                .captured_in(Transport::Udp, remote, local, data);
             let source = Source {
                 transport: Transport::Udp,
                 local,

@@ -411,6 +411,10 @@ async fn run_flow<S>(
                 match crate::sip::parse(&data) {
                     Ok(message) => {
                         shared.metrics.sip_in();
+                        shared
+                            .core
+                            .outlet()
+                            .captured_in(transport, remote, local, &data);
                         let source = Source {
                             transport,
                             local,
