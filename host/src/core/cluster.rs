@@ -23,7 +23,7 @@ use std::time::Instant;
 use foldhash::HashMap;
 
 use super::location::{Binding, Reach};
-use super::proxy::{Route, Wait, warning};
+use super::proxy::{Wait, warning};
 use super::registrar::{self, Change, Outcome};
 use super::{Core, Event, Source};
 use crate::sip::headers::HeaderName;
@@ -286,7 +286,7 @@ impl Core {
                     _ => (Vec::new(), true),
                 };
                 let route = self.local_request_with(now, &req, hash, &remote, known);
-                self.take_waited(now, id, source, req, route);
+                self.route_waiting(now, id, source, req, route);
             }
             Waiting::Register { aor, tries } => {
                 let Some((source, req)) = live else {
@@ -320,7 +320,7 @@ impl Core {
                             self.cluster.seen.remove(&aor);
                         }
                         let route = self.registered(now, &source, &req, outcome, Vec::new());
-                        self.take_waited(now, id, source, req, route);
+                        self.route_waiting(now, id, source, req, route);
                         self.next_register(now, &aor);
                     }
                     ClusterAnswer::Conflict if tries + 1 < MAX_TRIES => {
@@ -404,7 +404,7 @@ impl Core {
         );
         if changes.is_empty() {
             let route = self.registered(now, &source, &req, outcome, Vec::new());
-            self.take_waited(now, id, source, req, route);
+            self.route_waiting(now, id, source, req, route);
             return self.next_register(now, &aor);
         }
         let after = copy.lookup(&aor);
@@ -713,28 +713,5 @@ impl Core {
     /// Requests waiting for the store and AoRs being registered (for stats).
     pub(super) fn cluster_waiting(&self) -> usize {
         self.cluster.waiting.len()
-    }
-
-    /// Acts on the route of a request that waited for the store.
-    fn take_waited(&mut self, now: Instant, id: u64, source: Source, req: Request, route: Route) {
-        match route {
-            Route::Answer {
-                status,
-                reason,
-                headers,
-            } => {
-                let mut resp = self.make_response(&req, status, &headers);
-                if let Some(reason) = reason {
-                    resp.reason = reason;
-                }
-                self.answer_routed(id, resp, now);
-            }
-            Route::Forward(forwarding) => self.start_ctx(now, id, source, req, forwarding),
-            // A request is looked up once.
-            Route::Cluster(_) => {
-                let resp = self.make_response(&req, 500, &[]);
-                self.answer_routed(id, resp, now);
-            }
-        }
     }
 }

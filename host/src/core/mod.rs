@@ -1171,22 +1171,35 @@ impl Core {
         }
         let (source, mut req) = (st.source, st.request.clone());
         match self.route_decided(now, &source, &mut req, decision) {
-            Ok(proxy::Route::Answer {
+            Ok(route) => self.route_waiting(now, id, source, req, route),
+            Err(resp) => self.answer_routed(id, resp, now),
+        }
+    }
+
+    /// Acts on where routing sent a request that waited in server transaction `id`
+    /// (for the routing plugin, or for the cluster's store).
+    fn route_waiting(
+        &mut self,
+        now: Instant,
+        id: u64,
+        source: Source,
+        req: Request,
+        route: proxy::Route,
+    ) {
+        match route {
+            proxy::Route::Answer {
                 status,
                 reason,
                 headers,
-            }) => {
+            } => {
                 let mut resp = self.make_response(&req, status, &headers);
                 if let Some(reason) = reason {
                     resp.reason = reason;
                 }
                 self.answer_routed(id, resp, now);
             }
-            Ok(proxy::Route::Forward(forwarding)) => {
-                self.start_ctx(now, id, source, req, forwarding);
-            }
-            Ok(proxy::Route::Cluster(wait)) => self.wait_for_cluster(now, id, wait),
-            Err(resp) => self.answer_routed(id, resp, now),
+            proxy::Route::Forward(forwarding) => self.start_ctx(now, id, source, req, forwarding),
+            proxy::Route::Cluster(wait) => self.wait_for_cluster(now, id, wait),
         }
     }
 
