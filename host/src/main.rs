@@ -50,6 +50,96 @@ enum Command {
     /// passwords). Reads `--config` (or the embedded default) for its file and realm.
     #[command(subcommand)]
     User(UserCommand),
+    /// Speaks the control API of a running server (`[admin]` in --config, or --url).
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CtlArgs {
+    /// The admin listener, `http://HOST:PORT` (default: `admin.listen` of --config).
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// The admin token (default: SIPWASM_ADMIN_TOKEN, `admin.token`, or the data
+    /// directory's `admin-token`).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// Prints the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// Version, uptime and counts.
+    Status,
+    /// Registered bindings (this node's), or removes some.
+    Registrations {
+        /// Only this address-of-record.
+        #[arg(long)]
+        aor: Option<String>,
+        /// Only AoRs starting with this (e.g. `sip:alice`).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only this cluster node's.
+        #[arg(long)]
+        node: Option<String>,
+        /// At most this many bindings (default 1000, at most 10000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Removes this AoR's bindings (all, or --binding's).
+        #[arg(long, value_name = "AOR", conflicts_with_all = ["aor", "prefix", "node", "limit"])]
+        remove: Option<String>,
+        /// With --remove: only the binding with this id.
+        #[arg(long, requires = "remove")]
+        binding: Option<u64>,
+    },
+    /// Live flows (connections), or closes one.
+    Flows {
+        /// Closes the flow with this id.
+        #[arg(long, value_name = "ID")]
+        close: Option<u64>,
+        /// With --close: the reason (a WebSocket's close frame carries it).
+        #[arg(long, requires = "close")]
+        reason: Option<String>,
+    },
+    /// Transactions in flight.
+    Transactions {
+        /// At most this many listed.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Dialogs in flight.
+    Dialogs {
+        /// At most this many listed.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Plugins with their calls and times, or reloads one.
+    Plugins {
+        /// Compiles this plugin's file again and swaps it in.
+        #[arg(long, value_name = "NAME")]
+        reload: Option<String>,
+    },
+    /// Drain mode: no new connections or dialogs; those in progress go on.
+    Drain {
+        /// Stop the server once no dialog or transaction is left.
+        #[arg(long)]
+        exit: bool,
+        /// Wait until drained (or the server stopped), printing what is left.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        timeout: u64,
+        /// Leaves drain mode.
+        #[arg(long, conflicts_with_all = ["exit", "wait"])]
+        cancel: bool,
+    },
+    /// Reads the configuration file again and applies what can change without a
+    /// restart (plugins, limits); names what needs one.
+    Reload,
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +241,9 @@ fn main() -> ExitCode {
     if let Some(Command::User(cmd)) = &args.command {
         return user_command(cmd, &config);
     }
+    if let Some(Command::Ctl(ctl)) = &args.command {
+        return ctl_command(ctl, &config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(sipwasm::memory::on_thread_park)
@@ -185,6 +278,205 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn ctl_command(args: &CtlArgs, config: &Config) -> ExitCode {
+    use sipwasm::ctl::{Endpoint, encode_segment, render};
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("SIPWASM_ADMIN_TOKEN").ok());
+    let endpoint = match Endpoint::resolve(args.url.as_deref(), token, config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("sipwasm ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let with_limit = |path: String, limit: Option<usize>| match limit {
+        Some(n) => format!(
+            "{path}{}limit={n}",
+            if path.contains('?') { '&' } else { '?' }
+        ),
+        None => path,
+    };
+    let (method, path, body, kind) = match &args.command {
+        CtlCommand::Status => ("GET", "/api/v1/status".to_string(), None, "status"),
+        CtlCommand::Registrations {
+            remove: Some(aor),
+            binding,
+            ..
+        } => {
+            let mut path = format!("/api/v1/registrations/{}", encode_segment(aor));
+            if let Some(id) = binding {
+                path.push_str(&format!("/bindings/{id}"));
+            }
+            ("DELETE", path, None, "removed")
+        }
+        CtlCommand::Registrations {
+            aor: Some(aor),
+            node: None,
+            prefix: None,
+            limit: None,
+            ..
+        } => (
+            "GET",
+            format!("/api/v1/registrations/{}", encode_segment(aor)),
+            None,
+            "registration",
+        ),
+        CtlCommand::Registrations {
+            aor,
+            prefix,
+            node,
+            limit,
+            ..
+        } => {
+            let mut q = Vec::new();
+            for (k, v) in [("aor", aor), ("prefix", prefix), ("node", node)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", encode_segment(v)));
+                }
+            }
+            if let Some(n) = limit {
+                q.push(format!("limit={n}"));
+            }
+            let path = if q.is_empty() {
+                "/api/v1/registrations".to_string()
+            } else {
+                format!("/api/v1/registrations?{}", q.join("&"))
+            };
+            ("GET", path, None, "registrations")
+        }
+        CtlCommand::Flows {
+            close: Some(id),
+            reason,
+        } => (
+            "POST",
+            format!("/api/v1/flows/{id}/close"),
+            Some(serde_json::json!({ "reason": reason })),
+            "closed",
+        ),
+        CtlCommand::Flows { close: None, .. } => {
+            ("GET", "/api/v1/flows".to_string(), None, "flows")
+        }
+        CtlCommand::Transactions { limit } => (
+            "GET",
+            with_limit("/api/v1/transactions".into(), *limit),
+            None,
+            "transactions",
+        ),
+        CtlCommand::Dialogs { limit } => (
+            "GET",
+            with_limit("/api/v1/dialogs".into(), *limit),
+            None,
+            "dialogs",
+        ),
+        CtlCommand::Plugins { reload: Some(name) } => (
+            "POST",
+            format!("/api/v1/plugins/{}/reload", encode_segment(name)),
+            None,
+            "reloaded",
+        ),
+        CtlCommand::Plugins { reload: None } => {
+            ("GET", "/api/v1/plugins".to_string(), None, "plugins")
+        }
+        CtlCommand::Drain { cancel: true, .. } => {
+            ("DELETE", "/api/v1/drain".to_string(), None, "drain")
+        }
+        CtlCommand::Drain { exit, .. } => (
+            "POST",
+            "/api/v1/drain".to_string(),
+            Some(serde_json::json!({ "exit": exit })),
+            "drain",
+        ),
+        CtlCommand::Reload => ("POST", "/api/v1/reload".to_string(), None, "reload"),
+    };
+    let answer = endpoint.request(method, &path, body.as_ref());
+    let (status, value) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sipwasm ctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{value}");
+    } else if status < 300 {
+        print!("{}", render(kind, &value));
+    }
+    if status >= 300 {
+        let why = value
+            .get("error")
+            .map(sipwasm::ctl::cell)
+            .unwrap_or_else(|| sipwasm::ctl::cell(&value));
+        eprintln!("sipwasm ctl: {status}: {why}");
+        return ExitCode::FAILURE;
+    }
+    if let CtlCommand::Drain {
+        wait: true,
+        timeout,
+        cancel: false,
+        ..
+    } = &args.command
+    {
+        return wait_drained(
+            &endpoint,
+            std::time::Duration::from_secs(*timeout),
+            args.json,
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// Polls the drain state until nothing is left (or the server stopped, when it was to
+/// exit), printing what is left when it changes.
+fn wait_drained(
+    endpoint: &sipwasm::ctl::Endpoint,
+    timeout: std::time::Duration,
+    json: bool,
+) -> ExitCode {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        match endpoint.request("GET", "/api/v1/drain", None) {
+            Ok((200, v)) => {
+                let line = if json {
+                    format!("{v}\n")
+                } else {
+                    sipwasm::ctl::render("drain", &v)
+                };
+                if line != last {
+                    print!("{line}");
+                    last = line;
+                }
+                if v["empty"] == serde_json::Value::Bool(true)
+                    && v["exit_when_empty"] != serde_json::Value::Bool(true)
+                {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Ok((status, v)) => {
+                eprintln!("sipwasm ctl: {status}: {}", sipwasm::ctl::cell(&v["error"]));
+                return ExitCode::FAILURE;
+            }
+            // The server stopped after draining.
+            Err(_) if !last.is_empty() => {
+                println!("the server has stopped");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("sipwasm ctl: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    eprintln!(
+        "sipwasm ctl: still not drained after {} s",
+        timeout.as_secs()
+    );
+    ExitCode::FAILURE
 }
 
 fn user_command(cmd: &UserCommand, config: &Config) -> ExitCode {

@@ -26,6 +26,10 @@ macro_rules! counters {
             gateways: Mutex<BTreeMap<(String, String), bool>>,
             /// Live nodes of the cluster; 0 without one.
             cluster_nodes: AtomicU64,
+            /// Requests' final answers: latency by method, count by method and class.
+            finals: Finals,
+            /// Plugin call durations by plugin ([`Metrics::plugin_timer`]).
+            plugin_time: Mutex<BTreeMap<String, std::sync::Arc<LatencyHistogram>>>,
         }
 
         impl Metrics {
@@ -99,6 +103,120 @@ counters! {
     udp_banned, udp_banned, "sipwasm_udp_banned_dropped_total", "UDP requests from sources past limits.rate (or banned for it), dropped before parsing (also counted in sipwasm_sip_refused_total{reason=\"rate-limit\"}).";
 }
 
+/// Upper bounds (seconds) of the latency histograms' buckets (requests' final answers,
+/// plugin calls): from a registrar's answer to a call's ring time.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 30.0,
+];
+
+/// A latency histogram updated without a lock: per-bucket counts (not cumulative;
+/// rendered cumulative), their count and sum.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// One per bound of [`LATENCY_BUCKETS`], then the overflow.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Counts one observation.
+    pub fn observe(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// The `q` quantile (0..1) estimated from the buckets (linear within one; the
+    /// overflow bucket answers its lower bound), in seconds; `None` before any.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0u64;
+        for (i, n) in counts.iter().enumerate() {
+            if *n == 0 {
+                continue;
+            }
+            if (seen + n) as f64 >= rank {
+                let lo = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+                let Some(hi) = LATENCY_BUCKETS.get(i) else {
+                    return Some(lo);
+                };
+                let within = (rank - seen as f64) / *n as f64;
+                return Some(lo + (hi - lo) * within.clamp(0.0, 1.0));
+            }
+            seen += n;
+        }
+        LATENCY_BUCKETS.last().copied()
+    }
+
+    /// Writes the histogram's series with `labels` (`name="value"` pairs, comma
+    /// separated, without braces).
+    fn render(&self, out: &mut String, metric: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (le, b) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += b.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{metric}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{metric}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        if labels.is_empty() {
+            let _ = writeln!(out, "{metric}_sum {sum}");
+            let _ = writeln!(out, "{metric}_count {count}");
+        } else {
+            let _ = writeln!(out, "{metric}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{metric}_count{{{labels}}} {count}");
+        }
+    }
+}
+
+/// The method labels of the final-answer metrics (`crate::core::operate::method_label`).
+pub const METHOD_LABELS: [&str; 15] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "INFO",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "REFER",
+    "MESSAGE",
+    "UPDATE",
+    "other",
+];
+
+/// Requests' final answers by method: latency, and counts by class (2xx to 6xx).
+#[derive(Debug, Default)]
+struct Finals {
+    latency: [LatencyHistogram; 15],
+    classes: [[AtomicU64; 5]; 15],
+}
+
 /// Why a connection was refused or closed by a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnLimit {
@@ -145,6 +263,7 @@ struct CoreGauges {
     timers: AtomicU64,
     bindings: AtomicU64,
     aors: AtomicU64,
+    dialogs: AtomicU64,
     refused_forged_route: AtomicU64,
     refused_untrusted_path: AtomicU64,
     refused_relay: AtomicU64,
@@ -168,6 +287,19 @@ impl Metrics {
         self.core.refused_rate_limit.load(Relaxed)
     }
 
+    /// The SIP core's state as of its last round: (server transactions, client
+    /// transactions, dialogs, bindings, AoRs).
+    pub fn core_counts(&self) -> (u64, u64, u64, u64, u64) {
+        let g = &self.core;
+        (
+            g.server_transactions.load(Relaxed),
+            g.client_transactions.load(Relaxed),
+            g.dialogs.load(Relaxed),
+            g.bindings.load(Relaxed),
+            g.aors.load(Relaxed),
+        )
+    }
+
     /// Records the SIP core's state.
     pub fn set_core(&self, s: CoreStats) {
         let g = &self.core;
@@ -181,6 +313,7 @@ impl Metrics {
             (&g.timers, s.timers),
             (&g.bindings, s.bindings),
             (&g.aors, s.aors),
+            (&g.dialogs, s.dialogs),
         ] {
             gauge.store(value as u64, Relaxed);
         }
@@ -276,6 +409,11 @@ impl Metrics {
                 "sipwasm_registrar_bindings",
                 "Registered contacts.",
                 &g.bindings,
+            ),
+            (
+                "sipwasm_sip_dialogs",
+                "Dialogs in flight: a 2xx to an INVITE passed, no BYE yet (nor a flow of the caller closed).",
+                &g.dialogs,
             ),
             (
                 "sipwasm_registrar_aors",
@@ -394,6 +532,34 @@ impl Metrics {
     /// A plugin was suspended ([`crate::plugin::breaker`]).
     pub fn plugin_suspension(&self, plugin: &str) {
         self.plugin_count(plugin, "suspensions");
+    }
+
+    /// A plugin's calls and failed calls (all causes) so far.
+    pub fn plugin_totals(&self, plugin: &str) -> (u64, u64) {
+        let m = self.plugins.lock().expect("metrics lock");
+        let mut calls = 0;
+        let mut failures = 0;
+        for ((p, what), n) in m.iter() {
+            if p != plugin {
+                continue;
+            }
+            match *what {
+                "calls" => calls = *n,
+                "instantiations" | "suspensions" => {}
+                _ => failures += n,
+            }
+        }
+        (calls, failures)
+    }
+
+    /// SIP messages received and parsed so far.
+    pub fn sip_in_count(&self) -> u64 {
+        self.sip_in.load(Relaxed)
+    }
+
+    /// SIP messages sent so far.
+    pub fn sip_out_count(&self) -> u64 {
+        self.sip_out.load(Relaxed)
     }
 
     /// How many failures with `cause` a plugin had.
@@ -523,6 +689,85 @@ impl Metrics {
             .collect()
     }
 
+    /// A request's final answer (`method` one of [`METHOD_LABELS`]) after `took`.
+    pub fn sip_final(&self, method: &str, status: u16, took: std::time::Duration) {
+        let m = METHOD_LABELS
+            .iter()
+            .position(|l| *l == method)
+            .unwrap_or(METHOD_LABELS.len() - 1);
+        self.finals.latency[m].observe(took);
+        let class = usize::from(status / 100).clamp(2, 6) - 2;
+        self.finals.classes[m][class].fetch_add(1, Relaxed);
+    }
+
+    /// Final answers so far by method and class (`2xx`..`6xx`), those not 0.
+    pub fn sip_finals(&self) -> Vec<(&'static str, &'static str, u64)> {
+        const CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "6xx"];
+        let mut out = Vec::new();
+        for (m, row) in METHOD_LABELS.iter().zip(&self.finals.classes) {
+            for (c, n) in CLASSES.iter().zip(row) {
+                let n = n.load(Relaxed);
+                if n > 0 {
+                    out.push((*m, *c, n));
+                }
+            }
+        }
+        out
+    }
+
+    /// The duration histogram of plugin `plugin`'s calls (made on first use; the
+    /// plugin keeps it across reloads).
+    pub fn plugin_timer(&self, plugin: &str) -> std::sync::Arc<LatencyHistogram> {
+        self.plugin_time
+            .lock()
+            .expect("metrics lock")
+            .entry(plugin.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn render_finals(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_sip_request_duration_seconds Time from the core taking a request \
+             to its final answer leaving (0 for answers given at once), by method."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_sip_request_duration_seconds histogram");
+        for (m, h) in METHOD_LABELS.iter().zip(&self.finals.latency) {
+            if h.count() > 0 {
+                h.render(
+                    out,
+                    "sipwasm_sip_request_duration_seconds",
+                    &format!("method=\"{m}\""),
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_sip_responses_total Final answers to requests, by method and class."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_sip_responses_total counter");
+        for (m, c, n) in self.sip_finals() {
+            let _ = writeln!(
+                out,
+                "sipwasm_sip_responses_total{{method=\"{m}\",class=\"{c}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_plugin_call_duration_seconds Time plugin calls took (from an \
+             instance being ready to the call's end), by plugin."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_plugin_call_duration_seconds histogram");
+        for (p, h) in self.plugin_time.lock().expect("metrics lock").iter() {
+            h.render(
+                out,
+                "sipwasm_plugin_call_duration_seconds",
+                &format!("plugin=\"{p}\""),
+            );
+        }
+    }
+
     /// Nodes of the cluster alive at this node's last heartbeat (itself included).
     pub fn set_cluster_nodes(&self, n: u64) {
         self.cluster_nodes.store(n, Relaxed);
@@ -565,6 +810,7 @@ impl Metrics {
         self.render_core(&mut out);
         self.render_conns(&mut out);
         self.render_media(&mut out);
+        self.render_finals(&mut out);
         let m = self.plugins.lock().expect("metrics lock");
         let _ = writeln!(out, "# HELP sipwasm_plugin_calls_total Plugin calls.");
         let _ = writeln!(out, "# TYPE sipwasm_plugin_calls_total counter");

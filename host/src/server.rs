@@ -56,6 +56,8 @@ pub struct Server {
     udp: Vec<BoundUdp>,
     /// The admin listener, its bearer token and the names it answers to.
     admin: Option<(TcpListener, Arc<str>, Arc<[String]>)>,
+    /// What the admin API needs besides the shared state.
+    admin_extra: AdminExtra,
     shared: Arc<Shared>,
     closed_rx: mpsc::UnboundedReceiver<Arc<FlowInfo>>,
     connect_rx: mpsc::UnboundedReceiver<ConnectRequest>,
@@ -63,6 +65,14 @@ pub struct Server {
     grace: Duration,
     /// The media engines, pinged while the server runs.
     media: Option<Arc<Engines>>,
+}
+
+/// What the admin API needs from start-up.
+struct AdminExtra {
+    node: Option<String>,
+    config_path: Option<std::path::PathBuf>,
+    config: Config,
+    nofile: u64,
 }
 
 impl Server {
@@ -255,7 +265,8 @@ impl Server {
                 r.view.set(&b.aor, core.bindings(&b.aor));
             }
         }
-        let connection_cap = config.limits.connection_cap(raise_nofile());
+        let nofile = raise_nofile();
+        let connection_cap = config.limits.connection_cap(nofile);
         tracing::info!(
             max = connection_cap,
             per_source = config.limits.connections_per_source,
@@ -331,6 +342,7 @@ impl Server {
             metrics,
             shutdown: shutdown_rx,
             grace: config.server.shutdown_grace,
+            drain: Arc::new(crate::drain::Drain::default()),
         });
         if let Some(c) = &cluster {
             plugins.registrar_view().attach_cluster(c.clone());
@@ -353,6 +365,12 @@ impl Server {
             );
         }
         Ok(Self {
+            admin_extra: AdminExtra {
+                node: config.cluster.as_ref().map(|c| c.node_id.clone()),
+                config_path: config.file.clone(),
+                config: config.clone(),
+                nofile,
+            },
             plugins,
             watch_interval: config
                 .plugin_runtime
@@ -383,6 +401,7 @@ impl Server {
     /// once connections are gone (or the grace period is over).
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
+            admin_extra,
             plugins,
             watch_interval,
             listeners,
@@ -403,13 +422,18 @@ impl Server {
         tokio::spawn(tcp::open_when_asked(shared.clone(), connect_rx));
         if let Some((admin, token, hosts)) = admin {
             let addr = admin.local_addr()?;
-            tracing::info!(%addr, "admin API listening (GET /metrics, GET /flows, GET /gateways, POST /plugins/reload)");
+            tracing::info!(%addr, "admin API listening: dashboard at /ui/, control API at /api/v1/, metrics at /metrics");
             tokio::spawn(crate::admin::serve(
                 admin,
                 crate::admin::AdminState {
-                    metrics: shared.metrics.clone(),
-                    flows: shared.flows.clone(),
+                    shared: shared.clone(),
                     plugins: plugins.clone(),
+                    node: admin_extra.node.clone(),
+                    started: std::time::SystemTime::now(),
+                    started_at: Instant::now(),
+                    config_path: admin_extra.config_path.clone(),
+                    config: Arc::new(tokio::sync::Mutex::new(admin_extra.config.clone())),
+                    nofile: admin_extra.nofile,
                     server: shared.server_header.clone(),
                     token,
                     hosts,
@@ -437,7 +461,12 @@ impl Server {
             }
             tokio::spawn(accept_loop(l, shared.clone(), live.clone()));
         }
-        stop.await;
+        tokio::select! {
+            () = stop => {}
+            () = drained(&shared) => {
+                tracing::warn!("drained (no dialog or transaction left): stopping as asked");
+            }
+        }
         tracing::info!(connections = live.load(Ordering::Relaxed), "shutting down");
         let _ = shutdown_tx.send(true);
         let deadline = Instant::now() + grace + Duration::from_millis(500);
@@ -453,6 +482,24 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || cell.core.close_store()).await;
         tracing::info!(remaining = live.load(Ordering::Relaxed), "stopped");
         Ok(())
+    }
+}
+
+/// Completes once the server drains with `exit` asked and no dialog or transaction at
+/// work is left.
+async fn drained(shared: &Shared) {
+    loop {
+        let d = &shared.drain;
+        if d.draining()
+            && d.exit_when_empty()
+            && shared.core.call(|core, _| core.in_progress()).await == Some((0, 0))
+        {
+            return;
+        }
+        tokio::select! {
+            () = d.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
     }
 }
 
@@ -520,6 +567,13 @@ async fn accept_loop(l: BoundListener, shared: Arc<Shared>, live: Arc<AtomicUsiz
                 continue;
             }
         };
+        if shared.drain.draining() {
+            // Draining: the client is to connect to another server.
+            shared.drain.refused_connection();
+            tracing::debug!(%remote, address = %l.local, "connection closed at accept: draining");
+            drop(stream);
+            continue;
+        }
         // Past a connection limit: closed at once (counted and logged by admission).
         let Some(ticket) = shared.admission.admit(remote.ip()) else {
             drop(stream);

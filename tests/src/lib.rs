@@ -437,6 +437,42 @@ impl Server {
         http_once(self.admin, raw.as_bytes()).await
     }
 
+    /// `method path` on the control API with its bearer token and `body` as JSON;
+    /// the status and the answer's JSON (`Null` when it is not JSON).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let body = body.unwrap_or("");
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.admin_token(),
+            body.len()
+        );
+        let r = http_once(self.admin, raw.as_bytes()).await;
+        let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+        (r.status, v)
+    }
+
+    /// Waits (bounded by `within`) for the server to exit by itself; its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The value of a metric line (`name{labels}` exactly as rendered), 0 when absent.
     pub async fn metric(&self, series: &str) -> u64 {
         metric_in(&self.metrics().await, series).unwrap_or(0)

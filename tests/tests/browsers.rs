@@ -169,3 +169,91 @@ async fn jssip_and_sipjs_in_chromium_register_message_and_call() {
         .await;
     assert_eq!(n.expect("message_failed").await["status"], 480);
 }
+
+/// The admin dashboard in headless Chromium: it loads without console errors or failed
+/// requests, shows a registration made after it loaded within 2 s (it updates live),
+/// and its close button closes a flow. The screenshot is kept in
+/// `target/test-artifacts/dashboard.png`.
+#[tokio::test]
+async fn the_dashboard_shows_live_registrations_and_closes_flows() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium missing: run ./tests/run-all.sh (it installs Debian's chromium)"
+    );
+    let s = Server::standard("");
+    // A browser already connected: its flow is the one the page closes.
+    let mut early = Ua::ws(&s, "early").await;
+    assert_eq!(early.register(600).await.status, 200);
+    let (_, reg) = s
+        .api("GET", "/api/v1/registrations/sip%3Aearly%40localhost", None)
+        .await;
+    let flow = reg["bindings"][0]["flow"].as_u64().expect("early's flow");
+
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-artifacts/dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let config = json!({
+        "url": format!("http://127.0.0.1:{}/ui/#token={}", s.admin.port(), s.admin_token()),
+        "aor": "sip:live@localhost",
+        "closeFlow": flow,
+        "screenshot": shot,
+        "timeoutMs": 2000,
+        "chromium": "/usr/bin/chromium",
+        "waitForGo": true,
+    });
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let mut driver = tokio::process::Command::new("node")
+        .arg(js.join("dashboard.mjs"))
+        .arg(config.to_string())
+        .current_dir(&js)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start node");
+    let mut stdin = driver.stdin.take().unwrap();
+    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+    // Starting Chromium can take long while the rest of the suite runs.
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(90), lines.next_line())
+        .await
+        .expect("the page loaded within 90 s")
+        .unwrap()
+        .expect("a line");
+    assert_eq!(ready, r#"{"ready":true}"#, "{ready}");
+    // A registration after the page loaded: shown within 2 s.
+    let mut live = Ua::ws(&s, "live").await;
+    assert_eq!(live.register(600).await.status, 200);
+    stdin.write_all(b"go\n").await.unwrap();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the driver's report within 60 s")
+        .unwrap()
+        .expect("a report line");
+    let report: serde_json::Value = serde_json::from_str(&report).expect(&report);
+    assert!(report["fatal"].is_null(), "{report}");
+    let shown = report["registrationShownMs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the registration was not shown within 2 s: {report}"));
+    assert!(shown <= 2000, "{report}");
+    assert_eq!(report["flowClosed"], true, "{report}");
+    assert_eq!(report["consoleErrors"], json!([]), "{report}");
+    assert_eq!(report["failedRequests"], json!([]), "{report}");
+    assert!(shot.exists(), "no screenshot at {}", shot.display());
+    // Closed for real: the flow is gone, and early's binding with it.
+    let (_, flows) = s.api("GET", "/api/v1/flows", None).await;
+    assert!(
+        !flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"].as_u64() == Some(flow)),
+        "{flows}"
+    );
+    let (status, _) = s
+        .api("GET", "/api/v1/registrations/sip%3Aearly%40localhost", None)
+        .await;
+    assert_eq!(status, 404);
+    let _ = driver.wait().await;
+}

@@ -3,6 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sipwasm::sip::message::Essentials as _;
 use sipwasm_tests::sip::Ua;
 use sipwasm_tests::*;
 
@@ -110,4 +111,548 @@ async fn sngrep_receives_the_registers_over_hep() {
         out.lock().unwrap(),
         logs.lock().unwrap()
     );
+}
+
+/// `sip:USER@localhost` percent-encoded as a path segment.
+fn aor_segment(user: &str) -> String {
+    format!("sip%3A{user}%40localhost")
+}
+
+/// The one binding a registration answer lists.
+fn only_binding(v: &serde_json::Value) -> &serde_json::Value {
+    let b = v["bindings"].as_array().expect("bindings");
+    assert_eq!(b.len(), 1, "{v}");
+    &b[0]
+}
+
+/// A call from `caller` to `callee` (both registered), answered and ACKed; the
+/// caller's dialog and the callee's INVITE.
+async fn call(
+    caller: &mut Ua,
+    callee: &mut Ua,
+    to: &str,
+) -> (sipwasm_tests::sip::Dialog, sipwasm::sip::Request) {
+    let (invite, dialog) = caller.request("INVITE", to, "", sipwasm_tests::sip::SDP);
+    caller.send(&invite).await;
+    let inv = callee.recv_request("INVITE").await;
+    callee
+        .send(&callee.response(&inv, 200, "", sipwasm_tests::sip::SDP))
+        .await;
+    let ok = caller.recv_status(200).await;
+    let mut d = caller.dialog_as_caller(dialog, &ok);
+    let ack = caller.in_dialog(&mut d, "ACK", Some(1));
+    caller.send(&ack).await;
+    callee.recv_request("ACK").await;
+    (d, inv)
+}
+
+/// The control API: registrations with their filters, one AoR, a binding removed;
+/// flows with their traffic, one closed with a reason its client reads in the close
+/// frame; transactions and dialogs in flight; plugins; and clear answers to bad input.
+#[tokio::test]
+async fn the_control_api_lists_removes_and_closes() {
+    use futures_util::StreamExt as _;
+    let s = Server::standard("");
+    let mut alice = Ua::udp(&s, "alice").await;
+    let mut carol = Ua::tcp(&s, "carol").await;
+    let mut bob = Ua::ws(&s, "bob").await;
+    for ua in [&mut alice, &mut carol, &mut bob] {
+        assert_eq!(ua.register(600).await.status, 200);
+    }
+
+    let (status, all) = s.api("GET", "/api/v1/registrations", None).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["total"], 3, "{all}");
+    assert_eq!(all["truncated"], false);
+    let aors: Vec<&str> = all["registrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["aor"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        aors,
+        [
+            "sip:alice@localhost",
+            "sip:bob@localhost",
+            "sip:carol@localhost"
+        ]
+    );
+    let (_, by_prefix) = s
+        .api("GET", "/api/v1/registrations?prefix=sip%3Ab", None)
+        .await;
+    assert_eq!(by_prefix["total"], 1, "{by_prefix}");
+    assert_eq!(by_prefix["registrations"][0]["aor"], "sip:bob@localhost");
+    let (_, by_aor) = s
+        .api(
+            "GET",
+            "/api/v1/registrations?aor=sip%3Acarol%40localhost",
+            None,
+        )
+        .await;
+    assert_eq!(by_aor["total"], 1, "{by_aor}");
+    let (_, other_node) = s
+        .api("GET", "/api/v1/registrations?node=elsewhere", None)
+        .await;
+    assert_eq!(other_node["total"], 0, "{other_node}");
+    let (_, cut) = s.api("GET", "/api/v1/registrations?limit=2", None).await;
+    assert_eq!(cut["truncated"], true, "{cut}");
+
+    let (status, one) = s
+        .api(
+            "GET",
+            &format!("/api/v1/registrations/{}", aor_segment("alice")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{one}");
+    let b = only_binding(&one);
+    assert_eq!(b["transport"], "UDP");
+    assert_eq!(b["reach"], "udp");
+    assert_eq!(b["user_agent"], "sipwasm-tests");
+    assert!(b["expires_in"].as_u64().unwrap() > 590, "{b}");
+    let (_, bob_reg) = s
+        .api(
+            "GET",
+            &format!("/api/v1/registrations/{}", aor_segment("bob")),
+            None,
+        )
+        .await;
+    let bob_flow = only_binding(&bob_reg)["flow"].as_u64().expect("bob's flow");
+
+    // Flows with their traffic: bob's WebSocket read a REGISTER and wrote its 200.
+    let (status, flows) = s.api("GET", "/api/v1/flows", None).await;
+    assert_eq!(status, 200);
+    let f = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"].as_u64() == Some(bob_flow))
+        .unwrap_or_else(|| panic!("bob's flow {bob_flow} in {flows}"));
+    assert_eq!(f["transport"], "WS");
+    assert!(f["messages_in"].as_u64().unwrap() >= 1, "{f}");
+    assert!(f["messages_out"].as_u64().unwrap() >= 1, "{f}");
+    assert!(f["bytes_in"].as_u64().unwrap() > 100, "{f}");
+    assert!(f["bytes_out"].as_u64().unwrap() > 100, "{f}");
+
+    // A call in progress: its INVITE's transaction, then its dialog.
+    let (invite, dialog) = alice.request("INVITE", "carol", "", sipwasm_tests::sip::SDP);
+    alice.send(&invite).await;
+    let inv = carol.recv_request("INVITE").await;
+    let call_id = inv.call_id().unwrap().to_string();
+    let (_, txs) = s.api("GET", "/api/v1/transactions", None).await;
+    assert!(txs["server"].as_u64().unwrap() >= 1, "{txs}");
+    assert!(
+        txs["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["call_id"] == call_id.as_str()
+                && t["method"] == "INVITE"
+                && t["kind"] == "server"),
+        "{txs}"
+    );
+    carol
+        .send(&carol.response(&inv, 200, "", sipwasm_tests::sip::SDP))
+        .await;
+    let ok = alice.recv_status(200).await;
+    let mut d = alice.dialog_as_caller(dialog, &ok);
+    let ack = alice.in_dialog(&mut d, "ACK", Some(1));
+    alice.send(&ack).await;
+    carol.recv_request("ACK").await;
+    let (_, dialogs) = s.api("GET", "/api/v1/dialogs", None).await;
+    assert_eq!(dialogs["count"], 1, "{dialogs}");
+    assert_eq!(dialogs["dialogs"][0]["call_id"], call_id.as_str());
+    assert_eq!(dialogs["dialogs"][0]["from"], "sip:alice@localhost");
+    let bye = alice.in_dialog(&mut d, "BYE", None);
+    alice.send(&bye).await;
+    let b = carol.recv_request("BYE").await;
+    carol.send(&carol.response(&b, 200, "", "")).await;
+    assert_eq!(alice.recv_final().await.status, 200);
+    let (_, dialogs) = s.api("GET", "/api/v1/dialogs", None).await;
+    assert_eq!(dialogs["count"], 0, "the BYE ended it: {dialogs}");
+
+    // Plugins: the standard set, with their calls and times.
+    let (_, plugins) = s.api("GET", "/api/v1/plugins", None).await;
+    let seed = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "seed")
+        .unwrap_or_else(|| panic!("{plugins}"));
+    assert_eq!(seed["world"], "http-handler", "{seed}");
+    assert_eq!(seed["hash"].as_str().unwrap().len(), 16, "{seed}");
+    assert!(seed["calls"].as_u64().unwrap() >= 1, "{seed}");
+    assert!(seed["p99_ms"].as_f64().is_some(), "{seed}");
+
+    // One binding removed: gone from the list, its caller gets 480 (known, not here).
+    let alice_id = only_binding(&one)["id"].as_u64().unwrap();
+    let path = format!(
+        "/api/v1/registrations/{}/bindings/{alice_id}",
+        aor_segment("alice")
+    );
+    let (status, removed) = s.api("DELETE", &path, None).await;
+    assert_eq!((status, &removed["removed"]), (200, &serde_json::json!(1)));
+    let (status, _) = s.api("DELETE", &path, None).await;
+    assert_eq!(status, 404, "removed already");
+    let (status, _) = s
+        .api(
+            "GET",
+            &format!("/api/v1/registrations/{}", aor_segment("alice")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (msg, _) = carol.request("MESSAGE", "alice", "", "hello");
+    carol.send(&msg).await;
+    assert_eq!(carol.recv_final().await.status, 480);
+
+    // A flow closed with a reason: the client reads it in a 1000 close frame, and its
+    // binding goes with the flow.
+    let mut raw = ws_connect_to(&s).await;
+    options_round_trip(&mut raw, "opsclose", "WS", false).await;
+    let (_, flows) = s.api("GET", "/api/v1/flows", None).await;
+    let newest = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["id"].as_u64())
+        .max()
+        .unwrap();
+    let (status, closed) = s
+        .api(
+            "POST",
+            &format!("/api/v1/flows/{newest}/close"),
+            Some(r#"{"reason":"maintenance window"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{closed}");
+    let frame = within("the close frame", async {
+        loop {
+            match raw.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 1000);
+    assert_eq!(frame.reason.as_str(), "maintenance window");
+    let (status, _) = s
+        .api(
+            "POST",
+            &format!("/api/v1/flows/{bob_flow}/close"),
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut gone = false;
+    for _ in 0..100 {
+        let (_, all) = s.api("GET", "/api/v1/registrations", None).await;
+        if all["total"] == 1 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "bob's binding went with his flow");
+
+    // Bad input gets a clear answer.
+    for (method, path, body, want) in [
+        ("POST", "/api/v1/flows/abc/close", "", 400),
+        ("POST", "/api/v1/flows/999999/close", "", 404),
+        ("POST", "/api/v1/flows/1/close", "[1]", 400),
+        ("POST", "/api/v1/flows/1/close", r#"{"reason":7}"#, 400),
+        ("GET", "/api/v1/registrations?limit=0", "", 400),
+        ("GET", "/api/v1/registrations?aor=%zz", "", 400),
+        (
+            "DELETE",
+            "/api/v1/registrations/sip%3Anobody%40localhost",
+            "",
+            404,
+        ),
+        ("DELETE", "/api/v1/registrations/x/bindings/y", "", 400),
+        ("POST", "/api/v1/registrations", "", 405),
+        ("GET", "/api/v1/nothing-here", "", 404),
+        ("POST", "/api/v1/plugins/nope/reload", "", 404),
+        ("POST", "/api/v1/drain", r#"{"exit":"yes"}"#, 400),
+    ] {
+        let (status, v) = s
+            .api(method, path, (!body.is_empty()).then_some(body))
+            .await;
+        assert_eq!(status, want, "{method} {path} {body}: {v}");
+        assert!(v["error"].is_string(), "{method} {path}: {v}");
+    }
+    // Without the token: 401, whatever the path.
+    let r = http_once(
+        s.admin,
+        b"GET /api/v1/registrations HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}
+
+/// Drain mode: new connections are closed at accept and new calls get 503 with
+/// Retry-After, while the call in progress goes on to its BYE; drain mode can be
+/// left; asked to exit, the server stops by itself once the last call ended.
+#[tokio::test]
+async fn drain_refuses_new_work_finishes_calls_and_exits() {
+    let mut s = Server::standard("");
+    let mut alice = Ua::udp(&s, "dalice").await;
+    let mut carol = Ua::udp(&s, "dcarol").await;
+    assert_eq!(carol.register(600).await.status, 200);
+    let (mut d, _) = call(&mut alice, &mut carol, "dcarol").await;
+
+    let (status, v) = s
+        .api("POST", "/api/v1/drain", Some(r#"{"exit":false}"#))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["draining"], true);
+    // A new call: 503, try elsewhere in 30 s.
+    let (invite, _) = alice.request("INVITE", "dcarol", "", sipwasm_tests::sip::SDP);
+    alice.send(&invite).await;
+    let r = alice.recv_final().await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        r.headers.get(&sipwasm::sip::HeaderName::RetryAfter),
+        Some("30")
+    );
+    // A new connection: closed at accept.
+    let mut conn = tokio::net::TcpStream::connect(s.sip).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = within(
+        "the close at accept",
+        tokio::io::AsyncReadExt::read(&mut conn, &mut buf),
+    )
+    .await
+    .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a byte");
+    let (_, v) = s.api("GET", "/api/v1/drain", None).await;
+    assert_eq!(v["dialogs"], 1, "{v}");
+    assert_eq!(v["empty"], false, "{v}");
+    assert!(v["refused_connections"].as_u64().unwrap() >= 1, "{v}");
+
+    // Drain mode left: new calls ring again.
+    let (status, v) = s.api("DELETE", "/api/v1/drain", None).await;
+    assert_eq!((status, &v["draining"]), (200, &serde_json::json!(false)));
+    let (invite, dialog2) = alice.request("INVITE", "dcarol", "", sipwasm_tests::sip::SDP);
+    alice.send(&invite).await;
+    let inv2 = carol.recv_request("INVITE").await;
+    carol.send(&carol.response(&inv2, 486, "", "")).await;
+    assert_eq!(alice.recv_final().await.status, 486);
+    // The proxy's ACK for the 486 (RFC 3261 17.1.1.3).
+    carol.recv_request("ACK").await;
+    let _ = dialog2;
+
+    // Draining to exit: the call in progress still ends normally, then the server
+    // stops by itself.
+    let (status, v) = s
+        .api("POST", "/api/v1/drain", Some(r#"{"exit":true}"#))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["exit_when_empty"], true);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        s.wait_exit(Duration::from_millis(1)).is_none(),
+        "a call is still up"
+    );
+    let bye = alice.in_dialog(&mut d, "BYE", None);
+    alice.send(&bye).await;
+    let b = carol.recv_request("BYE").await;
+    carol.send(&carol.response(&b, 200, "", "")).await;
+    assert_eq!(alice.recv_final().await.status, 200);
+    let status = s
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit after the last call ended:\n{}", s.logs()));
+    assert!(status.success(), "{status}");
+    assert!(s.logs().contains("drained"), "{}", s.logs());
+}
+
+/// `sipwasm ctl ARGS` against the server of `s` (its config names the admin
+/// listener, its data directory the token): (exit success, stdout, stderr).
+fn ctl(s: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(sipwasm_bin())
+        .arg("--config")
+        .arg(&s.config_path)
+        .args(["--log", "warn", "ctl"])
+        .args(args)
+        .output()
+        .expect("run sipwasm ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `sipwasm ctl` speaks the control API: tables by default, the API's JSON with
+/// `--json`, a flow closed, a binding removed, drain mode on and off, plugins and a
+/// reload; errors on stderr with a failing exit status.
+#[tokio::test]
+async fn ctl_speaks_the_control_api() {
+    let s = Server::standard("");
+    let mut erin = Ua::udp(&s, "erin").await;
+    let mut fred = Ua::ws(&s, "fred").await;
+    assert_eq!(erin.register(600).await.status, 200);
+    assert_eq!(fred.register(600).await.status, 200);
+
+    let (ok, out, err) = ctl(&s, &["status"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("sipwasm 0.1.0 (commit "), "{out}");
+    assert!(out.contains("AoRs 2  bindings 2"), "{out}");
+
+    let (ok, out, err) = ctl(&s, &["registrations"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("AOR "), "{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("sip:erin@localhost ")),
+        "{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("sip:fred@localhost ")),
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&"2 binding(s)"), "{out}");
+
+    let (ok, out, err) = ctl(
+        &s,
+        &["--json", "registrations", "--aor", "sip:fred@localhost"],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(v["aor"], "sip:fred@localhost");
+    let fred_flow = v["bindings"][0]["flow"].as_u64().expect("fred's flow");
+
+    let (ok, out, _) = ctl(&s, &["flows"]);
+    assert!(ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("{fred_flow} ")) && l.contains(" WS ")),
+        "{out}"
+    );
+    let (ok, _, err) = ctl(
+        &s,
+        &[
+            "flows",
+            "--close",
+            &fred_flow.to_string(),
+            "--reason",
+            "ctl test",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(s.wait_for_log("flow closed by the operator").await);
+    let (ok, _, err) = ctl(&s, &["flows", "--close", "999999"]);
+    assert!(!ok);
+    assert!(err.contains("404: no such flow"), "{err}");
+
+    let (ok, _, err) = ctl(&s, &["registrations", "--remove", "sip:erin@localhost"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl(&s, &["registrations", "--remove", "sip:erin@localhost"]);
+    assert!(!ok);
+    assert!(err.contains("404"), "{err}");
+
+    let (ok, out, err) = ctl(&s, &["plugins"]);
+    assert!(ok, "{err}");
+    assert!(out.lines().next().unwrap().starts_with("NAME "), "{out}");
+    for name in ["seed", "misbehave", "welcome"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{out}"
+        );
+    }
+    let (ok, out, err) = ctl(&s, &["--json", "plugins", "--reload", "welcome"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"reloaded\":true"), "{out}");
+
+    let (ok, out, err) = ctl(&s, &["drain"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("draining true"), "{out}");
+    let (ok, out, err) = ctl(&s, &["drain", "--wait", "--timeout", "10"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("empty true"), "{out}");
+    let (ok, out, err) = ctl(&s, &["drain", "--cancel"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("draining false"), "{out}");
+
+    let (ok, out, err) = ctl(&s, &["--json", "reload"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(v["restart_needed"], serde_json::json!([]), "{v}");
+
+    // A wrong token: refused, said on stderr.
+    let (ok, _, err) = ctl(&s, &["--token", "wrong", "status"]);
+    assert!(!ok);
+    assert!(err.contains("401"), "{err}");
+}
+
+/// `POST /api/v1/reload` applies new limits at once (a lower
+/// `connections-per-source` refuses the next connection), names what needs a restart,
+/// and a file that does not validate changes nothing (422 naming file and key).
+#[tokio::test]
+async fn reload_applies_limits_and_names_what_needs_a_restart() {
+    let s = Server::standard("[limits]\nconnections-per-source = 50\nexempt = []\n");
+    let config = std::fs::read_to_string(&s.config_path).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(s.sip).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Broken: nothing changes.
+    std::fs::write(
+        &s.config_path,
+        config.replace(
+            "connections-per-source = 50",
+            "connections-per-source = \"x\"",
+        ),
+    )
+    .unwrap();
+    let (status, v) = s.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, 422, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("sipwasm.toml") && e.contains("limits"), "{e}");
+
+    // Three connections are open: a cap of 3 refuses the fourth; sip.max-contacts
+    // needs a restart.
+    std::fs::write(
+        &s.config_path,
+        config
+            .replace("connections-per-source = 50", "connections-per-source = 3")
+            .replace("[admin]", "[sip]\nmax-contacts = 7\n\n[admin]"),
+    )
+    .unwrap();
+    let (status, v) = s.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["changed"],
+        serde_json::json!(["limits.connections-per-source: 50 -> 3"]),
+        "{v}"
+    );
+    assert_eq!(v["restart_needed"], serde_json::json!(["sip"]), "{v}");
+    assert!(v["plugins"]["seed"]["reloaded"] == true, "{v}");
+    let mut fourth = tokio::net::TcpStream::connect(s.sip).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = within(
+        "the refusal",
+        tokio::io::AsyncReadExt::read(&mut fourth, &mut buf),
+    )
+    .await
+    .unwrap_or(0);
+    assert_eq!(n, 0, "the fourth connection is closed at accept");
+    assert!(
+        s.metric("sipwasm_connections_refused_total{reason=\"per-source\"}")
+            .await
+            >= 1,
+        "{}",
+        s.metrics().await
+    );
+    // Reloaded again without a change: sip still named, nothing else changed.
+    let (_, v) = s.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(v["changed"], serde_json::json!([]), "{v}");
+    assert_eq!(v["restart_needed"], serde_json::json!(["sip"]), "{v}");
+    drop(held);
 }

@@ -102,6 +102,9 @@ pub struct Config {
     /// SIP messages copied to Homer-compatible collectors (HEPv3).
     #[serde(default)]
     pub capture: CaptureConfig,
+    /// The file this was read from (none: the embedded default), for reloads.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// `[users]`: the user store.
@@ -901,7 +904,9 @@ impl Config {
             message: format!("cannot read: {e}"),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, &file, base)
+        let mut config = Self::parse(&text, &file, base)?;
+        config.file = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// The embedded default configuration.

@@ -150,6 +150,11 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// New rates (a reload): counts and bans so far stay.
+    pub fn set_config(&mut self, cfg: RateConfig) {
+        self.cfg = cfg;
+    }
+
     /// A limiter; `exempt` are never limited (trusted peers and configured blocks).
     pub fn new(cfg: RateConfig, exempt: TrustedPeers) -> Self {
         Self {

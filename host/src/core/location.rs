@@ -345,6 +345,16 @@ impl Location {
         self.by_aor.len()
     }
 
+    /// An AoR with its bindings, if it has any (the admin API).
+    pub fn entry(&self, aor: &str) -> Option<(&String, &Vec<Binding>)> {
+        self.by_aor.get_key_value(aor)
+    }
+
+    /// Every AoR with its bindings, in no order (the admin API).
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Vec<Binding>)> {
+        self.by_aor.iter()
+    }
+
     /// Every binding (for the control API).
     pub fn all(&self) -> impl Iterator<Item = &Binding> {
         self.by_aor.values().flatten()

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod location;
 mod media;
 pub mod myself;
+pub mod operate;
 pub mod peers;
 mod proxy;
 pub mod registrar;
@@ -35,7 +36,7 @@ use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -154,6 +155,19 @@ pub enum Target {
         /// that gave one), and always 0 over TCP.
         name: u64,
     },
+}
+
+impl Target {
+    /// The peer it names, for the operator: `udp:IP:PORT`, `flow:ID`, `tls:IP:PORT`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Flow(f) => format!("flow:{f}"),
+            Self::Udp { remote, .. } => format!("udp:{remote}"),
+            Self::Connect {
+                transport, remote, ..
+            } => format!("{}:{remote}", transport.via_token().to_ascii_lowercase()),
+        }
+    }
 }
 
 /// A message to send.
@@ -282,6 +296,8 @@ pub struct CoreStats {
     pub bindings: usize,
     /// Addresses of record with at least one binding.
     pub aors: usize,
+    /// Dialogs in flight ([`operate`]).
+    pub dialogs: usize,
     /// Requests refused for what they tried to make the server do (counters).
     pub refused: Refused,
 }
@@ -625,6 +641,12 @@ pub struct Core {
     probing: HashSet<(usize, usize)>,
     /// Requests waiting for the cluster's shared store, and its asks.
     cluster: cluster::ClusterState,
+    /// Final answers given since the driver last took them ([`Core::take_finals`]).
+    finals: Vec<operate::Final>,
+    /// Dialogs in flight ([`operate`]).
+    dialogs: operate::Dialogs,
+    /// Drain mode: new dialogs are refused ([`Core::set_draining`]).
+    draining: bool,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
@@ -702,6 +724,9 @@ impl Core {
             probes: HashMap::new(),
             probing: HashSet::new(),
             cluster: cluster::ClusterState::default(),
+            finals: Vec::new(),
+            dialogs: operate::Dialogs::default(),
+            draining: false,
         }
     }
 
@@ -780,7 +805,8 @@ impl Core {
             req,
         } = q;
         let trying = (req.method == Method::Invite).then(|| self.make_response(&req, 100, &[]));
-        self.servers.insert(id, ServerTx::new(id, key, req, source));
+        self.servers
+            .insert(id, ServerTx::new(id, key, req, source, now));
         if let Some(trying) = trying {
             self.respond(id, trying, now);
         }
@@ -855,6 +881,7 @@ impl Core {
                         aors,
                     }));
                 }
+                self.dialog_flow_closed(flow);
                 self.fail_target(now, Target::Flow(flow));
             }
             Input::SendFailed(target) => self.fail_target(now, target),
@@ -904,6 +931,7 @@ impl Core {
             timers: self.timers.armed(),
             bindings: self.location.len(),
             aors: self.location.aors(),
+            dialogs: self.dialogs.len(),
             refused: self.refused,
         }
     }
@@ -1036,6 +1064,7 @@ impl Core {
         self.refuse(Refusal::TransactionsFull, source.remote, now);
         let retry = (HeaderName::RetryAfter, TRANSACTIONS_FULL_RETRY.to_string());
         let bytes = self.response_bytes(req, 503, None, &[retry]);
+        self.record_final(operate::method_label(&req.method), 503, Duration::ZERO);
         self.send(source.reply_target(), bytes);
         false
     }
@@ -1084,6 +1113,15 @@ impl Core {
             self.refuse(Refusal::Identity, source.remote, now);
             let warning = proxy::warning(mismatch.describe());
             let bytes = self.response_bytes(&req, 403, None, &[warning]);
+            self.record_final(operate::method_label(&req.method), 403, Duration::ZERO);
+            self.send(source.reply_target(), bytes);
+            return;
+        }
+        if self.refused_while_draining(&req) {
+            // Drain mode: no new dialogs here; the client tries another server.
+            let retry = (HeaderName::RetryAfter, operate::DRAIN_RETRY.to_string());
+            let bytes = self.response_bytes(&req, 503, Some("Draining"), &[retry]);
+            self.record_final(operate::method_label(&req.method), 503, Duration::ZERO);
             self.send(source.reply_target(), bytes);
             return;
         }
@@ -1125,15 +1163,19 @@ impl Core {
                 headers,
             } => {
                 let bytes = self.response_bytes(&req, status, reason.as_deref(), &headers);
+                self.record_final(operate::method_label(&req.method), status, Duration::ZERO);
                 self.send(source.reply_target(), bytes);
             }
             proxy::Route::Forward(forwarding) => {
                 if !self.room_for_transaction(now, &source, &req) {
                     return;
                 }
+                // A BYE on its way ends its dialog (RFC 3261 15.1.1: the session is
+                // over once the BYE is sent); one refused (a forged route) ends none.
+                self.dialog_bye(&req);
                 let id = self.new_id();
                 self.servers
-                    .insert(id, ServerTx::new(id, key, req.clone(), source));
+                    .insert(id, ServerTx::new(id, key, req.clone(), source, now));
                 if req.method == Method::Invite {
                     // A stateful proxy answers INVITE with 100 at once (RFC 3261 16.2).
                     let trying = self.make_response(&req, 100, &[]);
@@ -1148,7 +1190,8 @@ impl Core {
                 let id = self.new_id();
                 let trying =
                     (req.method == Method::Invite).then(|| self.make_response(&req, 100, &[]));
-                self.servers.insert(id, ServerTx::new(id, key, req, source));
+                self.servers
+                    .insert(id, ServerTx::new(id, key, req, source, now));
                 if let Some(trying) = trying {
                     self.respond(id, trying, now);
                 }
@@ -1244,7 +1287,12 @@ impl Core {
         }
         if let Some(st) = self.servers.get(id) {
             let target = st.source.reply_target();
+            let (method, elapsed) = (
+                operate::method_label(&st.request.method),
+                now.saturating_duration_since(st.started),
+            );
             self.send(target, Bytes::from(resp.to_bytes()));
+            self.record_final(method, resp.status, elapsed);
         }
         self.remove_server(id);
     }
@@ -1281,10 +1329,12 @@ impl Core {
         let invite = ServerKey::of(&req, &Method::Invite).and_then(|k| self.servers.find(&k));
         let Some(st_id) = invite else {
             let bytes = self.response_bytes(&req, 481, None, &[]);
+            self.record_final(operate::method_label(&req.method), 481, Duration::ZERO);
             self.send(source.reply_target(), bytes);
             return;
         };
         let bytes = self.response_bytes(&req, 200, None, &[]);
+        self.record_final(operate::method_label(&req.method), 200, Duration::ZERO);
         self.send(source.reply_target(), bytes);
         if self.routing.remove(&st_id) || self.cancel_cluster_wait(st_id) {
             // Still with the routing plugin or the cluster's store: nothing was
@@ -1308,6 +1358,17 @@ impl Core {
             return;
         };
         let status = resp.status;
+        if let Some(st) = self.servers.get(id)
+            && status >= 200
+            && st.last.as_ref().is_none_or(|(s, _)| *s < 200)
+        {
+            let (method, elapsed) = (
+                operate::method_label(&st.request.method),
+                now.saturating_duration_since(st.started),
+            );
+            self.record_final(method, status, elapsed);
+            self.dialog_confirmed(id, &resp, now);
+        }
         let unproven = source.flow.is_none() && !self.udp_proven(source.remote, now);
         let bytes = if unproven {
             self.bounded_for_udp(id, resp)

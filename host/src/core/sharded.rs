@@ -63,6 +63,14 @@ impl<K: Eq + Hash, V> Sharded<K, V> {
         (self.pick.hash_one(key) >> 58) as usize % SHARDS
     }
 
+    pub(crate) fn get_key_value<Q>(&self, key: &Q) -> Option<(&K, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[self.shard_of(key)].get_key_value(key)
+    }
+
     pub(crate) fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,

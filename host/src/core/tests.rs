@@ -257,12 +257,19 @@ impl Sim {
     /// response context, routing query or transaction timer is left; `bindings`
     /// contacts under `aors` AoRs are still registered.
     fn assert_idle_after_timers(&mut self, bindings: usize, aors: usize) {
+        self.assert_idle_with_calls_up(bindings, aors, 0);
+    }
+
+    /// [`Sim::assert_idle_after_timers`] with `dialogs` calls still up (answered, no
+    /// BYE yet): counted until their BYE.
+    fn assert_idle_with_calls_up(&mut self, bindings: usize, aors: usize, dialogs: usize) {
         self.advance(Duration::from_secs(400));
         assert_eq!(
             self.core.stats(),
             CoreStats {
                 bindings,
                 aors,
+                dialogs,
                 // The registration expiry sweep.
                 timers: usize::from(bindings > 0),
                 ..CoreStats::default()
@@ -1141,7 +1148,8 @@ fn forking_to_two_flows_best_response_and_cancel_of_the_rest() {
             .any(|(_, m)| matches!(m, Message::Request(r) if r.method == Method::Cancel)),
         "the ringing branch is cancelled: {out:?}"
     );
-    sim.assert_idle_after_timers(2, 1);
+    // The call was answered and never hung up: its dialog stays counted.
+    sim.assert_idle_with_calls_up(2, 1, 1);
 }
 
 #[test]
@@ -2650,7 +2658,8 @@ mod media_relay {
             }],
             "only the losing branch's leg goes, never the call"
         );
-        sim.assert_idle_after_timers(2, 1);
+        // The call was answered and never hung up: its dialog stays counted.
+        sim.assert_idle_with_calls_up(2, 1, 1);
     }
 
     #[test]
@@ -2783,7 +2792,8 @@ mod media_relay {
         );
         assert_eq!(out[0].0, udp_phone_target());
         assert_eq!(body(&out[0].1), PHONE_SDP.as_bytes());
-        sim.assert_idle_after_timers(1, 1);
+        // The call was answered and never hung up: its dialog stays counted.
+        sim.assert_idle_with_calls_up(1, 1, 1);
     }
 
     #[test]
@@ -4147,5 +4157,165 @@ mod cluster {
             panic!("{a:?}")
         };
         assert_eq!((aor.as_str(), save.len()), ("sip:pat@localhost", 1));
+    }
+}
+
+/// What the operator sees: dialogs, final answers, drain mode, bindings removed.
+mod operate {
+    use super::*;
+    use crate::core::location::Reach;
+    use crate::core::operate::{BindingFilter, Final};
+
+    const CALL: &str = "INVITE sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/WS a9.invalid;branch=z9hG4bKop1\r\nMax-Forwards: 70\r\n\
+               From: <sip:alice@localhost>;tag=a\r\nTo: <sip:carol@localhost>\r\nCall-ID: op1\r\nCSeq: 1 INVITE\r\n\
+               Contact: <sip:alice@a9.invalid;transport=ws;ob>\r\n\r\n";
+
+    /// A browser on flow 9 calls carol (a UDP phone), who answers after `ring`;
+    /// carol's route set.
+    fn answered_call(sim: &mut Sim, ring: Duration) -> Vec<String> {
+        let out = sim.feed(browser(9), CALL);
+        let fwd = request(&out[1].1).clone();
+        sim.advance(ring);
+        sim.feed(
+            udp_phone(),
+            &answer(&fwd, 200, "Contact: <sip:carol@127.0.0.1:5070>\r\n"),
+        );
+        record_route(&fwd)
+    }
+
+    #[test]
+    fn a_dialog_counts_from_its_2xx_to_its_bye() {
+        let mut sim = Sim::new();
+        sim.register_udp("carol");
+        let rr = answered_call(&mut sim, Duration::from_millis(10));
+        assert_eq!(sim.core.dialog_count(), 1);
+        let list = sim.core.dialogs(sim.now, 10);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].call_id, "op1");
+        assert_eq!(list[0].from, "sip:alice@localhost");
+        assert_eq!(list[0].to, "sip:carol@localhost");
+        assert_eq!(list[0].callee, "sip:carol@127.0.0.1:5070");
+        // A BYE whose route was tampered with is refused and ends nothing.
+        let forged = format!(
+            "BYE sip:alice@a9.invalid;transport=ws;ob SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKopf;rport\r\n\
+             Max-Forwards: 70\r\nRoute: {}\r\nFrom: <sip:carol@localhost>;tag=callee\r\n\
+             To: <sip:alice@localhost>;tag=a\r\nCall-ID: op1\r\nCSeq: 1 BYE\r\n\r\n",
+            rr[0].replace("sip:", "sip:x")
+        );
+        sim.feed(udp_phone(), &forged);
+        assert_eq!(sim.core.dialog_count(), 1, "a forged BYE ends nothing");
+        let bye = format!(
+            "BYE sip:alice@a9.invalid;transport=ws;ob SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKop2;rport\r\n\
+             Max-Forwards: 70\r\nRoute: {}\r\nRoute: {}\r\nFrom: <sip:carol@localhost>;tag=callee\r\n\
+             To: <sip:alice@localhost>;tag=a\r\nCall-ID: op1\r\nCSeq: 1 BYE\r\n\r\n",
+            rr[0], rr[1]
+        );
+        let out = sim.feed(udp_phone(), &bye);
+        assert_eq!(out[0].0, Target::Flow(9), "{out:?}");
+        assert_eq!(sim.core.dialog_count(), 0);
+        assert_eq!(sim.core.stats().refused.forged_route, 1);
+    }
+
+    #[test]
+    fn a_dialog_ends_with_its_callers_flow() {
+        let mut sim = Sim::new();
+        sim.register_udp("carol");
+        answered_call(&mut sim, Duration::ZERO);
+        assert_eq!(sim.core.dialog_count(), 1);
+        sim.core.handle(sim.now, Input::FlowClosed(9));
+        assert_eq!(sim.core.dialog_count(), 0);
+    }
+
+    #[test]
+    fn final_answers_are_recorded_with_their_time() {
+        let mut sim = Sim::new();
+        sim.register_udp("carol");
+        let finals: Vec<Final> = sim.core.take_finals().collect();
+        assert_eq!(
+            finals,
+            [Final {
+                method: "REGISTER",
+                status: 200,
+                elapsed: Duration::ZERO
+            }]
+        );
+        answered_call(&mut sim, Duration::from_millis(1500));
+        let finals: Vec<Final> = sim.core.take_finals().collect();
+        assert_eq!(finals.len(), 1, "{finals:?}");
+        assert_eq!(finals[0].method, "INVITE");
+        assert_eq!(finals[0].status, 200);
+        assert!(
+            finals[0].elapsed >= Duration::from_millis(1500),
+            "{finals:?}"
+        );
+        // A request for nobody: 404 at once; an extension method is `other`.
+        sim.feed(
+            udp_phone(),
+            "FOO sip:nobody@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKopx;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:p@localhost>;tag=1\r\nTo: <sip:nobody@localhost>\r\n\
+             Call-ID: opx\r\nCSeq: 1 FOO\r\n\r\n",
+        );
+        let finals: Vec<Final> = sim.core.take_finals().collect();
+        assert_eq!(finals.len(), 1, "{finals:?}");
+        assert_eq!((finals[0].method, finals[0].status), ("other", 404));
+    }
+
+    #[test]
+    fn draining_refuses_new_dialogs_only() {
+        let mut sim = Sim::new();
+        sim.register_udp("carol");
+        sim.core.set_draining(true);
+        let out = sim.feed(browser(9), CALL);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let r = response(&out[0].1);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.headers.get(&HeaderName::RetryAfter), Some("30"));
+        // A MESSAGE starts no dialog: it goes on.
+        let out = sim.feed(
+            browser(9),
+            "MESSAGE sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/WS a9.invalid;branch=z9hG4bKopm\r\nMax-Forwards: 70\r\n\
+             From: <sip:alice@localhost>;tag=a\r\nTo: <sip:carol@localhost>\r\nCall-ID: opm\r\nCSeq: 1 MESSAGE\r\n\r\n",
+        );
+        assert_eq!(out[0].0, udp_phone_target(), "{out:?}");
+        sim.core.set_draining(false);
+        let out = sim.feed(browser(9), CALL);
+        assert_eq!(out[1].0, udp_phone_target(), "{out:?}");
+    }
+
+    #[test]
+    fn removing_bindings_tells_the_store() {
+        let mut sim = Sim::new();
+        sim.register_udp("carol");
+        sim.register_ws("carol", 5);
+        let _ = sim.drain();
+        while sim.core.poll_event().is_some() {}
+        let (total, list) = sim.core.registrations(&BindingFilter::default(), 10);
+        assert_eq!(total, 2);
+        let ws_id = list[0]
+            .1
+            .iter()
+            .find(|b| b.reach == Reach::Flow(5))
+            .unwrap()
+            .id;
+        assert_eq!(
+            sim.core
+                .remove_bindings(sim.now, "sip:nobody@localhost", None),
+            0
+        );
+        assert_eq!(
+            sim.core
+                .remove_bindings(sim.now, "sip:carol@localhost", Some(ws_id)),
+            1
+        );
+        assert!(matches!(sim.core.poll_event(), Some(Event::BindingRemoved(b)) if b.id == ws_id));
+        assert_eq!(
+            sim.core
+                .remove_bindings(sim.now, "sip:carol@localhost", None),
+            1
+        );
+        assert_eq!(sim.core.stats().bindings, 0);
+        // Known a while: 480 to its callers, not 404.
+        let out = sim.feed(browser(9), CALL);
+        assert_eq!(response(&out[0].1).status, 480, "{out:?}");
     }
 }

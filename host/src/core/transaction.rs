@@ -336,11 +336,13 @@ pub struct ServerTx {
     pub quiet: bool,
     /// The single end timer (H, I, J or L).
     end: Option<Instant>,
+    /// When the core took the request.
+    pub started: Instant,
 }
 
 impl ServerTx {
     /// A new transaction in its initial state.
-    pub fn new(id: u64, key: ServerKey, request: Request, source: Source) -> Self {
+    pub fn new(id: u64, key: ServerKey, request: Request, source: Source, now: Instant) -> Self {
         let state = if request.method == Method::Invite {
             ServerState::Proceeding
         } else {
@@ -357,6 +359,7 @@ impl ServerTx {
             g: None,
             quiet: false,
             end: None,
+            started: now,
         }
     }
 
@@ -521,6 +524,8 @@ pub struct ClientTx {
     /// No response at all by then: give up, so that the next target is tried
     /// ([`ClientTx::answer_by`]).
     answer_by: Option<Instant>,
+    /// When it was sent first.
+    pub started: Instant,
 }
 
 impl ClientTx {
@@ -555,6 +560,7 @@ impl ClientTx {
             end: None,
             timer_c: invite.then_some(now + t.c),
             answer_by: None,
+            started: now,
         }
     }
 
@@ -773,7 +779,13 @@ mod tests {
         let t = TimerConfig::default();
         let now = Instant::now();
         let r = req("INVITE");
-        let mut st = ServerTx::new(1, ServerKey::of(&r, &Method::Invite).unwrap(), r, udp());
+        let mut st = ServerTx::new(
+            1,
+            ServerKey::of(&r, &Method::Invite).unwrap(),
+            r,
+            udp(),
+            Instant::now(),
+        );
         assert!(
             st.respond(486, Bytes::from_static(b"486"), now, &t)
                 .is_some()
@@ -803,7 +815,13 @@ mod tests {
         let t = TimerConfig::default();
         let now = Instant::now();
         let r = req("INVITE");
-        let mut st = ServerTx::new(1, ServerKey::of(&r, &Method::Invite).unwrap(), r, udp());
+        let mut st = ServerTx::new(
+            1,
+            ServerKey::of(&r, &Method::Invite).unwrap(),
+            r,
+            udp(),
+            Instant::now(),
+        );
         st.respond(404, Bytes::from_static(b"404"), now, &t);
         let mut steps = 0;
         let end = loop {

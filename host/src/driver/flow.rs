@@ -48,9 +48,60 @@ pub(crate) enum SendError {
     Full,
 }
 
+/// What a flow's task and the operator share: its traffic counts, and a request to
+/// close it.
+#[derive(Debug, Default)]
+pub(crate) struct FlowCtl {
+    close: tokio::sync::Notify,
+    reason: Mutex<Option<String>>,
+    /// Bytes read, as SIP messages and keepalives.
+    pub bytes_in: AtomicU64,
+    /// Bytes written.
+    pub bytes_out: AtomicU64,
+    /// SIP messages read.
+    pub messages_in: AtomicU64,
+    /// SIP messages written.
+    pub messages_out: AtomicU64,
+}
+
+impl FlowCtl {
+    /// Counts bytes read.
+    pub(crate) fn received(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a SIP message read.
+    pub(crate) fn message_in(&self) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message written.
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Asks the flow's task to close it, saying `reason`.
+    pub(crate) fn close(&self, reason: &str) {
+        *self.reason.lock().expect("flow close lock") = Some(reason.to_string());
+        self.close.notify_one();
+    }
+
+    /// Completes when the operator asked to close the flow; the reason given.
+    pub(crate) async fn closed(&self) -> String {
+        self.close.notified().await;
+        self.reason
+            .lock()
+            .expect("flow close lock")
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
 struct Entry {
     info: Arc<FlowInfo>,
     tx: mpsc::Sender<Bytes>,
+    ctl: Arc<FlowCtl>,
 }
 
 #[derive(Default)]
@@ -98,6 +149,7 @@ impl FlowTable {
     /// Adds a flow; it stays until the returned guard drops.
     pub(crate) fn register(self: &Arc<Self>, info: FlowInfo, tx: mpsc::Sender<Bytes>) -> FlowGuard {
         let id = info.id;
+        let ctl = Arc::new(FlowCtl::default());
         let mut flows = self.flows.lock().expect("flow table lock");
         flows.by_peer.insert((info.transport, info.remote), id);
         flows.by_id.insert(
@@ -105,6 +157,7 @@ impl FlowTable {
             Entry {
                 info: Arc::new(info),
                 tx,
+                ctl: ctl.clone(),
             },
         );
         drop(flows);
@@ -112,6 +165,7 @@ impl FlowTable {
         FlowGuard {
             table: self.clone(),
             id,
+            ctl,
         }
     }
 
@@ -170,6 +224,39 @@ impl FlowTable {
         v
     }
 
+    /// Every live flow with its traffic counts, by id.
+    pub(crate) fn list_with_counts(&self) -> Vec<(Arc<FlowInfo>, Arc<FlowCtl>)> {
+        let mut v: Vec<_> = self
+            .flows
+            .lock()
+            .expect("flow table lock")
+            .by_id
+            .values()
+            .map(|e| (e.info.clone(), e.ctl.clone()))
+            .collect();
+        v.sort_by_key(|(i, _)| i.id);
+        v
+    }
+
+    /// Asks flow `id`'s task to close it, saying `reason` (a WebSocket's close frame
+    /// carries it); false if there is no such flow.
+    pub(crate) fn close(&self, id: FlowId, reason: &str) -> bool {
+        let ctl = self
+            .flows
+            .lock()
+            .expect("flow table lock")
+            .by_id
+            .get(&id)
+            .map(|e| e.ctl.clone());
+        match ctl {
+            Some(ctl) => {
+                ctl.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Number of live flows.
     pub(crate) fn len(&self) -> usize {
         self.flows.lock().expect("flow table lock").by_id.len()
@@ -198,6 +285,14 @@ impl FlowTable {
 pub(crate) struct FlowGuard {
     table: Arc<FlowTable>,
     id: FlowId,
+    ctl: Arc<FlowCtl>,
+}
+
+impl FlowGuard {
+    /// What the flow's task shares with the operator.
+    pub(crate) fn ctl(&self) -> &FlowCtl {
+        &self.ctl
+    }
 }
 
 impl Drop for FlowGuard {

@@ -64,7 +64,12 @@ enum Work {
     Closed(Arc<FlowInfo>),
     /// The core's deadline has passed.
     Timeout,
+    /// The operator's look or change ([`CoreCell::call`]), in turn with the inputs.
+    Call(CoreCall),
 }
+
+/// A look at or change of the core for the admin API ([`CoreCell::call`]).
+type CoreCall = Box<dyn FnOnce(&mut Core, std::time::Instant) + Send>;
 
 /// The queue and who is running the core.
 #[derive(Default)]
@@ -284,6 +289,20 @@ impl CoreCell {
         self.space.acquire().await.map(|p| p.forget()).is_ok()
     }
 
+    /// Runs `f` on the core in its turn, after what is queued now, and returns what it
+    /// gives: the admin API's looks and changes. What `f` makes the core send or tell
+    /// goes out as after any input.
+    pub(crate) async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core, std::time::Instant) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.push(Work::Call(Box::new(move |core, now| {
+            let _ = tx.send(f(core, now));
+        })));
+        rx.await.ok()
+    }
+
     /// Hands `input` to the core at once, past the bound: for the few inputs that must
     /// not wait or be lost (a connection that could not be opened).
     pub(crate) fn submit_now(&self, input: Input) {
@@ -415,6 +434,7 @@ impl Driven {
                     self.core.handle(now, Input::FlowClosed(id));
                 }
                 Work::Timeout => self.core.handle_timeout(now),
+                Work::Call(f) => f(&mut self.core, now),
             }
         }
         ask_dns(&mut self.core, &self.dns, &self.cell, &outlet.metrics);
@@ -429,6 +449,9 @@ impl Driven {
         // Counted before the answers go out: a client that reads /metrics after its
         // answer sees it counted.
         outlet.metrics.set_core(self.core.stats());
+        for f in self.core.take_finals() {
+            outlet.metrics.sip_final(f.method, f.status, f.elapsed);
+        }
         send_transmits(&mut self.core, outlet);
         // The answers are in the send queues: the connections may bring more.
         self.credits.clear();

@@ -146,6 +146,8 @@ struct Instance {
     calls: u64,
     /// Whom the current call is for (the [`breaker`] counts source addresses).
     caller: Option<std::net::IpAddr>,
+    /// When the current call began (for [`Plugin::timer`]).
+    began: Instant,
     /// Its place among the plugin's `max-instances` (freed when it is dropped).
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -169,9 +171,23 @@ enum Place {
 /// Idle instances kept per plugin at most (each holds a pool slot).
 const MAX_IDLE: usize = 16;
 
+/// Where a plugin version came from, for the operator.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// Its file, or `builtin:NAME`.
+    pub source: String,
+    /// The first 8 bytes of the component's SHA-256, in hex.
+    pub hash: String,
+    /// When it was loaded.
+    pub loaded: std::time::SystemTime,
+}
+
 /// One loaded plugin.
 pub struct Plugin {
     shared: Arc<PluginShared>,
+    version: Version,
+    /// Its calls' durations (the plugin's name's histogram, kept across reloads).
+    timer: Arc<crate::metrics::LatencyHistogram>,
     pre: Pre,
     failure: FailurePolicy,
     deadline: Duration,
@@ -205,6 +221,7 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     fn new(
         name: &str,
+        version: Version,
         cfg: &PluginConfig,
         pre: Pre,
         context: &registry::HostContext,
@@ -218,6 +235,8 @@ impl Plugin {
             .filter_map(|e| crate::config::AllowedHost::parse(e).ok())
             .collect();
         Self {
+            version,
+            timer: metrics.plugin_timer(name),
             shared: Arc::new(PluginShared {
                 name: name.to_string(),
                 config_json,
@@ -256,6 +275,25 @@ impl Plugin {
             )),
             metrics,
         }
+    }
+
+    /// Where this version came from.
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    /// Its calls' durations.
+    pub fn timer(&self) -> &crate::metrics::LatencyHistogram {
+        &self.timer
+    }
+
+    /// Whether its calls are suspended now ([`breaker`]).
+    pub fn suspended(&self) -> bool {
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .suspended_for(Instant::now())
+            .is_some()
     }
 
     /// The plugin's name.
@@ -546,6 +584,7 @@ impl Plugin {
     /// with the call's deadline.
     async fn start(&self, reserved: Reserved) -> Result<Instance, PluginFailure> {
         self.metrics.plugin_call(self.name());
+        let began = Instant::now();
         let Reserved {
             place,
             deadline_at,
@@ -556,12 +595,14 @@ impl Plugin {
             Place::Slot(slot) => match self.instantiate(deadline_at, slot).await {
                 Ok(i) => i,
                 Err(failure) => {
+                    self.timer.observe(began.elapsed());
                     self.finished(caller, matches!(failure, PluginFailure::Timeout(_)));
                     return Err(failure);
                 }
             },
         };
         instance.caller = caller;
+        instance.began = began;
         instance.store.data_mut().begin_call(deadline_at);
         instance.store.set_epoch_deadline(1);
         Ok(instance)
@@ -575,6 +616,7 @@ impl Plugin {
         result: Result<wasmtime::Result<T>, TimedOut>,
     ) -> Result<T, PluginFailure> {
         instance.store.data().output.end_call();
+        self.timer.observe(instance.began.elapsed());
         let value = match result {
             Err(_) => Err(PluginFailure::Timeout(self.deadline)),
             Ok(Err(e)) => Err(classify(&e, instance.store.data(), self.deadline)),
@@ -664,6 +706,7 @@ impl Plugin {
                     exports,
                     calls: 0,
                     caller: None,
+                    began: Instant::now(),
                     _slot: slot,
                 })
             }

@@ -265,6 +265,11 @@ impl Plugins {
         self.inner.context.registrar.clone()
     }
 
+    /// The names of every configured plugin.
+    pub fn names(&self) -> Vec<String> {
+        self.inner.slots.keys().cloned().collect()
+    }
+
     /// The version of plugin `name` serving now.
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
         self.slot(name).map(|s| s.current())
@@ -414,8 +419,18 @@ impl Inner {
             "plugin loaded"
         );
         let cfg = self.configs.get(name).expect("configured plugin");
+        let hash = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(&bytes);
+            crate::hex::hex(&digest[..8])
+        };
         Ok(Plugin::new(
             name,
+            super::Version {
+                source: described,
+                hash,
+                loaded: std::time::SystemTime::now(),
+            },
             cfg,
             pre,
             &self.context,

@@ -18,8 +18,8 @@ use crate::metrics::{ConnLimit, Metrics};
 /// Counts open connections and admits new ones.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    cap: usize,
-    per_source: usize,
+    cap: AtomicUsize,
+    per_source: AtomicUsize,
     exempt: TrustedPeers,
     open: AtomicUsize,
     by_source: Mutex<HashMap<IpAddr, u32>>,
@@ -61,14 +61,20 @@ impl Admission {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            cap,
-            per_source,
+            cap: AtomicUsize::new(cap),
+            per_source: AtomicUsize::new(per_source),
             exempt,
             open: AtomicUsize::new(0),
             by_source: Mutex::new(HashMap::new()),
             log: Mutex::new(LogGate::new()),
             metrics,
         }
+    }
+
+    /// New caps (a configuration reload): connections open past them stay.
+    pub(crate) fn reconfigure(&self, cap: usize, per_source: usize) {
+        self.cap.store(cap, Ordering::Relaxed);
+        self.per_source.store(per_source, Ordering::Relaxed);
     }
 
     /// Connections open now.
@@ -92,13 +98,14 @@ impl Admission {
             self.refused(ConnLimit::Total, Some(ip));
             return None;
         }
-        if self.per_source == 0 || self.exempt.contains(ip) {
+        let per_source = self.per_source.load(Ordering::Relaxed);
+        if per_source == 0 || self.exempt.contains(ip) {
             return Some(self.ticket(None));
         }
         let key = source_key(ip);
         let mut by = self.by_source.lock().expect("admission lock");
         let n = by.entry(key).or_insert(0);
-        if *n as usize >= self.per_source {
+        if *n as usize >= per_source {
             drop(by);
             self.open.fetch_sub(1, Ordering::Relaxed);
             self.refused(ConnLimit::PerSource, Some(ip));
@@ -112,7 +119,7 @@ impl Admission {
     fn take_global(&self) -> bool {
         self.open
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.cap).then_some(n + 1)
+                (n < self.cap.load(Ordering::Relaxed)).then_some(n + 1)
             })
             .is_ok()
     }
@@ -139,12 +146,12 @@ impl Admission {
             match (what, ip) {
                 (ConnLimit::PerSource, Some(ip)) => tracing::warn!(
                     source = %ip,
-                    limit = self.per_source,
+                    limit = self.per_source.load(Ordering::Relaxed),
                     "connection closed at accept: limits.connections-per-source open from this source (logged at most once a minute per source)"
                 ),
                 (_, ip) => tracing::warn!(
                     source = ?ip,
-                    limit = self.cap,
+                    limit = self.cap.load(Ordering::Relaxed),
                     "connection closed: limits.max-connections open (logged at most once a minute per source)"
                 ),
             }

@@ -31,7 +31,7 @@ pub(crate) const BYTES_PER_REQUEST: usize = 4096;
 /// The per-source request rate limit shared by every listener.
 #[derive(Debug)]
 pub(crate) struct SourceGate {
-    on: bool,
+    on: std::sync::atomic::AtomicBool,
     exempt: TrustedPeers,
     limiter: Mutex<RateLimiter>,
     log: Mutex<LogGate>,
@@ -55,12 +55,22 @@ impl SourceGate {
     /// `limits.exempt`) are never limited.
     pub(crate) fn new(cfg: RateConfig, exempt: TrustedPeers, metrics: Arc<Metrics>) -> Self {
         Self {
-            on: cfg.per_second > 0,
+            on: std::sync::atomic::AtomicBool::new(cfg.per_second > 0),
             limiter: Mutex::new(RateLimiter::new(cfg, exempt.clone())),
             exempt,
             log: Mutex::new(LogGate::new()),
             metrics,
         }
+    }
+
+    /// New rates (a configuration reload): sources' counts and bans so far stay.
+    pub(crate) fn reconfigure(&self, cfg: RateConfig) {
+        self.limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_config(cfg);
+        self.on
+            .store(cfg.per_second > 0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether `ip` is never limited (a trusted peer, or in `limits.exempt`).
@@ -72,7 +82,10 @@ impl SourceGate {
     /// taken out before this; responses pass uncounted). A refusal is counted in
     /// `/metrics` and logged at most once a minute per source.
     pub(crate) fn admit(&self, ip: IpAddr, data: &[u8]) -> Admit {
-        if !self.on || is_response(data) || self.exempt.contains(ip) {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed)
+            || is_response(data)
+            || self.exempt.contains(ip)
+        {
             return Admit::Pass;
         }
         let now = Instant::now();

@@ -67,4 +67,6 @@ pub(crate) struct Shared {
     pub tls_client: Arc<rustls::ClientConfig>,
     /// The names TLS targets were resolved from (their certificates must match).
     pub dns: Arc<crate::dns::Dns>,
+    /// Drain mode: new connections are closed at accept.
+    pub drain: Arc<crate::drain::Drain>,
 }

@@ -55,7 +55,8 @@ pub(crate) async fn serve_stream<S>(
         opened: SystemTime::now(),
         outgoing,
     };
-    let _guard = shared.flows.register(info, tx);
+    let guard = shared.flows.register(info, tx);
+    let ctl = guard.ctl();
     if let Some(name) = outgoing {
         shared
             .core
@@ -82,11 +83,16 @@ pub(crate) async fn serve_stream<S>(
             // run of writes reading gets a turn (as for WebSocket flows).
             biased;
             _ = shutdown.changed() => break,
+            reason = ctl.closed() => {
+                tracing::info!(flow = id, peer = %remote, reason = %reason, "flow closed by the operator");
+                break;
+            }
             out = rx.recv(), if writes < WRITES_IN_A_ROW => match out {
                 Some(payload) => {
                     if !write(&mut stream, &payload).await {
                         break;
                     }
+                    ctl.sent(payload.len());
                     writes += 1;
                     last_activity = Instant::now();
                     shared.metrics.sip_out();
@@ -97,7 +103,10 @@ pub(crate) async fn serve_stream<S>(
                 writes = 0;
                 match r {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => last_activity = Instant::now(),
+                    Ok(n) => {
+                        last_activity = Instant::now();
+                        ctl.received(n);
+                    }
                 }
                 // Frames are taken from `start` on and the buffer is drained once per
                 // read: a read full of CRLF keepalives costs linear time (draining per
@@ -153,6 +162,7 @@ pub(crate) async fn serve_stream<S>(
                             match parsed {
                                 Ok(message) => {
                                     first_deadline = None;
+                                    ctl.message_in();
                                     shared.metrics.sip_in();
                                     shared.core.outlet().captured_in(transport, remote, local, frame);
                                     let source = Source { transport, local, remote, flow: Some(id) };
@@ -166,6 +176,7 @@ pub(crate) async fn serve_stream<S>(
                                         if !write(&mut stream, &payload).await {
                                             break 'outer;
                                         }
+                                        ctl.sent(payload.len());
                                         shared.metrics.sip_out();
                                     }
                                 }

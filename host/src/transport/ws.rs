@@ -301,6 +301,8 @@ enum Wake {
     NothingToRead,
     Timer,
     Shutdown,
+    /// The operator closes the flow (the admin API), saying why.
+    Closed(String),
 }
 
 /// Runs an upgraded connection as a SIP flow until it ends.
@@ -342,7 +344,8 @@ async fn run_flow<S>(
             "WebSocket flow open"
         );
     }
-    let _guard = shared.flows.register(info, tx);
+    let guard = shared.flows.register(info, tx);
+    let ctl = guard.ctl();
     shared.metrics.ws_upgrade();
 
     let mut shutdown = shared.shutdown.clone();
@@ -362,6 +365,7 @@ async fn run_flow<S>(
             // to still reads its client's answers).
             biased;
             _ = shutdown.changed() => Wake::Shutdown,
+            reason = ctl.closed() => Wake::Closed(reason),
             o = rx.recv(), if writes < WRITES_IN_A_ROW => Wake::Out(o),
             m = ws.next() => Wake::In(m),
             () = std::future::ready(()), if writes >= WRITES_IN_A_ROW => Wake::NothingToRead,
@@ -382,6 +386,7 @@ async fn run_flow<S>(
                     // the stream then ends.
                     _ => continue,
                 };
+                ctl.received(data.len());
                 if &data[..] == b"\r\n\r\n" {
                     // RFC 5626 section 4.4.1 keepalive: double CRLF ping, single CRLF pong.
                     shared.metrics.keepalive();
@@ -410,6 +415,7 @@ async fn run_flow<S>(
                 }
                 match crate::sip::parse(&data) {
                     Ok(message) => {
+                        ctl.message_in();
                         shared.metrics.sip_in();
                         shared
                             .core
@@ -478,9 +484,11 @@ async fn run_flow<S>(
                     Ok(text) => Message::Text(text),
                     Err(_) => Message::Binary(payload),
                 };
+                let len = payload_len(&msg);
                 if !send(&mut ws, msg).await {
                     break;
                 }
+                ctl.sent(len);
                 shared.metrics.sip_out();
             }
             Wake::Out(None) => break,
@@ -510,6 +518,15 @@ async fn run_flow<S>(
                         timer.as_mut().reset(now + cfg.pong_timeout);
                     }
                 }
+            }
+            Wake::Closed(reason) => {
+                tracing::info!(flow = id, peer = %remote, reason = %reason, "flow closed by the operator");
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: Utf8Bytes::from(close_reason(&reason)),
+                };
+                let _ = timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+                break;
             }
             Wake::Shutdown => {
                 let frame = CloseFrame {
@@ -623,4 +640,28 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     matches!(timeout(WRITE_TIMEOUT, ws.send(msg)).await, Ok(Ok(())))
+}
+
+/// A close frame's reason: at most 123 bytes (RFC 6455 5.5: control frames carry at
+/// most 125, two of them the code), cut at a character boundary.
+fn close_reason(reason: &str) -> String {
+    let reason = if reason.is_empty() {
+        "closed by the operator"
+    } else {
+        reason
+    };
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+/// The payload size of a data message.
+fn payload_len(msg: &Message) -> usize {
+    match msg {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
 }

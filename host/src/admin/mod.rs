@@ -1,9 +1,15 @@
-//! The admin listener: `GET /metrics` (Prometheus text), `GET /flows` (JSON list of
-//! live flows with their identity) and `POST /plugins/reload`. Meant for loopback or a
+//! The admin listener: the control API (`/api/v1/…`, [`api`]), the dashboard (`/ui/`,
+//! [`ui`]), `GET /metrics` (Prometheus text), and the first endpoints kept as they were
+//! (`GET /flows`, `GET /gateways`, `POST /plugins/reload`). Meant for loopback or a
 //! management network, and guarded on either: the `Host` must be the listener's own
 //! address or a configured name (no DNS rebinding from a web page), and every endpoint
-//! but `/metrics` on loopback needs `Authorization: Bearer <token>` (no cross-site
-//! requests, no other local user's browser tab).
+//! but `/metrics` on loopback and the dashboard's static files needs
+//! `Authorization: Bearer <token>` (no cross-site requests, no other local user's
+//! browser tab; the dashboard asks for the token and sends it itself).
+
+mod api;
+mod reload;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,21 +20,33 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::driver::flow::FlowTable;
 use crate::http::head::HeadLimits;
 use crate::http::reader::read_request;
 use crate::http::response::Response;
-use crate::metrics::Metrics;
+use crate::transport::Shared;
+
+/// The commit this binary was built from (`sipwasm --version`).
+pub(crate) const COMMIT: &str = env!("SIPWASM_COMMIT");
 
 /// What the admin API serves.
 #[derive(Debug, Clone)]
 pub(crate) struct AdminState {
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Live flows.
-    pub flows: Arc<FlowTable>,
+    /// The server's shared state: flows, the core, counters, limits, drain mode.
+    pub shared: Arc<Shared>,
     /// Plugins (for reload).
     pub plugins: crate::plugin::Plugins,
+    /// The cluster node's id, when there is a cluster.
+    pub node: Option<String>,
+    /// When the server started (wall clock, and monotonic for the uptime).
+    pub started: SystemTime,
+    /// The same, monotonic.
+    pub started_at: Instant,
+    /// The configuration file, for `POST /api/v1/reload` (none: the embedded default).
+    pub config_path: Option<std::path::PathBuf>,
+    /// The configuration as it runs (reloads change what they apply).
+    pub config: Arc<tokio::sync::Mutex<crate::config::Config>>,
+    /// The open-files limit, for `limits.max-connections = 0` on reload.
+    pub nofile: u64,
     /// `Server` header.
     pub server: String,
     /// The bearer token.
@@ -107,7 +125,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: &AdminState) {
     let limits = HeadLimits {
         max_head_bytes: 8192,
         max_headers: 50,
-        max_body_bytes: 0,
+        max_body_bytes: 16 * 1024,
     };
     let mut buf = Vec::new();
     let timeout = Duration::from_secs(10);
@@ -135,7 +153,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: &AdminState) {
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("host"))
         .map(|(_, v)| v.as_str());
-    let open = path == "/metrics" && local.ip().is_loopback();
+    let open = (path == "/metrics" && local.ip().is_loopback()) || ui::is_static(path);
     let resp = if !host.is_some_and(|h| host_allowed(h, local, &state.hosts)) {
         // Another name for this address: a page that rebinds its own name here.
         tracing::info!(%peer, host = host.unwrap_or(""), "admin request for a foreign Host refused");
@@ -148,7 +166,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: &AdminState) {
         ));
         r
     } else {
-        route(&req.head.method, path, state).await
+        route(&req.head.method, path, &req.head.target, &req.body, state).await
     };
     let bytes = resp.serialize(&state.server, SystemTime::now(), false, false, false);
     let _ = stream.write_all(&bytes).await;
@@ -156,15 +174,31 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: &AdminState) {
 }
 
 /// The answer to an admitted request.
-async fn route(method: &str, path: &str, state: &AdminState) -> Response {
+async fn route(
+    method: &str,
+    path: &str,
+    target: &str,
+    body: &[u8],
+    state: &AdminState,
+) -> Response {
+    if let Some(rest) = path.strip_prefix("/api/v1/") {
+        return api::route(method, rest, target, body, state).await;
+    }
+    if ui::is_static(path) {
+        return ui::serve(method, path);
+    }
     match (method, path) {
         ("GET", "/metrics") => ok(
             "text/plain; version=0.0.4",
-            state.metrics.render().into_bytes(),
+            state.shared.metrics.render().into_bytes(),
         ),
-        ("GET", "/flows") => ok("application/json", flows_json(&state.flows).into_bytes()),
+        ("GET", "/flows") => ok(
+            "application/json",
+            flows_json(&state.shared.flows).into_bytes(),
+        ),
         ("GET", "/gateways") => {
             let list: Vec<serde_json::Value> = state
+                .shared
                 .metrics
                 .gateways()
                 .into_iter()
@@ -228,7 +262,7 @@ fn ok(content_type: &str, body: Vec<u8>) -> Response {
     }
 }
 
-fn flows_json(flows: &FlowTable) -> String {
+fn flows_json(flows: &crate::driver::flow::FlowTable) -> String {
     let list: Vec<serde_json::Value> = flows
         .list()
         .iter()

@@ -1,0 +1,185 @@
+//! `POST /api/v1/reload`: reads the configuration file again and applies what can
+//! change without a restart — every plugin loaded from a file (the routing plugin
+//! included) is compiled again and swapped in, and `limits.rate`, `rate-burst`,
+//! `rate-ban`, `max-connections`, `connections-per-source` and `max-transactions` take
+//! their new values. Any other change is named in `restart_needed` and left alone
+//! until the next start; a file that does not validate changes nothing (422, its error
+//! naming file and key).
+
+use serde_json::{Value, json};
+
+use super::AdminState;
+use super::api::json_response;
+use crate::config::Config;
+use crate::core::limits::RateConfig;
+use crate::http::response::Response;
+
+/// The sections (or keys) of `new` that differ from `old` and need a restart.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let mut out = Vec::new();
+    let mut check = |name: &'static str, changed: bool| {
+        if changed {
+            out.push(name);
+        }
+    };
+    check("server", differ(&old.server, &new.server));
+    check("listen", differ(&old.listen, &new.listen));
+    check("http", differ(&old.http, &new.http));
+    check("websocket", differ(&old.websocket, &new.websocket));
+    check("sip", differ(&old.sip, &new.sip));
+    let (ol, nl) = (&old.limits, &new.limits);
+    check(
+        "limits.first-message-timeout",
+        ol.first_message_timeout != nl.first_message_timeout,
+    );
+    check(
+        "limits.ws-partial-timeout",
+        ol.ws_partial_timeout != nl.ws_partial_timeout,
+    );
+    check("limits.exempt", differ(&ol.exempt, &nl.exempt));
+    check("plugins", differ(&old.plugins, &new.plugins));
+    check(
+        "plugin-runtime",
+        differ(&old.plugin_runtime, &new.plugin_runtime),
+    );
+    check("admin", differ(&old.admin, &new.admin));
+    check("media", differ(&old.media, &new.media));
+    check("keys", differ(&old.keys, &new.keys));
+    check("users", differ(&old.users, &new.users));
+    check("dns", differ(&old.dns, &new.dns));
+    check("tls-client", differ(&old.tls_client, &new.tls_client));
+    check("gateways", differ(&old.gateways, &new.gateways));
+    check("cluster", differ(&old.cluster, &new.cluster));
+    check("capture", differ(&old.capture, &new.capture));
+    out
+}
+
+/// The limits a reload changes, as `key: old -> new`.
+fn limit_changes(old: &Config, new: &Config) -> Vec<String> {
+    let (o, n) = (&old.limits, &new.limits);
+    let mut out = Vec::new();
+    let mut note = |key: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("limits.{key}: {a} -> {b}"));
+        }
+    };
+    note("rate", o.rate.to_string(), n.rate.to_string());
+    note(
+        "rate-burst",
+        o.rate_burst.to_string(),
+        n.rate_burst.to_string(),
+    );
+    note(
+        "rate-ban",
+        format!("{:?}", o.rate_ban),
+        format!("{:?}", n.rate_ban),
+    );
+    note(
+        "max-connections",
+        o.max_connections.to_string(),
+        n.max_connections.to_string(),
+    );
+    note(
+        "connections-per-source",
+        o.connections_per_source.to_string(),
+        n.connections_per_source.to_string(),
+    );
+    note(
+        "max-transactions",
+        o.max_transactions.to_string(),
+        n.max_transactions.to_string(),
+    );
+    out
+}
+
+pub(crate) async fn reload(state: &AdminState) -> Response {
+    let fresh = match &state.config_path {
+        Some(path) => {
+            let path = path.clone();
+            match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+                Ok(Ok(c)) => Some(c),
+                Ok(Err(e)) => {
+                    tracing::error!("configuration reload refused, nothing changed: {e}");
+                    return json_response(422, &json!({ "error": e.to_string() }));
+                }
+                Err(_) => return json_response(500, &json!({ "error": "the reload task failed" })),
+            }
+        }
+        // The embedded default cannot change; plugins loaded from files still can.
+        None => None,
+    };
+    let plugins = state.plugins.clone();
+    let results = match tokio::task::spawn_blocking(move || plugins.reload_all()).await {
+        Ok(r) => r,
+        Err(_) => return json_response(500, &json!({ "error": "the reload task failed" })),
+    };
+    let plugin_results: serde_json::Map<String, Value> = results
+        .iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => json!({ "reloaded": true }),
+                Err(e) => json!({ "reloaded": false, "error": e }),
+            };
+            (name.clone(), v)
+        })
+        .collect();
+    let plugins_failed = results.iter().any(|(_, r)| r.is_err());
+    let (changed, restart) = match fresh {
+        None => (Vec::new(), Vec::new()),
+        Some(new) => {
+            let mut running = state.config.lock().await;
+            let changed = limit_changes(&running, &new);
+            let restart = restart_needed(&running, &new);
+            let l = &new.limits;
+            state.shared.gate.reconfigure(RateConfig {
+                per_second: l.rate,
+                burst: l.rate_burst,
+                ban: l.rate_ban,
+            });
+            state
+                .shared
+                .admission
+                .reconfigure(l.connection_cap(state.nofile), l.connections_per_source);
+            let max_tx = l.max_transactions;
+            if state
+                .shared
+                .core
+                .call(move |core, _| core.set_max_transactions(max_tx))
+                .await
+                .is_none()
+            {
+                return json_response(503, &json!({ "error": "the SIP core did not answer" }));
+            }
+            // What was applied is now the running configuration; what needs a restart
+            // stays as it runs (and is named again at the next reload).
+            running.limits.rate = l.rate;
+            running.limits.rate_burst = l.rate_burst;
+            running.limits.rate_ban = l.rate_ban;
+            running.limits.max_connections = l.max_connections;
+            running.limits.connections_per_source = l.connections_per_source;
+            running.limits.max_transactions = l.max_transactions;
+            (changed, restart)
+        }
+    };
+    for c in &changed {
+        tracing::info!("configuration reload: {c}");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(
+            "configuration reload: changes to {} take effect at the next start",
+            restart.join(", ")
+        );
+    }
+    let status = if plugins_failed { 422 } else { 200 };
+    json_response(
+        status,
+        &json!({
+            "plugins": plugin_results,
+            "changed": changed,
+            "restart_needed": restart,
+        }),
+    )
+}
