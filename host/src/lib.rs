@@ -82,6 +82,7 @@ pub(crate) mod files;
 pub(crate) mod hex;
 pub mod http;
 pub mod keys;
+pub mod logs;
 pub mod media;
 pub mod memory;
 pub mod metrics;

@@ -31,14 +31,26 @@ struct Args {
     /// Prints the embedded default configuration and exits.
     #[arg(long)]
     print_default_config: bool,
-    /// Checks the configuration and loads every plugin, then exits.
+    /// Checks the configuration as a start would (data directory, certificates, keys,
+    /// every plugin compiled) without binding its listen addresses or joining a
+    /// cluster, then exits.
     #[arg(long)]
     check: bool,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
     #[arg(long, default_value = "info", value_name = "FILTER", global = true)]
     log: String,
+    /// Log lines as text, or as one JSON object a line (time, level, target, message,
+    /// call-id, flow, source, plugin, fields) for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,11 +225,21 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&directives))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => {
+            use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(sipwasm::logs::JsonLines)
+                .init();
+        }
+    }
 
     raise_open_files_limit();
 
@@ -257,11 +279,12 @@ fn main() -> ExitCode {
     };
     let embedded = args.config.is_none();
     let result = runtime.block_on(async move {
-        let server = Server::bind(config).await?;
         if args.check {
+            Server::check(config).await?;
             tracing::info!("configuration and plugins are valid");
             return Ok(());
         }
+        let server = Server::bind(config).await?;
         if embedded {
             tracing::info!(
                 "try it: open http://localhost:8080/ and http://127.0.0.1:8080/ in two \

@@ -93,6 +93,8 @@ pub struct Server {
     /// The configuration file it runs with.
     pub config_path: PathBuf,
     listeners: usize,
+    /// Arguments added to the command line (`--log-format json`).
+    args: Vec<String>,
 }
 
 /// A configuration with every listener a test may need: `ws` and `wss` decided by
@@ -233,6 +235,15 @@ impl Server {
     /// `{foreign}` that of the JavaScript and Python ones, and `{data}` a
     /// fresh data directory. Returns once every listener is up.
     fn start_once(template: &str, ip: [u8; 4]) -> Self {
+        Self::start_once_with(template, ip, &[])
+    }
+
+    /// [`Server::standard`] with `args` added to the command line.
+    pub fn standard_with_args(extra: &str, args: &[&str]) -> Self {
+        Self::start_once_with(&format!("{STANDARD}\n{extra}"), [127, 0, 0, 1], args)
+    }
+
+    fn start_once_with(template: &str, ip: [u8; 4], args: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
         let ip_text = std::net::Ipv4Addr::from(ip).to_string();
@@ -254,6 +265,7 @@ impl Server {
             logs: Arc::new(Mutex::new(String::new())),
             config_path,
             listeners,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -294,6 +306,7 @@ impl Server {
             .arg(&self.config_path)
             .arg("--log")
             .arg("debug")
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -317,7 +330,9 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let up = self.logs().matches(" listening ").count();
+            let logs = self.logs();
+            let up = logs.matches(" listening ").count()
+                + logs.matches("\"message\":\"listening\"").count();
             if up >= self.listeners {
                 break;
             }

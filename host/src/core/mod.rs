@@ -475,6 +475,8 @@ pub enum Event {
         why: Refusal,
         /// Who sent it.
         source: SocketAddr,
+        /// The request's Call-ID.
+        call_id: String,
     },
     /// A member of a gateway set went down or came back up (its probes).
     GatewayState(gateways::GatewayChange),
@@ -1039,7 +1041,7 @@ impl Core {
 
     /// Counts a refusal of a request from `source`, and lets its log line out at most
     /// once a minute per source and reason.
-    fn refuse(&mut self, why: Refusal, source: SocketAddr, now: Instant) {
+    fn refuse(&mut self, why: Refusal, source: SocketAddr, req: &Request, now: Instant) {
         let r = &mut self.refused;
         *match why {
             Refusal::ForgedRoute => &mut r.forged_route,
@@ -1051,7 +1053,11 @@ impl Core {
             Refusal::Identity => &mut r.identity,
         } += 1;
         if self.log_gate.allow(why.as_str(), source.ip(), now) {
-            self.events.push_back(Event::Refused { why, source });
+            self.events.push_back(Event::Refused {
+                why,
+                source,
+                call_id: req.call_id().unwrap_or("").to_string(),
+            });
         }
     }
 
@@ -1061,7 +1067,7 @@ impl Core {
         if self.servers.len() < self.cfg.limits.max_transactions {
             return true;
         }
-        self.refuse(Refusal::TransactionsFull, source.remote, now);
+        self.refuse(Refusal::TransactionsFull, source.remote, req, now);
         let retry = (HeaderName::RetryAfter, TRANSACTIONS_FULL_RETRY.to_string());
         let bytes = self.response_bytes(req, 503, None, &[retry]);
         self.record_final(operate::method_label(&req.method), 503, Duration::ZERO);
@@ -1085,7 +1091,7 @@ impl Core {
             && id.check(&req, &self.cfg.myself).is_err()
         {
             // An ACK gets no answer: one that is not this user's goes nowhere.
-            self.refuse(Refusal::Identity, source.remote, now);
+            self.refuse(Refusal::Identity, source.remote, &req, now);
             return;
         }
         match req.method {
@@ -1110,7 +1116,7 @@ impl Core {
             && let Err(mismatch) = id.check(&req, &self.cfg.myself)
         {
             // Before the routing plugin: the flow's identity is the host's to hold.
-            self.refuse(Refusal::Identity, source.remote, now);
+            self.refuse(Refusal::Identity, source.remote, &req, now);
             let warning = proxy::warning(mismatch.describe());
             let bytes = self.response_bytes(&req, 403, None, &[warning]);
             self.record_final(operate::method_label(&req.method), 403, Duration::ZERO);

@@ -313,8 +313,8 @@ impl Core {
 
     /// 403 for a request whose signed Route entries do not fit it (forged, edited, or
     /// replayed from another dialog), counted.
-    fn forged_route(&mut self, source: &Source, now: Instant) -> Route {
-        self.refuse(Refusal::ForgedRoute, source.remote, now);
+    fn forged_route(&mut self, source: &Source, req: &Request, now: Instant) -> Route {
+        self.refuse(Refusal::ForgedRoute, source.remote, req, now);
         Route::answer(403, vec![warning("Route Not Of This Dialog")])
     }
 
@@ -410,13 +410,13 @@ impl Core {
                         from_node = Some(t);
                         continue;
                     }
-                    _ => return self.forged_route(source, now),
+                    _ => return self.forged_route(source, req, now),
                 }
             }
             match RrEntry::of(sip, &self.tokens) {
                 Ok(Some(entry)) => dialog.push(entry),
                 Ok(None) => {}
-                Err(()) => return self.forged_route(source, now),
+                Err(()) => return self.forged_route(source, req, now),
             }
         }
         if dialog.is_empty()
@@ -435,7 +435,7 @@ impl Core {
                 )
             };
             if let RrToken::Connect(..) = token {
-                return self.forged_route(source, now);
+                return self.forged_route(source, req, now);
             }
             // The flow gone: 430, and the node that asked tries the AoR's other
             // bindings (RFC 5626 section 5.3).
@@ -451,7 +451,7 @@ impl Core {
             // Only requests inside the dialog (with a To tag) may use its route: an
             // out-of-dialog request naming it would reach a party without the router.
             if req.tag_of_to().is_none() {
-                return self.forged_route(source, now);
+                return self.forged_route(source, req, now);
             }
             // Requests toward the callee come from the caller (its tag is their From
             // tag), requests toward the caller carry its tag in To.
@@ -461,10 +461,10 @@ impl Core {
             };
             let call_id = req.call_id().unwrap_or("");
             let Some(tag) = tag else {
-                return self.forged_route(source, now);
+                return self.forged_route(source, req, now);
             };
             if !dialog.iter().all(|e| e.signed_for(self, call_id, tag)) {
-                return self.forged_route(source, now);
+                return self.forged_route(source, req, now);
             }
             // A strict router next (RFC 3261 16.6 step 6): its URI becomes the
             // Request-URI, the target the last Route value; it is reached at the token.
@@ -514,7 +514,7 @@ impl Core {
             .map(str::to_string);
         if let Some(next) = next {
             if !may_steer {
-                self.refuse(Refusal::Relay, source.remote, now);
+                self.refuse(Refusal::Relay, source.remote, req, now);
                 return Route::answer(403, vec![warning("Not Relaying For You")]);
             }
             let Ok(na) = NameAddr::parse(&next) else {
@@ -547,7 +547,7 @@ impl Core {
         }
         // Other domains: only for those who may steer.
         if !may_steer {
-            self.refuse(Refusal::Relay, source.remote, now);
+            self.refuse(Refusal::Relay, source.remote, req, now);
             return Route::answer(403, vec![warning("Not Relaying For You")]);
         }
         match self.candidate_for(&req.uri, req.uri.clone(), vec![]) {
@@ -798,7 +798,7 @@ impl Core {
         // peer may say so. From anyone else it would make the server send to an
         // address the client chose (the egress rule of the README's security model).
         if req.headers.get(&HeaderName::Path).is_some() && !self.is_trusted(source) {
-            self.refuse(Refusal::UntrustedPath, source.remote, now);
+            self.refuse(Refusal::UntrustedPath, source.remote, req, now);
             return Route::answer(403, vec![warning("Path Accepted Only From Trusted Peers")]);
         }
         // A UDP phone refreshing its registration by the Call-ID only it and we know
@@ -821,7 +821,7 @@ impl Core {
             && let Some(aor) = aor_of(&to.uri)
             && self.location.lookup(&aor).is_empty()
         {
-            self.refuse(Refusal::Overload, source.remote, now);
+            self.refuse(Refusal::Overload, source.remote, req, now);
             return Route::answer(
                 503,
                 vec![(HeaderName::RetryAfter, super::OVERLOAD_RETRY.to_string())],
@@ -879,7 +879,7 @@ impl Core {
         }
         self.arm_expiry();
         if outcome.status == 503 {
-            self.refuse(Refusal::RegistrarFull, source.remote, now);
+            self.refuse(Refusal::RegistrarFull, source.remote, req, now);
         }
         let mut headers = outcome.headers;
         if outcome.status == 200 && !self.date.is_empty() {

@@ -472,9 +472,14 @@ impl Driven {
                         r.view.set(&b.aor, self.core.bindings(&b.aor));
                     }
                 }
-                Event::Refused { why, source } => {
+                Event::Refused {
+                    why,
+                    source,
+                    call_id,
+                } => {
                     tracing::warn!(
                         %source,
+                        %call_id,
                         reason = why.as_str(),
                         "{} (logged at most once a minute per source)",
                         why.describe()
@@ -789,6 +794,12 @@ fn ask_router(core: &mut Core, router: &Router, outlet: &Outlet, cell: &Weak<Cor
         identity,
         proven_user,
     };
+    // What the plugin logs, and its failures, name the request.
+    let span = {
+        use crate::sip::message::Essentials as _;
+        tracing::info_span!("route", call_id = q.request.call_id().unwrap_or(""))
+    };
+    let _in_span = span.enter();
     match router.plugin.decide_in_place(q.source, q.request, flow) {
         Ok(decision) => core.route(std::time::Instant::now(), id, decision),
         Err(deferred) => {
@@ -796,14 +807,15 @@ fn ask_router(core: &mut Core, router: &Router, outlet: &Outlet, cell: &Weak<Cor
             core.route_later(std::time::Instant::now(), id);
             let in_place = router.plugin.in_place().clone();
             let cell = cell.clone();
-            tokio::spawn(async move {
+            let routed = async move {
                 let started = std::time::Instant::now();
                 let decision = deferred.finish().await;
                 in_place.deferred_took(started.elapsed());
                 if let Some(cell) = cell.upgrade() {
                     cell.submit(Input::Routed { id, decision }, None).await;
                 }
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(routed, span.clone()));
         }
     }
 }
