@@ -32,6 +32,8 @@ command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 # sngrep (Debian's) receives the SIP capture the server sends over HEP.
 [ -x /usr/bin/sngrep ] || missing+=(sngrep)
+# systemd-analyze (Debian's systemd) verifies the systemd unit shipped in docs/packaging.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"

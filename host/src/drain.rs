@@ -22,8 +22,8 @@ pub struct Drain {
 
 impl Drain {
     /// Starts draining (again: keeps the first start time); `exit`: stop the server
-    /// once no dialog or transaction is left.
-    pub fn start(&self, exit: bool) {
+    /// once no dialog or transaction is left (`None`: as asked before, else no).
+    pub fn start(&self, exit: Option<bool>) {
         if !self.on.swap(true, Relaxed) {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -31,7 +31,9 @@ impl Drain {
                 .as_secs();
             self.since.store(now.max(1), Relaxed);
         }
-        self.exit.store(exit, Relaxed);
+        if let Some(exit) = exit {
+            self.exit.store(exit, Relaxed);
+        }
         self.changed.notify_waiters();
     }
 

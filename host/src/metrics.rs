@@ -612,20 +612,17 @@ impl Metrics {
     }
 
     fn render_media(&self, out: &mut String) {
+        // Every family is declared even before (or without) a series, so that
+        // dashboards can name it (the series come with `[media]`).
         let m = self.media.lock().expect("metrics lock");
-        if !m.sessions.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP sipwasm_media_sessions Sessions each media engine holds (its own \
-                 count, asked every 10 s)."
-            );
-            let _ = writeln!(out, "# TYPE sipwasm_media_sessions gauge");
-            for (e, n) in &m.sessions {
-                let _ = writeln!(out, "sipwasm_media_sessions{{engine=\"{e}\"}} {n}");
-            }
-        }
-        if m.requests.is_empty() {
-            return;
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_media_sessions Sessions each media engine holds (its own \
+             count, asked every 10 s)."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_media_sessions gauge");
+        for (e, n) in &m.sessions {
+            let _ = writeln!(out, "sipwasm_media_sessions{{engine=\"{e}\"}} {n}");
         }
         let _ = writeln!(
             out,
@@ -777,31 +774,31 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         self.render_counters(&mut out);
+        // Families whose series come with a feature (`[cluster]`, `[[gateways]]`) are
+        // declared all the same, so that dashboards can name them.
         let nodes = self.cluster_nodes.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP sipwasm_cluster_nodes Nodes of the cluster alive at this node's last heartbeat, itself included (no series without a cluster)."
+        );
+        let _ = writeln!(out, "# TYPE sipwasm_cluster_nodes gauge");
         if nodes > 0 {
-            let _ = writeln!(
-                out,
-                "# HELP sipwasm_cluster_nodes Nodes of the cluster alive at this node's last heartbeat, itself included."
-            );
-            let _ = writeln!(out, "# TYPE sipwasm_cluster_nodes gauge");
             let _ = writeln!(out, "sipwasm_cluster_nodes {nodes}");
         }
         {
             let g = self.gateways.lock().expect("metrics lock");
-            if !g.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP sipwasm_gateway_up Gateway set members up (1) or down (0) by their OPTIONS probes."
+            );
+            let _ = writeln!(out, "# TYPE sipwasm_gateway_up gauge");
+            for ((set, target), up) in g.iter() {
+                let target = target.replace('\\', "\\\\").replace('"', "\\\"");
                 let _ = writeln!(
                     out,
-                    "# HELP sipwasm_gateway_up Gateway set members up (1) or down (0) by their OPTIONS probes."
+                    "sipwasm_gateway_up{{set=\"{set}\",target=\"{target}\"}} {}",
+                    u8::from(*up)
                 );
-                let _ = writeln!(out, "# TYPE sipwasm_gateway_up gauge");
-                for ((set, target), up) in g.iter() {
-                    let target = target.replace('\\', "\\\\").replace('"', "\\\"");
-                    let _ = writeln!(
-                        out,
-                        "sipwasm_gateway_up{{set=\"{set}\",target=\"{target}\"}} {}",
-                        u8::from(*up)
-                    );
-                }
             }
         }
         let _ = writeln!(out, "# HELP sipwasm_flows_open SIP flows open now.");

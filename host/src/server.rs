@@ -78,6 +78,27 @@ struct AdminExtra {
 impl Server {
     /// Prepares the data directory, binds every listener and loads every plugin.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        Self::bind_as(config, false).await
+    }
+
+    /// Checks `config` as a start would — the data directory prepared, certificates
+    /// and keys read (or made, as a first start makes them), every plugin compiled,
+    /// the media engines', the cluster's and the collectors' addresses parsed — but
+    /// binds ephemeral loopback ports instead of the listen addresses (they may be
+    /// another machine's, or held by the server this one is to replace) and does not
+    /// join the cluster (no heartbeat under this node's id).
+    pub async fn check(mut config: Config) -> anyhow::Result<()> {
+        let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
+        for l in &mut config.listen {
+            l.address = ephemeral;
+        }
+        if let Some(a) = &mut config.admin {
+            a.listen = ephemeral;
+        }
+        Self::bind_as(config, true).await.map(drop)
+    }
+
+    async fn bind_as(config: Config, check: bool) -> anyhow::Result<Self> {
         let data_dir = config.data_dir();
         create_private_dir(&data_dir)?;
         let secret = load_or_create_secret(&data_dir)?;
@@ -344,7 +365,7 @@ impl Server {
             grace: config.server.shutdown_grace,
             drain: Arc::new(crate::drain::Drain::default()),
         });
-        if let Some(c) = &cluster {
+        if let Some(c) = cluster.as_ref().filter(|_| !check) {
             plugins.registrar_view().attach_cluster(c.clone());
             // The store's news (eviction, data lost) for the core, in order.
             let (tx, mut rx) = tokio::sync::mpsc::channel(1024);

@@ -656,3 +656,610 @@ async fn reload_applies_limits_and_names_what_needs_a_restart() {
     assert_eq!(v["restart_needed"], serde_json::json!(["sip"]), "{v}");
     drop(held);
 }
+
+/// The packaging in `docs/packaging`: the sample production configuration passes
+/// `sipwasm --check` as it is (public addresses, which are not this machine's, are
+/// not bound by a check), with only its certificate and plugin paths pointed at this
+/// build's; a broken copy is refused naming the key. The systemd unit verifies
+/// cleanly with systemd-analyze and checks the same configuration before starting.
+#[test]
+fn the_sample_production_config_and_systemd_unit_check() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sample = std::fs::read_to_string(repo.join("docs/packaging/sipwasm.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["sip.example.com".to_string()]).unwrap();
+    let (cert_path, key_path) = (
+        dir.path().join("fullchain.pem"),
+        dir.path().join("privkey.pem"),
+    );
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    for (from, what) in [
+        (
+            "/etc/letsencrypt/live/sip.example.com/fullchain.pem",
+            "certificate",
+        ),
+        ("/etc/letsencrypt/live/sip.example.com/privkey.pem", "key"),
+        ("/usr/local/lib/sipwasm/call_policy.wasm", "routing plugin"),
+        ("/var/lib/sipwasm", "data directory"),
+    ] {
+        assert!(
+            sample.contains(from),
+            "the sample names its {what} at {from}"
+        );
+    }
+    let text = sample
+        .replace(
+            "/etc/letsencrypt/live/sip.example.com/fullchain.pem",
+            &cert_path.display().to_string(),
+        )
+        .replace(
+            "/etc/letsencrypt/live/sip.example.com/privkey.pem",
+            &key_path.display().to_string(),
+        )
+        .replace(
+            "/usr/local/lib/sipwasm/call_policy.wasm",
+            &plugin("call_policy").display().to_string(),
+        )
+        .replace(
+            "/var/lib/sipwasm",
+            &dir.path().join("data").display().to_string(),
+        );
+    assert!(text.contains("203.0.113.10"), "public addresses stay");
+    let config = dir.path().join("sipwasm.toml");
+    std::fs::write(&config, &text).unwrap();
+    let check = |path: &std::path::Path| {
+        Command::new(sipwasm_bin())
+            .arg("--config")
+            .arg(path)
+            .arg("--check")
+            .output()
+            .unwrap()
+    };
+    let out = check(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The admin token is set and long enough for a listener anywhere.
+    assert!(
+        text.contains("[admin]") && text.contains("token = \""),
+        "{text}"
+    );
+    // A typo is refused with the file and the key.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        text.replacen("shutdown-grace", "shutdown-grase", 1),
+    )
+    .unwrap();
+    let out = check(&broken);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("broken.toml") && err.contains("shutdown-grase"),
+        "{err}"
+    );
+
+    // The unit: systemd-analyze finds nothing to say (with this build's binary at the
+    // path it names), and it checks the configuration before each start.
+    let unit = std::fs::read_to_string(repo.join("docs/packaging/sipwasm.service")).unwrap();
+    assert!(
+        unit.contains(
+            "ExecStartPre=/usr/local/bin/sipwasm --config /etc/sipwasm/sipwasm.toml --check"
+        ),
+        "{unit}"
+    );
+    let local = dir.path().join("sipwasm.service");
+    std::fs::write(
+        &local,
+        unit.replace(
+            "/usr/local/bin/sipwasm",
+            &sipwasm_bin().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&local)
+        .output()
+        .expect("systemd-analyze (Debian's systemd; ./tests/run-all.sh installs it)");
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// Every string under an `expr` or `query`/`definition` key of a Grafana dashboard.
+fn queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => {
+                        out.push(s.clone());
+                    }
+                    _ => queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+        _ => {}
+    }
+}
+
+/// The latency histograms and response classes count real traffic (a REGISTER's
+/// final answer, the plugin a WebSocket upgrade called), and the Grafana dashboard in
+/// docs/grafana names only metrics the server declares.
+#[tokio::test]
+async fn metrics_histograms_and_the_grafana_dashboard() {
+    let s = Server::standard("");
+    let mut udp = Ua::udp(&s, "histo").await;
+    let mut ws = Ua::ws(&s, "histows").await;
+    assert_eq!(udp.register(600).await.status, 200);
+    assert_eq!(ws.register(600).await.status, 200);
+    let (msg, _) = udp.request("MESSAGE", "nobody", "", "hi");
+    udp.send(&msg).await;
+    assert_eq!(udp.recv_final().await.status, 404);
+    let text = s.metrics().await;
+    for (series, at_least) in [
+        (
+            "sipwasm_sip_request_duration_seconds_bucket{method=\"REGISTER\",le=\"+Inf\"}",
+            2,
+        ),
+        (
+            "sipwasm_sip_request_duration_seconds_count{method=\"REGISTER\"}",
+            2,
+        ),
+        (
+            "sipwasm_sip_responses_total{method=\"REGISTER\",class=\"2xx\"}",
+            2,
+        ),
+        (
+            "sipwasm_sip_responses_total{method=\"MESSAGE\",class=\"4xx\"}",
+            1,
+        ),
+        (
+            "sipwasm_plugin_call_duration_seconds_count{plugin=\"seed\"}",
+            1,
+        ),
+    ] {
+        let n = metric_in(&text, series).unwrap_or(0);
+        assert!(n >= at_least, "{series} = {n}:\n{text}");
+    }
+    // Buckets are cumulative: the first is at most the +Inf one.
+    let first = metric_in(
+        &text,
+        "sipwasm_sip_request_duration_seconds_bucket{method=\"REGISTER\",le=\"0.0001\"}",
+    )
+    .expect("the first bucket");
+    assert!(first <= 2, "{text}");
+
+    // Declared families (histograms with their three series).
+    let mut declared = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut parts = rest.split_whitespace();
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        declared.insert(name.to_string());
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                declared.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("docs/grafana/sipwasm.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    queries(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    let mut named = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(at) = rest.find("sipwasm_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            named.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+    }
+    let unknown: Vec<&String> = named.iter().filter(|n| !declared.contains(*n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard names {unknown:?}, not in /metrics"
+    );
+    for needed in [
+        "sipwasm_sip_request_duration_seconds_bucket",
+        "sipwasm_plugin_call_duration_seconds_bucket",
+        "sipwasm_sip_responses_total",
+        "sipwasm_sip_refused_total",
+        "sipwasm_connections_refused_total",
+    ] {
+        assert!(named.contains(needed), "the dashboard shows {needed}");
+    }
+}
+
+/// `--log-format json`: one JSON object a line with the fixed keys; a request's lines
+/// carry its Call-ID — what the routing plugin logs about it (with the plugin's name)
+/// and the core's refusal of it (with its source).
+#[tokio::test]
+async fn json_logs_carry_the_call_id_of_each_request() {
+    let s = Server::standard_with_args(
+        r#"
+[sip]
+router = "router"
+
+[plugins.router]
+path = "{plugins}/call_policy.wasm"
+deadline = "2s"
+[plugins.router.config]
+blocked = ["666"]
+"#,
+        &["--log-format", "json"],
+    );
+    let mut phone = Ua::udp(&s, "jsonlog").await;
+    let (msg, _) = phone.request("MESSAGE", "666", "", "hi");
+    let blocked_call = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("Call-ID: "))
+        .unwrap()
+        .to_string();
+    phone.send(&msg).await;
+    assert_eq!(phone.recv_final().await.status, 403);
+    // A REGISTER with a Path from a peer that is not trusted: refused, logged.
+    let path_call = format!("jsonpath-{}", sipwasm_tests::sip::rand_tag());
+    let via = phone.via();
+    phone
+        .send(&format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+             From: <sip:jsonlog@localhost>;tag=p1\r\nTo: <sip:jsonlog@localhost>\r\n\
+             Call-ID: {path_call}\r\nCSeq: 1 REGISTER\r\nPath: <sip:edge.invalid;lr>\r\n\
+             Supported: path\r\nContact: <{}>\r\nContent-Length: 0\r\n\r\n",
+            phone.contact()
+        ))
+        .await;
+    assert_eq!(phone.recv_final().await.status, 403);
+    assert!(s.wait_for_log("untrusted").await, "{}", s.logs());
+    assert!(s.wait_for_log("blocked MESSAGE").await, "{}", s.logs());
+
+    let logs = s.logs();
+    let mut lines = Vec::new();
+    for l in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"));
+        for key in ["time", "level", "target", "message"] {
+            assert!(v[key].is_string(), "{key} in {l}");
+        }
+        assert!(v["time"].as_str().unwrap().ends_with('Z'), "{l}");
+        lines.push(v);
+    }
+    let plugin_line = lines
+        .iter()
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("blocked MESSAGE to 666")
+        })
+        .expect("the plugin's line");
+    assert_eq!(
+        plugin_line["call-id"],
+        blocked_call.as_str(),
+        "{plugin_line}"
+    );
+    assert_eq!(plugin_line["plugin"], "router", "{plugin_line}");
+    let refusal = lines
+        .iter()
+        .find(|v| v["call-id"] == path_call.as_str())
+        .unwrap_or_else(|| panic!("a line with the refused REGISTER's Call-ID:\n{logs}"));
+    assert_eq!(refusal["level"], "warn", "{refusal}");
+    assert!(
+        refusal["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{refusal}"
+    );
+    assert_eq!(refusal["fields"]["reason"], "untrusted-path", "{refusal}");
+}
+
+/// Checks `v` against an OpenAPI schema (the subset docs/admin-api.json uses: type,
+/// nullable, properties, required, additionalProperties, items, enum, $ref).
+fn conforms(
+    schema: &serde_json::Value,
+    v: &serde_json::Value,
+    doc: &serde_json::Value,
+    at: &str,
+) -> Result<(), String> {
+    use serde_json::Value;
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .ok_or_else(|| format!("{at}: unknown $ref {r}"))?;
+        let target = &doc["components"]["schemas"][name];
+        if target.is_null() {
+            return Err(format!("{at}: $ref {r} names nothing"));
+        }
+        return conforms(target, v, doc, at);
+    }
+    if v.is_null() {
+        return if schema["nullable"] == true || schema["type"].is_null() {
+            Ok(())
+        } else {
+            Err(format!("{at}: null where {schema} is not nullable"))
+        };
+    }
+    let fits = match schema["type"].as_str() {
+        None => true,
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        Some("string") => v.is_string(),
+        Some("boolean") => v.is_boolean(),
+        Some("integer") => v.is_u64() || v.is_i64(),
+        Some("number") => v.is_number(),
+        Some(other) => return Err(format!("{at}: type {other} not supported here")),
+    };
+    if !fits {
+        return Err(format!("{at}: {v} is not {}", schema["type"]));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(v)
+    {
+        return Err(format!("{at}: {v} not in {allowed:?}"));
+    }
+    if let Value::Object(m) = v {
+        let props = schema["properties"].as_object();
+        for req in schema["required"].as_array().into_iter().flatten() {
+            let k = req.as_str().unwrap();
+            if !m.contains_key(k) {
+                return Err(format!("{at}: required {k} missing in {v}"));
+            }
+        }
+        for (k, x) in m {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => conforms(s, x, doc, &format!("{at}.{k}"))?,
+                None => match &schema["additionalProperties"] {
+                    Value::Bool(false) => {
+                        return Err(format!("{at}: {k} is not in the schema"));
+                    }
+                    Value::Object(_) => conforms(
+                        &schema["additionalProperties"],
+                        x,
+                        doc,
+                        &format!("{at}.{k}"),
+                    )?,
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Value::Array(a), false) = (v, schema["items"].is_null()) {
+        for (i, x) in a.iter().enumerate() {
+            conforms(&schema["items"], x, doc, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// docs/admin-api.json describes the control API as it answers: every documented
+/// operation is called on a server with registrations, flows, a dialog and plugins,
+/// and each answer's status is documented for it and its body fits the schema.
+#[tokio::test]
+async fn the_openapi_file_describes_the_real_answers() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join("docs/admin-api.json")).unwrap())
+            .expect("the OpenAPI file is JSON");
+    assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    let s = Server::standard("");
+    let mut alice = Ua::udp(&s, "oalice").await;
+    let mut carol = Ua::ws(&s, "ocarol").await;
+    assert_eq!(carol.register(600).await.status, 200);
+    assert_eq!(alice.register(600).await.status, 200);
+    let (_d, _) = call(&mut alice, &mut carol, "ocarol").await;
+    let (_, reg) = s
+        .api(
+            "GET",
+            "/api/v1/registrations/sip%3Aoalice%40localhost",
+            None,
+        )
+        .await;
+    let alice_id = reg["bindings"][0]["id"].as_u64().unwrap();
+    let mut raw = ws_connect_to(&s).await;
+    options_round_trip(&mut raw, "oapi", "WS", false).await;
+    let (_, flows) = s.api("GET", "/api/v1/flows", None).await;
+    let raw_flow = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["id"].as_u64())
+        .max()
+        .unwrap();
+
+    // (method, documented path, path called, body, status expected).
+    let calls: Vec<(&str, &str, String, Option<&str>, u16)> = vec![
+        ("GET", "/api/v1/status", "/api/v1/status".into(), None, 200),
+        (
+            "GET",
+            "/api/v1/version",
+            "/api/v1/version".into(),
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/registrations",
+            "/api/v1/registrations?prefix=sip%3Ao&limit=1".into(),
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/registrations",
+            "/api/v1/registrations?limit=nope".into(),
+            None,
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/registrations/{aor}",
+            "/api/v1/registrations/sip%3Aocarol%40localhost".into(),
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/registrations/{aor}",
+            "/api/v1/registrations/sip%3Anobody%40localhost".into(),
+            None,
+            404,
+        ),
+        ("GET", "/api/v1/flows", "/api/v1/flows".into(), None, 200),
+        (
+            "GET",
+            "/api/v1/transactions",
+            "/api/v1/transactions".into(),
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/dialogs",
+            "/api/v1/dialogs".into(),
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/plugins",
+            "/api/v1/plugins".into(),
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/plugins/{name}/reload",
+            "/api/v1/plugins/welcome/reload".into(),
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/plugins/{name}/reload",
+            "/api/v1/plugins/nothing/reload".into(),
+            None,
+            404,
+        ),
+        ("GET", "/api/v1/drain", "/api/v1/drain".into(), None, 200),
+        (
+            "POST",
+            "/api/v1/drain",
+            "/api/v1/drain".into(),
+            Some(r#"{"exit":false}"#),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/drain",
+            "/api/v1/drain".into(),
+            Some(r#"{"exit":1}"#),
+            400,
+        ),
+        ("DELETE", "/api/v1/drain", "/api/v1/drain".into(), None, 200),
+        ("POST", "/api/v1/reload", "/api/v1/reload".into(), None, 200),
+        (
+            "POST",
+            "/api/v1/flows/{id}/close",
+            format!("/api/v1/flows/{raw_flow}/close"),
+            Some(r#"{"reason":"openapi"}"#),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/flows/{id}/close",
+            "/api/v1/flows/424242/close".into(),
+            None,
+            404,
+        ),
+        (
+            "DELETE",
+            "/api/v1/registrations/{aor}/bindings/{id}",
+            format!("/api/v1/registrations/sip%3Aoalice%40localhost/bindings/{alice_id}"),
+            None,
+            200,
+        ),
+        (
+            "DELETE",
+            "/api/v1/registrations/{aor}",
+            "/api/v1/registrations/sip%3Aocarol%40localhost".into(),
+            None,
+            200,
+        ),
+        (
+            "DELETE",
+            "/api/v1/registrations/{aor}",
+            "/api/v1/registrations/sip%3Aocarol%40localhost".into(),
+            None,
+            404,
+        ),
+        ("GET", "/flows", "/flows".into(), None, 200),
+        ("GET", "/gateways", "/gateways".into(), None, 200),
+        (
+            "POST",
+            "/plugins/reload",
+            "/plugins/reload".into(),
+            None,
+            200,
+        ),
+    ];
+    let mut covered = std::collections::BTreeSet::new();
+    for (method, template, path, body, want) in &calls {
+        let (status, v) = s.api(method, path, *body).await;
+        assert_eq!(status, *want, "{method} {path}: {v}");
+        let op = &doc["paths"][*template][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {template} is not documented");
+        let mut resp = &op["responses"][status.to_string()];
+        if let Some(r) = resp["$ref"].as_str() {
+            resp = &doc["components"]["responses"][r.rsplit('/').next().unwrap()];
+        }
+        let schema = &resp["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {template}: status {status} has no JSON schema"
+        );
+        conforms(schema, &v, &doc, &format!("{method} {path} {status}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        covered.insert(format!("{method} {template}"));
+    }
+    // The text answers.
+    for (template, ctype) in [("/metrics", "text/plain"), ("/ui/", "text/html")] {
+        let r = s.admin_request("GET", template).await;
+        assert_eq!(r.status, 200, "{template}");
+        assert!(
+            r.header("content-type").unwrap_or("").starts_with(ctype),
+            "{template}"
+        );
+        let op = &doc["paths"][template]["get"]["responses"]["200"]["content"];
+        assert!(op[ctype].is_object(), "{template}: {ctype} documented");
+        covered.insert(format!("GET {template}"));
+    }
+    // Every documented operation was called.
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for m in ["get", "post", "delete", "put", "patch"] {
+            if ops[m].is_object() {
+                documented.insert(format!("{} {path}", m.to_ascii_uppercase()));
+            }
+        }
+    }
+    assert_eq!(
+        documented, covered,
+        "documented operations against those called"
+    );
+}

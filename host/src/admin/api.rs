@@ -162,7 +162,7 @@ pub(crate) async fn route(
         (_, ["plugins"]) => method_not_allowed("GET"),
         ("POST", ["plugins", name, "reload"]) => reload_plugin(state, name).await,
         (_, ["plugins", _, "reload"]) => method_not_allowed("POST"),
-        ("GET", ["drain"]) => json_response(200, &drain_state(state).await),
+        ("GET", ["drain"]) => drain_state(state).await,
         ("POST", ["drain"]) => drain(state, body).await,
         ("DELETE", ["drain"]) => undrain(state).await,
         (_, ["drain"]) => method_not_allowed("GET, POST, DELETE"),
@@ -529,8 +529,14 @@ fn plugins(state: &AdminState) -> Value {
 }
 
 async fn reload_plugin(state: &AdminState, name: &str) -> Response {
-    if state.plugins.slot(name).is_none() {
+    let Some(slot) = state.plugins.slot(name) else {
         return error(404, "no such plugin");
+    };
+    if slot.current().version().source.starts_with("builtin:") {
+        return error(
+            409,
+            "a built-in plugin is part of the binary: nothing to reload",
+        );
     }
     let (plugins, owned) = (state.plugins.clone(), name.to_string());
     let result = tokio::task::spawn_blocking(move || plugins.reload(&owned)).await;
@@ -556,24 +562,25 @@ async fn reload_plugin(state: &AdminState, name: &str) -> Response {
 
 /// The drain state with what is left: transactions at work (not those only absorbing
 /// retransmissions) and dialogs.
-pub(crate) async fn drain_state(state: &AdminState) -> Value {
+async fn drain_state(state: &AdminState) -> Response {
     let d = &state.shared.drain;
-    let (transactions, dialogs) = state
-        .shared
-        .core
-        .call(|core, _| core.in_progress())
-        .await
-        .unwrap_or((usize::MAX, usize::MAX));
-    json!({
-        "draining": d.draining(),
-        "since_unix": d.since(),
-        "exit_when_empty": d.exit_when_empty(),
-        "flows": state.shared.flows.len(),
-        "dialogs": dialogs,
-        "transactions": transactions,
-        "refused_connections": d.refused(),
-        "empty": d.draining() && dialogs == 0 && transactions == 0,
-    })
+    let Some((transactions, dialogs)) = state.shared.core.call(|core, _| core.in_progress()).await
+    else {
+        return error(503, "the SIP core did not answer");
+    };
+    json_response(
+        200,
+        &json!({
+            "draining": d.draining(),
+            "since_unix": d.since(),
+            "exit_when_empty": d.exit_when_empty(),
+            "flows": state.shared.flows.len(),
+            "dialogs": dialogs,
+            "transactions": transactions,
+            "refused_connections": d.refused(),
+            "empty": d.draining() && dialogs == 0 && transactions == 0,
+        }),
+    )
 }
 
 async fn drain(state: &AdminState, body: &[u8]) -> Response {
@@ -582,8 +589,8 @@ async fn drain(state: &AdminState, body: &[u8]) -> Response {
         Err(r) => return r,
     };
     let exit = match body.get("exit") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
         Some(_) => return error(400, "exit: true or false"),
     };
     if state
@@ -597,10 +604,10 @@ async fn drain(state: &AdminState, body: &[u8]) -> Response {
     }
     state.shared.drain.start(exit);
     tracing::warn!(
-        exit,
+        exit = state.shared.drain.exit_when_empty(),
         "draining: new connections and new dialogs are refused, those in progress go on"
     );
-    json_response(200, &drain_state(state).await)
+    drain_state(state).await
 }
 
 async fn undrain(state: &AdminState) -> Response {
@@ -615,7 +622,7 @@ async fn undrain(state: &AdminState) -> Response {
     }
     state.shared.drain.stop();
     tracing::warn!("drain mode off: new connections and dialogs are taken again");
-    json_response(200, &drain_state(state).await)
+    drain_state(state).await
 }
 
 #[cfg(test)]
