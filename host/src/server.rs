@@ -441,6 +441,13 @@ impl Server {
             tokio::spawn(driver::probe_media(Arc::downgrade(&shared.core), engines))
         });
         tokio::spawn(tcp::open_when_asked(shared.clone(), connect_rx));
+        let reloader = crate::admin::reload::Reloader {
+            shared: shared.clone(),
+            plugins: plugins.clone(),
+            config_path: admin_extra.config_path.clone(),
+            config: Arc::new(tokio::sync::Mutex::new(admin_extra.config.clone())),
+            nofile: admin_extra.nofile,
+        };
         if let Some((admin, token, hosts)) = admin {
             let addr = admin.local_addr()?;
             tracing::info!(%addr, "admin API listening: dashboard at /ui/, control API at /api/v1/, metrics at /metrics");
@@ -452,9 +459,7 @@ impl Server {
                     node: admin_extra.node.clone(),
                     started: std::time::SystemTime::now(),
                     started_at: Instant::now(),
-                    config_path: admin_extra.config_path.clone(),
-                    config: Arc::new(tokio::sync::Mutex::new(admin_extra.config.clone())),
-                    nofile: admin_extra.nofile,
+                    reloader: reloader.clone(),
                     server: shared.server_header.clone(),
                     token,
                     hosts,
@@ -463,7 +468,7 @@ impl Server {
             ));
         }
         tokio::spawn(reload_plugins(
-            plugins,
+            reloader,
             watch_interval,
             shared.shutdown.clone(),
         ));
@@ -524,10 +529,11 @@ async fn drained(shared: &Shared) {
     }
 }
 
-/// Reloads plugins on SIGHUP (all of them) and, when watching, whenever a plugin file
-/// changes. Compiling happens on the blocking pool; the old version serves meanwhile.
+/// Reloads the configuration on SIGHUP (as `POST /api/v1/reload`: every plugin, the
+/// limits; what needs a restart is logged) and, when watching, the plugins whose file
+/// changed. Compiling happens on the blocking pool; the old version serves meanwhile.
 async fn reload_plugins(
-    plugins: Plugins,
+    reloader: crate::admin::reload::Reloader,
     watch: Option<Duration>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -547,19 +553,19 @@ async fn reload_plugins(
             _ = tick.tick() => false,
             _ = shutdown.changed() => return,
         };
-        if !all && watch.is_none() {
+        if all {
+            tracing::info!("SIGHUP: reloading the configuration and the plugins");
+            let (status, answer) = crate::admin::reload::reload(&reloader).await;
+            if status != 200 {
+                tracing::error!("SIGHUP reload: {answer}");
+            }
             continue;
         }
-        let plugins = plugins.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if all {
-                tracing::info!("SIGHUP: reloading plugins");
-                plugins.reload_all();
-            } else {
-                plugins.reload_changed();
-            }
-        })
-        .await;
+        if watch.is_none() {
+            continue;
+        }
+        let plugins = reloader.plugins.clone();
+        let _ = tokio::task::spawn_blocking(move || plugins.reload_changed()).await;
     }
 }
 

@@ -589,7 +589,7 @@ async fn ctl_speaks_the_control_api() {
     assert!(err.contains("401"), "{err}");
 }
 
-/// `POST /api/v1/reload` applies new limits at once (a lower
+/// `POST /api/v1/reload` (and SIGHUP) applies new limits at once (a lower
 /// `connections-per-source` refuses the next connection), names what needs a restart,
 /// and a file that does not validate changes nothing (422 naming file and key).
 #[tokio::test]
@@ -654,6 +654,21 @@ async fn reload_applies_limits_and_names_what_needs_a_restart() {
     let (_, v) = s.api("POST", "/api/v1/reload", None).await;
     assert_eq!(v["changed"], serde_json::json!([]), "{v}");
     assert_eq!(v["restart_needed"], serde_json::json!(["sip"]), "{v}");
+    // SIGHUP (`systemctl reload`) does the same.
+    std::fs::write(
+        &s.config_path,
+        config
+            .replace("connections-per-source = 50", "connections-per-source = 2")
+            .replace("[admin]", "[sip]\nmax-contacts = 7\n\n[admin]"),
+    )
+    .unwrap();
+    s.signal("HUP");
+    assert!(
+        s.wait_for_log("configuration reload: limits.connections-per-source: 3 -> 2")
+            .await,
+        "{}",
+        s.logs()
+    );
     drop(held);
 }
 

@@ -166,7 +166,10 @@ pub(crate) async fn route(
         ("POST", ["drain"]) => drain(state, body).await,
         ("DELETE", ["drain"]) => undrain(state).await,
         (_, ["drain"]) => method_not_allowed("GET, POST, DELETE"),
-        ("POST", ["reload"]) => super::reload::reload(state).await,
+        ("POST", ["reload"]) => {
+            let (status, v) = super::reload::reload(&state.reloader).await;
+            json_response(status, &v)
+        }
         (_, ["reload"]) => method_not_allowed("POST"),
         _ => error(404, "no such endpoint (see docs/admin-api.json)"),
     }

@@ -8,7 +8,7 @@
 //! browser tab; the dashboard asks for the token and sends it itself).
 
 mod api;
-mod reload;
+pub(crate) mod reload;
 mod ui;
 
 use std::net::SocketAddr;
@@ -41,12 +41,8 @@ pub(crate) struct AdminState {
     pub started: SystemTime,
     /// The same, monotonic.
     pub started_at: Instant,
-    /// The configuration file, for `POST /api/v1/reload` (none: the embedded default).
-    pub config_path: Option<std::path::PathBuf>,
-    /// The configuration as it runs (reloads change what they apply).
-    pub config: Arc<tokio::sync::Mutex<crate::config::Config>>,
-    /// The open-files limit, for `limits.max-connections = 0` on reload.
-    pub nofile: u64,
+    /// `POST /api/v1/reload` (the same as SIGHUP).
+    pub reloader: reload::Reloader,
     /// `Server` header.
     pub server: String,
     /// The bearer token.

@@ -1,4 +1,4 @@
-//! `POST /api/v1/reload`: reads the configuration file again and applies what can
+//! `POST /api/v1/reload` and SIGHUP: reads the configuration file again and applies what can
 //! change without a restart — every plugin loaded from a file (the routing plugin
 //! included) is compiled again and swapped in, and `limits.rate`, `rate-burst`,
 //! `rate-ban`, `max-connections`, `connections-per-source` and `max-transactions` take
@@ -8,11 +8,26 @@
 
 use serde_json::{Value, json};
 
-use super::AdminState;
-use super::api::json_response;
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::core::limits::RateConfig;
-use crate::http::response::Response;
+use crate::transport::Shared;
+
+/// What a reload reads and changes.
+#[derive(Debug, Clone)]
+pub(crate) struct Reloader {
+    /// The limits and the core it changes.
+    pub shared: Arc<Shared>,
+    /// The plugins it compiles again.
+    pub plugins: crate::plugin::Plugins,
+    /// The configuration file (none: the embedded default).
+    pub config_path: Option<std::path::PathBuf>,
+    /// The configuration as it runs (a reload changes what it applies).
+    pub config: Arc<tokio::sync::Mutex<Config>>,
+    /// The open-files limit, for `limits.max-connections = 0`.
+    pub nofile: u64,
+}
 
 /// The sections (or keys) of `new` that differ from `old` and need a restart.
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
@@ -95,7 +110,9 @@ fn limit_changes(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-pub(crate) async fn reload(state: &AdminState) -> Response {
+/// Reads the file again and applies what can change; the answer's status and body
+/// (logged either way).
+pub(crate) async fn reload(state: &Reloader) -> (u16, Value) {
     let fresh = match &state.config_path {
         Some(path) => {
             let path = path.clone();
@@ -103,9 +120,9 @@ pub(crate) async fn reload(state: &AdminState) -> Response {
                 Ok(Ok(c)) => Some(c),
                 Ok(Err(e)) => {
                     tracing::error!("configuration reload refused, nothing changed: {e}");
-                    return json_response(422, &json!({ "error": e.to_string() }));
+                    return (422, json!({ "error": e.to_string() }));
                 }
-                Err(_) => return json_response(500, &json!({ "error": "the reload task failed" })),
+                Err(_) => return (500, json!({ "error": "the reload task failed" })),
             }
         }
         // The embedded default cannot change; plugins loaded from files still can.
@@ -114,7 +131,7 @@ pub(crate) async fn reload(state: &AdminState) -> Response {
     let plugins = state.plugins.clone();
     let results = match tokio::task::spawn_blocking(move || plugins.reload_all()).await {
         Ok(r) => r,
-        Err(_) => return json_response(500, &json!({ "error": "the reload task failed" })),
+        Err(_) => return (500, json!({ "error": "the reload task failed" })),
     };
     let plugin_results: serde_json::Map<String, Value> = results
         .iter()
@@ -151,7 +168,7 @@ pub(crate) async fn reload(state: &AdminState) -> Response {
                 .await
                 .is_none()
             {
-                return json_response(503, &json!({ "error": "the SIP core did not answer" }));
+                return (503, json!({ "error": "the SIP core did not answer" }));
             }
             // What was applied is now the running configuration; what needs a restart
             // stays as it runs (and is named again at the next reload).
@@ -174,9 +191,9 @@ pub(crate) async fn reload(state: &AdminState) -> Response {
         );
     }
     let status = if plugins_failed { 422 } else { 200 };
-    json_response(
+    (
         status,
-        &json!({
+        json!({
             "plugins": plugin_results,
             "changed": changed,
             "restart_needed": restart,
