@@ -40,7 +40,17 @@ impl Endpoint {
                     .admin
                     .as_ref()
                     .ok_or("the configuration has no [admin] listener: add one, or give --url")?;
-                admin.listen.to_string()
+                // A listener on every address is reached on loopback (and the
+                // `Host` it checks must be an address it has).
+                let mut addr = admin.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                addr.to_string()
             }
         };
         let token = match token {

@@ -7,6 +7,13 @@ use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 /// The drain state shared by the listeners, the admin API and the server's run loop.
 #[derive(Debug, Default)]
 pub struct Drain {
@@ -14,6 +21,8 @@ pub struct Drain {
     /// When draining began (Unix seconds); 0 when not draining.
     since: AtomicU64,
     exit: AtomicBool,
+    /// With `exit`: stop by then (Unix seconds) even if calls are left; 0: no limit.
+    exit_by: AtomicU64,
     /// New connections closed at accept while draining.
     refused: AtomicU64,
     /// Wakes the run loop's watch for the end of the drain.
@@ -22,25 +31,38 @@ pub struct Drain {
 
 impl Drain {
     /// Starts draining (again: keeps the first start time); `exit`: stop the server
-    /// once no dialog or transaction is left (`None`: as asked before, else no).
-    pub fn start(&self, exit: Option<bool>) {
+    /// once no dialog or transaction is left (`None`: as asked before, else no);
+    /// `within`: with `exit`, stop after this many seconds even if calls are left
+    /// (`None`: as asked before, else no limit).
+    pub fn start(&self, exit: Option<bool>, within: Option<u64>) {
+        let now = unix_now();
         if !self.on.swap(true, Relaxed) {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
             self.since.store(now.max(1), Relaxed);
         }
         if let Some(exit) = exit {
             self.exit.store(exit, Relaxed);
         }
+        if let Some(secs) = within {
+            self.exit_by.store(now.saturating_add(secs).max(1), Relaxed);
+        }
         self.changed.notify_waiters();
+    }
+
+    /// When the server stops at the latest when draining to exit (Unix seconds).
+    pub fn exit_by(&self) -> Option<u64> {
+        Some(self.exit_by.load(Relaxed)).filter(|t| *t > 0 && self.exit_when_empty())
+    }
+
+    /// Whether a drain to exit has reached its time limit.
+    pub fn out_of_time(&self) -> bool {
+        self.exit_by().is_some_and(|t| unix_now() >= t)
     }
 
     /// Stops draining: new connections and dialogs are taken again.
     pub fn stop(&self) {
         self.on.store(false, Relaxed);
         self.exit.store(false, Relaxed);
+        self.exit_by.store(0, Relaxed);
         self.since.store(0, Relaxed);
         self.changed.notify_waiters();
     }

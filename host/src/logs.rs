@@ -2,8 +2,8 @@
 //! Every line has `time` (RFC 3339, UTC, microseconds), `level`, `target` and
 //! `message`; `call-id`, `flow`, `source` and `plugin` come at the top level when the
 //! line or a span around it has them (a request's lines carry its Call-ID: the core's
-//! events name it, and the routing plugin runs in a span with it); other fields go
-//! under `fields`.
+//! refusals name it, and so do the routing plugin's lines and failures while it
+//! decides about it); other fields go under `fields`.
 
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -139,6 +139,9 @@ enum CtlCommand {
         /// Stop the server once no dialog or transaction is left.
         #[arg(long)]
         exit: bool,
+        /// With --exit: stop after this many seconds even if calls are left.
+        #[arg(long, requires = "exit", value_name = "SECONDS")]
+        exit_after: Option<u64>,
         /// Wait until drained (or the server stopped), printing what is left.
         #[arg(long)]
         wait: bool,
@@ -146,7 +149,7 @@ enum CtlCommand {
         #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
         timeout: u64,
         /// Leaves drain mode.
-        #[arg(long, conflicts_with_all = ["exit", "wait"])]
+        #[arg(long, conflicts_with_all = ["exit", "wait", "exit_after"])]
         cancel: bool,
     },
     /// Reads the configuration file again and applies what can change without a
@@ -407,10 +410,12 @@ fn ctl_command(args: &CtlArgs, config: &Config) -> ExitCode {
         CtlCommand::Drain { cancel: true, .. } => {
             ("DELETE", "/api/v1/drain".to_string(), None, "drain")
         }
-        CtlCommand::Drain { exit, .. } => (
+        CtlCommand::Drain {
+            exit, exit_after, ..
+        } => (
             "POST",
             "/api/v1/drain".to_string(),
-            Some(serde_json::json!({ "exit": exit })),
+            Some(serde_json::json!({ "exit": exit, "exit_after": exit_after })),
             "drain",
         ),
         CtlCommand::Reload => ("POST", "/api/v1/reload".to_string(), None, "reload"),
@@ -461,6 +466,9 @@ fn wait_drained(
 ) -> ExitCode {
     let deadline = std::time::Instant::now() + timeout;
     let mut last = String::new();
+    // Whether the server was last seen draining to exit: only then is a server that
+    // stopped answering taken as stopped.
+    let mut exiting = false;
     while std::time::Instant::now() < deadline {
         match endpoint.request("GET", "/api/v1/drain", None) {
             Ok((200, v)) => {
@@ -473,6 +481,7 @@ fn wait_drained(
                     print!("{line}");
                     last = line;
                 }
+                exiting = v["exit_when_empty"] == serde_json::Value::Bool(true);
                 if v["empty"] == serde_json::Value::Bool(true)
                     && v["exit_when_empty"] != serde_json::Value::Bool(true)
                 {
@@ -483,8 +492,8 @@ fn wait_drained(
                 eprintln!("sipwasm ctl: {status}: {}", sipwasm::ctl::cell(&v["error"]));
                 return ExitCode::FAILURE;
             }
-            // The server stopped after draining.
-            Err(_) if !last.is_empty() => {
+            // The server stopped after draining, as asked.
+            Err(_) if exiting => {
                 println!("the server has stopped");
                 return ExitCode::SUCCESS;
             }

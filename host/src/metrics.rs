@@ -170,15 +170,18 @@ impl LatencyHistogram {
     /// separated, without braces).
     fn render(&self, out: &mut String, metric: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let mut cumulative = 0;
-        for (le, b) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += b.load(Relaxed);
+        for (le, n) in LATENCY_BUCKETS.iter().zip(&counts) {
+            cumulative += n;
             let _ = writeln!(
                 out,
                 "{metric}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
             );
         }
-        let count = self.count.load(Relaxed);
+        // From the same loads as the buckets: +Inf is never below the last bound
+        // while observations land between the loads.
+        let count: u64 = counts.iter().sum();
         let _ = writeln!(out, "{metric}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
         if labels.is_empty() {
@@ -752,8 +755,8 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP sipwasm_plugin_call_duration_seconds Time plugin calls took (from an \
-             instance being ready to the call's end), by plugin."
+            "# HELP sipwasm_plugin_call_duration_seconds Time plugin calls took (from a \
+             place for the call, an instance made if need be, to the call's end), by plugin."
         );
         let _ = writeln!(out, "# TYPE sipwasm_plugin_call_duration_seconds histogram");
         for (p, h) in self.plugin_time.lock().expect("metrics lock").iter() {

@@ -206,7 +206,24 @@ impl Server {
                 tls,
             });
         }
-        let (store, stored) = Store::open(&data_dir, std::time::Instant::now())?;
+        // A check leaves the location store alone (the server it is to replace may be
+        // writing it): it opens a scratch one, removed at once.
+        let (store, stored) = if check {
+            let scratch = std::env::temp_dir().join(format!(
+                "sipwasm-check-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ));
+            create_private_dir(&scratch)?;
+            let opened = Store::open(&scratch, std::time::Instant::now());
+            let _ = std::fs::remove_dir_all(&scratch);
+            opened?
+        } else {
+            Store::open(&data_dir, std::time::Instant::now())?
+        };
         let sip = &config.sip;
         // Per-source limits spare the trusted peers and `limits.exempt`.
         let exempt = crate::core::peers::TrustedPeers::new(
@@ -516,11 +533,14 @@ impl Server {
 async fn drained(shared: &Shared) {
     loop {
         let d = &shared.drain;
-        if d.draining()
-            && d.exit_when_empty()
-            && shared.core.call(|core, _| core.in_progress()).await == Some((0, 0))
-        {
-            return;
+        if d.draining() && d.exit_when_empty() {
+            if d.out_of_time() {
+                tracing::warn!("drain time limit reached with calls left: stopping as asked");
+                return;
+            }
+            if shared.core.call(|core, now| core.in_progress(now)).await == Some((0, 0)) {
+                return;
+            }
         }
         tokio::select! {
             () = d.changed() => {}

@@ -1278,3 +1278,59 @@ async fn the_openapi_file_describes_the_real_answers() {
         "documented operations against those called"
     );
 }
+
+/// A drain to exit with a time limit stops the server at the limit even with a call
+/// up (an end that never hangs up must not hold a restart for ever).
+#[tokio::test]
+async fn a_drain_to_exit_stops_at_its_time_limit() {
+    let mut s = Server::standard("");
+    let mut alice = Ua::udp(&s, "talice").await;
+    let mut carol = Ua::udp(&s, "tcarol").await;
+    assert_eq!(carol.register(600).await.status, 200);
+    let _call = call(&mut alice, &mut carol, "tcarol").await;
+    let (status, v) = s
+        .api(
+            "POST",
+            "/api/v1/drain",
+            Some(r#"{"exit":true,"exit_after":1}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["dialogs"], 1, "{v}");
+    assert!(v["exit_by_unix"].as_u64().is_some(), "{v}");
+    let status = s
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit at the time limit:\n{}", s.logs()));
+    assert!(status.success(), "{status}");
+    assert!(
+        s.logs().contains("drain time limit reached"),
+        "{}",
+        s.logs()
+    );
+}
+
+/// `sipwasm ctl` reaches an admin listener on every address (0.0.0.0) by loopback.
+#[tokio::test]
+async fn ctl_reaches_a_listener_on_every_address() {
+    let s = Server::start(
+        r#"
+[server]
+domains = ["localhost"]
+data-dir = "{data}"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{sip}"
+
+[admin]
+listen = "0.0.0.0:{admin}"
+token = "0123456789abcdef0123456789abcdef-ctl"
+
+[sip]
+open-registration = true
+"#,
+    );
+    let (ok, out, err) = ctl(&s, &["status"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("sipwasm "), "{out}");
+}

@@ -42,9 +42,9 @@ fn method_not_allowed(allow: &str) -> Response {
     r
 }
 
-/// Decodes `%XX` escapes (and `+` as a space in query values); `None` when an escape
-/// is malformed or the result is not UTF-8.
-pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+/// Decodes `%XX` escapes (`+` stays: a space is `%20`); `None` when an escape is
+/// malformed or the result is not UTF-8.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -54,10 +54,6 @@ pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
                 let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
             }
             b => {
                 out.push(b);
@@ -76,7 +72,8 @@ fn query(target: &str) -> Result<BTreeMap<String, String>, Response> {
     };
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match (percent_decode(k, true), percent_decode(v, true)) {
+        // `+` stays `+` (an E.164 number in an AoR); a space is %20.
+        match (percent_decode(k), percent_decode(v)) {
             (Some(k), Some(v)) => {
                 out.insert(k, v);
             }
@@ -129,7 +126,7 @@ pub(crate) async fn route(
     let segments: Vec<String> = match path
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| percent_decode(s, false))
+        .map(percent_decode)
         .collect::<Option<Vec<_>>>()
     {
         Some(s) => s,
@@ -361,14 +358,19 @@ async fn remove(state: &AdminState, aor: &str, id: Option<u64>) -> Response {
     }
 }
 
-/// Flows as listed (the dashboard's table and `sipwasm ctl flows`).
-pub(crate) fn flows_value(state: &AdminState) -> Value {
+/// Flows as listed (the dashboard's table and `sipwasm ctl flows`): those of
+/// `transport` if given, by id, at most `limit`, and how many there are.
+fn flows_value(state: &AdminState, transport: Option<&str>, limit: usize) -> Value {
     let now = SystemTime::now();
-    let list: Vec<Value> = state
-        .shared
-        .flows
-        .list_with_counts()
+    let all = state.shared.flows.list_with_counts();
+    let selected: Vec<_> = all
         .iter()
+        .filter(|(f, _)| transport.is_none_or(|t| f.transport.via_token().eq_ignore_ascii_case(t)))
+        .collect();
+    let total = selected.len();
+    let list: Vec<Value> = selected
+        .iter()
+        .take(limit)
         .map(|(f, ctl)| {
             use std::sync::atomic::Ordering::Relaxed;
             let identity: serde_json::Map<String, Value> = f
@@ -393,21 +395,18 @@ pub(crate) fn flows_value(state: &AdminState) -> Value {
             })
         })
         .collect();
-    json!({ "flows": list })
+    json!({ "total": total, "truncated": list.len() < total, "flows": list })
 }
 
 fn flows(state: &AdminState, q: &BTreeMap<String, String>) -> Response {
-    let mut v = flows_value(state);
-    if let Some(t) = q.get("transport")
-        && let Some(Value::Array(list)) = v.get_mut("flows")
-    {
-        list.retain(|f| {
-            f["transport"]
-                .as_str()
-                .is_some_and(|x| x.eq_ignore_ascii_case(t))
-        });
-    }
-    json_response(200, &v)
+    let limit = match limit_of(q) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    json_response(
+        200,
+        &flows_value(state, q.get("transport").map(String::as_str), limit),
+    )
 }
 
 fn close_flow(state: &AdminState, id: &str, body: &[u8]) -> Response {
@@ -567,7 +566,11 @@ async fn reload_plugin(state: &AdminState, name: &str) -> Response {
 /// retransmissions) and dialogs.
 async fn drain_state(state: &AdminState) -> Response {
     let d = &state.shared.drain;
-    let Some((transactions, dialogs)) = state.shared.core.call(|core, _| core.in_progress()).await
+    let Some((transactions, dialogs)) = state
+        .shared
+        .core
+        .call(|core, now| core.in_progress(now))
+        .await
     else {
         return error(503, "the SIP core did not answer");
     };
@@ -577,6 +580,7 @@ async fn drain_state(state: &AdminState) -> Response {
             "draining": d.draining(),
             "since_unix": d.since(),
             "exit_when_empty": d.exit_when_empty(),
+        "exit_by_unix": d.exit_by(),
             "flows": state.shared.flows.len(),
             "dialogs": dialogs,
             "transactions": transactions,
@@ -596,6 +600,13 @@ async fn drain(state: &AdminState, body: &[u8]) -> Response {
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return error(400, "exit: true or false"),
     };
+    let within = match body.get("exit_after") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(s) => Some(s),
+            None => return error(400, "exit_after: whole seconds"),
+        },
+    };
     if state
         .shared
         .core
@@ -605,7 +616,7 @@ async fn drain(state: &AdminState, body: &[u8]) -> Response {
     {
         return error(503, "the SIP core did not answer");
     }
-    state.shared.drain.start(exit);
+    state.shared.drain.start(exit, within);
     tracing::warn!(
         exit = state.shared.drain.exit_when_empty(),
         "draining: new connections and new dialogs are refused, those in progress go on"
@@ -635,20 +646,20 @@ mod tests {
     #[test]
     fn percent_decoding() {
         assert_eq!(
-            percent_decode("sip%3Aalice%40example.com", false).as_deref(),
+            percent_decode("sip%3Aalice%40example.com").as_deref(),
             Some("sip:alice@example.com")
         );
-        assert_eq!(percent_decode("a+b", true).as_deref(), Some("a b"));
-        assert_eq!(percent_decode("a+b", false).as_deref(), Some("a+b"));
-        assert_eq!(percent_decode("%zz", false), None);
-        assert_eq!(percent_decode("%4", false), None);
-        assert_eq!(percent_decode("%ff", false), None);
+        assert_eq!(percent_decode("a+b%20c").as_deref(), Some("a+b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
     }
 
     #[test]
     fn queries() {
-        let q = query("/x?aor=sip%3Aa%40b&limit=5&&flag").unwrap();
-        assert_eq!(q.get("aor").map(String::as_str), Some("sip:a@b"));
+        let q = query("/x?aor=sip%3A%2B1%40b&prefix=sip:+44&limit=5&&flag").unwrap();
+        assert_eq!(q.get("prefix").map(String::as_str), Some("sip:+44"));
+        assert_eq!(q.get("aor").map(String::as_str), Some("sip:+1@b"));
         assert_eq!(q.get("limit").map(String::as_str), Some("5"));
         assert_eq!(q.get("flag").map(String::as_str), Some(""));
         assert_eq!(limit_of(&q).unwrap(), 5);

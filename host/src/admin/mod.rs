@@ -93,12 +93,17 @@ fn bearer_ok(headers: &[(String, String)], token: &str) -> bool {
         })
 }
 
+/// Admin connections served at once; past it a new one is closed at accept (a
+/// management listener needs no more, and a flood of them must not hold memory).
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 /// Serves the admin API until shutdown.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: AdminState,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -106,8 +111,15 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "admin connection closed at accept: {MAX_ADMIN_CONNECTIONS} served already");
+                    continue;
+                };
                 let state = state.clone();
-                tokio::spawn(async move { handle(stream, peer, &state).await });
+                tokio::spawn(async move {
+                    handle(stream, peer, &state).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!("admin accept failed: {e}");

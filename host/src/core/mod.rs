@@ -649,6 +649,8 @@ pub struct Core {
     dialogs: operate::Dialogs,
     /// Drain mode: new dialogs are refused ([`Core::set_draining`]).
     draining: bool,
+    /// The flow of the response being handled, for the dialog its 2xx confirms.
+    answering_flow: Option<FlowId>,
 }
 
 /// Most UDP addresses remembered as reachable ([`Core::udp_verified`]); past it new
@@ -729,6 +731,7 @@ impl Core {
             finals: Vec::new(),
             dialogs: operate::Dialogs::default(),
             draining: false,
+            answering_flow: None,
         }
     }
 
@@ -846,6 +849,7 @@ impl Core {
         if let Some(q) = self.query.take() {
             self.wait_for_route(now, q);
         }
+        self.age_out_dialogs(now);
         match input {
             Input::Message(incoming) => {
                 let Incoming {
@@ -859,7 +863,11 @@ impl Core {
                 }
                 match message {
                     Message::Request(req) => self.on_request(now, source, req, identity),
-                    Message::Response(resp) => self.on_response(now, &source, resp),
+                    Message::Response(resp) => {
+                        self.answering_flow = source.flow;
+                        self.on_response(now, &source, resp);
+                        self.answering_flow = None;
+                    }
                 }
             }
             Input::FlowClosed(flow) => {
@@ -1168,6 +1176,11 @@ impl Core {
                 reason,
                 headers,
             } => {
+                if status != 403 {
+                    // A BYE answered here (its callee's flow is gone: 430, 481): its
+                    // dialog is over all the same. A refused one (403) ends nothing.
+                    self.dialog_bye(&req);
+                }
                 let bytes = self.response_bytes(&req, status, reason.as_deref(), &headers);
                 self.record_final(operate::method_label(&req.method), status, Duration::ZERO);
                 self.send(source.reply_target(), bytes);

@@ -17,8 +17,24 @@ use crate::sip::{HeaderName, Method, Request, Response};
 /// How long a dialog that never saw its BYE is counted.
 pub const DIALOG_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 
-/// Most dialogs counted at once; past it new ones are not listed (calls go on).
-pub const MAX_DIALOGS: usize = 1_000_000;
+/// Most dialogs counted at once; past it new ones are not counted (calls go on).
+pub const MAX_DIALOGS: usize = 250_000;
+
+/// Most final answers kept for the driver between two of its turns.
+const FINALS_MAX: usize = 65_536;
+
+/// Keeps the `limit` smallest of `v` (oldest start, then lowest id), in order.
+fn oldest(v: &mut Vec<(Instant, u64)>, limit: usize) {
+    if v.len() > limit {
+        if limit == 0 {
+            v.clear();
+            return;
+        }
+        v.select_nth_unstable(limit - 1);
+        v.truncate(limit);
+    }
+    v.sort_unstable();
+}
 
 /// Retry-After (seconds) of the 503 that answers a new dialog while draining.
 pub const DRAIN_RETRY: u32 = 30;
@@ -101,19 +117,38 @@ struct Dialog {
     caller: String,
     callee: String,
     started: Instant,
-    /// The flow the INVITE came on, if any.
-    flow: Option<FlowId>,
+    /// The flows of its ends, when they came over one (caller, callee).
+    flows: [Option<FlowId>; 2],
 }
 
-/// Dialogs in flight by (Call-ID, the two tags in sorted order).
+/// Most bytes kept of each of a dialog's strings (a client chooses them).
+const DIALOG_FIELD_MAX: usize = 256;
+
+/// `s` cut to [`DIALOG_FIELD_MAX`] bytes at a character boundary.
+fn bounded(s: &str) -> String {
+    let mut end = s.len().min(DIALOG_FIELD_MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+type DialogKey = (String, String, String);
+
+/// Dialogs in flight by (Call-ID, the two tags in sorted order), with the order they
+/// started in (to age them out) and the flows they ride on (to end them with a flow).
 #[derive(Debug, Default)]
 pub(crate) struct Dialogs {
-    map: HashMap<(String, String, String), Dialog>,
+    map: HashMap<DialogKey, Dialog>,
+    /// (started, key) in the order they started; entries of dialogs that ended are
+    /// skipped when they come up.
+    order: std::collections::VecDeque<(Instant, DialogKey)>,
+    by_flow: HashMap<FlowId, Vec<DialogKey>>,
 }
 
-fn dialog_key(call_id: &str, a: &str, b: &str) -> (String, String, String) {
+fn dialog_key(call_id: &str, a: &str, b: &str) -> DialogKey {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
-    (call_id.to_string(), x.to_string(), y.to_string())
+    (bounded(call_id), bounded(x), bounded(y))
 }
 
 impl Dialogs {
@@ -122,47 +157,90 @@ impl Dialogs {
         self.map.len()
     }
 
-    /// Records the dialog a 2xx to `invite` (received from `source`) confirms.
-    fn confirmed(&mut self, invite: &Request, source: &Source, resp: &Response, now: Instant) {
+    /// Entries kept in the start order, ended ones included until they are dropped
+    /// (tests check it stays bounded).
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Forgets the dialogs older than [`DIALOG_MAX_AGE`] (an end vanished without a
+    /// BYE): cheap when there are none.
+    fn age_out(&mut self, now: Instant) {
+        while let Some(&(started, _)) = self.order.front() {
+            if now.saturating_duration_since(started) < DIALOG_MAX_AGE {
+                break;
+            }
+            let (_, key) = self.order.pop_front().expect("front");
+            if self.map.get(&key).is_some_and(|d| d.started == started) {
+                self.remove(&key);
+            }
+        }
+        if self.map.is_empty() {
+            self.order.clear();
+        }
+    }
+
+    fn remove(&mut self, key: &DialogKey) {
+        // Entries of ended dialogs are dropped from `order` once they are most of it
+        // (amortized: at most once per as many removals as there are entries).
+        if self.order.len() > 2 * self.map.len() + 1024 {
+            let map = &self.map;
+            self.order
+                .retain(|(t, k)| map.get(k).is_some_and(|d| d.started == *t));
+        }
+        if let Some(d) = self.map.remove(key) {
+            for f in d.flows.into_iter().flatten() {
+                if let Some(keys) = self.by_flow.get_mut(&f) {
+                    keys.retain(|k| k != key);
+                    if keys.is_empty() {
+                        self.by_flow.remove(&f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the dialog a 2xx to `invite` (received from `source`) confirms; the
+    /// 2xx came from `callee_flow`.
+    fn confirmed(
+        &mut self,
+        invite: &Request,
+        source: &Source,
+        resp: &Response,
+        callee_flow: Option<FlowId>,
+        now: Instant,
+    ) {
         let (Some(call_id), Some(from_tag), Some(to_tag)) =
             (invite.call_id(), invite.tag_of_from(), resp.tag_of_to())
         else {
             return;
         };
+        self.age_out(now);
         let key = dialog_key(call_id, from_tag, to_tag);
-        if self.map.contains_key(&key) {
+        if self.map.contains_key(&key) || self.map.len() >= MAX_DIALOGS {
             return;
         }
-        if self.map.len() >= MAX_DIALOGS {
-            self.map
-                .retain(|_, d| now.saturating_duration_since(d.started) < DIALOG_MAX_AGE);
-            if self.map.len() >= MAX_DIALOGS {
-                return;
-            }
-        }
-        let uri = |h: &HeaderName| {
-            invite
-                .headers
-                .get(h)
+        let uri = |h: &HeaderName, from: &crate::sip::Headers| {
+            from.get(h)
                 .and_then(|v| crate::sip::typed::NameAddr::parse(v).ok())
-                .map(|n| n.uri.to_string())
+                .map(|n| bounded(&n.uri.to_string()))
                 .unwrap_or_default()
         };
-        let callee = resp
-            .headers
-            .get(&HeaderName::Contact)
-            .and_then(|v| crate::sip::typed::NameAddr::parse(v).ok())
-            .map(|n| n.uri.to_string())
-            .unwrap_or_default();
+        let flows = [source.flow, callee_flow];
+        for f in flows.iter().flatten() {
+            self.by_flow.entry(*f).or_default().push(key.clone());
+        }
+        self.order.push_back((now, key.clone()));
         self.map.insert(
             key,
             Dialog {
-                from: uri(&HeaderName::From),
-                to: uri(&HeaderName::To),
+                from: uri(&HeaderName::From, &invite.headers),
+                to: uri(&HeaderName::To, &invite.headers),
                 caller: source.remote.to_string(),
-                callee,
+                callee: uri(&HeaderName::Contact, &resp.headers),
                 started: now,
-                flow: source.flow,
+                flows,
             },
         );
     }
@@ -172,34 +250,37 @@ impl Dialogs {
         if let (Some(call_id), Some(a), Some(b)) =
             (bye.call_id(), bye.tag_of_from(), bye.tag_of_to())
         {
-            self.map.remove(&dialog_key(call_id, a, b));
+            self.remove(&dialog_key(call_id, a, b));
         }
     }
 
-    /// The dialogs whose caller came on `flow` end with it.
+    /// The dialogs of which an end came on `flow` end with it.
     fn flow_closed(&mut self, flow: FlowId) {
-        if !self.map.is_empty() {
-            self.map.retain(|_, d| d.flow != Some(flow));
+        if let Some(keys) = self.by_flow.remove(&flow) {
+            for k in keys {
+                self.remove(&k);
+            }
         }
     }
 
     fn list(&self, now: Instant, limit: usize) -> Vec<DialogSummary> {
-        let mut out: Vec<DialogSummary> = self
-            .map
+        // The oldest first: the front of `order` (skipping those that ended).
+        self.order
             .iter()
-            .filter(|(_, d)| now.saturating_duration_since(d.started) < DIALOG_MAX_AGE)
-            .map(|((call_id, _, _), d)| DialogSummary {
-                call_id: call_id.clone(),
-                from: d.from.clone(),
-                to: d.to.clone(),
-                caller: d.caller.clone(),
-                callee: d.callee.clone(),
-                age: now.saturating_duration_since(d.started),
+            .filter(|(started, key)| self.map.get(key).is_some_and(|d| d.started == *started))
+            .take(limit)
+            .map(|(_, key)| {
+                let d = &self.map[key];
+                DialogSummary {
+                    call_id: key.0.clone(),
+                    from: d.from.clone(),
+                    to: d.to.clone(),
+                    caller: d.caller.clone(),
+                    callee: d.callee.clone(),
+                    age: now.saturating_duration_since(d.started),
+                }
             })
-            .collect();
-        out.sort_by(|a, b| b.age.cmp(&a.age).then_with(|| a.call_id.cmp(&b.call_id)));
-        out.truncate(limit);
-        out
+            .collect()
     }
 }
 
@@ -216,11 +297,15 @@ impl Core {
     /// Records a request's final answer for the metrics ([`Core::take_finals`]).
     pub(super) fn record_final(&mut self, method: &'static str, status: u16, elapsed: Duration) {
         if status >= 200 {
-            self.finals.push(Final {
-                method,
-                status,
-                elapsed,
-            });
+            // Bounded for a core whose finals no one takes (benchmarks, fuzzing); the
+            // driver takes them after every turn.
+            if self.finals.len() < FINALS_MAX {
+                self.finals.push(Final {
+                    method,
+                    status,
+                    elapsed,
+                });
+            }
         }
     }
 
@@ -236,7 +321,8 @@ impl Core {
             && st.request.method == Method::Invite
             && (200..300).contains(&resp.status)
         {
-            self.dialogs.confirmed(&st.request, &st.source, resp, now);
+            self.dialogs
+                .confirmed(&st.request, &st.source, resp, self.answering_flow, now);
         }
     }
 
@@ -247,15 +333,23 @@ impl Core {
         }
     }
 
-    /// A flow closed: the dialogs whose caller came on it end.
+    /// Forgets the dialogs past [`DIALOG_MAX_AGE`] (at every input: cheap).
+    pub(super) fn age_out_dialogs(&mut self, now: Instant) {
+        self.dialogs.age_out(now);
+    }
+
+    /// A flow closed: the dialogs of which an end came on it end.
     pub(super) fn dialog_flow_closed(&mut self, flow: FlowId) {
         self.dialogs.flow_closed(flow);
     }
 
     /// Transactions still at work (a request without its final answer, either side;
     /// not those only absorbing retransmissions) and dialogs: what a drain waits for.
-    pub fn in_progress(&self) -> (usize, usize) {
+    /// Gateway probes are not counted (they are the server's own, and start again
+    /// every few seconds).
+    pub fn in_progress(&mut self, now: Instant) -> (usize, usize) {
         use super::transaction::{ClientState, ServerState};
+        self.dialogs.age_out(now);
         let servers = self
             .servers
             .iter()
@@ -264,7 +358,10 @@ impl Core {
         let clients = self
             .clients
             .iter()
-            .filter(|(_, ct)| matches!(ct.state, ClientState::Calling | ClientState::Proceeding))
+            .filter(|(id, ct)| {
+                matches!(ct.state, ClientState::Calling | ClientState::Proceeding)
+                    && !self.probes.contains_key(id)
+            })
             .count();
         (servers + clients, self.dialogs.len())
     }
@@ -282,10 +379,23 @@ impl Core {
     /// The transactions in flight, server ones (oldest first) then client ones, at
     /// most `limit`.
     pub fn transactions(&self, now: Instant, limit: usize) -> Vec<TxSummary> {
-        let mut servers: Vec<TxSummary> = self
+        // Ordered by start and id, cut to `limit`, before any string is made.
+        let mut server_refs: Vec<(Instant, u64)> = self
             .servers
             .iter()
-            .map(|(_, st)| TxSummary {
+            .map(|(id, st)| (st.started, *id))
+            .collect();
+        oldest(&mut server_refs, limit);
+        let mut client_refs: Vec<(Instant, u64)> = self
+            .clients
+            .iter()
+            .map(|(id, ct)| (ct.started, *id))
+            .collect();
+        oldest(&mut client_refs, limit.saturating_sub(server_refs.len()));
+        let mut servers: Vec<TxSummary> = server_refs
+            .iter()
+            .filter_map(|(_, id)| self.servers.get(*id))
+            .map(|st| TxSummary {
                 id: st.id,
                 kind: "server",
                 method: st.request.method.as_str().to_string(),
@@ -295,11 +405,10 @@ impl Core {
                 peer: st.source.remote.to_string(),
             })
             .collect();
-        servers.sort_by(|a, b| b.age.cmp(&a.age).then(a.id.cmp(&b.id)));
-        let mut clients: Vec<TxSummary> = self
-            .clients
+        let clients = client_refs
             .iter()
-            .map(|(_, ct)| TxSummary {
+            .filter_map(|(_, id)| self.clients.get(*id))
+            .map(|ct| TxSummary {
                 id: ct.id,
                 kind: "client",
                 method: ct.request.method.as_str().to_string(),
@@ -307,11 +416,8 @@ impl Core {
                 state: format!("{:?}", ct.state),
                 age: now.saturating_duration_since(ct.started),
                 peer: ct.target.describe(),
-            })
-            .collect();
-        clients.sort_by(|a, b| b.age.cmp(&a.age).then(a.id.cmp(&b.id)));
+            });
         servers.extend(clients);
-        servers.truncate(limit);
         servers
     }
 
@@ -331,8 +437,14 @@ impl Core {
                 .filter(|(aor, _)| filter.prefix.as_deref().is_none_or(|p| aor.starts_with(p)))
                 .collect(),
         };
-        aors.sort_by(|a, b| a.0.cmp(b.0));
         let total = aors.iter().map(|(_, b)| b.len()).sum();
+        // The first `limit` AoRs in order (each has a binding at least), found in
+        // linear time: a listing of a large registrar sorts only what it shows.
+        if aors.len() > limit {
+            aors.select_nth_unstable_by(limit, |a, b| a.0.cmp(b.0));
+            aors.truncate(limit);
+        }
+        aors.sort_by(|a, b| a.0.cmp(b.0));
         let mut left = limit;
         let mut out = Vec::new();
         for (aor, bindings) in aors {

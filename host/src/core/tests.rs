@@ -3441,6 +3441,15 @@ mod gateway_sets {
     }
 
     #[test]
+    fn probes_in_flight_are_not_work_a_drain_waits_for() {
+        let mut sim = Sim::with_gateways(vec![pstn(&[7001, 7002], true)]);
+        let out = sim.advance(Duration::from_millis(10));
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(sim.core.stats().client_transactions, 2);
+        assert_eq!(sim.core.in_progress(sim.now), (0, 0));
+    }
+
+    #[test]
     fn a_probe_answer_from_elsewhere_counts_for_nothing() {
         let mut sim = Sim::with_gateways(vec![pstn(&[7001], true)]);
         for _ in 0..4 {
@@ -4217,6 +4226,61 @@ mod operate {
     }
 
     #[test]
+    fn a_dialog_ends_with_its_callees_flow_and_ages_out_without_a_bye() {
+        let mut sim = Sim::new();
+        sim.register_ws("wendy", 5);
+        let out = sim.feed(udp_phone(), &invite_from_udp("wendy", "opc"));
+        let fwd = out
+            .iter()
+            .find_map(|(t, m)| match m {
+                Message::Request(r) if *t == Target::Flow(5) => Some(r.clone()),
+                _ => None,
+            })
+            .expect("the INVITE to the browser");
+        sim.feed(browser(5), &answer(&fwd, 200, ""));
+        assert_eq!(sim.core.dialog_count(), 1);
+        sim.core.handle(sim.now, Input::FlowClosed(5));
+        assert_eq!(sim.core.dialog_count(), 0, "the callee's flow closed");
+        // A phone-to-phone call whose BYE never comes: counted 12 hours at most.
+        sim.register_udp("carol");
+        answered_call(&mut sim, Duration::ZERO);
+        assert_eq!(sim.core.dialog_count(), 1);
+        sim.advance(super::super::operate::DIALOG_MAX_AGE);
+        assert_eq!(sim.core.in_progress(sim.now).1, 0);
+    }
+
+    #[test]
+    fn ended_dialogs_leave_nothing_behind() {
+        let mut sim = Sim::new();
+        sim.register_udp("carol");
+        for i in 0..3000 {
+            let call = CALL
+                .replace("op1", &format!("opn{i}"))
+                .replace("z9hG4bKop1", &format!("z9hG4bKopn{i}"));
+            let out = sim.feed(browser(9), &call);
+            let fwd = request(&out[1].1).clone();
+            sim.feed(
+                udp_phone(),
+                &answer(&fwd, 200, "Contact: <sip:carol@127.0.0.1:5070>\r\n"),
+            );
+            let rr = record_route(&fwd);
+            let bye = format!(
+                "BYE sip:alice@a9.invalid;transport=ws;ob SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKopb{i};rport\r\n\
+                 Max-Forwards: 70\r\nRoute: {}\r\nRoute: {}\r\nFrom: <sip:carol@localhost>;tag=callee\r\n\
+                 To: <sip:alice@localhost>;tag=a\r\nCall-ID: opn{i}\r\nCSeq: 1 BYE\r\n\r\n",
+                rr[0], rr[1]
+            );
+            sim.feed(udp_phone(), &bye);
+        }
+        assert_eq!(sim.core.dialog_count(), 0);
+        assert!(
+            sim.core.dialogs.kept() <= 1024 + 1,
+            "{}",
+            sim.core.dialogs.kept()
+        );
+    }
+
+    #[test]
     fn a_dialog_ends_with_its_callers_flow() {
         let mut sim = Sim::new();
         sim.register_udp("carol");
@@ -4224,6 +4288,17 @@ mod operate {
         assert_eq!(sim.core.dialog_count(), 1);
         sim.core.handle(sim.now, Input::FlowClosed(9));
         assert_eq!(sim.core.dialog_count(), 0);
+    }
+
+    #[test]
+    fn a_call_being_set_up_is_work_a_drain_waits_for() {
+        let mut sim = Sim::new();
+        sim.register_udp("carol");
+        assert_eq!(sim.core.in_progress(sim.now), (0, 0));
+        let out = sim.feed(browser(9), CALL);
+        assert_eq!(out.len(), 2, "{out:?}");
+        // The INVITE's server and client transactions, no answer yet.
+        assert_eq!(sim.core.in_progress(sim.now), (2, 0));
     }
 
     #[test]

@@ -794,12 +794,6 @@ fn ask_router(core: &mut Core, router: &Router, outlet: &Outlet, cell: &Weak<Cor
         identity,
         proven_user,
     };
-    // What the plugin logs, and its failures, name the request.
-    let span = {
-        use crate::sip::message::Essentials as _;
-        tracing::info_span!("route", call_id = q.request.call_id().unwrap_or(""))
-    };
-    let _in_span = span.enter();
     match router.plugin.decide_in_place(q.source, q.request, flow) {
         Ok(decision) => core.route(std::time::Instant::now(), id, decision),
         Err(deferred) => {
@@ -815,7 +809,7 @@ fn ask_router(core: &mut Core, router: &Router, outlet: &Outlet, cell: &Weak<Cor
                     cell.submit(Input::Routed { id, decision }, None).await;
                 }
             };
-            tokio::spawn(tracing::Instrument::instrument(routed, span.clone()));
+            tokio::spawn(routed);
         }
     }
 }

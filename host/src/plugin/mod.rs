@@ -182,6 +182,15 @@ pub struct Version {
     pub loaded: std::time::SystemTime,
 }
 
+/// The Call-ID header of a request as a plugin sees it.
+pub(crate) fn sip_call_id(request: &bindings::SipRequest) -> Option<&str> {
+    request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Call-ID"))
+        .map(|(_, v)| v.as_str())
+}
+
 /// One loaded plugin.
 pub struct Plugin {
     shared: Arc<PluginShared>,
@@ -322,6 +331,17 @@ impl Plugin {
         what: &str,
         source: Option<std::net::IpAddr>,
     ) {
+        self.report_failure_of(failure, what, source, None);
+    }
+
+    /// [`Self::report_failure`] for a call about the SIP request with `call_id`.
+    pub(crate) fn report_failure_of(
+        &self,
+        failure: &PluginFailure,
+        what: &str,
+        source: Option<std::net::IpAddr>,
+        call_id: Option<&str>,
+    ) {
         self.metrics.plugin_failure(self.name(), failure.cause());
         let ip = source.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
         if !self
@@ -336,6 +356,7 @@ impl Plugin {
             plugin = self.name(),
             cause = failure.cause(),
             source = ?source,
+            call_id = call_id.unwrap_or(""),
             "plugin failed on {what}: {failure}; policy {:?} (logged at most once a minute per cause and source)",
             self.failure
         );
@@ -410,11 +431,13 @@ impl Plugin {
         };
         store.data_mut().digest_request = Some(facts.clone());
         store.data_mut().media_choice = None;
+        store.data().output.set_call_id(sip_call_id(request));
         let result = within(
             self.deadline + self.grace,
             exports.call_on_sip_request(&mut *store, request),
         )
         .await;
+        store.data().output.set_call_id(None);
         store.data_mut().digest_request = None;
         let media = store.data_mut().media_choice.take();
         self.end(instance, result).map(|d| (d, media))

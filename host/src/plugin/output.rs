@@ -41,6 +41,8 @@ struct SinkState {
     partial_out: Vec<u8>,
     partial_err: Vec<u8>,
     last_err: Option<String>,
+    /// The Call-ID of the SIP request the call is about, for its lines.
+    call_id: Option<String>,
 }
 
 /// The level of a log line.
@@ -84,6 +86,12 @@ impl LogSink {
                 self.emit_output(&mut s, stream, &rest);
             }
         }
+    }
+
+    /// The Call-ID of the SIP request this call is about (`None` after it): the
+    /// plugin's lines carry it.
+    pub(crate) fn set_call_id(&self, call_id: Option<&str>) {
+        self.lock().call_id = call_id.map(str::to_string);
     }
 
     /// The last line the guest wrote to stderr in this call, if any.
@@ -149,12 +157,20 @@ impl LogSink {
         }
         let msg = cut(message);
         // Debug formatting escapes control characters: a plugin cannot forge log lines.
+        macro_rules! line {
+            ($mac:ident) => {
+                match &s.call_id {
+                    Some(call_id) => tracing::$mac!(plugin, call_id = %call_id, "{msg:?}"),
+                    None => tracing::$mac!(plugin, "{msg:?}"),
+                }
+            };
+        }
         match level {
-            LineLevel::Trace => tracing::trace!(plugin, "{msg:?}"),
-            LineLevel::Debug => tracing::debug!(plugin, "{msg:?}"),
-            LineLevel::Info => tracing::info!(plugin, "{msg:?}"),
-            LineLevel::Warn => tracing::warn!(plugin, "{msg:?}"),
-            LineLevel::Error => tracing::error!(plugin, "{msg:?}"),
+            LineLevel::Trace => line!(trace),
+            LineLevel::Debug => line!(debug),
+            LineLevel::Info => line!(info),
+            LineLevel::Warn => line!(warn),
+            LineLevel::Error => line!(error),
         }
     }
 }

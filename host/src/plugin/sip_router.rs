@@ -110,8 +110,12 @@ impl RouteCall {
 
     /// The failure policy's decision for a call that failed.
     fn failed(&self, failure: &PluginFailure) -> RouteDecision {
-        self.plugin
-            .report_failure(failure, "a SIP request", Some(self.peer));
+        self.plugin.report_failure_of(
+            failure,
+            "a SIP request",
+            Some(self.peer),
+            super::sip_call_id(&self.request),
+        );
         match (self.plugin.failure_policy(), failure.retry_after()) {
             (FailurePolicy::Closed, Some(secs)) => RouteDecision::Reply {
                 status: 503,

@@ -57,6 +57,9 @@ pub(crate) async fn serve_stream<S>(
     };
     let guard = shared.flows.register(info, tx);
     let ctl = guard.ctl();
+    // One future for the flow's life (see the WebSocket flow).
+    let closed = ctl.closed();
+    tokio::pin!(closed);
     if let Some(name) = outgoing {
         shared
             .core
@@ -83,7 +86,7 @@ pub(crate) async fn serve_stream<S>(
             // run of writes reading gets a turn (as for WebSocket flows).
             biased;
             _ = shutdown.changed() => break,
-            reason = ctl.closed() => {
+            reason = &mut closed => {
                 tracing::info!(flow = id, peer = %remote, reason = %reason, "flow closed by the operator");
                 break;
             }

@@ -346,6 +346,10 @@ async fn run_flow<S>(
     }
     let guard = shared.flows.register(info, tx);
     let ctl = guard.ctl();
+    // One future for the flow's life (a new one per turn would take the Notify's
+    // lock twice per message).
+    let closed = ctl.closed();
+    tokio::pin!(closed);
     shared.metrics.ws_upgrade();
 
     let mut shutdown = shared.shutdown.clone();
@@ -365,7 +369,7 @@ async fn run_flow<S>(
             // to still reads its client's answers).
             biased;
             _ = shutdown.changed() => Wake::Shutdown,
-            reason = ctl.closed() => Wake::Closed(reason),
+            reason = &mut closed => Wake::Closed(reason),
             o = rx.recv(), if writes < WRITES_IN_A_ROW => Wake::Out(o),
             m = ws.next() => Wake::In(m),
             () = std::future::ready(()), if writes >= WRITES_IN_A_ROW => Wake::NothingToRead,

@@ -16,7 +16,7 @@
   const ENDPOINTS = [
     "/api/v1/status",
     "/api/v1/registrations?limit=500",
-    "/api/v1/flows",
+    "/api/v1/flows?limit=500",
     "/api/v1/plugins",
     "/api/v1/dialogs?limit=200",
     "/api/v1/drain",
@@ -328,6 +328,7 @@
 
   function renderFlows(data) {
     const list = data.flows || [];
+    T.flows.total = data.total;
     const ids = new Set(list.map((f) => String(f.id)));
     for (const id of closing) if (!ids.has(id)) closing.delete(id);
     for (const tr of T.flows.body.rows) tr.classList.toggle("closing", closing.has(tr.dataset.key));
@@ -789,7 +790,7 @@
 
     $("drain-start").addEventListener("click", (ev) => {
       if (!confirm("Drain this server? New connections and new dialogs will be refused; those in progress go on.")) return;
-      act(ev.currentTarget, () => api("POST", "/api/v1/drain", { exit: false }), () => "draining");
+      act(ev.currentTarget, () => api("POST", "/api/v1/drain", {}), () => "draining");
     });
     $("drain-stop").addEventListener("click", (ev) => {
       act(ev.currentTarget, () => api("DELETE", "/api/v1/drain"), () => "drain mode off");
