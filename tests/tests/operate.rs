@@ -118,6 +118,22 @@ fn aor_segment(user: &str) -> String {
     format!("sip%3A{user}%40localhost")
 }
 
+/// A WebSocket flow that carried SIP (an OPTIONS and its 200), and its id: the
+/// newest flow the control API lists.
+async fn raw_flow(s: &Server, branch: &str) -> (Ws<tokio::net::TcpStream>, u64) {
+    let mut raw = ws_connect_to(s).await;
+    options_round_trip(&mut raw, branch, "WS", false).await;
+    let (_, flows) = s.api("GET", "/api/v1/flows", None).await;
+    let id = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["id"].as_u64())
+        .max()
+        .unwrap();
+    (raw, id)
+}
+
 /// The one binding a registration answer lists.
 fn only_binding(v: &serde_json::Value) -> &serde_json::Value {
     let b = v["bindings"].as_array().expect("bindings");
@@ -309,16 +325,7 @@ async fn the_control_api_lists_removes_and_closes() {
 
     // A flow closed with a reason: the client reads it in a 1000 close frame, and its
     // binding goes with the flow.
-    let mut raw = ws_connect_to(&s).await;
-    options_round_trip(&mut raw, "opsclose", "WS", false).await;
-    let (_, flows) = s.api("GET", "/api/v1/flows", None).await;
-    let newest = flows["flows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|f| f["id"].as_u64())
-        .max()
-        .unwrap();
+    let (mut raw, newest) = raw_flow(&s, "opsclose").await;
     let (status, closed) = s
         .api(
             "POST",
@@ -1086,16 +1093,7 @@ async fn the_openapi_file_describes_the_real_answers() {
         )
         .await;
     let alice_id = reg["bindings"][0]["id"].as_u64().unwrap();
-    let mut raw = ws_connect_to(&s).await;
-    options_round_trip(&mut raw, "oapi", "WS", false).await;
-    let (_, flows) = s.api("GET", "/api/v1/flows", None).await;
-    let raw_flow = flows["flows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|f| f["id"].as_u64())
-        .max()
-        .unwrap();
+    let (_raw, raw_flow) = raw_flow(&s, "oapi").await;
 
     // (method, documented path, path called, body, status expected).
     let calls: Vec<(&str, &str, String, Option<&str>, u16)> = vec![

@@ -111,6 +111,20 @@ fn unix(t: SystemTime) -> u64 {
         .as_secs()
 }
 
+/// Runs `f` on the core in its turn ([`crate::driver::CoreCell::call`]); 503 when the
+/// core did not answer (it panicked on the way).
+async fn in_core<R: Send + 'static>(
+    state: &AdminState,
+    f: impl FnOnce(&mut crate::core::Core, std::time::Instant) -> R + Send + 'static,
+) -> Result<R, Response> {
+    state
+        .shared
+        .core
+        .call(f)
+        .await
+        .ok_or_else(|| error(503, "the SIP core did not answer"))
+}
+
 /// Answers `/api/v1/…` (`path` without the prefix).
 pub(crate) async fn route(
     method: &str,
@@ -239,6 +253,44 @@ fn binding_json(state: &AdminState, b: &Binding, remaining: u64) -> Value {
     })
 }
 
+/// A registration's bindings with their seconds left.
+type Listed = Vec<(String, Vec<(Binding, u64)>)>;
+
+/// The bindings `filter` selects (at most `limit`) with their seconds left, read in
+/// the core's turn, and how many it selects in all.
+async fn selected(
+    state: &AdminState,
+    filter: BindingFilter,
+    limit: usize,
+) -> Result<(usize, Listed), Response> {
+    in_core(state, move |core, now| {
+        let (total, list) = core.registrations(&filter, limit);
+        let list = list
+            .into_iter()
+            .map(|(aor, bs)| {
+                let bs = bs
+                    .into_iter()
+                    .map(|b| {
+                        let left = b.remaining(now);
+                        (b, left)
+                    })
+                    .collect();
+                (aor, bs)
+            })
+            .collect();
+        (total, list)
+    })
+    .await
+}
+
+/// A registration as listed.
+fn registration_json(state: &AdminState, aor: &str, bs: &[(Binding, u64)]) -> Value {
+    json!({
+        "aor": aor,
+        "bindings": bs.iter().map(|(b, left)| binding_json(state, b, *left)).collect::<Vec<_>>(),
+    })
+}
+
 async fn registrations(state: &AdminState, q: &BTreeMap<String, String>) -> Response {
     let limit = match limit_of(q) {
         Ok(l) => l,
@@ -257,39 +309,14 @@ async fn registrations(state: &AdminState, q: &BTreeMap<String, String>) -> Resp
             &json!({ "total": 0, "truncated": false, "registrations": [] }),
         );
     }
-    let Some((total, list)) = state
-        .shared
-        .core
-        .call(move |core, now| {
-            let (total, list) = core.registrations(&filter, limit);
-            let list: Vec<(String, Vec<(Binding, u64)>)> = list
-                .into_iter()
-                .map(|(aor, bs)| {
-                    let bs = bs
-                        .into_iter()
-                        .map(|b| {
-                            let left = b.remaining(now);
-                            (b, left)
-                        })
-                        .collect();
-                    (aor, bs)
-                })
-                .collect();
-            (total, list)
-        })
-        .await
-    else {
-        return error(503, "the SIP core did not answer");
+    let (total, list) = match selected(state, filter, limit).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let shown: usize = list.iter().map(|(_, b)| b.len()).sum();
     let regs: Vec<Value> = list
         .iter()
-        .map(|(aor, bs)| {
-            json!({
-                "aor": aor,
-                "bindings": bs.iter().map(|(b, left)| binding_json(state, b, *left)).collect::<Vec<_>>(),
-            })
-        })
+        .map(|(aor, bs)| registration_json(state, aor, bs))
         .collect();
     json_response(
         200,
@@ -302,56 +329,31 @@ async fn registration(state: &AdminState, aor: &str) -> Response {
         aor: Some(aor.to_string()),
         prefix: None,
     };
-    let found = state
-        .shared
-        .core
-        .call(move |core, now| {
-            core.registrations(&filter, MAX_LIMIT)
-                .1
-                .into_iter()
-                .next()
-                .map(|(aor, bs)| {
-                    let bs: Vec<(Binding, u64)> = bs
-                        .into_iter()
-                        .map(|b| {
-                            let left = b.remaining(now);
-                            (b, left)
-                        })
-                        .collect();
-                    (aor, bs)
-                })
-        })
-        .await;
-    match found {
-        None => error(503, "the SIP core did not answer"),
-        Some(None) => error(404, "no bindings for this address-of-record here"),
-        Some(Some((aor, bs))) => json_response(
-            200,
-            &json!({
-                "aor": aor,
-                "bindings": bs.iter().map(|(b, left)| binding_json(state, b, *left)).collect::<Vec<_>>(),
-            }),
-        ),
+    match selected(state, filter, MAX_LIMIT).await {
+        Err(r) => r,
+        Ok((_, list)) => match list.first() {
+            None => error(404, "no bindings for this address-of-record here"),
+            Some((aor, bs)) => json_response(200, &registration_json(state, aor, bs)),
+        },
     }
 }
 
 async fn remove(state: &AdminState, aor: &str, id: Option<u64>) -> Response {
     let aor_owned = aor.to_string();
-    let removed = state
-        .shared
-        .core
-        .call(move |core, now| core.remove_bindings(now, &aor_owned, id))
-        .await;
-    match removed {
-        None => error(503, "the SIP core did not answer"),
-        Some(0) => error(
+    match in_core(state, move |core, now| {
+        core.remove_bindings(now, &aor_owned, id)
+    })
+    .await
+    {
+        Err(r) => r,
+        Ok(0) => error(
             404,
             match id {
                 Some(_) => "no such binding of this address-of-record here",
                 None => "no bindings for this address-of-record here",
             },
         ),
-        Some(n) => {
+        Ok(n) => {
             tracing::info!(aor, binding = ?id, removed = n, "bindings removed by the operator");
             json_response(200, &json!({ "removed": n }))
         }
@@ -440,13 +442,13 @@ async fn transactions(state: &AdminState, q: &BTreeMap<String, String>) -> Respo
         Ok(l) => l,
         Err(r) => return r,
     };
-    let Some((stats, list)) = state
-        .shared
-        .core
-        .call(move |core, now| (core.stats(), core.transactions(now, limit)))
-        .await
-    else {
-        return error(503, "the SIP core did not answer");
+    let (stats, list) = match in_core(state, move |core, now| {
+        (core.stats(), core.transactions(now, limit))
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let list: Vec<Value> = list
         .iter()
@@ -478,13 +480,13 @@ async fn dialogs(state: &AdminState, q: &BTreeMap<String, String>) -> Response {
         Ok(l) => l,
         Err(r) => return r,
     };
-    let Some((count, list)) = state
-        .shared
-        .core
-        .call(move |core, now| (core.dialog_count(), core.dialogs(now, limit)))
-        .await
-    else {
-        return error(503, "the SIP core did not answer");
+    let (count, list) = match in_core(state, move |core, now| {
+        (core.dialog_count(), core.dialogs(now, limit))
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let list: Vec<Value> = list
         .iter()
@@ -566,13 +568,9 @@ async fn reload_plugin(state: &AdminState, name: &str) -> Response {
 /// retransmissions) and dialogs.
 async fn drain_state(state: &AdminState) -> Response {
     let d = &state.shared.drain;
-    let Some((transactions, dialogs)) = state
-        .shared
-        .core
-        .call(|core, now| core.in_progress(now))
-        .await
-    else {
-        return error(503, "the SIP core did not answer");
+    let (transactions, dialogs) = match in_core(state, |core, now| core.in_progress(now)).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     json_response(
         200,
@@ -607,14 +605,8 @@ async fn drain(state: &AdminState, body: &[u8]) -> Response {
             None => return error(400, "exit_after: whole seconds"),
         },
     };
-    if state
-        .shared
-        .core
-        .call(|core, _| core.set_draining(true))
-        .await
-        .is_none()
-    {
-        return error(503, "the SIP core did not answer");
+    if let Err(r) = in_core(state, |core, _| core.set_draining(true)).await {
+        return r;
     }
     state.shared.drain.start(exit, within);
     tracing::warn!(
@@ -625,14 +617,8 @@ async fn drain(state: &AdminState, body: &[u8]) -> Response {
 }
 
 async fn undrain(state: &AdminState) -> Response {
-    if state
-        .shared
-        .core
-        .call(|core, _| core.set_draining(false))
-        .await
-        .is_none()
-    {
-        return error(503, "the SIP core did not answer");
+    if let Err(r) = in_core(state, |core, _| core.set_draining(false)).await {
+        return r;
     }
     state.shared.drain.stop();
     tracing::warn!("drain mode off: new connections and dialogs are taken again");
