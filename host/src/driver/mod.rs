@@ -459,14 +459,14 @@ impl Driven {
         while let Some(event) = self.core.poll_event() {
             match event {
                 Event::BindingSaved(b) => {
-                    tracing::debug!(aor = %b.aor, contact = %b.contact, "binding saved");
+                    tracing::debug!(aor = %b.aor, contact = %b.contact, call_id = %b.call_id, "binding saved");
                     self.store.saved(&b, std::time::Instant::now());
                     if let Some(r) = &self.router {
                         r.view.set(&b.aor, self.core.bindings(&b.aor));
                     }
                 }
                 Event::BindingRemoved(b) => {
-                    tracing::debug!(aor = %b.aor, contact = %b.contact, "binding removed");
+                    tracing::debug!(aor = %b.aor, contact = %b.contact, call_id = %b.call_id, "binding removed");
                     self.store.removed(&b);
                     if let Some(r) = &self.router {
                         r.view.set(&b.aor, self.core.bindings(&b.aor));
@@ -794,10 +794,18 @@ fn ask_router(core: &mut Core, router: &Router, outlet: &Outlet, cell: &Weak<Cor
         identity,
         proven_user,
     };
+    let deferred_call_id = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        use crate::sip::message::Essentials as _;
+        q.request.call_id().unwrap_or("").to_string()
+    });
     match router.plugin.decide_in_place(q.source, q.request, flow) {
         Ok(decision) => core.route(std::time::Instant::now(), id, decision),
         Err(deferred) => {
-            tracing::debug!(id, "routing call deferred");
+            tracing::debug!(
+                id,
+                call_id = deferred_call_id.as_deref().unwrap_or(""),
+                "routing call deferred"
+            );
             core.route_later(std::time::Instant::now(), id);
             let in_place = router.plugin.in_place().clone();
             let cell = cell.clone();
