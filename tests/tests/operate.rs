@@ -1332,3 +1332,51 @@ open-registration = true
     assert!(ok, "{err}");
     assert!(out.starts_with("sipwasm "), "{out}");
 }
+
+/// Routing changes without a restart: the routing plugin's settings (its blocked
+/// list) edited in the file and reloaded take effect for the next request; a plugin
+/// added to the file needs a restart and is named so.
+#[tokio::test]
+async fn a_reload_applies_the_routing_plugins_new_settings() {
+    let s = Server::standard(
+        r#"
+[sip]
+router = "router"
+
+[plugins.router]
+path = "{plugins}/call_policy.wasm"
+deadline = "2s"
+[plugins.router.config]
+blocked = ["666"]
+"#,
+    );
+    let mut phone = Ua::udp(&s, "rphone").await;
+    let status_to = async |phone: &mut Ua, user: &str| {
+        let (msg, _) = phone.request("MESSAGE", user, "", "hi");
+        phone.send(&msg).await;
+        phone.recv_final().await.status
+    };
+    assert_eq!(status_to(&mut phone, "666").await, 403);
+    assert_eq!(status_to(&mut phone, "777").await, 404);
+    let config = std::fs::read_to_string(&s.config_path).unwrap();
+    std::fs::write(
+        &s.config_path,
+        config.replace("blocked = [\"666\"]", "blocked = [\"777\"]")
+            + "\n[plugins.extra]\nbuiltin = \"welcome\"\n",
+    )
+    .unwrap();
+    let (status, v) = s.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["changed"],
+        serde_json::json!(["plugins.router: new settings"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["restart_needed"],
+        serde_json::json!(["plugins.extra"]),
+        "{v}"
+    );
+    assert_eq!(status_to(&mut phone, "666").await, 404, "no longer blocked");
+    assert_eq!(status_to(&mut phone, "777").await, 403, "blocked now");
+}

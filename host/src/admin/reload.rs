@@ -1,6 +1,8 @@
 //! `POST /api/v1/reload` and SIGHUP: reads the configuration file again and applies what can
 //! change without a restart — every plugin loaded from a file (the routing plugin
-//! included) is compiled again and swapped in, and `limits.rate`, `rate-burst`,
+//! included) is compiled again and swapped in, a plugin whose settings changed
+//! (`[plugins.NAME]`, its `config` table: a router's blocked list or relay prefixes)
+//! is built again with them, and `limits.rate`, `rate-burst`,
 //! `rate-ban`, `max-connections`, `connections-per-source` and `max-transactions` take
 //! their new values. Any other change is named in `restart_needed` and left alone
 //! until the next start; a file that does not validate changes nothing (422, its error
@@ -55,7 +57,6 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ol.ws_partial_timeout != nl.ws_partial_timeout,
     );
     check("limits.exempt", differ(&ol.exempt, &nl.exempt));
-    check("plugins", differ(&old.plugins, &new.plugins));
     check(
         "plugin-runtime",
         differ(&old.plugin_runtime, &new.plugin_runtime),
@@ -128,11 +129,31 @@ pub(crate) async fn reload(state: &Reloader) -> (u16, Value) {
         // The embedded default cannot change; plugins loaded from files still can.
         None => None,
     };
+    // New settings first (those plugins are built with them), then every plugin file
+    // read again.
     let plugins = state.plugins.clone();
-    let results = match tokio::task::spawn_blocking(move || plugins.reload_all()).await {
-        Ok(r) => r,
-        Err(_) => return (500, json!({ "error": "the reload task failed" })),
+    let new_plugins = fresh.as_ref().map(|c| c.plugins.clone());
+    let compiled = tokio::task::spawn_blocking(move || {
+        let (rebuilt, restart) = match &new_plugins {
+            Some(p) => plugins.reconfigure(p),
+            None => (Vec::new(), Vec::new()),
+        };
+        (rebuilt, restart, plugins.reload_all())
+    })
+    .await;
+    let Ok((rebuilt, plugin_restart, mut results)) = compiled else {
+        return (500, json!({ "error": "the reload task failed" }));
     };
+    for (name, outcome) in &rebuilt {
+        match results.iter_mut().find(|(n, _)| n == name) {
+            Some(r) => {
+                if outcome.is_err() {
+                    r.1 = outcome.clone();
+                }
+            }
+            None => results.push((name.clone(), outcome.clone())),
+        }
+    }
     let plugin_results: serde_json::Map<String, Value> = results
         .iter()
         .map(|(name, r)| {
@@ -148,8 +169,20 @@ pub(crate) async fn reload(state: &Reloader) -> (u16, Value) {
         None => (Vec::new(), Vec::new()),
         Some(new) => {
             let mut running = state.config.lock().await;
-            let changed = limit_changes(&running, &new);
-            let restart = restart_needed(&running, &new);
+            let mut changed = limit_changes(&running, &new);
+            let mut restart: Vec<String> = restart_needed(&running, &new)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            restart.extend(plugin_restart.iter().map(|n| format!("plugins.{n}")));
+            for (name, outcome) in &rebuilt {
+                if outcome.is_ok()
+                    && let Some(cfg) = new.plugins.get(name)
+                {
+                    changed.push(format!("plugins.{name}: new settings"));
+                    running.plugins.insert(name.clone(), cfg.clone());
+                }
+            }
             let l = &new.limits;
             state.shared.gate.reconfigure(RateConfig {
                 per_second: l.rate,

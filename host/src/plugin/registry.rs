@@ -98,9 +98,16 @@ struct Inner {
     router: Option<String>,
     metrics: Arc<Metrics>,
     epoch_tick: std::time::Duration,
-    configs: HashMap<String, crate::config::PluginConfig>,
+    /// Each plugin's settings; a configuration reload replaces them
+    /// ([`Plugins::reconfigure`]).
+    configs: std::sync::RwLock<HashMap<String, crate::config::PluginConfig>>,
+    /// The largest `memory-limit` the engine was built for.
+    max_memory: usize,
     slots: HashMap<String, Arc<PluginSlot>>,
 }
+
+/// Per plugin, whether it was built (or why not).
+pub(crate) type Outcomes = Vec<(String, Result<(), String>)>;
 
 /// Every configured plugin, by name, with the engine that runs them.
 #[derive(Clone)]
@@ -205,11 +212,14 @@ impl Plugins {
             router: config.sip.router.clone(),
             metrics,
             epoch_tick: config.plugin_runtime.epoch_tick,
-            configs: config
-                .plugins
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            configs: std::sync::RwLock::new(
+                config
+                    .plugins
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            max_memory,
             slots: HashMap::new(),
         };
         for (name, cfg) in &config.plugins {
@@ -300,9 +310,88 @@ impl Plugins {
         Ok(())
     }
 
+    /// Applies new settings of configured plugins (a configuration reload): each
+    /// plugin whose `[plugins.NAME]` changed but not its component (`path` /
+    /// `builtin`) is built again with them and swapped in (its old version and
+    /// settings stay when that fails). Returns those rebuilt with the outcome, and the
+    /// names whose change needs a restart (added, removed, another component, a
+    /// memory limit past what the engine was built for).
+    pub fn reconfigure(
+        &self,
+        new: &std::collections::BTreeMap<String, crate::config::PluginConfig>,
+    ) -> (Outcomes, Vec<String>) {
+        let old = self
+            .inner
+            .configs
+            .read()
+            .expect("plugin configs lock")
+            .clone();
+        let mut rebuilt = Vec::new();
+        let mut restart: Vec<String> = old
+            .keys()
+            .filter(|n| !new.contains_key(*n))
+            .chain(new.keys().filter(|n| !old.contains_key(*n)))
+            .cloned()
+            .collect();
+        for (name, cfg) in new {
+            let Some(was) = old.get(name) else { continue };
+            if format!("{was:?}") == format!("{cfg:?}") {
+                continue;
+            }
+            if was.path != cfg.path
+                || was.builtin != cfg.builtin
+                || was.keys != cfg.keys
+                || cfg.memory_limit > self.inner.max_memory
+            {
+                restart.push(name.clone());
+                continue;
+            }
+            self.inner
+                .configs
+                .write()
+                .expect("plugin configs lock")
+                .insert(name.clone(), cfg.clone());
+            let outcome = self.rebuild(name).map_err(|e| format!("{e:#}"));
+            if let Err(e) = &outcome {
+                tracing::error!(
+                    plugin = name.as_str(),
+                    "new settings rejected, the old version and settings stay: {e}"
+                );
+                self.inner
+                    .configs
+                    .write()
+                    .expect("plugin configs lock")
+                    .insert(name.clone(), was.clone());
+            } else {
+                tracing::info!(
+                    plugin = name.as_str(),
+                    "plugin rebuilt with its new settings"
+                );
+            }
+            rebuilt.push((name.clone(), outcome));
+        }
+        restart.sort();
+        (rebuilt, restart)
+    }
+
+    /// Builds plugin `name` again from its component (a file read again, or the
+    /// builtin) with its current settings and swaps it in.
+    fn rebuild(&self, name: &str) -> anyhow::Result<()> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| anyhow::anyhow!("no plugin named {name}"))?;
+        let plugin = self.inner.compile(name, &slot.source, Some(slot.world))?;
+        let old = std::mem::replace(
+            &mut *slot.current.write().expect("plugin slot lock"),
+            Arc::new(plugin),
+        );
+        old.clear_idle();
+        Ok(())
+    }
+
     /// Reloads every plugin loaded from a file (SIGHUP, the admin API). Failures are
     /// logged; the old versions stay.
-    pub fn reload_all(&self) -> Vec<(String, Result<(), String>)> {
+    pub fn reload_all(&self) -> Outcomes {
         let mut out = Vec::new();
         for (name, slot) in &self.inner.slots {
             if matches!(slot.source, ComponentSource::File(_)) {
@@ -418,7 +507,14 @@ impl Inner {
             world = world.name(),
             "plugin loaded"
         );
-        let cfg = self.configs.get(name).expect("configured plugin");
+        let cfg = self
+            .configs
+            .read()
+            .expect("plugin configs lock")
+            .get(name)
+            .cloned()
+            .expect("configured plugin");
+        let cfg = &cfg;
         let hash = {
             use sha2::Digest;
             let digest = sha2::Sha256::digest(&bytes);
