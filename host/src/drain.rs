@@ -41,6 +41,10 @@ impl Drain {
         }
         if let Some(exit) = exit {
             self.exit.store(exit, Relaxed);
+            if !exit {
+                // A later exit starts without an earlier time limit.
+                self.exit_by.store(0, Relaxed);
+            }
         }
         if let Some(secs) = within {
             self.exit_by.store(now.saturating_add(secs).max(1), Relaxed);

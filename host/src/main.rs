@@ -469,9 +469,11 @@ fn wait_drained(
     // Whether the server was last seen draining to exit: only then is a server that
     // stopped answering taken as stopped.
     let mut exiting = false;
+    let mut failures = 0;
     while std::time::Instant::now() < deadline {
         match endpoint.request("GET", "/api/v1/drain", None) {
             Ok((200, v)) => {
+                failures = 0;
                 let line = if json {
                     format!("{v}\n")
                 } else {
@@ -492,14 +494,20 @@ fn wait_drained(
                 eprintln!("sipwasm ctl: {status}: {}", sipwasm::ctl::cell(&v["error"]));
                 return ExitCode::FAILURE;
             }
-            // The server stopped after draining, as asked.
-            Err(_) if exiting => {
+            // The server stopped after draining, as asked: nothing listens any more.
+            Err(e) if exiting && e.contains("Connection refused") => {
                 println!("the server has stopped");
                 return ExitCode::SUCCESS;
             }
+            // Another failure (the listener busy, a slow answer) is tried again.
             Err(e) => {
-                eprintln!("sipwasm ctl: {e}");
-                return ExitCode::FAILURE;
+                failures += 1;
+                if failures >= 5 {
+                    eprintln!("sipwasm ctl: {e}");
+                    return ExitCode::FAILURE;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                continue;
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(250));

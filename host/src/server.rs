@@ -464,6 +464,7 @@ impl Server {
             config_path: admin_extra.config_path.clone(),
             config: Arc::new(tokio::sync::Mutex::new(admin_extra.config.clone())),
             nofile: admin_extra.nofile,
+            serial: Arc::new(tokio::sync::Mutex::new(())),
         };
         if let Some((admin, token, hosts)) = admin {
             let addr = admin.local_addr()?;
@@ -584,6 +585,7 @@ async fn reload_plugins(
         if watch.is_none() {
             continue;
         }
+        let _one_at_a_time = reloader.serial.lock().await;
         let plugins = reloader.plugins.clone();
         let _ = tokio::task::spawn_blocking(move || plugins.reload_changed()).await;
     }

@@ -177,8 +177,12 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: &AdminState) {
         route(&req.head.method, path, &req.head.target, &req.body, state).await
     };
     let bytes = resp.serialize(&state.server, SystemTime::now(), false, false, false);
-    let _ = stream.write_all(&bytes).await;
-    let _ = stream.shutdown().await;
+    // A client that does not read gives its place back all the same.
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// The answer to an admitted request.

@@ -29,6 +29,9 @@ pub(crate) struct Reloader {
     pub config: Arc<tokio::sync::Mutex<Config>>,
     /// The open-files limit, for `limits.max-connections = 0`.
     pub nofile: u64,
+    /// One reload at a time (the API, SIGHUP and the plugin file watch): each
+    /// reads, compiles and commits without another in between.
+    pub serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The sections (or keys) of `new` that differ from `old` and need a restart.
@@ -114,6 +117,7 @@ fn limit_changes(old: &Config, new: &Config) -> Vec<String> {
 /// Reads the file again and applies what can change; the answer's status and body
 /// (logged either way).
 pub(crate) async fn reload(state: &Reloader) -> (u16, Value) {
+    let _one_at_a_time = state.serial.lock().await;
     let fresh = match &state.config_path {
         Some(path) => {
             let path = path.clone();

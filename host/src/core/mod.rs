@@ -1176,9 +1176,10 @@ impl Core {
                 reason,
                 headers,
             } => {
-                if status != 403 {
-                    // A BYE answered here (its callee's flow is gone: 430, 481): its
-                    // dialog is over all the same. A refused one (403) ends nothing.
+                if status == 430 {
+                    // A BYE whose signed route held but whose other end's flow is gone
+                    // (430): its dialog is over all the same. Any other answer here
+                    // (a refusal, a loop, the plugin's) ends nothing.
                     self.dialog_bye(&req);
                 }
                 let bytes = self.response_bytes(&req, status, reason.as_deref(), &headers);

@@ -18,7 +18,7 @@ use crate::sip::{HeaderName, Method, Request, Response};
 pub const DIALOG_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 
 /// Most dialogs counted at once; past it new ones are not counted (calls go on).
-pub const MAX_DIALOGS: usize = 250_000;
+pub const MAX_DIALOGS: usize = 100_000;
 
 /// Most final answers kept for the driver between two of its turns.
 const FINALS_MAX: usize = 65_536;
@@ -112,6 +112,8 @@ pub struct DialogSummary {
 /// A dialog as kept.
 #[derive(Debug, Clone)]
 struct Dialog {
+    /// Its key in [`Dialogs::ids`].
+    key: DialogKey,
     from: String,
     to: String,
     caller: String,
@@ -122,7 +124,7 @@ struct Dialog {
 }
 
 /// Most bytes kept of each of a dialog's strings (a client chooses them).
-const DIALOG_FIELD_MAX: usize = 256;
+const DIALOG_FIELD_MAX: usize = 128;
 
 /// `s` cut to [`DIALOG_FIELD_MAX`] bytes at a character boundary.
 fn bounded(s: &str) -> String {
@@ -133,17 +135,21 @@ fn bounded(s: &str) -> String {
     s[..end].to_string()
 }
 
+/// Call-ID and the two tags in sorted order.
 type DialogKey = (String, String, String);
 
-/// Dialogs in flight by (Call-ID, the two tags in sorted order), with the order they
-/// started in (to age them out) and the flows they ride on (to end them with a flow).
+/// Dialogs in flight, each under an id: found by Call-ID and tags, by the flows of
+/// their ends (to end them with a flow), and in the order they started (to age them
+/// out). Each dialog's strings are kept once.
 #[derive(Debug, Default)]
 pub(crate) struct Dialogs {
-    map: HashMap<DialogKey, Dialog>,
-    /// (started, key) in the order they started; entries of dialogs that ended are
-    /// skipped when they come up.
-    order: std::collections::VecDeque<(Instant, DialogKey)>,
-    by_flow: HashMap<FlowId, Vec<DialogKey>>,
+    ids: HashMap<DialogKey, u64>,
+    by_id: HashMap<u64, Dialog>,
+    /// (started, id) in the order they started; ids of dialogs that ended are
+    /// skipped when they come up, and dropped once they are most of the queue.
+    order: std::collections::VecDeque<(Instant, u64)>,
+    by_flow: HashMap<FlowId, std::collections::HashSet<u64>>,
+    next_id: u64,
 }
 
 fn dialog_key(call_id: &str, a: &str, b: &str) -> DialogKey {
@@ -154,7 +160,7 @@ fn dialog_key(call_id: &str, a: &str, b: &str) -> DialogKey {
 impl Dialogs {
     /// How many are counted.
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.by_id.len()
     }
 
     /// Entries kept in the start order, ended ones included until they are dropped
@@ -167,37 +173,36 @@ impl Dialogs {
     /// Forgets the dialogs older than [`DIALOG_MAX_AGE`] (an end vanished without a
     /// BYE): cheap when there are none.
     fn age_out(&mut self, now: Instant) {
-        while let Some(&(started, _)) = self.order.front() {
+        while let Some(&(started, id)) = self.order.front() {
             if now.saturating_duration_since(started) < DIALOG_MAX_AGE {
                 break;
             }
-            let (_, key) = self.order.pop_front().expect("front");
-            if self.map.get(&key).is_some_and(|d| d.started == started) {
-                self.remove(&key);
-            }
+            self.order.pop_front();
+            self.remove(id);
         }
-        if self.map.is_empty() {
+        if self.by_id.is_empty() {
             self.order.clear();
         }
     }
 
-    fn remove(&mut self, key: &DialogKey) {
-        // Entries of ended dialogs are dropped from `order` once they are most of it
-        // (amortized: at most once per as many removals as there are entries).
-        if self.order.len() > 2 * self.map.len() + 1024 {
-            let map = &self.map;
-            self.order
-                .retain(|(t, k)| map.get(k).is_some_and(|d| d.started == *t));
-        }
-        if let Some(d) = self.map.remove(key) {
-            for f in d.flows.into_iter().flatten() {
-                if let Some(keys) = self.by_flow.get_mut(&f) {
-                    keys.retain(|k| k != key);
-                    if keys.is_empty() {
-                        self.by_flow.remove(&f);
-                    }
+    fn remove(&mut self, id: u64) {
+        let Some(d) = self.by_id.remove(&id) else {
+            return;
+        };
+        self.ids.remove(&d.key);
+        for f in d.flows.into_iter().flatten() {
+            if let Some(set) = self.by_flow.get_mut(&f) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.by_flow.remove(&f);
                 }
             }
+        }
+        // Ids of ended dialogs are dropped from `order` once they are most of it
+        // (amortized: at most once per as many removals as there are entries).
+        if self.order.len() > 2 * self.by_id.len() + 1024 {
+            let live = &self.by_id;
+            self.order.retain(|(_, id)| live.contains_key(id));
         }
     }
 
@@ -218,7 +223,7 @@ impl Dialogs {
         };
         self.age_out(now);
         let key = dialog_key(call_id, from_tag, to_tag);
-        if self.map.contains_key(&key) || self.map.len() >= MAX_DIALOGS {
+        if self.ids.contains_key(&key) || self.by_id.len() >= MAX_DIALOGS {
             return;
         }
         let uri = |h: &HeaderName, from: &crate::sip::Headers| {
@@ -227,14 +232,18 @@ impl Dialogs {
                 .map(|n| bounded(&n.uri.to_string()))
                 .unwrap_or_default()
         };
+        let id = self.next_id;
+        self.next_id += 1;
         let flows = [source.flow, callee_flow];
         for f in flows.iter().flatten() {
-            self.by_flow.entry(*f).or_default().push(key.clone());
+            self.by_flow.entry(*f).or_default().insert(id);
         }
-        self.order.push_back((now, key.clone()));
-        self.map.insert(
-            key,
+        self.order.push_back((now, id));
+        self.ids.insert(key.clone(), id);
+        self.by_id.insert(
+            id,
             Dialog {
+                key,
                 from: uri(&HeaderName::From, &invite.headers),
                 to: uri(&HeaderName::To, &invite.headers),
                 caller: source.remote.to_string(),
@@ -249,16 +258,17 @@ impl Dialogs {
     fn ended(&mut self, bye: &Request) {
         if let (Some(call_id), Some(a), Some(b)) =
             (bye.call_id(), bye.tag_of_from(), bye.tag_of_to())
+            && let Some(id) = self.ids.get(&dialog_key(call_id, a, b)).copied()
         {
-            self.remove(&dialog_key(call_id, a, b));
+            self.remove(id);
         }
     }
 
     /// The dialogs of which an end came on `flow` end with it.
     fn flow_closed(&mut self, flow: FlowId) {
-        if let Some(keys) = self.by_flow.remove(&flow) {
-            for k in keys {
-                self.remove(&k);
+        if let Some(ids) = self.by_flow.remove(&flow) {
+            for id in ids {
+                self.remove(id);
             }
         }
     }
@@ -267,18 +277,15 @@ impl Dialogs {
         // The oldest first: the front of `order` (skipping those that ended).
         self.order
             .iter()
-            .filter(|(started, key)| self.map.get(key).is_some_and(|d| d.started == *started))
+            .filter_map(|(_, id)| self.by_id.get(id))
             .take(limit)
-            .map(|(_, key)| {
-                let d = &self.map[key];
-                DialogSummary {
-                    call_id: key.0.clone(),
-                    from: d.from.clone(),
-                    to: d.to.clone(),
-                    caller: d.caller.clone(),
-                    callee: d.callee.clone(),
-                    age: now.saturating_duration_since(d.started),
-                }
+            .map(|d| DialogSummary {
+                call_id: d.key.0.clone(),
+                from: d.from.clone(),
+                to: d.to.clone(),
+                caller: d.caller.clone(),
+                callee: d.callee.clone(),
+                age: now.saturating_duration_since(d.started),
             })
             .collect()
     }

@@ -48,12 +48,9 @@ pub(crate) enum SendError {
     Full,
 }
 
-/// What a flow's task and the operator share: its traffic counts, and a request to
-/// close it.
+/// A flow's traffic, counted by its task and read by the operator.
 #[derive(Debug, Default)]
 pub(crate) struct FlowCtl {
-    close: tokio::sync::Notify,
-    reason: Mutex<Option<String>>,
     /// Bytes read, as SIP messages and keepalives.
     pub bytes_in: AtomicU64,
     /// Bytes written.
@@ -80,28 +77,16 @@ impl FlowCtl {
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         self.messages_out.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// Asks the flow's task to close it, saying `reason`.
-    pub(crate) fn close(&self, reason: &str) {
-        *self.reason.lock().expect("flow close lock") = Some(reason.to_string());
-        self.close.notify_one();
-    }
-
-    /// Completes when the operator asked to close the flow; the reason given.
-    pub(crate) async fn closed(&self) -> String {
-        self.close.notified().await;
-        self.reason
-            .lock()
-            .expect("flow close lock")
-            .clone()
-            .unwrap_or_default()
-    }
 }
 
 struct Entry {
     info: Arc<FlowInfo>,
-    tx: mpsc::Sender<Bytes>,
+    /// Dropped to close the flow (the operator's close): its task sends what is
+    /// queued, then finds the channel closed and [`FlowTable::close_reason`].
+    tx: Option<mpsc::Sender<Bytes>>,
     ctl: Arc<FlowCtl>,
+    /// Why the operator closed it.
+    closing: Option<Box<str>>,
 }
 
 #[derive(Default)]
@@ -156,8 +141,9 @@ impl FlowTable {
             id,
             Entry {
                 info: Arc::new(info),
-                tx,
+                tx: Some(tx),
                 ctl: ctl.clone(),
+                closing: None,
             },
         );
         drop(flows);
@@ -173,7 +159,8 @@ impl FlowTable {
     pub(crate) fn send(&self, id: FlowId, payload: Bytes) -> Result<(), SendError> {
         let flows = self.flows.lock().expect("flow table lock");
         let entry = flows.by_id.get(&id).ok_or(SendError::NoFlow)?;
-        entry.tx.try_send(payload).map_err(|e| match e {
+        let tx = entry.tx.as_ref().ok_or(SendError::NoFlow)?;
+        tx.try_send(payload).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::NoFlow,
         })
@@ -238,23 +225,26 @@ impl FlowTable {
         v
     }
 
-    /// Asks flow `id`'s task to close it, saying `reason` (a WebSocket's close frame
-    /// carries it); false if there is no such flow.
+    /// Closes flow `id`, saying `reason` (a WebSocket's close frame carries it): its
+    /// task writes what is queued, then closes. Nothing more is queued on it. False
+    /// if there is no such flow.
     pub(crate) fn close(&self, id: FlowId, reason: &str) -> bool {
-        let ctl = self
-            .flows
-            .lock()
-            .expect("flow table lock")
-            .by_id
-            .get(&id)
-            .map(|e| e.ctl.clone());
-        match ctl {
-            Some(ctl) => {
-                ctl.close(reason);
-                true
-            }
-            None => false,
+        let mut flows = self.flows.lock().expect("flow table lock");
+        let Some(entry) = flows.by_id.get_mut(&id) else {
+            return false;
+        };
+        if entry.closing.is_none() {
+            entry.closing = Some(reason.into());
         }
+        // The last sender: the task's receiver ends once it took what was queued.
+        entry.tx = None;
+        true
+    }
+
+    /// Why the operator closed flow `id`, if it did ([`Self::close`]).
+    pub(crate) fn close_reason(&self, id: FlowId) -> Option<String> {
+        let flows = self.flows.lock().expect("flow table lock");
+        flows.by_id.get(&id)?.closing.as_deref().map(str::to_string)
     }
 
     /// Number of live flows.
@@ -336,6 +326,44 @@ mod tests {
         table.remove(id);
         assert_eq!(crx.try_recv().unwrap().id, id);
         assert!(crx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_close_lets_what_is_queued_go_first() {
+        let (ctx, _crx) = mpsc::unbounded_channel();
+        let table = Arc::new(FlowTable::new(ctx, Arc::new(Metrics::default())));
+        let (tx, mut rx) = mpsc::channel(4);
+        let id = table.next_id();
+        let _guard = table.register(
+            FlowInfo {
+                id,
+                transport: Transport::Ws,
+                remote: "127.0.0.1:1".parse().unwrap(),
+                local: "127.0.0.1:2".parse().unwrap(),
+                identity: vec![],
+                enforced: false,
+                opened: SystemTime::UNIX_EPOCH,
+                outgoing: None,
+            },
+            tx,
+        );
+        table.send(id, Bytes::from_static(b"last")).unwrap();
+        assert_eq!(table.close_reason(id), None);
+        assert!(table.close(id, "maintenance"));
+        assert!(!table.close(id + 1, "no such flow"));
+        assert_eq!(
+            table.send(id, Bytes::from_static(b"more")),
+            Err(SendError::NoFlow)
+        );
+        assert_eq!(rx.try_recv().unwrap(), Bytes::from_static(b"last"));
+        assert!(matches!(
+            rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        assert_eq!(table.close_reason(id).as_deref(), Some("maintenance"));
+        // Asked again: the first reason stays.
+        assert!(table.close(id, "again"));
+        assert_eq!(table.close_reason(id).as_deref(), Some("maintenance"));
     }
 
     #[test]

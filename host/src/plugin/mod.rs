@@ -437,7 +437,6 @@ impl Plugin {
             exports.call_on_sip_request(&mut *store, request),
         )
         .await;
-        store.data().output.set_call_id(None);
         store.data_mut().digest_request = None;
         let media = store.data_mut().media_choice.take();
         self.end(instance, result).map(|d| (d, media))
@@ -626,6 +625,9 @@ impl Plugin {
         };
         instance.caller = caller;
         instance.began = began;
+        // No request's Call-ID from an earlier call on this instance (a SIP call sets
+        // its own; the lines its end flushes keep it).
+        instance.store.data().output.set_call_id(None);
         instance.store.data_mut().begin_call(deadline_at);
         instance.store.set_epoch_deadline(1);
         Ok(instance)

@@ -341,6 +341,7 @@ impl Plugins {
             if was.path != cfg.path
                 || was.builtin != cfg.builtin
                 || was.keys != cfg.keys
+                || was.max_instances != cfg.max_instances
                 || cfg.memory_limit > self.inner.max_memory
             {
                 restart.push(name.clone());

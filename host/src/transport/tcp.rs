@@ -57,9 +57,6 @@ pub(crate) async fn serve_stream<S>(
     };
     let guard = shared.flows.register(info, tx);
     let ctl = guard.ctl();
-    // One future for the flow's life (see the WebSocket flow).
-    let closed = ctl.closed();
-    tokio::pin!(closed);
     if let Some(name) = outgoing {
         shared
             .core
@@ -86,10 +83,6 @@ pub(crate) async fn serve_stream<S>(
             // run of writes reading gets a turn (as for WebSocket flows).
             biased;
             _ = shutdown.changed() => break,
-            reason = &mut closed => {
-                tracing::info!(flow = id, peer = %remote, reason = %reason, "flow closed by the operator");
-                break;
-            }
             out = rx.recv(), if writes < WRITES_IN_A_ROW => match out {
                 Some(payload) => {
                     if !write(&mut stream, &payload).await {
@@ -100,7 +93,13 @@ pub(crate) async fn serve_stream<S>(
                     last_activity = Instant::now();
                     shared.metrics.sip_out();
                 }
-                None => break,
+                // The table let go of the flow: the operator closed it.
+                None => {
+                    if let Some(reason) = shared.flows.close_reason(id) {
+                        tracing::info!(flow = id, peer = %remote, reason = %reason, "flow closed by the operator");
+                    }
+                    break;
+                }
             },
             r = read_some(&mut stream, &mut buf) => {
                 writes = 0;

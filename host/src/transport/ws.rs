@@ -301,8 +301,6 @@ enum Wake {
     NothingToRead,
     Timer,
     Shutdown,
-    /// The operator closes the flow (the admin API), saying why.
-    Closed(String),
 }
 
 /// Runs an upgraded connection as a SIP flow until it ends.
@@ -346,10 +344,6 @@ async fn run_flow<S>(
     }
     let guard = shared.flows.register(info, tx);
     let ctl = guard.ctl();
-    // One future for the flow's life (a new one per turn would take the Notify's
-    // lock twice per message).
-    let closed = ctl.closed();
-    tokio::pin!(closed);
     shared.metrics.ws_upgrade();
 
     let mut shutdown = shared.shutdown.clone();
@@ -369,7 +363,6 @@ async fn run_flow<S>(
             // to still reads its client's answers).
             biased;
             _ = shutdown.changed() => Wake::Shutdown,
-            reason = &mut closed => Wake::Closed(reason),
             o = rx.recv(), if writes < WRITES_IN_A_ROW => Wake::Out(o),
             m = ws.next() => Wake::In(m),
             () = std::future::ready(()), if writes >= WRITES_IN_A_ROW => Wake::NothingToRead,
@@ -495,7 +488,18 @@ async fn run_flow<S>(
                 ctl.sent(len);
                 shared.metrics.sip_out();
             }
-            Wake::Out(None) => break,
+            // The table let go of the flow: the operator closed it (the admin API).
+            Wake::Out(None) => {
+                if let Some(reason) = shared.flows.close_reason(id) {
+                    tracing::info!(flow = id, peer = %remote, reason = %reason, "flow closed by the operator");
+                    let frame = CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: Utf8Bytes::from(close_reason(&reason)),
+                    };
+                    let _ = timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+                }
+                break;
+            }
             Wake::NothingToRead => {}
             Wake::Timer => {
                 let now = Instant::now();
@@ -522,15 +526,6 @@ async fn run_flow<S>(
                         timer.as_mut().reset(now + cfg.pong_timeout);
                     }
                 }
-            }
-            Wake::Closed(reason) => {
-                tracing::info!(flow = id, peer = %remote, reason = %reason, "flow closed by the operator");
-                let frame = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: Utf8Bytes::from(close_reason(&reason)),
-                };
-                let _ = timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
-                break;
             }
             Wake::Shutdown => {
                 let frame = CloseFrame {
