@@ -295,25 +295,27 @@ impl Drop for FlowGuard {
 mod tests {
     use super::*;
 
+    /// A WebSocket flow's info for the table.
+    fn ws_flow(id: FlowId) -> FlowInfo {
+        FlowInfo {
+            id,
+            transport: Transport::Ws,
+            remote: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+            identity: vec![],
+            enforced: false,
+            opened: SystemTime::UNIX_EPOCH,
+            outgoing: None,
+        }
+    }
+
     #[test]
     fn closes_exactly_once() {
         let (ctx, mut crx) = mpsc::unbounded_channel();
         let table = Arc::new(FlowTable::new(ctx, Arc::new(Metrics::default())));
         let (tx, mut rx) = mpsc::channel(1);
         let id = table.next_id();
-        let guard = table.register(
-            FlowInfo {
-                id,
-                transport: Transport::Ws,
-                remote: "127.0.0.1:1".parse().unwrap(),
-                local: "127.0.0.1:2".parse().unwrap(),
-                identity: vec![],
-                enforced: false,
-                opened: SystemTime::UNIX_EPOCH,
-                outgoing: None,
-            },
-            tx,
-        );
+        let guard = table.register(ws_flow(id), tx);
         table.send(id, Bytes::from_static(b"a")).unwrap();
         assert_eq!(
             table.send(id, Bytes::from_static(b"b")),
@@ -334,19 +336,7 @@ mod tests {
         let table = Arc::new(FlowTable::new(ctx, Arc::new(Metrics::default())));
         let (tx, mut rx) = mpsc::channel(4);
         let id = table.next_id();
-        let _guard = table.register(
-            FlowInfo {
-                id,
-                transport: Transport::Ws,
-                remote: "127.0.0.1:1".parse().unwrap(),
-                local: "127.0.0.1:2".parse().unwrap(),
-                identity: vec![],
-                enforced: false,
-                opened: SystemTime::UNIX_EPOCH,
-                outgoing: None,
-            },
-            tx,
-        );
+        let _guard = table.register(ws_flow(id), tx);
         table.send(id, Bytes::from_static(b"last")).unwrap();
         assert_eq!(table.close_reason(id), None);
         assert!(table.close(id, "maintenance"));
